@@ -1,0 +1,92 @@
+"""The Coordinator interface every backend (SQLite, etcd) implements.
+
+Contract (like Patroni's AbstractDCS, but small):
+
+- One leader lease per cluster. ``acquire_or_renew(node, ttl)`` is atomic: it
+  succeeds when the lease is free, expired, or already held by ``node``; a new
+  holder (or the same node after its lease expired) gets a strictly greater
+  ``epoch``. The epoch is the fencing token: never reused, never decreasing,
+  even across ``release``.
+- Node records: each agent publishes what it sees of its own node (role, app
+  state, pid, epoch it believes in) so the router and ``hakit status`` read the
+  same view instead of probing again.
+- Event history: append-only, ids strictly increasing, every event carries a
+  one-sentence reason.
+
+Times are wall-clock seconds (``time.time()``) as seen by the backend: the
+embedded backend serves processes on one machine, so they share a clock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    holder: str
+    epoch: int
+    expires_at: float  # wall-clock seconds
+
+    def valid_at(self, now: float) -> bool:
+        return now < self.expires_at
+
+
+@dataclass(frozen=True, slots=True)
+class NodeRecord:
+    node: str
+    role: str  # "active", "standby", "stopped", ...
+    app_state: str  # an AppState value
+    epoch: int  # the epoch this node acts under (0: none)
+    updated_at: float
+    detail: dict[str, Any] = field(default_factory=dict)  # pid, restarts, message...
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    id: int  # assigned by the store on append; 0 before
+    time: float
+    node: str  # the node it concerns ("" for the cluster)
+    kind: str  # e.g. "detected", "restart", "failover", "lease", "alert"
+    reason: str  # one sentence a human can read
+    epoch: int = 0
+    actor: str = ""  # who/what caused it: "agent:node1", "operator:alice", ...
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+class Coordinator(Protocol):
+    def acquire_or_renew(self, node: str, ttl: float) -> Lease | None:
+        """Take or extend the leader lease for ``node``; None if another node holds it."""
+        ...
+
+    def release(self, node: str, epoch: int) -> bool:
+        """Give the lease up if ``node`` holds it under ``epoch``; True if it did."""
+        ...
+
+    def current_lease(self) -> Lease | None:
+        """The lease as stored (may be expired: check ``valid_at``); None if never held."""
+        ...
+
+    def last_epoch(self) -> int:
+        """The highest epoch ever handed out (0 if none)."""
+        ...
+
+    def publish_node(self, record: NodeRecord) -> None:
+        """Replace ``record.node``'s record."""
+        ...
+
+    def nodes(self) -> Sequence[NodeRecord]:
+        """Every published node record, sorted by node name."""
+        ...
+
+    def append_event(self, event: Event) -> Event:
+        """Store ``event``; return it with its assigned id."""
+        ...
+
+    def events(self, after_id: int = 0, limit: int = 1000) -> Sequence[Event]:
+        """Events with id > after_id, oldest first."""
+        ...
+
+    def close(self) -> None: ...
