@@ -1,0 +1,38 @@
+# Two commands: `make demo` runs a live local cluster, `make test` runs every test.
+# Both bootstrap what they need: Debian packages (when root), a .venv, Python packages.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PYTEST_WORKERS ?= 4
+
+.PHONY: demo test lint typecheck unit bootstrap clean
+
+demo: $(STAMP)
+	$(BIN)/hakit demo
+
+test: $(STAMP) lint typecheck
+	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadgroup
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+unit: $(STAMP)
+	$(BIN)/pytest -n $(PYTEST_WORKERS) tests/unit
+
+bootstrap: $(STAMP)
+
+$(STAMP): pyproject.toml scripts/bootstrap-debian.sh
+	bash scripts/bootstrap-debian.sh
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

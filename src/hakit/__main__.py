@@ -1,0 +1,3 @@
+from hakit.cli import main
+
+main()

@@ -1,0 +1,203 @@
+"""The ``hakit`` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from hakit.config import Config, load_config
+from hakit.errors import ConfigError, HakitError
+
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    help="hakit: high availability for single-writer stateful web applications.",
+)
+config_app = typer.Typer(no_args_is_help=True, help="Inspect configuration files.")
+app.add_typer(config_app, name="config")
+
+console = Console()
+err_console = Console(stderr=True)
+
+ConfigOption = Annotated[
+    Path, typer.Option("--config", "-c", help="The cluster's hakit.toml.", show_default=True)
+]
+
+
+def _load(path: Path) -> Config:
+    try:
+        return load_config(path)
+    except ConfigError as error:
+        for problem in error.problems:
+            err_console.print(escape(problem), style="red", highlight=False)
+        raise typer.Exit(2) from None
+
+
+def _setup_logging(name: str) -> None:
+    logging.basicConfig(
+        level=logging.INFO,
+        format=f"%(asctime)s {name} %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+
+
+@config_app.command("check")
+def config_check(file: Annotated[Path, typer.Argument(help="hakit.toml to check")]) -> None:
+    """Validate a config file; print every mistake with file, line and key."""
+    from hakit.config import describe_config
+
+    cfg = _load(file)
+    console.print(f"[green]{escape(str(file))}: OK[/green]")
+    for line in describe_config(cfg):
+        console.print(f"  {escape(line)}", highlight=False)
+
+
+@app.command()
+def agent(
+    node: Annotated[str, typer.Option("--node", "-n", help="Which node of the config this is.")],
+    config: ConfigOption = Path("hakit.toml"),
+) -> None:
+    """Run the agent of one node (supervises its app, takes part in the leader election)."""
+    from hakit.agent import Agent
+    from hakit.coord.factory import open_coordinator
+    from hakit.notify import LogNotifier
+
+    cfg = _load(config)
+    try:
+        cfg.node(node)
+    except KeyError as error:
+        err_console.print(f"[red]{escape(str(error.args[0]))}[/red]")
+        raise typer.Exit(2) from None
+    _setup_logging(f"agent[{node}]")
+
+    async def main() -> None:
+        runner = Agent(cfg, node, open_coordinator(cfg), LogNotifier())
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, runner.request_stop)
+        await runner.run()
+
+    asyncio.run(main())
+
+
+@app.command()
+def router(config: ConfigOption = Path("hakit.toml")) -> None:
+    """Run the HTTP router in front of the cluster."""
+    from hakit.coord.factory import open_coordinator
+    from hakit.coord.view import read_cluster
+    from hakit.router import run_router
+
+    cfg = _load(config)
+    _setup_logging("router")
+    coordinator = open_coordinator(cfg)
+
+    def view_source():  # type: ignore[no-untyped-def]
+        return read_cluster(coordinator, time.time())
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        task = asyncio.create_task(run_router(cfg, view_source))
+        await asyncio.wait([task, asyncio.create_task(stop.wait())], return_when="FIRST_COMPLETED")
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+
+    try:
+        import uvloop
+
+        uvloop.run(main())
+    except ImportError:
+        asyncio.run(main())
+
+
+@app.command()
+def status(config: ConfigOption = Path("hakit.toml")) -> None:
+    """Show the cluster: nodes, roles, app states, epoch, leader."""
+    from hakit.coord.factory import open_coordinator
+    from hakit.coord.view import read_cluster
+
+    cfg = _load(config)
+    coordinator = open_coordinator(cfg)
+    view = read_cluster(coordinator, time.time())
+    table = Table(title=f"cluster {cfg.cluster.name} ({cfg.cluster.mode})")
+    for column in ("node", "address", "route", "role", "app", "epoch", "app pid", "updated"):
+        table.add_column(column)
+    for node in cfg.nodes:
+        record = view.nodes.get(node.name)
+        leader = view.leader == node.name
+        role = (record.role if record else "unknown") + (" (leader)" if leader else "")
+        age = f"{time.time() - record.updated_at:.1f}s ago" if record else "never"
+        table.add_row(
+            node.name,
+            f"{node.host}:{node.port}",
+            node.route_name,
+            role,
+            record.app_state if record else "-",
+            str(record.epoch) if record and record.epoch else "-",
+            str(record.detail.get("pid") or "-") if record else "-",
+            age,
+        )
+    console.print(table)
+    leader_text = view.leader or "none (no valid lease)"
+    console.print(f"leader: {leader_text}; epoch: {view.epoch}")
+    coordinator.close()
+
+
+@app.command()
+def events(
+    config: ConfigOption = Path("hakit.toml"),
+    limit: Annotated[int, typer.Option(help="Show at most this many recent events.")] = 50,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new events.")] = False,
+) -> None:
+    """Show the event history with the reason for every action."""
+    from hakit.coord.factory import open_coordinator
+    from hakit.eventlog import format_event
+
+    cfg = _load(config)
+    coordinator = open_coordinator(cfg)
+    history = list(coordinator.events(0, limit=1_000_000))[-limit:]
+    last_id = 0
+    for event in history:
+        console.print(format_event(event), highlight=False, markup=False)
+        last_id = event.id
+    while follow:
+        time.sleep(0.2)
+        for event in coordinator.events(last_id):
+            console.print(format_event(event), highlight=False, markup=False)
+            last_id = event.id
+
+
+@app.command()
+def demo(
+    port: Annotated[int, typer.Option(help="Router port on 127.0.0.1.")] = 8080,
+    directory: Annotated[
+        Path | None, typer.Option("--dir", help="Where to keep the demo's state (default: temp).")
+    ] = None,
+) -> None:
+    """Run a live two-node cluster of the sample app behind the router."""
+    from hakit.demo.runner import run_demo
+
+    try:
+        run_demo(port=port, directory=directory, console=console)
+    except HakitError as error:
+        err_console.print(f"[red]{escape(str(error))}[/red]")
+        raise typer.Exit(1) from None
+
+
+def main() -> None:
+    app()

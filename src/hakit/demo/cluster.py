@@ -1,0 +1,254 @@
+"""A local cluster of real processes: two agents (each supervising a sample app) and a router.
+
+Used by ``hakit demo`` and by the end-to-end tests, so what the tests check is
+exactly what a newcomer sees. Topology is the one of separate hosts (DESIGN.md):
+every node is its own agent process; killing an agent and its app together is a
+faithful node loss.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+from hakit.config import Config
+from hakit.config import load_config as _load_config
+from hakit.coord.base import Event, NodeRecord
+from hakit.coord.factory import open_coordinator
+
+T = TypeVar("T")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class DemoSettings:
+    """Knobs the demo and the tests turn; defaults make a snappy demo."""
+
+    mode: str = "cold-standby"
+    nodes: int = 2
+    router_port: int = 8080
+    node_ports: tuple[int, ...] = ()
+    startup_delay: float = 1.0
+    restart_attempts: int = 2
+    failure_window: str = "5m"
+    startup_timeout: str = "20s"
+    stop_timeout: str = "5s"
+    health_interval: str = "500ms"
+    probe_timeout: str = "1s"
+    patience: str = "10s"
+    fall: int = 3
+    lease_ttl: str = "3s"
+    renew_interval: str = "500ms"
+    app_env: dict[str, str] = field(default_factory=dict)
+
+
+def render_config(root: Path, settings: DemoSettings) -> str:
+    """The hakit.toml of a demo cluster rooted at ``root`` (shared storage inside it)."""
+    ports = settings.node_ports or tuple(8101 + i for i in range(settings.nodes))
+    app_argv = [
+        sys.executable,
+        "-m",
+        "hakit.demo",
+        "--host",
+        "{host}",
+        "--port",
+        "{port}",
+        "--home",
+        "{home}",
+        "--database-url",
+        "{database_url}",
+        "--route",
+        "{route}",
+        "--startup-delay",
+        str(settings.startup_delay),
+        "--enable-faults",
+    ]
+    env = "".join(f"{json.dumps(k)} = {json.dumps(v)}, " for k, v in settings.app_env.items())
+    nodes = "".join(
+        f'\n[[nodes]]\nname = "node{i + 1}"\nhost = "127.0.0.1"\nport = {port}\nroute = "n{i + 1}"\n'
+        for i, port in enumerate(ports)
+    )
+    return f"""# A demo cluster written by `hakit demo`: two nodes of the sample app, shared storage.
+[cluster]
+name = "demo"
+mode = "{settings.mode}"
+storage = "shared"
+state_dir = "state"
+
+[coordination]
+backend = "sqlite"
+lease_ttl = "{settings.lease_ttl}"
+renew_interval = "{settings.renew_interval}"
+
+[app]
+start = {json.dumps(app_argv)}
+home = "shared/home"
+database_url = "sqlite:///{root / "shared" / "db" / "app.db"}"
+startup_timeout = "{settings.startup_timeout}"
+stop_timeout = "{settings.stop_timeout}"
+env = {{ {env.rstrip(", ")} }}
+
+[app.health]
+status_url = "http://{{host}}:{{port}}/status"
+
+[health]
+interval = "{settings.health_interval}"
+probe_timeout = "{settings.probe_timeout}"
+timeout = "{settings.patience}"
+fall = {settings.fall}
+rise = 1
+
+[failover]
+restart_attempts = {settings.restart_attempts}
+failure_window = "{settings.failure_window}"
+auto_failback = false
+
+[router]
+listen = "127.0.0.1:{settings.router_port}"
+sticky = "none"
+retry_after = "5s"
+{nodes}"""
+
+
+class DemoCluster:
+    """Start, inspect and stop a local cluster. Every process is ours, ended by PID."""
+
+    def __init__(self, root: Path, settings: DemoSettings | None = None) -> None:
+        self.root = root
+        self.settings = settings or DemoSettings()
+        self.config_path = root / "hakit.toml"
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self.app_pids: set[int] = set()
+        root.mkdir(parents=True, exist_ok=True)
+        (root / "shared" / "home").mkdir(parents=True, exist_ok=True)
+        (root / "shared" / "db").mkdir(parents=True, exist_ok=True)
+        self.config_path.write_text(render_config(root, self.settings))
+        self.cfg: Config = _load_config(self.config_path)
+        self.coordinator = open_coordinator(self.cfg)
+
+    @property
+    def router_url(self) -> str:
+        host, _, port = self.cfg.router.listen.rpartition(":")
+        return f"http://{host}:{port}"
+
+    # --- processes ----------------------------------------------------------
+
+    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
+        logs = self.cfg.cluster.state_dir / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        with open(logs / f"{name}.out", "ab") as out:
+            # A session of its own: Ctrl-C in the demo's terminal reaches only the
+            # demo, which then stops everything in order.
+            process = subprocess.Popen(
+                [sys.executable, "-m", "hakit", *args, "--config", str(self.config_path)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        self.processes[name] = process
+        return process
+
+    def start_agent(self, node: str) -> subprocess.Popen[bytes]:
+        return self._spawn(f"agent-{node}", ["agent", "--node", node])
+
+    def start(self) -> None:
+        self._spawn("router", ["router"])
+        for node in self.cfg.nodes:
+            self.start_agent(node.name)
+
+    def agent_pid(self, node: str) -> int:
+        return self.processes[f"agent-{node}"].pid
+
+    def kill_agent(self, node: str, sig: int = signal.SIGKILL) -> None:
+        process = self.processes[f"agent-{node}"]
+        process.send_signal(sig)
+        process.wait(timeout=10)
+
+    def app_pid(self, node: str) -> int | None:
+        record = self.node_record(node)
+        pid = record.detail.get("pid") if record else None
+        if isinstance(pid, int):
+            self.app_pids.add(pid)
+            return pid
+        return None
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """SIGTERM every agent (each stops its app) and the router; SIGKILL stragglers."""
+        for node in self.cfg.nodes:
+            self.app_pid(node.name)  # remember app pids in case an agent is gone
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for process in self.processes.values():
+            try:
+                process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=5)
+        # Apps orphaned by a killed agent (node-loss tests) run in their own groups.
+        for pid in self.app_pids:
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+    def close(self) -> None:
+        self.coordinator.close()
+
+    # --- observation --------------------------------------------------------
+
+    def node_record(self, node: str) -> NodeRecord | None:
+        for record in self.coordinator.nodes():
+            if record.node == node:
+                return record
+        return None
+
+    def leader(self) -> str | None:
+        lease = self.coordinator.current_lease()
+        if lease is not None and lease.valid_at(time.time()):
+            return lease.holder
+        return None
+
+    def events(self, after_id: int = 0) -> list[Event]:
+        return list(self.coordinator.events(after_id))
+
+    def active_running(self) -> str | None:
+        """The node that holds the lease and whose app reports RUNNING/FIRST_RUN."""
+        leader = self.leader()
+        record = self.node_record(leader) if leader else None
+        if record and record.role == "active" and record.app_state in ("RUNNING", "FIRST_RUN"):
+            return leader
+        return None
+
+
+def wait_for(
+    condition: Callable[[], T | None],
+    timeout: float,
+    what: str,
+    interval: float = 0.05,
+) -> T:
+    """Poll ``condition`` until it returns a truthy value; raise naming ``what`` on timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"timed out after {timeout:.1f} s waiting for {what}")
+        time.sleep(interval)

@@ -1,0 +1,73 @@
+"""A whole local cluster per test: real agents, real sample apps, a real router."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from hakit.coord.base import Event
+from hakit.demo.cluster import DemoCluster, DemoSettings, free_port, wait_for
+
+ClusterFactory = Callable[..., DemoCluster]
+
+
+@pytest.fixture
+def make_cluster(tmp_path: Path) -> Iterator[ClusterFactory]:
+    clusters: list[DemoCluster] = []
+
+    def factory(**overrides: object) -> DemoCluster:
+        settings = DemoSettings(
+            router_port=free_port(),
+            node_ports=(free_port(), free_port()),
+            **overrides,  # type: ignore[arg-type]
+        )
+        cluster = DemoCluster(tmp_path / f"cluster{len(clusters)}", settings)
+        clusters.append(cluster)
+        cluster.start()
+        return cluster
+
+    try:
+        yield factory
+    finally:
+        for cluster in clusters:
+            cluster.stop()
+            cluster.close()
+
+
+def router_get(cluster: DemoCluster, path: str, timeout: float = 2.0) -> httpx.Response | None:
+    try:
+        return httpx.get(cluster.router_url + path, timeout=timeout)
+    except httpx.HTTPError:
+        return None
+
+
+def wait_serving(cluster: DemoCluster, timeout: float = 30.0) -> str:
+    """Wait until a request through the router succeeds; return the node that answered."""
+
+    def served_by() -> str | None:
+        response = router_get(cluster, "/status")
+        if response is not None and response.status_code == 200:
+            return cluster.active_running()
+        return None
+
+    return wait_for(served_by, timeout, "a successful request through the router")
+
+
+def kill_app(cluster: DemoCluster, node: str) -> int:
+    pid = cluster.app_pid(node)
+    assert pid is not None, f"no app pid published for {node}"
+    os.kill(pid, signal.SIGKILL)
+    return pid
+
+
+def events_of(cluster: DemoCluster, kind: str, node: str | None = None) -> list[Event]:
+    return [
+        event
+        for event in cluster.events()
+        if event.kind == kind and (node is None or event.node == node)
+    ]
