@@ -3,7 +3,7 @@
 # Idempotent: packages already present are skipped without touching apt.
 set -euo pipefail
 
-packages=(python3 python3-venv python3-dev gcc procps iproute2 curl sqlite3)
+packages=(python3 python3-venv python3-dev gcc procps iproute2 curl sqlite3 postgresql)
 
 missing=()
 for pkg in "${packages[@]}"; do

@@ -1,0 +1,107 @@
+"""A throwaway PostgreSQL server for tests: initdb in a temp dir, loopback, free port.
+
+PostgreSQL refuses to run as root, so when we are root the cluster is owned by
+and run as the ``postgres`` user that Debian's package creates.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def _bindir() -> Path | None:
+    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), reverse=True)
+    if candidates:
+        return Path(candidates[0]).parent
+    initdb = shutil.which("initdb")
+    return Path(initdb).parent if initdb else None
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class PostgresServer:
+    datadir: Path
+    port: int
+    process: subprocess.Popen[bytes]
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)  # fast shutdown
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=5)
+        shutil.rmtree(self.datadir.parent, ignore_errors=True)
+
+
+def _as_postgres_user() -> tuple[int, int] | None:
+    if os.geteuid() != 0:
+        return None
+    entry = pwd.getpwnam("postgres")
+    return entry.pw_uid, entry.pw_gid
+
+
+def start_postgres(timeout: float = 30.0) -> PostgresServer:
+    bindir = _bindir()
+    if bindir is None:
+        raise RuntimeError("PostgreSQL is not installed: run `make bootstrap` (as root on Debian)")
+    owner = _as_postgres_user()
+    base = Path(tempfile.mkdtemp(prefix="hakit-pg-"))
+    datadir = base / "data"
+    kwargs: dict[str, object] = {}
+    if owner:
+        os.chown(base, *owner)
+        kwargs = {"user": owner[0], "group": owner[1]}
+    subprocess.run(
+        [str(bindir / "initdb"), "-D", str(datadir), "-U", "postgres", "-A", "trust", "--no-sync"],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        **kwargs,  # type: ignore[arg-type]
+    )
+    port = _free_port()
+    process = subprocess.Popen(
+        [str(bindir / "postgres"), "-D", str(datadir), "-p", str(port), "-h", "127.0.0.1",
+         "-k", str(base), "-c", "fsync=off", "-c", "max_connections=50"],
+        stdout=subprocess.DEVNULL,
+        stderr=open(base / "postgres.log", "wb"),  # noqa: SIM115 - closed with the process
+        start_new_session=True,
+        **kwargs,  # type: ignore[arg-type]
+    )
+    server = PostgresServer(datadir, port, process)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"postgres exited: {(base / 'postgres.log').read_text()[-2000:]}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                pass
+            import psycopg
+
+            with psycopg.connect(server.url, connect_timeout=2) as conn:
+                conn.execute("SELECT 1")
+            return server
+        except (OSError, Exception):  # noqa: BLE001 - not up yet
+            time.sleep(0.1)
+    server.stop()
+    raise RuntimeError(f"postgres did not accept connections within {timeout} s")
