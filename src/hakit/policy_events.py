@@ -1,0 +1,225 @@
+"""The policy's vocabulary: settings, the events it is fed, the actions it returns.
+
+Plain frozen data, no behaviour beyond formatting, so the agent, the demo's
+event log and the tests can share it without importing the state machine.
+``hakit.policy`` re-exports every name here.
+"""
+
+from __future__ import annotations
+
+import enum
+import signal
+from dataclasses import dataclass
+
+from hakit.config import Config, Mode
+from hakit.contract import AppState
+
+# --- settings -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PolicySettings:
+    mode: Mode
+    restart_attempts: int  # restarts allowed within failure_window before failing over
+    failure_window: float  # seconds; failures older than this are forgotten
+    startup_timeout: float  # seconds from StartApp to RUNNING before it is a failed start
+    health_timeout: float  # patience: timeouts must span at least this long ...
+    fall: int  # ... and be this many consecutive ones
+    step_down_cooldown: float  # after stepping down, do not take the lease again for this long
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> PolicySettings:
+        return cls(
+            mode=cfg.cluster.mode,
+            restart_attempts=cfg.failover.restart_attempts,
+            failure_window=cfg.failover.failure_window,
+            startup_timeout=cfg.app.startup_timeout,
+            health_timeout=cfg.health.timeout,
+            fall=cfg.health.fall,
+            # Long enough for the new active's lease to be established and renewed a
+            # couple of times, so the node that just gave up does not win it straight back.
+            step_down_cooldown=3 * cfg.coordination.lease_ttl,
+        )
+
+
+# --- events (fed to Policy.handle) ---------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Boot:
+    """The agent started; the app is not running."""
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseGained:
+    """This node now holds the leader lease (promotion)."""
+
+    epoch: int
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseLost:
+    """The lease could not be renewed in time, or another node holds it."""
+
+    epoch: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class AppStarted:
+    """The supervisor started the process asked for by the last StartApp."""
+
+    pid: int
+
+
+@dataclass(frozen=True, slots=True)
+class AppStartFailed:
+    """The supervisor could not even start the process (missing executable, ...)."""
+
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class AppExited:
+    """The app's process is gone. ``expected`` is True when the agent stopped it."""
+
+    pid: int
+    returncode: int | None
+    oom: bool
+    expected: bool
+    description: str
+
+
+@dataclass(frozen=True, slots=True)
+class StatusObserved:
+    """One probe result. ``database_reachable`` is filled by the agent for ERROR."""
+
+    state: AppState
+    detail: str
+    database_reachable: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """Time passes: lets deadlines (startup_timeout) fire without another event."""
+
+
+PolicyEvent = (
+    Boot | LeaseGained | LeaseLost | AppStarted | AppStartFailed | AppExited | StatusObserved | Tick
+)
+
+# --- actions (returned by Policy.handle, carried out by the agent in order) ----
+
+
+@dataclass(frozen=True, slots=True)
+class StartApp:
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class StopApp:
+    """Graceful stop; ``kill`` = SIGKILL the group at once (self-fencing).
+
+    The agent reports the end with ``AppExited(expected=True)``.
+    """
+
+    reason: str
+    kill: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class StepDown:
+    """Release the leader lease so a standby takes over (the app is already stopped)."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    """Notify a human. kind: crash, oom, hang, error, database, failed-start, failover, fence."""
+
+    kind: str
+    reason: str
+    manual_intervention: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """Informational history entry (boot, detected, running, promoted, status...)."""
+
+    kind: str
+    reason: str
+
+
+Action = StartApp | StopApp | StepDown | Alert | Record
+
+# --- states and the read-only view ---------------------------------------------
+
+
+class PolicyState(enum.StrEnum):
+    INIT = "INIT"  # constructed, Boot not yet fed
+    STANDBY = "STANDBY"  # not active, no app process on this node
+    STARTING = "STARTING"  # StartApp sent, waiting for RUNNING (active, or a warm standby)
+    RUNNING = "RUNNING"  # the app answered; health is watched
+    RESTARTING = "RESTARTING"  # StopApp sent; StartApp follows the exit
+    STEPPING_DOWN = "STEPPING_DOWN"  # StopApp sent; StepDown follows the exit (shared storage)
+    FENCED = "FENCED"  # lease lost: app killed, waiting for its exit
+    MANUAL = "MANUAL"  # gave up: manual intervention needed
+
+
+class Role(enum.StrEnum):
+    ACTIVE = "active"
+    STANDBY = "standby"
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyView:
+    node: str
+    mode: Mode
+    state: PolicyState
+    role: Role
+    epoch: int  # the epoch this node acts under; 0 when not active
+    pid: int | None  # the app process this policy believes alive (None: none or unknown)
+    app_running: bool  # a process is believed to exist (starting, running or stopping)
+    failure_times: tuple[float, ...]  # failures inside failure_window, oldest first
+    restarts: int  # restarts after failures since boot (failed-start retries included)
+    failed_starts: int  # consecutive failed starts
+    cooldown_until: float | None  # may_lead is False before this (after a step-down)
+    last_reason: str  # reason of the last action returned
+
+
+# --- wording ---------------------------------------------------------------------
+
+
+def human_duration(seconds: float) -> str:
+    """600 -> '10m', 30 -> '30s', 1.25 -> '1.2s', 5400 -> '1.5h'."""
+    if seconds >= 3600 and seconds % 360 == 0:
+        return f"{seconds / 3600:g}h"
+    if seconds >= 60 and seconds % 6 == 0:
+        return f"{seconds / 60:g}m"
+    if seconds >= 10:
+        return f"{seconds:.0f}s"
+    return f"{seconds:.1f}s"
+
+
+def describe_exit(event: AppExited) -> str:
+    """The supervisor's description, or one built from the return code."""
+    if event.description:
+        return event.description
+    code = event.returncode
+    if code is None:
+        return "exit status unknown"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+def ordinal(n: int) -> str:
+    if 10 <= n % 100 <= 20:
+        suffix = "th"
+    else:
+        suffix = {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
