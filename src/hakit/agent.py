@@ -245,7 +245,8 @@ class Agent:
                     continue
                 await self._handle(getter.result())
         finally:
-            for task in (*tasks, stop_waiter):
+            stop_waiter.cancel()
+            for task in tasks:
                 task.cancel()
             await self._shutdown()
 
@@ -268,13 +269,14 @@ class Agent:
             self._record("start", action.reason)
             self.app_state = AppState.STARTING
             self._publish()
+            # The policy must hear how the start went before any other event.
             try:
                 pid = await self.app.start()
             except SupervisorError as error:
                 self.app_state = AppState.STOPPED
-                self.events.put_nowait(AppStartFailed(str(error)))
+                await self._handle(AppStartFailed(str(error)))
             else:
-                self.events.put_nowait(AppStarted(pid))
+                await self._handle(AppStarted(pid))
         elif isinstance(action, StopApp):
             self._record("stop", action.reason)
             self.app_state = AppState.STOPPING

@@ -54,7 +54,7 @@ def _setup_logging(name: str) -> None:
 @config_app.command("check")
 def config_check(file: Annotated[Path, typer.Argument(help="hakit.toml to check")]) -> None:
     """Validate a config file; print every mistake with file, line and key."""
-    from hakit.config import describe_config
+    from hakit.configcheck import describe_config
 
     cfg = _load(file)
     console.print(f"[green]{escape(str(file))}: OK[/green]")

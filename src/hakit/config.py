@@ -1,7 +1,14 @@
-"""hakit.toml: schema as frozen pydantic models.
+"""hakit.toml: schema as frozen pydantic models, and the loader.
 
-The loader (``load_config``) turns every validation problem into a line naming
-file, line, key and what is expected. Field names here are the TOML keys.
+``load_config`` turns every problem in a file into one line naming file, line,
+key and what is expected, and reports all of them at once::
+
+    hakit.toml:12: health.fall: must be at least 1, got 0
+
+Field names here are the TOML keys. Checks within one section live in the
+models (so a section built in Python is coherent too); checks across sections
+(node count per mode, unique names/routes/ports, router address) live in the
+loader (``hakit.configcheck``), so tests may build small configs in Python freely.
 
 Example (see examples/ for complete files)::
 
@@ -26,34 +33,126 @@ Example (see examples/ for complete files)::
 from __future__ import annotations
 
 import enum
+import json
+import math
 import re
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
+
+from hakit.configproblems import (
+    describe_value,
+    error_at_key,
+    toml_type,
+)
 
 # --- value types ------------------------------------------------------------
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+_DURATION_EXPECTED = 'expected a number of seconds or a string such as "15s", "2m" or "500ms"'
 
 
 def parse_duration(value: object) -> float:
     """'15s', '2m', '500ms', '1.5h' or a bare number of seconds -> seconds."""
     if isinstance(value, bool):
-        raise ValueError("expected a duration such as \"15s\" or \"2m\", got a boolean")
+        raise ValueError(f"got a boolean; {_DURATION_EXPECTED}")
     if isinstance(value, int | float):
+        if not math.isfinite(value):
+            raise ValueError(f"{value} is not a finite duration; {_DURATION_EXPECTED}")
         if value < 0:
-            raise ValueError("a duration cannot be negative")
+            raise ValueError(f"{value} is negative; expected a duration of 0 or more")
         return float(value)
     if isinstance(value, str):
         match = _DURATION.match(value)
         if match:
             return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-    raise ValueError(f'expected a duration such as "15s", "2m" or "500ms", got {value!r}')
+        raise ValueError(f"{json.dumps(value)} is not a duration; {_DURATION_EXPECTED}")
+    raise ValueError(f"got {toml_type(value)}; {_DURATION_EXPECTED}")
+
+
+def format_duration(seconds: float) -> str:
+    """Seconds -> the shortest readable form: 0.5 -> '500ms', 30 -> '30s', 600 -> '10m'."""
+    if 0 < seconds < 1:
+        return f"{seconds * 1000:g}ms"
+    for unit, size in (("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}s"
+
+
+def _require_positive(seconds: float) -> float:
+    if seconds <= 0:
+        raise ValueError(f"must be more than 0s, got {format_duration(seconds)}")
+    return seconds
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
+# Intervals and timeouts where 0 would mean a busy loop or instant failure.
+PositiveDuration = Annotated[
+    float, BeforeValidator(parse_duration), AfterValidator(_require_positive)
+]
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """'127.0.0.1:8080' or '[::1]:8080' -> (host, port)."""
+    expected = 'expected host:port such as "127.0.0.1:8080", "0.0.0.0:8080" or "[::1]:8080"'
+    host, sep, port_text = value.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"{json.dumps(value)} is not host:port; {expected}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError(f"{json.dumps(value)}: an IPv6 host needs brackets; {expected}")
+    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise ValueError(f"{json.dumps(port_text)} is not a port; {expected} (port 1-65535)")
+    return host, int(port_text)
+
+
+def _check_command(value: object) -> object:
+    """An app command: argv list (no shell) or one string (``/bin/sh -c``)."""
+    expected = (
+        'expected a list of strings such as ["./bin/start", "--port", "{port}"] or one shell string'
+    )
+    if value is None:
+        return value
+    if isinstance(value, str):
+        if not value.strip():
+            raise ValueError(f"the command is empty; {expected}")
+        return value
+    if isinstance(value, list | tuple):
+        if not value:
+            raise ValueError(f"the command is an empty list; {expected}")
+        for index, item in enumerate(value):
+            if not isinstance(item, str):
+                raise ValueError(f"item {index} is {describe_value(item)}; {expected}")
+        if not value[0].strip():
+            raise ValueError(f"the program (item 0) is empty; {expected}")
+        return tuple(value)
+    raise ValueError(f"got {describe_value(value)}; {expected}")
+
+
+def _check_argv(value: object) -> object:
+    """A command run without a shell: a non-empty list of strings."""
+    if isinstance(value, str):
+        raise ValueError(
+            f"got a string; expected a list of strings such as {json.dumps(value.split())}"
+        )
+    return _check_command(value)
+
+
+Command = Annotated[tuple[str, ...] | str, BeforeValidator(_check_command)]
+Argv = Annotated[tuple[str, ...], BeforeValidator(_check_argv)]
 
 
 class Mode(enum.StrEnum):
@@ -74,6 +173,18 @@ class Sticky(enum.StrEnum):
     APP_COOKIE_PREFIX = "app-cookie-prefix"
 
 
+STANDBY_MODES = frozenset({Mode.COLD_STANDBY, Mode.WARM_STANDBY})
+
+_NODE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+_ROUTE = r"^[A-Za-z0-9_-]*$"
+_COOKIE_NAME = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"  # an RFC 6265 token
+PATTERN_HINTS = {
+    _NODE_NAME: "a name starting with a letter or digit, then letters, digits, '_', '.' or '-'",
+    _ROUTE: "letters, digits, '_' or '-' only (the route goes into cookies)",
+    _COOKIE_NAME: "a cookie name: letters, digits and !#$%&'*+-.^_`|~ only",
+}
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -82,7 +193,7 @@ class _Section(BaseModel):
 
 
 class ClusterConfig(_Section):
-    name: str = "hakit"
+    name: str = Field(default="hakit", min_length=1)
     mode: Mode = Mode.COLD_STANDBY
     storage: Storage = Storage.SHARED
     # Coordination database, per-node app logs and pid files live here.
@@ -93,8 +204,32 @@ class ClusterConfig(_Section):
 class CoordinationConfig(_Section):
     backend: str = "sqlite"  # "sqlite" for now; "etcd" later
     path: Path | None = None  # sqlite file; default <state_dir>/coordination.db
-    lease_ttl: Duration = 3.0  # leader lease time to live
-    renew_interval: Duration = 1.0  # must be well below lease_ttl
+    lease_ttl: PositiveDuration = 3.0  # leader lease time to live
+    renew_interval: PositiveDuration = 1.0  # must be well below lease_ttl
+
+    @field_validator("backend")
+    @classmethod
+    def _known_backend(cls, value: str) -> str:
+        if value == "etcd":
+            raise ValueError('etcd is not supported yet (it comes later); expected "sqlite"')
+        if value != "sqlite":
+            raise ValueError(f'{json.dumps(value)} is not a backend; expected "sqlite"')
+        return value
+
+    @model_validator(mode="after")
+    def _renewal_fits_in_lease(self) -> CoordinationConfig:
+        # The agent renews every renew_interval; if one renewal is lost (a slow
+        # disk, a busy machine) the next one must still land before the lease
+        # expires, or the active node fences itself for nothing.
+        if self.renew_interval * 2 >= self.lease_ttl:
+            raise error_at_key(
+                "renew_interval",
+                f"{format_duration(self.renew_interval)} is too close to lease_ttl "
+                f"{format_duration(self.lease_ttl)}; expected renew_interval * 2 < lease_ttl "
+                '(e.g. renew_interval = "1s" with lease_ttl = "3s") so that the lease '
+                "survives one missed renewal",
+            )
+        return self
 
 
 class HealthCheckConfig(_Section):
@@ -111,53 +246,152 @@ class HealthCheckConfig(_Section):
 
     status_url: str | None = None
     url: str | None = None
-    expect_status: int | None = None
+    expect_status: int | None = Field(default=None, ge=100, le=599)
     expect_body: str | None = None
-    command: tuple[str, ...] | None = None
+    command: Argv | None = None
+
+    @field_validator("status_url", "url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                parts = urlsplit(value)
+            except ValueError:
+                parts = urlsplit("")
+            if parts.scheme not in ("http", "https") or not parts.netloc:
+                raise ValueError(
+                    f"{json.dumps(value)} is not an HTTP URL; expected e.g. "
+                    '"http://{host}:{port}/status"'
+                )
+        return value
+
+    @field_validator("expect_body")
+    @classmethod
+    def _valid_regex(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as error:
+                raise ValueError(
+                    f"{json.dumps(value)} is not a valid regular expression ({error}); "
+                    'expected a Python regex such as "RUNNING|OK"'
+                ) from None
+        return value
+
+    @model_validator(mode="after")
+    def _exactly_one_way(self) -> HealthCheckConfig:
+        ways = [
+            name for name in ("status_url", "url", "command") if getattr(self, name) is not None
+        ]
+        expected = (
+            "expected exactly one of status_url (the /status contract), "
+            "url (with expect_status and/or expect_body) or command"
+        )
+        if not ways:
+            raise error_at_key("", f"no health check chosen; {expected}")
+        if len(ways) > 1:
+            raise error_at_key(ways[1], f"{ways[0]} and {ways[1]} are both set; {expected}")
+        if self.url is None:
+            for name in ("expect_status", "expect_body"):
+                if getattr(self, name) is not None:
+                    raise error_at_key(
+                        name, f"only applies to url, but {ways[0]} is used; expected it with url"
+                    )
+        return self
 
 
 class AppConfig(_Section):
     # argv list (no shell) or a string (run with /bin/sh -c). {host}, {port},
     # {route}, {node}, {home}, {database_url} are substituted.
-    start: tuple[str, ...] | str
-    stop: tuple[str, ...] | str | None = None  # default: SIGTERM to the process group
+    start: Command = Field(
+        description='the command that starts the app: a list such as ["./bin/start", '
+        '"--port", "{port}"] or one shell string'
+    )
+    stop: Command | None = None  # default: SIGTERM to the process group
     env: dict[str, str] = Field(default_factory=dict)
-    home: Path
-    database_url: str
-    startup_timeout: Duration = 120.0
+    home: Path = Field(description="the app's home directory (relative to this file)")
+    database_url: str = Field(
+        description='the app database: "sqlite:///PATH" or "postgresql://USER@HOST/DB"'
+    )
+    startup_timeout: PositiveDuration = 120.0
     stop_timeout: Duration = 30.0
     health: HealthCheckConfig = HealthCheckConfig(status_url="http://{host}:{port}/status")
 
+    @field_validator("database_url")
+    @classmethod
+    def _supported_database(cls, value: str) -> str:
+        expected = 'expected "sqlite:///PATH" or "postgresql://USER@HOST/DATABASE"'
+        shown = json.dumps(mask_password(value))
+        scheme = value.partition(":")[0]
+        if scheme in ("postgresql", "postgres"):
+            if not value.startswith(f"{scheme}://"):
+                raise ValueError(f"{shown} is not a URL; {expected}")
+            return value
+        if scheme == "sqlite":
+            path = sqlite_path(value)
+            if path is None:
+                raise ValueError(
+                    f"{shown} needs three slashes; expected sqlite:///relative/path "
+                    "or sqlite:////absolute/path"
+                )
+            if path in ("", ":memory:"):
+                raise ValueError(f"{shown} names no file; {expected} (a file both nodes use)")
+            return value
+        what = f"scheme {json.dumps(scheme)} is not supported" if scheme != value else "no scheme"
+        raise ValueError(f"{shown}: {what}; {expected}")
+
 
 class HealthConfig(_Section):
-    interval: Duration = 1.0  # between /status probes
-    probe_timeout: Duration = 2.0  # one probe's own deadline
-    timeout: Duration = 30.0  # patience: failures must span at least this long
+    interval: PositiveDuration = 1.0  # between /status probes
+    probe_timeout: PositiveDuration = 2.0  # one probe's own deadline
+    timeout: PositiveDuration = 30.0  # patience: failures must span at least this long
     fall: int = Field(default=3, ge=1)  # consecutive failures before a node counts as failed
     rise: int = Field(default=2, ge=1)  # consecutive successes before it counts as healthy
+
+    @model_validator(mode="after")
+    def _patience_covers_a_probe(self) -> HealthConfig:
+        if self.timeout < self.interval:
+            raise error_at_key(
+                "timeout",
+                f"{format_duration(self.timeout)} is shorter than interval "
+                f"{format_duration(self.interval)}; expected timeout >= interval "
+                "(failures must span at least one probe interval before they count)",
+            )
+        return self
 
 
 class FailoverConfig(_Section):
     restart_attempts: int = Field(default=2, ge=0)
-    failure_window: Duration = 600.0  # failures older than this are forgotten
+    failure_window: PositiveDuration = 600.0  # failures older than this are forgotten
     auto_failback: bool = False
 
 
 class RouterConfig(_Section):
     listen: str = "127.0.0.1:8080"  # host:port
     sticky: Sticky = Sticky.LB_COOKIE
-    cookie_name: str = "ROUTEID"
-    app_cookie_name: str = "JSESSIONID"
+    cookie_name: str = Field(default="ROUTEID", pattern=_COOKIE_NAME)
+    app_cookie_name: str = Field(default="JSESSIONID", pattern=_COOKIE_NAME)
     retry_after: Duration = 30.0  # Retry-After on the maintenance page
     hold_timeout: Duration = 0.0  # idempotent requests wait this long for a node (0: no hold)
-    state_poll_interval: Duration = 0.1  # how often the router reads the coordination store
+    state_poll_interval: PositiveDuration = 0.1  # how often the router reads the coordination store
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        parse_listen(value)
+        return value
+
+    @property
+    def listen_address(self) -> tuple[str, int]:
+        """``listen`` as (host, port); IPv6 brackets removed."""
+        return parse_listen(self.listen)
 
 
 class NodeConfig(_Section):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    host: str = "127.0.0.1"
-    port: int = Field(ge=1, le=65535)
-    route: str = Field(default="", pattern=r"^[A-Za-z0-9_-]*$")  # default: the node name
+    name: str = Field(pattern=_NODE_NAME, description='the node\'s name, e.g. "node1"')
+    host: str = Field(default="127.0.0.1", min_length=1)
+    port: int = Field(ge=1, le=65535, description="the TCP port the node's app listens on")
+    route: str = Field(default="", pattern=_ROUTE)  # default: the node name
     admin_port: int | None = Field(default=None, ge=1, le=65535)
 
     @property
@@ -168,11 +402,13 @@ class NodeConfig(_Section):
 class Config(_Section):
     cluster: ClusterConfig = ClusterConfig()
     coordination: CoordinationConfig = CoordinationConfig()
-    app: AppConfig
+    app: AppConfig = Field(description="an [app] table with start, home and database_url")
     health: HealthConfig = HealthConfig()
     failover: FailoverConfig = FailoverConfig()
     router: RouterConfig = RouterConfig()
-    nodes: tuple[NodeConfig, ...]
+    nodes: tuple[NodeConfig, ...] = Field(
+        description="at least one [[nodes]] table with name and port"
+    )
     # The file this was loaded from (set by the loader, not a TOML key).
     source: Path | None = Field(default=None, exclude=True)
 
@@ -186,3 +422,31 @@ class Config(_Section):
     @property
     def coordination_path(self) -> Path:
         return self.coordination.path or self.cluster.state_dir / "coordination.db"
+
+
+# --- loading -------------------------------------------------------------------
+
+
+def load_config(path: Path) -> Config:
+    """Read, validate and resolve a hakit.toml; raise ConfigError listing every problem.
+
+    Relative paths (cluster.state_dir, coordination.path, app.home, a sqlite
+    database file) are resolved against the file's directory; ``source`` is set.
+    """
+    # The loader needs the models above, so it lives in a module importing this one.
+    from hakit.configcheck import load
+
+    return load(path)
+
+
+def sqlite_path(url: str) -> str | None:
+    """The file part of a sqlite:/// URL (absolute paths keep their leading slash)."""
+    return url[len("sqlite:///") :] if url.startswith("sqlite:///") else None
+
+
+_URL_PASSWORD = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://[^:/@]*):[^@/]*@")
+
+
+def mask_password(url: str) -> str:
+    """``url`` with its password (if any) shown as ``***``, for messages and summaries."""
+    return _URL_PASSWORD.sub(r"\1:***@", url, count=1)

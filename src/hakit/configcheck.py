@@ -1,0 +1,363 @@
+"""Loading and checking a hakit.toml as a whole: the loader, checks across sections, a summary.
+
+``hakit.config`` holds the schema and the checks within one section; this
+module reads the file, validates each section on its own (so one bad section
+hides no other), runs the checks no single section can see (node count for the
+mode, unique names / routes / addresses, the router's address), resolves
+relative paths, and words every problem with file, line and key.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping, Sequence
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from pydantic import TypeAdapter, ValidationError
+
+from hakit.config import (
+    PATTERN_HINTS,
+    STANDBY_MODES,
+    AppConfig,
+    ClusterConfig,
+    Config,
+    CoordinationConfig,
+    Mode,
+    NodeConfig,
+    RouterConfig,
+    format_duration,
+    mask_password,
+    sqlite_path,
+)
+from hakit.configproblems import Problem, Wording, render
+from hakit.errors import ConfigError
+from hakit.tomlpos import syntax_error_position
+
+# --- the loader ---------------------------------------------------------------
+
+
+def load(path: Path) -> Config:
+    """``hakit.config.load_config``: see there."""
+    path = Path(path)
+    source = _read_source(path)
+    try:
+        raw = tomllib.loads(source)
+    except tomllib.TOMLDecodeError as error:
+        line, message = syntax_error_position(str(error), source)
+        raise ConfigError(
+            [f"{path}:{line}: TOML syntax error: {message}; expected valid TOML (https://toml.io)"]
+        ) from None
+    values, problems = _validate_sections(raw)
+    problems += _cross_problems(raw, values)
+    if problems:
+        raise ConfigError(render(path, source, problems))
+    base = Path(os.path.abspath(path.parent))
+    return Config(**_resolve_paths(values, base), source=base / path.name)
+
+
+def _read_source(path: Path) -> str:
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise ConfigError(
+            [
+                f"{path}: cannot read the config file ({error.strerror}); expected a readable TOML file"
+            ]
+        ) from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        raise ConfigError(
+            [f"{path}:{line}: not UTF-8 text; expected a UTF-8 encoded TOML file"]
+        ) from None
+
+
+@cache
+def _adapter(name: str) -> TypeAdapter[Any]:
+    annotation: Any = Config.model_fields[name].annotation
+    return TypeAdapter(annotation)
+
+
+@cache
+def _wording() -> Wording:
+    return Wording(Config, PATTERN_HINTS)
+
+
+def _toml_fields() -> list[str]:
+    return [name for name, field in Config.model_fields.items() if not field.exclude]
+
+
+def _validate_sections(raw: Mapping[str, Any]) -> tuple[dict[str, Any], list[Problem]]:
+    """Validate each top-level section on its own, so one bad section hides no other."""
+    values: dict[str, Any] = {}
+    wording = _wording()
+    problems = [wording.unknown_key((key,)) for key in raw if key not in _toml_fields()]
+    for name in _toml_fields():
+        field = Config.model_fields[name]
+        if name not in raw:
+            if field.is_required():
+                problems.append(wording.missing((name,)))
+            else:
+                values[name] = field.get_default(call_default_factory=True)
+            continue
+        try:
+            values[name] = _adapter(name).validate_python(raw[name])
+        except ValidationError as error:
+            problems += wording.problems(error, prefix=(name,))
+    return values, problems
+
+
+def _cross_problems(raw: Mapping[str, Any], values: Mapping[str, Any]) -> list[Problem]:
+    cluster: ClusterConfig | None = values.get("cluster")
+    raw_cluster = raw.get("cluster")
+    raw_nodes = raw.get("nodes")
+    node_list = raw_nodes if isinstance(raw_nodes, list) else []
+    problems: list[Problem] = []
+    if isinstance(raw_nodes, list) and not raw_nodes:
+        problems.append(Problem(("nodes",), "no nodes; expected at least one [[nodes]] table"))
+    return problems + cross_section_problems(
+        mode=cluster.mode if cluster is not None else None,
+        mode_is_default=not (isinstance(raw_cluster, dict) and "mode" in raw_cluster),
+        router=values.get("router"),
+        node_count=len(node_list),
+        nodes=_valid_nodes(node_list),
+    )
+
+
+def _valid_nodes(raw_nodes: Sequence[Any]) -> list[tuple[int, NodeConfig]]:
+    """The nodes that validate on their own (the others are reported already)."""
+    valid: list[tuple[int, NodeConfig]] = []
+    for index, item in enumerate(raw_nodes):
+        try:
+            valid.append((index, NodeConfig.model_validate(item)))
+        except ValidationError:
+            continue
+    return valid
+
+
+def _resolve_paths(values: dict[str, Any], base: Path) -> dict[str, Any]:
+    """Relative paths (and sqlite database files) are relative to the config file."""
+
+    def resolved(path: Path) -> Path:
+        path = path.expanduser()
+        return path if path.is_absolute() else Path(os.path.normpath(base / path))
+
+    cluster: ClusterConfig = values["cluster"]
+    coordination: CoordinationConfig = values["coordination"]
+    app: AppConfig = values["app"]
+    database_url = app.database_url
+    file_part = sqlite_path(database_url)
+    if file_part is not None:
+        file, question, query = file_part.partition("?")
+        database_url = f"sqlite:///{resolved(Path(file))}{question}{query}"
+    return {
+        **values,
+        "cluster": cluster.model_copy(update={"state_dir": resolved(cluster.state_dir)}),
+        "coordination": coordination.model_copy(
+            update={"path": resolved(coordination.path) if coordination.path else None}
+        ),
+        "app": app.model_copy(update={"home": resolved(app.home), "database_url": database_url}),
+    }
+
+
+# --- checks across sections (pure) -------------------------------------------
+
+
+_WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", "*", ""})
+_LOOPBACK_HOSTS = frozenset({"localhost", "::1"})
+
+
+def same_machine_address(a: str, b: str) -> bool:
+    """Whether two listen hosts certainly share a port space.
+
+    Equal hosts do; a wildcard (0.0.0.0) and a loopback address do (both are
+    this machine). A wildcard and another IP may be different machines: hakit
+    cannot tell, so it does not complain.
+    """
+
+    def loopback(host: str) -> bool:
+        return host in _LOOPBACK_HOSTS or host.startswith("127.")
+
+    if a == b or (loopback(a) and loopback(b) and "localhost" in (a, b)):
+        return True
+    return (a in _WILDCARD_HOSTS and loopback(b)) or (b in _WILDCARD_HOSTS and loopback(a))
+
+
+def cross_section_problems(
+    mode: Mode | None,
+    mode_is_default: bool,
+    router: RouterConfig | None,
+    node_count: int,
+    nodes: Sequence[tuple[int, NodeConfig]],
+) -> list[Problem]:
+    """Mistakes no single section can see. ``nodes`` holds the valid nodes with their index."""
+    problems: list[Problem] = []
+    if mode is not None and node_count > 0:
+        problems += _mode_problems(mode, mode_is_default, node_count)
+    problems += _unique_node_problems(nodes)
+    if router is not None:
+        host, port = router.listen_address
+        for index, node in nodes:
+            if node.port == port and same_machine_address(node.host, host):
+                problems.append(
+                    Problem(
+                        ("router", "listen"),
+                        f"{router.listen} is also the address of node {node.name} "
+                        f"(nodes[{index}]); expected a host:port no node uses",
+                    )
+                )
+    return problems
+
+
+def _mode_problems(mode: Mode, mode_is_default: bool, node_count: int) -> list[Problem]:
+    shown = f"{mode} (the default mode)" if mode_is_default else str(mode)
+    configured = f"{node_count} [[nodes]] table{'s are' if node_count > 1 else ' is'} configured"
+    if mode is Mode.RESTART_ONLY and node_count != 1:
+        return [
+            Problem(
+                ("cluster", "mode"),
+                f"{shown} runs exactly one node, but {configured}; expected one [[nodes]] "
+                'table, or mode = "cold-standby" for several nodes',
+            )
+        ]
+    if mode in STANDBY_MODES and node_count < 2:
+        return [
+            Problem(
+                ("cluster", "mode"),
+                f"{shown} needs at least two nodes (an active one and a standby), but "
+                f'{configured}; expected a second [[nodes]] table, or mode = "restart-only"',
+            )
+        ]
+    return []
+
+
+def _unique_node_problems(nodes: Sequence[tuple[int, NodeConfig]]) -> list[Problem]:
+    problems: list[Problem] = []
+    names: dict[str, int] = {}
+    routes: dict[str, tuple[int, NodeConfig]] = {}
+    for index, node in nodes:
+        duplicate_name = node.name in names
+        if duplicate_name:
+            problems.append(
+                Problem(
+                    ("nodes", index, "name"),
+                    f'"{node.name}" is already the name of nodes[{names[node.name]}]; '
+                    "expected a unique name per node",
+                )
+            )
+        names.setdefault(node.name, index)
+        route = node.route_name
+        # A route defaulted from a duplicate name is the same mistake: say it once.
+        if route in routes and (node.route or not duplicate_name):
+            first_index, first = routes[route]
+            defaulted = "" if node.route else " (defaulted from the name)"
+            problems.append(
+                Problem(
+                    ("nodes", index, "route"),
+                    f'route "{route}"{defaulted} is already used by {first.name} '
+                    f"(nodes[{first_index}]); expected a unique route per node "
+                    "(sticky cookies name the node by it)",
+                )
+            )
+        routes.setdefault(route, (index, node))
+    return problems + _port_problems(nodes)
+
+
+def _port_problems(nodes: Sequence[tuple[int, NodeConfig]]) -> list[Problem]:
+    """Two listeners on one port of one machine: the second app could not start."""
+    problems: list[Problem] = []
+    taken: list[tuple[str, int, str]] = []  # host, port, "node1" or "node1's admin_port"
+    for index, node in nodes:
+        for key, port in (("port", node.port), ("admin_port", node.admin_port)):
+            if port is None:
+                continue
+            owner = next(
+                (
+                    who
+                    for host, used, who in taken
+                    if used == port and same_machine_address(host, node.host)
+                ),
+                None,
+            )
+            if owner is not None:
+                problems.append(
+                    Problem(
+                        ("nodes", index, key),
+                        f"{port} is already used by {owner} on {node.host}; "
+                        "expected a port nothing else uses on that host",
+                    )
+                )
+            taken.append((node.host, port, node.name if key == "port" else f"{node.name}'s {key}"))
+    return problems
+
+
+# --- summary --------------------------------------------------------------------
+
+
+def describe_config(cfg: Config) -> list[str]:
+    """A short human summary of a valid config, for ``hakit config check``."""
+    health = cfg.health
+    fd = format_duration
+    hang = max(health.timeout, health.fall * health.interval)
+    lines = [
+        f"cluster {cfg.cluster.name}: {cfg.cluster.mode}, {cfg.cluster.storage} storage, "
+        f"state in {cfg.cluster.state_dir}",
+        f"nodes ({len(cfg.nodes)}):",
+        *(
+            f"  {node.name}: {node.host}:{node.port}, route {node.route_name}"
+            + (f", admin port {node.admin_port}" if node.admin_port else "")
+            for node in cfg.nodes
+        ),
+        f"router: listens on {cfg.router.listen}, sticky {_sticky(cfg)}",
+        f"app: home {cfg.app.home}, database {mask_password(cfg.app.database_url)}",
+        f"app start: up to {fd(cfg.app.startup_timeout)}; stop: up to {fd(cfg.app.stop_timeout)}"
+        " before the process group is killed",
+        f"health check: {_health_check(cfg)}, every {fd(health.interval)} "
+        f"(probe timeout {fd(health.probe_timeout)})",
+        "detection: a crash at once (process exit or refused connection); "
+        f"a hang after {fd(hang)} = max(timeout {fd(health.timeout)}, "
+        f"fall {health.fall} x interval {fd(health.interval)})",
+        f"correction: {_correction(cfg)}",
+        f"leader lease: {cfg.coordination.backend} at {cfg.coordination_path}, "
+        f"ttl {fd(cfg.coordination.lease_ttl)}, renewed every "
+        f"{fd(cfg.coordination.renew_interval)}; a lost node is noticed within "
+        f"{fd(cfg.coordination.lease_ttl)}",
+    ]
+    return lines
+
+
+def _sticky(cfg: Config) -> str:
+    router = cfg.router
+    cookie = {
+        "none": "",
+        "lb-cookie": f" (router cookie {router.cookie_name})",
+        "app-cookie-suffix": f" ({router.app_cookie_name}=<id>.<route>)",
+        "app-cookie-prefix": f" ({router.app_cookie_name}=<route>~<id>)",
+    }[router.sticky]
+    return f"{router.sticky}{cookie}"
+
+
+def _health_check(cfg: Config) -> str:
+    check = cfg.app.health
+    if check.status_url is not None:
+        return f"the /status contract at {check.status_url}"
+    if check.url is not None:
+        expected = [f"HTTP {check.expect_status}"] if check.expect_status else []
+        expected += [f"a body matching /{check.expect_body}/"] if check.expect_body else []
+        return f"{check.url} expecting {' and '.join(expected) or 'a 2xx answer'}"
+    command = " ".join(check.command or ())
+    return f"the command `{command}` (exit 0 = RUNNING, else the state it prints)"
+
+
+def _correction(cfg: Config) -> str:
+    failover = cfg.failover
+    restarts = f"restart on the same node (up to {failover.restart_attempts} failed restarts "
+    restarts += f"within {format_duration(failover.failure_window)})"
+    if cfg.cluster.mode is Mode.RESTART_ONLY:
+        return f"{restarts}, no failover (restart-only)"
+    failback = "on" if failover.auto_failback else "off"
+    return f"{restarts}, then fail over to a standby; automatic failback {failback}"
