@@ -55,7 +55,9 @@ def measure(kind: str, trials: int, restart_attempts: int) -> list[float]:
                     first_success_after(client, url, time.monotonic(), 30)
                     # Let the step-down cooldown of a previous failover pass, so
                     # each trial starts from the same place.
-                    time.sleep(3 * cluster.cfg.coordination.lease_ttl if restart_attempts == 0 else 0.5)
+                    time.sleep(
+                        3 * cluster.cfg.coordination.lease_ttl if restart_attempts == 0 else 0.5
+                    )
                     pid = cluster.app_pid(active)
                     assert pid is not None
                     started = time.monotonic()
@@ -78,12 +80,26 @@ def app_startup_time(trials: int) -> list[float]:
             port = free_port()
             started = time.monotonic()
             process = subprocess.Popen(
-                [sys.executable, "-m", "hakit.demo", "--port", str(port), "--home", tmp,
-                 "--database-url", f"sqlite:///{tmp}/app.db", "--startup-delay", "1.0"],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                [
+                    sys.executable,
+                    "-m",
+                    "hakit.demo",
+                    "--port",
+                    str(port),
+                    "--home",
+                    tmp,
+                    "--database-url",
+                    f"sqlite:///{tmp}/app.db",
+                    "--startup-delay",
+                    "1.0",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
             )
             try:
-                first_success_after(httpx.Client(timeout=1.0), f"http://127.0.0.1:{port}/status", started, 30)
+                first_success_after(
+                    httpx.Client(timeout=1.0), f"http://127.0.0.1:{port}/status", started, 30
+                )
                 samples.append(time.monotonic() - started)
             finally:
                 process.terminate()
@@ -94,8 +110,10 @@ def app_startup_time(trials: int) -> list[float]:
 def summary(name: str, samples: list[float]) -> str:
     ordered = sorted(samples)
     p90 = ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))]
-    return (f"{name:<28} n={len(samples):<3} median {statistics.median(samples):6.2f} s"
-            f"   p90 {p90:6.2f} s   max {ordered[-1]:6.2f} s")
+    return (
+        f"{name:<28} n={len(samples):<3} median {statistics.median(samples):6.2f} s"
+        f"   p90 {p90:6.2f} s   max {ordered[-1]:6.2f} s"
+    )
 
 
 def main() -> None:
@@ -109,8 +127,10 @@ def main() -> None:
     print(summary("kill -9 -> served (restart)", restart))
     print(summary("kill -9 -> served (failover)", failover))
     base = statistics.median(startup)
-    print(f"restart / app startup = {statistics.median(restart) / base:.2f}x; "
-          f"failover / app startup = {statistics.median(failover) / base:.2f}x")
+    print(
+        f"restart / app startup = {statistics.median(restart) / base:.2f}x; "
+        f"failover / app startup = {statistics.median(failover) / base:.2f}x"
+    )
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ def _load(path: Path) -> Config:
         return load_config(path)
     except ConfigError as error:
         for problem in error.problems:
-            err_console.print(escape(problem), style="red", highlight=False)
+            err_console.print(escape(problem), style="red", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
 
 
@@ -59,7 +59,7 @@ def config_check(file: Annotated[Path, typer.Argument(help="hakit.toml to check"
     cfg = _load(file)
     console.print(f"[green]{escape(str(file))}: OK[/green]")
     for line in describe_config(cfg):
-        console.print(f"  {escape(line)}", highlight=False)
+        console.print(f"  {escape(line)}", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -162,7 +162,9 @@ def status(config: ConfigOption = Path("hakit.toml")) -> None:
 def events(
     config: ConfigOption = Path("hakit.toml"),
     limit: Annotated[int, typer.Option(help="Show at most this many recent events.")] = 50,
-    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new events.")] = False,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing new events.")
+    ] = False,
 ) -> None:
     """Show the event history with the reason for every action."""
     from hakit.coord.factory import open_coordinator

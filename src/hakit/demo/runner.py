@@ -49,22 +49,32 @@ def run_demo(port: int, directory: Path | None, console: Console) -> None:
     cluster.start()
     config = cluster.config_path
     try:
-        console.print("[bold]hakit demo[/bold]: two nodes of the sample app, cold standby, shared storage")
-        console.print(f"  router     {cluster.router_url}/   (the app: /status, /records, /integrity)")
+        console.print(
+            "[bold]hakit demo[/bold]: two nodes of the sample app, cold standby, shared storage"
+        )
+        console.print(
+            f"  router     {cluster.router_url}/   (the app: /status, /records, /integrity)"
+        )
         for node in cluster.cfg.nodes:
-            console.print(f"  {node.name}      http://{node.host}:{node.port}/status  (route {node.route_name})")
+            console.print(
+                f"  {node.name}      http://{node.host}:{node.port}/status  (route {node.route_name})"
+            )
         console.print(f"  config     {config}")
         console.print(f"  logs       {cluster.cfg.cluster.state_dir / 'logs'}")
         console.print("Waiting for the first node to serve...")
         last_id = 0
         try:
-            wait_for(lambda: stop.is_set() or _router_serves(cluster.router_url), 60, "the router to serve")
+            wait_for(
+                lambda: stop.is_set() or _router_serves(cluster.router_url),
+                60,
+                "the router to serve",
+            )
         except TimeoutError:
             console.print("[red]the cluster did not come up within 60 s; see the logs above[/red]")
         if not stop.is_set():
             console.print(
                 "\n[bold]Try it[/bold] (in another terminal):\n"
-                f"  curl -s -X POST {cluster.router_url}/records -d '{{\"title\": \"hello\", \"attachment\": \"hi\"}}'\n"
+                f'  curl -s -X POST {cluster.router_url}/records -d \'{{"title": "hello", "attachment": "hi"}}\'\n'
                 f"  hakit status -c {config}\n"
                 "  kill -9 <app pid shown below>      # crash: restarted on the same node\n"
                 "  kill -9 it three times             # repeated crashes: failover to the standby\n"
@@ -82,7 +92,9 @@ def run_demo(port: int, directory: Path | None, console: Console) -> None:
                 if record and pid and record.app_state == "RUNNING" and pid not in shown_pids:
                     shown_pids.add(pid)
                     role = "active" if cluster.leader() == node.name else record.role
-                    console.print(f"[bold]>>> {node.name} ({role}) serves; app pid {pid}: try `kill -9 {pid}`[/bold]")
+                    console.print(
+                        f"[bold]>>> {node.name} ({role}) serves; app pid {pid}: try `kill -9 {pid}`[/bold]"
+                    )
             stop.wait(0.2)
     finally:
         console.print("Stopping the cluster...")
