@@ -81,8 +81,21 @@ def start_postgres(timeout: float = 30.0) -> PostgresServer:
     )
     port = _free_port()
     process = subprocess.Popen(
-        [str(bindir / "postgres"), "-D", str(datadir), "-p", str(port), "-h", "127.0.0.1",
-         "-k", str(base), "-c", "fsync=off", "-c", "max_connections=50"],
+        [
+            str(bindir / "postgres"),
+            "-D",
+            str(datadir),
+            "-p",
+            str(port),
+            "-h",
+            "127.0.0.1",
+            "-k",
+            str(base),
+            "-c",
+            "fsync=off",
+            "-c",
+            "max_connections=50",
+        ],
         stdout=subprocess.DEVNULL,
         stderr=open(base / "postgres.log", "wb"),  # noqa: SIM115 - closed with the process
         start_new_session=True,

@@ -49,6 +49,8 @@ def _setup_logging(name: str) -> None:
         format=f"%(asctime)s {name} %(levelname)s %(message)s",
         stream=sys.stderr,
     )
+    # One line per probe would drown the events that matter.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 @config_app.command("check")

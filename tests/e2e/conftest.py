@@ -12,6 +12,7 @@ import pytest
 
 from hakit.coord.base import Event
 from hakit.demo.cluster import DemoCluster, DemoSettings, free_port, wait_for
+from hakit.eventlog import format_event
 
 ClusterFactory = Callable[..., DemoCluster]
 
@@ -36,7 +37,19 @@ def make_cluster(tmp_path: Path) -> Iterator[ClusterFactory]:
     finally:
         for cluster in clusters:
             cluster.stop()
+            dump_history(cluster)
             cluster.close()
+
+
+def dump_history(cluster: DemoCluster) -> None:
+    """Printed with the test's captured output, which pytest shows when it fails."""
+    print(f"--- events of {cluster.root}")
+    for event in cluster.events():
+        print(format_event(event))
+    for log in sorted((cluster.cfg.cluster.state_dir / "logs").glob("*")):
+        lines = log.read_text(errors="replace").splitlines()
+        print(f"--- {log.name} (last 40 of {len(lines)} lines)")
+        print("\n".join(lines[-40:]))
 
 
 def router_get(cluster: DemoCluster, path: str, timeout: float = 2.0) -> httpx.Response | None:

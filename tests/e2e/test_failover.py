@@ -16,7 +16,7 @@ from .conftest import ClusterFactory, events_of, kill_app, router_get, wait_serv
 pytestmark = pytest.mark.e2e
 
 
-def write_records(url: str, count: int, prefix: str) -> list[int]:
+def write_records(url: str, count: int, prefix: str) -> list[str]:
     ids = []
     with httpx.Client(base_url=url, timeout=5) as client:
         for i in range(count):
@@ -24,7 +24,7 @@ def write_records(url: str, count: int, prefix: str) -> list[int]:
                 "/records", json={"title": f"{prefix}-{i}", "attachment": f"body {prefix} {i}"}
             )
             assert response.status_code in (200, 201), response.text
-            ids.append(int(response.json()["id"]))
+            ids.append(str(response.json()["id"]))
     return ids
 
 
@@ -63,7 +63,7 @@ def test_crash_restarts_then_fails_over_and_keeps_data(make_cluster: ClusterFact
     # Everything written before is there, home and database agree.
     ids += write_records(cluster.router_url, 3, "after")
     listed = httpx.get(cluster.router_url + "/records", timeout=5).json()
-    listed_ids = {int(r["id"]) for r in (listed["records"] if isinstance(listed, dict) else listed)}
+    listed_ids = {str(r["id"]) for r in (listed["records"] if isinstance(listed, dict) else listed)}
     assert set(ids) <= listed_ids
     integrity = httpx.get(cluster.router_url + "/integrity", timeout=5).json()
     assert integrity["ok"], integrity
@@ -98,4 +98,4 @@ def test_node_loss_hands_lease_to_standby(make_cluster: ClusterFactory) -> None:
     assert lease is not None and lease.holder == standby and lease.epoch > epoch_before
     listed = httpx.get(cluster.router_url + "/records", timeout=5).json()
     records = listed["records"] if isinstance(listed, dict) else listed
-    assert set(ids) <= {int(r["id"]) for r in records}
+    assert set(ids) <= {str(r["id"]) for r in records}

@@ -1,0 +1,902 @@
+"""The router against real HTTP backends over real sockets.
+
+Backends are threaded ``http.server`` instances on port 0, each answering with
+its own name and what it received. The cluster view is built by hand and
+read by the router from a mutable holder; ``router.refresh()`` is called
+instead of waiting a poll interval, so a test's next request sees the change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import http.client
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Coroutine, Iterator
+from dataclasses import dataclass, replace
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import parse_qs, urlsplit
+
+import psutil
+import pytest
+import uvloop
+
+from hakit.config import AppConfig, ClusterConfig, Config, Mode, NodeConfig, RouterConfig
+from hakit.coord.base import Lease, NodeRecord
+from hakit.coord.view import ClusterView
+from hakit.router import Router
+
+T = TypeVar("T")
+RETRY_AFTER = 7
+BLOCK = bytes(range(256)) * 4096  # 1 MiB, not all zeros
+
+
+# --- backends ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Seen:
+    method: str
+    path: str
+    headers: list[tuple[str, str]]
+    sha256: str
+    length: int
+
+    def header(self, name: str) -> list[str]:
+        return [v for k, v in self.headers if k.lower() == name.lower()]
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # head and body are separate writes: no 40 ms delayed-ACK stall
+    server: Backend
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def _read_body(self) -> tuple[str, int]:
+        digest, length = hashlib.sha256(), 0
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            for _ in range(1_000_000):
+                size = int(self.rfile.readline(100).split(b";")[0], 16)
+                if size == 0:
+                    while self.rfile.readline(1000) not in (b"\r\n", b""):
+                        pass
+                    break
+                data = self.rfile.read(size)
+                digest.update(data)
+                length += len(data)
+                self.rfile.readline(10)
+        else:
+            remaining = int(self.headers.get("Content-Length", "0"))
+            while remaining:
+                data = self.rfile.read(min(remaining, 1 << 20))
+                if not data:
+                    raise ConnectionError("request body cut short")
+                digest.update(data)
+                length += len(data)
+                remaining -= len(data)
+        return digest.hexdigest(), length
+
+    def _record(self, sha: str = "", length: int = 0) -> Seen:
+        seen = Seen(self.command, self.path, list(self.headers.items()), sha, length)
+        with self.server.lock:
+            self.server.seen.append(seen)
+        return seen
+
+    def _send(self, status: int, body: bytes, headers: tuple[tuple[str, str], ...] = ()) -> None:
+        self.send_response(status)
+        for key, value in headers:
+            self.send_header(key, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _answer(self, seen: Seen) -> None:
+        body = {"node": self.server.name, "path": seen.path, "headers": seen.headers}
+        body |= {"sha256": seen.sha256, "length": seen.length}
+        self._send(200, json.dumps(body).encode(), (("Content-Type", "application/json"),))
+
+    def do_GET(self) -> None:
+        seen = self._record()
+        url = urlsplit(self.path)
+        if url.path == "/chunked":
+            self.send_response(200)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for piece in (b"alpha-", b"beta-", self.server.name.encode()):
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+            self.wfile.write(b"0\r\n\r\n")
+        elif url.path == "/close-delimited":
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"until-close-" + self.server.name.encode())
+            self.close_connection = True
+        elif url.path == "/nocontent":
+            self.send_response(204)
+            self.end_headers()
+        elif url.path == "/hop":
+            extra = (
+                ("Connection", "X-Internal"),
+                ("X-Internal", "secret"),
+                ("Keep-Alive", "timeout=5"),
+            )
+            self._send(200, b"hop", extra)
+        elif url.path == "/download":
+            size = int(parse_qs(url.query)["size"][0])
+            self.send_response(200)
+            self.send_header("Content-Length", str(size))
+            self.end_headers()
+            view = memoryview(BLOCK)
+            while size:
+                part = view[: min(size, len(BLOCK))]
+                self.wfile.write(part)
+                size -= len(part)
+                self.server.progress += len(part)
+        elif url.path == "/die":
+            self.send_response(200)
+            self.send_header("Content-Length", "100000")
+            self.end_headers()
+            self.wfile.write(b"x" * 10)
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_RDWR)
+            self.close_connection = True
+        else:
+            self._answer(seen)
+
+    def do_HEAD(self) -> None:
+        self._record()
+        self._send(200, b"twelve bytes", (("X-Node", self.server.name),))
+
+    def do_POST(self) -> None:
+        if self.path == "/upload-held":  # a slow consumer: reads nothing until released
+            self.server.release.wait(30)
+        sha, length = self._read_body()
+        self._answer(self._record(sha, length))
+
+
+class Backend(ThreadingHTTPServer):
+    """A real HTTP server on its own port, answering with its name."""
+
+    daemon_threads = True
+
+    def __init__(self, name: str, sock: socket.socket | None = None) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler, bind_and_activate=sock is None)
+        if sock is not None:  # take over a socket bound earlier (port known in advance)
+            self.socket.close()
+            self.socket = sock
+            self.server_address = sock.getsockname()
+            self.server_activate()
+        self.name = name
+        self.lock = threading.Lock()
+        self.seen: list[Seen] = []
+        self.connections = 0
+        self.progress = 0  # bytes of /download written so far
+        self.release = threading.Event()  # lets /upload-held start reading
+        self._thread = threading.Thread(target=self.serve_forever, args=(0.05,), daemon=True)
+        self._thread.start()
+
+    @property
+    def port(self) -> int:
+        return int(self.server_address[1])
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self.lock:
+            self.connections += 1
+        super().process_request(request, client_address)
+
+    def stop(self) -> None:
+        self.shutdown()
+        self.server_close()
+        self._thread.join(5)
+
+
+@pytest.fixture
+def backends() -> Iterator[Callable[[str], Backend]]:
+    started: list[Backend] = []
+
+    def start(name: str) -> Backend:
+        backend = Backend(name)
+        started.append(backend)
+        return backend
+
+    try:
+        yield start
+    finally:
+        for backend in started:
+            backend.stop()
+
+
+# --- cluster view and router ------------------------------------------------------------
+
+
+def make_config(tmp_path: Path, ports: dict[str, int], mode: Mode = Mode.COLD_STANDBY) -> Config:
+    return Config(
+        cluster=ClusterConfig(mode=mode, state_dir=tmp_path),
+        app=AppConfig(start="true", home=tmp_path / "home", database_url="sqlite:///app.db"),
+        router=RouterConfig(retry_after=RETRY_AFTER, state_poll_interval=60),
+        nodes=tuple(NodeConfig(name=name, port=port) for name, port in ports.items()),
+    )
+
+
+def record(node: str, role: str, epoch: int, state: str = "RUNNING", at: float = 1.0) -> NodeRecord:
+    return NodeRecord(node=node, role=role, app_state=state, epoch=epoch, updated_at=at)
+
+
+class ClusterHolder:
+    """The view the router reads; tests replace it."""
+
+    def __init__(self) -> None:
+        self.view = ClusterView(None, {}, 0.0)
+
+    def source(self) -> ClusterView:
+        return replace(self.view, read_at=time.time())
+
+    def active(self, holder: str, epoch: int, others: tuple[str, ...] = (), **kw: Any) -> None:
+        nodes = {holder: record(holder, "active", epoch, **kw)}
+        nodes |= {name: record(name, "standby", 0) for name in others}
+        self.view = ClusterView(Lease(holder, epoch, time.time() + 600), nodes, time.time())
+
+
+class RouterThread:
+    """A Router on its own event loop in a thread; tests talk to it with blocking clients."""
+
+    def __init__(self, cfg: Config, cluster: ClusterHolder) -> None:
+        self.router = Router(cfg, cluster.source)
+        self.loop = uvloop.new_event_loop()  # the loop `hakit router` runs on
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+        _, self.port = self.call(self.router.start("127.0.0.1", 0))
+
+    def call(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(10)
+
+    def refresh(self) -> None:
+        self.call(self.router.refresh())
+
+    def down_marks(self) -> dict[str, float]:
+        async def read() -> dict[str, float]:
+            return self.router.down_marks
+
+        return self.call(read())
+
+    def client(self) -> http.client.HTTPConnection:
+        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+
+    def close(self) -> None:
+        try:
+            self.call(self.router.close())
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(5)
+            self.loop.close()
+
+
+@pytest.fixture
+def cluster() -> ClusterHolder:
+    return ClusterHolder()
+
+
+@pytest.fixture
+def router_for(cluster: ClusterHolder) -> Iterator[Callable[[Config], RouterThread]]:
+    started: list[RouterThread] = []
+
+    def start(cfg: Config) -> RouterThread:
+        router = RouterThread(cfg, cluster)
+        started.append(router)
+        return router
+
+    try:
+        yield start
+    finally:
+        for router in started:
+            router.close()
+
+
+def get(router: RouterThread, path: str = "/", **headers: str) -> tuple[int, dict[str, str], bytes]:
+    conn = router.client()
+    try:
+        conn.request("GET", path, headers={k.replace("_", "-"): v for k, v in headers.items()})
+        response = conn.getresponse()
+        return response.status, dict(response.getheaders()), response.read()
+    finally:
+        conn.close()
+
+
+def answered_by(body: bytes) -> str:
+    return str(json.loads(body)["node"])
+
+
+def raw(port: int, data: bytes, timeout: float = 10) -> bytes:
+    """Send ``data`` and read until the router closes the connection."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(data)
+        chunks = []
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+    raise AssertionError("the router did not close the connection")
+
+
+# --- choice of backend ----------------------------------------------------------------
+
+
+def test_forwards_only_to_the_lease_holder(tmp_path, backends, cluster, router_for) -> None:
+    n1, n2 = backends("n1"), backends("n2")
+    cluster.active("n1", 3, others=("n2",))  # n2 runs too (warm) but is a standby
+    router = router_for(make_config(tmp_path, {"n1": n1.port, "n2": n2.port}, Mode.WARM_STANDBY))
+    for _ in range(5):
+        status, _, body = get(router)
+        assert (status, answered_by(body)) == (200, "n1")
+    assert len(n1.seen) == 5 and n2.seen == []
+
+
+def test_lease_switch_moves_the_next_request(tmp_path, backends, cluster, router_for) -> None:
+    n1, n2 = backends("n1"), backends("n2")
+    cluster.active("n1", 1, others=("n2",))
+    router = router_for(make_config(tmp_path, {"n1": n1.port, "n2": n2.port}))
+    conn = router.client()
+    try:
+        conn.request("GET", "/")
+        assert answered_by(conn.getresponse().read()) == "n1"
+        cluster.active("n2", 2, others=("n1",))
+        router.refresh()
+        conn.request("GET", "/")  # same client connection: the choice is per request
+        assert answered_by(conn.getresponse().read()) == "n2"
+    finally:
+        conn.close()
+
+
+NOBODY_MAY_SERVE: dict[str, Callable[[ClusterHolder], None]] = {
+    "no lease": lambda c: setattr(
+        c, "view", ClusterView(None, {"n1": record("n1", "active", 1)}, 0)
+    ),
+    "lease expired": lambda c: setattr(
+        c,
+        "view",
+        ClusterView(Lease("n1", 1, time.time() - 1), {"n1": record("n1", "active", 1)}, 0),
+    ),
+    "holder starting": lambda c: c.active("n1", 1, state="STARTING"),
+    "holder in maintenance": lambda c: c.active("n1", 1, state="MAINTENANCE"),
+    "holder in error": lambda c: c.active("n1", 1, state="ERROR"),
+    "epoch mismatch": lambda c: setattr(
+        c,
+        "view",
+        ClusterView(Lease("n1", 2, time.time() + 600), {"n1": record("n1", "active", 1)}, 0),
+    ),
+}
+
+
+@pytest.mark.parametrize("situation", NOBODY_MAY_SERVE.values(), ids=NOBODY_MAY_SERVE.keys())
+def test_maintenance_page_when_nobody_may_serve(
+    tmp_path, backends, cluster, router_for, situation
+) -> None:
+    n1 = backends("n1")
+    situation(cluster)
+    router = router_for(make_config(tmp_path, {"n1": n1.port}))
+    status, headers, body = get(router, Accept="text/html,*/*;q=0.8")
+    assert status == 503
+    assert headers["Retry-After"] == str(RETRY_AFTER)
+    assert headers["Cache-Control"] == "no-store"
+    assert headers["Content-Type"].startswith("text/html")
+    page = body.decode()
+    assert page.startswith("<!DOCTYPE html>") and 'http-equiv="refresh"' in page
+    assert "switched over or maintained" in page
+    assert "src=" not in page and "href=" not in page and "@import" not in page  # self-contained
+    assert n1.seen == []
+
+
+def test_maintenance_page_as_json_for_api_clients(tmp_path, backends, cluster, router_for) -> None:
+    n1 = backends("n1")
+    router = router_for(make_config(tmp_path, {"n1": n1.port}))  # no lease at all
+    status, headers, body = get(router, Accept="application/json")
+    assert (status, headers["Content-Type"]) == (503, "application/json")
+    assert headers["Retry-After"] == str(RETRY_AFTER)
+    assert json.loads(body)["error"] == "unavailable"
+    # A HEAD gets the same answer without the body, and the connection stays usable.
+    conn = router.client()
+    try:
+        conn.request("HEAD", "/")
+        response = conn.getresponse()
+        assert (response.status, response.read()) == (503, b"")
+        conn.request("GET", "/", headers={"Accept": "application/json"})
+        assert conn.getresponse().status == 503
+    finally:
+        conn.close()
+
+
+# --- passive failure detection ------------------------------------------------------
+
+
+def refusing_socket() -> socket.socket:
+    """A bound but not listening socket: connecting to its port is refused."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+def test_refused_node_is_marked_down_until_its_record_changes(
+    tmp_path, backends, cluster, router_for
+) -> None:
+    sock = refusing_socket()
+    n1: Backend | None = None
+    try:
+        cluster.active("n1", 1)
+        router = router_for(make_config(tmp_path, {"n1": sock.getsockname()[1]}))
+        conn = router.client()
+        try:
+            conn.request("POST", "/", body=b"x")
+            assert conn.getresponse().status == 502  # not idempotent: a plain failure
+        finally:
+            conn.close()
+        assert set(router.down_marks()) == {"n1"}
+        status, headers, _ = get(router, Accept="application/json")
+        assert (status, headers["Retry-After"]) == (
+            503,
+            str(RETRY_AFTER),
+        )  # known down: maintenance
+
+        n1 = Backend("n1", sock)  # the app is back on the same port, but the record is unchanged
+        router.refresh()
+        assert get(router)[0] == 503 and n1.seen == []  # still marked: not tried
+
+        cluster.active("n1", 1, at=2.0)  # the agent republished its record
+        router.refresh()
+        status, _, body = get(router)
+        assert (status, answered_by(body)) == (200, "n1")
+        assert router.down_marks() == {}
+    finally:
+        if n1 is not None:
+            n1.stop()
+        else:
+            sock.close()
+
+
+def test_active_active_skips_a_refused_node(tmp_path, backends, cluster, router_for) -> None:
+    sock = refusing_socket()
+    try:
+        n2 = backends("n2")
+        cluster.view = ClusterView(
+            None, {"n1": record("n1", "active", 0), "n2": record("n2", "active", 0)}, 0
+        )
+        cfg = make_config(
+            tmp_path, {"n1": sock.getsockname()[1], "n2": n2.port}, Mode.ACTIVE_ACTIVE
+        )
+        router = router_for(cfg)
+        for _ in range(4):
+            status, _, body = get(router)
+            assert (status, answered_by(body)) == (200, "n2")
+        conn = router.client()
+        try:  # a refused connect sent nothing: even a POST moves on to the other node
+            conn.request("POST", "/", body=b"payload")
+            assert answered_by(conn.getresponse().read()) == "n2"
+        finally:
+            conn.close()
+        assert set(router.down_marks()) == {"n1"}
+    finally:
+        sock.close()
+
+
+# --- connections and headers --------------------------------------------------------
+
+
+def test_keep_alive_on_both_sides(tmp_path, backends, cluster, router_for) -> None:
+    n1 = backends("n1")
+    cluster.active("n1", 1)
+    router = router_for(make_config(tmp_path, {"n1": n1.port}))
+    for _ in range(2):  # two client connections one after the other
+        conn = router.client()
+        try:
+            conn.request("GET", "/")
+            conn.getresponse().read()
+            client_socket = conn.sock
+            for _ in range(4):
+                conn.request("GET", "/")
+                response = conn.getresponse()
+                assert response.status == 200 and not response.will_close
+                response.read()
+                assert conn.sock is client_socket  # http.client did not reconnect
+        finally:
+            conn.close()
+    assert len(n1.seen) == 10
+    assert n1.connections == 1  # one backend connection, kept in the pool across clients
+
+
+def test_forwarded_headers(tmp_path, backends, cluster, router_for) -> None:
+    n1 = backends("n1")
+    cluster.active("n1", 1)
+    router = router_for(make_config(tmp_path, {"n1": n1.port}))
+    headers = {
+        "Host": "jira.example:8443",
+        "X-Forwarded-For": "10.1.2.3",
+        "X-Forwarded-Proto": "https",
+    }
+    status, _, _ = get(router, **headers)
+    assert status == 200
+    seen = n1.seen[-1]
+    assert seen.header("X-Forwarded-For") == ["10.1.2.3, 127.0.0.1"]
+    assert seen.header("X-Forwarded-Proto") == ["http"]
+    assert seen.header("X-Forwarded-Host") == ["jira.example:8443"]
+    assert seen.header("Host") == ["jira.example:8443"]  # the app builds its URLs from it
+
+
+def test_hop_by_hop_headers_are_stripped(tmp_path, backends, cluster, router_for) -> None:
+    n1 = backends("n1")
+    cluster.active("n1", 1)
+    router = router_for(make_config(tmp_path, {"n1": n1.port}))
+    request = (
+        b"GET /hop HTTP/1.1\r\nHost: app\r\n"
+        b"Connection: close, X-Hop, Cookie, Authorization\r\n"
+        b"X-Hop: secret\r\nKeep-Alive: timeout=5\r\nProxy-Connection: keep-alive\r\n"
+        b"TE: trailers\r\nUpgrade: h2c\r\nTrailer: X-T\r\n"
+        b"Cookie: JSESSIONID=abc.n1\r\nAuthorization: Basic dTpw\r\nX-End-To-End: kept\r\n\r\n"
+    )
+    answer = raw(router.port, request)  # returns once the router closed: Connection: close honoured
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and body == b"hop"
+    response_headers = head.lower()
+    assert b"connection: close" in response_headers
+    assert b"x-internal" not in response_headers and b"keep-alive" not in response_headers
+    seen = n1.seen[-1]
+    names = {name.lower() for name, _ in seen.headers}
+    for hop in (
+        "connection",
+        "x-hop",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "upgrade",
+        "trailer",
+    ):
+        assert hop not in names, hop
+    assert seen.header("Cookie") == ["JSESSIONID=abc.n1"]
+    assert seen.header("Authorization") == ["Basic dTpw"]
+    assert seen.header("X-End-To-End") == ["kept"]
+    # The client's "close" was for its own connection: the backend connection is reused.
+    assert get(router)[0] == 200
+    assert n1.connections == 1
+
+
+def test_pipelined_requests_are_answered_in_order(tmp_path, backends, cluster, router_for) -> None:
+    n1 = backends("n1")
+    cluster.active("n1", 1)
+    router = router_for(make_config(tmp_path, {"n1": n1.port}))
+    requests = b"".join(
+        b"GET /%d HTTP/1.1\r\nHost: app\r\n%s\r\n"
+        % (i, b"Connection: close\r\n" if i == 3 else b"")
+        for i in range(1, 4)
+    )
+    answer = raw(router.port, requests)
+    paths = [
+        json.loads(part.split(b"\r\n\r\n", 1)[1].split(b"HTTP/1.1")[0])["path"]
+        for part in answer.split(b"HTTP/1.1 200 OK")[1:]
+    ]
+    assert paths == ["/1", "/2", "/3"]
+
+
+# --- bodies and framing ---------------------------------------------------------------
+
+
+def test_post_body_arrives_intact(tmp_path, backends, cluster, router_for) -> None:
+    n1 = backends("n1")
+    cluster.active("n1", 1)
+    router = router_for(make_config(tmp_path, {"n1": n1.port}))
+    body = os.urandom(3 * 1024 * 1024 + 17)
+    conn = router.client()
+    try:
+        conn.request(
+            "POST", "/records", body=body, headers={"Content-Type": "application/octet-stream"}
+        )
+        answer = json.loads(conn.getresponse().read())
+    finally:
+        conn.close()
+    assert answer["sha256"] == hashlib.sha256(body).hexdigest()
+    assert answer["length"] == len(body)
+
+
+def test_chunked_request_body(tmp_path, backends, cluster, router_for) -> None:
+    n1 = backends("n1")
+    cluster.active("n1", 1)
+    router = router_for(make_config(tmp_path, {"n1": n1.port}))
+    pieces = [b"first,", os.urandom(100_000), b"", b"last"]  # http.client skips the empty one
+    conn = router.client()
+    try:
+        conn.request("POST", "/upload", body=iter(pieces), encode_chunked=True)
+        answer = json.loads(conn.getresponse().read())
+    finally:
+        conn.close()
+    assert answer["sha256"] == hashlib.sha256(b"".join(pieces)).hexdigest()
+    assert n1.seen[-1].header("Transfer-Encoding") == ["chunked"]
+
+
+def test_chunked_response(tmp_path, backends, cluster, router_for) -> None:
+    n1 = backends("n1")
+    cluster.active("n1", 1)
+    router = router_for(make_config(tmp_path, {"n1": n1.port}))
+    status, headers, body = get(router, "/chunked")
+    assert (status, headers.get("Transfer-Encoding"), body) == (200, "chunked", b"alpha-beta-n1")
+    # An HTTP/1.0 client cannot read chunked: it gets the body ended by the close.
+    answer = raw(router.port, b"GET /chunked HTTP/1.0\r\n\r\n")
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert b"transfer-encoding" not in head.lower() and body == b"alpha-beta-n1"
+
+
+def test_close_delimited_response_is_rechunked(tmp_path, backends, cluster, router_for) -> None:
+    n1 = backends("n1")
+    cluster.active("n1", 1)
+    router = router_for(make_config(tmp_path, {"n1": n1.port}))
+    conn = router.client()
+    try:
+        conn.request("GET", "/close-delimited")
+        response = conn.getresponse()
+        assert response.getheader("Transfer-Encoding") == "chunked" and not response.will_close
+        assert response.read() == b"until-close-n1"
+        client_socket = conn.sock
+        conn.request("GET", "/")  # the client connection survived the backend's close
+        assert conn.getresponse().status == 200 and conn.sock is client_socket
+    finally:
+        conn.close()
+
+
+def test_head_and_no_content_responses_keep_framing(
+    tmp_path, backends, cluster, router_for
+) -> None:
+    n1 = backends("n1")
+    cluster.active("n1", 1)
+    router = router_for(make_config(tmp_path, {"n1": n1.port}))
+    conn = router.client()
+    try:
+        conn.request("HEAD", "/anything")
+        response = conn.getresponse()
+        assert (response.status, response.getheader("Content-Length")) == (200, "12")
+        assert response.read() == b""
+        conn.request("GET", "/nocontent")
+        response = conn.getresponse()
+        assert (response.status, response.read()) == (204, b"")
+        conn.request("GET", "/after")  # no stray bytes left on either connection
+        assert json.loads(conn.getresponse().read())["path"] == "/after"
+    finally:
+        conn.close()
+    assert n1.connections == 1
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status"),
+    [
+        (b"GET / HTTP/1.1\r\nHost: app\r\nBad Header\r\n\r\n", 400),
+        (b"NOT-HTTP\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\n\r\n", 400),  # HTTP/1.1 without Host
+        (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+        (
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            400,
+        ),
+        (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd", 400),
+        (b"GET / HTTP/1.1\r\nHost: a\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n", 431),
+        (b"GET / HTTP/1.1\r\nHost: a\r\n" + b"X-Many: b\r\n" * 8000 + b"\r\n", 431),
+    ],
+    ids=[
+        "bad header",
+        "not http",
+        "no host",
+        "two hosts",
+        "cl+te",
+        "two lengths",
+        "huge header",
+        "many headers",
+    ],
+)
+def test_malformed_request_is_rejected_and_never_forwarded(
+    tmp_path, backends, cluster, router_for, request_bytes, status
+) -> None:
+    n1 = backends("n1")
+    cluster.active("n1", 1)
+    router = router_for(make_config(tmp_path, {"n1": n1.port}))
+    answer = raw(router.port, request_bytes)
+    assert answer.startswith(b"HTTP/1.1 %d " % status), answer[:100]
+    assert b"connection: close" in answer.lower()
+    assert n1.seen == [] and n1.connections == 0
+
+
+def test_backend_dying_mid_response_closes_the_client(
+    tmp_path, backends, cluster, router_for
+) -> None:
+    n1 = backends("n1")
+    cluster.active("n1", 1)
+    router = router_for(make_config(tmp_path, {"n1": n1.port}))
+    conn = router.client()
+    try:
+        conn.request("GET", "/die")
+        response = conn.getresponse()
+        assert response.status == 200
+        with pytest.raises(http.client.IncompleteRead):
+            response.read()
+    finally:
+        conn.close()
+    assert get(router)[0] == 200  # the router itself carries on
+
+
+# --- streaming with bounded memory (router in its own process) ------------------------
+
+ROUTER_PROCESS = """
+import asyncio, signal, sys, time
+import uvloop
+from hakit.config import Config
+from hakit.coord.base import Lease, NodeRecord
+from hakit.coord.view import ClusterView
+from hakit.router import Router
+
+cfg = Config.model_validate_json(sys.argv[1])
+name = cfg.nodes[0].name
+
+def view():
+    now = time.time()
+    return ClusterView(Lease(name, 1, now + 60), {name: NodeRecord(name, "active", "RUNNING", 1, now)}, now)
+
+async def main():
+    router = Router(cfg, view)
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    _, port = await router.start("127.0.0.1", 0)
+    print(port, flush=True)
+    await stop.wait()
+    await router.close()
+
+uvloop.run(main())
+"""
+
+
+@pytest.fixture
+def router_process(tmp_path: Path, backends) -> Iterator[tuple[int, psutil.Process, Backend]]:
+    n1 = backends("n1")
+    cfg = make_config(tmp_path, {"n1": n1.port})
+    proc = subprocess.Popen(
+        [sys.executable, "-c", ROUTER_PROCESS, cfg.model_dump_json()],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()  # the router prints its port once listening
+        assert line.strip().isdigit(), f"router process did not start (exit {proc.poll()})"
+        yield int(line), psutil.Process(proc.pid), n1
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+class PeakRss:
+    """Samples a process's resident memory in a thread; ``peak`` is the highest seen."""
+
+    def __init__(self, process: psutil.Process) -> None:
+        self._process = process
+        self.peak = process.memory_info().rss
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.02):
+            self.peak = max(self.peak, self._process.memory_info().rss)
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+def progress_when_stalled(read: Callable[[], int], total: int, timeout: float = 20) -> int:
+    """Poll a producer's byte count until it reaches ``total`` or stops moving for 0.3 s."""
+    last, last_change = read(), time.monotonic()
+    deadline = last_change + timeout
+    while time.monotonic() < deadline:
+        time.sleep(0.02)
+        value = read()
+        if value >= total:
+            return value
+        if value != last:
+            last, last_change = value, time.monotonic()
+        elif time.monotonic() - last_change >= 0.3:
+            return value
+    raise AssertionError(f"the producer neither finished nor stalled within {timeout} s")
+
+
+SIZE = 200 * len(BLOCK)
+# Kernel socket buffers on both sides of the router hold some MiB; a router
+# buffering the stream in memory would let the producer run to 200 MiB.
+STALLED_AT_MOST = 64 * 1024 * 1024
+RSS_GROWTH_AT_MOST = 32 * 1024 * 1024
+
+
+def test_200mb_download_to_a_stalled_client_is_not_buffered(router_process) -> None:
+    port, process, n1 = router_process
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request("GET", "/warm-up")
+        assert conn.getresponse().read()
+        baseline = process.memory_info().rss
+        with PeakRss(process) as rss:
+            conn.request("GET", f"/download?size={SIZE}")
+            response = conn.getresponse()  # the head only: the body waits unread
+            stalled = progress_when_stalled(lambda: n1.progress, SIZE)
+            assert stalled < STALLED_AT_MOST, (
+                f"backend wrote {stalled >> 20} MiB into a stalled client"
+            )
+            received, first = 0, b""
+            for _ in range(SIZE):  # bounded: each read returns at least one byte
+                data = response.read(1 << 20)
+                if not data:
+                    break
+                first = first or data[:1024]
+                received += len(data)
+    finally:
+        conn.close()
+    assert received == SIZE and first == BLOCK[:1024]
+    growth = rss.peak - baseline
+    assert growth < RSS_GROWTH_AT_MOST, f"router RSS grew by {growth >> 20} MiB"
+
+
+def test_200mb_upload_to_a_stalled_backend_is_not_buffered(router_process) -> None:
+    port, process, n1 = router_process
+    sent = 0
+    answer: dict[str, Any] = {}
+
+    def blocks() -> Iterator[bytes]:
+        nonlocal sent
+        for _ in range(200):
+            yield BLOCK
+            sent += len(BLOCK)
+
+    def upload() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        try:
+            headers = {"Content-Length": str(SIZE)}
+            conn.request("POST", "/upload-held", body=blocks(), headers=headers)
+            answer.update(json.loads(conn.getresponse().read()))
+        finally:
+            conn.close()
+
+    warm = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        warm.request("GET", "/warm-up")
+        assert warm.getresponse().read()
+    finally:
+        warm.close()
+    baseline = process.memory_info().rss
+    client = threading.Thread(target=upload, daemon=True)
+    try:
+        with PeakRss(process) as rss:
+            client.start()
+            stalled = progress_when_stalled(lambda: sent, SIZE)
+            assert stalled < STALLED_AT_MOST, (
+                f"client sent {stalled >> 20} MiB to a stalled backend"
+            )
+            n1.release.set()
+            client.join(30)
+    finally:
+        n1.release.set()
+        client.join(30)
+    expected = hashlib.sha256()
+    for _ in range(200):
+        expected.update(BLOCK)
+    assert (answer["length"], answer["sha256"]) == (SIZE, expected.hexdigest())
+    growth = rss.peak - baseline
+    assert growth < RSS_GROWTH_AT_MOST, f"router RSS grew by {growth >> 20} MiB"
