@@ -1,0 +1,90 @@
+"""`hakit demo` as a newcomer runs it: output, a kill -9 by hand, Ctrl-C, nothing left behind."""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from hakit.demo.cluster import free_port
+
+pytestmark = pytest.mark.e2e
+
+
+class Output:
+    """The demo's stdout, read by a thread so waits have deadlines."""
+
+    def __init__(self, process: subprocess.Popen[str]) -> None:
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.seen: list[str] = []
+        assert process.stdout is not None
+        stdout = process.stdout
+        threading.Thread(target=lambda: [self.lines.put(x) for x in stdout], daemon=True).start()
+
+    def wait_for(self, pattern: str, timeout: float) -> re.Match[str]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                line = self.lines.get(timeout=max(0.01, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            self.seen.append(line)
+            match = re.search(pattern, line)
+            if match:
+                return match
+        raise AssertionError(f"no line matching {pattern!r}; output:\n" + "".join(self.seen))
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is dead for our purposes.
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def test_demo_restarts_a_killed_app_and_stops_cleanly(tmp_path: Path) -> None:
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "hakit", "demo", "--port", str(port), "--dir", str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    output = Output(process)
+    try:
+        first = output.wait_for(
+            r">>> (node\d) \(active\) serves: app pid (\d+), agent pid (\d+)", 60
+        )
+        node, app_pid, agent_pid = first.group(1), int(first.group(2)), int(first.group(3))
+        response = httpx.get(f"http://127.0.0.1:{port}/status", timeout=5)
+        assert response.json()["state"] == "RUNNING"  # the demo configured the app
+
+        os.kill(app_pid, signal.SIGKILL)
+        output.wait_for(rf"{node} .*killed by SIGKILL.*restart 1 of", 20)
+        again = output.wait_for(rf">>> {node} \(active\) serves: app pid (\d+)", 30)
+        new_pid = int(again.group(1))
+        assert new_pid != app_pid
+
+        process.send_signal(signal.SIGINT)  # Ctrl-C
+        assert process.wait(timeout=30) == 0
+        output.wait_for(r"Stopped; every process ended", 5)
+        assert not alive(new_pid) and not alive(agent_pid)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)
