@@ -32,7 +32,7 @@ import uvloop
 from hakit.config import AppConfig, ClusterConfig, Config, Mode, NodeConfig, RouterConfig
 from hakit.coord.base import Lease, NodeRecord
 from hakit.coord.view import ClusterView
-from hakit.router import Router
+from hakit.router import ProxyLimits, Router
 
 T = TypeVar("T")
 RETRY_AFTER = 7
@@ -250,8 +250,8 @@ class ClusterHolder:
 class RouterThread:
     """A Router on its own event loop in a thread; tests talk to it with blocking clients."""
 
-    def __init__(self, cfg: Config, cluster: ClusterHolder) -> None:
-        self.router = Router(cfg, cluster.source)
+    def __init__(self, cfg: Config, cluster: ClusterHolder, limits: ProxyLimits | None) -> None:
+        self.router = Router(cfg, cluster.source, limits=limits)
         self.loop = uvloop.new_event_loop()  # the loop `hakit router` runs on
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self._thread.start()
@@ -287,11 +287,11 @@ def cluster() -> ClusterHolder:
 
 
 @pytest.fixture
-def router_for(cluster: ClusterHolder) -> Iterator[Callable[[Config], RouterThread]]:
+def router_for(cluster: ClusterHolder) -> Iterator[Callable[..., RouterThread]]:
     started: list[RouterThread] = []
 
-    def start(cfg: Config) -> RouterThread:
-        router = RouterThread(cfg, cluster)
+    def start(cfg: Config, limits: ProxyLimits | None = None) -> RouterThread:
+        router = RouterThread(cfg, cluster, limits)
         started.append(router)
         return router
 
@@ -464,6 +464,20 @@ def test_refused_node_is_marked_down_until_its_record_changes(
             sock.close()
 
 
+def test_down_mark_ages_out_even_if_the_record_never_changes(tmp_path, cluster, router_for) -> None:
+    sock = refusing_socket()
+    try:
+        cluster.active("n1", 1)
+        cfg = make_config(tmp_path, {"n1": sock.getsockname()[1]})
+        router = router_for(cfg, ProxyLimits(down_mark_max_age=0.0))
+        assert get(router)[0] == 503
+        assert set(router.down_marks()) == {"n1"}
+        router.refresh()  # same record, but the mark is older than its maximum age
+        assert router.down_marks() == {}
+    finally:
+        sock.close()
+
+
 def test_active_active_skips_a_refused_node(tmp_path, backends, cluster, router_for) -> None:
     sock = refusing_socket()
     try:
@@ -584,6 +598,105 @@ def test_pipelined_requests_are_answered_in_order(tmp_path, backends, cluster, r
         for part in answer.split(b"HTTP/1.1 200 OK")[1:]
     ]
     assert paths == ["/1", "/2", "/3"]
+
+
+class ClosingKeepAliveBackend:
+    """Answers the first request on each connection, then closes on reading the next.
+
+    What a backend whose keep-alive timeout fires just as the router reuses the
+    connection looks like: the request was written, no answer ever comes.
+    """
+
+    def __init__(self) -> None:
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.1)
+        self.port = self._listener.getsockname()[1]
+        self.connections = 0
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._accepter = threading.Thread(target=self._accept, daemon=True)
+        self._accepter.start()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            self.connections += 1
+            thread = threading.Thread(target=self._serve, args=(conn,), daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(10)
+            for answered in (True, False):
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        return
+                    data += chunk
+                if answered:
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfresh")
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._accepter.join(5)
+        for thread in self._threads:
+            thread.join(5)
+        self._listener.close()
+
+
+def test_stale_pooled_connection_is_retried_only_when_safe(tmp_path, cluster, router_for) -> None:
+    backend = ClosingKeepAliveBackend()
+    try:
+        cluster.active("n1", 1)
+        router = router_for(make_config(tmp_path, {"n1": backend.port}))
+        assert get(router)[2] == b"fresh"  # opens a connection, which goes to the pool
+        status, _, body = get(router)  # reused, closed unanswered: repeated on a new one
+        assert (status, body) == (200, b"fresh")
+        assert backend.connections == 2
+        conn = router.client()
+        try:  # a POST may have been processed: never repeated, reported as 502
+            conn.request("POST", "/", body=b"once")
+            assert conn.getresponse().status == 502
+        finally:
+            conn.close()
+        assert backend.connections == 2
+        assert router.down_marks() == {}  # the node answered connects: not down
+    finally:
+        backend.stop()
+
+
+def test_expect_100_continue_is_relayed(tmp_path, backends, cluster, router_for) -> None:
+    n1 = backends("n1")
+    cluster.active("n1", 1)
+    router = router_for(make_config(tmp_path, {"n1": n1.port}))
+    with socket.create_connection(("127.0.0.1", router.port), timeout=10) as sock:
+        sock.sendall(
+            b"POST /upload HTTP/1.1\r\nHost: app\r\nContent-Length: 5\r\n"
+            b"Expect: 100-continue\r\nConnection: close\r\n\r\n"
+        )
+        interim = b""
+        for _ in range(100):  # bounded: until the interim head is complete
+            if b"\r\n\r\n" in interim:
+                break
+            interim += sock.recv(4096)
+        assert interim.startswith(b"HTTP/1.1 100 Continue\r\n")
+        sock.sendall(b"hello")
+        answer = interim.split(b"\r\n\r\n", 1)[1]
+        for _ in range(100):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 200 ")
+    assert (
+        json.loads(answer.split(b"\r\n\r\n", 1)[1])["sha256"]
+        == hashlib.sha256(b"hello").hexdigest()
+    )
 
 
 # --- bodies and framing ---------------------------------------------------------------
@@ -736,7 +849,7 @@ import uvloop
 from hakit.config import Config
 from hakit.coord.base import Lease, NodeRecord
 from hakit.coord.view import ClusterView
-from hakit.router import Router
+from hakit.router import ProxyLimits, Router
 
 cfg = Config.model_validate_json(sys.argv[1])
 name = cfg.nodes[0].name

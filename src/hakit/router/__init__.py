@@ -12,7 +12,7 @@
 from hakit.router.exchange import ExchangeHooks
 from hakit.router.limits import ProxyLimits
 from hakit.router.pool import choose_backend, eligible_backends
-from hakit.router.server import Router, run_router, serve
+from hakit.router.server import Router, run_router
 
 __all__ = [
     "ExchangeHooks",
@@ -21,5 +21,4 @@ __all__ = [
     "choose_backend",
     "eligible_backends",
     "run_router",
-    "serve",
 ]

@@ -117,7 +117,7 @@ class Exchange:
         if backend is None:
             if self._tried and not self.request.idempotent:
                 # Say plainly that it failed rather than showing a page that reloads itself.
-                self._respond(error_page(502, self._accept))
+                self._respond(error_page(502, self.request.accept))
             else:
                 self._respond(self._ctx.maintenance(self.request))
             return
@@ -138,7 +138,7 @@ class Exchange:
             self._tried.add(backend.name)
             self._fresh_only = False
             if self._attempts >= MAX_ATTEMPTS:
-                self._respond(error_page(502, self._accept))
+                self._respond(error_page(502, self.request.accept))
             else:
                 self.start()
             return
@@ -183,12 +183,15 @@ class Exchange:
         if self.finished:
             return
         self._drop_upstream()
-        if self._head_sent:
+        if self._response_done:  # answered in full already: just do not read on
+            self._request_done = True
+            self._finish(keep_alive=False)
+        elif self._head_sent:
             self._abort_client()
         else:
             self._request_done = True  # nothing more will be read
             self._out = ResponseFraming(Body.NONE, False)
-            self._write_canned(error_page(status, self._accept), keep_alive=False)
+            self._write_canned(error_page(status, self.request.accept), keep_alive=False)
             self._response_done = True
             self._finish(keep_alive=False)
 
@@ -276,7 +279,7 @@ class Exchange:
             self.start()
             return
         log.warning("backend %s failed before answering: %r", conn.node.name, error)
-        self._respond(error_page(502, self._accept))
+        self._respond(error_page(502, self.request.accept))
 
     def upstream_write_paused(self) -> None:
         self._client.pause_reading("upstream")
@@ -285,13 +288,6 @@ class Exchange:
         self._client.resume_reading("upstream")
 
     # --- ending ---------------------------------------------------------------
-
-    @property
-    def _accept(self) -> str | None:
-        for key, value in self.request.headers:
-            if key.lower() == b"accept":
-                return value.decode("latin-1")
-        return None
 
     def _drainable(self) -> bool:
         """The unread rest of the request body is small enough to read and drop."""

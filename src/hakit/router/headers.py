@@ -79,6 +79,11 @@ class RequestHead:
         return header_value(self.headers, b"host")
 
     @property
+    def accept(self) -> str | None:
+        value = header_value(self.headers, b"accept")
+        return value.decode("latin-1") if value is not None else None
+
+    @property
     def idempotent(self) -> bool:
         return self.method in IDEMPOTENT_METHODS
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from hakit.config import Config, NodeConfig
 from hakit.coord.view import ClusterView
+from hakit.errors import HakitError
 from hakit.router.exchange import ExchangeHooks
 from hakit.router.headers import RequestHead
 from hakit.router.http import ClientConnection
@@ -76,9 +77,17 @@ class Router:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hakit-router-view")
         await self.refresh()
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            lambda: ClientConnection(self, self), host or None, port, backlog=1024
-        )
+        try:
+            self._server = await loop.create_server(
+                lambda: ClientConnection(self, self), host or None, port, backlog=1024
+            )
+        except OSError as error:
+            await self.close()
+            raise HakitError(
+                f"router: cannot listen on {host}:{port} ({error.strerror or error}); "
+                "is another router or program using that port? Change router.listen "
+                "in the config or stop the other program."
+            ) from error
         self._refresher = asyncio.create_task(self._refresh_forever(), name="router-refresh")
         bound = self._server.sockets[0].getsockname()
         log.info("router listening on %s:%s (mode %s)", bound[0], bound[1], self.cfg.cluster.mode)
@@ -146,7 +155,7 @@ class Router:
         oldest = time.monotonic() - self.limits.down_mark_max_age
         kept = {node: mark for node, mark in kept.items() if self._down_since[node] >= oldest}
         for node in self._down.keys() - kept.keys():
-            log.info("router: %s may serve again (its state changed); routing to it", node)
+            log.info("router: trying %s again (its state changed or the mark aged out)", node)
             self._down_since.pop(node, None)
         self._down = kept
 
@@ -161,19 +170,18 @@ class Router:
     def mark_down(self, node: NodeConfig, error: BaseException) -> None:
         if node.name not in self._down:
             log.warning(
-                "router: %s (%s:%s) refused the connection (%s); not routing to it "
+                "router: cannot connect to %s (%s:%s): %s; not routing to it "
                 "until its state changes",
                 node.name,
                 node.host,
                 node.port,
-                error.__class__.__name__,
+                error or error.__class__.__name__,
             )
         self._down[node.name] = down_mark_for(self._view, node.name)
         self._down_since[node.name] = time.monotonic()
 
     def maintenance(self, request: RequestHead) -> CannedResponse:
-        accept = next((v for k, v in request.headers if k.lower() == b"accept"), None)
-        return self._pages[prefers_json(accept.decode("latin-1") if accept else None)]
+        return self._pages[prefers_json(request.accept)]
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.get_running_loop().create_task(coro)
@@ -205,27 +213,3 @@ async def run_router(
         await asyncio.Future()  # until cancelled
     finally:
         await router.close()
-
-
-def serve(
-    cfg: Config, view_source: ViewSource, ready: Callable[[str, int], object] | None = None
-) -> None:
-    """Run ``run_router`` on uvloop (when installed) until SIGINT/SIGTERM."""
-    import signal
-
-    async def main() -> None:
-        task = asyncio.create_task(run_router(cfg, view_source, ready))
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, task.cancel)
-        try:
-            await task
-        except asyncio.CancelledError:
-            pass
-
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(main())
-    else:
-        uvloop.run(main())
