@@ -21,7 +21,7 @@ from pathlib import Path
 
 import httpx
 
-from hakit.demo.cluster import DemoCluster, DemoSettings, free_port, wait_for
+from hakit.demo.cluster import DemoCluster, DemoSettings, free_port, free_ports, wait_for
 
 
 def first_success_after(client: httpx.Client, url: str, started: float, limit: float) -> float:
@@ -39,9 +39,10 @@ def first_success_after(client: httpx.Client, url: str, started: float, limit: f
 
 def measure(kind: str, trials: int, restart_attempts: int) -> list[float]:
     with tempfile.TemporaryDirectory(prefix=f"hakit-bench-{kind}-") as tmp:
+        router_port, *node_ports = free_ports(3)
         settings = DemoSettings(
-            router_port=free_port(),
-            node_ports=(free_port(), free_port()),
+            router_port=router_port,
+            node_ports=tuple(node_ports),
             restart_attempts=restart_attempts,
         )
         cluster = DemoCluster(Path(tmp), settings)

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from hakit.coord.base import Event
-from hakit.demo.cluster import DemoCluster, DemoSettings, free_port, wait_for
+from hakit.demo.cluster import DemoCluster, DemoSettings, free_ports, wait_for
 from hakit.eventlog import format_event
 
 ClusterFactory = Callable[..., DemoCluster]
@@ -22,9 +22,10 @@ def make_cluster(tmp_path: Path) -> Iterator[ClusterFactory]:
     clusters: list[DemoCluster] = []
 
     def factory(**overrides: object) -> DemoCluster:
+        router_port, *node_ports = free_ports(3)
         settings = DemoSettings(
-            router_port=free_port(),
-            node_ports=(free_port(), free_port()),
+            router_port=router_port,
+            node_ports=tuple(node_ports),
             **overrides,  # type: ignore[arg-type]
         )
         cluster = DemoCluster(tmp_path / f"cluster{len(clusters)}", settings)
