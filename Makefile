@@ -27,7 +27,7 @@ unit: $(STAMP)
 
 bootstrap: $(STAMP)
 
-$(STAMP): pyproject.toml scripts/bootstrap-debian.sh
+$(STAMP): pyproject.toml scripts/bootstrap-debian.sh scripts/debian-packages.txt
 	bash scripts/bootstrap-debian.sh
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Install the Debian packages hakit's demo and tests use, when we are root on Debian.
-# Idempotent: packages already present are skipped without touching apt.
+# Install the Debian packages listed in scripts/debian-packages.txt, when we are root on Debian.
+# Idempotent: when everything is present, apt is not touched.
 set -euo pipefail
+cd "$(dirname "$0")"
 
-packages=(python3 python3-venv python3-dev gcc procps iproute2 curl sqlite3 postgresql)
+mapfile -t packages < <(sed -e 's/#.*//' -e '/^[[:space:]]*$/d' -e 's/[[:space:]]//g' debian-packages.txt)
 
 missing=()
 for pkg in "${packages[@]}"; do

@@ -33,6 +33,7 @@ Example (see examples/ for complete files)::
 from __future__ import annotations
 
 import enum
+import ipaddress
 import json
 import math
 import re
@@ -171,6 +172,32 @@ class Sticky(enum.StrEnum):
     LB_COOKIE = "lb-cookie"
     APP_COOKIE_SUFFIX = "app-cookie-suffix"
     APP_COOKIE_PREFIX = "app-cookie-prefix"
+
+
+class StickyDown(enum.StrEnum):
+    """What happens to a sticky user whose node is down or past its drain deadline."""
+
+    MOVE = "move"  # send them to a healthy node and rewrite the cookie (default)
+    HOLD = "hold"  # hold the request up to sticky_hold for the node to return, then move
+    FAIL = "fail"  # answer 503 (the maintenance page) until the node returns
+
+
+class Balance(enum.StrEnum):
+    """How active-active spreads new (not yet sticky) users."""
+
+    LEAST_OUTSTANDING = "least-outstanding"
+    ROUND_ROBIN = "round-robin"
+
+
+class AccessLogFormat(enum.StrEnum):
+    COMMON = "common"
+    COMBINED = "combined"
+    JSON = "json"
+
+
+class TcpCheck(enum.StrEnum):
+    TCP = "tcp"  # a connect is enough
+    SEND_EXPECT = "send-expect"  # send `send`, the answer must match the regex `expect`
 
 
 STANDBY_MODES = frozenset({Mode.COLD_STANDBY, Mode.WARM_STANDBY})
@@ -374,6 +401,34 @@ class RouterConfig(_Section):
     retry_after: Duration = 30.0  # Retry-After on the maintenance page
     hold_timeout: Duration = 0.0  # idempotent requests wait this long for a node (0: no hold)
     state_poll_interval: PositiveDuration = 0.1  # how often the router reads the coordination store
+    # --- stickiness and balancing (the router issue) ---
+    # HMAC key for the lb-cookie; None: generated once into <state_dir>/router.secret (0600).
+    secret: str | None = Field(default=None, min_length=16)
+    sticky_down: StickyDown = StickyDown.MOVE
+    sticky_hold: Duration = 10.0  # with sticky_down = "hold"
+    drain_timeout: Duration = 300.0  # a draining node keeps its sticky users this long at most
+    balance: Balance = Balance.LEAST_OUTSTANDING
+    slowstart: Duration = 0.0  # a node coming back ramps its share of new users over this long
+    # --- the router's own health checks of each node's /status (shared with the manager) ---
+    check_interval: PositiveDuration = 1.0
+    # --- limits and timeouts (Apache-like defaults) ---
+    max_header_fields: int = Field(default=100, ge=1)
+    max_header_bytes: int = Field(default=8190, ge=256)  # one request line or header field
+    header_timeout: PositiveDuration = 10.0  # whole request head must arrive within (slowloris)
+    body_idle_timeout: PositiveDuration = 30.0  # no request body byte for this long -> 408
+    connect_timeout: PositiveDuration = 5.0  # to a backend
+    response_timeout: PositiveDuration = 300.0  # backend's response head must start within
+    client_idle_timeout: PositiveDuration = 60.0  # keep-alive client connection with no request
+    # Peers whose X-Forwarded-For/Forwarded we extend; from anyone else they are overwritten.
+    trusted_proxies: tuple[str, ...] = ()  # CIDRs, e.g. ["10.0.0.0/8"]
+    # --- TLS termination (both files or neither) ---
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    redirect_http: str | None = None  # host:port answering 308 to https://
+    # --- observability ---
+    access_log: str | None = None  # a file path, "-" for stderr, None: off
+    access_log_format: AccessLogFormat = AccessLogFormat.COMBINED
+    admin_listen: str | None = None  # host:port serving /metrics and /nodes (Prometheus)
 
     @field_validator("listen")
     @classmethod
@@ -381,10 +436,91 @@ class RouterConfig(_Section):
         parse_listen(value)
         return value
 
+    @field_validator("redirect_http", "admin_listen")
+    @classmethod
+    def _optional_host_port(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_listen(value)
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for network in value:
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"{json.dumps(network)} is not an IP network; expected a CIDR such as "
+                    '"10.0.0.0/8" or an address such as "192.0.2.7"'
+                ) from None
+        return value
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> RouterConfig:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError(
+                "tls_cert and tls_key go together; expected both (TLS termination) or neither"
+            )
+        if self.redirect_http is not None and self.tls_cert is None:
+            raise ValueError("redirect_http redirects to HTTPS; expected tls_cert and tls_key too")
+        return self
+
     @property
     def listen_address(self) -> tuple[str, int]:
         """``listen`` as (host, port); IPv6 brackets removed."""
         return parse_listen(self.listen)
+
+    @property
+    def trusted_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        return tuple(ipaddress.ip_network(n, strict=False) for n in self.trusted_proxies)
+
+
+class TcpProxyConfig(_Section):
+    """A plain TCP failover proxy for a dependency (e.g. several LDAP mirrors)."""
+
+    name: str = Field(pattern=_NODE_NAME)
+    listen: str  # host:port
+    upstreams: tuple[str, ...] = Field(min_length=1)  # host:port, in order of preference
+    check: TcpCheck = TcpCheck.TCP
+    send: str = ""  # with check = "send-expect"; "\\r\\n" escapes as in TOML strings
+    expect: str = ""  # regex the answer must match
+    interval: PositiveDuration = 2.0
+    timeout: PositiveDuration = 2.0
+    fall: int = Field(default=3, ge=1)
+    rise: int = Field(default=2, ge=1)
+    failback: bool = False  # return to an earlier upstream when it is healthy again
+    connect_timeout: PositiveDuration = 3.0
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        parse_listen(value)
+        return value
+
+    @field_validator("upstreams")
+    @classmethod
+    def _upstreams(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for upstream in value:
+            parse_listen(upstream)
+        return value
+
+    @field_validator("expect")
+    @classmethod
+    def _expect(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as error:
+            raise ValueError(f"{json.dumps(value)} is not a valid regex ({error})") from None
+        return value
+
+    @property
+    def listen_address(self) -> tuple[str, int]:
+        return parse_listen(self.listen)
+
+    @property
+    def upstream_addresses(self) -> tuple[tuple[str, int], ...]:
+        return tuple(parse_listen(u) for u in self.upstreams)
 
 
 class NodeConfig(_Section):
@@ -406,6 +542,7 @@ class Config(_Section):
     health: HealthConfig = HealthConfig()
     failover: FailoverConfig = FailoverConfig()
     router: RouterConfig = RouterConfig()
+    tcp_proxy: tuple[TcpProxyConfig, ...] = ()
     nodes: tuple[NodeConfig, ...] = Field(
         description="at least one [[nodes]] table with name and port"
     )
