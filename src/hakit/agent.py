@@ -307,7 +307,13 @@ class Agent:
                 action.reason,
                 data={"alert": action.kind, "manual_intervention": action.manual_intervention},
             )
-            await self.notifier.alert(action.kind, self.node.name, action.reason)
+            await self.notifier.alert(
+                action.kind,
+                self.node.name,
+                action.reason,
+                manual_intervention=action.manual_intervention,
+                epoch=self.epoch,
+            )
         elif isinstance(action, Record):
             self._record(action.kind, action.reason)
         else:

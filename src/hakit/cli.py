@@ -7,8 +7,9 @@ import logging
 import signal
 import sys
 import time
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -54,14 +55,33 @@ def _setup_logging(name: str) -> None:
 
 
 @config_app.command("check")
-def config_check(file: Annotated[Path, typer.Argument(help="hakit.toml to check")]) -> None:
+def config_check(
+    file: Annotated[Path, typer.Argument(help="hakit.toml to check")],
+    strict: Annotated[
+        bool,
+        typer.Option(
+            "--strict",
+            help="Exit 1 on a timing warning (a worst case over recovery_target, a broken "
+            "timing rule).",
+        ),
+    ] = False,
+) -> None:
     """Validate a config file; print every mistake with file, line and key."""
     from hakit.configcheck import describe_config
+    from hakit.timing import worst_case
 
     cfg = _load(file)
     console.print(f"[green]{escape(str(file))}: OK[/green]")
     for line in describe_config(cfg):
         console.print(f"  {escape(line)}", highlight=False, soft_wrap=True)
+    # Timing warnings do not make the file invalid (it loads and runs), unless --strict.
+    warnings = worst_case(cfg).warnings()
+    for warning in warnings:
+        console.print(
+            f"[yellow]WARNING: {escape(warning)}[/yellow]", highlight=False, soft_wrap=True
+        )
+    if strict and warnings:
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -72,7 +92,7 @@ def agent(
     """Run the agent of one node (supervises its app, takes part in the leader election)."""
     from hakit.agent import Agent
     from hakit.coord.factory import open_coordinator
-    from hakit.notify import LogNotifier
+    from hakit.notify import close_notifier, notifier_from_config
 
     cfg = _load(config)
     try:
@@ -83,11 +103,16 @@ def agent(
     _setup_logging(f"agent[{node}]")
 
     async def main() -> None:
-        runner = Agent(cfg, node, open_coordinator(cfg), LogNotifier())
+        notifier = notifier_from_config(cfg)
+        runner = Agent(cfg, node, open_coordinator(cfg), notifier)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, runner.request_stop)
-        await runner.run()
+        try:
+            await runner.run()
+        finally:
+            # Alerts raised while stopping still go out; a dead webhook cannot hold the stop long.
+            await close_notifier(notifier, timeout=10.0)
 
     asyncio.run(main())
 
@@ -111,7 +136,7 @@ def router(config: ConfigOption = Path("hakit.toml")) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        task = asyncio.create_task(run_router(cfg, view_source))
+        task = asyncio.create_task(_together(run_router(cfg, view_source), *_tcp_proxies(cfg)))
         await asyncio.wait([task, asyncio.create_task(stop.wait())], return_when="FIRST_COMPLETED")
         task.cancel()
         try:
@@ -125,6 +150,58 @@ def router(config: ConfigOption = Path("hakit.toml")) -> None:
         uvloop.run(main())
     except ImportError:
         asyncio.run(main())
+    except HakitError as error:  # e.g. an unreadable TLS key: the message says what to do
+        err_console.print(f"[red]{escape(str(error))}[/red]")
+        raise typer.Exit(1) from None
+
+
+def _tcp_proxies(cfg: Config) -> list[Coroutine[Any, Any, None]]:
+    """One server per ``[[tcp_proxy]]`` entry (run next to the router, or alone)."""
+    from hakit.router.tcp import run_tcp_proxy
+
+    return [run_tcp_proxy(proxy) for proxy in cfg.tcp_proxy]
+
+
+async def _together(*servers: Coroutine[Any, Any, None]) -> None:
+    """Run servers side by side; one failing (or a cancel) stops them all."""
+    tasks = [asyncio.create_task(server) for server in servers]
+    try:
+        await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+@app.command("tcp-proxy")
+def tcp_proxy(config: ConfigOption = Path("hakit.toml")) -> None:
+    """Run only the config's [[tcp_proxy]] entries (`hakit router` runs them too)."""
+    cfg = _load(config)
+    if not cfg.tcp_proxy:
+        err_console.print(f"[red]{escape(str(config))}: no [[tcp_proxy]] entries to run[/red]")
+        raise typer.Exit(2)
+    _setup_logging("tcp-proxy")
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        task = asyncio.create_task(_together(*_tcp_proxies(cfg)))
+        await asyncio.wait([task, asyncio.create_task(stop.wait())], return_when="FIRST_COMPLETED")
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+
+    import uvloop
+
+    try:
+        uvloop.run(main())
+    except HakitError as error:  # e.g. a listen address in use: the message says what to do
+        err_console.print(f"[red]{escape(str(error))}[/red]")
+        raise typer.Exit(1) from None
 
 
 @app.command()
@@ -139,6 +216,14 @@ def status(config: ConfigOption = Path("hakit.toml")) -> None:
     table = Table(title=f"cluster {cfg.cluster.name} ({cfg.cluster.mode})")
     for column in ("node", "address", "route", "role", "app", "epoch", "app pid", "updated"):
         table.add_column(column)
+    router_view, router_error = None, ""
+    if cfg.router.admin_listen is not None:
+        from hakit.router.admin import read_router_view, router_columns
+
+        router_view, router_error = read_router_view(cfg.router.admin_listen)
+        if router_view is not None:
+            for column in ("routable", "in-flight", "requests"):
+                table.add_column(column)
     for node in cfg.nodes:
         record = view.nodes.get(node.name)
         leader = view.leader == node.name
@@ -153,8 +238,15 @@ def status(config: ConfigOption = Path("hakit.toml")) -> None:
             str(record.epoch) if record and record.epoch else "-",
             str(record.detail.get("pid") or "-") if record else "-",
             age,
+            *(router_columns(router_view, node.name) if router_view is not None else ()),
         )
     console.print(table)
+    if router_error:
+        console.print(
+            f"router: not reachable at {cfg.router.admin_listen} ({escape(router_error)})",
+            highlight=False,
+            soft_wrap=True,
+        )
     leader_text = view.leader or "none (no valid lease)"
     console.print(f"leader: {leader_text}; epoch: {view.epoch}")
     coordinator.close()
@@ -184,6 +276,37 @@ def events(
         for event in coordinator.events(last_id):
             console.print(format_event(event), highlight=False, markup=False)
             last_id = event.id
+
+
+@app.command()
+def why(
+    config: ConfigOption = Path("hakit.toml"),
+    at: Annotated[
+        str | None,
+        typer.Option(
+            "--at",
+            help="Explain what happened at or before TIME: HH:MM[:SS] (today), "
+            '"YYYY-MM-DD HH:MM[:SS]" or Unix seconds.',
+        ),
+    ] = None,
+) -> None:
+    """Explain why the last failover happened, or why one did not."""
+    from hakit.coord.factory import open_coordinator
+    from hakit.why import explain, parse_at
+
+    cfg = _load(config)
+    try:
+        moment = parse_at(at, time.time()) if at is not None else None
+    except ValueError as error:
+        err_console.print(f"[red]--at: {escape(str(error))}[/red]")
+        raise typer.Exit(2) from None
+    coordinator = open_coordinator(cfg)
+    try:
+        history = list(coordinator.events(0, limit=1_000_000))
+    finally:
+        coordinator.close()
+    for line in explain(history, at=moment):
+        console.print(line, highlight=False, markup=False, soft_wrap=True)
 
 
 @app.command()

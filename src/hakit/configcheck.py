@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -28,12 +28,15 @@ from hakit.config import (
     Mode,
     NodeConfig,
     RouterConfig,
+    TcpProxyConfig,
     format_duration,
     mask_password,
+    parse_listen,
     sqlite_path,
 )
 from hakit.configproblems import Problem, Wording, render
 from hakit.errors import ConfigError
+from hakit.timing import apply_recovery_target, timing_lines
 from hakit.tomlpos import syntax_error_position
 
 # --- the loader ---------------------------------------------------------------
@@ -50,12 +53,15 @@ def load(path: Path) -> Config:
         raise ConfigError(
             [f"{path}:{line}: TOML syntax error: {message}; expected valid TOML (https://toml.io)"]
         ) from None
+    # Timers the file leaves out come from failover.recovery_target (hakit.timing);
+    # before validation, so the section checks see the combination.
+    raw, derived = apply_recovery_target(raw)
     values, problems = _validate_sections(raw)
     problems += _cross_problems(raw, values)
     if problems:
         raise ConfigError(render(path, source, problems))
     base = Path(os.path.abspath(path.parent))
-    return Config(**_resolve_paths(values, base), source=base / path.name)
+    return Config(**_resolve_paths(values, base), source=base / path.name, derived=derived)
 
 
 def _read_source(path: Path) -> str:
@@ -119,13 +125,30 @@ def _cross_problems(raw: Mapping[str, Any], values: Mapping[str, Any]) -> list[P
     problems: list[Problem] = []
     if isinstance(raw_nodes, list) and not raw_nodes:
         problems.append(Problem(("nodes",), "no nodes; expected at least one [[nodes]] table"))
-    return problems + cross_section_problems(
-        mode=cluster.mode if cluster is not None else None,
-        mode_is_default=not (isinstance(raw_cluster, dict) and "mode" in raw_cluster),
-        router=values.get("router"),
-        node_count=len(node_list),
-        nodes=_valid_nodes(node_list),
+    raw_proxies = raw.get("tcp_proxy")
+    proxies = _valid_tcp_proxies(raw_proxies if isinstance(raw_proxies, list) else [])
+    return (
+        problems
+        + cross_section_problems(
+            mode=cluster.mode if cluster is not None else None,
+            mode_is_default=not (isinstance(raw_cluster, dict) and "mode" in raw_cluster),
+            router=values.get("router"),
+            node_count=len(node_list),
+            nodes=_valid_nodes(node_list),
+        )
+        + tcp_proxy_problems(values.get("router"), _valid_nodes(node_list), proxies)
     )
+
+
+def _valid_tcp_proxies(raw_proxies: Sequence[Any]) -> list[tuple[int, TcpProxyConfig]]:
+    """The [[tcp_proxy]] entries that validate on their own."""
+    valid: list[tuple[int, TcpProxyConfig]] = []
+    for index, item in enumerate(raw_proxies):
+        try:
+            valid.append((index, TcpProxyConfig.model_validate(item)))
+        except ValidationError:
+            continue
+    return valid
 
 
 def _valid_nodes(raw_nodes: Sequence[Any]) -> list[tuple[int, NodeConfig]]:
@@ -161,7 +184,20 @@ def _resolve_paths(values: dict[str, Any], base: Path) -> dict[str, Any]:
             update={"path": resolved(coordination.path) if coordination.path else None}
         ),
         "app": app.model_copy(update={"home": resolved(app.home), "database_url": database_url}),
+        "router": _resolve_router_paths(values["router"], resolved),
     }
+
+
+def _resolve_router_paths(router: RouterConfig, resolved: Callable[[Path], Path]) -> RouterConfig:
+    """router.tls_cert, tls_key and access_log ("-": stderr) relative to the config file."""
+    log = router.access_log
+    return router.model_copy(
+        update={
+            "tls_cert": resolved(router.tls_cert) if router.tls_cert else None,
+            "tls_key": resolved(router.tls_key) if router.tls_key else None,
+            "access_log": str(resolved(Path(log))) if log and log != "-" else log,
+        }
+    )
 
 
 # --- checks across sections (pure) -------------------------------------------
@@ -295,6 +331,58 @@ def _port_problems(nodes: Sequence[tuple[int, NodeConfig]]) -> list[Problem]:
     return problems
 
 
+def tcp_proxy_problems(
+    router: RouterConfig | None,
+    nodes: Sequence[tuple[int, NodeConfig]],
+    proxies: Sequence[tuple[int, TcpProxyConfig]],
+) -> list[Problem]:
+    """[[tcp_proxy]]: unique names; a listen address nothing else here uses; no self-loop."""
+    taken: list[tuple[str, int, str]] = []  # host, port, who listens there
+    if router is not None:
+        for key in ("listen", "admin_listen", "redirect_http"):
+            address = getattr(router, key)
+            if address is not None:
+                taken.append((*parse_listen(address), f"router.{key}"))
+    for index, node in nodes:
+        taken.append((node.host, node.port, f"node {node.name} (nodes[{index}])"))
+        if node.admin_port is not None:
+            taken.append((node.host, node.admin_port, f"{node.name}'s admin_port"))
+    problems: list[Problem] = []
+    names: dict[str, int] = {}
+    for index, proxy in proxies:
+        if proxy.name in names:
+            problems.append(
+                Problem(
+                    ("tcp_proxy", index, "name"),
+                    f'"{proxy.name}" is already the name of tcp_proxy[{names[proxy.name]}]; '
+                    "expected a unique name per [[tcp_proxy]] (logs and status name it)",
+                )
+            )
+        names.setdefault(proxy.name, index)
+        host, port = proxy.listen_address
+        owner = next(
+            (who for h, p, who in taken if p == port and same_machine_address(h, host)), None
+        )
+        if owner is not None:
+            problems.append(
+                Problem(
+                    ("tcp_proxy", index, "listen"),
+                    f"{proxy.listen} is also the address of {owner}; "
+                    "expected a host:port nothing else listens on",
+                )
+            )
+        if any(p == port and same_machine_address(h, host) for h, p in proxy.upstream_addresses):
+            problems.append(
+                Problem(
+                    ("tcp_proxy", index, "upstreams"),
+                    f"{proxy.listen} is the proxy's own listen address; expected the "
+                    "upstreams' addresses (the proxy would connect to itself)",
+                )
+            )
+        taken.append((host, port, f"tcp_proxy[{index}] ({proxy.name})"))
+    return problems
+
+
 # --- summary --------------------------------------------------------------------
 
 
@@ -327,7 +415,16 @@ def describe_config(cfg: Config) -> list[str]:
         f"{fd(cfg.coordination.renew_interval)}; a lost node is noticed within "
         f"{fd(cfg.coordination.lease_ttl)}",
     ]
-    return lines
+    return lines + _tcp_proxy_lines(cfg) + timing_lines(cfg)
+
+
+def _tcp_proxy_lines(cfg: Config) -> list[str]:
+    fd = format_duration
+    return [
+        f"tcp proxy {p.name}: {p.listen} -> {', '.join(p.upstreams)} in order; {p.check} check "
+        f"every {fd(p.interval)} (fall {p.fall}, rise {p.rise}); failback {'on' if p.failback else 'off'}"
+        for p in cfg.tcp_proxy
+    ]
 
 
 def _sticky(cfg: Config) -> str:

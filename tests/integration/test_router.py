@@ -540,10 +540,20 @@ def test_forwarded_headers(tmp_path, backends, cluster, router_for) -> None:
     status, _, _ = get(router, **headers)
     assert status == 200
     seen = n1.seen[-1]
-    assert seen.header("X-Forwarded-For") == ["10.1.2.3, 127.0.0.1"]
+    # 127.0.0.1 is not in router.trusted_proxies: what it claims is replaced.
+    assert seen.header("X-Forwarded-For") == ["127.0.0.1"]
     assert seen.header("X-Forwarded-Proto") == ["http"]
     assert seen.header("X-Forwarded-Host") == ["jira.example:8443"]
     assert seen.header("Host") == ["jira.example:8443"]  # the app builds its URLs from it
+    # From a trusted proxy they are extended (For) or kept (Proto); see test_router_headers.py.
+    cfg = make_config(tmp_path, {"n1": n1.port})
+    trusting = cfg.model_copy(
+        update={"router": cfg.router.model_copy(update={"trusted_proxies": ("127.0.0.0/8",)})}
+    )
+    assert get(router_for(trusting), **headers)[0] == 200
+    seen = n1.seen[-1]
+    assert seen.header("X-Forwarded-For") == ["10.1.2.3, 127.0.0.1"]
+    assert seen.header("X-Forwarded-Proto") == ["https"]
 
 
 def test_hop_by_hop_headers_are_stripped(tmp_path, backends, cluster, router_for) -> None:

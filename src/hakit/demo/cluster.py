@@ -49,6 +49,7 @@ class DemoSettings:
     """Knobs the demo and the tests turn; defaults make a snappy demo."""
 
     mode: str = "cold-standby"
+    sticky: str = "none"  # router.sticky: "lb-cookie", "app-cookie-suffix", ...
     nodes: int = 2
     router_port: int = 8080
     node_ports: tuple[int, ...] = ()
@@ -129,7 +130,7 @@ auto_failback = false
 
 [router]
 listen = "127.0.0.1:{settings.router_port}"
-sticky = "none"
+sticky = "{settings.sticky}"
 retry_after = "5s"
 {nodes}"""
 

@@ -5,12 +5,19 @@ The client connection (http.py) feeds the request in; the backend connection
 Bodies are never collected: each piece is written on as it arrives, and the
 reading side is paused while the writing side's buffer is above its
 high-water mark.
+
+While no node can serve, a request that may wait (hold.py) is held until the
+router's view changes or ``hold_timeout`` passes. A ``101 Switching
+Protocols`` answer to an upgrade request turns both connections into a byte
+tunnel (tunnel.py). The backend's response head must begin within
+``limits.response_timeout`` (504 otherwise).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Collection, Coroutine
 from typing import Any, Protocol
 
@@ -29,8 +36,15 @@ from hakit.router.headers import (
     response_framing,
     upstream_request_headers,
 )
+from hakit.router.hold import can_hold, expects_continue, hold_remaining, may_retry_unanswered
 from hakit.router.limits import ProxyLimits
 from hakit.router.pages import CannedResponse, error_page
+from hakit.router.tunnel import (
+    Tunnel,
+    requested_upgrade,
+    switching_response_headers,
+    upgrade_request_headers,
+)
 from hakit.router.upstream import UpstreamConnection, UpstreamPool
 
 log = logging.getLogger("hakit.router")
@@ -69,6 +83,19 @@ class ProxyContext(Protocol):
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]: ...
 
+    def hold_limit(self, request: RequestHead) -> float:
+        """How long ``request`` may wait for a node (0: not at all): hold_timeout, or
+        longer while it waits for its sticky node (sticky_down = "hold")."""
+        ...
+
+    async def wait_for_change(self) -> None:
+        """Return once the cluster view (or a passive down mark) changed."""
+        ...
+
+    def exchange_ended(self, exchange: Exchange) -> None:
+        """Called once per exchange when it ends, however it ends (access log, metrics)."""
+        ...
+
 
 class ClientSide(Protocol):
     """What an exchange needs from the client connection that carries it."""
@@ -88,9 +115,20 @@ class ClientSide(Protocol):
 
     def abort(self) -> None: ...
 
+    def take_transport(self) -> asyncio.Transport | None:
+        """Stop handling the connection and hand its transport over (to a tunnel)."""
+        ...
+
+    def tunnel_closed(self) -> None:
+        """The tunnel that took the transport over has ended."""
+        ...
+
 
 class Exchange:
-    def __init__(self, client: ClientSide, ctx: ProxyContext, request: RequestHead) -> None:
+    def __init__(
+        self, client: ClientSide, ctx: ProxyContext, request: RequestHead, upgrade: bool = False
+    ) -> None:
+        """``upgrade``: the parser saw ``Connection: upgrade`` with an ``Upgrade`` header."""
         self.request = request
         self._client = client
         self._ctx = ctx
@@ -108,6 +146,34 @@ class Exchange:
         self._out = ResponseFraming(Body.NONE, request.keep_alive)
         self.finished = False
         self._cancelled = False
+        self._hold_started: float | None = None  # loop time the request began to wait
+        # Response timeout, checked by the client connection's sweep (no timer per
+        # request): loop time the wait was first seen (0: not yet), and the request
+        # body bytes received then (progress restarts the clock).
+        self._waiting_since = 0.0
+        self._waiting_mark = 0
+        # Upgrade: the protocol asked for, and the bytes the client sent after its head
+        # (None until the parser stopped at the upgrade request).
+        self._upgrade = requested_upgrade(request.version, request.headers) if upgrade else None
+        self._upgrade_rest: bytes | None = None
+        # Read by the router's observers (metrics.Observed) when the exchange ends.
+        self.node: NodeConfig | None = None  # the backend that got the request
+        self.status = 0  # the status sent to the client (0: none yet)
+        self.sent = 0  # response body bytes sent to the client
+        self.started = time.monotonic()
+        self.sent_at = 0.0  # monotonic: request head written to the backend
+        self.head_at = 0.0  # monotonic: the backend's response head arrived
+        self.held = 0.0  # seconds this request waited for a node to come back
+
+    @property
+    def received(self) -> int:
+        """Request body bytes read from the client."""
+        return self._body_received
+
+    @property
+    def attempts(self) -> int:
+        """Backend choices made for this request (1 + retries)."""
+        return self._attempts
 
     # --- start: choose a backend, get a connection -------------------------
 
@@ -115,17 +181,45 @@ class Exchange:
         self._attempts += 1
         backend = self._ctx.choose(self.request, self._tried)
         if backend is None:
-            if self._tried and not self.request.idempotent:
-                # Say plainly that it failed rather than showing a page that reloads itself.
-                self._respond(error_page(502, self.request.accept))
-            else:
-                self._respond(self._ctx.maintenance(self.request))
+            self._no_backend()
             return
         conn = None if self._fresh_only else self._ctx.pool.take(backend)
         if conn is not None:
             self._attach(conn)
         else:
             self._task = self._ctx.spawn(self._connect(backend))
+
+    def _no_backend(self) -> None:
+        """No node can take the request now: hold it, or answer."""
+        if can_hold(self.request, self._body_received):
+            now = asyncio.get_running_loop().time()
+            remaining = hold_remaining(self._hold_started, now, self._ctx.hold_limit(self.request))
+            if remaining > 0:
+                if self._hold_started is None:
+                    self._hold_started = now
+                self._task = self._ctx.spawn(self._hold(remaining))
+                return
+        if self._tried and not self.request.idempotent:
+            # Say plainly that it failed rather than showing a page that reloads itself.
+            self._respond(error_page(502, self.request.accept))
+        else:
+            self._respond(self._ctx.maintenance(self.request))
+
+    async def _hold(self, remaining: float) -> None:
+        try:
+            async with asyncio.timeout(remaining):
+                await self._ctx.wait_for_change()
+        except TimeoutError:
+            pass  # start() finds the hold used up and answers
+        if self._hold_started is not None:
+            self.held = asyncio.get_running_loop().time() - self._hold_started
+        if self._cancelled or self.finished:
+            return
+        # A changed view may have brought back the nodes this request already tried
+        # (nodes still failing are excluded by their down marks).
+        self._tried.clear()
+        self._attempts = 0
+        self.start()
 
     async def _connect(self, backend: NodeConfig) -> None:
         try:
@@ -149,10 +243,13 @@ class Exchange:
 
     def _attach(self, conn: UpstreamConnection) -> None:
         self._upstream = conn
-        conn.attach(self, self.request.method)
+        self.node, self.sent_at = conn.node, time.monotonic()
+        conn.attach(self, self.request.method, upgrade=self._upgrade is not None)
         request = self.request
         default_host = f"{conn.node.host}:{conn.node.port}".encode()
         headers = upstream_request_headers(request, default_host)
+        if self._upgrade is not None:
+            headers += upgrade_request_headers(self._upgrade)
         self._ctx.hooks.request(request, conn.node, headers)
         head = encode_head(b"%s %s HTTP/1.1" % (request.method, request.target), headers)
         conn.writelines([head, *self._pending])
@@ -160,6 +257,7 @@ class Exchange:
         self._client.resume_reading("buffer")
         if self._client.write_paused:
             conn.pause_reading()
+        self._waiting_since = 0.0
 
     # --- request side (from the client connection) --------------------------
 
@@ -176,7 +274,21 @@ class Exchange:
         self._request_done = True
         if not (self._response_done or self.finished) and self.request.body is Body.CHUNKED:
             self._send_request_parts([LAST_CHUNK])
+        self._waiting_since = 0.0  # the backend's time to answer starts now
         self._finish_when_possible()
+
+    def upgrade_requested(self, rest: bytes) -> bool:
+        """The client's parser stopped at this upgrade request; ``rest`` followed its head.
+
+        The client connection reads no further HTTP: it becomes a tunnel after a
+        101, or is closed after any other answer. False: the request cannot be
+        forwarded (the caller answers 400).
+        """
+        self._upgrade_rest = rest
+        # The parser takes the body of an upgrade request for the new protocol's
+        # bytes; forwarding it as either would be guessing.
+        body = self.request.body
+        return body is Body.NONE or (body is Body.LENGTH and self.request.content_length == 0)
 
     def request_broken(self, status: int) -> None:
         """The rest of the request is unreadable (bad chunk framing, ...): give up."""
@@ -196,6 +308,8 @@ class Exchange:
             self._finish(keep_alive=False)
 
     def client_lost(self) -> None:
+        if not self.finished:
+            self._ctx.exchange_ended(self)
         self._cancelled = True
         self.finished = True
         self._drop_upstream()
@@ -228,8 +342,11 @@ class Exchange:
             )
 
     def response_head(self, status: int, reason: bytes, headers: list[Header], body: Body) -> None:
+        self.status, self.head_at = status, time.monotonic()
         framing = response_framing(body, self.request)
-        if framing.keep_alive and not (self._request_done or self._drainable()):
+        if framing.keep_alive and (
+            self._upgrade_rest is not None or not (self._request_done or self._drainable())
+        ):
             framing = ResponseFraming(framing.body, False)
         self._out = framing
         out = client_response_headers(status, headers, self.request, framing)
@@ -241,6 +358,7 @@ class Exchange:
     def response_body(self, data: bytes) -> None:
         if not data:
             return
+        self.sent += len(data)
         if self._out.body is Body.CHUNKED:
             self._client.writelines([chunk_prefix(len(data)), data, CRLF])
         else:
@@ -261,6 +379,42 @@ class Exchange:
         self._response_done = True
         self._finish_when_possible()
 
+    def response_upgraded(
+        self, conn: UpstreamConnection, reason: bytes, headers: list[Header], rest: bytes
+    ) -> None:
+        """The backend switched protocols (101): relay it, then tunnel both connections."""
+        if conn is not self._upstream:
+            conn.abort()
+            return
+        out = switching_response_headers(headers)
+        if out is None or self._upgrade_rest is None or self.finished:
+            # A 101 we cannot pass on (no Upgrade in it, or the client's parser did not
+            # stop at this request): the connection is unusable either way.
+            self.upstream_failed(conn, UpgradeRefused("unusable 101 Switching Protocols"))
+            conn.abort()
+            return
+        self._upstream = None
+        self._ctx.hooks.response(self.request, conn.node, 101, out)
+        self.status, self.head_at = 101, time.monotonic()
+        self._client.write(encode_head(b"HTTP/1.1 101 %s" % reason, out))
+        self._head_sent = self._response_done = self.finished = True
+        self._ctx.exchange_ended(self)  # logged when the tunnel opens
+        client, backend = self._client.take_transport(), conn.take_transport()
+        if client is None or backend is None:
+            if client is not None:
+                client.abort()
+            if backend is not None:
+                backend.abort()
+            return
+        Tunnel(
+            client,
+            backend,
+            client_rest=self._upgrade_rest,
+            backend_rest=rest,
+            high_water=self._ctx.limits.write_buffer_high,
+            on_closed=self._client.tunnel_closed,
+        )
+
     def upstream_failed(self, conn: UpstreamConnection, error: BaseException | None) -> None:
         if conn is not self._upstream:
             return
@@ -278,6 +432,19 @@ class Exchange:
             self._fresh_only = True
             self.start()
             return
+        unanswered = not conn.response_started and not isinstance(error, UpgradeRefused)
+        if (
+            unanswered
+            and may_retry_unanswered(self.request, self._body_received)
+            and self._attempts < MAX_ATTEMPTS
+        ):
+            # The node dropped the request without a byte of answer (it died or was
+            # stopped for a failover): a safe request goes to the next node, or waits.
+            log.info("backend %s dropped %r unanswered; retrying", conn.node.name, error)
+            self._ctx.mark_down(conn.node, error or ConnectionResetError())
+            self._tried.add(conn.node.name)
+            self.start()
+            return
         log.warning("backend %s failed before answering: %r", conn.node.name, error)
         self._respond(error_page(502, self.request.accept))
 
@@ -293,6 +460,11 @@ class Exchange:
         """The unread rest of the request body is small enough to read and drop."""
         if self.request.body is Body.NONE:
             return True
+        if self._body_received == 0 and expects_continue(self.request):
+            # The client waits for a 100 Continue that will not come: it may or may
+            # not send its body now, so the connection cannot be trusted to frame
+            # the next request (RFC 9110 10.1.1). Close after the answer.
+            return self.request.content_length == 0 and self.request.body is Body.LENGTH
         if self.request.body is Body.LENGTH:
             remaining = self.request.content_length - self._body_received
             return remaining <= self._ctx.limits.drain_limit
@@ -309,6 +481,9 @@ class Exchange:
     def _write_canned(self, page: CannedResponse, keep_alive: bool) -> None:
         self._client.write(page.encode(keep_alive=keep_alive, head_only=self.request.is_head))
         self._head_sent = True
+        self.status = page.status
+        if not self.request.is_head:
+            self.sent += len(page.body)
 
     def _finish_when_possible(self) -> None:
         if self.finished or not self._response_done:
@@ -324,6 +499,7 @@ class Exchange:
 
     def _finish(self, keep_alive: bool) -> None:
         self.finished = True
+        self._ctx.exchange_ended(self)
         self._pending = []
         self._client.resume_reading("upstream")
         self._client.resume_reading("buffer")
@@ -335,5 +511,34 @@ class Exchange:
             conn.abort()
 
     def _abort_client(self) -> None:
+        if not self.finished:
+            self._ctx.exchange_ended(self)
         self.finished = True
         self._client.abort()
+
+    # --- response timeout -------------------------------------------------------------
+
+    def sweep(self, now: float) -> None:
+        """Enforce ``limits.response_timeout`` (called every ``limits.sweep_interval``).
+
+        The wait starts at the first sweep after the request (or its last body
+        byte) was sent; while the request body still moves, the backend is
+        reading it and the clock restarts. Fires at most two intervals late.
+        """
+        if self._upstream is None or self._head_sent or self.finished:
+            return
+        if self._waiting_since == 0.0 or self._body_received != self._waiting_mark:
+            self._waiting_since, self._waiting_mark = now, self._body_received
+            return
+        limit = self._ctx.limits.response_timeout
+        if now - self._waiting_since < limit:
+            return
+        conn, self._upstream = self._upstream, None
+        log.warning("backend %s did not answer within %ss", conn.node.name, limit)
+        conn.abort()
+        self._client.resume_reading("upstream")
+        self._respond(error_page(504, self.request.accept))
+
+
+class UpgradeRefused(Exception):
+    """The backend's 101 cannot be relayed (no Upgrade header, or nothing asked for it)."""

@@ -3,19 +3,32 @@
 The connection protocols (http.py, upstream.py) parse bytes and call these
 functions to decide what to forward and how each body is delimited, so the
 rules can be read (and tested) in one place.
+
+Requests are held to RFC 9112 strictly: llhttp (httptools) rejects most
+malformed framing itself (its lenient flags are all off by default: obs-fold,
+bare CR/LF, control characters, signs or lists in Content-Length, duplicate
+Content-Length, Content-Length with Transfer-Encoding, bad chunk sizes); what it
+lets through and we refuse is checked here: extra spaces in the request line,
+HTTP versions other than 1.0/1.1, transfer codings other than ``chunked``,
+Transfer-Encoding in HTTP/1.0, bodies on GET/HEAD, an invalid Host, absolute-
+or asterisk-form targets we cannot serve, look-alike names of framing headers
+(``Content_Length``), and HTAB inside framing header values.
 """
 
 from __future__ import annotations
 
 import enum
+import functools
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 Header = tuple[bytes, bytes]
 
 # Headers that describe one connection, never forwarded (RFC 9110 7.6.1).
-# Upgrade is here until WebSocket tunnelling exists. Transfer-Encoding and
-# Content-Length are removed too and re-added by the framing decision below.
+# Upgrade is here: tunnel.py adds it back to an upgrade request it forwards.
+# Transfer-Encoding and Content-Length are removed too and re-added by the
+# framing decision below.
 HOP_BY_HOP = frozenset(
     {
         b"connection",
@@ -45,8 +58,25 @@ NEVER_CONNECTION_STRIPPED = frozenset(
     }
 )
 
+# What the router says about the client; whatever an untrusted client sent
+# under these names is replaced, a trusted proxy's is extended.
+FORWARDING = frozenset(
+    {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded"}
+)
+
+# Names a backend may read the same as the real ones (CGI/WSGI turn "-" and "_"
+# into the same variable): such look-alikes are refused, not forwarded.
+_LOOKALIKE_TARGETS = frozenset({b"content-length", b"transfer-encoding", b"host"} | FORWARDING)
+
 # RFC 9110 9.2.2: repeating these has the same effect as sending them once.
 IDEMPOTENT_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
+
+# Methods whose request content has no defined meaning and which backends may
+# read as bodiless: a body there is the CL.0 desync (RFC 9110 9.3.1 allows refusing).
+_NO_BODY_METHODS = frozenset({b"GET", b"HEAD"})
+
+# Transfer codings that exist (RFC 9112 7) but that we do not decode -> 501.
+_KNOWN_CODINGS = frozenset({b"gzip", b"x-gzip", b"deflate", b"compress", b"x-compress"})
 
 
 class Body(enum.Enum):
@@ -59,13 +89,19 @@ class Body(enum.Enum):
 
 
 class BadRequest(ValueError):
-    """A request parsed but must not be forwarded; maps to HTTP 400."""
+    """A request that must not be forwarded; ``status`` is the answer (400 unless said)."""
+
+    def __init__(self, reason: str, status: int = 400) -> None:
+        super().__init__(reason)
+        self.status = status
 
 
-@dataclass(frozen=True, slots=True)
+# Read-only by convention, not frozen: a frozen dataclass's __init__ goes through
+# object.__setattr__ per field, ~1.5 us more for every request (measured).
+@dataclass(slots=True)
 class RequestHead:
     method: bytes
-    target: bytes
+    target: bytes  # origin-form (or "*" for OPTIONS), as forwarded
     version: str  # "1.0" or "1.1", as the client sent it
     headers: tuple[Header, ...]  # as received, names in their original case
     keep_alive: bool  # the client wants the connection kept (parser's verdict)
@@ -73,6 +109,9 @@ class RequestHead:
     content_length: int  # with Body.LENGTH; 0 otherwise
     transfer_encoding: bytes  # the received value with Body.CHUNKED; b"" otherwise
     client_ip: str
+    # The peer is a proxy we trust (router.trusted_proxies): its forwarding headers are kept.
+    client_trusted: bool = False
+    scheme: bytes = b"http"  # how the client reached us: b"http" or b"https" (TLS)
 
     @property
     def host(self) -> bytes | None:
@@ -121,9 +160,86 @@ def connection_named(headers: Iterable[Header]) -> frozenset[bytes]:
 
 def end_to_end(headers: Iterable[Header]) -> list[Header]:
     """``headers`` without hop-by-hop ones and without those named in Connection."""
-    headers = list(headers)
-    dropped = HOP_BY_HOP | connection_named(headers)
-    return [(key, value) for key, value in headers if key.lower() not in dropped]
+    out: list[Header] = []
+    connection: list[bytes] = []
+    for key, value in headers:  # one pass (every response goes through here)
+        name = key.lower()
+        if name not in HOP_BY_HOP:
+            out.append((key, value))
+        elif name == b"connection":
+            connection.append(value)
+    if connection:  # a second pass only when Connection names more than hop-by-hop ones
+        named = connection_named((b"connection", value) for value in connection) - HOP_BY_HOP
+        if named:
+            out = [(key, value) for key, value in out if key.lower() not in named]
+    return out
+
+
+# --- the raw request head ------------------------------------------------------------------
+
+_TCHAR = rb"!#$%&'*+\-.^_`|~0-9A-Za-z"
+# RFC 9112 3: request-line = method SP request-target SP HTTP-version CRLF, with
+# exactly one SP each (llhttp accepts several). Empty lines before it are allowed (2.2).
+_REQUEST_LINE = re.compile(rb"[\r\n]*([" + _TCHAR + rb"]+) ([^\x00-\x20\x7f]+) HTTP/(\d)\.(\d)\r\n")
+# A framing header whose value holds HTAB: valid OWS, but no client sends it, and
+# "Transfer-Encoding:\tchunked" is a classic TE.TE obfuscation other parsers split on.
+_FRAMING_TAB = re.compile(rb"\r\n(?:content-length|transfer-encoding):[^\r\n]*\t", re.IGNORECASE)
+
+
+def check_raw_head(data: bytes, start: int) -> int:
+    """Check the request head starting at ``data[start:]``; return the offset just past it.
+
+    What llhttp tolerates and we do not: request-line spacing, versions other
+    than 1.0/1.1 (505), HTAB in Content-Length/Transfer-Encoding values. The
+    caller knows the whole head is in ``data`` (the parser completed it).
+    """
+    line = _REQUEST_LINE.match(data, start)
+    if line is None:
+        raise BadRequest("malformed request line (RFC 9112 3: method SP target SP version CRLF)")
+    if line.group(3, 4) not in ((b"1", b"1"), (b"1", b"0")):
+        raise BadRequest("HTTP version not supported", 505)
+    end = data.find(b"\r\n\r\n", line.end() - 2)
+    if end < 0:
+        raise BadRequest("request head without its end")
+    end += 4
+    if data.find(b"\t", line.end(), end) >= 0 and _FRAMING_TAB.search(data, line.end() - 2, end):
+        raise BadRequest("HTAB in a Content-Length or Transfer-Encoding value")
+    return end
+
+
+# --- the parsed request head --------------------------------------------------------------
+
+# RFC 3986 3.2.2/3.2.3: host [ ":" port ]; IP-literal in brackets, else reg-name / IPv4.
+_HOST = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~%!$&'()*+,;=]*)(?::[0-9]*)?")
+
+
+def valid_host(value: bytes) -> bool:
+    """``value`` is a syntactically valid Host field value (RFC 9110 7.2); may be empty."""
+    return _HOST.fullmatch(value) is not None
+
+
+def origin_form(target: bytes) -> tuple[bytes, bytes | None]:
+    """(origin-form target, authority or None) for ``target`` (RFC 9112 3.2)."""
+    if target.startswith(b"/"):
+        return target, None
+    scheme, sep, rest = target.partition(b"://")
+    if sep and scheme.lower() in (b"http", b"https"):
+        # Absolute-form: the authority replaces Host (RFC 9112 3.2.2); forwarded as origin-form.
+        cut = min((i for i in (rest.find(b"/"), rest.find(b"?")) if i >= 0), default=len(rest))
+        authority, path = rest[:cut], rest[cut:]
+        if not authority or b"@" in authority or not valid_host(authority):
+            raise BadRequest("absolute-form target with an invalid authority")
+        if path.startswith(b"?"):
+            path = b"/" + path
+        return path or b"/", authority
+    raise BadRequest("request target is neither origin-form nor an http(s) absolute URI")
+
+
+_FRAMING = frozenset({b"host", b"content-length", b"transfer-encoding"})
+
+
+def _codings(values: list[bytes]) -> list[bytes]:
+    return [token.strip().lower() for value in values for token in value.split(b",")]
 
 
 def request_head(
@@ -133,28 +249,64 @@ def request_head(
     headers: Sequence[Header],
     keep_alive: bool,
     client_ip: str,
+    *,
+    client_trusted: bool = False,
+    scheme: bytes = b"http",
 ) -> RequestHead:
     """Validate what the parser accepted and work out the request's body framing.
 
-    llhttp already rejects conflicting Content-Length / Transfer-Encoding and a
-    Transfer-Encoding not ending in chunked; what remains are the Host rules
-    (RFC 9112 3.2: exactly one Host in HTTP/1.1).
+    Raises ``BadRequest`` (with the status to answer) for anything that must
+    not reach a backend; see the module docstring for the rules.
     """
-    hosts = [value for key, value in headers if key.lower() == b"host"]
+    if version not in ("1.1", "1.0"):
+        raise BadRequest("HTTP version not supported", 505)
+    hosts: list[bytes] = []
+    lengths: list[bytes] = []
+    codings: list[bytes] = []
+    for key, value in headers:  # one pass, for every request
+        name = key.lower()
+        if name in _FRAMING:
+            if name == b"host":
+                hosts.append(value)
+            elif name == b"content-length":
+                lengths.append(value)
+            else:
+                codings.append(value)
+        elif b"_" in name and name.replace(b"_", b"-") in _LOOKALIKE_TARGETS:
+            raise BadRequest(f"look-alike header name {key!r}")
     if len(hosts) > 1:
         raise BadRequest("more than one Host header")
     if not hosts and version == "1.1":
         raise BadRequest("HTTP/1.1 request without a Host header")
-    transfer_encoding = header_value(headers, b"transfer-encoding")
-    length = header_value(headers, b"content-length")
-    if transfer_encoding is not None:
+    if hosts and not valid_host(hosts[0]):
+        raise BadRequest("invalid Host header")
+    if target == b"*":
+        if method != b"OPTIONS":
+            raise BadRequest("asterisk-form target with a method other than OPTIONS")
+    else:
+        target, authority = origin_form(target)
+        if authority is not None:
+            headers = [(k, v) for k, v in headers if k.lower() != b"host"]
+            headers.append((b"Host", authority))
+    if codings:
+        if lengths:
+            raise BadRequest("Content-Length with Transfer-Encoding")
+        if version == "1.0":
+            raise BadRequest("Transfer-Encoding in an HTTP/1.0 request (RFC 9112 6.1)")
+        tokens = _codings(codings)
+        if tokens != [b"chunked"]:
+            if tokens[-1] == b"chunked" and all(t in _KNOWN_CODINGS for t in tokens[:-1]):
+                raise BadRequest("transfer coding not implemented", 501)
+            raise BadRequest("Transfer-Encoding other than a single chunked")
         body, content_length = Body.CHUNKED, 0
-    elif length is not None:
-        if not length.strip().isdigit():
-            raise BadRequest("Content-Length is not a number")
-        body, content_length = Body.LENGTH, int(length)
+    elif lengths:
+        if len(lengths) > 1 or not lengths[0].isdigit():
+            raise BadRequest("invalid Content-Length")
+        body, content_length = Body.LENGTH, int(lengths[0])
     else:
         body, content_length = Body.NONE, 0
+    if method in _NO_BODY_METHODS and (body is Body.CHUNKED or content_length):
+        raise BadRequest(f"{method.decode()} request with a body")
     return RequestHead(
         method=method,
         target=target,
@@ -163,37 +315,100 @@ def request_head(
         keep_alive=keep_alive,
         body=body,
         content_length=content_length,
-        transfer_encoding=transfer_encoding or b"",
+        transfer_encoding=b"chunked" if body is Body.CHUNKED else b"",
         client_ip=client_ip,
+        client_trusted=client_trusted,
+        scheme=scheme,
     )
 
 
-def upstream_request_headers(request: RequestHead, default_host: bytes) -> list[Header]:
-    """The headers sent to the backend: end-to-end ones, X-Forwarded-*, framing.
+# --- what goes to the backend ---------------------------------------------------------------
 
-    Host is kept as the client sent it (the app builds its URLs from it);
-    X-Forwarded-For gets the client appended to any earlier proxies.
+_NOT_FORWARDED = HOP_BY_HOP | FORWARDING | {b"host"}
+_TOKEN = re.compile(rb"[" + _TCHAR + rb"]+")
+
+
+def forwarded_node(client_ip: str) -> bytes:
+    """The RFC 7239 node for ``client_ip``: IPv6 bracketed and quoted (section 6)."""
+    if ":" in client_ip:
+        return b'"[' + client_ip.encode("ascii", "replace") + b']"'
+    return client_ip.encode("ascii", "replace")
+
+
+def _forwarded_value(value: bytes) -> bytes:
+    """A token as is, anything else as a quoted-string (RFC 7239 4)."""
+    if _TOKEN.fullmatch(value):
+        return value
+    return b'"' + value.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
+
+
+@functools.lru_cache(maxsize=4096)
+def _describe_client(client_ip: str, scheme: bytes, host: bytes | None) -> tuple[bytes, bytes]:
+    """(X-Forwarded-For entry, Forwarded element) for a client; cached: clients repeat."""
+    element = b"for=" + forwarded_node(client_ip) + b";proto=" + scheme
+    if host:
+        element += b";host=" + _forwarded_value(host)
+    return client_ip.encode("ascii", "replace"), element
+
+
+def upstream_request_headers(request: RequestHead, default_host: bytes) -> list[Header]:
+    """The headers sent to the backend: end-to-end ones, forwarding headers, framing.
+
+    Host is kept as the client sent it (the app builds its URLs from it). The
+    forwarding headers (X-Forwarded-For/-Proto/-Host, Forwarded) describe the
+    client: a trusted proxy's are extended (For, Forwarded) or kept (Proto,
+    Host); anyone else's are replaced, so a client cannot choose the address
+    the app sees.
     """
-    headers = end_to_end(request.headers)
-    earlier = [value for key, value in headers if key.lower() == b"x-forwarded-for"]
-    headers = [
-        (key, value)
-        for key, value in headers
-        if key.lower() not in (b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host")
-    ]
-    if not any(key.lower() == b"host" for key, _ in headers):
-        headers.append((b"Host", default_host))
-    client = request.client_ip.encode("ascii", "replace")
-    headers.append((b"X-Forwarded-For", b", ".join([*earlier, client])))
-    headers.append((b"X-Forwarded-Proto", b"http"))
-    host = request.host
-    if host is not None:
-        headers.append((b"X-Forwarded-Host", host))
+    out: list[Header] = []
+    host: bytes | None = None
+    earlier_for: list[bytes] = []
+    earlier_forwarded: list[bytes] = []
+    proto: bytes | None = None
+    forwarded_host: bytes | None = None
+    connection: list[bytes] = []
+    trusted = request.client_trusted
+    for key, value in request.headers:  # one pass: this runs for every request
+        name = key.lower()
+        if name not in _NOT_FORWARDED:
+            out.append((key, value))
+        elif name == b"host":
+            host = value
+            out.append((key, value))
+        elif name == b"connection":
+            connection.append(value)
+        elif trusted:
+            if name == b"x-forwarded-for":
+                earlier_for.append(value)
+            elif name == b"forwarded":
+                earlier_forwarded.append(value)
+            elif name == b"x-forwarded-proto":
+                proto = proto or value
+            elif name == b"x-forwarded-host":
+                forwarded_host = forwarded_host or value
+    if connection:
+        named = connection_named((b"connection", value) for value in connection) - HOP_BY_HOP
+        if named:
+            out = [(key, value) for key, value in out if key.lower() not in named]
+    if host is None:
+        out.append((b"Host", default_host))
+    scheme = request.scheme
+    client, element = _describe_client(request.client_ip, scheme, host)
+    out.append((b"X-Forwarded-For", b", ".join([*earlier_for, client]) if earlier_for else client))
+    out.append((b"X-Forwarded-Proto", proto or scheme))
+    if forwarded_host is not None or host:
+        out.append((b"X-Forwarded-Host", forwarded_host or host or b""))
+    if earlier_forwarded:
+        element = b", ".join([*earlier_forwarded, element])
+    out.append((b"Forwarded", element))
     if request.body is Body.LENGTH:
-        headers.append((b"Content-Length", str(request.content_length).encode()))
+        out.append((b"Content-Length", str(request.content_length).encode()))
     elif request.body is Body.CHUNKED:
-        headers.append((b"Transfer-Encoding", request.transfer_encoding))
-    return headers
+        out.append((b"Transfer-Encoding", b"chunked"))
+    return out
+
+
+# --- responses ---------------------------------------------------------------------------
 
 
 def response_has_body(status: int, request_method: bytes) -> bool:

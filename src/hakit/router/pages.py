@@ -15,20 +15,28 @@ from hakit.router.headers import Header, encode_head
 
 REASONS = {
     400: b"Bad Request",
+    408: b"Request Timeout",
+    414: b"URI Too Long",
     431: b"Request Header Fields Too Large",
     500: b"Internal Server Error",
     502: b"Bad Gateway",
     503: b"Service Unavailable",
     504: b"Gateway Timeout",
+    501: b"Not Implemented",
+    505: b"HTTP Version Not Supported",
 }
 
 _MESSAGES = {
     400: "The request could not be understood.",
+    408: "The request did not arrive in time.",
+    414: "The request URL is too long.",
     431: "The request headers are too large.",
     500: "The router failed to handle the request.",
     502: "The application did not answer the request. It was not processed; try again shortly.",
     503: "The service is unavailable.",
     504: "The application did not answer in time.",
+    501: "The request uses a feature this server does not implement.",
+    505: "Only HTTP/1.0 and HTTP/1.1 are supported here.",
 }
 
 

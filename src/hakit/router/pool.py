@@ -1,8 +1,32 @@
-"""Which node gets the next request: a pure function of the cluster view.
+"""Which node gets the next request: a pure function of what the router knows.
 
-No I/O and no clock reads here: the router passes the view it last read, the
-passive-failure marks and ``now``. Stickiness (a later issue) adds the
-request's cookies as one more input; the rules below stay the base case.
+No I/O and no clock reads here: the router passes the cluster view it last
+read, its passive-failure marks, its health board, its in-flight counts, the
+request's sticky node (sticky.py) and the times. ``route`` is the whole
+decision; the pieces below it are small rules tested one by one.
+
+Which nodes may serve, by mode:
+
+- cold-standby, warm-standby, restart-only: only the lease holder of the
+  current epoch, and only if its record says it is active under that epoch
+  (a node claiming to be active without the epoch gets nothing). A warm
+  standby's running app gets no traffic either.
+- active-active: every node whose record is routable.
+
+Each such node is SERVING (new and sticky users) or DRAINING: its app reports
+STOPPING or MAINTENANCE, its record carries ``detail["draining"] = true``, or
+the health board says DRAIN. A draining node keeps its sticky users (their
+sessions finish there) but gets no new ones, until ``router.drain_timeout``
+after the drain began; then its sticky users are moved too (HAProxy #2894,
+Envoy #7218: drains without an end strand users).
+
+A sticky user whose node is down, or draining past the deadline, is handled
+by ``router.sticky_down``, the same for every strategy: ``move`` (balance it
+as a new user; the router rewrites its own cookie), ``hold`` (wait up to
+``sticky_hold`` for the node, then move) or ``fail`` (the maintenance page).
+In the standby modes that applies only to a user of the lease holder: a user
+of any other node is simply moved, since that node will not serve again
+(there is no automatic failback).
 
 Passive-failure marks (``down``) map a node name to the ``updated_at`` of the
 node's record when the router saw that node refuse or reset a connection. A
@@ -14,15 +38,39 @@ independent of clock skew between the router and the agent.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+import enum
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass
 
-from hakit.config import Config, Mode, NodeConfig
+from hakit.config import Balance, Config, Mode, NodeConfig, StickyDown
 from hakit.contract import AppState, is_routable
-from hakit.coord.base import NodeRecord
+from hakit.coord.base import Lease, NodeRecord
 from hakit.coord.view import ClusterView
+from hakit.router.balance import HealthView, pick_new, ramp_weight
 
 # A mark taken for a node that had no record: any record that appears later clears it.
 NO_RECORD = -1.0
+
+# App states that keep sticky users but take no new ones (DESIGN.md: "drains").
+DRAIN_STATES = frozenset({AppState.STOPPING.value, AppState.MAINTENANCE.value})
+
+
+class Verdict(enum.Enum):
+    """``route``'s answer when it names no node."""
+
+    NO_NODE = "no-node"  # nobody may serve: the maintenance page (or a hold, exchange.py)
+    HOLD = "hold"  # wait for the sticky node to come back (sticky_down = "hold")
+    FAIL = "fail"  # the sticky node is gone and the policy is to fail (sticky_down = "fail")
+
+
+@dataclass(frozen=True, slots=True)
+class Eligibility:
+    serving: tuple[NodeConfig, ...]  # may take new users, in config order
+    draining: tuple[NodeConfig, ...]  # keep their sticky users only
+    members: frozenset[str]  # nodes the mode lets serve at all (see module doc)
+
+
+# --- records ------------------------------------------------------------------------------
 
 
 def record_routable(record: NodeRecord | None) -> bool:
@@ -34,6 +82,35 @@ def record_routable(record: NodeRecord | None) -> bool:
     except ValueError:
         return False
     return is_routable(state)
+
+
+def record_draining(record: NodeRecord | None) -> bool:
+    """The app is stopping or in maintenance, or its agent flagged it as draining."""
+    if record is None:
+        return False
+    if record.app_state in DRAIN_STATES:
+        return True
+    return record.detail.get("draining") is True and record_routable(record)
+
+
+def draining_nodes(view: ClusterView, health: HealthView | None = None) -> list[str]:
+    """Every node draining according to its record or to the health board."""
+    names = [name for name, record in view.nodes.items() if record_draining(record)]
+    if health is not None:
+        names += [name for name in view.nodes if name not in names and health.draining(name)]
+    return names
+
+
+def routable_nodes(view: ClusterView) -> list[str]:
+    """Nodes whose record takes new users (for slow start without a health board)."""
+    return [
+        name
+        for name, record in view.nodes.items()
+        if record_routable(record) and not record_draining(record)
+    ]
+
+
+# --- passive down marks ---------------------------------------------------------------------
 
 
 def down_mark_for(view: ClusterView, node: str) -> float:
@@ -53,21 +130,123 @@ def prune_down(view: ClusterView, down: Mapping[str, float]) -> dict[str, float]
     return {node: mark for node, mark in down.items() if is_marked_down(view, node, down)}
 
 
-def _standby_holder(view: ClusterView, now: float) -> str | None:
-    """The lease holder, when the lease is valid and its record confirms it serves.
+# --- drains -----------------------------------------------------------------------------------
 
-    The lease must be valid both when the view was read and ``now``: a stale
-    view (the store unreadable for a while) never extends a lease.
+
+def track_drains(
+    previous: Mapping[str, float], draining: Iterable[str], now: float
+) -> dict[str, float]:
+    """When each draining node began draining: kept from ``previous``, else ``now``.
+
+    Fed every node draining in the latest observation; a node that stopped
+    draining is forgotten (its next drain starts a new deadline).
     """
+    return {name: previous.get(name, now) for name in draining}
+
+
+def drain_expired(
+    node: str, drain_began: Mapping[str, float], drain_timeout: float, now: float
+) -> bool:
+    """``node``'s drain began ``drain_timeout`` or more ago (``now``: same clock)."""
+    began = drain_began.get(node)
+    return began is not None and now - began >= drain_timeout
+
+
+# --- eligibility --------------------------------------------------------------------------------
+
+
+def _lease_holder(view: ClusterView) -> str | None:
+    """The lease holder, when the lease was valid when read and its record is active under it."""
     lease = view.lease
-    if lease is None or not (lease.valid_at(view.read_at) and lease.valid_at(now)):
+    if lease is None or not lease.valid_at(view.read_at):
         return None
     record = view.nodes.get(lease.holder)
     if record is None or record.role != "active" or record.epoch != lease.epoch:
         return None
-    if not record_routable(record):
-        return None
     return lease.holder
+
+
+@dataclass(frozen=True, slots=True)
+class Standing:
+    """What the records alone say, computed once per view (not per request)."""
+
+    base: Eligibility  # before down marks, health, exclusions and the lease's expiry
+    lease: Lease | None  # standby modes: ``base`` holds only while this lease is valid
+
+
+NOBODY = Eligibility((), (), frozenset())
+
+
+def standing(view: ClusterView, cfg: Config) -> Standing:
+    """Which configured nodes the records let serve, and how (see the module doc)."""
+    if cfg.cluster.mode is Mode.ACTIVE_ACTIVE:
+        members = frozenset(node.name for node in cfg.nodes)
+        lease = None
+    else:
+        holder = _lease_holder(view)
+        if holder is None:
+            return Standing(NOBODY, None)
+        members, lease = frozenset((holder,)), view.lease
+    serving: list[NodeConfig] = []
+    draining: list[NodeConfig] = []
+    for node in cfg.nodes:
+        if node.name not in members:
+            continue
+        record = view.nodes.get(node.name)
+        if record_draining(record):
+            draining.append(node)
+        elif record_routable(record):
+            serving.append(node)
+    return Standing(Eligibility(tuple(serving), tuple(draining), members), lease)
+
+
+def eligibility(
+    view: ClusterView,
+    cfg: Config,
+    down: Mapping[str, float],
+    now: float,
+    *,
+    exclude: Collection[str] = (),
+    health: HealthView | None = None,
+    known: Standing | None = None,
+) -> Eligibility:
+    """Which configured nodes may serve now, and how (see the module doc).
+
+    Nodes marked down, not routable on the health board, or in ``exclude``
+    (already tried for this request) are left out; nodes the view knows but
+    the config does not are ignored (the config says where a node listens).
+    The lease must be valid both when the view was read and ``now``: a stale
+    view (the store unreadable for a while) never extends a lease. ``known``:
+    ``standing(view, cfg)`` if the caller keeps it.
+    """
+    st = known if known is not None else standing(view, cfg)
+    if st.lease is not None and not st.lease.valid_at(now):
+        return NOBODY
+    base = st.base
+    if not (down or exclude or health is not None):
+        return base
+    for node in (*base.serving, *base.draining):  # usually nothing is filtered: check first
+        name = node.name
+        if name in exclude or (down and is_marked_down(view, name, down)):
+            break
+        if health is not None and not health.routable(name):
+            break
+    else:
+        return base
+    serving: list[NodeConfig] = []
+    draining: list[NodeConfig] = []
+    for nodes, drained in ((base.serving, False), (base.draining, True)):
+        for node in nodes:
+            name = node.name
+            if name in exclude or (down and is_marked_down(view, name, down)):
+                continue
+            drains = drained
+            if health is not None and not health.routable(name):
+                if not health.draining(name):
+                    continue  # the router's own checks say it is down
+                drains = True
+            (draining if drains else serving).append(node)
+    return Eligibility(tuple(serving), tuple(draining), base.members)
 
 
 def eligible_backends(
@@ -77,26 +256,108 @@ def eligible_backends(
     now: float,
     *,
     exclude: Collection[str] = (),
+    health: HealthView | None = None,
 ) -> tuple[NodeConfig, ...]:
-    """Every configured node that may take a new request, in config order.
+    """Every configured node that may take a NEW user, in config order."""
+    return eligibility(view, cfg, down, now, exclude=exclude, health=health).serving
 
-    Standby modes: at most the current epoch's active node. active-active:
-    every node whose record is routable. Nodes marked down or in ``exclude``
-    (already tried for this request) are left out; nodes the view knows but
-    the config does not are ignored (the config says where a node listens).
+
+# --- the decision -------------------------------------------------------------------------------
+
+
+def sticky_target(
+    found: Eligibility,
+    sticky: str | None,
+    *,
+    policy: StickyDown,
+    drain_over: bool,
+    hold_over: bool,
+) -> NodeConfig | Verdict | None:
+    """Where a request pinned to ``sticky`` goes; None: balance it as a new user.
+
+    ``drain_over``: the sticky node's drain deadline has passed.
+    ``hold_over``: this request was held for its node already (sticky_hold ran out).
     """
-    if cfg.cluster.mode is Mode.ACTIVE_ACTIVE:
-        names = {name for name, record in view.nodes.items() if record_routable(record)}
-    else:
-        holder = _standby_holder(view, now)
-        names = {holder} if holder is not None else set()
-    return tuple(
-        node
-        for node in cfg.nodes
-        if node.name in names
-        and node.name not in exclude
-        and not is_marked_down(view, node.name, down)
+    if sticky is None:
+        return None
+    for node in found.serving:
+        if node.name == sticky:
+            return node
+    if not drain_over:
+        for node in found.draining:
+            if node.name == sticky:
+                return node
+    if sticky not in found.members or policy is StickyDown.MOVE:
+        return None
+    if policy is StickyDown.HOLD:
+        return None if hold_over else Verdict.HOLD
+    return Verdict.FAIL
+
+
+def route(
+    view: ClusterView,
+    cfg: Config,
+    down: Mapping[str, float],
+    now: float,
+    *,
+    clock: float = 0.0,
+    sticky: str | None = None,
+    exclude: Collection[str] = (),
+    health: HealthView | None = None,
+    in_flight: Mapping[str, int] | None = None,
+    turn: int = 0,
+    drain_began: Mapping[str, float] | None = None,
+    up_since: Mapping[str, float | None] | None = None,
+    hold_over: bool = False,
+    known: Standing | None = None,
+) -> NodeConfig | Verdict:
+    """The node for a request, or why there is none.
+
+    ``now`` is wall-clock time (leases); ``clock`` the router's monotonic time
+    (drain deadlines, slow start). ``sticky``: the node the request is pinned
+    to. ``in_flight``: requests in flight per node (least-outstanding).
+    ``turn``: the router's request counter (round robin, ties, slow start).
+    ``up_since``: when each routable node came back by its records (slow
+    start without, or besides, the health board). ``known``: ``standing(view, cfg)``,
+    kept by the caller between views.
+    """
+    rc = cfg.router
+    found = eligibility(view, cfg, down, now, exclude=exclude, health=health, known=known)
+    if sticky is not None:
+        over = drain_expired(sticky, drain_began or {}, rc.drain_timeout, clock)
+        target = sticky_target(
+            found, sticky, policy=rc.sticky_down, drain_over=over, hold_over=hold_over
+        )
+        if target is not None:
+            return target
+    weights = None
+    if rc.slowstart > 0 and len(found.serving) > 1:
+        weights = slowstart_weights(found.serving, health, up_since or {}, clock, rc.slowstart)
+    chosen = pick_new(
+        found.serving, balance=rc.balance, in_flight=in_flight or {}, turn=turn, weights=weights
     )
+    return chosen if chosen is not None else Verdict.NO_NODE
+
+
+def slowstart_weights(
+    nodes: Iterable[NodeConfig],
+    health: HealthView | None,
+    up_since: Mapping[str, float | None],
+    clock: float,
+    slowstart: float,
+) -> list[float] | None:
+    """Each node's slow-start weight; None when nobody is ramping (the common case).
+
+    A node's comeback is the later of what its records and the health board saw.
+    """
+    weights = []
+    for node in nodes:
+        came = up_since.get(node.name)
+        board = health.up_since(node.name) if health is not None else None
+        if board is not None and (came is None or board > came):
+            came = board
+        weights.append(ramp_weight(came, clock, slowstart))
+    return weights if any(weight < 1.0 for weight in weights) else None
 
 
 def choose_backend(
@@ -108,12 +369,14 @@ def choose_backend(
     turn: int = 0,
     exclude: Collection[str] = (),
 ) -> NodeConfig | None:
-    """The node for the next request, or None: show the maintenance page.
+    """The node for a new user by round robin, or None: show the maintenance page.
 
-    ``turn`` is the caller's request counter: round robin over the eligible
-    nodes in active-active mode (one node at most in the standby modes).
+    The base case of ``route`` (no stickiness, no load, no health board).
     """
-    candidates = eligible_backends(view, cfg, down, now, exclude=exclude)
-    if not candidates:
-        return None
-    return candidates[turn % len(candidates)]
+    chosen = pick_new(
+        eligible_backends(view, cfg, down, now, exclude=exclude),
+        balance=Balance.ROUND_ROBIN,
+        in_flight={},
+        turn=turn,
+    )
+    return chosen

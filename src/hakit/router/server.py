@@ -15,18 +15,41 @@ from collections.abc import Callable, Collection, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from hakit.config import Config, NodeConfig
+from hakit.config import Config, NodeConfig, Sticky, parse_listen
 from hakit.coord.view import ClusterView
 from hakit.errors import HakitError
-from hakit.router.exchange import ExchangeHooks
+from hakit.router.admin import Observability
+from hakit.router.balance import track_up
+from hakit.router.checks import RouterChecks
+from hakit.router.exchange import Exchange, ExchangeHooks
 from hakit.router.headers import RequestHead
-from hakit.router.http import ClientConnection
+from hakit.router.health import HealthBoard
+from hakit.router.hold import can_hold
+from hakit.router.http import ClientConnection, ConnectionSweeper
 from hakit.router.limits import ProxyLimits
 from hakit.router.pages import CannedResponse, maintenance_page, prefers_json
-from hakit.router.pool import choose_backend, down_mark_for, prune_down
+from hakit.router.pool import (
+    Standing,
+    Verdict,
+    down_mark_for,
+    draining_nodes,
+    eligible_backends,
+    prune_down,
+    routable_nodes,
+    route,
+    standing,
+    track_drains,
+)
+from hakit.router.secret import cluster_secret
+from hakit.router.sticky import strategy_for
+from hakit.router.tls import RedirectProtocol, server_context
 from hakit.router.upstream import UpstreamPool
 
 log = logging.getLogger("hakit.router")
+
+# A sticky hold is granted this much beyond sticky_hold, so that when the held request
+# wakes up its hold has surely run out (the exchange's timer and ours use other clocks).
+HOLD_MARGIN = 0.05
 
 ViewSource = Callable[[], ClusterView]
 
@@ -50,8 +73,25 @@ class Router:
         hooks: ExchangeHooks | None = None,
     ) -> None:
         self.cfg = cfg
-        self.limits = limits or ProxyLimits()
-        self.hooks = hooks or ExchangeHooks()
+        self.limits = limits or ProxyLimits.from_config(cfg.router)
+        # Stickiness (sticky.py): which node a request is pinned to, and its cookie rewriting.
+        key = cluster_secret(cfg) if cfg.router.sticky is Sticky.LB_COOKIE else None
+        self.sticky = strategy_for(cfg, key)
+        self.hooks = hooks or self.sticky or ExchangeHooks()
+        # The router's own /status checks of each node (checks.py) feed this board;
+        # None: the records alone decide.
+        self.checks = RouterChecks(cfg, lambda: self._view, on_change=self.notify_change)
+        self.health: HealthBoard | None = self.checks.board
+        # Requests in flight per node (least-outstanding), and which node each request
+        # is counted for (by id(request): an exchange keeps its request object).
+        self.in_flight: dict[str, int] = {node.name: 0 for node in cfg.nodes}
+        self._counted: dict[int, str] = {}
+        # id(request) -> (request, sticky hold deadline, monotonic); the request is kept so
+        # that its id cannot be reused by another one while the entry exists.
+        self._holds: dict[int, tuple[RequestHead, float]] = {}
+        self._drain_began: dict[str, float] = {}  # node -> monotonic time its drain was seen
+        self._up_since: dict[str, float | None] | None = None  # slow start, from the records
+        self._standing: tuple[ClusterView, Standing] | None = None  # pool.standing, per view
         self.pool = UpstreamPool(self.limits)
         self._view_source = view_source
         self._view = EMPTY_VIEW
@@ -59,11 +99,16 @@ class Router:
         self._down_since: dict[str, float] = {}  # monotonic time each mark was taken
         self._turn = 0
         self._server: asyncio.Server | None = None
+        self._redirect: asyncio.Server | None = None  # router.redirect_http (tls.py)
+        self._sweeper: ConnectionSweeper | None = None  # client read timeouts (http.py)
         self._refresher: asyncio.Task[None] | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._clients: set[ClientConnection] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._view_error: str | None = None
+        # Set (and replaced) whenever the view or the down marks change: held requests wait on it.
+        self._changed = asyncio.Event()
+        self.obs = Observability(cfg)  # access log, metrics, admin port (admin.py)
         retry_after = cfg.router.retry_after
         self._pages = {
             False: maintenance_page(retry_after, None),
@@ -72,23 +117,46 @@ class Router:
 
     # --- lifecycle -------------------------------------------------------------------
 
-    async def start(self, host: str, port: int) -> tuple[str, int]:
-        """Read the cluster once, then listen; returns the bound (host, port)."""
+    async def start(
+        self, host: str, port: int, *, admin: tuple[str, int] | None = None
+    ) -> tuple[str, int]:
+        """Read the cluster once, then listen; returns the bound (host, port).
+
+        ``admin``: where to serve /metrics and /nodes instead of router.admin_listen.
+        """
+        tls = self.cfg.router
+        context = (
+            server_context(tls.tls_cert, tls.tls_key) if tls.tls_cert and tls.tls_key else None
+        )
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hakit-router-view")
         await self.refresh()
         loop = asyncio.get_running_loop()
         try:
             self._server = await loop.create_server(
-                lambda: ClientConnection(self, self), host or None, port, backlog=1024
+                lambda: ClientConnection(self, self), host or None, port, backlog=1024, ssl=context
             )
+            if tls.redirect_http is not None:
+                https_port = self._server.sockets[0].getsockname()[1]
+                host, port = parse_listen(tls.redirect_http)  # named in the error below
+                self._redirect = await loop.create_server(
+                    lambda: RedirectProtocol(https_port, self.limits), host, port
+                )
         except OSError as error:
             await self.close()
             raise HakitError(
                 f"router: cannot listen on {host}:{port} ({error.strerror or error}); "
                 "is another router or program using that port? Change router.listen "
-                "in the config or stop the other program."
+                "(or router.redirect_http) in the config or stop the other program."
             ) from error
+        try:
+            await self.obs.start(self, admin)
+        except HakitError:
+            await self.close()
+            raise
         self._refresher = asyncio.create_task(self._refresh_forever(), name="router-refresh")
+        self.checks.start()
+        self._sweeper = ConnectionSweeper(self._clients, self.limits.sweep_interval)
+        self._sweeper.start()
         bound = self._server.sockets[0].getsockname()
         log.info("router listening on %s:%s (mode %s)", bound[0], bound[1], self.cfg.cluster.mode)
         return str(bound[0]), int(bound[1])
@@ -97,12 +165,19 @@ class Router:
         """Stop listening, close every connection, stop the refresh."""
         if self._server is not None:
             self._server.close()
+        if self._redirect is not None:
+            self._redirect.close()
+            self._redirect = None
+        if self._sweeper is not None:
+            self._sweeper.stop()
+            self._sweeper = None
         if self._refresher is not None:
             self._refresher.cancel()
         tasks = [*self._tasks, *([self._refresher] if self._refresher else [])]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self.checks.close()
         for client in list(self._clients):
             client.abort()
         self.pool.close()
@@ -110,6 +185,7 @@ class Router:
             await self._server.wait_closed()
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
+        await self.obs.close()  # last: the exchanges ended above are logged too
         self._server = self._refresher = self._executor = None
 
     # --- cluster state ------------------------------------------------------------------
@@ -117,6 +193,15 @@ class Router:
     @property
     def view(self) -> ClusterView:
         return self._view
+
+    @property
+    def clients(self) -> Collection[ClientConnection]:
+        """Open client connections (read by the admin server)."""
+        return self._clients
+
+    def eligible(self) -> tuple[NodeConfig, ...]:
+        """Nodes a new request may go to now (for /nodes; keep in step with choose())."""
+        return eligible_backends(self._view, self.cfg, self._down, time.time(), health=self.health)
 
     @property
     def down_marks(self) -> dict[str, float]:
@@ -141,8 +226,53 @@ class Router:
         if self._view_error is not None:
             log.info("router: cluster state readable again")
             self._view_error = None
+        previous, marks = self._view, len(self._down)
         self._view = view
+        self.checks.observe(view)  # a new app instance resets the health verdict
         self._expire_marks(view)
+        self._track(view)
+        if view.lease != previous.lease or view.nodes != previous.nodes or len(self._down) < marks:
+            self.notify_change()
+
+    def notify_change(self) -> None:
+        """Wake the requests waiting for a node (view changed, a node may serve again)."""
+        event, self._changed = self._changed, asyncio.Event()
+        event.set()
+
+    async def wait_for_change(self) -> None:
+        """Return at the next ``notify_change`` (ProxyContext; used by held requests)."""
+        await self._changed.wait()
+
+    @property
+    def hold_timeout(self) -> float:
+        return self.cfg.router.hold_timeout
+
+    def hold_limit(self, request: RequestHead) -> float:
+        """How long ``request`` may wait for a node (ProxyContext).
+
+        hold_timeout; while the request is held for its sticky node
+        (sticky_down = "hold"), at least sticky_hold.
+        """
+        held = self._holds.get(id(request)) if self._holds else None
+        if held is not None and held[0] is request:
+            return max(self.cfg.router.hold_timeout, self.cfg.router.sticky_hold + HOLD_MARGIN)
+        return self.cfg.router.hold_timeout
+
+    def _track(self, view: ClusterView) -> None:
+        """Note when drains begin (their deadline) and when nodes come back (slow start)."""
+        clock = time.monotonic()
+        began = track_drains(self._drain_began, draining_nodes(view, self.health), clock)
+        for node in began.keys() - self._drain_began.keys():
+            log.info(
+                "router: %s is draining: its sticky users stay up to %ss, new users go elsewhere",
+                node,
+                self.cfg.router.drain_timeout,
+            )
+        for node in self._drain_began.keys() - began.keys():
+            log.info("router: %s is no longer draining", node)
+        self._drain_began = began
+        if self.cfg.router.slowstart > 0:
+            self._up_since = track_up(self._up_since, routable_nodes(view), clock)
 
     async def _refresh_forever(self) -> None:
         interval = max(self.cfg.router.state_poll_interval, 0.01)
@@ -162,9 +292,55 @@ class Router:
     # --- ProxyContext (used by exchanges) -------------------------------------------------
 
     def choose(self, request: RequestHead, exclude: Collection[str]) -> NodeConfig | None:
+        """The node for ``request`` (pool.route), counted in flight until the exchange ends.
+
+        None: nobody may serve it now, or it waits for its sticky node (hold_limit).
+        """
         self._turn += 1
-        return choose_backend(
-            self._view, self.cfg, self._down, time.time(), turn=self._turn, exclude=exclude
+        key = id(request)
+        sticky = self.sticky.node_for(request) if self.sticky is not None else None
+        clock = time.monotonic()
+        held = self._holds.get(key) if sticky is not None and self._holds else None
+        if held is not None and held[0] is not request:
+            held = None
+        chosen = self._route(sticky, exclude, clock, held is not None and clock >= held[1])
+        if chosen is Verdict.HOLD:
+            if can_hold(request, 0):
+                if held is None:
+                    self._holds[key] = (request, clock + self.cfg.router.sticky_hold)
+            else:  # a request already sending its body cannot wait: moved at once
+                chosen = self._route(sticky, exclude, clock, True)
+        previous = self._counted.pop(key, None)
+        if previous is not None:
+            self.in_flight[previous] -= 1
+        if isinstance(chosen, Verdict):
+            return None
+        self._counted[key] = chosen.name
+        self.in_flight[chosen.name] += 1
+        return chosen
+
+    def _route(
+        self, sticky: str | None, exclude: Collection[str], clock: float, hold_over: bool
+    ) -> NodeConfig | Verdict:
+        view, known = self._standing or (None, None)
+        if view is not self._view or known is None:  # a new view: what its records say, once
+            known = standing(self._view, self.cfg)
+            self._standing = (self._view, known)
+        return route(
+            self._view,
+            self.cfg,
+            self._down,
+            time.time(),
+            clock=clock,
+            sticky=sticky,
+            exclude=exclude,
+            health=self.health,
+            in_flight=self.in_flight,
+            turn=self._turn,
+            drain_began=self._drain_began,
+            up_since=self._up_since,
+            hold_over=hold_over,
+            known=known,
         )
 
     def mark_down(self, node: NodeConfig, error: BaseException) -> None:
@@ -179,9 +355,29 @@ class Router:
             )
         self._down[node.name] = down_mark_for(self._view, node.name)
         self._down_since[node.name] = time.monotonic()
+        if self.obs.metrics is not None:
+            self.obs.metrics.connect_failed(node.name)
 
     def maintenance(self, request: RequestHead) -> CannedResponse:
+        if self.obs.metrics is not None:
+            self.obs.metrics.maintenance_page()
         return self._pages[prefers_json(request.accept)]
+
+    def exchange_ended(self, exchange: Exchange) -> None:
+        key = id(exchange.request)
+        counted = self._counted.pop(key, None)
+        if counted is not None:
+            self.in_flight[counted] -= 1
+        if self._holds:
+            self._holds.pop(key, None)
+        if self.sticky is not None:
+            self.sticky.forget(exchange.request)
+        observe = self.obs.observe
+        if observe is not None:
+            try:
+                observe(exchange)
+            except Exception:  # a logging bug must never break the data plane
+                log.exception("router: observing a request failed")
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.get_running_loop().create_task(coro)

@@ -7,6 +7,11 @@ called once the whole response was read, after the connection detached the
 sink, so the sink may hand it back to the pool (``UpstreamPool.put``) or
 close it. A backend that misbehaves (bytes when nobody asked, a body after a
 HEAD response) gets its connection closed, never reused.
+
+An exchange attached with ``upgrade=True`` may get ``101 Switching
+Protocols``: the sink's ``response_upgraded`` receives the 101 and the bytes
+that followed it, and takes the transport over (``take_transport``); the
+connection is then no longer an HTTP connection and leaves the pool.
 """
 
 from __future__ import annotations
@@ -36,6 +41,10 @@ class ResponseSink(Protocol):
 
     def response_complete(self, conn: UpstreamConnection, reusable: bool) -> None: ...
 
+    def response_upgraded(
+        self, conn: UpstreamConnection, reason: bytes, headers: list[Header], rest: bytes
+    ) -> None: ...
+
     def upstream_failed(self, conn: UpstreamConnection, error: BaseException | None) -> None: ...
 
     def upstream_write_paused(self) -> None: ...
@@ -54,9 +63,11 @@ class _ResponseReader:
     reach the next exchange on the same connection.
     """
 
-    def __init__(self, sink: ResponseSink, request_method: bytes) -> None:
+    def __init__(self, sink: ResponseSink, request_method: bytes, upgrade: bool) -> None:
         self.sink = sink
         self.request_method = request_method
+        self.upgrade = upgrade  # the request asked to switch protocols
+        self.switched = False  # a 101 arrived for it: the rest is the new protocol
         self.parser = httptools.HttpResponseParser(self)
         self.status = 0
         self.reason = b""
@@ -87,7 +98,14 @@ class _ResponseReader:
         self.keep_alive = self.parser.should_keep_alive()
         if self.status < 200:
             if self.status == 101:
-                raise UpstreamProtocolError("the backend switched protocols; not supported yet")
+                if not self.upgrade:
+                    raise UpstreamProtocolError(
+                        "the backend switched protocols for a request that did not ask to"
+                    )
+                # Reported once the parser stopped after this head (data_received),
+                # with the bytes that followed it.
+                self.switched = True
+                return
             self.sink.response_interim(self.status, self.reason, self.headers)
             return
         self.head_seen = True
@@ -144,9 +162,9 @@ class UpstreamConnection(asyncio.Protocol):
 
     # --- used by the exchange -------------------------------------------------
 
-    def attach(self, sink: ResponseSink, request_method: bytes) -> None:
+    def attach(self, sink: ResponseSink, request_method: bytes, upgrade: bool = False) -> None:
         assert self.usable, "attach() on a busy or closed upstream connection"
-        self._reader = _ResponseReader(sink, request_method)
+        self._reader = _ResponseReader(sink, request_method, upgrade)
         self._response_started = False
         self.exchanges += 1
 
@@ -181,6 +199,18 @@ class UpstreamConnection(asyncio.Protocol):
         if self._transport is not None:
             self._transport.close()
 
+    def take_transport(self) -> asyncio.Transport | None:
+        """Hand the transport over (after a 101); this connection leaves the pool."""
+        transport, self._transport = self._transport, None
+        self._reader = None
+        self._lost = True
+        if self.on_lost is not None:
+            self.on_lost(self)
+            self.on_lost = None
+        if transport is not None and transport.is_closing():
+            return None
+        return transport
+
     # --- asyncio.Protocol -----------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -201,8 +231,13 @@ class UpstreamConnection(asyncio.Protocol):
         error: Exception | None = None
         try:
             reader.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            error = UpstreamProtocolError("the backend switched protocols; not supported yet")
+        except httptools.HttpParserUpgrade as upgrade:
+            if reader.switched and self._reader is reader:
+                self._reader = None
+                rest = data[upgrade.args[0] :]
+                reader.sink.response_upgraded(self, reader.reason, reader.headers, rest)
+                return
+            error = UpstreamProtocolError("the backend switched protocols unasked")
         except httptools.HttpParserError as parse_error:
             cause = parse_error.__context__
             error = cause if isinstance(cause, UpstreamProtocolError) else parse_error

@@ -1,0 +1,395 @@
+"""``hakit why``: from the event history, why the last failover did or did not happen.
+
+A pure function over the coordination store's events (oldest first) returning
+lines: a headline, then a short timeline. It reads what the agents recorded:
+
+- who held the lease under which epoch: every event an agent records carries
+  the epoch it acts under, so the first event with a new epoch marks a new
+  active node (a *term*);
+- why a term ended: the old active's ``failover`` event (it stepped down, the
+  cause is in its reason or in the alert just before), a ``lease`` event (lost
+  the lease and fenced itself, or released it on shutdown), an operator's
+  action, or nothing at all (the node was lost with its agent);
+- the alerts that did not end in a failover (a restart, a database outage, a
+  failed start, manual intervention): the policy words each reason, this
+  module only arranges them.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, tzinfo
+
+from hakit.coord.base import Event
+
+RESTART_KINDS = frozenset({"crash", "oom", "hang", "error"})
+_FAILURE_KINDS = {*RESTART_KINDS, "failed-start"}
+
+_LOST_LEASE = re.compile(r"lost the leader lease \(epoch (\d+)")
+_SHUTDOWN = "released the lease on shutdown"
+_STEP_DOWN_TAIL = re.compile(r"[:;] (stopping it, then )?stepping down so a standby takes over.*$")
+_NTH_FAILURE = re.compile(r"(\d+)(?:st|nd|rd|th) failure within")
+_RESTART_BUDGET = re.compile(r"restart (\d+) of (\d+) within ([^\s;)]+)")
+_RETRY = re.compile(r"retry (\d+) of (\d+)")
+_FAILED_STARTS = re.compile(r"(\d+) failed starts in a row \(restart_attempts = (\d+)\)")
+_NOT_FAILING_OVER = re.compile(r"not failing over: ([^;]*)")
+_NO_FAILOVER_BECAUSE = re.compile(r" and ((?:restart-only mode|this node is a standby)[^;:]*)")
+
+
+@dataclass(frozen=True, slots=True)
+class Term:
+    """One node's time as the active node under one epoch."""
+
+    node: str
+    epoch: int
+    index: int  # position of its first event in the history
+    time: float
+
+
+@dataclass(frozen=True, slots=True)
+class Incident:
+    time: float  # when it began: what ``--at`` selects by
+    lines: tuple[str, ...]  # headline first, then indented timeline lines
+    failover: bool  # the active role moved to another node
+
+
+class _Clock:
+    """Times as HH:MM:SS, with the date when the history spans several days."""
+
+    def __init__(self, events: Sequence[Event], tz: tzinfo | None) -> None:
+        self.tz = tz
+        days = {datetime.fromtimestamp(e.time, tz).date() for e in events}
+        self.pattern = "%Y-%m-%d %H:%M:%S" if len(days) > 1 else "%H:%M:%S"
+
+    def __call__(self, seconds: float) -> str:
+        return datetime.fromtimestamp(seconds, self.tz).strftime(self.pattern)
+
+    def line(self, event: Event, text: str | None = None) -> str:
+        return f"  {self(event.time)}  {text if text is not None else event.reason}"
+
+
+# --- the public function ----------------------------------------------------------
+
+
+def explain(
+    events: Sequence[Event], at: float | None = None, tz: tzinfo | None = None
+) -> list[str]:
+    """Why the last failover (before ``at``, if given) did or did not happen.
+
+    ``at`` counts whole seconds, as they are shown: 12:03:10 includes 12:03:10.9.
+    ``tz`` is for the times shown (None: local time).
+    """
+    history = sorted(events, key=lambda e: e.id)
+    clock = _Clock(history, tz)
+    if not history:
+        return ["no events recorded yet: has an agent of this cluster run?"]
+    limit = math.inf if at is None else (at if at % 1 else at + 1)
+    incidents = [i for i in _incidents(history, clock) if i.time < limit]
+    if not incidents:
+        return [_quiet(history, limit, at, clock)]
+    last = incidents[-1]
+    lines = list(last.lines)
+    earlier = [i for i in incidents if i.failover]
+    if not last.failover and earlier:
+        lines.append(f"last failover before that: {earlier[-1].lines[0]}")
+    return lines
+
+
+def parse_at(text: str, now: float, tz: tzinfo | None = None) -> float:
+    """``--at``: "12:03", "12:03:10", "2026-11-22 12:03:10" (ISO) or Unix seconds."""
+    text = text.strip()
+    try:
+        seconds = float(text)
+    except ValueError:
+        pass
+    else:
+        if math.isfinite(seconds):
+            return seconds
+    today = datetime.fromtimestamp(now, tz)
+    try:
+        if re.fullmatch(r"\d{1,2}:\d{2}(:\d{2}(\.\d+)?)?", text):
+            parts = [float(p) for p in text.split(":")] + [0.0]
+            hour, minute, second = int(parts[0]), int(parts[1]), parts[2]
+            moment = today.replace(hour=hour, minute=minute, second=0, microsecond=0)
+            return moment.timestamp() + second
+        moment = datetime.fromisoformat(text)
+        return (moment if moment.tzinfo else moment.replace(tzinfo=today.tzinfo)).timestamp()
+    except ValueError:
+        raise ValueError(
+            f"{text!r} is not a time; expected HH:MM[:SS] (today), "
+            '"YYYY-MM-DD HH:MM[:SS]" or Unix seconds'
+        ) from None
+
+
+# --- reading the history -------------------------------------------------------------
+
+
+def terms(history: Sequence[Event]) -> list[Term]:
+    """Who was active under which epoch, in order (epochs only grow)."""
+    found: list[Term] = []
+    highest = 0
+    for index, event in enumerate(history):
+        if event.epoch > highest and event.node:
+            highest = event.epoch
+            found.append(Term(event.node, event.epoch, index, event.time))
+    return found
+
+
+def _incidents(history: Sequence[Event], clock: _Clock) -> list[Incident]:
+    found: list[Incident] = []
+    used: set[int] = set()  # the events that ended a term a takeover explains
+    all_terms = terms(history)
+    for prev, term in zip(all_terms, all_terms[1:], strict=False):
+        found.append(_takeover(history, prev, term, used, clock))
+    for index, event in enumerate(history):
+        if index in used:
+            continue
+        incident = _alert(history, index, clock) if event.kind == "alert" else None
+        incident = incident or _orphan_end(history, index, clock)
+        if incident is not None:
+            found.append(incident)
+    return sorted(found, key=lambda i: i.time)
+
+
+def _end_of_term(history: Sequence[Event], prev: Term, term: Term) -> int | None:
+    """The index of the event in which ``prev``'s node gave up its term, if it recorded one."""
+    for index in range(prev.index, len(history)):
+        event = history[index]
+        if index > term.index and event.time > term.time + 60:
+            break  # the old node's word would come at once, not a minute later
+        if event.node != prev.node:
+            if _operator_move(event) and index < term.index:
+                return index  # a switchover / forced failover: the operator's own event
+            continue
+        lost = _LOST_LEASE.search(event.reason)
+        if event.kind == "failover" and event.epoch == prev.epoch:
+            return index
+        if lost is not None and int(lost.group(1)) == prev.epoch:
+            return index  # a "stop" (app killed), or a "lease" record when no app ran
+        if event.kind == "lease" and _SHUTDOWN in event.reason and event.epoch == prev.epoch:
+            return index
+    return None
+
+
+def _takeover(
+    history: Sequence[Event], prev: Term, term: Term, used: set[int], clock: _Clock
+) -> Incident:
+    end = _end_of_term(history, prev, term)
+    old, new = prev.node, term.node
+    epochs = f"(epoch {prev.epoch} → {term.epoch})"
+    timeline: list[str] = []
+    started, since = term.time, "the takeover"
+    if end is None and old == new:
+        cause = f"its lease of epoch {prev.epoch} lapsed"
+    elif end is None:
+        cause = (
+            f"{old}'s lease expired without a word from its agent: the node was lost "
+            "(agent and app gone together) or cut off from the coordination store"
+        )
+        heard = [e for e in history[prev.index : term.index] if e.node == old]
+        if heard:
+            timeline.append(clock.line(heard[-1], f"last heard from {old}: {heard[-1].reason}"))
+    else:
+        used.add(end)
+        cause, detail, started = _cause(history, prev, end, clock)
+        timeline += detail
+        since = f"{old} gave up" if old != new else "it lost the lease"
+    timeline.append(clock.line(history[term.index]))
+    timeline += _outcome(history, term, started, since, clock)
+    if old == new:
+        headline = (
+            f"no failover at {clock(term.time)}: {new} took the lease again {epochs} after {cause}"
+        )
+        return Incident(started, (headline, *timeline), failover=False)
+    verb = "handed over to" if end is not None and _planned(history[end]) else "failed over to"
+    headline = f"{old} {verb} {new} at {clock(term.time)} {epochs}: {cause}"
+    return Incident(started, (headline, *timeline), failover=True)
+
+
+def _planned(event: Event) -> bool:
+    return _SHUTDOWN in event.reason or _operator_move(event)
+
+
+def _operator_move(event: Event) -> bool:
+    return event.actor.startswith("operator:") and event.kind in ("switchover", "failover")
+
+
+def _cause(
+    history: Sequence[Event], prev: Term, end: int, clock: _Clock
+) -> tuple[str, list[str], float]:
+    """(cause in words, timeline lines, when the end began) for a term its node ended."""
+    event = history[end]
+    if _operator_move(event):
+        who = event.actor.partition(":")[2]
+        return f"{event.kind} by operator {who}: {event.reason}", [clock.line(event)], event.time
+    if event.kind == "lease" and _SHUTDOWN in event.reason:
+        line = clock.line(event)
+        return f"the agent on {prev.node} was shut down and released the lease", [line], event.time
+    if _LOST_LEASE.search(event.reason):
+        cause = event.reason.split("; ")[0]
+        return f"{cause}; it killed its app (self-fencing)", [clock.line(event)], event.time
+    # A step-down: the failure that used up the restart budget is in this event's reason
+    # (process gone) or in the alert that stopped the app first (process alive).
+    failures = _failures(history, prev.node, prev.index, end)
+    trigger = next((i for i in reversed(failures) if "stepping down" in history[i].reason), None)
+    cause_event = history[trigger] if trigger is not None else event
+    # Show the failures that counted: "3rd failure within 5m" -> the two before it.
+    counted = _NTH_FAILURE.search(cause_event.reason)
+    keep = int(counted.group(1)) - 1 if counted else 2
+    earlier = [i for i in failures if i != trigger][-keep:] if keep > 0 else []
+    lines = [clock.line(history[i]) for i in earlier]
+    lines.append(clock.line(cause_event))
+    if trigger is not None:
+        lines.append(clock.line(event))
+    # The restarts before stay incidents of their own: ``--at`` may ask about one of them.
+    return _STEP_DOWN_TAIL.sub("", cause_event.reason), lines, cause_event.time
+
+
+def _failures(history: Sequence[Event], node: str, start: int, stop: int) -> list[int]:
+    """Indexes of ``node``'s failure alerts (crash, hang, failed start...) in [start, stop)."""
+    return [
+        i
+        for i in range(start, stop)
+        if history[i].kind == "alert"
+        and history[i].node == node
+        and history[i].data.get("alert") in _FAILURE_KINDS
+    ]
+
+
+def _outcome(
+    history: Sequence[Event], term: Term, started: float, since: str, clock: _Clock
+) -> list[str]:
+    """Did the new active serve? Its first RUNNING (or an already running warm standby)."""
+    for event in history[term.index :]:
+        if event.node != term.node:
+            continue
+        if event.epoch and event.epoch != term.epoch:
+            break
+        if event.kind == "running" or "already running" in event.reason:
+            took = f" ({event.time - started:.1f}s after {since})"
+            return [clock.line(event, f"{term.node} serving: {event.reason}{took}")]
+        if event.kind == "alert":
+            return [clock.line(event)]
+    return [f"  {term.node} has not reported RUNNING since"]
+
+
+def _orphan_end(history: Sequence[Event], index: int, clock: _Clock) -> Incident | None:
+    """A step-down or lost lease no other node followed (no takeover explained it)."""
+    event = history[index]
+    if event.kind == "failover":
+        headline = (
+            f"no failover at {clock(event.time)}: {event.node} stepped down (epoch {event.epoch}) "
+            "but no other node has taken the lease since: are the other agents running?"
+        )
+        return Incident(event.time, (headline, clock.line(event)), failover=False)
+    if event.kind in ("lease", "stop") and _LOST_LEASE.search(event.reason):
+        headline = (
+            f"no failover at {clock(event.time)}: {event.reason.split('; ')[0]}; "
+            "no other node has taken the lease since"
+        )
+        return Incident(event.time, (headline, clock.line(event)), failover=False)
+    return None
+
+
+# --- alerts that were not a failover ---------------------------------------------------
+
+
+def _alert(history: Sequence[Event], index: int, clock: _Clock) -> Incident | None:
+    event = history[index]
+    kind = str(event.data.get("alert", ""))
+    manual = bool(event.data.get("manual_intervention", False))
+    reason = event.reason
+    what = reason.split("; ")[0]
+    when = clock(event.time)
+    if kind in ("failover", "fence") or "stepping down" in reason:
+        return None  # explained with the takeover (or its absence) it belongs to
+    lines: list[str]
+    if kind == "database":
+        nodes = sorted(
+            {
+                e.node
+                for e in history
+                if e.kind == "alert"
+                and e.data.get("alert") == "database"
+                and abs(e.time - event.time) < 60
+            }
+        )
+        lines = [
+            f"not failed over at {when}: database unreachable from {' and '.join(nodes)} "
+            "→ database outage, alert sent",
+            clock.line(event),
+            "  a database outage is never a reason to restart or fail over: a standby "
+            "would fail the same way",
+        ]
+        lines += _recovery(history, index, clock)
+        return Incident(event.time, tuple(lines), failover=False)
+    if manual:
+        return Incident(event.time, _manual(event, kind, what, when, clock), failover=False)
+    if kind in RESTART_KINDS:
+        budget = _RESTART_BUDGET.search(reason)
+        restart = f" ({budget.group(0)})" if budget else ""
+        headline = f"not failed over at {when}: {what} → restarted on {event.node} instead{restart}"
+        lines = [headline, clock.line(event)]
+        if budget:
+            lines.append(
+                f"  hakit fails over only once {budget.group(2)} restarts within "
+                f"{budget.group(3)} did not help (restart_attempts = {budget.group(2)})"
+            )
+        return Incident(event.time, tuple(lines), failover=False)
+    if kind == "failed-start":
+        retry = _RETRY.search(reason)
+        again = f" ({retry.group(0)})" if retry else ""
+        headline = f"not failed over at {when}: {what} → retrying the start on {event.node}{again}"
+        note = "  a failed start never fails over: another node would fail to start the same way"
+        return Incident(event.time, (headline, clock.line(event), note), failover=False)
+    headline = f"alert at {when} on {event.node}: {reason}"
+    return Incident(event.time, (headline,), failover=False)
+
+
+def _manual(event: Event, kind: str, what: str, when: str, clock: _Clock) -> tuple[str, ...]:
+    starts = _FAILED_STARTS.search(event.reason)
+    if kind == "failed-start" and starts:
+        summary = (
+            f"app on {event.node} failed to start {starts.group(1)} times "
+            f"(restart_attempts = {starts.group(2)}); last: {what}"
+        )
+    else:
+        summary = what
+    why_not = _NOT_FAILING_OVER.search(event.reason) or _NO_FAILOVER_BECAUSE.search(event.reason)
+    lines = [f"no failover at {when}: {summary} → manual intervention required", clock.line(event)]
+    if why_not:
+        lines.append(f"  why no failover: {why_not.group(1)}")
+    lines.append(
+        f"  hakit has stopped acting on {event.node}: fix the cause, then restart its agent"
+    )
+    return tuple(lines)
+
+
+def _recovery(history: Sequence[Event], index: int, clock: _Clock) -> list[str]:
+    node = history[index].node
+    for event in history[index + 1 :]:
+        if event.node != node:
+            continue
+        if event.kind in ("status", "running") and re.search(r"RUNNING|FIRST_RUN", event.reason):
+            return [clock.line(event, f"recovered: {event.reason}")]
+        if event.kind in ("alert", "stop", "failover"):
+            break
+    return []
+
+
+def _quiet(history: Sequence[Event], limit: float, at: float | None, clock: _Clock) -> str:
+    seen = [e for e in history if e.time < limit]
+    if not seen and at is not None:
+        return f"no events at or before {clock(at)}"
+    found = terms(seen)
+    span = f"{clock(seen[0].time)} to {clock(seen[-1].time)}"
+    if not found:
+        return f"no failover and no alert from {span}; no node has been active"
+    term = found[-1]
+    return (
+        f"no failover and no alert from {span}; {term.node} active since "
+        f"{clock(term.time)} (epoch {term.epoch})"
+    )

@@ -1,0 +1,111 @@
+"""Which requests may wait for a node, or be repeated elsewhere (hold.py), and the
+Upgrade header decisions (tunnel.py): pure tables."""
+
+from __future__ import annotations
+
+import pytest
+
+from hakit.router.headers import Body, RequestHead
+from hakit.router.hold import can_hold, hold_remaining, may_retry_unanswered
+from hakit.router.tunnel import requested_upgrade, switching_response_headers
+
+
+def request(
+    method: bytes,
+    body: Body = Body.NONE,
+    length: int = 0,
+    expect: bytes | None = None,
+) -> RequestHead:
+    headers: list[tuple[bytes, bytes]] = [(b"Host", b"app")]
+    if expect is not None:
+        headers.append((b"Expect", expect))
+    return RequestHead(
+        method=method,
+        target=b"/",
+        version="1.1",
+        headers=tuple(headers),
+        keep_alive=True,
+        body=body,
+        content_length=length,
+        transfer_encoding=b"chunked" if body is Body.CHUNKED else b"",
+        client_ip="127.0.0.1",
+    )
+
+
+HOLD_CASES = [
+    # (request, body bytes received so far, may hold)
+    (request(b"GET"), 0, True),
+    (request(b"HEAD"), 0, True),
+    (request(b"OPTIONS"), 0, True),
+    (request(b"TRACE"), 0, True),
+    (request(b"GET", Body.LENGTH, 10), 10, True),  # safe whatever it carries
+    (request(b"POST"), 0, True),  # no body at all
+    (request(b"POST", Body.LENGTH, 0), 0, True),  # Content-Length: 0
+    (request(b"POST", Body.LENGTH, 5), 0, False),  # a body is on its way
+    (request(b"POST", Body.CHUNKED), 0, False),
+    (request(b"PUT", Body.LENGTH, 5), 0, False),  # idempotent, but it carries a body
+    (request(b"DELETE"), 0, True),
+    (request(b"POST", Body.LENGTH, 5, b"100-continue"), 0, True),  # waits for our 100
+    (request(b"POST", Body.LENGTH, 5, b"100-Continue "), 0, True),
+    (request(b"POST", Body.LENGTH, 5, b"100-continue"), 3, False),  # sent it anyway
+    (request(b"POST", Body.CHUNKED, 0, b"100-continue"), 0, True),
+    (request(b"POST", Body.LENGTH, 5, b"something-else"), 0, False),
+]
+
+
+@pytest.mark.parametrize(("req", "received", "expected"), HOLD_CASES)
+def test_can_hold(req: RequestHead, received: int, expected: bool) -> None:
+    assert can_hold(req, received) is expected
+
+
+@pytest.mark.parametrize(
+    ("started", "now", "timeout", "expected"),
+    [
+        (None, 100.0, 0.0, 0.0),  # holding off
+        (None, 100.0, 5.0, 5.0),  # first wait: the whole hold
+        (100.0, 103.0, 5.0, 2.0),  # what is left of it
+        (100.0, 106.0, 5.0, 0.0),  # used up
+        (100.0, 103.0, -1.0, 0.0),
+    ],
+)
+def test_hold_remaining(started: float | None, now: float, timeout: float, expected: float) -> None:
+    assert hold_remaining(started, now, timeout) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    ("req", "sent", "expected"),
+    [
+        (request(b"GET"), 0, True),
+        (request(b"HEAD"), 0, True),
+        (request(b"GET", Body.LENGTH, 4), 4, False),  # a body we no longer have
+        (request(b"POST"), 0, False),  # the node may have acted on it
+        (request(b"PUT"), 0, False),
+        (request(b"DELETE"), 0, False),
+    ],
+)
+def test_may_retry_unanswered(req: RequestHead, sent: int, expected: bool) -> None:
+    assert may_retry_unanswered(req, sent) is expected
+
+
+def test_requested_upgrade() -> None:
+    headers = [(b"Host", b"app"), (b"Upgrade", b" websocket ")]
+    assert requested_upgrade("1.1", headers) == b"websocket"
+    assert requested_upgrade("1.0", headers) is None  # no Upgrade in HTTP/1.0
+    assert requested_upgrade("1.1", [(b"Host", b"app")]) is None
+    assert requested_upgrade("1.1", [(b"Upgrade", b"  ")]) is None
+
+
+def test_switching_response_headers_keep_only_the_upgrade_hop_headers() -> None:
+    headers = [
+        (b"Upgrade", b"websocket"),
+        (b"Connection", b"Upgrade, X-Private"),
+        (b"X-Private", b"dropped"),
+        (b"Keep-Alive", b"timeout=5"),
+        (b"Sec-WebSocket-Accept", b"abc"),
+    ]
+    assert switching_response_headers(headers) == [
+        (b"Sec-WebSocket-Accept", b"abc"),
+        (b"Connection", b"upgrade"),
+        (b"Upgrade", b"websocket"),
+    ]
+    assert switching_response_headers([(b"Connection", b"upgrade")]) is None
