@@ -20,5 +20,13 @@ if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
 fi
 echo "bootstrap: apt-get install ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
+# Packages such as nginx, haproxy, slapd and postgresql start a system service on
+# install; the tests start their own instances on free ports, so forbid that.
+policy=/usr/sbin/policy-rc.d
+added_policy=
+if [ ! -e "$policy" ]; then
+  printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod +x "$policy" && added_policy=1
+fi
+trap '[ -n "$added_policy" ] && rm -f "$policy"' EXIT
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
