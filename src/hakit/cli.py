@@ -175,7 +175,7 @@ async def _together(*servers: Coroutine[Any, Any, None]) -> None:
 
 @app.command("tcp-proxy")
 def tcp_proxy(config: ConfigOption = Path("hakit.toml")) -> None:
-    """Run only the config's [[tcp_proxy]] entries (`hakit router` runs them too)."""
+    """Run only the config's tcp_proxy entries (`hakit router` runs them too)."""
     cfg = _load(config)
     if not cfg.tcp_proxy:
         err_console.print(f"[red]{escape(str(config))}: no [[tcp_proxy]] entries to run[/red]")
