@@ -5,13 +5,16 @@ One agent process runs on every node. It reads the world (process exits,
 decide, and carries out the actions it returns. All decisions live in
 ``policy.py``; this module only does I/O and bookkeeping.
 
-Three tasks feed one queue so the policy sees events one at a time:
+Tasks feed one queue so the policy sees events one at a time:
 
 - the supervisor's exit callback (a process exit is seen at once, no polling);
 - the probe loop (``/status`` every ``health.interval``, faster while starting);
 - the lease loop (take/renew the leader lease every ``renew_interval``; a lease
   that could not be renewed in time is reported lost *before* its TTL ends, so
-  the app is stopped before another node may start it: self-fencing).
+  the app is stopped before another node may start it: self-fencing);
+- the operator loop (the operator's intents in the store every ``renew_interval``:
+  pause, resume, switchover, forced failover; hakit.operator), beside the admin
+  API that writes them (hakit.admin_api, on the node's ``admin_port``).
 """
 
 from __future__ import annotations
@@ -21,42 +24,65 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 from hakit.config import Config, Mode, NodeConfig
 from hakit.contract import AppState
-from hakit.coord.base import Coordinator, Event, NodeRecord
+from hakit.coord.base import Coordinator, Event, Lease, NodeRecord
 from hakit.errors import CoordinationError, InvalidTransition, SupervisorError
+from hakit.fence import (
+    PENDING_KEY,
+    FenceNeed,
+    Fencer,
+    application_name,
+    kill_group_now,
+    retry_delay,
+)
+from hakit.fence import Verdict as FenceVerdict
 from hakit.notify import Notifier
+from hakit.operator import HANDOVER, IntentWatcher, expired_words, load_token, perform
 from hakit.policy import (
     Alert,
     AppExited,
     AppStarted,
     AppStartFailed,
     Boot,
+    Drain,
+    EndHandover,
     LeaseGained,
     LeaseLost,
+    Paused,
     Policy,
+    PolicyEvent,
     PolicySettings,
     Record,
+    Role,
     StartApp,
     StatusObserved,
     StepDown,
     StopApp,
+    TakeLease,
     Tick,
 )
-from hakit.probe import StatusProber, check_database
+from hakit.policy_rules import last_active
+from hakit.probe import Observation, StatusProber, check_database
+from hakit.stall import HEARTBEAT, StallDetector
 from hakit.supervisor import AppProcess, ExitInfo
 
 log = logging.getLogger("hakit.agent")
 
-PolicyEvent = (
-    Boot | LeaseGained | LeaseLost | AppStarted | AppStartFailed | AppExited | StatusObserved | Tick
-)
-
 # While the app is starting, probe this often so RUNNING is noticed quickly.
 STARTING_PROBE_INTERVAL = 0.1
+
+
+class _Wake:
+    """Queued to wake the main loop when a self-fence waits (see ``Agent._self_fence``)."""
+
+
+_WAKE = _Wake()
 
 
 def substitutions(cfg: Config, node: NodeConfig) -> dict[str, str]:
@@ -102,12 +128,15 @@ class Agent:
         self.coordinator = coordinator
         self.notifier = notifier
         self.monotonic = monotonic
-        self.policy = Policy(PolicySettings.from_config(cfg), self.node.name)
+        self.policy = Policy(PolicySettings.from_config(cfg, node_name), self.node.name)
         self.actor = f"agent:{self.node.name}"
         values = substitutions(cfg, self.node)
         log_dir(cfg).mkdir(parents=True, exist_ok=True)
         env = {key: value.format_map(values) for key, value in cfg.app.env.items()}
         env.setdefault("HAKIT_NODE", self.node.name)
+        # libpq-based apps name their PostgreSQL sessions after the node, so a new
+        # active can terminate them (failover.fence_database_sessions, hakit.fence).
+        env.setdefault("PGAPPNAME", application_name(self.node.name))
         start = render_command(cfg.app.start, values)
         assert start is not None
         self.app = AppProcess(
@@ -122,12 +151,34 @@ class Agent:
         self.prober = StatusProber(
             cfg.app.health, self.node.host, self.node.port, cfg.health.probe_timeout
         )
-        self.events: asyncio.Queue[PolicyEvent] = asyncio.Queue()
+        self.events: asyncio.Queue[PolicyEvent | _Wake] = asyncio.Queue()
         self.epoch = 0  # the epoch of the lease this agent holds (0: none)
         self.lease_deadline = 0.0  # monotonic time by which the lease must be renewed
         self.app_state = AppState.STOPPED
         self.app_detail = ""
         self._stop_requested = asyncio.Event()
+        # Fencing (hakit.fence): lease losses the policy must hear before any other event;
+        # the highest epoch this agent fenced itself from or gave back (never revived);
+        # the promotion waiting for the old holder to be fenced.
+        self._urgent: deque[LeaseLost] = deque()
+        self._given_up_epoch = 0
+        self._promotion: asyncio.Task[None] | None = None
+        self._fence_retry_at = 0.0  # monotonic: no takeover before this after a failed fence
+        self.fencer = Fencer(
+            cfg,
+            self.node.name,
+            coordinator,
+            lambda kind, reason, data: self._record(kind, reason, epoch=0, data=data),
+            log_dir(cfg) / f"fence-{self.node.name}.log",
+        )
+        # Stalls of this agent itself (hakit.stall): probes overlapping one do not count.
+        self.stalls = StallDetector()
+        # Operator commands (hakit.operator) and cold starts.
+        self.intents = IntentWatcher()
+        self.draining = False  # switching over: the router holds new requests meanwhile
+        self.served_epoch = 0  # the highest epoch this node was active under (kept in the store)
+        self._published_at = float("-inf")  # monotonic: the operator loop publishes a heartbeat
+        self._admin_api: Any = None  # hakit.admin_api.AdminApi while serving
 
     # --- event sources ------------------------------------------------------
 
@@ -147,14 +198,16 @@ class Agent:
         interval = self.cfg.health.interval
         while True:
             if self.app.running:
+                probe_started = self.monotonic()
                 observation = await self.prober.probe()
                 database_reachable: bool | None = None
                 if observation.state is AppState.ERROR:
                     database_reachable = await check_database(
                         self.cfg.app.database_url, self.cfg.health.probe_timeout
                     )
-                # A probe that raced with the process exit says nothing about the app.
-                if self.app.running:
+                # A probe that raced with the process exit says nothing about the app,
+                # nor does a timeout while this agent itself was stalled (hakit.stall).
+                if self.app.running and not self._stalled_timeout(observation, probe_started):
                     if observation.state != self.app_state:
                         self.app_state = observation.state
                         self.app_detail = observation.detail
@@ -183,52 +236,162 @@ class Agent:
             await asyncio.sleep(renew)
 
     async def _try_lease(self, started: float, ttl: float) -> None:
+        self._check_deadline()
+        taking_over = not self.epoch
+        if taking_over and started < self._fence_retry_at:
+            return  # a fence failed lately: wait before trying (and alerting) again
+        before: Lease | None = None
+        last_epoch = 0
         try:
+            if taking_over:
+                # What we take over from decides whether its holder must be fenced first.
+                before, last_epoch = await asyncio.to_thread(self._stored_lease)
             lease = await asyncio.to_thread(self.coordinator.acquire_or_renew, self.node.name, ttl)
         except CoordinationError as error:
             log.warning("could not renew the lease: %s", error)
             lease = None
             if self.epoch and self.monotonic() < self.lease_deadline:
                 return  # still inside our TTL: try again at the next renewal
+            self._check_deadline()  # past it (e.g. frozen while asking): say so
         if lease is not None and lease.holder == self.node.name:
+            if lease.epoch <= self._given_up_epoch:
+                # A renewal that raced with our self-fence (or a lease we gave back): never
+                # act under it again; free it so the next taker gets a new epoch.
+                await self._give_back(lease.epoch, "it had already fenced itself from it")
+                return
             # Renewed: the lease is valid for ttl from when we asked, minus one
             # renewal interval of margin so we stop before anyone else may start.
             self.lease_deadline = started + ttl - self.cfg.coordination.renew_interval / 2
             if lease.epoch != self.epoch:
-                previous, self.epoch = self.epoch, lease.epoch
-                if previous:
-                    self.events.put_nowait(
-                        LeaseLost(previous, f"lease epoch moved from {previous} to {lease.epoch}")
-                    )
-                self.events.put_nowait(LeaseGained(lease.epoch))
+                if self.epoch:
+                    self._self_fence(f"lease epoch moved from {self.epoch} to {lease.epoch}")
+                    last_epoch = self._given_up_epoch
+                self.epoch = lease.epoch
+                self._promotion = asyncio.create_task(
+                    self._promote(lease, before, last_epoch), name="promote"
+                )
             self._publish()
             return
         if self.epoch:
-            lost, self.epoch = self.epoch, 0
             holder = f"{lease.holder} holds it" if lease is not None else "the store is unreachable"
-            self.events.put_nowait(LeaseLost(lost, f"could not renew the lease: {holder}"))
+            self._self_fence(f"could not renew the lease: {holder}")
+
+    def _stored_lease(self) -> tuple[Lease | None, int]:
+        return self.coordinator.current_lease(), self.coordinator.last_epoch()
+
+    async def _promote(self, lease: Lease, before: Lease | None, last_epoch: int) -> None:
+        """Tell the policy it leads, once the old holder is fenced (hakit.fence).
+
+        Runs beside the lease loop, which keeps renewing the lease meanwhile; the
+        node record says standby until the policy has heard LeaseGained.
+        """
+        try:
+            verdict = await self.fencer.clear_to_promote(lease, before, last_epoch)
+        except Exception as error:  # a bug: never hold the lease without acting under it
+            log.exception("fencing before the promotion under epoch %d failed", lease.epoch)
+            verdict = FenceVerdict(False, f"fencing failed unexpectedly: {error!r}")
+        if self.epoch != lease.epoch:
+            return  # lost meanwhile: the self-fence path has told the policy
+        for warning in verdict.warnings:
+            await self._execute(Alert("fence", warning))
+        if verdict.ok:
+            self._fence_retry_at = 0.0
+            self.events.put_nowait(LeaseGained(lease.epoch))
+            return
+        delay = retry_delay(self.fencer.failures, self.cfg.coordination.renew_interval)
+        self._fence_retry_at = self.monotonic() + delay
+        self.epoch = 0
+        await self._give_back(lease.epoch, "fencing failed")
+        self._publish()  # with the nodes still to fence, for any other node about to promote
+        await self._execute(Alert("fence", verdict.reason))
+
+    async def _give_back(self, epoch: int, why: str) -> None:
+        """Release a lease of ``epoch`` this agent will not act under (never while its app
+        may still run as active: then the lease is left to expire)."""
+        self._given_up_epoch = max(self._given_up_epoch, epoch)
+        if self.app.running and self.policy.view().role is Role.ACTIVE:
+            return
+        try:
+            released = await asyncio.to_thread(self.coordinator.release, self.node.name, epoch)
+        except CoordinationError as error:
+            log.warning("could not give the lease of epoch %d back: %s", epoch, error)
+            return
+        if released:
+            self._record("lease", f"{self.node.name} gave the lease of epoch {epoch} back: {why}")
+
+    def _check_deadline(self) -> None:
+        """Self-fence at once if the lease deadline has passed (checked on every wake-up)."""
+        if self.epoch:
+            late = self.monotonic() - self.lease_deadline
+            if late >= 0:
+                self._self_fence(
+                    f"lease not renewed before its deadline ({late:.1f} s late: the store "
+                    "was too slow or this agent was stalled)"
+                )
+
+    def _self_fence(self, reason: str) -> None:
+        """The lease is gone: SIGKILL the app's group now, synchronously, before any
+        other code of this agent runs; the policy hears LeaseLost before any other event
+        (``run``), and its StopApp(kill=True) confirms the group is gone."""
+        lost, self.epoch = self.epoch, 0
+        self._given_up_epoch = max(self._given_up_epoch, lost)
+        if self.policy.view().role is Role.ACTIVE and kill_group_now(self.app.pid):
+            log.warning("self-fencing: killed app process group %s (%s)", self.app.pid, reason)
+        self._urgent.append(LeaseLost(lost, reason))
+        self.events.put_nowait(_WAKE)
 
     async def _deadline_watch(self) -> None:
-        """Self-fence when the lease deadline passes even if the lease loop is stuck."""
+        """The heartbeat: self-fence the moment the lease deadline passes even if the lease
+        loop is stuck, and notice this agent's own stalls.
+
+        It ticks every 50 ms, so after the process was frozen (SIGSTOP, a VM snapshot)
+        it is among the first code to run on waking; the main loop and the probe and
+        lease loops also check the deadline before they act.
+        """
+        period = min(HEARTBEAT, self.cfg.coordination.renew_interval / 4)
         while True:
-            await asyncio.sleep(self.cfg.coordination.renew_interval / 4)
-            if self.epoch and self.monotonic() >= self.lease_deadline:
-                lost, self.epoch = self.epoch, 0
-                self.events.put_nowait(
-                    LeaseLost(lost, "lease not renewed before its deadline (store too slow)")
-                )
+            await asyncio.sleep(period)
+            self._check_deadline()
+            self._tick()
+
+    def _tick(self) -> None:
+        stall = self.stalls.tick(self.monotonic())
+        if stall is not None:
+            self._record(
+                "stall",
+                f"agent on {self.node.name} was stalled for {stall.duration:.1f} s (frozen, "
+                "swapping or blocked); check failures overlapping the stall are not counted",
+                data={"seconds": round(stall.duration, 3)},
+            )
+
+    def _stalled_timeout(self, observation: Observation, started: float) -> bool:
+        """True (and recorded) for a TIMEOUT whose probe overlapped a stall of this agent."""
+        self._check_deadline()
+        self._tick()
+        stall = self.stalls.during(started, self.monotonic())
+        if observation.state is not AppState.TIMEOUT or stall is None:
+            return False
+        self._record(
+            "status",
+            f"ignored: /status of {self.node.name} timed out, but the agent was stalled for "
+            f"{stall.duration:.1f} s during the probe (the timer fired late, not the app)",
+        )
+        return True
 
     # --- the loop -----------------------------------------------------------
 
     async def run(self) -> None:
         self._record("agent", f"agent for {self.node.name} started (pid {os.getpid()})")
-        self.events.put_nowait(Boot())
+        # A cluster paused before this agent started: the policy hears it before Boot.
+        self._feed_intents(self._read_intents(), time.time(), boot=self._boot_event())
         if self.cfg.cluster.mode is Mode.RESTART_ONLY:
             pass  # the single node takes the lease at its first lease-loop turn
+        await self._start_admin_api()
         tasks = [
             asyncio.create_task(self._probe_loop(), name="probe"),
             asyncio.create_task(self._lease_loop(), name="lease"),
             asyncio.create_task(self._deadline_watch(), name="deadline"),
+            asyncio.create_task(self._operator_loop(), name="operator"),
         ]
         stop_waiter = asyncio.create_task(self._stop_requested.wait())
         try:
@@ -243,11 +406,27 @@ class Agent:
                 if getter not in done:
                     getter.cancel()
                     continue
-                await self._handle(getter.result())
+                event = getter.result()
+                # The lease first: a lost lease (or a deadline that passed while this agent
+                # was frozen) is handled before any event queued earlier, such as the exit
+                # of an app a fence command killed, which would otherwise be "restarted".
+                self._check_deadline()
+                while self._urgent:
+                    await self._handle(self._urgent.popleft())
+                if isinstance(event, _Wake):
+                    continue
+                if isinstance(event, LeaseGained) and event.epoch != self.epoch:
+                    log.info("lease of epoch %d lost before its promotion", event.epoch)
+                    continue
+                await self._handle(event)
         finally:
             stop_waiter.cancel()
             for task in tasks:
                 task.cancel()
+            if self._promotion is not None:
+                self._promotion.cancel()
+            if self._admin_api is not None:
+                await self._admin_api.close()
             await self._shutdown()
 
     def request_stop(self) -> None:
@@ -266,7 +445,8 @@ class Agent:
 
     async def _execute(self, action: object) -> None:
         if isinstance(action, StartApp):
-            self._record("start", action.reason)
+            self._record("start", action.reason, actor=action.actor)
+            self.draining = False
             self.app_state = AppState.STARTING
             self._publish()
             # The policy must hear how the start went before any other event.
@@ -278,7 +458,7 @@ class Agent:
             else:
                 await self._handle(AppStarted(pid))
         elif isinstance(action, StopApp):
-            self._record("stop", action.reason)
+            self._record("stop", action.reason, actor=action.actor)
             self.app_state = AppState.STOPPING
             self._publish()
             if action.kill:
@@ -286,7 +466,9 @@ class Agent:
             else:
                 await self.app.stop(action.reason)
         elif isinstance(action, StepDown):
+            self.draining = False
             epoch, self.epoch = self.epoch, 0
+            self._given_up_epoch = max(self._given_up_epoch, epoch)
             released = False
             if epoch:
                 try:
@@ -296,10 +478,11 @@ class Agent:
                 except CoordinationError as error:
                     log.warning("could not release the lease: %s", error)
             self._record(
-                "failover",
+                action.kind,
                 action.reason
                 + ("" if released else " (lease was not held; it will expire on its own)"),
                 epoch=epoch,
+                actor=action.actor,
             )
         elif isinstance(action, Alert):
             self._record(
@@ -315,7 +498,18 @@ class Agent:
                 epoch=self.epoch,
             )
         elif isinstance(action, Record):
-            self._record(action.kind, action.reason)
+            self._record(action.kind, action.reason, actor=action.actor)
+        elif isinstance(action, Drain):
+            self._record("drain", action.reason, actor=action.actor)
+            self.draining = True
+            self._publish()
+            # Let the router read the record (it polls every state_poll_interval), so no
+            # new request reaches the app once it starts stopping.
+            await asyncio.sleep(max(0.3, 3 * self.cfg.router.state_poll_interval))
+        elif isinstance(action, TakeLease):
+            await self._take_lease_by_force(action)
+        elif isinstance(action, EndHandover):
+            await self._end_handover(action)
         else:
             raise TypeError(f"agent cannot execute {action!r}")
 
@@ -335,9 +529,140 @@ class Agent:
             self._publish(role="stopped")
         await self.prober.aclose()
 
+    # --- operator commands (hakit.operator, hakit.admin_api) and cold starts -------
+
+    def _read_intents(self) -> tuple[Mapping[str, dict[str, Any]], Lease | None] | None:
+        """The cluster state and the lease; None when the store cannot be read (nothing
+        changed as far as this agent can tell: it keeps what it knew)."""
+        try:
+            return self.coordinator.cluster_state(), self.coordinator.current_lease()
+        except CoordinationError as error:
+            log.warning("could not read the operator's intents: %s", error)
+            return None
+
+    def _feed_intents(
+        self,
+        read: tuple[Mapping[str, dict[str, Any]], Lease | None] | None,
+        now: float,
+        boot: Boot | None = None,
+    ) -> None:
+        """Queue the policy events for what the operator changed (``boot``: after a pause,
+        before the rest, which only a booted policy can take)."""
+        events, expired = self.intents.observe(*read, now) if read is not None else ([], None)
+        if boot is not None:
+            first = [event for event in events if isinstance(event, Paused)]
+            events = [*first, boot, *(event for event in events if event not in first)]
+        for event in events:
+            self.events.put_nowait(event)
+        if expired is not None:
+            try:
+                cleared = self.coordinator.clear_state(HANDOVER, if_value=expired)
+            except CoordinationError as error:
+                log.warning("could not clear an expired handover: %s", error)
+                return
+            if cleared:  # one agent wins the compare-and-delete and says so
+                self._record(
+                    str(expired.get("kind", "switchover")), expired_words(expired, self.cfg)
+                )
+
+    async def _operator_loop(self) -> None:
+        """Read the operator's intents every renewal; publish a heartbeat record too."""
+        renew = self.cfg.coordination.renew_interval
+        while True:
+            await asyncio.sleep(renew)
+            self._feed_intents(await asyncio.to_thread(self._read_intents), time.time())
+            if self.monotonic() - self._published_at >= renew:
+                self._publish()  # so operators can tell a live agent (hakit.operator)
+
+    def _served(self, epoch: int) -> int:
+        self.served_epoch = max(self.served_epoch, epoch)
+        return self.served_epoch
+
+    def _boot_event(self) -> Boot:
+        """What the store remembers of who served last, for a cold start (item 9)."""
+        try:
+            records = self.coordinator.nodes()
+            lease = self.coordinator.current_lease()
+        except CoordinationError as error:
+            log.warning("could not read the node records at boot: %s", error)
+            return Boot()
+        eligible = {node.name for node in self.cfg.nodes if not node.no_failover}
+        served: dict[str, int] = {}
+        for record in records:
+            value = record.detail.get("served_epoch")
+            epoch = value if isinstance(value, int) else 0
+            if record.role == "active":
+                epoch = max(epoch, record.epoch)
+            if record.node == self.node.name:
+                self.served_epoch = epoch
+            if record.node in eligible:
+                served[record.node] = epoch
+        if lease is not None and lease.valid_at(time.time()):
+            # Not a cold start: an active runs; if it dies, the usual failover applies.
+            return Boot(self.served_epoch)
+        newest_node, newest_epoch = last_active(served)
+        return Boot(self.served_epoch, newest_epoch, newest_node)
+
+    async def _start_admin_api(self) -> None:
+        if self.node.admin_port is None:
+            return
+        from hakit.admin_api import AdminApi
+        from hakit.errors import HakitError
+
+        try:
+            token = load_token(self.cfg)
+            if token is None:
+                raise HakitError("[admin] has no token or token_file")
+            api = AdminApi(token, self._admin_perform)
+            await api.start(self.node.host, self.node.admin_port)
+        except HakitError as error:
+            self._record("internal", f"admin API of {self.node.name} not served: {error}")
+            return
+        self._admin_api = api
+
+    async def _admin_perform(self, operation: str, params: Mapping[str, Any]) -> dict[str, Any]:
+        return await asyncio.to_thread(
+            perform, self.coordinator, self.cfg, operation, params, time.time()
+        )
+
+    async def _take_lease_by_force(self, action: TakeLease) -> None:
+        """Forced failover: the lease moves here under a new epoch; the lease loop then
+        renews it and promotes (after fencing the old holder, hakit.fence)."""
+        ttl, reason, actor = self.cfg.coordination.lease_ttl, action.reason, action.actor
+        try:
+            before = await asyncio.to_thread(self.coordinator.current_lease)
+            lease = await asyncio.to_thread(self.coordinator.take_over, self.node.name, ttl)
+        except CoordinationError as error:
+            self._record(
+                "failover", f"{reason}: could not take the lease: {error}", epoch=0, actor=actor
+            )
+            return
+        intent = self.intents.handover or {}
+        if before is not None and before.holder != self.node.name:
+            if intent.get("force"):
+                self.fencer.skip_next = True
+            why = f"the operator forced a failover away from its lease of epoch {before.epoch}"
+            self.fencer.pending[before.holder] = FenceNeed(
+                before.holder, before.epoch, time.time(), why
+            )
+        self._record(
+            "failover", f"{reason}: took epoch {lease.epoch}", epoch=lease.epoch, actor=actor
+        )
+
+    async def _end_handover(self, action: EndHandover) -> None:
+        intent = self.intents.handover
+        if intent is None:
+            return
+        try:
+            await asyncio.to_thread(self.coordinator.clear_state, HANDOVER, intent)
+        except CoordinationError as error:
+            log.warning("could not clear the handover intent: %s", error)
+        self._record(str(intent.get("kind", "switchover")), action.reason, actor=action.actor)
+
     # --- reporting ----------------------------------------------------------
 
     def _publish(self, role: str | None = None) -> None:
+        self._check_deadline()  # never claim a lease whose deadline has passed
         view = self.policy.view()
         record = NodeRecord(
             node=self.node.name,
@@ -350,14 +675,27 @@ class Agent:
                 "agent_pid": os.getpid(),
                 "policy": str(view.state),
                 "message": self.app_detail,
+                "draining": self.draining,
+                "served_epoch": self._served(view.epoch),
             },
         )
+        self._published_at = self.monotonic()
+        if self.fencer.pending:
+            record.detail[PENDING_KEY] = self.fencer.published()
         try:
             self.coordinator.publish_node(record)
         except CoordinationError as error:
             log.warning("could not publish node state: %s", error)
 
-    def _record(self, kind: str, reason: str, *, epoch: int | None = None, data=None) -> None:
+    def _record(
+        self,
+        kind: str,
+        reason: str,
+        *,
+        epoch: int | None = None,
+        data=None,
+        actor: str = "",  # who caused it, when not this agent (an operator's command)
+    ) -> None:
         log.info("%s: %s", kind, reason)
         event = Event(
             id=0,
@@ -366,7 +704,7 @@ class Agent:
             kind=kind,
             reason=reason,
             epoch=self.epoch if epoch is None else epoch,
-            actor=self.actor,
+            actor=actor or self.actor,
             data=data or {},
         )
         try:

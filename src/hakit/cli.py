@@ -7,9 +7,9 @@ import logging
 import signal
 import sys
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -28,6 +28,7 @@ config_app = typer.Typer(no_args_is_help=True, help="Inspect configuration files
 app.add_typer(config_app, name="config")
 
 console = Console()
+T = TypeVar("T")
 err_console = Console(stderr=True)
 
 ConfigOption = Annotated[
@@ -205,14 +206,17 @@ def tcp_proxy(config: ConfigOption = Path("hakit.toml")) -> None:
 
 
 @app.command()
-def status(config: ConfigOption = Path("hakit.toml")) -> None:
-    """Show the cluster: nodes, roles, app states, epoch, leader."""
-    from hakit.coord.factory import open_coordinator
-    from hakit.coord.view import read_cluster
+def status(
+    config: ConfigOption = Path("hakit.toml"),
+    last: Annotated[int, typer.Option("--events", help="Show this many recent events.")] = 5,
+) -> None:
+    """Show the cluster: nodes, roles, app states, epoch, leader, pause, last events."""
+    from hakit.eventlog import format_event
+    from hakit.operator import event_from_json
 
     cfg = _load(config)
-    coordinator = open_coordinator(cfg)
-    view = read_cluster(coordinator, time.time())
+    doc = _operate(cfg, "status", {})
+    now = time.time()
     table = Table(title=f"cluster {cfg.cluster.name} ({cfg.cluster.mode})")
     for column in ("node", "address", "route", "role", "app", "epoch", "app pid", "updated"):
         table.add_column(column)
@@ -224,21 +228,22 @@ def status(config: ConfigOption = Path("hakit.toml")) -> None:
         if router_view is not None:
             for column in ("routable", "in-flight", "requests"):
                 table.add_column(column)
-    for node in cfg.nodes:
-        record = view.nodes.get(node.name)
-        leader = view.leader == node.name
-        role = (record.role if record else "unknown") + (" (leader)" if leader else "")
-        age = f"{time.time() - record.updated_at:.1f}s ago" if record else "never"
+    for node in doc["nodes"]:
+        name = node["node"]
+        leader = doc["leader"] == name
+        role = (node["role"] or "unknown") + (" (leader)" if leader else "")
+        role += " (nofailover)" if node.get("no_failover") else ""
+        updated = node["updated_at"]
         table.add_row(
-            node.name,
-            f"{node.host}:{node.port}",
-            node.route_name,
+            name,
+            node["address"],
+            node["route"],
             role,
-            record.app_state if record else "-",
-            str(record.epoch) if record and record.epoch else "-",
-            str(record.detail.get("pid") or "-") if record else "-",
-            age,
-            *(router_columns(router_view, node.name) if router_view is not None else ()),
+            node["app_state"] or "-",
+            str(node["epoch"]) if node["epoch"] else "-",
+            str(node["pid"] or "-"),
+            f"{now - updated:.1f}s ago" if updated is not None else "never",
+            *(router_columns(router_view, name) if router_view is not None else ()),
         )
     console.print(table)
     if router_error:
@@ -247,9 +252,184 @@ def status(config: ConfigOption = Path("hakit.toml")) -> None:
             highlight=False,
             soft_wrap=True,
         )
-    leader_text = view.leader or "none (no valid lease)"
-    console.print(f"leader: {leader_text}; epoch: {view.epoch}")
-    coordinator.close()
+    leader_text = doc["leader"] or "none (no valid lease)"
+    console.print(f"leader: {leader_text}; epoch: {doc['epoch']}")
+    paused = doc.get("paused")
+    paused_text = (
+        f"yes, by {paused.get('actor')} since "
+        f"{time.strftime('%H:%M:%S', time.localtime(paused.get('at', 0)))} ({paused.get('reason')})"
+        if paused
+        else "no"
+    )
+    console.print(f"paused: {escape(paused_text)}", highlight=False, soft_wrap=True)
+    handover = doc.get("handover")
+    if handover:
+        console.print(
+            escape(
+                f"{handover.get('kind')} in progress: {handover.get('source') or '-'} -> "
+                f"{handover.get('target')}, asked by {handover.get('actor')} "
+                f"({handover.get('reason')})"
+            ),
+            highlight=False,
+            soft_wrap=True,
+        )
+    recent = doc.get("events", [])[-last:] if last > 0 else []
+    if recent:
+        console.print("last events:")
+        for raw in recent:
+            console.print("  " + format_event(event_from_json(raw)), highlight=False, markup=False)
+
+
+class _Operator:
+    """Carries out operator commands: the agents' admin API, else the store directly."""
+
+    def __init__(self, cfg: Config) -> None:
+        from hakit.operator import operation_for
+
+        self._call, self.close = self._guard(lambda: operation_for(cfg, time.time))
+
+    def __call__(self, operation: str, params: dict[str, Any]) -> dict[str, Any]:
+        return self._guard(lambda: self._call(operation, params))
+
+    @staticmethod
+    def _guard(work: Callable[[], T]) -> T:
+        try:
+            return work()
+        except HakitError as error:
+            err_console.print(f"[red]{escape(str(error))}[/red]", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+
+
+def _operate(cfg: Config, operation: str, params: dict[str, Any]) -> dict[str, Any]:
+    operator = _Operator(cfg)
+    try:
+        return operator(operation, params)
+    finally:
+        operator.close()
+
+
+ReasonOption = Annotated[
+    str, typer.Option("--reason", "-r", help="Why: recorded in the history with the action.")
+]
+ActorOption = Annotated[
+    str | None,
+    typer.Option("--as", help="Who is asking (recorded as operator:NAME; default: $USER)."),
+]
+WaitOption = Annotated[bool, typer.Option("--wait/--no-wait", help="Wait until the target serves.")]
+
+
+def _handover(
+    config: Path,
+    operation: str,
+    target: str,
+    reason: str,
+    actor: str | None,
+    wait: bool,
+    force: bool = False,
+) -> None:
+    from hakit.operator import handover_timeout, operator_actor
+
+    cfg = _load(config)
+    params = {"to": target, "reason": reason, "actor": operator_actor(actor), "force": force}
+    operate = _Operator(cfg)  # one client: it keeps asking the agent that answered
+    try:
+        _carry_out_handover(cfg, operate, operation, params, wait, handover_timeout(cfg))
+    finally:
+        operate.close()
+
+
+def _carry_out_handover(
+    cfg: Config,
+    operate: _Operator,
+    operation: str,
+    params: dict[str, Any],
+    wait: bool,
+    timeout: float,
+) -> None:
+    target = params["to"]
+    answer = operate(operation, params)
+    console.print(escape(str(answer.get("message", ""))), highlight=False, soft_wrap=True)
+    if not wait:
+        return
+    deadline = time.monotonic() + timeout + 5
+    intent_id = answer.get("handover", {}).get("id")
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        doc = operate("status", {})
+        node: dict[str, Any] = next((n for n in doc["nodes"] if n["node"] == target), {})
+        pending = (doc.get("handover") or {}).get("id") == intent_id
+        if doc["leader"] == target and node.get("app_state") in ("RUNNING", "FIRST_RUN"):
+            if not pending:
+                console.print(f"{target} is active under epoch {doc['epoch']} and serving")
+                return
+        elif not pending:
+            err_console.print(
+                f"[red]the {operation} to {escape(target)} ended without {escape(target)} "
+                "serving; see `hakit events`[/red]"
+            )
+            raise typer.Exit(1)
+    err_console.print(f"[red]timed out waiting for {escape(target)} to serve[/red]")
+    raise typer.Exit(1)
+
+
+@app.command()
+def switchover(
+    to: Annotated[str, typer.Option("--to", help="The node that becomes active.")],
+    config: ConfigOption = Path("hakit.toml"),
+    reason: ReasonOption = "",
+    actor: ActorOption = None,
+    wait: WaitOption = True,
+) -> None:
+    """Planned move of the active role: drain and stop the active, start NODE."""
+    _handover(config, "switchover", to, reason, actor, wait)
+
+
+@app.command()
+def failover(
+    to: Annotated[str, typer.Option("--to", help="The node that becomes active.")],
+    config: ConfigOption = Path("hakit.toml"),
+    reason: ReasonOption = "",
+    actor: ActorOption = None,
+    wait: WaitOption = True,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Promote without running failover.fence_command against the old active "
+            "(only when you know it is down).",
+        ),
+    ] = False,
+) -> None:
+    """Forced move of the active role: NODE takes over even if the active does not answer."""
+    _handover(config, "failover", to, reason, actor, wait, force)
+
+
+@app.command()
+def pause(
+    config: ConfigOption = Path("hakit.toml"),
+    reason: ReasonOption = "",
+    actor: ActorOption = None,
+) -> None:
+    """Maintenance: agents keep monitoring and reporting but take no action."""
+    from hakit.operator import operator_actor
+
+    cfg = _load(config)
+    answer = _operate(cfg, "pause", {"reason": reason, "actor": operator_actor(actor)})
+    console.print(escape(str(answer.get("message", ""))), highlight=False, soft_wrap=True)
+
+
+@app.command()
+def resume(
+    config: ConfigOption = Path("hakit.toml"),
+    reason: ReasonOption = "",
+    actor: ActorOption = None,
+) -> None:
+    """End a pause: agents act on failures again."""
+    from hakit.operator import operator_actor
+
+    cfg = _load(config)
+    answer = _operate(cfg, "resume", {"reason": reason, "actor": operator_actor(actor)})
+    console.print(escape(str(answer.get("message", ""))), highlight=False, soft_wrap=True)
 
 
 @app.command()

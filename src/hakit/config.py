@@ -38,6 +38,7 @@ import ipaddress
 import json
 import math
 import re
+import string
 from email.utils import parseaddr
 from pathlib import Path
 from typing import Annotated
@@ -203,6 +204,7 @@ class TcpCheck(enum.StrEnum):
 
 
 STANDBY_MODES = frozenset({Mode.COLD_STANDBY, Mode.WARM_STANDBY})
+FENCE_PLACEHOLDERS = ("node", "host")  # what failover.fence_command may substitute
 
 _NODE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 _ROUTE = r"^[A-Za-z0-9_-]*$"
@@ -395,9 +397,36 @@ class FailoverConfig(_Section):
     auto_failback: bool = False
     # How long a promotion waits for the fence command of an unreachable old active.
     fence_timeout: PositiveDuration = 10.0
+    # STONITH (hakit.fence): run before a standby promotes over an EXPIRED lease, against
+    # its old holder; argv, {node} and {host} of that node substituted; exit 0 = fenced.
+    fence_command: Argv | None = None
+    # On such a promotion, terminate the old node's PostgreSQL sessions
+    # (application_name "hakit-<node>"; the agent sets PGAPPNAME for the app).
+    fence_database_sessions: bool = False
     # Worst-case recovery wanted. When set, the loader derives the timers the file
     # leaves out from it (hakit.timing); `hakit config check` shows the arithmetic.
     recovery_target: PositiveDuration | None = None
+
+    @field_validator("fence_command")
+    @classmethod
+    def _fence_placeholders(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        for part in value or ():
+            try:
+                names = {
+                    name for _, name, _, _ in string.Formatter().parse(part) if name is not None
+                }
+            except ValueError as error:
+                raise ValueError(
+                    f"{json.dumps(part)}: {error}; write {{{{ and }}}} for a literal brace"
+                ) from None
+            unknown = sorted(names - set(FENCE_PLACEHOLDERS))
+            if unknown:
+                raise ValueError(
+                    f"{json.dumps(part)} uses {{{unknown[0]}}}; expected only "
+                    + " and ".join(f"{{{name}}}" for name in FENCE_PLACEHOLDERS)
+                    + " (the node to fence)"
+                )
+        return value
 
 
 class RouterConfig(_Section):
@@ -672,11 +701,39 @@ class NodeConfig(_Section):
     host: str = Field(default="127.0.0.1", min_length=1)
     port: int = Field(ge=1, le=65535, description="the TCP port the node's app listens on")
     route: str = Field(default="", pattern=_ROUTE)  # default: the node name
-    admin_port: int | None = Field(default=None, ge=1, le=65535)
+    admin_port: int | None = Field(default=None, ge=1, le=65535)  # the agent's admin API
+    # Tags such as "nofailover"; `nofailover = true` says the same. Such a node never
+    # becomes active (a reporting replica, a node in another site...).
+    tags: tuple[str, ...] = ()
+    nofailover: bool = False
 
     @property
     def route_name(self) -> str:
         return self.route or self.name
+
+    @property
+    def no_failover(self) -> bool:
+        """This node never takes the leader lease (``nofailover`` flag or tag)."""
+        return self.nofailover or "nofailover" in self.tags
+
+
+class AdminConfig(_Section):
+    """The agents' admin API (``nodes.admin_port``): a bearer token guards every endpoint.
+
+    ``token`` in the file, or ``token_file`` naming a file that holds it (first
+    line; relative to this file), so the config can be shared without the secret.
+    """
+
+    token: str | None = Field(default=None, min_length=16)
+    token_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> AdminConfig:
+        if self.token is not None and self.token_file is not None:
+            raise error_at_key(
+                "token_file", "token and token_file are both set; expected one of them"
+            )
+        return self
 
 
 class Config(_Section):
@@ -688,6 +745,7 @@ class Config(_Section):
     router: RouterConfig = RouterConfig()
     tcp_proxy: tuple[TcpProxyConfig, ...] = ()
     notify: NotifyConfig = NotifyConfig()
+    admin: AdminConfig = AdminConfig()
     nodes: tuple[NodeConfig, ...] = Field(
         description="at least one [[nodes]] table with name and port"
     )

@@ -21,10 +21,12 @@ from pydantic import TypeAdapter, ValidationError
 from hakit.config import (
     PATTERN_HINTS,
     STANDBY_MODES,
+    AdminConfig,
     AppConfig,
     ClusterConfig,
     Config,
     CoordinationConfig,
+    FailoverConfig,
     Mode,
     NodeConfig,
     RouterConfig,
@@ -137,6 +139,8 @@ def _cross_problems(raw: Mapping[str, Any], values: Mapping[str, Any]) -> list[P
             nodes=_valid_nodes(node_list),
         )
         + tcp_proxy_problems(values.get("router"), _valid_nodes(node_list), proxies)
+        + operator_problems(values.get("admin"), _valid_nodes(node_list))
+        + fence_problems(values.get("failover"), values.get("app"))
     )
 
 
@@ -172,6 +176,7 @@ def _resolve_paths(values: dict[str, Any], base: Path) -> dict[str, Any]:
     cluster: ClusterConfig = values["cluster"]
     coordination: CoordinationConfig = values["coordination"]
     app: AppConfig = values["app"]
+    admin: AdminConfig = values["admin"]
     database_url = app.database_url
     file_part = sqlite_path(database_url)
     if file_part is not None:
@@ -185,6 +190,9 @@ def _resolve_paths(values: dict[str, Any], base: Path) -> dict[str, Any]:
         ),
         "app": app.model_copy(update={"home": resolved(app.home), "database_url": database_url}),
         "router": _resolve_router_paths(values["router"], resolved),
+        "admin": admin.model_copy(
+            update={"token_file": resolved(admin.token_file) if admin.token_file else None}
+        ),
     }
 
 
@@ -246,6 +254,49 @@ def cross_section_problems(
                         f"(nodes[{index}]); expected a host:port no node uses",
                     )
                 )
+    return problems
+
+
+def fence_problems(failover: FailoverConfig | None, app: AppConfig | None) -> list[Problem]:
+    """Database session fencing needs a PostgreSQL database (hakit.fence)."""
+    if failover is None or app is None or not failover.fence_database_sessions:
+        return []
+    if app.database_url.startswith(("postgresql://", "postgres://")):
+        return []
+    return [
+        Problem(
+            ("failover", "fence_database_sessions"),
+            "only applies to a PostgreSQL database, but app.database_url is "
+            f"{mask_password(app.database_url)}; expected false, or a postgresql:// database_url",
+        )
+    ]
+
+
+def operator_problems(
+    admin: AdminConfig | None, nodes: Sequence[tuple[int, NodeConfig]]
+) -> list[Problem]:
+    """An admin API needs a token; some node must be allowed to become active."""
+    problems: list[Problem] = []
+    if admin is not None and admin.token is None and admin.token_file is None:
+        for index, node in nodes:
+            if node.admin_port is not None:
+                problems.append(
+                    Problem(
+                        ("nodes", index, "admin_port"),
+                        f"{node.name} serves the admin API, but [admin] has no token; expected "
+                        '[admin] token = "<a long random secret>" or token_file = "PATH"',
+                    )
+                )
+                break
+    if nodes and all(node.no_failover for _, node in nodes):
+        index, node = nodes[0]
+        problems.append(
+            Problem(
+                ("nodes", index, "nofailover"),
+                "every node is nofailover, so none may ever become active; expected at least "
+                "one node without nofailover",
+            )
+        )
     return problems
 
 
@@ -398,6 +449,7 @@ def describe_config(cfg: Config) -> list[str]:
         *(
             f"  {node.name}: {node.host}:{node.port}, route {node.route_name}"
             + (f", admin port {node.admin_port}" if node.admin_port else "")
+            + (", nofailover (never active)" if node.no_failover else "")
             for node in cfg.nodes
         ),
         f"router: listens on {cfg.router.listen}, sticky {_sticky(cfg)}",
@@ -414,8 +466,25 @@ def describe_config(cfg: Config) -> list[str]:
         f"ttl {fd(cfg.coordination.lease_ttl)}, renewed every "
         f"{fd(cfg.coordination.renew_interval)}; a lost node is noticed within "
         f"{fd(cfg.coordination.lease_ttl)}",
+        f"fencing: {_fencing(cfg)}",
     ]
     return lines + _tcp_proxy_lines(cfg) + timing_lines(cfg)
+
+
+def _fencing(cfg: Config) -> str:
+    failover = cfg.failover
+    words = "an agent that cannot renew its lease kills its app before the lease ends"
+    if failover.fence_command is not None:
+        words += (
+            f"; before promoting over an expired lease, `{' '.join(failover.fence_command)}` "
+            f"against the old node (up to {format_duration(failover.fence_timeout)}; "
+            "no promotion unless it succeeds)"
+        )
+    else:
+        words += " (no fence_command: nothing else stops a frozen node's app)"
+    if failover.fence_database_sessions:
+        words += "; then the old node's PostgreSQL sessions are terminated"
+    return words
 
 
 def _tcp_proxy_lines(cfg: Config) -> list[str]:

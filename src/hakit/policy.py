@@ -19,6 +19,15 @@ app process on this node".
 Contract with the agent: after a StartApp, feed AppStarted or AppStartFailed
 before anything else (the supervisor's start is synchronous); after a StopApp,
 feed AppExited(expected=True) once the process is gone.
+
+Operator commands arrive as events too (Paused, Resumed, HandoverRequested,
+HandoverEnded). While the cluster is paused, an event is first handled as
+usual; if that would start or stop the app or release the lease, the policy is
+put back as it was, only what certainly changed in the world is taken in (the
+process is gone, the lease was gained: ``_PAUSED_REALITY``), and a ``paused``
+record says what it WOULD have done. Self-fencing (the kill after a lost lease)
+is never held back. A handover the node takes part in is an operator's action,
+so it is not held back either.
 """
 
 from __future__ import annotations
@@ -37,18 +46,26 @@ from hakit.policy_events import (
     AppStarted,
     AppStartFailed,
     Boot,
+    Drain,
+    EndHandover,
+    HandoverEnded,
+    HandoverRequested,
     LeaseGained,
     LeaseLost,
+    LeaseVacant,
+    Paused,
     PolicyEvent,
     PolicySettings,
     PolicyState,
     PolicyView,
     Record,
+    Resumed,
     Role,
     StartApp,
     StatusObserved,
     StepDown,
     StopApp,
+    TakeLease,
     Tick,
     describe_exit,
     human_duration,
@@ -70,19 +87,27 @@ __all__ = [
     "AppStartFailed",
     "AppStarted",
     "Boot",
+    "Drain",
+    "EndHandover",
+    "HandoverEnded",
+    "HandoverRequested",
     "LeaseGained",
     "LeaseLost",
+    "LeaseVacant",
+    "Paused",
     "Policy",
     "PolicyEvent",
     "PolicySettings",
     "PolicyState",
     "PolicyView",
     "Record",
+    "Resumed",
     "Role",
     "StartApp",
     "StatusObserved",
     "StepDown",
     "StopApp",
+    "TakeLease",
     "Tick",
 ]
 
@@ -121,6 +146,13 @@ class Policy:
         self._after_stop = ""  # in RESTARTING: the reason of the StartApp that follows the exit
         self._cooldown_until: float | None = None
         self._last_reason = ""
+        # --- operator commands and startup ---
+        self._paused = False
+        self._paused_by = ""  # "operator:alice (maintenance)", for reasons
+        self._would: str | None = None  # last held-back action while paused (said once)
+        self._handover: HandoverRequested | None = None  # the operator's intent in progress
+        self._handing_over: HandoverRequested | None = None  # switchover out, under way
+        self._lead_after: float | None = None  # cold start: not the last active, wait
 
     # --- public API -----------------------------------------------------------------
 
@@ -146,13 +178,19 @@ class Policy:
             failed_starts=self._failed_starts,
             cooldown_until=self._cooldown_until,
             last_reason=self._last_reason,
+            paused=self._paused,
+            handover_target=self._handover.target if self._handover is not None else None,
         )
 
     def handle(self, event: PolicyEvent, now: float) -> list[Action]:
         handler = _TRANSITIONS.get((self._state, type(event)))
         if handler is None:
             raise InvalidTransition(self._state.value, repr(event))
-        actions = handler(self, event, now)
+        if self._holding_back() and type(event) not in _OPERATOR_EVENTS:
+            actions = self._handle_paused(handler, event, now)
+        else:
+            actions = handler(self, event, now)
+        actions += self._handover_done()
         self._failures = failures_in_window(self._failures, now, self._settings.failure_window)
         if actions:
             self._last_reason = actions[0].reason
@@ -160,10 +198,19 @@ class Policy:
 
     def may_lead(self, now: float) -> bool:
         """Should the agent try to take the leader lease now?"""
+        if self._settings.no_failover:
+            return False  # the nofailover tag: never active
         if self._state in (S.INIT, S.FENCED, S.MANUAL, S.STEPPING_DOWN):
             return False
         if self._role is Role.ACTIVE:
             return False
+        if self._handover is not None:
+            # An operator's switchover or forced failover: only its target may lead.
+            return self._handover.target == self._node
+        if self._paused:
+            return False  # maintenance: no failover, no self-start
+        if self._lead_after is not None and now < self._lead_after:
+            return False  # cold start: the last active goes first
         # No failback: after giving the lease up, let the new active settle first.
         return self._cooldown_until is None or now >= self._cooldown_until
 
@@ -211,7 +258,7 @@ class Policy:
     def _invalid(self, event: object, why: str) -> InvalidTransition:
         return InvalidTransition(self._state.value, f"{event!r} ({why})")
 
-    def _start(self, reason: str, now: float) -> StartApp:
+    def _start(self, reason: str, now: float, actor: str = "") -> StartApp:
         assert self._proc is _Proc.NONE, "policy bug: StartApp while a process is believed alive"
         self._proc = _Proc.REQUESTED
         self._pid = None
@@ -219,12 +266,12 @@ class Policy:
         self._streak = None
         self._note = None
         self._state = S.STARTING
-        return StartApp(reason)
+        return StartApp(reason, actor)
 
-    def _stop(self, reason: str, kill: bool = False) -> StopApp:
+    def _stop(self, reason: str, kill: bool = False, actor: str = "") -> StopApp:
         assert self._proc is not _Proc.NONE, "policy bug: StopApp without a process"
         self._proc = _Proc.STOPPING
-        return StopApp(reason, kill=kill)
+        return StopApp(reason, kill=kill, actor=actor)
 
     def _leave_active(self) -> None:
         self._role = Role.STANDBY
@@ -290,6 +337,167 @@ class Policy:
     def _exit_words(self, event: AppExited) -> str:
         words = f"app on {self._node} exited ({describe_exit(event)})"
         return words + ", out of memory" if event.oom else words
+
+    # --- operator pause: hold actions back, say what would have been done ----------
+
+    def _holding_back(self) -> bool:
+        if not self._paused:
+            return False
+        handover = self._handover
+        if self._handing_over is not None:
+            return False
+        return handover is None or self._node not in (handover.target, handover.source)
+
+    def _handle_paused(self, handler: Handler, event: PolicyEvent, now: float) -> list[Action]:
+        saved = dict(self.__dict__)
+        try:
+            actions = handler(self, event, now)
+        except BaseException:
+            self.__dict__.update(saved)
+            raise
+        held = [action for action in actions if _acts(action)]
+        if not held:
+            if actions:
+                self._would = None
+            return actions
+        self.__dict__.update(saved)
+        _PAUSED_REALITY.get(type(event), Policy._ignore)(self, event, now)
+        key = f"{type(event).__name__}:{type(held[0]).__name__}"
+        if self._would == key and self._state is saved["_state"]:
+            return []  # said already (a failing app is observed again and again)
+        self._would = key
+        return [
+            Record(
+                "paused",
+                f"would {_VERBS[type(held[0])]} ({held[0].reason}), but {self._paused_by} "
+                "paused the cluster: no action",
+            )
+        ]
+
+    def _paused_boot(self, event: Boot, now: float) -> list[Action]:
+        self._boot_grace(event, now)
+        self._state = S.PAUSED  # the app would have started here: on resume it does
+        return []
+
+    def _paused_process_gone(self, event: AppExited | AppStartFailed, now: float) -> list[Action]:
+        self._forget_process()
+        self._state = S.PAUSED
+        return []
+
+    def _paused_lease_gained(self, event: LeaseGained, now: float) -> list[Action]:
+        self._take_lease(event)
+        if self._proc is _Proc.NONE:
+            self._state = S.PAUSED
+        return []
+
+    # --- startup ----------------------------------------------------------------------
+
+    def _boot_grace(self, event: Boot, now: float) -> str:
+        """Cold start: let the last active (newest data) take the lease first."""
+        node, grace = self._node, self._settings.boot_grace
+        if self._settings.no_failover:
+            return f"; {node} has the nofailover tag: it never becomes active"
+        if (
+            event.newest_node
+            and event.newest_node != node
+            and event.newest_epoch > event.served_epoch
+        ):
+            mine = f"epoch {event.served_epoch}" if event.served_epoch else "never active"
+            if grace > 0:
+                self._lead_after = now + grace
+            return (
+                f"; {event.newest_node} was the last active (epoch {event.newest_epoch}; {node}: "
+                f"{mine}): giving it {human_duration(grace)} to take the lease first"
+            )
+        if event.served_epoch and event.served_epoch >= event.newest_epoch:
+            return f"; {node} was the last active (epoch {event.served_epoch}): competing for the lease at once"
+        return ""
+
+    # --- operator handover (switchover, forced failover) --------------------------------
+
+    def _refuse_handover_words(self) -> str | None:
+        """Why this node cannot become the handover's target now, or None."""
+        node = self._node
+        if self._settings.no_failover:
+            return f"{node} has the nofailover tag: it never becomes active"
+        if self._role is Role.ACTIVE:
+            return f"{node} is already active under epoch {self._epoch}"
+        if self._state is S.MANUAL:
+            return f"{node} needs manual intervention (hakit reset) first"
+        if self._state is S.FENCED:
+            return f"{node} is still stopping its fenced app; try again in a moment"
+        return None
+
+    def _release_for_handover(self, reason: str, now: float) -> list[Action]:
+        """Switchover out: the app is stopped (or may run on a standby): give the lease up."""
+        handover = self._handing_over
+        assert handover is not None, "policy bug: no switchover under way"
+        self._handing_over = None
+        epoch = self._epoch
+        self._leave_active()
+        self._cooldown_until = now + self._settings.step_down_cooldown
+        if self._state is S.STEPPING_DOWN:
+            self._state = S.STANDBY
+        return [
+            StepDown(
+                f"{reason}; releasing the lease of epoch {epoch}: only {handover.target} may take it",
+                kind="switchover",
+                actor=handover.actor,
+            )
+        ]
+
+    def _hand_over(self, event: HandoverRequested, now: float) -> list[Action]:
+        """This node is the active the operator moves away from."""
+        node, target, actor = self._node, event.target, event.actor
+        words = f"{actor} asked for a switchover to {target} ({event.reason})"
+        if event.forced:
+            return [
+                Record(
+                    "failover",
+                    f"{actor} forced a failover to {target} ({event.reason}): {node} "
+                    "kills its app as soon as its lease renewal fails",
+                    actor,
+                )
+            ]
+        self._handing_over = event
+        stopping = Record(
+            "switchover",
+            f"{words}: the app on {node} is stopping; the lease goes once it is gone",
+            actor,
+        )
+        if self._state is S.STEPPING_DOWN or (
+            self._state is S.MANUAL and self._proc is not _Proc.NONE
+        ):
+            return [stopping]
+        if self._proc is _Proc.NONE:
+            return self._release_for_handover(f"{words}: the app on {node} is not running", now)
+        drain = Drain(f"{words}: draining {node} (the router holds new requests)", actor)
+        if self._settings.mode in _STANDBY_APP_MODES:
+            # The app may run on a standby: it keeps running, only the lease moves.
+            return [drain, *self._release_for_handover(f"{words}: {node} drained", now)]
+        if self._state is S.RESTARTING:
+            self._state = S.STEPPING_DOWN
+            return [stopping]
+        self._state = S.STEPPING_DOWN
+        return [drain, self._stop(f"{words}: stopping the app on {node} gracefully", actor=actor)]
+
+    def _handover_done(self) -> list[Action]:
+        """The target serves under a new epoch: the operator's intent is fulfilled."""
+        handover = self._handover
+        if handover is None or handover.target != self._node:
+            return []
+        if self._role is not Role.ACTIVE or self._state is not S.RUNNING:
+            return []
+        if self._epoch <= handover.epoch:
+            return []
+        self._handover = None
+        return [
+            EndHandover(
+                f"{handover.kind} to {self._node} complete: serving under epoch {self._epoch} "
+                f"(asked by {handover.actor}: {handover.reason})",
+                handover.actor,
+            )
+        ]
 
     # --- failure paths -------------------------------------------------------------
 
@@ -390,8 +598,9 @@ class Policy:
 
     def _boot(self, event: Boot, now: float) -> list[Action]:
         mode = self._settings.mode
+        grace = self._boot_grace(event, now)
         if mode in _STANDBY_APP_MODES:
-            reason = f"agent on {self._node} started ({mode.value}): starting the app as a standby"
+            reason = f"agent on {self._node} started ({mode.value}): starting the app as a standby{grace}"
             return [self._start(reason, now)]
         self._state = S.STANDBY
         if mode is Mode.RESTART_ONLY:
@@ -399,7 +608,7 @@ class Policy:
         else:
             reason = (
                 f"agent on {self._node} started ({mode.value}): the app runs here only while "
-                "this node holds the leader lease"
+                f"this node holds the leader lease{grace}"
             )
         return [Record("boot", reason)]
 
@@ -410,6 +619,7 @@ class Policy:
     def _lease_lost(self, event: LeaseLost, now: float) -> list[Action]:
         if self._role is not Role.ACTIVE:
             return []  # a standby has nothing to fence
+        self._handing_over = None  # the lease is gone already: nothing to hand over
         self._leave_active()
         lost = f"{self._node} lost the leader lease (epoch {event.epoch}: {event.reason})"
         if self._proc is _Proc.NONE:
@@ -580,6 +790,10 @@ class Policy:
     def _stepping_down_exited(self, event: AppExited, now: float) -> list[Action]:
         self._check_exit(event)
         self._forget_process()
+        if self._handing_over is not None:
+            return self._release_for_handover(
+                f"app on {self._node} stopped for the switchover", now
+            )
         reason = f"app on {self._node} stopped; releasing the lease of epoch {self._epoch} so a standby takes over"
         return self._step_down(reason, now)
 
@@ -609,10 +823,98 @@ class Policy:
     def _manual_exited(self, event: AppExited, now: float) -> list[Action]:
         self._check_exit(event)
         self._forget_process()
-        return [
+        actions: list[Action] = [
             Record(
                 "stopped",
                 f"app on {self._node} stopped ({describe_exit(event)}); manual intervention needed",
+            )
+        ]
+        if self._handing_over is not None and self._role is Role.ACTIVE:
+            actions += self._release_for_handover(f"app on {self._node} stopped", now)
+        return actions
+
+    # --- handlers: operator commands (every state but INIT) ------------------------------
+
+    def _pause(self, event: Paused, now: float) -> list[Action]:
+        if self._paused:
+            return []
+        self._paused = True
+        self._would = None
+        self._paused_by = f"{event.actor} ({event.reason})" if event.reason else event.actor
+        return [
+            Record(
+                "pause",
+                f"{self._paused_by} paused the cluster: {self._node} keeps monitoring and "
+                "reporting, and takes no action until resumed",
+                event.actor,
+            )
+        ]
+
+    def _init_pause(self, event: Paused, now: float) -> list[Action]:
+        """Paused before Boot: the agent started while the cluster was paused."""
+        return self._pause(event, now)
+
+    def _resume(self, event: Resumed, now: float) -> list[Action]:
+        if not self._paused:
+            return []
+        self._paused = False
+        self._would = None
+        who = f"{event.actor} ({event.reason})" if event.reason else event.actor
+        if self._state is S.PAUSED:
+            if self._role is Role.ACTIVE:
+                reason = f"{who} resumed the cluster: the app on {self._node} is not running; starting it"
+                return [self._start(reason, now, event.actor)]
+            if self._settings.mode in _STANDBY_APP_MODES:
+                reason = f"{who} resumed the cluster: starting the app on {self._node} as a standby"
+                return [self._start(reason, now, event.actor)]
+            self._state = S.STANDBY
+        words = f"{who} resumed the cluster: {self._node} acts on failures again"
+        return [Record("resume", words, event.actor)]
+
+    def _handover_requested(self, event: HandoverRequested, now: float) -> list[Action]:
+        self._handover = event
+        node = self._node
+        if event.target == node:
+            refusal = self._refuse_handover_words()
+            if refusal is not None:
+                self._handover = None
+                return [EndHandover(f"{event.kind} to {node} refused: {refusal}", event.actor)]
+            if event.forced:
+                holder = event.source or "nobody"
+                return [
+                    TakeLease(
+                        f"{event.actor} forced a failover to {node} ({event.reason}): taking the "
+                        f"lease from {holder} under a new epoch",
+                        event.actor,
+                    )
+                ]
+            return [
+                Record(
+                    "switchover",
+                    f"{event.actor} asked for a switchover to {node} ({event.reason}): taking "
+                    f"the lease once {event.source} releases it",
+                    event.actor,
+                )
+            ]
+        if event.source == node and self._role is Role.ACTIVE and event.epoch == self._epoch:
+            return self._hand_over(event, now)
+        return []  # a bystander: only may_lead changes (only the target may lead)
+
+    def _handover_ended(self, event: HandoverEnded, now: float) -> list[Action]:
+        self._handover = None
+        return []
+
+    def _lease_vacant(self, event: LeaseVacant, now: float) -> list[Action]:
+        """Paused: nobody holds the lease; say that this node would have taken over."""
+        if not self._paused or self._role is Role.ACTIVE or self._settings.no_failover:
+            return []
+        if self._state in (S.MANUAL, S.FENCED, S.STEPPING_DOWN):
+            return []
+        return [
+            Record(
+                "paused",
+                f"no node holds the leader lease: {self._node} would take it and start the app, "
+                f"but {self._paused_by} paused the cluster: no failover",
             )
         ]
 
@@ -626,6 +928,31 @@ class Policy:
 
 
 Handler = Callable[[Policy, Any, float], list[Action]]
+
+_OPERATOR_EVENTS = frozenset({Paused, Resumed, HandoverRequested, HandoverEnded, LeaseVacant})
+
+# Actions a pause holds back (the kill of self-fencing is never held back).
+_VERBS: dict[type, str] = {
+    StartApp: "start the app",
+    StopApp: "stop the app",
+    StepDown: "release the lease",
+}
+
+
+def _acts(action: Action) -> bool:
+    if isinstance(action, StopApp):
+        return not action.kill
+    return type(action) in _VERBS
+
+
+# While paused, a held-back event still changes what is certain: the process is
+# gone, the lease was gained, the agent booted. Other events change nothing.
+_PAUSED_REALITY: dict[type, Handler] = {
+    Boot: Policy._paused_boot,
+    AppExited: Policy._paused_process_gone,
+    AppStartFailed: Policy._paused_process_gone,
+    LeaseGained: Policy._paused_lease_gained,
+}
 
 # Every possible (state, event) pair. Absent pairs are impossible: InvalidTransition.
 _TRANSITIONS: dict[tuple[PolicyState, type], Handler] = {
@@ -672,4 +999,19 @@ _TRANSITIONS: dict[tuple[PolicyState, type], Handler] = {
     (S.MANUAL, Tick): Policy._ignore,
     (S.MANUAL, LeaseGained): Policy._manual_lease_gained,
     (S.MANUAL, LeaseLost): Policy._lease_lost,
+    # PAUSED: the app is not running and the cluster is paused; acting again on resume.
+    (S.PAUSED, StatusObserved): Policy._ignore,
+    (S.PAUSED, Tick): Policy._ignore,
+    (S.PAUSED, LeaseGained): Policy._standby_lease_gained,
+    (S.PAUSED, LeaseLost): Policy._lease_lost,
+    # Operator commands: the cluster may be paused before the agent boots.
+    (S.INIT, Paused): Policy._init_pause,
 }
+# Operator commands reach every state after INIT.
+for _state in PolicyState:
+    if _state is not S.INIT:
+        _TRANSITIONS[(_state, Paused)] = Policy._pause
+        _TRANSITIONS[(_state, Resumed)] = Policy._resume
+        _TRANSITIONS[(_state, HandoverRequested)] = Policy._handover_requested
+        _TRANSITIONS[(_state, HandoverEnded)] = Policy._handover_ended
+        _TRANSITIONS[(_state, LeaseVacant)] = Policy._lease_vacant

@@ -26,9 +26,12 @@ class PolicySettings:
     health_timeout: float  # patience: timeouts must span at least this long ...
     fall: int  # ... and be this many consecutive ones
     step_down_cooldown: float  # after stepping down, do not take the lease again for this long
+    # Cold start: a node that was not the last active waits this long before competing.
+    boot_grace: float = 0.0
+    no_failover: bool = False  # the node's `nofailover` tag: it never takes the lease
 
     @classmethod
-    def from_config(cls, cfg: Config) -> PolicySettings:
+    def from_config(cls, cfg: Config, node: str | None = None) -> PolicySettings:
         return cls(
             mode=cfg.cluster.mode,
             restart_attempts=cfg.failover.restart_attempts,
@@ -39,6 +42,9 @@ class PolicySettings:
             # Long enough for the new active's lease to be established and renewed a
             # couple of times, so the node that just gave up does not win it straight back.
             step_down_cooldown=3 * cfg.coordination.lease_ttl,
+            # Long enough for the last active's agent to start and take the lease.
+            boot_grace=2 * cfg.coordination.lease_ttl,
+            no_failover=cfg.node(node).no_failover if node is not None else False,
         )
 
 
@@ -47,7 +53,17 @@ class PolicySettings:
 
 @dataclass(frozen=True, slots=True)
 class Boot:
-    """The agent started; the app is not running."""
+    """The agent started; the app is not running.
+
+    What the store remembers for a cold start: ``served_epoch`` is the highest
+    epoch this node was ever active under, ``newest_epoch`` the highest any
+    node was (``newest_node``). A node that was not the last active waits
+    ``boot_grace`` before competing, so the last active (newest data) wins.
+    """
+
+    served_epoch: int = 0
+    newest_epoch: int = 0
+    newest_node: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,16 +120,82 @@ class Tick:
     """Time passes: lets deadlines (startup_timeout) fire without another event."""
 
 
+@dataclass(frozen=True, slots=True)
+class Paused:
+    """An operator paused the cluster: monitor and report, take no action."""
+
+    actor: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Resumed:
+    """An operator resumed the cluster: act again."""
+
+    actor: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class HandoverRequested:
+    """An operator moves the active role to ``target``.
+
+    ``forced`` False: a switchover (``source``, the active under ``epoch``, drains,
+    stops its app and releases the lease; only ``target`` may take it). True: a
+    forced failover (``target`` takes the lease at once; the old active fences
+    itself when its renewal fails).
+    """
+
+    target: str
+    source: str  # the lease holder when requested ("" if none)
+    epoch: int  # the lease's epoch when requested
+    forced: bool
+    actor: str
+    reason: str
+
+    @property
+    def kind(self) -> str:
+        return "failover" if self.forced else "switchover"
+
+
+@dataclass(frozen=True, slots=True)
+class HandoverEnded:
+    """The operator's handover intent is gone (done, refused or expired)."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseVacant:
+    """Nobody holds the lease (fed while paused, so the policy says what it would do)."""
+
+
 PolicyEvent = (
-    Boot | LeaseGained | LeaseLost | AppStarted | AppStartFailed | AppExited | StatusObserved | Tick
+    Boot
+    | LeaseGained
+    | LeaseLost
+    | AppStarted
+    | AppStartFailed
+    | AppExited
+    | StatusObserved
+    | Tick
+    | Paused
+    | Resumed
+    | HandoverRequested
+    | HandoverEnded
+    | LeaseVacant
 )
 
 # --- actions (returned by Policy.handle, carried out by the agent in order) ----
+#
+# ``actor``: who caused the action when it is not the node's own agent (an
+# operator's command: "operator:alice"); the history records it.
 
 
 @dataclass(frozen=True, slots=True)
 class StartApp:
     reason: str
+    actor: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,13 +207,43 @@ class StopApp:
 
     reason: str
     kill: bool = False
+    actor: str = ""
 
 
 @dataclass(frozen=True, slots=True)
 class StepDown:
-    """Release the leader lease so a standby takes over (the app is already stopped)."""
+    """Release the leader lease so a standby takes over (the app is already stopped).
+
+    ``kind`` names it in the history: "failover" (after failures) or "switchover".
+    """
 
     reason: str
+    kind: str = "failover"
+    actor: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Drain:
+    """Take no new users (the router holds them), and let the router see it, before a stop."""
+
+    reason: str
+    actor: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class TakeLease:
+    """Forced failover: take the leader lease from its holder under a new epoch."""
+
+    reason: str
+    actor: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class EndHandover:
+    """Clear the operator's handover intent: done, or refused by its target."""
+
+    reason: str
+    actor: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,9 +261,10 @@ class Record:
 
     kind: str
     reason: str
+    actor: str = ""
 
 
-Action = StartApp | StopApp | StepDown | Alert | Record
+Action = StartApp | StopApp | StepDown | Alert | Record | Drain | TakeLease | EndHandover
 
 # --- states and the read-only view ---------------------------------------------
 
@@ -165,6 +278,7 @@ class PolicyState(enum.StrEnum):
     STEPPING_DOWN = "STEPPING_DOWN"  # StopApp sent; StepDown follows the exit (shared storage)
     FENCED = "FENCED"  # lease lost: app killed, waiting for its exit
     MANUAL = "MANUAL"  # gave up: manual intervention needed
+    PAUSED = "PAUSED"  # operator pause: the app is not running here; acting again on resume
 
 
 class Role(enum.StrEnum):
@@ -186,6 +300,8 @@ class PolicyView:
     failed_starts: int  # consecutive failed starts
     cooldown_until: float | None  # may_lead is False before this (after a step-down)
     last_reason: str  # reason of the last action returned
+    paused: bool = False  # an operator paused the cluster: no action is taken
+    handover_target: str | None = None  # an operator's switchover / failover in progress
 
 
 # --- wording ---------------------------------------------------------------------

@@ -8,6 +8,7 @@ read and tested on its own.
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from hakit.contract import MEANING, AppState
@@ -68,3 +69,17 @@ def streak_is_failure(streak: Streak, fall: int, health_timeout: float, now: flo
     if streak.state is AppState.TIMEOUT:
         return now - streak.first_at >= health_timeout
     return True
+
+
+def last_active(served: Mapping[str, int]) -> tuple[str, int]:
+    """(node, epoch) of the node that served under the highest epoch; ("", 0) if none.
+
+    ``served`` maps each node that may lead to the highest epoch it was active
+    under (its record in the store): on a cold start of the whole cluster, that
+    node has the newest data.
+    """
+    best = ("", 0)
+    for node, epoch in sorted(served.items()):
+        if epoch > best[1]:
+            best = (node, epoch)
+    return best

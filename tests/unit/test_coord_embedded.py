@@ -354,3 +354,95 @@ def test_waits_for_a_rollback_mode_writer_then_reports_the_lock(tmp_path: Path) 
         store.close()
     finally:
         writer.close()
+
+
+# --- forced takeover (operator's failover) -----------------------------------------------
+
+
+def test_take_over_moves_a_valid_lease_under_a_new_epoch(
+    coord: SqliteCoordinator, clock: FakeClock
+) -> None:
+    held = coord.acquire_or_renew("n1", TTL)
+    assert held is not None and held.epoch == 1
+    taken = coord.take_over("n2", TTL)
+    assert taken == Lease("n2", 2, clock.now + TTL)
+    assert coord.current_lease() == taken and coord.last_epoch() == 2
+    assert coord.acquire_or_renew("n1", TTL) is None  # the old holder's renewal fails
+    renewed = coord.acquire_or_renew("n2", TTL)  # the new holder renews the same epoch
+    assert renewed is not None and renewed.epoch == 2
+    assert not coord.release("n1", 1)
+
+
+def test_take_over_after_a_release_never_reuses_an_epoch(coord: SqliteCoordinator) -> None:
+    lease = coord.acquire_or_renew("n1", TTL)
+    assert lease is not None
+    assert coord.release("n1", lease.epoch)
+    assert coord.take_over("n1", TTL).epoch == lease.epoch + 1
+    with pytest.raises(ValueError):
+        coord.take_over("n1", 0)
+
+
+# --- cluster state (operator intents) --------------------------------------------------------
+
+
+def test_cluster_state_set_get_replace_clear(coord: SqliteCoordinator) -> None:
+    assert coord.get_state("paused") is None and coord.cluster_state() == {}
+    coord.set_state("paused", {"paused": True, "actor": "operator:alice"})
+    coord.set_state("handover", {"id": "a", "target": "n2", "at": 1.5})
+    assert coord.get_state("paused") == {"paused": True, "actor": "operator:alice"}
+    coord.set_state("paused", {"paused": False})
+    assert coord.cluster_state() == {
+        "handover": {"id": "a", "target": "n2", "at": 1.5},
+        "paused": {"paused": False},
+    }
+    assert coord.clear_state("paused")
+    assert not coord.clear_state("paused")  # already gone
+    assert coord.cluster_state() == {"handover": {"id": "a", "target": "n2", "at": 1.5}}
+
+
+def test_clear_state_if_value_is_a_compare_and_delete(coord: SqliteCoordinator) -> None:
+    first = {"id": "a", "target": "n2", "expires_at": 1000.25}
+    coord.set_state("handover", first)
+    newer = {"id": "b", "target": "n3", "expires_at": 2000.5}
+    coord.set_state("handover", newer)
+    assert not coord.clear_state("handover", if_value=first)  # never removes a newer intent
+    assert coord.get_state("handover") == newer
+    read_back = coord.get_state("handover")
+    assert read_back is not None and coord.clear_state("handover", if_value=read_back)
+    assert coord.get_state("handover") is None
+
+
+def test_cluster_state_is_shared_between_processes_objects(tmp_path: Path) -> None:
+    path = tmp_path / "coordination.db"
+    with SqliteCoordinator(path) as writer, SqliteCoordinator(path) as reader:
+        writer.set_state("paused", {"paused": True})
+        assert reader.get_state("paused") == {"paused": True}
+
+
+def test_recent_events_are_the_newest_oldest_first(coord: SqliteCoordinator) -> None:
+    for i in range(5):
+        coord.append_event(Event(0, float(i), "n1", "k", f"event {i}"))
+    assert [e.reason for e in coord.recent_events(2)] == ["event 3", "event 4"]
+    assert len(coord.recent_events(100)) == 5 and coord.recent_events(0) == []
+
+
+def test_a_version_1_store_is_migrated_keeping_its_data(tmp_path: Path) -> None:
+    """A store written before cluster_state existed gains the table, and keeps its lease."""
+    from hakit.coord.embedded import _SCHEMA_V1
+
+    path = tmp_path / "coordination.db"
+    raw = sqlite3.connect(path, isolation_level=None)
+    for statement in _SCHEMA_V1:
+        raw.execute(statement)
+    raw.execute("INSERT INTO lease VALUES (1, 'n1', 4, 1e12)")
+    raw.execute("UPDATE epoch_counter SET last_epoch = 4")
+    raw.close()
+    with SqliteCoordinator(path) as store:
+        assert store.last_epoch() == 4
+        store.set_state("paused", {"paused": True})
+        assert store.get_state("paused") == {"paused": True}
+    raw = sqlite3.connect(path)
+    try:
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    finally:
+        raw.close()

@@ -25,17 +25,25 @@ from hakit.policy import (
     AppStarted,
     AppStartFailed,
     Boot,
+    Drain,
+    EndHandover,
+    HandoverEnded,
+    HandoverRequested,
     LeaseGained,
     LeaseLost,
+    LeaseVacant,
+    Paused,
     Policy,
     PolicyEvent,
     PolicySettings,
     PolicyState,
+    Resumed,
     Role,
     StartApp,
     StatusObserved,
     StepDown,
     StopApp,
+    TakeLease,
     Tick,
 )
 from hakit.policy_events import describe_exit, human_duration
@@ -44,6 +52,7 @@ from hakit.policy_rules import (
     classify,
     extend_streak,
     failures_in_window,
+    last_active,
     streak_is_failure,
 )
 
@@ -65,6 +74,8 @@ def settings(mode: Mode = COLD, **overrides: float) -> PolicySettings:
         "health_timeout": 30.0,
         "fall": 3,
         "step_down_cooldown": 9.0,
+        "boot_grace": 6.0,
+        "no_failover": False,
     }
     values.update(overrides)
     return PolicySettings(
@@ -75,6 +86,8 @@ def settings(mode: Mode = COLD, **overrides: float) -> PolicySettings:
         health_timeout=values["health_timeout"],
         fall=int(values["fall"]),
         step_down_cooldown=values["step_down_cooldown"],
+        boot_grace=values["boot_grace"],
+        no_failover=bool(values["no_failover"]),
     )
 
 
@@ -88,6 +101,12 @@ def sig(action: Action) -> str:
         return "step-down"
     if isinstance(action, Alert):
         return f"alert:{action.kind}" + ("!" if action.manual_intervention else "")
+    if isinstance(action, Drain):
+        return "drain"
+    if isinstance(action, TakeLease):
+        return "take-lease"
+    if isinstance(action, EndHandover):
+        return "end-handover"
     return f"record:{action.kind}"
 
 
@@ -746,6 +765,8 @@ def test_settings_from_config() -> None:
         health_timeout=45.0,
         fall=4,
         step_down_cooldown=7.5,
+        boot_grace=5.0,
+        no_failover=False,
     )
 
 
@@ -895,3 +916,496 @@ def test_random_garbage_either_raises_cleanly_or_is_handled(seed: int) -> None:
         handled += 1
         assert all(a.reason for a in actions)
     assert raised > 0 and handled > 0
+
+
+# --- operator commands: pause / resume ----------------------------------------------------
+
+OPERATOR = "operator:alice"
+
+
+def paused() -> Paused:
+    return Paused(OPERATOR, "maintenance")
+
+
+def resumed() -> Resumed:
+    return Resumed(OPERATOR, "done")
+
+
+def switchover(target: str = "node2", source: str = "node1", epoch: int = 1) -> HandoverRequested:
+    return HandoverRequested(target, source, epoch, forced=False, actor=OPERATOR, reason="patch")
+
+
+def forced(target: str = "node2", source: str = "node1", epoch: int = 1) -> HandoverRequested:
+    return HandoverRequested(target, source, epoch, forced=True, actor=OPERATOR, reason="gone")
+
+
+def booted(mode: Mode = COLD, **overrides: float) -> Node:
+    node = Node(mode, **overrides)
+    node.feed(Boot())
+    node.actions.clear()
+    return node
+
+
+ACTING = frozenset({"start", "stop", "step-down"})  # what a pause holds back
+
+OPERATOR_ROWS: list[Row] = [
+    Row(
+        "pause: a crash is not restarted, the history says what would have been; resume restarts",
+        running_active,
+        [
+            (1, paused(), ["record:pause"]),
+            (5, crash(), ["record:paused"]),
+            *[(30, Tick(), []) for _ in range(3)],
+            (1, status(AppState.STOPPED), []),
+            (1, LeaseVacant(), []),  # the active holds the lease: nothing to say
+            (60, resumed(), ["start"]),
+            *restart_cycle(),
+        ],
+        S.RUNNING,
+        never=frozenset({"step-down", "alert:crash"}),
+    ),
+    Row(
+        "pause: a hang past patience is not acted on, and said once",
+        running_active,
+        [
+            (1, paused(), ["record:pause"]),
+            *hang(1, span=29, count=3),
+            (1, status(TIMEOUT), ["record:paused"]),
+            *[(5, status(TIMEOUT), []) for _ in range(10)],
+            (1, status(RUNNING), ["record:status"]),
+        ],
+        S.RUNNING,
+        never=ACTING | {"kill"},
+    ),
+    Row(
+        "pause: ERROR streak is held back; after resume the next ERROR restarts at once",
+        running_active,
+        [
+            (1, paused(), ["record:pause"]),
+            (1, status(ERROR, database_reachable=True), ["record:detected"]),
+            (1, status(ERROR, database_reachable=True), []),
+            (1, status(ERROR, database_reachable=True), ["record:paused"]),
+            (1, status(ERROR, database_reachable=True), []),
+            (1, resumed(), ["record:resume"]),
+            (1, status(ERROR, database_reachable=True), ["stop", "alert:error"]),
+        ],
+        S.RESTARTING,
+    ),
+    Row(
+        "pause: the startup deadline passes without a retry",
+        starting_active,
+        [
+            (0, paused(), ["record:pause"]),
+            (121, Tick(), ["record:paused"]),
+            *[(30, Tick(), []) for _ in range(5)],
+            (1, status(RUNNING), ["record:running"]),
+        ],
+        S.RUNNING,
+        never=ACTING,
+    ),
+    Row(
+        "pause: a standby does not take a free lease, and says it would",
+        booted,
+        [
+            (0, paused(), ["record:pause"]),
+            (5, LeaseVacant(), ["record:paused"]),
+            (5, resumed(), ["record:resume"]),
+            (1, LeaseVacant(), []),  # not paused: the lease loop takes it
+        ],
+        S.STANDBY,
+        end_role=Role.STANDBY,
+    ),
+    Row(
+        "pause: a lost lease still fences (safety is never paused)",
+        running_active,
+        [
+            (0, paused(), ["record:pause"]),
+            (1, LeaseLost(1, "could not renew in time"), ["kill", "alert:fence"]),
+            (0.2, stopped(), ["record:fenced"]),
+        ],
+        S.STANDBY,
+        end_role=Role.STANDBY,
+    ),
+    Row(
+        "pause: the exit after a restart's stop does not start the app again",
+        running_active,
+        [
+            *[
+                (1, status(DOWN), sigs)
+                for sigs in (["record:detected"], [], ["stop", "alert:crash"])
+            ],
+            (0, paused(), ["record:pause"]),
+            (2, stopped(), ["record:paused"]),
+            (2, resumed(), ["start"]),
+        ],
+        S.STARTING,
+    ),
+    Row(
+        "pause before boot (warm standby): no self-start; resume starts the standby app",
+        lambda: Node(WARM),
+        [
+            (0, paused(), ["record:pause"]),
+            (0, Boot(), ["record:paused"]),
+            (60, Tick(), []),
+            (1, resumed(), ["start"]),
+        ],
+        S.STARTING,
+        end_role=Role.STANDBY,
+    ),
+    Row(
+        "resume when nothing was held back: recorded only",
+        running_active,
+        [(0, paused(), ["record:pause"]), (0, paused(), []), (5, resumed(), ["record:resume"])],
+        S.RUNNING,
+    ),
+    # --- switchover and forced failover ---------------------------------------------------
+    Row(
+        "switchover out (cold): drain, graceful stop, release the lease for the target only",
+        running_active,
+        [
+            (1, switchover(), ["drain", "stop"]),
+            (1, status(AppState.STOPPING), []),
+            (1, stopped(), ["step-down"]),
+            (1, HandoverEnded("switchover to node2 ended"), []),
+        ],
+        S.STANDBY,
+        end_role=Role.STANDBY,
+        never=frozenset({"alert:failover", "kill"}),
+    ),
+    Row(
+        "switchover in (cold): the target takes the released lease, starts, ends the intent",
+        booted,
+        [
+            (0, switchover("node1", "node2", 4), ["record:switchover"]),
+            (1, LeaseGained(5), ["start"]),
+            (0, lambda n: AppStarted(n.next_pid + 1), ["record:started"]),
+            (1, status(RUNNING), ["record:running", "end-handover"]),
+            (1, HandoverEnded("switchover to node1 ended"), []),
+        ],
+        S.RUNNING,
+    ),
+    Row(
+        "switchover out (warm): the app keeps running as a standby, only the lease moves",
+        lambda: running_active(WARM),
+        [(1, switchover(), ["drain", "step-down"]), (1, status(RUNNING), [])],
+        S.RUNNING,
+        end_role=Role.STANDBY,
+        never=frozenset({"stop", "kill"}),
+    ),
+    Row(
+        "switchover in (warm): the running standby is promoted and ends the intent at once",
+        lambda: running_active(WARM),
+        [
+            (1, LeaseLost(1, "released"), ["kill", "alert:fence"]),
+            (1, stopped(), ["start"]),
+            (0, lambda n: AppStarted(n.next_pid + 1), ["record:started"]),
+            (1, status(RUNNING), ["record:running"]),
+            (1, switchover("node1", "node2", 3), ["record:switchover"]),
+            (1, LeaseGained(4), ["record:promoted", "end-handover"]),
+        ],
+        S.RUNNING,
+    ),
+    Row(
+        "switchover asked while paused is still carried out (an operator's action)",
+        running_active,
+        [
+            (0, paused(), ["record:pause"]),
+            (1, switchover(), ["drain", "stop"]),
+            (1, stopped(), ["step-down"]),
+        ],
+        S.STANDBY,
+        end_role=Role.STANDBY,
+    ),
+    Row(
+        "switchover while a restart's stop is under way: step down once the app is gone",
+        running_active,
+        [
+            *[
+                (1, status(DOWN), sigs)
+                for sigs in (["record:detected"], [], ["stop", "alert:crash"])
+            ],
+            (0, switchover(), ["record:switchover"]),
+            (1, stopped(), ["step-down"]),
+        ],
+        S.STANDBY,
+        end_role=Role.STANDBY,
+        never=frozenset({"start"}),
+    ),
+    Row(
+        "switchover away from a node that gave up (MANUAL): the lease goes, MANUAL stays",
+        lambda: starting_active(restart_attempts=0),
+        [
+            (1, crash("exit code 1", 1), ["alert:failed-start!"]),
+            (1, switchover(), ["step-down"]),
+        ],
+        S.MANUAL,
+        end_role=Role.STANDBY,
+    ),
+    Row(
+        "switchover asked under an older epoch: the active ignores it",
+        running_active,
+        [(1, switchover(epoch=0), [])],
+        S.RUNNING,
+        never=ACTING,
+    ),
+    Row(
+        "a bystander standby: nothing to do",
+        booted,
+        [(1, switchover("node3", "node2", 4), []), (1, HandoverEnded("ended"), [])],
+        S.STANDBY,
+        end_role=Role.STANDBY,
+    ),
+    Row(
+        "forced failover in: take the lease at once, start, end the intent",
+        booted,
+        [
+            (0, forced("node1", "node2", 4), ["take-lease"]),
+            (0.5, LeaseGained(5), ["start"]),
+            (0, lambda n: AppStarted(n.next_pid + 1), ["record:started"]),
+            (1, status(RUNNING), ["record:running", "end-handover"]),
+        ],
+        S.RUNNING,
+    ),
+    Row(
+        "forced failover out: the old active fences itself when its renewal fails",
+        running_active,
+        [
+            (0, forced(), ["record:failover"]),
+            (0.5, LeaseLost(1, "node2 holds it"), ["kill", "alert:fence"]),
+            (0.1, stopped(), ["record:fenced"]),
+        ],
+        S.STANDBY,
+        end_role=Role.STANDBY,
+        never=frozenset({"step-down"}),
+    ),
+    Row(
+        "handover to a nofailover node: refused",
+        lambda: booted(no_failover=True),
+        [(0, switchover("node1", "node2", 4), ["end-handover"])],
+        S.STANDBY,
+        end_role=Role.STANDBY,
+    ),
+    Row(
+        "handover to the node that is already active: refused",
+        running_active,
+        [(0, forced("node1", "node2", 1), ["end-handover"])],
+        S.RUNNING,
+    ),
+]
+
+
+@pytest.mark.parametrize("row", OPERATOR_ROWS, ids=[row.name for row in OPERATOR_ROWS])
+def test_operator_table(row: Row) -> None:
+    test_failure_table(row)
+
+
+def test_pause_record_says_what_would_have_been_done_and_who_paused() -> None:
+    node = running_active()
+    node.feed(paused())
+    node.feed(crash(), after=5)
+    (reason,) = node.reasons("record:paused")
+    assert reason.startswith("would start the app (app on node1 exited (killed by SIGKILL)")
+    assert "operator:alice (maintenance) paused the cluster: no action" in reason
+    view = node.policy.view()
+    assert view.paused and view.state is S.PAUSED and view.role is Role.ACTIVE
+    assert not view.app_running and view.failure_times == ()  # nothing counted while paused
+
+
+def test_resume_reason_names_the_operator() -> None:
+    node = running_active()
+    node.feed(paused())
+    node.feed(crash(), after=5)
+    node.feed(resumed(), after=5)
+    (reason,) = node.reasons("start")
+    assert reason == (
+        "operator:alice (done) resumed the cluster: the app on node1 is not running; starting it"
+    )
+
+
+def test_paused_nodes_never_lead_but_a_handover_target_does() -> None:
+    node = booted(step_down_cooldown=9.0)
+    assert node.policy.may_lead(node.now + 7)  # past the boot grace: no records, no wait
+    node.feed(paused())
+    assert not node.policy.may_lead(node.now + 1e6)
+    node.feed(switchover("node1", "node2", 4))
+    assert node.policy.may_lead(node.now)  # the operator's target, paused or not
+    node.feed(HandoverEnded("done"))
+    assert not node.policy.may_lead(node.now + 1e6)
+    node.feed(resumed())
+    assert node.policy.may_lead(node.now)
+
+
+def test_during_a_handover_only_the_target_may_lead() -> None:
+    bystander = booted()
+    bystander.feed(switchover("node3", "node2", 4))
+    assert not bystander.policy.may_lead(bystander.now + 1e6)
+    assert bystander.policy.view().handover_target == "node3"
+    bystander.feed(HandoverEnded("expired"))
+    assert bystander.policy.may_lead(bystander.now)
+
+
+def test_switchover_target_ignores_its_step_down_cooldown() -> None:
+    node = running_active(restart_attempts=0, step_down_cooldown=60.0)
+    node.feed(crash(), after=5)  # stepped down: cooling down for 60 s
+    assert not node.policy.may_lead(node.now + 1)
+    node.feed(switchover("node1", "node2", 2), after=1)
+    assert node.policy.may_lead(node.now)
+
+
+def test_switchover_out_reasons() -> None:
+    node = running_active()
+    node.feed(switchover(), after=1)
+    drain, stop = node.actions
+    assert drain.reason == (
+        "operator:alice asked for a switchover to node2 (patch): draining node1 "
+        "(the router holds new requests)"
+    )
+    assert isinstance(stop, StopApp) and not stop.kill
+    node.feed(stopped(), after=1)
+    step_down = node.actions[-1]
+    assert isinstance(step_down, StepDown) and step_down.kind == "switchover"
+    assert step_down.reason == (
+        "app on node1 stopped for the switchover; releasing the lease of epoch 1: "
+        "only node2 may take it"
+    )
+    assert not node.policy.may_lead(node.now)  # node2 is the target
+
+
+def test_handover_end_reason_names_who_asked() -> None:
+    node = booted()
+    node.feed(forced("node1", "node2", 4))
+    node.feed(LeaseGained(5), after=0.5)
+    node.started()
+    node.feed(status(RUNNING), after=1)
+    (reason,) = node.reasons("end-handover")
+    assert (
+        reason
+        == "failover to node1 complete: serving under epoch 5 (asked by operator:alice: gone)"
+    )
+    assert node.policy.view().handover_target is None
+
+
+def test_nofailover_node_never_leads() -> None:
+    node = booted(no_failover=True)
+    for later in (0, 10, 1e6):
+        assert not node.policy.may_lead(node.now + later)
+    node.feed(forced("node1", "node2", 4))
+    assert not node.policy.may_lead(node.now + 1e6)
+
+
+def test_nofailover_warm_standby_still_runs_its_app() -> None:
+    node = Node(WARM, no_failover=True)
+    assert node.feed(Boot()) == ["start"]
+    assert "nofailover tag: it never becomes active" in node.actions[0].reason
+
+
+# --- startup: the last active goes first ---------------------------------------------------
+
+
+def test_cold_start_the_last_active_competes_at_once() -> None:
+    node = Node(COLD, boot_grace=6.0)
+    node.feed(Boot(served_epoch=7, newest_epoch=7, newest_node="node1"))
+    assert node.policy.may_lead(node.now)
+    assert node.actions[0].reason.endswith(
+        "node1 was the last active (epoch 7): competing for the lease at once"
+    )
+
+
+def test_cold_start_other_nodes_wait_the_grace() -> None:
+    node = Node(COLD, boot_grace=6.0)
+    node.feed(Boot(served_epoch=3, newest_epoch=7, newest_node="node2"))
+    assert not node.policy.may_lead(node.now)
+    assert not node.policy.may_lead(node.now + 5.9)
+    assert node.policy.may_lead(node.now + 6.0)
+    assert node.actions[0].reason.endswith(
+        "node2 was the last active (epoch 7; node1: epoch 3): giving it 6.0s to take the lease first"
+    )
+
+
+def test_cold_start_without_history_competes_at_once() -> None:
+    for boot in (Boot(), Boot(0, 0, "")):
+        node = Node(COLD, boot_grace=6.0)
+        node.feed(boot)
+        assert node.policy.may_lead(node.now)
+
+
+def test_last_active_picks_the_highest_epoch() -> None:
+    assert last_active({}) == ("", 0)
+    assert last_active({"node1": 0, "node2": 0}) == ("", 0)
+    assert last_active({"node1": 3, "node2": 7, "node3": 5}) == ("node2", 7)
+
+
+OPERATOR_IMPOSSIBLE: list[tuple[str, PolicyEvent, str]] = [
+    ("INIT", Resumed("a", "b"), "Resumed"),
+    ("INIT", switchover(), "HandoverRequested"),
+    ("INIT", HandoverEnded("x"), "HandoverEnded"),
+    ("INIT", LeaseVacant(), "LeaseVacant"),
+    ("PAUSED", AppStarted(5), "AppStarted"),
+    ("PAUSED", AppExited(5, 0, False, False, ""), "AppExited"),
+    ("PAUSED", Boot(), "Boot"),
+]
+
+
+@pytest.mark.parametrize(("state", "event", "event_name"), OPERATOR_IMPOSSIBLE)
+def test_impossible_operator_events_raise(state: str, event: PolicyEvent, event_name: str) -> None:
+    if state == "PAUSED":
+        node = running_active()
+        node.feed(paused())
+        node.feed(crash())
+        assert node.policy.state is S.PAUSED
+    else:
+        node = _in_state(state)
+    before = node.policy.view()
+    with pytest.raises(InvalidTransition) as caught:
+        node.policy.handle(event, node.now + 1)
+    assert caught.value.state == state and event_name in caught.value.event
+    assert node.policy.view() == before
+
+
+def test_a_held_back_event_that_raises_leaves_the_policy_unchanged() -> None:
+    node = running_active()
+    node.feed(paused())
+    before = node.policy.view()
+    with pytest.raises(InvalidTransition):
+        node.policy.handle(AppExited(999, -9, False, False, ""), node.now)  # not our pid
+    assert node.policy.view() == before
+
+
+@pytest.mark.parametrize("mode", list(Mode))
+@pytest.mark.parametrize("seed", range(8))
+def test_random_sequences_with_pauses_never_act_while_paused(mode: Mode, seed: int) -> None:
+    """The random worlds above, with an operator pausing and resuming now and then."""
+    rng = random.Random(seed * 17 + len(mode.value))
+    policy = Policy(
+        settings(mode, restart_attempts=rng.randint(0, 2), fall=rng.randint(1, 3)), "node1"
+    )
+    world = World(policy, rng)
+    world.carry_out(policy.handle(Boot(), 0.0), S.INIT)
+    for _ in range(600):
+        world.now += rng.choice([0.0, 0.5, 1.0, 5.0, 30.0, 200.0])
+        roll = rng.random()
+        event: PolicyEvent
+        if roll < 0.04:
+            event = paused()
+        elif roll < 0.07:
+            event = resumed()
+        elif roll < 0.09:
+            event = LeaseVacant()
+        else:
+            event = world.next_event()
+        was_paused = policy.view().paused
+        before = policy.state
+        actions = policy.handle(event, world.now)
+        if was_paused and not isinstance(event, Resumed):
+            acted = [sig(a) for a in actions if sig(a) in ACTING]
+            assert not acted, (event, acted)
+        world.carry_out(actions, before)
+        view = policy.view()
+        assert view.app_running == (world.pid is not None or world.start_pending), (event, view)
+        assert (view.role is Role.ACTIVE) == world.holds_lease, (event, view)
+        if view.state is S.PAUSED:
+            assert not view.app_running and view.paused
+        if mode in (COLD, RESTART_ONLY) and world.pid is not None and not world.stopping:
+            assert world.holds_lease, "cold standby: a live app without the lease"
+        if policy.state is S.MANUAL and world.pid is None and rng.random() < 0.2:
+            world.carry_out(policy.reset(world.now), S.MANUAL, operator=True)

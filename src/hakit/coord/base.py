@@ -12,6 +12,13 @@ Contract (like Patroni's AbstractDCS, but small):
   same view instead of probing again.
 - Event history: append-only, ids strictly increasing, every event carries a
   one-sentence reason.
+- Cluster state: a small key/value map of JSON objects that operators write and
+  every agent reads each turn (``paused``, ``handover``: see hakit.operator).
+  ``clear_state`` with ``if_value`` is a compare-and-delete, so an agent never
+  removes an intent newer than the one it acted on.
+- ``take_over`` is the one way around a valid lease: an operator's forced
+  failover. It hands the lease to ``node`` under a new epoch at once; the old
+  holder's next renewal fails and it fences itself.
 
 Times are wall-clock seconds (``time.time()``) as seen by the backend: the
 embedded backend serves processes on one machine, so they share a clock.
@@ -73,6 +80,10 @@ class Coordinator(Protocol):
         """The highest epoch ever handed out (0 if none)."""
         ...
 
+    def take_over(self, node: str, ttl: float) -> Lease:
+        """Give the lease to ``node`` under a new epoch, even if another node holds it."""
+        ...
+
     def publish_node(self, record: NodeRecord) -> None:
         """Replace ``record.node``'s record."""
         ...
@@ -87,6 +98,26 @@ class Coordinator(Protocol):
 
     def events(self, after_id: int = 0, limit: int = 1000) -> Sequence[Event]:
         """Events with id > after_id, oldest first."""
+        ...
+
+    def recent_events(self, limit: int) -> Sequence[Event]:
+        """The newest ``limit`` events, oldest first."""
+        ...
+
+    def set_state(self, key: str, value: dict[str, Any]) -> None:
+        """Store ``value`` (JSON-serializable) under ``key``, replacing what was there."""
+        ...
+
+    def get_state(self, key: str) -> dict[str, Any] | None:
+        """The value under ``key``, or None."""
+        ...
+
+    def clear_state(self, key: str, if_value: dict[str, Any] | None = None) -> bool:
+        """Delete ``key`` (only if it still holds ``if_value``, when given); True if deleted."""
+        ...
+
+    def cluster_state(self) -> dict[str, dict[str, Any]]:
+        """Every key and value, read at one moment."""
         ...
 
     def close(self) -> None: ...

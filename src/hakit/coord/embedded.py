@@ -31,7 +31,7 @@ from typing import Any
 from hakit.coord.base import Event, Lease, NodeRecord
 from hakit.errors import CoordinationError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DEFAULT_MAX_EVENTS = 10_000
 DEFAULT_BUSY_TIMEOUT = 5.0
 
@@ -62,8 +62,16 @@ _SCHEMA_V1 = (
         epoch INTEGER NOT NULL,
         actor TEXT NOT NULL,
         data TEXT NOT NULL)""",
-    f"PRAGMA user_version = {SCHEMA_VERSION}",
+    "PRAGMA user_version = 1",
 )
+# Version 2: the cluster_state key/value map (operator intents: pause, switchover).
+_SCHEMA_V2 = (
+    """CREATE TABLE cluster_state (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL)""",
+    "PRAGMA user_version = 2",
+)
+_MIGRATIONS = {0: _SCHEMA_V1 + _SCHEMA_V2, 1: _SCHEMA_V2}
 
 # Connections inherited through fork: kept referenced so the child never closes
 # (and never checkpoints or unlinks the WAL of) a connection the parent still uses.
@@ -200,8 +208,8 @@ class SqliteCoordinator:
         conn.execute("BEGIN IMMEDIATE")
         try:
             version = self._schema_version(conn)  # another process may have created it meanwhile
-            if version == 0:
-                for statement in _SCHEMA_V1:
+            if version in _MIGRATIONS:
+                for statement in _MIGRATIONS[version]:
                     conn.execute(statement)
             elif version > SCHEMA_VERSION:
                 raise CoordinationError(
@@ -253,6 +261,25 @@ class SqliteCoordinator:
             lease = next_lease(_read_lease(conn), _read_last_epoch(conn), node, now, ttl)
             if lease is None:
                 return None
+            conn.execute(
+                "INSERT OR REPLACE INTO lease (singleton, holder, epoch, expires_at) "
+                "VALUES (1, ?, ?, ?)",
+                (lease.holder, lease.epoch, lease.expires_at),
+            )
+            conn.execute(
+                "UPDATE epoch_counter SET last_epoch = MAX(last_epoch, ?) WHERE singleton = 1",
+                (lease.epoch,),
+            )
+            return lease
+
+    def take_over(self, node: str, ttl: float) -> Lease:
+        if ttl <= 0:
+            raise ValueError(f"lease ttl must be positive, got {ttl}")
+        with self._using(f"hand the lease to {node}", write=True) as conn:
+            now = self._clock()
+            stored = _read_lease(conn)
+            newest = max(_read_last_epoch(conn), stored.epoch if stored is not None else 0)
+            lease = Lease(node, newest + 1, now + ttl)
             conn.execute(
                 "INSERT OR REPLACE INTO lease (singleton, holder, epoch, expires_at) "
                 "VALUES (1, ?, ?, ?)",
@@ -346,6 +373,50 @@ class SqliteCoordinator:
             Event(event_id, at, node, kind, reason, epoch, actor, _load_json(data))
             for event_id, at, node, kind, reason, epoch, actor, data in rows
         ]
+
+    def recent_events(self, limit: int) -> Sequence[Event]:
+        if limit <= 0:
+            return []
+        with self._using("read the event history", write=False) as conn:
+            rows = conn.execute(
+                "SELECT id, time, node, kind, reason, epoch, actor, data FROM events "
+                "ORDER BY id DESC LIMIT ?",
+                (limit,),
+            ).fetchall()
+        return [
+            Event(event_id, at, node, kind, reason, epoch, actor, _load_json(data))
+            for event_id, at, node, kind, reason, epoch, actor, data in reversed(rows)
+        ]
+
+    # --- cluster state --------------------------------------------------------
+
+    def set_state(self, key: str, value: dict[str, Any]) -> None:
+        text = json.dumps(value, sort_keys=True)
+        with self._using(f"store the cluster state {key!r}", write=True) as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO cluster_state (key, value) VALUES (?, ?)", (key, text)
+            )
+
+    def get_state(self, key: str) -> dict[str, Any] | None:
+        with self._using(f"read the cluster state {key!r}", write=False) as conn:
+            row = conn.execute("SELECT value FROM cluster_state WHERE key = ?", (key,)).fetchone()
+        return _load_json(row[0]) if row is not None else None
+
+    def clear_state(self, key: str, if_value: dict[str, Any] | None = None) -> bool:
+        with self._using(f"clear the cluster state {key!r}", write=True) as conn:
+            if if_value is None:
+                cursor = conn.execute("DELETE FROM cluster_state WHERE key = ?", (key,))
+            else:
+                cursor = conn.execute(
+                    "DELETE FROM cluster_state WHERE key = ? AND value = ?",
+                    (key, json.dumps(if_value, sort_keys=True)),
+                )
+            return cursor.rowcount == 1
+
+    def cluster_state(self) -> dict[str, dict[str, Any]]:
+        with self._using("read the cluster state", write=False) as conn:
+            rows = conn.execute("SELECT key, value FROM cluster_state ORDER BY key").fetchall()
+        return {key: _load_json(value) for key, value in rows}
 
     # --- lifetime -------------------------------------------------------------
 

@@ -64,7 +64,15 @@ class DemoSettings:
     fall: int = 3
     lease_ttl: str = "3s"
     renew_interval: str = "500ms"
+    hold_timeout: str | None = None  # router.hold_timeout; None: hakit's default (no hold)
     app_env: dict[str, str] = field(default_factory=dict)
+    database_url: str = ""  # app.database_url; "": a SQLite file in the shared directory
+    fence_command: tuple[str, ...] = ()  # failover.fence_command; (): none
+    fence_timeout: str = "10s"
+    fence_database_sessions: bool = False
+    admin_ports: tuple[int, ...] = ()  # nodes' admin_port (agents serve the admin API); ()
+    admin_token: str = ""  # [admin] token, with admin_ports
+    nofailover: tuple[str, ...] = ()  # names of nodes with nofailover = true
 
 
 def render_config(root: Path, settings: DemoSettings) -> str:
@@ -91,8 +99,17 @@ def render_config(root: Path, settings: DemoSettings) -> str:
     env = "".join(f"{json.dumps(k)} = {json.dumps(v)}, " for k, v in settings.app_env.items())
     nodes = "".join(
         f'\n[[nodes]]\nname = "node{i + 1}"\nhost = "127.0.0.1"\nport = {port}\nroute = "n{i + 1}"\n'
+        + (f"admin_port = {settings.admin_ports[i]}\n" if i < len(settings.admin_ports) else "")
+        + ("nofailover = true\n" if f"node{i + 1}" in settings.nofailover else "")
         for i, port in enumerate(ports)
     )
+    if settings.admin_token:
+        nodes = f'\n[admin]\ntoken = "{settings.admin_token}"\n' + nodes
+    hold = "" if settings.hold_timeout is None else f'hold_timeout = "{settings.hold_timeout}"\n'
+    database_url = settings.database_url or f"sqlite:///{root / 'shared' / 'db' / 'app.db'}"
+    fence = f"fence_database_sessions = {json.dumps(settings.fence_database_sessions)}\n"
+    if settings.fence_command:
+        fence += f"fence_command = {json.dumps(list(settings.fence_command))}\n"
     return f"""# A demo cluster written by `hakit demo`: two nodes of the sample app, shared storage.
 [cluster]
 name = "demo"
@@ -108,7 +125,7 @@ renew_interval = "{settings.renew_interval}"
 [app]
 start = {json.dumps(app_argv)}
 home = "shared/home"
-database_url = "sqlite:///{root / "shared" / "db" / "app.db"}"
+database_url = {json.dumps(database_url)}
 startup_timeout = "{settings.startup_timeout}"
 stop_timeout = "{settings.stop_timeout}"
 env = {{ {env.rstrip(", ")} }}
@@ -127,12 +144,13 @@ rise = 1
 restart_attempts = {settings.restart_attempts}
 failure_window = "{settings.failure_window}"
 auto_failback = false
-
+fence_timeout = "{settings.fence_timeout}"
+{fence}
 [router]
 listen = "127.0.0.1:{settings.router_port}"
 sticky = "{settings.sticky}"
 retry_after = "5s"
-{nodes}"""
+{hold}{nodes}"""
 
 
 class DemoCluster:

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Collection, Coroutine
+from time import monotonic
 from typing import Any, Protocol
 
 from hakit.config import NodeConfig
@@ -28,12 +28,10 @@ from hakit.router.headers import (
     Body,
     Header,
     RequestHead,
-    ResponseFraming,
+    ResponseFields,
     chunk_prefix,
-    client_response_headers,
     encode_head,
     end_to_end,
-    response_framing,
     upstream_request_headers,
 )
 from hakit.router.hold import can_hold, expects_continue, hold_remaining, may_retry_unanswered
@@ -56,8 +54,18 @@ MAX_ATTEMPTS = 4
 class ExchangeHooks:
     """Per-request seams for rewriting headers (stickiness adds its cookies here).
 
-    Both methods may change ``headers`` in place; the defaults do nothing.
+    Both methods may change ``headers`` in place; the defaults do nothing. A
+    method a subclass does not override is not called at all (see
+    ``rewrites_requests``/``rewrites_responses``, set for each subclass).
     """
+
+    rewrites_requests = False  # request() is overridden
+    rewrites_responses = False  # response() is overridden
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.rewrites_requests = cls.request is not ExchangeHooks.request
+        cls.rewrites_responses = cls.response is not ExchangeHooks.response
 
     def request(self, request: RequestHead, backend: NodeConfig, headers: list[Header]) -> None:
         """Called with the headers about to go to ``backend``."""
@@ -100,8 +108,7 @@ class ProxyContext(Protocol):
 class ClientSide(Protocol):
     """What an exchange needs from the client connection that carries it."""
 
-    @property
-    def write_paused(self) -> bool: ...
+    write_paused: bool  # its send buffer is full
 
     def write(self, data: bytes) -> None: ...
 
@@ -124,7 +131,45 @@ class ClientSide(Protocol):
         ...
 
 
+_NOT_TRIED: frozenset[str] = frozenset()
+
+
 class Exchange:
+    # Slots: one Exchange per request, so creating one is on the hot path.
+    __slots__ = (
+        "_attempts",
+        "_body_received",
+        "_cancelled",
+        "_client",
+        "_ctx",
+        "_fresh_only",
+        "_gathered",
+        "_head_sent",
+        "_hold_started",
+        "_out_body",
+        "_out_keep",
+        "_pending",
+        "_pending_size",
+        "_request_done",
+        "_response_done",
+        "_task",
+        "_tried",
+        "_upgrade",
+        "_upgrade_rest",
+        "_upstream",
+        "_waiting_mark",
+        "_waiting_since",
+        "finished",
+        "head_at",
+        "held",
+        "node",
+        "request",
+        "sent",
+        "sent_at",
+        "started",
+        "status",
+    )
+
     def __init__(
         self, client: ClientSide, ctx: ProxyContext, request: RequestHead, upgrade: bool = False
     ) -> None:
@@ -134,19 +179,25 @@ class Exchange:
         self._ctx = ctx
         self._upstream: UpstreamConnection | None = None
         self._task: asyncio.Task[None] | None = None
-        self._tried: set[str] = set()  # nodes whose connect failed for this request
+        self._tried: Collection[str] = _NOT_TRIED  # nodes whose connect failed for this request
         self._attempts = 0
         self._fresh_only = False  # a pooled connection went stale: open a new one
-        self._pending: list[bytes] = []  # framed request body waiting for a connection
+        self._pending: list[bytes] | None = None  # framed request body waiting for a connection
         self._pending_size = 0
         self._body_received = 0
         self._request_done = False
         self._head_sent = False  # the client got a response head (no more error pages)
         self._response_done = False
-        self._out = ResponseFraming(Body.NONE, request.keep_alive)
+        # Response bytes for the client gathered while one read from the backend is
+        # parsed, written at once when it is done (``response_flush``): the head and
+        # the first body bytes go out in one send. Never held past that read.
+        self._gathered: list[bytes] = []
+        # How the response body goes to the client, and whether its connection stays.
+        self._out_body = Body.NONE
+        self._out_keep = request.keep_alive
         self.finished = False
         self._cancelled = False
-        self._hold_started: float | None = None  # loop time the request began to wait
+        self._hold_started: float | None = None  # monotonic time the request began to wait
         # Response timeout, checked by the client connection's sweep (no timer per
         # request): loop time the wait was first seen (0: not yet), and the request
         # body bytes received then (progress restarts the clock).
@@ -160,7 +211,7 @@ class Exchange:
         self.node: NodeConfig | None = None  # the backend that got the request
         self.status = 0  # the status sent to the client (0: none yet)
         self.sent = 0  # response body bytes sent to the client
-        self.started = time.monotonic()
+        self.started = monotonic()
         self.sent_at = 0.0  # monotonic: request head written to the backend
         self.head_at = 0.0  # monotonic: the backend's response head arrived
         self.held = 0.0  # seconds this request waited for a node to come back
@@ -179,20 +230,21 @@ class Exchange:
 
     def start(self) -> None:
         self._attempts += 1
-        backend = self._ctx.choose(self.request, self._tried)
+        ctx = self._ctx
+        backend = ctx.choose(self.request, self._tried)
         if backend is None:
             self._no_backend()
             return
-        conn = None if self._fresh_only else self._ctx.pool.take(backend)
+        conn = None if self._fresh_only else ctx.pool.take(backend)
         if conn is not None:
             self._attach(conn)
         else:
-            self._task = self._ctx.spawn(self._connect(backend))
+            self._task = ctx.spawn(self._connect(backend))
 
     def _no_backend(self) -> None:
         """No node can take the request now: hold it, or answer."""
         if can_hold(self.request, self._body_received):
-            now = asyncio.get_running_loop().time()
+            now = monotonic()
             remaining = hold_remaining(self._hold_started, now, self._ctx.hold_limit(self.request))
             if remaining > 0:
                 if self._hold_started is None:
@@ -212,14 +264,17 @@ class Exchange:
         except TimeoutError:
             pass  # start() finds the hold used up and answers
         if self._hold_started is not None:
-            self.held = asyncio.get_running_loop().time() - self._hold_started
+            self.held = monotonic() - self._hold_started
         if self._cancelled or self.finished:
             return
         # A changed view may have brought back the nodes this request already tried
         # (nodes still failing are excluded by their down marks).
-        self._tried.clear()
+        self._tried = _NOT_TRIED
         self._attempts = 0
         self.start()
+
+    def _failed_on(self, node: str) -> None:
+        self._tried = {*self._tried, node}
 
     async def _connect(self, backend: NodeConfig) -> None:
         try:
@@ -229,7 +284,7 @@ class Exchange:
                 return
             log.debug("connect to %s failed: %r", backend.name, error)
             self._ctx.mark_down(backend, error)
-            self._tried.add(backend.name)
+            self._failed_on(backend.name)
             self._fresh_only = False
             if self._attempts >= MAX_ATTEMPTS:
                 self._respond(error_page(502, self.request.accept))
@@ -243,18 +298,28 @@ class Exchange:
 
     def _attach(self, conn: UpstreamConnection) -> None:
         self._upstream = conn
-        self.node, self.sent_at = conn.node, time.monotonic()
-        conn.attach(self, self.request.method, upgrade=self._upgrade is not None)
+        node = conn.node
+        self.node, self.sent_at = node, monotonic()
         request = self.request
-        default_host = f"{conn.node.host}:{conn.node.port}".encode()
-        headers = upstream_request_headers(request, default_host)
-        if self._upgrade is not None:
-            headers += upgrade_request_headers(self._upgrade)
-        self._ctx.hooks.request(request, conn.node, headers)
-        head = encode_head(b"%s %s HTTP/1.1" % (request.method, request.target), headers)
-        conn.writelines([head, *self._pending])
-        self._pending, self._pending_size = [], 0
-        self._client.resume_reading("buffer")
+        upgrade = self._upgrade
+        conn.attach(self, request.method, upgrade=upgrade is not None)
+        headers = upstream_request_headers(request, conn.host_header)
+        if upgrade is not None:
+            headers += upgrade_request_headers(upgrade)
+        hooks = self._ctx.hooks
+        if hooks.rewrites_requests:
+            hooks.request(request, node, headers)
+        parts = [request.method, b" ", request.target, b" HTTP/1.1\r\n"]
+        for key, value in headers:
+            parts += (key, b": ", value, b"\r\n")
+        parts.append(b"\r\n")
+        pending = self._pending
+        if pending:
+            self._pending, self._pending_size = None, 0
+            conn.writelines([b"".join(parts), *pending])
+            self._client.resume_reading("buffer")
+        else:
+            conn.write(b"".join(parts))
         if self._client.write_paused:
             conn.pause_reading()
         self._waiting_since = 0.0
@@ -272,10 +337,11 @@ class Exchange:
 
     def request_complete(self) -> None:
         self._request_done = True
-        if not (self._response_done or self.finished) and self.request.body is Body.CHUNKED:
+        if self.request.body is Body.CHUNKED and not (self._response_done or self.finished):
             self._send_request_parts([LAST_CHUNK])
         self._waiting_since = 0.0  # the backend's time to answer starts now
-        self._finish_when_possible()
+        if self._response_done and not self.finished:
+            self._finish_when_possible()
 
     def upgrade_requested(self, rest: bytes) -> bool:
         """The client's parser stopped at this upgrade request; ``rest`` followed its head.
@@ -302,7 +368,7 @@ class Exchange:
             self._abort_client()
         else:
             self._request_done = True  # nothing more will be read
-            self._out = ResponseFraming(Body.NONE, False)
+            self._out_body, self._out_keep = Body.NONE, False
             self._write_canned(error_page(status, self.request.accept), keep_alive=False)
             self._response_done = True
             self._finish(keep_alive=False)
@@ -328,6 +394,8 @@ class Exchange:
         if self._upstream is not None:
             self._upstream.writelines(parts)
             return
+        if self._pending is None:
+            self._pending = []
         self._pending.extend(parts)
         self._pending_size += sum(len(part) for part in parts)
         if self._pending_size > self._ctx.limits.request_buffer:
@@ -337,47 +405,94 @@ class Exchange:
 
     def response_interim(self, status: int, reason: bytes, headers: list[Header]) -> None:
         if self.request.version == "1.1" and not self._head_sent:
-            self._client.write(
+            self._gathered.append(
                 encode_head(b"HTTP/1.1 %d %s" % (status, reason), end_to_end(headers))
             )
 
-    def response_head(self, status: int, reason: bytes, headers: list[Header], body: Body) -> None:
-        self.status, self.head_at = status, time.monotonic()
-        framing = response_framing(body, self.request)
-        if framing.keep_alive and (
+    def response_head(self, status: int, reason: bytes, fields: ResponseFields, body: Body) -> None:
+        self.status, self.head_at = status, monotonic()
+        request = self.request
+        # How the client receives a body the backend delimited as ``body``
+        # (headers.response_framing, inlined: this runs for every response).
+        keep = request.keep_alive
+        if body is Body.CHUNKED or body is Body.UNTIL_CLOSE:
+            if request.version == "1.1":
+                body = Body.CHUNKED
+            else:
+                body, keep = Body.UNTIL_CLOSE, False
+        if keep and (
             self._upgrade_rest is not None or not (self._request_done or self._drainable())
         ):
-            framing = ResponseFraming(framing.body, False)
-        self._out = framing
-        out = client_response_headers(status, headers, self.request, framing)
-        if self._upstream is not None:
-            self._ctx.hooks.response(self.request, self._upstream.node, status, out)
-        self._client.write(encode_head(b"HTTP/1.1 %d %s" % (status, reason), out))
+            keep = False
+        self._out_body, self._out_keep = body, keep
+        # The headers as the client receives them (headers.client_headers, inlined).
+        out, length, coding = fields
+        if body is Body.LENGTH or (body is Body.NONE and length is not None):
+            # Kept on bodiless responses too: on HEAD and 304 it describes the representation.
+            if length is not None:
+                out.append((b"Content-Length", length))
+        elif body is Body.CHUNKED:
+            out.append((b"Transfer-Encoding", coding or b"chunked"))
+        elif body is Body.NONE and coding is not None and request.version == "1.1":
+            out.append((b"Transfer-Encoding", coding))
+        if not keep:
+            out.append(_CONNECTION_CLOSE)
+        elif request.version == "1.0":
+            out.append(_CONNECTION_KEEP_ALIVE)
+        hooks = self._ctx.hooks
+        if hooks.rewrites_responses and self._upstream is not None:
+            hooks.response(request, self._upstream.node, status, out)
+        line = _STATUS_LINES.get((status, reason))
+        if line is None:
+            line = b"HTTP/1.1 %d %s\r\n" % (status, reason)
+        parts = [line]
+        for key, value in out:
+            parts += (key, b": ", value, b"\r\n")
+        parts.append(b"\r\n")
+        self._gathered.append(b"".join(parts))
         self._head_sent = True
 
     def response_body(self, data: bytes) -> None:
         if not data:
             return
         self.sent += len(data)
-        if self._out.body is Body.CHUNKED:
-            self._client.writelines([chunk_prefix(len(data)), data, CRLF])
+        if self._out_body is Body.CHUNKED:
+            self._gathered += (chunk_prefix(len(data)), data, CRLF)
         else:
-            self._client.write(data)
+            self._gathered.append(data)
+
+    def response_flush(self) -> None:
+        """Write what this read of the response produced (called after each read)."""
+        parts = self._gathered
+        if parts:
+            self._gathered = []
+            if self.finished:
+                return  # the client connection was aborted or lost meanwhile
+            if len(parts) == 1:
+                self._client.write(parts[0])
+            else:
+                self._client.writelines(parts)
 
     def response_complete(self, conn: UpstreamConnection, reusable: bool) -> None:
         if conn is not self._upstream:
             conn.close()
             return
         self._upstream = None
-        if self._out.body is Body.CHUNKED:
-            self._client.write(LAST_CHUNK)
-        self._client.resume_reading("upstream")
+        if self._out_body is Body.CHUNKED:
+            self._gathered.append(LAST_CHUNK)
+        self.response_flush()
+        if not self._request_done:
+            self._client.resume_reading("upstream")  # else _finish lifts it, just below
         if reusable and self._request_done:
             self._ctx.pool.put(conn)
         else:
             conn.close()  # the backend may still expect request body bytes
         self._response_done = True
-        self._finish_when_possible()
+        if self._request_done:
+            if not self.finished:
+                self._finish(keep_alive=self._out_keep)
+        else:
+            self._finish_when_possible()
 
     def response_upgraded(
         self, conn: UpstreamConnection, reason: bytes, headers: list[Header], rest: bytes
@@ -395,8 +510,9 @@ class Exchange:
             return
         self._upstream = None
         self._ctx.hooks.response(self.request, conn.node, 101, out)
-        self.status, self.head_at = 101, time.monotonic()
-        self._client.write(encode_head(b"HTTP/1.1 101 %s" % reason, out))
+        self.status, self.head_at = 101, monotonic()
+        self._gathered.append(encode_head(b"HTTP/1.1 101 %s" % reason, out))
+        self.response_flush()
         self._head_sent = self._response_done = self.finished = True
         self._ctx.exchange_ended(self)  # logged when the tunnel opens
         client, backend = self._client.take_transport(), conn.take_transport()
@@ -423,6 +539,7 @@ class Exchange:
         if self._head_sent:
             # Half a response cannot be repaired: closing tells the client it is cut short.
             log.warning("backend %s failed mid-response: %r", conn.node.name, error)
+            self.response_flush()  # what arrived before the failure, as it would have
             self._abort_client()
             return
         stale = conn.exchanges > 1 and not conn.response_started
@@ -442,7 +559,7 @@ class Exchange:
             # stopped for a failover): a safe request goes to the next node, or waits.
             log.info("backend %s dropped %r unanswered; retrying", conn.node.name, error)
             self._ctx.mark_down(conn.node, error or ConnectionResetError())
-            self._tried.add(conn.node.name)
+            self._failed_on(conn.node.name)
             self.start()
             return
         log.warning("backend %s failed before answering: %r", conn.node.name, error)
@@ -473,12 +590,13 @@ class Exchange:
     def _respond(self, page: CannedResponse) -> None:
         """Answer with a page of our own (nothing was sent to the client yet)."""
         keep_alive = self.request.keep_alive and (self._request_done or self._drainable())
-        self._out = ResponseFraming(Body.NONE, keep_alive)
+        self._out_body, self._out_keep = Body.NONE, keep_alive
         self._write_canned(page, keep_alive)
         self._response_done = True
         self._finish_when_possible()
 
     def _write_canned(self, page: CannedResponse, keep_alive: bool) -> None:
+        self.response_flush()  # a 100 Continue gathered before the backend failed
         self._client.write(page.encode(keep_alive=keep_alive, head_only=self.request.is_head))
         self._head_sent = True
         self.status = page.status
@@ -489,8 +607,8 @@ class Exchange:
         if self.finished or not self._response_done:
             return
         if self._request_done:
-            self._finish(keep_alive=self._out.keep_alive)
-        elif self._out.keep_alive and self._drainable():
+            self._finish(keep_alive=self._out_keep)
+        elif self._out_keep and self._drainable():
             # Read and drop the small rest of the body, then reuse the connection.
             self._client.resume_reading("upstream")
             self._client.resume_reading("buffer")
@@ -500,9 +618,8 @@ class Exchange:
     def _finish(self, keep_alive: bool) -> None:
         self.finished = True
         self._ctx.exchange_ended(self)
-        self._pending = []
-        self._client.resume_reading("upstream")
-        self._client.resume_reading("buffer")
+        self._pending = None
+        # The client connection lifts this exchange's read pauses (upstream, buffer).
         self._client.exchange_done(self, keep_alive)
 
     def _drop_upstream(self) -> None:
@@ -538,6 +655,32 @@ class Exchange:
         conn.abort()
         self._client.resume_reading("upstream")
         self._respond(error_page(504, self.request.accept))
+
+
+_CONNECTION_CLOSE = (b"Connection", b"close")
+_CONNECTION_KEEP_ALIVE = (b"Connection", b"keep-alive")
+
+# Status lines of the answers seen most, encoded once.
+_STATUS_LINES = {
+    (status, reason): b"HTTP/1.1 %d %s\r\n" % (status, reason)
+    for status, reason in (
+        (200, b"OK"),
+        (201, b"Created"),
+        (204, b"No Content"),
+        (301, b"Moved Permanently"),
+        (302, b"Found"),
+        (303, b"See Other"),
+        (304, b"Not Modified"),
+        (307, b"Temporary Redirect"),
+        (400, b"Bad Request"),
+        (401, b"Unauthorized"),
+        (403, b"Forbidden"),
+        (404, b"Not Found"),
+        (500, b"Internal Server Error"),
+        (502, b"Bad Gateway"),
+        (503, b"Service Unavailable"),
+    )
+}
 
 
 class UpgradeRefused(Exception):

@@ -21,7 +21,7 @@ import enum
 import functools
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 Header = tuple[bytes, bytes]
 
@@ -112,6 +112,11 @@ class RequestHead:
     # The peer is a proxy we trust (router.trusted_proxies): its forwarding headers are kept.
     client_trusted: bool = False
     scheme: bytes = b"http"  # how the client reached us: b"http" or b"https" (TLS)
+    # The sticky strategy's cookie lookup, done once per request (sticky.py):
+    # (cookie name, its value or None); None before the first lookup.
+    sticky_memo: tuple[bytes, bytes | None] | None = field(default=None, compare=False, repr=False)
+    # The node the router counts this request in flight for (server.Router.choose).
+    counted_for: str | None = field(default=None, compare=False, repr=False)
 
     @property
     def host(self) -> bytes | None:
@@ -158,6 +163,22 @@ def connection_named(headers: Iterable[Header]) -> frozenset[bytes]:
     return frozenset(named - NEVER_CONNECTION_STRIPPED)
 
 
+@functools.lru_cache(maxsize=256)
+def _strip_named(connection: bytes) -> frozenset[bytes]:
+    """What a Connection value (several joined with ",") makes us strip beyond hop-by-hop.
+
+    Cached: the values repeat (``keep-alive``, ``close``), so each is parsed once.
+    """
+    return frozenset(_tokens(connection)) - NEVER_CONNECTION_STRIPPED - HOP_BY_HOP
+
+
+def _without_named(out: list[Header], connection: list[bytes]) -> list[Header]:
+    named = _strip_named(b",".join(connection))
+    if named:  # only when Connection names more than hop-by-hop ones
+        return [(key, value) for key, value in out if key.lower() not in named]
+    return out
+
+
 def end_to_end(headers: Iterable[Header]) -> list[Header]:
     """``headers`` without hop-by-hop ones and without those named in Connection."""
     out: list[Header] = []
@@ -168,11 +189,36 @@ def end_to_end(headers: Iterable[Header]) -> list[Header]:
             out.append((key, value))
         elif name == b"connection":
             connection.append(value)
-    if connection:  # a second pass only when Connection names more than hop-by-hop ones
-        named = connection_named((b"connection", value) for value in connection) - HOP_BY_HOP
-        if named:
-            out = [(key, value) for key, value in out if key.lower() not in named]
-    return out
+    return _without_named(out, connection) if connection else out
+
+
+# A response head's headers sorted in one pass (``response_fields``): the end-to-end
+# ones (as ``end_to_end`` returns them: a new list, the caller's), the first
+# Content-Length value and the first Transfer-Encoding value. A plain tuple: one
+# per response.
+ResponseFields = tuple[list[Header], bytes | None, bytes | None]
+
+
+def response_fields(headers: Iterable[Header]) -> ResponseFields:
+    """The end-to-end headers and the framing ones, in one pass (every response)."""
+    out: list[Header] = []
+    connection: list[bytes] = []
+    length = coding = None
+    for key, value in headers:
+        name = key.lower()
+        if name not in HOP_BY_HOP:
+            out.append((key, value))
+        elif name == b"content-length":
+            if length is None:
+                length = value
+        elif name == b"transfer-encoding":
+            if coding is None:
+                coding = value
+        elif name == b"connection":
+            connection.append(value)
+    if connection:
+        out = _without_named(out, connection)
+    return out, length, coding
 
 
 # --- the raw request head ------------------------------------------------------------------
@@ -193,18 +239,28 @@ def check_raw_head(data: bytes, start: int) -> int:
     than 1.0/1.1 (505), HTAB in Content-Length/Transfer-Encoding values. The
     caller knows the whole head is in ``data`` (the parser completed it).
     """
+    return raw_head(data, start)[0]
+
+
+_VERSIONS: dict[object, str] = {(b"1", b"1"): "1.1", (b"1", b"0"): "1.0"}
+
+
+def raw_head(data: bytes, start: int) -> tuple[int, str]:
+    """``check_raw_head``, and the head's HTTP version ("1.1" or "1.0")."""
     line = _REQUEST_LINE.match(data, start)
     if line is None:
         raise BadRequest("malformed request line (RFC 9112 3: method SP target SP version CRLF)")
-    if line.group(3, 4) not in ((b"1", b"1"), (b"1", b"0")):
+    version = _VERSIONS.get(line.group(3, 4))
+    if version is None:
         raise BadRequest("HTTP version not supported", 505)
-    end = data.find(b"\r\n\r\n", line.end() - 2)
+    line_end = line.end()
+    end = data.find(b"\r\n\r\n", line_end - 2)
     if end < 0:
         raise BadRequest("request head without its end")
     end += 4
-    if data.find(b"\t", line.end(), end) >= 0 and _FRAMING_TAB.search(data, line.end() - 2, end):
+    if data.find(b"\t", line_end, end) >= 0 and _FRAMING_TAB.search(data, line_end - 2, end):
         raise BadRequest("HTAB in a Content-Length or Transfer-Encoding value")
-    return end
+    return end, version
 
 
 # --- the parsed request head --------------------------------------------------------------
@@ -213,6 +269,7 @@ def check_raw_head(data: bytes, start: int) -> int:
 _HOST = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~%!$&'()*+,;=]*)(?::[0-9]*)?")
 
 
+@functools.lru_cache(maxsize=1024)
 def valid_host(value: bytes) -> bool:
     """``value`` is a syntactically valid Host field value (RFC 9110 7.2); may be empty."""
     return _HOST.fullmatch(value) is not None
@@ -258,38 +315,48 @@ def request_head(
     Raises ``BadRequest`` (with the status to answer) for anything that must
     not reach a backend; see the module docstring for the rules.
     """
-    if version not in ("1.1", "1.0"):
+    if version != "1.1" and version != "1.0":
         raise BadRequest("HTTP version not supported", 505)
-    hosts: list[bytes] = []
-    lengths: list[bytes] = []
-    codings: list[bytes] = []
-    for key, value in headers:  # one pass, for every request
+    # One pass, for every request; the lists are made only when a header needs them.
+    host: bytes | None = None
+    hosts = 0
+    lengths: list[bytes] | None = None
+    codings: list[bytes] | None = None
+    for key, value in headers:
         name = key.lower()
         if name in _FRAMING:
             if name == b"host":
-                hosts.append(value)
+                if not hosts:
+                    host = value
+                hosts += 1
             elif name == b"content-length":
-                lengths.append(value)
+                if lengths is None:
+                    lengths = [value]
+                else:
+                    lengths.append(value)
+            elif codings is None:
+                codings = [value]
             else:
                 codings.append(value)
         elif b"_" in name and name.replace(b"_", b"-") in _LOOKALIKE_TARGETS:
             raise BadRequest(f"look-alike header name {key!r}")
-    if len(hosts) > 1:
+    if hosts > 1:
         raise BadRequest("more than one Host header")
-    if not hosts and version == "1.1":
-        raise BadRequest("HTTP/1.1 request without a Host header")
-    if hosts and not valid_host(hosts[0]):
+    if host is None:
+        if version == "1.1":
+            raise BadRequest("HTTP/1.1 request without a Host header")
+    elif not valid_host(host):
         raise BadRequest("invalid Host header")
     if target == b"*":
         if method != b"OPTIONS":
             raise BadRequest("asterisk-form target with a method other than OPTIONS")
-    else:
+    elif not target.startswith(b"/"):
         target, authority = origin_form(target)
         if authority is not None:
             headers = [(k, v) for k, v in headers if k.lower() != b"host"]
             headers.append((b"Host", authority))
-    if codings:
-        if lengths:
+    if codings is not None:
+        if lengths is not None:
             raise BadRequest("Content-Length with Transfer-Encoding")
         if version == "1.0":
             raise BadRequest("Transfer-Encoding in an HTTP/1.0 request (RFC 9112 6.1)")
@@ -299,26 +366,30 @@ def request_head(
                 raise BadRequest("transfer coding not implemented", 501)
             raise BadRequest("Transfer-Encoding other than a single chunked")
         body, content_length = Body.CHUNKED, 0
-    elif lengths:
+    elif lengths is not None:
         if len(lengths) > 1 or not lengths[0].isdigit():
             raise BadRequest("invalid Content-Length")
         body, content_length = Body.LENGTH, int(lengths[0])
     else:
         body, content_length = Body.NONE, 0
-    if method in _NO_BODY_METHODS and (body is Body.CHUNKED or content_length):
+    if (
+        body is not Body.NONE
+        and method in _NO_BODY_METHODS
+        and (body is Body.CHUNKED or content_length)
+    ):
         raise BadRequest(f"{method.decode()} request with a body")
     return RequestHead(
-        method=method,
-        target=target,
-        version=version,
-        headers=tuple(headers),
-        keep_alive=keep_alive,
-        body=body,
-        content_length=content_length,
-        transfer_encoding=b"chunked" if body is Body.CHUNKED else b"",
-        client_ip=client_ip,
-        client_trusted=client_trusted,
-        scheme=scheme,
+        method,
+        target,
+        version,
+        tuple(headers),
+        keep_alive,
+        body,
+        content_length,
+        b"chunked" if body is Body.CHUNKED else b"",
+        client_ip,
+        client_trusted,
+        scheme,
     )
 
 
@@ -351,6 +422,17 @@ def _describe_client(client_ip: str, scheme: bytes, host: bytes | None) -> tuple
     return client_ip.encode("ascii", "replace"), element
 
 
+@functools.lru_cache(maxsize=4096)
+def _forwarding(client_ip: str, scheme: bytes, host: bytes | None) -> tuple[Header, ...]:
+    """The forwarding headers for a client none of whose own were kept (the usual case)."""
+    client, element = _describe_client(client_ip, scheme, host)
+    out = [(b"X-Forwarded-For", client), (b"X-Forwarded-Proto", scheme)]
+    if host:
+        out.append((b"X-Forwarded-Host", host))
+    out.append((b"Forwarded", element))
+    return tuple(out)
+
+
 def upstream_request_headers(request: RequestHead, default_host: bytes) -> list[Header]:
     """The headers sent to the backend: end-to-end ones, forwarding headers, framing.
 
@@ -362,12 +444,8 @@ def upstream_request_headers(request: RequestHead, default_host: bytes) -> list[
     """
     out: list[Header] = []
     host: bytes | None = None
-    earlier_for: list[bytes] = []
-    earlier_forwarded: list[bytes] = []
-    proto: bytes | None = None
-    forwarded_host: bytes | None = None
-    connection: list[bytes] = []
-    trusted = request.client_trusted
+    earlier: list[Header] | None = None  # a trusted peer's forwarding headers
+    connection: list[bytes] | None = None
     for key, value in request.headers:  # one pass: this runs for every request
         name = key.lower()
         if name not in _NOT_FORWARDED:
@@ -376,24 +454,49 @@ def upstream_request_headers(request: RequestHead, default_host: bytes) -> list[
             host = value
             out.append((key, value))
         elif name == b"connection":
-            connection.append(value)
-        elif trusted:
-            if name == b"x-forwarded-for":
-                earlier_for.append(value)
-            elif name == b"forwarded":
-                earlier_forwarded.append(value)
-            elif name == b"x-forwarded-proto":
-                proto = proto or value
-            elif name == b"x-forwarded-host":
-                forwarded_host = forwarded_host or value
-    if connection:
-        named = connection_named((b"connection", value) for value in connection) - HOP_BY_HOP
-        if named:
-            out = [(key, value) for key, value in out if key.lower() not in named]
+            if connection is None:
+                connection = [value]
+            else:
+                connection.append(value)
+        elif request.client_trusted and name in FORWARDING:
+            if earlier is None:
+                earlier = [(name, value)]
+            else:
+                earlier.append((name, value))
+    if connection is not None:
+        out = _without_named(out, connection)
     if host is None:
         out.append((b"Host", default_host))
     scheme = request.scheme
-    client, element = _describe_client(request.client_ip, scheme, host)
+    if earlier is None:
+        out += _forwarding(request.client_ip, scheme, host)
+    else:
+        _extend_forwarding(out, earlier, request.client_ip, scheme, host)
+    if request.body is Body.LENGTH:
+        out.append((b"Content-Length", str(request.content_length).encode()))
+    elif request.body is Body.CHUNKED:
+        out.append((b"Transfer-Encoding", b"chunked"))
+    return out
+
+
+def _extend_forwarding(
+    out: list[Header], earlier: list[Header], client_ip: str, scheme: bytes, host: bytes | None
+) -> None:
+    """The forwarding headers after a trusted proxy's (``earlier``, names in lower case)."""
+    earlier_for: list[bytes] = []
+    earlier_forwarded: list[bytes] = []
+    proto: bytes | None = None
+    forwarded_host: bytes | None = None
+    for name, value in earlier:
+        if name == b"x-forwarded-for":
+            earlier_for.append(value)
+        elif name == b"forwarded":
+            earlier_forwarded.append(value)
+        elif name == b"x-forwarded-proto":
+            proto = proto or value
+        else:  # x-forwarded-host
+            forwarded_host = forwarded_host or value
+    client, element = _describe_client(client_ip, scheme, host)
     out.append((b"X-Forwarded-For", b", ".join([*earlier_for, client]) if earlier_for else client))
     out.append((b"X-Forwarded-Proto", proto or scheme))
     if forwarded_host is not None or host:
@@ -401,11 +504,6 @@ def upstream_request_headers(request: RequestHead, default_host: bytes) -> list[
     if earlier_forwarded:
         element = b", ".join([*earlier_forwarded, element])
     out.append((b"Forwarded", element))
-    if request.body is Body.LENGTH:
-        out.append((b"Content-Length", str(request.content_length).encode()))
-    elif request.body is Body.CHUNKED:
-        out.append((b"Transfer-Encoding", b"chunked"))
-    return out
 
 
 # --- responses ---------------------------------------------------------------------------
@@ -420,10 +518,10 @@ def upstream_body(status: int, request_method: bytes, headers: Iterable[Header])
     """How the backend delimits this response's body."""
     if not response_has_body(status, request_method):
         return Body.NONE
-    headers = list(headers)
-    if header_value(headers, b"transfer-encoding") is not None:
+    _, length, coding = response_fields(headers)
+    if coding is not None:
         return Body.CHUNKED
-    if header_value(headers, b"content-length") is not None:
+    if length is not None:
         return Body.LENGTH
     return Body.UNTIL_CLOSE
 
@@ -447,22 +545,31 @@ def client_response_headers(
     status: int, headers: Sequence[Header], request: RequestHead, framing: ResponseFraming
 ) -> list[Header]:
     """The backend's response headers as the client receives them."""
-    out = end_to_end(headers)
-    length = header_value(headers, b"content-length")
-    transfer_encoding = header_value(headers, b"transfer-encoding")
-    if framing.body is Body.LENGTH or (framing.body is Body.NONE and length is not None):
+    return client_headers(response_fields(headers), request, framing.body, framing.keep_alive)
+
+
+def client_headers(
+    fields: ResponseFields, request: RequestHead, body: Body, keep_alive: bool
+) -> list[Header]:
+    """``client_response_headers`` from the sorted fields (the list is ``fields``' own)."""
+    out, length, transfer_encoding = fields
+    if body is Body.LENGTH or (body is Body.NONE and length is not None):
         # Kept on bodiless responses too: on HEAD and 304 it describes the representation.
         if length is not None:
             out.append((b"Content-Length", length))
-    elif framing.body is Body.CHUNKED:
+    elif body is Body.CHUNKED:
         out.append((b"Transfer-Encoding", transfer_encoding or b"chunked"))
-    elif framing.body is Body.NONE and transfer_encoding is not None and request.version == "1.1":
+    elif body is Body.NONE and transfer_encoding is not None and request.version == "1.1":
         out.append((b"Transfer-Encoding", transfer_encoding))
-    if not framing.keep_alive:
-        out.append((b"Connection", b"close"))
+    if not keep_alive:
+        out.append(_CONNECTION_CLOSE)
     elif request.version == "1.0":
-        out.append((b"Connection", b"keep-alive"))
+        out.append(_CONNECTION_KEEP_ALIVE)
     return out
+
+
+_CONNECTION_CLOSE = (b"Connection", b"close")
+_CONNECTION_KEEP_ALIVE = (b"Connection", b"keep-alive")
 
 
 def encode_head(first_line: bytes, headers: Iterable[Header]) -> bytes:

@@ -30,8 +30,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-from collections import deque
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from typing import Protocol, cast
 
 import httptools
@@ -41,8 +40,8 @@ from hakit.router.headers import (
     BadRequest,
     Body,
     Header,
-    check_raw_head,
     header_value,
+    raw_head,
     request_head,
 )
 from hakit.router.limits import Network
@@ -76,6 +75,14 @@ _NONE = 4  # nothing (request read, answering; or not reading any more)
 # Expect: 100-continue sent, no answer yet: the client rightly waits before its body.
 # Its body clock starts with the first byte we write to it or it sends.
 _EXPECT = 5
+
+
+# Why a connection stopped reading (several at once: it reads again when none is left):
+# an exchange's request body is buffered ("buffer") or its backend cannot take more
+# ("upstream"); a request waits behind another ("pipeline"); no more requests ("stopped").
+_PAUSE = {"buffer": 1, "upstream": 2, "pipeline": 4, "stopped": 8}
+_PAUSE_EXCHANGE = _PAUSE["buffer"] | _PAUSE["upstream"]
+_PAUSE_PIPELINE = _PAUSE["pipeline"]
 
 
 def parser_error_status(error: Exception) -> int:
@@ -140,7 +147,7 @@ class ClientConnection(asyncio.Protocol):
         "_transport",
         "_trusted",
         "_url",
-        "_write_paused",
+        "write_paused",
     )
 
     def __init__(self, ctx: ProxyContext, registry: ConnectionRegistry) -> None:
@@ -150,9 +157,9 @@ class ClientConnection(asyncio.Protocol):
         self._parser = httptools.HttpRequestParser(self)
         self._transport: asyncio.Transport | None = None
         self._client_ip = ""
-        self._pause_reasons: set[str] = set()
-        self._write_paused = False
-        self._queue: deque[Exchange] = deque()  # [0] runs; the rest wait their turn
+        self._pause_reasons = 0  # why we stopped reading: a sum of _PAUSE bits (0: reading)
+        self.write_paused = False  # our send buffer is full (read by exchanges)
+        self._queue: list[Exchange] = []  # [0] runs; the rest wait their turn
         self._incoming: Exchange | None = None  # the request whose body is being read
         self._stopped = False  # read no further requests on this connection
         self._lost = False
@@ -186,10 +193,6 @@ class ClientConnection(asyncio.Protocol):
     # --- used by exchanges (ClientSide) -------------------------------------------
 
     @property
-    def write_paused(self) -> bool:
-        return self._write_paused
-
-    @property
     def running(self) -> Exchange | None:
         """The exchange being answered now (read by the admin server's in-flight count)."""
         return self._queue[0] if self._queue else None
@@ -210,29 +213,37 @@ class ClientConnection(asyncio.Protocol):
         transport = self._transport
         if not self._pause_reasons and transport is not None and not transport.is_closing():
             transport.pause_reading()
-        self._pause_reasons.add(reason)
+        self._pause_reasons |= _PAUSE[reason]
 
     def resume_reading(self, reason: str) -> None:
-        if reason not in self._pause_reasons:
+        if self._pause_reasons:
+            self._resume(_PAUSE[reason])
+
+    def _resume(self, bits: int) -> None:
+        """Lift the pauses in ``bits``; read again once no other is left."""
+        if not self._pause_reasons & bits:
             return
-        self._pause_reasons.discard(reason)
+        self._pause_reasons &= ~bits
         transport = self._transport
         if not self._pause_reasons and transport is not None and not transport.is_closing():
             transport.resume_reading()
 
     def exchange_done(self, exchange: Exchange, keep_alive: bool) -> None:
-        if not self._queue or self._queue[0] is not exchange:
+        if self._pause_reasons:  # the pauses an exchange takes end with it
+            self._resume(_PAUSE_EXCHANGE)
+        queue = self._queue
+        if not queue or queue[0] is not exchange:
             return  # the connection was lost meanwhile
-        self._queue.popleft()
+        del queue[0]
         # A stopped connection still answers the requests it already read.
-        if not keep_alive or (self._stopped and not self._queue):
+        if not keep_alive or (self._stopped and not queue):
             self._stop_reading()
             self.close()
             return
-        if len(self._queue) <= 1:
-            self.resume_reading("pipeline")
-        if self._queue:
-            self._queue[0].start()
+        if self._pause_reasons and len(queue) <= 1:
+            self._resume(_PAUSE_PIPELINE)
+        if queue:
+            queue[0].start()
         elif not self._in_message:
             self._phase, self._phase_at = _IDLE, 0.0
 
@@ -269,7 +280,7 @@ class ClientConnection(asyncio.Protocol):
             # answer. Send FIN after the answer and drop what still comes for a while.
             self._lingering = True
             transport.write_eof()
-            self._pause_reasons.clear()
+            self._pause_reasons = 0
             transport.resume_reading()
             asyncio.get_running_loop().call_later(LINGER_SECONDS, self._linger_over)
         else:
@@ -306,12 +317,12 @@ class ClientConnection(asyncio.Protocol):
         self._registry.client_closed(self)
 
     def pause_writing(self) -> None:
-        self._write_paused = True
+        self.write_paused = True
         if self._queue:
             self._queue[0].client_write_paused()
 
     def resume_writing(self) -> None:
-        self._write_paused = False
+        self.write_paused = False  # our send buffer is full (read by exchanges)
         if self._queue:
             self._queue[0].client_write_resumed()
 
@@ -322,8 +333,8 @@ class ClientConnection(asyncio.Protocol):
                 if self._lingered > LINGER_BYTES:
                     self.abort()
             return
-        before = (self._in_head, self._messages)
-        trailing = self._chunk_empty and self._in_message and not self._in_head
+        in_head_before, messages_before = self._in_head, self._messages
+        trailing = self._chunk_empty and self._in_message and not in_head_before
         self._data = data
         try:
             self._parser.feed_data(data)
@@ -353,7 +364,7 @@ class ClientConnection(asyncio.Protocol):
             self._stream_pos += len(data)
             self._data = b""  # an idle connection must not keep its last read alive
         if self._in_head:
-            if before == (True, self._messages):
+            if in_head_before and messages_before == self._messages:
                 self._head_fed += len(data)  # all of it belongs to the same unfinished head
             if self._head_fed > self._limits.max_head_bytes:
                 self._reject(431)
@@ -375,47 +386,60 @@ class ClientConnection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self._in_head = self._in_message = True
         self._head_at, self._next_head_at = self._next_head_at, None
-        self._head_raw.clear()
+        if self._head_raw:
+            self._head_raw.clear()
         self._phase, self._phase_at = _HEAD, 0.0
         self._messages += 1
-        self._url = []
-        self._headers = []
+        if self._url or self._headers:  # left by a head that was refused
+            self._url.clear()
+            self._headers.clear()
         self._head_bytes = 0
         self._head_fed = 0
 
     def on_url(self, part: bytes) -> None:
         self._url.append(part)
-        self._count_head(len(part))
-        if self._head_bytes > self._limits.max_header_bytes:
+        size = self._head_bytes = self._head_bytes + len(part)
+        if size > self._limits.max_head_bytes:
+            raise HeadTooLarge()
+        if size > self._limits.max_header_bytes:
             raise HeadTooLarge(414)  # so far only the URL is counted
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if self._in_head:  # trailers after a chunked body are dropped for now
             headers, limits = self._headers, self._limits
-            if (
-                len(headers) >= limits.max_header_fields
-                or len(name) + len(value) + 2 > limits.max_header_bytes
-            ):
+            field = len(name) + len(value)
+            if len(headers) >= limits.max_header_fields or field + 2 > limits.max_header_bytes:
                 raise HeadTooLarge()
             headers.append((name, value))
-            self._count_head(len(name) + len(value) + 4)
+            size = self._head_bytes = self._head_bytes + field + 4
+            if size > limits.max_head_bytes:
+                raise HeadTooLarge()
 
     def on_headers_complete(self) -> None:
         self._in_head = False
-        head_end = self._raw_head_end() if self._head_at is not None else None
-        method = self._parser.get_method()
+        parser = self._parser
+        head_end: int | None
+        if self._head_at is not None:
+            head_end, version = self._raw_head()
+        else:
+            head_end, version = None, parser.get_http_version()
+        method = parser.get_method()
         if method == b"CONNECT":
             raise BadRequest("CONNECT is not supported by this router")
+        url, headers = self._url, self._headers
         request = request_head(
-            method=method,
-            target=b"".join(self._url),
-            version=self._parser.get_http_version(),
-            headers=self._headers,
-            keep_alive=self._parser.should_keep_alive(),
-            client_ip=self._client_ip,
+            method,
+            b"".join(url),
+            version,
+            headers,
+            parser.should_keep_alive(),
+            self._client_ip,
             client_trusted=self._trusted,
             scheme=self._scheme,
         )
+        # The request keeps its own copy: an idle connection holds no old head.
+        url.clear()
+        headers.clear()
         body = request.body
         if body is Body.NONE or (body is Body.LENGTH and not request.content_length):
             self._phase = _NONE
@@ -425,7 +449,7 @@ class ClientConnection(asyncio.Protocol):
             self._phase, self._phase_at, self._progress = _EXPECT if waits else _BODY, 0.0, False
             if body is Body.LENGTH and head_end is not None:
                 self._next_head_at = head_end + request.content_length
-        exchange = Exchange(self, self._ctx, request, self._parser.should_upgrade())
+        exchange = Exchange(self, self._ctx, request, parser.should_upgrade())
         self._incoming = exchange
         self._queue.append(exchange)
         if len(self._queue) == 1:
@@ -457,19 +481,17 @@ class ClientConnection(asyncio.Protocol):
 
     # --- helpers ----------------------------------------------------------------------
 
-    def _count_head(self, size: int) -> None:
-        self._head_bytes += size
-        if self._head_bytes > self._limits.max_head_bytes:
-            raise HeadTooLarge()
-
-    def _raw_head_end(self) -> int:
-        """Check the raw head just parsed (headers.check_raw_head); its end as a stream offset."""
+    def _raw_head(self) -> tuple[int, str]:
+        """Check the raw head just parsed (headers.raw_head): its end as a stream offset,
+        and its HTTP version."""
         assert self._head_at is not None
         data, raw = self._data, self._head_raw
         if raw:  # the head began in an earlier read
-            return self._head_at + check_raw_head(bytes(raw) + data, 0)
+            end, version = raw_head(bytes(raw) + data, 0)
+            return self._head_at + end, version
         read_at = self._stream_pos  # this read's first byte (updated after feed_data)
-        return read_at + check_raw_head(data, self._head_at - read_at)
+        end, version = raw_head(data, self._head_at - read_at)
+        return read_at + end, version
 
     def _stop_reading(self) -> None:
         self._stopped = True
@@ -534,9 +556,16 @@ class ConnectionSweeper:
     intervals late, never early.
     """
 
-    def __init__(self, connections: Collection[ClientConnection], interval: float) -> None:
+    def __init__(
+        self,
+        connections: Collection[ClientConnection],
+        interval: float,
+        also: Callable[[], None] | None = None,
+    ) -> None:
+        """``also``: called on every tick too (the upstream pool's idle expiry)."""
         self._connections = connections
         self._interval = interval
+        self._also = also
         self._loop: asyncio.AbstractEventLoop | None = None
         self._handle: asyncio.TimerHandle | None = None
 
@@ -558,4 +587,9 @@ class ConnectionSweeper:
             except Exception:  # one broken connection must not stop the timeouts of all
                 log.exception("router: checking a connection's timeout failed")
                 conn.abort()
+        if self._also is not None:
+            try:
+                self._also()
+            except Exception:
+                log.exception("router: periodic check failed")
         self._handle = self._loop.call_later(self._interval, self._tick)

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 import time
 from collections.abc import Callable, Collection, Coroutine
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 from hakit.config import Config, NodeConfig, Sticky, parse_listen
@@ -82,10 +84,9 @@ class Router:
         # None: the records alone decide.
         self.checks = RouterChecks(cfg, lambda: self._view, on_change=self.notify_change)
         self.health: HealthBoard | None = self.checks.board
-        # Requests in flight per node (least-outstanding), and which node each request
-        # is counted for (by id(request): an exchange keeps its request object).
+        # Requests in flight per node (least-outstanding); which node each request is
+        # counted for is kept on the request (RequestHead.counted_for).
         self.in_flight: dict[str, int] = {node.name: 0 for node in cfg.nodes}
-        self._counted: dict[int, str] = {}
         # id(request) -> (request, sticky hold deadline, monotonic); the request is kept so
         # that its id cannot be reused by another one while the entry exists.
         self._holds: dict[int, tuple[RequestHead, float]] = {}
@@ -105,6 +106,7 @@ class Router:
         self._executor: ThreadPoolExecutor | None = None
         self._clients: set[ClientConnection] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._view_error: str | None = None
         # Set (and replaced) whenever the view or the down marks change: held requests wait on it.
         self._changed = asyncio.Event()
@@ -130,7 +132,8 @@ class Router:
         )
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hakit-router-view")
         await self.refresh()
-        loop = asyncio.get_running_loop()
+        # Kept: asyncio.get_running_loop() costs a getpid() system call per call.
+        loop = self._loop = asyncio.get_running_loop()
         try:
             self._server = await loop.create_server(
                 lambda: ClientConnection(self, self), host or None, port, backlog=1024, ssl=context
@@ -155,7 +158,9 @@ class Router:
             raise
         self._refresher = asyncio.create_task(self._refresh_forever(), name="router-refresh")
         self.checks.start()
-        self._sweeper = ConnectionSweeper(self._clients, self.limits.sweep_interval)
+        self._sweeper = ConnectionSweeper(
+            self._clients, self.limits.sweep_interval, also=self.pool.sweep
+        )
         self._sweeper.start()
         bound = self._server.sockets[0].getsockname()
         log.info("router listening on %s:%s (mode %s)", bound[0], bound[1], self.cfg.cluster.mode)
@@ -297,35 +302,67 @@ class Router:
         None: nobody may serve it now, or it waits for its sticky node (hold_limit).
         """
         self._turn += 1
-        key = id(request)
         sticky = self.sticky.node_for(request) if self.sticky is not None else None
-        clock = time.monotonic()
-        held = self._holds.get(key) if sticky is not None and self._holds else None
-        if held is not None and held[0] is not request:
-            held = None
-        chosen = self._route(sticky, exclude, clock, held is not None and clock >= held[1])
-        if chosen is Verdict.HOLD:
-            if can_hold(request, 0):
-                if held is None:
-                    self._holds[key] = (request, clock + self.cfg.router.sticky_hold)
-            else:  # a request already sending its body cannot wait: moved at once
-                chosen = self._route(sticky, exclude, clock, True)
-        previous = self._counted.pop(key, None)
+        chosen: NodeConfig | Verdict | None = None
+        if not self._holds:
+            chosen = self._usual_route(sticky, exclude)
+        if chosen is None:
+            key = id(request)
+            clock = time.monotonic()
+            held = self._holds.get(key) if sticky is not None and self._holds else None
+            if held is not None and held[0] is not request:
+                held = None
+            chosen = self._route(sticky, exclude, clock, held is not None and clock >= held[1])
+            if chosen is Verdict.HOLD:
+                if can_hold(request, 0):
+                    if held is None:
+                        self._holds[key] = (request, clock + self.cfg.router.sticky_hold)
+                else:  # a request already sending its body cannot wait: moved at once
+                    chosen = self._route(sticky, exclude, clock, True)
+        # In flight per node (least-outstanding): the count is kept on the request.
+        previous = request.counted_for
         if previous is not None:
             self.in_flight[previous] -= 1
         if isinstance(chosen, Verdict):
+            request.counted_for = None
             return None
-        self._counted[key] = chosen.name
+        request.counted_for = chosen.name
         self.in_flight[chosen.name] += 1
         return chosen
 
-    def _route(
-        self, sticky: str | None, exclude: Collection[str], clock: float, hold_over: bool
-    ) -> NodeConfig | Verdict:
+    def _standing_now(self) -> Standing:
+        """``pool.standing`` of the current view, computed once per view."""
         view, known = self._standing or (None, None)
         if view is not self._view or known is None:  # a new view: what its records say, once
             known = standing(self._view, self.cfg)
             self._standing = (self._view, known)
+        return known
+
+    def _usual_route(self, sticky: str | None, exclude: Collection[str]) -> NodeConfig | None:
+        """The usual case, decided without pool.route's general machinery (same answer).
+
+        One node serves, nothing is marked down, draining or excluded, and the
+        request is new, pinned to that node, or pinned to a node the mode no
+        longer lets serve (then moved: pool.sticky_target). None: ask ``route``.
+        """
+        known = self._standing_now()
+        base = known.base
+        if len(base.serving) != 1 or base.draining or exclude or self._down:
+            return None
+        node = base.serving[0]
+        if sticky is not None and sticky != node.name and sticky in base.members:
+            return None
+        lease = known.lease
+        if lease is not None and not lease.valid_at(time.time()):
+            return None
+        health = self.health
+        if health is not None and not health.routable(node.name):
+            return None
+        return node
+
+    def _route(
+        self, sticky: str | None, exclude: Collection[str], clock: float, hold_over: bool
+    ) -> NodeConfig | Verdict:
         return route(
             self._view,
             self.cfg,
@@ -340,7 +377,7 @@ class Router:
             drain_began=self._drain_began,
             up_since=self._up_since,
             hold_over=hold_over,
-            known=known,
+            known=self._standing_now(),
         )
 
     def mark_down(self, node: NodeConfig, error: BaseException) -> None:
@@ -364,14 +401,13 @@ class Router:
         return self._pages[prefers_json(request.accept)]
 
     def exchange_ended(self, exchange: Exchange) -> None:
-        key = id(exchange.request)
-        counted = self._counted.pop(key, None)
+        request = exchange.request
+        counted = request.counted_for
         if counted is not None:
+            request.counted_for = None
             self.in_flight[counted] -= 1
         if self._holds:
-            self._holds.pop(key, None)
-        if self.sticky is not None:
-            self.sticky.forget(exchange.request)
+            self._holds.pop(id(request), None)
         observe = self.obs.observe
         if observe is not None:
             try:
@@ -380,7 +416,10 @@ class Router:
                 log.exception("router: observing a request failed")
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
-        task = asyncio.get_running_loop().create_task(coro)
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        task = loop.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
@@ -394,12 +433,49 @@ class Router:
         self._clients.discard(conn)
 
 
+# Client connections this many or more should fit under the open files limit.
+WANTED_OPEN_FILES = 16384
+
+
+def raise_open_files_limit() -> int:
+    """Raise the soft RLIMIT_NOFILE to the hard limit; returns the soft limit now in force.
+
+    Every client and backend connection is a descriptor, and the usual soft
+    limit (1024) would refuse the 1025th client long before memory or CPU run
+    out. The hard limit is the administrator's; we never try to exceed it.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard
+    if hard == resource.RLIM_INFINITY:
+        try:  # the kernel's ceiling for one process
+            wanted = int(Path("/proc/sys/fs/nr_open").read_text())
+        except (OSError, ValueError):
+            wanted = 1 << 20
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        except (ValueError, OSError) as error:
+            log.warning("router: cannot raise the open files limit from %s: %s", soft, error)
+        else:
+            log.info("router: open files limit raised from %s to %s", soft, wanted)
+            soft = wanted
+    if soft != resource.RLIM_INFINITY and soft < WANTED_OPEN_FILES:
+        log.warning(
+            "router: the open files limit is %s (hard limit %s): that many client and "
+            "backend connections at most; raise it (ulimit -Hn, systemd LimitNOFILE=)",
+            soft,
+            hard,
+        )
+    return soft
+
+
 async def run_router(
     cfg: Config,
     view_source: ViewSource,
     ready: Callable[[str, int], object] | None = None,
 ) -> None:
     """Serve on ``cfg.router.listen`` until cancelled; ``ready(host, port)`` once listening."""
+    raise_open_files_limit()
     host, port = cfg.router.listen_address
     router = Router(cfg, view_source)
     try:

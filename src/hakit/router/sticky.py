@@ -81,7 +81,10 @@ def _pair_end(value: bytes, start: int) -> int:
 
 def find_cookie(headers: Iterable[Header], name: bytes) -> bytes | None:
     """The value of the first cookie ``name`` (case-sensitive, RFC 6265) in any Cookie header."""
-    needle = name + b"="
+    return _find_pair(headers, name + b"=")
+
+
+def _find_pair(headers: Iterable[Header], needle: bytes) -> bytes | None:
     for key, value in headers:
         if needle in value and key.lower() == b"cookie":  # cheap test first
             pos = _pair_at(value, needle)
@@ -232,35 +235,27 @@ class StickyStrategy(ExchangeHooks):
     """An ExchangeHooks that also says which node a request is pinned to.
 
     The cookie a request carries is looked up once (``node_for``, when the
-    router chooses) and remembered for the hooks of the same exchange, keyed by
-    the request object; the router calls ``forget`` when the exchange ends.
+    router chooses) and remembered on the request itself
+    (``RequestHead.sticky_memo``) for the hooks of the same exchange.
     """
-
-    MEMO_LIMIT = 100_000  # a safety net: never more entries than exchanges could be open
 
     def __init__(self, cookie_name: bytes) -> None:
         self._name = cookie_name
-        # id(request) -> (request, its cookie). Holding the request keeps its id from
-        # being reused by another request while the entry exists.
-        self._seen: dict[int, tuple[RequestHead, bytes | None]] = {}
+        self._needle = cookie_name + b"="
 
     def node_for(self, request: RequestHead) -> str | None:
         """The configured node name the request is pinned to, or None (a new user)."""
         return None
 
     def forget(self, request: RequestHead) -> None:
-        """The exchange of ``request`` ended."""
-        self._seen.pop(id(request), None)
+        """The exchange of ``request`` ended (nothing is kept beyond the request now)."""
 
     def _cookie(self, request: RequestHead) -> bytes | None:
-        key = id(request)
-        seen = self._seen.get(key)
-        if seen is not None and seen[0] is request:
-            return seen[1]
-        if len(self._seen) >= self.MEMO_LIMIT:  # exchanges that were never forgotten
-            self._seen.clear()
-        value = find_cookie(request.headers, self._name)
-        self._seen[key] = (request, value)
+        memo = request.sticky_memo
+        if memo is not None and memo[0] is self._name:
+            return memo[1]
+        value = _find_pair(request.headers, self._needle)
+        request.sticky_memo = (self._name, value)
         return value
 
 
@@ -275,19 +270,26 @@ class LbCookie(StickyStrategy):
             for node, token in self._tokens.items()
         }
 
+    # The memo test of _cookie is repeated inline below: these run for every request.
+
     def node_for(self, request: RequestHead) -> str | None:
-        token = self._cookie(request)
+        memo = request.sticky_memo
+        token = memo[1] if memo is not None and memo[0] is self._name else self._cookie(request)
         return self._nodes.get(token) if token is not None else None
 
     def request(self, request: RequestHead, backend: NodeConfig, headers: list[Header]) -> None:
-        if self._cookie(request) is not None:
+        memo = request.sticky_memo
+        token = memo[1] if memo is not None and memo[0] is self._name else self._cookie(request)
+        if token is not None:
             without_cookie(headers, self._name)  # the app has no use for our cookie
 
     def response(
         self, request: RequestHead, backend: NodeConfig, status: int, headers: list[Header]
     ) -> None:
+        memo = request.sticky_memo
+        token = memo[1] if memo is not None and memo[0] is self._name else self._cookie(request)
         # Set only when the route changes: no cookie, another node's, or an untrusted one.
-        if self._cookie(request) != self._tokens.get(backend.name):
+        if token != self._tokens.get(backend.name):
             headers.append((b"Set-Cookie", self._set_cookie[backend.name]))
 
 

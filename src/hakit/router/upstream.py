@@ -17,6 +17,7 @@ connection is then no longer an HTTP connection and leaves the pool.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import defaultdict, deque
 from collections.abc import Callable
 from typing import Protocol, cast
@@ -24,7 +25,7 @@ from typing import Protocol, cast
 import httptools
 
 from hakit.config import NodeConfig
-from hakit.router.headers import Body, Header, upstream_body
+from hakit.router.headers import Body, Header, ResponseFields, response_fields, response_has_body
 from hakit.router.limits import ProxyLimits
 
 
@@ -33,11 +34,15 @@ class ResponseSink(Protocol):
 
     def response_interim(self, status: int, reason: bytes, headers: list[Header]) -> None: ...
 
-    def response_head(
-        self, status: int, reason: bytes, headers: list[Header], body: Body
-    ) -> None: ...
+    def response_head(self, status: int, reason: bytes, fields: ResponseFields, body: Body) -> None:
+        """The final head; ``fields``: its headers, sorted in one pass (headers.py)."""
+        ...
 
     def response_body(self, data: bytes) -> None: ...
+
+    def response_flush(self) -> None:
+        """One read from the backend was parsed: write what it produced to the client."""
+        ...
 
     def response_complete(self, conn: UpstreamConnection, reusable: bool) -> None: ...
 
@@ -56,89 +61,71 @@ class UpstreamProtocolError(Exception):
     """The backend sent something that is not a valid HTTP/1.1 response."""
 
 
-class _ResponseReader:
-    """httptools callbacks for one response (plus any 1xx before it).
+class UpstreamConnection(asyncio.Protocol):
+    """One keep-alive connection to a backend; also its response parser's callbacks.
 
-    One per exchange, so a late callback from a finished response can never
-    reach the next exchange on the same connection.
+    The parser (llhttp) is kept for the connection's life: a response leaves it
+    ready for the next one. The per-response state below is reset by
+    ``attach``; callbacks reach only the exchange attached then (``_sink``), and
+    a response that ends while no exchange is attached is an error. After a
+    response to HEAD the parser still expects the body the head announced, so
+    the next exchange gets a new parser.
     """
 
-    def __init__(self, sink: ResponseSink, request_method: bytes, upgrade: bool) -> None:
-        self.sink = sink
-        self.request_method = request_method
-        self.upgrade = upgrade  # the request asked to switch protocols
-        self.switched = False  # a 101 arrived for it: the rest is the new protocol
-        self.parser = httptools.HttpResponseParser(self)
-        self.status = 0
-        self.reason = b""
-        self.headers: list[Header] = []
-        self.body = Body.NONE
-        self.in_head = False
-        self.head_seen = False  # the final (non-1xx) head arrived
-        self.done = False
-        self.keep_alive = False
+    __slots__ = (
+        "_body",
+        "_done",
+        "_head_seen",
+        "_headers",
+        "_in_head",
+        "_keep_alive",
+        "_limits",
+        "_lost",
+        "_method",
+        "_parser",
+        "_read_paused",
+        "_reason",
+        "_response_started",
+        "_sink",
+        "_status",
+        "_switched",
+        "_transport",
+        "_upgrade",
+        "_write_paused",
+        "exchanges",
+        "host_header",
+        "idle_since",
+        "node",
+        "on_lost",
+    )
 
-    def on_message_begin(self) -> None:
-        if self.done:
-            raise UpstreamProtocolError("the backend sent more than one response")
-        self.reason = b""
-        self.headers = []
-        self.in_head = True
-
-    def on_status(self, reason: bytes) -> None:
-        self.reason += reason
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        if self.in_head:  # headers after the body are trailers: dropped for now
-            self.headers.append((name, value))
-
-    def on_headers_complete(self) -> None:
-        self.in_head = False
-        self.status = self.parser.get_status_code()
-        self.keep_alive = self.parser.should_keep_alive()
-        if self.status < 200:
-            if self.status == 101:
-                if not self.upgrade:
-                    raise UpstreamProtocolError(
-                        "the backend switched protocols for a request that did not ask to"
-                    )
-                # Reported once the parser stopped after this head (data_received),
-                # with the bytes that followed it.
-                self.switched = True
-                return
-            self.sink.response_interim(self.status, self.reason, self.headers)
-            return
-        self.head_seen = True
-        self.body = upstream_body(self.status, self.request_method, self.headers)
-        self.sink.response_head(self.status, self.reason, self.headers, self.body)
-        if self.request_method == b"HEAD":
-            # httptools cannot be told to skip the body: it would wait for
-            # Content-Length bytes that never come. The head is the whole response.
-            self.done = True
-
-    def on_body(self, data: bytes) -> None:
-        if self.done:
-            raise UpstreamProtocolError("the backend sent a body with a response to HEAD")
-        self.sink.response_body(data)
-
-    def on_message_complete(self) -> None:
-        if self.head_seen and not self.done:
-            self.keep_alive = self.parser.should_keep_alive()
-            self.done = True
-
-
-class UpstreamConnection(asyncio.Protocol):
     def __init__(self, node: NodeConfig, limits: ProxyLimits) -> None:
         self.node = node
+        # The Host sent for a request that had none (HTTP/1.0): the backend's address.
+        self.host_header = f"{node.host}:{node.port}".encode()
+        self.idle_since = 0.0  # monotonic: when it was put in the pool
         self.exchanges = 0  # exchanges started on this connection
         self.on_lost: Callable[[UpstreamConnection], None] | None = None
         self._limits = limits
         self._transport: asyncio.Transport | None = None
-        self._reader: _ResponseReader | None = None
+        self._parser: httptools.HttpResponseParser | None = None  # None: make one at attach
+        self._sink: ResponseSink | None = None  # the exchange answered now; None: idle
         self._response_started = False
         self._read_paused = False
         self._write_paused = False
         self._lost = False
+        # The response being read (reset by attach):
+        self._method = b""  # the request's method
+        self._upgrade = False  # the request asked to switch protocols
+        self._switched = False  # a 101 arrived for it: the rest is the new protocol
+        self._status = 0
+        self._reason = b""
+        self._headers: list[Header] = []
+        self._body = Body.NONE
+        self._in_head = False
+        self._head_seen = False  # the final (non-1xx) head arrived
+        self._done = False
+        self._keep_alive = False
 
     @property
     def usable(self) -> bool:
@@ -146,7 +133,7 @@ class UpstreamConnection(asyncio.Protocol):
         transport = self._transport
         return (
             not self._lost
-            and self._reader is None
+            and self._sink is None
             and transport is not None
             and not transport.is_closing()
         )
@@ -163,10 +150,14 @@ class UpstreamConnection(asyncio.Protocol):
     # --- used by the exchange -------------------------------------------------
 
     def attach(self, sink: ResponseSink, request_method: bytes, upgrade: bool = False) -> None:
-        assert self.usable, "attach() on a busy or closed upstream connection"
-        self._reader = _ResponseReader(sink, request_method, upgrade)
-        self._response_started = False
+        assert self._sink is None and not self._lost, "attach() on a busy or closed connection"
+        self._sink = sink
+        self._method = request_method
+        self._upgrade = upgrade
+        self._switched = self._head_seen = self._done = self._response_started = False
         self.exchanges += 1
+        if self._parser is None:
+            self._parser = httptools.HttpResponseParser(self)
 
     def write(self, data: bytes) -> None:
         if self._transport is not None:
@@ -189,20 +180,20 @@ class UpstreamConnection(asyncio.Protocol):
 
     def abort(self) -> None:
         """Drop the connection now (nothing reported to the sink)."""
-        self._reader = None
+        self._sink = None
         if self._transport is not None:
             self._transport.abort()
 
     def close(self) -> None:
         """Close after writing what is buffered (nothing reported to the sink)."""
-        self._reader = None
+        self._sink = None
         if self._transport is not None:
             self._transport.close()
 
     def take_transport(self) -> asyncio.Transport | None:
         """Hand the transport over (after a 101); this connection leaves the pool."""
         transport, self._transport = self._transport, None
-        self._reader = None
+        self._sink = self._parser = None
         self._lost = True
         if self.on_lost is not None:
             self.on_lost(self)
@@ -210,6 +201,72 @@ class UpstreamConnection(asyncio.Protocol):
         if transport is not None and transport.is_closing():
             return None
         return transport
+
+    # --- httptools callbacks (one response, plus any 1xx before it) ---------------
+
+    def on_message_begin(self) -> None:
+        if self._done:
+            raise UpstreamProtocolError("the backend sent more than one response")
+        self._reason = b""
+        self._headers = []
+        self._in_head = True
+
+    def on_status(self, reason: bytes) -> None:
+        self._reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self._in_head:  # headers after the body are trailers: dropped for now
+            self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        parser = self._parser
+        sink = self._sink
+        assert parser is not None and sink is not None
+        status = self._status = parser.get_status_code()
+        self._keep_alive = parser.should_keep_alive()
+        if status < 200:
+            if status == 101:
+                if not self._upgrade:
+                    raise UpstreamProtocolError(
+                        "the backend switched protocols for a request that did not ask to"
+                    )
+                # Reported once the parser stopped after this head (data_received),
+                # with the bytes that followed it.
+                self._switched = True
+                return
+            sink.response_interim(status, self._reason, self._headers)
+            return
+        self._head_seen = True
+        fields = response_fields(self._headers)
+        method = self._method
+        if not response_has_body(status, method):
+            body = Body.NONE
+        elif fields[2] is not None:  # Transfer-Encoding
+            body = Body.CHUNKED
+        elif fields[1] is not None:  # Content-Length
+            body = Body.LENGTH
+        else:
+            body = Body.UNTIL_CLOSE
+        self._body = body
+        sink.response_head(status, self._reason, fields, body)
+        if method == b"HEAD":
+            # httptools cannot be told to skip the body: it would wait for
+            # Content-Length bytes that never come. The head is the whole response.
+            self._done = True
+
+    def on_body(self, data: bytes) -> None:
+        if self._done:
+            raise UpstreamProtocolError("the backend sent a body with a response to HEAD")
+        sink = self._sink
+        assert sink is not None
+        sink.response_body(data)
+
+    def on_message_complete(self) -> None:
+        if self._head_seen and not self._done:
+            assert self._parser is not None
+            self._keep_alive = self._parser.should_keep_alive()
+            self._done = True
 
     # --- asyncio.Protocol -----------------------------------------------------
 
@@ -222,113 +279,130 @@ class UpstreamConnection(asyncio.Protocol):
         )
 
     def data_received(self, data: bytes) -> None:
-        reader = self._reader
-        if reader is None:
+        sink, parser = self._sink, self._parser
+        if sink is None or parser is None:
             # Nobody asked: a backend talking out of turn cannot be trusted for reuse.
             self.abort()
             return
         self._response_started = True
         error: Exception | None = None
         try:
-            reader.parser.feed_data(data)
+            parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
-            if reader.switched and self._reader is reader:
-                self._reader = None
+            if self._switched and self._sink is sink:
+                self._sink = self._parser = None
                 rest = data[upgrade.args[0] :]
-                reader.sink.response_upgraded(self, reader.reason, reader.headers, rest)
+                sink.response_upgraded(self, self._reason, self._headers, rest)
                 return
             error = UpstreamProtocolError("the backend switched protocols unasked")
         except httptools.HttpParserError as parse_error:
             cause = parse_error.__context__
             error = cause if isinstance(cause, UpstreamProtocolError) else parse_error
-        if self._reader is not reader:
+        if self._sink is not sink:
+            sink.response_flush()
             return  # aborted by the exchange from inside a callback
-        if reader.done:
+        if self._done:
             # Reported after feed_data returned, so the sink may reuse this
             # connection at once without a callback of this response still running.
-            self._reader = None
-            reusable = reader.keep_alive and error is None
+            self._sink = None
+            reusable = self._keep_alive and error is None
             if not reusable:
                 self.abort()
-            self._release_read_pause()
-            reader.sink.response_complete(self, reusable)
+            elif self._method == b"HEAD":
+                self._parser = None  # it waits for the body a HEAD response never has
+            if self._read_paused:  # a pause belongs to the exchange that asked for it
+                self.resume_reading()
+            sink.response_complete(self, reusable)
         elif error is not None:
-            self._reader = None
+            self._sink = None
             self.abort()
-            reader.sink.upstream_failed(self, error)
+            sink.upstream_failed(self, error)
+        else:
+            sink.response_flush()
 
     def eof_received(self) -> bool | None:
         return False  # close our side too; connection_lost says what it meant
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
-        reader, self._reader = self._reader, None
+        sink, self._sink = self._sink, None
+        self._parser = None  # it holds our bound callbacks: a reference cycle
         if self.on_lost is not None:
             self.on_lost(self)
-        if reader is None:
+        if sink is None:
             return
-        if exc is None and reader.head_seen and reader.body is Body.UNTIL_CLOSE:
-            reader.sink.response_complete(self, False)  # the close ends this body
+        if exc is None and self._head_seen and self._body is Body.UNTIL_CLOSE:
+            sink.response_complete(self, False)  # the close ends this body
         else:
-            reader.sink.upstream_failed(self, exc)
+            sink.upstream_failed(self, exc)
 
     def pause_writing(self) -> None:
         self._write_paused = True
-        if self._reader is not None:
-            self._reader.sink.upstream_write_paused()
+        if self._sink is not None:
+            self._sink.upstream_write_paused()
 
     def resume_writing(self) -> None:
         self._write_paused = False
-        if self._reader is not None:
-            self._reader.sink.upstream_write_resumed()
-
-    def _release_read_pause(self) -> None:
-        # A pause belongs to the exchange that asked for it; the next one starts clean.
-        self.resume_reading()
+        if self._sink is not None:
+            self._sink.upstream_write_resumed()
 
 
 class UpstreamPool:
     """Idle keep-alive connections per backend, and opening new ones.
 
-    Idle connections are closed after ``limits.upstream_idle_timeout``; at most
-    ``limits.upstream_idle_per_backend`` are kept per backend.
+    Idle connections are closed after ``limits.upstream_idle_timeout`` (by
+    ``sweep``, which the router calls every ``limits.sweep_interval``: no timer
+    per request); at most ``limits.upstream_idle_per_backend`` are kept per
+    backend. Each backend's idle connections are a stack (the most recently
+    used is reused first), so the oldest are at its bottom and expire first.
     """
 
     def __init__(self, limits: ProxyLimits) -> None:
         self._limits = limits
-        self._idle: defaultdict[tuple[str, int], deque[UpstreamConnection]] = defaultdict(deque)
-        self._timers: dict[UpstreamConnection, asyncio.TimerHandle] = {}
+        # Per node name (each configured node is one backend address).
+        self._idle: defaultdict[str, deque[UpstreamConnection]] = defaultdict(deque)
         self._open: set[UpstreamConnection] = set()
         self.opened = 0  # connections opened so far (stats and tests)
 
-    @staticmethod
-    def _key(node: NodeConfig) -> tuple[str, int]:
-        return (node.host, node.port)
-
     def idle_count(self, node: NodeConfig) -> int:
-        return len(self._idle.get(self._key(node), ()))
+        return len(self._idle.get(node.name, ()))
 
     def take(self, node: NodeConfig) -> UpstreamConnection | None:
         """An idle open connection to ``node`` (most recently used first), or None."""
-        idle = self._idle.get(self._key(node))
+        idle = self._idle.get(node.name)
         while idle:
             conn = idle.pop()
-            self._cancel_timer(conn)
-            if conn.usable:
-                return conn
+            transport = conn._transport  # conn.usable, inlined (every request)
+            if not conn._lost and conn._sink is None and transport is not None:
+                if not transport.is_closing():
+                    return conn
             conn.abort()
         return None
 
     def put(self, conn: UpstreamConnection) -> None:
         """Keep ``conn`` for reuse, or close it when it is unusable or the pool is full."""
-        idle = self._idle[self._key(conn.node)]
-        if not conn.usable or len(idle) >= self._limits.upstream_idle_per_backend:
+        idle = self._idle[conn.node.name]
+        transport = conn._transport  # conn.usable, inlined (every request)
+        if (
+            conn._lost
+            or conn._sink is not None
+            or transport is None
+            or transport.is_closing()
+            or len(idle) >= self._limits.upstream_idle_per_backend
+        ):
             conn.close()
             return
+        conn.idle_since = time.monotonic()
         idle.append(conn)
-        self._timers[conn] = asyncio.get_running_loop().call_later(
-            self._limits.upstream_idle_timeout, conn.close
-        )
+
+    def sweep(self, now: float | None = None) -> None:
+        """Close the connections idle for ``limits.upstream_idle_timeout`` or longer."""
+        if not self._open:
+            return
+        oldest = (time.monotonic() if now is None else now) - self._limits.upstream_idle_timeout
+        for idle in self._idle.values():
+            while idle and idle[0].idle_since <= oldest:
+                idle.popleft().close()
 
     async def connect(self, node: NodeConfig) -> UpstreamConnection:
         """A new connection to ``node``.
@@ -350,20 +424,11 @@ class UpstreamPool:
         """Close every connection, idle or busy."""
         for conn in list(self._open):
             conn.abort()
-        for timer in self._timers.values():
-            timer.cancel()
-        self._timers.clear()
         self._idle.clear()
         self._open.clear()
 
     def _forget(self, conn: UpstreamConnection) -> None:
         self._open.discard(conn)
-        self._cancel_timer(conn)
-        idle = self._idle.get(self._key(conn.node))
+        idle = self._idle.get(conn.node.name)
         if idle is not None and conn in idle:
             idle.remove(conn)
-
-    def _cancel_timer(self, conn: UpstreamConnection) -> None:
-        timer = self._timers.pop(conn, None)
-        if timer is not None:
-            timer.cancel()

@@ -1,0 +1,455 @@
+"""Fencing: make sure an old active node cannot act before a new one starts (DESIGN.md,
+"Fencing and split brain"; issue 4, item 4).
+
+Three layers, from the node itself outwards:
+
+- Self-fencing (in the agent): an agent that cannot renew its lease SIGKILLs its
+  app before the lease's TTL ends; :func:`kill_group_now` is that kill, done
+  synchronously so nothing else of the agent runs first.
+- STONITH: a standby that takes over a lease which *expired* (its holder did not
+  release it: the holder is frozen, cut off or dead) runs the configured
+  ``failover.fence_command`` against the old holder before it starts the app,
+  like a Pacemaker fence agent (IPMI, a cloud API's power-off). Promotion waits
+  for the command's success; a failure is alerted, the lease is given back and
+  the takeover is retried later. A released lease is a clean handover: nothing
+  to fence.
+- Database sessions (``failover.fence_database_sessions``, PostgreSQL): on such
+  a takeover the old node's sessions are terminated (``pg_terminate_backend``),
+  matched by ``application_name = 'hakit-<node>'``; the agent sets ``PGAPPNAME``
+  in the app's environment so libpq-based apps carry that name.
+
+The decision (:func:`fence_needs`) is pure; :class:`Fencer` does the I/O.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hakit.config import Config
+from hakit.coord.base import Coordinator, Lease, NodeRecord
+from hakit.errors import CoordinationError
+
+log = logging.getLogger("hakit.fence")
+
+OUTPUT_TAIL = 2000  # characters of a fence command's output kept in its event
+PENDING_KEY = "fence_pending"  # NodeRecord.detail key: nodes this node could not fence yet
+RETRY_MAX = 60.0  # longest wait between two attempts to fence the same node
+
+
+def application_name(node: str) -> str:
+    """The PostgreSQL ``application_name`` of ``node``'s app sessions."""
+    return f"hakit-{node}"
+
+
+# --- pure decisions ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FenceNeed:
+    """``node`` may still act under ``epoch``, whose lease ended at wall time ``since``."""
+
+    node: str
+    epoch: int
+    since: float  # wall-clock seconds
+    why: str  # one clause: "its lease of epoch 3 expired at 12:00:01 without being released"
+
+    def as_json(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "since": self.since, "why": self.why}
+
+
+def clock(wall: float) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(wall))
+
+
+def stood_down(record: NodeRecord | None, need: FenceNeed) -> bool:
+    """True when ``need.node``'s agent has run since its lease ended and no longer claims it.
+
+    An agent publishes its record from its own loop and never claims an epoch
+    past that lease's deadline (it checks the deadline first and kills its app
+    if it is late), so a record written after ``need.since`` that is not
+    "active under the lost epoch" proves the node has fenced itself.
+    """
+    if record is None or record.updated_at <= need.since:
+        return False
+    return not (record.role == "active" and record.epoch == need.epoch)
+
+
+def _merge(needs: dict[str, FenceNeed], need: FenceNeed) -> None:
+    known = needs.get(need.node)
+    if known is None or (need.epoch, need.since) > (known.epoch, known.since):
+        needs[need.node] = need
+
+
+def pending_in(record: NodeRecord) -> list[FenceNeed]:
+    """The fence needs another node published as not done yet (see ``PENDING_KEY``)."""
+    raw = record.detail.get(PENDING_KEY)
+    needs = []
+    if isinstance(raw, dict):
+        for node, info in raw.items():
+            if not isinstance(info, dict):
+                continue
+            try:
+                epoch, since = int(info["epoch"]), float(info["since"])
+            except (KeyError, TypeError, ValueError):
+                continue
+            why = f"{record.node} could not fence it yet ({info.get('why', 'see its events')})"
+            needs.append(FenceNeed(str(node), epoch, since, why))
+    return needs
+
+
+def fence_needs(
+    me: str,
+    before: Lease | None,
+    last_epoch: int,
+    gained: Lease,
+    records: Mapping[str, NodeRecord],
+    own_pending: Sequence[FenceNeed],
+    read_at: float,
+) -> tuple[list[FenceNeed], list[FenceNeed]]:
+    """(nodes to fence before ``me`` may act under ``gained``, nodes that no longer need it).
+
+    ``before`` and ``last_epoch`` are the stored lease and the highest epoch as
+    read at ``read_at`` (wall clock), just before ``gained`` was taken.
+
+    - a lease of another node that was still stored (not released) ended
+      without a clean handover: fence its holder;
+    - epochs handed out between that read and ``gained``: fence whoever
+      published one of them (they held the lease for a moment, then lost it);
+    - nodes another node (or ``me``, earlier) could not fence yet stay to fence.
+
+    A node whose agent has published a record since (``stood_down``) is
+    cleared instead: it has run, seen its lease end and killed its app.
+    """
+    needs: dict[str, FenceNeed] = {}
+    if before is not None and before.holder != me:
+        if before.expires_at <= read_at:
+            why = f"its lease of epoch {before.epoch} expired at {clock(before.expires_at)} without being released"
+        else:
+            why = f"its lease of epoch {before.epoch} ended without a clean release"
+        _merge(needs, FenceNeed(before.holder, before.epoch, min(before.expires_at, read_at), why))
+    prior = max(last_epoch, before.epoch if before is not None else 0)
+    if gained.epoch > prior + 1:
+        for record in records.values():
+            if record.node != me and prior < record.epoch < gained.epoch:
+                why = f"it held epoch {record.epoch}, which ended while {me} took the lease"
+                _merge(needs, FenceNeed(record.node, record.epoch, read_at, why))
+    for record in records.values():
+        if record.node != me:
+            for need in pending_in(record):
+                _merge(needs, need)
+    for need in own_pending:
+        _merge(needs, need)
+    needs.pop(me, None)
+    to_fence = [n for n in needs.values() if not stood_down(records.get(n.node), n)]
+    cleared = [n for n in needs.values() if stood_down(records.get(n.node), n)]
+    return sorted(to_fence, key=lambda n: n.node), sorted(cleared, key=lambda n: n.node)
+
+
+def render_fence_command(argv: Sequence[str], node: str, host: str) -> list[str]:
+    """``argv`` with ``{node}`` and ``{host}`` of the node to fence substituted."""
+    values = {"node": node, "host": host}
+    return [part.format_map(values) for part in argv]
+
+
+def retry_delay(failures: int, base: float) -> float:
+    """Wait before the next attempt after ``failures`` failed ones in a row (doubling)."""
+    return min(RETRY_MAX, base * 2 ** max(0, failures - 1))
+
+
+# --- I/O -------------------------------------------------------------------------------
+
+
+def kill_group_now(pgid: int | None) -> bool:
+    """SIGKILL the process group ``pgid`` synchronously; False when it is already gone."""
+    if pgid is None or pgid <= 1:
+        return False
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+@dataclass(frozen=True, slots=True)
+class CommandResult:
+    ok: bool
+    summary: str  # "exited 0 after 0.2 s", "did not finish within 10 s", ...
+    returncode: int | None
+    elapsed: float
+    output: str
+
+
+def _read_from(path: Path, offset: int) -> str:
+    try:
+        with open(path, "rb") as output:
+            output.seek(offset)
+            data = output.read()
+    except OSError:
+        return ""
+    return data.decode("utf-8", errors="replace")[-OUTPUT_TAIL:].strip()
+
+
+async def run_fence_command(
+    argv: Sequence[str], timeout: float, env: Mapping[str, str], log_path: Path
+) -> CommandResult:
+    """Run one fence command in its own process group, bounded by ``timeout``.
+
+    Its output is appended to ``log_path`` (a file, not a pipe: a fence agent
+    that leaves a child behind cannot keep us waiting for the pipe's end).
+    Success is exit status 0, as for Pacemaker fence agents.
+    """
+    started = time.monotonic()
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as output:
+        output.write(f"===== hakit: fence {list(argv)!r} at {time.ctime()} =====\n".encode())
+        output.flush()  # before the command writes to the same file
+        offset = output.tell()
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=output,
+                stderr=asyncio.subprocess.STDOUT,
+                env={**os.environ, **env},
+                start_new_session=True,
+            )
+        except OSError as error:
+            return CommandResult(
+                False,
+                f"could not be started: {error.strerror or error} (check failover.fence_command)",
+                None,
+                time.monotonic() - started,
+                "",
+            )
+    try:
+        async with asyncio.timeout(timeout):
+            returncode = await process.wait()
+    except TimeoutError:
+        kill_group_now(process.pid)
+        with contextlib.suppress(ProcessLookupError):
+            await process.wait()
+        elapsed = time.monotonic() - started
+        return CommandResult(
+            False,
+            f"did not finish within fence_timeout {timeout:g} s (killed)",
+            None,
+            elapsed,
+            _read_from(log_path, offset),
+        )
+    elapsed = time.monotonic() - started
+    # Anything the fence agent left behind in its group goes too.
+    kill_group_now(process.pid)
+    if returncode == 0:
+        summary = f"exited 0 after {elapsed:.1f} s"
+    elif returncode < 0:
+        summary = f"was killed by signal {-returncode} after {elapsed:.1f} s"
+    else:
+        summary = f"exited with status {returncode} after {elapsed:.1f} s"
+    return CommandResult(
+        returncode == 0, summary, returncode, elapsed, _read_from(log_path, offset)
+    )
+
+
+def _terminate_sessions(url: str, node: str, timeout: float, me: str) -> int:
+    import psycopg  # imported here: only PostgreSQL users pay for it
+
+    with psycopg.connect(
+        url,
+        connect_timeout=max(2, int(timeout + 0.999)),
+        autocommit=True,
+        application_name=f"hakit-fence-{me}",
+    ) as connection:
+        connection.execute(f"SET statement_timeout = {max(1, int(timeout * 1000))}")
+        rows = connection.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE application_name = %s AND pid <> pg_backend_pid()",
+            (application_name(node),),
+        ).fetchall()
+    return sum(1 for (terminated,) in rows if terminated)
+
+
+async def terminate_database_sessions(
+    url: str, node: str, timeout: float, me: str = ""
+) -> tuple[int, str | None]:
+    """Terminate ``node``'s PostgreSQL sessions; (how many, None) or (0, what went wrong)."""
+    try:
+        async with asyncio.timeout(timeout + 1):
+            count = await asyncio.to_thread(_terminate_sessions, url, node, timeout, me)
+    except TimeoutError:
+        return 0, f"the database did not answer within {timeout:g} s"
+    except Exception as error:  # psycopg.Error, OSError: reported, never raised
+        return 0, f"{type(error).__name__}: {str(error).strip() or 'no detail'}"
+    return count, None
+
+
+# --- the agent's side -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """May the agent promote itself under the lease it just took?"""
+
+    ok: bool
+    reason: str  # for a refusal: the alert's sentence
+    warnings: tuple[str, ...] = ()  # alerts that do not block (database sessions not fenced)
+
+
+Recorder = Callable[[str, str, dict[str, Any]], None]
+
+
+@dataclass
+class Fencer:
+    """Decides and runs the fencing that must precede one node's promotion.
+
+    ``record(kind, reason, data)`` writes an event to the history. ``pending``
+    (the nodes this node could not fence yet) is published in the node's
+    record so any other node about to promote fences them too.
+    """
+
+    cfg: Config
+    me: str
+    coordinator: Coordinator
+    record: Recorder
+    log_path: Path
+    pending: dict[str, FenceNeed] = field(default_factory=dict)
+    skip_next: bool = False  # operator (`hakit failover --force`): promote once without fencing
+    failures: int = 0  # failed attempts in a row
+
+    def published(self) -> dict[str, Any]:
+        return {node: need.as_json() for node, need in sorted(self.pending.items())}
+
+    def _host(self, node: str) -> str:
+        try:
+            return self.cfg.node(node).host
+        except KeyError:
+            return ""
+
+    async def clear_to_promote(
+        self, gained: Lease, before: Lease | None, last_epoch: int
+    ) -> Verdict:
+        """Fence what must be fenced before acting under ``gained``; never raises."""
+        read_at = time.time()
+        try:
+            records = {r.node: r for r in await asyncio.to_thread(self.coordinator.nodes)}
+        except CoordinationError as error:
+            log.warning("could not read the node records before promoting: %s", error)
+            records = {}
+        to_fence, cleared = fence_needs(
+            self.me, before, last_epoch, gained, records, list(self.pending.values()), read_at
+        )
+        for need in cleared:
+            self.pending.pop(need.node, None)
+            self.record(
+                "fence",
+                f"{need.node} needs no fencing before {self.me} promotes under epoch "
+                f"{gained.epoch}: {need.why}, but its agent has run since and does not claim "
+                "the lease (it fenced itself)",
+                {"target": need.node, "result": "not-needed", "epoch": gained.epoch},
+            )
+        if not to_fence:
+            self.failures = 0
+            return Verdict(True, "")
+        if self.skip_next:
+            self.skip_next = False
+            for need in to_fence:
+                self.pending.pop(need.node, None)
+                self.record(
+                    "fence",
+                    f"not fencing {need.node} ({need.why}): the operator forced the "
+                    f"promotion of {self.me} under epoch {gained.epoch}",
+                    {"target": need.node, "result": "skipped", "epoch": gained.epoch},
+                )
+            self.failures = 0
+            return Verdict(True, "")
+        warnings: list[str] = []
+        for need in to_fence:
+            refusal = await self._fence_one(need, gained.epoch)
+            if refusal is not None:
+                self.failures += 1
+                return Verdict(False, refusal)
+            warnings += await self._fence_sessions(need, gained.epoch)
+        self.failures = 0
+        return Verdict(True, "", tuple(warnings))
+
+    async def _fence_one(self, need: FenceNeed, epoch: int) -> str | None:
+        """Run the fence command against ``need.node``; None on success, else the refusal."""
+        failover = self.cfg.failover
+        before = f"before {self.me} promotes under epoch {epoch}"
+        if failover.fence_command is None:
+            self.pending.pop(need.node, None)
+            self.record(
+                "fence",
+                f"no failover.fence_command configured: {self.me} promotes under epoch {epoch} "
+                f"trusting {need.node} to have fenced itself ({need.why})",
+                {"target": need.node, "result": "not-configured", "epoch": epoch},
+            )
+            return None
+        argv = render_fence_command(failover.fence_command, need.node, self._host(need.node))
+        self.pending[need.node] = need  # published while in flight: a crash of ours loses nothing
+        env = {
+            "HAKIT_NODE": self.me,
+            "HAKIT_FENCE_NODE": need.node,
+            "HAKIT_FENCE_HOST": self._host(need.node),
+            "HAKIT_FENCE_EPOCH": str(need.epoch),
+            "HAKIT_CONFIG": str(self.cfg.source or ""),
+        }
+        result = await run_fence_command(argv, failover.fence_timeout, env, self.log_path)
+        data = {
+            "target": need.node,
+            "result": "ok" if result.ok else "failed",
+            "epoch": epoch,
+            "command": argv,
+            "returncode": result.returncode,
+            "seconds": round(result.elapsed, 3),
+            "output": result.output,
+        }
+        if result.ok:
+            self.pending.pop(need.node, None)
+            self.record(
+                "fence",
+                f"fenced {need.node} {before} ({need.why}): the fence command {result.summary}",
+                data,
+            )
+            return None
+        output = f"; its output: {result.output.splitlines()[-1]}" if result.output else ""
+        reason = (
+            f"could not fence {need.node} {before} ({need.why}): the fence command "
+            f"{result.summary}{output}; not promoting: {self.me} gives the lease back and "
+            "tries again later (`hakit failover --force` promotes without fencing)"
+        )
+        self.record("fence", reason, data)
+        return reason
+
+    async def _fence_sessions(self, need: FenceNeed, epoch: int) -> list[str]:
+        if not self.cfg.failover.fence_database_sessions:
+            return []
+        url = self.cfg.app.database_url
+        if not url.startswith(("postgresql://", "postgres://")):
+            return []
+        count, problem = await terminate_database_sessions(
+            url, need.node, self.cfg.failover.fence_timeout, self.me
+        )
+        name = application_name(need.node)
+        if problem is None:
+            self.record(
+                "fence",
+                f"terminated {count} database session{'s' if count != 1 else ''} of {need.node} "
+                f"(application_name {name}) before {self.me} promotes under epoch {epoch}",
+                {"target": need.node, "result": "ok", "sessions": count, "epoch": epoch},
+            )
+            return []
+        reason = (
+            f"could not terminate the database sessions of {need.node} (application_name "
+            f"{name}): {problem}; promoting {self.me} anyway, {need.node} is fenced"
+        )
+        self.record("fence", reason, {"target": need.node, "result": "failed", "epoch": epoch})
+        return [reason]

@@ -1,0 +1,381 @@
+"""Fencing and stalls, end to end (issue 4, items 4 and 7): real agents, apps, router, signals.
+
+The fencing test the issue asks for: the active node's agent AND app are frozen
+with SIGSTOP; the standby fences the old node (a fence command that SIGKILLs
+its app's group, standing in for a power-off) and takes over under a new epoch;
+then both are woken with SIGCONT. From then on the old node must not serve a
+single request (through the router or directly) nor write a single row.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+
+from hakit.coord.base import Event
+from hakit.demo.cluster import DemoCluster, wait_for
+from tests.pgserver import PostgresServer
+from tests.support.freeze import freeze_group
+from tests.support.procnet import request_unanswered
+
+from .conftest import ClusterFactory, events_of, wait_serving
+
+pytestmark = pytest.mark.e2e
+
+FENCE_KILL = (sys.executable, str(Path(__file__).parents[1] / "support" / "fence_kill.py"))
+
+
+def fresh_database(postgres: PostgresServer) -> str:
+    """A database of its own on the shared server, so row counts are this test's only."""
+    name = f"fence_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres.url, autocommit=True) as connection:
+        connection.execute(f"CREATE DATABASE {name}")
+    return postgres.url.rsplit("/", 1)[0] + f"/{name}"
+
+
+def row_count(url: str) -> int:
+    with psycopg.connect(url, connect_timeout=5) as connection:
+        row = connection.execute("SELECT count(*) FROM records").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def app_url(cluster: DemoCluster, node: str) -> str:
+    config = cluster.cfg.node(node)
+    return f"http://{config.host}:{config.port}"
+
+
+def other_node(cluster: DemoCluster, node: str) -> str:
+    return next(n.name for n in cluster.cfg.nodes if n.name != node)
+
+
+def signal_group(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+@contextmanager
+def frozen(*pids: int) -> Iterator[None]:
+    """SIGSTOP each process group; SIGCONT them (in the order given) however the block ends.
+
+    Never inside a write transaction on a shared SQLite file (``freeze_group``): on
+    one machine that would freeze the coordination store for every node.
+    """
+    try:
+        for pid in pids:
+            freeze_group(pid)
+        yield
+    finally:
+        for pid in pids:
+            signal_group(pid, signal.SIGCONT)
+
+
+def events_since(cluster: DemoCluster, after_id: int, node: str) -> list[Event]:
+    return [e for e in cluster.events(after_id) if e.node == node]
+
+
+def last_event_id(cluster: DemoCluster) -> int:
+    events = cluster.events()
+    return events[-1].id if events else 0
+
+
+def alerts(events: list[Event], kind: str) -> list[Event]:
+    return [e for e in events if e.kind == "alert" and e.data.get("alert") == kind]
+
+
+class RouterLoad:
+    """GETs through the router from a thread; remembers who answered each one."""
+
+    def __init__(self, cluster: DemoCluster) -> None:
+        self.url = cluster.router_url
+        self.answers: list[tuple[int, str]] = []  # (status, X-Hakit-Node)
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with httpx.Client(base_url=self.url, timeout=5) as client:
+            while not self._stop.is_set():
+                try:
+                    response = client.get("/records")
+                except httpx.HTTPError as error:
+                    self.errors.append(repr(error))
+                    continue
+                self.answers.append(
+                    (response.status_code, response.headers.get("X-Hakit-Node", ""))
+                )
+
+    def __enter__(self) -> RouterLoad:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+
+def served_by(cluster: DemoCluster) -> str | None:
+    """The X-Hakit-Node of a successful GET through the router, None if it failed."""
+    try:
+        response = httpx.get(cluster.router_url + "/status", timeout=2)
+    except httpx.HTTPError:
+        return None
+    return response.headers.get("X-Hakit-Node") if response.status_code == 200 else None
+
+
+def write_through_router(cluster: DemoCluster, count: int, prefix: str) -> list[str]:
+    """POST records through the router; the X-Hakit-Node of each answer."""
+    nodes = []
+    with httpx.Client(base_url=cluster.router_url, timeout=5) as client:
+        for i in range(count):
+            response = client.post("/records", json={"title": f"{prefix}-{i}", "attachment": "x"})
+            assert response.status_code == 201, response.text
+            nodes.append(response.headers.get("X-Hakit-Node", ""))
+    return nodes
+
+
+def direct_write_fails(cluster: DemoCluster, node: str) -> str:
+    """Try to write a record straight to ``node``'s app port; why it failed (asserts it did)."""
+    try:
+        response = httpx.post(
+            app_url(cluster, node) + "/records", json={"title": "from the old node"}, timeout=3
+        )
+    except httpx.HTTPError as error:
+        return repr(error)
+    assert response.status_code >= 400, f"the old node accepted a write: {response.text}"
+    return f"HTTP {response.status_code}"
+
+
+def test_frozen_old_active_cannot_serve_or_write_after_failover(
+    make_cluster: ClusterFactory, postgres: PostgresServer
+) -> None:
+    url = fresh_database(postgres)
+    cluster = make_cluster(
+        database_url=url,
+        fence_command=(*FENCE_KILL, "--node", "{node}"),
+        fence_database_sessions=True,
+        lease_ttl="2s",
+        renew_interval="500ms",
+        startup_delay=0.2,
+    )
+    old = wait_serving(cluster)
+    new = other_node(cluster, old)
+    new_route = cluster.cfg.node(new).route_name
+    old_route = cluster.cfg.node(old).route_name
+    assert write_through_router(cluster, 3, "before") == [old_route] * 3
+    old_app, old_agent = cluster.app_pid(old), cluster.agent_pid(old)
+    assert old_app is not None
+    # The agent names the app's PostgreSQL sessions after the node (PGAPPNAME, libpq).
+    environ = Path(f"/proc/{old_app}/environ").read_bytes().split(b"\0")
+    assert f"PGAPPNAME=hakit-{old}".encode() in environ
+    # A session the old node holds (e.g. a connection its frozen app keeps open).
+    lingering = psycopg.connect(url, application_name=f"hakit-{old}", autocommit=True)
+    bystander = psycopg.connect(url, application_name="someone-else", autocommit=True)
+    epoch_before = cluster.coordinator.current_lease().epoch  # type: ignore[union-attr]
+    mark = last_event_id(cluster)
+
+    with frozen(old_agent, old_app):
+        # The standby fences the old node, then takes over under a new epoch.
+        wait_for(lambda: served_by(cluster) == new_route, 30, f"{new} to serve")
+        lease = cluster.coordinator.current_lease()
+        assert lease is not None and lease.holder == new and lease.epoch > epoch_before
+        fences = [e for e in events_since(cluster, mark, new) if e.kind == "fence"]
+        assert [(e.data["target"], e.data["result"]) for e in fences] == [(old, "ok"), (old, "ok")]
+        assert "expired" in fences[0].reason and "fence command exited 0" in fences[0].reason
+        assert fences[1].data["sessions"] >= 1 and "database session" in fences[1].reason
+        # STONITH happened before the promotion: the old app is gone while still frozen.
+        wait_for(lambda: not _alive(old_app), 5, "the fenced app to be gone")
+        with pytest.raises(psycopg.OperationalError):
+            lingering.execute("SELECT 1")
+        bystander.execute("SELECT 1")  # only the old node's sessions were terminated
+        assert write_through_router(cluster, 2, "during") == [new_route] * 2
+        rows_before_wake = row_count(url)
+        with RouterLoad(cluster) as load:
+            wait_for(lambda: len(load.answers) >= 5, 10, "requests through the router")
+            # SIGCONT (leaving the block): the old agent and its app wake up.
+            wake_mark = last_event_id(cluster)
+            signal_group(old_agent, signal.SIGCONT)
+            signal_group(old_app, signal.SIGCONT)
+            # It fences itself at once and never starts its app again.
+            wait_for(
+                lambda: alerts(events_since(cluster, wake_mark, old), "fence"),
+                15,
+                f"{old} to fence itself on waking",
+            )
+            failures = [direct_write_fails(cluster, old) for _ in range(5)]
+            wait_for(
+                lambda: (r := cluster.node_record(old)) is not None and r.role == "standby",
+                15,
+                f"{old} to publish itself standby",
+            )
+            failures += [direct_write_fails(cluster, old) for _ in range(5)]
+            answered = len(load.answers)
+            wait_for(lambda: len(load.answers) >= answered + 5, 10, "more requests after the wake")
+        assert load.errors == []
+        assert {answer for answer in load.answers} == {(200, new_route)}, load.answers
+    assert all("ConnectError" in f or f.startswith("HTTP") for f in failures), failures
+    assert write_through_router(cluster, 2, "after") == [new_route] * 2
+    # Not a single row from the old node: only the two written through the router.
+    assert row_count(url) == rows_before_wake + 2
+    woke = events_since(cluster, wake_mark, old)
+    self_fence = alerts(woke, "fence")[0]
+    assert "lost the leader lease" in self_fence.reason and "killing its app" in self_fence.reason
+    assert not [e for e in woke if e.kind == "start"], "the old node started its app again"
+    assert not alerts(woke, "crash"), "the fenced app's exit was taken for a crash"
+    assert cluster.leader() == new
+    lingering.close()
+    bystander.close()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except FileNotFoundError:
+        return False
+
+
+def test_agent_waking_after_its_deadline_kills_its_app_first(make_cluster: ClusterFactory) -> None:
+    # No fence command: self-fencing alone. Only the agent is frozen; its app runs on.
+    cluster = make_cluster(lease_ttl="2s", renew_interval="500ms", startup_delay=0.2)
+    old = wait_serving(cluster)
+    new = other_node(cluster, old)
+    old_app, old_agent = cluster.app_pid(old), cluster.agent_pid(old)
+    assert old_app is not None
+    mark = last_event_id(cluster)
+    with frozen(old_agent):
+        wait_for(lambda: cluster.active_running() == new, 30, f"{new} to take over")
+        [fence] = [e for e in events_since(cluster, mark, new) if e.kind == "fence"]
+        assert fence.data["result"] == "not-configured"
+        assert _alive(old_app)  # nobody killed it: the old agent is frozen
+        wake_mark = last_event_id(cluster)
+    # Woken: the deadline has long passed, so the app dies before anything else happens.
+    wait_for(lambda: not _alive(old_app), 5, "the old agent to kill its app on waking")
+    direct_write_fails(cluster, old)
+    wait_for(
+        lambda: [e for e in events_since(cluster, wake_mark, old) if e.kind == "fenced"],
+        15,
+        f"{old} to confirm its app is gone",
+    )
+    woke = events_since(cluster, wake_mark, old)
+    assert [e.kind for e in woke if e.kind in ("stop", "start")] == ["stop"]
+    assert "killing its app at once" in next(e for e in woke if e.kind == "stop").reason
+    assert [e for e in woke if e.kind == "stall"], "the freeze was not noticed as a stall"
+    assert cluster.active_running() == new
+
+
+def test_failed_fence_blocks_the_promotion_until_the_old_node_stands_down(
+    make_cluster: ClusterFactory,
+) -> None:
+    refuse = (sys.executable, "-c", "import sys; print('BMC unreachable'); sys.exit(1)", "{node}")
+    cluster = make_cluster(
+        fence_command=refuse, lease_ttl="2s", renew_interval="500ms", startup_delay=0.2
+    )
+    old = wait_serving(cluster)
+    new = other_node(cluster, old)
+    old_app, old_agent = cluster.app_pid(old), cluster.agent_pid(old)
+    assert old_app is not None
+    epoch_before = cluster.coordinator.current_lease().epoch  # type: ignore[union-attr]
+    mark = last_event_id(cluster)
+    with frozen(old_agent, old_app):
+        alert = wait_for(
+            lambda: alerts(events_since(cluster, mark, new), "fence"), 30, "a fence alert"
+        )[0]
+        assert f"could not fence {old}" in alert.reason and "BMC unreachable" in alert.reason
+        failed = [e for e in events_since(cluster, mark, new) if e.kind == "fence"]
+        assert failed and all(e.data["result"] == "failed" for e in failed)
+        # No promotion: the standby never started its app, nobody serves.
+        assert not [e for e in events_since(cluster, mark, new) if e.kind == "start"]
+        assert cluster.active_running() is None
+        # It says which node is still to fence, for any other node about to promote.
+        wait_for(
+            lambda: (
+                (r := cluster.node_record(new)) is not None
+                and r.role == "standby"
+                and old in r.detail.get("fence_pending", {})
+            ),
+            10,
+            f"{new} to publish that {old} is still to fence",
+        )
+    # Once the old node has woken and fenced itself, a node takes over under a new epoch
+    # (whichever wins the lease), and no fence is pending any more.
+    leader = wait_for(cluster.active_running, 30, "a node to serve again")
+    lease = cluster.coordinator.current_lease()
+    assert lease is not None and lease.holder == leader and lease.epoch > epoch_before
+    if leader == new:
+        results = [e.data["result"] for e in events_since(cluster, mark, new) if e.kind == "fence"]
+        assert results[-1] == "not-needed"
+    assert not _alive(old_app)  # killed by its own agent on waking
+
+
+def test_stalled_agent_does_not_count_timeouts_from_its_own_freeze(
+    make_cluster: ClusterFactory,
+) -> None:
+    # Patience: 2 timeouts over 2 s. The lease (10 s) outlives the stall (3 s).
+    cluster = make_cluster(
+        patience="2s",
+        fall=2,
+        health_interval="100ms",
+        probe_timeout="1s",
+        lease_ttl="10s",
+        renew_interval="1s",
+        startup_delay=0.2,
+    )
+    node = wait_serving(cluster)
+    app, agent = cluster.app_pid(node), cluster.agent_pid(node)
+    assert app is not None
+    starts = len(events_of(cluster, "start", node))
+    port = cluster.cfg.node(node).port
+    mark = last_event_id(cluster)
+    # A VM freeze: the app stops first; the agent sees a real timeout (1 of 2) ...
+    with frozen(app):
+        wait_for(
+            lambda: [e for e in events_since(cluster, mark, node) if e.kind == "detected"],
+            10,
+            "a first /status timeout",
+        )
+        # ... then the agent itself freezes while its next probe waits for the app.
+        wait_for(lambda: request_unanswered(agent, port), 5, "a probe in flight")
+        with frozen(agent):
+            time.sleep(3.0)  # the stall: longer than patience and than the probe timeout
+        # SIGCONT: the agent first (its probe's timer fired late), then the app.
+    wait_for(
+        lambda: [e for e in events_since(cluster, mark, node) if e.kind == "stall"],
+        10,
+        "the stall to be recorded",
+    )
+    ignored = wait_for(
+        lambda: [
+            e
+            for e in events_since(cluster, mark, node)
+            if e.kind == "status" and e.reason.startswith("ignored")
+        ],
+        10,
+        "the timeout of the probe the stall delayed to be ignored",
+    )
+    assert "agent was stalled for" in ignored[0].reason
+    wait_for(
+        lambda: (
+            (r := cluster.node_record(node)) is not None and r.app_state in ("RUNNING", "FIRST_RUN")
+        ),
+        10,
+        "the app to answer again",
+    )
+    # Without the stall detector this was 2 timeouts over 3 s: a hang, and a restart.
+    assert len(events_of(cluster, "start", node)) == starts
+    assert cluster.app_pid(node) == app
+    assert not alerts(events_since(cluster, mark, node), "hang")
+    assert cluster.leader() == node

@@ -1,0 +1,419 @@
+"""Fencing (hakit.fence): who must be fenced before a promotion, and running the fence command."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from hakit.config import AppConfig, Config, FailoverConfig, NodeConfig, load_config
+from hakit.configcheck import describe_config
+from hakit.coord.base import Lease, NodeRecord
+from hakit.coord.embedded import SqliteCoordinator
+from hakit.errors import ConfigError
+from hakit.fence import (
+    PENDING_KEY,
+    FenceNeed,
+    Fencer,
+    application_name,
+    fence_needs,
+    kill_group_now,
+    render_fence_command,
+    retry_delay,
+    run_fence_command,
+    stood_down,
+)
+from hakit.supervisor import live_group_members
+
+NOW = 1_000_000.0
+
+
+def record(node: str, role: str, epoch: int, updated_at: float, **detail: Any) -> NodeRecord:
+    return NodeRecord(node, role, "RUNNING", epoch, updated_at, dict(detail))
+
+
+def needs(
+    before: Lease | None,
+    last: int,
+    gained: Lease,
+    *records: NodeRecord,
+    own: tuple[FenceNeed, ...] = (),
+) -> tuple[list[str], list[str]]:
+    to_fence, cleared = fence_needs(
+        "node2", before, last, gained, {r.node: r for r in records}, list(own), NOW
+    )
+    return [n.node for n in to_fence], [n.node for n in cleared]
+
+
+# --- who must be fenced ----------------------------------------------------------------
+
+
+def test_an_expired_lease_of_another_node_means_fencing_it() -> None:
+    frozen = record("node1", "active", 1, NOW - 5)  # last heard of before its lease ended
+    to_fence, _ = fence_needs(
+        "node2",
+        Lease("node1", 1, NOW - 1),
+        1,
+        Lease("node2", 2, NOW + 3),
+        {"node1": frozen},
+        [],
+        NOW,
+    )
+    assert [(n.node, n.epoch) for n in to_fence] == [("node1", 1)]
+    assert "expired" in to_fence[0].why and "without being released" in to_fence[0].why
+
+
+def test_a_released_lease_is_a_clean_handover() -> None:
+    # release() deletes the lease: nothing stored, and no epoch was handed out in between.
+    assert needs(None, 1, Lease("node2", 2, NOW + 3), record("node1", "standby", 0, NOW - 1)) == (
+        [],
+        [],
+    )
+
+
+def test_the_first_lease_ever_needs_no_fencing() -> None:
+    assert needs(None, 0, Lease("node2", 1, NOW + 3)) == ([], [])
+
+
+def test_its_own_expired_lease_needs_no_stonith() -> None:
+    # The agent fences itself (the deadline check); no power-off of its own node.
+    assert needs(Lease("node2", 4, NOW - 1), 4, Lease("node2", 5, NOW + 3)) == ([], [])
+
+
+def test_a_node_that_published_after_its_lease_ended_has_fenced_itself() -> None:
+    woke = record("node1", "standby", 0, NOW - 0.5)  # its agent ran after the expiry
+    assert needs(Lease("node1", 1, NOW - 1), 1, Lease("node2", 2, NOW + 3), woke) == (
+        [],
+        ["node1"],
+    )
+
+
+def test_a_record_still_claiming_the_lost_epoch_is_no_proof() -> None:
+    claims = record("node1", "active", 1, NOW - 0.5)
+    assert needs(Lease("node1", 1, NOW - 1), 1, Lease("node2", 2, NOW + 3), claims) == (
+        ["node1"],
+        [],
+    )
+
+
+def test_a_lease_valid_when_read_then_taken_is_fenced_too() -> None:
+    # It ended between our read and our acquire: not released as far as we know.
+    to_fence, _ = fence_needs(
+        "node2", Lease("node1", 1, NOW + 0.001), 1, Lease("node2", 2, NOW + 3), {}, [], NOW
+    )
+    assert [n.node for n in to_fence] == ["node1"]
+    assert to_fence[0].since == NOW
+
+
+def test_epochs_handed_out_in_between_are_fenced() -> None:
+    # Between our read (last epoch 3) and our acquire (epoch 6) node3 held epoch 5.
+    node3 = record("node3", "active", 5, NOW - 0.1)
+    assert needs(None, 3, Lease("node2", 6, NOW + 3), node3) == (["node3"], [])
+
+
+def test_nodes_another_node_could_not_fence_are_fenced() -> None:
+    pending = {"node1": {"epoch": 1, "since": NOW - 20, "why": "its lease expired"}}
+    node3 = record("node3", "standby", 0, NOW - 1, **{PENDING_KEY: pending})
+    node1 = record("node1", "active", 1, NOW - 30)
+    to_fence, _ = fence_needs(
+        "node2", None, 2, Lease("node2", 3, NOW + 3), {"node1": node1, "node3": node3}, [], NOW
+    )
+    assert [n.node for n in to_fence] == ["node1"]
+    assert "node3 could not fence it yet" in to_fence[0].why
+
+
+def test_pending_for_oneself_is_ignored() -> None:
+    # node1 woke, fenced itself, and now takes the lease: what others could not do to it
+    # is moot.
+    pending = {"node2": {"epoch": 1, "since": NOW - 20}}
+    node3 = record("node3", "standby", 0, NOW - 1, **{PENDING_KEY: pending})
+    assert needs(None, 2, Lease("node2", 3, NOW + 3), node3) == ([], [])
+
+
+def test_malformed_pending_entries_are_skipped() -> None:
+    pending = {"node1": "yes", "node4": {"epoch": "x"}, "node5": {}}
+    node3 = record("node3", "standby", 0, NOW - 1, **{PENDING_KEY: pending})
+    assert needs(None, 2, Lease("node2", 3, NOW + 3), node3) == ([], [])
+
+
+def test_own_pending_stays_after_giving_the_lease_back() -> None:
+    own = (FenceNeed("node1", 1, NOW - 10, "its lease of epoch 1 expired"),)
+    node1 = record("node1", "active", 1, NOW - 12)
+    assert needs(None, 2, Lease("node2", 3, NOW + 3), node1, own=own) == (["node1"], [])
+
+
+def test_stood_down() -> None:
+    need = FenceNeed("node1", 3, NOW, "")
+    assert not stood_down(None, need)
+    assert not stood_down(record("node1", "standby", 0, NOW - 1), need)
+    assert not stood_down(record("node1", "active", 3, NOW + 1), need)
+    assert stood_down(record("node1", "standby", 0, NOW + 1), need)
+    assert stood_down(record("node1", "stopped", 0, NOW + 1), need)
+    assert stood_down(record("node1", "active", 4, NOW + 1), need)  # a later term of its own
+
+
+def test_render_fence_command() -> None:
+    argv = ("/usr/sbin/fence_ipmilan", "--plug", "{node}", "--ip={host}", "--name", "{node}")
+    assert render_fence_command(argv, "db1", "10.0.0.5") == [
+        "/usr/sbin/fence_ipmilan",
+        "--plug",
+        "db1",
+        "--ip=10.0.0.5",
+        "--name",
+        "db1",
+    ]
+
+
+def test_retry_delay_doubles_up_to_a_minute() -> None:
+    assert [retry_delay(n, 1.0) for n in (1, 2, 3, 4)] == [1.0, 2.0, 4.0, 8.0]
+    assert retry_delay(20, 1.0) == 60.0
+
+
+def test_application_name() -> None:
+    assert application_name("node1") == "hakit-node1"
+
+
+# --- configuration -----------------------------------------------------------------------
+
+
+def test_fence_command_config() -> None:
+    argv = ["fence", "--node", "{node}", "--host", "{host}"]  # as TOML gives it: a list
+    failover = FailoverConfig(fence_command=argv)  # type: ignore[arg-type]
+    assert failover.fence_command == ("fence", "--node", "{node}", "--host", "{host}")
+    assert FailoverConfig().fence_command is None
+    assert FailoverConfig().fence_database_sessions is False
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["fence", "{port}"], "uses {port}; expected only {node} and {host}"),
+        (["fence", "{node"], "literal brace"),
+        ("fence {node}", "got a string"),
+        ([], "empty list"),
+    ],
+)
+def test_fence_command_problems(argv: object, message: str) -> None:
+    with pytest.raises(ValidationError, match=message.replace("{", r"\{").replace("}", r"\}")):
+        FailoverConfig(fence_command=argv)  # type: ignore[arg-type]
+
+
+# --- the fence command, for real ---------------------------------------------------------
+
+
+def python(code: str) -> list[str]:
+    return [sys.executable, "-c", code]
+
+
+def run(argv: list[str], timeout: float, log: Path, env: dict[str, str] | None = None) -> Any:
+    return asyncio.run(run_fence_command(argv, timeout, env or {}, log))
+
+
+def test_fence_command_success_with_its_output(tmp_path: Path) -> None:
+    code = "import os; print('powered off', os.environ['HAKIT_FENCE_NODE'])"
+    result = run(python(code), 10, tmp_path / "fence.log", {"HAKIT_FENCE_NODE": "node1"})
+    assert result.ok and result.returncode == 0
+    assert result.output == "powered off node1"
+    assert result.summary.startswith("exited 0 after")
+    assert "powered off node1" in (tmp_path / "fence.log").read_text()
+
+
+def test_fence_command_failure(tmp_path: Path) -> None:
+    code = "import sys; print('BMC unreachable'); sys.exit(3)"
+    result = run(python(code), 10, tmp_path / "fence.log")
+    assert not result.ok and result.returncode == 3
+    assert "exited with status 3" in result.summary
+    assert result.output == "BMC unreachable"
+
+
+def test_fence_command_that_cannot_start(tmp_path: Path) -> None:
+    result = run([str(tmp_path / "missing-fence-agent")], 10, tmp_path / "fence.log")
+    assert not result.ok and result.returncode is None
+    assert "could not be started" in result.summary
+
+
+def test_fence_command_timeout_kills_its_whole_group(tmp_path: Path) -> None:
+    # The fence agent starts a child, prints its pid, then hangs.
+    code = (
+        "import subprocess, sys, time; "
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
+        "print(child.pid, flush=True); time.sleep(60)"
+    )
+    started = time.monotonic()
+    result = run(python(code), 1.0, tmp_path / "fence.log")
+    assert time.monotonic() - started < 10
+    assert not result.ok and "did not finish within fence_timeout 1 s" in result.summary
+    child = int(result.output.split()[0])
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and _alive(child):
+        time.sleep(0.02)
+    assert not _alive(child)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except FileNotFoundError:
+        return False
+
+
+def test_kill_group_now() -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True
+    )
+    try:
+        assert kill_group_now(process.pid)
+        assert process.wait(timeout=10) == -signal.SIGKILL
+        assert live_group_members(process.pid) == []
+        assert not kill_group_now(process.pid)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert not kill_group_now(None)
+    assert not kill_group_now(0)  # never "the caller's own group"
+
+
+# --- the agent's side, against a real store -----------------------------------------------
+
+
+def make_config(tmp_path: Path, fence_command: list[str] | None) -> Config:
+    return Config(
+        app=AppConfig(start=("app",), home=tmp_path, database_url="sqlite:///x.db"),
+        nodes=(NodeConfig(name="node1", port=8101), NodeConfig(name="node2", port=8102)),
+        failover=FailoverConfig(
+            fence_command=tuple(fence_command) if fence_command else None, fence_timeout=5.0
+        ),
+    )
+
+
+class Harness:
+    def __init__(self, tmp_path: Path, fence_command: list[str] | None) -> None:
+        self.store = SqliteCoordinator(tmp_path / "coordination.db")
+        self.events: list[tuple[str, str, dict[str, Any]]] = []
+        self.fencer = Fencer(
+            make_config(tmp_path, fence_command),
+            "node2",
+            self.store,
+            lambda kind, reason, data: self.events.append((kind, reason, data)),
+            tmp_path / "fence-node2.log",
+        )
+
+    def takeover(self) -> Any:
+        """node1 held epoch 1 and froze; node2 takes the lease after it expired."""
+        now = time.time()
+        self.store.publish_node(record("node1", "active", 1, now - 10))
+        before = Lease("node1", 1, now - 1)
+        return asyncio.run(self.fencer.clear_to_promote(Lease("node2", 2, now + 3), before, 1))
+
+
+def test_fencer_runs_the_command_against_the_old_holder(tmp_path: Path) -> None:
+    marker = tmp_path / "fenced"
+    code = f"import sys; open({str(marker)!r}, 'w').write(sys.argv[1])"
+    harness = Harness(tmp_path, [*python(code), "{node}"])
+    verdict = harness.takeover()
+    assert verdict.ok and verdict.warnings == ()
+    assert marker.read_text() == "node1"
+    [(kind, reason, data)] = harness.events
+    assert kind == "fence" and reason.startswith("fenced node1 before node2 promotes under epoch 2")
+    assert data["result"] == "ok" and data["target"] == "node1" and data["returncode"] == 0
+    assert harness.fencer.pending == {}
+
+
+def test_fencer_refuses_when_the_command_fails_and_remembers(tmp_path: Path) -> None:
+    harness = Harness(tmp_path, python("import sys; print('no route to BMC'); sys.exit(1)"))
+    verdict = harness.takeover()
+    assert not verdict.ok
+    assert "could not fence node1" in verdict.reason and "no route to BMC" in verdict.reason
+    assert "--force" in verdict.reason
+    assert harness.events[-1][2]["result"] == "failed"
+    assert list(harness.fencer.pending) == ["node1"]
+    assert harness.fencer.published()["node1"]["epoch"] == 1
+    assert harness.fencer.failures == 1
+    # Next turn, the lease was given back (nothing stored): still fenced first.
+    again = asyncio.run(
+        harness.fencer.clear_to_promote(Lease("node2", 3, time.time() + 3), None, 2)
+    )
+    assert not again.ok and harness.fencer.failures == 2
+
+
+def test_operator_force_skips_the_fence_once(tmp_path: Path) -> None:
+    harness = Harness(tmp_path, python("import sys; sys.exit(1)"))
+    harness.fencer.skip_next = True
+    assert harness.takeover().ok
+    assert harness.events[-1][2]["result"] == "skipped"
+    assert "operator forced" in harness.events[-1][1]
+    assert not harness.fencer.skip_next
+
+
+def test_without_a_fence_command_self_fencing_is_trusted_and_said(tmp_path: Path) -> None:
+    harness = Harness(tmp_path, None)
+    assert harness.takeover().ok
+    [(kind, reason, data)] = harness.events
+    assert data["result"] == "not-configured" and "no failover.fence_command" in reason
+
+
+def test_no_fence_after_a_clean_handover(tmp_path: Path) -> None:
+    harness = Harness(tmp_path, python("import sys; sys.exit(1)"))
+    verdict = asyncio.run(
+        harness.fencer.clear_to_promote(Lease("node2", 2, time.time() + 3), None, 1)
+    )
+    assert verdict.ok and harness.events == []
+
+
+def write_toml(tmp_path: Path, failover: str, database_url: str) -> Path:
+    path = tmp_path / "hakit.toml"
+    path.write_text(
+        f"""
+[app]
+start = ["app"]
+home = "home"
+database_url = "{database_url}"
+
+[failover]
+{failover}
+
+[[nodes]]
+name = "node1"
+port = 8101
+
+[[nodes]]
+name = "node2"
+port = 8102
+"""
+    )
+    return path
+
+
+def test_config_check_describes_fencing(tmp_path: Path) -> None:
+    failover = (
+        'fence_command = ["/usr/sbin/fence_ipmilan", "--plug", "{node}"]\n'
+        'fence_timeout = "15s"\nfence_database_sessions = true'
+    )
+    cfg = load_config(write_toml(tmp_path, failover, "postgresql://app@db/app"))
+    [line] = [line for line in describe_config(cfg) if line.startswith("fencing:")]
+    assert "`/usr/sbin/fence_ipmilan --plug {node}`" in line and "up to 15s" in line
+    assert "PostgreSQL sessions are terminated" in line
+    plain = load_config(write_toml(tmp_path, "", "sqlite:///app.db"))
+    [line] = [line for line in describe_config(plain) if line.startswith("fencing:")]
+    assert "no fence_command" in line
+
+
+def test_session_fencing_needs_postgresql(tmp_path: Path) -> None:
+    path = write_toml(tmp_path, "fence_database_sessions = true", "sqlite:///app.db")
+    with pytest.raises(ConfigError, match=r"failover.fence_database_sessions: only applies to"):
+        load_config(path)
+
+
+def test_fence_command_problem_names_file_and_line(tmp_path: Path) -> None:
+    path = write_toml(tmp_path, 'fence_command = ["fence", "{port}"]', "sqlite:///app.db")
+    with pytest.raises(ConfigError, match=r"hakit.toml:\d+: failover.fence_command: .*\{port\}"):
+        load_config(path)
