@@ -11,7 +11,11 @@ Tasks feed one queue so the policy sees events one at a time:
 - the probe loop (``/status`` every ``health.interval``, faster while starting);
 - the lease loop (take/renew the leader lease every ``renew_interval``; a lease
   that could not be renewed in time is reported lost *before* its TTL ends, so
-  the app is stopped before another node may start it: self-fencing);
+  the app is stopped before another node may start it: self-fencing; a lease taken
+  over from a node whose lease expired is acted on only once that node is fenced,
+  hakit.fence);
+- the heartbeat (every 50 ms: the lease deadline, checked first on waking from a
+  freeze, and this agent's own stalls, hakit.stall);
 - the operator loop (the operator's intents in the store every ``renew_interval``:
   pause, resume, switchover, forced failover; hakit.operator), beside the admin
   API that writes them (hakit.admin_api, on the node's ``admin_port``).
@@ -24,6 +28,7 @@ import contextlib
 import logging
 import os
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -34,11 +39,14 @@ from hakit.contract import AppState
 from hakit.coord.base import Coordinator, Event, Lease, NodeRecord
 from hakit.errors import CoordinationError, InvalidTransition, SupervisorError
 from hakit.fence import (
+    AGENT_ID_KEY,
     PENDING_KEY,
     FenceNeed,
     Fencer,
+    Predecessor,
     application_name,
     kill_group_now,
+    read_predecessor,
     retry_delay,
 )
 from hakit.fence import Verdict as FenceVerdict
@@ -164,6 +172,7 @@ class Agent:
         self._given_up_epoch = 0
         self._promotion: asyncio.Task[None] | None = None
         self._fence_retry_at = 0.0  # monotonic: no takeover before this after a failed fence
+        self.agent_id = uuid.uuid4().hex  # this process, in its records: see fence.stood_down
         self.fencer = Fencer(
             cfg,
             self.node.name,
@@ -240,12 +249,11 @@ class Agent:
         taking_over = not self.epoch
         if taking_over and started < self._fence_retry_at:
             return  # a fence failed lately: wait before trying (and alerting) again
-        before: Lease | None = None
-        last_epoch = 0
+        before = Predecessor(None, 0)
         try:
             if taking_over:
                 # What we take over from decides whether its holder must be fenced first.
-                before, last_epoch = await asyncio.to_thread(self._stored_lease)
+                before = await asyncio.to_thread(read_predecessor, self.coordinator, self.node.name)
             lease = await asyncio.to_thread(self.coordinator.acquire_or_renew, self.node.name, ttl)
         except CoordinationError as error:
             log.warning("could not renew the lease: %s", error)
@@ -265,28 +273,23 @@ class Agent:
             if lease.epoch != self.epoch:
                 if self.epoch:
                     self._self_fence(f"lease epoch moved from {self.epoch} to {lease.epoch}")
-                    last_epoch = self._given_up_epoch
+                    before = Predecessor(None, self._given_up_epoch, None, time.time())
                 self.epoch = lease.epoch
-                self._promotion = asyncio.create_task(
-                    self._promote(lease, before, last_epoch), name="promote"
-                )
+                self._promotion = asyncio.create_task(self._promote(lease, before), name="promote")
             self._publish()
             return
         if self.epoch:
             holder = f"{lease.holder} holds it" if lease is not None else "the store is unreachable"
             self._self_fence(f"could not renew the lease: {holder}")
 
-    def _stored_lease(self) -> tuple[Lease | None, int]:
-        return self.coordinator.current_lease(), self.coordinator.last_epoch()
-
-    async def _promote(self, lease: Lease, before: Lease | None, last_epoch: int) -> None:
+    async def _promote(self, lease: Lease, before: Predecessor) -> None:
         """Tell the policy it leads, once the old holder is fenced (hakit.fence).
 
         Runs beside the lease loop, which keeps renewing the lease meanwhile; the
         node record says standby until the policy has heard LeaseGained.
         """
         try:
-            verdict = await self.fencer.clear_to_promote(lease, before, last_epoch)
+            verdict = await self.fencer.clear_to_promote(lease, before)
         except Exception as error:  # a bug: never hold the lease without acting under it
             log.exception("fencing before the promotion under epoch %d failed", lease.epoch)
             verdict = FenceVerdict(False, f"fencing failed unexpectedly: {error!r}")
@@ -680,6 +683,7 @@ class Agent:
             },
         )
         self._published_at = self.monotonic()
+        record.detail[AGENT_ID_KEY] = self.agent_id
         if self.fencer.pending:
             record.detail[PENDING_KEY] = self.fencer.published()
         try:

@@ -42,6 +42,7 @@ log = logging.getLogger("hakit.fence")
 
 OUTPUT_TAIL = 2000  # characters of a fence command's output kept in its event
 PENDING_KEY = "fence_pending"  # NodeRecord.detail key: nodes this node could not fence yet
+AGENT_ID_KEY = "agent_id"  # NodeRecord.detail key: the publishing agent process's instance id
 RETRY_MAX = 60.0  # longest wait between two attempts to fence the same node
 
 
@@ -55,15 +56,56 @@ def application_name(node: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class FenceNeed:
-    """``node`` may still act under ``epoch``, whose lease ended at wall time ``since``."""
+    """``node`` may still act under ``epoch``, whose lease ended at wall time ``since``.
+
+    ``agent_id`` identifies the agent process that held it (``AGENT_ID_KEY`` in its
+    record), when known: only that very process can prove it fenced itself.
+    """
 
     node: str
     epoch: int
     since: float  # wall-clock seconds
     why: str  # one clause: "its lease of epoch 3 expired at 12:00:01 without being released"
+    agent_id: str | None = None
 
     def as_json(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "since": self.since, "why": self.why}
+        return {"epoch": self.epoch, "since": self.since, "why": self.why, "agent": self.agent_id}
+
+
+@dataclass(frozen=True, slots=True)
+class Predecessor:
+    """What a node about to take the lease saw just before: the stored lease (None when
+    released or never held), the highest epoch, and the holder's record at that time."""
+
+    lease: Lease | None
+    last_epoch: int
+    record: NodeRecord | None = None
+    read_at: float = 0.0  # wall-clock seconds
+
+
+def read_predecessor(
+    coordinator: Coordinator, me: str, clock: Callable[[], float] = time.time
+) -> Predecessor:
+    """Read before asking for the lease (blocking; run it in a thread).
+
+    ``clock`` is the wall clock the store's lease times are compared with.
+    """
+    read_at = clock()
+    lease = coordinator.current_lease()
+    last_epoch = coordinator.last_epoch()
+    record = None
+    if lease is not None and lease.holder != me and not lease.valid_at(read_at):
+        # It can be taken: remember which agent process held it, to recognise it later.
+        record = next((r for r in coordinator.nodes() if r.node == lease.holder), None)
+    return Predecessor(lease, last_epoch, record, read_at)
+
+
+def agent_id_of(record: NodeRecord | None, epoch: int) -> str | None:
+    """The agent instance that published ``record`` while acting under ``epoch``."""
+    if record is None or record.epoch != epoch:
+        return None
+    value = record.detail.get(AGENT_ID_KEY)
+    return value if isinstance(value, str) else None
 
 
 def clock(wall: float) -> str:
@@ -71,14 +113,18 @@ def clock(wall: float) -> str:
 
 
 def stood_down(record: NodeRecord | None, need: FenceNeed) -> bool:
-    """True when ``need.node``'s agent has run since its lease ended and no longer claims it.
+    """True when the very agent that held ``need.node``'s lease has run since it ended and
+    no longer claims it.
 
-    An agent publishes its record from its own loop and never claims an epoch
-    past that lease's deadline (it checks the deadline first and kills its app
-    if it is late), so a record written after ``need.since`` that is not
-    "active under the lost epoch" proves the node has fenced itself.
+    That agent checks its deadline before it publishes anything and kills its app
+    when it is late, so a record of the same agent instance written after
+    ``need.since`` that is not "active under the lost epoch" proves the app is
+    gone. A record of another instance (the agent was restarted: the old one's
+    app may live on, orphaned) or of an unknown one proves nothing.
     """
-    if record is None or record.updated_at <= need.since:
+    if record is None or need.agent_id is None or record.updated_at <= need.since:
+        return False
+    if record.detail.get(AGENT_ID_KEY) != need.agent_id:
         return False
     return not (record.role == "active" and record.epoch == need.epoch)
 
@@ -102,46 +148,49 @@ def pending_in(record: NodeRecord) -> list[FenceNeed]:
             except (KeyError, TypeError, ValueError):
                 continue
             why = f"{record.node} could not fence it yet ({info.get('why', 'see its events')})"
-            needs.append(FenceNeed(str(node), epoch, since, why))
+            agent = info.get("agent")
+            needs.append(
+                FenceNeed(str(node), epoch, since, why, agent if isinstance(agent, str) else None)
+            )
     return needs
 
 
 def fence_needs(
     me: str,
-    before: Lease | None,
-    last_epoch: int,
+    before: Predecessor,
     gained: Lease,
     records: Mapping[str, NodeRecord],
     own_pending: Sequence[FenceNeed],
-    read_at: float,
 ) -> tuple[list[FenceNeed], list[FenceNeed]]:
     """(nodes to fence before ``me`` may act under ``gained``, nodes that no longer need it).
 
-    ``before`` and ``last_epoch`` are the stored lease and the highest epoch as
-    read at ``read_at`` (wall clock), just before ``gained`` was taken.
-
     - a lease of another node that was still stored (not released) ended
       without a clean handover: fence its holder;
-    - epochs handed out between that read and ``gained``: fence whoever
+    - epochs handed out between ``before`` was read and ``gained``: fence whoever
       published one of them (they held the lease for a moment, then lost it);
     - nodes another node (or ``me``, earlier) could not fence yet stay to fence.
 
-    A node whose agent has published a record since (``stood_down``) is
-    cleared instead: it has run, seen its lease end and killed its app.
+    ``records`` are the node records now. A node whose agent has published a
+    record since (``stood_down``) is cleared instead: it has run, seen its lease
+    end and killed its app.
     """
     needs: dict[str, FenceNeed] = {}
-    if before is not None and before.holder != me:
-        if before.expires_at <= read_at:
-            why = f"its lease of epoch {before.epoch} expired at {clock(before.expires_at)} without being released"
+    lease, read_at = before.lease, before.read_at
+    if lease is not None and lease.holder != me:
+        if lease.expires_at <= read_at:
+            why = f"its lease of epoch {lease.epoch} expired at {clock(lease.expires_at)} without being released"
         else:
-            why = f"its lease of epoch {before.epoch} ended without a clean release"
-        _merge(needs, FenceNeed(before.holder, before.epoch, min(before.expires_at, read_at), why))
-    prior = max(last_epoch, before.epoch if before is not None else 0)
+            why = f"its lease of epoch {lease.epoch} ended without a clean release"
+        since = min(lease.expires_at, read_at)
+        agent = agent_id_of(before.record, lease.epoch)
+        _merge(needs, FenceNeed(lease.holder, lease.epoch, since, why, agent))
+    prior = max(before.last_epoch, lease.epoch if lease is not None else 0)
     if gained.epoch > prior + 1:
         for record in records.values():
             if record.node != me and prior < record.epoch < gained.epoch:
                 why = f"it held epoch {record.epoch}, which ended while {me} took the lease"
-                _merge(needs, FenceNeed(record.node, record.epoch, read_at, why))
+                agent = agent_id_of(record, record.epoch)
+                _merge(needs, FenceNeed(record.node, record.epoch, read_at, why, agent))
     for record in records.values():
         if record.node != me:
             for need in pending_in(record):
@@ -333,18 +382,15 @@ class Fencer:
         except KeyError:
             return ""
 
-    async def clear_to_promote(
-        self, gained: Lease, before: Lease | None, last_epoch: int
-    ) -> Verdict:
+    async def clear_to_promote(self, gained: Lease, before: Predecessor) -> Verdict:
         """Fence what must be fenced before acting under ``gained``; never raises."""
-        read_at = time.time()
         try:
             records = {r.node: r for r in await asyncio.to_thread(self.coordinator.nodes)}
         except CoordinationError as error:
             log.warning("could not read the node records before promoting: %s", error)
             records = {}
         to_fence, cleared = fence_needs(
-            self.me, before, last_epoch, gained, records, list(self.pending.values()), read_at
+            self.me, before, gained, records, list(self.pending.values())
         )
         for need in cleared:
             self.pending.pop(need.node, None)
@@ -357,6 +403,7 @@ class Fencer:
             )
         if not to_fence:
             self.failures = 0
+            self.skip_next = False  # a forced promotion is one promotion
             return Verdict(True, "")
         if self.skip_next:
             self.skip_next = False

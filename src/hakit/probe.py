@@ -21,12 +21,17 @@ import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
-
-import httpx
+from typing import TYPE_CHECKING
 
 from hakit.config import HealthCheckConfig
 from hakit.contract import REPORTED_STATES, AppState, http_status_for
 from hakit.errors import ConfigError
+
+if TYPE_CHECKING:
+    import httpx
+
+# httpx (~8 MiB of imports) is imported by StatusProber when it is made, not with this
+# module: the router's checks read plain-HTTP URLs without it (router/statusclient.py).
 
 STATUS_BODY_LIMIT = 64 * 1024  # a /status answer is a few bytes; never read more than this
 HEALTH_BODY_LIMIT = 1024 * 1024  # a health page may be a whole HTML page
@@ -147,6 +152,8 @@ class StatusProber:
                 )
         else:
             raise ConfigError(["app.health: set one of status_url, url or command"])
+        import httpx
+
         # No keep-alive: a restarted app on the same port must get a fresh
         # connection, never a pooled one to the process that died. No proxy
         # from the environment: probes go straight to the node.
@@ -163,6 +170,8 @@ class StatusProber:
         return self._url or " ".join(self._argv or [])
 
     async def probe(self) -> Observation:
+        import httpx
+
         started = time.monotonic()
         try:
             async with asyncio.timeout(self._timeout):
@@ -180,6 +189,8 @@ class StatusProber:
         await self._client.aclose()
 
     async def _get(self, url: str) -> tuple[AppState, int | None, str]:
+        import httpx
+
         is_status = self._check.status_url is not None
         limit = STATUS_BODY_LIMIT if is_status else HEALTH_BODY_LIMIT
         try:

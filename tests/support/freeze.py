@@ -19,14 +19,14 @@ import time
 def _threads_stopped(pid: int) -> bool:
     try:
         tasks = os.listdir(f"/proc/{pid}/task")
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):
         return True  # gone: nothing left to run
     for task in tasks:
         try:
             with open(f"/proc/{pid}/task/{task}/stat") as stat:
                 state = stat.read().rsplit(")", 1)[1].split()[0]
-        except (FileNotFoundError, IndexError):
-            continue
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue  # exited meanwhile
         if state not in ("T", "t", "Z", "X"):
             return False
     return True
@@ -40,8 +40,8 @@ def group_members(pgid: int) -> list[int]:
         try:
             with open(f"/proc/{entry}/stat") as stat:
                 fields = stat.read().rsplit(")", 1)[1].split()
-        except (FileNotFoundError, IndexError):
-            continue
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue  # exited meanwhile
         if int(fields[2]) == pgid:
             members.append(int(entry))
     return members

@@ -53,7 +53,11 @@ def socket_inodes(pid: int) -> set[int]:
     """Inodes of the sockets process ``pid`` has open."""
     inodes = set()
     fd_dir = f"/proc/{pid}/fd"
-    for fd in os.listdir(fd_dir):
+    try:
+        fds = os.listdir(fd_dir)
+    except (FileNotFoundError, ProcessLookupError):
+        return inodes  # the process is gone
+    for fd in fds:
         try:
             target = os.readlink(f"{fd_dir}/{fd}")
         except OSError:

@@ -19,12 +19,15 @@ from hakit.coord.base import Lease, NodeRecord
 from hakit.coord.embedded import SqliteCoordinator
 from hakit.errors import ConfigError
 from hakit.fence import (
+    AGENT_ID_KEY,
     PENDING_KEY,
     FenceNeed,
     Fencer,
+    Predecessor,
     application_name,
     fence_needs,
     kill_group_now,
+    read_predecessor,
     render_fence_command,
     retry_delay,
     run_fence_command,
@@ -39,75 +42,82 @@ def record(node: str, role: str, epoch: int, updated_at: float, **detail: Any) -
     return NodeRecord(node, role, "RUNNING", epoch, updated_at, dict(detail))
 
 
+A = {AGENT_ID_KEY: "agent-a"}  # the agent process that held node1's lease
+B = {AGENT_ID_KEY: "agent-b"}  # another one: node1's agent after a restart
+
+FROZEN = record("node1", "active", 1, NOW - 5, **A)  # last heard of before its lease ended
+
+
+def seen(lease: Lease | None, last: int, holder: NodeRecord | None = None) -> Predecessor:
+    return Predecessor(lease, last, holder, NOW)
+
+
 def needs(
-    before: Lease | None,
-    last: int,
+    before: Predecessor,
     gained: Lease,
     *records: NodeRecord,
     own: tuple[FenceNeed, ...] = (),
 ) -> tuple[list[str], list[str]]:
     to_fence, cleared = fence_needs(
-        "node2", before, last, gained, {r.node: r for r in records}, list(own), NOW
+        "node2", before, gained, {r.node: r for r in records}, list(own)
     )
     return [n.node for n in to_fence], [n.node for n in cleared]
+
+
+EXPIRED = seen(Lease("node1", 1, NOW - 1), 1, FROZEN)
+GAINED = Lease("node2", 2, NOW + 3)
 
 
 # --- who must be fenced ----------------------------------------------------------------
 
 
 def test_an_expired_lease_of_another_node_means_fencing_it() -> None:
-    frozen = record("node1", "active", 1, NOW - 5)  # last heard of before its lease ended
-    to_fence, _ = fence_needs(
-        "node2",
-        Lease("node1", 1, NOW - 1),
-        1,
-        Lease("node2", 2, NOW + 3),
-        {"node1": frozen},
-        [],
-        NOW,
-    )
-    assert [(n.node, n.epoch) for n in to_fence] == [("node1", 1)]
+    to_fence, cleared = fence_needs("node2", EXPIRED, GAINED, {"node1": FROZEN}, [])
+    assert [(n.node, n.epoch, n.agent_id) for n in to_fence] == [("node1", 1, "agent-a")]
     assert "expired" in to_fence[0].why and "without being released" in to_fence[0].why
+    assert cleared == []
 
 
 def test_a_released_lease_is_a_clean_handover() -> None:
     # release() deletes the lease: nothing stored, and no epoch was handed out in between.
-    assert needs(None, 1, Lease("node2", 2, NOW + 3), record("node1", "standby", 0, NOW - 1)) == (
-        [],
-        [],
-    )
+    standby = record("node1", "standby", 0, NOW - 1)
+    assert needs(seen(None, 1), GAINED, standby) == ([], [])
 
 
 def test_the_first_lease_ever_needs_no_fencing() -> None:
-    assert needs(None, 0, Lease("node2", 1, NOW + 3)) == ([], [])
+    assert needs(seen(None, 0), Lease("node2", 1, NOW + 3)) == ([], [])
 
 
 def test_its_own_expired_lease_needs_no_stonith() -> None:
     # The agent fences itself (the deadline check); no power-off of its own node.
-    assert needs(Lease("node2", 4, NOW - 1), 4, Lease("node2", 5, NOW + 3)) == ([], [])
+    assert needs(seen(Lease("node2", 4, NOW - 1), 4), Lease("node2", 5, NOW + 3)) == ([], [])
 
 
-def test_a_node_that_published_after_its_lease_ended_has_fenced_itself() -> None:
-    woke = record("node1", "standby", 0, NOW - 0.5)  # its agent ran after the expiry
-    assert needs(Lease("node1", 1, NOW - 1), 1, Lease("node2", 2, NOW + 3), woke) == (
-        [],
-        ["node1"],
-    )
+def test_the_same_agent_publishing_after_its_lease_ended_has_fenced_itself() -> None:
+    woke = record("node1", "standby", 0, NOW - 0.5, **A)  # it ran after the expiry
+    assert needs(EXPIRED, GAINED, woke) == ([], ["node1"])
+
+
+def test_a_restarted_agent_proves_nothing() -> None:
+    # The old agent died; its app may run on, orphaned; the new agent never knew it.
+    restarted = record("node1", "standby", 0, NOW - 0.5, **B)
+    assert needs(EXPIRED, GAINED, restarted) == (["node1"], [])
+
+
+def test_an_unknown_holder_agent_proves_nothing() -> None:
+    woke = record("node1", "standby", 0, NOW - 0.5, **A)
+    assert needs(seen(Lease("node1", 1, NOW - 1), 1, None), GAINED, woke) == (["node1"], [])
 
 
 def test_a_record_still_claiming_the_lost_epoch_is_no_proof() -> None:
-    claims = record("node1", "active", 1, NOW - 0.5)
-    assert needs(Lease("node1", 1, NOW - 1), 1, Lease("node2", 2, NOW + 3), claims) == (
-        ["node1"],
-        [],
-    )
+    claims = record("node1", "active", 1, NOW - 0.5, **A)
+    assert needs(EXPIRED, GAINED, claims) == (["node1"], [])
 
 
 def test_a_lease_valid_when_read_then_taken_is_fenced_too() -> None:
     # It ended between our read and our acquire: not released as far as we know.
-    to_fence, _ = fence_needs(
-        "node2", Lease("node1", 1, NOW + 0.001), 1, Lease("node2", 2, NOW + 3), {}, [], NOW
-    )
+    before = seen(Lease("node1", 1, NOW + 0.001), 1)
+    to_fence, _ = fence_needs("node2", before, GAINED, {}, [])
     assert [n.node for n in to_fence] == ["node1"]
     assert to_fence[0].since == NOW
 
@@ -115,7 +125,7 @@ def test_a_lease_valid_when_read_then_taken_is_fenced_too() -> None:
 def test_epochs_handed_out_in_between_are_fenced() -> None:
     # Between our read (last epoch 3) and our acquire (epoch 6) node3 held epoch 5.
     node3 = record("node3", "active", 5, NOW - 0.1)
-    assert needs(None, 3, Lease("node2", 6, NOW + 3), node3) == (["node3"], [])
+    assert needs(seen(None, 3), Lease("node2", 6, NOW + 3), node3) == (["node3"], [])
 
 
 def test_nodes_another_node_could_not_fence_are_fenced() -> None:
@@ -123,40 +133,66 @@ def test_nodes_another_node_could_not_fence_are_fenced() -> None:
     node3 = record("node3", "standby", 0, NOW - 1, **{PENDING_KEY: pending})
     node1 = record("node1", "active", 1, NOW - 30)
     to_fence, _ = fence_needs(
-        "node2", None, 2, Lease("node2", 3, NOW + 3), {"node1": node1, "node3": node3}, [], NOW
+        "node2", seen(None, 2), Lease("node2", 3, NOW + 3), {"node1": node1, "node3": node3}, []
     )
     assert [n.node for n in to_fence] == ["node1"]
     assert "node3 could not fence it yet" in to_fence[0].why
 
 
+def test_a_pending_node_whose_agent_woke_is_cleared() -> None:
+    pending = {"node1": {"epoch": 1, "since": NOW - 20, "why": "expired", "agent": "agent-a"}}
+    node3 = record("node3", "standby", 0, NOW - 1, **{PENDING_KEY: pending})
+    woke = record("node1", "standby", 0, NOW - 2, **A)
+    assert needs(seen(None, 2), Lease("node2", 3, NOW + 3), node3, woke) == ([], ["node1"])
+
+
 def test_pending_for_oneself_is_ignored() -> None:
-    # node1 woke, fenced itself, and now takes the lease: what others could not do to it
+    # node2 woke, fenced itself, and now takes the lease: what others could not do to it
     # is moot.
     pending = {"node2": {"epoch": 1, "since": NOW - 20}}
     node3 = record("node3", "standby", 0, NOW - 1, **{PENDING_KEY: pending})
-    assert needs(None, 2, Lease("node2", 3, NOW + 3), node3) == ([], [])
+    assert needs(seen(None, 2), Lease("node2", 3, NOW + 3), node3) == ([], [])
 
 
 def test_malformed_pending_entries_are_skipped() -> None:
     pending = {"node1": "yes", "node4": {"epoch": "x"}, "node5": {}}
     node3 = record("node3", "standby", 0, NOW - 1, **{PENDING_KEY: pending})
-    assert needs(None, 2, Lease("node2", 3, NOW + 3), node3) == ([], [])
+    assert needs(seen(None, 2), Lease("node2", 3, NOW + 3), node3) == ([], [])
 
 
 def test_own_pending_stays_after_giving_the_lease_back() -> None:
-    own = (FenceNeed("node1", 1, NOW - 10, "its lease of epoch 1 expired"),)
-    node1 = record("node1", "active", 1, NOW - 12)
-    assert needs(None, 2, Lease("node2", 3, NOW + 3), node1, own=own) == (["node1"], [])
+    own = (FenceNeed("node1", 1, NOW - 10, "its lease of epoch 1 expired", "agent-a"),)
+    assert needs(seen(None, 2), Lease("node2", 3, NOW + 3), FROZEN, own=own) == (["node1"], [])
 
 
 def test_stood_down() -> None:
-    need = FenceNeed("node1", 3, NOW, "")
+    need = FenceNeed("node1", 3, NOW, "", "agent-a")
     assert not stood_down(None, need)
-    assert not stood_down(record("node1", "standby", 0, NOW - 1), need)
-    assert not stood_down(record("node1", "active", 3, NOW + 1), need)
-    assert stood_down(record("node1", "standby", 0, NOW + 1), need)
-    assert stood_down(record("node1", "stopped", 0, NOW + 1), need)
-    assert stood_down(record("node1", "active", 4, NOW + 1), need)  # a later term of its own
+    assert not stood_down(record("node1", "standby", 0, NOW - 1, **A), need)
+    assert not stood_down(record("node1", "active", 3, NOW + 1, **A), need)
+    assert not stood_down(record("node1", "standby", 0, NOW + 1, **B), need)
+    assert not stood_down(record("node1", "standby", 0, NOW + 1), need)
+    assert stood_down(record("node1", "standby", 0, NOW + 1, **A), need)
+    assert stood_down(record("node1", "stopped", 0, NOW + 1, **A), need)
+    assert stood_down(record("node1", "active", 4, NOW + 1, **A), need)  # a later term
+    unknown = FenceNeed("node1", 3, NOW, "")  # e.g. an operator's forced failover
+    assert not stood_down(record("node1", "standby", 0, NOW + 1, **A), unknown)
+
+
+def test_read_predecessor_remembers_the_holder_of_an_expired_lease(tmp_path: Path) -> None:
+    clock = [NOW]
+    store = SqliteCoordinator(tmp_path / "coordination.db", clock=lambda: clock[0])
+    empty = read_predecessor(store, "node2", lambda: clock[0])
+    assert (empty.lease, empty.last_epoch, empty.record) == (None, 0, None)
+    store.acquire_or_renew("node1", 3.0)
+    store.publish_node(FROZEN)
+    valid = read_predecessor(store, "node2", lambda: clock[0])
+    assert valid.lease is not None and valid.record is None  # still valid: not ours to take
+    clock[0] = NOW + 10
+    expired = read_predecessor(store, "node2", lambda: clock[0])
+    assert expired.lease == Lease("node1", 1, NOW + 3.0) and expired.last_epoch == 1
+    assert expired.record == FROZEN
+    store.close()
 
 
 def test_render_fence_command() -> None:
@@ -261,7 +297,7 @@ def _alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as stat:
             return stat.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # gone meanwhile
         return False
 
 
@@ -310,9 +346,10 @@ class Harness:
     def takeover(self) -> Any:
         """node1 held epoch 1 and froze; node2 takes the lease after it expired."""
         now = time.time()
-        self.store.publish_node(record("node1", "active", 1, now - 10))
-        before = Lease("node1", 1, now - 1)
-        return asyncio.run(self.fencer.clear_to_promote(Lease("node2", 2, now + 3), before, 1))
+        frozen = record("node1", "active", 1, now - 10, **A)
+        self.store.publish_node(frozen)
+        before = Predecessor(Lease("node1", 1, now - 1), 1, frozen, now)
+        return asyncio.run(self.fencer.clear_to_promote(Lease("node2", 2, now + 3), before))
 
 
 def test_fencer_runs_the_command_against_the_old_holder(tmp_path: Path) -> None:
@@ -339,8 +376,9 @@ def test_fencer_refuses_when_the_command_fails_and_remembers(tmp_path: Path) -> 
     assert harness.fencer.published()["node1"]["epoch"] == 1
     assert harness.fencer.failures == 1
     # Next turn, the lease was given back (nothing stored): still fenced first.
+    released = Predecessor(None, 2, None, time.time())
     again = asyncio.run(
-        harness.fencer.clear_to_promote(Lease("node2", 3, time.time() + 3), None, 2)
+        harness.fencer.clear_to_promote(Lease("node2", 3, time.time() + 3), released)
     )
     assert not again.ok and harness.fencer.failures == 2
 
@@ -363,10 +401,23 @@ def test_without_a_fence_command_self_fencing_is_trusted_and_said(tmp_path: Path
 
 def test_no_fence_after_a_clean_handover(tmp_path: Path) -> None:
     harness = Harness(tmp_path, python("import sys; sys.exit(1)"))
+    released = Predecessor(None, 1, None, time.time())
     verdict = asyncio.run(
-        harness.fencer.clear_to_promote(Lease("node2", 2, time.time() + 3), None, 1)
+        harness.fencer.clear_to_promote(Lease("node2", 2, time.time() + 3), released)
     )
     assert verdict.ok and harness.events == []
+
+
+def test_the_old_node_woke_and_fenced_itself_meanwhile(tmp_path: Path) -> None:
+    harness = Harness(tmp_path, python("import sys; sys.exit(1)"))
+    now = time.time()
+    frozen = record("node1", "active", 1, now - 10, **A)
+    harness.store.publish_node(record("node1", "standby", 0, now, **A))  # awake again
+    before = Predecessor(Lease("node1", 1, now - 1), 1, frozen, now)
+    verdict = asyncio.run(harness.fencer.clear_to_promote(Lease("node2", 2, now + 3), before))
+    assert verdict.ok
+    [(kind, reason, data)] = harness.events
+    assert data["result"] == "not-needed" and "fenced itself" in reason
 
 
 def write_toml(tmp_path: Path, failover: str, database_url: str) -> Path:

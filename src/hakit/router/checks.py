@@ -29,8 +29,9 @@ from hakit.contract import MEANING, REPORTED_STATES, AppState, is_routable
 from hakit.coord.base import NodeRecord
 from hakit.coord.view import ClusterView
 from hakit.errors import HakitError
-from hakit.probe import Observation, StatusProber
+from hakit.probe import Observation
 from hakit.router.health import HealthBoard, HealthState, Result, Transition, drain, fail, ok
+from hakit.router.statusclient import Prober, make_prober
 
 log = logging.getLogger("hakit.router")
 
@@ -145,7 +146,7 @@ class RouterChecks:
     def start(self) -> None:
         for node in self.cfg.nodes:
             try:
-                prober = StatusProber(
+                prober = make_prober(
                     self.cfg.app.health, node.host, node.port, self.cfg.health.probe_timeout
                 )
             except HakitError as error:
@@ -164,7 +165,7 @@ class RouterChecks:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
 
-    async def _run(self, node: NodeConfig, prober: StatusProber) -> None:
+    async def _run(self, node: NodeConfig, prober: Prober) -> None:
         interval = self.cfg.router.check_interval
         try:
             while True:  # until cancelled by close()

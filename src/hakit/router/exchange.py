@@ -28,10 +28,14 @@ from hakit.router.headers import (
     Body,
     Header,
     RequestHead,
-    ResponseFields,
+    ResponseHead,
     chunk_prefix,
+    client_head,
+    client_headers,
     encode_head,
     end_to_end,
+    response_fields,
+    upstream_request_head,
     upstream_request_headers,
 )
 from hakit.router.hold import can_hold, expects_continue, hold_remaining, may_retry_unanswered
@@ -69,6 +73,15 @@ class ExchangeHooks:
 
     def request(self, request: RequestHead, backend: NodeConfig, headers: list[Header]) -> None:
         """Called with the headers about to go to ``backend``."""
+
+    def leaves_request(self, request: RequestHead) -> bool:
+        """True when ``request()`` would change nothing for this request (then it is not
+        called, and the head is encoded without a header list). Override with ``request``."""
+        return False
+
+    # True when response() only ever appends to ``headers``: it is then given an empty
+    # list, and what it adds follows the response's own headers (no header list built).
+    appends_to_responses = False
 
     def response(
         self, request: RequestHead, backend: NodeConfig, status: int, headers: list[Header]
@@ -303,23 +316,24 @@ class Exchange:
         request = self.request
         upgrade = self._upgrade
         conn.attach(self, request.method, upgrade=upgrade is not None)
-        headers = upstream_request_headers(request, conn.host_header)
-        if upgrade is not None:
-            headers += upgrade_request_headers(upgrade)
         hooks = self._ctx.hooks
-        if hooks.rewrites_requests:
-            hooks.request(request, node, headers)
-        parts = [request.method, b" ", request.target, b" HTTP/1.1\r\n"]
-        for key, value in headers:
-            parts += (key, b": ", value, b"\r\n")
-        parts.append(b"\r\n")
+        head = None
+        if upgrade is None and (not hooks.rewrites_requests or hooks.leaves_request(request)):
+            head = upstream_request_head(request, conn.host_header)  # the usual case
+        if head is None:
+            headers = upstream_request_headers(request, conn.host_header)
+            if upgrade is not None:
+                headers += upgrade_request_headers(upgrade)
+            if hooks.rewrites_requests:
+                hooks.request(request, node, headers)
+            head = encode_head(b"%s %s HTTP/1.1" % (request.method, request.target), headers)
         pending = self._pending
         if pending:
             self._pending, self._pending_size = None, 0
-            conn.writelines([b"".join(parts), *pending])
+            conn.writelines([head, *pending])
             self._client.resume_reading("buffer")
         else:
-            conn.write(b"".join(parts))
+            conn.write(head)
         if self._client.write_paused:
             conn.pause_reading()
         self._waiting_since = 0.0
@@ -409,7 +423,7 @@ class Exchange:
                 encode_head(b"HTTP/1.1 %d %s" % (status, reason), end_to_end(headers))
             )
 
-    def response_head(self, status: int, reason: bytes, fields: ResponseFields, body: Body) -> None:
+    def response_head(self, status: int, reason: bytes, head: ResponseHead, body: Body) -> None:
         self.status, self.head_at = status, monotonic()
         request = self.request
         # How the client receives a body the backend delimited as ``body``
@@ -425,31 +439,28 @@ class Exchange:
         ):
             keep = False
         self._out_body, self._out_keep = body, keep
-        # The headers as the client receives them (headers.client_headers, inlined).
-        out, length, coding = fields
-        if body is Body.LENGTH or (body is Body.NONE and length is not None):
-            # Kept on bodiless responses too: on HEAD and 304 it describes the representation.
-            if length is not None:
-                out.append((b"Content-Length", length))
-        elif body is Body.CHUNKED:
-            out.append((b"Transfer-Encoding", coding or b"chunked"))
-        elif body is Body.NONE and coding is not None and request.version == "1.1":
-            out.append((b"Transfer-Encoding", coding))
-        if not keep:
-            out.append(_CONNECTION_CLOSE)
-        elif request.version == "1.0":
-            out.append(_CONNECTION_KEEP_ALIVE)
-        hooks = self._ctx.hooks
-        if hooks.rewrites_responses and self._upstream is not None:
-            hooks.response(request, self._upstream.node, status, out)
         line = _STATUS_LINES.get((status, reason))
         if line is None:
             line = b"HTTP/1.1 %d %s\r\n" % (status, reason)
-        parts = [line]
-        for key, value in out:
-            parts += (key, b": ", value, b"\r\n")
-        parts.append(b"\r\n")
-        self._gathered.append(b"".join(parts))
+        hooks = self._ctx.hooks
+        upstream = self._upstream
+        if head.strips_more or (hooks.rewrites_responses and not hooks.appends_to_responses):
+            # The general path: the hook edits the header list, or Connection names
+            # end-to-end headers to drop.
+            out = client_headers(response_fields(head.headers), request, body, keep)
+            if hooks.rewrites_responses and upstream is not None:
+                hooks.response(request, upstream.node, status, out)
+            parts = [line]
+            for key, value in out:
+                parts += (key, b": ", value, b"\r\n")
+            parts.append(b"\r\n")
+            self._gathered.append(b"".join(parts))
+        elif hooks.rewrites_responses and upstream is not None:
+            extra: list[Header] = []
+            hooks.response(request, upstream.node, status, extra)
+            self._gathered.append(client_head(head, line, request, body, keep, extra))
+        else:
+            self._gathered.append(client_head(head, line, request, body, keep))
         self._head_sent = True
 
     def response_body(self, data: bytes) -> None:
@@ -656,9 +667,6 @@ class Exchange:
         self._client.resume_reading("upstream")
         self._respond(error_page(504, self.request.accept))
 
-
-_CONNECTION_CLOSE = (b"Connection", b"close")
-_CONNECTION_KEEP_ALIVE = (b"Connection", b"keep-alive")
 
 # Status lines of the answers seen most, encoded once.
 _STATUS_LINES = {

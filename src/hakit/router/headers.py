@@ -199,6 +199,90 @@ def end_to_end(headers: Iterable[Header]) -> list[Header]:
 ResponseFields = tuple[list[Header], bytes | None, bytes | None]
 
 
+class ResponseHead:
+    """A backend's response head, sorted while it is parsed (upstream.py).
+
+    ``add`` is the parser's header callback: each header is kept as received
+    (``headers``) and, if end-to-end, encoded at once (``lines``); the framing
+    ones are noted. So the usual response is forwarded without another pass
+    over its headers (``client_head``). One per backend connection, ``reset``
+    for each response (and each 1xx before it).
+    """
+
+    __slots__ = ("coding", "connection", "headers", "in_head", "length", "lines")
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.in_head = True  # False once the head ended: later fields are trailers (dropped)
+        self.headers: list[Header] = []  # as received
+        self.lines: list[bytes] = [b""]  # [0]: room for the status line; end-to-end headers
+        self.length: bytes | None = None  # the first Content-Length value
+        self.coding: bytes | None = None  # the first Transfer-Encoding value
+        self.connection: list[bytes] | None = None  # the Connection values
+
+    def add(self, name: bytes, value: bytes) -> None:
+        if self.in_head:
+            self.headers.append((name, value))
+            lower = name.lower()
+            if lower not in HOP_BY_HOP:
+                self.lines += (name, b": ", value, b"\r\n")
+            elif lower == b"content-length":
+                if self.length is None:
+                    self.length = value
+            elif lower == b"transfer-encoding":
+                if self.coding is None:
+                    self.coding = value
+            elif lower == b"connection":
+                if self.connection is None:
+                    self.connection = [value]
+                else:
+                    self.connection.append(value)
+
+    @property
+    def strips_more(self) -> bool:
+        """Connection names headers beyond the hop-by-hop ones (``lines`` still has them)."""
+        connection = self.connection
+        if connection is None:
+            return False
+        return bool(_strip_named(connection[0] if len(connection) == 1 else b",".join(connection)))
+
+
+def client_head(
+    head: ResponseHead,
+    status_line: bytes,
+    request: RequestHead,
+    body: Body,
+    keep_alive: bool,
+    extra: Iterable[Header] = (),
+) -> bytes:
+    """``head`` as the client receives it, encoded: ``status_line`` (with its CRLF), the
+    end-to-end headers, ``client_headers``' framing ones, then ``extra``.
+
+    Not when ``head.strips_more`` (then ``client_headers(response_fields(head.headers))``).
+    Uses up ``head.lines``.
+    """
+    lines = head.lines
+    lines[0] = status_line
+    length, coding = head.length, head.coding
+    if body is Body.LENGTH or (body is Body.NONE and length is not None):
+        if length is not None:
+            lines += (b"Content-Length: ", length, b"\r\n")
+    elif body is Body.CHUNKED:
+        lines += (b"Transfer-Encoding: ", coding or b"chunked", b"\r\n")
+    elif body is Body.NONE and coding is not None and request.version == "1.1":
+        lines += (b"Transfer-Encoding: ", coding, b"\r\n")
+    if not keep_alive:
+        lines.append(b"Connection: close\r\n")
+    elif request.version == "1.0":
+        lines.append(b"Connection: keep-alive\r\n")
+    for key, value in extra:
+        lines += (key, b": ", value, b"\r\n")
+    lines.append(b"\r\n")
+    return b"".join(lines)
+
+
 def response_fields(headers: Iterable[Header]) -> ResponseFields:
     """The end-to-end headers and the framing ones, in one pass (every response)."""
     out: list[Header] = []
@@ -216,7 +300,9 @@ def response_fields(headers: Iterable[Header]) -> ResponseFields:
                 coding = value
         elif name == b"connection":
             connection.append(value)
-    if connection:
+    if connection and _strip_named(
+        connection[0] if len(connection) == 1 else b",".join(connection)
+    ):
         out = _without_named(out, connection)
     return out, length, coding
 
@@ -431,6 +517,53 @@ def _forwarding(client_ip: str, scheme: bytes, host: bytes | None) -> tuple[Head
         out.append((b"X-Forwarded-Host", host))
     out.append((b"Forwarded", element))
     return tuple(out)
+
+
+@functools.lru_cache(maxsize=4096)
+def _forwarding_lines(client_ip: str, scheme: bytes, host: bytes | None) -> bytes:
+    """``_forwarding``, encoded as header lines."""
+    return b"".join(
+        key + b": " + value + b"\r\n" for key, value in _forwarding(client_ip, scheme, host)
+    )
+
+
+def upstream_request_head(request: RequestHead, default_host: bytes) -> bytes | None:
+    """The head sent to the backend, encoded: request line and ``upstream_request_headers``.
+
+    The usual request in one pass (this runs for every request); None when
+    ``upstream_request_headers`` must do it: a trusted peer's forwarding
+    headers, or a Connection header naming more than hop-by-hop ones.
+    """
+    parts = [request.method, b" ", request.target, b" HTTP/1.1\r\n"]
+    host: bytes | None = None
+    connection: list[bytes] | None = None
+    trusted = request.client_trusted
+    for key, value in request.headers:
+        name = key.lower()
+        if name not in _NOT_FORWARDED:
+            parts += (key, b": ", value, b"\r\n")
+        elif name == b"host":
+            host = value
+            parts += (key, b": ", value, b"\r\n")
+        elif name == b"connection":
+            if connection is None:
+                connection = [value]
+            else:
+                connection.append(value)
+        elif trusted and name in FORWARDING:
+            return None
+    if connection is not None and _strip_named(b",".join(connection)):
+        return None
+    if host is None:
+        parts += (b"Host: ", default_host, b"\r\n")
+    parts.append(_forwarding_lines(request.client_ip, request.scheme, host))
+    if request.body is Body.LENGTH:
+        parts += (b"Content-Length: ", str(request.content_length).encode(), b"\r\n\r\n")
+    elif request.body is Body.CHUNKED:
+        parts.append(b"Transfer-Encoding: chunked\r\n\r\n")
+    else:
+        parts.append(b"\r\n")
+    return b"".join(parts)
 
 
 def upstream_request_headers(request: RequestHead, default_host: bytes) -> list[Header]:

@@ -353,7 +353,7 @@ class Router:
         if sticky is not None and sticky != node.name and sticky in base.members:
             return None
         lease = known.lease
-        if lease is not None and not lease.valid_at(time.time()):
+        if lease is not None and not time.time() < lease.expires_at:  # Lease.valid_at
             return None
         health = self.health
         if health is not None and not health.routable(node.name):

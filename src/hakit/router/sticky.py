@@ -260,6 +260,8 @@ class StickyStrategy(ExchangeHooks):
 
 
 class LbCookie(StickyStrategy):
+    appends_to_responses = True  # response() adds Set-Cookie, nothing else
+
     def __init__(self, cfg: Config, key: bytes) -> None:
         super().__init__(cfg.router.cookie_name.encode())
         self._nodes = token_table(key, cfg.cluster.name, cfg.nodes)
@@ -274,7 +276,17 @@ class LbCookie(StickyStrategy):
 
     def node_for(self, request: RequestHead) -> str | None:
         memo = request.sticky_memo
-        token = memo[1] if memo is not None and memo[0] is self._name else self._cookie(request)
+        if memo is not None and memo[0] is self._name:
+            token = memo[1]
+        else:  # the first lookup for this request (the router's choice): _cookie, inlined
+            needle = self._needle
+            for key, value in request.headers:
+                if needle in value and key.lower() == b"cookie":
+                    token = self._cookie(request)
+                    break
+            else:
+                token = None
+                request.sticky_memo = (self._name, None)
         return self._nodes.get(token) if token is not None else None
 
     def request(self, request: RequestHead, backend: NodeConfig, headers: list[Header]) -> None:
@@ -282,6 +294,11 @@ class LbCookie(StickyStrategy):
         token = memo[1] if memo is not None and memo[0] is self._name else self._cookie(request)
         if token is not None:
             without_cookie(headers, self._name)  # the app has no use for our cookie
+
+    def leaves_request(self, request: RequestHead) -> bool:
+        memo = request.sticky_memo
+        token = memo[1] if memo is not None and memo[0] is self._name else self._cookie(request)
+        return token is None
 
     def response(
         self, request: RequestHead, backend: NodeConfig, status: int, headers: list[Header]
@@ -324,6 +341,9 @@ class AppCookiePrefix(StickyStrategy):
     def request(self, request: RequestHead, backend: NodeConfig, headers: list[Header]) -> None:
         if self._cookie(request) is not None:
             strip_prefixes(headers, self._name)
+
+    def leaves_request(self, request: RequestHead) -> bool:
+        return self._cookie(request) is None
 
     def response(
         self, request: RequestHead, backend: NodeConfig, status: int, headers: list[Header]

@@ -25,7 +25,7 @@ from typing import Protocol, cast
 import httptools
 
 from hakit.config import NodeConfig
-from hakit.router.headers import Body, Header, ResponseFields, response_fields, response_has_body
+from hakit.router.headers import Body, Header, ResponseHead, response_has_body
 from hakit.router.limits import ProxyLimits
 
 
@@ -34,8 +34,8 @@ class ResponseSink(Protocol):
 
     def response_interim(self, status: int, reason: bytes, headers: list[Header]) -> None: ...
 
-    def response_head(self, status: int, reason: bytes, fields: ResponseFields, body: Body) -> None:
-        """The final head; ``fields``: its headers, sorted in one pass (headers.py)."""
+    def response_head(self, status: int, reason: bytes, head: ResponseHead, body: Body) -> None:
+        """The final head (``head`` is reused for the next response: read it now)."""
         ...
 
     def response_body(self, data: bytes) -> None: ...
@@ -75,9 +75,8 @@ class UpstreamConnection(asyncio.Protocol):
     __slots__ = (
         "_body",
         "_done",
+        "_head",
         "_head_seen",
-        "_headers",
-        "_in_head",
         "_keep_alive",
         "_limits",
         "_lost",
@@ -96,6 +95,7 @@ class UpstreamConnection(asyncio.Protocol):
         "host_header",
         "idle_since",
         "node",
+        "on_header",
         "on_lost",
     )
 
@@ -120,9 +120,10 @@ class UpstreamConnection(asyncio.Protocol):
         self._switched = False  # a 101 arrived for it: the rest is the new protocol
         self._status = 0
         self._reason = b""
-        self._headers: list[Header] = []
+        self._head = ResponseHead()  # the headers, sorted as they arrive
+        # The parser's header callback is the head's own method: it sorts each header.
+        self.on_header = self._head.add
         self._body = Body.NONE
-        self._in_head = False
         self._head_seen = False  # the final (non-1xx) head arrived
         self._done = False
         self._keep_alive = False
@@ -208,18 +209,16 @@ class UpstreamConnection(asyncio.Protocol):
         if self._done:
             raise UpstreamProtocolError("the backend sent more than one response")
         self._reason = b""
-        self._headers = []
-        self._in_head = True
+        self._head.reset()
 
     def on_status(self, reason: bytes) -> None:
         self._reason += reason
 
-    def on_header(self, name: bytes, value: bytes) -> None:
-        if self._in_head:  # headers after the body are trailers: dropped for now
-            self._headers.append((name, value))
+    # on_header: ResponseHead.add (set in __init__); trailers after a body are dropped.
 
     def on_headers_complete(self) -> None:
-        self._in_head = False
+        head = self._head
+        head.in_head = False
         parser = self._parser
         sink = self._sink
         assert parser is not None and sink is not None
@@ -235,21 +234,20 @@ class UpstreamConnection(asyncio.Protocol):
                 # with the bytes that followed it.
                 self._switched = True
                 return
-            sink.response_interim(status, self._reason, self._headers)
+            sink.response_interim(status, self._reason, head.headers)
             return
         self._head_seen = True
-        fields = response_fields(self._headers)
         method = self._method
         if not response_has_body(status, method):
             body = Body.NONE
-        elif fields[2] is not None:  # Transfer-Encoding
+        elif head.coding is not None:
             body = Body.CHUNKED
-        elif fields[1] is not None:  # Content-Length
+        elif head.length is not None:
             body = Body.LENGTH
         else:
             body = Body.UNTIL_CLOSE
         self._body = body
-        sink.response_head(status, self._reason, fields, body)
+        sink.response_head(status, self._reason, head, body)
         if method == b"HEAD":
             # httptools cannot be told to skip the body: it would wait for
             # Content-Length bytes that never come. The head is the whole response.
@@ -292,7 +290,7 @@ class UpstreamConnection(asyncio.Protocol):
             if self._switched and self._sink is sink:
                 self._sink = self._parser = None
                 rest = data[upgrade.args[0] :]
-                sink.response_upgraded(self, self._reason, self._headers, rest)
+                sink.response_upgraded(self, self._reason, self._head.headers, rest)
                 return
             error = UpstreamProtocolError("the backend switched protocols unasked")
         except httptools.HttpParserError as parse_error:
