@@ -8,8 +8,11 @@ i.e. no ``router.hold_timeout``; ``10s`` = requests may wait 10 s for a node) an
 each failure kind, a fresh demo cluster (real agents, sample apps with their 1 s
 startup delay, router) runs under steady open-loop load: a client thread sends
 ``GET /`` through the router at a fixed rate (``--rate``, 50 req/s) whatever the
-answers, and records every request's send time, completion time, success (HTTP
-200) and the node that served it (the sample app's index page names it).
+answers, one connection per request, each with a hard deadline of 5 s + the hold
+timeout, and records every request's send time, completion time, success (HTTP
+200) and the node that served it (the sample app's index page names it). The
+hang kind counts from after the app accepted the fault; the switchover kind
+waits for a 200 from the target node.
 
 Kinds (N trials each):
 
@@ -18,12 +21,13 @@ Kinds (N trials each):
                   (fall 2, probe timeout 500 ms), so the agent restarts it.
 - ``node-cold``   SIGKILL of the active node's agent and app together, cold standby.
 - ``node-warm``   the same in mode "warm-standby" (the standby's app already runs).
-- ``switchover``  ``hakit switchover --to <standby>`` (skipped with a note if absent).
+- ``switchover``  ``hakit switchover --to <standby>`` through the agents' admin API, cold
+                  standby (skipped with a note if the command is absent).
 
 Per trial: t0 = just before the fault; recovery = earliest completion of a
 successful request sent at or after t0 (for switchover: served by the target
 node) minus t0; failed requests = requests that failed (non-200, connection
-error, client timeout) completing at or after t0 and sent up to 1 s after the
+error, no answer by the deadline) completing at or after t0 and sent up to 1 s after the
 recovery. Between trials the cluster is steady again: an active node serving, the
 other node a fresh standby (warm: its app RUNNING), and, after a failover kind,
 the old node's step-down cooldown (3 x lease_ttl) passed.

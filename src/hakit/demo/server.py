@@ -18,6 +18,9 @@ from hakit.demo.web import CHUNK, Body, HttpError, Request, Response, error_resp
 
 class DemoServer(ThreadingHTTPServer):
     daemon_threads = True  # idle keep-alive connections must not keep the process alive
+    # socketserver listens with a backlog of 5: a router releasing a burst of held
+    # requests after a failover would see connects dropped and retried seconds later.
+    request_queue_size = 1024
     allow_reuse_address = True
 
     def __init__(self, address: tuple[str, int], node: DemoNode) -> None:

@@ -481,6 +481,9 @@ class Exchange:
                 return  # the client connection was aborted or lost meanwhile
             if len(parts) == 1:
                 self._client.write(parts[0])
+            elif len(parts) == 2 and len(parts[1]) <= _JOIN_LIMIT:
+                # A head and a small body: one buffer is cheaper for uvloop than two.
+                self._client.write(parts[0] + parts[1])
             else:
                 self._client.writelines(parts)
 
@@ -667,6 +670,9 @@ class Exchange:
         self._client.resume_reading("upstream")
         self._respond(error_page(504, self.request.accept))
 
+
+# Up to this many body bytes are copied behind the head to write one buffer.
+_JOIN_LIMIT = 4096
 
 # Status lines of the answers seen most, encoded once.
 _STATUS_LINES = {
