@@ -1,7 +1,11 @@
 # Two commands: `make demo` runs a live local cluster, `make test` runs every test.
 # Both bootstrap what they need: Debian packages (when root), a .venv, Python packages.
 
-PYTHON ?= python3
+# Debian's own interpreter when there is one (3.11+): built with PGO and LTO and a static
+# libpython, it runs the router's Python ~8-30 % faster than a default source build
+# (pyenv's, --enable-shared, no PGO). Override with `make PYTHON=...`.
+PYTHON ?= $(shell /usr/bin/python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null \
+	&& echo /usr/bin/python3 || echo python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed

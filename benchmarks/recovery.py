@@ -19,22 +19,17 @@ import tempfile
 import time
 from pathlib import Path
 
-import httpx
+from sample_app import startup_times, wait_ok  # benchmarks/sample_app.py, beside this script
 
-from hakit.demo.cluster import DemoCluster, DemoSettings, free_port, free_ports, wait_for
+from hakit.demo.cluster import DemoCluster, DemoSettings, free_ports, wait_for
 
 
-def first_success_after(client: httpx.Client, url: str, started: float, limit: float) -> float:
+def first_success_after(url: str, started: float, limit: float) -> float:
     """Poll every 10 ms until a GET succeeds; seconds since ``started``."""
-    deadline = started + limit
-    while time.monotonic() < deadline:
-        try:
-            if client.get(url).status_code == 200:
-                return time.monotonic() - started
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.01)
-    raise TimeoutError(f"no successful request within {limit} s")
+    took = wait_ok(url, started, limit)
+    if took is None:
+        raise TimeoutError(f"no successful request within {limit} s")
+    return took
 
 
 def measure(kind: str, trials: int, restart_attempts: int) -> list[float]:
@@ -49,63 +44,22 @@ def measure(kind: str, trials: int, restart_attempts: int) -> list[float]:
         cluster.start()
         samples = []
         try:
-            with httpx.Client(timeout=1.0) as client:
-                url = cluster.router_url + "/status"
-                for _ in range(trials):
-                    active = wait_for(cluster.active_running, 60, "an active node")
-                    first_success_after(client, url, time.monotonic(), 30)
-                    # Let the step-down cooldown of a previous failover pass, so
-                    # each trial starts from the same place.
-                    time.sleep(
-                        3 * cluster.cfg.coordination.lease_ttl if restart_attempts == 0 else 0.5
-                    )
-                    pid = cluster.app_pid(active)
-                    assert pid is not None
-                    started = time.monotonic()
-                    os.kill(pid, signal.SIGKILL)
-                    samples.append(first_success_after(client, url, started, 60))
+            url = cluster.router_url + "/status"
+            for _ in range(trials):
+                active = wait_for(cluster.active_running, 60, "an active node")
+                first_success_after(url, time.monotonic(), 30)
+                # Let the step-down cooldown of a previous failover pass, so
+                # each trial starts from the same place.
+                time.sleep(3 * cluster.cfg.coordination.lease_ttl if restart_attempts == 0 else 0.5)
+                pid = cluster.app_pid(active)
+                assert pid is not None
+                started = time.monotonic()
+                os.kill(pid, signal.SIGKILL)
+                samples.append(first_success_after(url, started, 60))
         finally:
             cluster.stop()
             cluster.close()
         return samples
-
-
-def app_startup_time(trials: int) -> list[float]:
-    """The peer: how long the sample app alone takes from exec to RUNNING."""
-    import subprocess
-    import sys
-
-    samples = []
-    with tempfile.TemporaryDirectory(prefix="hakit-bench-app-") as tmp:
-        for _ in range(trials):
-            port = free_port()
-            started = time.monotonic()
-            process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "hakit.demo",
-                    "--port",
-                    str(port),
-                    "--home",
-                    tmp,
-                    "--database-url",
-                    f"sqlite:///{tmp}/app.db",
-                    "--startup-delay",
-                    "1.0",
-                ],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-            try:
-                first_success_after(
-                    httpx.Client(timeout=1.0), f"http://127.0.0.1:{port}/status", started, 30
-                )
-                samples.append(time.monotonic() - started)
-            finally:
-                process.terminate()
-                process.wait(10)
-    return samples
 
 
 def summary(name: str, samples: list[float]) -> str:
@@ -121,7 +75,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=10)
     args = parser.parse_args()
-    startup = app_startup_time(args.trials)
+    startup = startup_times(args.trials)
     restart = measure("restart", args.trials, restart_attempts=1000)
     failover = measure("failover", args.trials, restart_attempts=0)
     print(summary("sample app startup (peer)", startup))

@@ -304,7 +304,13 @@ route = "n2"
 HAKIT_COMMAND = [sys.executable, "-m", "hakit"]
 
 
-def start_hakit(workdir: Path, backend: int, nofile: int | None = None) -> tuple[Proc, int]:
+def start_hakit(
+    workdir: Path,
+    backend: int,
+    nofile: int | None = None,
+    command: Sequence[str] | None = None,
+    name: str = "hakit",
+) -> tuple[Proc, int]:
     """``hakit router`` reading a real SQLite store: node1 holds a valid lease and runs."""
     workdir.mkdir(parents=True, exist_ok=True)
     port, standby = free_ports(2)  # nothing listens on the standby's port (cold standby)
@@ -324,8 +330,8 @@ def start_hakit(workdir: Path, backend: int, nofile: int | None = None) -> tuple
             hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
             resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, hard))
 
-    argv = [*HAKIT_COMMAND, "router", "-c", str(config)]
-    proc = Proc.spawn("hakit", pinned(PROXY_CPU, argv), workdir / "router.log", preexec=limit)
+    argv = [*(command or HAKIT_COMMAND), "router", "-c", str(config)]
+    proc = Proc.spawn(name, pinned(PROXY_CPU, argv), workdir / "router.log", preexec=limit)
     proc.wait_listening(port)
     return proc, port
 
@@ -575,10 +581,10 @@ def throughput_table(results: dict[tuple[str, str], list[Sample]], names: list[s
     return "\n".join(lines)
 
 
-def verdicts(results: dict[tuple[str, str], list[Sample]]) -> str:
+def verdicts(results: dict[tuple[str, str], list[Sample]], router: str = "hakit") -> str:
     lines = []
     for size in PATHS:
-        hakit = median_sample(results[(size, "hakit")])
+        hakit = median_sample(results[(size, router)])
         haproxy = median_sample(results[(size, "haproxy")])
         direct = median_sample(results[(size, "direct")])
         assert hakit.cpu_us is not None and haproxy.cpu_us is not None
@@ -586,7 +592,7 @@ def verdicts(results: dict[tuple[str, str], list[Sample]]) -> str:
         rps = hakit.rps / haproxy.rps
         added = hakit.p99_ms - direct.p99_ms
         lines.append(
-            f"{size}: hakit CPU/request {cpu:.2f}x HAProxy (target <= 1.5x: "
+            f"{size}: {router} CPU/request {cpu:.2f}x HAProxy (target <= 1.5x: "
             f"{'met' if cpu <= 1.5 else 'NOT met'}); req/s {rps:.2f}x HAProxy (target >= 0.8x: "
             f"{'met' if rps >= 0.8 else 'NOT met'}); p99 added {added:.2f} ms (target <= 2 ms: "
             f"{'met' if added <= 2 else 'NOT met'})"
@@ -598,7 +604,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=int, default=5, help="each wrk run (default 5)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median of)")
-    parser.add_argument("--idle-clients", type=int, default=10_000)
+    parser.add_argument("--idle-clients", type=int, default=10_000, help="0: skip")
     parser.add_argument("--backend", choices=("nginx", "python"), default="nginx")
     parser.add_argument("--profile-seconds", type=int, default=5, help="0: no profile")
     parser.add_argument("--skip-throughput", action="store_true")
@@ -606,7 +612,18 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--hakit-command",
         help='how to run hakit instead of "python -m hakit" (split on spaces)',
     )
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME=COMMAND",
+        help="also measure another hakit (e.g. another interpreter: "
+        '"deb=/tmp/venv-deb/bin/python -m hakit"), interleaved with the others; repeatable',
+    )
     args = parser.parse_args(argv)
+    for variant in args.variant:
+        if "=" not in variant or not variant.split("=", 1)[1].strip():
+            parser.error(f"--variant {variant!r}: expected NAME=COMMAND")
     if args.hakit_command:
         HAKIT_COMMAND[:] = args.hakit_command.split()
     for tool in ("wrk", "nginx", "haproxy", "taskset"):
@@ -628,7 +645,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             procs.append(backend)
             if not args.skip_throughput:
                 run_throughput(tmp, args, backend, backend_port, script, procs)
-            run_idle(tmp, args, backend_port, procs)
+            if args.idle_clients > 0:
+                run_idle(tmp, args, backend_port, procs)
             if args.profile_seconds > 0:
                 hakit, port = start_hakit(tmp / "hakit-profile", backend_port)
                 procs.append(hakit)
@@ -655,6 +673,12 @@ def run_throughput(
 ) -> None:
     hakit, hakit_port = start_hakit(tmp / "hakit", backend_port)
     procs.append(hakit)
+    variants: dict[str, tuple[int | None, int]] = {}
+    for variant in args.variant:
+        name, command = variant.split("=", 1)
+        proc, port = start_hakit(tmp / f"hakit-{name}", backend_port, None, command.split(), name)
+        procs.append(proc)
+        variants[name] = (proc.pid, port)
     haproxy, haproxy_port = start_haproxy_target(tmp / "haproxy", backend_port)
     procs.append(haproxy)
     nginx, nginx_port = start_nginx_proxy(tmp / "nginx", backend_port)
@@ -662,15 +686,18 @@ def run_throughput(
     targets: dict[str, tuple[int | None, int]] = {
         "direct": (None, backend_port),
         "hakit": (hakit.pid, hakit_port),
+        **variants,
         "haproxy": (haproxy.pid, haproxy_port),
         "nginx": (nginx.pid, nginx_port),
     }
     for name, (_, port) in targets.items():
         print(check_target(name, port))
-    idle_before = cpu_seconds(hakit.pid)
+    routers = {"hakit": hakit.pid} | {name: pid for name, (pid, _) in variants.items() if pid}
+    idle_before = {name: cpu_seconds(pid) for name, pid in routers.items()}
     time.sleep(2.0)
-    idle_cpu = (cpu_seconds(hakit.pid) - idle_before) / 2.0
-    print(f"hakit router idle CPU: {1000 * idle_cpu:.0f} ms/s (store poll, health checks)")
+    for name, pid in routers.items():
+        idle_cpu = (cpu_seconds(pid) - idle_before[name]) / 2.0
+        print(f"{name} router idle CPU: {1000 * idle_cpu:.1f} ms/s (store poll, health checks)")
     for _, port in targets.values():  # warm up: connections, caches, pools
         run_wrk(port, "/small", 1, script)
     results: dict[tuple[str, str], list[Sample]] = {}
@@ -692,7 +719,8 @@ def run_throughput(
         f"interleaved rounds; backend: {args.backend}; load on core 0, proxy alone on core 1"
     )
     print(throughput_table(results, list(targets)))
-    print(verdicts(results))
+    for router in ("hakit", *variants):
+        print(verdicts(results, router))
 
 
 def run_idle(tmp: Path, args: argparse.Namespace, backend_port: int, procs: list[Proc]) -> None:

@@ -18,7 +18,16 @@ Tasks feed one queue so the policy sees events one at a time:
   freeze, and this agent's own stalls, hakit.stall);
 - the operator loop (the operator's intents in the store every ``renew_interval``:
   pause, resume, switchover, forced failover; hakit.operator), beside the admin
-  API that writes them (hakit.admin_api, on the node's ``admin_port``).
+  API that writes them (hakit.admin_api, on the node's ``admin_port``); it also
+  reads the routers' data-path reports (hakit.datapath): an active node the
+  routers cannot reach while its app answers here hands over to a standby they
+  reach (PathLost -> a ``path-loss`` handover).
+
+The data path also decides two lease questions. A standby takes over an
+expired lease only when no fresh router report shows its holder still
+answering (an agent stall is not a death; the deferral is recorded once). An
+agent that wakes after its lease deadline renews the lease under its own epoch
+if nobody took over, and keeps its app; otherwise it kills the app first.
 """
 
 from __future__ import annotations
@@ -37,6 +46,7 @@ from typing import Any
 from hakit.config import Config, Mode, NodeConfig
 from hakit.contract import AppState
 from hakit.coord.base import Coordinator, Event, Lease, NodeRecord
+from hakit.datapath import PathReport, handover_candidates, judge_holder, path_lost, reports_in
 from hakit.errors import CoordinationError, InvalidTransition, SupervisorError
 from hakit.fence import (
     AGENT_ID_KEY,
@@ -51,7 +61,14 @@ from hakit.fence import (
 )
 from hakit.fence import Verdict as FenceVerdict
 from hakit.notify import Notifier
-from hakit.operator import HANDOVER, IntentWatcher, expired_words, load_token, perform
+from hakit.operator import (
+    HANDOVER,
+    IntentWatcher,
+    expired_words,
+    load_token,
+    perform,
+    request_path_loss,
+)
 from hakit.policy import (
     Alert,
     AppExited,
@@ -62,11 +79,14 @@ from hakit.policy import (
     EndHandover,
     LeaseGained,
     LeaseLost,
+    PathLost,
     Paused,
     Policy,
     PolicyEvent,
     PolicySettings,
+    PolicyState,
     Record,
+    RequestHandover,
     Role,
     StartApp,
     StatusObserved,
@@ -172,6 +192,7 @@ class Agent:
         self._given_up_epoch = 0
         self._promotion: asyncio.Task[None] | None = None
         self._fence_retry_at = 0.0  # monotonic: no takeover before this after a failed fence
+        self._deferred: tuple[str, int] | None = None  # (holder, epoch) a takeover was deferred for
         self.agent_id = uuid.uuid4().hex  # this process, in its records: see fence.stood_down
         self.fencer = Fencer(
             cfg,
@@ -252,12 +273,24 @@ class Agent:
         before = Predecessor(None, 0)
         try:
             if taking_over:
-                # What we take over from decides whether its holder must be fenced first.
-                before = await asyncio.to_thread(read_predecessor, self.coordinator, self.node.name)
-            lease = await asyncio.to_thread(self.coordinator.acquire_or_renew, self.node.name, ttl)
+                # What we take over from decides whether its holder must be fenced first,
+                # and whether it is dead at all (the routers' data path, hakit.datapath).
+                before, reports = await asyncio.to_thread(self._read_before_takeover)
+                if not self._holder_is_dead(before, reports):
+                    return
+                lease = await asyncio.to_thread(
+                    self.coordinator.acquire_or_renew, self.node.name, ttl
+                )
+            else:
+                # Under our epoch only, even if it expired meanwhile (frozen during the call):
+                # atomic in the store, so it fails once another node has taken over.
+                lease = await asyncio.to_thread(
+                    self.coordinator.renew_epoch, self.node.name, self.epoch, ttl
+                )
+            unreachable = False
         except CoordinationError as error:
             log.warning("could not renew the lease: %s", error)
-            lease = None
+            lease, unreachable = None, True
             if self.epoch and self.monotonic() < self.lease_deadline:
                 return  # still inside our TTL: try again at the next renewal
             self._check_deadline()  # past it (e.g. frozen while asking): say so
@@ -279,8 +312,57 @@ class Agent:
             self._publish()
             return
         if self.epoch:
-            holder = f"{lease.holder} holds it" if lease is not None else "the store is unreachable"
+            if lease is not None:
+                holder = f"{lease.holder} holds it"
+            elif unreachable:
+                holder = "the store is unreachable"
+            else:
+                holder = f"epoch {self.epoch} is no longer stored for {self.node.name}"
             self._self_fence(f"could not renew the lease: {holder}")
+
+    def _read_before_takeover(self) -> tuple[Predecessor, list[PathReport]]:
+        """The predecessor, and the routers' reports when its lease has expired (blocking)."""
+        before = read_predecessor(self.coordinator, self.node.name)
+        lease = before.lease
+        if lease is None or lease.holder == self.node.name or lease.valid_at(before.read_at):
+            return before, []
+        return before, reports_in(self.coordinator.cluster_state())
+
+    def _holder_is_dead(self, before: Predecessor, reports: list[PathReport]) -> bool:
+        """May this standby take the lease over (hakit.datapath.judge_holder)? A deferral
+        is recorded once per lease it concerns, not at every turn."""
+        lease = before.lease
+        if lease is None or lease.holder == self.node.name or lease.valid_at(before.read_at):
+            self._deferred = None  # a live lease (its holder renewed): forget the last stall
+            return True
+        verdict = judge_holder(
+            lease,
+            reports,
+            before.read_at,
+            ttl=self.cfg.coordination.lease_ttl,
+            renew=self.cfg.coordination.renew_interval,
+            patience=self.cfg.health.timeout,
+        )
+        key = (lease.holder, lease.epoch)
+        if not verdict.take_over:
+            if verdict.reason and self._deferred != key:
+                self._deferred = key
+                self._record(
+                    "data-path",
+                    verdict.reason,
+                    epoch=0,
+                    data={"holder": lease.holder, "witness": verdict.witness, "deferred": True},
+                )
+            return False
+        if self._deferred == key:  # it was deferred: say why it no longer is
+            self._deferred = None
+            self._record(
+                "data-path",
+                verdict.reason,
+                epoch=0,
+                data={"holder": lease.holder, "witness": verdict.witness, "deferred": False},
+            )
+        return True
 
     async def _promote(self, lease: Lease, before: Predecessor) -> None:
         """Tell the policy it leads, once the old holder is fenced (hakit.fence).
@@ -323,14 +405,56 @@ class Agent:
             self._record("lease", f"{self.node.name} gave the lease of epoch {epoch} back: {why}")
 
     def _check_deadline(self) -> None:
-        """Self-fence at once if the lease deadline has passed (checked on every wake-up)."""
-        if self.epoch:
-            late = self.monotonic() - self.lease_deadline
-            if late >= 0:
-                self._self_fence(
-                    f"lease not renewed before its deadline ({late:.1f} s late: the store "
-                    "was too slow or this agent was stalled)"
-                )
+        """Self-fence at once if the lease deadline has passed (checked on every wake-up).
+
+        An agent that was awake at its deadline (its renewals failed: the store is
+        unreachable or too slow) kills its app at once, before the TTL ends. One that
+        did not run at its deadline (a stall of this agent, hakit.stall, spans it:
+        frozen, or a renewal frozen in flight) first asks the store, synchronously,
+        before any other code of this agent runs: if the lease is still stored under
+        its epoch (nobody took over: the standby saw its app answer the routers,
+        hakit.datapath), it renews it there, atomically on the epoch, and keeps its
+        app; if another node took over, or the store cannot be read, it kills its
+        app as before.
+        """
+        if not self.epoch:
+            return
+        late = self.monotonic() - self.lease_deadline
+        if late < 0:
+            return
+        why = (
+            f"lease not renewed before its deadline ({late:.1f} s late: the store "
+            "was too slow or this agent was stalled)"
+        )
+        self._tick()  # a stall that just ended is known before deciding
+        stall = self.stalls.during(self.lease_deadline, self.lease_deadline)
+        if stall is not None:
+            refusal = self._renew_on_waking(late, stall.duration)
+            if refusal is None:
+                return
+            why += f"; on waking, {refusal}"
+        self._self_fence(why)
+
+    def _renew_on_waking(self, late: float, slept: float) -> str | None:
+        """Renew the lease under our epoch after a stall across the deadline; None when
+        renewed, else why not (blocking on purpose: nothing else runs before the answer)."""
+        epoch, ttl = self.epoch, self.cfg.coordination.lease_ttl
+        asked = self.monotonic()
+        try:
+            lease = self.coordinator.renew_epoch(self.node.name, epoch, ttl)
+        except CoordinationError as error:
+            return f"the store could not be read ({error})"
+        if lease is None:
+            return f"epoch {epoch} is no longer stored for {self.node.name}: another node took over"
+        self.lease_deadline = asked + ttl - self.cfg.coordination.renew_interval / 2
+        self._record(
+            "lease",
+            f"{self.node.name} woke {late:.1f} s after its lease deadline (stalled "
+            f"{slept:.1f} s); nobody took over: renewed its lease of epoch {epoch} and "
+            "kept its app running",
+            data={"late": round(late, 3), "stalled": round(slept, 3)},
+        )
+        return None
 
     def _self_fence(self, reason: str) -> None:
         """The lease is gone: SIGKILL the app's group now, synchronously, before any
@@ -513,6 +637,8 @@ class Agent:
             await self._take_lease_by_force(action)
         elif isinstance(action, EndHandover):
             await self._end_handover(action)
+        elif isinstance(action, RequestHandover):
+            await self._request_handover(action)
         else:
             raise TypeError(f"agent cannot execute {action!r}")
 
@@ -573,7 +699,10 @@ class Agent:
         renew = self.cfg.coordination.renew_interval
         while True:
             await asyncio.sleep(renew)
-            self._feed_intents(await asyncio.to_thread(self._read_intents), time.time())
+            read = await asyncio.to_thread(self._read_intents)
+            self._feed_intents(read, time.time())
+            if read is not None:
+                await self._watch_path(read[0])
             if self.monotonic() - self._published_at >= renew:
                 self._publish()  # so operators can tell a live agent (hakit.operator)
 
@@ -651,6 +780,65 @@ class Agent:
         self._record(
             "failover", f"{reason}: took epoch {lease.epoch}", epoch=lease.epoch, actor=actor
         )
+
+    # --- the routers' path to this node (hakit.datapath) -----------------------------------
+
+    async def _watch_path(self, state: Mapping[str, dict[str, Any]]) -> None:
+        """Active with its app RUNNING here: have the routers lost their path to it? Then
+        the policy hears PathLost (it asks for the handover once)."""
+        view = self.policy.view()
+        if not self.epoch or view.role is not Role.ACTIVE or view.state is not PolicyState.RUNNING:
+            return
+        if self.app_state not in (AppState.RUNNING, AppState.FIRST_RUN):
+            return  # only an app that answers here tells a lost path from a dead app
+        reports = reports_in(state)
+        if not reports:
+            return
+        try:
+            records = await asyncio.to_thread(self.coordinator.nodes)
+        except CoordinationError as error:
+            log.warning("could not read the node records: %s", error)
+            return
+        now = time.time()
+        candidates = handover_candidates(
+            self.node.name,
+            [(node.name, node.no_failover) for node in self.cfg.nodes],
+            {record.node: record for record in records},
+            now,
+            alive_within=self.cfg.coordination.lease_ttl,
+        )
+        loss = path_lost(
+            self.node.name,
+            reports,
+            candidates,
+            now,
+            fall=self.cfg.health.fall,
+            patience=self.cfg.health.timeout,
+        )
+        if loss is not None:
+            self.events.put_nowait(PathLost(loss.target, loss.reason))
+
+    async def _request_handover(self, action: RequestHandover) -> None:
+        """Write the path-loss handover intent; the policy then hears it like a switchover."""
+        try:
+            intent = await asyncio.to_thread(
+                request_path_loss,
+                self.coordinator,
+                self.cfg,
+                self.node.name,
+                action.target,
+                self.epoch,
+                action.reason,
+                time.time(),
+            )
+        except CoordinationError as error:
+            log.warning("could not ask for the handover to %s: %s", action.target, error)
+            return
+        if intent is None:
+            self._record(action.kind, f"{action.reason}; not asked: another handover is under way")
+            return
+        self._record(action.kind, action.reason, data={"target": action.target})
+        self._feed_intents(await asyncio.to_thread(self._read_intents), time.time())
 
     async def _end_handover(self, action: EndHandover) -> None:
         intent = self.intents.handover

@@ -122,22 +122,21 @@ def agent(
 def router(config: ConfigOption = Path("hakit.toml")) -> None:
     """Run the HTTP router in front of the cluster."""
     from hakit.coord.factory import open_coordinator
-    from hakit.coord.view import read_cluster
     from hakit.router import run_router
+    from hakit.router.viewreader import ViewReader
 
     cfg = _load(config)
     _setup_logging("router")
     coordinator = open_coordinator(cfg)
-
-    def view_source():  # type: ignore[no-untyped-def]
-        return read_cluster(coordinator, time.time())
+    view_source = ViewReader(coordinator)  # reads the store only when it changed
 
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        task = asyncio.create_task(_together(run_router(cfg, view_source), *_tcp_proxies(cfg)))
+        routing = run_router(cfg, view_source, store=coordinator)  # publishes its data path
+        task = asyncio.create_task(_together(routing, *_tcp_proxies(cfg)))
         await asyncio.wait([task, asyncio.create_task(stop.wait())], return_when="FIRST_COMPLETED")
         task.cancel()
         try:
@@ -411,11 +410,7 @@ def pause(
     actor: ActorOption = None,
 ) -> None:
     """Maintenance: agents keep monitoring and reporting but take no action."""
-    from hakit.operator import operator_actor
-
-    cfg = _load(config)
-    answer = _operate(cfg, "pause", {"reason": reason, "actor": operator_actor(actor)})
-    console.print(escape(str(answer.get("message", ""))), highlight=False, soft_wrap=True)
+    _pause_or_resume(config, "pause", reason, actor)
 
 
 @app.command()
@@ -425,10 +420,13 @@ def resume(
     actor: ActorOption = None,
 ) -> None:
     """End a pause: agents act on failures again."""
+    _pause_or_resume(config, "resume", reason, actor)
+
+
+def _pause_or_resume(config: Path, verb: str, reason: str, actor: str | None) -> None:
     from hakit.operator import operator_actor
 
-    cfg = _load(config)
-    answer = _operate(cfg, "resume", {"reason": reason, "actor": operator_actor(actor)})
+    answer = _operate(_load(config), verb, {"reason": reason, "actor": operator_actor(actor)})
     console.print(escape(str(answer.get("message", ""))), highlight=False, soft_wrap=True)
 
 

@@ -435,7 +435,13 @@ class RouterConfig(_Section):
     cookie_name: str = Field(default="ROUTEID", pattern=_COOKIE_NAME)
     app_cookie_name: str = Field(default="JSESSIONID", pattern=_COOKIE_NAME)
     retry_after: Duration = 30.0  # Retry-After on the maintenance page
-    hold_timeout: Duration = 0.0  # idempotent requests wait this long for a node (0: no hold)
+    # Idempotent/bodiless requests wait this long for a node during a failover or
+    # switchover before the maintenance page (0: no hold, the 503 page at once).
+    hold_timeout: Duration = Field(
+        default=15.0,
+        description="how long GET/HEAD/OPTIONS and bodiless requests wait for a node "
+        "during a failover or switchover before the maintenance page (0s: no hold)",
+    )
     state_poll_interval: PositiveDuration = 0.1  # how often the router reads the coordination store
     # --- stickiness and balancing (the router issue) ---
     # HMAC key for the lb-cookie; None: generated once into <state_dir>/router.secret (0600).

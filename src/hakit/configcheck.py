@@ -452,7 +452,7 @@ def describe_config(cfg: Config) -> list[str]:
             + (", nofailover (never active)" if node.no_failover else "")
             for node in cfg.nodes
         ),
-        f"router: listens on {cfg.router.listen}, sticky {_sticky(cfg)}",
+        f"router: listens on {cfg.router.listen}, sticky {_sticky(cfg)}; {_hold(cfg)}",
         f"app: home {cfg.app.home}, database {mask_password(cfg.app.database_url)}",
         f"app start: up to {fd(cfg.app.startup_timeout)}; stop: up to {fd(cfg.app.stop_timeout)}"
         " before the process group is killed",
@@ -469,6 +469,16 @@ def describe_config(cfg: Config) -> list[str]:
         f"fencing: {_fencing(cfg)}",
     ]
     return lines + _tcp_proxy_lines(cfg) + timing_lines(cfg)
+
+
+def _hold(cfg: Config) -> str:
+    hold = cfg.router.hold_timeout
+    if hold <= 0:
+        return "no hold: requests get the maintenance page at once while no node serves"
+    return (
+        f"idempotent requests wait up to {format_duration(hold)} for a node "
+        "(hold_timeout), then get the maintenance page"
+    )
 
 
 def _fencing(cfg: Config) -> str:

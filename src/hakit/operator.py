@@ -10,6 +10,9 @@ feeds its policy (Paused, Resumed, HandoverRequested, HandoverEnded):
   the active drains, stops, releases; only the target may take the lease) or a
   forced failover ("failover": the target takes the lease at once). Its target
   clears it once it serves; any agent clears it once ``expires_at`` is past.
+  The active node's own agent writes a ``path-loss`` one (``request_path_loss``)
+  when the routers lost their path to it (hakit.datapath): a switchover's steps,
+  its agent as the actor.
 
 ``perform`` checks and writes an intent and records who asked for it and why
 (``actor`` "operator:<user>") in the history. Agents call it for their admin
@@ -35,6 +38,7 @@ from hakit.coord.base import Coordinator, Event, Lease, NodeRecord
 from hakit.coord.view import ClusterView, read_cluster
 from hakit.errors import HakitError
 from hakit.policy_events import (
+    PATH_LOSS,
     HandoverEnded,
     HandoverRequested,
     LeaseVacant,
@@ -90,7 +94,38 @@ def handover_event(intent: Mapping[str, Any]) -> HandoverRequested:
         forced=intent.get("kind") == "failover",
         actor=str(intent.get("actor", "operator")),
         reason=str(intent.get("reason") or NO_REASON),
+        label=PATH_LOSS if intent.get("kind") == PATH_LOSS else "",
     )
+
+
+def request_path_loss(
+    coordinator: Coordinator,
+    cfg: Config,
+    source: str,
+    target: str,
+    epoch: int,
+    reason: str,
+    now: float,
+) -> dict[str, Any] | None:
+    """Write ``source``'s agent's path-loss handover to ``target``; None (nothing written)
+    when another handover is in force (an operator's intent always wins)."""
+    pending = coordinator.get_state(HANDOVER)
+    if pending is not None and not handover_expired(pending, now):
+        return None
+    intent: dict[str, Any] = {
+        "id": uuid.uuid4().hex,
+        "kind": PATH_LOSS,
+        "source": source,
+        "target": target,
+        "epoch": epoch,
+        "actor": f"agent:{source}",
+        "reason": reason,
+        "requested_at": now,
+        "expires_at": now + handover_timeout(cfg),
+        "force": False,
+    }
+    coordinator.set_state(HANDOVER, intent)
+    return intent
 
 
 def handover_expired(intent: Mapping[str, Any], now: float) -> bool:

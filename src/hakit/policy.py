@@ -21,7 +21,10 @@ before anything else (the supervisor's start is synchronous); after a StopApp,
 feed AppExited(expected=True) once the process is gone.
 
 Operator commands arrive as events too (Paused, Resumed, HandoverRequested,
-HandoverEnded). While the cluster is paused, an event is first handled as
+HandoverEnded). So does the routers' lost path to this node (PathLost,
+hakit.datapath): an active node RUNNING hands over to the standby the routers
+reach, by asking for a handover like an operator's switchover (RequestHandover),
+once; the history calls the move a failover. While the cluster is paused, an event is first handled as
 usual; if that would start or stop the app or release the lease, the policy is
 put back as it was, only what certainly changed in the world is taken in (the
 process is gone, the lease was gained: ``_PAUSED_REALITY``), and a ``paused``
@@ -53,12 +56,14 @@ from hakit.policy_events import (
     LeaseGained,
     LeaseLost,
     LeaseVacant,
+    PathLost,
     Paused,
     PolicyEvent,
     PolicySettings,
     PolicyState,
     PolicyView,
     Record,
+    RequestHandover,
     Resumed,
     Role,
     StartApp,
@@ -94,6 +99,7 @@ __all__ = [
     "LeaseGained",
     "LeaseLost",
     "LeaseVacant",
+    "PathLost",
     "Paused",
     "Policy",
     "PolicyEvent",
@@ -101,6 +107,7 @@ __all__ = [
     "PolicyState",
     "PolicyView",
     "Record",
+    "RequestHandover",
     "Resumed",
     "Role",
     "StartApp",
@@ -153,6 +160,7 @@ class Policy:
         self._handover: HandoverRequested | None = None  # the operator's intent in progress
         self._handing_over: HandoverRequested | None = None  # switchover out, under way
         self._lead_after: float | None = None  # cold start: not the last active, wait
+        self._handover_asked = False  # a path-loss handover was asked for (not again)
 
     # --- public API -----------------------------------------------------------------
 
@@ -276,6 +284,7 @@ class Policy:
     def _leave_active(self) -> None:
         self._role = Role.STANDBY
         self._epoch = 0
+        self._handover_asked = False
 
     def _step_down(self, reason: str, now: float) -> list[Action]:
         # Shared storage: the lease goes only once the app is gone.
@@ -438,10 +447,12 @@ class Policy:
         self._cooldown_until = now + self._settings.step_down_cooldown
         if self._state is S.STEPPING_DOWN:
             self._state = S.STANDBY
+        if handover.automatic:  # the path loss is the cause: `hakit why` reads it here
+            reason = f"{handover.reason}; {reason}"
         return [
             StepDown(
                 f"{reason}; releasing the lease of epoch {epoch}: only {handover.target} may take it",
-                kind="switchover",
+                kind="failover" if handover.automatic else "switchover",
                 actor=handover.actor,
             )
         ]
@@ -450,6 +461,8 @@ class Policy:
         """This node is the active the operator moves away from."""
         node, target, actor = self._node, event.target, event.actor
         words = f"{actor} asked for a switchover to {target} ({event.reason})"
+        if event.automatic:
+            words = f"{node} hands over to {target} (path loss)"
         if event.forced:
             return [
                 Record(
@@ -461,7 +474,7 @@ class Policy:
             ]
         self._handing_over = event
         stopping = Record(
-            "switchover",
+            event.kind,
             f"{words}: the app on {node} is stopping; the lease goes once it is gone",
             actor,
         )
@@ -791,9 +804,8 @@ class Policy:
         self._check_exit(event)
         self._forget_process()
         if self._handing_over is not None:
-            return self._release_for_handover(
-                f"app on {self._node} stopped for the switchover", now
-            )
+            what = "handover" if self._handing_over.automatic else "switchover"
+            return self._release_for_handover(f"app on {self._node} stopped for the {what}", now)
         reason = f"app on {self._node} stopped; releasing the lease of epoch {self._epoch} so a standby takes over"
         return self._step_down(reason, now)
 
@@ -888,11 +900,15 @@ class Policy:
                         event.actor,
                     )
                 ]
+            asked = (
+                f"{event.source} hands over to {node} (path loss)"
+                if event.automatic
+                else f"{event.actor} asked for a switchover to {node} ({event.reason})"
+            )
             return [
                 Record(
-                    "switchover",
-                    f"{event.actor} asked for a switchover to {node} ({event.reason}): taking "
-                    f"the lease once {event.source} releases it",
+                    event.kind,
+                    f"{asked}: taking the lease once {event.source} releases it",
                     event.actor,
                 )
             ]
@@ -902,7 +918,20 @@ class Policy:
 
     def _handover_ended(self, event: HandoverEnded, now: float) -> list[Action]:
         self._handover = None
+        self._handover_asked = False  # a path-loss handover that did not happen may be retried
         return []
+
+    def _path_lost(self, event: PathLost, now: float) -> list[Action]:
+        """The routers lost their path to this node: hand over to ``event.target`` (once)."""
+        if self._role is not Role.ACTIVE or self._settings.mode in (
+            Mode.ACTIVE_ACTIVE,
+            Mode.RESTART_ONLY,
+        ):
+            return []  # nothing to move: the routers simply skip an unreachable node
+        if self._handover_asked or self._handover is not None or self._handing_over is not None:
+            return []  # a handover is already asked for or under way
+        self._handover_asked = True
+        return [RequestHandover(event.target, event.reason), Alert("failover", event.reason)]
 
     def _lease_vacant(self, event: LeaseVacant, now: float) -> list[Action]:
         """Paused: nobody holds the lease; say that this node would have taken over."""
@@ -936,6 +965,7 @@ _VERBS: dict[type, str] = {
     StartApp: "start the app",
     StopApp: "stop the app",
     StepDown: "release the lease",
+    RequestHandover: "hand over to another node",
 }
 
 
@@ -976,6 +1006,7 @@ _TRANSITIONS: dict[tuple[PolicyState, type], Handler] = {
     (S.RUNNING, Tick): Policy._ignore,
     (S.RUNNING, LeaseGained): Policy._standby_app_lease_gained,
     (S.RUNNING, LeaseLost): Policy._lease_lost,
+    (S.RUNNING, PathLost): Policy._path_lost,
     # RESTARTING: StopApp sent, StartApp follows the exit.
     (S.RESTARTING, AppExited): Policy._restarting_exited,
     (S.RESTARTING, StatusObserved): Policy._ignore,
@@ -1015,3 +1046,5 @@ for _state in PolicyState:
         _TRANSITIONS[(_state, HandoverRequested)] = Policy._handover_requested
         _TRANSITIONS[(_state, HandoverEnded)] = Policy._handover_ended
         _TRANSITIONS[(_state, LeaseVacant)] = Policy._lease_vacant
+        # Only a RUNNING active acts on a lost path; elsewhere it changes nothing.
+        _TRANSITIONS.setdefault((_state, PathLost), Policy._ignore)

@@ -152,10 +152,30 @@ class HandoverRequested:
     forced: bool
     actor: str
     reason: str
+    # "path-loss": not an operator's switchover but the active's own agent handing over,
+    # because the routers lost their path to it (hakit.datapath); same steps.
+    label: str = ""
 
     @property
     def kind(self) -> str:
-        return "failover" if self.forced else "switchover"
+        return "failover" if self.forced else (self.label or "switchover")
+
+    @property
+    def automatic(self) -> bool:
+        """Asked by an agent (path loss), not an operator: a failover in the history."""
+        return self.label == PATH_LOSS
+
+
+PATH_LOSS = "path-loss"
+
+
+@dataclass(frozen=True, slots=True)
+class PathLost:
+    """Every fresh router has lost its path to this (active) node while some standby,
+    ``target``, is reachable from them (hakit.datapath.path_lost)."""
+
+    target: str
+    reason: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +204,7 @@ PolicyEvent = (
     | HandoverRequested
     | HandoverEnded
     | LeaseVacant
+    | PathLost
 )
 
 # --- actions (returned by Policy.handle, carried out by the agent in order) ----
@@ -239,6 +260,17 @@ class TakeLease:
 
 
 @dataclass(frozen=True, slots=True)
+class RequestHandover:
+    """Write a handover intent to ``target`` (hakit.operator), as an operator's switchover
+    would: this node then drains, stops and releases the lease, and only ``target`` may
+    take it. ``kind``: what the history calls it ("path-loss")."""
+
+    target: str
+    reason: str
+    kind: str = PATH_LOSS
+
+
+@dataclass(frozen=True, slots=True)
 class EndHandover:
     """Clear the operator's handover intent: done, or refused by its target."""
 
@@ -264,7 +296,17 @@ class Record:
     actor: str = ""
 
 
-Action = StartApp | StopApp | StepDown | Alert | Record | Drain | TakeLease | EndHandover
+Action = (
+    StartApp
+    | StopApp
+    | StepDown
+    | Alert
+    | Record
+    | Drain
+    | TakeLease
+    | EndHandover
+    | RequestHandover
+)
 
 # --- states and the read-only view ---------------------------------------------
 

@@ -12,7 +12,13 @@ lines: a headline, then a short timeline. It reads what the agents recorded:
   action, or nothing at all (the node was lost with its agent);
 - the alerts that did not end in a failover (a restart, a database outage, a
   failed start, manual intervention): the policy words each reason, this
-  module only arranges them.
+  module only arranges them;
+- fencing (``fence`` events, recorded by the promoting node with the epoch it
+  promotes under in ``data["epoch"]``, ``data["result"]`` ok / failed /
+  skipped / not-needed / not-configured): a successful fence is part of the
+  failover's story; a failed ``fence_command`` blocks the promotion, which is
+  an incident of its own ("not failed over ...: fence_command for node1
+  failed (exit 1), promotion waits").
 """
 
 from __future__ import annotations
@@ -37,6 +43,8 @@ _RETRY = re.compile(r"retry (\d+) of (\d+)")
 _FAILED_STARTS = re.compile(r"(\d+) failed starts in a row \(restart_attempts = (\d+)\)")
 _NOT_FAILING_OVER = re.compile(r"not failing over: ([^;]*)")
 _NO_FAILOVER_BECAUSE = re.compile(r" and ((?:restart-only mode|this node is a standby)[^;:]*)")
+_FENCE_COMMAND = re.compile(r"the fence command (.*?)(?:; its output: (.*?))?(?:; not promoting|$)")
+_FORCE_HINT = "force with `hakit failover --force`"
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +152,7 @@ def _incidents(history: Sequence[Event], clock: _Clock) -> list[Incident]:
     all_terms = terms(history)
     for prev, term in zip(all_terms, all_terms[1:], strict=False):
         found.append(_takeover(history, prev, term, used, clock))
+    found += _blocked_promotions(history, all_terms, clock)
     for index, event in enumerate(history):
         if index in used:
             continue
@@ -178,9 +187,13 @@ def _takeover(
     history: Sequence[Event], prev: Term, term: Term, used: set[int], clock: _Clock
 ) -> Incident:
     end = _end_of_term(history, prev, term)
+    if end is not None and end > term.index and not _operator_move(history[end]):
+        # Its word came after the takeover: it was frozen or cut off while its lease ran
+        # out, and fenced itself on coming back (told as such below).
+        end = None
     old, new = prev.node, term.node
     epochs = f"(epoch {prev.epoch} → {term.epoch})"
-    timeline: list[str] = []
+    timeline: list[tuple[float, str]] = []  # (when, line), told in time order
     started, since = term.time, "the takeover"
     if end is None and old == new:
         cause = f"its lease of epoch {prev.epoch} lapsed"
@@ -191,26 +204,178 @@ def _takeover(
         )
         heard = [e for e in history[prev.index : term.index] if e.node == old]
         if heard:
-            timeline.append(clock.line(heard[-1], f"last heard from {old}: {heard[-1].reason}"))
+            last = heard[-1]
+            timeline.append((last.time, clock.line(last, f"last heard from {old}: {last.reason}")))
     else:
         used.add(end)
         cause, detail, started = _cause(history, prev, end, clock)
         timeline += detail
         since = f"{old} gave up" if old != new else "it lost the lease"
-    timeline.append(clock.line(history[term.index]))
+        if _operator_move(history[end]):
+            since = "the operator's command"
+    fences, fenced = _fence_story(history, prev, term, clock)
+    timeline += fences
+    timeline += _woke_and_fenced(history, prev, term, end, used, clock)
+    timeline.append((term.time, clock.line(history[term.index])))
     timeline += _outcome(history, term, started, since, clock)
+    lines = [line for _, line in sorted(timeline, key=lambda entry: entry[0])]
     if old == new:
         headline = (
             f"no failover at {clock(term.time)}: {new} took the lease again {epochs} after {cause}"
         )
-        return Incident(started, (headline, *timeline), failover=False)
+        return Incident(started, (headline, *lines), failover=False)
     verb = "handed over to" if end is not None and _planned(history[end]) else "failed over to"
-    headline = f"{old} {verb} {new} at {clock(term.time)} {epochs}: {cause}"
-    return Incident(started, (headline, *timeline), failover=True)
+    headline = f"{old} {verb} {new} at {clock(term.time)} {epochs}: {cause}{fenced}"
+    return Incident(started, (headline, *lines), failover=True)
+
+
+# --- fencing -----------------------------------------------------------------------------
+
+
+def _fence_epoch(event: Event) -> int:
+    """The epoch a ``fence`` event's promotion was for (0: unknown)."""
+    value = event.data.get("epoch", 0)
+    return value if isinstance(value, int) else 0
+
+
+def _command_failed(event: Event) -> bool:
+    """A fence_command that failed: the promotion did not happen."""
+    return (
+        event.kind == "fence"
+        and event.data.get("result") == "failed"
+        and event.reason.startswith("could not fence ")
+    )
+
+
+def _command_words(event: Event) -> str:
+    """How a fence command failed, short: "exit 1", "did not finish within ..."."""
+    code = event.data.get("returncode")
+    if isinstance(code, int) and code > 0:
+        return f"exit {code}"
+    if isinstance(code, int) and code < 0:
+        return f"killed by signal {-code}"
+    found = _FENCE_COMMAND.search(event.reason)
+    return found.group(1) if found else "see its output in the fence log"
+
+
+def _fence_story(
+    history: Sequence[Event], prev: Term, term: Term, clock: _Clock
+) -> tuple[list[tuple[float, str]], str]:
+    """The fencing before ``term``'s promotion: timeline lines and a headline suffix.
+
+    Fence events carry the epoch they were for: ``term``'s own (the fencing that let
+    it promote) and, before it, attempts under epochs that were given back because
+    their fence_command failed (the promotion waited).
+    """
+    mine: list[Event] = []
+    failed: list[Event] = []
+    for event in history[prev.index :]:
+        if event.time > term.time + 60:
+            break  # fencing comes just before (a forced takeover: just after) the new term
+        if event.kind != "fence" or not prev.epoch < _fence_epoch(event) <= term.epoch:
+            continue
+        if _command_failed(event) and _fence_epoch(event) < term.epoch:
+            failed.append(event)
+        elif event.node == term.node and _fence_epoch(event) == term.epoch:
+            mine.append(event)
+    lines = []
+    if failed:
+        first, last = failed[0], failed[-1]
+        lines.append((first.time, clock.line(first)))
+        if len(failed) > 1:
+            lines.append(
+                (
+                    last.time,
+                    f"  {clock(last.time)}  {len(failed)} fence attempts failed since "
+                    f"{clock(first.time)} (last: {_command_words(last)}): the promotion waited",
+                )
+            )
+    lines += [(event.time, clock.line(event)) for event in mine]
+    suffix = ""
+    for event in mine:
+        target, result = event.data.get("target", "?"), event.data.get("result")
+        if result == "ok" and "command" in event.data:
+            found = _FENCE_COMMAND.search(event.reason)
+            how = f" (the fence command {found.group(1)})" if found else ""
+            suffix += f"; {target} fenced first{how}"
+        elif result == "skipped":
+            suffix += f"; {target} not fenced: the operator forced the promotion"
+    return lines, suffix
+
+
+def _woke_and_fenced(
+    history: Sequence[Event],
+    prev: Term,
+    term: Term,
+    end: int | None,
+    used: set[int],
+    clock: _Clock,
+) -> list[tuple[float, str]]:
+    """The old node coming back after the takeover and fencing itself (frozen, then woke)."""
+    for index in range(term.index + 1, len(history)):
+        event = history[index]
+        if event.time > term.time + 60:
+            break
+        lost = _LOST_LEASE.search(event.reason)
+        if (
+            index != end
+            and event.node == prev.node
+            and event.kind in ("stop", "lease")
+            and lost is not None
+            and int(lost.group(1)) == prev.epoch
+        ):
+            used.add(index)  # not a lost lease nobody followed: this takeover explains it
+            words = event.reason.split("; ")[0]
+            return [(event.time, clock.line(event, f"{words}; it killed its app (self-fencing)"))]
+    return []
+
+
+def _blocked_promotions(
+    history: Sequence[Event], all_terms: Sequence[Term], clock: _Clock
+) -> list[Incident]:
+    """A failed fence_command: the standby did not promote. One incident per run of
+    failures of one node fencing another, until the next term begins."""
+    runs: dict[tuple[str, str, int], list[Event]] = {}
+    for index, event in enumerate(history):
+        if _command_failed(event):
+            following = next((t.index for t in all_terms if t.index > index), -1)
+            key = (event.node, str(event.data.get("target", "?")), following)
+            runs.setdefault(key, []).append(event)
+    found = []
+    for (node, target, following), failures in runs.items():
+        first, last = failures[0], failures[-1]
+        when = clock(first.time)
+        failed = f"fence_command for {target} failed ({_command_words(first)})"
+        lines = [clock.line(first)]
+        if len(failures) > 1:
+            lines.append(
+                f"  {clock(last.time)}  {len(failures)} fence attempts failed since {when} "
+                f"(last: {_command_words(last)})"
+            )
+        if following < 0:
+            headline = (
+                f"not failed over at {when}: {failed}, promotion of {node} waits; {_FORCE_HINT}"
+            )
+            lines.append(
+                f"  no node promotes until the fence command succeeds or {target}'s agent "
+                "comes back and stands down (it fences itself)"
+            )
+        else:
+            then = history[following]
+            outcome = (
+                f"promotion of {node} waited until {clock(then.time)}"
+                if then.node == node
+                else f"{node} did not promote ({then.node} took the lease at {clock(then.time)})"
+            )
+            headline = f"not failed over at {when}: {failed}, {outcome}"
+            lines.append(clock.line(then))
+        found.append(Incident(first.time, (headline, *lines), failover=False))
+    return found
 
 
 def _planned(event: Event) -> bool:
-    return _SHUTDOWN in event.reason or _operator_move(event)
+    """A handover rather than a failover: a shutdown or an operator's switchover."""
+    return _SHUTDOWN in event.reason or (_operator_move(event) and event.kind == "switchover")
 
 
 def _operator_move(event: Event) -> bool:
@@ -219,18 +384,18 @@ def _operator_move(event: Event) -> bool:
 
 def _cause(
     history: Sequence[Event], prev: Term, end: int, clock: _Clock
-) -> tuple[str, list[str], float]:
+) -> tuple[str, list[tuple[float, str]], float]:
     """(cause in words, timeline lines, when the end began) for a term its node ended."""
     event = history[end]
+    line = [(event.time, clock.line(event))]
     if _operator_move(event):
         who = event.actor.partition(":")[2]
-        return f"{event.kind} by operator {who}: {event.reason}", [clock.line(event)], event.time
+        return f"{event.kind} by operator {who}: {event.reason}", line, event.time
     if event.kind == "lease" and _SHUTDOWN in event.reason:
-        line = clock.line(event)
-        return f"the agent on {prev.node} was shut down and released the lease", [line], event.time
+        return f"the agent on {prev.node} was shut down and released the lease", line, event.time
     if _LOST_LEASE.search(event.reason):
         cause = event.reason.split("; ")[0]
-        return f"{cause}; it killed its app (self-fencing)", [clock.line(event)], event.time
+        return f"{cause}; it killed its app (self-fencing)", line, event.time
     # A step-down: the failure that used up the restart budget is in this event's reason
     # (process gone) or in the alert that stopped the app first (process alive).
     failures = _failures(history, prev.node, prev.index, end)
@@ -240,10 +405,10 @@ def _cause(
     counted = _NTH_FAILURE.search(cause_event.reason)
     keep = int(counted.group(1)) - 1 if counted else 2
     earlier = [i for i in failures if i != trigger][-keep:] if keep > 0 else []
-    lines = [clock.line(history[i]) for i in earlier]
-    lines.append(clock.line(cause_event))
+    lines = [(history[i].time, clock.line(history[i])) for i in earlier]
+    lines.append((cause_event.time, clock.line(cause_event)))
     if trigger is not None:
-        lines.append(clock.line(event))
+        lines.append((event.time, clock.line(event)))
     # The restarts before stay incidents of their own: ``--at`` may ask about one of them.
     return _STEP_DOWN_TAIL.sub("", cause_event.reason), lines, cause_event.time
 
@@ -261,7 +426,7 @@ def _failures(history: Sequence[Event], node: str, start: int, stop: int) -> lis
 
 def _outcome(
     history: Sequence[Event], term: Term, started: float, since: str, clock: _Clock
-) -> list[str]:
+) -> list[tuple[float, str]]:
     """Did the new active serve? Its first RUNNING (or an already running warm standby)."""
     for event in history[term.index :]:
         if event.node != term.node:
@@ -270,16 +435,18 @@ def _outcome(
             break
         if event.kind == "running" or "already running" in event.reason:
             took = f" ({event.time - started:.1f}s after {since})"
-            return [clock.line(event, f"{term.node} serving: {event.reason}{took}")]
+            return [(event.time, clock.line(event, f"{term.node} serving: {event.reason}{took}"))]
         if event.kind == "alert":
-            return [clock.line(event)]
-    return [f"  {term.node} has not reported RUNNING since"]
+            return [(event.time, clock.line(event))]
+    return [(math.inf, f"  {term.node} has not reported RUNNING since")]
 
 
 def _orphan_end(history: Sequence[Event], index: int, clock: _Clock) -> Incident | None:
     """A step-down or lost lease no other node followed (no takeover explained it)."""
     event = history[index]
-    if event.kind == "failover":
+    # An operator's failover records "failover" events too (asked, took, complete): not a
+    # step-down, the takeover they belong to tells them.
+    if event.kind == "failover" and not event.actor.startswith("operator:"):
         headline = (
             f"no failover at {clock(event.time)}: {event.node} stepped down (epoch {event.epoch}) "
             "but no other node has taken the lease since: are the other agents running?"

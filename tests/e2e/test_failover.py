@@ -96,6 +96,12 @@ def test_node_loss_hands_lease_to_standby(make_cluster: ClusterFactory) -> None:
     assert wait_serving(cluster, timeout=40) == standby
     lease = cluster.coordinator.current_lease()
     assert lease is not None and lease.holder == standby and lease.epoch > epoch_before
+    # The standby dealt with fencing the lost node before promoting (no fence_command
+    # here: it records that it relies on the old node's self-fencing).
+    [fence] = events_of(cluster, "fence", standby)
+    assert fence.data["target"] == active and fence.data["epoch"] == lease.epoch
+    assert fence.data["result"] == "not-configured"
+    assert fence.id < min(e.id for e in events_of(cluster, "start", standby))
     listed = httpx.get(cluster.router_url + "/records", timeout=5).json()
     records = listed["records"] if isinstance(listed, dict) else listed
     assert set(ids) <= {str(r["id"]) for r in records}

@@ -34,7 +34,8 @@ def assert_quiet(cluster: DemoCluster, node: str, seconds: float) -> None:
 
 def test_starting_for_long_is_patience_not_failure(make_cluster: ClusterFactory) -> None:
     # Startup takes 6 s: longer than fall * interval, shorter than startup_timeout.
-    cluster = make_cluster(startup_delay=6.0, startup_timeout="30s")
+    # No hold: the router answers the maintenance page at once instead of holding.
+    cluster = make_cluster(startup_delay=6.0, startup_timeout="30s", hold_timeout="0s")
     node = wait_for(cluster.leader, 20, "a leader")
     wait_for(
         lambda: (r := cluster.node_record(node)) is not None and r.app_state == "STARTING",
@@ -97,6 +98,7 @@ def test_hang_longer_than_patience_restarts(make_cluster: ClusterFactory) -> Non
 def test_database_loss_alerts_only(make_cluster: ClusterFactory) -> None:
     cluster = make_cluster(patience="2s", fall=2)
     node = wait_serving(cluster)
+    pid = cluster.app_pid(node)
     database_dir = Path(cluster.cfg.app.database_url.removeprefix("sqlite:///")).parent
     away = database_dir.with_name(database_dir.name + ".away")
     database_dir.rename(away)  # the database is gone for everyone: agent and app alike
@@ -110,10 +112,16 @@ def test_database_loss_alerts_only(make_cluster: ClusterFactory) -> None:
     finally:
         away.rename(database_dir)
     assert wait_serving(cluster) == node
+    # Recovered in place: the same app process, never restarted, no failover.
+    assert cluster.app_pid(node) == pid
+    assert len(events_of(cluster, "start")) == 1
+    assert not events_of(cluster, "failover")
 
 
 def test_failed_start_stops_and_asks_for_a_human(make_cluster: ClusterFactory) -> None:
-    cluster = make_cluster(restart_attempts=2, app_env={"HAKIT_DEMO_FAIL_START": "1"})
+    cluster = make_cluster(
+        restart_attempts=2, app_env={"HAKIT_DEMO_FAIL_START": "1"}, hold_timeout="0s"
+    )
 
     def manual_alert() -> list[object]:
         return [e for e in events_of(cluster, "alert") if e.data.get("manual_intervention")]

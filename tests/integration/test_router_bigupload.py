@@ -19,7 +19,6 @@ import socket
 import struct
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,7 +27,7 @@ from typing import Any
 import psutil
 import pytest
 
-from tests.integration.test_router import BLOCK, ROUTER_PROCESS, PeakRss, make_config
+from tests.support.router_harness import BLOCK, ROUTER_PROCESS, PeakRss, SocketServer, make_config
 
 GiB = 1 << 30
 BUDGET = 20.0  # seconds the full-size upload may take, judged from the warm-up's rate
@@ -45,30 +44,16 @@ def numbered_block(index: int) -> bytes:
     return struct.pack("<Q", index) + BLOCK[8:]
 
 
-class CountingBackend:
+class CountingBackend(SocketServer):
     """Answers each request with the length and SHA-256 of its body (keep-alive).
 
     ``GET /status`` answers RUNNING, as the app contract says.
     """
 
     def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
+        super().__init__(threaded=True)
 
-    @property
-    def port(self) -> int:
-        return int(self.sock.getsockname()[1])
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
-
-    def _handle(self, conn: socket.socket) -> None:
+    def handle(self, conn: socket.socket) -> None:
         buffer = bytearray(1 << 20)
         view = memoryview(buffer)
         pending = b""
@@ -104,14 +89,6 @@ class CountingBackend:
                     b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
                     b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
                 )
-
-    def stop(self) -> None:
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self.sock.close()
-        self._thread.join(5)
 
 
 @pytest.fixture

@@ -35,9 +35,12 @@ from hakit.config import (
 )
 from hakit.contract import AppState, http_status_for
 from hakit.coord.base import Lease, NodeRecord
+from hakit.coord.embedded import SqliteCoordinator
 from hakit.coord.view import ClusterView
+from hakit.datapath import REFUSED, reports_in
 from hakit.router import Router
 from hakit.router.health import HealthState
+from hakit.router.pathreport import StateStore
 
 T = TypeVar("T")
 FALL, RISE = 2, 2
@@ -161,8 +164,8 @@ def standby_cluster(active: str, pid: int = 100, state: str = "RUNNING") -> Clus
 class RouterThread:
     """A Router on its own uvloop in a thread; tests use blocking clients."""
 
-    def __init__(self, cfg: Config, cluster: Cluster) -> None:
-        self.router = Router(cfg, cluster.source)
+    def __init__(self, cfg: Config, cluster: Cluster, store: StateStore | None = None) -> None:
+        self.router = Router(cfg, cluster.source, store=store)
         self.loop = uvloop.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self._thread.start()
@@ -204,6 +207,8 @@ class RouterThread:
             conn.close()
 
     def close(self) -> None:
+        if self.loop.is_closed():
+            return  # closed by the test already
         try:
             self.call(self.router.close())
         finally:
@@ -213,11 +218,11 @@ class RouterThread:
 
 
 @pytest.fixture
-def router_for() -> Iterator[Callable[[Config, Cluster], RouterThread]]:
+def router_for() -> Iterator[Callable[..., RouterThread]]:
     started: list[RouterThread] = []
 
-    def start(cfg: Config, cluster: Cluster) -> RouterThread:
-        router = RouterThread(cfg, cluster)
+    def start(cfg: Config, cluster: Cluster, store: StateStore | None = None) -> RouterThread:
+        router = RouterThread(cfg, cluster, store)
         started.append(router)
         return router
 
@@ -367,3 +372,37 @@ def test_a_node_whose_agent_runs_no_app_is_not_checked(tmp_path, backends, route
         assert time.monotonic() < deadline, "n1 is not being checked"
         time.sleep(0.01)
     assert n2.checks == 0
+
+
+def test_the_router_publishes_what_its_checks_see_of_each_node(
+    tmp_path, backends, router_for
+) -> None:
+    """The data path (hakit.datapath): n1 answers /status; n2 runs no app and its port is
+    closed, so it gets a TCP connect only, refused: its host is reachable."""
+    n1, n2 = backends("n1"), backends("n2")
+    n2.stop()  # nothing listens on n2's port any more
+    cluster = Cluster(
+        [record("n1", "active", 4), record("n2", "standby", 0, "STOPPED")],
+        Lease("n1", 4, time.time() + 600),
+    )
+    store = SqliteCoordinator(tmp_path / "coord.db")
+    try:
+        router = router_for(config(tmp_path, [n1, n2], Mode.COLD_STANDBY), cluster, store)
+        deadline = time.monotonic() + 10
+        while True:
+            reports = reports_in(store.cluster_state())
+            sights = reports[0].nodes if reports else {}
+            if sights.get("n1") and sights["n1"].answered_at and sights.get("n2"):
+                if sights["n2"].checked_at:
+                    break
+            assert time.monotonic() < deadline, f"no complete report: {reports}"
+            time.sleep(0.02)
+        [report] = reports
+        assert report.router == f"127.0.0.1:{router.port}"
+        assert report.fresh(time.time())
+        assert sights["n1"].failure is None and n1.checks > 0
+        assert sights["n2"].failure == REFUSED and sights["n2"].reachable
+        router.close()  # a router that stops withdraws its report
+        assert reports_in(store.cluster_state()) == []
+    finally:
+        store.close()

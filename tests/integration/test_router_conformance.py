@@ -24,7 +24,7 @@ from typing import Any
 import httptools
 import pytest
 
-from tests.integration.test_router import ClusterHolder, RouterThread, make_config
+from tests.support.router_harness import ClusterHolder, RouterThread, make_config
 
 DATA = Path(__file__).parent.parent / "data" / "malformed_requests.json"
 CASES: list[dict[str, Any]] = json.loads(DATA.read_text())["cases"]

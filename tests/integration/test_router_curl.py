@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.test_router import ClusterHolder, RouterThread, make_config
+from tests.support.router_harness import ClusterHolder, RouterThread, make_config, read_body
 
 CURL = shutil.which("curl")
 pytestmark = pytest.mark.skipif(CURL is None, reason="curl is not installed")
@@ -54,28 +54,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
 
     def _body(self) -> tuple[int, str]:
-        digest, length = hashlib.sha256(), 0
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            for _ in range(10_000_000):  # bounded: one chunk per turn
-                size = int(self.rfile.readline(100).split(b";")[0], 16)
-                if size == 0:
-                    while self.rfile.readline(1000) not in (b"\r\n", b""):
-                        pass
-                    break
-                data = self.rfile.read(size)
-                digest.update(data)
-                length += len(data)
-                self.rfile.readline(10)
-        else:
-            remaining = int(self.headers.get("Content-Length", "0"))
-            while remaining:
-                data = self.rfile.read(min(remaining, 1 << 20))
-                if not data:
-                    raise ConnectionError("request body cut short")
-                digest.update(data)
-                length += len(data)
-                remaining -= len(data)
-        return length, digest.hexdigest()
+        sha, length = read_body(self.rfile, self.headers)
+        return length, sha
 
     def do_GET(self) -> None:
         if self.path == "/status":  # the app contract, for the router's checks

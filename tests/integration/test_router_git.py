@@ -22,15 +22,10 @@ from pathlib import Path
 import pytest
 
 from hakit.coord.view import ClusterView
-from tests.integration.test_router import ClusterHolder, RouterThread, make_config, record
 from tests.support.git_http import GIT, GitHttpServer, git, git_env
+from tests.support.router_harness import ClusterHolder, RouterThread, make_config, record
 
 HOLD = 20.0
-
-
-@pytest.fixture
-def cluster() -> ClusterHolder:
-    return ClusterHolder()
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 """Failover without user-visible errors: held requests, retries, response timeout.
 
-Real backends (threaded http.server from test_router) and real sockets; the
+Real backends (threaded http.server, tests/support/router_harness.py) and real sockets; the
 cluster view is changed by hand and ``router.refresh()`` applies it, which is
 what wakes held requests (no polling).
 """
@@ -10,9 +10,8 @@ from __future__ import annotations
 import http.client
 import json
 import socket
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -21,54 +20,18 @@ import pytest
 from hakit.config import Config, Mode
 from hakit.coord.view import ClusterView
 from hakit.router import ProxyLimits
-from tests.integration.test_router import (
-    Backend,
+from tests.support.router_harness import (
     ClusterHolder,
     RouterThread,
+    SocketServer,
     answered_by,
     make_config,
+    read_head,
     record,
     refusing_socket,
 )
 
 LONG_HOLD = 30.0  # longer than any client timeout below: a held answer means it waited for us
-
-
-@pytest.fixture
-def cluster() -> ClusterHolder:
-    return ClusterHolder()
-
-
-@pytest.fixture
-def backends() -> Iterator[Callable[..., Backend]]:
-    started: list[Backend] = []
-
-    def start(name: str, sock: socket.socket | None = None) -> Backend:
-        backend = Backend(name, sock)
-        started.append(backend)
-        return backend
-
-    try:
-        yield start
-    finally:
-        for backend in started:
-            backend.stop()
-
-
-@pytest.fixture
-def router_for(cluster: ClusterHolder) -> Iterator[Callable[..., RouterThread]]:
-    started: list[RouterThread] = []
-
-    def start(cfg: Config, limits: ProxyLimits | None = None) -> RouterThread:
-        router = RouterThread(cfg, cluster, limits)
-        started.append(router)
-        return router
-
-    try:
-        yield start
-    finally:
-        for router in started:
-            router.close()
 
 
 @pytest.fixture
@@ -290,43 +253,17 @@ def test_refused_connect_holds_until_another_node_takes_over(
         sock.close()
 
 
-class DroppingServer:
+class DroppingServer(SocketServer):
     """Accepts, reads a request head, closes without answering (a node dying mid-request)."""
 
     def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
         self.dropped = 0
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
+        super().__init__()
 
-    @property
-    def port(self) -> int:
-        return int(self.sock.getsockname()[1])
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            with conn:
-                conn.settimeout(10)
-                data = b""
-                while b"\r\n\r\n" not in data:
-                    chunk = conn.recv(65536)
-                    if not chunk:
-                        break
-                    data += chunk
-                if not data.startswith(b"GET /status "):  # health checks are not counted
-                    self.dropped += 1
-
-    def stop(self) -> None:
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self.sock.close()
-        self._thread.join(5)
+    def handle(self, conn: socket.socket) -> None:
+        read = read_head(conn)
+        if read is None or not read[0].startswith(b"GET /status "):  # checks are not counted
+            self.dropped += 1
 
 
 @pytest.fixture

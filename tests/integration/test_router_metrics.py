@@ -1,8 +1,8 @@
 """Observability through a real router: the access log, /metrics and /nodes on the admin port.
 
-Backends, the cluster view holder and the router thread come from test_router.py
-(real threaded HTTP servers, a real Router on uvloop). The admin port is
-scraped over real HTTP, as Prometheus would.
+Backends, the cluster view holder and the router thread come from
+tests/support/router_harness.py (real threaded HTTP servers, a real Router on
+uvloop). The admin port is scraped over real HTTP, as Prometheus would.
 """
 
 from __future__ import annotations
@@ -13,26 +13,24 @@ import math
 import re
 import socket
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import uvloop
 
 from hakit.config import AccessLogFormat, Config, Mode
 from hakit.coord.view import ClusterView
 from hakit.demo.cluster import free_port
-from hakit.router import ProxyLimits, Router
-from tests.integration.test_router import (
-    Backend,
+from hakit.router import ProxyLimits
+from tests.support.router_harness import (
     ClusterHolder,
     RouterThread,
     answered_by,
     get,
     make_config,
     raw,
+    wait_for,
 )
 from tests.unit.test_router_accesslog import COMBINED, COMMON
 
@@ -44,16 +42,6 @@ LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"(?:,|$)')
 
 class AdminRouter(RouterThread):
     """A RouterThread that also serves its admin port (on a port of its own choosing)."""
-
-    def __init__(self, cfg: Config, cluster: ClusterHolder, limits: ProxyLimits | None) -> None:
-        self.router = Router(cfg, cluster.source, limits=limits)
-        self.loop = uvloop.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self._thread.start()
-        _, self.port = self.call(self.router.start("127.0.0.1", 0, admin=("127.0.0.1", 0)))
-        admin = self.router.obs.admin
-        assert admin is not None and admin.address is not None
-        self.admin_port = admin.address[1]
 
     def admin(self, path: str, method: str = "GET") -> tuple[int, dict[str, str], bytes]:
         conn = http.client.HTTPConnection("127.0.0.1", self.admin_port, timeout=10)
@@ -120,42 +108,12 @@ def histogram(samples: Samples, name: str, node: str) -> list[tuple[float, float
     return sorted(buckets)
 
 
-def wait_until(check: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-@pytest.fixture
-def backends() -> Iterator[Callable[[str], Backend]]:
-    started: list[Backend] = []
-
-    def start(name: str) -> Backend:
-        backend = Backend(name)
-        started.append(backend)
-        return backend
-
-    try:
-        yield start
-    finally:
-        for backend in started:
-            backend.stop()
-
-
-@pytest.fixture
-def cluster() -> ClusterHolder:
-    return ClusterHolder()
-
-
 @pytest.fixture
 def admin_router(cluster: ClusterHolder) -> Iterator[Callable[..., AdminRouter]]:
     started: list[RouterThread] = []
 
     def start(cfg: Config, limits: ProxyLimits | None = None) -> AdminRouter:
-        router = AdminRouter(cfg, cluster, limits)
+        router = AdminRouter(cfg, cluster, limits, admin=True)
         started.append(router)
         return router
 
@@ -274,7 +232,7 @@ def test_held_requests_are_counted(tmp_path, backends, cluster, admin_router) ->
     waiting = threading.Thread(target=lambda: result.append(get(router)[0]), daemon=True)
     waiting.start()
     try:
-        wait_until(
+        wait_for(
             lambda: value(router.scrape(), "hakit_router_requests_in_flight", node="-") == 1,
             "the request to wait for a node",
         )
@@ -307,7 +265,7 @@ def test_nodes_shows_the_routers_view_and_requests_in_flight(
     )
     held.start()
     try:
-        wait_until(lambda: router.nodes()["nodes"]["n1"]["in_flight"] == 1, "n1 in flight")
+        wait_for(lambda: router.nodes()["nodes"]["n1"]["in_flight"] == 1, "n1 in flight")
         samples = router.scrape()
         assert value(samples, "hakit_router_requests_in_flight", node="n1") == 1
         assert value(samples, "hakit_router_client_connections") >= 1
@@ -327,7 +285,7 @@ def test_nodes_shows_the_routers_view_and_requests_in_flight(
     assert (second["routable"], second["lease_holder"], second["role"]) == (False, False, "standby")
     assert second["in_flight"] == 0 and "health" in first and "health" in document
 
-    wait_until(lambda: router.nodes()["nodes"]["n1"]["requests"] == 1, "the request counted")
+    wait_for(lambda: router.nodes()["nodes"]["n1"]["requests"] == 1, "the request counted")
     after = router.nodes()["nodes"]["n1"]
     assert after["in_flight"] == 0 and after["responses"]["2xx"] == 1
     assert after["upstream_time_avg"] is not None and after["upstream_time_avg"] > 0
@@ -375,7 +333,7 @@ def read_lines(path: Path, count: int) -> list[str]:
         lines = path.read_text().splitlines(keepends=True) if path.exists() else []
         return len(lines) >= count
 
-    wait_until(enough, f"{count} access log lines in {path}")
+    wait_for(enough, f"{count} access log lines in {path}")
     return lines
 
 
@@ -425,3 +383,51 @@ def test_access_log_through_the_router(tmp_path, backends, cluster, fmt) -> None
         assert (first["referer"], first["agent"]) == ("http://from/", "probe/1.0")
     assert (upload["line"], upload["status"]) == ("POST /upload HTTP/1.1", "200")
     assert (page["status"], page["node"], page["upstream"]) == ("503", "-", "-")
+
+
+# --- refused requests ----------------------------------------------------------------------
+
+
+def test_refused_requests_are_logged_and_counted(tmp_path, backends, cluster, admin_router) -> None:
+    """Every request refused while its head is read (the conformance cases, a slow head)
+    gets an access log line and is counted under node "-"; none reaches the node."""
+    from tests.integration.test_router_conformance import CASES, expand
+
+    n1 = backends("n1")
+    cluster.active("n1", 1)
+    path = tmp_path / "access.log"
+    cfg = with_router(
+        make_config(tmp_path, {"n1": n1.port}),
+        access_log=str(path),
+        access_log_format=AccessLogFormat.JSON,
+    )
+    router = admin_router(cfg, ProxyLimits(header_timeout=0.5))
+    cases = [c for c in CASES if c["status"] != 200 and c.get("reaches_backend") != "incomplete"]
+    expected: list[int] = []
+    for case in cases:
+        answer = raw(router.port, expand(case["raw"]))
+        assert answer.startswith(b"HTTP/1.1 %d " % case["status"]), case["name"]
+        expected.append(case["status"])
+    # A head that never completes: 408 once header_timeout passed.
+    with socket.create_connection(("127.0.0.1", router.port), timeout=10) as slow:
+        slow.sendall(b"GET /slow HTTP/1.1\r\nHost: a\r\n")
+        assert slow.recv(65536).startswith(b"HTTP/1.1 408 ")
+    expected.append(408)
+
+    samples = router.scrape()
+    for code_class in ("4xx", "5xx"):
+        wanted = sum(1 for status in expected if f"{status // 100}xx" == code_class)
+        assert value(samples, "hakit_router_requests_total", node="-", code_class=code_class) == (
+            wanted
+        )
+    assert value(samples, "hakit_router_requests_total", node="n1", code_class="4xx") == 0
+    assert n1.seen == []
+
+    records = [json.loads(line) for line in read_lines(path, len(expected))]
+    assert [r["status"] for r in records] == expected
+    assert all(r["node"] is None and r["client"] == "127.0.0.1" for r in records)
+    slow_record = records[-1]
+    assert (slow_record["method"], slow_record["target"]) == ("GET", "/slow")
+    assert slow_record["protocol"] == "HTTP/1.1"
+    first = next(r for r, c in zip(records, cases, strict=False) if c["raw"].startswith("POST "))
+    assert first["method"] == "POST"

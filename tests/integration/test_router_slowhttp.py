@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from hakit.config import Config
-from tests.integration.test_router import (
+from tests.support.router_harness import (
     Backend,
     ClusterHolder,
     RouterThread,

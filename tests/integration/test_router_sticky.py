@@ -29,7 +29,7 @@ from hakit.config import AppConfig, ClusterConfig, Config, Mode, NodeConfig, Rou
 from hakit.coord.view import ClusterView
 from hakit.router.sticky import route_token
 from tests.integration.test_demo_app import StartApp, start_app
-from tests.integration.test_router import ClusterHolder, RouterThread, record
+from tests.support.router_harness import ClusterHolder, RouterThread, record
 
 __all__ = ["start_app"]  # a fixture used below
 
@@ -115,11 +115,6 @@ class SessionBackend(ThreadingHTTPServer):
 
 
 @pytest.fixture
-def cluster() -> ClusterHolder:
-    return ClusterHolder()
-
-
-@pytest.fixture
 def backends() -> Iterator[Callable[[str], SessionBackend]]:
     started: list[SessionBackend] = []
 
@@ -133,22 +128,6 @@ def backends() -> Iterator[Callable[[str], SessionBackend]]:
     finally:
         for backend in started:
             backend.stop()
-
-
-@pytest.fixture
-def router_for(cluster: ClusterHolder) -> Iterator[Callable[[Config], RouterThread]]:
-    started: list[RouterThread] = []
-
-    def start(cfg: Config) -> RouterThread:
-        router = RouterThread(cfg, cluster, None)
-        started.append(router)
-        return router
-
-    try:
-        yield start
-    finally:
-        for router in started:
-            router.close()
 
 
 @pytest.fixture
@@ -176,7 +155,10 @@ def sticky_config(
     return Config(
         cluster=ClusterConfig(mode=Mode.ACTIVE_ACTIVE, state_dir=tmp_path),
         app=AppConfig(start="true", home=tmp_path / "home", database_url="sqlite:///app.db"),
-        router=RouterConfig(**{"retry_after": 7, "state_poll_interval": 60, **router}),
+        # hold_timeout 0 unless a test asks: the maintenance page at once.
+        router=RouterConfig(
+            **{"retry_after": 7, "state_poll_interval": 60, "hold_timeout": 0, **router}
+        ),
         nodes=tuple(
             NodeConfig(name=name, port=port, route=(routes or {}).get(name, ""))
             for name, port in ports.items()

@@ -24,8 +24,8 @@ from hakit.config import Config, load_config
 from hakit.demo.cluster import free_port
 from hakit.errors import HakitError
 from hakit.router.tls import server_context
-from tests.integration.test_router import Backend, ClusterHolder, RouterThread, make_config
 from tests.integration.test_router_slowhttp import _StatusHandler
+from tests.support.router_harness import Backend, ClusterHolder, RouterThread, make_config
 from tests.unit.test_config import BASE
 
 

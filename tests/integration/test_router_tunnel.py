@@ -12,9 +12,8 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from http import HTTPStatus
-from typing import Any
 
 import pytest
 import trustme
@@ -24,45 +23,17 @@ from websockets.sync.client import connect as ws_connect
 from websockets.sync.server import Server, ServerConnection
 from websockets.sync.server import serve as ws_serve
 
-from tests.integration.test_router import (
+from tests.support.router_harness import (
     Backend,
-    ClusterHolder,
     RouterThread,
+    SocketServer,
     make_config,
     progress_when_stalled,
+    read_head,
+    wait_for,
 )
 
 BIG = 4 * 1024 * 1024
-
-
-@pytest.fixture
-def cluster() -> ClusterHolder:
-    return ClusterHolder()
-
-
-@pytest.fixture
-def router_for(cluster: ClusterHolder) -> Iterator[Callable[..., RouterThread]]:
-    started: list[RouterThread] = []
-
-    def start(cfg: Any) -> RouterThread:
-        router = RouterThread(cfg, cluster, None)
-        started.append(router)
-        return router
-
-    try:
-        yield start
-    finally:
-        for router in started:
-            router.close()
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def router_state(router: RouterThread) -> tuple[int, int]:
@@ -218,7 +189,7 @@ def test_router_shutdown_closes_open_tunnels(tmp_path, echo, cluster, router_for
 # --- a raw protocol behind Upgrade ---------------------------------------------------------
 
 
-class LineProtocolServer:
+class LineProtocolServer(SocketServer):
     """Answers an upgrade to ``shout/1`` with 101, then upper-cases every line.
 
     On end of input it sends ``BYE`` and closes (so a client's half-close must
@@ -228,65 +199,46 @@ class LineProtocolServer:
     """
 
     def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
         self.heads: list[bytes] = []
         self.flooded = 0
         self.stop_flood = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
+        super().__init__(threaded=True)
 
-    @property
-    def port(self) -> int:
-        return int(self.sock.getsockname()[1])
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
-
-    def _handle(self, conn: socket.socket) -> None:
-        with conn:
-            conn.settimeout(20)
-            data = b""
-            while b"\r\n\r\n" not in data:
-                chunk = conn.recv(65536)
-                if not chunk:
-                    return
-                data += chunk
-            head, _, rest = data.partition(b"\r\n\r\n")
-            if head.startswith(b"GET /status "):  # the router's health checks
-                body = b'{"state": "RUNNING"}'
-                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
-                return
-            self.heads.append(head)
-            lower = head.lower()
-            if b"upgrade: shout/1" not in lower:
-                conn.sendall(
-                    b"HTTP/1.1 426 Upgrade Required\r\nUpgrade: shout/1\r\n"
-                    b"Connection: upgrade\r\nContent-Length: 7\r\n\r\nupgrade"
-                )
-                return
+    def handle(self, conn: socket.socket) -> None:
+        read = read_head(conn, timeout=20)
+        if read is None:
+            return
+        head, rest = read
+        if head.startswith(b"GET /status "):  # the router's health checks
+            body = b'{"state": "RUNNING"}'
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+            return
+        self.heads.append(head)
+        lower = head.lower()
+        if b"upgrade: shout/1" not in lower:
             conn.sendall(
-                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: shout/1\r\n"
-                b"Connection: Upgrade\r\nX-Shout: on\r\n\r\nHELLO\n"
+                b"HTTP/1.1 426 Upgrade Required\r\nUpgrade: shout/1\r\n"
+                b"Connection: upgrade\r\nContent-Length: 7\r\n\r\nupgrade"
             )
-            if head.startswith(b"GET /flood "):
-                self._flood(conn)
-                return
-            pending = rest
-            for _ in range(100_000):  # bounded: one line or one read per turn
-                if b"\n" in pending:
-                    line, _, pending = pending.partition(b"\n")
-                    conn.sendall(line.upper() + b"\n")
-                    continue
-                chunk = conn.recv(65536)
-                if not chunk:
-                    break
-                pending += chunk
-            conn.sendall(b"BYE\n")  # after the client's half-close: the other direction works
+            return
+        conn.sendall(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: shout/1\r\n"
+            b"Connection: Upgrade\r\nX-Shout: on\r\n\r\nHELLO\n"
+        )
+        if head.startswith(b"GET /flood "):
+            self._flood(conn)
+            return
+        pending = rest
+        for _ in range(100_000):  # bounded: one line or one read per turn
+            if b"\n" in pending:
+                line, _, pending = pending.partition(b"\n")
+                conn.sendall(line.upper() + b"\n")
+                continue
+            chunk = conn.recv(65536)
+            if not chunk:
+                break
+            pending += chunk
+        conn.sendall(b"BYE\n")  # after the client's half-close: the other direction works
 
     def _flood(self, conn: socket.socket) -> None:
         block = b"z" * 65536
@@ -299,12 +251,7 @@ class LineProtocolServer:
 
     def stop(self) -> None:
         self.stop_flood.set()
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)  # wakes the accept() (close alone does not)
-        except OSError:
-            pass
-        self.sock.close()
-        self._thread.join(5)
+        super().stop()
 
 
 @pytest.fixture

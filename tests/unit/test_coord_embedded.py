@@ -446,3 +446,32 @@ def test_a_version_1_store_is_migrated_keeping_its_data(tmp_path: Path) -> None:
         assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
     finally:
         raw.close()
+
+
+def test_renew_epoch_extends_even_an_expired_lease_under_the_same_epoch(
+    coord: SqliteCoordinator, clock: FakeClock
+) -> None:
+    # An agent that woke after its deadline: nobody took over, so it keeps its epoch.
+    first = coord.acquire_or_renew("n1", TTL)
+    assert first is not None
+    clock.advance(TTL + 5)
+    renewed = coord.renew_epoch("n1", first.epoch, TTL)
+    assert renewed == Lease("n1", first.epoch, clock.now + TTL)
+    assert coord.current_lease() == renewed
+    assert coord.acquire_or_renew("n2", TTL) is None  # valid again
+
+
+def test_renew_epoch_fails_once_another_epoch_or_nothing_is_stored(
+    coord: SqliteCoordinator, clock: FakeClock
+) -> None:
+    first = coord.acquire_or_renew("n1", TTL)
+    assert first is not None
+    clock.advance(TTL + 1)
+    taken = coord.acquire_or_renew("n2", TTL)  # a takeover while n1 was frozen
+    assert taken is not None and taken.epoch == first.epoch + 1
+    assert coord.renew_epoch("n1", first.epoch, TTL) is None
+    assert coord.renew_epoch("n2", first.epoch, TTL) is None  # the right holder, old epoch
+    assert coord.current_lease() == taken
+    assert coord.release("n2", taken.epoch)
+    assert coord.renew_epoch("n2", taken.epoch, TTL) is None  # released: gone for good
+    assert coord.current_lease() is None

@@ -30,6 +30,7 @@ from hakit.operator import (
     load_token,
     operator_actor,
     perform,
+    request_path_loss,
     status_document,
 )
 from hakit.policy_events import HandoverEnded, HandoverRequested, LeaseVacant, Paused, Resumed
@@ -469,3 +470,32 @@ def test_agent_at_boot_hears_the_pause_first_then_boots_then_the_handover(store,
         "LeaseVacant",
     ]
     assert queued[1] == Boot(served_epoch=2, newest_epoch=4, newest_node="node1")
+
+
+def test_path_loss_intent_is_a_switchover_asked_by_the_agent(
+    store: SqliteCoordinator, cfg: Config
+) -> None:
+    epoch = running_cluster(store)
+    intent = request_path_loss(store, cfg, "node1", "node2", epoch, "router r1 lost node1", NOW)
+    assert intent is not None and store.get_state(HANDOVER) == intent
+    assert (intent["kind"], intent["actor"], intent["source"]) == (
+        "path-loss",
+        "agent:node1",
+        "node1",
+    )
+    event = handover_event(intent)
+    assert not event.forced and event.automatic and event.kind == "path-loss"
+    assert event.reason == "router r1 lost node1" and event.target == "node2"
+
+
+def test_path_loss_never_replaces_a_handover_in_force(
+    store: SqliteCoordinator, cfg: Config
+) -> None:
+    epoch = running_cluster(store)
+    ask(store, cfg, "switchover", to="node2", reason="patch")
+    operator = store.get_state(HANDOVER)
+    assert request_path_loss(store, cfg, "node1", "node2", epoch, "lost", NOW + 2) is None
+    assert store.get_state(HANDOVER) == operator
+    # Once it expired, the agent may ask.
+    later = NOW + 10_000
+    assert request_path_loss(store, cfg, "node1", "node2", epoch, "lost", later) is not None

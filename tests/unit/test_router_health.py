@@ -248,3 +248,16 @@ ORDER = ("a", "b", "c")
 )
 def test_choose_upstream(healthy, current, failback, exclude, expected) -> None:
     assert choose_upstream(ORDER, lambda n: n in healthy, current, failback, exclude) == expected
+
+
+def test_board_answering_needs_up_and_a_last_check_that_answered() -> None:
+    board = HealthBoard(fall=3, rise=1, names=["n1"])
+    assert not board.answering("n1") and not board.answering("unknown")  # no verdict yet
+    board.feed("n1", ok(), 1.0)
+    assert board.answering("n1")
+    board.feed("n1", fail("timeout"), 2.0)
+    assert board.routable("n1") and not board.answering("n1")  # UP, but the last check failed
+    board.feed("n1", ok(), 3.0)
+    assert board.answering("n1")
+    board.feed("n1", drain("STOPPING"), 4.0)
+    assert not board.answering("n1")

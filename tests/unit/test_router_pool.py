@@ -27,7 +27,7 @@ from hakit.router.headers import (
     response_framing,
     upstream_request_headers,
 )
-from hakit.router.health import HealthBoard, dead, drain, ok
+from hakit.router.health import HealthBoard, Result, ResultKind, dead, drain, ok
 from hakit.router.pages import prefers_json
 from hakit.router.pool import (
     NO_RECORD,
@@ -507,3 +507,71 @@ def test_forwarded_headers_describe_the_client(
     assert [value for key, value in out if key == b"X-Forwarded-Proto"] == [proto]
     assert (b"X-Forwarded-Host", b"app:8443") in out
     assert [value for key, value in out if key == b"Host"] == [b"app:8443"]
+
+
+# --- the holder of an expired lease (its agent stalled): the epoch is the fencing token ------
+
+EXPIRED = Lease("n1", 5, T - 0.5)
+
+
+def answering_board(*results: Any) -> HealthBoard:
+    board = HealthBoard(fall=3, rise=1, names=["n1", "n2", "n3"])
+    for result in results or (ok(),):
+        board.feed("n1", result, 1.0)
+    return board
+
+
+@pytest.mark.parametrize(
+    ("lease", "records", "board", "now", "expected"),
+    [
+        pytest.param(EXPIRED, [rec("n1")], answering_board(), T, "n1", id="answering: serves"),
+        pytest.param(
+            EXPIRED, [rec("n1")], answering_board(ok(), dead("x")), T, None, id="board down"
+        ),
+        pytest.param(
+            EXPIRED,
+            [rec("n1")],
+            answering_board(ok(), Result(ResultKind.FAIL, "timeout")),
+            T,
+            None,
+            id="last check failed (still UP)",
+        ),
+        pytest.param(
+            EXPIRED,
+            [rec("n1")],
+            HealthBoard(fall=3, rise=1, names=["n1"]),
+            T,
+            None,
+            id="no verdict yet",
+        ),
+        pytest.param(EXPIRED, [rec("n1")], None, T, None, id="no health board"),
+        pytest.param(EXPIRED, [rec("n1")], answering_board(), T + 5, None, id="stale view"),
+        pytest.param(None, [rec("n1")], answering_board(), T, None, id="released"),
+        pytest.param(
+            Lease("n2", 6, T + 10),
+            [rec("n1"), rec("n2", state="STARTING", epoch=6)],
+            answering_board(),
+            T,
+            None,
+            id="a newer epoch: the old holder gets nothing at once",
+        ),
+        pytest.param(
+            Lease("n2", 6, T + 10),
+            [rec("n1"), rec("n2", epoch=6)],
+            answering_board(),
+            T,
+            "n2",
+            id="a newer epoch: its holder serves",
+        ),
+    ],
+)
+def test_holder_of_an_expired_lease_serves_while_the_router_sees_it_answer(
+    lease: Lease | None,
+    records: list[NodeRecord],
+    board: HealthBoard | None,
+    now: float,
+    expected: str | None,
+) -> None:
+    view = ClusterView(lease, {r.node: r for r in records}, read_at=T)
+    chosen = route(view, config(COLD), {}, now, health=board)
+    assert (None if isinstance(chosen, Verdict) else chosen.name) == expected

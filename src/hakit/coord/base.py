@@ -16,6 +16,10 @@ Contract (like Patroni's AbstractDCS, but small):
   every agent reads each turn (``paused``, ``handover``: see hakit.operator).
   ``clear_state`` with ``if_value`` is a compare-and-delete, so an agent never
   removes an intent newer than the one it acted on.
+- ``renew_epoch(node, epoch, ttl)`` extends the lease only if it is still stored
+  for ``node`` under ``epoch``, even after it expired: an agent that woke up past
+  its deadline keeps its epoch when nobody took over meanwhile (a concurrent
+  takeover changed the stored epoch, so this fails and the agent fences itself).
 - ``take_over`` is the one way around a valid lease: an operator's forced
   failover. It hands the lease to ``node`` under a new epoch at once; the old
   holder's next renewal fails and it fences itself.
@@ -66,6 +70,11 @@ class Event:
 class Coordinator(Protocol):
     def acquire_or_renew(self, node: str, ttl: float) -> Lease | None:
         """Take or extend the leader lease for ``node``; None if another node holds it."""
+        ...
+
+    def renew_epoch(self, node: str, epoch: int, ttl: float) -> Lease | None:
+        """Extend the lease if it is stored for ``node`` under ``epoch`` (valid or expired);
+        None if it was released or another epoch is stored."""
         ...
 
     def release(self, node: str, epoch: int) -> bool:

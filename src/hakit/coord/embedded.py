@@ -272,6 +272,21 @@ class SqliteCoordinator:
             )
             return lease
 
+    def renew_epoch(self, node: str, epoch: int, ttl: float) -> Lease | None:
+        if ttl <= 0:
+            raise ValueError(f"lease ttl must be positive, got {ttl}")
+        with self._using(f"renew the lease of {node} under epoch {epoch}", write=True) as conn:
+            now = self._clock()
+            stored = _read_lease(conn)
+            if stored is None or stored.holder != node or stored.epoch != epoch:
+                return None
+            lease = Lease(node, epoch, now + ttl)
+            conn.execute(
+                "UPDATE lease SET expires_at = ? WHERE singleton = 1 AND holder = ? AND epoch = ?",
+                (lease.expires_at, node, epoch),
+            )
+            return lease
+
     def take_over(self, node: str, ttl: float) -> Lease:
         if ttl <= 0:
             raise ValueError(f"lease ttl must be positive, got {ttl}")
@@ -306,6 +321,17 @@ class SqliteCoordinator:
     def last_epoch(self) -> int:
         with self._using("read the last epoch", write=False) as conn:
             return _read_last_epoch(conn)
+
+    def data_version(self) -> tuple[int, int]:
+        """A token that changes when another connection (another process) commits.
+
+        SQLite's ``PRAGMA data_version``: no table is read, so a poller (the
+        router) can skip its reads while the store is unchanged. Writes through
+        this coordinator's own connection do not change it. Compare tokens of
+        one coordinator only (the connection is part of the token).
+        """
+        with self._using("read the data version", write=False) as conn:
+            return id(conn), int(conn.execute("PRAGMA data_version").fetchone()[0])
 
     # --- node records ---------------------------------------------------------
 

@@ -73,6 +73,13 @@ class DemoSettings:
     admin_ports: tuple[int, ...] = ()  # nodes' admin_port (agents serve the admin API); ()
     admin_token: str = ""  # [admin] token, with admin_ports
     nofailover: tuple[str, ...] = ()  # names of nodes with nofailover = true
+    # Where each node listens (its app, and the address the router and checks use); ()
+    # or "": 127.0.0.1. With node_prefix, a node can live in another network namespace.
+    node_hosts: tuple[str, ...] = ()
+    # A command prefix per node name for its agent (and so its app), e.g.
+    # ("ip", "netns", "exec", "ns1"): the test of the data path (tests/support/netns.py).
+    node_prefix: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    check_interval: str | None = None  # router.check_interval; None: hakit's default
 
 
 def render_config(root: Path, settings: DemoSettings) -> str:
@@ -97,8 +104,12 @@ def render_config(root: Path, settings: DemoSettings) -> str:
         "--enable-faults",
     ]
     env = "".join(f"{json.dumps(k)} = {json.dumps(v)}, " for k, v in settings.app_env.items())
+    hosts = [
+        (settings.node_hosts[i] if i < len(settings.node_hosts) else "") or "127.0.0.1"
+        for i in range(len(ports))
+    ]
     nodes = "".join(
-        f'\n[[nodes]]\nname = "node{i + 1}"\nhost = "127.0.0.1"\nport = {port}\nroute = "n{i + 1}"\n'
+        f'\n[[nodes]]\nname = "node{i + 1}"\nhost = "{hosts[i]}"\nport = {port}\nroute = "n{i + 1}"\n'
         + (f"admin_port = {settings.admin_ports[i]}\n" if i < len(settings.admin_ports) else "")
         + ("nofailover = true\n" if f"node{i + 1}" in settings.nofailover else "")
         for i, port in enumerate(ports)
@@ -106,6 +117,8 @@ def render_config(root: Path, settings: DemoSettings) -> str:
     if settings.admin_token:
         nodes = f'\n[admin]\ntoken = "{settings.admin_token}"\n' + nodes
     hold = "" if settings.hold_timeout is None else f'hold_timeout = "{settings.hold_timeout}"\n'
+    if settings.check_interval is not None:
+        hold += f'check_interval = "{settings.check_interval}"\n'
     database_url = settings.database_url or f"sqlite:///{root / 'shared' / 'db' / 'app.db'}"
     fence = f"fence_database_sessions = {json.dumps(settings.fence_database_sessions)}\n"
     if settings.fence_command:
@@ -176,14 +189,16 @@ class DemoCluster:
 
     # --- processes ----------------------------------------------------------
 
-    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
+    def _spawn(
+        self, name: str, args: list[str], prefix: tuple[str, ...] = ()
+    ) -> subprocess.Popen[bytes]:
         logs = self.cfg.cluster.state_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         with open(logs / f"{name}.out", "ab") as out:
             # A session of its own: Ctrl-C in the demo's terminal reaches only the
             # demo, which then stops everything in order.
             process = subprocess.Popen(
-                [sys.executable, "-m", "hakit", *args, "--config", str(self.config_path)],
+                [*prefix, sys.executable, "-m", "hakit", *args, "--config", str(self.config_path)],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -193,7 +208,8 @@ class DemoCluster:
         return process
 
     def start_agent(self, node: str) -> subprocess.Popen[bytes]:
-        return self._spawn(f"agent-{node}", ["agent", "--node", node])
+        prefix = self.settings.node_prefix.get(node, ())
+        return self._spawn(f"agent-{node}", ["agent", "--node", node], prefix)
 
     def start(self) -> None:
         self._spawn("router", ["router"])

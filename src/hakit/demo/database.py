@@ -1,8 +1,15 @@
 """The sample app's database: SQLite by path or PostgreSQL by URL.
 
-A connection is opened per operation: it is cheap for SQLite, keeps the code
-free of reconnect logic, and means every ``/status`` really reaches the
-database (the contract asks for ERROR as soon as it cannot).
+SQLite: a connection is opened per operation: it is cheap, keeps the code free
+of reconnect logic, and means every ``/status`` really reaches the database
+(the contract asks for ERROR as soon as it cannot).
+
+PostgreSQL: a small pool keeps idle connections open, as Jira's connection pool
+does, so the app holds server sessions between requests (what session fencing
+and a DBA's ``pg_terminate_backend`` act on). A connection that fails is thrown
+away with every idle one (they likely died with it), so one failed operation is
+all a lost connection costs; the next opens a fresh connection, and ``/status``
+still reports ERROR as soon as the database cannot be reached.
 """
 
 from __future__ import annotations
@@ -117,18 +124,21 @@ class Database:
             raise
         except Exception as exc:  # sqlite3.Error, psycopg.Error, OSError
             raise DatabaseUnavailable(f"cannot connect to {self.describe()}: {exc}") from exc
+        failed = True
         try:
             yield connection
             connection.commit()
+            failed = False
         except DatabaseUnavailable:
             raise
         except Exception as exc:
             raise DatabaseUnavailable(f"query failed on {self.describe()}: {exc}") from exc
         finally:
-            try:
-                connection.close()
-            except Exception:
-                pass  # the connection is being thrown away anyway
+            self._release(connection, failed)
+
+    def _release(self, connection: Any, failed: bool) -> None:
+        """Done with ``connection`` (``failed``: an operation on it raised)."""
+        _close_quietly(connection)
 
     def _sql(self, statement: str) -> str:
         return statement.replace("?", self.placeholder)
@@ -216,10 +226,13 @@ class SqliteDatabase(Database):
 
 class PostgresDatabase(Database):
     placeholder = "%s"
+    POOL_IDLE = 4  # idle connections kept open; busier moments open more, closed after use
 
     def __init__(self, url: str) -> None:
         super().__init__()
         self.url = url
+        self._idle: list[Any] = []
+        self._pool_lock = threading.Lock()
 
     def describe(self) -> str:
         parts = urllib.parse.urlsplit(self.url)
@@ -230,9 +243,34 @@ class PostgresDatabase(Database):
     def _connect(self, create: bool) -> Any:
         import psycopg  # imported here: SQLite-only runs start faster without it
 
+        with self._pool_lock:
+            if self._idle:
+                return self._idle.pop()
         # 2 s is libpq's minimum; a /status probe must answer ERROR before its own
         # timeout, or an unreachable database would look like a hung app.
         return psycopg.connect(self.url, connect_timeout=2)
+
+    def _release(self, connection: Any, failed: bool) -> None:
+        if failed or connection.closed or connection.broken:
+            # The server may have ended every session (restart, pg_terminate_backend):
+            # the idle ones would fail the next operations one by one.
+            with self._pool_lock:
+                stale, self._idle = self._idle, []
+            for idle in (connection, *stale):
+                _close_quietly(idle)
+            return
+        with self._pool_lock:
+            if len(self._idle) < self.POOL_IDLE:
+                self._idle.append(connection)
+                return
+        _close_quietly(connection)
+
+
+def _close_quietly(connection: Any) -> None:
+    try:
+        connection.close()
+    except Exception:
+        pass  # the connection is being thrown away anyway
 
 
 def open_database(url: str) -> Database:

@@ -233,9 +233,16 @@ def fault_crash(node: DemoNode, request: Request) -> Response:
 
 
 def fault_oom(node: DemoNode, request: Request) -> Response:
-    node.log(f"fault: out of memory, exiting with code {OOM_EXIT_CODE}")
-    response = json_response(202, {"fault": "oom", "exit_code": OOM_EXIT_CODE})
-    response.after_send = _exit_now(OOM_EXIT_CODE, f'Exception in thread "main" {OOM_MESSAGE}')
+    """Out of memory: ``java.lang.OutOfMemoryError`` on stderr, then exit 137 (what an
+    OOM kill looks like), or ``?exit_code=N`` (a JVM with ``-XX:+ExitOnOutOfMemoryError``
+    exits 3: only its log tells it ran out of memory)."""
+    raw = request.query.get("exit_code", str(OOM_EXIT_CODE))
+    if not raw.isdigit() or not 1 <= int(raw) <= 255:
+        raise HttpError(400, f"exit_code={raw!r}: give an exit code, 1 <= N <= 255")
+    code = int(raw)
+    node.log(f"fault: out of memory, exiting with code {code}")
+    response = json_response(202, {"fault": "oom", "exit_code": code})
+    response.after_send = _exit_now(code, f'Exception in thread "main" {OOM_MESSAGE}')
     return response
 
 

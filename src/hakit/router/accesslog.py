@@ -15,6 +15,9 @@ Formats (router.access_log_format):
 ``upstream`` is the time from sending the request to the node until its
 response head arrived (``-``: none); ``total`` from the complete request head
 until the response ended. Status 499: the client left before any answer.
+Requests refused while their head was read (400, 408, 413, 414, 431, 505, ...)
+are logged too, with what was read of them: method and target ``-`` when the
+request line itself was unreadable, version ``-`` when it was not reached.
 
 Writes never block the event loop: lines are collected in a list and handed,
 every ``FLUSH_INTERVAL`` or ``FLUSH_LINES`` lines, to one writer thread that

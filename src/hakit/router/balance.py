@@ -34,6 +34,8 @@ class HealthView(Protocol):
 
     def up_since(self, name: str) -> float | None: ...
 
+    def answering(self, name: str) -> bool: ...
+
 
 def turn_fraction(turn: int) -> float:
     """A number in [0, 1) for ``turn``; any run of turns covers [0, 1) evenly."""

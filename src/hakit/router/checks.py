@@ -12,6 +12,12 @@ The board's verdict is about one app instance in one role: when a node's
 record says a new instance serves (another pid, role or epoch, or serving
 again after it did not), the verdict is reset, so a node freshly promoted or
 restarted is routable at once instead of after ``rise`` checks.
+
+Every completed check also feeds the router's data-path tracker
+(pathreport.py: when each node last answered, since when and how it fails),
+which the router publishes for the agents (hakit.datapath). A node whose agent
+runs no app gets no /status check, only a TCP connect for the tracker: its host
+refusing (reachable) or not answering (silent) is what a handover to it needs.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from hakit.coord.view import ClusterView
 from hakit.errors import HakitError
 from hakit.probe import Observation
 from hakit.router.health import HealthBoard, HealthState, Result, Transition, drain, fail, ok
+from hakit.router.pathreport import PathTracker, path_kind, reach
 from hakit.router.statusclient import Prober, make_prober
 
 log = logging.getLogger("hakit.router")
@@ -106,7 +113,8 @@ class RouterChecks:
 
     Lifecycle: ``observe(view)`` for every view read (the Router's refresh),
     ``start()`` once the first view is in, ``await close()`` on shutdown.
-    ``on_change`` is called after each transition a check causes.
+    ``on_change`` is called after each transition a check causes;
+    ``on_path_change`` when what the data-path tracker ``paths`` sees changes.
     The first check runs one ``check_interval`` after start: until then the
     board has no verdict and the agents' records alone gate routing.
     """
@@ -119,7 +127,9 @@ class RouterChecks:
     ) -> None:
         self.cfg = cfg
         self._on_change = on_change  # after every transition: held requests look again
+        self.on_path_change: Callable[[], None] | None = None
         self.board = HealthBoard(cfg.health.fall, cfg.health.rise, (n.name for n in cfg.nodes))
+        self.paths = PathTracker([n.name for n in cfg.nodes])
         self._view = view
         self._keys: dict[str, InstanceKey | None] = {}
         self._generation: dict[str, int] = {node.name: 0 for node in cfg.nodes}
@@ -170,16 +180,26 @@ class RouterChecks:
         try:
             while True:  # until cancelled by close()
                 await asyncio.sleep(interval)
+                sent = time.time()
                 if not should_check(self._view().nodes.get(node.name)):
+                    # No app to check: only whether its host is reachable (data path).
+                    timeout = self.cfg.health.probe_timeout
+                    kind, detail = await reach(node.host, node.port, timeout)
+                    self._path(node.name, kind, detail, sent)
                     continue
                 generation = self._generation.get(node.name, 0)
                 observation = await prober.probe()
+                self._path(node.name, path_kind(observation), observation.detail, sent)
                 if generation != self._generation.get(node.name, 0):
                     continue  # a new instance took over during the probe: not its result
                 self.feed(node.name, observation)
         finally:
             with contextlib.suppress(Exception):
                 await prober.aclose()
+
+    def _path(self, name: str, kind: str, detail: str, sent: float) -> None:
+        if self.paths.feed(name, kind, detail, sent, time.time()) and self.on_path_change:
+            self.on_path_change()
 
     def feed(self, name: str, observation: Observation) -> Transition | None:
         result = result_for(observation.state, observation.detail)

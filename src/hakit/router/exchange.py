@@ -387,6 +387,17 @@ class Exchange:
             self._response_done = True
             self._finish(keep_alive=False)
 
+    def refuse(self, status: int) -> None:
+        """Answer ``status`` for a request refused before it could be handled (never
+        forwarded: malformed, too large, too slow) and report it like any other, so
+        refusals show in the access log and the metrics. The connection closes after it.
+        """
+        self._request_done = self._response_done = True
+        self._out_body, self._out_keep = Body.NONE, False
+        self._write_canned(error_page(status), keep_alive=False)
+        self.finished = True
+        self._ctx.exchange_ended(self)
+
     def client_lost(self) -> None:
         if not self.finished:
             self._ctx.exchange_ended(self)

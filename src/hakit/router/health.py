@@ -193,6 +193,12 @@ class HealthBoard:
         """New users may go there: UP, or no verdict yet (UNKNOWN)."""
         return name not in self._unroutable
 
+    def answering(self, name: str) -> bool:
+        """UP and its last check answered: the router's own word that ``name`` serves
+        (what lets the holder of an expired lease keep its users, pool.serves_expired)."""
+        check = self._checks.get(name)
+        return check is not None and check.state is HealthState.UP and check.streak == 0
+
     def draining(self, name: str) -> bool:
         """The app answers but takes no new users: sticky users stay."""
         return name in self._draining

@@ -35,17 +35,18 @@ from typing import Protocol, cast
 
 import httptools
 
+from hakit.router.batch import WriteBatch, batch_for_running_loop
 from hakit.router.exchange import Exchange, ProxyContext
 from hakit.router.headers import (
     BadRequest,
     Body,
     Header,
+    RequestHead,
     header_value,
     raw_head,
     request_head,
 )
 from hakit.router.limits import Network
-from hakit.router.pages import error_page
 
 log = logging.getLogger("hakit.router")
 
@@ -114,6 +115,7 @@ class ClientConnection(asyncio.Protocol):
     # Slots: thousands of idle keep-alive connections each cost ~1.3 KB less without a
     # dict (measured: 3.8 -> 2.5 KB). A new attribute must be named here.
     __slots__ = (
+        "_batch",
         "_chunk_empty",
         "_client_ip",
         "_ctx",
@@ -156,6 +158,7 @@ class ClientConnection(asyncio.Protocol):
         self._limits = ctx.limits
         self._parser = httptools.HttpRequestParser(self)
         self._transport: asyncio.Transport | None = None
+        self._batch: WriteBatch | None = None  # writes go out once per loop iteration
         self._client_ip = ""
         self._pause_reasons = 0  # why we stopped reading: a sum of _PAUSE bits (0: reading)
         self.write_paused = False  # our send buffer is full (read by exchanges)
@@ -200,14 +203,29 @@ class ClientConnection(asyncio.Protocol):
     def write(self, data: bytes) -> None:
         if self._phase == _EXPECT:  # answered (100 Continue or final): the body is due now
             self._phase, self._phase_at = _BODY, 0.0
-        if self._transport is not None:
-            self._transport.write(data)
+        transport = self._transport
+        if transport is not None:
+            batch = self._batch
+            if batch is not None:
+                batch.write(transport, data)  # sent at the end of this loop iteration
+            else:
+                transport.write(data)
 
     def writelines(self, parts: list[bytes]) -> None:
         if self._phase == _EXPECT:
             self._phase, self._phase_at = _BODY, 0.0
-        if self._transport is not None:
-            self._transport.writelines(parts)
+        transport = self._transport
+        if transport is not None:
+            batch = self._batch
+            if batch is not None:
+                batch.write(transport, parts)
+            else:
+                transport.writelines(parts)
+
+    def _flush(self) -> None:
+        """Send what was written so far (batch.py) before the transport closes or moves."""
+        if self._batch is not None:
+            self._batch.flush()
 
     def pause_reading(self, reason: str) -> None:
         transport = self._transport
@@ -249,6 +267,7 @@ class ClientConnection(asyncio.Protocol):
 
     def abort(self) -> None:
         if self._transport is not None:
+            self._flush()  # what was written goes first, as it did without batching
             self._transport.abort()
 
     def take_transport(self) -> asyncio.Transport | None:
@@ -261,6 +280,7 @@ class ClientConnection(asyncio.Protocol):
         self._phase = _NONE
         self._queue.clear()
         self._incoming = None
+        self._flush()  # the 101 goes before the tunnel's first bytes
         return self._transport
 
     def tunnel_closed(self) -> None:
@@ -274,6 +294,7 @@ class ClientConnection(asyncio.Protocol):
         transport = self._transport
         if transport is None or transport.is_closing():
             return
+        self._flush()
         if self._linger and not self._lingering and transport.can_write_eof():
             # We refused a request the client may still be sending: closing with unread
             # bytes makes the kernel reset the connection, and the client loses our
@@ -296,6 +317,7 @@ class ClientConnection(asyncio.Protocol):
         # uvloop's transports implement asyncio.Transport without subclassing it.
         transport = cast(asyncio.Transport, transport)
         self._transport = transport
+        self._batch = batch_for_running_loop()
         transport.set_write_buffer_limits(
             high=self._limits.write_buffer_high, low=self._limits.write_buffer_low
         )
@@ -511,8 +533,35 @@ class ClientConnection(asyncio.Protocol):
             self._queue.remove(broken)  # never started; the running one finishes, then close
             return
         if not self._queue:
-            self.write(error_page(status).encode(keep_alive=False))
+            # Refused before an exchange existed: answered and reported like one.
+            Exchange(self, self._ctx, self._refused_request()).refuse(status)
             self.close()
+
+    def _refused_request(self) -> RequestHead:
+        """What is known of a request refused while its head was read, for the access log."""
+        url, headers = self._url, self._headers
+        method, target, version = b"-", b"-", "-"
+        if url:  # the method was parsed (before that the parser reports its default)
+            method, target = self._parser.get_method(), b"".join(url)
+            parsed = self._parser.get_http_version()  # "0.0" until the version was read
+            if parsed != "0.0":
+                version = parsed
+        request = RequestHead(
+            method=method,
+            target=target,
+            version=version,
+            headers=tuple(headers),
+            keep_alive=False,
+            body=Body.NONE,
+            content_length=0,
+            transfer_encoding=b"",
+            client_ip=self._client_ip,
+            client_trusted=self._trusted,
+            scheme=self._scheme,
+        )
+        url.clear()
+        headers.clear()
+        return request
 
     # --- timeouts -------------------------------------------------------------------------
 

@@ -11,6 +11,18 @@ Which nodes may serve, by mode:
   current epoch, and only if its record says it is active under that epoch
   (a node claiming to be active without the epoch gets nothing). A warm
   standby's running app gets no traffic either.
+
+  The epoch is the fencing token, not the lease's expiry: once the holder's
+  lease has expired it still serves while (1) the stored lease is still its
+  epoch (nobody holds a newer one: a newer epoch in the store switches routing
+  at once), (2) the lease was not released (a handover, switchover or shutdown
+  deletes it, which stops routing at once), (3) the router's own health checks
+  say it serves (its last check answered: ``HealthBoard.answering``) and (4) the
+  view is fresh (read within ``stale_view``): a view the router can no longer
+  refresh never extends a lease. An agent stalled past its deadline thus keeps
+  its users served (hakit.datapath: the standby does not take over while the
+  routers get answers), and a dead node stops getting new users at its first
+  failed check.
 - active-active: every node whose record is routable.
 
 Each such node is SERVING (new and sticky users) or DRAINING: its app reports
@@ -156,9 +168,10 @@ def drain_expired(
 
 
 def _lease_holder(view: ClusterView) -> str | None:
-    """The lease holder, when the lease was valid when read and its record is active under it."""
+    """The holder of the stored lease (valid or expired, never released), when its record
+    is active under the lease's epoch."""
     lease = view.lease
-    if lease is None or not lease.valid_at(view.read_at):
+    if lease is None:
         return None
     record = view.nodes.get(lease.holder)
     if record is None or record.role != "active" or record.epoch != lease.epoch:
@@ -171,7 +184,7 @@ class Standing:
     """What the records alone say, computed once per view (not per request)."""
 
     base: Eligibility  # before down marks, health, exclusions and the lease's expiry
-    lease: Lease | None  # standby modes: ``base`` holds only while this lease is valid
+    lease: Lease | None  # standby modes: once it expired, ``base`` needs ``serves_expired``
 
 
 NOBODY = Eligibility((), (), frozenset())
@@ -200,6 +213,20 @@ def standing(view: ClusterView, cfg: Config) -> Standing:
     return Standing(Eligibility(tuple(serving), tuple(draining), members), lease)
 
 
+def stale_view(cfg: Config) -> float:
+    """A view read longer ago than this cannot let an expired lease's holder serve."""
+    return max(1.0, 10 * cfg.router.state_poll_interval)
+
+
+def serves_expired(
+    view: ClusterView, cfg: Config, lease: Lease, now: float, health: HealthView | None
+) -> bool:
+    """May the holder of ``lease``, expired by ``now``, still serve? (the module doc)"""
+    if health is None or now - view.read_at > stale_view(cfg):
+        return False
+    return health.answering(lease.holder)
+
+
 def eligibility(
     view: ClusterView,
     cfg: Config,
@@ -215,13 +242,14 @@ def eligibility(
     Nodes marked down, not routable on the health board, or in ``exclude``
     (already tried for this request) are left out; nodes the view knows but
     the config does not are ignored (the config says where a node listens).
-    The lease must be valid both when the view was read and ``now``: a stale
-    view (the store unreadable for a while) never extends a lease. ``known``:
+    A lease that has expired by ``now`` still lets its holder serve only under
+    the conditions of the module doc (``serves_expired``). ``known``:
     ``standing(view, cfg)`` if the caller keeps it.
     """
     st = known if known is not None else standing(view, cfg)
     if st.lease is not None and not st.lease.valid_at(now):
-        return NOBODY
+        if not serves_expired(view, cfg, st.lease, now, health):
+            return NOBODY
     base = st.base
     if not (down or exclude or health is not None):
         return base

@@ -3,7 +3,9 @@
 The data plane lives in http.py / exchange.py / upstream.py; this module owns
 the state they decide on: the last ``ClusterView`` (read every
 ``router.state_poll_interval`` in a dedicated thread, since reading the store
-blocks) and the passive down marks.
+blocks) and the passive down marks. With a ``store``, it also publishes what its
+checks see of each node's data path (pathreport.py, hakit.datapath), through
+the same thread.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from hakit.router.hold import can_hold
 from hakit.router.http import ClientConnection, ConnectionSweeper
 from hakit.router.limits import ProxyLimits
 from hakit.router.pages import CannedResponse, maintenance_page, prefers_json
+from hakit.router.pathreport import PathReporter, StateStore, executor_runner, router_name
 from hakit.router.pool import (
     Standing,
     Verdict,
@@ -64,6 +67,8 @@ class Router:
     ``view_source`` is called from one dedicated thread (never concurrently),
     every ``cfg.router.state_poll_interval``; if it raises, the last view is
     kept (its lease still expires on time, see pool.choose_backend).
+    ``store``: where the router publishes its data-path report (the
+    coordination store; None: it publishes nothing).
     """
 
     def __init__(
@@ -73,6 +78,7 @@ class Router:
         *,
         limits: ProxyLimits | None = None,
         hooks: ExchangeHooks | None = None,
+        store: StateStore | None = None,
     ) -> None:
         self.cfg = cfg
         self.limits = limits or ProxyLimits.from_config(cfg.router)
@@ -84,6 +90,8 @@ class Router:
         # None: the records alone decide.
         self.checks = RouterChecks(cfg, lambda: self._view, on_change=self.notify_change)
         self.health: HealthBoard | None = self.checks.board
+        self._store = store
+        self.paths: PathReporter | None = None  # the data-path report, once started
         # Requests in flight per node (least-outstanding); which node each request is
         # counted for is kept on the request (RequestHead.counted_for).
         self.in_flight: dict[str, int] = {node.name: 0 for node in cfg.nodes}
@@ -127,6 +135,7 @@ class Router:
         ``admin``: where to serve /metrics and /nodes instead of router.admin_listen.
         """
         tls = self.cfg.router
+        listen_host = host
         context = (
             server_context(tls.tls_cert, tls.tls_key) if tls.tls_cert and tls.tls_key else None
         )
@@ -157,12 +166,18 @@ class Router:
             await self.close()
             raise
         self._refresher = asyncio.create_task(self._refresh_forever(), name="router-refresh")
+        bound = self._server.sockets[0].getsockname()
+        if self._store is not None:
+            self.paths = PathReporter(
+                self.cfg, self.checks.paths, self._store, executor_runner(self._executor)
+            )
+            self.checks.on_path_change = self.paths.changed
+            self.paths.start(router_name(listen_host, int(bound[1])))
         self.checks.start()
         self._sweeper = ConnectionSweeper(
             self._clients, self.limits.sweep_interval, also=self.pool.sweep
         )
         self._sweeper.start()
-        bound = self._server.sockets[0].getsockname()
         log.info("router listening on %s:%s (mode %s)", bound[0], bound[1], self.cfg.cluster.mode)
         return str(bound[0]), int(bound[1])
 
@@ -183,6 +198,9 @@ class Router:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await self.checks.close()
+        if self.paths is not None:
+            await self.paths.close()  # before the executor it writes through goes
+            self.paths = None
         for client in list(self._clients):
             client.abort()
         self.pool.close()
@@ -473,11 +491,15 @@ async def run_router(
     cfg: Config,
     view_source: ViewSource,
     ready: Callable[[str, int], object] | None = None,
+    store: StateStore | None = None,
 ) -> None:
-    """Serve on ``cfg.router.listen`` until cancelled; ``ready(host, port)`` once listening."""
+    """Serve on ``cfg.router.listen`` until cancelled; ``ready(host, port)`` once listening.
+
+    ``store``: the coordination store the data-path report is published to.
+    """
     raise_open_files_limit()
     host, port = cfg.router.listen_address
-    router = Router(cfg, view_source)
+    router = Router(cfg, view_source, store=store)
     try:
         bound = await router.start(host, port)
         if ready is not None:

@@ -25,6 +25,7 @@ from typing import Protocol, cast
 import httptools
 
 from hakit.config import NodeConfig
+from hakit.router.batch import WriteBatch, batch_for_running_loop
 from hakit.router.headers import Body, Header, ResponseHead, response_has_body
 from hakit.router.limits import ProxyLimits
 
@@ -73,6 +74,7 @@ class UpstreamConnection(asyncio.Protocol):
     """
 
     __slots__ = (
+        "_batch",
         "_body",
         "_done",
         "_head",
@@ -108,6 +110,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.on_lost: Callable[[UpstreamConnection], None] | None = None
         self._limits = limits
         self._transport: asyncio.Transport | None = None
+        self._batch: WriteBatch | None = None  # writes go out once per loop iteration
         self._parser: httptools.HttpResponseParser | None = None  # None: make one at attach
         self._sink: ResponseSink | None = None  # the exchange answered now; None: idle
         self._response_started = False
@@ -161,12 +164,27 @@ class UpstreamConnection(asyncio.Protocol):
             self._parser = httptools.HttpResponseParser(self)
 
     def write(self, data: bytes) -> None:
-        if self._transport is not None:
-            self._transport.write(data)
+        transport = self._transport
+        if transport is not None:
+            batch = self._batch
+            if batch is not None:
+                batch.write(transport, data)  # sent at the end of this loop iteration
+            else:
+                transport.write(data)
 
     def writelines(self, parts: list[bytes]) -> None:
-        if self._transport is not None:
-            self._transport.writelines(parts)
+        transport = self._transport
+        if transport is not None:
+            batch = self._batch
+            if batch is not None:
+                batch.write(transport, parts)
+            else:
+                transport.writelines(parts)
+
+    def _flush(self) -> None:
+        """Send what was written so far (batch.py) before the transport closes or moves."""
+        if self._batch is not None:
+            self._batch.flush()
 
     def pause_reading(self) -> None:
         if not self._read_paused and self._transport is not None:
@@ -183,16 +201,19 @@ class UpstreamConnection(asyncio.Protocol):
         """Drop the connection now (nothing reported to the sink)."""
         self._sink = None
         if self._transport is not None:
+            self._flush()
             self._transport.abort()
 
     def close(self) -> None:
         """Close after writing what is buffered (nothing reported to the sink)."""
         self._sink = None
         if self._transport is not None:
+            self._flush()
             self._transport.close()
 
     def take_transport(self) -> asyncio.Transport | None:
         """Hand the transport over (after a 101); this connection leaves the pool."""
+        self._flush()
         transport, self._transport = self._transport, None
         self._sink = self._parser = None
         self._lost = True
@@ -272,6 +293,7 @@ class UpstreamConnection(asyncio.Protocol):
         # uvloop's transports implement asyncio.Transport without subclassing it.
         transport = cast(asyncio.Transport, transport)
         self._transport = transport
+        self._batch = batch_for_running_loop()
         transport.set_write_buffer_limits(
             high=self._limits.write_buffer_high, low=self._limits.write_buffer_low
         )

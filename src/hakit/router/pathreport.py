@@ -1,0 +1,199 @@
+"""The router's side of the data path (hakit.datapath): what it sees of every node, published.
+
+The router's own checks (checks.py) are its network path to each node: every
+completed check is fed to a :class:`PathTracker` (pure: wall times are passed in),
+which keeps per node when the last answer came, when the current failure streak
+began and of which kind (``refused``: the host answered; ``silent``: timeout or
+unreachable). Nodes whose /status the router does not check (no app running
+there, e.g. a cold standby) get a plain TCP connect instead, which tells a
+reachable host (refused, or accepted) from a silent one.
+
+:class:`PathReporter` writes the tracker's report to the coordination store,
+``router/<name>`` (``Coordinator.set_state``), through the router's store
+executor: when what it sees changes (a node starts or stops answering, or the
+kind of failure changes) and at least every ``every`` seconds (the agents judge
+a report stale after hakit.datapath.STALE_REPORTS periods), never more often
+than ``every / 5``. The request hot path is not involved: only the checks feed
+the tracker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor
+from typing import Any, Protocol
+
+from hakit.config import Config
+from hakit.contract import REPORTED_STATES, AppState
+from hakit.datapath import ANSWERED, REFUSED, SILENT, PathReport, Sight, report_key
+from hakit.probe import Observation
+
+log = logging.getLogger("hakit.router")
+
+MIN_EVERY, MAX_EVERY = 0.5, 1.0  # publishing period bounds (it decides failover latency)
+
+
+class StateStore(Protocol):
+    """The part of the Coordinator a router writes its report with."""
+
+    def set_state(self, key: str, value: dict[str, Any]) -> None: ...
+
+    def clear_state(self, key: str, if_value: dict[str, Any] | None = None) -> bool: ...
+
+
+def report_every(cfg: Config) -> float:
+    """How often a router publishes: the agents' renewal pace, within [0.5 s, 1 s]."""
+    return min(MAX_EVERY, max(MIN_EVERY, cfg.coordination.renew_interval))
+
+
+def check_every(cfg: Config) -> float:
+    """The longest gap between two completed checks of a node that answers."""
+    return cfg.router.check_interval + cfg.health.probe_timeout
+
+
+def router_name(host: str, port: int) -> str:
+    """``host:port`` of the router; the machine's name for a wildcard address."""
+    if host in ("", "0.0.0.0", "::", "*"):
+        host = socket.gethostname()
+    return f"{host}:{port}"
+
+
+def path_kind(observation: Observation) -> str:
+    """ANSWERED (any answer from the app), REFUSED (the host answered) or SILENT."""
+    if observation.http_status is not None or observation.state in REPORTED_STATES:
+        return ANSWERED
+    if observation.state is AppState.TIMEOUT:
+        return SILENT
+    detail = observation.detail
+    if "connection refused" in detail.lower() or "closed the connection" in detail:
+        return REFUSED
+    if observation.state is AppState.NOT_DEPLOYED:
+        return ANSWERED  # a status command's garbled answer still came from the node
+    return SILENT  # unreachable host or network, no route
+
+
+class PathTracker:
+    """What one router sees of each node; fed a kind per completed check (pure)."""
+
+    def __init__(self, names: list[str]) -> None:
+        self._sights: dict[str, Sight] = {name: Sight() for name in names}
+
+    def feed(self, name: str, kind: str, detail: str, sent: float, done: float) -> bool:
+        """One completed check of ``name``: sent at wall time ``sent``, ended at ``done``.
+
+        True when what the router sees changed (answering <-> failing, or the kind
+        of failure): worth publishing at once.
+        """
+        old = self._sights.get(name, Sight())
+        if kind == ANSWERED:
+            new = Sight(sent, done, None, None, 0, detail)
+        else:
+            same = old.failure == kind
+            since = old.failing_since if same and old.failing_since is not None else sent
+            new = Sight(old.answered_at, done, kind, since, old.failures + 1 if same else 1, detail)
+        self._sights[name] = new
+        return new.failure != old.failure or old.checked_at is None
+
+    def sight(self, name: str) -> Sight:
+        return self._sights.get(name, Sight())
+
+    def report(self, router: str, now: float, every: float, check_gap: float) -> PathReport:
+        return PathReport(router, now, every, check_gap, dict(self._sights))
+
+
+async def reach(host: str, port: int, timeout: float) -> tuple[str, str]:
+    """(kind, detail) of a plain TCP connect: a node's host without a checked app."""
+    where = f"{host}:{port}"
+    try:
+        async with asyncio.timeout(timeout):
+            _, writer = await asyncio.open_connection(host, port)
+    except TimeoutError:
+        return SILENT, f"no answer from {where} within {timeout:g}s"
+    except ConnectionRefusedError:
+        return REFUSED, f"connection refused by {where} (host reachable)"
+    except OSError as error:
+        return SILENT, f"cannot connect to {where}: {error.strerror or error}"
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return ANSWERED, f"{where} accepts connections"
+
+
+class PathReporter:
+    """Publishes a tracker's report under ``router/<name>``; ``changed()`` to publish soon."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        tracker: PathTracker,
+        store: StateStore,
+        run: Callable[[Callable[[], object]], asyncio.Future[Any]],
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.tracker = tracker
+        self.every = report_every(cfg)
+        self.check_gap = check_every(cfg)
+        self.name = ""
+        self._store = store
+        self._run = run  # runs a blocking call in the router's store executor
+        self._wall = wall
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._error: str | None = None
+
+    def start(self, name: str) -> None:
+        self.name = name
+        self._task = asyncio.create_task(self._publish_forever(), name="router-path-report")
+
+    def changed(self) -> None:
+        self._wake.set()
+
+    async def close(self) -> None:
+        """Stop publishing; remove the report (a router gone says nothing, at once)."""
+        if self._task is None:
+            return
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+        self._task = None
+        with contextlib.suppress(Exception):
+            await self._run(lambda: self._store.clear_state(report_key(self.name)))
+
+    async def publish(self) -> None:
+        report = self.tracker.report(self.name, self._wall(), self.every, self.check_gap)
+        value = report.as_json()
+        try:
+            await self._run(lambda: self._store.set_state(report_key(self.name), value))
+        except Exception as error:  # the store is unreachable: try again next period
+            message = f"{type(error).__name__}: {error}"
+            if message != self._error:
+                log.warning("router: cannot publish its data-path report (%s)", message)
+            self._error = message
+            return
+        if self._error is not None:
+            log.info("router: data-path report published again")
+            self._error = None
+
+    async def _publish_forever(self) -> None:
+        gap = self.every / 5
+        while True:  # until cancelled by close()
+            await self.publish()
+            await asyncio.sleep(gap)  # never more often than this
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.every - gap)
+            self._wake.clear()
+
+
+def executor_runner(
+    executor: Executor,
+) -> Callable[[Callable[[], object]], asyncio.Future[Any]]:
+    """Run blocking store calls in ``executor`` (the router's single store thread)."""
+
+    def run(call: Callable[[], object]) -> asyncio.Future[Any]:
+        return asyncio.get_running_loop().run_in_executor(executor, call)
+
+    return run

@@ -1,0 +1,141 @@
+"""The router's data-path tracker and report (router/pathreport.py), with real times passed in."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from pathlib import Path
+
+import pytest
+
+from hakit.config import AppConfig, ClusterConfig, Config, CoordinationConfig, RouterConfig
+from hakit.contract import AppState
+from hakit.coord.embedded import SqliteCoordinator
+from hakit.datapath import ANSWERED, REFUSED, SILENT, reports_in
+from hakit.probe import Observation
+from hakit.router.pathreport import (
+    PathReporter,
+    PathTracker,
+    path_kind,
+    reach,
+    report_every,
+    router_name,
+)
+
+
+def obs(state: AppState, http: int | None, detail: str) -> Observation:
+    return Observation(state, http, detail, 0.01)
+
+
+@pytest.mark.parametrize(
+    ("observation", "kind"),
+    [
+        (obs(AppState.RUNNING, 200, "reports RUNNING"), ANSWERED),
+        (obs(AppState.ERROR, 500, "reports ERROR"), ANSWERED),
+        (obs(AppState.NOT_DEPLOYED, 404, "HTTP 404"), ANSWERED),
+        (obs(AppState.DOWN, None, "connection refused by http://h:1/status"), REFUSED),
+        (obs(AppState.DOWN, None, "http://h/status closed the connection without"), REFUSED),
+        (obs(AppState.DOWN, None, "cannot connect to http://h/: [Errno 101] unreachable"), SILENT),
+        (obs(AppState.TIMEOUT, None, "no answer within 1s"), SILENT),
+    ],
+)
+def test_path_kind(observation: Observation, kind: str) -> None:
+    assert path_kind(observation) == kind
+
+
+def test_tracker_keeps_the_last_answer_and_the_failure_streak() -> None:
+    tracker = PathTracker(["n1"])
+    assert tracker.feed("n1", ANSWERED, "ok", 10.0, 10.1)  # first sight: changed
+    assert not tracker.feed("n1", ANSWERED, "ok", 11.0, 11.1)  # same: no hurry
+    assert tracker.feed("n1", SILENT, "timeout", 12.0, 13.0)
+    assert not tracker.feed("n1", SILENT, "timeout", 14.0, 15.0)
+    sight = tracker.sight("n1")
+    assert (sight.answered_at, sight.checked_at) == (11.0, 15.0)
+    assert (sight.failure, sight.failing_since, sight.failures) == (SILENT, 12.0, 2)
+    assert tracker.feed("n1", REFUSED, "refused", 16.0, 16.0)  # another kind: a new streak
+    assert (tracker.sight("n1").failing_since, tracker.sight("n1").failures) == (16.0, 1)
+    assert tracker.feed("n1", ANSWERED, "ok", 17.0, 17.1)
+    sight = tracker.sight("n1")
+    assert (sight.failure, sight.failing_since, sight.failures, sight.answered_at) == (
+        None,
+        None,
+        0,
+        17.0,
+    )
+
+
+def test_report_round_trips_through_json() -> None:
+    tracker = PathTracker(["n1", "n2"])
+    tracker.feed("n1", ANSWERED, "ok", 10.0, 10.1)
+    tracker.feed("n2", REFUSED, "refused", 10.0, 10.0)
+    report = tracker.report("r1", 11.0, 0.5, 3.0)
+    [back] = reports_in({"router/r1": report.as_json(), "paused": {"paused": False}})
+    assert back == report
+    assert back.nodes["n2"].reachable and back.nodes["n1"].reachable
+
+
+def test_router_name() -> None:
+    assert router_name("127.0.0.1", 8080) == "127.0.0.1:8080"
+    assert router_name("0.0.0.0", 80) == f"{socket.gethostname()}:80"
+
+
+def cfg(tmp_path: Path, renew: float = 0.5) -> Config:
+    return Config(
+        cluster=ClusterConfig(state_dir=tmp_path),
+        coordination=CoordinationConfig(lease_ttl=3 * renew, renew_interval=renew),
+        app=AppConfig(start="true", home=tmp_path / "home", database_url="sqlite:///app.db"),
+        router=RouterConfig(check_interval=0.2),
+        nodes=(),
+    )
+
+
+def test_report_period_follows_the_renewal_within_bounds(tmp_path: Path) -> None:
+    assert report_every(cfg(tmp_path, 0.2)) == 0.5
+    assert report_every(cfg(tmp_path, 0.7)) == 0.7
+    assert report_every(cfg(tmp_path, 5.0)) == 1.0
+
+
+def test_reporter_publishes_periodically_and_on_change_then_clears(tmp_path: Path) -> None:
+    store = SqliteCoordinator(tmp_path / "coord.db")
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        tracker = PathTracker(["n1"])
+        reporter = PathReporter(
+            cfg(tmp_path),
+            tracker,
+            store,
+            lambda call: loop.run_in_executor(None, call),
+        )
+        reporter.start("r1")
+        deadline = loop.time() + 5
+        while not reports_in(await loop.run_in_executor(None, store.cluster_state)):
+            assert loop.time() < deadline, "no report published"
+            await asyncio.sleep(0.02)
+        first = reports_in(store.cluster_state())[0]
+        assert first.router == "r1" and first.every == 0.5
+        tracker.feed("n1", REFUSED, "refused", 1.0, 1.0)
+        reporter.changed()
+        while reports_in(store.cluster_state())[0].nodes["n1"].failure != REFUSED:
+            assert loop.time() < deadline, "the change was not published"
+            await asyncio.sleep(0.02)
+        await reporter.close()
+        assert reports_in(store.cluster_state()) == []
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        store.close()
+
+
+def test_reach_tells_refused_from_accepted() -> None:
+    async def scenario() -> tuple[str, str]:
+        server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        accepted = (await reach("127.0.0.1", port, 1.0))[0]
+        server.close()
+        await server.wait_closed()
+        refused = (await reach("127.0.0.1", port, 1.0))[0]
+        return accepted, refused
+
+    assert asyncio.run(scenario()) == (ANSWERED, REFUSED)
