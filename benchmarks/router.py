@@ -75,6 +75,7 @@ PROXY_CPU = "1"  # the proxy under test, alone
 SMALL = b"hello from backend!\n"  # 20 bytes
 LARGE = bytes(range(256)) * 64  # 16 KiB
 PATHS = {"20 B": "/small", "16 KiB": "/16k"}
+IDLE_SECONDS = 10.0  # /proc counts CPU in 10 ms ticks: a long window for ms/s figures
 STATUS_JSON = '{"state": "RUNNING"}'  # the router's health checks read each node's /status
 SECRET = "benchmark-secret-0123456789abcdef"
 
@@ -694,9 +695,9 @@ def run_throughput(
         print(check_target(name, port))
     routers = {"hakit": hakit.pid} | {name: pid for name, (pid, _) in variants.items() if pid}
     idle_before = {name: cpu_seconds(pid) for name, pid in routers.items()}
-    time.sleep(2.0)
+    time.sleep(IDLE_SECONDS)
     for name, pid in routers.items():
-        idle_cpu = (cpu_seconds(pid) - idle_before[name]) / 2.0
+        idle_cpu = (cpu_seconds(pid) - idle_before[name]) / IDLE_SECONDS
         print(f"{name} router idle CPU: {1000 * idle_cpu:.1f} ms/s (store poll, health checks)")
     for _, port in targets.values():  # warm up: connections, caches, pools
         run_wrk(port, "/small", 1, script)

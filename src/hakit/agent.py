@@ -15,7 +15,9 @@ Tasks feed one queue so the policy sees events one at a time:
   over from a node whose lease expired is acted on only once that node is fenced,
   hakit.fence);
 - the heartbeat (every 50 ms: the lease deadline, checked first on waking from a
-  freeze, and this agent's own stalls, hakit.stall);
+  freeze, and this agent's own stalls, hakit.stall); beside it, in a thread of its
+  own, the lease watchdog (hakit.fence.LeaseWatchdog) kills the app at the deadline
+  even while this loop is blocked (a synchronous write to a locked store);
 - the operator loop (the operator's intents in the store every ``renew_interval``:
   pause, resume, switchover, forced failover; hakit.operator), beside the admin
   API that writes them (hakit.admin_api, on the node's ``admin_port``); it also
@@ -53,11 +55,13 @@ from hakit.fence import (
     PENDING_KEY,
     FenceNeed,
     Fencer,
+    LeaseWatchdog,
     Predecessor,
     application_name,
     kill_group_now,
     read_predecessor,
     retry_delay,
+    takeover_words,
 )
 from hakit.fence import Verdict as FenceVerdict
 from hakit.notify import Notifier
@@ -97,7 +101,7 @@ from hakit.policy import (
 )
 from hakit.policy_rules import last_active
 from hakit.probe import Observation, StatusProber, check_database
-from hakit.stall import HEARTBEAT, StallDetector
+from hakit.stall import HEARTBEAT, STALL_THRESHOLD, StallDetector
 from hakit.supervisor import AppProcess, ExitInfo
 
 log = logging.getLogger("hakit.agent")
@@ -203,6 +207,16 @@ class Agent:
         )
         # Stalls of this agent itself (hakit.stall): probes overlapping one do not count.
         self.stalls = StallDetector()
+        # Self-fencing that a blocked main loop cannot hold back (hakit.fence).
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.watchdog = LeaseWatchdog(
+            lambda: self.app.pid,
+            monotonic=monotonic,
+            period=min(HEARTBEAT, cfg.coordination.renew_interval / 4),
+            threshold=STALL_THRESHOLD,
+            grace=cfg.coordination.lease_ttl,
+            on_fire=self._watchdog_fired,
+        )
         # Operator commands (hakit.operator) and cold starts.
         self.intents = IntentWatcher()
         self.draining = False  # switching over: the router holds new requests meanwhile
@@ -377,11 +391,13 @@ class Agent:
             verdict = FenceVerdict(False, f"fencing failed unexpectedly: {error!r}")
         if self.epoch != lease.epoch:
             return  # lost meanwhile: the self-fence path has told the policy
-        for warning in verdict.warnings:
-            await self._execute(Alert("fence", warning))
+        for words in verdict.alerts:
+            await self._execute(Alert("fence", words))
         if verdict.ok:
             self._fence_retry_at = 0.0
-            self.events.put_nowait(LeaseGained(lease.epoch))
+            # Over an expired lease this is a failover: the policy alerts it.
+            takeover = takeover_words(before, self.node.name)
+            self.events.put_nowait(LeaseGained(lease.epoch, takeover))
             return
         delay = retry_delay(self.fencer.failures, self.cfg.coordination.renew_interval)
         self._fence_retry_at = self.monotonic() + delay
@@ -404,6 +420,20 @@ class Agent:
         if released:
             self._record("lease", f"{self.node.name} gave the lease of epoch {epoch} back: {why}")
 
+    def _arm_watchdog(self) -> None:
+        """The watchdog guards the lease while this node acts as active under it."""
+        if self.epoch and self.policy.view().role is Role.ACTIVE:
+            self.watchdog.arm(self.lease_deadline)
+        else:
+            self.watchdog.disarm()
+
+    def _watchdog_fired(self, reason: str) -> None:
+        """From the watchdog's thread: the app is killed; wake the main loop to say so."""
+        loop = self._loop
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closing: nothing to tell
+                loop.call_soon_threadsafe(self.events.put_nowait, _WAKE)
+
     def _check_deadline(self) -> None:
         """Self-fence at once if the lease deadline has passed (checked on every wake-up).
 
@@ -418,6 +448,12 @@ class Agent:
         app as before.
         """
         if not self.epoch:
+            return
+        fired = self.watchdog.take_fired()
+        if fired is not None:
+            # The watchdog killed the app while this loop was held up: it ran at the
+            # deadline, so no stall of the agent explains it; nothing to renew on waking.
+            self._self_fence(fired)
             return
         late = self.monotonic() - self.lease_deadline
         if late < 0:
@@ -447,6 +483,7 @@ class Agent:
         if lease is None:
             return f"epoch {epoch} is no longer stored for {self.node.name}: another node took over"
         self.lease_deadline = asked + ttl - self.cfg.coordination.renew_interval / 2
+        self._arm_watchdog()
         self._record(
             "lease",
             f"{self.node.name} woke {late:.1f} s after its lease deadline (stalled "
@@ -462,6 +499,7 @@ class Agent:
         (``run``), and its StopApp(kill=True) confirms the group is gone."""
         lost, self.epoch = self.epoch, 0
         self._given_up_epoch = max(self._given_up_epoch, lost)
+        self.watchdog.disarm()
         if self.policy.view().role is Role.ACTIVE and kill_group_now(self.app.pid):
             log.warning("self-fencing: killed app process group %s (%s)", self.app.pid, reason)
         self._urgent.append(LeaseLost(lost, reason))
@@ -508,6 +546,8 @@ class Agent:
     # --- the loop -----------------------------------------------------------
 
     async def run(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.watchdog.start()
         self._record("agent", f"agent for {self.node.name} started (pid {os.getpid()})")
         # A cluster paused before this agent started: the policy hears it before Boot.
         self._feed_intents(self._read_intents(), time.time(), boot=self._boot_event())
@@ -554,7 +594,10 @@ class Agent:
                 self._promotion.cancel()
             if self._admin_api is not None:
                 await self._admin_api.close()
-            await self._shutdown()
+            try:
+                await self._shutdown()
+            finally:
+                self.watchdog.stop()
 
     def request_stop(self) -> None:
         self._stop_requested.set()
@@ -854,6 +897,7 @@ class Agent:
 
     def _publish(self, role: str | None = None) -> None:
         self._check_deadline()  # never claim a lease whose deadline has passed
+        self._arm_watchdog()  # before the store write, which may block this loop
         view = self.policy.view()
         record = NodeRecord(
             node=self.node.name,

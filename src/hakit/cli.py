@@ -433,9 +433,12 @@ def _pause_or_resume(config: Path, verb: str, reason: str, actor: str | None) ->
 @app.command()
 def events(
     config: ConfigOption = Path("hakit.toml"),
-    limit: Annotated[int, typer.Option(help="Show at most this many recent events.")] = 50,
+    limit: Annotated[
+        int, typer.Option(min=0, help="Show at most this many recent events (0: none).")
+    ] = 50,
     follow: Annotated[
-        bool, typer.Option("--follow", "-f", help="Keep printing new events.")
+        bool,
+        typer.Option("--follow", "-f", help="Keep printing new events (until Ctrl-C)."),
     ] = False,
 ) -> None:
     """Show the event history with the reason for every action."""
@@ -444,16 +447,20 @@ def events(
 
     cfg = _load(config)
     coordinator = open_coordinator(cfg)
-    history = list(coordinator.events(0, limit=1_000_000))[-limit:]
-    last_id = 0
-    for event in history:
-        console.print(format_event(event), highlight=False, markup=False)
-        last_id = event.id
-    while follow:
-        time.sleep(0.2)
-        for event in coordinator.events(last_id):
-            console.print(format_event(event), highlight=False, markup=False)
-            last_id = event.id
+    try:
+        # Only the newest (the history may hold thousands), read once: -f goes on after
+        # the newest, even with --limit 0.
+        recent = list(coordinator.recent_events(max(limit, 1)))
+        last_id = recent[-1].id if recent else 0
+        for event in recent[max(0, len(recent) - limit) :]:
+            console.print(format_event(event), highlight=False, markup=False, soft_wrap=True)
+        while follow:
+            time.sleep(0.2)
+            for event in coordinator.events(last_id):
+                console.print(format_event(event), highlight=False, markup=False, soft_wrap=True)
+                last_id = event.id
+    finally:
+        coordinator.close()
 
 
 @app.command()

@@ -391,10 +391,29 @@ class HealthConfig(_Section):
         return self
 
 
+class OnFailedStart(enum.StrEnum):
+    """What an active node does once its app failed to start ``restart_attempts`` times
+    in a row (it never reached RUNNING within startup_timeout, or exited while starting)."""
+
+    ALERT = "alert"  # stop trying; alert "manual intervention required"; no failover
+    FAILOVER = "failover"  # step down so a standby tries (once: not back and forth)
+
+
+AUTO_FAILBACK_UNSUPPORTED = (
+    "automatic failback is not supported: a failed node stays standby; move it back with "
+    "hakit switchover"
+)
+
+
 class FailoverConfig(_Section):
     restart_attempts: int = Field(default=2, ge=0)
     failure_window: PositiveDuration = 600.0  # failures older than this are forgotten
+    # Only false is accepted: a failed node coming back never takes the active role on its
+    # own (DESIGN.md). The key is kept so files saying so explicitly stay valid.
     auto_failback: bool = False
+    # After restart_attempts failed starts: "alert" (default: another node would most
+    # likely fail the same way, e.g. a bad shared config) or "failover" (node-local causes).
+    on_failed_start: OnFailedStart = OnFailedStart.ALERT
     # How long a promotion waits for the fence command of an unreachable old active.
     fence_timeout: PositiveDuration = 10.0
     # STONITH (hakit.fence): run before a standby promotes over an EXPIRED lease, against
@@ -406,6 +425,13 @@ class FailoverConfig(_Section):
     # Worst-case recovery wanted. When set, the loader derives the timers the file
     # leaves out from it (hakit.timing); `hakit config check` shows the arithmetic.
     recovery_target: PositiveDuration | None = None
+
+    @field_validator("auto_failback")
+    @classmethod
+    def _no_auto_failback(cls, value: bool) -> bool:
+        if value:
+            raise ValueError(f"{AUTO_FAILBACK_UNSUPPORTED} (expected false, or leave it out)")
+        return value
 
     @field_validator("fence_command")
     @classmethod

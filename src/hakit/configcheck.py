@@ -29,6 +29,7 @@ from hakit.config import (
     FailoverConfig,
     Mode,
     NodeConfig,
+    OnFailedStart,
     RouterConfig,
     TcpProxyConfig,
     format_duration,
@@ -535,5 +536,11 @@ def _correction(cfg: Config) -> str:
     restarts += f"within {format_duration(failover.failure_window)})"
     if cfg.cluster.mode is Mode.RESTART_ONLY:
         return f"{restarts}, no failover (restart-only)"
-    failback = "on" if failover.auto_failback else "off"
-    return f"{restarts}, then fail over to a standby; automatic failback {failback}"
+    if failover.on_failed_start is OnFailedStart.FAILOVER:
+        failed_start = "a start that keeps failing: fail over (once; on_failed_start)"
+    else:
+        failed_start = "a start that keeps failing: alert, no failover (on_failed_start)"
+    return (
+        f"{restarts}, then fail over to a standby; {failed_start}; no automatic failback "
+        "(a failed node stays standby: hakit switchover moves it back)"
+    )

@@ -5,7 +5,9 @@ Three layers, from the node itself outwards:
 
 - Self-fencing (in the agent): an agent that cannot renew its lease SIGKILLs its
   app before the lease's TTL ends; :func:`kill_group_now` is that kill, done
-  synchronously so nothing else of the agent runs first.
+  synchronously so nothing else of the agent runs first. :class:`LeaseWatchdog`
+  does it from a thread of its own, so a main loop that is blocked (on a store
+  that is locked or slow, say) cannot keep the app alive past the lease.
 - STONITH: a standby that takes over a lease which *expired* (its holder did not
   release it: the holder is frozen, cut off or dead) runs the configured
   ``failover.fence_command`` against the old holder before it starts the app,
@@ -28,6 +30,7 @@ import contextlib
 import logging
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -203,6 +206,19 @@ def fence_needs(
     return sorted(to_fence, key=lambda n: n.node), sorted(cleared, key=lambda n: n.node)
 
 
+def takeover_words(before: Predecessor, me: str) -> str:
+    """For the promotion of ``me`` after reading ``before``: the clause saying that it
+    takes over a lease that EXPIRED without being released (the holder is lost, frozen
+    or cut off: a failover, alerted), or "" (a released lease, a cold start, its own)."""
+    lease = before.lease
+    if lease is None or lease.holder == me or lease.valid_at(before.read_at):
+        return ""
+    return (
+        f"{lease.holder}'s lease of epoch {lease.epoch} expired at {clock(lease.expires_at)} "
+        "without being released (its node is lost, frozen or cut off)"
+    )
+
+
 def render_fence_command(argv: Sequence[str], node: str, host: str) -> list[str]:
     """``argv`` with ``{node}`` and ``{host}`` of the node to fence substituted."""
     values = {"node": node, "host": host}
@@ -226,6 +242,113 @@ def kill_group_now(pgid: int | None) -> bool:
     except (ProcessLookupError, PermissionError):
         return False
     return True
+
+
+class LeaseWatchdog:
+    """Kills the app's process group at the lease deadline, whatever the agent's main
+    loop is doing.
+
+    The agent's event loop checks the deadline every 50 ms too, but anything that
+    blocks that loop (a synchronous write to a store that is locked or slow, a bug)
+    would hold its self-fence back past the lease's end: a thread of its own is not
+    held back. It cannot tell a blocked loop from a frozen process by itself, so:
+
+    - it ran at the deadline (its own ticks are regular): kill, now;
+    - it did not run at the deadline either (a gap of its own ticks longer than
+      ``threshold`` spans it: the whole agent was frozen, hakit.stall): leave the
+      decision to the main loop, which renews the lease on waking when nobody took
+      over (``Agent._check_deadline``) and re-arms; kill only if it has done neither
+      within ``grace`` after waking.
+
+    ``arm``/``disarm`` come from the main loop; ``fired`` tells it the watchdog
+    killed (the reason), so it fences itself in the policy too. ``step`` is the
+    decision, fed the monotonic time of each tick; ``start`` runs it in a thread.
+    """
+
+    def __init__(
+        self,
+        pgid: Callable[[], int | None],
+        *,
+        monotonic: Callable[[], float] = time.monotonic,
+        period: float = 0.05,
+        threshold: float = 1.0,
+        grace: float = 3.0,
+        on_fire: Callable[[str], None] = lambda reason: None,
+    ) -> None:
+        self._pgid = pgid
+        self._monotonic = monotonic
+        self._period = period
+        self._threshold = threshold
+        self._grace = grace
+        self._on_fire = on_fire
+        self._lock = threading.Lock()
+        self._deadline: float | None = None
+        self._grace_until: float | None = None
+        self._last: float | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.fired: str | None = None
+
+    def arm(self, deadline: float) -> None:
+        """The lease must be renewed by ``deadline`` (monotonic), or the app dies then."""
+        with self._lock:
+            if deadline != self._deadline:
+                self._grace_until = None
+            self._deadline = deadline
+
+    def disarm(self) -> None:
+        """No lease to guard (standby, or the main loop fenced itself): forget a kill too."""
+        with self._lock:
+            self._deadline = None
+            self._grace_until = None
+            self.fired = None
+
+    def take_fired(self) -> str | None:
+        """Why the watchdog killed the app since the last call (None: it did not)."""
+        with self._lock:
+            fired, self.fired = self.fired, None
+            return fired
+
+    def step(self, now: float) -> bool:
+        """One tick at ``now``: True when the app's group must be killed now."""
+        with self._lock:
+            last, self._last = self._last, now
+            deadline = self._deadline
+            if deadline is None or now < deadline:
+                return False
+            if self._grace_until is None and last is not None:
+                if now - last > self._threshold and last < deadline:
+                    # Frozen across the deadline ourselves: the main loop decides first.
+                    self._grace_until = now + self._grace
+            if self._grace_until is not None and now < self._grace_until:
+                return False
+            late = now - deadline
+            self.fired = (
+                f"lease not renewed before its deadline ({late:.1f} s late: the store was too "
+                "slow or unreachable; killed by the agent's watchdog thread)"
+            )
+            self._deadline = None
+            return True
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._period):
+            if self.step(self._monotonic()):
+                pgid = self._pgid()
+                if kill_group_now(pgid):
+                    log.warning("self-fencing (watchdog): killed app process group %s", pgid)
+                reason = self.fired
+                if reason is not None:
+                    self._on_fire(reason)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="lease-watchdog", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -349,7 +472,9 @@ class Verdict:
 
     ok: bool
     reason: str  # for a refusal: the alert's sentence
-    warnings: tuple[str, ...] = ()  # alerts that do not block (database sessions not fenced)
+    # "fence" alerts that do not block the promotion: a node fenced by the fence command,
+    # database sessions that could not be terminated.
+    alerts: tuple[str, ...] = ()
 
 
 Recorder = Callable[[str, str, dict[str, Any]], None]
@@ -417,18 +542,20 @@ class Fencer:
                 )
             self.failures = 0
             return Verdict(True, "")
-        warnings: list[str] = []
+        alerts: list[str] = []
         for need in to_fence:
-            refusal = await self._fence_one(need, gained.epoch)
+            refusal = await self._fence_one(need, gained.epoch, alerts)
             if refusal is not None:
                 self.failures += 1
                 return Verdict(False, refusal)
-            warnings += await self._fence_sessions(need, gained.epoch)
+            alerts += await self._fence_sessions(need, gained.epoch)
         self.failures = 0
-        return Verdict(True, "", tuple(warnings))
+        return Verdict(True, "", tuple(alerts))
 
-    async def _fence_one(self, need: FenceNeed, epoch: int) -> str | None:
-        """Run the fence command against ``need.node``; None on success, else the refusal."""
+    async def _fence_one(self, need: FenceNeed, epoch: int, alerts: list[str]) -> str | None:
+        """Run the fence command against ``need.node``; None on success (its sentence is
+        added to ``alerts``: a node was powered off, a human wants to know), else the
+        refusal."""
         failover = self.cfg.failover
         before = f"before {self.me} promotes under epoch {epoch}"
         if failover.fence_command is None:
@@ -461,11 +588,9 @@ class Fencer:
         }
         if result.ok:
             self.pending.pop(need.node, None)
-            self.record(
-                "fence",
-                f"fenced {need.node} {before} ({need.why}): the fence command {result.summary}",
-                data,
-            )
+            reason = f"fenced {need.node} {before} ({need.why}): the fence command {result.summary}"
+            self.record("fence", reason, data)
+            alerts.append(reason)
             return None
         output = f"; its output: {result.output.splitlines()[-1]}" if result.output else ""
         reason = (

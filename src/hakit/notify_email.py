@@ -24,15 +24,17 @@ log = logging.getLogger("hakit.notify")
 
 # What an operator reading the alert should know or do, per alert kind.
 ADVICE = {
-    "failover": "A standby takes over on its own. {node} stays standby when it recovers "
-    "(no automatic failback); move the service back with a planned switchover once the "
-    "cause is fixed.",
-    "fence": "{node} lost the leader lease and killed its app so that it cannot write beside "
-    "a new active node. Check its path to the coordination store.",
+    "failover": "The active role moved to another node on its own (the reason says from "
+    "which node, and why). The node that failed stays standby when it recovers (no automatic "
+    "failback); move the service back with a planned switchover once the cause is fixed.",
+    "fence": "A node was fenced so that it cannot write beside the active node: its agent "
+    "lost the leader lease and killed its own app, or the fence command powered it off (the "
+    "reason says which). Check that node and its path to the coordination store.",
     "database": "hakit neither restarts nor fails over for this: a standby would fail the "
     "same way. Check the database; the app recovers when the database does.",
-    "failed-start": "A failed start never causes a failover: another node would fail to "
-    "start the same way. hakit retries up to restart_attempts times.",
+    "failed-start": "By default a failed start does not cause a failover: another node would "
+    "fail to start the same way (failover.on_failed_start). hakit retries up to "
+    "restart_attempts times.",
 }
 RESTART_ADVICE = (
     "hakit restarts the app on the same node; after restart_attempts failures within "

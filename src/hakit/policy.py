@@ -147,6 +147,9 @@ class Policy:
         self._failures: tuple[float, ...] = ()
         self._restarts = 0
         self._failed_starts = 0
+        # on_failed_start = "failover": this node stepped down once after failed starts;
+        # failing to start again here means both nodes fail: no back and forth, a human.
+        self._failed_start_handover = False
         self._start_requested_at = 0.0
         self._streak: Streak | None = None
         self._note: str | None = None  # last status noted, so each change is recorded once
@@ -230,6 +233,7 @@ class Policy:
             raise InvalidTransition(self._state.value, "reset() while the app is still stopping")
         self._failures = ()
         self._failed_starts = 0
+        self._failed_start_handover = False
         self._streak = None
         self._note = None
         self._cooldown_until = None
@@ -328,6 +332,16 @@ class Policy:
         self._epoch = self._highest_epoch = event.epoch
         self._cooldown_until = None
         return f"{self._node} promoted to active under epoch {event.epoch}"
+
+    def _failover_alert(
+        self, event: LeaseGained, promoted: str, then: str, manual: bool = False
+    ) -> list[Action]:
+        """A promotion over an expired lease is a failover nobody asked for: alert it
+        (the old active could not say so itself: it is lost, frozen or cut off)."""
+        if not event.takeover:
+            return []
+        reason = f"{promoted} after {event.takeover}; {then}"
+        return [Alert("failover", reason, manual_intervention=manual)]
 
     def _check_exit(self, event: AppExited, *, allow_expected: bool = True) -> None:
         if self._proc is _Proc.NONE:
@@ -565,7 +579,9 @@ class Policy:
         return [self._stop(reason), Alert(kind, reason)]
 
     def _failed_start(self, what: str, now: float) -> list[Action]:
-        """Never a failover: another node would fail to start the same way."""
+        """By default never a failover: another node would fail to start the same way
+        (a bad shared config). ``failover.on_failed_start = "failover"`` (node-local
+        causes) steps down once the retries are used up: see ``_failed_start_failover``."""
         self._failed_starts += 1
         k, budget = self._failed_starts, self._settings.restart_attempts
         alive = self._proc is not _Proc.NONE
@@ -583,13 +599,39 @@ class Policy:
                 self._stop(f"{what}; stopping it to retry ({k} of {budget})"),
                 Alert("failed-start", reason),
             ]
+        if self._settings.failover_on_failed_start:
+            failover = self._failed_start_failover(what, now)
+            if failover is not None:
+                return failover
         self._state = S.MANUAL
-        reason = (
-            f"{what}; {k} failed starts in a row (restart_attempts = {budget}); not failing "
-            "over: another node would fail to start too; manual intervention needed"
-        )
+        reason = f"{what}; {k} failed starts in a row (restart_attempts = {budget}); "
+        if not self._settings.failover_on_failed_start:
+            reason += "not failing over: another node would fail to start too"
+        elif self._failed_start_handover:
+            reason += (
+                "not failing over again: this node already handed over after failed starts "
+                "and the other node could not start the app either"
+            )
+        else:
+            reason += f"not failing over: {self._no_failover_words()}"
+        reason += "; manual intervention needed"
         actions: list[Action] = [self._stop(reason)] if alive else []
         return [*actions, Alert("failed-start", reason, manual_intervention=True)]
+
+    def _failed_start_failover(self, what: str, now: float) -> list[Action] | None:
+        """on_failed_start = "failover": step down so a standby tries; None when this node
+        cannot (no standby, not active) or already did once (then a human decides)."""
+        if self._failed_start_handover or self._no_failover_words() is not None:
+            return None
+        self._failed_start_handover = True
+        k, budget = self._failed_starts, self._settings.restart_attempts
+        words = f"{what}; {k} failed starts in a row (restart_attempts = {budget})"
+        setting = '(failover.on_failed_start = "failover")'
+        if self._proc is _Proc.NONE:
+            return self._step_down(f"{words}: stepping down so a standby takes over {setting}", now)
+        self._state = S.STEPPING_DOWN
+        reason = f"{words}: stopping it, then stepping down so a standby takes over {setting}"
+        return [self._stop(reason), Alert("failed-start", reason)]
 
     def _startup_deadline(self, now: float) -> list[Action]:
         waited = now - self._start_requested_at
@@ -627,7 +669,8 @@ class Policy:
 
     def _standby_lease_gained(self, event: LeaseGained, now: float) -> list[Action]:
         promoted = self._take_lease(event)
-        return [self._start(f"{promoted}; starting the app", now)]
+        start = self._start(f"{promoted}; starting the app", now)
+        return [start, *self._failover_alert(event, promoted, "starting the app")]
 
     def _lease_lost(self, event: LeaseLost, now: float) -> list[Action]:
         if self._role is not Role.ACTIVE:
@@ -678,6 +721,7 @@ class Policy:
         if verdict is Verdict.HEALTHY:
             self._state = S.RUNNING
             self._failed_starts = 0
+            self._failed_start_handover = False  # it starts here: it may hand over again
             self._streak = None
             self._note = state.value
             unconfigured = ": running, not yet configured" if state is AppState.FIRST_RUN else ""
@@ -721,7 +765,10 @@ class Policy:
             S.RUNNING: "the app is already running",
             S.RESTARTING: "the app starts again once its restart's stop completes",
         }[self._state]
-        return [Record("promoted", f"{promoted}; {where}")]
+        return [
+            Record("promoted", f"{promoted}; {where}"),
+            *self._failover_alert(event, promoted, where),
+        ]
 
     # --- handlers: RUNNING -------------------------------------------------------------
 
@@ -826,8 +873,10 @@ class Policy:
         promoted = self._take_lease(event)
         self._state = S.RESTARTING
         self._after_stop = f"{promoted}; the fenced process has exited: starting the app"
+        then = "starting the app once the fenced process has exited"
         return [
-            Record("promoted", f"{promoted}; starting the app once the fenced process has exited")
+            Record("promoted", f"{promoted}; {then}"),
+            *self._failover_alert(event, promoted, then),
         ]
 
     # --- handlers: MANUAL ----------------------------------------------------------------
@@ -949,10 +998,12 @@ class Policy:
 
     def _manual_lease_gained(self, event: LeaseGained, now: float) -> list[Action]:
         promoted = self._take_lease(event)
+        then = "not starting the app: it waits for manual intervention"
         return [
             Record(
                 "lease", f"{promoted} while waiting for manual intervention; not starting the app"
-            )
+            ),
+            *self._failover_alert(event, promoted, then, manual=True),
         ]
 
 

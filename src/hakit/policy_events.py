@@ -11,7 +11,7 @@ import enum
 import signal
 from dataclasses import dataclass
 
-from hakit.config import Config, Mode
+from hakit.config import Config, Mode, OnFailedStart
 from hakit.contract import AppState
 
 # --- settings -----------------------------------------------------------------
@@ -29,6 +29,9 @@ class PolicySettings:
     # Cold start: a node that was not the last active waits this long before competing.
     boot_grace: float = 0.0
     no_failover: bool = False  # the node's `nofailover` tag: it never takes the lease
+    # failover.on_failed_start = "failover": an active node whose app failed to start
+    # restart_attempts times in a row steps down (once) instead of waiting for a human.
+    failover_on_failed_start: bool = False
 
     @classmethod
     def from_config(cls, cfg: Config, node: str | None = None) -> PolicySettings:
@@ -45,6 +48,7 @@ class PolicySettings:
             # Long enough for the last active's agent to start and take the lease.
             boot_grace=2 * cfg.coordination.lease_ttl,
             no_failover=cfg.node(node).no_failover if node is not None else False,
+            failover_on_failed_start=cfg.failover.on_failed_start is OnFailedStart.FAILOVER,
         )
 
 
@@ -68,9 +72,17 @@ class Boot:
 
 @dataclass(frozen=True, slots=True)
 class LeaseGained:
-    """This node now holds the leader lease (promotion)."""
+    """This node now holds the leader lease (promotion).
+
+    ``takeover``: when the lease was taken over after its holder's lease EXPIRED (node
+    loss: the holder did not release it), one clause saying so ("node1's lease of epoch
+    3 expired at 12:00:01 without being released"); the promotion is then a failover,
+    alerted. Empty for a released lease (switchover, step-down), a cold start, or a
+    forced failover (the operator's own action).
+    """
 
     epoch: int
+    takeover: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -510,7 +510,10 @@ def _alert(history: Sequence[Event], index: int, clock: _Clock) -> Incident | No
         retry = _RETRY.search(reason)
         again = f" ({retry.group(0)})" if retry else ""
         headline = f"not failed over at {when}: {what} → retrying the start on {event.node}{again}"
-        note = "  a failed start never fails over: another node would fail to start the same way"
+        note = (
+            "  by default a failed start does not fail over: another node would fail to start"
+            ' the same way (failover.on_failed_start = "failover" changes that)'
+        )
         return Incident(event.time, (headline, clock.line(event), note), failover=False)
     headline = f"alert at {when} on {event.node}: {reason}"
     return Incident(event.time, (headline,), failover=False)

@@ -5,13 +5,17 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 
 from hakit.demo.cluster import wait_for
+from tests.support.receivers import Webhook, notify_section, webhook_receiver
 
 from .conftest import ClusterFactory, events_of, kill_app, router_get, wait_serving
+from .notifying import notifying_clusters
 
 pytestmark = pytest.mark.e2e
 
@@ -80,7 +84,18 @@ def test_crash_restarts_then_fails_over_and_keeps_data(make_cluster: ClusterFact
     assert not [e for e in events_of(cluster, "start", active) if e.epoch > lease.epoch]
 
 
-def test_node_loss_hands_lease_to_standby(make_cluster: ClusterFactory) -> None:
+@pytest.fixture
+def webhook() -> Iterator[Webhook]:
+    with webhook_receiver() as hook:
+        yield hook
+
+
+def test_node_loss_hands_lease_to_standby(tmp_path: Path, webhook: Webhook) -> None:
+    with notifying_clusters(tmp_path, notify_section(webhook)) as make_cluster:
+        node_loss(make_cluster, webhook)
+
+
+def node_loss(make_cluster: ClusterFactory, webhook: Webhook) -> None:
     cluster = make_cluster()
     active = wait_serving(cluster)
     standby = next(n.name for n in cluster.cfg.nodes if n.name != active)
@@ -105,3 +120,13 @@ def test_node_loss_hands_lease_to_standby(make_cluster: ClusterFactory) -> None:
     listed = httpx.get(cluster.router_url + "/records", timeout=5).json()
     records = listed["records"] if isinstance(listed, dict) else listed
     assert set(ids) <= {str(r["id"]) for r in records}
+    # The lost node could not tell anyone: the standby alerts the failover it made.
+    [alert] = [e for e in events_of(cluster, "alert", standby) if e.data["alert"] == "failover"]
+    assert f"{standby} promoted to active under epoch {lease.epoch} after {active}'s lease" in (
+        alert.reason
+    )
+    assert "expired at" in alert.reason and "without being released" in alert.reason
+    [note] = wait_for(lambda: webhook.alerts("failover"), 15, "the failover webhook")
+    assert (note["cluster"], note["node"], note["epoch"]) == ("demo", standby, lease.epoch)
+    assert note["reason"] == alert.reason and note["manual_intervention"] is False
+    assert not webhook.alerts("fence")  # nothing was fenced: no fence_command configured

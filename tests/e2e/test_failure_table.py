@@ -19,106 +19,43 @@ its own rather than take the shared one away from other tests.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import httpx
 import psycopg
 import pytest
 
-from hakit.config import load_config
 from hakit.coord.base import Event
-from hakit.demo.cluster import DemoCluster, DemoSettings, free_ports, wait_for
+from hakit.demo.cluster import DemoCluster, wait_for
 from tests.pgserver import PostgresServer, start_postgres
+from tests.support.receivers import Webhook, notify_section, webhook_receiver
 
-from .conftest import dump_history, events_of, wait_serving
+from .conftest import events_of, wait_serving
+from .notifying import notifying_clusters
 
 pytestmark = pytest.mark.e2e
 
-# --- a real webhook receiver ------------------------------------------------------------
-
-
-@dataclass
-class Webhook:
-    """Every JSON body POSTed to it, in arrival order."""
-
-    url: str = ""
-    bodies: list[dict[str, Any]] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def alerts(self, kind: str) -> list[dict[str, Any]]:
-        with self.lock:
-            return [body for body in self.bodies if body.get("kind") == kind]
-
-
-@pytest.fixture
-def webhook() -> Iterator[Webhook]:
-    hook = Webhook()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-            with hook.lock:
-                hook.bodies.append(json.loads(body))
-            self.send_response(200)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def log_message(self, format: str, *args: object) -> None:
-            pass  # keep pytest's output to the cluster's own history
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    hook.url = f"http://127.0.0.1:{server.server_port}/hook"
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
-    try:
-        yield hook
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
-
-
-# --- clusters whose agents notify the webhook ---------------------------------------------
+# --- clusters whose agents notify a real webhook receiver -----------------------------------
 
 Factory = Callable[..., DemoCluster]
 
 
 @pytest.fixture
+def webhook() -> Iterator[Webhook]:
+    with webhook_receiver() as hook:
+        yield hook
+
+
+@pytest.fixture
 def make_cluster(tmp_path: Path, webhook: Webhook) -> Iterator[Factory]:
     """conftest's make_cluster, with ``[notify]`` pointing at ``webhook`` (every alert kind)."""
-    clusters: list[DemoCluster] = []
-
-    def factory(**overrides: Any) -> DemoCluster:
-        router_port, *node_ports = free_ports(3)
-        settings = DemoSettings(router_port=router_port, node_ports=tuple(node_ports), **overrides)
-        cluster = DemoCluster(tmp_path / f"cluster{len(clusters)}", settings)
-        clusters.append(cluster)
-        with cluster.config_path.open("a") as config:
-            config.write(
-                f'\n[notify]\nwebhook_url = "{webhook.url}"\nwebhook_retries = 0\n'
-                'events = ["restart", "database", "failover", "fence", "manual-intervention"]\n'
-            )
-        cluster.cfg = load_config(cluster.config_path)
-        cluster.start()
-        return cluster
-
-    try:
+    with notifying_clusters(tmp_path, notify_section(webhook)) as factory:
         yield factory
-    finally:
-        for cluster in clusters:
-            cluster.stop()
-            dump_history(cluster)
-            cluster.close()
 
 
 # --- helpers ---------------------------------------------------------------------------------

@@ -10,7 +10,9 @@ single request (through the router or directly) nor write a single row.
 from __future__ import annotations
 
 import os
+import select
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -29,8 +31,10 @@ from hakit.demo.cluster import DemoCluster, wait_for
 from tests.pgserver import PostgresServer
 from tests.support.freeze import freeze_group
 from tests.support.procnet import request_unanswered
+from tests.support.receivers import Webhook, notify_section, webhook_receiver
 
 from .conftest import ClusterFactory, events_of, wait_serving
+from .notifying import notifying_clusters
 
 pytestmark = pytest.mark.e2e
 
@@ -161,7 +165,15 @@ def direct_write_fails(cluster: DemoCluster, node: str) -> str:
 
 
 def test_frozen_old_active_cannot_serve_or_write_after_failover(
-    make_cluster: ClusterFactory, postgres: PostgresServer
+    tmp_path: Path, postgres: PostgresServer
+) -> None:
+    with webhook_receiver() as webhook:
+        with notifying_clusters(tmp_path, notify_section(webhook)) as make_cluster:
+            frozen_old_active(make_cluster, postgres, webhook)
+
+
+def frozen_old_active(
+    make_cluster: ClusterFactory, postgres: PostgresServer, webhook: Webhook
 ) -> None:
     url = fresh_database(postgres)
     cluster = make_cluster(
@@ -239,6 +251,26 @@ def test_frozen_old_active_cannot_serve_or_write_after_failover(
     assert cluster.leader() == new
     lingering.close()
     bystander.close()
+    # A human hears of all three at the real webhook: the STONITH (fence), the promotion
+    # over the expired lease (failover), and the old node killing its app on waking (fence).
+    [fenced] = alerts(events_since(cluster, mark, new), "fence")
+    assert fenced.reason == fences[0].reason  # "fenced node1 ... the fence command exited 0"
+    [failover] = alerts(events_since(cluster, mark, new), "failover")
+    assert f"under epoch {lease.epoch} after {old}'s lease of epoch {epoch_before}" in (
+        failover.reason
+    )
+    expected = {
+        ("fence", new, fenced.reason),
+        ("failover", new, failover.reason),
+        ("fence", old, self_fence.reason),
+    }
+    wait_for(
+        lambda: expected <= {(b["kind"], b["node"], b["reason"]) for b in webhook.bodies},
+        15,
+        "the fence and failover webhooks",
+    )
+    new_fence = next(b for b in webhook.alerts("fence") if b["node"] == new)
+    assert new_fence["epoch"] == lease.epoch
 
 
 def _alive(pid: int) -> bool:
@@ -445,3 +477,65 @@ def test_stalled_agent_does_not_count_timeouts_from_its_own_freeze(
     assert cluster.app_pid(node) == app
     assert not alerts(events_since(cluster, mark, node), "hang")
     assert cluster.leader() == node
+
+
+@contextmanager
+def store_locked(path: Path) -> Iterator[sqlite3.Connection]:
+    """Another process's view of the store: hold its write lock (BEGIN EXCLUSIVE, which in
+    WAL mode keeps every writer out and lets readers on) until the block ends. Every lease
+    renewal then waits the store's busy timeout and fails; nothing is frozen."""
+    connection = sqlite3.connect(path, timeout=10, isolation_level=None)
+    try:
+        connection.execute("BEGIN EXCLUSIVE")
+        yield connection
+    finally:
+        if connection.in_transaction:
+            connection.execute("ROLLBACK")
+        connection.close()
+
+
+def exit_time(pid: int, timeout: float) -> float:
+    """Wall-clock time at which ``pid`` (not our child) exits: waits on a pidfd."""
+    fd = os.pidfd_open(pid)
+    try:
+        ready, _, _ = select.select([fd], [], [], timeout)
+        gone_at = time.time()
+    finally:
+        os.close(fd)
+    assert ready, f"pid {pid} still runs after {timeout:.0f} s"
+    return gone_at
+
+
+def test_awake_agent_whose_store_refuses_kills_its_app_before_the_lease_ends(
+    make_cluster: ClusterFactory,
+) -> None:
+    """Self-fencing while awake: the agent runs on, only its renewals fail (the store is
+    locked by another process). Its app must be dead before the lease it holds ends, since
+    from then on another node may take the lease over and start its own app."""
+    cluster = make_cluster(lease_ttl="3s", renew_interval="1s", startup_delay=0.2)
+    node = wait_serving(cluster)
+    app, agent = cluster.app_pid(node), cluster.agent_pid(node)
+    assert app is not None
+    mark = last_event_id(cluster)
+    with store_locked(cluster.cfg.coordination_path) as store:
+        row = store.execute("SELECT holder, epoch, expires_at FROM lease").fetchone()
+        holder, epoch, expires_at = str(row[0]), int(row[1]), float(row[2])
+        assert holder == node  # the lease it holds can no longer be renewed from here on
+        gone_at = exit_time(app, timeout=15)
+        # The agent itself is up all along: only its store refuses.
+        assert cluster.processes[f"agent-{node}"].poll() is None and _alive(agent)
+    margin = expires_at - gone_at
+    assert margin > 0, f"the app outlived the lease by {-margin:.2f} s"
+    # Afterwards (the store writable again) the self-fence is in the history, alerted.
+    [alert] = wait_for(
+        lambda: alerts(events_since(cluster, mark, node), "fence"),
+        20,
+        f"{node}'s self-fence alert in the history",
+    )
+    [stop] = [e for e in events_since(cluster, mark, node) if e.kind == "stop"]
+    assert stop.id < alert.id and stop.reason == alert.reason
+    assert "killing its app at once" in stop.reason
+    assert f"lost the leader lease (epoch {epoch}" in stop.reason
+    assert "lease not renewed before its deadline" in stop.reason
+    assert "on waking" not in stop.reason  # awake: no stall, nothing to ask the store
+    print(f"app killed {margin:.2f} s before its lease of epoch {epoch} ended")

@@ -9,8 +9,10 @@ import httpx
 import pytest
 
 from hakit.demo.cluster import DemoCluster, wait_for
+from tests.support.receivers import notify_section, smtp_receiver, webhook_receiver
 
 from .conftest import ClusterFactory, events_of, router_get, wait_serving
+from .notifying import notifying_clusters
 
 pytestmark = pytest.mark.e2e
 
@@ -118,15 +120,43 @@ def test_database_loss_alerts_only(make_cluster: ClusterFactory) -> None:
     assert not events_of(cluster, "failover")
 
 
-def test_failed_start_stops_and_asks_for_a_human(make_cluster: ClusterFactory) -> None:
-    cluster = make_cluster(
-        restart_attempts=2, app_env={"HAKIT_DEMO_FAIL_START": "1"}, hold_timeout="0s"
-    )
+def test_failed_start_stops_and_asks_for_a_human(tmp_path: Path) -> None:
+    """...by webhook and by e-mail: real agents to a real HTTP receiver and a real aiosmtpd."""
+    with webhook_receiver() as webhook, smtp_receiver() as mailbox:
+        notify = notify_section(webhook, mailbox, events=("manual-intervention",))
+        with notifying_clusters(tmp_path, notify) as make_cluster:
+            cluster = make_cluster(
+                restart_attempts=2,
+                app_env={"HAKIT_DEMO_FAIL_START": "1"},
+                hold_timeout="0s",
+                startup_delay=0.3,
+            )
+            [alert] = wait_for(
+                lambda: [
+                    e for e in events_of(cluster, "alert") if e.data.get("manual_intervention")
+                ],
+                40,
+                "a manual-intervention alert",
+            )
+            failed_start_gives_up(cluster)
+            # Only the selected kind is sent: the failed starts before it were not.
+            [note] = wait_for(webhook.manual, 15, "the manual-intervention webhook")
+            assert (note["kind"], note["node"], note["reason"]) == (
+                "failed-start",
+                alert.node,
+                alert.reason,
+            )
+            [mail] = wait_for(mailbox.messages, 15, "the manual-intervention e-mail")
+    assert webhook.bodies == [note]
+    assert mailbox.recipients() == [["ops@example.com"]]
+    assert mail["Subject"] == f"[hakit demo] failed-start on {alert.node}"
+    assert mail["X-Priority"] == "1"  # manual intervention: urgent
+    body = mail.get_payload(decode=True)
+    assert isinstance(body, bytes)
+    assert alert.reason in body.decode() and "MANUAL INTERVENTION REQUIRED" in body.decode()
 
-    def manual_alert() -> list[object]:
-        return [e for e in events_of(cluster, "alert") if e.data.get("manual_intervention")]
 
-    wait_for(manual_alert, 40, "a manual-intervention alert")
+def failed_start_gives_up(cluster: DemoCluster) -> None:
     node = cluster.leader()
     starts = len(events_of(cluster, "start"))
     assert starts == 3  # the first start and restart_attempts retries

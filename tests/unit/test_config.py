@@ -11,6 +11,7 @@ from hakit.config import (
     Config,
     HealthCheckConfig,
     Mode,
+    OnFailedStart,
     format_duration,
     load_config,
     parse_duration,
@@ -267,6 +268,23 @@ MISTAKES = [
         ],
         id="route-pattern",
     ),
+    pytest.param(
+        BASE + "\n[failover]\nauto_failback = true\n",
+        [
+            "FILE:18: failover.auto_failback: automatic failback is not supported: a failed "
+            "node stays standby; move it back with hakit switchover (expected false, or leave "
+            "it out)"
+        ],
+        id="auto-failback",
+    ),
+    pytest.param(
+        BASE + '\n[failover]\non_failed_start = "retry"\n',
+        [
+            'FILE:18: failover.on_failed_start: the string "retry" is not a valid '
+            "on_failed_start; expected one of: alert, failover"
+        ],
+        id="on-failed-start",
+    ),
 ]
 
 
@@ -338,6 +356,22 @@ def test_describe_gives_detection_times(tmp_path: Path) -> None:
     assert "a hang after 8s = max(timeout 5s, fall 4 x interval 2s)" in summary
     assert "ttl 3s, renewed every 1s" in summary
     assert "node2: 127.0.0.1:8102, route node2" in summary
+
+
+def test_on_failed_start_and_failback_in_the_summary(tmp_path: Path) -> None:
+    path = tmp_path / "hakit.toml"
+    path.write_text(BASE + "\n[failover]\nauto_failback = false\n")
+    cfg = load_config(path)
+    assert cfg.failover.on_failed_start is OnFailedStart.ALERT  # the default
+    summary = "\n".join(describe_config(cfg))
+    assert "a start that keeps failing: alert, no failover (on_failed_start)" in summary
+    assert "no automatic failback (a failed node stays standby: hakit switchover" in summary
+    assert "automatic failback on" not in summary
+    path.write_text(BASE + '\n[failover]\non_failed_start = "failover"\n')
+    cfg = load_config(path)
+    assert cfg.failover.on_failed_start is OnFailedStart.FAILOVER
+    summary = "\n".join(describe_config(cfg))
+    assert "a start that keeps failing: fail over (once; on_failed_start)" in summary
 
 
 # --- the line locator ------------------------------------------------------------------

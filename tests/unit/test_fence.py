@@ -23,6 +23,7 @@ from hakit.fence import (
     PENDING_KEY,
     FenceNeed,
     Fencer,
+    LeaseWatchdog,
     Predecessor,
     application_name,
     fence_needs,
@@ -32,6 +33,7 @@ from hakit.fence import (
     retry_delay,
     run_fence_command,
     stood_down,
+    takeover_words,
 )
 from hakit.supervisor import live_group_members
 
@@ -163,6 +165,15 @@ def test_malformed_pending_entries_are_skipped() -> None:
 def test_own_pending_stays_after_giving_the_lease_back() -> None:
     own = (FenceNeed("node1", 1, NOW - 10, "its lease of epoch 1 expired", "agent-a"),)
     assert needs(seen(None, 2), Lease("node2", 3, NOW + 3), FROZEN, own=own) == (["node1"], [])
+
+
+def test_takeover_words_only_for_an_expired_lease_of_another_node() -> None:
+    words = takeover_words(EXPIRED, "node2")
+    assert words.startswith("node1's lease of epoch 1 expired at ")
+    assert "without being released" in words
+    assert takeover_words(seen(None, 1), "node2") == ""  # released: a clean handover
+    assert takeover_words(seen(Lease("node2", 1, NOW - 1), 1), "node2") == ""  # its own
+    assert takeover_words(seen(Lease("node1", 1, NOW + 1), 1), "node2") == ""  # still valid
 
 
 def test_stood_down() -> None:
@@ -318,6 +329,85 @@ def test_kill_group_now() -> None:
     assert not kill_group_now(0)  # never "the caller's own group"
 
 
+# --- the watchdog: self-fencing that a blocked main loop cannot hold back ------------------
+
+
+def ticks(watchdog: LeaseWatchdog, start: float, end: float, every: float = 0.05) -> list[float]:
+    """Feed regular ticks from ``start`` to ``end``; the times at which it said kill."""
+    kills, now = [], start
+    while now <= end + 1e-9:
+        if watchdog.step(now):
+            kills.append(round(now, 2))
+        now += every
+    return kills
+
+
+def test_watchdog_kills_at_the_deadline_when_it_ran_there() -> None:
+    watchdog = LeaseWatchdog(lambda: None, threshold=1.0, grace=3.0)
+    watchdog.arm(10.0)
+    assert ticks(watchdog, 9.0, 12.0) == [10.0]  # once: then it waits to be armed again
+    reason = watchdog.take_fired()
+    assert reason is not None and "not renewed before its deadline" in reason
+    assert "watchdog" in reason and watchdog.take_fired() is None
+
+
+def test_watchdog_renewed_in_time_never_kills() -> None:
+    watchdog = LeaseWatchdog(lambda: None)
+    now = 0.0
+    for _ in range(200):  # a renewal every second pushes the deadline 2.5 s ahead
+        watchdog.arm(now + 2.5)
+        assert ticks(watchdog, now, now + 0.95) == []
+        now += 1.0
+    assert watchdog.take_fired() is None
+
+
+def test_watchdog_disarmed_never_kills() -> None:
+    watchdog = LeaseWatchdog(lambda: None)
+    watchdog.arm(1.0)
+    watchdog.disarm()
+    assert ticks(watchdog, 0.0, 10.0) == []
+
+
+def test_watchdog_frozen_across_the_deadline_leaves_the_waking_loop_first() -> None:
+    """The whole agent was frozen (its own ticks stopped too): the main loop renews on
+    waking if nobody took over and re-arms; the watchdog kills only after ``grace``."""
+    watchdog = LeaseWatchdog(lambda: None, threshold=1.0, grace=3.0)
+    watchdog.arm(10.0)
+    assert ticks(watchdog, 8.0, 9.0) == []
+    assert not watchdog.step(15.0)  # first tick after a 6 s freeze: not yet
+    watchdog.arm(17.0)  # the main loop renewed on waking
+    assert ticks(watchdog, 15.05, 16.9) == []
+    assert ticks(watchdog, 16.95, 17.2) == [17.0]  # a later deadline counts as usual
+
+    silent = LeaseWatchdog(lambda: None, threshold=1.0, grace=3.0)
+    silent.arm(10.0)
+    silent.step(9.9)
+    assert silent.step(15.0) is False  # frozen across it
+    assert ticks(silent, 15.05, 19.0) == [18.0]  # the loop did nothing within grace: kill
+
+
+def test_watchdog_thread_kills_a_real_group_while_the_caller_is_busy() -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True
+    )
+    told: list[str] = []
+    watchdog = LeaseWatchdog(lambda: process.pid, on_fire=told.append)
+    try:
+        watchdog.start()
+        deadline = time.monotonic() + 0.3
+        watchdog.arm(deadline)
+        # This thread stands for a blocked main loop: it never renews nor checks.
+        assert process.wait(timeout=10) == -signal.SIGKILL
+        assert time.monotonic() >= deadline  # not before the deadline
+        watchdog.stop()  # joined: on_fire has run
+        assert len(told) == 1 and "watchdog" in told[0]
+    finally:
+        watchdog.stop()
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+
+
 # --- the agent's side, against a real store -----------------------------------------------
 
 
@@ -357,10 +447,11 @@ def test_fencer_runs_the_command_against_the_old_holder(tmp_path: Path) -> None:
     code = f"import sys; open({str(marker)!r}, 'w').write(sys.argv[1])"
     harness = Harness(tmp_path, [*python(code), "{node}"])
     verdict = harness.takeover()
-    assert verdict.ok and verdict.warnings == ()
     assert marker.read_text() == "node1"
     [(kind, reason, data)] = harness.events
     assert kind == "fence" and reason.startswith("fenced node1 before node2 promotes under epoch 2")
+    # A node was powered off: the agent sends this as a "fence" alert (webhook, e-mail).
+    assert verdict.ok and verdict.alerts == (reason,)
     assert data["result"] == "ok" and data["target"] == "node1" and data["returncode"] == 0
     assert harness.fencer.pending == {}
 

@@ -78,6 +78,7 @@ def settings(mode: Mode = COLD, **overrides: float) -> PolicySettings:
         "step_down_cooldown": 9.0,
         "boot_grace": 6.0,
         "no_failover": False,
+        "failover_on_failed_start": False,
     }
     values.update(overrides)
     return PolicySettings(
@@ -90,6 +91,7 @@ def settings(mode: Mode = COLD, **overrides: float) -> PolicySettings:
         step_down_cooldown=values["step_down_cooldown"],
         boot_grace=values["boot_grace"],
         no_failover=bool(values["no_failover"]),
+        failover_on_failed_start=bool(values["failover_on_failed_start"]),
     )
 
 
@@ -449,6 +451,42 @@ ROWS: list[Row] = [
         never=frozenset({"step-down"}),
     ),
     Row(
+        'failed start, on_failed_start = "failover": retries, then steps down once stopped',
+        lambda: starting_active(failover_on_failed_start=True),
+        [
+            (121, Tick(), ["stop", "alert:failed-start"]),
+            (5, stopped(), ["start"]),
+            (0, lambda n: AppStarted(n.next_pid + 1), ["record:started"]),
+            (121, Tick(), ["stop", "alert:failed-start"]),
+            (5, stopped(), ["start"]),
+            (0, lambda n: AppStarted(n.next_pid + 1), ["record:started"]),
+            (121, Tick(), ["stop", "alert:failed-start"]),
+            (5, stopped(), ["step-down", "alert:failover"]),
+            *[(60, Tick(), []) for _ in range(3)],
+        ],
+        S.STANDBY,
+        end_role=Role.STANDBY,
+        never=frozenset({"alert:failed-start!"}),
+    ),
+    Row(
+        'failed start (exits), on_failed_start = "failover": steps down at once',
+        lambda: starting_active(failover_on_failed_start=True, restart_attempts=1),
+        [
+            (3, crash("exit code 1", 1), ["start", "alert:failed-start"]),
+            (0, lambda n: AppStarted(n.next_pid + 1), ["record:started"]),
+            (3, crash("exit code 1", 1), ["step-down", "alert:failover"]),
+        ],
+        S.STANDBY,
+        end_role=Role.STANDBY,
+    ),
+    Row(
+        'on_failed_start = "failover" in restart-only mode: nowhere to go, manual',
+        lambda: starting_active(RESTART_ONLY, failover_on_failed_start=True, restart_attempts=0),
+        [(3, crash("exit code 1", 1), ["alert:failed-start!"])],
+        S.MANUAL,
+        never=frozenset({"step-down"}),
+    ),
+    Row(
         "webapp not deployed (404): a failed start",
         starting_active,
         [
@@ -570,12 +608,115 @@ def test_failed_start_manual_reason_says_another_node_would_fail() -> None:
     assert "another node would fail to start too" in reason
 
 
+def test_failed_start_failover_reason_names_the_setting_and_why_reads_it() -> None:
+    node = starting_active(failover_on_failed_start=True, restart_attempts=0)
+    assert node.feed(crash("exit code 1", 1), after=3) == ["step-down", "alert:failover"]
+    (reason,) = node.reasons("step-down")
+    assert reason.startswith("app on node1 exited (exit code 1) while starting; 1 failed starts")
+    assert "stepping down so a standby takes over" in reason
+    assert 'failover.on_failed_start = "failover"' in reason
+
+
+def test_failed_start_failover_happens_once_not_back_and_forth() -> None:
+    """Both nodes fail to start: node1 hands over, node2 hands back, node1 gives up."""
+    node = starting_active(failover_on_failed_start=True, restart_attempts=0)
+    assert node.feed(crash("exit code 1", 1), after=3) == ["step-down", "alert:failover"]
+    node.feed(Tick(), after=60)  # past the cooldown: node2 tried, failed and handed back
+    assert node.policy.may_lead(node.now)
+    assert node.feed(LeaseGained(3)) == ["start"]
+    node.started()
+    assert node.feed(crash("exit code 1", 1), after=3) == ["alert:failed-start!"]
+    assert node.policy.state is S.MANUAL and node.policy.view().role is Role.ACTIVE
+    (reason,) = node.reasons("alert:failed-start!")
+    assert "not failing over again" in reason and "manual intervention" in reason
+
+
+def test_a_start_that_succeeds_allows_another_failed_start_failover_later() -> None:
+    node = starting_active(failover_on_failed_start=True, restart_attempts=1)
+    assert node.feed(crash("exit code 1", 1), after=3) == ["start", "alert:failed-start"]
+    node.started()
+    assert node.feed(crash("exit code 1", 1), after=3) == ["step-down", "alert:failover"]
+    node.feed(Tick(), after=60)
+    node.feed(LeaseGained(3))
+    node.started()
+    assert node.feed(status(RUNNING), after=1) == ["record:running"]
+    # Started fine here: a later run of failed starts may hand over again.
+    assert node.feed(crash(), after=100) == ["start", "alert:crash"]
+    node.started()
+    assert node.feed(crash("exit code 1", 1), after=3) == ["start", "alert:failed-start"]
+    node.started()
+    assert node.feed(crash("exit code 1", 1), after=3) == ["step-down", "alert:failover"]
+
+
+def test_settings_take_on_failed_start_from_the_config(tmp_path: Path) -> None:
+    from hakit.config import FailoverConfig, OnFailedStart
+
+    cfg = Config(
+        app=AppConfig(start=("app",), home=tmp_path, database_url="sqlite:///x.db"),
+        nodes=(NodeConfig(name="node1", port=8101), NodeConfig(name="node2", port=8102)),
+        failover=FailoverConfig(on_failed_start=OnFailedStart.FAILOVER),
+    )
+    assert PolicySettings.from_config(cfg, "node1").failover_on_failed_start
+    default = cfg.model_copy(update={"failover": FailoverConfig()})
+    assert not PolicySettings.from_config(default, "node1").failover_on_failed_start
+
+
 def test_promotion_reason_names_the_epoch() -> None:
     node = Node(COLD)
     node.feed(Boot())
     node.feed(LeaseGained(7))
     assert node.reasons("start") == ["node1 promoted to active under epoch 7; starting the app"]
     assert node.policy.view().epoch == 7
+
+
+EXPIRED = "node2's lease of epoch 6 expired at 12:00:01 without being released"
+
+
+def test_promotion_over_an_expired_lease_alerts_a_failover() -> None:
+    node = Node(COLD)
+    node.feed(Boot())
+    assert node.feed(LeaseGained(7, EXPIRED)) == ["start", "alert:failover"]
+    (reason,) = node.reasons("alert:failover")
+    assert reason == f"node1 promoted to active under epoch 7 after {EXPIRED}; starting the app"
+    assert node.policy.view().last_reason.endswith("starting the app")
+
+
+@pytest.mark.parametrize(
+    ("setup", "expected"),
+    [
+        (lambda: _warm_standby_running(), ["record:promoted", "alert:failover"]),
+        (lambda: _fenced(), ["record:promoted", "alert:failover"]),
+        (lambda: _in_state("MANUAL", active=False), ["record:lease", "alert:failover!"]),
+    ],
+    ids=["warm-standby", "fenced", "manual"],
+)
+def test_every_promotion_over_an_expired_lease_alerts(
+    setup: Callable[[], Node], expected: list[str]
+) -> None:
+    node = setup()
+    assert node.feed(LeaseGained(9, EXPIRED), after=1) == expected
+    assert EXPIRED in node.reasons("alert:failover")[0]
+
+
+def test_a_clean_promotion_is_no_failover_alert() -> None:
+    """A released lease (switchover, step-down: the old active alerted), a cold start."""
+    node = Node(COLD)
+    node.feed(Boot())
+    assert node.feed(LeaseGained(3)) == ["start"]
+
+
+def _warm_standby_running() -> Node:
+    node = Node(WARM)
+    node.feed(Boot())
+    node.started()
+    node.feed(status(RUNNING), after=2)
+    return node
+
+
+def _fenced() -> Node:
+    node = running_active()
+    node.feed(LeaseLost(1, "could not renew in time"), after=1)
+    return node
 
 
 def test_last_reason_and_view_follow_the_actions() -> None:
@@ -669,7 +810,7 @@ def test_reset_outside_manual_is_invalid() -> None:
 # --- impossible transitions ------------------------------------------------------------
 
 
-def _in_state(name: str) -> Node:
+def _in_state(name: str, active: bool = True) -> Node:
     if name == "INIT":
         return Node(COLD)
     if name == "STANDBY":
@@ -683,6 +824,8 @@ def _in_state(name: str) -> Node:
     if name == "MANUAL":
         node = starting_active(restart_attempts=0)
         node.feed(crash("exit code 1", 1))
+        if not active:  # its lease ran out while it waited for a human
+            node.feed(LeaseLost(1, "could not renew in time"))
         return node
     raise AssertionError(name)
 
@@ -861,6 +1004,7 @@ def test_random_event_sequences_keep_invariants(mode: Mode, seed: int) -> None:
             failure_window=rng.choice([60.0, 600.0]),
             startup_timeout=rng.choice([10.0, 120.0]),
             health_timeout=rng.choice([5.0, 30.0]),
+            failover_on_failed_start=rng.random() < 0.5,
         ),
         "node1",
     )

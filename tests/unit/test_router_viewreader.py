@@ -97,3 +97,47 @@ def test_expired_lease_is_seen_without_a_write(
     wall.now = lease.expires_at + 1
     assert reader().leader is None  # nothing was written: expiry is a matter of time
     assert reader.full_reads == 1
+
+
+def test_quick_answers_from_the_loop_only_while_unchanged(
+    stores: tuple[SqliteCoordinator, SqliteCoordinator],
+) -> None:
+    router, agent = stores
+    lease = agent.acquire_or_renew("node1", ttl=30)
+    assert lease is not None
+    wall, mono = Clock(1_000.0), Clock(0.0)
+    reader = ViewReader(router, clock=wall, monotonic=mono, max_age=5.0)
+    assert reader.quick() is None  # nothing read yet: the thread reads
+    first = reader()
+    wall.now = 1_001.0
+    view = reader.quick()
+    assert view is not None and view.lease == first.lease and view.read_at == 1_001.0
+
+    agent.publish_node(NodeRecord("node1", "active", "RUNNING", lease.epoch, 2.0))
+    assert reader.quick() is None  # changed: read it (in the router's thread)
+    assert "node1" in reader().nodes
+    assert reader.quick() is not None
+
+    router._lock.acquire()  # another thread is using the connection: never wait for it
+    try:
+        assert reader.quick() is None
+    finally:
+        router._lock.release()
+    mono.now = 5.0
+    assert reader.quick() is None  # a full read is due (max_age)
+
+
+def test_a_store_without_a_change_token_is_always_read(tmp_path: Path) -> None:
+    class Plain:
+        """A Coordinator without data_version (e.g. another backend)."""
+
+        def __init__(self, store: SqliteCoordinator) -> None:
+            self.current_lease, self.nodes = store.current_lease, store.nodes
+
+    store = SqliteCoordinator(tmp_path / "c.db")
+    try:
+        reader = ViewReader(Plain(store))  # type: ignore[arg-type]
+        reader()
+        assert reader.quick() is None and reader.full_reads == 0  # read_cluster directly
+    finally:
+        store.close()

@@ -294,7 +294,8 @@ CASES: list[tuple[str, tuple[Row, ...], float | None, list[str]]] = [
             "not failed over at 04:40:14: app on node1 exited (exited with code 1) while "
             "starting → retrying the start on node1 (retry 1 of 2)",
             f"  04:40:14  {START1}",
-            "  a failed start never fails over: another node would fail to start the same way",
+            "  by default a failed start does not fail over: another node would fail to start"
+            ' the same way (failover.on_failed_start = "failover" changes that)',
         ],
     ),
     (

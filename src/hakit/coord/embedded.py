@@ -322,16 +322,29 @@ class SqliteCoordinator:
         with self._using("read the last epoch", write=False) as conn:
             return _read_last_epoch(conn)
 
-    def data_version(self) -> tuple[int, int]:
+    def data_version(self, *, wait: bool = True) -> tuple[int, int] | None:
         """A token that changes when another connection (another process) commits.
 
         SQLite's ``PRAGMA data_version``: no table is read, so a poller (the
         router) can skip its reads while the store is unchanged. Writes through
         this coordinator's own connection do not change it. Compare tokens of
         one coordinator only (the connection is part of the token).
+        ``wait=False`` (from an event loop): None at once, not an error, when
+        another thread is using the connection or SQLite answers busy.
         """
-        with self._using("read the data version", write=False) as conn:
+        if wait:
+            with self._using("read the data version", write=False) as conn:
+                return id(conn), int(conn.execute("PRAGMA data_version").fetchone()[0])
+        self._adopt_process()
+        if not self._lock.acquire(blocking=False):
+            return None
+        try:
+            conn = self._connection()
             return id(conn), int(conn.execute("PRAGMA data_version").fetchone()[0])
+        except sqlite3.Error:
+            return None
+        finally:
+            self._lock.release()
 
     # --- node records ---------------------------------------------------------
 

@@ -28,6 +28,11 @@ FAIL_START_MESSAGE = (
     "refuses to start, as it would with a bad configuration. Remove that option to start."
 )
 
+FAIL_START_IF_MESSAGE = (
+    "startup failed: fault injected by --fail-start-if (HAKIT_DEMO_FAIL_START_IF): {path} "
+    "exists; the app refuses to start on this node. Remove that file to start."
+)
+
 
 def wait_for_stop_signal(timeout: float) -> signal.Signals | None:
     """The stop signal received within ``timeout`` seconds, if any."""
@@ -95,6 +100,9 @@ def run(options: DemoOptions, log: LineLog) -> int:
         if received is None:
             if options.fail_start:
                 log(FAIL_START_MESSAGE)
+                return 1
+            if options.fail_start_if is not None and options.fail_start_if.exists():
+                log(FAIL_START_IF_MESSAGE.format(path=options.fail_start_if))
                 return 1
             _start_database(node)
             node.lifecycle.enter(Phase.READY)

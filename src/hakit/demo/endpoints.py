@@ -310,8 +310,18 @@ _PHASE_REFUSALS = {
 }
 
 
+NOT_DEPLOYED_PAGE = (
+    "<!doctype html><title>HTTP Status 404 - Not Found</title>"
+    "<h1>HTTP Status 404 - Not Found</h1><p>The requested resource is not available "
+    "(the web application failed to deploy: sample app started with --not-deployed).</p>\n"
+)
+
+
 def dispatch(node: DemoNode, request: Request) -> Response:
     """Find the endpoint for ``request`` and run it, if the phase allows."""
+    if node.options.not_deployed and not request.path.startswith("/faults/"):
+        # Tomcat without its webapp: the server answers, but not the application.
+        return Response(404, NOT_DEPLOYED_PAGE.encode(), "text/html; charset=utf-8")
     allowed: list[str] = []
     for route in ROUTES:
         match = route.pattern.fullmatch(request.path)

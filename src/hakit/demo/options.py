@@ -29,6 +29,12 @@ class DemoOptions:
     enable_faults: bool = False  # /faults/* answer 404 unless set
     drain_seconds: float = 10.0  # longest wait for in-flight requests after SIGTERM
     fail_start: bool = False  # exit 1 at the end of startup, like a bad configuration
+    # Fail the start only while this file exists: a node-local fault (a broken local
+    # config, a full local disk) that a per-node path such as ".../fail-{node}" targets.
+    fail_start_if: Path | None = None
+    # Like Tomcat whose webapp failed to deploy: the server is up, but every URL,
+    # /status included, answers 404 with an HTML page (no JSON).
+    not_deployed: bool = False
 
 
 def _env_flag(env: Mapping[str, str], name: str) -> bool:
@@ -71,6 +77,19 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         "--enable-faults", action="store_true", default=_env_flag(env, "ENABLE_FAULTS")
     )
     parser.add_argument("--fail-start", action="store_true", default=_env_flag(env, "FAIL_START"))
+    parser.add_argument(
+        "--fail-start-if",
+        type=Path,
+        default=default("FAIL_START_IF") or None,
+        metavar="FILE",
+        help="fail the start (exit 1) only while FILE exists",
+    )
+    parser.add_argument(
+        "--not-deployed",
+        action="store_true",
+        default=_env_flag(env, "NOT_DEPLOYED"),
+        help="answer every URL, /status included, with a 404 page: the webapp failed to deploy",
+    )
     return parser
 
 
@@ -92,4 +111,6 @@ def parse_options(argv: Sequence[str], env: Mapping[str, str]) -> DemoOptions:
         enable_faults=args.enable_faults,
         drain_seconds=args.drain_seconds,
         fail_start=args.fail_start,
+        fail_start_if=args.fail_start_if,
+        not_deployed=args.not_deployed,
     )

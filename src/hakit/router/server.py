@@ -236,8 +236,13 @@ class Router:
         if self._executor is None:
             return
         loop = asyncio.get_running_loop()
+        quick = getattr(self._view_source, "quick", None)  # viewreader.py: the store unchanged?
         try:
-            view = await loop.run_in_executor(self._executor, self._view_source)
+            unchanged: ClusterView | None = quick() if quick is not None else None
+            if unchanged is not None:
+                view = unchanged
+            else:
+                view = await loop.run_in_executor(self._executor, self._view_source)
         except Exception as error:  # the store is unreadable: keep the last view
             message = f"{type(error).__name__}: {error}"
             if message != self._view_error:

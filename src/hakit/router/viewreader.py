@@ -1,14 +1,17 @@
 """The router's reader of the cluster view: skips the store read while nothing changed.
 
 The router polls the coordination store every ``router.state_poll_interval``
-(100 ms by default) and was idle-busy with it: two queries and the records
-decoded, ~0.5 ms per poll. The agents write only when something happens (and
-on lease renewals), so most polls find the same rows. A store that offers a
-cheap change token (``SqliteCoordinator.data_version``, SQLite's ``PRAGMA
-data_version``) is asked for it first; while it is unchanged the last lease
-and records are reused under the new read time (a lease still expires on
-time: validity is judged at ``read_at``). A full read happens anyway at least
-every ``max_age`` seconds, so a missed token change costs at most that.
+(100 ms by default), each poll handed to a thread because a read may block.
+The agents write only when something happens (and on lease renewals), so most
+polls find the same rows. A store that offers a cheap change token
+(``SqliteCoordinator.data_version``, SQLite's ``PRAGMA data_version``) is asked
+for it first, from the event loop and without waiting (``quick``); while it is
+unchanged the last lease and records are reused under the new read time (a
+lease still expires on time: validity is judged at ``read_at``), and no thread
+is involved. Measured idle: 8.0 -> 5.5 ms of CPU per second (the hop to the
+thread and back, not the read, was the cost: a read is ~17 µs). A full read
+happens anyway at least every ``max_age`` seconds, so a missed token change
+costs at most that.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from hakit.coord.view import ClusterView, read_cluster
 
 
 class ChangeToken(Protocol):
-    def data_version(self) -> Hashable: ...
+    def data_version(self, *, wait: bool = True) -> Hashable | None: ...
 
 
 class ViewReader:
@@ -44,12 +47,34 @@ class ViewReader:
         self._monotonic = monotonic
         self._max_age = max_age
         version = getattr(coordinator, "data_version", None)
-        self._version: Callable[[], Hashable] | None = version if callable(version) else None
+        self._version: Callable[..., Hashable | None] | None = (
+            version if callable(version) else None
+        )
         self._token: Hashable | None = None
         self._last: ClusterView | None = None
         self._read_at = 0.0  # monotonic time of the last full read
         self.full_reads = 0  # for tests and the benchmark's idle figure
         self.skipped = 0
+
+    def quick(self) -> ClusterView | None:
+        """From the event loop, without waiting: the last view under a new read time while
+        the store is unchanged; None when it must be read (``__call__``, in a thread).
+
+        Handing each poll to a thread and back cost more than the read itself
+        (~0.45 ms of CPU per poll, ~4.5 ms/s at the default 100 ms poll,
+        measured): the token is checked here first.
+        """
+        last, version = self._last, self._version
+        if last is None or version is None or self._monotonic() - self._read_at >= self._max_age:
+            return None
+        try:
+            token = version(wait=False)
+        except Exception:  # the thread's read will report it
+            return None
+        if token is None or token != self._token:
+            return None
+        self.skipped += 1
+        return ClusterView(lease=last.lease, nodes=last.nodes, read_at=self._clock())
 
     def __call__(self) -> ClusterView:
         now = self._clock()
