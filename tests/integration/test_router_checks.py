@@ -48,6 +48,7 @@ FALL, RISE = 2, 2
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # head and body are two writes: no delayed-ACK stall
     server: Backend
 
     def log_message(self, format: str, *args: Any) -> None:
