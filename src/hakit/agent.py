@@ -17,13 +17,19 @@ Tasks feed one queue so the policy sees events one at a time:
 - the heartbeat (every 50 ms: the lease deadline, checked first on waking from a
   freeze, and this agent's own stalls, hakit.stall); beside it, in a thread of its
   own, the lease watchdog (hakit.fence.LeaseWatchdog) kills the app at the deadline
-  even while this loop is blocked (a synchronous write to a locked store);
+  even if this loop is held up (the hard guarantee: no code of this loop is trusted
+  to run in time);
 - the operator loop (the operator's intents in the store every ``renew_interval``:
   pause, resume, switchover, forced failover; hakit.operator), beside the admin
   API that writes them (hakit.admin_api, on the node's ``admin_port``); it also
   reads the routers' data-path reports (hakit.datapath): an active node the
   routers cannot reach while its app answers here hands over to a standby they
   reach (PathLost -> a ``path-loss`` handover).
+
+Every call to the coordination store runs on one thread of its own, in the order
+issued (hakit.storeio): node records and events are queued without waiting, reads
+and lease calls are awaited. A slow or locked store (SQLite's busy timeout is 5 s)
+so never holds back the probes, the supervisor or the heartbeat.
 
 The data path also decides two lease questions. A standby takes over an
 expired lease only when no fresh router report shows its holder still
@@ -41,7 +47,7 @@ import os
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -102,12 +108,15 @@ from hakit.policy import (
 from hakit.policy_rules import last_active
 from hakit.probe import Observation, StatusProber, check_database
 from hakit.stall import HEARTBEAT, STALL_THRESHOLD, StallDetector
+from hakit.storeio import StoreIO
 from hakit.supervisor import AppProcess, ExitInfo
 
 log = logging.getLogger("hakit.agent")
 
 # While the app is starting, probe this often so RUNNING is noticed quickly.
 STARTING_PROBE_INTERVAL = 0.1
+# On shutdown, wait at most this long for the store to take the queued writes.
+SHUTDOWN_FLUSH = 5.0
 
 
 class _Wake:
@@ -198,12 +207,19 @@ class Agent:
         self._fence_retry_at = 0.0  # monotonic: no takeover before this after a failed fence
         self._deferred: tuple[str, int] | None = None  # (holder, epoch) a takeover was deferred for
         self.agent_id = uuid.uuid4().hex  # this process, in its records: see fence.stood_down
+        # Every store call of this agent, in one thread, in issue order (hakit.storeio): a
+        # slow or locked store never holds back this loop (probes, exits, the heartbeat).
+        self.store = StoreIO(name=f"store-io-{self.node.name}")
+        # Asking the store, after a stall across the lease deadline, whether the lease is
+        # still ours (``_check_deadline``): no event is handled until it has answered.
+        self._waking: asyncio.Task[None] | None = None
         self.fencer = Fencer(
             cfg,
             self.node.name,
             coordinator,
             lambda kind, reason, data: self._record(kind, reason, epoch=0, data=data),
             log_dir(cfg) / f"fence-{self.node.name}.log",
+            call=self.store.call,
         )
         # Stalls of this agent itself (hakit.stall): probes overlapping one do not count.
         self.stalls = StallDetector()
@@ -281,6 +297,8 @@ class Agent:
 
     async def _try_lease(self, started: float, ttl: float) -> None:
         self._check_deadline()
+        if self._waking is not None:
+            return  # the store is being asked on waking: that is this turn's renewal
         taking_over = not self.epoch
         if taking_over and started < self._fence_retry_at:
             return  # a fence failed lately: wait before trying (and alerting) again
@@ -289,16 +307,16 @@ class Agent:
             if taking_over:
                 # What we take over from decides whether its holder must be fenced first,
                 # and whether it is dead at all (the routers' data path, hakit.datapath).
-                before, reports = await asyncio.to_thread(self._read_before_takeover)
+                before, reports = await self.store.call(self._read_before_takeover)
                 if not self._holder_is_dead(before, reports):
                     return
-                lease = await asyncio.to_thread(
+                lease = await self.store.call(
                     self.coordinator.acquire_or_renew, self.node.name, ttl
                 )
             else:
                 # Under our epoch only, even if it expired meanwhile (frozen during the call):
                 # atomic in the store, so it fails once another node has taken over.
-                lease = await asyncio.to_thread(
+                lease = await self.store.call(
                     self.coordinator.renew_epoch, self.node.name, self.epoch, ttl
                 )
             unreachable = False
@@ -335,7 +353,8 @@ class Agent:
             self._self_fence(f"could not renew the lease: {holder}")
 
     def _read_before_takeover(self) -> tuple[Predecessor, list[PathReport]]:
-        """The predecessor, and the routers' reports when its lease has expired (blocking)."""
+        """The predecessor, and the routers' reports when its lease has expired (blocking:
+        run on the store thread)."""
         before = read_predecessor(self.coordinator, self.node.name)
         lease = before.lease
         if lease is None or lease.holder == self.node.name or lease.valid_at(before.read_at):
@@ -413,7 +432,7 @@ class Agent:
         if self.app.running and self.policy.view().role is Role.ACTIVE:
             return
         try:
-            released = await asyncio.to_thread(self.coordinator.release, self.node.name, epoch)
+            released = await self.store.call(self.coordinator.release, self.node.name, epoch)
         except CoordinationError as error:
             log.warning("could not give the lease of epoch %d back: %s", epoch, error)
             return
@@ -440,12 +459,12 @@ class Agent:
         An agent that was awake at its deadline (its renewals failed: the store is
         unreachable or too slow) kills its app at once, before the TTL ends. One that
         did not run at its deadline (a stall of this agent, hakit.stall, spans it:
-        frozen, or a renewal frozen in flight) first asks the store, synchronously,
-        before any other code of this agent runs: if the lease is still stored under
-        its epoch (nobody took over: the standby saw its app answer the routers,
+        frozen, or a renewal frozen in flight) first asks the store (``_ask_on_waking``;
+        the main loop handles no event before the answer): if the lease is still stored
+        under its epoch (nobody took over: the standby saw its app answer the routers,
         hakit.datapath), it renews it there, atomically on the epoch, and keeps its
-        app; if another node took over, or the store cannot be read, it kills its
-        app as before.
+        app; if another node took over, or the store cannot be read in time, it kills
+        its app as before.
         """
         if not self.epoch:
             return
@@ -455,6 +474,8 @@ class Agent:
             # deadline, so no stall of the agent explains it; nothing to renew on waking.
             self._self_fence(fired)
             return
+        if self._waking is not None:
+            return  # the store is being asked; its answer decides
         late = self.monotonic() - self.lease_deadline
         if late < 0:
             return
@@ -465,23 +486,45 @@ class Agent:
         self._tick()  # a stall that just ended is known before deciding
         stall = self.stalls.during(self.lease_deadline, self.lease_deadline)
         if stall is not None:
-            refusal = self._renew_on_waking(late, stall.duration)
-            if refusal is None:
-                return
-            why += f"; on waking, {refusal}"
+            self._waking = asyncio.create_task(
+                self._ask_on_waking(self.epoch, late, stall.duration, why), name="waking"
+            )
+            return
         self._self_fence(why)
 
-    def _renew_on_waking(self, late: float, slept: float) -> str | None:
-        """Renew the lease under our epoch after a stall across the deadline; None when
-        renewed, else why not (blocking on purpose: nothing else runs before the answer)."""
-        epoch, ttl = self.epoch, self.cfg.coordination.lease_ttl
+    async def _ask_on_waking(self, epoch: int, late: float, slept: float, why: str) -> None:
+        """Renew the lease under ``epoch`` after a stall across its deadline, or self-fence
+        when it is gone or the store does not answer within half a TTL (the watchdog's
+        grace after a stall is one TTL: this answer comes first)."""
+        ttl = self.cfg.coordination.lease_ttl
+        patience = ttl / 2
         asked = self.monotonic()
+        refusal: str | None = None
         try:
-            lease = self.coordinator.renew_epoch(self.node.name, epoch, ttl)
+            lease = await asyncio.wait_for(
+                self.store.call(self.coordinator.renew_epoch, self.node.name, epoch, ttl),
+                patience,
+            )
         except CoordinationError as error:
-            return f"the store could not be read ({error})"
-        if lease is None:
-            return f"epoch {epoch} is no longer stored for {self.node.name}: another node took over"
+            refusal = f"the store could not be read ({error})"
+        except TimeoutError:
+            refusal = f"the store did not answer within {patience:.1f} s"
+        else:
+            if lease is None:
+                refusal = (
+                    f"epoch {epoch} is no longer stored for {self.node.name}: "
+                    "another node took over"
+                )
+        finally:
+            self._waking = None
+        if self.epoch != epoch:
+            # Fenced meanwhile (the watchdog's grace ran out): never act under it again.
+            if refusal is None:
+                await self._give_back(epoch, "it had already fenced itself from it")
+            return
+        if refusal is not None:
+            self._self_fence(f"{why}; on waking, {refusal}")
+            return
         self.lease_deadline = asked + ttl - self.cfg.coordination.renew_interval / 2
         self._arm_watchdog()
         self._record(
@@ -491,7 +534,7 @@ class Agent:
             "kept its app running",
             data={"late": round(late, 3), "stalled": round(slept, 3)},
         )
-        return None
+        self.events.put_nowait(_WAKE)  # the main loop handles what waited for this answer
 
     def _self_fence(self, reason: str) -> None:
         """The lease is gone: SIGKILL the app's group now, synchronously, before any
@@ -550,7 +593,9 @@ class Agent:
         self.watchdog.start()
         self._record("agent", f"agent for {self.node.name} started (pid {os.getpid()})")
         # A cluster paused before this agent started: the policy hears it before Boot.
-        self._feed_intents(self._read_intents(), time.time(), boot=self._boot_event())
+        await self._feed_intents(
+            await self._read_intents(), time.time(), boot=await self._boot_event()
+        )
         if self.cfg.cluster.mode is Mode.RESTART_ONLY:
             pass  # the single node takes the lease at its first lease-loop turn
         await self._start_admin_api()
@@ -578,6 +623,10 @@ class Agent:
                 # was frozen) is handled before any event queued earlier, such as the exit
                 # of an app a fence command killed, which would otherwise be "restarted".
                 self._check_deadline()
+                if self._waking is not None:
+                    # Woken past the lease deadline: nothing is decided before the store
+                    # has said whether the lease is still ours (events wait in the queue).
+                    await asyncio.wait({self._waking})
                 while self._urgent:
                     await self._handle(self._urgent.popleft())
                 if isinstance(event, _Wake):
@@ -592,12 +641,16 @@ class Agent:
                 task.cancel()
             if self._promotion is not None:
                 self._promotion.cancel()
+            if self._waking is not None:
+                self._waking.cancel()
+                self._waking = None
             if self._admin_api is not None:
                 await self._admin_api.close()
             try:
                 await self._shutdown()
             finally:
                 self.watchdog.stop()
+                self.store.close()
 
     def request_stop(self) -> None:
         self._stop_requested.set()
@@ -642,7 +695,7 @@ class Agent:
             released = False
             if epoch:
                 try:
-                    released = await asyncio.to_thread(
+                    released = await self.store.call(
                         self.coordinator.release, self.node.name, epoch
                     )
                 except CoordinationError as error:
@@ -674,7 +727,8 @@ class Agent:
             self.draining = True
             self._publish()
             # Let the router read the record (it polls every state_poll_interval), so no
-            # new request reaches the app once it starts stopping.
+            # new request reaches the app once it starts stopping: first the store takes it.
+            await self.store.flush(self.cfg.coordination.lease_ttl)
             await asyncio.sleep(max(0.3, 3 * self.cfg.router.state_poll_interval))
         elif isinstance(action, TakeLease):
             await self._take_lease_by_force(action)
@@ -692,27 +746,43 @@ class Agent:
             with contextlib.suppress(SupervisorError):
                 await self.app.stop("agent shutdown")
         if self.epoch:
-            with contextlib.suppress(CoordinationError):
-                self.coordinator.release(self.node.name, self.epoch)
-            self._record("lease", f"{self.node.name} released the lease on shutdown")
-            self.epoch = 0
+            epoch, self.epoch = self.epoch, 0
+            self.store.submit(
+                f"release the lease of epoch {epoch}",
+                self.coordinator.release,
+                self.node.name,
+                epoch,
+            )
+            self._record("lease", f"{self.node.name} released the lease on shutdown", epoch=epoch)
         self.app_state = AppState.STOPPED
-        with contextlib.suppress(CoordinationError):
-            self._publish(role="stopped")
+        self._publish(role="stopped")
         await self.prober.aclose()
+        # What is still queued (the records above, any the store was slow to take) goes out
+        # before the process ends, unless the store keeps it waiting too long.
+        if not await self.store.flush(SHUTDOWN_FLUSH):
+            log.warning(
+                "the coordination store did not take %d queued writes within %.0f s of the "
+                "shutdown; they are lost",
+                self.store.queued(),
+                SHUTDOWN_FLUSH,
+            )
 
     # --- operator commands (hakit.operator, hakit.admin_api) and cold starts -------
 
-    def _read_intents(self) -> tuple[Mapping[str, dict[str, Any]], Lease | None] | None:
+    async def _read_intents(self) -> tuple[Mapping[str, dict[str, Any]], Lease | None] | None:
         """The cluster state and the lease; None when the store cannot be read (nothing
         changed as far as this agent can tell: it keeps what it knew)."""
-        try:
+
+        def read() -> tuple[Mapping[str, dict[str, Any]], Lease | None]:
             return self.coordinator.cluster_state(), self.coordinator.current_lease()
+
+        try:
+            return await self.store.call(read, what="read the operator's intents")
         except CoordinationError as error:
             log.warning("could not read the operator's intents: %s", error)
             return None
 
-    def _feed_intents(
+    async def _feed_intents(
         self,
         read: tuple[Mapping[str, dict[str, Any]], Lease | None] | None,
         now: float,
@@ -728,7 +798,7 @@ class Agent:
             self.events.put_nowait(event)
         if expired is not None:
             try:
-                cleared = self.coordinator.clear_state(HANDOVER, if_value=expired)
+                cleared = await self.store.call(self.coordinator.clear_state, HANDOVER, expired)
             except CoordinationError as error:
                 log.warning("could not clear an expired handover: %s", error)
                 return
@@ -742,8 +812,8 @@ class Agent:
         renew = self.cfg.coordination.renew_interval
         while True:
             await asyncio.sleep(renew)
-            read = await asyncio.to_thread(self._read_intents)
-            self._feed_intents(read, time.time())
+            read = await self._read_intents()
+            await self._feed_intents(read, time.time())
             if read is not None:
                 await self._watch_path(read[0])
             if self.monotonic() - self._published_at >= renew:
@@ -753,11 +823,14 @@ class Agent:
         self.served_epoch = max(self.served_epoch, epoch)
         return self.served_epoch
 
-    def _boot_event(self) -> Boot:
+    async def _boot_event(self) -> Boot:
         """What the store remembers of who served last, for a cold start (item 9)."""
+
+        def read() -> tuple[Sequence[NodeRecord], Lease | None]:
+            return self.coordinator.nodes(), self.coordinator.current_lease()
+
         try:
-            records = self.coordinator.nodes()
-            lease = self.coordinator.current_lease()
+            records, lease = await self.store.call(read, what="read the node records at boot")
         except CoordinationError as error:
             log.warning("could not read the node records at boot: %s", error)
             return Boot()
@@ -796,7 +869,7 @@ class Agent:
         self._admin_api = api
 
     async def _admin_perform(self, operation: str, params: Mapping[str, Any]) -> dict[str, Any]:
-        return await asyncio.to_thread(
+        return await self.store.call(
             perform, self.coordinator, self.cfg, operation, params, time.time()
         )
 
@@ -805,8 +878,8 @@ class Agent:
         renews it and promotes (after fencing the old holder, hakit.fence)."""
         ttl, reason, actor = self.cfg.coordination.lease_ttl, action.reason, action.actor
         try:
-            before = await asyncio.to_thread(self.coordinator.current_lease)
-            lease = await asyncio.to_thread(self.coordinator.take_over, self.node.name, ttl)
+            before = await self.store.call(self.coordinator.current_lease)
+            lease = await self.store.call(self.coordinator.take_over, self.node.name, ttl)
         except CoordinationError as error:
             self._record(
                 "failover", f"{reason}: could not take the lease: {error}", epoch=0, actor=actor
@@ -838,7 +911,7 @@ class Agent:
         if not reports:
             return
         try:
-            records = await asyncio.to_thread(self.coordinator.nodes)
+            records = await self.store.call(self.coordinator.nodes)
         except CoordinationError as error:
             log.warning("could not read the node records: %s", error)
             return
@@ -864,7 +937,7 @@ class Agent:
     async def _request_handover(self, action: RequestHandover) -> None:
         """Write the path-loss handover intent; the policy then hears it like a switchover."""
         try:
-            intent = await asyncio.to_thread(
+            intent = await self.store.call(
                 request_path_loss,
                 self.coordinator,
                 self.cfg,
@@ -881,23 +954,27 @@ class Agent:
             self._record(action.kind, f"{action.reason}; not asked: another handover is under way")
             return
         self._record(action.kind, action.reason, data={"target": action.target})
-        self._feed_intents(await asyncio.to_thread(self._read_intents), time.time())
+        await self._feed_intents(await self._read_intents(), time.time())
 
     async def _end_handover(self, action: EndHandover) -> None:
         intent = self.intents.handover
         if intent is None:
             return
-        try:
-            await asyncio.to_thread(self.coordinator.clear_state, HANDOVER, intent)
-        except CoordinationError as error:
-            log.warning("could not clear the handover intent: %s", error)
+        # Not awaited: the store runs it before the record below and before any later read.
+        self.store.submit(
+            "clear the handover intent", self.coordinator.clear_state, HANDOVER, intent
+        )
         self._record(str(intent.get("kind", "switchover")), action.reason, actor=action.actor)
 
     # --- reporting ----------------------------------------------------------
 
     def _publish(self, role: str | None = None) -> None:
+        """Queue this node's record for the store (hakit.storeio: not awaited; a newer
+        record replaces one still waiting)."""
         self._check_deadline()  # never claim a lease whose deadline has passed
-        self._arm_watchdog()  # before the store write, which may block this loop
+        if self._waking is not None:
+            return  # asking the store whether the lease is still ours: claim nothing yet
+        self._arm_watchdog()
         view = self.policy.view()
         record = NodeRecord(
             node=self.node.name,
@@ -918,10 +995,12 @@ class Agent:
         record.detail[AGENT_ID_KEY] = self.agent_id
         if self.fencer.pending:
             record.detail[PENDING_KEY] = self.fencer.published()
-        try:
-            self.coordinator.publish_node(record)
-        except CoordinationError as error:
-            log.warning("could not publish node state: %s", error)
+        self.store.submit(
+            f"publish the record of {self.node.name}",
+            self.coordinator.publish_node,
+            record,
+            key="node-record",
+        )
 
     def _record(
         self,
@@ -943,7 +1022,6 @@ class Agent:
             actor=actor or self.actor,
             data=data or {},
         )
-        try:
-            self.coordinator.append_event(event)
-        except CoordinationError as error:
-            log.warning("could not record event %r: %s", reason, error)
+        self.store.submit(
+            f"record the {kind} event {reason!r}", self.coordinator.append_event, event
+        )

@@ -32,7 +32,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -486,7 +486,9 @@ class Fencer:
 
     ``record(kind, reason, data)`` writes an event to the history. ``pending``
     (the nodes this node could not fence yet) is published in the node's
-    record so any other node about to promote fences them too.
+    record so any other node about to promote fences them too. ``call(fn, *args)``
+    runs a blocking store call off the event loop (the agent's: hakit.storeio, in
+    order with its other store I/O).
     """
 
     cfg: Config
@@ -494,6 +496,7 @@ class Fencer:
     coordinator: Coordinator
     record: Recorder
     log_path: Path
+    call: Callable[..., Awaitable[Any]] = asyncio.to_thread
     pending: dict[str, FenceNeed] = field(default_factory=dict)
     skip_next: bool = False  # operator (`hakit failover --force`): promote once without fencing
     failures: int = 0  # failed attempts in a row
@@ -510,7 +513,7 @@ class Fencer:
     async def clear_to_promote(self, gained: Lease, before: Predecessor) -> Verdict:
         """Fence what must be fenced before acting under ``gained``; never raises."""
         try:
-            records = {r.node: r for r in await asyncio.to_thread(self.coordinator.nodes)}
+            records = {r.node: r for r in await self.call(self.coordinator.nodes)}
         except CoordinationError as error:
             log.warning("could not read the node records before promoting: %s", error)
             records = {}

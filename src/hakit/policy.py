@@ -27,21 +27,26 @@ reach, by asking for a handover like an operator's switchover (RequestHandover),
 once; the history calls the move a failover. While the cluster is paused, an event is first handled as
 usual; if that would start or stop the app or release the lease, the policy is
 put back as it was, only what certainly changed in the world is taken in (the
-process is gone, the lease was gained: ``_PAUSED_REALITY``), and a ``paused``
+process is gone, the lease was gained: ``PAUSED_REALITY``), and a ``paused``
 record says what it WOULD have done. Self-fencing (the kill after a lost lease)
 is never held back. A handover the node takes part in is an operator's action,
 so it is not held back either.
+
+The machine is one class, ``Policy``, written in parts with one job each: the
+state and shared steps (policy_base.py), the restart budget and failure paths
+(policy_failures.py), the pause (policy_pause.py), handovers (policy_handover.py);
+this module has the public API, the app's life cycle handlers and the table.
 """
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Callable
 from typing import Any
 
 from hakit.config import Mode
 from hakit.contract import AppState
 from hakit.errors import InvalidTransition
+from hakit.policy_base import STANDBY_APP_MODES, Proc, S
 from hakit.policy_events import (
     Action,
     Alert,
@@ -74,10 +79,11 @@ from hakit.policy_events import (
     Tick,
     describe_exit,
     human_duration,
-    ordinal,
 )
+from hakit.policy_failures import FailureHandling
+from hakit.policy_handover import HandoverHandling
+from hakit.policy_pause import OPERATOR_EVENTS, PauseHandling
 from hakit.policy_rules import (
-    Streak,
     Verdict,
     classify,
     extend_streak,
@@ -118,54 +124,11 @@ __all__ = [
     "Tick",
 ]
 
-S = PolicyState
-_STANDBY_APP_MODES = frozenset({Mode.WARM_STANDBY, Mode.ACTIVE_ACTIVE})
 
+class Policy(PauseHandling, HandoverHandling, FailureHandling):
+    """One node's policy: ``handle(event, now) -> actions`` (see the module)."""
 
-class _Proc(enum.Enum):
-    """What the policy believes about the app's process on this node."""
-
-    NONE = "none"
-    REQUESTED = "requested"  # StartApp returned, AppStarted not yet fed
-    ALIVE = "alive"
-    STOPPING = "stopping"  # StopApp returned, AppExited not yet fed
-
-
-# --- the machine ------------------------------------------------------------------
-
-
-class Policy:
-    def __init__(self, settings: PolicySettings, node: str) -> None:
-        self._settings = settings
-        self._node = node
-        self._state = S.INIT
-        self._role = Role.STANDBY
-        self._epoch = 0  # epoch acted under while active
-        self._highest_epoch = 0  # epochs only grow: a smaller LeaseGained is impossible
-        self._proc = _Proc.NONE
-        self._pid: int | None = None
-        self._failures: tuple[float, ...] = ()
-        self._restarts = 0
-        self._failed_starts = 0
-        # on_failed_start = "failover": this node stepped down once after failed starts;
-        # failing to start again here means both nodes fail: no back and forth, a human.
-        self._failed_start_handover = False
-        self._start_requested_at = 0.0
-        self._streak: Streak | None = None
-        self._note: str | None = None  # last status noted, so each change is recorded once
-        self._after_stop = ""  # in RESTARTING: the reason of the StartApp that follows the exit
-        self._cooldown_until: float | None = None
-        self._last_reason = ""
-        # --- operator commands and startup ---
-        self._paused = False
-        self._paused_by = ""  # "operator:alice (maintenance)", for reasons
-        self._would: str | None = None  # last held-back action while paused (said once)
-        self._handover: HandoverRequested | None = None  # the operator's intent in progress
-        self._handing_over: HandoverRequested | None = None  # switchover out, under way
-        self._lead_after: float | None = None  # cold start: not the last active, wait
-        self._handover_asked = False  # a path-loss handover was asked for (not again)
-
-    # --- public API -----------------------------------------------------------------
+    # --- public API -----------------------------------------------------------
 
     @property
     def state(self) -> PolicyState:
@@ -183,7 +146,7 @@ class Policy:
             role=self._role,
             epoch=self._epoch,
             pid=self._pid,
-            app_running=self._proc is not _Proc.NONE,
+            app_running=self._proc is not Proc.NONE,
             failure_times=self._failures,
             restarts=self._restarts,
             failed_starts=self._failed_starts,
@@ -197,7 +160,7 @@ class Policy:
         handler = _TRANSITIONS.get((self._state, type(event)))
         if handler is None:
             raise InvalidTransition(self._state.value, repr(event))
-        if self._holding_back() and type(event) not in _OPERATOR_EVENTS:
+        if self._holding_back() and type(event) not in OPERATOR_EVENTS:
             actions = self._handle_paused(handler, event, now)
         else:
             actions = handler(self, event, now)
@@ -229,7 +192,7 @@ class Policy:
         """Operator: leave MANUAL once the cause is fixed (forgets failures)."""
         if self._state is not S.MANUAL:
             raise InvalidTransition(self._state.value, "reset() (only MANUAL can be reset)")
-        if self._proc is not _Proc.NONE:
+        if self._proc is not Proc.NONE:
             raise InvalidTransition(self._state.value, "reset() while the app is still stopping")
         self._failures = ()
         self._failed_starts = 0
@@ -253,7 +216,7 @@ class Policy:
             self._leave_active()
         else:
             actions.append(Record("reset", f"operator reset {self._node}; back to standby"))
-        if self._settings.mode in _STANDBY_APP_MODES:
+        if self._settings.mode in STANDBY_APP_MODES:
             actions.append(
                 self._start(
                     f"{self._mode_name()}: starting the app on {self._node} as a standby", now
@@ -262,399 +225,12 @@ class Policy:
         self._last_reason = actions[0].reason
         return actions
 
-    # --- small helpers (mutate only after every guard has passed) ---------------------
-
-    def _mode_name(self) -> str:
-        return self._settings.mode.value
-
-    def _invalid(self, event: object, why: str) -> InvalidTransition:
-        return InvalidTransition(self._state.value, f"{event!r} ({why})")
-
-    def _start(self, reason: str, now: float, actor: str = "") -> StartApp:
-        assert self._proc is _Proc.NONE, "policy bug: StartApp while a process is believed alive"
-        self._proc = _Proc.REQUESTED
-        self._pid = None
-        self._start_requested_at = now
-        self._streak = None
-        self._note = None
-        self._state = S.STARTING
-        return StartApp(reason, actor)
-
-    def _stop(self, reason: str, kill: bool = False, actor: str = "") -> StopApp:
-        assert self._proc is not _Proc.NONE, "policy bug: StopApp without a process"
-        self._proc = _Proc.STOPPING
-        return StopApp(reason, kill=kill, actor=actor)
-
-    def _leave_active(self) -> None:
-        self._role = Role.STANDBY
-        self._epoch = 0
-        self._handover_asked = False
-
-    def _step_down(self, reason: str, now: float) -> list[Action]:
-        # Shared storage: the lease goes only once the app is gone.
-        assert self._proc is _Proc.NONE, "policy bug: StepDown while the app is believed alive"
-        self._leave_active()
-        self._cooldown_until = now + self._settings.step_down_cooldown
-        self._state = S.STANDBY
-        return [StepDown(reason), Alert("failover", reason)]
-
-    def _record_failure(self, now: float) -> int:
-        window = self._settings.failure_window
-        self._failures = failures_in_window(self._failures, now, window) + (now,)
-        return len(self._failures)
-
-    def _budget_words(self, n: int) -> str:
-        return f"restart {n} of {self._settings.restart_attempts} within {human_duration(self._settings.failure_window)}"
-
-    def _exhausted_words(self, n: int) -> str:
-        return (
-            f"{ordinal(n)} failure within {human_duration(self._settings.failure_window)} "
-            f"(restart_attempts = {self._settings.restart_attempts})"
-        )
-
-    def _no_failover_words(self) -> str | None:
-        """Why this node cannot fail over, or None when it can."""
-        if self._settings.mode is Mode.RESTART_ONLY:
-            return "restart-only mode has no standby to fail over to"
-        if self._role is not Role.ACTIVE:
-            return "this node is a standby: there is nothing to fail over"
-        return None
-
-    def _check_lease_gain(self, event: LeaseGained) -> None:
-        if self._role is Role.ACTIVE:
-            raise self._invalid(event, f"already active under epoch {self._epoch}")
-        if event.epoch <= self._highest_epoch:
-            raise self._invalid(event, f"epochs only grow; already saw epoch {self._highest_epoch}")
-
-    def _take_lease(self, event: LeaseGained) -> str:
-        self._check_lease_gain(event)
-        self._role = Role.ACTIVE
-        self._epoch = self._highest_epoch = event.epoch
-        self._cooldown_until = None
-        return f"{self._node} promoted to active under epoch {event.epoch}"
-
-    def _failover_alert(
-        self, event: LeaseGained, promoted: str, then: str, manual: bool = False
-    ) -> list[Action]:
-        """A promotion over an expired lease is a failover nobody asked for: alert it
-        (the old active could not say so itself: it is lost, frozen or cut off)."""
-        if not event.takeover:
-            return []
-        reason = f"{promoted} after {event.takeover}; {then}"
-        return [Alert("failover", reason, manual_intervention=manual)]
-
-    def _check_exit(self, event: AppExited, *, allow_expected: bool = True) -> None:
-        if self._proc is _Proc.NONE:
-            raise self._invalid(event, "no app process is believed to run")
-        if self._pid is not None and event.pid != self._pid:
-            raise self._invalid(event, f"the app process is pid {self._pid}")
-        if event.expected and not allow_expected:
-            raise self._invalid(event, "the policy asked for no stop")
-
-    def _forget_process(self) -> None:
-        self._proc = _Proc.NONE
-        self._pid = None
-        self._streak = None
-        self._note = None
-
-    def _exit_words(self, event: AppExited) -> str:
-        words = f"app on {self._node} exited ({describe_exit(event)})"
-        return words + ", out of memory" if event.oom else words
-
-    # --- operator pause: hold actions back, say what would have been done ----------
-
-    def _holding_back(self) -> bool:
-        if not self._paused:
-            return False
-        handover = self._handover
-        if self._handing_over is not None:
-            return False
-        return handover is None or self._node not in (handover.target, handover.source)
-
-    def _handle_paused(self, handler: Handler, event: PolicyEvent, now: float) -> list[Action]:
-        saved = dict(self.__dict__)
-        try:
-            actions = handler(self, event, now)
-        except BaseException:
-            self.__dict__.update(saved)
-            raise
-        held = [action for action in actions if _acts(action)]
-        if not held:
-            if actions:
-                self._would = None
-            return actions
-        self.__dict__.update(saved)
-        _PAUSED_REALITY.get(type(event), Policy._ignore)(self, event, now)
-        key = f"{type(event).__name__}:{type(held[0]).__name__}"
-        if self._would == key and self._state is saved["_state"]:
-            return []  # said already (a failing app is observed again and again)
-        self._would = key
-        return [
-            Record(
-                "paused",
-                f"would {_VERBS[type(held[0])]} ({held[0].reason}), but {self._paused_by} "
-                "paused the cluster: no action",
-            )
-        ]
-
-    def _paused_boot(self, event: Boot, now: float) -> list[Action]:
-        self._boot_grace(event, now)
-        self._state = S.PAUSED  # the app would have started here: on resume it does
-        return []
-
-    def _paused_process_gone(self, event: AppExited | AppStartFailed, now: float) -> list[Action]:
-        self._forget_process()
-        self._state = S.PAUSED
-        return []
-
-    def _paused_lease_gained(self, event: LeaseGained, now: float) -> list[Action]:
-        self._take_lease(event)
-        if self._proc is _Proc.NONE:
-            self._state = S.PAUSED
-        return []
-
-    # --- startup ----------------------------------------------------------------------
-
-    def _boot_grace(self, event: Boot, now: float) -> str:
-        """Cold start: let the last active (newest data) take the lease first."""
-        node, grace = self._node, self._settings.boot_grace
-        if self._settings.no_failover:
-            return f"; {node} has the nofailover tag: it never becomes active"
-        if (
-            event.newest_node
-            and event.newest_node != node
-            and event.newest_epoch > event.served_epoch
-        ):
-            mine = f"epoch {event.served_epoch}" if event.served_epoch else "never active"
-            if grace > 0:
-                self._lead_after = now + grace
-            return (
-                f"; {event.newest_node} was the last active (epoch {event.newest_epoch}; {node}: "
-                f"{mine}): giving it {human_duration(grace)} to take the lease first"
-            )
-        if event.served_epoch and event.served_epoch >= event.newest_epoch:
-            return f"; {node} was the last active (epoch {event.served_epoch}): competing for the lease at once"
-        return ""
-
-    # --- operator handover (switchover, forced failover) --------------------------------
-
-    def _refuse_handover_words(self) -> str | None:
-        """Why this node cannot become the handover's target now, or None."""
-        node = self._node
-        if self._settings.no_failover:
-            return f"{node} has the nofailover tag: it never becomes active"
-        if self._role is Role.ACTIVE:
-            return f"{node} is already active under epoch {self._epoch}"
-        if self._state is S.MANUAL:
-            return f"{node} needs manual intervention (hakit reset) first"
-        if self._state is S.FENCED:
-            return f"{node} is still stopping its fenced app; try again in a moment"
-        return None
-
-    def _release_for_handover(self, reason: str, now: float) -> list[Action]:
-        """Switchover out: the app is stopped (or may run on a standby): give the lease up."""
-        handover = self._handing_over
-        assert handover is not None, "policy bug: no switchover under way"
-        self._handing_over = None
-        epoch = self._epoch
-        self._leave_active()
-        self._cooldown_until = now + self._settings.step_down_cooldown
-        if self._state is S.STEPPING_DOWN:
-            self._state = S.STANDBY
-        if handover.automatic:  # the path loss is the cause: `hakit why` reads it here
-            reason = f"{handover.reason}; {reason}"
-        return [
-            StepDown(
-                f"{reason}; releasing the lease of epoch {epoch}: only {handover.target} may take it",
-                kind="failover" if handover.automatic else "switchover",
-                actor=handover.actor,
-            )
-        ]
-
-    def _hand_over(self, event: HandoverRequested, now: float) -> list[Action]:
-        """This node is the active the operator moves away from."""
-        node, target, actor = self._node, event.target, event.actor
-        words = f"{actor} asked for a switchover to {target} ({event.reason})"
-        if event.automatic:
-            words = f"{node} hands over to {target} (path loss)"
-        if event.forced:
-            return [
-                Record(
-                    "failover",
-                    f"{actor} forced a failover to {target} ({event.reason}): {node} "
-                    "kills its app as soon as its lease renewal fails",
-                    actor,
-                )
-            ]
-        self._handing_over = event
-        stopping = Record(
-            event.kind,
-            f"{words}: the app on {node} is stopping; the lease goes once it is gone",
-            actor,
-        )
-        if self._state is S.STEPPING_DOWN or (
-            self._state is S.MANUAL and self._proc is not _Proc.NONE
-        ):
-            return [stopping]
-        if self._proc is _Proc.NONE:
-            return self._release_for_handover(f"{words}: the app on {node} is not running", now)
-        drain = Drain(f"{words}: draining {node} (the router holds new requests)", actor)
-        if self._settings.mode in _STANDBY_APP_MODES:
-            # The app may run on a standby: it keeps running, only the lease moves.
-            return [drain, *self._release_for_handover(f"{words}: {node} drained", now)]
-        if self._state is S.RESTARTING:
-            self._state = S.STEPPING_DOWN
-            return [stopping]
-        self._state = S.STEPPING_DOWN
-        return [drain, self._stop(f"{words}: stopping the app on {node} gracefully", actor=actor)]
-
-    def _handover_done(self) -> list[Action]:
-        """The target serves under a new epoch: the operator's intent is fulfilled."""
-        handover = self._handover
-        if handover is None or handover.target != self._node:
-            return []
-        if self._role is not Role.ACTIVE or self._state is not S.RUNNING:
-            return []
-        if self._epoch <= handover.epoch:
-            return []
-        self._handover = None
-        return [
-            EndHandover(
-                f"{handover.kind} to {self._node} complete: serving under epoch {self._epoch} "
-                f"(asked by {handover.actor}: {handover.reason})",
-                handover.actor,
-            )
-        ]
-
-    # --- failure paths -------------------------------------------------------------
-
-    def _failure_with_process_gone(
-        self, kind: str, what: str, oom: bool, now: float
-    ) -> list[Action]:
-        """A crash or OOM exit: the process is already gone."""
-        n = self._record_failure(now)
-        if n <= self._settings.restart_attempts:
-            self._restarts += 1
-            reason = f"{what}; {self._budget_words(n)}"
-            return [self._start(reason, now), Alert(kind, reason)]
-        if oom:
-            self._state = S.MANUAL
-            reason = (
-                f"{what}; {self._exhausted_words(n)}; not failing over: another node with "
-                "the same heap would run out of memory the same way; manual intervention needed"
-            )
-            return [Alert(kind, reason, manual_intervention=True)]
-        why_not = self._no_failover_words()
-        if why_not is not None:
-            self._state = S.MANUAL
-            reason = f"{what}; {self._exhausted_words(n)} and {why_not}; manual intervention needed"
-            return [Alert(kind, reason, manual_intervention=True)]
-        reason = f"{what}; {self._exhausted_words(n)}: stepping down so a standby takes over"
-        return self._step_down(reason, now)
-
-    def _failure_with_process_alive(self, kind: str, what: str, now: float) -> list[Action]:
-        """A hang, refused connections or ERROR: the process must be stopped first."""
-        n = self._record_failure(now)
-        if n <= self._settings.restart_attempts:
-            self._restarts += 1
-            self._state = S.RESTARTING
-            self._after_stop = (
-                f"app on {self._node} stopped; starting it again ({self._budget_words(n)})"
-            )
-            reason = f"{what}; stopping it to restart it ({self._budget_words(n)})"
-            return [self._stop(reason), Alert(kind, reason)]
-        why_not = self._no_failover_words()
-        if why_not is not None:
-            self._state = S.MANUAL
-            reason = (
-                f"{what}; {self._exhausted_words(n)} and {why_not}: stopping it; "
-                "manual intervention needed"
-            )
-            return [self._stop(reason), Alert(kind, reason, manual_intervention=True)]
-        self._state = S.STEPPING_DOWN
-        reason = (
-            f"{what}; {self._exhausted_words(n)}: stopping it, then stepping down "
-            "so a standby takes over"
-        )
-        return [self._stop(reason), Alert(kind, reason)]
-
-    def _failed_start(self, what: str, now: float) -> list[Action]:
-        """By default never a failover: another node would fail to start the same way
-        (a bad shared config). ``failover.on_failed_start = "failover"`` (node-local
-        causes) steps down once the retries are used up: see ``_failed_start_failover``."""
-        self._failed_starts += 1
-        k, budget = self._failed_starts, self._settings.restart_attempts
-        alive = self._proc is not _Proc.NONE
-        if k <= budget:
-            self._restarts += 1
-            reason = f"{what}; failed start {k}: retry {k} of {budget}"
-            if not alive:
-                return [self._start(reason, now), Alert("failed-start", reason)]
-            self._state = S.RESTARTING
-            self._after_stop = (
-                f"app on {self._node} stopped; starting it again (retry {k} of {budget} "
-                "after a failed start)"
-            )
-            return [
-                self._stop(f"{what}; stopping it to retry ({k} of {budget})"),
-                Alert("failed-start", reason),
-            ]
-        if self._settings.failover_on_failed_start:
-            failover = self._failed_start_failover(what, now)
-            if failover is not None:
-                return failover
-        self._state = S.MANUAL
-        reason = f"{what}; {k} failed starts in a row (restart_attempts = {budget}); "
-        if not self._settings.failover_on_failed_start:
-            reason += "not failing over: another node would fail to start too"
-        elif self._failed_start_handover:
-            reason += (
-                "not failing over again: this node already handed over after failed starts "
-                "and the other node could not start the app either"
-            )
-        else:
-            reason += f"not failing over: {self._no_failover_words()}"
-        reason += "; manual intervention needed"
-        actions: list[Action] = [self._stop(reason)] if alive else []
-        return [*actions, Alert("failed-start", reason, manual_intervention=True)]
-
-    def _failed_start_failover(self, what: str, now: float) -> list[Action] | None:
-        """on_failed_start = "failover": step down so a standby tries; None when this node
-        cannot (no standby, not active) or already did once (then a human decides)."""
-        if self._failed_start_handover or self._no_failover_words() is not None:
-            return None
-        self._failed_start_handover = True
-        k, budget = self._failed_starts, self._settings.restart_attempts
-        words = f"{what}; {k} failed starts in a row (restart_attempts = {budget})"
-        setting = '(failover.on_failed_start = "failover")'
-        if self._proc is _Proc.NONE:
-            return self._step_down(f"{words}: stepping down so a standby takes over {setting}", now)
-        self._state = S.STEPPING_DOWN
-        reason = f"{words}: stopping it, then stepping down so a standby takes over {setting}"
-        return [self._stop(reason), Alert("failed-start", reason)]
-
-    def _startup_deadline(self, now: float) -> list[Action]:
-        waited = now - self._start_requested_at
-        if waited < self._settings.startup_timeout:
-            return []
-        what = (
-            f"app on {self._node} did not reach RUNNING within "
-            f"{human_duration(self._settings.startup_timeout)} of being started"
-        )
-        return self._failed_start(what, now)
-
-    def _note_once(self, key: str, action: Action) -> list[Action]:
-        if self._note == key:
-            return []
-        self._note = key
-        return [action]
-
-    # --- handlers: INIT / STANDBY ---------------------------------------------------
+    # --- handlers: INIT / STANDBY ---------------------------------------------
 
     def _boot(self, event: Boot, now: float) -> list[Action]:
         mode = self._settings.mode
         grace = self._boot_grace(event, now)
-        if mode in _STANDBY_APP_MODES:
+        if mode in STANDBY_APP_MODES:
             reason = f"agent on {self._node} started ({mode.value}): starting the app as a standby{grace}"
             return [self._start(reason, now)]
         self._state = S.STANDBY
@@ -678,7 +254,7 @@ class Policy:
         self._handing_over = None  # the lease is gone already: nothing to hand over
         self._leave_active()
         lost = f"{self._node} lost the leader lease (epoch {event.epoch}: {event.reason})"
-        if self._proc is _Proc.NONE:
+        if self._proc is Proc.NONE:
             return [Record("lease", f"{lost}; its app is not running")]
         # Self-fencing: a new active may already be writing the shared storage.
         reason = f"{lost}; killing its app at once so it cannot write beside a new active"
@@ -689,20 +265,17 @@ class Policy:
             self._state = S.FENCED
         return [self._stop(reason, kill=True), Alert("fence", reason)]
 
-    def _ignore(self, event: PolicyEvent, now: float) -> list[Action]:
-        return []
-
-    # --- handlers: STARTING ----------------------------------------------------------
+    # --- handlers: STARTING ---------------------------------------------------
 
     def _app_started(self, event: AppStarted, now: float) -> list[Action]:
-        if self._proc is not _Proc.REQUESTED:
+        if self._proc is not Proc.REQUESTED:
             raise self._invalid(event, "no StartApp is waiting for its process")
-        self._proc = _Proc.ALIVE
+        self._proc = Proc.ALIVE
         self._pid = event.pid
         return [Record("started", f"app on {self._node} started as pid {event.pid}")]
 
     def _app_start_failed(self, event: AppStartFailed, now: float) -> list[Action]:
-        if self._proc is not _Proc.REQUESTED:
+        if self._proc is not Proc.REQUESTED:
             raise self._invalid(event, "no StartApp is waiting for its process")
         self._forget_process()
         return self._failed_start(
@@ -770,7 +343,7 @@ class Policy:
             *self._failover_alert(event, promoted, where),
         ]
 
-    # --- handlers: RUNNING -------------------------------------------------------------
+    # --- handlers: RUNNING ----------------------------------------------------
 
     def _running_exited(self, event: AppExited, now: float) -> list[Action]:
         self._check_exit(event, allow_expected=False)
@@ -840,7 +413,7 @@ class Policy:
             Record("detected", f"app on {node} /status: {state.value} ({event.detail}); {patience}")
         ]
 
-    # --- handlers: stopping states -----------------------------------------------------
+    # --- handlers: stopping states --------------------------------------------
 
     def _restarting_exited(self, event: AppExited, now: float) -> list[Action]:
         self._check_exit(event)
@@ -859,7 +432,7 @@ class Policy:
     def _fenced_exited(self, event: AppExited, now: float) -> list[Action]:
         self._check_exit(event)
         self._forget_process()
-        if self._settings.mode in _STANDBY_APP_MODES:
+        if self._settings.mode in STANDBY_APP_MODES:
             return [
                 self._start(
                     f"app on {self._node} is gone after fencing; starting it again as a standby",
@@ -879,7 +452,7 @@ class Policy:
             *self._failover_alert(event, promoted, then),
         ]
 
-    # --- handlers: MANUAL ----------------------------------------------------------------
+    # --- handlers: MANUAL -----------------------------------------------------
 
     def _manual_exited(self, event: AppExited, now: float) -> list[Action]:
         self._check_exit(event)
@@ -894,108 +467,6 @@ class Policy:
             actions += self._release_for_handover(f"app on {self._node} stopped", now)
         return actions
 
-    # --- handlers: operator commands (every state but INIT) ------------------------------
-
-    def _pause(self, event: Paused, now: float) -> list[Action]:
-        if self._paused:
-            return []
-        self._paused = True
-        self._would = None
-        self._paused_by = f"{event.actor} ({event.reason})" if event.reason else event.actor
-        return [
-            Record(
-                "pause",
-                f"{self._paused_by} paused the cluster: {self._node} keeps monitoring and "
-                "reporting, and takes no action until resumed",
-                event.actor,
-            )
-        ]
-
-    def _init_pause(self, event: Paused, now: float) -> list[Action]:
-        """Paused before Boot: the agent started while the cluster was paused."""
-        return self._pause(event, now)
-
-    def _resume(self, event: Resumed, now: float) -> list[Action]:
-        if not self._paused:
-            return []
-        self._paused = False
-        self._would = None
-        who = f"{event.actor} ({event.reason})" if event.reason else event.actor
-        if self._state is S.PAUSED:
-            if self._role is Role.ACTIVE:
-                reason = f"{who} resumed the cluster: the app on {self._node} is not running; starting it"
-                return [self._start(reason, now, event.actor)]
-            if self._settings.mode in _STANDBY_APP_MODES:
-                reason = f"{who} resumed the cluster: starting the app on {self._node} as a standby"
-                return [self._start(reason, now, event.actor)]
-            self._state = S.STANDBY
-        words = f"{who} resumed the cluster: {self._node} acts on failures again"
-        return [Record("resume", words, event.actor)]
-
-    def _handover_requested(self, event: HandoverRequested, now: float) -> list[Action]:
-        self._handover = event
-        node = self._node
-        if event.target == node:
-            refusal = self._refuse_handover_words()
-            if refusal is not None:
-                self._handover = None
-                return [EndHandover(f"{event.kind} to {node} refused: {refusal}", event.actor)]
-            if event.forced:
-                holder = event.source or "nobody"
-                return [
-                    TakeLease(
-                        f"{event.actor} forced a failover to {node} ({event.reason}): taking the "
-                        f"lease from {holder} under a new epoch",
-                        event.actor,
-                    )
-                ]
-            asked = (
-                f"{event.source} hands over to {node} (path loss)"
-                if event.automatic
-                else f"{event.actor} asked for a switchover to {node} ({event.reason})"
-            )
-            return [
-                Record(
-                    event.kind,
-                    f"{asked}: taking the lease once {event.source} releases it",
-                    event.actor,
-                )
-            ]
-        if event.source == node and self._role is Role.ACTIVE and event.epoch == self._epoch:
-            return self._hand_over(event, now)
-        return []  # a bystander: only may_lead changes (only the target may lead)
-
-    def _handover_ended(self, event: HandoverEnded, now: float) -> list[Action]:
-        self._handover = None
-        self._handover_asked = False  # a path-loss handover that did not happen may be retried
-        return []
-
-    def _path_lost(self, event: PathLost, now: float) -> list[Action]:
-        """The routers lost their path to this node: hand over to ``event.target`` (once)."""
-        if self._role is not Role.ACTIVE or self._settings.mode in (
-            Mode.ACTIVE_ACTIVE,
-            Mode.RESTART_ONLY,
-        ):
-            return []  # nothing to move: the routers simply skip an unreachable node
-        if self._handover_asked or self._handover is not None or self._handing_over is not None:
-            return []  # a handover is already asked for or under way
-        self._handover_asked = True
-        return [RequestHandover(event.target, event.reason), Alert("failover", event.reason)]
-
-    def _lease_vacant(self, event: LeaseVacant, now: float) -> list[Action]:
-        """Paused: nobody holds the lease; say that this node would have taken over."""
-        if not self._paused or self._role is Role.ACTIVE or self._settings.no_failover:
-            return []
-        if self._state in (S.MANUAL, S.FENCED, S.STEPPING_DOWN):
-            return []
-        return [
-            Record(
-                "paused",
-                f"no node holds the leader lease: {self._node} would take it and start the app, "
-                f"but {self._paused_by} paused the cluster: no failover",
-            )
-        ]
-
     def _manual_lease_gained(self, event: LeaseGained, now: float) -> list[Action]:
         promoted = self._take_lease(event)
         then = "not starting the app: it waits for manual intervention"
@@ -1008,32 +479,6 @@ class Policy:
 
 
 Handler = Callable[[Policy, Any, float], list[Action]]
-
-_OPERATOR_EVENTS = frozenset({Paused, Resumed, HandoverRequested, HandoverEnded, LeaseVacant})
-
-# Actions a pause holds back (the kill of self-fencing is never held back).
-_VERBS: dict[type, str] = {
-    StartApp: "start the app",
-    StopApp: "stop the app",
-    StepDown: "release the lease",
-    RequestHandover: "hand over to another node",
-}
-
-
-def _acts(action: Action) -> bool:
-    if isinstance(action, StopApp):
-        return not action.kill
-    return type(action) in _VERBS
-
-
-# While paused, a held-back event still changes what is certain: the process is
-# gone, the lease was gained, the agent booted. Other events change nothing.
-_PAUSED_REALITY: dict[type, Handler] = {
-    Boot: Policy._paused_boot,
-    AppExited: Policy._paused_process_gone,
-    AppStartFailed: Policy._paused_process_gone,
-    LeaseGained: Policy._paused_lease_gained,
-}
 
 # Every possible (state, event) pair. Absent pairs are impossible: InvalidTransition.
 _TRANSITIONS: dict[tuple[PolicyState, type], Handler] = {
