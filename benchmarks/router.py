@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/router.py [--seconds 5] [--rounds 3] [--idle-clients 10000]
                                           [--backend nginx|python] [--profile-seconds 5]
+                                          [--variant NAME="python -m hakit" ...]
 
 Needs wrk, haproxy and nginx (scripts/debian-packages.txt), two CPU cores, and
 py-spy for the profile (pip install py-spy; skipped without it). Prints tables
@@ -22,7 +23,11 @@ the same backend:
 - nginx: one worker, ``proxy_pass`` to an upstream with ``keepalive 32``,
   X-Forwarded-For (open-source nginx has no sticky cookie).
 
-All four run for the whole benchmark; runs are interleaved (direct hakit
+``--variant NAME=COMMAND`` adds another hakit router to the same run (another
+interpreter, or a snapshot of the code: ``env PYTHONPATH=/tmp/old python -m
+hakit``), measured like ``hakit`` and interleaved with the rest.
+
+All targets run for the whole benchmark; runs are interleaved (direct hakit
 haproxy nginx, direct hakit ...) for each response size, ``--rounds`` times,
 and each figure is the median over the rounds. CPU per request is the
 proxy's user+system time from /proc/<pid>/stat (all threads) before and after

@@ -22,19 +22,14 @@ from __future__ import annotations
 
 import asyncio
 import weakref
-from typing import Protocol
-
-
-class Writable(Protocol):
-    def write(self, data: bytes) -> None: ...
-
-    def writelines(self, parts: list[bytes]) -> None: ...
-
-    def is_closing(self) -> bool: ...
 
 
 class WriteBatch:
-    """One per event loop (``batch_for``); single-threaded like the loop."""
+    """One per event loop (``batch_for_running_loop``); single-threaded like the loop.
+
+    Connections add to it through ``BatchedWrites._send``; the first write of an
+    iteration schedules ``flush`` with ``call_soon``.
+    """
 
     __slots__ = ("_call_soon", "_items", "_scheduled", "__weakref__")
 
@@ -44,14 +39,6 @@ class WriteBatch:
         self._items: list[object] = []
         self._scheduled = False
 
-    def write(self, transport: Writable, data: bytes | list[bytes]) -> None:
-        items = self._items
-        items.append(transport)
-        items.append(data)
-        if not self._scheduled:
-            self._scheduled = True
-            self._call_soon(self.flush)
-
     def flush(self) -> None:
         """Send everything gathered so far (also called before a connection closes)."""
         self._scheduled = False
@@ -59,15 +46,47 @@ class WriteBatch:
         if not items:
             return
         self._items = []
-        for i in range(0, len(items), 2):
-            transport: Writable = items[i]  # type: ignore[assignment]
-            if transport.is_closing():
+        pairs = iter(items)
+        for transport, data in zip(pairs, pairs, strict=True):
+            if transport.is_closing():  # type: ignore[attr-defined]
                 continue  # lost meanwhile: what it was sent would be dropped anyway
-            data = items[i + 1]
-            if type(data) is list:
-                transport.writelines(data)
+            if data.__class__ is list:
+                transport.writelines(data)  # type: ignore[attr-defined]
+            else:
+                transport.write(data)  # type: ignore[attr-defined]
+
+
+class BatchedWrites:
+    """Mixin of a connection protocol whose writes go through its loop's batch.
+
+    The class sets ``_transport`` (None until connected) and ``_batch`` (from
+    ``batch_for_running_loop`` in ``connection_made``; None: write directly).
+    """
+
+    __slots__ = ()
+    _transport: asyncio.Transport | None
+    _batch: WriteBatch | None
+
+    def _send(self, data: bytes | list[bytes]) -> None:
+        transport = self._transport
+        if transport is not None:
+            batch = self._batch
+            if batch is not None:  # added to the batch (inlined: every write comes here)
+                items = batch._items
+                items.append(transport)
+                items.append(data)
+                if not batch._scheduled:
+                    batch._scheduled = True
+                    batch._call_soon(batch.flush)
+            elif data.__class__ is list:
+                transport.writelines(data)  # type: ignore[arg-type]
             else:
                 transport.write(data)  # type: ignore[arg-type]
+
+    def _flush(self) -> None:
+        """Send what was written so far before the transport closes or moves."""
+        if self._batch is not None:
+            self._batch.flush()
 
 
 _BATCHES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, WriteBatch] = (

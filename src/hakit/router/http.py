@@ -35,7 +35,7 @@ from typing import Protocol, cast
 
 import httptools
 
-from hakit.router.batch import WriteBatch, batch_for_running_loop
+from hakit.router.batch import BatchedWrites, WriteBatch, batch_for_running_loop
 from hakit.router.exchange import Exchange, ProxyContext
 from hakit.router.headers import (
     BadRequest,
@@ -111,7 +111,7 @@ class ConnectionRegistry(Protocol):
     def client_closed(self, conn: ClientConnection) -> None: ...
 
 
-class ClientConnection(asyncio.Protocol):
+class ClientConnection(BatchedWrites, asyncio.Protocol):
     # Slots: thousands of idle keep-alive connections each cost ~1.3 KB less without a
     # dict (measured: 3.8 -> 2.5 KB). A new attribute must be named here.
     __slots__ = (
@@ -203,29 +203,12 @@ class ClientConnection(asyncio.Protocol):
     def write(self, data: bytes) -> None:
         if self._phase == _EXPECT:  # answered (100 Continue or final): the body is due now
             self._phase, self._phase_at = _BODY, 0.0
-        transport = self._transport
-        if transport is not None:
-            batch = self._batch
-            if batch is not None:
-                batch.write(transport, data)  # sent at the end of this loop iteration
-            else:
-                transport.write(data)
+        self._send(data)  # batch.py: sent at the end of this loop iteration
 
     def writelines(self, parts: list[bytes]) -> None:
         if self._phase == _EXPECT:
             self._phase, self._phase_at = _BODY, 0.0
-        transport = self._transport
-        if transport is not None:
-            batch = self._batch
-            if batch is not None:
-                batch.write(transport, parts)
-            else:
-                transport.writelines(parts)
-
-    def _flush(self) -> None:
-        """Send what was written so far (batch.py) before the transport closes or moves."""
-        if self._batch is not None:
-            self._batch.flush()
+        self._send(parts)
 
     def pause_reading(self, reason: str) -> None:
         transport = self._transport

@@ -25,7 +25,7 @@ from typing import Protocol, cast
 import httptools
 
 from hakit.config import NodeConfig
-from hakit.router.batch import WriteBatch, batch_for_running_loop
+from hakit.router.batch import BatchedWrites, WriteBatch, batch_for_running_loop
 from hakit.router.headers import Body, Header, ResponseHead, response_has_body
 from hakit.router.limits import ProxyLimits
 
@@ -62,7 +62,7 @@ class UpstreamProtocolError(Exception):
     """The backend sent something that is not a valid HTTP/1.1 response."""
 
 
-class UpstreamConnection(asyncio.Protocol):
+class UpstreamConnection(BatchedWrites, asyncio.Protocol):
     """One keep-alive connection to a backend; also its response parser's callbacks.
 
     The parser (llhttp) is kept for the connection's life: a response leaves it
@@ -163,28 +163,8 @@ class UpstreamConnection(asyncio.Protocol):
         if self._parser is None:
             self._parser = httptools.HttpResponseParser(self)
 
-    def write(self, data: bytes) -> None:
-        transport = self._transport
-        if transport is not None:
-            batch = self._batch
-            if batch is not None:
-                batch.write(transport, data)  # sent at the end of this loop iteration
-            else:
-                transport.write(data)
-
-    def writelines(self, parts: list[bytes]) -> None:
-        transport = self._transport
-        if transport is not None:
-            batch = self._batch
-            if batch is not None:
-                batch.write(transport, parts)
-            else:
-                transport.writelines(parts)
-
-    def _flush(self) -> None:
-        """Send what was written so far (batch.py) before the transport closes or moves."""
-        if self._batch is not None:
-            self._batch.flush()
+    # batch.py: sent at the end of this loop iteration.
+    write = writelines = BatchedWrites._send
 
     def pause_reading(self) -> None:
         if not self._read_paused and self._transport is not None:
