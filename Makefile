@@ -33,7 +33,7 @@ bootstrap: $(STAMP)
 
 $(STAMP): pyproject.toml scripts/bootstrap-debian.sh scripts/debian-packages.txt
 	bash scripts/bootstrap-debian.sh
-	$(PYTHON) -m venv $(VENV)
+	$(PYTHON) -m venv --clear $(VENV)  # --clear: a venv of another interpreter is replaced, not patched
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
