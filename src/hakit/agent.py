@@ -115,6 +115,8 @@ log = logging.getLogger("hakit.agent")
 
 # While the app is starting, probe this often so RUNNING is noticed quickly.
 STARTING_PROBE_INTERVAL = 0.1
+# The app answers locally: the routers' failures since then are a lost path (hakit.datapath).
+ANSWERING = frozenset({AppState.RUNNING, AppState.FIRST_RUN})
 # On shutdown, wait at most this long for the store to take the queued writes.
 SHUTDOWN_FLUSH = 5.0
 
@@ -197,6 +199,9 @@ class Agent:
         self.lease_deadline = 0.0  # monotonic time by which the lease must be renewed
         self.app_state = AppState.STOPPED
         self.app_detail = ""
+        # Wall time since which the app has answered /status here without a break (valid
+        # while app_state is in ANSWERING): routers' failures from before do not count.
+        self._answering_since = 0.0
         self._stop_requested = asyncio.Event()
         # Fencing (hakit.fence): lease losses the policy must hear before any other event;
         # the highest epoch this agent fenced itself from or gave back (never revived);
@@ -269,6 +274,10 @@ class Agent:
                 # nor does a timeout while this agent itself was stalled (hakit.stall).
                 if self.app.running and not self._stalled_timeout(observation, probe_started):
                     if observation.state != self.app_state:
+                        if observation.state in ANSWERING and self.app_state not in ANSWERING:
+                            # Every other change of app_state (start, stop, exit) is to a
+                            # state outside ANSWERING: this is the start of an unbroken run.
+                            self._answering_since = time.time()
                         self.app_state = observation.state
                         self.app_detail = observation.detail
                         self._publish()
@@ -930,6 +939,7 @@ class Agent:
             now,
             fall=self.cfg.health.fall,
             patience=self.cfg.health.timeout,
+            answering_since=self._answering_since,
         )
         if loss is not None:
             self.events.put_nowait(PathLost(loss.target, loss.reason))

@@ -35,7 +35,9 @@ seconds, the clock the store's times use):
   one: at most one publishing period.
 - :func:`path_lost`: the active node's agent sees its own app RUNNING but every
   fresh router has failed to reach it for the detection patience (the ``fall``
-  and ``health.timeout`` rules of policy_rules.streak_is_failure) while some
+  and ``health.timeout`` rules of policy_rules.streak_is_failure; failures from
+  before its app answered locally, while it started or the node was frozen, count only
+  once the routers keep failing for the patience after that) while some
   standby answers those routers (or refuses: its host is reachable). It then
   hands over to that standby (a ``path-loss`` handover, hakit.operator). When the
   routers reach no standby either, their own network is the problem: nothing
@@ -269,10 +271,16 @@ def path_lost(
     *,
     fall: int,
     patience: float,
+    answering_since: float | None = None,
 ) -> PathLoss | None:
     """Should ``me`` (active, its app RUNNING locally) hand over to a standby the routers reach?
 
     ``candidates``: standbys able to take over, in preference order (handover_candidates).
+    ``answering_since``: wall time since which the app has answered locally without a
+    break (None: unknown, the routers' streaks alone decide). A router's failures from
+    before then say nothing about the path: the app was not up yet (refused while it
+    started, e.g. after a promotion) or this node was frozen (silent). Such a streak
+    counts only once a check failed after that time and the patience has passed since.
     """
     fresh = fresh_reports(reports, now)
     if not fresh:
@@ -284,6 +292,11 @@ def path_lost(
         if streak is None or not streak_is_failure(streak, fall, patience, now):
             return None  # this router still reaches me (or has not given up yet)
         assert sight is not None
+        if answering_since is not None and streak.first_at < answering_since:
+            if sight.checked_at is None or sight.checked_at < answering_since:
+                return None  # no check of this router has failed since the app answers here
+            if now - answering_since < patience:
+                return None  # failing since the app answers here, but not for the patience
         lost.append((report, sight))
     for target in candidates:
         if all(

@@ -99,7 +99,7 @@ def test_router_losing_its_path_to_the_active_fails_over(
     cluster = make_cluster(
         node_hosts=(netns.ns_ip, ""),
         node_prefix={"node1": netns.prefix()},
-        lease_ttl="2s",
+        lease_ttl="3s",  # 2 s leases were lost to a slow store on a loaded machine
         renew_interval="500ms",
         patience="2s",
         fall=2,

@@ -215,7 +215,8 @@ def test_database_down_alerts_and_recovers_in_place(
     assert not since(cluster, mark, ("start", "stop", "failover"))
     assert epoch_of(cluster) == epoch
     recovered = [e for e in since(cluster, mark, ("status",)) if "RUNNING again" in e.reason]
-    assert [e.node for e in recovered] == [node], "no RUNNING-again record"
+    # At least one (a database still starting up may make the app flap once more).
+    assert recovered and {e.node for e in recovered} == {node}, "no RUNNING-again record"
 
 
 # --- app loses its database connection: nothing happens, the app reconnects ---------------
@@ -248,7 +249,16 @@ def test_lost_database_sessions_change_nothing(
         f"{node}'s app to open new sessions",
     )
     assert wait_serving(cluster) == node
-    created = httpx.post(cluster.router_url + "/records", json={"title": "after"}, timeout=5)
+
+    def write() -> httpx.Response | None:
+        response = httpx.post(cluster.router_url + "/records", json={"title": "after"}, timeout=5)
+        # The router's own 503 (it never reaches the app): on a loaded machine the agent can
+        # publish the ERROR its probe saw at the kill after the app recovered, and the router
+        # follows that record until the next one. Any other answer is the app's: judged below.
+        router_503 = response.status_code == 503 and "X-Hakit-Node" not in response.headers
+        return None if router_503 else response
+
+    created = wait_for(write, 15, "a write through the router")
     assert created.status_code == 201, created.text
     assert_nothing_done(cluster, node, pid, epoch, 3.0)
     assert not since(cluster, mark, ("start", "stop", "failover"))
@@ -260,7 +270,10 @@ def test_lost_database_sessions_change_nothing(
 
 
 def test_old_active_comes_back_as_standby(make_cluster: Factory) -> None:
-    cluster = make_cluster(lease_ttl="2s")
+    # The demo's 3 s lease: a 2 s one (renewed within 1.75 s) was lost to a slow store on a
+    # loaded machine, and the watchdog then rightly killed the app (a restart in the window).
+    cluster = make_cluster(lease_ttl="3s")
+    ttl = cluster.cfg.coordination.lease_ttl
     old = wait_serving(cluster)
     new = next(n.name for n in cluster.cfg.nodes if n.name != old)
     app = cluster.app_pid(old)
@@ -285,7 +298,7 @@ def test_old_active_comes_back_as_standby(make_cluster: Factory) -> None:
         f"{old}'s new agent to publish itself standby",
     )
     # Well past the returning node's step-down cooldown (3 lease TTLs): no failback.
-    assert_nothing_done(cluster, new, new_pid, epoch, 3 * 2.0 + 1.0)
+    assert_nothing_done(cluster, new, new_pid, epoch, 3 * ttl + 1.0)
     record = cluster.node_record(old)
     assert record is not None and record.role == "standby" and record.detail.get("pid") is None
     assert not since(cluster, mark, ("start", "failover", "switchover"))

@@ -180,7 +180,9 @@ def frozen_old_active(
         database_url=url,
         fence_command=(*FENCE_KILL, "--node", "{node}"),
         fence_database_sessions=True,
-        lease_ttl="2s",
+        # 3 s: with 2 s (renewed within 1.75 s) the new active lost its fresh lease to a slow
+        # store on a loaded machine, fenced itself and took a third epoch (a second alert).
+        lease_ttl="3s",
         renew_interval="500ms",
         startup_delay=0.2,
     )
@@ -445,10 +447,19 @@ def test_stalled_agent_does_not_count_timeouts_from_its_own_freeze(
             10,
             "a first /status timeout",
         )
-        # ... then the agent itself freezes while its next probe waits for the app.
-        wait_for(lambda: request_unanswered(agent, port), 5, "a probe in flight")
-        with frozen(agent):
-            time.sleep(3.0)  # the stall: longer than patience and than the probe timeout
+        # ... then the agent itself freezes while its next probe waits for the app. The probe
+        # must still be in flight once the agent is stopped, checked while it is: on a loaded
+        # machine this test can run late and stop it between two probes, and then no timeout
+        # overlaps the stall. If so, thaw at once and catch the next probe (one more real
+        # timeout, 1.1 s after the first, is still short of the patience).
+        for _attempt in range(2):
+            wait_for(lambda: request_unanswered(agent, port), 5, "a probe in flight")
+            with frozen(agent):
+                if request_unanswered(agent, port):
+                    time.sleep(3.0)  # the stall: longer than patience and than the probe timeout
+                    break
+        else:
+            pytest.fail("the agent could not be frozen while one of its probes was in flight")
         # SIGCONT: the agent first (its probe's timer fired late), then the app.
     wait_for(
         lambda: [e for e in events_since(cluster, mark, node) if e.kind == "stall"],
