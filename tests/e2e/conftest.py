@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -19,17 +22,25 @@ ClusterFactory = Callable[..., DemoCluster]
 
 @pytest.fixture
 def make_cluster(tmp_path: Path) -> Iterator[ClusterFactory]:
+    with cluster_factory(tmp_path) as factory:
+        yield factory
+
+
+@contextmanager
+def cluster_factory(
+    tmp_path: Path, prepare: Callable[[DemoCluster], None] | None = None
+) -> Iterator[ClusterFactory]:
+    """A factory of started clusters (each on free ports, ``overrides`` for its settings),
+    all stopped at the end; ``prepare`` sees each one before it starts (its config)."""
     clusters: list[DemoCluster] = []
 
-    def factory(**overrides: object) -> DemoCluster:
+    def factory(**overrides: Any) -> DemoCluster:
         router_port, *node_ports = free_ports(3)
-        settings = DemoSettings(
-            router_port=router_port,
-            node_ports=tuple(node_ports),
-            **overrides,  # type: ignore[arg-type]
-        )
+        settings = DemoSettings(router_port=router_port, node_ports=tuple(node_ports), **overrides)
         cluster = DemoCluster(tmp_path / f"cluster{len(clusters)}", settings)
         clusters.append(cluster)
+        if prepare is not None:
+            prepare(cluster)
         cluster.start()
         return cluster
 
@@ -58,6 +69,29 @@ def router_get(cluster: DemoCluster, path: str, timeout: float = 2.0) -> httpx.R
         return httpx.get(cluster.router_url + path, timeout=timeout)
     except httpx.HTTPError:
         return None
+
+
+def served_by(cluster: DemoCluster) -> str | None:
+    """The route (X-Hakit-Node) of a successful GET through the router, None if it failed."""
+    response = router_get(cluster, "/status")
+    if response is None or response.status_code != 200:
+        return None
+    return response.headers.get("X-Hakit-Node")
+
+
+@contextmanager
+def store_locked(path: Path) -> Iterator[sqlite3.Connection]:
+    """Another process's view of the store: hold its write lock (BEGIN EXCLUSIVE, which in
+    WAL mode keeps every writer out and lets readers on) until the block ends. Every lease
+    renewal then waits the store's busy timeout and fails; nothing is frozen."""
+    connection = sqlite3.connect(path, timeout=10, isolation_level=None)
+    try:
+        connection.execute("BEGIN EXCLUSIVE")
+        yield connection
+    finally:
+        if connection.in_transaction:
+            connection.execute("ROLLBACK")
+        connection.close()
 
 
 def wait_serving(cluster: DemoCluster, timeout: float = 30.0) -> str:

@@ -17,14 +17,13 @@ import threading
 import time
 from collections.abc import Iterator
 
-import httpx
 import pytest
 
 from hakit.demo.cluster import DemoCluster, wait_for
 from hakit.why import explain
 from tests.support.netns import NetNs, netns_unavailable, veth_namespace
 
-from .conftest import ClusterFactory, wait_serving
+from .conftest import ClusterFactory, served_by, wait_serving
 
 pytestmark = pytest.mark.e2e
 
@@ -36,15 +35,6 @@ def netns() -> Iterator[NetNs]:
         pytest.skip(f"no network namespaces: {reason}")
     with veth_namespace() as ns:
         yield ns
-
-
-def served_by(cluster: DemoCluster) -> str | None:
-    """The route (X-Hakit-Node) that answered a GET through the router, None if none did."""
-    try:
-        response = httpx.get(cluster.router_url + "/status", timeout=2)
-    except httpx.HTTPError:
-        return None
-    return response.headers.get("X-Hakit-Node") if response.status_code == 200 else None
 
 
 class SplitBrainWatch:

@@ -35,7 +35,7 @@ from hakit.demo.cluster import DemoCluster, wait_for
 from tests.pgserver import PostgresServer, start_postgres
 from tests.support.receivers import Webhook, notify_section, webhook_receiver
 
-from .conftest import events_of, wait_serving
+from .conftest import events_of, served_by, wait_serving
 from .notifying import notifying_clusters
 
 pytestmark = pytest.mark.e2e
@@ -99,15 +99,6 @@ def assert_nothing_done(
 def app_state(cluster: DemoCluster, node: str) -> str | None:
     record = cluster.node_record(node)
     return record.app_state if record is not None else None
-
-
-def served_by(cluster: DemoCluster) -> str | None:
-    """The route (X-Hakit-Node) of a successful GET through the router, None if it failed."""
-    try:
-        response = httpx.get(cluster.router_url + "/status", timeout=2)
-    except httpx.HTTPError:
-        return None
-    return response.headers.get("X-Hakit-Node") if response.status_code == 200 else None
 
 
 def fresh_database(postgres: PostgresServer) -> str:

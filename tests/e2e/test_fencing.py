@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import select
 import signal
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -33,7 +32,7 @@ from tests.support.freeze import freeze_group
 from tests.support.procnet import request_unanswered
 from tests.support.receivers import Webhook, notify_section, webhook_receiver
 
-from .conftest import ClusterFactory, events_of, wait_serving
+from .conftest import ClusterFactory, events_of, served_by, store_locked, wait_serving
 from .notifying import notifying_clusters
 
 pytestmark = pytest.mark.e2e
@@ -130,15 +129,6 @@ class RouterLoad:
     def __exit__(self, *exc_info: object) -> None:
         self._stop.set()
         self._thread.join(timeout=10)
-
-
-def served_by(cluster: DemoCluster) -> str | None:
-    """The X-Hakit-Node of a successful GET through the router, None if it failed."""
-    try:
-        response = httpx.get(cluster.router_url + "/status", timeout=2)
-    except httpx.HTTPError:
-        return None
-    return response.headers.get("X-Hakit-Node") if response.status_code == 200 else None
 
 
 def write_through_router(cluster: DemoCluster, count: int, prefix: str) -> list[str]:
@@ -488,21 +478,6 @@ def test_stalled_agent_does_not_count_timeouts_from_its_own_freeze(
     assert cluster.app_pid(node) == app
     assert not alerts(events_since(cluster, mark, node), "hang")
     assert cluster.leader() == node
-
-
-@contextmanager
-def store_locked(path: Path) -> Iterator[sqlite3.Connection]:
-    """Another process's view of the store: hold its write lock (BEGIN EXCLUSIVE, which in
-    WAL mode keeps every writer out and lets readers on) until the block ends. Every lease
-    renewal then waits the store's busy timeout and fails; nothing is frozen."""
-    connection = sqlite3.connect(path, timeout=10, isolation_level=None)
-    try:
-        connection.execute("BEGIN EXCLUSIVE")
-        yield connection
-    finally:
-        if connection.in_transaction:
-            connection.execute("ROLLBACK")
-        connection.close()
 
 
 def exit_time(pid: int, timeout: float) -> float:

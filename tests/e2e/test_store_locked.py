@@ -11,11 +11,7 @@ from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
 
 import httpx
 import psutil
@@ -24,23 +20,9 @@ import pytest
 from hakit.coord.embedded import DEFAULT_BUSY_TIMEOUT
 from hakit.demo.cluster import wait_for
 
-from .conftest import ClusterFactory, wait_serving
+from .conftest import ClusterFactory, store_locked, wait_serving
 
 pytestmark = pytest.mark.e2e
-
-
-@contextmanager
-def store_locked(path: Path) -> Iterator[sqlite3.Connection]:
-    """Hold the store's write lock from another connection until the block ends (in WAL
-    mode readers go on, every writer waits its busy timeout)."""
-    connection = sqlite3.connect(path, timeout=10, isolation_level=None)
-    try:
-        connection.execute("BEGIN EXCLUSIVE")
-        yield connection
-    finally:
-        if connection.in_transaction:
-            connection.execute("ROLLBACK")
-        connection.close()
 
 
 def new_app(agent_pid: int, old_pid: int) -> int | None:

@@ -8,19 +8,17 @@ checks can see the difference, which is the point of them.
 
 from __future__ import annotations
 
-import asyncio
 import http.client
 import json
 import threading
 import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
-import uvloop
 
 from hakit.config import (
     AppConfig,
@@ -41,8 +39,8 @@ from hakit.datapath import REFUSED, reports_in
 from hakit.router import Router
 from hakit.router.health import HealthState
 from hakit.router.pathreport import StateStore
+from tests.support import router_harness as harness
 
-T = TypeVar("T")
 FALL, RISE = 2, 2
 
 
@@ -83,47 +81,25 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(http_status_for(AppState(answer)), body, "application/json")
 
 
-class Backend(ThreadingHTTPServer):
+class Backend(harness.Backend):
     """A node's app: /status answers ``answer``; every other path answers the name."""
 
-    daemon_threads = True
+    handler = _Handler
 
     def __init__(self, name: str, port: int = 0) -> None:
-        super().__init__(("127.0.0.1", port), _Handler)
-        self.name = name
+        super().__init__(name, port=port)
         self.answer = "RUNNING"  # a contract state, "404", "no-json" or "hang"
-        self.lock = threading.Lock()
         self.checks = 0
-        self.served = 0
-        self.release = threading.Event()  # ends a "hang"
-        self._thread = threading.Thread(target=self.serve_forever, args=(0.05,), daemon=True)
-        self._thread.start()
-
-    @property
-    def port(self) -> int:
-        return int(self.server_address[1])
+        self.served = 0  # self.release ends a "hang"
 
     def stop(self) -> None:
         self.release.set()
-        self.shutdown()
-        self.server_close()
-        self._thread.join(5)
+        super().stop()
 
 
 @pytest.fixture
 def backends() -> Iterator[Callable[..., Backend]]:
-    started: list[Backend] = []
-
-    def start(name: str, port: int = 0) -> Backend:
-        backend = Backend(name, port)
-        started.append(backend)
-        return backend
-
-    try:
-        yield start
-    finally:
-        for backend in started:
-            backend.stop()
+    yield from harness.started_by(Backend, Backend.stop)
 
 
 def config(
@@ -162,21 +138,11 @@ def standby_cluster(active: str, pid: int = 100, state: str = "RUNNING") -> Clus
     return Cluster([record(active, "active", 4, state, pid)], Lease(active, 4, time.time() + 600))
 
 
-class RouterThread:
-    """A Router on its own uvloop in a thread; tests use blocking clients."""
+class RouterThread(harness.RouterThread):
+    """The harness's router thread, reading the health checks' state."""
 
     def __init__(self, cfg: Config, cluster: Cluster, store: StateStore | None = None) -> None:
-        self.router = Router(cfg, cluster.source, store=store)
-        self.loop = uvloop.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self._thread.start()
-        _, self.port = self.call(self.router.start("127.0.0.1", 0))
-
-    def call(self, coro: Coroutine[Any, Any, T]) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(10)
-
-    def refresh(self) -> None:
-        self.call(self.router.refresh())
+        super().__init__(cfg, cluster, store=store)
 
     def state(self, node: str) -> HealthState:
         async def read() -> HealthState:
@@ -207,31 +173,10 @@ class RouterThread:
         finally:
             conn.close()
 
-    def close(self) -> None:
-        if self.loop.is_closed():
-            return  # closed by the test already
-        try:
-            self.call(self.router.close())
-        finally:
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self._thread.join(5)
-            self.loop.close()
-
 
 @pytest.fixture
 def router_for() -> Iterator[Callable[..., RouterThread]]:
-    started: list[RouterThread] = []
-
-    def start(cfg: Config, cluster: Cluster, store: StateStore | None = None) -> RouterThread:
-        router = RouterThread(cfg, cluster, store)
-        started.append(router)
-        return router
-
-    try:
-        yield start
-    finally:
-        for router in started:
-            router.close()
+    yield from harness.started_by(RouterThread, RouterThread.close)
 
 
 # --- the active node fails its checks while its agent says RUNNING ------------------------

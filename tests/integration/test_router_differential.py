@@ -20,30 +20,27 @@ is checked against what it should do instead.
 
 from __future__ import annotations
 
-import asyncio
 import gzip
 import hashlib
 import json
 import socket
 import threading
 import time
-from collections.abc import Callable, Collection, Coroutine, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
-import uvloop
 
 from hakit.config import AppConfig, ClusterConfig, Config, Mode, NodeConfig, RouterConfig
 from hakit.coord.base import Lease, NodeRecord
 from hakit.coord.view import ClusterView
-from hakit.router import Router
 from tests.support.haproxy import HAProxy, HAProxyOptions, Server, start_haproxy
+from tests.support.router_harness import RouterThread
 
 pytestmark = pytest.mark.xdist_group("router-differential")  # one set of servers per worker
 
-T = TypeVar("T")
 HOST = b"app.example"
 LARGE = hashlib.sha256(b"seed").digest() * (1 << 15)  # 1 MiB, not all the same byte
 TIMEOUT = 10.0
@@ -767,28 +764,6 @@ def view() -> ClusterView:
     return ClusterView(Lease("node1", 1, now + 600), {"node1": record}, now)
 
 
-class RouterThread:
-    """The hakit router on its own uvloop loop in a thread."""
-
-    def __init__(self, cfg: Config) -> None:
-        self.router = Router(cfg, view)
-        self.loop = uvloop.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self._thread.start()
-        _, self.port = self.call(self.router.start("127.0.0.1", 0))
-
-    def call(self, coro: Coroutine[Any, Any, T]) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(TIMEOUT)
-
-    def close(self) -> None:
-        try:
-            self.call(self.router.close())
-        finally:
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self._thread.join(5)
-            self.loop.close()
-
-
 @dataclass
 class Proxies:
     backend: ScriptedBackend
@@ -812,7 +787,7 @@ def proxies(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxies]:
             router=RouterConfig(secret="differential-test-secret", state_poll_interval=60),
             nodes=(NodeConfig(name="node1", port=backend.port),),
         )
-        hakit = RouterThread(cfg)
+        hakit = RouterThread(cfg, view, timeout=TIMEOUT)  # the hakit router
         yield Proxies(backend, haproxy, hakit)
     finally:
         if hakit is not None:

@@ -30,6 +30,7 @@ from tests.support.router_harness import (
     get,
     make_config,
     raw,
+    started_by,
     wait_for,
 )
 from tests.unit.test_router_accesslog import COMBINED, COMMON
@@ -110,18 +111,10 @@ def histogram(samples: Samples, name: str, node: str) -> list[tuple[float, float
 
 @pytest.fixture
 def admin_router(cluster: ClusterHolder) -> Iterator[Callable[..., AdminRouter]]:
-    started: list[RouterThread] = []
-
     def start(cfg: Config, limits: ProxyLimits | None = None) -> AdminRouter:
-        router = AdminRouter(cfg, cluster, limits, admin=True)
-        started.append(router)
-        return router
+        return AdminRouter(cfg, cluster, limits, admin=True)
 
-    try:
-        yield start
-    finally:
-        for router in started:
-            router.close()
+    yield from started_by(start, AdminRouter.close)
 
 
 def with_router(cfg: Config, **changes: Any) -> Config:

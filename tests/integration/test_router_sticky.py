@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ from hakit.config import AppConfig, ClusterConfig, Config, Mode, NodeConfig, Rou
 from hakit.coord.view import ClusterView
 from hakit.router.sticky import route_token
 from tests.integration.test_demo_app import StartApp, start_app
-from tests.support.router_harness import ClusterHolder, RouterThread, record
+from tests.support.router_harness import Backend, ClusterHolder, RouterThread, record, started_by
 
 __all__ = ["start_app"]  # a fixture used below
 
@@ -69,23 +69,14 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
 
-class SessionBackend(ThreadingHTTPServer):
-    daemon_threads = True
+class SessionBackend(Backend):
+    handler = _Handler
 
     def __init__(self, name: str) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
-        self.name = name
-        self.lock = threading.Lock()
+        super().__init__(name)
         self.cookies: list[str] = []  # the Cookie header of every request received
-        self.release = threading.Event()
         self.slow_arrived = threading.Event()
         self._open: set[socket.socket] = set()
-        self._thread = threading.Thread(target=self.serve_forever, args=(0.05,), daemon=True)
-        self._thread.start()
-
-    @property
-    def port(self) -> int:
-        return int(self.server_address[1])
 
     def process_request(self, request: Any, client_address: Any) -> None:
         with self.lock:
@@ -100,15 +91,13 @@ class SessionBackend(ThreadingHTTPServer):
     def stop(self) -> None:
         """The node goes down: no more connects, and open connections are cut."""
         self.release.set()
-        self.shutdown()
-        self.server_close()
+        super().stop()
         with self.lock:
             for sock in list(self._open):
                 try:
                     sock.shutdown(socket.SHUT_RDWR)
                 except OSError:
                     pass
-        self._thread.join(5)
 
 
 # --- fixtures -----------------------------------------------------------------------------
@@ -116,18 +105,7 @@ class SessionBackend(ThreadingHTTPServer):
 
 @pytest.fixture
 def backends() -> Iterator[Callable[[str], SessionBackend]]:
-    started: list[SessionBackend] = []
-
-    def start(name: str) -> SessionBackend:
-        backend = SessionBackend(name)
-        started.append(backend)
-        return backend
-
-    try:
-        yield start
-    finally:
-        for backend in started:
-            backend.stop()
+    yield from started_by(SessionBackend, SessionBackend.stop)
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, BinaryIO, TypeVar
+from typing import Any, BinaryIO, ParamSpec, Protocol, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 import psutil
@@ -33,8 +33,10 @@ from hakit.config import AppConfig, ClusterConfig, Config, Mode, NodeConfig, Rou
 from hakit.coord.base import Lease, NodeRecord
 from hakit.coord.view import ClusterView
 from hakit.router import ProxyLimits, Router
+from hakit.router.pathreport import StateStore
 
 T = TypeVar("T")
+P = ParamSpec("P")
 RETRY_AFTER = 7
 BLOCK = bytes(range(256)) * 4096  # 1 MiB, not all zeros
 
@@ -170,12 +172,16 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class Backend(ThreadingHTTPServer):
-    """A real HTTP server on its own port, answering with its name."""
+    """A real HTTP server on its own port, answering with its name.
+
+    Subclasses answer otherwise by setting ``handler``."""
 
     daemon_threads = True
+    handler: type[BaseHTTPRequestHandler] = _Handler
 
-    def __init__(self, name: str, sock: socket.socket | None = None) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler, bind_and_activate=sock is None)
+    def __init__(self, name: str, sock: socket.socket | None = None, port: int = 0) -> None:
+        """``sock``: serve on a socket bound earlier; ``port``: bind this port (0: any)."""
+        super().__init__(("127.0.0.1", port), self.handler, bind_and_activate=sock is None)
         if sock is not None:  # take over a socket bound earlier (port known in advance)
             self.socket.close()
             self.socket = sock
@@ -205,21 +211,27 @@ class Backend(ThreadingHTTPServer):
         self._thread.join(5)
 
 
-@pytest.fixture
-def backends() -> Iterator[Callable[..., Backend]]:
-    """``backends(name, sock=None)`` starts a Backend; all are stopped after the test."""
-    started: list[Backend] = []
+def started_by(make: Callable[P, T], end: Callable[[T], object]) -> Iterator[Callable[P, T]]:
+    """The body of a fixture that yields ``make``, remembering what it made, and
+    ends each of those with ``end`` after the test: ``yield from started_by(...)``."""
+    started: list[T] = []
 
-    def start(name: str, sock: socket.socket | None = None) -> Backend:
-        backend = Backend(name, sock)
-        started.append(backend)
-        return backend
+    def start(*args: P.args, **kwargs: P.kwargs) -> T:
+        thing = make(*args, **kwargs)
+        started.append(thing)
+        return thing
 
     try:
         yield start
     finally:
-        for backend in started:
-            backend.stop()
+        for thing in started:
+            end(thing)
+
+
+@pytest.fixture
+def backends() -> Iterator[Callable[..., Backend]]:
+    """``backends(name, sock=None)`` starts a Backend; all are stopped after the test."""
+    yield from started_by(Backend, Backend.stop)
 
 
 # --- cluster view and router ------------------------------------------------------------
@@ -254,19 +266,31 @@ class ClusterHolder:
         self.view = ClusterView(Lease(holder, epoch, time.time() + 600), nodes, time.time())
 
 
+class ViewSource(Protocol):
+    """What the router reads the cluster view from (a ClusterHolder or a module's own)."""
+
+    def source(self) -> ClusterView: ...
+
+
 class RouterThread:
     """A Router on its own event loop in a thread; tests talk to it with blocking clients."""
 
     def __init__(
         self,
         cfg: Config,
-        cluster: ClusterHolder,
-        limits: ProxyLimits | None,
+        cluster: ViewSource | Callable[[], ClusterView],
+        limits: ProxyLimits | None = None,
         *,
         admin: bool = False,
+        store: StateStore | None = None,
+        timeout: float = 10,
     ) -> None:
-        """``admin``: also serve the admin port (/metrics, /nodes) on a port of its own."""
-        self.router = Router(cfg, cluster.source, limits=limits)
+        """``cluster``: a holder of the view or the function giving it; ``admin``: also
+        serve the admin port (/metrics, /nodes) on a port of its own; ``timeout``: how
+        long a call into the loop may take."""
+        source = cluster if callable(cluster) else cluster.source
+        self.router = Router(cfg, source, limits=limits, store=store)
+        self.timeout = timeout
         self.loop = uvloop.new_event_loop()  # the loop `hakit router` runs on
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self._thread.start()
@@ -279,7 +303,7 @@ class RouterThread:
             self.admin_port = server.address[1]
 
     def call(self, coro: Coroutine[Any, Any, T]) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(10)
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(self.timeout)
 
     def refresh(self) -> None:
         self.call(self.router.refresh())
@@ -294,6 +318,8 @@ class RouterThread:
         return http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
 
     def close(self) -> None:
+        if self.loop.is_closed():
+            return  # closed by the test already
         try:
             self.call(self.router.close())
         finally:
@@ -309,18 +335,10 @@ def cluster() -> ClusterHolder:
 
 @pytest.fixture
 def router_for(cluster: ClusterHolder) -> Iterator[Callable[..., RouterThread]]:
-    started: list[RouterThread] = []
-
     def start(cfg: Config, limits: ProxyLimits | None = None) -> RouterThread:
-        router = RouterThread(cfg, cluster, limits)
-        started.append(router)
-        return router
+        return RouterThread(cfg, cluster, limits)
 
-    try:
-        yield start
-    finally:
-        for router in started:
-            router.close()
+    yield from started_by(start, RouterThread.close)
 
 
 def get(router: RouterThread, path: str = "/", **headers: str) -> tuple[int, dict[str, str], bytes]:
