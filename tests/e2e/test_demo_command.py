@@ -30,6 +30,13 @@ class Output:
         stdout = process.stdout
         threading.Thread(target=lambda: [self.lines.put(x) for x in stdout], daemon=True).start()
 
+    def drain(self) -> list[str]:
+        """Lines read but not yet waited for."""
+        lines = []
+        while not self.lines.empty():
+            lines.append(self.lines.get_nowait())
+        return lines
+
     def wait_for(self, pattern: str, timeout: float) -> re.Match[str]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -81,7 +88,15 @@ def test_demo_restarts_a_killed_app_and_stops_cleanly(tmp_path: Path) -> None:
         assert new_pid != app_pid
 
         process.send_signal(signal.SIGINT)  # Ctrl-C
-        assert process.wait(timeout=30) == 0
+        try:
+            returncode = process.wait(timeout=45)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(
+                "the demo did not stop within 45 s of Ctrl-C; output:\n"
+                + "".join(output.seen)
+                + "".join(output.drain())
+            ) from None
+        assert returncode == 0
         output.wait_for(r"Stopped; every process ended", 5)
         assert not alive(new_pid) and not alive(agent_pid)
     finally:

@@ -277,7 +277,7 @@ def test_agent_only_freeze_is_a_stall_not_a_death(make_cluster: ClusterFactory) 
     """Only the active's agent is frozen; its app serves on. Death needs both silences
     (hakit.datapath): the router still gets answers, so the standby does not take over,
     users keep being served, and the agent renews its lease on waking without a kill."""
-    cluster = make_cluster(lease_ttl="2s", renew_interval="500ms", startup_delay=0.2)
+    cluster = make_cluster(lease_ttl="3s", renew_interval="1s", startup_delay=0.2)
     old = wait_serving(cluster)
     new = other_node(cluster, old)
     old_route = cluster.cfg.node(old).route_name
@@ -328,7 +328,7 @@ def test_agent_only_freeze_is_a_stall_not_a_death(make_cluster: ClusterFactory) 
 def test_agent_waking_after_a_takeover_kills_its_app_first(make_cluster: ClusterFactory) -> None:
     # No fence command: self-fencing alone. Only the agent is frozen; its app runs on, so
     # only an operator's forced failover moves the lease (the data path says it lives).
-    cluster = make_cluster(lease_ttl="2s", renew_interval="500ms", startup_delay=0.2)
+    cluster = make_cluster(lease_ttl="3s", renew_interval="1s", startup_delay=0.2)
     old = wait_serving(cluster)
     new = other_node(cluster, old)
     old_app, old_agent = cluster.app_pid(old), cluster.agent_pid(old)
