@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import re
@@ -13,6 +14,7 @@ import time
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
 from hakit.demo.cluster import free_port
@@ -91,6 +93,9 @@ def test_demo_restarts_a_killed_app_and_stops_cleanly(tmp_path: Path) -> None:
         try:
             returncode = process.wait(timeout=45)
         except subprocess.TimeoutExpired:
+            process.send_signal(signal.SIGUSR1)  # the demo dumps its threads' stacks
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=1)
             raise AssertionError(
                 "the demo did not stop within 45 s of Ctrl-C; output:\n"
                 + "".join(output.seen)
@@ -101,5 +106,15 @@ def test_demo_restarts_a_killed_app_and_stops_cleanly(tmp_path: Path) -> None:
         assert not alive(new_pid) and not alive(agent_pid)
     finally:
         if process.poll() is None:
+            # Its agents, router and apps would outlive it: end them too (SIGTERM makes
+            # each agent stop its app).
+            leftovers = psutil.Process(process.pid).children(recursive=True)
             process.kill()
             process.wait(timeout=10)
+            for child in leftovers:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    child.terminate()
+            _, alive_still = psutil.wait_procs(leftovers, timeout=15)
+            for child in alive_still:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    child.kill()

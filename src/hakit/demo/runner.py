@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import faulthandler
 import signal
 import socket
 import tempfile
 import threading
+import time
 import urllib.request
 from pathlib import Path
 
 from rich.console import Console
 
 from hakit.contract import AppState, is_routable
-from hakit.demo.cluster import DemoCluster, DemoSettings, free_port, wait_for
+from hakit.demo.cluster import DemoCluster, DemoSettings, free_port
 from hakit.errors import HakitError
 from hakit.eventlog import format_event
 
@@ -87,6 +89,14 @@ def _announce_serving_apps(console: Console, cluster: DemoCluster, shown: set[in
             )
 
 
+def _print_events(console: Console, cluster: DemoCluster, last_id: int) -> int:
+    """Print the events after ``last_id``; the id of the last one printed."""
+    for event in cluster.events(last_id):
+        console.print(format_event(event, markup=True), highlight=False, soft_wrap=True)
+        last_id = event.id
+    return last_id
+
+
 def run_demo(port: int, directory: Path | None, console: Console) -> None:
     if not _port_free(port):
         raise HakitError(
@@ -96,6 +106,8 @@ def run_demo(port: int, directory: Path | None, console: Console) -> None:
     node_ports = tuple(p if _port_free(p) else free_port() for p in DEFAULT_NODE_PORTS)
     cluster = DemoCluster(root, DemoSettings(router_port=port, node_ports=node_ports))
     stop = threading.Event()
+    # `kill -USR1 <demo pid>` prints every thread's stack: what a stuck demo is doing.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     cluster.start()
@@ -103,14 +115,18 @@ def run_demo(port: int, directory: Path | None, console: Console) -> None:
     try:
         _print_banner(console, cluster)
         console.print("Waiting for the first node to serve...")
-        try:
-            wait_for(
-                lambda: stop.is_set() or _request(cluster.router_url + "/status") == 200,
-                60,
-                "the router to serve",
-            )
-        except TimeoutError:
-            console.print("[red]the cluster did not come up within 60 s; see the logs[/red]")
+        # The events are shown while waiting too: a node that cannot start (a port in use,
+        # a broken home) says so at once instead of after a silent minute.
+        deadline = time.monotonic() + 60
+        while not stop.is_set() and _request(cluster.router_url + "/status") != 200:
+            last_id = _print_events(console, cluster, last_id)
+            if time.monotonic() > deadline:
+                console.print(
+                    f"[red]the cluster did not come up within 60 s; see the logs in "
+                    f"{cluster.cfg.cluster.state_dir / 'logs'}[/red]"
+                )
+                break
+            stop.wait(0.2)
         if not stop.is_set():
             # The sample app starts in FIRST_RUN (not yet configured), like Jira.
             if _request(cluster.router_url + "/setup", "POST") == 200:
@@ -118,9 +134,7 @@ def run_demo(port: int, directory: Path | None, console: Console) -> None:
             _print_hints(console, cluster)
         shown: set[int] = set()
         while not stop.is_set():
-            for event in cluster.events(last_id):
-                console.print(format_event(event, markup=True), highlight=False, soft_wrap=True)
-                last_id = event.id
+            last_id = _print_events(console, cluster, last_id)
             _announce_serving_apps(console, cluster, shown)
             stop.wait(0.2)
     finally:
