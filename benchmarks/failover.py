@@ -666,7 +666,7 @@ def main() -> None:
     unknown = set(kinds) - set(ALL_KINDS)
     if unknown:
         parser.error(f"unknown kinds {sorted(unknown)}; choose from {','.join(ALL_KINDS)}")
-    holds = [None if h.strip() in ("default", "demo") else h.strip() for h in args.holds.split(",")]
+    holds = [None if h.strip() == "default" else h.strip() for h in args.holds.split(",")]
 
     load_start = os.getloadavg()[0]
     switchover, missing = switchover_command() if "switchover" in kinds else (None, "")

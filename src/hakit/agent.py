@@ -914,7 +914,7 @@ class Agent:
         view = self.policy.view()
         if not self.epoch or view.role is not Role.ACTIVE or view.state is not PolicyState.RUNNING:
             return
-        if self.app_state not in (AppState.RUNNING, AppState.FIRST_RUN):
+        if self.app_state not in ANSWERING:
             return  # only an app that answers here tells a lost path from a dead app
         reports = reports_in(state)
         if not reports:

@@ -46,6 +46,27 @@ class Observation:
     elapsed: float  # seconds the probe took
 
 
+# What a probe says when the node's host answered but its app did not. The router's
+# path reports (hakit.router.pathreport) tell "host reachable" from "silent" by these, so
+# the words are made and recognised here only.
+_REFUSED = "connection refused by"
+_CLOSED = "closed the connection without a complete answer"
+
+
+def refused_detail(url: str) -> str:
+    return f"{_REFUSED} {url}"
+
+
+def closed_detail(url: str, problem: object) -> str:
+    return f"{url} {_CLOSED}: {problem}"
+
+
+def host_answered(observation: Observation) -> bool:
+    """The host refused or closed the connection: reachable, but no answer from the app."""
+    detail = observation.detail
+    return observation.state is AppState.DOWN and (_REFUSED in detail or _CLOSED in detail)
+
+
 # --- pure classification ----------------------------------------------------
 
 
@@ -198,7 +219,7 @@ class StatusProber:
                 body = await _read_capped(response, limit)
         except httpx.ConnectError as exc:
             if _caused_by(exc, ConnectionRefusedError):
-                return AppState.DOWN, None, f"connection refused by {url}"
+                return AppState.DOWN, None, refused_detail(url)
             return AppState.DOWN, None, f"cannot connect to {url}: {exc or type(exc).__name__}"
         except httpx.TimeoutException:
             raise  # TIMEOUT, decided in probe()
@@ -206,7 +227,7 @@ class StatusProber:
             return (
                 AppState.DOWN,
                 None,
-                f"{url} closed the connection without a complete answer: {exc or type(exc).__name__}",
+                closed_detail(url, exc or type(exc).__name__),
             )
         if is_status:
             content_type = response.headers.get("content-type", "")

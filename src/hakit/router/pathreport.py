@@ -31,7 +31,7 @@ from typing import Any, Protocol
 from hakit.config import Config
 from hakit.contract import REPORTED_STATES, AppState
 from hakit.datapath import ANSWERED, REFUSED, SILENT, PathReport, Sight, report_key
-from hakit.probe import Observation
+from hakit.probe import Observation, host_answered
 
 log = logging.getLogger("hakit.router")
 
@@ -69,8 +69,7 @@ def path_kind(observation: Observation) -> str:
         return ANSWERED
     if observation.state is AppState.TIMEOUT:
         return SILENT
-    detail = observation.detail
-    if "connection refused" in detail.lower() or "closed the connection" in detail:
+    if host_answered(observation):
         return REFUSED
     if observation.state is AppState.NOT_DEPLOYED:
         return ANSWERED  # a status command's garbled answer still came from the node

@@ -30,6 +30,8 @@ from hakit.probe import (
     StatusProber,
     classify_health_response,
     classify_status_response,
+    closed_detail,
+    refused_detail,
     substitute,
 )
 
@@ -111,7 +113,7 @@ class LightStatusProber:
         try:
             transport, _ = await loop.create_connection(lambda: answer, self._host, self._port)
         except ConnectionRefusedError:
-            return AppState.DOWN, None, f"connection refused by {url}"
+            return AppState.DOWN, None, refused_detail(url)
         except OSError as exc:
             return AppState.DOWN, None, f"cannot connect to {url}: {exc or type(exc).__name__}"
         try:
@@ -122,7 +124,7 @@ class LightStatusProber:
             return (
                 AppState.DOWN,
                 None,
-                f"{url} closed the connection without a complete answer: {problem}",
+                closed_detail(url, problem),
             )
         status, body = answer.status, bytes(answer.body[:limit])
         if is_status:
