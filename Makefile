@@ -10,14 +10,18 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_WORKERS ?= 4
+# The router's per-request modules compiled with mypyc (hakit/native.py); rebuilt when a
+# router source changes. The router falls back to pure Python without a fresh build.
+NATIVE := src/hakit/router/_compiled/manifest.json
 
-.PHONY: demo test lint typecheck unit bootstrap clean
+.PHONY: demo test lint typecheck unit bootstrap native clean
 
-demo: $(STAMP)
+demo: $(STAMP) $(NATIVE)
 	$(BIN)/hakit demo
 
-test: $(STAMP) lint typecheck
-	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadgroup
+# HAKIT_EXPECT_COMPILED: tests/unit/test_native.py fails if the router is not the compiled one.
+test: $(STAMP) $(NATIVE) lint typecheck
+	HAKIT_EXPECT_COMPILED=1 $(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadgroup
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
@@ -31,6 +35,11 @@ unit: $(STAMP)
 
 bootstrap: $(STAMP)
 
+native: $(NATIVE)
+
+$(NATIVE): $(STAMP) $(wildcard src/hakit/router/*.py) src/hakit/native.py scripts/build_native.py
+	$(BIN)/python scripts/build_native.py
+
 $(STAMP): pyproject.toml scripts/bootstrap-debian.sh scripts/debian-packages.txt
 	bash scripts/bootstrap-debian.sh
 	$(PYTHON) -m venv --clear $(VENV)  # --clear: a venv of another interpreter is replaced, not patched
@@ -39,4 +48,4 @@ $(STAMP): pyproject.toml scripts/bootstrap-debian.sh scripts/debian-packages.txt
 	touch $(STAMP)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build/native src/hakit/router/_compiled

@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/router.py [--seconds 5] [--rounds 3] [--idle-clients 10000]
                                           [--backend nginx|python] [--profile-seconds 5]
-                                          [--variant NAME="python -m hakit" ...]
+                                          [--variant NAME="python -m hakit" ...] [--no-pure]
 
 Needs wrk, haproxy and nginx (scripts/debian-packages.txt), two CPU cores, and
 py-spy for the profile (pip install py-spy; skipped without it). Prints tables
@@ -17,7 +17,11 @@ the same backend:
 - direct: wrk straight to the backend (the floor for latency);
 - hakit: ``hakit router -c <cfg>`` as users run it: cold standby, sticky
   lb-cookie, X-Forwarded-For, reading a real SQLite coordination store that
-  holds a valid lease for node1 (epoch 1) and its RUNNING record;
+  holds a valid lease for node1 (epoch 1) and its RUNNING record; its per-request
+  modules compiled with mypyc when a fresh build exists (``make native``;
+  the first line printed says which);
+- pure: the same router with ``HAKIT_PURE_PYTHON=1`` (the sources interpreted),
+  when ``hakit`` is the compiled one and ``--no-pure`` is not given;
 - haproxy: HAProxy 2.6, one thread, ``cookie SERVERID insert indirect nocache``,
   ``option forwardfor``, ``option http-keep-alive`` (tests/support/haproxy.py);
 - nginx: one worker, ``proxy_pass`` to an upstream with ``keepalive 32``,
@@ -71,6 +75,8 @@ from tests.support.haproxy import (  # noqa: E402
     start_haproxy,
 )
 
+import hakit.router  # noqa: E402, F401 (decides hakit_native.mode)
+from hakit import native as hakit_native  # noqa: E402
 from hakit.coord.base import NodeRecord  # noqa: E402
 from hakit.coord.embedded import SqliteCoordinator  # noqa: E402
 from hakit.demo.cluster import free_ports  # noqa: E402
@@ -619,6 +625,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         help='how to run hakit instead of "python -m hakit" (split on spaces)',
     )
     parser.add_argument(
+        "--no-pure",
+        action="store_true",
+        help="do not also measure the router uncompiled (HAKIT_PURE_PYTHON=1) as 'pure'",
+    )
+    parser.add_argument(
         "--variant",
         action="append",
         default=[],
@@ -640,6 +651,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     nofile = raise_nofile(max(65536, 2 * args.idle_clients + 1000))
     print(f"loadavg at start: {os.getloadavg()[0]:.2f}  (other work on this machine adds noise)")
     print(f"RLIMIT_NOFILE of this script and its children: {nofile}")
+    print(f"hakit router modules: {hakit_native.mode}")
 
     with tempfile.TemporaryDirectory(prefix="hakit-bench-router-") as tmp_name:
         tmp = Path(tmp_name)
@@ -680,6 +692,12 @@ def run_throughput(
     hakit, hakit_port = start_hakit(tmp / "hakit", backend_port)
     procs.append(hakit)
     variants: dict[str, tuple[int | None, int]] = {}
+    if not args.no_pure and hakit_native.mode.startswith("compiled"):
+        # The same sources uncompiled, in the same run: what mypyc gains.
+        pure = ["env", f"{hakit_native.PURE_ENV}=1", *HAKIT_COMMAND]
+        proc, port = start_hakit(tmp / "hakit-pure", backend_port, None, pure, "pure")
+        procs.append(proc)
+        variants["pure"] = (proc.pid, port)
     for variant in args.variant:
         name, command = variant.split("=", 1)
         proc, port = start_hakit(tmp / f"hakit-{name}", backend_port, None, command.split(), name)

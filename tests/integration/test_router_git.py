@@ -59,9 +59,10 @@ def router(
 
 
 def held_count(router: RouterThread) -> int:
+    """Requests waiting in the router for a node now (Router.requests_held, read in its loop)."""
+
     async def read() -> int:
-        coros = [task.get_coro() for task in router.router._tasks]
-        return sum(getattr(coro, "__qualname__", "") == "Exchange._hold" for coro in coros)
+        return router.router.requests_held
 
     return router.call(read())
 

@@ -70,11 +70,10 @@ def request(
 
 
 def held_count(router: RouterThread) -> int:
-    """Requests waiting in the router for a node (a held request is one task)."""
+    """Requests waiting in the router for a node now (Router.requests_held, read in its loop)."""
 
     async def read() -> int:
-        coros = [task.get_coro() for task in router.router._tasks]
-        return sum(getattr(coro, "__qualname__", "") == "Exchange._hold" for coro in coros)
+        return router.router.requests_held
 
     return router.call(read())
 

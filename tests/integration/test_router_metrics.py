@@ -167,6 +167,7 @@ def test_metrics_follow_the_requests(tmp_path, backends, cluster, admin_router) 
     assert value(after, "hakit_router_node_routable", node="n1") == 1
     assert value(after, "hakit_router_node_down_mark", node="n1") == 0
     assert value(after, "hakit_router_requests_in_flight", node="n1") == 0
+    assert value(after, "hakit_router_requests_held") == 0
     assert value(after, "hakit_router_pooled_connections", node="n1") >= 1  # keep-alive reuse
     assert value(after, "hakit_router_epoch") == 2
     assert 0 <= value(after, "hakit_router_view_age_seconds") < 60
@@ -226,9 +227,10 @@ def test_held_requests_are_counted(tmp_path, backends, cluster, admin_router) ->
     waiting.start()
     try:
         wait_for(
-            lambda: value(router.scrape(), "hakit_router_requests_in_flight", node="-") == 1,
+            lambda: value(router.scrape(), "hakit_router_requests_held") == 1,
             "the request to wait for a node",
         )
+        assert value(router.scrape(), "hakit_router_requests_in_flight", node="-") == 1
         cluster.active("n1", 2)
         router.refresh()
         waiting.join(10)
@@ -241,6 +243,7 @@ def test_held_requests_are_counted(tmp_path, backends, cluster, admin_router) ->
     assert value(samples, "hakit_router_held_requests_total", node="n1") == 1
     assert 0 < value(samples, "hakit_router_held_seconds_total", node="n1") < 20
     assert value(samples, "hakit_router_maintenance_pages_total") == 0
+    assert value(samples, "hakit_router_requests_held") == 0
 
 
 # --- /nodes -------------------------------------------------------------------------------

@@ -1,4 +1,9 @@
-"""Writes batched per loop iteration (router/batch.py): sent together, in order, never lost."""
+"""Writes batched per loop iteration (router/batch.py): sent together, in order, never lost.
+
+The connections are real ``UpstreamConnection`` objects (a ``BatchedWrites``) on fake
+transports: a test class of its own cannot subclass ``BatchedWrites`` when the router
+runs compiled (mypyc: interpreted classes cannot inherit from compiled ones).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,12 @@ import asyncio
 
 import uvloop
 
-from hakit.router.batch import BatchedWrites, WriteBatch, batch_for_running_loop
+from hakit.config import NodeConfig
+from hakit.router.batch import WriteBatch, batch_for_running_loop
+from hakit.router.limits import ProxyLimits
+from hakit.router.upstream import UpstreamConnection
+
+NODE = NodeConfig(name="n1", port=8101)
 
 
 class Transport:
@@ -22,13 +32,17 @@ class Transport:
     def is_closing(self) -> bool:
         return self.closing
 
+    def set_write_buffer_limits(self, high: int, low: int) -> None:
+        pass
 
-class Conn(BatchedWrites):
-    __slots__ = ("_batch", "_transport")
 
-    def __init__(self, transport: Transport | None, batch: WriteBatch | None) -> None:
-        self._transport = transport  # type: ignore[assignment]
-        self._batch = batch
+def connection(transport: Transport | None, batch: WriteBatch | None) -> UpstreamConnection:
+    """A connection on ``transport`` (None: not connected) writing through ``batch``."""
+    conn = UpstreamConnection(NODE, ProxyLimits())
+    if transport is not None:
+        conn.connection_made(transport)  # type: ignore[arg-type]
+    assert conn._batch is batch  # connection_made took the running loop's batch (or none)
+    return conn
 
 
 def test_writes_go_out_after_the_iteration_in_order() -> None:
@@ -36,10 +50,10 @@ def test_writes_go_out_after_the_iteration_in_order() -> None:
         log: list[tuple[str, object]] = []
         batch = batch_for_running_loop()
         assert batch is not None and batch is batch_for_running_loop()  # one per loop
-        a, b = Conn(Transport(log, "a"), batch), Conn(Transport(log, "b"), batch)
-        a._send(b"1")
-        b._send([b"2", b"3"])
-        a._send(b"4")
+        a, b = connection(Transport(log, "a"), batch), connection(Transport(log, "b"), batch)
+        a.write(b"1")
+        b.writelines([b"2", b"3"])
+        a.write(b"4")
         during = list(log)  # nothing sent while the iteration runs
         await asyncio.sleep(0)  # the loop's next round: the flush ran
         return during, log
@@ -54,13 +68,13 @@ def test_flush_before_close_and_closing_transports_skipped() -> None:
         log: list[tuple[str, object]] = []
         batch = batch_for_running_loop()
         gone_transport = Transport(log, "gone")
-        kept, gone = Conn(Transport(log, "kept"), batch), Conn(gone_transport, batch)
-        gone._send(b"lost")
+        kept, gone = connection(Transport(log, "kept"), batch), connection(gone_transport, batch)
+        gone.write(b"lost")
         gone_transport.closing = True  # the peer went away before the flush
-        kept._send(b"answer")
+        kept.write(b"answer")
         kept._flush()  # what a connection does before it closes
         assert log == [("kept", b"answer")]
-        kept._send(b"more")
+        kept.write(b"more")
         await asyncio.sleep(0)
         return log
 
@@ -70,8 +84,8 @@ def test_flush_before_close_and_closing_transports_skipped() -> None:
 def test_without_a_loop_writes_are_direct() -> None:
     log: list[tuple[str, object]] = []
     assert batch_for_running_loop() is None
-    conn = Conn(Transport(log, "c"), None)
-    conn._send(b"x")
-    conn._send([b"y", b"z"])
-    Conn(None, None)._send(b"nowhere")  # not connected: nothing to do
+    conn = connection(Transport(log, "c"), None)
+    conn.write(b"x")
+    conn.writelines([b"y", b"z"])
+    connection(None, None).write(b"nowhere")  # not connected: nothing to do
     assert log == [("c", b"x"), ("c", b"yz")]

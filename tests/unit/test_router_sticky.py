@@ -11,12 +11,14 @@ import pytest
 
 from hakit.config import AppConfig, ClusterConfig, Config, NodeConfig, RouterConfig, Sticky
 from hakit.errors import HakitError
+from hakit.router.exchange import ExchangeHooks
 from hakit.router.headers import Body, Header, RequestHead
 from hakit.router.secret import SECRET_FILE, cluster_secret, load_or_create
 from hakit.router.sticky import (
     AppCookiePrefix,
     AppCookieSuffix,
     LbCookie,
+    StickyStrategy,
     cookie_pairs,
     find_cookie,
     path_session_id,
@@ -363,6 +365,37 @@ def test_strategy_for_each_setting() -> None:
     assert isinstance(strategy_for(config(Sticky.APP_COOKIE_PREFIX), None), AppCookiePrefix)
     with pytest.raises(ValueError):
         strategy_for(config(Sticky.LB_COOKIE), None)
+
+
+def _overrides(cls: type, method: str) -> bool:
+    """``cls`` or one of its bases below ExchangeHooks defines ``method`` itself."""
+    for klass in cls.__mro__:
+        if klass is ExchangeHooks:
+            return False
+        if method in vars(klass):
+            return True
+    return False
+
+
+def _strategy_classes(cls: type = StickyStrategy) -> set[type]:
+    found = set()
+    for sub in cls.__subclasses__():
+        found |= {sub, *_strategy_classes(sub)}
+    return found
+
+
+def test_every_strategy_declares_the_hooks_it_overrides() -> None:
+    # The exchange calls request()/response() only when these flags say so: a strategy
+    # that overrides one and forgets its flag would silently never rewrite anything.
+    strategies = [strategy_for(config(s), KEY) for s in Sticky if s is not Sticky.NONE]
+    assert {type(s) for s in strategies} == _strategy_classes()  # none left out
+    for strategy in strategies:
+        assert strategy is not None
+        name = type(strategy).__name__
+        assert strategy.rewrites_requests is _overrides(type(strategy), "request"), name
+        assert strategy.rewrites_responses is _overrides(type(strategy), "response"), name
+    plain = ExchangeHooks()
+    assert plain.rewrites_requests is False and plain.rewrites_responses is False
 
 
 def test_custom_cookie_names() -> None:

@@ -16,12 +16,19 @@
 - health.py    the check state machine (fall/rise/drain) and the HealthBoard (pure)
 - checks.py    the router's own /status checks of each node; TCP and send/expect checks
 - tcp.py       the TCP failover proxy (`[[tcp_proxy]]`), sharing health.py
+
+The per-request modules run compiled (mypyc) when a fresh build exists: see
+hakit/native.py. The next line decides, before any of them is imported.
 """
 
-from hakit.router.exchange import ExchangeHooks
-from hakit.router.limits import ProxyLimits
-from hakit.router.pool import choose_backend, eligible_backends
-from hakit.router.server import Router, run_router
+from hakit.native import use_compiled
+
+__path__ = use_compiled(__path__, __file__)
+
+from hakit.router.exchange import ExchangeHooks  # noqa: E402 (after the __path__ choice)
+from hakit.router.limits import ProxyLimits  # noqa: E402
+from hakit.router.pool import choose_backend, eligible_backends  # noqa: E402
+from hakit.router.server import Router, run_router  # noqa: E402
 
 __all__ = [
     "ExchangeHooks",

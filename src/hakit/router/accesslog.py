@@ -188,11 +188,17 @@ def _referer_and_agent(ex: Observed) -> tuple[bytes | None, bytes | None]:
     return referer, agent
 
 
-class _Writer(threading.Thread):
-    """Appends batches of lines to the log file; reopens it when it was rotated."""
+class _Writer:
+    """Appends batches of lines to the log file in its own thread; reopens it when rotated.
+
+    It runs a ``threading.Thread`` rather than being one: compiled (mypyc), a class
+    derived from ``Thread`` (whose instances keep a CPython-managed ``__dict__``) gets
+    an object layout that does not match its base (segfaults in the unit tests).
+    (Not named ``_thread``: mypyc's C field for it, ``__thread``, is a C keyword.)
+    """
 
     def __init__(self, target: str) -> None:
-        super().__init__(name="hakit-access-log", daemon=True)
+        self._runner = threading.Thread(target=self.run, name="hakit-access-log", daemon=True)
         self.target = target
         self.queue: SimpleQueue[list[str] | None] = SimpleQueue()
         self._file: TextIO | None = None
@@ -214,6 +220,12 @@ class _Writer(threading.Thread):
         except FileNotFoundError:
             return True
         return (stat.st_dev, stat.st_ino) != self._identity
+
+    def start(self) -> None:
+        self._runner.start()
+
+    def join(self, timeout: float | None = None) -> None:
+        self._runner.join(timeout)
 
     def run(self) -> None:
         while True:

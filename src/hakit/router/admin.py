@@ -52,6 +52,7 @@ class RouterView(Protocol):
     """What the admin server reads from the router (server.Router provides it)."""
 
     cfg: Config
+    requests_held: int  # requests waiting for a node now
 
     @property
     def view(self) -> ClusterView: ...
@@ -86,6 +87,7 @@ def gauges(router: RouterView, now: float) -> Gauges:
     return Gauges(
         client_connections=len(router.clients),
         in_flight=in_flight(router),
+        requests_held=router.requests_held,
         pooled={node.name: router.pool.idle_count(node) for node in router.cfg.nodes},
         routable=frozenset(node.name for node in router.eligible()),
         down_marks=frozenset(router.down_marks),

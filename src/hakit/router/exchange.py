@@ -58,18 +58,19 @@ MAX_ATTEMPTS = 4
 class ExchangeHooks:
     """Per-request seams for rewriting headers (stickiness adds its cookies here).
 
-    Both methods may change ``headers`` in place; the defaults do nothing. A
-    method a subclass does not override is not called at all (see
-    ``rewrites_requests``/``rewrites_responses``, set for each subclass).
+    Both methods may change ``headers`` in place; the defaults do nothing. The
+    exchange calls a method only when its flag says it is overridden: a subclass
+    that overrides ``request()`` states ``rewrites_requests = True``, one that
+    overrides ``response()`` states ``rewrites_responses = True``. Plain
+    declarations, not worked out in ``__init_subclass__``: compiled (mypyc), a
+    class-body default is an instance field, which compiled code reads directly,
+    so a class attribute set later by such a hook is never seen there. (The flags
+    are read for every request: one field read.) tests/unit/test_router_sticky.py
+    checks that every strategy's flags match what it overrides.
     """
 
     rewrites_requests = False  # request() is overridden
     rewrites_responses = False  # response() is overridden
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        cls.rewrites_requests = cls.request is not ExchangeHooks.request
-        cls.rewrites_responses = cls.response is not ExchangeHooks.response
 
     def request(self, request: RequestHead, backend: NodeConfig, headers: list[Header]) -> None:
         """Called with the headers about to go to ``backend``."""
@@ -111,6 +112,14 @@ class ProxyContext(Protocol):
 
     async def wait_for_change(self) -> None:
         """Return once the cluster view (or a passive down mark) changed."""
+        ...
+
+    def hold_began(self) -> None:
+        """A request began to wait for a node (counted as held until ``hold_ended``)."""
+        ...
+
+    def hold_ended(self) -> None:
+        """A held request stopped waiting: the view changed, its hold ran out, or it ended."""
         ...
 
     def exchange_ended(self, exchange: Exchange) -> None:
@@ -271,11 +280,16 @@ class Exchange:
             self._respond(self._ctx.maintenance(self.request))
 
     async def _hold(self, remaining: float) -> None:
+        ctx = self._ctx
+        # Counted from inside the task: a task cancelled before it ran counts nothing.
+        ctx.hold_began()
         try:
             async with asyncio.timeout(remaining):
-                await self._ctx.wait_for_change()
+                await ctx.wait_for_change()
         except TimeoutError:
             pass  # start() finds the hold used up and answers
+        finally:
+            ctx.hold_ended()  # also when cancelled (the client left, the router closes)
         if self._hold_started is not None:
             self.held = monotonic() - self._hold_started
         if self._cancelled or self.finished:

@@ -8,7 +8,7 @@ of the router's whole per-request budget. The router runs on one event-loop
 thread, so plain integers need no lock: ``RouterMetrics.observe`` costs
 well under 1 µs (one dict lookup, a few additions, one ``bisect``).
 
-Counters live here; gauges (connections, in-flight, pool, view age) are read
+Counters live here; gauges (connections, in-flight, held, pool, view age) are read
 from the router when scraped (admin.py builds a ``Gauges``), so they cost
 nothing per request.
 """
@@ -163,6 +163,7 @@ class Gauges:
 
     client_connections: int
     in_flight: Mapping[str, int]  # node (or NO_NODE: not at a backend yet) -> exchanges
+    requests_held: int  # requests waiting for a node now (failover hold)
     pooled: Mapping[str, int]  # node -> idle keep-alive connections
     routable: frozenset[str]  # nodes a new request may go to now
     down_marks: frozenset[str]  # nodes with a passive down mark
@@ -277,6 +278,12 @@ def render(metrics: RouterMetrics, gauges: Gauges, configured: Iterable[str]) ->
     )
     for name in [*names, *(n for n in gauges.in_flight if n not in stats)]:
         out.sample("hakit_router_requests_in_flight", gauges.in_flight.get(name, 0), node=name)
+    out.family(
+        "hakit_router_requests_held",
+        "gauge",
+        "Requests waiting now for a node to come back (failover hold).",
+    )
+    out.sample("hakit_router_requests_held", gauges.requests_held)
     out.family(
         "hakit_router_pooled_connections", "gauge", "Idle keep-alive connections to the node."
     )

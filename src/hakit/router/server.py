@@ -118,6 +118,7 @@ class Router:
         self._view_error: str | None = None
         # Set (and replaced) whenever the view or the down marks change: held requests wait on it.
         self._changed = asyncio.Event()
+        self.requests_held = 0  # requests waiting for a node now (/metrics, tests)
         self.obs = Observability(cfg)  # access log, metrics, admin port (admin.py)
         retry_after = cfg.router.retry_after
         self._pages = {
@@ -270,6 +271,14 @@ class Router:
     async def wait_for_change(self) -> None:
         """Return at the next ``notify_change`` (ProxyContext; used by held requests)."""
         await self._changed.wait()
+
+    def hold_began(self) -> None:
+        """A request began to wait for a node (ProxyContext)."""
+        self.requests_held += 1
+
+    def hold_ended(self) -> None:
+        """A held request stopped waiting (ProxyContext)."""
+        self.requests_held -= 1
 
     @property
     def hold_timeout(self) -> float:

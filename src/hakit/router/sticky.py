@@ -260,6 +260,8 @@ class StickyStrategy(ExchangeHooks):
 
 
 class LbCookie(StickyStrategy):
+    rewrites_requests = True  # request() strips our cookie
+    rewrites_responses = True  # response() sets it when the route changes
     appends_to_responses = True  # response() adds Set-Cookie, nothing else
 
     def __init__(self, cfg: Config, key: bytes) -> None:
@@ -328,6 +330,9 @@ class AppCookieSuffix(StickyStrategy):
 
 
 class AppCookiePrefix(StickyStrategy):
+    rewrites_requests = True  # request() strips the route prefixes
+    rewrites_responses = True  # response() prefixes the app's session cookie
+
     def __init__(self, cfg: Config) -> None:
         super().__init__(cfg.router.app_cookie_name.encode())
         self._nodes = routes(cfg.nodes)

@@ -163,8 +163,14 @@ class UpstreamConnection(BatchedWrites, asyncio.Protocol):
         if self._parser is None:
             self._parser = httptools.HttpResponseParser(self)
 
-    # batch.py: sent at the end of this loop iteration.
-    write = writelines = BatchedWrites._send
+    # batch.py: sent at the end of this loop iteration. Two small methods, not the class-body
+    # alias ``write = writelines = BatchedWrites._send``, which mypyc refuses to compile.
+
+    def write(self, data: bytes) -> None:
+        self._send(data)
+
+    def writelines(self, parts: list[bytes]) -> None:
+        self._send(parts)
 
     def pause_reading(self) -> None:
         if not self._read_paused and self._transport is not None:
