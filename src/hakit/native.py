@@ -49,6 +49,8 @@ COMPILED_MODULES: tuple[str, ...] = (
     "pages",
     "pool",
     "secret",
+    "server",
+    "health",
     "sticky",
     "upstream",
 )

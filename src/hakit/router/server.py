@@ -17,8 +17,9 @@ import time
 from collections.abc import Callable, Collection, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+from hakit import native
 from hakit.config import Config, NodeConfig, Sticky, parse_listen
 from hakit.coord.view import ClusterView
 from hakit.errors import HakitError
@@ -149,7 +150,7 @@ class Router:
                 lambda: ClientConnection(self, self), host or None, port, backlog=1024, ssl=context
             )
             if tls.redirect_http is not None:
-                https_port = self._server.sockets[0].getsockname()[1]
+                https_port = bound_address(self._server)[1]
                 host, port = parse_listen(tls.redirect_http)  # named in the error below
                 self._redirect = await loop.create_server(
                     lambda: RedirectProtocol(https_port, self.limits), host, port
@@ -167,7 +168,7 @@ class Router:
             await self.close()
             raise
         self._refresher = asyncio.create_task(self._refresh_forever(), name="router-refresh")
-        bound = self._server.sockets[0].getsockname()
+        bound = bound_address(self._server)
         if self._store is not None:
             self.paths = PathReporter(
                 self.cfg, self.checks.paths, self._store, executor_runner(self._executor)
@@ -179,8 +180,14 @@ class Router:
             self._clients, self.limits.sweep_interval, also=self.pool.sweep
         )
         self._sweeper.start()
-        log.info("router listening on %s:%s (mode %s)", bound[0], bound[1], self.cfg.cluster.mode)
-        return str(bound[0]), int(bound[1])
+        log.info(
+            "router listening on %s:%s (cluster mode %s; router code %s)",
+            bound[0],
+            bound[1],
+            self.cfg.cluster.mode,
+            native.mode,
+        )
+        return bound
 
     async def close(self) -> None:
         """Stop listening, close every connection, stop the refresh."""
@@ -467,6 +474,18 @@ class Router:
 
 # Client connections this many or more should fit under the open files limit.
 WANTED_OPEN_FILES = 16384
+
+
+def bound_address(server: asyncio.AbstractServer) -> tuple[str, int]:
+    """The host and port ``server`` listens on (its first socket).
+
+    Read untyped: uvloop's ``Server.sockets`` is a list where typeshed says a
+    tuple, and this module runs compiled (hakit/native.py), where a value that
+    does not match its declared type raises TypeError.
+    """
+    sockets: Any = cast(Any, server).sockets
+    name = sockets[0].getsockname()
+    return str(name[0]), int(name[1])
 
 
 def raise_open_files_limit() -> int:
