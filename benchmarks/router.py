@@ -35,7 +35,8 @@ All targets run for the whole benchmark; runs are interleaved (direct hakit
 haproxy nginx, direct hakit ...) for each response size, ``--rounds`` times,
 and each figure is the median over the rounds. CPU per request is the
 proxy's user+system time from /proc/<pid>/stat (all threads) before and after
-the run, divided by the requests wrk completed. "core 0" is how busy the load
+the run, divided by the requests wrk completed; "kernel" is the system-time part
+of it (sends, receives, polling). "core 0" is how busy the load
 side was (wrk + backend CPU / wall time): near 100 % means the load side, not
 the proxy, limited that run.
 
@@ -63,6 +64,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Final
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # tests.support.haproxy
@@ -156,11 +158,17 @@ def pinned(cpu: str, argv: Sequence[str]) -> list[str]:
     return ["taskset", "-c", cpu, *argv]
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of process ``pid`` (all threads) from /proc/<pid>/stat."""
+def cpu_times(pid: int) -> tuple[float, float]:
+    """User and system CPU seconds of process ``pid`` (all threads) from /proc/<pid>/stat."""
     with open(f"/proc/{pid}/stat", "rb") as stat:
         fields = stat.read().rsplit(b")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick  # utime, stime
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` (all threads)."""
+    return sum(cpu_times(pid))
 
 
 def memory_kib(pid: int) -> dict[str, int]:
@@ -322,6 +330,7 @@ def start_hakit(
     nofile: int | None = None,
     command: Sequence[str] | None = None,
     name: str = "hakit",
+    listen_timeout: float = 20.0,
 ) -> tuple[Proc, int]:
     """``hakit router`` reading a real SQLite store: node1 holds a valid lease and runs."""
     workdir.mkdir(parents=True, exist_ok=True)
@@ -344,7 +353,7 @@ def start_hakit(
 
     argv = [*(command or HAKIT_COMMAND), "router", "-c", str(config)]
     proc = Proc.spawn(name, pinned(PROXY_CPU, argv), workdir / "router.log", preexec=limit)
-    proc.wait_listening(port)
+    proc.wait_listening(port, listen_timeout)
     return proc, port
 
 
@@ -378,6 +387,7 @@ class Sample:
     rps: float
     p99_ms: float
     cpu_us: float | None  # proxy CPU per request; None for direct
+    sys_us: float | None  # of which in the kernel (system time)
     core0: float  # load side busy fraction
     errors: int
 
@@ -397,9 +407,11 @@ def measure(
 ) -> Sample:
     children = resource.getrusage(resource.RUSAGE_CHILDREN)  # wrk, once it is reaped
     backend_before = cpu_seconds(backend_pid)
-    proxy_before = cpu_seconds(proxy_pid) if proxy_pid else 0.0
+    proxy_before = cpu_times(proxy_pid) if proxy_pid else (0.0, 0.0)
     report = run_wrk(port, path, seconds, script)
-    proxy_cpu = cpu_seconds(proxy_pid) - proxy_before if proxy_pid else 0.0
+    proxy_after = cpu_times(proxy_pid) if proxy_pid else (0.0, 0.0)
+    proxy_sys = proxy_after[1] - proxy_before[1]
+    proxy_cpu = proxy_after[0] - proxy_before[0] + proxy_sys
     backend_cpu = cpu_seconds(backend_pid) - backend_before
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     wrk_cpu = (after.ru_utime - children.ru_utime) + (after.ru_stime - children.ru_stime)
@@ -409,6 +421,7 @@ def measure(
         rps=requests / duration,
         p99_ms=report["p99_us"] / 1000,
         cpu_us=proxy_cpu / requests * 1e6 if proxy_pid else None,
+        sys_us=proxy_sys / requests * 1e6 if proxy_pid else None,
         core0=(wrk_cpu + backend_cpu) / duration,
         errors=report["errors"] + report["status_errors"],
     )
@@ -495,8 +508,9 @@ def profile_hakit(pid: int, port: int, seconds: int, script: Path, out: Path) ->
     if not Path(py_spy).exists():
         return "py-spy not installed (.venv/bin/pip install py-spy): no profile"
     raw = out.with_suffix(".folded")
-    argv = [py_spy, "record", "--pid", str(pid), "--duration", str(seconds + 1)]
-    argv += ["--rate", "200", "--nonblocking", "--format", "raw", "-o", str(raw)]
+    # --native: the compiled router modules, the parser and the event loop are C.
+    argv = [py_spy, "record", "--native", "--pid", str(pid), "--duration", str(seconds + 1)]
+    argv += ["--rate", "200", "--format", "raw", "-o", str(raw)]  # (--native cannot be nonblocking)
     spy = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     time.sleep(0.5)  # py-spy attaches
     run_wrk(port, "/small", seconds, script)
@@ -504,7 +518,7 @@ def profile_hakit(pid: int, port: int, seconds: int, script: Path, out: Path) ->
     if spy.returncode != 0 or not raw.exists():
         return f"py-spy failed ({spy.returncode}): {err.decode(errors='replace')[-500:]}"
     svg = subprocess.run(  # the same samples as a flame graph, for people
-        [py_spy, "record", "--pid", str(pid), "--duration", "2", "--nonblocking", "-o", str(out)],
+        [py_spy, "record", "--native", "--pid", str(pid), "--duration", "2"] + ["-o", str(out)],
         capture_output=True,
         timeout=60,
     )
@@ -512,23 +526,56 @@ def profile_hakit(pid: int, port: int, seconds: int, script: Path, out: Path) ->
 
 
 def _short(frame: str) -> str:
-    # py-spy raw frames: "function (path/to/file.py:line)"
+    """A py-spy frame (``function (file:line)``) as ``function (file)``; compiled router
+    functions (mypyc's ``CPyDef_<module>___<Class>___<method>``) as ``module.Class.method``."""
     name, _, where = frame.partition(" (")
+    if name.startswith(("CPyDef_", "CPyPy_")):
+        return ".".join(name.split("_", 1)[1].split("___")) + " (compiled)"
     where = where.rstrip(")")
     file = where.rsplit("/", 1)[-1].split(":")[0] if where else ""
     return f"{name} ({file})" if file else name
 
 
-def summarize_profile(folded: str, svg_note: str = "", top: int = 15) -> str:
-    """Self and inclusive shares of the sampled stacks (py-spy's collapsed format).
+# Where a sample's time went, by the file of its innermost frame that tells (an inlined
+# CPython helper such as Py_DECREF counts for the code that called it).
+_COMPONENTS = (
+    ("libc: system calls (send, recv, epoll: kernel time), malloc", ("libc.so", "[vdso]")),
+    ("router, compiled (mypyc)", ("__native_", "CPyDef_", "CPyPy_")),
+    ("router, interpreted", ("hakit/",)),
+    ("HTTP parser (httptools/llhttp)", ("parser.c", "llhttp.c", "api.c", "http.c")),
+    ("event loop (uvloop/libuv)", ("loop.c", "uv__", "uv_")),
+)
+_OTHER = "CPython runtime and the rest"
 
-    Without --native, time spent in C (uvloop's loop and syscalls, httptools'
-    parser) counts towards the innermost Python frame: ``Runner.run`` is the
-    event loop itself, ``*.write`` the send() calls, ``data_received`` includes
-    the parse that calls back into the protocol.
+
+def _component(frames: list[str]) -> str:
+    for frame in reversed(frames):
+        for component, marks in _COMPONENTS:
+            if any(mark in frame for mark in marks):
+                return component
+    return _OTHER
+
+
+# A thread waiting for work (the access-log writer, the resolver pool) is sampled too; those
+# samples say nothing about where a request's time goes.
+_IDLE_MARKERS: Final = ("PyThread_acquire_lock", "pthread_cond_", "sem_clockwait", "sem_timedwait")
+
+
+def _idle(frames: list[str]) -> bool:
+    return any(marker in frame for frame in frames for marker in _IDLE_MARKERS)
+
+
+def summarize_profile(folded: str, svg_note: str = "", top: int = 15) -> str:
+    """Where the router's time goes, from py-spy's collapsed stacks (recorded with --native).
+
+    By component (system calls, compiled and interpreted router code, parser,
+    event loop), then the hottest functions by own time and the router's
+    functions with their callees. py-spy sees no kernel frames: the time in
+    the kernel is the time of the libc call that entered it.
     """
     own: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
+    components: Counter[str] = Counter()
     total = 0
     for line in folded.splitlines():
         stack, _, count_text = line.rpartition(" ")
@@ -536,19 +583,26 @@ def summarize_profile(folded: str, svg_note: str = "", top: int = 15) -> str:
             continue
         count = int(count_text)
         frames = [f for f in stack.split(";") if f]
+        if _idle(frames):
+            continue
         total += count
         own[_short(frames[-1])] += count
-        for frame in {_short(f) for f in frames if "hakit/router/" in f}:
+        components[_component(frames)] += count
+        router = {_short(f) for f in frames if "hakit/router/" in f or f.startswith("CPyDef_")}
+        for frame in router:
             inclusive[frame] += count
     if not total:
         return "py-spy: no samples"
-    lines = [f"py-spy: {total} samples of the router's threads while not idle"]
+    lines = [f"py-spy --native: {total} samples of the router's threads while not idle"]
     if svg_note:
         lines.append(f"flame graph: {svg_note}")
+    lines.append(f"{'share %':>7}  component")
+    for component, count in components.most_common():
+        lines.append(f"{100 * count / total:7.1f}  {component}")
     lines.append(f"{'self %':>7}  function (file)")
     for frame, count in own.most_common(top):
         lines.append(f"{100 * count / total:7.1f}  {frame}")
-    lines.append(f"{'total %':>7}  router function (file), callees included")
+    lines.append(f"{'total %':>7}  router function, callees included")
     for frame, count in inclusive.most_common(top):
         lines.append(f"{100 * count / total:7.1f}  {frame}")
     return "\n".join(lines)
@@ -559,10 +613,12 @@ def summarize_profile(folded: str, svg_note: str = "", top: int = 15) -> str:
 
 def median_sample(samples: list[Sample]) -> Sample:
     cpu = [s.cpu_us for s in samples if s.cpu_us is not None]
+    system = [s.sys_us for s in samples if s.sys_us is not None]
     return Sample(
         rps=statistics.median(s.rps for s in samples),
         p99_ms=statistics.median(s.p99_ms for s in samples),
         cpu_us=statistics.median(cpu) if cpu else None,
+        sys_us=statistics.median(system) if system else None,
         core0=statistics.median(s.core0 for s in samples),
         errors=sum(s.errors for s in samples),
     )
@@ -570,7 +626,7 @@ def median_sample(samples: list[Sample]) -> Sample:
 
 def throughput_table(results: dict[tuple[str, str], list[Sample]], names: list[str]) -> str:
     lines = [
-        f"{'size':<7} {'target':<8} {'req/s':>9} {'p99 ms':>7} {'CPU µs/req':>11} "
+        f"{'size':<7} {'target':<8} {'req/s':>9} {'p99 ms':>7} {'CPU µs/req':>11} {'kernel':>7} "
         f"{'req/s ÷ HAProxy':>16} {'CPU ÷ HAProxy':>14} {'p99 added ms':>13} {'core 0':>7} {'errors':>7}"
     ]
     for size in PATHS:
@@ -579,6 +635,7 @@ def throughput_table(results: dict[tuple[str, str], list[Sample]], names: list[s
         for name in names:
             s = median_sample(results[(size, name)])
             cpu = f"{s.cpu_us:.1f}" if s.cpu_us is not None else "-"
+            kernel = f"{s.sys_us:.1f}" if s.sys_us is not None else "-"
             cpu_ratio = (
                 f"{s.cpu_us / haproxy.cpu_us:.2f}x"
                 if s.cpu_us is not None and haproxy.cpu_us
@@ -586,7 +643,7 @@ def throughput_table(results: dict[tuple[str, str], list[Sample]], names: list[s
             )
             added = f"{s.p99_ms - direct.p99_ms:+.2f}" if name != "direct" else "-"
             lines.append(
-                f"{size:<7} {name:<8} {s.rps:>9.0f} {s.p99_ms:>7.2f} {cpu:>11} "
+                f"{size:<7} {name:<8} {s.rps:>9.0f} {s.p99_ms:>7.2f} {cpu:>11} {kernel:>7} "
                 f"{s.rps / haproxy.rps:>15.2f}x {cpu_ratio:>14} {added:>13} "
                 f"{100 * s.core0:>6.0f}% {s.errors:>7}"
             )
@@ -727,8 +784,8 @@ def run_throughput(
     results: dict[tuple[str, str], list[Sample]] = {}
     for round_number in range(args.rounds):
         for size, path in PATHS.items():
-            for name, (pid, port) in targets.items():
-                sample = measure(pid, backend.pid, port, path, args.seconds, script)
+            for name, (target_pid, port) in targets.items():
+                sample = measure(target_pid, backend.pid, port, path, args.seconds, script)
                 results.setdefault((size, name), []).append(sample)
                 print(
                     f"  round {round_number + 1} {size:<6} {name:<8} {sample.rps:9.0f} req/s "

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import replace
 
 import pytest
 
@@ -195,9 +194,8 @@ def test_valid_host(value: bytes, valid: bool) -> None:
 def forwarded(
     headers: list[Header], trusted: bool, client: str = "192.0.2.7", scheme: bytes = b"http"
 ) -> dict[bytes, list[bytes]]:
-    request = replace(
-        head(headers, b"GET"), client_trusted=trusted, client_ip=client, scheme=scheme
-    )
+    request = head(headers, b"GET")
+    request.client_trusted, request.client_ip, request.scheme = trusted, client, scheme
     out: dict[bytes, list[bytes]] = {}
     for key, value in upstream_request_headers(request, b"127.0.0.1:8101"):
         out.setdefault(key.lower(), []).append(value)

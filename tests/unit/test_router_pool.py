@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -501,7 +501,7 @@ def test_forwarded_headers_describe_the_client(
             (b"X-Forwarded-Proto", b"https"),
         ]
     )
-    head = replace(head, client_trusted=trusted)
+    head.client_trusted = trusted
     out = upstream_request_headers(head, b"127.0.0.1:8101")
     assert [value for key, value in out if key == b"X-Forwarded-For"] == [forwarded_for]
     assert [value for key, value in out if key == b"X-Forwarded-Proto"] == [proto]

@@ -37,7 +37,7 @@ import sys
 import threading
 import time
 from queue import SimpleQueue
-from typing import TextIO
+from typing import Final, TextIO
 
 from hakit.config import AccessLogFormat
 from hakit.errors import HakitError
@@ -45,14 +45,27 @@ from hakit.router.metrics import CLIENT_CLOSED, Observed
 
 log = logging.getLogger("hakit.router")
 
-FLUSH_INTERVAL = 0.2  # seconds a line may wait in memory
-FLUSH_LINES = 256  # or this many lines, whichever comes first
+FLUSH_INTERVAL: Final = 0.2  # seconds a line may wait in memory
+FLUSH_LINES: Final = 256  # or this many lines, whichever comes first
 
 # One encoder for every line: json.dumps with options builds a new encoder per call.
 _json = json.JSONEncoder(separators=(",", ":")).encode
-_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+_MONTHS: Final = (
+    "Jan",
+    "Feb",
+    "Mar",
+    "Apr",
+    "May",
+    "Jun",
+    "Jul",
+    "Aug",
+    "Sep",
+    "Oct",
+    "Nov",
+    "Dec",
+)
 # Bytes that would break a quoted log field or a terminal: escaped as \xHH (Apache does).
-_UNSAFE = re.compile(rb'[\x00-\x1f"\\\x7f-\xff]')
+_UNSAFE: Final = re.compile(rb'[\x00-\x1f"\\\x7f-\xff]')
 
 
 def _escape_byte(match: re.Match[bytes]) -> bytes:

@@ -18,11 +18,11 @@ exact outcome of N turns instead of relying on chance.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Protocol
+from typing import Final, Protocol
 
 from hakit.config import Balance, NodeConfig
 
-GOLDEN = 0.6180339887498949  # frac of the golden ratio: the most evenly spread sequence
+GOLDEN: Final = 0.6180339887498949  # frac of the golden ratio: the most evenly spread sequence
 
 
 class HealthView(Protocol):

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import weakref
+from typing import Final
 
 
 class WriteBatch:
@@ -89,7 +90,7 @@ class BatchedWrites:
             self._batch.flush()
 
 
-_BATCHES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, WriteBatch] = (
+_BATCHES: Final[weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, WriteBatch]] = (
     weakref.WeakKeyDictionary()
 )
 

@@ -19,7 +19,7 @@ import asyncio
 import logging
 from collections.abc import Collection, Coroutine
 from time import monotonic
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from hakit.config import NodeConfig
 from hakit.router.headers import (
@@ -52,7 +52,7 @@ from hakit.router.upstream import UpstreamConnection, UpstreamPool
 log = logging.getLogger("hakit.router")
 
 # Bounded retries of one request: stale pooled connections, then other nodes.
-MAX_ATTEMPTS = 4
+MAX_ATTEMPTS: Final = 4
 
 
 class ExchangeHooks:
@@ -153,7 +153,7 @@ class ClientSide(Protocol):
         ...
 
 
-_NOT_TRIED: frozenset[str] = frozenset()
+_NOT_TRIED: Final[frozenset[str]] = frozenset()
 
 
 class Exchange:
@@ -697,10 +697,10 @@ class Exchange:
 
 
 # Up to this many body bytes are copied behind the head to write one buffer.
-_JOIN_LIMIT = 4096
+_JOIN_LIMIT: Final = 4096
 
 # Status lines of the answers seen most, encoded once.
-_STATUS_LINES = {
+_STATUS_LINES: Final = {
     (status, reason): b"HTTP/1.1 %d %s\r\n" % (status, reason)
     for status, reason in (
         (200, b"OK"),

@@ -21,7 +21,8 @@ import enum
 import functools
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Final
 
 Header = tuple[bytes, bytes]
 
@@ -29,7 +30,7 @@ Header = tuple[bytes, bytes]
 # Upgrade is here: tunnel.py adds it back to an upgrade request it forwards.
 # Transfer-Encoding and Content-Length are removed too and re-added by the
 # framing decision below.
-HOP_BY_HOP = frozenset(
+HOP_BY_HOP: Final = frozenset(
     {
         b"connection",
         b"keep-alive",
@@ -46,7 +47,7 @@ HOP_BY_HOP = frozenset(
 # never are: dropping them would desynchronise framing (Content-Length,
 # Transfer-Encoding) or silently strip identity and session (Host, Cookie,
 # Authorization), a known way to bypass checks behind a proxy.
-NEVER_CONNECTION_STRIPPED = frozenset(
+NEVER_CONNECTION_STRIPPED: Final = frozenset(
     {
         b"host",
         b"content-length",
@@ -60,23 +61,25 @@ NEVER_CONNECTION_STRIPPED = frozenset(
 
 # What the router says about the client; whatever an untrusted client sent
 # under these names is replaced, a trusted proxy's is extended.
-FORWARDING = frozenset(
+FORWARDING: Final = frozenset(
     {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded"}
 )
 
 # Names a backend may read the same as the real ones (CGI/WSGI turn "-" and "_"
 # into the same variable): such look-alikes are refused, not forwarded.
-_LOOKALIKE_TARGETS = frozenset({b"content-length", b"transfer-encoding", b"host"} | FORWARDING)
+_LOOKALIKE_TARGETS: Final = frozenset(
+    {b"content-length", b"transfer-encoding", b"host"} | FORWARDING
+)
 
 # RFC 9110 9.2.2: repeating these has the same effect as sending them once.
-IDEMPOTENT_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
+IDEMPOTENT_METHODS: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 
 # Methods whose request content has no defined meaning and which backends may
 # read as bodiless: a body there is the CL.0 desync (RFC 9110 9.3.1 allows refusing).
-_NO_BODY_METHODS = frozenset({b"GET", b"HEAD"})
+_NO_BODY_METHODS: Final = frozenset({b"GET", b"HEAD"})
 
 # Transfer codings that exist (RFC 9112 7) but that we do not decode -> 501.
-_KNOWN_CODINGS = frozenset({b"gzip", b"x-gzip", b"deflate", b"compress", b"x-compress"})
+_KNOWN_CODINGS: Final = frozenset({b"gzip", b"x-gzip", b"deflate", b"compress", b"x-compress"})
 
 
 class Body(enum.Enum):
@@ -96,27 +99,68 @@ class BadRequest(ValueError):
         self.status = status
 
 
-# Read-only by convention, not frozen: a frozen dataclass's __init__ goes through
-# object.__setattr__ per field, ~1.5 us more for every request (measured).
-@dataclass(slots=True)
 class RequestHead:
-    method: bytes
-    target: bytes  # origin-form (or "*" for OPTIONS), as forwarded
-    version: str  # "1.0" or "1.1", as the client sent it
-    headers: tuple[Header, ...]  # as received, names in their original case
-    keep_alive: bool  # the client wants the connection kept (parser's verdict)
-    body: Body  # NONE, LENGTH or CHUNKED
-    content_length: int  # with Body.LENGTH; 0 otherwise
-    transfer_encoding: bytes  # the received value with Body.CHUNKED; b"" otherwise
-    client_ip: str
-    # The peer is a proxy we trust (router.trusted_proxies): its forwarding headers are kept.
-    client_trusted: bool = False
-    scheme: bytes = b"http"  # how the client reached us: b"http" or b"https" (TLS)
-    # The sticky strategy's cookie lookup, done once per request (sticky.py):
-    # (cookie name, its value or None); None before the first lookup.
-    sticky_memo: tuple[bytes, bytes | None] | None = field(default=None, compare=False, repr=False)
-    # The node the router counts this request in flight for (server.Router.choose).
-    counted_for: str | None = field(default=None, compare=False, repr=False)
+    """A parsed, checked request head (one per request; read-only by convention).
+
+    A plain class with its own ``__init__`` rather than a dataclass: compiled
+    (hakit/native.py), a dataclass's generated ``__init__`` still runs as
+    interpreted Python, ~3,400 instructions per request for these 13 fields
+    (measured with benchmarks/router_instructions.py); frozen, it costs more still.
+    """
+
+    __slots__ = (
+        "body",
+        "client_ip",
+        "client_trusted",
+        "content_length",
+        "counted_for",
+        "headers",
+        "keep_alive",
+        "method",
+        "scheme",
+        "sticky_memo",
+        "target",
+        "transfer_encoding",
+        "version",
+    )
+
+    def __init__(
+        self,
+        method: bytes,
+        target: bytes,
+        version: str,
+        headers: tuple[Header, ...],
+        keep_alive: bool,
+        body: Body,
+        content_length: int,
+        transfer_encoding: bytes,
+        client_ip: str,
+        client_trusted: bool = False,
+        scheme: bytes = b"http",
+    ) -> None:
+        self.method = method
+        self.target = target  # origin-form (or "*" for OPTIONS), as forwarded
+        self.version = version  # "1.0" or "1.1", as the client sent it
+        self.headers = headers  # as received, names in their original case
+        self.keep_alive = keep_alive  # the client wants the connection kept (parser's verdict)
+        self.body = body  # NONE, LENGTH or CHUNKED
+        self.content_length = content_length  # with Body.LENGTH; 0 otherwise
+        self.transfer_encoding = transfer_encoding  # the value with Body.CHUNKED; b"" otherwise
+        self.client_ip = client_ip
+        # The peer is a proxy we trust (router.trusted_proxies): its forwarding headers are kept.
+        self.client_trusted = client_trusted
+        self.scheme = scheme  # how the client reached us: b"http" or b"https" (TLS)
+        # The sticky strategy's cookie lookup, done once per request (sticky.py):
+        # (cookie name, its value or None); None before the first lookup.
+        self.sticky_memo: tuple[bytes, bytes | None] | None = None
+        # The node the router counts this request in flight for (server.Router.choose).
+        self.counted_for: str | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"RequestHead({self.method!r} {self.target!r} HTTP/{self.version}, "
+            f"{len(self.headers)} headers, body {self.body.name}, from {self.client_ip})"
+        )
 
     @property
     def host(self) -> bytes | None:
@@ -227,7 +271,11 @@ class ResponseHead:
             self.headers.append((name, value))
             lower = name.lower()
             if lower not in HOP_BY_HOP:
-                self.lines += (name, b": ", value, b"\r\n")
+                lines = self.lines  # appends: compiled (mypyc), cheaper than += a tuple
+                lines.append(name)
+                lines.append(b": ")
+                lines.append(value)
+                lines.append(b"\r\n")
             elif lower == b"content-length":
                 if self.length is None:
                     self.length = value
@@ -309,13 +357,17 @@ def response_fields(headers: Iterable[Header]) -> ResponseFields:
 
 # --- the raw request head ------------------------------------------------------------------
 
-_TCHAR = rb"!#$%&'*+\-.^_`|~0-9A-Za-z"
+_TCHAR: Final = rb"!#$%&'*+\-.^_`|~0-9A-Za-z"
 # RFC 9112 3: request-line = method SP request-target SP HTTP-version CRLF, with
 # exactly one SP each (llhttp accepts several). Empty lines before it are allowed (2.2).
-_REQUEST_LINE = re.compile(rb"[\r\n]*([" + _TCHAR + rb"]+) ([^\x00-\x20\x7f]+) HTTP/(\d)\.(\d)\r\n")
+_REQUEST_LINE: Final = re.compile(
+    rb"[\r\n]*([" + _TCHAR + rb"]+) ([^\x00-\x20\x7f]+) HTTP/(\d)\.(\d)\r\n"
+)
 # A framing header whose value holds HTAB: valid OWS, but no client sends it, and
 # "Transfer-Encoding:\tchunked" is a classic TE.TE obfuscation other parsers split on.
-_FRAMING_TAB = re.compile(rb"\r\n(?:content-length|transfer-encoding):[^\r\n]*\t", re.IGNORECASE)
+_FRAMING_TAB: Final = re.compile(
+    rb"\r\n(?:content-length|transfer-encoding):[^\r\n]*\t", re.IGNORECASE
+)
 
 
 def check_raw_head(data: bytes, start: int) -> int:
@@ -328,7 +380,7 @@ def check_raw_head(data: bytes, start: int) -> int:
     return raw_head(data, start)[0]
 
 
-_VERSIONS: dict[object, str] = {(b"1", b"1"): "1.1", (b"1", b"0"): "1.0"}
+_VERSIONS: Final[dict[object, str]] = {(b"1", b"1"): "1.1", (b"1", b"0"): "1.0"}
 
 
 def raw_head(data: bytes, start: int) -> tuple[int, str]:
@@ -352,7 +404,7 @@ def raw_head(data: bytes, start: int) -> tuple[int, str]:
 # --- the parsed request head --------------------------------------------------------------
 
 # RFC 3986 3.2.2/3.2.3: host [ ":" port ]; IP-literal in brackets, else reg-name / IPv4.
-_HOST = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~%!$&'()*+,;=]*)(?::[0-9]*)?")
+_HOST: Final = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~%!$&'()*+,;=]*)(?::[0-9]*)?")
 
 
 @functools.lru_cache(maxsize=1024)
@@ -370,7 +422,7 @@ def origin_form(target: bytes) -> tuple[bytes, bytes | None]:
         # Absolute-form: the authority replaces Host (RFC 9112 3.2.2); forwarded as origin-form.
         cut = min((i for i in (rest.find(b"/"), rest.find(b"?")) if i >= 0), default=len(rest))
         authority, path = rest[:cut], rest[cut:]
-        if not authority or b"@" in authority or not valid_host(authority):
+        if not authority or authority.find(b"@") >= 0 or not valid_host(authority):
             raise BadRequest("absolute-form target with an invalid authority")
         if path.startswith(b"?"):
             path = b"/" + path
@@ -378,7 +430,7 @@ def origin_form(target: bytes) -> tuple[bytes, bytes | None]:
     raise BadRequest("request target is neither origin-form nor an http(s) absolute URI")
 
 
-_FRAMING = frozenset({b"host", b"content-length", b"transfer-encoding"})
+_FRAMING: Final = frozenset({b"host", b"content-length", b"transfer-encoding"})
 
 
 def _codings(values: list[bytes]) -> list[bytes]:
@@ -424,7 +476,9 @@ def request_head(
                 codings = [value]
             else:
                 codings.append(value)
-        elif b"_" in name and name.replace(b"_", b"-") in _LOOKALIKE_TARGETS:
+        # find, not `in`: CPython's `bytes in bytes` first tries the operand as an int and
+        # builds a TypeError it then drops (~1,700 instructions a test, measured).
+        elif name.find(b"_") >= 0 and name.replace(b"_", b"-") in _LOOKALIKE_TARGETS:
             raise BadRequest(f"look-alike header name {key!r}")
     if hosts > 1:
         raise BadRequest("more than one Host header")
@@ -481,8 +535,8 @@ def request_head(
 
 # --- what goes to the backend ---------------------------------------------------------------
 
-_NOT_FORWARDED = HOP_BY_HOP | FORWARDING | {b"host"}
-_TOKEN = re.compile(rb"[" + _TCHAR + rb"]+")
+_NOT_FORWARDED: Final = HOP_BY_HOP | FORWARDING | {b"host"}
+_TOKEN: Final = re.compile(rb"[" + _TCHAR + rb"]+")
 
 
 def forwarded_node(client_ip: str) -> bytes:
@@ -701,8 +755,8 @@ def client_headers(
     return out
 
 
-_CONNECTION_CLOSE = (b"Connection", b"close")
-_CONNECTION_KEEP_ALIVE = (b"Connection", b"keep-alive")
+_CONNECTION_CLOSE: Final = (b"Connection", b"close")
+_CONNECTION_KEEP_ALIVE: Final = (b"Connection", b"keep-alive")
 
 
 def encode_head(first_line: bytes, headers: Iterable[Header]) -> bytes:
@@ -718,5 +772,5 @@ def chunk_prefix(size: int) -> bytes:
     return b"%x\r\n" % size
 
 
-LAST_CHUNK = b"0\r\n\r\n"
-CRLF = b"\r\n"
+LAST_CHUNK: Final = b"0\r\n\r\n"
+CRLF: Final = b"\r\n"

@@ -28,7 +28,7 @@ import enum
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 
 class HealthState(enum.StrEnum):
@@ -110,7 +110,7 @@ class _Count:
 _Rule = _Stay | _Move | _Count
 S, R = HealthState, ResultKind
 
-TRANSITIONS: dict[tuple[HealthState, ResultKind], _Rule] = {
+TRANSITIONS: Final[dict[tuple[HealthState, ResultKind], _Rule]] = {
     (S.UNKNOWN, R.OK): _Move(S.UP),
     (S.UNKNOWN, R.DRAIN): _Move(S.DRAIN),
     (S.UNKNOWN, R.FAIL): _Count("fall", S.DOWN),

@@ -21,10 +21,12 @@ the first one failed without answering (see ``may_retry_unanswered``).
 
 from __future__ import annotations
 
+from typing import Final
+
 from hakit.router.headers import Body, RequestHead, header_value
 
 # RFC 9110 9.2.1: methods defined as read-only.
-SAFE_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE"})
+SAFE_METHODS: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE"})
 
 
 def expects_continue(request: RequestHead) -> bool:

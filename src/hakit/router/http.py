@@ -31,7 +31,7 @@ import asyncio
 import ipaddress
 import logging
 from collections.abc import Callable, Collection
-from typing import Protocol, cast
+from typing import Final, Protocol, cast
 
 import httptools
 
@@ -61,29 +61,29 @@ class HeadTooLarge(Exception):
 
 # A refused request's connection is half-closed after the answer, and what still
 # arrives is read and dropped for this long / this many bytes, then it is closed.
-LINGER_SECONDS = 2.0
-LINGER_BYTES = 1 << 20
+LINGER_SECONDS: Final = 2.0
+LINGER_BYTES: Final = 1 << 20
 
 # llhttp errors that mean "a version we do not speak" rather than garbage.
-_VERSION_ERRORS = ("Invalid HTTP version", "Pause on PRI")  # PRI: the HTTP/2 preface
+_VERSION_ERRORS: Final = ("Invalid HTTP version", "Pause on PRI")  # PRI: the HTTP/2 preface
 
 # What a connection waits for from its client (the timeouts of ``sweep``).
-_FRESH = 0  # nothing yet on a new connection: header_timeout, then closed silently
-_IDLE = 1  # keep-alive between requests: client_idle_timeout, then closed silently
-_HEAD = 2  # a head is arriving: header_timeout from its first byte, then 408
-_BODY = 3  # a request body is arriving: body_idle_timeout without a byte, then 408
-_NONE = 4  # nothing (request read, answering; or not reading any more)
+_FRESH: Final = 0  # nothing yet on a new connection: header_timeout, then closed silently
+_IDLE: Final = 1  # keep-alive between requests: client_idle_timeout, then closed silently
+_HEAD: Final = 2  # a head is arriving: header_timeout from its first byte, then 408
+_BODY: Final = 3  # a request body is arriving: body_idle_timeout without a byte, then 408
+_NONE: Final = 4  # nothing (request read, answering; or not reading any more)
 # Expect: 100-continue sent, no answer yet: the client rightly waits before its body.
 # Its body clock starts with the first byte we write to it or it sends.
-_EXPECT = 5
+_EXPECT: Final = 5
 
 
 # Why a connection stopped reading (several at once: it reads again when none is left):
 # an exchange's request body is buffered ("buffer") or its backend cannot take more
 # ("upstream"); a request waits behind another ("pipeline"); no more requests ("stopped").
-_PAUSE = {"buffer": 1, "upstream": 2, "pipeline": 4, "stopped": 8}
-_PAUSE_EXCHANGE = _PAUSE["buffer"] | _PAUSE["upstream"]
-_PAUSE_PIPELINE = _PAUSE["pipeline"]
+_PAUSE: Final = {"buffer": 1, "upstream": 2, "pipeline": 4, "stopped": 8}
+_PAUSE_EXCHANGE: Final = _PAUSE["buffer"] | _PAUSE["upstream"]
+_PAUSE_PIPELINE: Final = _PAUSE["pipeline"]
 
 
 def parser_error_status(error: Exception) -> int:

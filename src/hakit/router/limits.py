@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
+from typing import Final
 
 from hakit.config import RouterConfig
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-_HEAD_BYTES = 64 * 1024
+_HEAD_BYTES: Final = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,17 +19,17 @@ import math
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Final, Protocol
 
 from hakit.config import NodeConfig
 from hakit.router.headers import RequestHead
 
 # Requests the router answered without any backend (maintenance page, 400, ...).
-NO_NODE = "-"
+NO_NODE: Final = "-"
 
 # Upstream response time buckets (seconds): loopback answers take ~0.3 ms, a
 # slow Jira page seconds, a stuck one hits router.response_timeout.
-UPSTREAM_BUCKETS = (
+UPSTREAM_BUCKETS: Final = (
     0.0005,
     0.001,
     0.0025,
@@ -50,9 +50,9 @@ UPSTREAM_BUCKETS = (
 
 # The status logged and counted when the client went away before any answer
 # (nginx's convention).
-CLIENT_CLOSED = 499
+CLIENT_CLOSED: Final = 499
 
-CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
+CLASSES: Final = ("1xx", "2xx", "3xx", "4xx", "5xx")
 
 
 class Observed(Protocol):

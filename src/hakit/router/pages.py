@@ -10,10 +10,11 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
+from typing import Final
 
 from hakit.router.headers import Header, encode_head
 
-REASONS = {
+REASONS: Final = {
     400: b"Bad Request",
     408: b"Request Timeout",
     414: b"URI Too Long",
@@ -26,7 +27,7 @@ REASONS = {
     505: b"HTTP Version Not Supported",
 }
 
-_MESSAGES = {
+_MESSAGES: Final = {
     400: "The request could not be understood.",
     408: "The request did not arrive in time.",
     414: "The request URL is too long.",
@@ -110,7 +111,7 @@ def _seconds(value: float) -> int:
     return max(1, math.ceil(value))
 
 
-_PAGE = """<!DOCTYPE html>
+_PAGE: Final = """<!DOCTYPE html>
 <html lang="en">
 <head>
 <meta charset="utf-8">

@@ -53,6 +53,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Final
 
 from hakit.config import Balance, Config, Mode, NodeConfig, StickyDown
 from hakit.contract import AppState, is_routable
@@ -61,10 +62,10 @@ from hakit.coord.view import ClusterView
 from hakit.router.balance import HealthView, pick_new, ramp_weight
 
 # A mark taken for a node that had no record: any record that appears later clears it.
-NO_RECORD = -1.0
+NO_RECORD: Final = -1.0
 
 # App states that keep sticky users but take no new ones (DESIGN.md: "drains").
-DRAIN_STATES = frozenset({AppState.STOPPING.value, AppState.MAINTENANCE.value})
+DRAIN_STATES: Final = frozenset({AppState.STOPPING.value, AppState.MAINTENANCE.value})
 
 
 class Verdict(enum.Enum):
@@ -187,7 +188,7 @@ class Standing:
     lease: Lease | None  # standby modes: once it expired, ``base`` needs ``serves_expired``
 
 
-NOBODY = Eligibility((), (), frozenset())
+NOBODY: Final = Eligibility((), (), frozenset())
 
 
 def standing(view: ClusterView, cfg: Config) -> Standing:

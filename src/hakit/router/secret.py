@@ -19,14 +19,15 @@ import os
 import secrets
 import tempfile
 from pathlib import Path
+from typing import Final
 
 from hakit.config import Config
 from hakit.errors import HakitError
 
 log = logging.getLogger("hakit.router")
 
-SECRET_FILE = "router.secret"
-MIN_LENGTH = 16  # characters; the generated secret has 43 (32 random bytes, base64url)
+SECRET_FILE: Final = "router.secret"
+MIN_LENGTH: Final = 16  # characters; the generated secret has 43 (32 random bytes, base64url)
 
 
 def cluster_secret(cfg: Config) -> bytes:

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Collection, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Final, cast
 
 from hakit import native
 from hakit.config import Config, NodeConfig, Sticky, parse_listen
@@ -55,11 +55,11 @@ log = logging.getLogger("hakit.router")
 
 # A sticky hold is granted this much beyond sticky_hold, so that when the held request
 # wakes up its hold has surely run out (the exchange's timer and ours use other clocks).
-HOLD_MARGIN = 0.05
+HOLD_MARGIN: Final = 0.05
 
 ViewSource = Callable[[], ClusterView]
 
-EMPTY_VIEW = ClusterView(lease=None, nodes={}, read_at=0.0)
+EMPTY_VIEW: Final = ClusterView(lease=None, nodes={}, read_at=0.0)
 
 
 class Router:
@@ -473,7 +473,7 @@ class Router:
 
 
 # Client connections this many or more should fit under the open files limit.
-WANTED_OPEN_FILES = 16384
+WANTED_OPEN_FILES: Final = 16384
 
 
 def bound_address(server: asyncio.AbstractServer) -> tuple[str, int]:

@@ -31,13 +31,14 @@ import base64
 import hashlib
 import hmac
 from collections.abc import Iterable, Mapping
+from typing import Final
 
 from hakit.config import Config, NodeConfig, Sticky
 from hakit.router.exchange import ExchangeHooks
 from hakit.router.headers import Header, RequestHead
 
-TOKEN_BYTES = 12  # 96 bits of HMAC-SHA256: not guessable, 16 base64url characters
-PREFIX_SEPARATOR = b"~"
+TOKEN_BYTES: Final = 12  # 96 bits of HMAC-SHA256: not guessable, 16 base64url characters
+PREFIX_SEPARATOR: Final = b"~"
 
 
 # --- cookie headers (pure) ---------------------------------------------------------------
@@ -59,7 +60,7 @@ def join_pairs(pairs: Iterable[tuple[bytes, bytes]]) -> bytes:
     return b"; ".join(name + b"=" + val if name else val for name, val in pairs)
 
 
-_BEFORE_PAIR = b"; \t"  # what may precede a cookie pair in a Cookie header
+_BEFORE_PAIR: Final = b"; \t"  # what may precede a cookie pair in a Cookie header
 
 
 def _pair_at(value: bytes, needle: bytes, start: int = 0) -> int:
@@ -86,7 +87,9 @@ def find_cookie(headers: Iterable[Header], name: bytes) -> bytes | None:
 
 def _find_pair(headers: Iterable[Header], needle: bytes) -> bytes | None:
     for key, value in headers:
-        if needle in value and key.lower() == b"cookie":  # cheap test first
+        # find, not `in`: CPython's `bytes in bytes` first tries the operand as an int and
+        # builds a TypeError it then drops (~1,700 instructions a test, measured).
+        if value.find(needle) >= 0 and key.lower() == b"cookie":  # cheap test first
             pos = _pair_at(value, needle)
             if pos >= 0:
                 start = pos + len(needle)
@@ -109,7 +112,7 @@ def without_cookie(headers: list[Header], name: bytes) -> None:
     needle = name + b"="
     for index in range(len(headers) - 1, -1, -1):
         key, value = headers[index]
-        if needle not in value or key.lower() != b"cookie":
+        if value.find(needle) < 0 or key.lower() != b"cookie":
             continue
         pos = _pair_at(value, needle)
         if pos < 0:
@@ -158,7 +161,7 @@ def path_session_id(target: bytes, param: bytes) -> bytes | None:
     ``param`` is lower case. Only the path counts (not the query); the value
     ends at the next ``;``, ``/``, ``?`` or ``#``.
     """
-    if b";" not in target:
+    if target.find(b";") < 0:
         return None
     path = target.split(b"?", 1)[0]
     needle = b";" + param + b"="
@@ -193,7 +196,7 @@ def strip_prefixes(headers: list[Header], name: bytes) -> None:
     """Remove ``<route>~`` from every cookie ``name`` in the Cookie headers, in place."""
     needle = name + b"="
     for index, (key, value) in enumerate(headers):
-        if needle not in value or key.lower() != b"cookie":
+        if value.find(needle) < 0 or key.lower() != b"cookie":
             continue
         pos, changed = _pair_at(value, needle), False
         while pos >= 0:
@@ -222,7 +225,7 @@ def prefix_set_cookie(value: bytes, name: bytes, route: bytes) -> bytes | None:
         return None
     pair_value = pair_value.strip(b" \t")
     inner, quoted = _unquoted(pair_value)
-    if not inner or PREFIX_SEPARATOR in inner:
+    if not inner or inner.find(PREFIX_SEPARATOR) >= 0:
         return None
     inner = route + PREFIX_SEPARATOR + inner
     return name + b"=" + (b'"' + inner + b'"' if quoted else inner) + sep + attributes
@@ -283,7 +286,7 @@ class LbCookie(StickyStrategy):
         else:  # the first lookup for this request (the router's choice): _cookie, inlined
             needle = self._needle
             for key, value in request.headers:
-                if needle in value and key.lower() == b"cookie":
+                if value.find(needle) >= 0 and key.lower() == b"cookie":
                     token = self._cookie(request)
                     break
             else:
