@@ -101,6 +101,7 @@ def measure(
     dumped = [d for d in dumps if d != out] or dumps
     total = callgrind_total(dumped[0])  # the --dump right after the counted run
     if args.keep is not None:
+        args.keep.mkdir(parents=True, exist_ok=True)
         shutil.copy(dumped[0], args.keep / f"callgrind-{name}.out")  # for callgrind_annotate
     print(
         f"  {name}: {total:,} instructions for {requests} requests ({seconds:.0f} s under valgrind)"

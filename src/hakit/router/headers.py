@@ -43,6 +43,23 @@ HOP_BY_HOP: Final = frozenset(
     }
 )
 
+
+def lengths_mask(names: Iterable[bytes]) -> int:
+    """One bit per length of ``names``: ``(mask >> len(key)) & 1`` is 0 for a header name of
+    another length, known to be none of them without lowering it.
+
+    The hot loops below test this first. Most headers fail it, and each one spared
+    saves a ``bytes.lower()`` method call and the hash of its new result (~500
+    instructions a header; benchmarks/router_instructions.py).
+    """
+    mask = 0
+    for name in names:
+        mask |= 1 << len(name)
+    return mask
+
+
+_HOP_BY_HOP_LENGTHS: Final = lengths_mask(HOP_BY_HOP)
+
 # A client may name any header in Connection to make a proxy drop it. These
 # never are: dropping them would desynchronise framing (Content-Length,
 # Transfer-Encoding) or silently strip identity and session (Host, Cookie,
@@ -216,6 +233,25 @@ def _strip_named(connection: bytes) -> frozenset[bytes]:
     return frozenset(_tokens(connection)) - NEVER_CONNECTION_STRIPPED - HOP_BY_HOP
 
 
+def strips_beyond_hop_by_hop(connection: list[bytes]) -> bool:
+    """The Connection values ``connection`` name headers beyond the hop-by-hop ones.
+
+    The values almost every peer sends are answered by comparison: the cached
+    ``_strip_named`` costs a call through ``lru_cache`` (~750 instructions a response).
+    """
+    if len(connection) == 1:
+        value = connection[0]
+        if (
+            value == b"keep-alive"
+            or value == b"close"
+            or value == b"Keep-Alive"
+            or value == b"Close"
+        ):
+            return False
+        return bool(_strip_named(value))
+    return bool(_strip_named(b",".join(connection)))
+
+
 def _without_named(out: list[Header], connection: list[bytes]) -> list[Header]:
     named = _strip_named(b",".join(connection))
     if named:  # only when Connection names more than hop-by-hop ones
@@ -269,8 +305,10 @@ class ResponseHead:
     def add(self, name: bytes, value: bytes) -> None:
         if self.in_head:
             self.headers.append((name, value))
-            lower = name.lower()
-            if lower not in HOP_BY_HOP:
+            if (
+                not (_HOP_BY_HOP_LENGTHS >> len(name)) & 1
+                or (lower := name.lower()) not in HOP_BY_HOP
+            ):
                 lines = self.lines  # appends: compiled (mypyc), cheaper than += a tuple
                 lines.append(name)
                 lines.append(b": ")
@@ -294,7 +332,7 @@ class ResponseHead:
         connection = self.connection
         if connection is None:
             return False
-        return bool(_strip_named(connection[0] if len(connection) == 1 else b",".join(connection)))
+        return strips_beyond_hop_by_hop(connection)
 
 
 def client_head(
@@ -363,6 +401,12 @@ _TCHAR: Final = rb"!#$%&'*+\-.^_`|~0-9A-Za-z"
 _REQUEST_LINE: Final = re.compile(
     rb"[\r\n]*([" + _TCHAR + rb"]+) ([^\x00-\x20\x7f]+) HTTP/(\d)\.(\d)\r\n"
 )
+# The same for HTTP/1.0 and 1.1 only, whose minor digit is then read by index: no
+# group() call and no lookup (every request; the general one only words the refusal).
+_REQUEST_LINE_1X: Final = re.compile(
+    rb"[\r\n]*[" + _TCHAR + rb"]+ [^\x00-\x20\x7f]+ HTTP/1\.[01]\r\n"
+)
+_ONE: Final = ord("1")
 # A framing header whose value holds HTAB: valid OWS, but no client sends it, and
 # "Transfer-Encoding:\tchunked" is a classic TE.TE obfuscation other parsers split on.
 _FRAMING_TAB: Final = re.compile(
@@ -380,18 +424,19 @@ def check_raw_head(data: bytes, start: int) -> int:
     return raw_head(data, start)[0]
 
 
-_VERSIONS: Final[dict[object, str]] = {(b"1", b"1"): "1.1", (b"1", b"0"): "1.0"}
-
-
 def raw_head(data: bytes, start: int) -> tuple[int, str]:
     """``check_raw_head``, and the head's HTTP version ("1.1" or "1.0")."""
-    line = _REQUEST_LINE.match(data, start)
-    if line is None:
-        raise BadRequest("malformed request line (RFC 9112 3: method SP target SP version CRLF)")
-    version = _VERSIONS.get(line.group(3, 4))
-    if version is None:
+    line_1x = _REQUEST_LINE_1X.match(data, start)
+    if line_1x is not None:
+        line_end = line_1x.end()
+        version = "1.1" if data[line_end - 3] == _ONE else "1.0"
+    else:
+        line = _REQUEST_LINE.match(data, start)
+        if line is None:
+            raise BadRequest(
+                "malformed request line (RFC 9112 3: method SP target SP version CRLF)"
+            )
         raise BadRequest("HTTP version not supported", 505)
-    line_end = line.end()
     end = data.find(b"\r\n\r\n", line_end - 2)
     if end < 0:
         raise BadRequest("request head without its end")
@@ -431,6 +476,7 @@ def origin_form(target: bytes) -> tuple[bytes, bytes | None]:
 
 
 _FRAMING: Final = frozenset({b"host", b"content-length", b"transfer-encoding"})
+_FRAMING_LENGTHS: Final = lengths_mask(_FRAMING)
 
 
 def _codings(values: list[bytes]) -> list[bytes]:
@@ -461,8 +507,7 @@ def request_head(
     lengths: list[bytes] | None = None
     codings: list[bytes] | None = None
     for key, value in headers:
-        name = key.lower()
-        if name in _FRAMING:
+        if (_FRAMING_LENGTHS >> len(key)) & 1 and (name := key.lower()) in _FRAMING:
             if name == b"host":
                 if not hosts:
                     host = value
@@ -478,7 +523,7 @@ def request_head(
                 codings.append(value)
         # find, not `in`: CPython's `bytes in bytes` first tries the operand as an int and
         # builds a TypeError it then drops (~1,700 instructions a test, measured).
-        elif name.find(b"_") >= 0 and name.replace(b"_", b"-") in _LOOKALIKE_TARGETS:
+        elif key.find(b"_") >= 0 and key.lower().replace(b"_", b"-") in _LOOKALIKE_TARGETS:
             raise BadRequest(f"look-alike header name {key!r}")
     if hosts > 1:
         raise BadRequest("more than one Host header")
@@ -536,6 +581,7 @@ def request_head(
 # --- what goes to the backend ---------------------------------------------------------------
 
 _NOT_FORWARDED: Final = HOP_BY_HOP | FORWARDING | {b"host"}
+_NOT_FORWARDED_LENGTHS: Final = lengths_mask(_NOT_FORWARDED)
 _TOKEN: Final = re.compile(rb"[" + _TCHAR + rb"]+")
 
 
@@ -593,8 +639,10 @@ def upstream_request_head(request: RequestHead, default_host: bytes) -> bytes | 
     connection: list[bytes] | None = None
     trusted = request.client_trusted
     for key, value in request.headers:
-        name = key.lower()
-        if name not in _NOT_FORWARDED:
+        if (
+            not (_NOT_FORWARDED_LENGTHS >> len(key)) & 1
+            or (name := key.lower()) not in _NOT_FORWARDED
+        ):
             parts += (key, b": ", value, b"\r\n")
         elif name == b"host":
             host = value
@@ -606,7 +654,7 @@ def upstream_request_head(request: RequestHead, default_host: bytes) -> bytes | 
                 connection.append(value)
         elif trusted and name in FORWARDING:
             return None
-    if connection is not None and _strip_named(b",".join(connection)):
+    if connection is not None and strips_beyond_hop_by_hop(connection):
         return None
     if host is None:
         parts += (b"Host: ", default_host, b"\r\n")

@@ -311,8 +311,9 @@ class LbCookie(StickyStrategy):
         memo = request.sticky_memo
         token = memo[1] if memo is not None and memo[0] is self._name else self._cookie(request)
         # Set only when the route changes: no cookie, another node's, or an untrusted one.
-        if token != self._tokens.get(backend.name):
-            headers.append((b"Set-Cookie", self._set_cookie[backend.name]))
+        node = backend.name
+        if token != self._tokens.get(node):
+            headers.append((b"Set-Cookie", self._set_cookie[node]))
 
 
 class AppCookieSuffix(StickyStrategy):
