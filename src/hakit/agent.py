@@ -24,7 +24,9 @@ Tasks feed one queue so the policy sees events one at a time:
   API that writes them (hakit.admin_api, on the node's ``admin_port``); it also
   reads the routers' data-path reports (hakit.datapath): an active node the
   routers cannot reach while its app answers here hands over to a standby they
-  reach (PathLost -> a ``path-loss`` handover).
+  reach (PathLost -> a ``path-loss`` handover). The active node's agent also
+  removes the reports of routers silent for an hour (crashed, or gone with
+  their host), so the cluster state lists the routers that exist.
 
 Every call to the coordination store runs on one thread of its own, in the order
 issued (hakit.storeio): node records and events are queued without waiting, reads
@@ -54,7 +56,15 @@ from typing import Any
 from hakit.config import Config, Mode, NodeConfig
 from hakit.contract import AppState
 from hakit.coord.base import Coordinator, Event, Lease, NodeRecord
-from hakit.datapath import PathReport, handover_candidates, judge_holder, path_lost, reports_in
+from hakit.datapath import (
+    REPORT_PREFIX,
+    PathReport,
+    forgotten_reports,
+    handover_candidates,
+    judge_holder,
+    path_lost,
+    reports_in,
+)
 from hakit.errors import CoordinationError, InvalidTransition, SupervisorError
 from hakit.fence import (
     AGENT_ID_KEY,
@@ -825,6 +835,7 @@ class Agent:
             await self._feed_intents(read, time.time())
             if read is not None:
                 await self._watch_path(read[0])
+                self._forget_silent_routers(read[0])
             if self.monotonic() - self._published_at >= renew:
                 self._publish()  # so operators can tell a live agent (hakit.operator)
 
@@ -943,6 +954,31 @@ class Agent:
         )
         if loss is not None:
             self.events.put_nowait(PathLost(loss.target, loss.reason))
+
+    def _forget_silent_routers(self, state: Mapping[str, dict[str, Any]]) -> None:
+        """Active: remove the reports of routers silent for an hour (hakit.datapath).
+
+        One agent is enough (the active one); the removal is a compare-and-delete, so
+        a router that published again meanwhile keeps its report."""
+        if not self.epoch or self.policy.view().role is not Role.ACTIVE:
+            return
+        now = time.time()
+        for key, value in forgotten_reports(state, now):
+            router = key.removeprefix(REPORT_PREFIX)
+            silent = now - float(value["at"])
+            self.store.submit(
+                f"remove the report of router {router}",
+                self._forget_router,
+                key,
+                dict(value),
+                f"router {router}: report removed, silent for {silent / 3600:.1f} h",
+                key=f"forget {key}",  # asked again each renewal until done: once is enough
+            )
+
+    def _forget_router(self, key: str, value: dict[str, Any], words: str) -> None:
+        """On the store's thread: compare-and-delete one report, and say so when done."""
+        if self.coordinator.clear_state(key, value):
+            log.info("%s", words)
 
     async def _request_handover(self, action: RequestHandover) -> None:
         """Write the path-loss handover intent; the policy then hears it like a switchover."""

@@ -58,6 +58,7 @@ from hakit.policy_rules import Streak, streak_is_failure
 REPORT_PREFIX = "router/"  # cluster-state keys of the routers' reports
 ANSWERED, REFUSED, SILENT = "answered", "refused", "silent"
 STALE_REPORTS = 3  # a report older than this many publishing periods is stale
+FORGET_AFTER = 3600.0  # seconds without a report after which a router's report is removed
 RENEWAL_SLACK = 1.5  # renewal intervals after the last renewal an answer proves a stall
 # Agent states in which a node cannot take over a handover (hakit.operator refuses them too).
 NOT_READY = frozenset({"INIT", "MANUAL", "FENCED", "STEPPING_DOWN"})
@@ -177,6 +178,31 @@ def reports_in(state: Mapping[str, Mapping[str, Any]]) -> list[PathReport]:
 
 def fresh_reports(reports: Iterable[PathReport], now: float) -> list[PathReport]:
     return [report for report in reports if report.fresh(now)]
+
+
+def forgotten_reports(
+    state: Mapping[str, Mapping[str, Any]], now: float, after: float = FORGET_AFTER
+) -> list[tuple[str, Mapping[str, Any]]]:
+    """The reports (key, value) of routers silent for ``after`` seconds: to remove.
+
+    A router that stops removes its own report; one that crashed, or was taken out
+    of service with its host, leaves it behind for ever. Stale reports already say
+    nothing (:meth:`PathReport.fresh`); removing them after an hour keeps the
+    cluster state to the routers that exist. The value is returned so the removal
+    can be a compare-and-delete: a router that came back and published meanwhile
+    keeps its new report. Malformed reports cannot be dated and are left alone.
+    """
+    forgotten = []
+    for key, value in sorted(state.items()):
+        if not key.startswith(REPORT_PREFIX):
+            continue
+        try:
+            report = PathReport.from_json(value)
+        except (KeyError, TypeError, ValueError):
+            continue
+        if now - report.at >= after:
+            forgotten.append((key, value))
+    return forgotten
 
 
 # --- a standby about to take over an expired lease ----------------------------------------

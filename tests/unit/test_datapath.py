@@ -13,10 +13,12 @@ import pytest
 
 from hakit.coord.base import Lease, NodeRecord
 from hakit.datapath import (
+    FORGET_AFTER,
     REFUSED,
     SILENT,
     PathReport,
     Sight,
+    forgotten_reports,
     handover_candidates,
     judge_holder,
     path_lost,
@@ -206,3 +208,23 @@ def test_handover_candidates() -> None:
         "node2",
         "node6",
     ]
+
+
+def test_reports_of_routers_silent_for_an_hour_are_forgotten() -> None:
+    now = 10_000.0
+    gone = report(now - FORGET_AFTER - 1, "r-crashed", node1=answering(now - FORGET_AFTER - 2))
+    stale = report(now - 60.0, "r-stale")  # stale (says nothing) but not yet forgotten
+    live = report(now - 0.2, "r-live", node1=answering(now - 0.3))
+    state = {
+        "router/r-crashed": gone.as_json(),
+        "router/r-stale": stale.as_json(),
+        "router/r-live": live.as_json(),
+        "router/r-malformed": {"router": "r-malformed"},  # cannot be dated: left alone
+        "handover": {"at": 0.0},  # not a report, however old it looks
+    }
+    assert forgotten_reports(state, now) == [("router/r-crashed", gone.as_json())]
+    assert [key for key, _ in forgotten_reports(state, now, after=30.0)] == [
+        "router/r-crashed",
+        "router/r-stale",
+    ]
+    assert forgotten_reports(state, now - 2.0) == []  # just under the hour: kept
