@@ -585,6 +585,7 @@ class Fencer:
             "result": "ok" if result.ok else "failed",
             "epoch": epoch,
             "command": argv,
+            "summary": result.summary,  # what `hakit why` tells (it never parses the reason)
             "returncode": result.returncode,
             "seconds": round(result.elapsed, 3),
             "output": result.output,

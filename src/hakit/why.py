@@ -43,7 +43,6 @@ _RETRY = re.compile(r"retry (\d+) of (\d+)")
 _FAILED_STARTS = re.compile(r"(\d+) failed starts in a row \(restart_attempts = (\d+)\)")
 _NOT_FAILING_OVER = re.compile(r"not failing over: ([^;]*)")
 _NO_FAILOVER_BECAUSE = re.compile(r" and ((?:restart-only mode|this node is a standby)[^;:]*)")
-_FENCE_COMMAND = re.compile(r"the fence command (.*?)(?:; its output: (.*?))?(?:; not promoting|$)")
 _FORCE_HINT = "force with `hakit failover --force`"
 
 
@@ -239,12 +238,18 @@ def _fence_epoch(event: Event) -> int:
 
 
 def _command_failed(event: Event) -> bool:
-    """A fence_command that failed: the promotion did not happen."""
+    """A fence_command that failed: the promotion did not happen. (A failure to end the
+    database sessions also says "failed", but ran no command and blocks nothing.)"""
     return (
-        event.kind == "fence"
-        and event.data.get("result") == "failed"
-        and event.reason.startswith("could not fence ")
+        event.kind == "fence" and event.data.get("result") == "failed" and "command" in event.data
     )
+
+
+def _command_summary(event: Event) -> str:
+    """The fence command's own account, as hakit.fence recorded it ("exited 0 after 0.3 s",
+    "did not finish within fence_timeout 10 s (killed)"); empty if none was recorded."""
+    summary = event.data.get("summary")
+    return summary if isinstance(summary, str) else ""
 
 
 def _command_words(event: Event) -> str:
@@ -254,8 +259,7 @@ def _command_words(event: Event) -> str:
         return f"exit {code}"
     if isinstance(code, int) and code < 0:
         return f"killed by signal {-code}"
-    found = _FENCE_COMMAND.search(event.reason)
-    return found.group(1) if found else "see its output in the fence log"
+    return _command_summary(event) or "see its output in the fence log"
 
 
 def _fence_story(
@@ -295,8 +299,8 @@ def _fence_story(
     for event in mine:
         target, result = event.data.get("target", "?"), event.data.get("result")
         if result == "ok" and "command" in event.data:
-            found = _FENCE_COMMAND.search(event.reason)
-            how = f" (the fence command {found.group(1)})" if found else ""
+            summary = _command_summary(event)
+            how = f" (the fence command {summary})" if summary else ""
             suffix += f"; {target} fenced first{how}"
         elif result == "skipped":
             suffix += f"; {target} not fenced: the operator forced the promotion"

@@ -453,6 +453,8 @@ def test_fencer_runs_the_command_against_the_old_holder(tmp_path: Path) -> None:
     # A node was powered off: the agent sends this as a "fence" alert (webhook, e-mail).
     assert verdict.ok and verdict.alerts == (reason,)
     assert data["result"] == "ok" and data["target"] == "node1" and data["returncode"] == 0
+    # `hakit why` tells the command's own account from the data, not from the sentence.
+    assert data["summary"].startswith("exited 0 after ") and data["summary"] in reason
     assert harness.fencer.pending == {}
 
 
@@ -463,6 +465,7 @@ def test_fencer_refuses_when_the_command_fails_and_remembers(tmp_path: Path) -> 
     assert "could not fence node1" in verdict.reason and "no route to BMC" in verdict.reason
     assert "--force" in verdict.reason
     assert harness.events[-1][2]["result"] == "failed"
+    assert harness.events[-1][2]["summary"].startswith("exited with status 1 after ")
     assert list(harness.fencer.pending) == ["node1"]
     assert harness.fencer.published()["node1"]["epoch"] == 1
     assert harness.fencer.failures == 1

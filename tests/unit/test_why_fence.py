@@ -63,7 +63,7 @@ WOKE = (
 # wakes and fences itself.
 FENCE_THEN_FAILOVER = (
     *START,
-    fence(23.5, "node2", FENCED_OK, target="node1", result="ok", epoch=2, command=FENCE_CMD, returncode=0, seconds=0.3, output=""),
+    fence(23.5, "node2", FENCED_OK, target="node1", result="ok", epoch=2, command=FENCE_CMD, summary="exited 0 after 0.3 s", returncode=0, seconds=0.3, output=""),
     fence(23.6, "node2", SESSIONS, target="node1", result="ok", sessions=1, epoch=2),
     Row(23.7, "node2", 2, "start", "node2 promoted to active under epoch 2; starting the app"),
     Row(23.7, "node2", 2, "started", "app on node2 started as pid 16546"),
@@ -87,7 +87,7 @@ def refused(t: float, epoch: int) -> str:
 def failed_fence(t: float, epoch: int) -> tuple[Row, ...]:
     """What a failed fence_command leaves: the fence event, the lease given back, the alert."""
     return (
-        fence(t, "node2", refused(t, epoch), target="node1", result="failed", epoch=epoch, command=FENCE_CMD, returncode=1, seconds=0.0, output="BMC unreachable"),
+        fence(t, "node2", refused(t, epoch), target="node1", result="failed", epoch=epoch, command=FENCE_CMD, summary="exited with status 1 after 0.0 s", returncode=1, seconds=0.0, output="BMC unreachable"),
         Row(t, "node2", 0, "lease", f"node2 gave the lease of epoch {epoch} back: fencing failed"),
         alert(t, "node2", 0, "fence", refused(t, epoch)),
     )  # fmt: skip
@@ -162,7 +162,7 @@ TIMED_OUT = (
 )
 FENCE_TIMED_OUT = (
     *START,
-    fence(33.5, "node2", TIMED_OUT, target="node1", result="failed", epoch=2, command=FENCE_CMD, returncode=None, seconds=10.0, output=""),
+    fence(33.5, "node2", TIMED_OUT, target="node1", result="failed", epoch=2, command=FENCE_CMD, summary="did not finish within fence_timeout 10 s (killed)", returncode=None, seconds=10.0, output=""),
     alert(33.5, "node2", 0, "fence", TIMED_OUT),
 )  # fmt: skip
 
