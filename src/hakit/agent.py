@@ -57,7 +57,6 @@ from hakit.config import Config, Mode, NodeConfig
 from hakit.contract import AppState
 from hakit.coord.base import Coordinator, Event, Lease, NodeRecord
 from hakit.datapath import (
-    REPORT_PREFIX,
     PathReport,
     forgotten_reports,
     handover_candidates,
@@ -963,15 +962,14 @@ class Agent:
         if not self.epoch or self.policy.view().role is not Role.ACTIVE:
             return
         now = time.time()
-        for key, value in forgotten_reports(state, now):
-            router = key.removeprefix(REPORT_PREFIX)
-            silent = now - float(value["at"])
+        for key, value, report in forgotten_reports(state, now):
             self.store.submit(
-                f"remove the report of router {router}",
+                f"remove the report of router {report.router}",
                 self._forget_router,
                 key,
                 dict(value),
-                f"router {router}: report removed, silent for {silent / 3600:.1f} h",
+                f"router {report.router}: report removed, silent for "
+                f"{(now - report.at) / 3600:.1f} h",
                 key=f"forget {key}",  # asked again each renewal until done: once is enough
             )
 

@@ -47,7 +47,7 @@ seconds, the clock the store's times use):
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -163,17 +163,22 @@ def _number(value: object) -> float | None:
     return float(value) if isinstance(value, int | float) else None
 
 
-def reports_in(state: Mapping[str, Mapping[str, Any]]) -> list[PathReport]:
-    """The routers' reports in the cluster state (malformed ones are skipped)."""
-    reports = []
+def _stored_reports(
+    state: Mapping[str, Mapping[str, Any]],
+) -> Iterator[tuple[str, Mapping[str, Any], PathReport]]:
+    """(key, stored value, report) of each router's report, by key; malformed ones skipped."""
     for key, value in sorted(state.items()):
         if not key.startswith(REPORT_PREFIX):
             continue
         try:
-            reports.append(PathReport.from_json(value))
+            yield key, value, PathReport.from_json(value)
         except (KeyError, TypeError, ValueError):
             continue
-    return reports
+
+
+def reports_in(state: Mapping[str, Mapping[str, Any]]) -> list[PathReport]:
+    """The routers' reports in the cluster state (malformed ones are skipped)."""
+    return [report for _, _, report in _stored_reports(state)]
 
 
 def fresh_reports(reports: Iterable[PathReport], now: float) -> list[PathReport]:
@@ -182,8 +187,9 @@ def fresh_reports(reports: Iterable[PathReport], now: float) -> list[PathReport]
 
 def forgotten_reports(
     state: Mapping[str, Mapping[str, Any]], now: float, after: float = FORGET_AFTER
-) -> list[tuple[str, Mapping[str, Any]]]:
-    """The reports (key, value) of routers silent for ``after`` seconds: to remove.
+) -> list[tuple[str, Mapping[str, Any], PathReport]]:
+    """The reports (key, stored value, report) of routers silent for ``after`` seconds:
+    to remove.
 
     A router that stops removes its own report; one that crashed, or was taken out
     of service with its host, leaves it behind for ever. Stale reports already say
@@ -192,17 +198,7 @@ def forgotten_reports(
     can be a compare-and-delete: a router that came back and published meanwhile
     keeps its new report. Malformed reports cannot be dated and are left alone.
     """
-    forgotten = []
-    for key, value in sorted(state.items()):
-        if not key.startswith(REPORT_PREFIX):
-            continue
-        try:
-            report = PathReport.from_json(value)
-        except (KeyError, TypeError, ValueError):
-            continue
-        if now - report.at >= after:
-            forgotten.append((key, value))
-    return forgotten
+    return [stored for stored in _stored_reports(state) if now - stored[2].at >= after]
 
 
 # --- a standby about to take over an expired lease ----------------------------------------

@@ -43,8 +43,9 @@ def test_the_active_agent_forgets_routers_silent_for_an_hour(
         {"node1": Sight(now - 3700, now - 3700)},
     )
     recent = PathReport("192.0.2.2:8080", now - 120, 1.0, 1.0, {})  # stale, not yet forgotten
-    coordinator.set_state(REPORT_PREFIX + crashed.router, crashed.as_json())
+    # The younger one first: every pass of the agent that sees the old one sees it too.
     coordinator.set_state(REPORT_PREFIX + recent.router, recent.as_json())
+    coordinator.set_state(REPORT_PREFIX + crashed.router, crashed.as_json())
 
     wait_for(
         lambda: REPORT_PREFIX + crashed.router not in coordinator.cluster_state(),

@@ -222,8 +222,8 @@ def test_reports_of_routers_silent_for_an_hour_are_forgotten() -> None:
         "router/r-malformed": {"router": "r-malformed"},  # cannot be dated: left alone
         "handover": {"at": 0.0},  # not a report, however old it looks
     }
-    assert forgotten_reports(state, now) == [("router/r-crashed", gone.as_json())]
-    assert [key for key, _ in forgotten_reports(state, now, after=30.0)] == [
+    assert forgotten_reports(state, now) == [("router/r-crashed", gone.as_json(), gone)]
+    assert [key for key, _, _ in forgotten_reports(state, now, after=30.0)] == [
         "router/r-crashed",
         "router/r-stale",
     ]
