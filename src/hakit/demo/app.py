@@ -11,10 +11,12 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Sequence
 
 from hakit.demo.attachments import Attachments
 from hakit.demo.database import DatabaseUnavailable, open_database
+from hakit.demo.integrity import age_seconds, orphans_by_age
 from hakit.demo.log import LineLog
 from hakit.demo.node import DemoNode
 from hakit.demo.options import DemoOptions, parse_options
@@ -48,6 +50,47 @@ def _start_database(node: DemoNode) -> None:
         # Jira keeps running and shows its error page; /status says ERROR meanwhile
         # and every probe tries again.
         node.log(f"database unreachable at startup: {exc}; reporting ERROR until it is back")
+
+
+def _remove_orphan(node: DemoNode, path: str, age: float) -> None:
+    try:
+        node.attachments.remove(path)
+    except OSError as exc:
+        node.log(f"cannot remove orphan attachment {path}: {exc}")  # tried again next start
+        return
+    node.log(
+        f"removed orphan attachment {path}: no record points at it, last written "
+        f"{age:.0f} s ago (a crash between file and row)"
+    )
+
+
+def _remove_stale_orphans(node: DemoNode) -> None:
+    """Remove the litter of crashes between a file and its row (see integrity.py)."""
+    if not node.database.initialized:
+        # Without the rows every file would look like an orphan: remove nothing.
+        node.log("orphan attachments not checked: the database is unreachable")
+        return
+    grace = node.options.orphan_grace_seconds
+    try:
+        rows = node.database.records()  # before listing the files: see orphans_by_age
+    except DatabaseUnavailable as exc:
+        node.log(f"orphan attachments not checked: {exc}")
+        return
+    try:
+        mtimes = node.attachments.modified_times()
+    except OSError as exc:
+        # Litter is no reason to refuse to start; the next start tries again.
+        node.log(f"orphan attachments not checked: {exc}")
+        return
+    now = time.time()
+    stale, young = orphans_by_age(rows, mtimes, now, grace)
+    for path in stale:
+        _remove_orphan(node, path, age_seconds(mtimes[path], now))
+    if young:
+        node.log(
+            f"kept {len(young)} orphan attachments younger than {grace:g} s "
+            f"(a write may still be finishing): {', '.join(young)}"
+        )
 
 
 def _stop(node: DemoNode, received: signal.Signals) -> None:
@@ -105,6 +148,7 @@ def run(options: DemoOptions, log: LineLog) -> int:
                 log(FAIL_START_IF_MESSAGE.format(path=options.fail_start_if))
                 return 1
             _start_database(node)
+            _remove_stale_orphans(node)
             node.lifecycle.enter(Phase.READY)
             log("started")
             node.current_state()  # logs the state it starts in

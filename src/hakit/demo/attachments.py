@@ -24,6 +24,14 @@ class StoredFile:
     size: int
 
 
+@dataclass(frozen=True, slots=True)
+class AttachmentFile:
+    """One file of the attachments directory, as an integrity check sees it."""
+
+    sha256: str
+    mtime: float  # seconds since the epoch: an orphan's age is measured from it
+
+
 def _fsync_directory(directory: Path) -> None:
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -76,12 +84,28 @@ class Attachments:
     def remove(self, relative_path: str) -> None:
         self.path_of(relative_path).unlink(missing_ok=True)
 
-    def inventory(self) -> dict[str, str]:
-        """Every attachment file (relative path -> sha256)."""
+    def modified_times(self) -> dict[str, float]:
+        """Every attachment file (relative path -> mtime, seconds since the epoch)."""
         if not self.directory.is_dir():
             return {}
-        return {
-            f"{ATTACHMENTS}/{entry.name}": file_sha256(Path(entry.path))
-            for entry in os.scandir(self.directory)
-            if entry.is_file(follow_symlinks=False)
-        }
+        times: dict[str, float] = {}
+        for entry in os.scandir(self.directory):
+            try:
+                if entry.is_file(follow_symlinks=False):
+                    times[f"{ATTACHMENTS}/{entry.name}"] = entry.stat(
+                        follow_symlinks=False
+                    ).st_mtime
+            except FileNotFoundError:
+                continue  # removed since the directory was read: not there any more
+        return times
+
+    def inventory(self) -> dict[str, AttachmentFile]:
+        """Every attachment file (relative path -> sha256 and mtime)."""
+        files: dict[str, AttachmentFile] = {}
+        for relative_path, mtime in self.modified_times().items():
+            try:
+                sha256 = file_sha256(self.path_of(relative_path))
+            except FileNotFoundError:
+                continue  # removed since it was listed
+            files[relative_path] = AttachmentFile(sha256, mtime)
+        return files

@@ -35,6 +35,12 @@ class DemoOptions:
     # Like Tomcat whose webapp failed to deploy: the server is up, but every URL,
     # /status included, answers 404 with an HTML page (no JSON).
     not_deployed: bool = False
+    # Orphan attachments (a file with no row) older than this are removed at startup.
+    # At startup this app writes nothing yet, but on shared storage the old active
+    # may still be between a file and its row: it is stopped within a lease TTL
+    # plus its stop timeout (seconds to a minute or two), and its mtimes come from
+    # another clock. Ten minutes is far beyond both, and crash litter is no hurry.
+    orphan_grace_seconds: float = 600.0
 
 
 def _env_flag(env: Mapping[str, str], name: str) -> bool:
@@ -74,6 +80,13 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     parser.add_argument("--startup-delay", type=float, default=default("STARTUP_DELAY") or "0")
     parser.add_argument("--drain-seconds", type=float, default=default("DRAIN_SECONDS") or "10")
     parser.add_argument(
+        "--orphan-grace-seconds",
+        type=float,
+        default=default("ORPHAN_GRACE_SECONDS") or "600",
+        metavar="SECONDS",
+        help="at startup, remove attachment files with no row older than this (default 600)",
+    )
+    parser.add_argument(
         "--enable-faults", action="store_true", default=_env_flag(env, "ENABLE_FAULTS")
     )
     parser.add_argument("--fail-start", action="store_true", default=_env_flag(env, "FAIL_START"))
@@ -99,8 +112,11 @@ def parse_options(argv: Sequence[str], env: Mapping[str, str]) -> DemoOptions:
     args = parser.parse_args(list(argv))
     if not 0 <= args.port <= 65535:
         parser.error(f"--port {args.port} is not a TCP port (0-65535)")
-    if args.startup_delay < 0 or args.drain_seconds < 0:
-        parser.error("--startup-delay and --drain-seconds cannot be negative")
+    durations = (args.startup_delay, args.drain_seconds, args.orphan_grace_seconds)
+    if not all(seconds >= 0 for seconds in durations):  # written so that NaN fails too
+        parser.error(
+            "--startup-delay, --drain-seconds and --orphan-grace-seconds must be 0 or more"
+        )
     return DemoOptions(
         port=int(args.port),
         home=Path(args.home),
@@ -113,4 +129,5 @@ def parse_options(argv: Sequence[str], env: Mapping[str, str]) -> DemoOptions:
         fail_start=args.fail_start,
         fail_start_if=args.fail_start_if,
         not_deployed=args.not_deployed,
+        orphan_grace_seconds=args.orphan_grace_seconds,
     )
