@@ -356,19 +356,22 @@ def test_records_and_integrity_detect_missing_orphan_and_corrupt_files(start_app
         "missing_files": [],
         "orphan_files": [],
         "corrupt": [],
+        "missing": [],
+        "orphans": [],
     }
 
     (app.home / "attachments" / ids[0]).unlink()
     (app.home / "attachments" / "stray").write_bytes(b"no row points here")
     (app.home / "attachments" / ids[3]).write_bytes(b"changed")
-    assert app.request("GET", "/integrity").json() == {
-        "ok": False,
-        "rows": 4,
-        "files": 4,
-        "missing_files": [ids[0]],
-        "orphan_files": ["attachments/stray"],
-        "corrupt": [ids[3]],
-    }
+    report = app.request("GET", "/integrity").json()
+    assert (report["ok"], report["rows"], report["files"]) == (False, 4, 4)
+    assert (report["missing_files"], report["orphan_files"], report["corrupt"]) == (
+        [ids[0]],
+        ["attachments/stray"],
+        [ids[3]],
+    )
+    assert [orphan["path"] for orphan in report["orphans"]] == ["attachments/stray"]
+    assert [lost["problem"] for lost in report["missing"]] == ["absent", "sha256 differs"]
 
 
 # --- faults -----------------------------------------------------------------------
