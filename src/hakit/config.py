@@ -341,22 +341,42 @@ class AppConfig(_Section):
     stop: Command | None = None  # default: SIGTERM to the process group
     env: dict[str, str] = Field(default_factory=dict)
     home: Path = Field(description="the app's home directory (relative to this file)")
+    # Optional: left out (or "", or None from Python) means no database: no database
+    # check, no session fencing, and {database_url} substitutes to "". A str, not None, so
+    # that every user of it (substitution, messages) keeps working unchanged.
     database_url: str = Field(
-        description='the app database: "sqlite:///PATH" or "postgresql://USER@HOST/DB"'
+        default="",
+        description='the app database: "sqlite:///PATH", "postgresql://USER@HOST/DB" or '
+        '"mysql://USER:PASSWORD@HOST/DB" (mariadb:// too)',
     )
     startup_timeout: PositiveDuration = 120.0
     stop_timeout: Duration = 30.0
     health: HealthCheckConfig = HealthCheckConfig(status_url="http://{host}:{port}/status")
 
+    @field_validator("database_url", mode="before")
+    @classmethod
+    def _no_database(cls, value: object) -> object:
+        return "" if value is None else value
+
     @field_validator("database_url")
     @classmethod
     def _supported_database(cls, value: str) -> str:
-        expected = 'expected "sqlite:///PATH" or "postgresql://USER@HOST/DATABASE"'
+        expected = (
+            'expected "sqlite:///PATH", "postgresql://USER@HOST/DATABASE" or '
+            '"mysql://USER:PASSWORD@HOST/DATABASE" (or mariadb://), or no database_url at all'
+        )
+        if value == "":
+            return value  # no database
         shown = json.dumps(mask_password(value))
         scheme = value.partition(":")[0]
-        if scheme in ("postgresql", "postgres"):
+        if scheme in ("postgresql", "postgres", "mysql", "mariadb"):
             if not value.startswith(f"{scheme}://"):
                 raise ValueError(f"{shown} is not a URL; {expected}")
+            if scheme in ("mysql", "mariadb"):  # one host (libpq's URLs may list several)
+                try:
+                    _ = urlsplit(value).port  # raises for a port that is no number or too big
+                except ValueError:
+                    raise ValueError(f"{shown} has an invalid port; {expected}") from None
             return value
         if scheme == "sqlite":
             path = sqlite_path(value)

@@ -15,10 +15,11 @@ Three layers, from the node itself outwards:
   for the command's success; a failure is alerted, the lease is given back and
   the takeover is retried later. A released lease is a clean handover: nothing
   to fence.
-- Database sessions (``failover.fence_database_sessions``, PostgreSQL): on such
-  a takeover the old node's sessions are terminated (``pg_terminate_backend``),
-  matched by ``application_name = 'hakit-<node>'``; the agent sets ``PGAPPNAME``
-  in the app's environment so libpq-based apps carry that name.
+- Database sessions (``failover.fence_database_sessions``): on such a takeover the
+  old node's sessions are ended (hakit.dbfence). PostgreSQL: ``pg_terminate_backend``
+  of those with ``application_name = 'hakit-<node>'`` (the agent sets ``PGAPPNAME``
+  in the app's environment so libpq-based apps carry that name). MySQL/MariaDB:
+  ``KILL`` of database_url's user's sessions from the old node's address.
 
 The decision (:func:`fence_needs`) is pure; :class:`Fencer` does the I/O.
 """
@@ -39,6 +40,8 @@ from typing import Any
 
 from hakit.config import Config
 from hakit.coord.base import Coordinator, Lease, NodeRecord
+from hakit.dbfence import application_name as application_name  # re-exported: PGAPPNAME
+from hakit.dbfence import fences_sessions, sessions_of, terminate_sessions
 from hakit.errors import CoordinationError
 
 log = logging.getLogger("hakit.fence")
@@ -47,11 +50,6 @@ OUTPUT_TAIL = 2000  # characters of a fence command's output kept in its event
 PENDING_KEY = "fence_pending"  # NodeRecord.detail key: nodes this node could not fence yet
 AGENT_ID_KEY = "agent_id"  # NodeRecord.detail key: the publishing agent process's instance id
 RETRY_MAX = 60.0  # longest wait between two attempts to fence the same node
-
-
-def application_name(node: str) -> str:
-    """The PostgreSQL ``application_name`` of ``node``'s app sessions."""
-    return f"hakit-{node}"
 
 
 # --- pure decisions ------------------------------------------------------------------
@@ -431,38 +429,6 @@ async def run_fence_command(
     )
 
 
-def _terminate_sessions(url: str, node: str, timeout: float, me: str) -> int:
-    import psycopg  # imported here: only PostgreSQL users pay for it
-
-    with psycopg.connect(
-        url,
-        connect_timeout=max(2, int(timeout + 0.999)),
-        autocommit=True,
-        application_name=f"hakit-fence-{me}",
-    ) as connection:
-        connection.execute(f"SET statement_timeout = {max(1, int(timeout * 1000))}")
-        rows = connection.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-            "WHERE application_name = %s AND pid <> pg_backend_pid()",
-            (application_name(node),),
-        ).fetchall()
-    return sum(1 for (terminated,) in rows if terminated)
-
-
-async def terminate_database_sessions(
-    url: str, node: str, timeout: float, me: str = ""
-) -> tuple[int, str | None]:
-    """Terminate ``node``'s PostgreSQL sessions; (how many, None) or (0, what went wrong)."""
-    try:
-        async with asyncio.timeout(timeout + 1):
-            count = await asyncio.to_thread(_terminate_sessions, url, node, timeout, me)
-    except TimeoutError:
-        return 0, f"the database did not answer within {timeout:g} s"
-    except Exception as error:  # psycopg.Error, OSError: reported, never raised
-        return 0, f"{type(error).__name__}: {str(error).strip() or 'no detail'}"
-    return count, None
-
-
 # --- the agent's side -------------------------------------------------------------------
 
 
@@ -609,23 +575,24 @@ class Fencer:
         if not self.cfg.failover.fence_database_sessions:
             return []
         url = self.cfg.app.database_url
-        if not url.startswith(("postgresql://", "postgres://")):
+        if not fences_sessions(url):  # no database (""), or SQLite
             return []
-        count, problem = await terminate_database_sessions(
-            url, need.node, self.cfg.failover.fence_timeout, self.me
+        host = self._host(need.node)
+        count, problem = await terminate_sessions(
+            url, need.node, host, self.cfg.failover.fence_timeout, self.me
         )
-        name = application_name(need.node)
+        name = sessions_of(url, need.node, host)
         if problem is None:
             self.record(
                 "fence",
                 f"terminated {count} database session{'s' if count != 1 else ''} of {need.node} "
-                f"(application_name {name}) before {self.me} promotes under epoch {epoch}",
+                f"({name}) before {self.me} promotes under epoch {epoch}",
                 {"target": need.node, "result": "ok", "sessions": count, "epoch": epoch},
             )
             return []
         reason = (
-            f"could not terminate the database sessions of {need.node} (application_name "
-            f"{name}): {problem}; promoting {self.me} anyway, {need.node} is fenced"
+            f"could not terminate the database sessions of {need.node} ({name}): "
+            f"{problem}; promoting {self.me} anyway, {need.node} is fenced"
         )
         self.record("fence", reason, {"target": need.node, "result": "failed", "epoch": epoch})
         return [reason]

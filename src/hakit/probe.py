@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from hakit import dbfence
 from hakit.config import HealthCheckConfig
 from hakit.contract import REPORTED_STATES, AppState, http_status_for
 from hakit.errors import ConfigError
@@ -292,8 +293,11 @@ def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
 # --- database ---------------------------------------------------------------
 
 
-async def check_database(url: str, timeout: float) -> bool:
-    """True if the app's database answers ``SELECT 1`` within ``timeout``."""
+async def check_database(url: str, timeout: float) -> bool | None:
+    """True if the app's database answers ``SELECT 1`` within ``timeout``; None when there
+    is no database to check (``app.database_url`` left out: ``""``)."""
+    if not url:
+        return None
     return await database_problem(url, timeout) is None
 
 
@@ -302,11 +306,14 @@ async def database_problem(url: str, timeout: float) -> str | None:
 
     ``sqlite:///relative.db``, ``sqlite:////absolute.db`` or a plain path: the
     file exists and a read-only connection can read it. ``postgresql://``:
-    psycopg connects and runs ``SELECT 1``.
+    psycopg connects and runs ``SELECT 1``; ``mysql://``, ``mariadb://``: PyMySQL
+    does (hakit.dbfence).
     """
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
     if scheme in ("postgresql", "postgres"):
         return await _postgres_problem(url, timeout)
+    if scheme in ("mysql", "mariadb"):
+        return await dbfence.mysql_problem(url, timeout)
     if scheme in ("sqlite", ""):
         path = sqlite_path(url)
         try:
@@ -316,7 +323,8 @@ async def database_problem(url: str, timeout: float) -> str | None:
             return f"SQLite database {path} did not answer within {timeout:g}s"
     raise ConfigError(
         [
-            f"app.database_url: {url!r} is neither sqlite:///PATH nor postgresql://... ; set one of those"
+            f"app.database_url: {url!r} is neither sqlite:///PATH, postgresql://... nor "
+            "mysql://... (mariadb://...); set one of those"
         ]
     )
 
