@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import signal
 import sys
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
+from datetime import tzinfo
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from hakit.config import Config, load_config
+from hakit.coord.base import Event, Lease, NodeRecord
 from hakit.errors import ConfigError, HakitError
 
 app = typer.Typer(
@@ -31,9 +35,52 @@ console = Console()
 T = TypeVar("T")
 err_console = Console(stderr=True)
 
+CONFIG_ENV = "HAKIT_CONFIG"
+# Every command that reads a config takes -c; without it, $HAKIT_CONFIG, then ./hakit.toml.
 ConfigOption = Annotated[
-    Path, typer.Option("--config", "-c", help="The cluster's hakit.toml.", show_default=True)
+    Path,
+    typer.Option(
+        "--config",
+        "-c",
+        envvar=CONFIG_ENV,
+        help=f"The cluster's hakit.toml (default: ${CONFIG_ENV}, else ./hakit.toml).",
+        show_default=True,
+    ),
 ]
+
+
+def _package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("hakit")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        from hakit import __version__
+
+        return __version__
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        print(f"hakit {_package_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """hakit: high availability for single-writer stateful web applications."""
+
+
+def _fail(error: HakitError, code: int = 1) -> NoReturn:
+    err_console.print(f"[red]{escape(str(error))}[/red]", highlight=False, soft_wrap=True)
+    raise typer.Exit(code) from None
 
 
 def _load(path: Path) -> Config:
@@ -57,7 +104,11 @@ def _setup_logging(name: str) -> None:
 
 @config_app.command("check")
 def config_check(
-    file: Annotated[Path, typer.Argument(help="hakit.toml to check")],
+    file: Annotated[
+        Path | None,
+        typer.Argument(help=f"hakit.toml to check (default: -c, ${CONFIG_ENV}, ./hakit.toml)"),
+    ] = None,
+    config: ConfigOption = Path("hakit.toml"),
     strict: Annotated[
         bool,
         typer.Option(
@@ -71,6 +122,7 @@ def config_check(
     from hakit.configcheck import describe_config
     from hakit.timing import worst_case
 
+    file = file if file is not None else config
     cfg = _load(file)
     console.print(f"[green]{escape(str(file))}: OK[/green]")
     for line in describe_config(cfg):
@@ -207,15 +259,175 @@ def tcp_proxy(config: ConfigOption = Path("hakit.toml")) -> None:
 @app.command()
 def status(
     config: ConfigOption = Path("hakit.toml"),
-    last: Annotated[int, typer.Option("--events", help="Show this many recent events.")] = 5,
+    last: Annotated[int, typer.Option("--events", min=0, help="Show this many recent events.")] = 5,
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json",
+            help="One JSON document (nodes, lease, pause, last events); with --watch, "
+            "one per line per refresh.",
+        ),
+    ] = False,
+    watch: Annotated[
+        float | None,
+        typer.Option(
+            "--watch",
+            "-w",
+            min=0.1,
+            metavar="SECONDS",
+            help="Show it again every SECONDS until Ctrl-C.",
+        ),
+    ] = None,
 ) -> None:
-    """Show the cluster: nodes, roles, app states, epoch, leader, pause, last events."""
+    """Show the cluster: nodes, roles, app states, epoch, leader, pause, last events.
+
+    A node whose agent has not reported for longer than the lease TTL shows as lost.
+    """
+    cfg = _load(config)
+    while True:
+        if watch is not None and not as_json:
+            console.clear()  # on a terminal; into a pipe or file, each refresh follows the last
+        doc, lease = _status_snapshot(cfg)
+        if as_json:
+            report = status_json(doc, lease, cfg.coordination.lease_ttl, last)
+            print(json.dumps(report, indent=None if watch else 2), flush=True)
+        else:
+            if watch is not None:
+                console.print(
+                    f"every {watch:g}s, at {_iso(time.time())} (Ctrl-C stops)",
+                    style="dim",
+                    highlight=False,
+                )
+            _print_status(cfg, doc, last)
+        if watch is None:
+            return
+        time.sleep(watch)
+
+
+def _iso(seconds: float, tz: tzinfo | None = None) -> str:
+    from hakit.eventlog import iso_time
+
+    return iso_time(seconds, tz)
+
+
+def _status_snapshot(cfg: Config) -> tuple[dict[str, Any], Lease | None]:
+    """The status document and the lease as stored. Through an agent's admin API (a node
+    has an ``admin_port``) the lease's expiry is not sent: None then. Read directly, the
+    store must exist: status never creates one."""
+    if any(node.admin_port is not None for node in cfg.nodes):
+        return _operate(cfg, "status", {}), None
+    from hakit.coord.factory import open_coordinator
+    from hakit.operator import status_document
+
+    try:
+        coordinator = open_coordinator(cfg, create=False)
+        try:
+            return status_document(coordinator, cfg, time.time()), coordinator.current_lease()
+        finally:
+            coordinator.close()
+    except HakitError as error:
+        _fail(error)
+
+
+def _node_record(node: Mapping[str, Any]) -> NodeRecord | None:
+    """The record in a status document's node entry (None: its agent never reported)."""
+    if node.get("role") is None or node.get("updated_at") is None:
+        return None
+    return NodeRecord(
+        str(node["node"]),
+        str(node["role"]),
+        str(node.get("app_state") or ""),
+        int(node.get("epoch") or 0),
+        float(node["updated_at"]),
+    )
+
+
+def status_json(
+    doc: Mapping[str, Any],
+    lease: Lease | None,
+    ttl: float,
+    last: int,
+    tz: tzinfo | None = None,
+) -> dict[str, Any]:
+    """``hakit status --json``: what the table shows, for programs (times ISO 8601)."""
+    from hakit.eventlog import event_record
+    from hakit.operator import event_from_json
+    from hakit.why import node_condition
+
+    now = float(doc["read_at"])
+    nodes = []
+    for node in doc["nodes"]:
+        record = _node_record(node)
+        condition = node_condition(record, now, ttl)
+        nodes.append(
+            {
+                "node": node["node"],
+                "address": node.get("address"),
+                "route": node.get("route"),
+                "role": condition.role,
+                "state": condition.state,
+                "lost": condition.lost,
+                "age": round(condition.age, 3) if condition.age is not None else None,
+                "leader": doc.get("leader") == node["node"],
+                "no_failover": bool(node.get("no_failover")),
+                "epoch": node.get("epoch") or 0,
+                "pid": node.get("pid"),
+                "policy": node.get("policy"),
+                "reported": None
+                if record is None
+                else {
+                    "role": record.role,
+                    "app_state": record.app_state,
+                    "at": _iso(record.updated_at, tz),
+                },
+            }
+        )
+    if lease is not None:
+        lease_doc: dict[str, Any] | None = {
+            "holder": lease.holder,
+            "epoch": lease.epoch,
+            "expires_at": _iso(lease.expires_at, tz),
+            "valid": lease.valid_at(now),
+        }
+    elif doc.get("epoch"):  # read through the admin API: no expiry, a holder only if valid
+        lease_doc = {
+            "holder": doc.get("leader"),
+            "epoch": doc["epoch"],
+            "expires_at": None,
+            "valid": doc.get("leader") is not None,
+        }
+    else:
+        lease_doc = None
+    paused = doc.get("paused")
+    recent = doc.get("events", [])[-last:] if last > 0 else []
+    return {
+        "cluster": doc.get("cluster"),
+        "mode": doc.get("mode"),
+        "read_at": _iso(now, tz),
+        "lease_ttl": ttl,
+        "leader": doc.get("leader"),
+        "epoch": doc.get("epoch", 0),
+        "lease": lease_doc,
+        "paused": None
+        if not paused
+        else {
+            "by": paused.get("actor"),
+            "since": _iso(float(paused.get("at") or 0), tz),
+            "reason": paused.get("reason"),
+        },
+        "handover": doc.get("handover"),
+        "nodes": nodes,
+        "events": [event_record(event_from_json(raw), tz) for raw in recent],
+    }
+
+
+def _print_status(cfg: Config, doc: Mapping[str, Any], last: int) -> None:
     from hakit.eventlog import format_event
     from hakit.operator import event_from_json
+    from hakit.why import node_condition
 
-    cfg = _load(config)
-    doc = _operate(cfg, "status", {})
-    now = time.time()
+    now = float(doc["read_at"])
+    ttl = cfg.coordination.lease_ttl
     table = Table(title=f"cluster {cfg.cluster.name} ({cfg.cluster.mode})")
     for column in ("node", "address", "route", "role", "app", "epoch", "app pid", "updated"):
         table.add_column(column)
@@ -227,21 +439,24 @@ def status(
         if router_view is not None:
             for column in ("routable", "in-flight", "requests"):
                 table.add_column(column)
+    lost = []
     for node in doc["nodes"]:
         name = node["node"]
-        leader = doc["leader"] == name
-        role = (node["role"] or "unknown") + (" (leader)" if leader else "")
+        condition = node_condition(_node_record(node), now, ttl)
+        if condition.lost:
+            lost.append(name)
+        role = condition.role + (" (leader)" if doc["leader"] == name else "")
         role += " (nofailover)" if node.get("no_failover") else ""
-        updated = node["updated_at"]
+        age = condition.age
         table.add_row(
             name,
             node["address"],
             node["route"],
-            role,
-            node["app_state"] or "-",
+            Text(role, style=condition.style),
+            Text(condition.state, style=condition.style),
             str(node["epoch"]) if node["epoch"] else "-",
             str(node["pid"] or "-"),
-            f"{now - updated:.1f}s ago" if updated is not None else "never",
+            f"{age:.1f}s ago" if age is not None else "never",
             *(router_columns(router_view, name) if router_view is not None else ()),
         )
     console.print(table)
@@ -251,12 +466,21 @@ def status(
             highlight=False,
             soft_wrap=True,
         )
+    if lost:
+        console.print(
+            f"lost: {', '.join(lost)} (no report for more than lease_ttl {ttl:g}s: "
+            "its agent is dead, frozen or cut off; `hakit events --node NAME` has its last words)",
+            style="bold red",
+            highlight=False,
+            soft_wrap=True,
+            markup=False,
+        )
     leader_text = doc["leader"] or "none (no valid lease)"
     console.print(f"leader: {leader_text}; epoch: {doc['epoch']}")
     paused = doc.get("paused")
     paused_text = (
-        f"yes, by {paused.get('actor')} since "
-        f"{time.strftime('%H:%M:%S', time.localtime(paused.get('at', 0)))} ({paused.get('reason')})"
+        f"yes, by {paused.get('actor')} since {_iso(float(paused.get('at') or 0))} "
+        f"({paused.get('reason')})"
         if paused
         else "no"
     )
@@ -276,7 +500,8 @@ def status(
     if recent:
         console.print("last events:")
         for raw in recent:
-            console.print("  " + format_event(event_from_json(raw)), highlight=False, markup=False)
+            line = format_event(event_from_json(raw), date=True)
+            console.print("  " + line, highlight=False, markup=False, soft_wrap=True)
 
 
 class _Operator:
@@ -440,25 +665,81 @@ def events(
         bool,
         typer.Option("--follow", "-f", help="Keep printing new events (until Ctrl-C)."),
     ] = False,
+    since: Annotated[
+        str | None,
+        typer.Option(
+            "--since",
+            metavar="TIME",
+            help='Only events at or after TIME: ago ("10m", "2h", "1d") or a moment (ISO 8601 '
+            '"2026-11-22T12:03:10", HH:MM[:SS] today, Unix seconds).',
+        ),
+    ] = None,
+    node: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--node",
+            "-n",
+            metavar="NAME",
+            help='Only events about NAME (repeatable; "cluster": about no node in particular).',
+        ),
+    ] = None,
+    kind: Annotated[
+        list[str] | None,
+        typer.Option("--kind", "-k", metavar="KIND", help="Only events of KIND (repeatable)."),
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="One JSON object per line (time ISO 8601).")
+    ] = False,
 ) -> None:
-    """Show the event history with the reason for every action."""
+    """Show the event history with the reason for every action (dates in ISO 8601)."""
     from hakit.coord.factory import open_coordinator
-    from hakit.eventlog import format_event
+    from hakit.eventlog import event_record, format_event, parse_since, select_events
 
     cfg = _load(config)
-    coordinator = open_coordinator(cfg)
     try:
-        # Only the newest (the history may hold thousands), read once: -f goes on after
-        # the newest, even with --limit 0.
-        recent = list(coordinator.recent_events(max(limit, 1)))
+        low = parse_since(since, time.time()) if since is not None else None
+    except ValueError as error:
+        err_console.print(
+            f"[red]--since: {escape(str(error))}[/red]", highlight=False, soft_wrap=True
+        )
+        raise typer.Exit(2) from None
+
+    def choose(found: list[Event]) -> list[Event]:
+        return select_events(found, since=low, nodes=node or (), kinds=kind or ())
+
+    def show(event: Event) -> None:
+        if as_json:
+            sys.stdout.write(json.dumps(event_record(event)) + "\n")
+            sys.stdout.flush()
+        else:
+            console.print(
+                format_event(event, date=True), highlight=False, markup=False, soft_wrap=True
+            )
+
+    try:
+        coordinator = open_coordinator(cfg, create=False)
+    except HakitError as error:
+        _fail(error)
+    try:
+        if low is None and not node and not kind:
+            # Only the newest (the history may hold thousands), read once: -f goes on after
+            # the newest, even with --limit 0.
+            recent = list(coordinator.recent_events(max(limit, 1)))
+        else:  # the newest that match may be anywhere in the (bounded) history
+            recent = list(coordinator.events(0, limit=1_000_000))
         last_id = recent[-1].id if recent else 0
-        for event in recent[max(0, len(recent) - limit) :]:
-            console.print(format_event(event), highlight=False, markup=False, soft_wrap=True)
+        chosen = choose(recent)
+        for event in chosen[max(0, len(chosen) - limit) :]:
+            show(event)
         while follow:
             time.sleep(0.2)
-            for event in coordinator.events(last_id):
-                console.print(format_event(event), highlight=False, markup=False, soft_wrap=True)
-                last_id = event.id
+            new = list(coordinator.events(last_id))
+            for event in choose(new):
+                show(event)
+            if new:
+                last_id = new[-1].id
+    except HakitError as error:
+        _fail(error)
     finally:
         coordinator.close()
 
@@ -475,9 +756,14 @@ def why(
         ),
     ] = None,
 ) -> None:
-    """Explain why the last failover happened, or why one did not."""
+    """Explain why the last failover happened, or why one did not.
+
+    While the cluster is paused: first the pause and what is wrong now.
+    """
+    from hakit.config import Mode
     from hakit.coord.factory import open_coordinator
-    from hakit.why import explain, parse_at
+    from hakit.operator import PAUSED
+    from hakit.why import ClusterNow, explain, parse_at
 
     cfg = _load(config)
     try:
@@ -485,12 +771,27 @@ def why(
     except ValueError as error:
         err_console.print(f"[red]--at: {escape(str(error))}[/red]")
         raise typer.Exit(2) from None
-    coordinator = open_coordinator(cfg)
+    current = None
     try:
-        history = list(coordinator.events(0, limit=1_000_000))
-    finally:
-        coordinator.close()
-    for line in explain(history, at=moment):
+        coordinator = open_coordinator(cfg, create=False)
+        try:
+            history = list(coordinator.events(0, limit=1_000_000))
+            if moment is None:
+                paused = coordinator.get_state(PAUSED)
+                current = ClusterNow(
+                    time=time.time(),
+                    lease_ttl=cfg.coordination.lease_ttl,
+                    nodes=tuple(node.name for node in cfg.nodes),
+                    records={record.node: record for record in coordinator.nodes()},
+                    lease=coordinator.current_lease(),
+                    paused=paused if paused and paused.get("paused") else None,
+                    active_active=cfg.cluster.mode == Mode.ACTIVE_ACTIVE,
+                )
+        finally:
+            coordinator.close()
+    except HakitError as error:
+        _fail(error)
+    for line in explain(history, at=moment, current=current):
         console.print(line, highlight=False, markup=False, soft_wrap=True)
 
 

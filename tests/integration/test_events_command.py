@@ -1,8 +1,10 @@
 """`hakit events` as a subprocess, on a real SQLite coordination store the test fills as
-agents would: --limit, and -f following a new event until SIGINT."""
+agents would: --limit, full dates, --since/--node/--kind, --json, and -f following new
+events until SIGINT."""
 
 from __future__ import annotations
 
+import json
 import os
 import selectors
 import signal
@@ -10,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -41,6 +44,7 @@ def store(tmp_path: Path) -> Iterator[tuple[Path, SqliteCoordinator]]:
     path = load_config(config).coordination_path
     path.parent.mkdir(parents=True)
     coordinator = SqliteCoordinator(path)
+    coordinator.last_epoch()  # the store exists, as once an agent has run (it creates it)
     try:
         yield config, coordinator
     finally:
@@ -145,3 +149,119 @@ def test_follow_prints_new_events_until_sigint(store: tuple[Path, SqliteCoordina
     assert process.stdout is not None and process.stderr is not None
     assert process.stdout.read() == b""  # nothing printed twice, nothing after
     assert b"Traceback" not in process.stderr.read()
+
+
+def test_lines_carry_the_full_date(store: tuple[Path, SqliteCoordinator]) -> None:
+    config, coordinator = store
+    t = time.time() - 3 * 86_400  # a history spans days: a time alone would not say which
+    coordinator.append_event(Event(0, t, "node1", "alert", "three days ago", 1, "a", {}))
+    [line] = events(config)
+    stamp = datetime.fromisoformat(line.split(" ", 1)[0])
+    assert stamp.utcoffset() is not None  # ISO 8601 with the date and the offset
+    assert stamp.timestamp() == pytest.approx(t, abs=0.001)
+    assert line.endswith(" alert     three days ago")
+
+
+def history(coordinator: SqliteCoordinator) -> float:
+    """Events over the last three hours, two nodes and the cluster; returns now."""
+    now = time.time()
+    for ago, node, kind, reason in (
+        (3 * 3600, "node1", "start", "old start"),
+        (2 * 3600 - 60, "node2", "alert", "node2 alert"),
+        (1800, "node1", "alert", "node1 alert"),
+        (300, "", "pause", "cluster pause"),
+        (120, "node1", "failover", "node1 failover"),
+        (60, "node2", "start", "node2 start"),
+    ):
+        coordinator.append_event(Event(0, now - ago, node, kind, reason, 1, "a", {"ago": ago}))
+    return now
+
+
+def test_since_node_and_kind_choose_the_events(store: tuple[Path, SqliteCoordinator]) -> None:
+    config, coordinator = store
+    now = history(coordinator)
+
+    def shown(*args: str) -> list[str]:
+        # time, node, "epoch", 1, kind, reason
+        return [line.split(maxsplit=5)[5] for line in events(config, *args)]
+
+    assert shown("--since", "10m") == ["cluster pause", "node1 failover", "node2 start"]
+    assert shown("--since", "2h") == ["node2 alert", "node1 alert", "cluster pause"] + [
+        "node1 failover",
+        "node2 start",
+    ]
+    moment = datetime.fromtimestamp(now - 1900).astimezone().isoformat()
+    assert shown("--since", moment) == ["node1 alert", "cluster pause"] + [
+        "node1 failover",
+        "node2 start",
+    ]
+    assert shown("--node", "node2") == ["node2 alert", "node2 start"]
+    assert shown("--node", "cluster") == ["cluster pause"]
+    assert shown("--kind", "alert", "--kind", "failover") == [
+        "node2 alert",
+        "node1 alert",
+        "node1 failover",
+    ]
+    assert shown("--node", "node1", "--kind", "alert", "--since", "1h") == ["node1 alert"]
+    # --limit keeps the newest of the chosen ones.
+    assert shown("--kind", "alert", "--kind", "start", "--limit", "2") == [
+        "node1 alert",
+        "node2 start",
+    ]
+    done = subprocess.run(
+        [sys.executable, "-m", "hakit", "events", "-c", str(config), "--since", "soon"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 2 and "--since" in done.stderr and "10m" in done.stderr
+
+
+def test_json_is_one_object_per_line(store: tuple[Path, SqliteCoordinator]) -> None:
+    config, coordinator = store
+    now = history(coordinator)
+    lines = events(config, "--json", "--kind", "alert")
+    records = [json.loads(line) for line in lines]
+    assert [r["reason"] for r in records] == ["node2 alert", "node1 alert"]
+    first = records[0]
+    assert set(first) == {"id", "time", "timestamp", "node", "kind", "reason", "epoch"} | {
+        "actor",
+        "data",
+    }
+    assert (first["node"], first["kind"], first["epoch"], first["actor"]) == (
+        "node2",
+        "alert",
+        1,
+        "a",
+    )
+    assert first["data"] == {"ago": 2 * 3600 - 60}
+    assert first["timestamp"] == pytest.approx(now - 2 * 3600 + 60)
+    assert datetime.fromisoformat(first["time"]).timestamp() == pytest.approx(
+        first["timestamp"], abs=0.001
+    )
+    assert records[0]["id"] < records[1]["id"]
+
+
+def test_follow_shows_only_the_chosen_new_events(
+    store: tuple[Path, SqliteCoordinator],
+) -> None:
+    config, coordinator = store
+    append(coordinator, 1, kind="alert")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "hakit", "events", "-f", "--kind", "alert", "--json"]
+        + ["--config", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        assert json.loads(read_line(process, 20))["reason"] == "reason number 1"
+        append(coordinator, 2, kind="start")  # not an alert: not shown
+        append(coordinator, 3, kind="alert")
+        assert json.loads(read_line(process, 10))["reason"] == "reason number 3"
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=10) == 130
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()

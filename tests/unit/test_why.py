@@ -16,20 +16,22 @@ import pytest
 
 from hakit.config import Mode
 from hakit.contract import AppState
-from hakit.coord.base import Event
+from hakit.coord.base import Event, Lease, NodeRecord
 from hakit.policy import (
     Alert,
     AppExited,
     AppStarted,
     Boot,
     LeaseGained,
+    Paused,
     Policy,
     PolicySettings,
+    Record,
     StartApp,
     StatusObserved,
     StepDown,
 )
-from hakit.why import explain, parse_at, terms
+from hakit.why import ClusterNow, explain, node_condition, parse_at, terms
 
 BASE = datetime(2026, 11, 22, 4, 40, 0, tzinfo=UTC).timestamp()
 
@@ -540,3 +542,250 @@ def test_policy_wording_of_failed_starts_is_what_why_reads() -> None:
         "required"
     )
     assert "  why no failover: another node would fail to start too" in lines
+
+
+# --- what a node record says now ---------------------------------------------------------
+
+
+def record(role: str, state: str, at: float) -> NodeRecord:
+    return NodeRecord("node1", role, state, 1 if role == "active" else 0, at)
+
+
+@pytest.mark.parametrize(
+    ("rec", "now", "role", "state", "lost", "age", "style"),
+    [
+        pytest.param(None, 100.0, "unknown", "-", False, None, "dim", id="never reported"),
+        pytest.param(
+            record("active", "RUNNING", 99.0),
+            100.0,
+            "active",
+            "RUNNING",
+            False,
+            1.0,
+            "green",
+            id="fresh active",
+        ),
+        pytest.param(
+            record("active", "RUNNING", 97.0),
+            100.0,
+            "active",
+            "RUNNING",
+            False,
+            3.0,
+            "green",
+            id="exactly the ttl old is not lost yet",
+        ),
+        pytest.param(
+            record("active", "RUNNING", 96.9),
+            100.0,
+            "lost",
+            "unknown",
+            True,
+            3.1,
+            "bold red",
+            id="killed agent: its last words are not shown as the truth",
+        ),
+        pytest.param(
+            record("standby", "STOPPED", 40.0),
+            100.0,
+            "lost",
+            "unknown",
+            True,
+            60.0,
+            "bold red",
+            id="silent standby",
+        ),
+        pytest.param(
+            record("stopped", "STOPPED", 0.0),
+            100.0,
+            "stopped",
+            "STOPPED",
+            False,
+            100.0,
+            "dim",
+            id="agent shut down: its record says so, not lost",
+        ),
+        pytest.param(
+            record("active", "ERROR", 99.5),
+            100.0,
+            "active",
+            "ERROR",
+            False,
+            0.5,
+            "red",
+            id="failing app",
+        ),
+        pytest.param(
+            record("standby", "STARTING", 99.5),
+            100.0,
+            "standby",
+            "STARTING",
+            False,
+            0.5,
+            "yellow",
+            id="starting app",
+        ),
+        pytest.param(
+            record("standby", "RUNNING", 99.5),
+            100.0,
+            "standby",
+            "RUNNING",
+            False,
+            0.5,
+            "",
+            id="warm standby",
+        ),
+        pytest.param(
+            record("active", "RUNNING", 101.0),
+            100.0,
+            "active",
+            "RUNNING",
+            False,
+            0.0,
+            "green",
+            id="a record from a clock slightly ahead",
+        ),
+    ],
+)
+def test_node_condition(
+    rec: NodeRecord | None,
+    now: float,
+    role: str,
+    state: str,
+    lost: bool,
+    age: float | None,
+    style: str,
+) -> None:
+    condition = node_condition(rec, now, ttl=3.0)
+    assert (condition.role, condition.state, condition.lost, condition.style) == (
+        role,
+        state,
+        lost,
+        style,
+    )
+    assert condition.age == (pytest.approx(age) if age is not None else None)
+
+
+# --- while paused: the outage now, not only the history -----------------------------------
+
+PAUSED_AT = BASE + 30
+HELD = (
+    "would start the app (app on node1 exited (killed by SIGKILL); restart 1 of 2 within 5m), "
+    "but operator:alice (storage work) paused the cluster: no action"
+)
+PAUSED_HISTORY = (
+    *BOOT,
+    Row(30, "", 1, "pause", "operator:alice paused the cluster (storage work): agents keep monitoring and take no action (no restart, no failover, no start) until resumed"),
+    Row(30.2, "node1", 1, "pause", "operator:alice (storage work) paused the cluster: node1 keeps monitoring and reporting, and takes no action until resumed"),
+    Row(40, "node1", 1, "paused", HELD),
+    Row(41, "node2", 1, "paused", "no node holds the leader lease: node2 would take it and start the app, but operator:alice (storage work) paused the cluster: no failover"),
+)  # fmt: skip
+PAUSE = {"paused": True, "actor": "operator:alice", "reason": "storage work", "at": PAUSED_AT}
+
+
+def now_paused(
+    t: float,
+    records: dict[str, NodeRecord],
+    lease: Lease | None,
+    paused: dict[str, Any] | None = PAUSE,
+) -> ClusterNow:
+    return ClusterNow(
+        time=BASE + t,
+        lease_ttl=3.0,
+        nodes=("node1", "node2"),
+        records=records,
+        lease=lease,
+        paused=paused,
+    )
+
+
+def test_paused_explains_the_outage_now() -> None:
+    # node1's agent was killed after its app crashed (record 20 s old), its lease expired;
+    # node2 is a live standby that would take over but does not: the cluster is paused.
+    current = now_paused(
+        60,
+        {
+            "node1": NodeRecord("node1", "active", "STOPPED", 1, BASE + 40),
+            "node2": NodeRecord("node2", "standby", "STOPPED", 0, BASE + 59.5),
+        },
+        Lease("node1", 1, BASE + 43),
+    )
+    lines = explain(history(*PAUSED_HISTORY), tz=UTC, current=current)
+    assert lines == [
+        "the cluster is paused since 2026-11-22 04:40:30 (30s ago) by operator:alice "
+        "(storage work): agents keep monitoring and reporting but take no action (no restart, "
+        "no failover, no start) until `hakit resume`",
+        "now: no node is RUNNING; no node holds the leader lease (node1's of epoch 1 expired "
+        "at 2026-11-22 04:40:43); lost: node1",
+        "  node1: lost: its agent has not reported for 20s (more than lease_ttl 3s); it last "
+        "said active, app STOPPED",
+        "  node2: standby, app STOPPED (reported 0.5s ago)",
+        "held back since the pause (2; the last per node):",
+        f"  04:40:40  {HELD}",
+        "  04:40:41  no node holds the leader lease: node2 would take it and start the app, "
+        "but operator:alice (storage work) paused the cluster: no failover",
+        "  nothing changes until someone acts: fix it by hand, or `hakit resume -r WHY` and "
+        "the agents act on it",
+        "from the history: no failover and no alert from 04:40:12 to 04:40:41; node1 active "
+        "since 04:40:13 (epoch 1)",
+    ]
+
+
+def test_paused_names_the_lease_holder_whose_app_is_down() -> None:
+    current = now_paused(
+        50,
+        {
+            "node1": NodeRecord("node1", "active", "STOPPED", 1, BASE + 49.8),
+            "node2": NodeRecord("node2", "standby", "STOPPED", 0, BASE + 49.9),
+        },
+        Lease("node1", 1, BASE + 52),
+    )
+    lines = explain(history(*PAUSED_HISTORY[:-1]), tz=UTC, current=current)
+    assert lines[1] == (
+        "now: no node is RUNNING; node1 holds the leader lease (epoch 1) but its app is STOPPED"
+    )
+    assert lines[2] == "  node1: active, app STOPPED (reported 0.2s ago)"
+
+
+def test_paused_with_nothing_wrong_says_so() -> None:
+    current = now_paused(
+        35,
+        {
+            "node1": NodeRecord("node1", "active", "RUNNING", 1, BASE + 34.5),
+            "node2": NodeRecord("node2", "stopped", "STOPPED", 0, BASE + 5),
+        },
+        Lease("node1", 1, BASE + 37),
+    )
+    lines = explain(history(*PAUSED_HISTORY[:-2]), tz=UTC, current=current)
+    assert lines[1:4] == [
+        "now: nothing looks wrong (the pause holds back only what would be needed)",
+        "  node1: active, app RUNNING (reported 0.5s ago)",
+        "  node2: stopped: its agent shut down 30s ago",
+    ]
+    assert not any(line.startswith("held back") or "nothing changes" in line for line in lines)
+
+
+def test_not_paused_or_asked_about_the_past_is_the_history_alone() -> None:
+    events = history(*CRASH_FAILOVER)
+    records = {"node2": NodeRecord("node2", "active", "RUNNING", 2, BASE + 59.9)}
+    running = now_paused(60, records, Lease("node2", 2, BASE + 62), paused=None)
+    assert explain(events, tz=UTC, current=running) == explain(events, tz=UTC)
+    paused = now_paused(60, records, Lease("node2", 2, BASE + 62))
+    at = BASE + 20
+    assert explain(events, at=at, tz=UTC, current=paused) == explain(events, at=at, tz=UTC)
+    assert explain(events, tz=UTC, current=paused)[0].startswith("the cluster is paused since")
+
+
+def test_policy_records_held_actions_as_why_reads_them() -> None:
+    """The real policy, paused, records what it would have done under kind "paused"."""
+    policy = _policy(Mode.COLD_STANDBY)
+    policy.handle(AppStarted(pid=7), 2.0)
+    policy.handle(StatusObserved(AppState.RUNNING, "HTTP 200"), 3.0)
+    policy.handle(Paused("operator:alice", "storage work"), 4.0)
+    actions = policy.handle(AppExited(7, -9, oom=False, expected=False, description=""), 5.0)
+    (held,) = [a for a in actions if isinstance(a, Record) and a.kind == "paused"]
+    rows = (*PAUSED_HISTORY[:2], Row(40, "node1", 1, held.kind, held.reason))
+    current = now_paused(60, {}, None)
+    lines = explain(history(*rows), tz=UTC, current=current)
+    assert f"  04:40:40  {held.reason}" in lines
+    assert "operator:alice (storage work) paused the cluster" in held.reason
