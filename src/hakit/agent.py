@@ -53,6 +53,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from hakit import cgroup, leftovers
 from hakit.config import Config, Mode, NodeConfig
 from hakit.contract import AppState
 from hakit.coord.base import Coordinator, Event, Lease, NodeRecord
@@ -73,7 +74,6 @@ from hakit.fence import (
     LeaseWatchdog,
     Predecessor,
     application_name,
-    kill_group_now,
     read_predecessor,
     retry_delay,
     takeover_words,
@@ -163,6 +163,12 @@ def log_dir(cfg: Config) -> Path:
     return cfg.cluster.state_dir / "logs"
 
 
+def _app_cgroup(node: str, state_dir: Path) -> Path | None:
+    """The app's cgroup (v2) when the machine lets this agent make one, else None."""
+    path = cgroup.app_cgroup_path(node, state_dir)
+    return path if path is not None and cgroup.create(path) else None
+
+
 class Agent:
     """Runs one node: call ``await agent.run()``; cancel or ``request_stop()`` to end."""
 
@@ -186,6 +192,9 @@ class Agent:
         log_dir(cfg).mkdir(parents=True, exist_ok=True)
         env = {key: value.format_map(values) for key, value in cfg.app.env.items()}
         env.setdefault("HAKIT_NODE", self.node.name)
+        # With HAKIT_NODE, how an agent that starts recognises this node's app left on
+        # its port by an earlier agent (hakit.leftovers).
+        env.setdefault("HAKIT_CLUSTER", cfg.cluster.name)
         # libpq-based apps name their PostgreSQL sessions after the node, so a new
         # active can terminate them (failover.fence_database_sessions, hakit.fence).
         env.setdefault("PGAPPNAME", application_name(self.node.name))
@@ -199,6 +208,11 @@ class Agent:
             log_path=log_dir(cfg) / f"app-{self.node.name}.log",
             stop_timeout=cfg.app.stop_timeout,
             on_exit=self._on_exit,
+            cgroup_path=_app_cgroup(self.node.name, cfg.cluster.state_dir),
+            pid_file=leftovers.pid_file_path(cfg.cluster.state_dir, self.node.name),
+            # The shim keeps the lease deadline with the watchdog's rule (hakit.lifeline).
+            threshold=STALL_THRESHOLD,
+            grace=cfg.coordination.lease_ttl,
         )
         self.prober = StatusProber(
             cfg.app.health, self.node.host, self.node.port, cfg.health.probe_timeout
@@ -257,6 +271,11 @@ class Agent:
     # --- event sources ------------------------------------------------------
 
     def _on_exit(self, info: ExitInfo) -> None:
+        fenced = self.app.take_fenced()
+        if fenced is not None and self.epoch:
+            # The shim killed the app at the lease deadline (this agent was frozen or
+            # stuck): the lease is lost before the exit is heard, as for the watchdog.
+            self._self_fence(fenced)
         self.app_state = AppState.STOPPED
         self.events.put_nowait(
             AppExited(
@@ -458,11 +477,14 @@ class Agent:
             self._record("lease", f"{self.node.name} gave the lease of epoch {epoch} back: {why}")
 
     def _arm_watchdog(self) -> None:
-        """The watchdog guards the lease while this node acts as active under it."""
+        """The watchdog thread and the app's shim guard the lease while this node acts as
+        active under it (the shim also when this whole agent is frozen, hakit.shim)."""
         if self.epoch and self.policy.view().role is Role.ACTIVE:
             self.watchdog.arm(self.lease_deadline)
+            self.app.arm(self.lease_deadline)
         else:
             self.watchdog.disarm()
+            self.app.disarm()
 
     def _watchdog_fired(self, reason: str) -> None:
         """From the watchdog's thread: the app is killed; wake the main loop to say so."""
@@ -486,7 +508,7 @@ class Agent:
         """
         if not self.epoch:
             return
-        fired = self.watchdog.take_fired()
+        fired = self.watchdog.take_fired() or self.app.take_fenced()
         if fired is not None:
             # The watchdog killed the app while this loop was held up: it ran at the
             # deadline, so no stall of the agent explains it; nothing to renew on waking.
@@ -561,8 +583,8 @@ class Agent:
         lost, self.epoch = self.epoch, 0
         self._given_up_epoch = max(self._given_up_epoch, lost)
         self.watchdog.disarm()
-        if self.policy.view().role is Role.ACTIVE and kill_group_now(self.app.pid):
-            log.warning("self-fencing: killed app process group %s (%s)", self.app.pid, reason)
+        if self.policy.view().role is Role.ACTIVE and self.app.kill_now():
+            log.warning("self-fencing: killed the app (pid %s): %s", self.app.pid, reason)
         self._urgent.append(LeaseLost(lost, reason))
         self.events.put_nowait(_WAKE)
 
@@ -610,6 +632,7 @@ class Agent:
         self._loop = asyncio.get_running_loop()
         self.watchdog.start()
         self._record("agent", f"agent for {self.node.name} started (pid {os.getpid()})")
+        await self._sweep_leftovers()
         # A cluster paused before this agent started: the policy hears it before Boot.
         await self._feed_intents(
             await self._read_intents(), time.time(), boot=await self._boot_event()
@@ -669,6 +692,31 @@ class Agent:
             finally:
                 self.watchdog.stop()
                 self.store.close()
+
+    async def _sweep_leftovers(self) -> None:
+        """Before anything else: stop what an earlier agent of this node left running
+        (hakit.leftovers), and say so."""
+        found = await asyncio.to_thread(
+            leftovers.sweep,
+            node=self.node.name,
+            cluster=self.cfg.cluster.name,
+            port=self.node.port,
+            pid_file=leftovers.pid_file_path(self.cfg.cluster.state_dir, self.node.name),
+            group_dir=self.app.cgroup_path,
+        )
+        data: dict[str, Any] = {"leftovers": found.stopped}
+        if found.previous_agent is not None:
+            data["previous_agent_pid"] = found.previous_agent
+        if found.stopped:
+            self._record(
+                "agent",
+                f"agent for {self.node.name} found what an earlier agent left running and "
+                f"stopped it before doing anything else: {'; '.join(found.stopped)}",
+                epoch=0,
+                data=data,
+            )
+        if found.blocked is not None:
+            await self._execute(Alert("failed-start", found.blocked, manual_intervention=True))
 
     def request_stop(self) -> None:
         self._stop_requested.set()

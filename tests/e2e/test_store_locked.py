@@ -26,11 +26,12 @@ pytestmark = pytest.mark.e2e
 
 
 def new_app(agent_pid: int, old_pid: int) -> int | None:
-    """The pid of the agent's app child when it is not ``old_pid`` (the store is locked:
-    the node record cannot say)."""
-    for child in psutil.Process(agent_pid).children():
-        if child.pid != old_pid and child.status() != psutil.STATUS_ZOMBIE:
-            return child.pid
+    """The pid of the agent's app when it is not ``old_pid`` (the store is locked: the
+    node record cannot say). The app is the child of the agent's child, its shim."""
+    for shim in psutil.Process(agent_pid).children():
+        for child in shim.children():
+            if child.pid != old_pid and child.status() != psutil.STATUS_ZOMBIE:
+                return child.pid
     return None
 
 

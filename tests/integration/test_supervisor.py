@@ -293,7 +293,9 @@ def test_unexpected_exit_takes_the_apps_children_with_it(tmp_path: Path) -> None
         async with supervised(tmp_path, f"sleep 60 & echo $! > {pid_file}; exit 3") as (app, exits):
             await app.start()
             (info,) = await exits.wait()
-            assert info.description == "exited with code 3"
+            # The main process exited while its child ran on: said, and the child stopped.
+            assert info.description.startswith("exited with code 3; it left 1 process running")
+            assert "the start command must stay in the foreground" in info.description
             child = int(pid_file.read_text())
             await wait_until(lambda: not is_live(child), "the leftover child to be killed")
 

@@ -1,0 +1,129 @@
+"""One writer, always: an agent's death takes its app with it (hakit.shim, hakit.leftovers).
+
+Real agents, apps and router; the agent alone is killed with SIGKILL, as the OOM
+killer or a crash would. A monitor samples every node's /status every 20 ms for the
+whole test: never may two apps answer RUNNING at once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import httpx
+
+from hakit import proctable
+from hakit.demo.cluster import DemoCluster, wait_for
+from hakit.leftovers import pid_file_path
+
+from .conftest import ClusterFactory, router_get, wait_serving
+
+
+def alive(pid: int) -> bool:
+    return proctable.is_live(proctable.stat_of(pid))
+
+
+@contextmanager
+def running_monitor(cluster: DemoCluster) -> Iterator[list[tuple[float, list[str]]]]:
+    """Samples of (time, nodes answering RUNNING) with two or more nodes, every 20 ms."""
+    overlaps: list[tuple[float, list[str]]] = []
+    stop = threading.Event()
+    urls = {node.name: f"http://{node.host}:{node.port}/status" for node in cluster.cfg.nodes}
+
+    def sample() -> None:
+        with httpx.Client(timeout=0.5) as client:
+            while not stop.wait(0.02):
+                running = []
+                for name, url in urls.items():
+                    try:
+                        answer = client.get(url)
+                        if answer.status_code == 200 and answer.json().get("state") == "RUNNING":
+                            running.append(name)
+                    except (httpx.HTTPError, ValueError):
+                        pass
+                if len(running) > 1:
+                    overlaps.append((time.time(), running))
+
+    thread = threading.Thread(target=sample, name="running-monitor", daemon=True)
+    thread.start()
+    try:
+        yield overlaps
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
+def other_node(cluster: DemoCluster, node: str) -> str:
+    return next(n.name for n in cluster.cfg.nodes if n.name != node)
+
+
+def test_killed_agent_takes_its_app_before_the_lease_expires(
+    make_cluster: ClusterFactory,
+) -> None:
+    cluster = make_cluster(lease_ttl="3s", renew_interval="500ms", startup_delay=0.2)
+    old = wait_serving(cluster)
+    new = other_node(cluster, old)
+    app = cluster.app_pid(old)
+    assert app is not None
+    with running_monitor(cluster) as overlaps:
+        cluster.kill_agent(old)  # SIGKILL, the agent alone
+        lease = cluster.coordinator.current_lease()  # no renewal after this
+        assert lease is not None and lease.holder == old
+        wait_for(lambda: not alive(app), 10, "the app to die with its agent")
+        died = time.time()
+        assert died < lease.expires_at, f"the app outlived the lease by {died - lease.expires_at}"
+        wait_for(lambda: cluster.active_running() == new, 30, f"{new} to take over")
+        response = router_get(cluster, "/status")
+        assert response is not None and response.status_code == 200
+        # The agent comes back, as a service manager restarts it: a standby now, and
+        # nothing of the old app was left for it to find.
+        mark = cluster.events()[-1].id
+        cluster.start_agent(old)
+        wait_for(
+            lambda: (
+                (r := cluster.node_record(old)) is not None
+                and r.role == "standby"
+                and r.detail.get("agent_pid") == cluster.agent_pid(old)
+            ),
+            30,
+            f"the restarted agent of {old} to report",
+        )
+        after = [e for e in cluster.events(mark) if e.node == old]
+        assert not [e for e in after if e.kind == "start"], after
+        assert not [e for e in after if e.data.get("leftovers")], after
+        assert cluster.active_running() == new
+    assert overlaps == [], f"two apps answered RUNNING: {overlaps[:5]}"
+
+
+def test_agent_that_starts_stops_what_an_earlier_agent_left(make_cluster: ClusterFactory) -> None:
+    """The shim is frozen, so the killed agent's app lives on: the agent that starts next
+    on the node finds it (its pid file) and stops it before doing anything else."""
+    cluster = make_cluster(lease_ttl="3s", renew_interval="500ms", startup_delay=0.2)
+    old = wait_serving(cluster)
+    app = cluster.app_pid(old)
+    assert app is not None
+    recorded = json.loads(pid_file_path(cluster.cfg.cluster.state_dir, old).read_text())
+    shim = recorded["shim_pid"]
+    assert recorded["app_pid"] == app and proctable.stat_of(app).ppid == shim  # type: ignore[union-attr]
+    mark = cluster.events()[-1].id
+    os.kill(shim, signal.SIGSTOP)
+    try:
+        cluster.kill_agent(old)
+        assert alive(app)  # nobody left to stop it: the shim is frozen
+        cluster.start_agent(old)
+        found = wait_for(
+            lambda: [e for e in cluster.events(mark) if e.node == old and e.data.get("leftovers")],
+            30,
+            "the new agent to stop the leftovers",
+        )
+    finally:
+        os.kill(shim, signal.SIGCONT)
+    assert f"app pid {app} and shim pid {shim} left by an earlier agent" in found[0].reason
+    assert found[0].data["previous_agent_pid"] == recorded["agent_pid"]
+    assert not alive(app) and not alive(shim)
+    wait_serving(cluster)
