@@ -38,11 +38,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hakit.config import Config
+from hakit.config import Config, Storage
+from hakit.contract import AppState
 from hakit.coord.base import Coordinator, Lease, NodeRecord
 from hakit.dbfence import application_name as application_name  # re-exported: PGAPPNAME
 from hakit.dbfence import fences_sessions, sessions_of, terminate_sessions
 from hakit.errors import CoordinationError
+from hakit.probe import StatusProber
 
 log = logging.getLogger("hakit.fence")
 
@@ -528,6 +530,25 @@ class Fencer:
         failover = self.cfg.failover
         before = f"before {self.me} promotes under epoch {epoch}"
         if failover.fence_command is None:
+            answer = await self._still_answers(need.node)
+            if answer is not None and self.cfg.cluster.storage is Storage.SHARED:
+                # Self-fencing did not happen (the node's shim is frozen or gone with its
+                # agent): promoting now would put two writers on the shared home and
+                # database. Safety over availability, as Pacemaker without STONITH.
+                self.pending[need.node] = need
+                reason = (
+                    f"not promoting {self.me} under epoch {epoch}: {need.node}'s app still "
+                    f"answers ({answer}) although {need.why}, and no failover.fence_command is "
+                    f"configured to stop it; stop it by hand (or configure a fence command), "
+                    f"then {self.me} takes over by itself (`hakit failover --force` promotes "
+                    "anyway, accepting two writers)"
+                )
+                self.record(
+                    "fence",
+                    reason,
+                    {"target": need.node, "result": "still-answering", "epoch": epoch},
+                )
+                return reason
             self.pending.pop(need.node, None)
             self.record(
                 "fence",
@@ -570,6 +591,25 @@ class Fencer:
         )
         self.record("fence", reason, data)
         return reason
+
+    async def _still_answers(self, node: str) -> str | None:
+        """How ``node``'s app answers its /status now ("RUNNING", "HTTP 503"...), or None
+        when nothing answers there (refused, silent, or the node is unknown): a process
+        that answers at all is alive and may write, whatever state it reports."""
+        try:
+            target = self.cfg.node(node)
+        except KeyError:
+            return None
+        prober = StatusProber(
+            self.cfg.app.health, target.host, target.port, self.cfg.health.probe_timeout
+        )
+        try:
+            observation = await prober.probe()
+        finally:
+            await prober.aclose()
+        if observation.state in (AppState.DOWN, AppState.TIMEOUT, AppState.STOPPED):
+            return None
+        return f"{observation.state} on {target.host}:{target.port}"
 
     async def _fence_sessions(self, need: FenceNeed, epoch: int) -> list[str]:
         if not self.cfg.failover.fence_database_sessions:

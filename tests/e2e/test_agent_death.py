@@ -30,7 +30,7 @@ def alive(pid: int) -> bool:
 
 @contextmanager
 def running_monitor(cluster: DemoCluster) -> Iterator[list[tuple[float, list[str]]]]:
-    """Samples of (time, nodes answering RUNNING) with two or more nodes, every 20 ms."""
+    """Samples of (time, nodes serving: RUNNING or FIRST_RUN) with two or more, every 20 ms."""
     overlaps: list[tuple[float, list[str]]] = []
     stop = threading.Event()
     urls = {node.name: f"http://{node.host}:{node.port}/status" for node in cluster.cfg.nodes}
@@ -42,7 +42,8 @@ def running_monitor(cluster: DemoCluster) -> Iterator[list[tuple[float, list[str
                 for name, url in urls.items():
                     try:
                         answer = client.get(url)
-                        if answer.status_code == 200 and answer.json().get("state") == "RUNNING":
+                        state = answer.json().get("state") if answer.status_code == 200 else None
+                        if state in ("RUNNING", "FIRST_RUN"):
                             running.append(name)
                     except (httpx.HTTPError, ValueError):
                         pass
@@ -127,3 +128,40 @@ def test_agent_that_starts_stops_what_an_earlier_agent_left(make_cluster: Cluste
     assert found[0].data["previous_agent_pid"] == recorded["agent_pid"]
     assert not alive(app) and not alive(shim)
     wait_serving(cluster)
+
+
+def test_no_promotion_while_the_old_app_still_answers(make_cluster: ClusterFactory) -> None:
+    """Agent and shim frozen, the app serving on: self-fencing cannot happen. With shared
+    storage and no fence command, the standby does not promote over an app that still
+    answers; once the shim wakes and kills it (its grace after its own freeze), the
+    standby takes over."""
+    cluster = make_cluster(lease_ttl="3s", renew_interval="500ms", startup_delay=0.2, patience="2s")
+    old = wait_serving(cluster)
+    new = other_node(cluster, old)
+    app = cluster.app_pid(old)
+    assert app is not None
+    shim = proctable.stat_of(app).ppid  # type: ignore[union-attr]
+    agent = cluster.agent_pid(old)
+    mark = cluster.events()[-1].id
+    with running_monitor(cluster) as overlaps:
+        os.kill(shim, signal.SIGSTOP)
+        os.kill(agent, signal.SIGSTOP)
+        try:
+            refused = wait_for(
+                lambda: [
+                    e
+                    for e in cluster.events(mark)
+                    if e.kind == "fence" and e.data.get("result") == "still-answering"
+                ],
+                30,
+                f"{new} to refuse to promote over {old}'s answering app",
+            )
+            assert f"{old}'s app still answers (" in refused[0].reason
+            assert alive(app)
+            assert not [e for e in cluster.events(mark) if e.kind == "start" and e.node == new]
+        finally:
+            os.kill(shim, signal.SIGCONT)
+            os.kill(agent, signal.SIGCONT)
+        wait_for(lambda: not alive(app), 15, f"{old}'s app to be fenced")
+        wait_for(lambda: cluster.active_running() is not None, 45, "a node to serve again")
+    assert overlaps == [], f"two apps answered RUNNING: {overlaps[:5]}"
