@@ -796,6 +796,45 @@ def why(
 
 
 @app.command()
+def init(
+    config: ConfigOption = Path("hakit.toml"),
+    reinit: Annotated[
+        bool,
+        typer.Option(
+            "--reinit",
+            help="Replace a lost, damaged, replaced or older store: a new identity that the "
+            "running agents and routers accept, epochs above every one the nodes remember; "
+            "the old file is moved aside, never deleted.",
+        ),
+    ] = False,
+    min_epoch: Annotated[
+        int, typer.Option("--min-epoch", min=0, help="With --reinit: epochs continue above N too.")
+    ] = 0,
+    force: Annotated[
+        bool, typer.Option("--force", help="With --reinit: replace even a store every node trusts.")
+    ] = False,
+    actor: ActorOption = None,
+) -> None:
+    """Create the coordination store with a new cluster identity (--reinit: replace one)."""
+    from hakit.coord.identity import initialise
+    from hakit.operator import operator_actor
+
+    cfg = _load(config)
+    if (min_epoch or force) and not reinit:
+        err_console.print("[red]--min-epoch and --force go with --reinit[/red]")
+        raise typer.Exit(2)
+    try:
+        result = initialise(
+            cfg, reinit=reinit, min_epoch=min_epoch, force=force, actor=operator_actor(actor)
+        )
+    except HakitError as error:
+        err_console.print(f"[red]{escape(str(error))}[/red]", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    for line in result.lines():
+        console.print(escape(line), highlight=False, soft_wrap=True)
+
+
+@app.command()
 def demo(
     port: Annotated[int, typer.Option(help="Router port on 127.0.0.1.")] = 8080,
     directory: Annotated[

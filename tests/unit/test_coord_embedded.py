@@ -443,7 +443,7 @@ def test_a_version_1_store_is_migrated_keeping_its_data(tmp_path: Path) -> None:
         assert store.get_state("paused") == {"paused": True}
     raw = sqlite3.connect(path)
     try:
-        assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
     finally:
         raw.close()
 

@@ -24,6 +24,16 @@ Contract (like Patroni's AbstractDCS, but small):
   failover. It hands the lease to ``node`` under a new epoch at once; the old
   holder's next renewal fails and it fences itself.
 
+- Identity: a store carries a cluster identity made once, with the store, and
+  the identities of the stores it replaces (``hakit init --reinit``). A backend
+  remembers the identity and the highest epoch its process has seen (an agent's
+  memory also survives restarts, in ``<state_dir>/memory/<node>.json``) and
+  raises ``StoreReplacedError`` (a ``CoordinationError``) instead of using a store
+  with another identity, none, or a lower last epoch, and instead of creating one
+  where a store it knew is gone. It checks again at every call, so once a store
+  it trusts is back it reconnects by itself. The caller treats the error as "not
+  the leader": an agent fences its app at once.
+
 Times are wall-clock seconds (``time.time()``) as seen by the backend: the
 embedded backend serves processes on one machine, so they share a clock.
 """

@@ -14,24 +14,57 @@ Why it is safe for several processes (agents, routers, ``hakit status``):
 
 The epoch counter lives apart from the lease row: ``release`` deletes the lease
 but the counter keeps the highest epoch ever handed out.
+
+The store cannot be swapped under a running cluster (schema version 3):
+
+- the store carries a cluster identity (a uuid4 made once, when the store is
+  created) and a lineage (the identities of the stores it replaces, written by
+  ``hakit init --reinit``);
+- every coordinator remembers the identity and the highest epoch it has seen.
+  Before each call it compares the file at the path (``os.stat``: device and
+  inode) with the file its connection opened. A deleted, renamed or replaced file
+  is noticed at the next call: the connection is closed, and a store is used
+  again only if it has the remembered identity (or lists it in its lineage) and a
+  last epoch at least the highest seen; otherwise ``StoreReplacedError``. Each
+  later call checks again, so once a trusted store is back at the path the
+  process reconnects by itself. Every write transaction also checks the identity
+  and the epoch counter it runs on, and a write during which the path changed is
+  rolled back, so nothing is ever granted in a store this process does not trust;
+- a process that has seen an identity never creates a store; one that has not
+  creates it only when asked to (``create``), and never beside the -wal/-shm
+  files a deleted store left (their content would be mixed into the new file);
+- an agent's memory survives its restarts (``memory_path``, see
+  ``hakit.coord.memory``); routers and CLI commands keep theirs in the process;
+- a re-initialised store grants no lease before ``leases_from`` (one lease TTL
+  after it was put in place): a node that held the lease in the replaced store
+  has fenced itself by then, so two nodes never act as active at once.
+
+Files are private: the database (and so its -wal and -shm, which SQLite creates
+with the database's mode) is created 0600.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sqlite3
 import threading
 import time
+import urllib.parse
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from hakit.coord.base import Event, Lease, NodeRecord
-from hakit.errors import CoordinationError
+from hakit.coord.memory import Memory, read_memory, write_memory
+from hakit.errors import CoordinationError, StoreReplacedError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+log = logging.getLogger("hakit.coord")
 DEFAULT_MAX_EVENTS = 10_000
 DEFAULT_BUSY_TIMEOUT = 5.0
 
@@ -71,7 +104,27 @@ _SCHEMA_V2 = (
         value TEXT NOT NULL)""",
     "PRAGMA user_version = 2",
 )
-_MIGRATIONS = {0: _SCHEMA_V1 + _SCHEMA_V2, 1: _SCHEMA_V2}
+# Version 3: the cluster identity (one row; see the module docstring). The row itself
+# is inserted by the code that runs these (a new uuid4, or the one ``create_store`` got).
+# Every write transaction counts itself in ``writes``: so the row's page is in every
+# -wal that holds anything, and a -wal beside another store's file is recognised.
+_SCHEMA_V3 = (
+    """CREATE TABLE cluster (
+        singleton INTEGER PRIMARY KEY CHECK (singleton = 1),
+        identity TEXT NOT NULL,
+        lineage TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        leases_from REAL NOT NULL,
+        writes INTEGER NOT NULL DEFAULT 0)""",
+    "PRAGMA user_version = 3",
+)
+_MIGRATIONS = {
+    0: _SCHEMA_V1 + _SCHEMA_V2 + _SCHEMA_V3,
+    1: _SCHEMA_V2 + _SCHEMA_V3,
+    2: _SCHEMA_V3,
+}
+# The -wal and -shm files SQLite keeps beside a store in WAL mode.
+SIDE_FILES = ("-wal", "-shm")
 
 # Connections inherited through fork: kept referenced so the child never closes
 # (and never checkpoints or unlinks the WAL of) a connection the parent still uses.
@@ -95,7 +148,17 @@ def next_lease(
     return Lease(node, newest + 1, now + ttl)
 
 
-def advice_for(error: sqlite3.Error, path: Path) -> str:
+@dataclass(frozen=True, slots=True)
+class StoreIdentity:
+    """Who a store is: its identity, the identities it replaces, its last epoch."""
+
+    identity: str
+    lineage: tuple[str, ...]
+    last_epoch: int
+    leases_from: float = 0.0  # no lease is granted before (a re-initialised store)
+
+
+def advice_for(error: sqlite3.Error, path: Path, config: str = "CONFIG") -> str:
     """What an admin should do about ``error`` on the store at ``path``."""
     message = str(error).lower()
     if "unable to open" in message or "readonly" in message or "read-only" in message:
@@ -111,8 +174,10 @@ def advice_for(error: sqlite3.Error, path: Path) -> str:
         )
     if "not a database" in message or "malformed" in message:
         return (
-            "the file is not a hakit coordination store or is damaged; "
-            "move it away or set coordination.path to another file"
+            "the file is not a hakit coordination store or is damaged; restore a good copy "
+            f"(moved into place), or run `hakit init --reinit -c {config}`, which moves it aside "
+            "and starts a new store whose epochs continue above the ones used; agents and "
+            "routers reconnect by themselves once a healthy store is at the path (no restart)"
         )
     return "check the file and its directory (permissions, free space)"
 
@@ -124,6 +189,13 @@ class SqliteCoordinator:
     (default 10,000) are kept; older ones are deleted as new ones are appended.
     Ids keep increasing across the deletion. ``detail`` and ``data`` must be
     JSON-serializable.
+
+    ``memory_path`` (agents): the file holding this node's memory of the store
+    (identity, highest epoch), loaded at the first call and rewritten when either
+    changes; None (routers, CLI commands): the memory lives in this object only.
+    ``create``: a process that has never seen an identity may create a missing
+    store (the first agent at first start); one that has seen one never does.
+    ``config`` names the config file in messages (``hakit init --reinit -c ...``).
     """
 
     def __init__(
@@ -133,6 +205,9 @@ class SqliteCoordinator:
         clock: Callable[[], float] = time.time,
         max_events: int = DEFAULT_MAX_EVENTS,
         busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
+        memory_path: Path | None = None,
+        create: bool = True,
+        config: str | None = None,
     ) -> None:
         if max_events < 1:
             raise ValueError(f"max_events must be at least 1, got {max_events}")
@@ -140,11 +215,110 @@ class SqliteCoordinator:
         self._clock = clock
         self._max_events = max_events
         self._busy_timeout = busy_timeout
+        self._memory_path = Path(memory_path) if memory_path is not None else None
+        self._create = create
+        self._config = config or "CONFIG"
         self._conn: sqlite3.Connection | None = None
+        self._file: tuple[int, int] | None = None  # (device, inode) the connection opened
+        self._side_files: dict[str, tuple[int, int]] = {}  # its -wal and -shm: (device, inode)
         self._pid = os.getpid()
         # One connection is shared by the threads of a process; the lock keeps
         # their transactions from interleaving on it.
         self._lock = threading.Lock()
+        # The memory: guarded by the lock too.
+        self._memory_loaded = False
+        self._identity: str | None = None  # the store's identity, once seen
+        self._lineage: tuple[str, ...] = ()  # the identities it replaces
+        self._seen_epoch = 0  # the highest epoch seen in it
+        self._saved: Memory | None = None  # what memory_path holds
+        self._leases_from = 0.0
+        self._pending_epoch = 0  # epochs seen by the call in progress
+
+    # --- identity -------------------------------------------------------------
+
+    @property
+    def identity(self) -> str | None:
+        """The cluster identity this process trusts (None before the first call)."""
+        return self._identity
+
+    @property
+    def highest_epoch(self) -> int:
+        """The highest epoch this process has seen (its memory included)."""
+        return self._seen_epoch
+
+    @property
+    def leases_from(self) -> float:
+        """Wall-clock time before which the store grants no lease (0: none)."""
+        return self._leases_from
+
+    def _load_memory(self) -> None:
+        if self._memory_loaded:
+            return
+        if self._memory_path is not None:
+            memory = read_memory(self._memory_path)  # a damaged file raises
+            if memory is not None:
+                self._identity = memory.identity
+                self._lineage = memory.lineage
+                self._seen_epoch = max(self._seen_epoch, memory.epoch)
+                self._saved = memory
+        self._memory_loaded = True
+
+    def _saw(self, epoch: int) -> None:
+        """Note an epoch read in the call in progress (remembered once it succeeded)."""
+        if epoch > self._pending_epoch:
+            self._pending_epoch = epoch
+
+    def _remember(self) -> None:
+        if self._pending_epoch > self._seen_epoch:
+            self._seen_epoch = self._pending_epoch
+        self._pending_epoch = 0
+        self._save_memory()
+
+    def _save_memory(self) -> None:
+        if self._memory_path is None or self._identity is None:
+            return
+        wanted = Memory(self._identity, self._seen_epoch, self._lineage)
+        if wanted != self._saved:
+            self._saved = write_memory(self._memory_path, wanted)
+            self._seen_epoch = max(self._seen_epoch, self._saved.epoch)
+
+    def _refused(self, found: str) -> StoreReplacedError:
+        assert self._identity is not None
+        return StoreReplacedError(
+            self.path,
+            found,
+            self._identity,
+            self._seen_epoch,
+            config=self._config,
+            consequence=(
+                "the app on this node is fenced"
+                if self._memory_path is not None
+                else "this process neither reads nor writes it"
+            ),
+        )
+
+    def _check(self, found: StoreIdentity | None) -> None:
+        """Raise StoreReplacedError unless ``found`` is a store this process may use."""
+        if self._identity is None:
+            return
+        if found is None:
+            raise self._refused("a store without an identity: an empty or new file")
+        same = found.identity == self._identity or self._identity in found.lineage
+        if not same or found.last_epoch < self._seen_epoch:
+            raise self._refused(f"identity {found.identity}, last epoch {found.last_epoch}")
+
+    def _accept(self, found: StoreIdentity | None) -> None:
+        self._check(found)
+        if found is None:
+            raise CoordinationError(
+                f"coordination store {self.path}: its cluster identity row is missing, so the "
+                f"store is damaged; run `hakit init --reinit -c {self._config}` to start a new "
+                "store whose epochs continue above the ones used"
+            )
+        self._identity = found.identity
+        self._lineage = found.lineage
+        self._leases_from = found.leases_from
+        self._saw(found.last_epoch)
 
     # --- connection -----------------------------------------------------------
 
@@ -155,26 +329,176 @@ class SqliteCoordinator:
         if self._conn is not None:
             _INHERITED_CONNECTIONS.append(self._conn)
         self._conn = None
+        self._file = None
+        self._side_files = {}
         self._lock = threading.Lock()
         self._pid = os.getpid()
 
-    def _connection(self) -> sqlite3.Connection:
-        if self._conn is None:
-            conn = sqlite3.connect(
-                self.path,
-                timeout=self._busy_timeout,
-                isolation_level=None,  # we issue BEGIN IMMEDIATE / COMMIT ourselves
-                check_same_thread=False,  # guarded by self._lock
-            )
+    def _drop_connection(self) -> None:
+        """Close the connection (its file was replaced, or this process refuses it).
+
+        SQLite neither checkpoints nor deletes the -wal of a file that was moved or
+        unlinked when its last connection closes, so nothing reaches the new file.
+        """
+        conn, self._conn, self._file = self._conn, None, None
+        self._side_files = {}
+        if conn is not None:
             try:
-                self._enable_wal(conn)
-                conn.execute("PRAGMA synchronous=FULL")
-                self._ensure_schema(conn)
-            except BaseException:
                 conn.close()
-                raise
-            self._conn = conn
-        return self._conn
+            except sqlite3.Error:
+                pass
+
+    def _forget_replaced_file(self) -> None:
+        """The file at the path is no longer the connection's: drop the connection, and
+        move the -wal and -shm of the old file aside if they are still at the path.
+
+        SQLite finds a store's -wal and -shm by name: left beside a new file, they
+        would be read into it (the old store's pages over the new one's). These
+        are known to be the old file's because this connection had them open.
+        """
+        old = self._side_files
+        self._drop_connection()
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        for suffix, known in old.items():
+            side = Path(f"{self.path}{suffix}")
+            if file_id(side) != known:
+                continue  # gone, or a new file's: not ours to move
+            aside = Path(f"{self.path}.stale-{stamp}-{os.getpid()}{suffix}")
+            try:
+                os.rename(side, aside)
+            except OSError as error:
+                log.warning(
+                    "coordination store %s was replaced, but its old %s could not be moved "
+                    "aside (%s); move it away before the store is used again",
+                    self.path,
+                    side,
+                    error,
+                )
+                continue
+            log.warning(
+                "coordination store %s was replaced or deleted while in use: its old %s is "
+                "moved aside to %s so that SQLite does not read it into the new file",
+                self.path,
+                side,
+                aside,
+            )
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is not None:
+            if file_id(self.path) == self._file:
+                return self._conn
+            self._forget_replaced_file()  # deleted, renamed or replaced since it was opened
+        self._load_memory()
+        current = file_id(self.path)
+        creating = current is None
+        if creating:
+            self._prepare_creation()
+            current = file_id(self.path)
+        else:
+            self._verify_read_only()
+        # Read the file's id before connecting: if the path changes in between, the
+        # next call sees a difference and checks again (never the other way round).
+        conn = self._connect(create=creating)
+        try:
+            if self._schema_version(conn) == 0 and not (self._create and self._identity is None):
+                self._refuse_uninitialised()  # before anything is written into the file
+            self._enable_wal(conn)
+            conn.execute("PRAGMA synchronous=FULL")
+            self._ensure_schema(conn)
+            self._pending_epoch = 0
+            self._accept(read_identity(conn))
+            self._remember()
+            sides = {suffix: file_id(Path(f"{self.path}{suffix}")) for suffix in SIDE_FILES}
+        except BaseException:
+            conn.close()
+            raise
+        self._conn, self._file = conn, current
+        self._side_files = {suffix: known for suffix, known in sides.items() if known is not None}
+        return conn
+
+    def _verify_read_only(self) -> None:
+        """Check an existing store before any read-write connection to it exists.
+
+        The identity is written into the main file when the store is made; read
+        without the -wal (``immutable``), it must be the one seen through the -wal
+        (which, when it holds anything, holds the identity row: every write
+        touches it), or the -wal and -shm at the path belong to another store (a
+        file was moved over one in use). Then it is checked like any store,
+        through a read-only connection, which never checkpoints: nothing reaches
+        the file if it is refused.
+        A file whose main part holds no identity yet (a young store, an older
+        schema, not a store) is checked by the read-write path as before.
+        """
+        main = main_file_identity(self.path)
+        if main is None:
+            return
+        uri = f"file:{urllib.parse.quote(str(self.path.absolute()))}?mode=ro"
+        try:
+            conn = sqlite3.connect(uri, uri=True, timeout=self._busy_timeout)
+            try:
+                seen = read_identity(conn) if self._schema_version(conn) >= 3 else None
+            finally:
+                conn.close()
+        except sqlite3.Error:
+            return  # the read-write connection reports it, with advice
+        if seen is None or seen.identity != main:
+            found = (
+                f"identity {main} in the file, but its -wal and -shm belong to another store"
+                f"{f' (identity {seen.identity})' if seen is not None else ''}: a file was moved "
+                f"over the store while it was in use; move {self.path}-wal and {self.path}-shm "
+                "aside"
+            )
+            if self._identity is not None:
+                raise self._refused(found)
+            raise CoordinationError(
+                f"coordination store {self.path}: {found} (or run "
+                f"`hakit init --reinit -c {self._config}`, which does), so that SQLite does not "
+                "mix them into it"
+            )
+        self._check(seen)
+
+    def _prepare_creation(self) -> None:
+        """There is no file at the path: create it (0600) if this process may."""
+        if self._identity is not None:
+            raise self._refused("the file is gone")
+        if not self._create:
+            raise CoordinationError(
+                f"coordination store {self.path}: there is none; the first agent creates it "
+                f"(or `hakit init -c {self._config}`); check coordination.path and "
+                "cluster.state_dir if the cluster already runs"
+            )
+        leftovers = [
+            name for name in SIDE_FILES if Path(f"{self.path}{name}").exists()
+        ]  # checked before the file again: a store being created makes its file first
+        if leftovers and file_id(self.path) is None:
+            raise CoordinationError(
+                f"coordination store {self.path}: the file is missing but its "
+                f"{' and '.join(leftovers)} files are still there, so the store was deleted "
+                "while processes used it and a new one here would mix with their content; "
+                "restore the store (moved into place), or run "
+                f"`hakit init --reinit -c {self._config}`, which moves the leftovers aside and "
+                "starts a new store whose epochs continue above the ones used"
+            )
+        try:
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        except FileExistsError:
+            pass  # another process created it meanwhile
+        except OSError:
+            pass  # SQLite's own attempt reports it, with the advice that fits
+
+    def _connect(self, *, create: bool) -> sqlite3.Connection:
+        # A URI with mode=rw never creates a file: a store deleted between the checks
+        # above and this connect is not silently made anew.
+        uri = "file:{}?mode={}".format(
+            urllib.parse.quote(str(self.path.absolute())), "rwc" if create else "rw"
+        )
+        return sqlite3.connect(
+            uri,
+            uri=True,
+            timeout=self._busy_timeout,
+            isolation_level=None,  # we issue BEGIN IMMEDIATE / COMMIT ourselves
+            check_same_thread=False,  # guarded by self._lock
+        )
 
     def _enable_wal(self, conn: sqlite3.Connection) -> None:
         """Switch the file to WAL once; retry while another process holds it.
@@ -202,15 +526,31 @@ class SqliteCoordinator:
             )
         raise sqlite3.OperationalError("database is locked")  # unreachable within the deadline
 
+    def _refuse_uninitialised(self) -> None:
+        """A file without a store in it, which this process may not make one of."""
+        if self._identity is not None:
+            raise self._refused("a store without an identity: an empty or new file")
+        raise CoordinationError(
+            f"coordination store {self.path}: the file holds no store yet; the first agent "
+            f"creates it (or `hakit init -c {self._config}`); check coordination.path if the "
+            "cluster already runs"
+        )
+
     def _ensure_schema(self, conn: sqlite3.Connection) -> None:
+        may_create = self._create and self._identity is None
         if self._schema_version(conn) == SCHEMA_VERSION:
             return
         conn.execute("BEGIN IMMEDIATE")
         try:
             version = self._schema_version(conn)  # another process may have created it meanwhile
+            if version == 0 and not may_create:
+                self._refuse_uninitialised()
             if version in _MIGRATIONS:
                 for statement in _MIGRATIONS[version]:
                     conn.execute(statement)
+                # The identity is made once, with the store (or when a version 2 store
+                # is upgraded): every process that opens it later reads this one.
+                _insert_identity(conn, str(uuid.uuid4()), (), self._clock(), 0.0)
             elif version > SCHEMA_VERSION:
                 raise CoordinationError(
                     f"coordination store {self.path}: schema version {version} was written by a "
@@ -222,6 +562,8 @@ class SqliteCoordinator:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
+        # Copy the new identity into the main file (not only the -wal): see _verify_read_only.
+        conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     @staticmethod
     def _schema_version(conn: sqlite3.Connection) -> int:
@@ -229,27 +571,50 @@ class SqliteCoordinator:
 
     @contextmanager
     def _using(self, action: str, *, write: bool) -> Iterator[sqlite3.Connection]:
-        """A connection for ``action``; inside one BEGIN IMMEDIATE transaction if ``write``."""
+        """A connection for ``action``; inside one BEGIN IMMEDIATE transaction if ``write``.
+
+        A write checks, inside its transaction, that the store is still one this
+        process trusts, and is rolled back if the file at the path changed while
+        it ran. Epochs noted with ``_saw`` are remembered once the call succeeded.
+        """
         self._adopt_process()
         with self._lock:
             try:
                 conn = self._connection()
+                self._pending_epoch = 0
                 if not write:
                     yield conn
-                    return
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    yield conn
-                    conn.execute("COMMIT")
-                except BaseException:
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
-                    raise
+                else:
+                    conn.execute("BEGIN IMMEDIATE")
+                    try:
+                        conn.execute("UPDATE cluster SET writes = writes + 1 WHERE singleton = 1")
+                        self._accept(read_identity(conn))
+                        yield conn
+                        if file_id(self.path) != self._file:
+                            raise self._replaced_during(action)
+                        conn.execute("COMMIT")
+                    except BaseException:
+                        if conn.in_transaction:
+                            conn.execute("ROLLBACK")
+                        raise
+                self._remember()
+            except StoreReplacedError:
+                self._pending_epoch = 0
+                if self._conn is not None and file_id(self.path) != self._file:
+                    self._forget_replaced_file()
+                else:
+                    self._drop_connection()
+                raise
             except sqlite3.Error as error:
+                self._pending_epoch = 0
                 raise CoordinationError(
                     f"coordination store {self.path}: could not {action}: {error}; "
-                    f"{advice_for(error, self.path)}"
+                    f"{advice_for(error, self.path, self._config)}"
                 ) from error
+
+    def _replaced_during(self, action: str) -> StoreReplacedError:
+        # A write read the identity first, so this process has one.
+        return self._refused(f"the file was replaced while this process tried to {action}")
 
     # --- leader lease ---------------------------------------------------------
 
@@ -258,7 +623,11 @@ class SqliteCoordinator:
             raise ValueError(f"lease ttl must be positive, got {ttl}")
         with self._using(f"acquire or renew the lease for {node}", write=True) as conn:
             now = self._clock()  # read under the write lock: grants are ordered in time
-            lease = next_lease(_read_lease(conn), _read_last_epoch(conn), node, now, ttl)
+            stored, last = _read_lease(conn), _read_last_epoch(conn)
+            self._saw(max(last, stored.epoch if stored is not None else 0))
+            if now < self._leases_from:
+                return None  # a re-initialised store: see leases_from
+            lease = next_lease(stored, last, node, now, ttl)
             if lease is None:
                 return None
             conn.execute(
@@ -270,6 +639,7 @@ class SqliteCoordinator:
                 "UPDATE epoch_counter SET last_epoch = MAX(last_epoch, ?) WHERE singleton = 1",
                 (lease.epoch,),
             )
+            self._saw(lease.epoch)
             return lease
 
     def renew_epoch(self, node: str, epoch: int, ttl: float) -> Lease | None:
@@ -280,6 +650,7 @@ class SqliteCoordinator:
             stored = _read_lease(conn)
             if stored is None or stored.holder != node or stored.epoch != epoch:
                 return None
+            self._saw(stored.epoch)
             lease = Lease(node, epoch, now + ttl)
             conn.execute(
                 "UPDATE lease SET expires_at = ? WHERE singleton = 1 AND holder = ? AND epoch = ?",
@@ -292,6 +663,14 @@ class SqliteCoordinator:
             raise ValueError(f"lease ttl must be positive, got {ttl}")
         with self._using(f"hand the lease to {node}", write=True) as conn:
             now = self._clock()
+            if now < self._leases_from:
+                raise CoordinationError(
+                    f"coordination store {self.path}: could not hand the lease to {node}: the "
+                    "store was re-initialised and grants no lease before "
+                    f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(self._leases_from))} "
+                    "(one lease TTL after, so that a node that held the lease in the replaced "
+                    "store has fenced itself); run the failover again then"
+                )
             stored = _read_lease(conn)
             newest = max(_read_last_epoch(conn), stored.epoch if stored is not None else 0)
             lease = Lease(node, newest + 1, now + ttl)
@@ -304,6 +683,7 @@ class SqliteCoordinator:
                 "UPDATE epoch_counter SET last_epoch = MAX(last_epoch, ?) WHERE singleton = 1",
                 (lease.epoch,),
             )
+            self._saw(lease.epoch)
             return lease
 
     def release(self, node: str, epoch: int) -> bool:
@@ -316,11 +696,16 @@ class SqliteCoordinator:
 
     def current_lease(self) -> Lease | None:
         with self._using("read the lease", write=False) as conn:
-            return _read_lease(conn)
+            lease = _read_lease(conn)
+            if lease is not None:
+                self._saw(lease.epoch)
+            return lease
 
     def last_epoch(self) -> int:
         with self._using("read the last epoch", write=False) as conn:
-            return _read_last_epoch(conn)
+            last = _read_last_epoch(conn)
+            self._saw(last)
+            return last
 
     def data_version(self, *, wait: bool = True) -> tuple[int, int] | None:
         """A token that changes when another connection (another process) commits.
@@ -330,7 +715,9 @@ class SqliteCoordinator:
         this coordinator's own connection do not change it. Compare tokens of
         one coordinator only (the connection is part of the token).
         ``wait=False`` (from an event loop): None at once, not an error, when
-        another thread is using the connection or SQLite answers busy.
+        another thread is using the connection or SQLite answers busy, and when
+        there is no connection or its file was replaced (the waiting call, in a
+        thread, opens and checks the store).
         """
         if wait:
             with self._using("read the data version", write=False) as conn:
@@ -339,9 +726,11 @@ class SqliteCoordinator:
         if not self._lock.acquire(blocking=False):
             return None
         try:
-            conn = self._connection()
-            return id(conn), int(conn.execute("PRAGMA data_version").fetchone()[0])
-        except sqlite3.Error:
+            current = self._conn
+            if current is None or file_id(self.path) != self._file:
+                return None
+            return id(current), int(current.execute("PRAGMA data_version").fetchone()[0])
+        except (sqlite3.Error, CoordinationError):
             return None
         finally:
             self._lock.release()
@@ -463,15 +852,125 @@ class SqliteCoordinator:
         """Close this process's connection; a later call opens a new one."""
         self._adopt_process()
         with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
+            self._drop_connection()
 
     def __enter__(self) -> SqliteCoordinator:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def file_id(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of the file at ``path``; None if there is none."""
+    try:
+        st = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as error:
+        raise CoordinationError(
+            f"coordination store {path}: could not look at the file: {error}; check that this "
+            "user may search its directory"
+        ) from error
+    return st.st_dev, st.st_ino
+
+
+def main_file_identity(path: Path) -> str | None:
+    """The identity written in the main file at ``path``, read without its -wal; None
+    when it holds none (yet) or cannot be read that way."""
+    uri = f"file:{urllib.parse.quote(str(Path(path).absolute()))}?immutable=1"
+    try:
+        conn = sqlite3.connect(uri, uri=True)
+        try:
+            if int(conn.execute("PRAGMA user_version").fetchone()[0]) < 3:
+                return None
+            row = conn.execute("SELECT identity FROM cluster WHERE singleton = 1").fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return None
+    return str(row[0]) if row is not None else None
+
+
+def read_identity(conn: sqlite3.Connection) -> StoreIdentity | None:
+    """The identity of the store ``conn`` is open on (None: the row is missing)."""
+    row = conn.execute(
+        "SELECT c.identity, c.lineage, c.leases_from, e.last_epoch "
+        "FROM cluster AS c, epoch_counter AS e WHERE c.singleton = 1 AND e.singleton = 1"
+    ).fetchone()
+    if row is None:
+        return None
+    lineage = json.loads(row[1])
+    return StoreIdentity(
+        str(row[0]),
+        tuple(str(x) for x in lineage) if isinstance(lineage, list) else (),
+        int(row[3]),
+        float(row[2]),
+    )
+
+
+def _insert_identity(
+    conn: sqlite3.Connection,
+    identity: str,
+    lineage: Sequence[str],
+    created_at: float,
+    leases_from: float,
+) -> None:
+    conn.execute(
+        "INSERT INTO cluster (singleton, identity, lineage, created_at, leases_from) "
+        "VALUES (1, ?, ?, ?, ?)",
+        (identity, json.dumps(sorted(set(lineage))), created_at, leases_from),
+    )
+
+
+def create_store(
+    path: Path,
+    identity: StoreIdentity,
+    *,
+    event: Event | None = None,
+    now: float | None = None,
+) -> None:
+    """Write a new, complete store file at ``path``, which must not exist (0600).
+
+    It has ``identity`` (lineage, epoch counter at ``last_epoch``, ``leases_from``)
+    and ``event`` as its first event. The file is left in rollback-journal mode,
+    without -wal or -shm, so it can be moved into place as one file; coordinators
+    switch it to WAL when they open it.
+    """
+    now = time.time() if now is None else now
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("BEGIN IMMEDIATE")
+        for statement in _MIGRATIONS[0]:
+            conn.execute(statement)
+        _insert_identity(conn, identity.identity, identity.lineage, now, identity.leases_from)
+        conn.execute(
+            "UPDATE epoch_counter SET last_epoch = ? WHERE singleton = 1", (identity.last_epoch,)
+        )
+        if event is not None:
+            conn.execute(
+                "INSERT INTO events (time, node, kind, reason, epoch, actor, data) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    event.time,
+                    event.node,
+                    event.kind,
+                    event.reason,
+                    event.epoch,
+                    event.actor,
+                    json.dumps(event.data, sort_keys=True),
+                ),
+            )
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _read_lease(conn: sqlite3.Connection) -> Lease | None:
