@@ -79,6 +79,7 @@ from hakit.fence import (
     takeover_words,
 )
 from hakit.fence import Verdict as FenceVerdict
+from hakit.leftovers import UNCLEAN_END
 from hakit.notify import Notifier
 from hakit.operator import (
     HANDOVER,
@@ -704,14 +705,39 @@ class Agent:
             pid_file=leftovers.pid_file_path(self.cfg.cluster.state_dir, self.node.name),
             group_dir=self.app.cgroup_path,
         )
-        data: dict[str, Any] = {"leftovers": found.stopped}
+        data: dict[str, Any] = {
+            "leftovers": found.stopped,
+            UNCLEAN_END: found.unclean_end,
+            "rebooted": found.rebooted,
+        }
         if found.previous_agent is not None:
             data["previous_agent_pid"] = found.previous_agent
+        previous = (
+            f"its previous agent (pid {found.previous_agent})"
+            if found.previous_agent is not None
+            else "its previous agent"
+        )
         if found.stopped:
             self._record(
                 "agent",
                 f"agent for {self.node.name} found what an earlier agent left running and "
                 f"stopped it before doing anything else: {'; '.join(found.stopped)}",
+                epoch=0,
+                data=data,
+            )
+        elif found.rebooted:
+            self._record(
+                "agent",
+                f"{self.node.name} came back after its host restarted: {previous} went down "
+                "with it",
+                epoch=0,
+                data=data,
+            )
+        elif found.unclean_end:
+            self._record(
+                "agent",
+                f"{previous} on {self.node.name} ended without stopping its app (killed or "
+                "crashed) while the host stayed up; its shim had stopped the app already",
                 epoch=0,
                 data=data,
             )

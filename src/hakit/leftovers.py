@@ -27,6 +27,8 @@ from pathlib import Path
 
 from hakit import cgroup, proctable
 
+# Event data key (kind "agent"): the agent that started found its predecessor's pid file.
+UNCLEAN_END = "unclean_end"
 GONE_TIMEOUT = 10.0  # a SIGKILLed process that outlives this is stuck in the kernel
 _LISTEN = "0A"
 
@@ -38,6 +40,10 @@ class Sweep:
     stopped: list[str] = field(default_factory=list)
     blocked: str | None = None  # a listener on the app's port that is not ours
     previous_agent: int | None = None  # the pid of the agent that wrote the pid file
+    # A pid file was left: the earlier agent ended without stopping its app itself
+    # (killed, crashed), or the host went down with it (``rebooted``).
+    unclean_end: bool = False
+    rebooted: bool = False
 
 
 def pid_file_path(state_dir: Path, node: str) -> Path:
@@ -120,6 +126,9 @@ def _from_pid_file(path: Path, sweep: Sweep) -> None:
         return
     agent = recorded.get("agent_pid")
     sweep.previous_agent = agent if isinstance(agent, int) else None
+    sweep.unclean_end = True
+    recorded_boot = recorded.get("boot_id")
+    sweep.rebooted = bool(recorded_boot) and recorded_boot != proctable.boot_id()
     pids: list[int] = []
     groups: list[int] = []
     described = []

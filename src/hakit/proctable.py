@@ -113,3 +113,13 @@ def command_line(pid: int) -> str:
             return cmdline.read().replace(b"\0", b" ").decode(errors="replace").strip()
     except OSError:
         return ""
+
+
+def boot_id() -> str:
+    """This boot of the machine ('' when unknown): a pid file of another boot means the
+    host restarted since, not only the processes."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as source:
+            return source.read().strip()
+    except OSError:
+        return ""

@@ -582,6 +582,7 @@ class AppProcess:
             "app_start": _start_ticks(run.app_pid),
             "cgroup": str(self._cgroup or ""),
             "agent_pid": os.getpid(),
+            "boot_id": proctable.boot_id(),
             "started_at": time.time(),
         }
         try:

@@ -40,6 +40,7 @@ from datetime import datetime, tzinfo
 from typing import Any
 
 from hakit.coord.base import Event, Lease, NodeRecord
+from hakit.leftovers import UNCLEAN_END
 
 RESTART_KINDS = frozenset({"crash", "oom", "hang", "error"})
 _FAILURE_KINDS = {*RESTART_KINDS, "failed-start"}
@@ -377,10 +378,7 @@ def _takeover(
     if end is None and old == new:
         cause = f"its lease of epoch {prev.epoch} lapsed"
     elif end is None:
-        cause = (
-            f"{old}'s lease expired without a word from its agent: the node was lost "
-            "(agent and app gone together) or cut off from the coordination store"
-        )
+        cause = _silent_end(history, term.index, old)
         heard = [e for e in history[prev.index : term.index] if e.node == old]
         if heard:
             last = heard[-1]
@@ -406,6 +404,37 @@ def _takeover(
     verb = "handed over to" if end is not None and _planned(history[end]) else "failed over to"
     headline = f"{old} {verb} {new} at {clock(term.time)} {epochs}: {cause}{fenced}"
     return Incident(started, (headline, *lines), failover=True)
+
+
+def _silent_end(history: Sequence[Event], takeover: int, old: str) -> str:
+    """Why ``old``'s lease expired without a word: what its next agent found on starting
+    (hakit.leftovers: the pid file its predecessor left) tells an agent's death on a host
+    that stayed up from the loss of the whole node."""
+    came_back = next(
+        (
+            event
+            for event in history[takeover:]
+            if event.node == old and event.kind == "agent" and event.data.get(UNCLEAN_END)
+        ),
+        None,
+    )
+    if came_back is None:
+        return (
+            f"{old}'s lease expired without a word from its agent: the node was lost "
+            "(agent and app gone together), its agent died, or it was cut off from the "
+            "coordination store (no agent has come back on it yet to tell)"
+        )
+    pid = came_back.data.get("previous_agent_pid")
+    agent = f"its agent (pid {pid})" if isinstance(pid, int) else "its agent"
+    if came_back.data.get("rebooted"):
+        return (
+            f"{old} was lost: its host went down with {agent} and app (it restarted since), "
+            "so the lease expired"
+        )
+    return (
+        f"{agent} on {old} died (killed or crashed) while the host stayed up; the app's "
+        "shim stopped the app with it, and the lease expired"
+    )
 
 
 # --- fencing -----------------------------------------------------------------------------

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -97,8 +99,20 @@ def test_killed_agent_takes_its_app_before_the_lease_expires(
         after = [e for e in cluster.events(mark) if e.node == old]
         assert not [e for e in after if e.kind == "start"], after
         assert not [e for e in after if e.data.get("leftovers")], after
+        came_back = [e for e in after if e.kind == "agent" and e.data.get("unclean_end")]
+        assert came_back and came_back[0].data["rebooted"] is False, after
         assert cluster.active_running() == new
     assert overlaps == [], f"two apps answered RUNNING: {overlaps[:5]}"
+    # `hakit why` tells the agent's death from the loss of its node.
+    why = subprocess.run(
+        [sys.executable, "-m", "hakit", "why", "-c", str(cluster.config_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert why.returncode == 0, why.stderr
+    assert f"failed over to {new}" in why.stdout
+    assert "died (killed or crashed) while the host stayed up" in why.stdout, why.stdout
 
 
 def test_agent_that_starts_stops_what_an_earlier_agent_left(make_cluster: ClusterFactory) -> None:

@@ -161,6 +161,16 @@ NODE_LOSS = (
     Row(26.2, "node2", 2, "running", "app on node2 FIRST_RUN after 1.2s: running, not yet configured"),
 )  # fmt: skip
 
+
+def came_back(t: float, rebooted: bool) -> Row:
+    """node1's next agent starts and finds the pid file its predecessor left."""
+    data = {"unclean_end": True, "rebooted": rebooted, "previous_agent_pid": 4242, "leftovers": []}
+    return Row(t, "node1", 0, "agent", "agent for node1 started again", data)
+
+
+AGENT_DEATH = (*NODE_LOSS, came_back(40.0, rebooted=False))
+HOST_LOST = (*NODE_LOSS, came_back(90.0, rebooted=True))
+
 LOST = (
     "node1 lost the leader lease (epoch 1: could not renew the lease: the store is "
     "unreachable); killing its app at once so it cannot write beside a new active"
@@ -301,13 +311,42 @@ CASES: list[tuple[str, tuple[Row, ...], float | None, list[str]]] = [
         ],
     ),
     (
+        "an agent killed alone: its next agent tells, the host stayed up",
+        AGENT_DEATH,
+        None,
+        [
+            "node1 failed over to node2 at 04:40:25 (epoch 1 → 2): its agent (pid 4242) on "
+            "node1 died (killed or crashed) while the host stayed up; the app's shim stopped "
+            "the app with it, and the lease expired",
+            "  04:40:20  last heard from node1: app on node1 reports RUNNING again (was FIRST_RUN)",
+            "  04:40:25  node2 promoted to active under epoch 2; starting the app",
+            "  04:40:26  node2 serving: app on node2 FIRST_RUN after 1.2s: running, not yet "
+            "configured (1.1s after the takeover)",
+        ],
+    ),
+    (
+        "a node lost: its next agent finds the pid file of another boot",
+        HOST_LOST,
+        None,
+        [
+            "node1 failed over to node2 at 04:40:25 (epoch 1 → 2): node1 was lost: its host "
+            "went down with its agent (pid 4242) and app (it restarted since), so the lease "
+            "expired",
+            "  04:40:20  last heard from node1: app on node1 reports RUNNING again (was FIRST_RUN)",
+            "  04:40:25  node2 promoted to active under epoch 2; starting the app",
+            "  04:40:26  node2 serving: app on node2 FIRST_RUN after 1.2s: running, not yet "
+            "configured (1.1s after the takeover)",
+        ],
+    ),
+    (
         "node loss: the old active says nothing, its lease expires",
         NODE_LOSS,
         None,
         [
             "node1 failed over to node2 at 04:40:25 (epoch 1 → 2): node1's lease expired "
-            "without a word from its agent: the node was lost (agent and app gone together) "
-            "or cut off from the coordination store",
+            "without a word from its agent: the node was lost (agent and app gone together), "
+            "its agent died, or it was cut off from the coordination store (no agent has come "
+            "back on it yet to tell)",
             "  04:40:20  last heard from node1: app on node1 reports RUNNING again (was FIRST_RUN)",
             "  04:40:25  node2 promoted to active under epoch 2; starting the app",
             "  04:40:26  node2 serving: app on node2 FIRST_RUN after 1.2s: running, not yet "

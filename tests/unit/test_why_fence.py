@@ -173,8 +173,9 @@ CASES: list[tuple[str, tuple[Row, ...], float | None, list[str]]] = [
         None,
         [
             "node1 failed over to node2 at 04:40:23 (epoch 1 → 2): node1's lease expired "
-            "without a word from its agent: the node was lost (agent and app gone together) "
-            "or cut off from the coordination store; node1 fenced first (the fence command "
+            "without a word from its agent: the node was lost (agent and app gone together), "
+            "its agent died, or it was cut off from the coordination store (no agent has come "
+            "back on it yet to tell); node1 fenced first (the fence command "
             "exited 0 after 0.3 s)",
             "  04:40:21  last heard from node1: app on node1 FIRST_RUN after 0.5s: running, "
             "not yet configured",
@@ -282,8 +283,9 @@ CASES: list[tuple[str, tuple[Row, ...], float | None, list[str]]] = [
         None,
         [
             "node1 failed over to node2 at 04:40:23 (epoch 1 → 2): node1's lease expired "
-            "without a word from its agent: the node was lost (agent and app gone together) "
-            "or cut off from the coordination store",
+            "without a word from its agent: the node was lost (agent and app gone together), "
+            "its agent died, or it was cut off from the coordination store (no agent has come "
+            "back on it yet to tell)",
             "  04:40:21  last heard from node1: app on node1 FIRST_RUN after 0.5s: running, "
             "not yet configured",
             f"  04:40:23  {NOT_CONFIGURED}",
