@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
@@ -15,6 +16,7 @@ from typing import Any
 import psutil
 import pytest
 
+from hakit.demo.cluster import free_port
 from hakit.errors import SupervisorError
 from hakit.supervisor import START_MARKER, AppProcess, ExitInfo, classify_exit
 
@@ -298,6 +300,54 @@ def test_unexpected_exit_takes_the_apps_children_with_it(tmp_path: Path) -> None
             assert "the start command must stay in the foreground" in info.description
             child = int(pid_file.read_text())
             await wait_until(lambda: not is_live(child), "the leftover child to be killed")
+
+    run(scenario())
+
+
+# A start script that daemonizes: forks, the child leaves the session (setsid) and forks
+# the server, the script exits 0 at once. The server is out of the app's process group.
+DAEMONIZING = (
+    "import os, socket, sys, time\n"
+    "port, out = int(sys.argv[1]), sys.argv[2]\n"
+    "if os.fork() == 0:\n"
+    "    os.setsid()\n"
+    "    if os.fork() == 0:\n"
+    "        s = socket.socket(); s.bind(('127.0.0.1', port)); s.listen()\n"
+    "        open(out, 'w').write(str(os.getpid()))\n"
+    "        time.sleep(60)\n"
+    "    os._exit(0)\n"
+    "time.sleep(0.5)\n"  # the server is up before the script returns, as startup.sh does
+    "sys.exit(0)\n"
+)
+
+
+def test_a_start_command_that_daemonizes_is_told_to_stay_in_the_foreground(
+    tmp_path: Path,
+) -> None:
+    port, out = free_port(), tmp_path / "server.pid"
+
+    async def scenario() -> None:
+        async with supervised(tmp_path, [PY, "-c", DAEMONIZING, str(port), str(out)]) as (
+            app,
+            exits,
+        ):
+            pid = await app.start()
+            (info,) = await exits.wait()
+            server = int(out.read_text())
+            assert server != pid
+            assert info.description.startswith("exited with code 0; it left 1 process running")
+            assert "the start command must stay in the foreground" in info.description
+            assert not info.expected
+            # Stopped: nothing listens on the app's port any more.
+            await wait_until(
+                lambda: (
+                    not psutil.pid_exists(server)
+                    or psutil.Process(server).status() == psutil.STATUS_ZOMBIE
+                ),
+                "the daemon to be stopped",
+            )
+            with pytest.raises(OSError):
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
 
     run(scenario())
 
