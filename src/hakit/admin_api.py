@@ -16,20 +16,28 @@ GET         /status          -
 
 Every request needs ``Authorization: Bearer <[admin] token>``; the token is
 compared in constant time and a missing or wrong one is answered 401 before
-the body is read. Errors are ``{"error": sentence}`` with 400 (malformed), 404
-(unknown path or node), 405 (wrong method), 409 (refused: the sentence says
-why and what to do) or 500. What the endpoints do is ``hakit.operator.perform``.
+the body is read, and logged with the client's address (never the token). After
+``FAILURE_LIMIT`` failures within ``FAILURE_WINDOW`` an address gets 429 with
+``Retry-After`` until the oldest of them ages out (``FailedLogins``). Errors are
+``{"error": sentence}`` with 400 (malformed), 404 (unknown path or node), 405
+(wrong method), 409 (refused: the sentence says why and what to do), 429 or 500.
+What the endpoints do is ``hakit.operator.perform``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
+import ipaddress
 import json
 import logging
+import math
+import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+from hakit.config import MIN_TOKEN_LENGTH
 from hakit.errors import HakitError
 from hakit.operator import OperatorError
 
@@ -53,11 +61,88 @@ REASONS = {
     405: "Method Not Allowed",
     409: "Conflict",
     413: "Content Too Large",
+    429: "Too Many Requests",
     500: "Internal Server Error",
     503: "Service Unavailable",
 }
 
 Perform = Callable[[str, Mapping[str, Any]], Awaitable[dict[str, Any]]]
+
+# Failed authentications per client: after FAILURE_LIMIT within FAILURE_WINDOW seconds,
+# every request from that client is answered 429 (even with the right token) until
+# the oldest of them ages out. A lockout rather than a growing delay: a delay holds
+# one connection per attempt and a guesser simply opens many, while a count checked
+# before the token is compared, with no await in between, caps guesses at
+# FAILURE_LIMIT per window whatever the concurrency. The token is long and random
+# (MIN_TOKEN_LENGTH), so guessing was hopeless anyway; the cap keeps a scanner or a
+# client with a stale token from flooding the log. 5 in a minute leaves room for an
+# operator's typos; a success clears the count.
+FAILURE_LIMIT = 5
+FAILURE_WINDOW = 60.0
+MAX_CLIENTS = 4096  # clients with recent failures remembered; the oldest go first
+
+
+def client_of(address: str) -> str:
+    """Whose failures count together: an IPv4 address, or an IPv6 /64 (one host's
+    share: its owner can use any address in it)."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return address  # not IP (a Unix socket): as is
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
+
+
+class FailedLogins:
+    """Recent failed authentications per client, and whether a client must wait."""
+
+    def __init__(
+        self,
+        limit: int = FAILURE_LIMIT,
+        window: float = FAILURE_WINDOW,
+        clock: Callable[[], float] = time.monotonic,
+        max_clients: int = MAX_CLIENTS,
+    ) -> None:
+        self.limit = limit
+        self.window = window
+        self._clock = clock
+        self._max_clients = max_clients
+        self._failures: dict[str, deque[float]] = {}  # oldest-failing client first
+
+    def wait(self, client: str) -> float:
+        """Seconds ``client`` must wait before it may try again (0: it may now)."""
+        times = self._recent(client)
+        if times is None or len(times) < self.limit:
+            return 0.0
+        return max(times[0] + self.window - self._clock(), 0.0)
+
+    def failed(self, client: str) -> int:
+        """Count a failure of ``client``; return its failures within the window."""
+        times = self._recent(client) or deque(maxlen=self.limit)
+        times.append(self._clock())
+        self._failures.pop(client, None)
+        self._failures[client] = times  # now the most recent
+        while len(self._failures) > self._max_clients:
+            del self._failures[next(iter(self._failures))]
+        return len(times)
+
+    def succeeded(self, client: str) -> None:
+        self._failures.pop(client, None)
+
+    def _recent(self, client: str) -> deque[float] | None:
+        times = self._failures.get(client)
+        if times is None:
+            return None
+        horizon = self._clock() - self.window
+        while times and times[0] <= horizon:
+            times.popleft()
+        if not times:
+            del self._failures[client]
+            return None
+        return times
 
 
 class _Refused(Exception):
@@ -70,12 +155,20 @@ class _Refused(Exception):
 
 def authorized(header: str | None, token: str) -> bool:
     """``Authorization: Bearer <token>``, compared in constant time."""
+    return refusal(header, token) is None
+
+
+def refusal(header: str | None, token: str) -> str | None:
+    """Why ``Authorization: header`` does not carry ``token`` (None: it does), for the
+    log: it names what was wrong, never what was sent."""
     if header is None:
-        return False
+        return "no Authorization header"
     scheme, _, given = header.strip().partition(" ")
     if scheme.lower() != "bearer":
-        return False
-    return hmac.compare_digest(given.strip().encode(), token.encode())
+        return "not a Bearer token"
+    if not hmac.compare_digest(given.strip().encode(), token.encode()):
+        return "wrong token"
+    return None
 
 
 def response(
@@ -117,11 +210,12 @@ def parse_head(head: bytes) -> tuple[str, str, dict[str, str]]:
 class AdminApi:
     """Serves the admin API for one agent; ``perform(operation, params)`` does the work."""
 
-    def __init__(self, token: str, perform: Perform) -> None:
-        if len(token) < 16:
-            raise HakitError("admin API: the token is shorter than 16 characters")
+    def __init__(self, token: str, perform: Perform, failures: FailedLogins | None = None) -> None:
+        if len(token) < MIN_TOKEN_LENGTH:
+            raise HakitError(f"admin API: the token is shorter than {MIN_TOKEN_LENGTH} characters")
         self._token = token
         self._perform = perform
+        self.failures = failures or FailedLogins()
         self._server: asyncio.Server | None = None
         self.address: tuple[str, int] | None = None
 
@@ -145,10 +239,12 @@ class AdminApi:
             self._server = None
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        address = str(peer[0]) if isinstance(peer, tuple) and peer else str(peer or "unknown")
         try:
             try:
                 async with asyncio.timeout(READ_TIMEOUT):
-                    answer = await self._answer(reader)
+                    answer = await self._answer(reader, address)
             except _Refused as refused:
                 answer = response(refused.status, {"error": refused.message}, refused.headers)
             writer.write(answer)
@@ -158,14 +254,9 @@ class AdminApi:
         finally:
             writer.close()
 
-    async def _answer(self, reader: asyncio.StreamReader) -> bytes:
+    async def _answer(self, reader: asyncio.StreamReader, address: str) -> bytes:
         method, path, headers = parse_head(await reader.readuntil(b"\r\n\r\n"))
-        if not authorized(headers.get("authorization"), self._token):
-            raise _Refused(
-                401,
-                "missing or wrong admin token; send Authorization: Bearer <[admin] token>",
-                (("WWW-Authenticate", 'Bearer realm="hakit"'),),
-            )
+        self._authenticate(address, method, path, headers.get("authorization"))
         route = ROUTES.get(path)
         if route is None:
             raise _Refused(404, f"no endpoint {path}; expected one of {', '.join(ROUTES)}")
@@ -180,6 +271,48 @@ class AdminApi:
         except HakitError as error:  # e.g. the coordination store is unreachable
             raise _Refused(503, str(error)) from None
         return response(200, result)
+
+    def _authenticate(self, address: str, method: str, path: str, header: str | None) -> None:
+        """Raise 429 for a client with too many recent failures, 401 for a wrong token.
+
+        No await here: the count is read and updated in one step of the event loop."""
+        client = client_of(address)
+        wait = self.failures.wait(client)
+        if wait > 0:
+            seconds = max(math.ceil(wait), 1)
+            raise _Refused(
+                429,
+                f"too many failed authentications from {address}; "
+                f"try again in {seconds}s with the right token",
+                (("Retry-After", str(seconds)),),
+            )
+        why = refusal(header, self._token)
+        if why is None:
+            self.failures.succeeded(client)
+            return
+        count = self.failures.failed(client)
+        log.warning(
+            "admin API: failed authentication from %s (%s %s: %s); %d of %d allowed in %gs",
+            address,
+            method[:16],
+            path[:80],
+            why,
+            count,
+            self.failures.limit,
+            self.failures.window,
+        )
+        if count >= self.failures.limit:
+            log.warning(
+                "admin API: %s is refused (429) for up to %gs after %d failed authentications",
+                client,
+                self.failures.window,
+                count,
+            )
+        raise _Refused(
+            401,
+            "missing or wrong admin token; send Authorization: Bearer <[admin] token>",
+            (("WWW-Authenticate", 'Bearer realm="hakit"'),),
+        )
 
     async def _body(
         self, reader: asyncio.StreamReader, headers: Mapping[str, str]

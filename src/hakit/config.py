@@ -41,7 +41,8 @@ import re
 import string
 from email.utils import parseaddr
 from pathlib import Path
-from typing import Annotated
+from types import UnionType
+from typing import Annotated, Union, get_args, get_origin
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -50,6 +51,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -67,22 +69,43 @@ _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 _DURATION_EXPECTED = 'expected a number of seconds or a string such as "15s", "2m" or "500ms"'
 
 
+# The longest duration any setting takes: a week (no timeout, window or lease needs
+# more). Beyond it a value is a mistake (1e300, "99999999h"), and the bound keeps every
+# timer within what event loops can schedule.
+MAX_DURATION = 7 * 24 * 3600.0
+
+
 def parse_duration(value: object) -> float:
-    """'15s', '2m', '500ms', '1.5h' or a bare number of seconds -> seconds."""
+    """'15s', '2m', '500ms', '1.5h' or a bare number of seconds -> seconds (0 to a week)."""
     if isinstance(value, bool):
         raise ValueError(f"got a boolean; {_DURATION_EXPECTED}")
     if isinstance(value, int | float):
-        if not math.isfinite(value):
+        if isinstance(value, float) and not math.isfinite(value):
             raise ValueError(f"{value} is not a finite duration; {_DURATION_EXPECTED}")
         if value < 0:
             raise ValueError(f"{value} is negative; expected a duration of 0 or more")
-        return float(value)
-    if isinstance(value, str):
+        seconds: float = value  # an int may be too large for a float: compared first
+        shown = _clipped(str(value))
+    elif isinstance(value, str):
+        shown = _clipped(json.dumps(value))
         match = _DURATION.match(value)
-        if match:
-            return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-        raise ValueError(f"{json.dumps(value)} is not a duration; {_DURATION_EXPECTED}")
-    raise ValueError(f"got {toml_type(value)}; {_DURATION_EXPECTED}")
+        if not match:
+            raise ValueError(f"{shown} is not a duration; {_DURATION_EXPECTED}")
+        seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]  # inf if huge
+    else:
+        raise ValueError(f"got {toml_type(value)}; {_DURATION_EXPECTED}")
+    if seconds > MAX_DURATION:
+        longest = format_duration(MAX_DURATION)
+        raise ValueError(
+            f"{shown} is longer than {longest} (a week), the longest duration hakit takes; "
+            f'expected at most "{longest}"'
+        )
+    return float(seconds)
+
+
+def _clipped(text: str, limit: int = 40) -> str:
+    """A value as shown in a message: long ones cut, with "..." (the line names the key)."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def format_duration(seconds: float) -> str:
@@ -205,6 +228,38 @@ class TcpCheck(enum.StrEnum):
 
 STANDBY_MODES = frozenset({Mode.COLD_STANDBY, Mode.WARM_STANDBY})
 FENCE_PLACEHOLDERS = ("node", "host")  # what failover.fence_command may substitute
+# What app.start, app.stop and app.env values may substitute: the node's name, host,
+# port and route, the app's home and database_url (the agent fills them in).
+PLACEHOLDERS = ("node", "host", "port", "route", "home", "database_url")
+
+
+def placeholder_problem(text: str, allowed: tuple[str, ...], meaning: str = "") -> str | None:
+    """What is wrong with the ``{name}`` placeholders of ``text`` for ``str.format_map``
+    with the ``allowed`` names (None: nothing); ``{{`` and ``}}`` are literal braces.
+    ``meaning`` says what the names stand for, in the message."""
+    literal = "write {{ and }} for a literal brace"
+    shown = _clipped(json.dumps(text), 60)
+    try:
+        fields = [
+            (name, spec, conversion)
+            for _, name, spec, conversion in string.Formatter().parse(text)
+            if name is not None
+        ]
+    except ValueError as error:  # a lone { or }
+        return f"{shown}: {error}; {literal}"
+    names = ", ".join(f"{{{name}}}" for name in allowed[:-1]) + f" and {{{allowed[-1]}}}"
+    for name, spec, conversion in fields:
+        if name not in allowed:
+            close = difflib.get_close_matches(name.lower(), allowed, n=1)
+            hint = f"did you mean {{{close[0]}}}? " if close else ""
+            return f"{shown} uses {{{name}}}; {hint}expected only {names} ({meaning}{literal})"
+        if spec or conversion:
+            return (
+                f"{shown} gives {{{name}}} a conversion or format spec; expected plain "
+                f"{{{name}}} ({literal})"
+            )
+    return None
+
 
 _NODE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 _ROUTE = r"^[A-Za-z0-9_-]*$"
@@ -218,6 +273,26 @@ PATTERN_HINTS = {
 
 class _Section(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_coercion(cls, value: object, info: ValidationInfo) -> object:
+        """Integers and booleans as TOML writes them: pydantic would take port = "8080",
+        8080.0 or true for an integer and "yes" for a boolean; a config file means what
+        it says, so those are mistakes."""
+        annotation = cls.model_fields[info.field_name].annotation if info.field_name else None
+        if get_origin(annotation) in (Union, UnionType):  # int | None
+            annotation = next(iter(set(get_args(annotation)) - {type(None)}), None)
+        if value is None:
+            return value
+        if annotation is bool and not isinstance(value, bool):
+            raise ValueError(f"got {describe_value(value)}; expected true or false")
+        if annotation is int and type(value) is not int:
+            hint = ""
+            if isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d+\s*", value):
+                hint = f" (write {value.strip()} without quotes)"
+            raise ValueError(f"got {describe_value(value)}; expected an integer{hint}")
+        return value
 
 
 # --- sections ---------------------------------------------------------------
@@ -331,9 +406,13 @@ class HealthCheckConfig(_Section):
         return self
 
 
+# Without [app.health]: the /status contract (DESIGN.md) on the node's port.
+DEFAULT_HEALTH_CHECK = HealthCheckConfig(status_url="http://{host}:{port}/status")
+
+
 class AppConfig(_Section):
-    # argv list (no shell) or a string (run with /bin/sh -c). {host}, {port},
-    # {route}, {node}, {home}, {database_url} are substituted.
+    # argv list (no shell) or a string (run with /bin/sh -c). The PLACEHOLDERS are
+    # substituted in start, stop and the env values.
     start: Command = Field(
         description='the command that starts the app: a list such as ["./bin/start", '
         '"--port", "{port}"] or one shell string'
@@ -351,7 +430,26 @@ class AppConfig(_Section):
     )
     startup_timeout: PositiveDuration = 120.0
     stop_timeout: Duration = 30.0
-    health: HealthCheckConfig = HealthCheckConfig(status_url="http://{host}:{port}/status")
+    health: HealthCheckConfig = DEFAULT_HEALTH_CHECK
+
+    @field_validator("start", "stop")
+    @classmethod
+    def _command_placeholders(cls, value: tuple[str, ...] | str | None) -> object:
+        parts = (value,) if isinstance(value, str) else value or ()
+        for index, part in enumerate(parts):
+            problem = placeholder_problem(part, PLACEHOLDERS)
+            if problem is not None:
+                raise ValueError(problem if isinstance(value, str) else f"item {index}: {problem}")
+        return value
+
+    @field_validator("env")
+    @classmethod
+    def _env_placeholders(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, text in value.items():
+            problem = placeholder_problem(text, PLACEHOLDERS)
+            if problem is not None:
+                raise error_at_key(name, problem)
+        return value
 
     @field_validator("database_url", mode="before")
     @classmethod
@@ -457,21 +555,9 @@ class FailoverConfig(_Section):
     @classmethod
     def _fence_placeholders(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
         for part in value or ():
-            try:
-                names = {
-                    name for _, name, _, _ in string.Formatter().parse(part) if name is not None
-                }
-            except ValueError as error:
-                raise ValueError(
-                    f"{json.dumps(part)}: {error}; write {{{{ and }}}} for a literal brace"
-                ) from None
-            unknown = sorted(names - set(FENCE_PLACEHOLDERS))
-            if unknown:
-                raise ValueError(
-                    f"{json.dumps(part)} uses {{{unknown[0]}}}; expected only "
-                    + " and ".join(f"{{{name}}}" for name in FENCE_PLACEHOLDERS)
-                    + " (the node to fence)"
-                )
+            problem = placeholder_problem(part, FENCE_PLACEHOLDERS, "the node to fence; ")
+            if problem is not None:
+                raise ValueError(problem)
         return value
 
 
@@ -769,6 +855,9 @@ class NodeConfig(_Section):
         return self.nofailover or "nofailover" in self.tags
 
 
+MIN_TOKEN_LENGTH = 16  # the admin API's bearer token, in the file or in token_file
+
+
 class AdminConfig(_Section):
     """The agents' admin API (``nodes.admin_port``): a bearer token guards every endpoint.
 
@@ -776,7 +865,11 @@ class AdminConfig(_Section):
     line; relative to this file), so the config can be shared without the secret.
     """
 
-    token: str | None = Field(default=None, min_length=16)
+    token: str | None = Field(
+        default=None,
+        min_length=MIN_TOKEN_LENGTH,
+        description="a long random secret, such as the output of `openssl rand -hex 32`",
+    )
     token_file: Path | None = None
 
     @model_validator(mode="after")

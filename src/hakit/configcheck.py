@@ -10,6 +10,7 @@ relative paths, and words every problem with file, line and key.
 from __future__ import annotations
 
 import os
+import stat
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from functools import cache
@@ -19,6 +20,7 @@ from typing import Any
 from pydantic import TypeAdapter, ValidationError
 
 from hakit.config import (
+    MIN_TOKEN_LENGTH,
     PATTERN_HINTS,
     STANDBY_MODES,
     AdminConfig,
@@ -37,10 +39,10 @@ from hakit.config import (
     parse_listen,
     sqlite_path,
 )
-from hakit.configproblems import Problem, Wording, render
+from hakit.configproblems import Problem, Wording, format_key, render
 from hakit.errors import ConfigError
 from hakit.timing import apply_recovery_target, timing_lines
-from hakit.tomlpos import syntax_error_position
+from hakit.tomlpos import MAX_NESTING, syntax_error_position, too_deep
 
 # --- the loader ---------------------------------------------------------------
 
@@ -56,6 +58,8 @@ def load(path: Path) -> Config:
         raise ConfigError(
             [f"{path}:{line}: TOML syntax error: {message}; expected valid TOML (https://toml.io)"]
         ) from None
+    except RecursionError:  # tomllib recurses once per nested array or inline table
+        raise ConfigError([_too_deep_problem(path, source)]) from None
     # Timers the file leaves out come from failover.recovery_target (hakit.timing);
     # before validation, so the section checks see the combination.
     raw, derived = apply_recovery_target(raw)
@@ -83,6 +87,14 @@ def _read_source(path: Path) -> str:
         raise ConfigError(
             [f"{path}:{line}: not UTF-8 text; expected a UTF-8 encoded TOML file"]
         ) from None
+
+
+def _too_deep_problem(path: Path, source: str) -> str:
+    line, key = too_deep(source) or (1, ())
+    return (
+        f"{path}:{line}: {format_key(key)}: arrays or inline tables nested more than "
+        f"{MAX_NESTING} levels deep; expected a plain value (a hakit.toml nests 2 or 3 at most)"
+    )
 
 
 @cache
@@ -432,6 +444,98 @@ def tcp_proxy_problems(
                 )
             )
         taken.append((host, port, f"tcp_proxy[{index}] ({proxy.name})"))
+    return problems
+
+
+# --- warnings: valid, but risky ----------------------------------------------------
+
+
+def config_warnings(cfg: Config) -> list[str]:
+    """What makes a valid config risky, as ``FILE:LINE: KEY: ...`` lines for ``hakit config
+    check``: admin endpoints on every interface, and a token_file this machine cannot
+    use or others can read.
+
+    Warnings, not errors: the file is shared, and a machine that runs only the router
+    needs no token file; the agents and the CLI do.
+    """
+    problems = exposure_problems(cfg.router, list(enumerate(cfg.nodes)))
+    problems += token_file_problems(cfg.admin)
+    if cfg.source is None:
+        return [f"{format_key(p.loc)}: {p.message}" for p in problems]
+    try:
+        source = cfg.source.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        source = ""
+    return render(cfg.source, source, problems)
+
+
+def exposure_problems(
+    router: RouterConfig, nodes: Sequence[tuple[int, NodeConfig]]
+) -> list[Problem]:
+    """Admin endpoints listening on every interface (0.0.0.0, ::)."""
+    problems: list[Problem] = []
+    if router.admin_listen is not None:
+        host, port = parse_listen(router.admin_listen)
+        if host in _WILDCARD_HOSTS:
+            problems.append(
+                Problem(
+                    ("router", "admin_listen"),
+                    f"{router.admin_listen} is every interface of this machine: /metrics and "
+                    "/nodes (no authentication) answer anyone who can reach it; expected a "
+                    f'loopback or internal address such as "127.0.0.1:{port}", or a firewall',
+                )
+            )
+    for index, node in nodes:
+        if node.admin_port is not None and node.host in _WILDCARD_HOSTS:
+            problems.append(
+                Problem(
+                    ("nodes", index, "host"),
+                    f"{node.host or '(empty)'} is every interface: {node.name}'s admin API "
+                    f"(admin_port {node.admin_port}) listens on all of them; expected the "
+                    "node's own address, where the router and the CLI reach it",
+                )
+            )
+    return problems
+
+
+def token_file_problems(admin: AdminConfig) -> list[Problem]:
+    """admin.token_file as this machine sees it: readable, private, a long enough token."""
+    path = admin.token_file
+    if path is None:
+        return []
+    key = ("admin", "token_file")
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        why = error.strerror if isinstance(error, OSError) else "not UTF-8 text"
+        return [
+            Problem(
+                key,
+                f"{path}: cannot read it ({why}); without it an agent cannot serve the admin "
+                "API and the CLI cannot use it on this machine; expected a file whose first "
+                "line is the token wherever an agent or the CLI runs",
+            )
+        ]
+    problems: list[Problem] = []
+    if mode & 0o077:
+        who = "every user" if mode & 0o007 else "its group"
+        problems.append(
+            Problem(
+                key,
+                f"{path} is open to {who} (mode {mode:04o}): whoever reads the token can "
+                f"switch the cluster over; expected it private to its owner (chmod 600 {path})",
+            )
+        )
+    length = len(lines[0].strip()) if lines else 0
+    if length < MIN_TOKEN_LENGTH:
+        problems.append(
+            Problem(
+                key,
+                f"{path}: the token on its first line has only {length} characters; expected "
+                f"at least {MIN_TOKEN_LENGTH}: {AdminConfig.model_fields['token'].description}",
+            )
+        )
     return problems
 
 

@@ -156,17 +156,32 @@ class Wording:
         if kind == "string_pattern_mismatch":
             expected = self.pattern_hints.get(ctx["pattern"], f"a match for {ctx['pattern']}")
             return Problem(loc, f"{describe_value(value)} is not allowed; expected {expected}")
+        if kind == "string_too_short" and ctx.get("min_length", 1) > 1:
+            # The value is not shown: it may be a secret (admin.token, router.secret).
+            needed = f"at least {ctx['min_length']} characters"
+            described = self.description(loc)
+            length = len(value) if isinstance(value, str) else 0
+            return Problem(
+                loc,
+                f"has only {length} character{'' if length == 1 else 's'}; expected {needed}"
+                + (f": {described}" if described else ""),
+            )
         if kind in ("string_too_short", "too_short"):
             return Problem(loc, "is empty; expected a value")
         message: str = detail["msg"]
         return Problem(loc, message[:1].lower() + message[1:])
 
     def missing(self, loc: KeyPath) -> Problem:
-        parent = self.model_at(loc[:-1])
-        field = parent.model_fields.get(str(loc[-1])) if parent is not None else None
-        if field is not None and field.description:
-            return Problem(loc, f"required key is missing; expected {field.description}")
+        description = self.description(loc)
+        if description:
+            return Problem(loc, f"required key is missing; expected {description}")
         return Problem(loc, "required key is missing")
+
+    def description(self, loc: KeyPath) -> str | None:
+        """The schema's description of the key at ``loc`` (what it expects), if any."""
+        parent = self.model_at(loc[:-1]) if loc else None
+        field = parent.model_fields.get(str(loc[-1])) if parent is not None else None
+        return field.description if field is not None else None
 
     def unknown_key(self, loc: KeyPath) -> Problem:
         key = str(loc[-1])

@@ -54,6 +54,16 @@ _REFUSED = "connection refused by"
 _CLOSED = "closed the connection without a complete answer"
 
 
+# Added when /status answers 404 or no JSON: the webapp may not be deployed, or the app
+# may simply not speak the contract, which is what a file without [app.health] expects;
+# a failed start then says how to check such an app instead. (A url or command check
+# never gets here: its answers are classified by classify_health_response.)
+NO_CONTRACT_HINT = (
+    "; or the app does not speak the /status contract, which hakit expects without "
+    "[app.health]: for such an app, set [app.health] url/expect_status or command"
+)
+
+
 def refused_detail(url: str) -> str:
     return f"{_REFUSED} {url}"
 
@@ -76,7 +86,7 @@ def classify_status_response(
 ) -> tuple[AppState, str]:
     """An answer to ``GET /status`` -> (state, detail) per the contract."""
     if http_status == 404:
-        return AppState.NOT_DEPLOYED, "HTTP 404: the webapp is not deployed"
+        return AppState.NOT_DEPLOYED, "HTTP 404: the webapp is not deployed" + NO_CONTRACT_HINT
     if 300 <= http_status < 400:
         return (
             AppState.NOT_DEPLOYED,
@@ -85,7 +95,8 @@ def classify_status_response(
     try:
         document = json.loads(body)
     except (ValueError, UnicodeDecodeError):
-        return AppState.NOT_DEPLOYED, f"HTTP {http_status} without JSON: the webapp is not deployed"
+        detail = f"HTTP {http_status} without JSON: the webapp is not deployed"
+        return AppState.NOT_DEPLOYED, detail + NO_CONTRACT_HINT
     raw = document.get("state") if isinstance(document, dict) else None
     if not isinstance(raw, str):
         return AppState.NOT_DEPLOYED, f'HTTP {http_status}: JSON without a "state" string'

@@ -7,7 +7,9 @@ and quoted keys, strings of every kind, arrays and inline tables spanning
 lines, comments) to record the line on which each key path first appears.
 
 It is only run on text tomllib has already accepted, but it never loops
-forever on anything: every step consumes at least one character.
+forever on anything: every step consumes at least one character. Nor does it
+recurse without bound: arrays and inline tables deeper than ``MAX_NESTING`` are
+skipped in a loop (``too_deep`` says where), so no file exhausts the stack.
 
 Paths use the same shape as pydantic error locations: table names and keys
 are strings, array indexes are ints, so ``("nodes", 1, "port")`` is the
@@ -25,11 +27,22 @@ KeyPath = tuple[str | int, ...]
 _BARE_KEY_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
 _SCALAR_END = frozenset(",]}\n#")
 _SYNTAX_POSITION = re.compile(r"\s*\(at line (\d+), column (\d+)\)$|\s*\(at end of document\)$")
+# Arrays and inline tables inside one another: a hakit.toml needs 2 or 3 levels;
+# tomllib itself runs out of stack at a few hundred.
+MAX_NESTING = 50
 
 
 def key_lines(source: str) -> dict[KeyPath, int]:
     """Every key path in ``source`` (tables, keys, array elements) -> its first line (1-based)."""
     return _Scanner(source).scan()
+
+
+def too_deep(source: str) -> tuple[int, KeyPath] | None:
+    """Where arrays or inline tables first nest deeper than ``MAX_NESTING``: (line, the key
+    whose value it is), or None."""
+    scanner = _Scanner(source)
+    scanner.scan()
+    return scanner.too_deep
 
 
 def locate(lines: dict[KeyPath, int], path: KeyPath) -> int:
@@ -63,6 +76,9 @@ class _Scanner:
         self.newlines = [i for i, char in enumerate(source) if char == "\n"]
         self.lines: dict[KeyPath, int] = {}
         self.array_counts: dict[KeyPath, int] = {}  # [[array]] path -> tables seen so far
+        self.depth = 0  # arrays and inline tables open around pos
+        self.value_key: KeyPath = ()  # the key of the (outermost) value being scanned
+        self.too_deep: tuple[int, KeyPath] | None = None  # the first value nested too deep
 
     def scan(self) -> dict[KeyPath, int]:
         table: KeyPath = ()
@@ -158,6 +174,8 @@ class _Scanner:
         path = table + tuple(self.key())
         for end in range(len(table) + 1, len(path) + 1):
             self.record(path[:end], line)
+        if self.depth == 0:
+            self.value_key = path
         self.skip_blank(newlines=False)
         if self.peek() == "=":
             self.pos += 1
@@ -168,10 +186,17 @@ class _Scanner:
         char = self.peek()
         if char in ('"', "'"):
             self.string()
-        elif char == "[":
-            self.array(path)
-        elif char == "{":
-            self.inline_table(path)
+        elif char in ("[", "{") and self.depth >= MAX_NESTING:
+            if self.too_deep is None:
+                self.too_deep = (self.line(), self.value_key)
+            self.skip_nested()
+        elif char in ("[", "{"):
+            self.depth += 1
+            if char == "[":
+                self.array(path)
+            else:
+                self.inline_table(path)
+            self.depth -= 1
         else:
             while self.peek() and self.peek() not in _SCALAR_END:
                 self.pos += 1
@@ -206,6 +231,25 @@ class _Scanner:
             elif self.pos == start:
                 self.pos += 1
         self.pos += 1  # }
+
+    def skip_nested(self) -> None:
+        """Skip the array or inline table at ``pos`` whole, in a loop (no recursion)."""
+        depth = 0
+        while self.pos < len(self.src):
+            char = self.src[self.pos]
+            if char in ('"', "'"):
+                self.string()
+                continue
+            if char == "#":
+                self.skip_blank(newlines=False)
+                continue
+            self.pos += 1
+            if char in ("[", "{"):
+                depth += 1
+            elif char in ("]", "}"):
+                depth -= 1
+                if depth <= 0:
+                    return
 
     def string(self) -> None:
         """Skip a basic, literal or multi-line string starting at ``pos``."""

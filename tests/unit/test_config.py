@@ -144,10 +144,10 @@ MISTAKES = [
         id="invalid-mode",
     ),
     pytest.param(
-        changed('database_url = "sqlite:///app.db"\n', ""),
+        changed('home = "home"\n', ""),
         [
-            "FILE:4: app.database_url: required key is missing; expected the app database: "
-            '"sqlite:///PATH" or "postgresql://USER@HOST/DB"'
+            "FILE:4: app.home: required key is missing; expected the app's home directory "
+            "(relative to this file)"
         ],
         id="missing-required-key",
     ),
@@ -197,10 +197,11 @@ MISTAKES = [
         id="standby-with-one-node",
     ),
     pytest.param(
-        changed('"sqlite:///app.db"', '"mysql://jira:secret@db/jira"'),
+        changed('"sqlite:///app.db"', '"oracle://jira:secret@db/jira"'),
         [
-            'FILE:7: app.database_url: "mysql://jira:***@db/jira": scheme "mysql" is not '
-            'supported; expected "sqlite:///PATH" or "postgresql://USER@HOST/DATABASE"'
+            'FILE:7: app.database_url: "oracle://jira:***@db/jira": scheme "oracle" is not '
+            'supported; expected "sqlite:///PATH", "postgresql://USER@HOST/DATABASE" or '
+            '"mysql://USER:PASSWORD@HOST/DATABASE" (or mariadb://), or no database_url at all'
         ],
         id="bad-database-url-scheme",
     ),

@@ -15,6 +15,7 @@ from hakit.router.headers import (
     check_raw_head,
     forwarded_node,
     request_head,
+    upstream_request_head,
     upstream_request_headers,
     valid_host,
 )
@@ -131,6 +132,8 @@ def test_body_framing(headers: list[Header], body: Body, length: int) -> None:
         ([H, (b"Transfer-Encoding", b"chunked")], b"HEAD", "1.1", 400),
         ([H, (b"Content_Length", b"3")], b"POST", "1.1", 400),
         ([H, (b"X_Forwarded_For", b"10.0.0.1")], b"GET", "1.1", 400),
+        ([H, (b"X_Real_IP", b"10.0.0.1")], b"GET", "1.1", 400),
+        ([H, (b"x_original_url", b"/admin")], b"GET", "1.1", 400),
         ([H], b"GET", "2.0", 505),
         ([H], b"GET", "0.9", 505),
     ],
@@ -256,6 +259,58 @@ def test_hop_by_hop_and_connection_named_headers_are_dropped() -> None:
     assert b"connection" not in out
     assert out[b"cookie"] == [b"a=b"] and out[b"x-kept"] == [b"2"]
     assert out[b"x-forwarded-for"] == [b"192.0.2.7"]  # naming it cannot remove ours
+
+
+# What other proxies, CDNs and frameworks read as the client's address, port, scheme or URL.
+PROXY_CLAIMS = [
+    (b"X-Real-IP", b"10.9.9.9"),
+    (b"True-Client-IP", b"10.9.9.9"),
+    (b"X-Client-IP", b"10.9.9.9"),
+    (b"X-Cluster-Client-IP", b"10.9.9.9"),
+    (b"CF-Connecting-IP", b"10.9.9.9"),
+    (b"Fastly-Client-IP", b"10.9.9.9"),
+    (b"X-Forwarded-Port", b"443"),
+    (b"X-Forwarded-Server", b"intranet.example"),
+    (b"X-Forwarded-Scheme", b"https"),
+    (b"X-Forwarded-Ssl", b"on"),
+    (b"X-Forwarded-Prefix", b"/internal"),
+    (b"X-Original-URL", b"/admin/delete-all"),
+    (b"x-rewrite-url", b"/admin/delete-all"),  # any case
+]
+
+
+def encoded(headers: list[Header], trusted: bool, connection: bytes = b"") -> bytes:
+    """The head the backend receives, by the path the router takes for it."""
+    extra = [(b"Connection", connection), (b"X-Named", b"1")] if connection else []
+    request = head([*headers, *extra], b"GET")
+    request.client_trusted = trusted
+    fast = upstream_request_head(request, b"127.0.0.1:8101")
+    if fast is not None:
+        assert not connection  # the usual request: one pass
+        return fast
+    assert connection or trusted
+    general = upstream_request_headers(request, b"127.0.0.1:8101")
+    return b"".join(key + b": " + value + b"\r\n" for key, value in general)
+
+
+@pytest.mark.parametrize("connection", [b"", b"X-Named"], ids=["one-pass", "general"])
+def test_proxy_only_headers_of_an_untrusted_client_are_dropped(connection: bytes) -> None:
+    sent = encoded([H, *PROXY_CLAIMS, (b"X-Kept", b"2")], trusted=False, connection=connection)
+    for name, _ in PROXY_CLAIMS:
+        assert name.lower() + b":" not in sent.lower(), name
+    assert b"10.9.9.9" not in sent and b"/admin" not in sent
+    assert b"X-Kept: 2\r\n" in sent and b"X-Forwarded-For: 192.0.2.7\r\n" in sent
+    out = forwarded([H, *PROXY_CLAIMS], trusted=False)
+    assert not {name.lower() for name, _ in PROXY_CLAIMS} & out.keys()
+
+
+@pytest.mark.parametrize("connection", [b"", b"X-Named"], ids=["one-pass", "general"])
+def test_proxy_only_headers_of_a_trusted_proxy_are_forwarded_as_sent(connection: bytes) -> None:
+    sent = encoded([H, *PROXY_CLAIMS], trusted=True, connection=connection)
+    for name, value in PROXY_CLAIMS:
+        assert name + b": " + value + b"\r\n" in sent
+    out = forwarded([H, *PROXY_CLAIMS, (b"X-Real-IP", b"10.8.8.8")], trusted=True)
+    assert out[b"x-real-ip"] == [b"10.9.9.9", b"10.8.8.8"]  # every line, in order
 
 
 def test_missing_host_gets_the_backend_and_framing_is_rebuilt() -> None:

@@ -82,10 +82,34 @@ FORWARDING: Final = frozenset(
     {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded"}
 )
 
+# Other headers only a proxy may set: the client's address, port, scheme or original
+# URL as other proxies, CDNs and frameworks name them (nginx's X-Real-IP, Akamai's
+# True-Client-IP, CF-Connecting-IP, Fastly-Client-IP; X-Original-URL and X-Rewrite-URL
+# override the path IIS or Symfony route by, a way round path rules). A backend that
+# believes one sent by a client lets the client choose its address or its path, so an
+# untrusted client's are dropped; a trusted proxy's are forwarded as it sent them.
+PROXY_ONLY: Final = frozenset(
+    {
+        b"x-real-ip",
+        b"true-client-ip",
+        b"x-client-ip",
+        b"x-cluster-client-ip",
+        b"cf-connecting-ip",
+        b"fastly-client-ip",
+        b"x-forwarded-port",
+        b"x-forwarded-server",
+        b"x-forwarded-scheme",
+        b"x-forwarded-ssl",
+        b"x-forwarded-prefix",
+        b"x-original-url",
+        b"x-rewrite-url",
+    }
+)
+
 # Names a backend may read the same as the real ones (CGI/WSGI turn "-" and "_"
 # into the same variable): such look-alikes are refused, not forwarded.
 _LOOKALIKE_TARGETS: Final = frozenset(
-    {b"content-length", b"transfer-encoding", b"host"} | FORWARDING
+    {b"content-length", b"transfer-encoding", b"host"} | FORWARDING | PROXY_ONLY
 )
 
 # RFC 9110 9.2.2: repeating these has the same effect as sending them once.
@@ -580,7 +604,7 @@ def request_head(
 
 # --- what goes to the backend ---------------------------------------------------------------
 
-_NOT_FORWARDED: Final = HOP_BY_HOP | FORWARDING | {b"host"}
+_NOT_FORWARDED: Final = HOP_BY_HOP | FORWARDING | PROXY_ONLY | {b"host"}
 _NOT_FORWARDED_LENGTHS: Final = lengths_mask(_NOT_FORWARDED)
 _TOKEN: Final = re.compile(rb"[" + _TCHAR + rb"]+")
 
@@ -652,6 +676,9 @@ def upstream_request_head(request: RequestHead, default_host: bytes) -> bytes | 
                 connection = [value]
             else:
                 connection.append(value)
+        elif name in PROXY_ONLY:
+            if trusted:
+                parts += (key, b": ", value, b"\r\n")
         elif trusted and name in FORWARDING:
             return None
     if connection is not None and strips_beyond_hop_by_hop(connection):
@@ -675,7 +702,7 @@ def upstream_request_headers(request: RequestHead, default_host: bytes) -> list[
     forwarding headers (X-Forwarded-For/-Proto/-Host, Forwarded) describe the
     client: a trusted proxy's are extended (For, Forwarded) or kept (Proto,
     Host); anyone else's are replaced, so a client cannot choose the address
-    the app sees.
+    the app sees. The ``PROXY_ONLY`` ones are kept from a trusted proxy, else dropped.
     """
     out: list[Header] = []
     host: bytes | None = None
@@ -693,6 +720,9 @@ def upstream_request_headers(request: RequestHead, default_host: bytes) -> list[
                 connection = [value]
             else:
                 connection.append(value)
+        elif name in PROXY_ONLY:
+            if request.client_trusted:
+                out.append((key, value))
         elif request.client_trusted and name in FORWARDING:
             if earlier is None:
                 earlier = [(name, value)]
