@@ -65,7 +65,12 @@ from hakit.datapath import (
     path_lost,
     reports_in,
 )
-from hakit.errors import CoordinationError, InvalidTransition, SupervisorError
+from hakit.errors import (
+    CoordinationError,
+    InvalidTransition,
+    StoreReplacedError,
+    SupervisorError,
+)
 from hakit.fence import (
     AGENT_ID_KEY,
     PENDING_KEY,
@@ -235,6 +240,7 @@ class Agent:
         self._promotion: asyncio.Task[None] | None = None
         self._fence_retry_at = 0.0  # monotonic: no takeover before this after a failed fence
         self._deferred: tuple[str, int] | None = None  # (holder, epoch) a takeover was deferred for
+        self._refused_store: str | None = None  # what was found at the store's path, refused
         self.agent_id = uuid.uuid4().hex  # this process, in its records: see fence.stood_down
         # Every store call of this agent, in one thread, in issue order (hakit.storeio): a
         # slow or locked store never holds back this loop (probes, exits, the heartbeat).
@@ -358,12 +364,26 @@ class Agent:
                     self.coordinator.renew_epoch, self.node.name, self.epoch, ttl
                 )
             unreachable = False
+        except StoreReplacedError as error:
+            # Not an outage: the store answers, but it is not the one whose epochs this
+            # agent acted under. Renewing there could hand an epoch out twice: fence now,
+            # not at the deadline, and say so once (hakit.coord.identity).
+            await self._store_refused(error)
+            return
         except CoordinationError as error:
             log.warning("could not renew the lease: %s", error)
             lease, unreachable = None, True
             if self.epoch and self.monotonic() < self.lease_deadline:
                 return  # still inside our TTL: try again at the next renewal
             self._check_deadline()  # past it (e.g. frozen while asking): say so
+        if self._refused_store is not None:
+            self._refused_store = None
+            self._record(
+                "lease",
+                f"{self.node.name} reconnected to the coordination store (a store it trusts is "
+                "back at its path)",
+                epoch=0,
+            )
         if lease is not None and lease.holder == self.node.name:
             if lease.epoch <= self._given_up_epoch:
                 # A renewal that raced with our self-fence (or a lease we gave back): never
@@ -389,6 +409,15 @@ class Agent:
             else:
                 holder = f"epoch {self.epoch} is no longer stored for {self.node.name}"
             self._self_fence(f"could not renew the lease: {holder}")
+
+    async def _store_refused(self, error: StoreReplacedError) -> None:
+        """The store was replaced or went back in time: fence at once, alert once."""
+        log.error("%s", error)
+        if self.epoch:
+            self._self_fence("the coordination store was replaced or went back in time")
+        if self._refused_store != error.found:
+            self._refused_store = error.found
+            await self._execute(Alert("fence", str(error), manual_intervention=True))
 
     def _read_before_takeover(self) -> tuple[Predecessor, list[PathReport]]:
         """The predecessor, and the routers' reports when its lease has expired (blocking:

@@ -157,7 +157,9 @@ def agent(
 
     async def main() -> None:
         notifier = notifier_from_config(cfg)
-        runner = Agent(cfg, node, open_coordinator(cfg), notifier)
+        # With node=: the store's identity and highest epoch are remembered on disk, so a
+        # restarted agent refuses a store that was replaced meanwhile (hakit.coord.memory).
+        runner = Agent(cfg, node, open_coordinator(cfg, node=node), notifier)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, runner.request_stop)
