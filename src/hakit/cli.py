@@ -113,13 +113,13 @@ def config_check(
         bool,
         typer.Option(
             "--strict",
-            help="Exit 1 on a timing warning (a worst case over recovery_target, a broken "
-            "timing rule).",
+            help="Exit 1 on any warning (a worst case over recovery_target, a broken timing "
+            "rule, an exposed admin endpoint or token file, shared storage without fencing).",
         ),
     ] = False,
 ) -> None:
     """Validate a config file; print every mistake with file, line and key."""
-    from hakit.configcheck import describe_config
+    from hakit.configcheck import config_warnings, describe_config
     from hakit.timing import worst_case
 
     file = file if file is not None else config
@@ -127,8 +127,8 @@ def config_check(
     console.print(f"[green]{escape(str(file))}: OK[/green]")
     for line in describe_config(cfg):
         console.print(f"  {escape(line)}", highlight=False, soft_wrap=True)
-    # Timing warnings do not make the file invalid (it loads and runs), unless --strict.
-    warnings = worst_case(cfg).warnings()
+    # Warnings do not make the file invalid (it loads and runs), unless --strict.
+    warnings = config_warnings(cfg) + worst_case(cfg).warnings()
     for warning in warnings:
         console.print(
             f"[yellow]WARNING: {escape(warning)}[/yellow]", highlight=False, soft_wrap=True

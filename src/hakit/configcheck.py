@@ -33,6 +33,7 @@ from hakit.config import (
     NodeConfig,
     OnFailedStart,
     RouterConfig,
+    Storage,
     TcpProxyConfig,
     format_duration,
     mask_password,
@@ -40,6 +41,7 @@ from hakit.config import (
     sqlite_path,
 )
 from hakit.configproblems import Problem, Wording, format_key, render
+from hakit.dbfence import fences_sessions
 from hakit.errors import ConfigError
 from hakit.timing import apply_recovery_target, timing_lines
 from hakit.tomlpos import MAX_NESTING, syntax_error_position, too_deep
@@ -271,16 +273,35 @@ def cross_section_problems(
 
 
 def fence_problems(failover: FailoverConfig | None, app: AppConfig | None) -> list[Problem]:
-    """Database session fencing needs a PostgreSQL database (hakit.fence)."""
+    """Database session fencing needs a server database (hakit.dbfence)."""
     if failover is None or app is None or not failover.fence_database_sessions:
         return []
-    if app.database_url.startswith(("postgresql://", "postgres://")):
+    if fences_sessions(app.database_url):
         return []
     return [
         Problem(
             ("failover", "fence_database_sessions"),
-            "only applies to a PostgreSQL database, but app.database_url is "
-            f"{mask_password(app.database_url)}; expected false, or a postgresql:// database_url",
+            "only applies to a PostgreSQL or MySQL/MariaDB database, but app.database_url is "
+            f"{mask_password(app.database_url) or 'not set'}; expected false, or a "
+            "postgresql:// or mysql:// database_url",
+        )
+    ]
+
+
+def unfenced_problems(cfg: Config) -> list[Problem]:
+    """Shared storage, several nodes, no fence command: self-fencing is all there is."""
+    if cfg.cluster.storage is not Storage.SHARED or cfg.failover.fence_command is not None:
+        return []
+    if len(cfg.nodes) < 2 or cfg.cluster.mode is Mode.RESTART_ONLY:
+        return []
+    return [
+        Problem(
+            ("failover",),
+            "no fence_command with shared storage: a node that is cut off or frozen can only "
+            "fence itself (its app's shim stops the app at the lease deadline), and a standby "
+            "never promotes over an old app that still answers, so such a node keeps the "
+            "cluster down until it is stopped by hand. Expected fence_command = [...] (IPMI, a "
+            "cloud API's power-off) for unattended failover, as Pacemaker requires STONITH",
         )
     ]
 
@@ -460,6 +481,7 @@ def config_warnings(cfg: Config) -> list[str]:
     """
     problems = exposure_problems(cfg.router, list(enumerate(cfg.nodes)))
     problems += token_file_problems(cfg.admin)
+    problems += unfenced_problems(cfg)
     if cfg.source is None:
         return [f"{format_key(p.loc)}: {p.message}" for p in problems]
     try:
@@ -596,9 +618,13 @@ def _fencing(cfg: Config) -> str:
             "no promotion unless it succeeds)"
         )
     else:
-        words += " (no fence_command: nothing else stops a frozen node's app)"
+        words += (
+            " (the app's shim stops it at the lease deadline even if the agent is frozen or"
+            " dead; no fence_command: a standby never promotes over an old app that still"
+            " answers)"
+        )
     if failover.fence_database_sessions:
-        words += "; then the old node's PostgreSQL sessions are terminated"
+        words += "; then the old node's database sessions are terminated"
     return words
 
 

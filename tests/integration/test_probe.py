@@ -297,4 +297,4 @@ def test_postgres_up(postgres: PostgresServer) -> None:
 
 def test_unknown_database_scheme_is_config_error() -> None:
     with pytest.raises(ConfigError, match="database_url"):
-        asyncio.run(check_database("mysql://localhost/app", 1.0))
+        asyncio.run(check_database("oracle://localhost/app", 1.0))

@@ -278,10 +278,26 @@ def test_config_check_prints_the_nesting_problem_not_a_traceback(tmp_path: Path)
 NODE1 = 'name = "node1"\nport = 8101'
 
 
+UNFENCED = "failover: no fence_command with shared storage"
+
+
 def warnings_of(tmp_path: Path, text: str) -> list[str]:
+    """The warnings beside the one about fencing (BASE has shared storage and no
+    fence_command: tested on its own below)."""
     path = tmp_path / "hakit.toml"
     path.write_text(text)
-    return [w.replace(str(path), "FILE") for w in config_warnings(load_config(path))]
+    found = [w.replace(str(path), "FILE") for w in config_warnings(load_config(path))]
+    return [w for w in found if UNFENCED not in w]
+
+
+def test_shared_storage_without_a_fence_command_is_a_warning(tmp_path: Path) -> None:
+    path = tmp_path / "hakit.toml"
+    path.write_text(BASE)
+    (warning,) = [w for w in config_warnings(load_config(path)) if UNFENCED in w]
+    assert "a standby never promotes over an old app that still answers" in warning
+    assert "as Pacemaker requires STONITH" in warning
+    path.write_text(BASE + '\n[failover]\nfence_command = ["/usr/local/bin/fence", "{node}"]\n')
+    assert not [w for w in config_warnings(load_config(path)) if UNFENCED in w]
 
 
 def test_a_config_with_local_admin_endpoints_has_no_warnings(tmp_path: Path) -> None:

@@ -546,7 +546,7 @@ def test_config_check_describes_fencing(tmp_path: Path) -> None:
     cfg = load_config(write_toml(tmp_path, failover, "postgresql://app@db/app"))
     [line] = [line for line in describe_config(cfg) if line.startswith("fencing:")]
     assert "`/usr/sbin/fence_ipmilan --plug {node}`" in line and "up to 15s" in line
-    assert "PostgreSQL sessions are terminated" in line
+    assert "database sessions are terminated" in line
     plain = load_config(write_toml(tmp_path, "", "sqlite:///app.db"))
     [line] = [line for line in describe_config(plain) if line.startswith("fencing:")]
     assert "no fence_command" in line

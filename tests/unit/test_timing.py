@@ -426,6 +426,7 @@ def test_config_check_warns_and_strict_fails(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "WARNING: crash may take 60.75 s, more than recovery_target 30 s" in result.output
     assert runner.invoke(app, ["config", "check", "--strict", str(path)]).exit_code == 1
-    fine = write(tmp_path, 'recovery_target = "2m"')
+    # With a fence command: no warning about fencing either.
+    fine = write(tmp_path, 'recovery_target = "2m"\nfence_command = ["/bin/true"]')
     result = runner.invoke(app, ["config", "check", "--strict", str(fine)])
     assert result.exit_code == 0 and "WARNING" not in result.output, result.output
