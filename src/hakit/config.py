@@ -42,7 +42,7 @@ import string
 from email.utils import parseaddr
 from pathlib import Path
 from types import UnionType
-from typing import Annotated, Union, get_args, get_origin
+from typing import Annotated, NewType, Union, get_args, get_origin
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -129,6 +129,43 @@ Duration = Annotated[float, BeforeValidator(parse_duration)]
 PositiveDuration = Annotated[
     float, BeforeValidator(parse_duration), AfterValidator(_require_positive)
 ]
+
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KiB|MiB|GiB|kB|KB|MB|GB)?\s*$")
+_UNIT_BYTES = {
+    None: 1,
+    "B": 1,
+    "KiB": 1 << 10,
+    "MiB": 1 << 20,
+    "GiB": 1 << 30,
+    "kB": 1000,
+    "KB": 1000,
+    "MB": 1000**2,
+    "GB": 1000**3,
+}
+_SIZE_EXPECTED = 'expected a number of bytes or a string such as "1MiB", "512KiB" or "2MB"'
+
+
+def parse_size(value: object) -> int:
+    """'1MiB', '512KiB', '2MB', '100B' or a bare number of bytes -> bytes."""
+    if isinstance(value, bool):
+        raise ValueError(f"got a boolean; {_SIZE_EXPECTED}")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError(f"{value} is negative; expected a size of 0 or more")
+        return value
+    if isinstance(value, str):
+        match = _SIZE.match(value)
+        if match:
+            return int(float(match.group(1)) * _UNIT_BYTES[match.group(2)])
+        raise ValueError(f"{json.dumps(value)} is not a size; {_SIZE_EXPECTED}")
+    raise ValueError(f"got {toml_type(value)}; {_SIZE_EXPECTED}")
+
+
+# A number of bytes. Its own type (an int at run time) so that the sections' rule for
+# plain integers (no strings) leaves it to parse_size, which reads "1MiB" too.
+ByteCount = NewType("ByteCount", int)
+Size = Annotated[ByteCount, BeforeValidator(parse_size)]
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -567,12 +604,19 @@ class RouterConfig(_Section):
     cookie_name: str = Field(default="ROUTEID", pattern=_COOKIE_NAME)
     app_cookie_name: str = Field(default="JSESSIONID", pattern=_COOKIE_NAME)
     retry_after: Duration = 30.0  # Retry-After on the maintenance page
-    # Idempotent/bodiless requests wait this long for a node during a failover or
+    # Requests not yet sent to any node wait this long for one during a failover or
     # switchover before the maintenance page (0: no hold, the 503 page at once).
     hold_timeout: Duration = Field(
         default=15.0,
-        description="how long GET/HEAD/OPTIONS and bodiless requests wait for a node "
+        description="how long requests not yet sent to any node wait for one "
         "during a failover or switchover before the maintenance page (0s: no hold)",
+    )
+    # A held request's body is read into memory up to this; larger: the 503 page at once.
+    hold_body_limit: Size = Field(
+        default=ByteCount(1 << 20),
+        description="the largest request body the router holds in memory while it waits for "
+        'a node during a failover or switchover (e.g. "1MiB"); larger bodies get the 503 page '
+        "at once (not processed, please resend)",
     )
     state_poll_interval: PositiveDuration = 0.1  # how often the router reads the coordination store
     # --- stickiness and balancing (the router issue) ---

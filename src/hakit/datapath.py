@@ -13,12 +13,17 @@ every configured node:
   answered: connection refused or closed) or ``silent`` (timeout, unreachable);
   ``failing_since`` / ``failures``: when that streak began and how long it is;
 
+- ``in_flight``: requests the router has sent (or is sending) to the node whose
+  response has not ended yet (WebSocket and other upgraded tunnels not counted);
+  ``draining``: the router sees the node draining (its record or its /status
+  says so: no new users go there);
+
 plus the report's own time ``at``, how often the router publishes (``every``) and
 the longest gap between two completed checks of an answering node
 (``check_every``). A report older than ``STALE_REPORTS`` publishing periods is
 *stale*: that router is down or cut off from the store, and says nothing.
 
-Two decisions read the reports, both pure (the caller passes ``now``, wall-clock
+Three decisions read the reports, all pure (the caller passes ``now``, wall-clock
 seconds, the clock the store's times use):
 
 - :func:`judge_holder`: a standby about to take over an EXPIRED lease asks
@@ -42,6 +47,9 @@ seconds, the clock the store's times use):
   hands over to that standby (a ``path-loss`` handover, hakit.operator). When the
   routers reach no standby either, their own network is the problem: nothing
   happens.
+- :func:`in_flight`: a node draining for a switchover waits until every fresh
+  router has seen its drain and has no request left in flight to it, then stops
+  its app (bounded by ``router.drain_timeout``).
 """
 
 from __future__ import annotations
@@ -85,6 +93,8 @@ class Sight:
     failing_since: float | None = None
     failures: int = 0
     detail: str = ""
+    in_flight: int = 0  # requests in flight from this router to the node now
+    draining: bool = False  # this router sees the node draining
 
     @property
     def reachable(self) -> bool:
@@ -99,6 +109,8 @@ class Sight:
             "failing_since": self.failing_since,
             "failures": self.failures,
             "detail": self.detail,
+            "in_flight": self.in_flight,
+            "draining": self.draining,
         }
 
     @classmethod
@@ -111,6 +123,8 @@ class Sight:
             _number(raw.get("failing_since")),
             int(raw.get("failures") or 0),
             str(raw.get("detail") or ""),
+            int(raw.get("in_flight") or 0),
+            raw.get("draining") is True,
         )
 
 
@@ -199,6 +213,34 @@ def forgotten_reports(
     keeps its new report. Malformed reports cannot be dated and are left alone.
     """
     return [stored for stored in _stored_reports(state) if now - stored[2].at >= after]
+
+
+# --- a drain: requests still in flight to a node ------------------------------------------
+
+
+def in_flight(
+    node: str, reports: Iterable[PathReport], now: float, fresh_within: float
+) -> tuple[int, list[str]]:
+    """(requests in flight to ``node``, the routers a drain of ``node`` still waits for).
+
+    Counts the reports written within ``fresh_within`` seconds of ``now`` (wall clock)
+    that know ``node``. A router is still busy while it has requests in flight to
+    ``node``, or while it does not yet report ``node`` as draining: until then it may
+    still send it new users, so a count of 0 from it proves nothing. The drain is
+    over when no router is busy; with no fresh report at all (no router running)
+    there is nothing to wait for: (0, []). Routers in report order.
+    """
+    total, busy = 0, []
+    for report in reports:
+        if now - report.at > fresh_within:
+            continue
+        sight = report.nodes.get(node)
+        if sight is None:
+            continue
+        total += max(0, sight.in_flight)
+        if sight.in_flight > 0 or not sight.draining:
+            busy.append(report.router)
+    return total, busy
 
 
 # --- a standby about to take over an expired lease ----------------------------------------

@@ -140,13 +140,61 @@ def test_view_changes_that_do_not_help_keep_the_request_held(
     assert answer.result(15)[0] == 200
 
 
-def test_post_with_a_body_is_not_held(tmp_path, backends, cluster, router_for) -> None:
+def test_post_with_a_body_is_held_and_forwarded_whole(
+    tmp_path, backends, cluster, router_for, pool
+) -> None:
     n1 = backends("n1")
     no_lease(cluster)
     router = router_for(holding(config(tmp_path, {"n1": n1.port}), LONG_HOLD))
-    status, headers, _ = request(router, "POST", b"payload")  # a held one would time out
-    assert status == 503 and "Retry-After" in headers
+    answer = pool.submit(request, router, "POST", b"payload")
+    wait_until_held(router, answer)
+    cluster.active("n1", 1)
+    router.refresh()
+    status, _, body = answer.result(15)
+    assert (status, json.loads(body)["length"]) == (200, 7)
+    assert [seen.method for seen in n1.seen] == ["POST"]
+
+
+def test_post_over_the_hold_body_limit_is_answered_at_once(
+    tmp_path, backends, cluster, router_for
+) -> None:
+    n1 = backends("n1")
+    no_lease(cluster)
+    cfg = holding(config(tmp_path, {"n1": n1.port}), LONG_HOLD)
+    cfg = cfg.model_copy(update={"router": cfg.router.model_copy(update={"hold_body_limit": 4})})
+    router = router_for(cfg)
+    status, headers, body = request(router, "POST", b"payload", Accept="application/json")
+    assert status == 503 and "Retry-After" in headers  # a held one would time out
+    document = json.loads(body)
+    assert (document["reason"], document["processed"]) == ("too_large", False)
+    assert held_count(router) == 0 and n1.seen == []
+
+
+def test_held_body_that_stalls_gets_408_and_ends_its_hold(
+    tmp_path, backends, cluster, router_for
+) -> None:
+    n1 = backends("n1")
+    no_lease(cluster)
+    cfg = holding(config(tmp_path, {"n1": n1.port}), LONG_HOLD)
+    router = router_for(cfg, ProxyLimits(body_idle_timeout=0.3))
+    with socket.create_connection(("127.0.0.1", router.port), timeout=15) as sock:
+        sock.sendall(b"POST /upload HTTP/1.1\r\nHost: app\r\nContent-Length: 10\r\n\r\nhalf")
+        deadline = time.monotonic() + 10
+        while held_count(router) == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert held_count(router) == 1
+        answer = b""
+        while chunk := sock.recv(65536):  # the body idle timeout still applies while held
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 408 ")
+    deadline = time.monotonic() + 10
+    while held_count(router) and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert held_count(router) == 0
+    cluster.active("n1", 1)
+    router.refresh()
+    assert request(router)[0] == 200
+    assert [seen.method for seen in n1.seen] == ["GET"]  # the broken POST was never sent
 
 
 def test_post_without_a_body_is_held(tmp_path, backends, cluster, router_for, pool) -> None:
@@ -189,6 +237,35 @@ def test_expect_continue_post_is_held_before_its_body(
             answer += chunk
     assert answer.startswith(b"HTTP/1.1 200 ")
     assert json.loads(answer.partition(b"\r\n\r\n")[2])["length"] == 5
+
+
+def test_expect_continue_post_over_the_hold_body_limit_is_held_too(
+    tmp_path, backends, cluster, router_for
+) -> None:
+    """Its client waits for 100 Continue: nothing to buffer, so its size does not matter."""
+    n1 = backends("n1")
+    no_lease(cluster)
+    cfg = holding(config(tmp_path, {"n1": n1.port}), LONG_HOLD)
+    cfg = cfg.model_copy(update={"router": cfg.router.model_copy(update={"hold_body_limit": 4})})
+    router = router_for(cfg)
+    with socket.create_connection(("127.0.0.1", router.port), timeout=15) as sock:
+        sock.sendall(
+            b"POST /upload HTTP/1.1\r\nHost: app\r\nContent-Length: 5\r\n"
+            b"Expect: 100-continue\r\nConnection: close\r\n\r\n"
+        )
+        deadline = time.monotonic() + 10
+        while held_count(router) == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert held_count(router) == 1
+        sock.sendall(b"hello")  # sent without waiting, as curl does after a second
+        cluster.active("n1", 1)
+        router.refresh()
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    final = answer.removeprefix(b"HTTP/1.1 100 Continue\r\n\r\n")  # the backend's, relayed
+    assert final.startswith(b"HTTP/1.1 200 ")
+    assert json.loads(final.partition(b"\r\n\r\n")[2])["length"] == 5
 
 
 def test_client_leaving_ends_its_hold(tmp_path, backends, cluster, router_for) -> None:

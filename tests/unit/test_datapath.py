@@ -20,8 +20,10 @@ from hakit.datapath import (
     Sight,
     forgotten_reports,
     handover_candidates,
+    in_flight,
     judge_holder,
     path_lost,
+    reports_in,
 )
 
 TTL, RENEW, PATIENCE = 3.0, 0.5, 10.0
@@ -228,3 +230,59 @@ def test_reports_of_routers_silent_for_an_hour_are_forgotten() -> None:
         "router/r-stale",
     ]
     assert forgotten_reports(state, now - 2.0) == []  # just under the hour: kept
+
+
+# --- a drain: requests still in flight (in_flight) ------------------------------------------
+
+
+def load(count: int, draining: bool = True) -> Sight:
+    return Sight(answered_at=99.0, checked_at=99.1, in_flight=count, draining=draining)
+
+
+FRESH = 1.5  # seconds: the freshness window the agent passes
+
+
+@pytest.mark.parametrize(
+    ("reports", "expected"),
+    [
+        # No router running: nothing to wait for.
+        ((), (0, [])),
+        # Every router saw the drain and has nothing in flight: the drain is over.
+        ((report(99.9, "r1", node1=load(0)), report(99.5, "r2", node1=load(0))), (0, [])),
+        # Requests in flight: the routers that have them are named, the counts added.
+        (
+            (
+                report(99.9, "r1", node1=load(2)),
+                report(99.5, "r2", node1=load(0)),
+                report(99.8, "r3", node1=load(1)),
+            ),
+            (3, ["r1", "r3"]),
+        ),
+        # A router that does not see the drain yet may still send new users: busy at 0.
+        ((report(99.9, "r1", node1=load(0, draining=False)),), (0, ["r1"])),
+        # Stale reports (a router down or cut off from the store) say nothing.
+        ((report(98.4, "r1", node1=load(5)), report(99.9, "r2", node1=load(0))), (0, [])),
+        ((report(98.5, "r1", node1=load(5)),), (5, ["r1"])),  # just fresh
+        # A router that does not know the node sends it nothing.
+        ((report(99.9, "r1", node2=load(4)),), (0, [])),
+    ],
+)
+def test_in_flight(reports: tuple[PathReport, ...], expected: tuple[int, list[str]]) -> None:
+    assert in_flight("node1", reports, 100.0, FRESH) == expected
+
+
+def test_in_flight_reads_what_a_router_published() -> None:
+    published = report(99.9, "r1", node1=load(2), node2=load(0, draining=False))
+    state = {"router/r1": published.as_json()}
+    assert state["router/r1"]["nodes"]["node1"] == {
+        **Sight(99.0, 99.1).as_json(),
+        "in_flight": 2,
+        "draining": True,
+    }
+    assert in_flight("node1", reports_in(state), 100.0, FRESH) == (2, ["r1"])
+    # A report from a router that publishes no counts (an older version): not draining,
+    # so the drain waits for it (bounded by drain_timeout) rather than trusting a 0.
+    old = published.as_json()
+    for sight in old["nodes"].values():
+        del sight["in_flight"], sight["draining"]
+    assert in_flight("node1", reports_in({"router/r1": old}), 100.0, FRESH) == (0, ["r1"])

@@ -1,4 +1,4 @@
-"""Which requests may wait for a node, or be repeated elsewhere (hold.py), and the
+"""How requests wait for a node, or are repeated elsewhere (hold.py), and the
 Upgrade header decisions (tunnel.py): pure tables."""
 
 from __future__ import annotations
@@ -6,7 +6,14 @@ from __future__ import annotations
 import pytest
 
 from hakit.router.headers import Body, RequestHead
-from hakit.router.hold import can_hold, hold_remaining, may_retry_unanswered
+from hakit.router.hold import (
+    HOLD,
+    HOLD_BUFFERED,
+    TOO_LARGE,
+    hold_plan,
+    hold_remaining,
+    may_retry_unanswered,
+)
 from hakit.router.tunnel import requested_upgrade, switching_response_headers
 
 
@@ -32,30 +39,42 @@ def request(
     )
 
 
-HOLD_CASES = [
-    # (request, body bytes received so far, may hold)
-    (request(b"GET"), 0, True),
-    (request(b"HEAD"), 0, True),
-    (request(b"OPTIONS"), 0, True),
-    (request(b"TRACE"), 0, True),
-    (request(b"GET", Body.LENGTH, 10), 10, True),  # safe whatever it carries
-    (request(b"POST"), 0, True),  # no body at all
-    (request(b"POST", Body.LENGTH, 0), 0, True),  # Content-Length: 0
-    (request(b"POST", Body.LENGTH, 5), 0, False),  # a body is on its way
-    (request(b"POST", Body.CHUNKED), 0, False),
-    (request(b"PUT", Body.LENGTH, 5), 0, False),  # idempotent, but it carries a body
-    (request(b"DELETE"), 0, True),
-    (request(b"POST", Body.LENGTH, 5, b"100-continue"), 0, True),  # waits for our 100
-    (request(b"POST", Body.LENGTH, 5, b"100-Continue "), 0, True),
-    (request(b"POST", Body.LENGTH, 5, b"100-continue"), 3, False),  # sent it anyway
-    (request(b"POST", Body.CHUNKED, 0, b"100-continue"), 0, True),
-    (request(b"POST", Body.LENGTH, 5, b"something-else"), 0, False),
+LIMIT = 1000  # hold_body_limit in these cases
+
+PLAN_CASES = [
+    # (request, body bytes received so far, plan)
+    (request(b"GET"), 0, HOLD),
+    (request(b"HEAD"), 0, HOLD),
+    (request(b"OPTIONS"), 0, HOLD),
+    (request(b"DELETE"), 0, HOLD),
+    (request(b"POST"), 0, HOLD),  # no body at all
+    (request(b"POST", Body.LENGTH, 0), 0, HOLD),  # Content-Length: 0
+    # Any method with a body that fits: read into memory while it waits.
+    (request(b"POST", Body.LENGTH, 5), 0, HOLD_BUFFERED),
+    (request(b"POST", Body.LENGTH, 5), 5, HOLD_BUFFERED),
+    (request(b"PUT", Body.LENGTH, LIMIT), LIMIT, HOLD_BUFFERED),  # exactly the limit
+    (request(b"GET", Body.LENGTH, 10), 10, HOLD_BUFFERED),
+    (request(b"POST", Body.CHUNKED), 0, HOLD_BUFFERED),
+    (request(b"POST", Body.CHUNKED), LIMIT, HOLD_BUFFERED),
+    # Larger: answered at once, by its Content-Length before a byte of it arrived,
+    # or as a chunked body grows past the limit.
+    (request(b"POST", Body.LENGTH, LIMIT + 1), 0, TOO_LARGE),
+    (request(b"GET", Body.LENGTH, LIMIT + 1), 0, TOO_LARGE),
+    (request(b"POST", Body.CHUNKED), LIMIT + 1, TOO_LARGE),
+    # The client waits for 100 Continue: nothing to buffer, whatever the size; if it
+    # sends its body anyway, reading pauses (flow control) instead of a 503.
+    (request(b"POST", Body.LENGTH, 5, b"100-continue"), 0, HOLD),
+    (request(b"POST", Body.LENGTH, 5, b"100-Continue "), 0, HOLD),
+    (request(b"POST", Body.LENGTH, LIMIT * 10, b"100-continue"), 0, HOLD),
+    (request(b"POST", Body.LENGTH, LIMIT * 10, b"100-continue"), LIMIT * 2, HOLD),
+    (request(b"POST", Body.CHUNKED, 0, b"100-continue"), 0, HOLD),
+    (request(b"POST", Body.LENGTH, 5, b"something-else"), 0, HOLD_BUFFERED),
 ]
 
 
-@pytest.mark.parametrize(("req", "received", "expected"), HOLD_CASES)
-def test_can_hold(req: RequestHead, received: int, expected: bool) -> None:
-    assert can_hold(req, received) is expected
+@pytest.mark.parametrize(("req", "received", "expected"), PLAN_CASES)
+def test_hold_plan(req: RequestHead, received: int, expected: int) -> None:
+    assert hold_plan(req, received, LIMIT) == expected
 
 
 @pytest.mark.parametrize(
@@ -79,6 +98,7 @@ def test_hold_remaining(started: float | None, now: float, timeout: float, expec
         (request(b"HEAD"), 0, True),
         (request(b"GET", Body.LENGTH, 4), 4, False),  # a body we no longer have
         (request(b"POST"), 0, False),  # the node may have acted on it
+        (request(b"POST", Body.LENGTH, 4), 4, False),  # even one the router had buffered
         (request(b"PUT"), 0, False),
         (request(b"DELETE"), 0, False),
     ],

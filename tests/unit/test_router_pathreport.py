@@ -75,6 +75,24 @@ def test_report_round_trips_through_json() -> None:
     assert back.nodes["n2"].reachable and back.nodes["n1"].reachable
 
 
+def test_report_carries_the_requests_in_flight_and_the_drains() -> None:
+    tracker = PathTracker(["n1", "n2", "n3"])
+    tracker.feed("n1", ANSWERED, "ok", 10.0, 10.1)
+    report = tracker.report("r1", 11.0, 0.5, 3.0, {"n1": 3, "n2": 0, "gone": 7}, {"n2"})
+    sights = report.nodes
+    assert (sights["n1"].in_flight, sights["n1"].draining) == (3, False)
+    assert (sights["n2"].in_flight, sights["n2"].draining) == (0, True)
+    assert (sights["n3"].in_flight, sights["n3"].draining) == (0, False)
+    assert "gone" not in sights  # only configured nodes are reported
+    assert sights["n1"].answered_at == 10.0  # what the checks saw is kept
+    [back] = reports_in({"router/r1": report.as_json()})
+    assert back == report
+    # Without a load (or all idle) the report is the tracker's, unchanged.
+    assert tracker.report("r1", 11.0, 0.5, 3.0, {"n1": 0}, ()) == tracker.report(
+        "r1", 11.0, 0.5, 3.0
+    )
+
+
 def test_router_name() -> None:
     assert router_name("127.0.0.1", 8080) == "127.0.0.1:8080"
     assert router_name("0.0.0.0", 80) == f"{socket.gethostname()}:80"
@@ -122,6 +140,50 @@ def test_reporter_publishes_periodically_and_on_change_then_clears(tmp_path: Pat
             await asyncio.sleep(0.02)
         await reporter.close()
         assert reports_in(store.cluster_state()) == []
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        store.close()
+
+
+def test_reporter_publishes_the_load_it_reads_at_each_report(tmp_path: Path) -> None:
+    store = SqliteCoordinator(tmp_path / "coord.db")
+    load: dict[str, int] = {"n1": 2}
+    draining: set[str] = set()
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        reporter = PathReporter(
+            cfg(tmp_path, renew=5.0),  # a 1 s period: a change is published well before it
+            PathTracker(["n1"]),
+            store,
+            lambda call: loop.run_in_executor(None, call),
+            load=lambda: (load, draining),
+        )
+
+        async def published() -> tuple[int, bool]:
+            reports = reports_in(await loop.run_in_executor(None, store.cluster_state))
+            sight = reports[0].nodes["n1"] if reports else None
+            return (sight.in_flight, sight.draining) if sight else (-1, False)
+
+        async def until(expected: tuple[int, bool], what: str) -> float:
+            began = loop.time()
+            while await published() != expected:
+                assert loop.time() - began < 5, what
+                await asyncio.sleep(0.01)
+            return loop.time() - began
+
+        reporter.start("r1")
+        await until((2, False), "the first report")
+        await asyncio.sleep(reporter.every / 5)  # past the minimum gap
+        load["n1"] = 0
+        draining.add("n1")
+        reporter.changed()
+        waited = await until((0, True), "the drained count")
+        # At once (within the minimum gap, every / 5), not at the next period.
+        assert waited < reporter.every / 2
+        await reporter.close()
 
     try:
         asyncio.run(scenario())

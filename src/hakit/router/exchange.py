@@ -6,8 +6,12 @@ Bodies are never collected: each piece is written on as it arrives, and the
 reading side is paused while the writing side's buffer is above its
 high-water mark.
 
-While no node can serve, a request that may wait (hold.py) is held until the
-router's view changes or ``hold_timeout`` passes. A ``101 Switching
+While no node can serve, a request not yet sent to a node is held (hold.py)
+until the router's view changes or ``hold_timeout`` passes; meanwhile its body
+is read into memory up to ``hold_body_limit`` (larger: the 503 page at once),
+and sent in full once a node is chosen. That is the only buffering of a whole
+body, and it happens only while no node can take the request: a request that
+goes straight to a node streams as above. A ``101 Switching
 Protocols`` answer to an upgrade request turns both connections into a byte
 tunnel (tunnel.py). The backend's response head must begin within
 ``limits.response_timeout`` (504 otherwise).
@@ -38,9 +42,17 @@ from hakit.router.headers import (
     upstream_request_head,
     upstream_request_headers,
 )
-from hakit.router.hold import can_hold, expects_continue, hold_remaining, may_retry_unanswered
+from hakit.router.hold import (
+    HOLD,
+    TOO_LARGE,
+    expects_continue,
+    hold_plan,
+    hold_remaining,
+    may_retry_unanswered,
+)
 from hakit.router.limits import ProxyLimits
-from hakit.router.pages import CannedResponse, error_page
+from hakit.router.pages import HELD_OUT, NOT_HELD, CannedResponse, error_page
+from hakit.router.pages import TOO_LARGE as TOO_LARGE_PAGE
 from hakit.router.tunnel import (
     Tunnel,
     requested_upgrade,
@@ -96,12 +108,16 @@ class ProxyContext(Protocol):
     limits: ProxyLimits
     pool: UpstreamPool
     hooks: ExchangeHooks
+    hold_body_limit: int  # router.hold_body_limit: a held request's body is read up to this
 
     def choose(self, request: RequestHead, exclude: Collection[str]) -> NodeConfig | None: ...
 
     def mark_down(self, node: NodeConfig, error: BaseException) -> None: ...
 
-    def maintenance(self, request: RequestHead) -> CannedResponse: ...
+    def maintenance(self, request: RequestHead, reason: int) -> CannedResponse:
+        """The 503 page for ``request``, which no node got; ``reason``: pages.NOT_HELD,
+        HELD_OUT or TOO_LARGE."""
+        ...
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]: ...
 
@@ -168,6 +184,7 @@ class Exchange:
         "_gathered",
         "_head_sent",
         "_hold_started",
+        "_holding",
         "_out_body",
         "_out_keep",
         "_pending",
@@ -220,6 +237,7 @@ class Exchange:
         self.finished = False
         self._cancelled = False
         self._hold_started: float | None = None  # monotonic time the request began to wait
+        self._holding = False  # waiting for a node now (its body is read into _pending)
         # Response timeout, checked by the client connection's sweep (no timer per
         # request): loop time the wait was first seen (0: not yet), and the request
         # body bytes received then (progress restarts the clock).
@@ -264,20 +282,33 @@ class Exchange:
             self._task = ctx.spawn(self._connect(backend))
 
     def _no_backend(self) -> None:
-        """No node can take the request now: hold it, or answer."""
-        if can_hold(self.request, self._body_received):
-            now = monotonic()
-            remaining = hold_remaining(self._hold_started, now, self._ctx.hold_limit(self.request))
-            if remaining > 0:
-                if self._hold_started is None:
-                    self._hold_started = now
-                self._task = self._ctx.spawn(self._hold(remaining))
+        """No node can take the request now: hold it, or answer.
+
+        The request was sent to no node (a body is never replayed: a request whose
+        body went to a node is not retried, see upstream_failed), so all of its body
+        read so far is in ``_pending``.
+        """
+        ctx, request = self._ctx, self.request
+        now = monotonic()
+        remaining = hold_remaining(self._hold_started, now, ctx.hold_limit(request))
+        if remaining > 0:
+            plan = hold_plan(request, self._body_received, ctx.hold_body_limit)
+            if plan == TOO_LARGE:
+                self._respond(ctx.maintenance(request, TOO_LARGE_PAGE))
                 return
-        if self._tried and not self.request.idempotent:
-            # Say plainly that it failed rather than showing a page that reloads itself.
-            self._respond(error_page(502, self.request.accept))
+            if self._hold_started is None:
+                self._hold_started = now
+            self._holding = True
+            if plan != HOLD:
+                self._client.resume_reading("buffer")  # read the body while it waits
+            self._task = ctx.spawn(self._hold(remaining))
+            return
+        if self._tried and not request.idempotent:
+            # No node could be reached: say plainly that it failed, and was not processed.
+            self._respond(error_page(502, request.accept, reached=False))
         else:
-            self._respond(self._ctx.maintenance(self.request))
+            reason = NOT_HELD if self._hold_started is None else HELD_OUT
+            self._respond(ctx.maintenance(request, reason))
 
     async def _hold(self, remaining: float) -> None:
         ctx = self._ctx
@@ -290,6 +321,7 @@ class Exchange:
             pass  # start() finds the hold used up and answers
         finally:
             ctx.hold_ended()  # also when cancelled (the client left, the router closes)
+            self._holding = False
         if self._hold_started is not None:
             self.held = monotonic() - self._hold_started
         if self._cancelled or self.finished:
@@ -314,7 +346,7 @@ class Exchange:
             self._failed_on(backend.name)
             self._fresh_only = False
             if self._attempts >= MAX_ATTEMPTS:
-                self._respond(error_page(502, self.request.accept))
+                self._respond(error_page(502, self.request.accept, reached=False))
             else:
                 self.start()
             return
@@ -389,6 +421,7 @@ class Exchange:
         if self.finished:
             return
         self._drop_upstream()
+        self._stop_holding()
         if self._response_done:  # answered in full already: just do not read on
             self._request_done = True
             self._finish(keep_alive=False)
@@ -437,8 +470,26 @@ class Exchange:
             self._pending = []
         self._pending.extend(parts)
         self._pending_size += sum(len(part) for part in parts)
-        if self._pending_size > self._ctx.limits.request_buffer:
+        if self._holding:
+            self._held_body_grew()
+        elif self._pending_size > self._ctx.limits.request_buffer:
             self._client.pause_reading("buffer")
+
+    def _held_body_grew(self) -> None:
+        """More body arrived while the request waits for a node (hold.hold_plan)."""
+        plan = hold_plan(self.request, self._body_received, self._ctx.hold_body_limit)
+        if plan == TOO_LARGE:  # a chunked body grew past hold_body_limit: answer now
+            self._stop_holding()
+            self._respond(self._ctx.maintenance(self.request, TOO_LARGE_PAGE))
+        elif plan == HOLD and self._pending_size > self._ctx.limits.request_buffer:
+            self._client.pause_reading("buffer")  # sent unasked (Expect): flow control
+
+    def _stop_holding(self) -> None:
+        """Answered (or broken) while held: end the wait now."""
+        if self._holding:
+            self._holding = False
+            if self._task is not None:
+                self._task.cancel()  # its finally counts the hold as ended
 
     # --- response side (ResponseSink, from the upstream connection) ----------
 
@@ -601,6 +652,7 @@ class Exchange:
             self._failed_on(conn.node.name)
             self.start()
             return
+        # It reached the node, which may have acted on it: never repeated (hold.py).
         log.warning("backend %s failed before answering: %r", conn.node.name, error)
         self._respond(error_page(502, self.request.accept))
 

@@ -1,22 +1,28 @@
 """When a request may wait for a node instead of failing (pure decisions, no I/O).
 
-While no node can serve (a failover, a restart, a node that refused the
-connection), a request that is safe to send late is held: it waits for the
-cluster view to change, up to ``router.hold_timeout``, and is then forwarded.
-Users see a slow page instead of an error.
+While no node can serve (a failover, a switchover, a restart, a node that
+refused the connection), a request not yet sent to any node is held: it waits
+for the cluster view to change, up to ``router.hold_timeout``, and is then
+forwarded. Users see a slow page instead of an error. Any method may be held:
+the request has reached no application, so sending it late is sending it once.
 
-A request may be held when sending it later cannot surprise anyone:
+What happens to its body (``hold_plan``):
 
-- a safe method (GET, HEAD, OPTIONS, TRACE): repeating or delaying it has no
-  effect on the server's state;
-- any other method only while its body has not started: no body at all,
-  ``Content-Length: 0``, or ``Expect: 100-continue`` with nothing of the body
-  read yet (the client waits for a ``100 Continue`` before sending it). A
-  client already streaming a body is answered at once rather than being left
-  to buffer against a paused connection.
+- no body (none at all, or ``Content-Length: 0``): held (HOLD);
+- ``Expect: 100-continue``: held like a bodiless request, whatever its size
+  (HOLD): the client waits for a ``100 Continue`` before sending the body, and
+  if it sends it anyway reading pauses at the usual small buffer until a node
+  takes the request (flow control, nothing is lost);
+- any other body: read into memory while the request waits, up to
+  ``router.hold_body_limit`` (HOLD_BUFFERED), and sent in full once a node is
+  chosen. A body over the limit (its ``Content-Length``, or a chunked body as it
+  grows past it) is answered at once with the 503 page saying the request was
+  not processed (TOO_LARGE): the router will not hold that much, and a client
+  left streaming into a paused connection learns nothing.
 
-The same rule decides whether a request may be repeated on another node after
-the first one failed without answering (see ``may_retry_unanswered``).
+Once a request was sent to a node, it is repeated elsewhere only when that
+cannot surprise anyone (``may_retry_unanswered``): a node that failed without
+answering may have acted on it.
 """
 
 from __future__ import annotations
@@ -28,6 +34,11 @@ from hakit.router.headers import Body, RequestHead, header_value
 # RFC 9110 9.2.1: methods defined as read-only.
 SAFE_METHODS: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE"})
 
+# hold_plan's answers.
+HOLD: Final = 0  # wait for a node; no body to read now
+HOLD_BUFFERED: Final = 1  # wait for a node, reading the body into memory meanwhile
+TOO_LARGE: Final = 2  # the body is over hold_body_limit: answer at once (not processed)
+
 
 def expects_continue(request: RequestHead) -> bool:
     """The client sent ``Expect: 100-continue`` (it waits before sending its body)."""
@@ -35,18 +46,25 @@ def expects_continue(request: RequestHead) -> bool:
     return value is not None and value.strip().lower() == b"100-continue"
 
 
-def body_not_started(request: RequestHead, body_received: int) -> bool:
-    """Nothing of the request body exists yet, and none is coming unasked."""
-    if request.body is Body.NONE:
-        return True
-    if request.body is Body.LENGTH and request.content_length == 0:
-        return True
-    return body_received == 0 and expects_continue(request)
+def has_body(request: RequestHead) -> bool:
+    """The request carries a body (not none, not ``Content-Length: 0``)."""
+    body = request.body
+    return body is not Body.NONE and not (body is Body.LENGTH and request.content_length == 0)
 
 
-def can_hold(request: RequestHead, body_received: int) -> bool:
-    """``request`` may wait for a node to become available."""
-    return request.method in SAFE_METHODS or body_not_started(request, body_received)
+def hold_plan(request: RequestHead, body_received: int, body_limit: int) -> int:
+    """How ``request``, not yet sent to any node, waits for one (see the module doc).
+
+    ``body_received``: body bytes read so far (all of them still with the router);
+    ``body_limit``: ``router.hold_body_limit``.
+    """
+    if not has_body(request) or expects_continue(request):
+        return HOLD
+    if request.body is Body.LENGTH and request.content_length > body_limit:
+        return TOO_LARGE
+    if body_received > body_limit:  # a chunked body grew past the limit
+        return TOO_LARGE
+    return HOLD_BUFFERED
 
 
 def hold_remaining(started: float | None, now: float, hold_timeout: float) -> float:
@@ -62,7 +80,8 @@ def may_retry_unanswered(request: RequestHead, body_sent: int) -> bool:
     """A backend took the request and failed before any response byte: try another?
 
     Only a safe request that carried no body: the failed node may have acted on
-    it, which for a safe method does not matter; a body would have to be
-    replayed, and we do not keep it.
+    it, which for a safe method does not matter. Anything else (a POST, a PUT, a
+    request with a body, even one the router had buffered) gets a 502 saying it
+    may or may not have been processed: repeating it could do it twice.
     """
     return request.method in SAFE_METHODS and request.body is Body.NONE and body_sent == 0

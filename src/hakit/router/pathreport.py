@@ -15,16 +15,27 @@ kind of failure changes) and at least every ``every`` seconds (the agents judge
 a report stale after hakit.datapath.STALE_REPORTS periods), never more often
 than ``every / 5``. The request hot path is not involved: only the checks feed
 the tracker.
+
+Each node's entry also carries the requests the router has in flight to it and
+whether the router sees it draining (``load``, read from the router when a
+report is written), for a draining node's agent (hakit.datapath.in_flight). The
+router asks for a report at once (``changed``) when it first sees a node drain
+and when its count for a draining node falls to 0, so a drain ends promptly;
+otherwise the counts go out with the usual period. Upgraded connections
+(WebSocket tunnels) are not counted: they live as long as the user stays, a
+drain cannot wait for them, and stopping the app closes them (the clients
+reconnect, to the new node).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from concurrent.futures import Executor
 from typing import Any, Protocol
 
@@ -101,8 +112,26 @@ class PathTracker:
     def sight(self, name: str) -> Sight:
         return self._sights.get(name, Sight())
 
-    def report(self, router: str, now: float, every: float, check_gap: float) -> PathReport:
-        return PathReport(router, now, every, check_gap, dict(self._sights))
+    def report(
+        self,
+        router: str,
+        now: float,
+        every: float,
+        check_gap: float,
+        in_flight: Mapping[str, int] | None = None,
+        draining: Collection[str] = (),
+    ) -> PathReport:
+        """The report at ``now``; ``in_flight``: requests in flight per node; ``draining``:
+        the nodes the router sees draining."""
+        sights = dict(self._sights)
+        if in_flight or draining:
+            for name, sight in sights.items():
+                count = in_flight.get(name, 0) if in_flight else 0
+                if count or name in draining:
+                    sights[name] = dataclasses.replace(
+                        sight, in_flight=count, draining=name in draining
+                    )
+        return PathReport(router, now, every, check_gap, sights)
 
 
 async def reach(host: str, port: int, timeout: float) -> tuple[str, str]:
@@ -123,6 +152,10 @@ async def reach(host: str, port: int, timeout: float) -> tuple[str, str]:
     return ANSWERED, f"{where} accepts connections"
 
 
+# What a router has in flight: (requests per node, nodes it sees draining).
+Load = Callable[[], tuple[Mapping[str, int], Collection[str]]]
+
+
 class PathReporter:
     """Publishes a tracker's report under ``router/<name>``; ``changed()`` to publish soon."""
 
@@ -133,8 +166,12 @@ class PathReporter:
         store: StateStore,
         run: Callable[[Callable[[], object]], asyncio.Future[Any]],
         wall: Callable[[], float] = time.time,
+        load: Load | None = None,
     ) -> None:
+        """``load``: the router's requests in flight per node and the nodes it sees
+        draining, read each time a report is written (None: all 0, none)."""
         self.tracker = tracker
+        self._load = load
         self.every = report_every(cfg)
         self.check_gap = check_every(cfg)
         self.name = ""
@@ -163,7 +200,10 @@ class PathReporter:
             await self._run(lambda: self._store.clear_state(report_key(self.name)))
 
     async def publish(self) -> None:
-        report = self.tracker.report(self.name, self._wall(), self.every, self.check_gap)
+        in_flight, draining = self._load() if self._load is not None else (None, ())
+        report = self.tracker.report(
+            self.name, self._wall(), self.every, self.check_gap, in_flight, draining
+        )
         value = report.as_json()
         try:
             await self._run(lambda: self._store.set_state(report_key(self.name), value))

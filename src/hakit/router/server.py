@@ -5,7 +5,10 @@ the state they decide on: the last ``ClusterView`` (read every
 ``router.state_poll_interval`` in a dedicated thread, since reading the store
 blocks) and the passive down marks. With a ``store``, it also publishes what its
 checks see of each node's data path (pathreport.py, hakit.datapath), through
-the same thread.
+the same thread, with the requests it has in flight to each node and whether it
+sees the node draining: a draining node's agent waits for those to end
+(hakit.datapath.in_flight) before it stops the app, so the count is published
+at once when it falls to 0 for a draining node.
 """
 
 from __future__ import annotations
@@ -29,10 +32,19 @@ from hakit.router.checks import RouterChecks
 from hakit.router.exchange import Exchange, ExchangeHooks
 from hakit.router.headers import RequestHead
 from hakit.router.health import HealthBoard
-from hakit.router.hold import can_hold
+from hakit.router.hold import HOLD, SAFE_METHODS, hold_plan
 from hakit.router.http import ClientConnection, ConnectionSweeper
 from hakit.router.limits import ProxyLimits
-from hakit.router.pages import CannedResponse, maintenance_page, prefers_json
+from hakit.router.pages import (
+    AS_JSON,
+    FORMS,
+    REASONS_503,
+    RELOADING,
+    RESEND,
+    CannedResponse,
+    maintenance_page,
+    prefers_json,
+)
 from hakit.router.pathreport import PathReporter, StateStore, executor_runner, router_name
 from hakit.router.pool import (
     Standing,
@@ -120,11 +132,16 @@ class Router:
         # Set (and replaced) whenever the view or the down marks change: held requests wait on it.
         self._changed = asyncio.Event()
         self.requests_held = 0  # requests waiting for a node now (/metrics, tests)
+        self.hold_body_limit: int = cfg.router.hold_body_limit  # ProxyContext
         self.obs = Observability(cfg)  # access log, metrics, admin port (admin.py)
         retry_after = cfg.router.retry_after
+        # The 503 pages by (reason, form): pages.maintenance_page.
         self._pages = {
-            False: maintenance_page(retry_after, None),
-            True: maintenance_page(retry_after, "application/json"),
+            (reason, form): maintenance_page(
+                retry_after, reason=reason, form=form, body_limit=self.hold_body_limit
+            )
+            for reason in REASONS_503
+            for form in FORMS
         }
 
     # --- lifecycle -------------------------------------------------------------------
@@ -171,7 +188,11 @@ class Router:
         bound = bound_address(self._server)
         if self._store is not None:
             self.paths = PathReporter(
-                self.cfg, self.checks.paths, self._store, executor_runner(self._executor)
+                self.cfg,
+                self.checks.paths,
+                self._store,
+                executor_runner(self._executor),
+                load=self._load,
             )
             self.checks.on_path_change = self.paths.changed
             self.paths.start(router_name(listen_host, int(bound[1])))
@@ -314,6 +335,8 @@ class Router:
             )
         for node in self._drain_began.keys() - began.keys():
             log.info("router: %s is no longer draining", node)
+        if began.keys() != self._drain_began.keys() and self.paths is not None:
+            self.paths.changed()  # the node's agent waits for us to see its drain
         self._drain_began = began
         if self.cfg.router.slowstart > 0:
             self._up_since = track_up(self._up_since, routable_nodes(view), clock)
@@ -353,15 +376,17 @@ class Router:
                 held = None
             chosen = self._route(sticky, exclude, clock, held is not None and clock >= held[1])
             if chosen is Verdict.HOLD:
-                if can_hold(request, 0):
+                if hold_plan(request, 0, self.hold_body_limit) == HOLD:
                     if held is None:
                         self._holds[key] = (request, clock + self.cfg.router.sticky_hold)
-                else:  # a request already sending its body cannot wait: moved at once
+                else:
+                    # Its body is on the way and another node can take it now: moved at
+                    # once rather than buffered while it waits for its own node.
                     chosen = self._route(sticky, exclude, clock, True)
-        # In flight per node (least-outstanding): the count is kept on the request.
+        # In flight per node (least-outstanding, drains): the count is kept on the request.
         previous = request.counted_for
         if previous is not None:
-            self.in_flight[previous] -= 1
+            self._left(previous)
         if isinstance(chosen, Verdict):
             request.counted_for = None
             return None
@@ -376,6 +401,17 @@ class Router:
             known = standing(self._view, self.cfg)
             self._standing = (self._view, known)
         return known
+
+    def _load(self) -> tuple[dict[str, int], Collection[str]]:
+        """Requests in flight per node, and the nodes seen draining (the data-path report)."""
+        return dict(self.in_flight), set(self._drain_began)
+
+    def _left(self, node: str) -> None:
+        """A request in flight to ``node`` ended (or moved on)."""
+        left = self.in_flight[node] - 1
+        self.in_flight[node] = left
+        if left == 0 and self._drain_began:
+            self._left_draining(node)
 
     def _usual_route(self, sticky: str | None, exclude: Collection[str]) -> NodeConfig | None:
         """The usual case, decided without pool.route's general machinery (same answer).
@@ -434,17 +470,24 @@ class Router:
         if self.obs.metrics is not None:
             self.obs.metrics.connect_failed(node.name)
 
-    def maintenance(self, request: RequestHead) -> CannedResponse:
+    def maintenance(self, request: RequestHead, reason: int) -> CannedResponse:
         if self.obs.metrics is not None:
             self.obs.metrics.maintenance_page()
-        return self._pages[prefers_json(request.accept)]
+        if prefers_json(request.accept):
+            form = AS_JSON
+        else:
+            form = RELOADING if request.method in SAFE_METHODS else RESEND
+        return self._pages[(reason, form)]
 
     def exchange_ended(self, exchange: Exchange) -> None:
         request = exchange.request
         counted = request.counted_for
         if counted is not None:
             request.counted_for = None
-            self.in_flight[counted] -= 1
+            left = self.in_flight[counted] - 1
+            self.in_flight[counted] = left
+            if left == 0 and self._drain_began:  # _left, inlined: every request ends here
+                self._left_draining(counted)
         if self._holds:
             self._holds.pop(id(request), None)
         observe = self.obs.observe
@@ -453,6 +496,12 @@ class Router:
                 observe(exchange)
             except Exception:  # a logging bug must never break the data plane
                 log.exception("router: observing a request failed")
+
+    def _left_draining(self, node: str) -> None:
+        """No request left in flight to ``node``: if it drains, publish that at once (its
+        agent waits for it before stopping the app: hakit.datapath.in_flight)."""
+        if node in self._drain_began and self.paths is not None:
+            self.paths.changed()
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         loop = self._loop
