@@ -45,6 +45,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import time
 import uuid
@@ -61,6 +62,7 @@ from hakit.datapath import (
     PathReport,
     forgotten_reports,
     handover_candidates,
+    in_flight,
     judge_holder,
     path_lost,
     reports_in,
@@ -134,6 +136,9 @@ STARTING_PROBE_INTERVAL = 0.1
 ANSWERING = frozenset({AppState.RUNNING, AppState.FIRST_RUN})
 # On shutdown, wait at most this long for the store to take the queued writes.
 SHUTDOWN_FLUSH = 5.0
+# While draining, how often the routers' reports are read (they publish at once when a
+# draining node's last request ends).
+DRAIN_POLL = 0.05
 
 
 class _Wake:
@@ -847,10 +852,10 @@ class Agent:
             self._record("drain", action.reason, actor=action.actor)
             self.draining = True
             self._publish()
-            # Let the router read the record (it polls every state_poll_interval), so no
-            # new request reaches the app once it starts stopping: first the store takes it.
+            # The store takes the record first; then every live router must see it (no
+            # new request reaches the app) and finish what it sent here.
             await self.store.flush(self.cfg.coordination.lease_ttl)
-            await asyncio.sleep(max(0.3, 3 * self.cfg.router.state_poll_interval))
+            await self._wait_drained(action.actor)
         elif isinstance(action, TakeLease):
             await self._take_lease_by_force(action)
         elif isinstance(action, EndHandover):
@@ -1056,6 +1061,43 @@ class Agent:
         )
         if loss is not None:
             self.events.put_nowait(PathLost(loss.target, loss.reason))
+
+    async def _wait_drained(self, actor: str) -> None:
+        """Until every live router reports this node draining with no request in flight to
+        it (hakit.datapath.in_flight), bounded by router.drain_timeout; said either way."""
+        started = self.monotonic()
+        limit = self.cfg.router.drain_timeout
+        total, busy = 0, ["?"]
+        while True:
+            try:
+                state = await self.store.call(self.coordinator.cluster_state, what="drain")
+            except CoordinationError as error:
+                log.warning("could not read the routers' reports while draining: %s", error)
+            else:
+                now = time.time()
+                fresh = [report for report in reports_in(state) if report.fresh(now)]
+                total, busy = in_flight(self.node.name, fresh, now, math.inf)
+                if not busy:
+                    break
+            waited = self.monotonic() - started
+            if waited >= limit:
+                self._record(
+                    "drain",
+                    f"drain_timeout ({limit:g} s) passed with {total} request"
+                    f"{'s' if total != 1 else ''} in flight to {self.node.name} at router"
+                    f"{'s' if len(busy) != 1 else ''} {', '.join(busy)}: stopping the app anyway",
+                    data={"in_flight": total, "routers": busy, "seconds": round(waited, 3)},
+                    actor=actor,
+                )
+                return
+            await asyncio.sleep(DRAIN_POLL)
+        self._record(
+            "drain",
+            f"drained: no router sends new requests to {self.node.name} and none is in "
+            f"flight to it ({self.monotonic() - started:.2f} s)",
+            data={"in_flight": 0, "seconds": round(self.monotonic() - started, 3)},
+            actor=actor,
+        )
 
     def _forget_silent_routers(self, state: Mapping[str, dict[str, Any]]) -> None:
         """Active: remove the reports of routers silent for an hour (hakit.datapath).

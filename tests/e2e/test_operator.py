@@ -80,30 +80,42 @@ def other(cluster: DemoCluster, node: str) -> str:
 
 @dataclass
 class Load:
-    """Clients sending idempotent GETs through the router without pause; every answer counted."""
+    """Clients sending GETs and POSTs (every other request) through the router without
+    pause; every answer counted, every acknowledged write's id kept."""
 
     url: str
     clients: int = 3
     ok: int = 0
     failures: list[str] = field(default_factory=list)
     served_by: set[str] = field(default_factory=set)
+    written: list[str] = field(default_factory=list)  # ids of acknowledged records
     _stop: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def _run(self) -> None:
         with httpx.Client(base_url=self.url, timeout=60) as client:
+            turn = 0
             while not self._stop.is_set():
+                turn += 1
+                post = turn % 2 == 0
                 try:
-                    response = client.get("/records")
+                    if post:
+                        response = client.post(
+                            "/records", json={"title": f"load {turn}", "attachment": "x" * 64}
+                        )
+                    else:
+                        response = client.get("/records")
                 except httpx.HTTPError as error:
                     with self._lock:
                         self.failures.append(f"{type(error).__name__}: {error}")
                     continue
                 with self._lock:
-                    if response.status_code == 200:
+                    if response.status_code == (201 if post else 200):
                         self.ok += 1
                         self.served_by.add(response.headers.get("x-hakit-node", "?"))
+                        if post:
+                            self.written.append(response.json()["id"])
                     else:
                         self.failures.append(f"{response.status_code}: {response.text[:100]}")
 
@@ -137,6 +149,11 @@ def test_switchover_under_load_fails_no_request(clusters, tmp_path: Path) -> Non
     assert f"{target} is active under epoch" in result.stdout
     assert load.failures == [], load.failures[:5]
     assert load.ok >= 100 and load.served_by == {"n1", "n2"}, (load.ok, load.served_by)
+    # Every acknowledged write is there, read back through the router.
+    assert len(load.written) >= 50
+    with httpx.Client(base_url=cluster.router_url, timeout=30) as client:
+        missing = [i for i in load.written if client.get(f"/records/{i}").status_code != 200]
+    assert missing == []
     lease = cluster.coordinator.current_lease()
     assert lease is not None and lease.holder == target and lease.epoch > epoch
     assert cluster.active_running() == target
@@ -149,7 +166,10 @@ def test_switchover_under_load_fails_no_request(clusters, tmp_path: Path) -> Non
     )
     caused = events_of(cluster, "drain", active) + events_of(cluster, "switchover", active)
     caused += [e for e in events_of(cluster, "stop", active) if e.epoch == epoch]
-    assert len(caused) == 3 and {e.actor for e in caused} == {"operator:alice"}, caused
+    assert len(caused) == 4 and {e.actor for e in caused} == {"operator:alice"}, caused
+    # The app stopped only once no request was in flight to it.
+    (drained,) = [e for e in caused if e.kind == "drain" and "drained" in e.reason]
+    assert drained.data["in_flight"] == 0
     (done,) = [e for e in events_of(cluster, "switchover", target) if "complete" in e.reason]
     assert "asked by operator:alice: kernel patch" in done.reason
     assert not events_of(cluster, "failover") and not events_of(cluster, "alert")

@@ -266,6 +266,12 @@ STICKY = {
     "cold: holder draining keeps its sticky users": Sticky(
         COLD, [rec("n1", state="STOPPING")], "n1", "n1"
     ),
+    "cold: holder handing over (switchover) gets no sticky user either": Sticky(
+        COLD, [rec("n1", detail={"draining": True})], "n1", Verdict.NO_NODE
+    ),
+    "warm: holder handing over gets no sticky user, the standby none either": Sticky(
+        WARM, [rec("n1", detail={"draining": True}), rec("n2", "standby")], "n1", Verdict.NO_NODE
+    ),
     "cold: holder draining takes no new users": Sticky(
         COLD, [rec("n1", state="STOPPING")], None, Verdict.NO_NODE
     ),

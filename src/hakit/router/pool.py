@@ -30,7 +30,10 @@ STOPPING or MAINTENANCE, its record carries ``detail["draining"] = true``, or
 the health board says DRAIN. A draining node keeps its sticky users (their
 sessions finish there) but gets no new ones, until ``router.drain_timeout``
 after the drain began; then its sticky users are moved too (HAProxy #2894,
-Envoy #7218: drains without an end strand users).
+Envoy #7218: drains without an end strand users). In the standby modes a
+holder whose agent flags a planned move (a switchover) gets nobody at all: its
+app stops once what is in flight is done, so every new request, sticky or not,
+is held for the next active.
 
 A sticky user whose node is down, or draining past the deadline, is handled
 by ``router.sticky_down``, the same for every strategy: ``move`` (balance it
@@ -104,6 +107,11 @@ def record_draining(record: NodeRecord | None) -> bool:
     if record.app_state in DRAIN_STATES:
         return True
     return record.detail.get("draining") is True and record_routable(record)
+
+
+def handing_over(record: NodeRecord | None) -> bool:
+    """Its agent flagged a planned move (a switchover's drain, ``detail["draining"]``)."""
+    return record is not None and record.detail.get("draining") is True
 
 
 def draining_nodes(view: ClusterView, health: HealthView | None = None) -> list[str]:
@@ -207,6 +215,11 @@ def standing(view: ClusterView, cfg: Config) -> Standing:
         if node.name not in members:
             continue
         record = view.nodes.get(node.name)
+        if lease is not None and handing_over(record):
+            # A planned move in a standby mode: its app stops once the requests in flight
+            # are done, and no session of it survives that, so sticky users are held with
+            # the rest for the new active instead of being sent to the old one meanwhile.
+            continue
         if record_draining(record):
             draining.append(node)
         elif record_routable(record):
