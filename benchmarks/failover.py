@@ -369,15 +369,7 @@ def inject(
     elif kind == "hang":
         httpx.post(app_url(cluster, active) + "/faults/hang", params={"seconds": 60}, timeout=5)
     elif kind in ("node-cold", "node-warm"):
-        pid = cluster.app_pid(active)
-        agent = cluster.processes[f"agent-{active}"]
-        agent.send_signal(signal.SIGKILL)
-        if pid is not None:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        agent.wait(timeout=10)
+        cluster.lose_node(active)
     elif kind == "switchover":
         assert argv is not None
         try:

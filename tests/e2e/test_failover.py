@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -105,8 +103,7 @@ def node_loss(make_cluster: ClusterFactory, webhook: Webhook) -> None:
     # Node loss: agent and app die together, no chance to hand over.
     app_pid = cluster.app_pid(active)
     assert app_pid is not None
-    cluster.kill_agent(active, signal.SIGKILL)
-    os.kill(app_pid, signal.SIGKILL)
+    cluster.lose_node(active)
 
     assert wait_serving(cluster, timeout=40) == standby
     lease = cluster.coordinator.current_lease()

@@ -19,8 +19,6 @@ its own rather than take the shared one away from other tests.
 
 from __future__ import annotations
 
-import os
-import signal
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -270,8 +268,7 @@ def test_old_active_comes_back_as_standby(make_cluster: Factory) -> None:
     app = cluster.app_pid(old)
     assert app is not None
     # Node loss: agent and app gone together.
-    cluster.kill_agent(old, signal.SIGKILL)
-    os.kill(app, signal.SIGKILL)
+    cluster.lose_node(old)
     assert wait_serving(cluster, timeout=40) == new
     epoch = epoch_of(cluster)
     new_pid = cluster.app_pid(new)

@@ -261,8 +261,7 @@ def test_nofailover_node_never_takes_the_lease(clusters, tmp_path: Path) -> None
     # Node loss of the active: agent and app die together.
     app_pid = cluster.app_pid("node1")
     assert app_pid is not None
-    cluster.kill_agent("node1", signal.SIGKILL)
-    os.kill(app_pid, signal.SIGKILL)
+    cluster.lose_node("node1")
     lease = cluster.coordinator.current_lease()
     assert lease is not None
     renew = cluster.cfg.coordination.renew_interval

@@ -29,9 +29,12 @@ def new_app(agent_pid: int, old_pid: int) -> int | None:
     """The pid of the agent's app when it is not ``old_pid`` (the store is locked: the
     node record cannot say). The app is the child of the agent's child, its shim."""
     for shim in psutil.Process(agent_pid).children():
-        for child in shim.children():
-            if child.pid != old_pid and child.status() != psutil.STATUS_ZOMBIE:
-                return child.pid
+        try:
+            for child in shim.children():
+                if child.pid != old_pid and child.status() != psutil.STATUS_ZOMBIE:
+                    return child.pid
+        except psutil.NoSuchProcess:
+            continue  # the old app's shim, ending after it
     return None
 
 

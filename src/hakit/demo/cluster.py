@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
+from hakit import proctable
 from hakit.config import Config
 from hakit.config import load_config as _load_config
 from hakit.coord.base import Event, NodeRecord
@@ -222,6 +223,20 @@ class DemoCluster:
     def kill_agent(self, node: str, sig: int = signal.SIGKILL) -> None:
         process = self.processes[f"agent-{node}"]
         process.send_signal(sig)
+        process.wait(timeout=10)
+
+    def lose_node(self, node: str) -> None:
+        """A node loss: SIGKILL its agent, the app's shim and the app together (each may
+        already be gone: the shim kills the app as soon as the agent dies)."""
+        app = self.app_pid(node)
+        stat = proctable.stat_of(app) if app is not None else None
+        doomed = [pid for pid in (app, stat.ppid if stat else None) if pid is not None]
+        process = self.processes[f"agent-{node}"]
+        for pid in (process.pid, *doomed):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         process.wait(timeout=10)
 
     def app_pid(self, node: str) -> int | None:
