@@ -55,7 +55,7 @@ from pathlib import Path
 from typing import Any
 
 from hakit import cgroup, leftovers
-from hakit.config import Config, Mode, NodeConfig
+from hakit.config import PLACEHOLDERS, Config, Mode, NodeConfig
 from hakit.contract import AppState
 from hakit.coord.base import Coordinator, Event, Lease, NodeRecord
 from hakit.datapath import (
@@ -149,8 +149,9 @@ _WAKE = _Wake()
 
 
 def substitutions(cfg: Config, node: NodeConfig) -> dict[str, str]:
-    """Values for the ``{placeholders}`` allowed in app commands and env."""
-    return {
+    """Values for the ``{placeholders}`` allowed in app commands and env (the vocabulary
+    is config.PLACEHOLDERS: the loader refuses any other name, so none can be missing)."""
+    values = {
         "node": node.name,
         "host": node.host,
         "port": str(node.port),
@@ -158,6 +159,8 @@ def substitutions(cfg: Config, node: NodeConfig) -> dict[str, str]:
         "home": str(cfg.app.home),
         "database_url": cfg.app.database_url,
     }
+    assert tuple(values) == PLACEHOLDERS, "config.PLACEHOLDERS and the agent disagree"
+    return values
 
 
 def render_command(

@@ -313,11 +313,15 @@ def _iso(seconds: float, tz: tzinfo | None = None) -> str:
 
 
 def _status_snapshot(cfg: Config) -> tuple[dict[str, Any], Lease | None]:
-    """The status document and the lease as stored. Through an agent's admin API (a node
-    has an ``admin_port``) the lease's expiry is not sent: None then. Read directly, the
-    store must exist: status never creates one."""
+    """The status document and the lease as stored (through an agent's admin API when a
+    node has an ``admin_port``). Read directly, the store must exist: status never
+    creates one."""
     if any(node.admin_port is not None for node in cfg.nodes):
-        return _operate(cfg, "status", {}), None
+        doc = _operate(cfg, "status", {})
+        stored = doc.get("lease")
+        if not isinstance(stored, dict):
+            return doc, None
+        return doc, Lease(str(stored["holder"]), int(stored["epoch"]), float(stored["expires_at"]))
     from hakit.coord.factory import open_coordinator
     from hakit.operator import status_document
 

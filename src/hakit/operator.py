@@ -33,7 +33,7 @@ from typing import Any
 
 import httpx
 
-from hakit.config import Config
+from hakit.config import MIN_TOKEN_LENGTH, Config
 from hakit.coord.base import Coordinator, Event, Lease, NodeRecord
 from hakit.coord.view import ClusterView, read_cluster
 from hakit.errors import HakitError
@@ -380,6 +380,14 @@ def status_document(
         "read_at": now,
         "leader": view.leader,
         "epoch": view.epoch,
+        # The lease as stored (holder, epoch, expiry), valid or not: for `status --json`.
+        "lease": None
+        if view.lease is None
+        else {
+            "holder": view.lease.holder,
+            "epoch": view.lease.epoch,
+            "expires_at": view.lease.expires_at,
+        },
         "paused": paused if paused and paused.get("paused") else None,
         "handover": state.get(HANDOVER),
         "nodes": nodes,
@@ -429,9 +437,10 @@ def load_token(cfg: Config) -> str | None:
             "expected a readable file whose first line is the admin API's token"
         ) from None
     token = lines[0].strip() if lines else ""
-    if len(token) < 16:
+    if len(token) < MIN_TOKEN_LENGTH:
         raise HakitError(
-            f"admin.token_file {admin.token_file}: the token is shorter than 16 characters; "
+            f"admin.token_file {admin.token_file}: the token is shorter than "
+            f"{MIN_TOKEN_LENGTH} characters; "
             "expected a long random secret on the first line"
         )
     return token
