@@ -380,8 +380,9 @@ async def run_fence_command(
     Success is exit status 0, as for Pacemaker fence agents.
     """
     started = time.monotonic()
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "ab") as output:
+    log_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    # 0600: a fence agent's output may carry a BMC's or a cloud API's credentials.
+    with open(log_path, "ab", opener=lambda path, flags: os.open(path, flags, 0o600)) as output:
         output.write(f"===== hakit: fence {list(argv)!r} at {time.ctime()} =====\n".encode())
         output.flush()  # before the command writes to the same file
         offset = output.tell()
