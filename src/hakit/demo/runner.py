@@ -62,7 +62,8 @@ def _print_hints(console: Console, cluster: DemoCluster) -> None:
         f"  .venv/bin/hakit status -c {config}\n"
         "  kill -9 <app pid>        a crash: the agent restarts the app on the same node\n"
         "  ... three times in 5 m   repeated crashes: failover to the standby\n"
-        "  kill -9 <agent pid> <app pid>   node loss: the standby takes over when the lease expires\n"
+        "  kill -9 <agent pid>      the agent dies: its app dies with it (its shim), the standby\n"
+        "                           takes over when the lease expires; `hakit why` tells\n"
         f"  .venv/bin/hakit events -c {config}\n"
         "Ctrl-C stops everything.\n",
         highlight=False,
