@@ -44,6 +44,7 @@ from hakit.coord.base import Coordinator, Lease, NodeRecord
 from hakit.dbfence import application_name as application_name  # re-exported: PGAPPNAME
 from hakit.dbfence import fences_sessions, sessions_of, terminate_sessions
 from hakit.errors import CoordinationError
+from hakit.lifeline import DeadlineKeeper
 from hakit.probe import StatusProber
 
 log = logging.getLogger("hakit.fence")
@@ -278,13 +279,10 @@ class LeaseWatchdog:
         self._pgid = pgid
         self._monotonic = monotonic
         self._period = period
-        self._threshold = threshold
-        self._grace = grace
         self._on_fire = on_fire
         self._lock = threading.Lock()
-        self._deadline: float | None = None
-        self._grace_until: float | None = None
-        self._last: float | None = None
+        # The rule is the shim's too (hakit.lifeline): one decision, two keepers.
+        self._keeper = DeadlineKeeper(threshold=threshold, grace=grace)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.fired: str | None = None
@@ -292,15 +290,12 @@ class LeaseWatchdog:
     def arm(self, deadline: float) -> None:
         """The lease must be renewed by ``deadline`` (monotonic), or the app dies then."""
         with self._lock:
-            if deadline != self._deadline:
-                self._grace_until = None
-            self._deadline = deadline
+            self._keeper.arm(deadline)
 
     def disarm(self) -> None:
         """No lease to guard (standby, or the main loop fenced itself): forget a kill too."""
         with self._lock:
-            self._deadline = None
-            self._grace_until = None
+            self._keeper.disarm()
             self.fired = None
 
     def take_fired(self) -> str | None:
@@ -312,22 +307,13 @@ class LeaseWatchdog:
     def step(self, now: float) -> bool:
         """One tick at ``now``: True when the app's group must be killed now."""
         with self._lock:
-            last, self._last = self._last, now
-            deadline = self._deadline
-            if deadline is None or now < deadline:
+            late = self._keeper.step(now)
+            if late is None:
                 return False
-            if self._grace_until is None and last is not None:
-                if now - last > self._threshold and last < deadline:
-                    # Frozen across the deadline ourselves: the main loop decides first.
-                    self._grace_until = now + self._grace
-            if self._grace_until is not None and now < self._grace_until:
-                return False
-            late = now - deadline
             self.fired = (
                 f"lease not renewed before its deadline ({late:.1f} s late: the store was too "
                 "slow or unreachable; killed by the agent's watchdog thread)"
             )
-            self._deadline = None
             return True
 
     def _run(self) -> None:

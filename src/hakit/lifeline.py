@@ -51,6 +51,25 @@ def decode(line: bytes) -> tuple[str, Any]:
 
 
 @dataclass(slots=True)
+class Inbox:
+    """Bytes as they arrive on the lifeline, out as whole messages (a malformed line is
+    skipped: the other side is hakit's own, and one bad line must not stop the rest)."""
+
+    pending: bytes = b""
+
+    def feed(self, data: bytes) -> list[tuple[str, Any]]:
+        self.pending += data
+        messages = []
+        while b"\n" in self.pending:
+            line, self.pending = self.pending.split(b"\n", 1)
+            try:
+                messages.append(decode(line))
+            except ValueError:
+                continue
+        return messages
+
+
+@dataclass(slots=True)
 class DeadlineKeeper:
     """When must the app be killed? Fed the monotonic time of each of the keeper's own ticks.
 

@@ -69,7 +69,7 @@ class Shim:
         self.app_status: int | None = None  # the wait status of the app's main process
         self.lifeline_open = True
         self.stopping = False  # the agent stops the app: its processes may drain (until KILL)
-        self.inbox = b""
+        self.inbox = lifeline.Inbox()
         self.wake_r, self.wake_w = os.pipe()
 
     # --- talking to the agent -----------------------------------------------
@@ -92,13 +92,7 @@ class Shim:
         if not data:
             self.lifeline_open = False
             return
-        self.inbox += data
-        while b"\n" in self.inbox:
-            line, self.inbox = self.inbox.split(b"\n", 1)
-            try:
-                kind, payload = lifeline.decode(line)
-            except ValueError:
-                continue
+        for kind, payload in self.inbox.feed(data):
             if kind == lifeline.ARM and isinstance(payload, int | float):
                 self.keeper.arm(float(payload))
             elif kind == lifeline.DISARM:

@@ -36,6 +36,7 @@ from typing import Any
 
 from hakit import cgroup, lifeline, proctable
 from hakit.errors import SupervisorError
+from hakit.lifeline import Inbox
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +175,7 @@ class _Run:
     watcher: asyncio.Task[None] | None = field(default=None)
     fenced: str | None = None  # why the shim killed the app at the lease deadline
     left: dict[str, Any] | None = None  # what the app's main process left running
-    inbox: bytes = b""
+    inbox: Inbox = field(default_factory=Inbox)
     lifeline_closed: bool = False
 
     @property
@@ -526,13 +527,7 @@ class AppProcess:
             with contextlib.suppress(ValueError, OSError, RuntimeError):
                 asyncio.get_running_loop().remove_reader(run.lifeline.fileno())
             return
-        run.inbox += data
-        while b"\n" in run.inbox:
-            line, run.inbox = run.inbox.split(b"\n", 1)
-            try:
-                kind, payload = lifeline.decode(line)
-            except ValueError:
-                continue
+        for kind, payload in run.inbox.feed(data):
             if kind == lifeline.FENCED and isinstance(payload, dict):
                 run.fenced = str(payload.get("reason", "killed at the lease deadline"))
                 log.warning("self-fencing (shim): %s", run.fenced)
