@@ -54,7 +54,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from hakit import cgroup, leftovers
+from hakit import cgroup, leftovers, proctable
 from hakit.config import PLACEHOLDERS, Config, Mode, NodeConfig
 from hakit.contract import AppState
 from hakit.coord.base import Coordinator, Event, Lease, NodeRecord
@@ -731,6 +731,19 @@ class Agent:
                 self.watchdog.stop()
                 self.store.close()
 
+    async def _check_port_free(self) -> None:
+        """Refuse to start beside another listener on the app's port: the app would fail
+        ("Address already in use") while the probes reached that process instead."""
+        port = self.node.port
+        taken = await asyncio.to_thread(leftovers.listeners, port)
+        if taken:
+            pid = taken[0]
+            command = proctable.command_line(pid)[:200] or "command unknown"
+            raise SupervisorError(
+                f"cannot start the app: port {port} is taken by pid {pid} ({command}); "
+                "stop that process first (the probes would reach it instead of the app)"
+            )
+
     async def _sweep_leftovers(self) -> None:
         """Before anything else: stop what an earlier agent of this node left running
         (hakit.leftovers), and say so."""
@@ -803,6 +816,7 @@ class Agent:
             self._publish()
             # The policy must hear how the start went before any other event.
             try:
+                await self._check_port_free()
                 pid = await self.app.start()
             except SupervisorError as error:
                 self.app_state = AppState.STOPPED

@@ -179,3 +179,42 @@ def test_no_promotion_while_the_old_app_still_answers(make_cluster: ClusterFacto
         wait_for(lambda: not alive(app), 15, f"{old}'s app to be fenced")
         wait_for(lambda: cluster.active_running() is not None, 45, "a node to serve again")
     assert overlaps == [], f"two apps answered RUNNING: {overlaps[:5]}"
+
+
+LISTENER = (
+    "import socket, sys, time\n"
+    "s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+    "s.bind(('127.0.0.1', int(sys.argv[1]))); s.listen(); print('ready', flush=True)\n"
+    "time.sleep(120)\n"
+)
+
+
+def test_a_foreign_process_on_the_apps_port_blocks_the_start_and_is_named(
+    make_cluster: ClusterFactory,
+) -> None:
+    cluster = make_cluster(lease_ttl="3s", renew_interval="500ms", startup_delay=0.2)
+    old = wait_serving(cluster)
+    new = other_node(cluster, old)
+    port = cluster.cfg.node(new).port
+    squatter = subprocess.Popen(
+        [sys.executable, "-c", LISTENER, str(port)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert squatter.stdout is not None and squatter.stdout.readline().strip() == "ready"
+        mark = cluster.events()[-1].id
+        cluster.lose_node(old)
+        failed = wait_for(
+            lambda: [
+                e
+                for e in cluster.events(mark)
+                if e.node == new and f"port {port} is taken by pid {squatter.pid}" in e.reason
+            ],
+            30,
+            f"{new} to name the process on its port",
+        )
+        assert "stop that process first" in failed[0].reason
+        assert squatter.poll() is None  # not ours: never killed
+        assert cluster.active_running() is None
+    finally:
+        squatter.kill()
+        squatter.wait(timeout=10)
