@@ -80,11 +80,14 @@ def test_agent_restarts_a_crashed_app_while_the_store_is_locked(
 
     # Afterwards the history holds all of it, in the order it happened.
     def caught_up() -> bool:
+        # The record and the "running" event: a newer record replaces one still queued
+        # (hakit.storeio), so it may land before an event queued after the older one.
         record = cluster.node_record(node)
         return (
             record is not None
             and record.detail.get("pid") == app
             and record.app_state in ("RUNNING", "FIRST_RUN")
+            and any(e.kind == "running" and e.node == node for e in cluster.events(mark))
         )
 
     wait_for(caught_up, 15, f"{node}'s record to show the restarted app")
