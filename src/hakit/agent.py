@@ -178,9 +178,11 @@ def log_dir(cfg: Config) -> Path:
 
 
 def _app_cgroup(node: str, state_dir: Path) -> Path | None:
-    """The app's cgroup (v2) when the machine lets this agent make one, else None."""
+    """The app's cgroup (v2) when the machine lets this agent make one, else None (the
+    shim makes it at each start and removes it once the app is gone: a standby that
+    never starts its app leaves nothing behind)."""
     path = cgroup.app_cgroup_path(node, state_dir)
-    return path if path is not None and cgroup.create(path) else None
+    return path if path is not None and cgroup.allowed(path) else None
 
 
 class Agent:

@@ -66,6 +66,13 @@ def app_cgroup_path(node: str, state_dir: Path) -> Path | None:
     return root / own_v2_path().lstrip("/") / app_cgroup_name(node, state_dir)
 
 
+def allowed(path: Path) -> bool:
+    """May this process make the cgroup ``path`` (its parent exists and is writable)?
+    Asked without making it: the shim makes it at each start and removes it after."""
+    parent = path.parent
+    return (parent / "cgroup.procs").exists() and os.access(parent, os.W_OK)
+
+
 def create(path: Path) -> bool:
     """Make the cgroup (kept if it exists); False when the machine does not allow it."""
     try:

@@ -167,6 +167,8 @@ def sweep(
             f"processes {members[:10]} left in the app's cgroup {group_dir}: "
             + ("stopped" if not survivors else f"{survivors} survived SIGKILL")
         )
+    if group_dir is not None:
+        cgroup.remove(group_dir)  # empty now (a populated one stays): the shim makes it anew
     for pid in listeners(port):
         if pid == os.getpid():
             continue

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-from hakit import proctable
+from hakit import cgroup, proctable
 from hakit.config import Config
 from hakit.config import load_config as _load_config
 from hakit.coord.base import Event, NodeRecord
@@ -267,6 +267,15 @@ class DemoCluster:
                 os.killpg(pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
+        self._remove_app_cgroups()
+
+    def _remove_app_cgroups(self) -> None:
+        """The apps' cgroups their shims could not remove (a shim killed with its node):
+        empty ones go, as a reboot would take them; a populated one stays."""
+        for node in self.cfg.nodes:
+            path = cgroup.app_cgroup_path(node.name, self.cfg.cluster.state_dir)
+            if path is not None:
+                cgroup.remove(path)
 
     def close(self) -> None:
         self.coordinator.close()
