@@ -198,6 +198,29 @@ def test_body_over_the_hold_limit_gets_the_503_page_at_once(
     assert nodes["n1"].requests() == [] and nodes["n2"].requests() == []
 
 
+def test_a_client_still_sending_its_too_large_body_gets_the_page_not_a_reset(
+    tmp_path: Path, nodes: dict[str, BackendProcess], routers: list[RouterProcess]
+) -> None:
+    """The router answers before reading the body; the client, like curl, sends all of
+    it before reading. Closing with unread bytes would reset the connection and lose the
+    answer: the router lingers (up to LINGER_BYTES of the rest)."""
+    router = start_router(tmp_path, "cold-standby", nodes)
+    routers.append(router)
+    router.store.standby("n1", "n2")
+    size = 768 * 1024
+    with socket.create_connection(("127.0.0.1", router.port), timeout=10) as sock:
+        sock.sendall(b"POST /upload HTTP/1.1\r\nHost: app\r\nContent-Length: %d\r\n\r\n" % size)
+        time.sleep(0.2)  # the answer comes first: the order in which a reset would lose it
+        try:
+            sock.sendall(b"x" * size)
+        except OSError as error:
+            pytest.fail(f"the router reset the connection while the body was sent: {error}")
+        answer = read_until_closed(sock)
+    assert answer.startswith(b"HTTP/1.1 503 "), answer[:200]
+    assert NOT_PROCESSED.encode() in answer
+    assert nodes["n1"].requests() == [] and nodes["n2"].requests() == []
+
+
 def test_held_out_post_says_it_was_not_processed(
     tmp_path: Path, nodes: dict[str, BackendProcess], routers: list[RouterProcess]
 ) -> None:

@@ -238,6 +238,11 @@ class ClientConnection(BatchedWrites, asyncio.Protocol):
         del queue[0]
         # A stopped connection still answers the requests it already read.
         if not keep_alive or (self._stopped and not queue):
+            if self._in_message:
+                # Answered before the request's body was read (a body too large to hold,
+                # say): the client may still be sending it. Linger, or the kernel resets
+                # the connection on the unread bytes and the client loses our answer.
+                self._linger = True
             self._stop_reading()
             self.close()
             return
