@@ -13,7 +13,9 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -78,58 +80,76 @@ def other(cluster: DemoCluster, node: str) -> str:
     return next(n.name for n in cluster.cfg.nodes if n.name != node)
 
 
+MAX_IN_FLIGHT = 128  # the load's threads: enough for every request held during a move
+
+
 @dataclass
 class Load:
-    """Clients sending GETs and POSTs (every other request) through the router without
-    pause; every answer counted, every acknowledged write's id kept."""
+    """An open-loop load through the router: ``rate`` requests a second, started on time
+    whether or not earlier ones were answered (held requests do not slow the offered
+    load down), every other one a POST; every answer counted, every acknowledged write's
+    id kept. Bounded: it stops when the test leaves the block."""
 
     url: str
-    clients: int = 3
+    rate: float = 50.0
     ok: int = 0
+    started: int = 0
     failures: list[str] = field(default_factory=list)
     served_by: set[str] = field(default_factory=set)
     written: list[str] = field(default_factory=list)  # ids of acknowledged records
     _stop: threading.Event = field(default_factory=threading.Event)
-    _threads: list[threading.Thread] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _ticker: threading.Thread | None = None
+    _pool: ThreadPoolExecutor | None = None
+    _client: httpx.Client | None = None
 
-    def _run(self) -> None:
-        with httpx.Client(base_url=self.url, timeout=60) as client:
-            turn = 0
-            while not self._stop.is_set():
-                turn += 1
-                post = turn % 2 == 0
-                try:
-                    if post:
-                        response = client.post(
-                            "/records", json={"title": f"load {turn}", "attachment": "x" * 64}
-                        )
-                    else:
-                        response = client.get("/records")
-                except httpx.HTTPError as error:
-                    with self._lock:
-                        self.failures.append(f"{type(error).__name__}: {error}")
-                    continue
-                with self._lock:
-                    if response.status_code == (201 if post else 200):
-                        self.ok += 1
-                        self.served_by.add(response.headers.get("x-hakit-node", "?"))
-                        if post:
-                            self.written.append(response.json()["id"])
-                    else:
-                        self.failures.append(f"{response.status_code}: {response.text[:100]}")
+    def _one(self, turn: int) -> None:
+        assert self._client is not None
+        post = turn % 2 == 0
+        try:
+            if post:
+                response = self._client.post(
+                    "/records", json={"title": f"load {turn}", "attachment": "x" * 64}
+                )
+            else:
+                response = self._client.get("/records")
+        except httpx.HTTPError as error:
+            with self._lock:
+                self.failures.append(f"{type(error).__name__}: {error}")
+            return
+        with self._lock:
+            if response.status_code == (201 if post else 200):
+                self.ok += 1
+                self.served_by.add(response.headers.get("x-hakit-node", "?"))
+                if post:
+                    self.written.append(response.json()["id"])
+            else:
+                self.failures.append(f"{response.status_code}: {response.text[:100]}")
+
+    def _tick(self) -> None:
+        assert self._pool is not None
+        began = time.monotonic()
+        while not self._stop.is_set():
+            with self._lock:
+                self.started += 1
+                turn = self.started
+            self._pool.submit(self._one, turn)
+            self._stop.wait(max(0.0, began + turn / self.rate - time.monotonic()))
 
     def __enter__(self) -> Load:
-        for _ in range(self.clients):
-            thread = threading.Thread(target=self._run, daemon=True)
-            thread.start()
-            self._threads.append(thread)
+        limits = httpx.Limits(max_connections=MAX_IN_FLIGHT, max_keepalive_connections=16)
+        self._client = httpx.Client(base_url=self.url, timeout=60, limits=limits)
+        self._pool = ThreadPoolExecutor(MAX_IN_FLIGHT)
+        self._ticker = threading.Thread(target=self._tick, daemon=True)
+        self._ticker.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
-        for thread in self._threads:
-            thread.join(70)
+        assert self._ticker is not None and self._pool is not None and self._client is not None
+        self._ticker.join(10)
+        self._pool.shutdown(wait=True)  # every request started gets its answer counted
+        self._client.close()
 
     def count(self) -> int:
         with self._lock:
@@ -143,9 +163,13 @@ def test_switchover_under_load_fails_no_request(clusters, tmp_path: Path) -> Non
     epoch = cluster.coordinator.current_lease().epoch  # type: ignore[union-attr]
     with Load(cluster.router_url) as load:
         wait_for(lambda: load.count() >= 50, 20, "requests flowing before the switchover")
+        started, before = time.monotonic(), load.started
         result = hakit(cluster, "switchover", "--to", target, "--reason", "kernel patch")
+        during, took = load.started - before, time.monotonic() - started
         before_end = load.count()
         wait_for(lambda: load.count() >= before_end + 50, 20, "requests after the switchover")
+    print(f"during the switchover: {during} requests sent in {took:.2f} s ({during / took:.0f}/s)")
+    assert during / took >= 40  # the offered load did not slacken while requests were held
     assert f"{target} is active under epoch" in result.stdout
     assert load.failures == [], load.failures[:5]
     assert load.ok >= 100 and load.served_by == {"n1", "n2"}, (load.ok, load.served_by)
