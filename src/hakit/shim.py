@@ -115,7 +115,10 @@ class Shim:
             if os.getppid() != parent:
                 os._exit(1)
             if group is not None:
-                cgroup.join(group)
+                try:
+                    cgroup.join(group)
+                except OSError:
+                    pass  # e.g. a parent cgroup with controllers (no internal processes)
 
         try:
             self.app = subprocess.Popen(
@@ -128,6 +131,14 @@ class Shim:
             strerror = getattr(error, "strerror", None) or str(error)
             self.tell(lifeline.FAILED, {"error": strerror})
             return False
+        if self.cgroup is not None and self.app.pid not in cgroup.members(self.cgroup):
+            print(
+                f"===== hakit shim: the app could not join its cgroup {self.cgroup}; its "
+                "process group and this shim (subreaper) keep track of it =====",
+                flush=True,
+            )
+            cgroup.remove(self.cgroup)
+            self.cgroup = None
         self.tell(lifeline.STARTED, self.app.pid)
         return True
 
