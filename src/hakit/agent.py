@@ -122,7 +122,7 @@ from hakit.policy import (
     TakeLease,
     Tick,
 )
-from hakit.policy_rules import last_active
+from hakit.policy.rules import last_active
 from hakit.probe import Observation, StatusProber, check_database
 from hakit.stall import HEARTBEAT, STALL_THRESHOLD, StallDetector
 from hakit.storeio import StoreIO

@@ -40,7 +40,7 @@ seconds, the clock the store's times use):
   one: at most one publishing period.
 - :func:`path_lost`: the active node's agent sees its own app RUNNING but every
   fresh router has failed to reach it for the detection patience (the ``fall``
-  and ``health.timeout`` rules of policy_rules.streak_is_failure; failures from
+  and ``health.timeout`` rules of hakit.policy.rules.streak_is_failure; failures from
   before its app answered locally, while it started or the node was frozen, count only
   once the routers keep failing for the patience after that) while some
   standby answers those routers (or refuses: its host is reachable). It then
@@ -61,7 +61,7 @@ from typing import Any
 
 from hakit.contract import AppState
 from hakit.coord.base import Lease, NodeRecord
-from hakit.policy_rules import Streak, streak_is_failure
+from hakit.policy.rules import Streak, streak_is_failure
 
 REPORT_PREFIX = "router/"  # cluster-state keys of the routers' reports
 ANSWERED, REFUSED, SILENT = "answered", "refused", "silent"

@@ -37,7 +37,7 @@ from hakit.config import MIN_TOKEN_LENGTH, Config
 from hakit.coord.base import Coordinator, Event, Lease, NodeRecord
 from hakit.coord.view import ClusterView, read_cluster
 from hakit.errors import HakitError
-from hakit.policy_events import (
+from hakit.policy.vocabulary import (
     PATH_LOSS,
     HandoverEnded,
     HandoverRequested,

@@ -48,8 +48,7 @@ from hakit.policy import (
     TakeLease,
     Tick,
 )
-from hakit.policy_events import describe_exit, human_duration
-from hakit.policy_rules import (
+from hakit.policy.rules import (
     Verdict,
     classify,
     extend_streak,
@@ -57,6 +56,7 @@ from hakit.policy_rules import (
     last_active,
     streak_is_failure,
 )
+from hakit.policy.vocabulary import describe_exit, human_duration
 
 COLD, WARM, RESTART_ONLY, ACTIVE_ACTIVE = (
     Mode.COLD_STANDBY,

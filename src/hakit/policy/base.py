@@ -3,9 +3,9 @@
 ``PolicyBase`` holds everything one node's policy knows (its fields are the whole
 state of the machine: ``_handle_paused`` saves and restores them as one dict) and
 the steps the handlers are built from: start or stop the app, take or leave the
-lease, check an exit. The handlers live in hakit.policy (the app's life),
-hakit.policy_failures (restart budget: restart, fail over or give up),
-hakit.policy_pause (the operator's pause) and hakit.policy_handover (switchover,
+lease, check an exit. The handlers live in hakit.policy.machine (the app's life),
+hakit.policy.failures (restart budget: restart, fail over or give up),
+hakit.policy.pause (the operator's pause) and hakit.policy.handover (switchover,
 forced failover, path loss); ``Policy`` combines them. No I/O, no clock reads.
 """
 
@@ -17,7 +17,8 @@ from typing import Any
 
 from hakit.config import Mode
 from hakit.errors import InvalidTransition
-from hakit.policy_events import (
+from hakit.policy.rules import Streak
+from hakit.policy.vocabulary import (
     Action,
     Alert,
     AppExited,
@@ -34,7 +35,6 @@ from hakit.policy_events import (
     describe_exit,
     human_duration,
 )
-from hakit.policy_rules import Streak
 
 S = PolicyState
 STANDBY_APP_MODES = frozenset({Mode.WARM_STANDBY, Mode.ACTIVE_ACTIVE})

@@ -2,7 +2,7 @@
 
 Plain frozen data, no behaviour beyond formatting, so the agent, the demo's
 event log and the tests can share it without importing the state machine.
-``hakit.policy`` re-exports every name here.
+``hakit.policy`` re-exports the events, actions and settings.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The policy: what ONE node's agent does, as a pure state machine.
 
-``Policy.handle(event, now)`` takes an event (policy_events.py) and the
+``Policy.handle(event, now)`` takes an event (vocabulary.py) and the
 caller's monotonic time and returns actions, each with a one-sentence reason.
 No I/O, no clock reads, no randomness: the agent reads the world, feeds events,
 then carries out the actions in order.
@@ -33,9 +33,10 @@ is never held back. A handover the node takes part in is an operator's action,
 so it is not held back either.
 
 The machine is one class, ``Policy``, written in parts with one job each: the
-state and shared steps (policy_base.py), the restart budget and failure paths
-(policy_failures.py), the pause (policy_pause.py), handovers (policy_handover.py);
-this module has the public API, the app's life cycle handlers and the table.
+state and shared steps (base.py), the restart budget and failure paths
+(failures.py), the pause (pause.py), handovers (handover.py); this module has
+the public API, the app's life cycle handlers and the table. The package
+(``hakit.policy``) exports ``Policy`` and the vocabulary.
 """
 
 from __future__ import annotations
@@ -46,16 +47,24 @@ from typing import Any
 from hakit.config import Mode
 from hakit.contract import AppState
 from hakit.errors import InvalidTransition
-from hakit.policy_base import STANDBY_APP_MODES, Proc, S
-from hakit.policy_events import (
+from hakit.policy.base import STANDBY_APP_MODES, Proc, S
+from hakit.policy.failures import FailureHandling
+from hakit.policy.handover import HandoverHandling
+from hakit.policy.pause import OPERATOR_EVENTS, PauseHandling
+from hakit.policy.rules import (
+    Verdict,
+    classify,
+    extend_streak,
+    failures_in_window,
+    streak_is_failure,
+)
+from hakit.policy.vocabulary import (
     Action,
     Alert,
     AppExited,
     AppStarted,
     AppStartFailed,
     Boot,
-    Drain,
-    EndHandover,
     HandoverEnded,
     HandoverRequested,
     LeaseGained,
@@ -68,61 +77,14 @@ from hakit.policy_events import (
     PolicyState,
     PolicyView,
     Record,
-    RequestHandover,
     Resumed,
     Role,
-    StartApp,
     StatusObserved,
     StepDown,
-    StopApp,
-    TakeLease,
     Tick,
     describe_exit,
     human_duration,
 )
-from hakit.policy_failures import FailureHandling
-from hakit.policy_handover import HandoverHandling
-from hakit.policy_pause import OPERATOR_EVENTS, PauseHandling
-from hakit.policy_rules import (
-    Verdict,
-    classify,
-    extend_streak,
-    failures_in_window,
-    streak_is_failure,
-)
-
-__all__ = [
-    "Action",
-    "Alert",
-    "AppExited",
-    "AppStartFailed",
-    "AppStarted",
-    "Boot",
-    "Drain",
-    "EndHandover",
-    "HandoverEnded",
-    "HandoverRequested",
-    "LeaseGained",
-    "LeaseLost",
-    "LeaseVacant",
-    "PathLost",
-    "Paused",
-    "Policy",
-    "PolicyEvent",
-    "PolicySettings",
-    "PolicyState",
-    "PolicyView",
-    "Record",
-    "RequestHandover",
-    "Resumed",
-    "Role",
-    "StartApp",
-    "StatusObserved",
-    "StepDown",
-    "StopApp",
-    "TakeLease",
-    "Tick",
-]
 
 
 class Policy(PauseHandling, HandoverHandling, FailureHandling):

@@ -10,8 +10,8 @@ a handover the node takes part in (an operator's action).
 
 from __future__ import annotations
 
-from hakit.policy_base import STANDBY_APP_MODES, Handler, PolicyBase, Proc, S
-from hakit.policy_events import (
+from hakit.policy.base import STANDBY_APP_MODES, Handler, PolicyBase, Proc, S
+from hakit.policy.vocabulary import (
     Action,
     AppExited,
     AppStartFailed,

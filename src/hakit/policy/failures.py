@@ -9,15 +9,15 @@ mode, a failed start another node would repeat), stops and asks for a human.
 from __future__ import annotations
 
 from hakit.config import Mode
-from hakit.policy_base import PolicyBase, Proc, S
-from hakit.policy_events import (
+from hakit.policy.base import PolicyBase, Proc, S
+from hakit.policy.rules import failures_in_window
+from hakit.policy.vocabulary import (
     Action,
     Alert,
     Role,
     human_duration,
     ordinal,
 )
-from hakit.policy_rules import failures_in_window
 
 
 class FailureHandling(PolicyBase):

@@ -7,8 +7,8 @@ path to this node (PathLost, hakit.datapath), which asks for a handover once.
 from __future__ import annotations
 
 from hakit.config import Mode
-from hakit.policy_base import STANDBY_APP_MODES, PolicyBase, Proc, S
-from hakit.policy_events import (
+from hakit.policy.base import STANDBY_APP_MODES, PolicyBase, Proc, S
+from hakit.policy.vocabulary import (
     Action,
     Alert,
     Drain,
