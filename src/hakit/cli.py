@@ -119,8 +119,8 @@ def config_check(
     ] = False,
 ) -> None:
     """Validate a config file; print every mistake with file, line and key."""
-    from hakit.configcheck import config_warnings, describe_config
-    from hakit.timing import worst_case
+    from hakit.config.check import config_warnings, describe_config
+    from hakit.config.timing import worst_case
 
     file = file if file is not None else config
     cfg = _load(file)

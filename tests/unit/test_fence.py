@@ -14,7 +14,7 @@ import pytest
 from pydantic import ValidationError
 
 from hakit.config import AppConfig, Config, FailoverConfig, NodeConfig, load_config
-from hakit.configcheck import describe_config
+from hakit.config.check import describe_config
 from hakit.coord.base import Lease, NodeRecord
 from hakit.coord.embedded import SqliteCoordinator
 from hakit.errors import ConfigError

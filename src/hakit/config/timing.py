@@ -62,7 +62,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from hakit.config import AppConfig, Config, Mode, parse_duration
+from hakit.config.schema import AppConfig, Config
+from hakit.config.values import Mode, parse_duration
 
 # Derivation constants (see the module docstring).
 LEASE_TTL_RANGE = (2.0, 10.0)

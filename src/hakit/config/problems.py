@@ -3,7 +3,7 @@
 Pydantic reports errors as (location, type, context); this module turns each
 into one sentence that says what is wrong and what is expected, using the
 schema itself (field names for "did you mean", field descriptions for missing
-keys), and places it on a line of the TOML source (``tomlpos``).
+keys), and places it on a line of the TOML source (``toml_positions``).
 
 It knows no hakit section: the schema's root model is a parameter, so the
 schema module can use it without an import cycle.
@@ -23,7 +23,7 @@ from typing import Any, get_args, get_origin
 from pydantic import BaseModel, ValidationError
 from pydantic_core import PydanticCustomError
 
-from hakit.tomlpos import KeyPath, key_lines, locate
+from hakit.config.toml_positions import KeyPath, key_lines, locate
 
 # Error type of ``error_at_key``: a section-level check that blames one key.
 _AT_KEY = "hakit_key"
