@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 
 from hakit import __version__
-from hakit.notify import Notification
+from hakit.notify.base import Notification
 
 log = logging.getLogger("hakit.notify")
 

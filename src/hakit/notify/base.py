@@ -1,13 +1,13 @@
 """Notifications: a log line always; a webhook and e-mail for the alerts ``[notify]`` selects.
 
 A ``Notifier`` is an edge: the agent hands it the alerts the policy decided on.
-``notifier_from_config`` builds the one the agent uses: a ``MultiNotifier``
+The one the agent uses (built by hakit.notify.factory) is a ``MultiNotifier``
 that logs at once and delivers to the configured targets in the background, so
 a slow mail server never holds up the agent (which may have to fence itself
 within a lease TTL).
 
-The targets live in ``notify_webhook`` and ``notify_email``; what they send is
-built by pure functions there, from one ``Notification``.
+The targets (``Target``) live in hakit.notify.webhook and hakit.notify.email;
+what they send is built by pure functions there, from one ``Notification``.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from hakit.config import DEFAULT_NOTIFY_EVENTS, Config
+from hakit.config import DEFAULT_NOTIFY_EVENTS
 
 log = logging.getLogger("hakit.notify")
 
@@ -194,42 +194,6 @@ class MultiNotifier:
             )
         except Exception:  # a target bug must not stop the others or the worker
             log.exception("%s: %s on %s not delivered", target.name, note.kind, note.node)
-
-
-def notifier_from_config(cfg: Config) -> Notifier:
-    """The agent's notifier: the log, plus the webhook and e-mail ``[notify]`` configures."""
-    from hakit.notify_email import EmailNotifier
-    from hakit.notify_webhook import WebhookNotifier
-
-    notify = cfg.notify
-    targets: list[Target] = []
-    if notify.webhook_url is not None:
-        targets.append(
-            WebhookNotifier(
-                notify.webhook_url,
-                cluster=cfg.cluster.name,
-                timeout=notify.webhook_timeout,
-                retries=notify.webhook_retries,
-                headers=notify.webhook_headers,
-            )
-        )
-    if notify.smtp_host is not None and notify.mail_from is not None:
-        targets.append(
-            EmailNotifier(
-                notify.smtp_host,
-                notify.smtp_port,
-                cluster=cfg.cluster.name,
-                sender=notify.mail_from,
-                recipients=notify.mail_to,
-                starttls=notify.smtp_starttls,
-                user=notify.smtp_user,
-                password=notify.smtp_password,
-                timeout=notify.smtp_timeout,
-            )
-        )
-    if not targets:
-        return LogNotifier()
-    return MultiNotifier(cfg.cluster.name, targets, events=notify.events)
 
 
 async def close_notifier(notifier: Notifier, timeout: float | None = None) -> None:

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid, parseaddr
 
-from hakit.notify import Notification
+from hakit.notify.base import Notification
 
 log = logging.getLogger("hakit.notify")
 
