@@ -54,7 +54,6 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from hakit import cgroup, leftovers, proctable
 from hakit.config import PLACEHOLDERS, Config, Mode, NodeConfig
 from hakit.contract import AppState
 from hakit.coord.base import Coordinator, Event, Lease, NodeRecord
@@ -86,7 +85,6 @@ from hakit.fence import (
     takeover_words,
 )
 from hakit.fence import Verdict as FenceVerdict
-from hakit.leftovers import UNCLEAN_END
 from hakit.notify import Notifier
 from hakit.operator import (
     HANDOVER,
@@ -126,7 +124,9 @@ from hakit.policy.rules import last_active
 from hakit.probe import Observation, StatusProber, check_database
 from hakit.stall import HEARTBEAT, STALL_THRESHOLD, StallDetector
 from hakit.storeio import StoreIO
-from hakit.supervisor import AppProcess, ExitInfo
+from hakit.supervisor import cgroup, leftovers, proctable
+from hakit.supervisor.leftovers import UNCLEAN_END
+from hakit.supervisor.process import AppProcess, ExitInfo
 
 log = logging.getLogger("hakit.agent")
 
@@ -209,7 +209,7 @@ class Agent:
         env = {key: value.format_map(values) for key, value in cfg.app.env.items()}
         env.setdefault("HAKIT_NODE", self.node.name)
         # With HAKIT_NODE, how an agent that starts recognises this node's app left on
-        # its port by an earlier agent (hakit.leftovers).
+        # its port by an earlier agent (hakit.supervisor.leftovers).
         env.setdefault("HAKIT_CLUSTER", cfg.cluster.name)
         # libpq-based apps name their PostgreSQL sessions after the node, so a new
         # active can terminate them (failover.fence_database_sessions, hakit.fence).
@@ -226,7 +226,7 @@ class Agent:
             on_exit=self._on_exit,
             cgroup_path=_app_cgroup(self.node.name, cfg.cluster.state_dir),
             pid_file=leftovers.pid_file_path(cfg.cluster.state_dir, self.node.name),
-            # The shim keeps the lease deadline with the watchdog's rule (hakit.lifeline).
+            # The shim keeps the lease deadline with the watchdog's rule (hakit.supervisor.lifeline).
             threshold=STALL_THRESHOLD,
             grace=cfg.coordination.lease_ttl,
         )
@@ -518,7 +518,7 @@ class Agent:
 
     def _arm_watchdog(self) -> None:
         """The watchdog thread and the app's shim guard the lease while this node acts as
-        active under it (the shim also when this whole agent is frozen, hakit.shim)."""
+        active under it (the shim also when this whole agent is frozen, hakit.supervisor.shim)."""
         if self.epoch and self.policy.view().role is Role.ACTIVE:
             self.watchdog.arm(self.lease_deadline)
             self.app.arm(self.lease_deadline)
@@ -748,7 +748,7 @@ class Agent:
 
     async def _sweep_leftovers(self) -> None:
         """Before anything else: stop what an earlier agent of this node left running
-        (hakit.leftovers), and say so."""
+        (hakit.supervisor.leftovers), and say so."""
         found = await asyncio.to_thread(
             leftovers.sweep,
             node=self.node.name,

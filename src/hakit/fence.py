@@ -44,8 +44,8 @@ from hakit.coord.base import Coordinator, Lease, NodeRecord
 from hakit.dbfence import application_name as application_name  # re-exported: PGAPPNAME
 from hakit.dbfence import fences_sessions, sessions_of, terminate_sessions
 from hakit.errors import CoordinationError
-from hakit.lifeline import DeadlineKeeper
 from hakit.probe import StatusProber
+from hakit.supervisor.lifeline import DeadlineKeeper
 
 log = logging.getLogger("hakit.fence")
 
@@ -281,7 +281,7 @@ class LeaseWatchdog:
         self._period = period
         self._on_fire = on_fire
         self._lock = threading.Lock()
-        # The rule is the shim's too (hakit.lifeline): one decision, two keepers.
+        # The rule is the shim's too (hakit.supervisor.lifeline): one decision, two keepers.
         self._keeper = DeadlineKeeper(threshold=threshold, grace=grace)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None

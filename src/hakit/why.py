@@ -40,7 +40,7 @@ from datetime import datetime, tzinfo
 from typing import Any
 
 from hakit.coord.base import Event, Lease, NodeRecord
-from hakit.leftovers import UNCLEAN_END
+from hakit.supervisor.leftovers import UNCLEAN_END
 
 RESTART_KINDS = frozenset({"crash", "oom", "hang", "error"})
 _FAILURE_KINDS = {*RESTART_KINDS, "failed-start"}
@@ -408,7 +408,7 @@ def _takeover(
 
 def _silent_end(history: Sequence[Event], takeover: int, old: str) -> str:
     """Why ``old``'s lease expired without a word: what its next agent found on starting
-    (hakit.leftovers: the pid file its predecessor left) tells an agent's death on a host
+    (hakit.supervisor.leftovers: the pid file its predecessor left) tells an agent's death on a host
     that stayed up from the loss of the whole node."""
     came_back = next(
         (

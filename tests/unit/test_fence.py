@@ -35,7 +35,7 @@ from hakit.fence import (
     stood_down,
     takeover_words,
 )
-from hakit.supervisor import live_group_members
+from hakit.supervisor.process import live_group_members
 
 NOW = 1_000_000.0
 

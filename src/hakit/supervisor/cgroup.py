@@ -11,7 +11,7 @@ agent's unit and dies with it too), named after the node and the cluster's state
 directory, so an agent that restarts finds what an earlier one left in it. Where no
 writable cgroup v2 hierarchy exists (cgroup v1 only, or no permission), every
 function here says so by returning None / False, and the shim falls back to the
-process group plus the descendants it reaps as subreaper (hakit.shim).
+process group plus the descendants it reaps as subreaper (hakit.supervisor.shim).
 """
 
 from __future__ import annotations

@@ -1,13 +1,13 @@
 """What an earlier agent of this node left running, found and stopped before anything else.
 
 An agent that died (``kill -9``, a crash) normally takes its app with it: the app's
-shim sees the lifeline close (hakit.shim). What can still be left is found three
+shim sees the lifeline close (hakit.supervisor.shim). What can still be left is found three
 ways, each a different failure:
 
 - the pid file (``<state_dir>/run/<node>.json``, written by the supervisor at every
   start): the shim and the app it recorded, when they still run as the same
   processes (pid *and* start time, so a reused pid is never killed);
-- the app's cgroup (hakit.cgroup): anything still in it, whatever its group;
+- the app's cgroup (hakit.supervisor.cgroup): anything still in it, whatever its group;
 - the app's port: a process listening on it that hakit started for this node (its
   environment says ``HAKIT_NODE`` and ``HAKIT_CLUSTER``). A listener that is not
   ours is never killed: it is reported, since the app cannot start beside it and
@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hakit import cgroup, proctable
+from hakit.supervisor import cgroup, proctable
 
 # Event data key (kind "agent"): the agent that started found its predecessor's pid file.
 UNCLEAN_END = "unclean_end"

@@ -1,6 +1,6 @@
 """Linux's process table, read from /proc: groups, descendants, start times, environments.
 
-Small and dependency-free: the shim (hakit.shim) imports it at every app start.
+Small and dependency-free: the shim (hakit.supervisor.shim) imports it at every app start.
 Zombies are never counted as live: a zombie holds no memory, socket or lock any
 more; it only waits for its parent (or init) to reap it.
 """

@@ -5,7 +5,7 @@ reaches everything it spawned (a shell wrapper and the JVM it started, for
 example). Its exit is seen at once: a task awaits the subprocess and calls
 ``on_exit`` exactly once per process; nothing polls for it.
 
-The app is started through its shim (hakit.shim), a small parent that holds a
+The app is started through its shim (hakit.supervisor.shim), a small parent that holds a
 lifeline from this agent and the lease deadline: the app cannot outlive the
 agent, whatever kills the agent, nor a frozen agent's lease. The shim exits with
 the app's own status once nothing of the app is left, so its exit is the app's.
@@ -34,11 +34,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hakit import cgroup, lifeline, proctable
 from hakit.errors import SupervisorError
-from hakit.lifeline import Inbox
+from hakit.supervisor import cgroup, lifeline, proctable
+from hakit.supervisor.lifeline import Inbox
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("hakit.supervisor")
 
 START_MARKER = "===== hakit: start"  # a log line written before every start
 LOG_TAIL_BYTES = 64 * 1024  # how much of the log end is read to classify an exit
@@ -221,10 +221,10 @@ class AppProcess:
 
     ``on_exit`` is called in the event loop exactly once per started process,
     as soon as it exits (and nothing of it is left), whether we stopped it or it died.
-    ``cgroup`` is the app's cgroup directory (hakit.cgroup; None: process group only);
+    ``cgroup`` is the app's cgroup directory (hakit.supervisor.cgroup; None: process group only);
     ``pid_file`` records the shim and app while they run, for an agent that starts
-    after this one died (hakit.leftovers). ``threshold`` and ``grace`` are the shim's
-    deadline rule (hakit.lifeline.DeadlineKeeper).
+    after this one died (hakit.supervisor.leftovers). ``threshold`` and ``grace`` are the shim's
+    deadline rule (hakit.supervisor.lifeline.DeadlineKeeper).
     """
 
     def __init__(
@@ -344,7 +344,7 @@ class AppProcess:
         shim_argv = [
             sys.executable,
             "-m",
-            "hakit.shim",
+            "hakit.supervisor.shim",
             "--fd",
             str(theirs.fileno()),
             "--cgroup",
@@ -372,7 +372,7 @@ class AppProcess:
             ours.close()
             self._append_log(f"===== hakit: start failed: {exc} =====")
             raise SupervisorError(
-                f"cannot start the app's shim ({sys.executable} -m hakit.shim): "
+                f"cannot start the app's shim ({sys.executable} -m hakit.supervisor.shim): "
                 f"{exc.strerror or exc}"
             ) from exc
         finally:

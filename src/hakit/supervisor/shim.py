@@ -1,16 +1,16 @@
 """The app's shim: a small parent that makes sure the app never outlives its agent.
 
-``python -m hakit.shim --fd N [--cgroup PATH] [--threshold S] [--grace S] -- COMMAND...``
+``python -m hakit.supervisor.shim --fd N [--cgroup PATH] [--threshold S] [--grace S] -- COMMAND...``
 
 The agent starts this, not the app; the shim starts the app and stays its parent:
 
 - the app runs in a session and process group of its own, inside the app's cgroup
-  (v2) where the machine allows it (hakit.cgroup), with ``PR_SET_PDEATHSIG`` so the
+  (v2) where the machine allows it (hakit.supervisor.cgroup), with ``PR_SET_PDEATHSIG`` so the
   kernel kills it if the shim itself is killed;
 - the shim is a child subreaper: whatever the app forks and abandons (a start
   script that daemonizes) is re-parented to the shim, not to init, so it can be
   found and stopped;
-- fd N is the shim's end of the lifeline (hakit.lifeline). When it closes, the agent
+- fd N is the shim's end of the lifeline (hakit.supervisor.lifeline). When it closes, the agent
   is gone (killed, crashed, OOM-killed): the shim kills the app's whole cgroup and
   group at once and exits. While it is open, the agent arms the lease deadline on
   it at every renewal, and the shim kills the app at that deadline when no renewal
@@ -39,7 +39,7 @@ import sys
 import time
 from pathlib import Path
 
-from hakit import cgroup, lifeline, proctable
+from hakit.supervisor import cgroup, lifeline, proctable
 
 _PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
