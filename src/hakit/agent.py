@@ -1000,8 +1000,8 @@ class Agent:
     async def _start_admin_api(self) -> None:
         if self.node.admin_port is None:
             return
-        from hakit.admin_api import AdminApi
         from hakit.errors import HakitError
+        from hakit.operator.admin_api import AdminApi
 
         try:
             token = load_token(self.cfg)

@@ -13,7 +13,6 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from hakit.admin_api import AdminApi, authorized
 from hakit.cli import app
 from hakit.config import AdminConfig, AppConfig, ClusterConfig, Config, NodeConfig
 from hakit.coord.base import Lease, NodeRecord
@@ -33,6 +32,7 @@ from hakit.operator import (
     request_path_loss,
     status_document,
 )
+from hakit.operator.admin_api import AdminApi, authorized
 from hakit.policy.vocabulary import HandoverEnded, HandoverRequested, LeaseVacant, Paused, Resumed
 
 TOKEN = "s3cret-token-0123456789"

@@ -39,7 +39,7 @@ from typing import Any
 
 from hakit.config import MIN_TOKEN_LENGTH
 from hakit.errors import HakitError
-from hakit.operator import OperatorError
+from hakit.operator.intents import OperatorError
 
 log = logging.getLogger("hakit.admin")
 
