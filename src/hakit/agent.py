@@ -20,8 +20,8 @@ Tasks feed one queue so the policy sees events one at a time:
   even if this loop is held up (the hard guarantee: no code of this loop is trusted
   to run in time);
 - the operator loop (the operator's intents in the store every ``renew_interval``:
-  pause, resume, switchover, forced failover; hakit.operator), beside the admin
-  API that writes them (hakit.admin_api, on the node's ``admin_port``); it also
+  pause, resume, switchover, forced failover; hakit.operator.intents), beside the admin
+  API that writes them (hakit.operator.admin_api, on the node's ``admin_port``); it also
   reads the routers' data-path reports (hakit.datapath): an active node the
   routers cannot reach while its app answers here hands over to a standby they
   reach (PathLost -> a ``path-loss`` handover). The active node's agent also
@@ -86,14 +86,8 @@ from hakit.fence import (
 )
 from hakit.fence import Verdict as FenceVerdict
 from hakit.notify import Notifier
-from hakit.operator import (
-    HANDOVER,
-    IntentWatcher,
-    expired_words,
-    load_token,
-    perform,
-    request_path_loss,
-)
+from hakit.operator.commands import perform
+from hakit.operator.intents import HANDOVER, IntentWatcher, expired_words, request_path_loss
 from hakit.policy import (
     Alert,
     AppExited,
@@ -278,12 +272,12 @@ class Agent:
             grace=cfg.coordination.lease_ttl,
             on_fire=self._watchdog_fired,
         )
-        # Operator commands (hakit.operator) and cold starts.
+        # Operator commands (hakit.operator.intents) and cold starts.
         self.intents = IntentWatcher()
         self.draining = False  # switching over: the router holds new requests meanwhile
         self.served_epoch = 0  # the highest epoch this node was active under (kept in the store)
         self._published_at = float("-inf")  # monotonic: the operator loop publishes a heartbeat
-        self._admin_api: Any = None  # hakit.admin_api.AdminApi while serving
+        self._admin_api: Any = None  # hakit.operator.admin_api.AdminApi while serving
 
     # --- event sources ------------------------------------------------------
 
@@ -912,7 +906,7 @@ class Agent:
                 SHUTDOWN_FLUSH,
             )
 
-    # --- operator commands (hakit.operator, hakit.admin_api) and cold starts -------
+    # --- operator commands (hakit.operator: intents, admin_api) and cold starts ----
 
     async def _read_intents(self) -> tuple[Mapping[str, dict[str, Any]], Lease | None] | None:
         """The cluster state and the lease; None when the store cannot be read (nothing
@@ -963,7 +957,7 @@ class Agent:
                 await self._watch_path(read[0])
                 self._forget_silent_routers(read[0])
             if self.monotonic() - self._published_at >= renew:
-                self._publish()  # so operators can tell a live agent (hakit.operator)
+                self._publish()  # so operators can tell a live agent (hakit.operator.intents)
 
     def _served(self, epoch: int) -> int:
         self.served_epoch = max(self.served_epoch, epoch)
@@ -1001,7 +995,7 @@ class Agent:
         if self.node.admin_port is None:
             return
         from hakit.errors import HakitError
-        from hakit.operator.admin_api import AdminApi
+        from hakit.operator.admin_api import AdminApi, load_token
 
         try:
             token = load_token(self.cfg)

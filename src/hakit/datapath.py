@@ -44,7 +44,7 @@ seconds, the clock the store's times use):
   before its app answered locally, while it started or the node was frozen, count only
   once the routers keep failing for the patience after that) while some
   standby answers those routers (or refuses: its host is reachable). It then
-  hands over to that standby (a ``path-loss`` handover, hakit.operator). When the
+  hands over to that standby (a ``path-loss`` handover, hakit.operator.intents). When the
   routers reach no standby either, their own network is the problem: nothing
   happens.
 - :func:`in_flight`: a node draining for a switchover waits until every fresh
@@ -68,7 +68,7 @@ ANSWERED, REFUSED, SILENT = "answered", "refused", "silent"
 STALE_REPORTS = 3  # a report older than this many publishing periods is stale
 FORGET_AFTER = 3600.0  # seconds without a report after which a router's report is removed
 RENEWAL_SLACK = 1.5  # renewal intervals after the last renewal an answer proves a stall
-# Agent states in which a node cannot take over a handover (hakit.operator refuses them too).
+# Agent states in which a node cannot take over a handover (hakit.operator.commands refuses them too).
 NOT_READY = frozenset({"INIT", "MANUAL", "FENCED", "STEPPING_DOWN"})
 
 
@@ -394,7 +394,7 @@ def handover_candidates(
 
     ``nodes``: (name, nofailover) of every configured node. A candidate's agent
     published within ``alive_within`` seconds and is not in a state that refuses a
-    handover (the same ones hakit.operator refuses).
+    handover (the same ones hakit.operator.commands refuses).
     """
     found = []
     for name, no_failover in nodes:

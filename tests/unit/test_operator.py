@@ -19,20 +19,17 @@ from hakit.coord.base import Lease, NodeRecord
 from hakit.coord.embedded import SqliteCoordinator
 from hakit.demo.cluster import free_ports
 from hakit.errors import HakitError
-from hakit.operator import (
+from hakit.operator.admin_api import AdminApi, authorized, load_token
+from hakit.operator.client import AdminClient
+from hakit.operator.commands import OperatorError, perform, status_document
+from hakit.operator.intents import (
     HANDOVER,
     PAUSED,
-    AdminClient,
     IntentWatcher,
-    OperatorError,
     handover_event,
-    load_token,
     operator_actor,
-    perform,
     request_path_loss,
-    status_document,
 )
-from hakit.operator.admin_api import AdminApi, authorized
 from hakit.policy.vocabulary import HandoverEnded, HandoverRequested, LeaseVacant, Paused, Resumed
 
 TOKEN = "s3cret-token-0123456789"

@@ -1,37 +1,12 @@
-"""Operator commands (being split into modules: intents.py holds them all for now)."""
+"""Operator commands: switchover, failover, pause, resume, status.
 
-from hakit.operator.intents import (
-    HANDOVER,
-    PAUSED,
-    AdminClient,
-    IntentWatcher,
-    OperatorError,
-    event_from_json,
-    expired_words,
-    handover_event,
-    handover_timeout,
-    load_token,
-    operation_for,
-    operator_actor,
-    perform,
-    request_path_loss,
-    status_document,
-)
+- intents.py    the operator's intents in the store (pause, handover) and an agent's
+                reading of them (agent side)
+- commands.py   a command carried out against the store: checks, the intent written, the
+                event recorded; the status document
+- admin_api.py  the agent's authenticated HTTP API for the commands (agent side)
+- client.py     the CLI's side: the admin API client, else the store directly
 
-__all__ = [
-    "HANDOVER",
-    "PAUSED",
-    "AdminClient",
-    "IntentWatcher",
-    "OperatorError",
-    "event_from_json",
-    "expired_words",
-    "handover_event",
-    "handover_timeout",
-    "load_token",
-    "operation_for",
-    "operator_actor",
-    "perform",
-    "request_path_loss",
-    "status_document",
-]
+Import from the modules: this package's ``__init__`` imports nothing, so the agent's
+side does not load the CLI's HTTP client and the other way round.
+"""

@@ -21,7 +21,8 @@ the body is read, and logged with the client's address (never the token). After
 ``Retry-After`` until the oldest of them ages out (``FailedLogins``). Errors are
 ``{"error": sentence}`` with 400 (malformed), 404 (unknown path or node), 405
 (wrong method), 409 (refused: the sentence says why and what to do), 429 or 500.
-What the endpoints do is ``hakit.operator.perform``.
+What the endpoints do is ``hakit.operator.commands.perform``; ``load_token`` reads
+the token for the agent that serves the API and for the CLI that calls it.
 """
 
 from __future__ import annotations
@@ -37,9 +38,9 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from hakit.config import MIN_TOKEN_LENGTH
+from hakit.config import MIN_TOKEN_LENGTH, Config
 from hakit.errors import HakitError
-from hakit.operator.intents import OperatorError
+from hakit.operator.commands import OperatorError
 
 log = logging.getLogger("hakit.admin")
 
@@ -335,3 +336,27 @@ class AdminApi:
         if not isinstance(params, dict):
             raise _Refused(400, "the body is not a JSON object")
         return params
+
+
+def load_token(cfg: Config) -> str | None:
+    """The admin API's bearer token: ``[admin] token`` or the first line of token_file."""
+    admin = cfg.admin
+    if admin.token is not None:
+        return admin.token
+    if admin.token_file is None:
+        return None
+    try:
+        lines = admin.token_file.read_text().splitlines()
+    except OSError as error:
+        raise HakitError(
+            f"admin.token_file {admin.token_file}: cannot read it ({error.strerror}); "
+            "expected a readable file whose first line is the admin API's token"
+        ) from None
+    token = lines[0].strip() if lines else ""
+    if len(token) < MIN_TOKEN_LENGTH:
+        raise HakitError(
+            f"admin.token_file {admin.token_file}: the token is shorter than "
+            f"{MIN_TOKEN_LENGTH} characters; "
+            "expected a long random secret on the first line"
+        )
+    return token

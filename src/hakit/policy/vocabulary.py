@@ -273,7 +273,7 @@ class TakeLease:
 
 @dataclass(frozen=True, slots=True)
 class RequestHandover:
-    """Write a handover intent to ``target`` (hakit.operator), as an operator's switchover
+    """Write a handover intent to ``target`` (hakit.operator.intents), as an operator's switchover
     would: this node then drains, stops and releases the lease, and only ``target`` may
     take it. ``kind``: what the history calls it ("path-loss")."""
 
