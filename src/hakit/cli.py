@@ -307,7 +307,7 @@ def status(
 
 
 def _iso(seconds: float, tz: tzinfo | None = None) -> str:
-    from hakit.eventlog import iso_time
+    from hakit.history.eventlog import iso_time
 
     return iso_time(seconds, tz)
 
@@ -330,9 +330,9 @@ def status_json(
     tz: tzinfo | None = None,
 ) -> dict[str, Any]:
     """``hakit status --json``: what the table shows, for programs (times ISO 8601)."""
-    from hakit.eventlog import event_record
+    from hakit.history.eventlog import event_record
+    from hakit.history.why import node_condition
     from hakit.operator.commands import event_from_json, node_record
-    from hakit.why import node_condition
 
     now = float(doc["read_at"])
     nodes = []
@@ -402,9 +402,9 @@ def status_json(
 
 
 def _print_status(cfg: Config, doc: Mapping[str, Any], last: int) -> None:
-    from hakit.eventlog import format_event
+    from hakit.history.eventlog import format_event
+    from hakit.history.why import node_condition
     from hakit.operator.commands import event_from_json, node_record
-    from hakit.why import node_condition
 
     now = float(doc["read_at"])
     ttl = cfg.coordination.lease_ttl
@@ -673,7 +673,7 @@ def events(
 ) -> None:
     """Show the event history with the reason for every action (dates in ISO 8601)."""
     from hakit.coord.factory import open_coordinator
-    from hakit.eventlog import event_record, format_event, parse_since, select_events
+    from hakit.history.eventlog import event_record, format_event, parse_since, select_events
 
     cfg = _load(config)
     try:
@@ -742,8 +742,8 @@ def why(
     """
     from hakit.config import Mode
     from hakit.coord.factory import open_coordinator
+    from hakit.history.why import ClusterNow, explain, parse_at
     from hakit.operator.intents import PAUSED
-    from hakit.why import ClusterNow, explain, parse_at
 
     cfg = _load(config)
     try:

@@ -1,4 +1,4 @@
-"""Fencing (hakit.fence): who must be fenced before a promotion, and running the fence command."""
+"""Fencing (hakit.fencing.fence): who must be fenced before a promotion, and running the fence command."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from hakit.config.check import describe_config
 from hakit.coord.base import Lease, NodeRecord
 from hakit.coord.embedded import SqliteCoordinator
 from hakit.errors import ConfigError
-from hakit.fence import (
+from hakit.fencing.fence import (
     AGENT_ID_KEY,
     PENDING_KEY,
     FenceNeed,

@@ -348,7 +348,7 @@ class FailoverConfig(_Section):
     on_failed_start: OnFailedStart = OnFailedStart.ALERT
     # How long a promotion waits for the fence command of an unreachable old active.
     fence_timeout: PositiveDuration = 10.0
-    # STONITH (hakit.fence): run before a standby promotes over an EXPIRED lease, against
+    # STONITH (hakit.fencing.fence): run before a standby promotes over an EXPIRED lease, against
     # its old holder; argv, {node} and {host} of that node substituted; exit 0 = fenced.
     fence_command: Argv | None = None
     # On such a promotion, terminate the old node's PostgreSQL sessions

@@ -1,7 +1,7 @@
 """Handing the lease over (part of hakit.policy's ``Policy``): an operator's
 switchover (drain, stop, release; only the target may take the lease), a forced
 failover (the target takes the lease under a new epoch), and the routers' lost
-path to this node (PathLost, hakit.datapath), which asks for a handover once.
+path to this node (PathLost, hakit.health.datapath), which asks for a handover once.
 """
 
 from __future__ import annotations

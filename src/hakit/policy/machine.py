@@ -22,7 +22,7 @@ feed AppExited(expected=True) once the process is gone.
 
 Operator commands arrive as events too (Paused, Resumed, HandoverRequested,
 HandoverEnded). So does the routers' lost path to this node (PathLost,
-hakit.datapath): an active node RUNNING hands over to the standby the routers
+hakit.health.datapath): an active node RUNNING hands over to the standby the routers
 reach, by asking for a handover like an operator's switchover (RequestHandover),
 once; the history calls the move a failover. While the cluster is paused, an event is first handled as
 usual; if that would start or stop the app or release the lease, the policy is

@@ -165,7 +165,7 @@ class HandoverRequested:
     actor: str
     reason: str
     # "path-loss": not an operator's switchover but the active's own agent handing over,
-    # because the routers lost their path to it (hakit.datapath); same steps.
+    # because the routers lost their path to it (hakit.health.datapath); same steps.
     label: str = ""
 
     @property
@@ -184,7 +184,7 @@ PATH_LOSS = "path-loss"
 @dataclass(frozen=True, slots=True)
 class PathLost:
     """Every fresh router has lost its path to this (active) node while some standby,
-    ``target``, is reachable from them (hakit.datapath.path_lost)."""
+    ``target``, is reachable from them (hakit.health.datapath.path_lost)."""
 
     target: str
     reason: str

@@ -4,10 +4,10 @@ The data plane lives in http.py / exchange.py / upstream.py; this module owns
 the state they decide on: the last ``ClusterView`` (read every
 ``router.state_poll_interval`` in a dedicated thread, since reading the store
 blocks) and the passive down marks. With a ``store``, it also publishes what its
-checks see of each node's data path (pathreport.py, hakit.datapath), through
+checks see of each node's data path (pathreport.py, hakit.health.datapath), through
 the same thread, with the requests it has in flight to each node and whether it
 sees the node draining: a draining node's agent waits for those to end
-(hakit.datapath.in_flight) before it stops the app, so the count is published
+(hakit.health.datapath.in_flight) before it stops the app, so the count is published
 at once when it falls to 0 for a draining node.
 """
 
@@ -499,7 +499,7 @@ class Router:
 
     def _left_draining(self, node: str) -> None:
         """No request left in flight to ``node``: if it drains, publish that at once (its
-        agent waits for it before stopping the app: hakit.datapath.in_flight)."""
+        agent waits for it before stopping the app: hakit.health.datapath.in_flight)."""
         if node in self._drain_began and self.paths is not None:
             self.paths.changed()
 

@@ -78,7 +78,7 @@ def parse_since(text: str, now: float, tz: tzinfo | None = None) -> float:
     """``--since``: a time ago ("10m", "2h", "1h30m", "90s", "1d") or a moment: ISO 8601
     ("2026-11-22T12:03:10", "2026-11-22 12:03", with or without an offset; local time
     without), "HH:MM[:SS]" (today) or Unix seconds."""
-    from hakit.why import parse_at
+    from hakit.history.why import parse_at
 
     compact = text.strip().replace(" ", "")
     if _RELATIVE.fullmatch(compact):

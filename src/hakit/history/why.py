@@ -455,7 +455,7 @@ def _command_failed(event: Event) -> bool:
 
 
 def _command_summary(event: Event) -> str:
-    """The fence command's own account, as hakit.fence recorded it ("exited 0 after 0.3 s",
+    """The fence command's own account, as hakit.fencing.fence recorded it ("exited 0 after 0.3 s",
     "did not finish within fence_timeout 10 s (killed)"); empty if none was recorded."""
     summary = event.data.get("summary")
     return summary if isinstance(summary, str) else ""

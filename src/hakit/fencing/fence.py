@@ -44,7 +44,7 @@ from hakit.coord.base import Coordinator, Lease, NodeRecord
 from hakit.dbfence import application_name as application_name  # re-exported: PGAPPNAME
 from hakit.dbfence import fences_sessions, sessions_of, terminate_sessions
 from hakit.errors import CoordinationError
-from hakit.probe import StatusProber
+from hakit.health.probe import StatusProber
 from hakit.supervisor.lifeline import DeadlineKeeper
 
 log = logging.getLogger("hakit.fence")
@@ -256,7 +256,7 @@ class LeaseWatchdog:
 
     - it ran at the deadline (its own ticks are regular): kill, now;
     - it did not run at the deadline either (a gap of its own ticks longer than
-      ``threshold`` spans it: the whole agent was frozen, hakit.stall): leave the
+      ``threshold`` spans it: the whole agent was frozen, hakit.agent.stall): leave the
       decision to the main loop, which renews the lease on waking when nobody took
       over (``Agent._check_deadline``) and re-arms; kill only if it has done neither
       within ``grace`` after waking.
@@ -442,7 +442,7 @@ class Fencer:
     ``record(kind, reason, data)`` writes an event to the history. ``pending``
     (the nodes this node could not fence yet) is published in the node's
     record so any other node about to promote fences them too. ``call(fn, *args)``
-    runs a blocking store call off the event loop (the agent's: hakit.storeio, in
+    runs a blocking store call off the event loop (the agent's: hakit.agent.storeio, in
     order with its other store I/O).
     """
 

@@ -2,8 +2,8 @@
 
 One agent process runs on every node. It reads the world (process exits,
 ``/status`` answers, the leader lease) into policy events, lets the pure policy
-decide, and carries out the actions it returns. All decisions live in
-``policy.py``; this module only does I/O and bookkeeping.
+decide, and carries out the actions it returns. All decisions live in the
+policy (hakit.policy); this module only does I/O and bookkeeping.
 
 Tasks feed one queue so the policy sees events one at a time:
 
@@ -13,23 +13,23 @@ Tasks feed one queue so the policy sees events one at a time:
   that could not be renewed in time is reported lost *before* its TTL ends, so
   the app is stopped before another node may start it: self-fencing; a lease taken
   over from a node whose lease expired is acted on only once that node is fenced,
-  hakit.fence);
+  hakit.fencing.fence);
 - the heartbeat (every 50 ms: the lease deadline, checked first on waking from a
-  freeze, and this agent's own stalls, hakit.stall); beside it, in a thread of its
-  own, the lease watchdog (hakit.fence.LeaseWatchdog) kills the app at the deadline
+  freeze, and this agent's own stalls, hakit.agent.stall); beside it, in a thread of its
+  own, the lease watchdog (hakit.fencing.fence.LeaseWatchdog) kills the app at the deadline
   even if this loop is held up (the hard guarantee: no code of this loop is trusted
   to run in time);
 - the operator loop (the operator's intents in the store every ``renew_interval``:
   pause, resume, switchover, forced failover; hakit.operator.intents), beside the admin
   API that writes them (hakit.operator.admin_api, on the node's ``admin_port``); it also
-  reads the routers' data-path reports (hakit.datapath): an active node the
+  reads the routers' data-path reports (hakit.health.datapath): an active node the
   routers cannot reach while its app answers here hands over to a standby they
   reach (PathLost -> a ``path-loss`` handover). The active node's agent also
   removes the reports of routers silent for an hour (crashed, or gone with
   their host), so the cluster state lists the routers that exist.
 
 Every call to the coordination store runs on one thread of its own, in the order
-issued (hakit.storeio): node records and events are queued without waiting, reads
+issued (hakit.agent.storeio): node records and events are queued without waiting, reads
 and lease calls are awaited. A slow or locked store (SQLite's busy timeout is 5 s)
 so never holds back the probes, the supervisor or the heartbeat.
 
@@ -54,25 +54,18 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from hakit.agent.stall import HEARTBEAT, STALL_THRESHOLD, StallDetector
+from hakit.agent.storeio import StoreIO
 from hakit.config import PLACEHOLDERS, Config, Mode, NodeConfig
 from hakit.contract import AppState
 from hakit.coord.base import Coordinator, Event, Lease, NodeRecord
-from hakit.datapath import (
-    PathReport,
-    forgotten_reports,
-    handover_candidates,
-    in_flight,
-    judge_holder,
-    path_lost,
-    reports_in,
-)
 from hakit.errors import (
     CoordinationError,
     InvalidTransition,
     StoreReplacedError,
     SupervisorError,
 )
-from hakit.fence import (
+from hakit.fencing.fence import (
     AGENT_ID_KEY,
     PENDING_KEY,
     FenceNeed,
@@ -84,7 +77,17 @@ from hakit.fence import (
     retry_delay,
     takeover_words,
 )
-from hakit.fence import Verdict as FenceVerdict
+from hakit.fencing.fence import Verdict as FenceVerdict
+from hakit.health.datapath import (
+    PathReport,
+    forgotten_reports,
+    handover_candidates,
+    in_flight,
+    judge_holder,
+    path_lost,
+    reports_in,
+)
+from hakit.health.probe import Observation, StatusProber, check_database
 from hakit.notify import Notifier
 from hakit.operator.commands import perform
 from hakit.operator.intents import HANDOVER, IntentWatcher, expired_words, request_path_loss
@@ -115,9 +118,6 @@ from hakit.policy import (
     Tick,
 )
 from hakit.policy.rules import last_active
-from hakit.probe import Observation, StatusProber, check_database
-from hakit.stall import HEARTBEAT, STALL_THRESHOLD, StallDetector
-from hakit.storeio import StoreIO
 from hakit.supervisor import cgroup, leftovers, proctable
 from hakit.supervisor.leftovers import UNCLEAN_END
 from hakit.supervisor.process import AppProcess, ExitInfo
@@ -126,7 +126,7 @@ log = logging.getLogger("hakit.agent")
 
 # While the app is starting, probe this often so RUNNING is noticed quickly.
 STARTING_PROBE_INTERVAL = 0.1
-# The app answers locally: the routers' failures since then are a lost path (hakit.datapath).
+# The app answers locally: the routers' failures since then are a lost path (hakit.health.datapath).
 ANSWERING = frozenset({AppState.RUNNING, AppState.FIRST_RUN})
 # On shutdown, wait at most this long for the store to take the queued writes.
 SHUTDOWN_FLUSH = 5.0
@@ -206,7 +206,7 @@ class Agent:
         # its port by an earlier agent (hakit.supervisor.leftovers).
         env.setdefault("HAKIT_CLUSTER", cfg.cluster.name)
         # libpq-based apps name their PostgreSQL sessions after the node, so a new
-        # active can terminate them (failover.fence_database_sessions, hakit.fence).
+        # active can terminate them (failover.fence_database_sessions, hakit.fencing.fence).
         env.setdefault("PGAPPNAME", application_name(self.node.name))
         start = render_command(cfg.app.start, values)
         assert start is not None
@@ -236,7 +236,7 @@ class Agent:
         # while app_state is in ANSWERING): routers' failures from before do not count.
         self._answering_since = 0.0
         self._stop_requested = asyncio.Event()
-        # Fencing (hakit.fence): lease losses the policy must hear before any other event;
+        # Fencing (hakit.fencing.fence): lease losses the policy must hear before any other event;
         # the highest epoch this agent fenced itself from or gave back (never revived);
         # the promotion waiting for the old holder to be fenced.
         self._urgent: deque[LeaseLost] = deque()
@@ -246,7 +246,7 @@ class Agent:
         self._deferred: tuple[str, int] | None = None  # (holder, epoch) a takeover was deferred for
         self._refused_store: str | None = None  # what was found at the store's path, refused
         self.agent_id = uuid.uuid4().hex  # this process, in its records: see fence.stood_down
-        # Every store call of this agent, in one thread, in issue order (hakit.storeio): a
+        # Every store call of this agent, in one thread, in issue order (hakit.agent.storeio): a
         # slow or locked store never holds back this loop (probes, exits, the heartbeat).
         self.store = StoreIO(name=f"store-io-{self.node.name}")
         # Asking the store, after a stall across the lease deadline, whether the lease is
@@ -260,9 +260,9 @@ class Agent:
             log_dir(cfg) / f"fence-{self.node.name}.log",
             call=self.store.call,
         )
-        # Stalls of this agent itself (hakit.stall): probes overlapping one do not count.
+        # Stalls of this agent itself (hakit.agent.stall): probes overlapping one do not count.
         self.stalls = StallDetector()
-        # Self-fencing that a blocked main loop cannot hold back (hakit.fence).
+        # Self-fencing that a blocked main loop cannot hold back (hakit.fencing.fence).
         self._loop: asyncio.AbstractEventLoop | None = None
         self.watchdog = LeaseWatchdog(
             lambda: self.app.pid,
@@ -310,7 +310,7 @@ class Agent:
                         self.cfg.app.database_url, self.cfg.health.probe_timeout
                     )
                 # A probe that raced with the process exit says nothing about the app,
-                # nor does a timeout while this agent itself was stalled (hakit.stall).
+                # nor does a timeout while this agent itself was stalled (hakit.agent.stall).
                 if self.app.running and not self._stalled_timeout(observation, probe_started):
                     if observation.state != self.app_state:
                         if observation.state in ANSWERING and self.app_state not in ANSWERING:
@@ -354,7 +354,7 @@ class Agent:
         try:
             if taking_over:
                 # What we take over from decides whether its holder must be fenced first,
-                # and whether it is dead at all (the routers' data path, hakit.datapath).
+                # and whether it is dead at all (the routers' data path, hakit.health.datapath).
                 before, reports = await self.store.call(self._read_before_takeover)
                 if not self._holder_is_dead(before, reports):
                     return
@@ -433,7 +433,7 @@ class Agent:
         return before, reports_in(self.coordinator.cluster_state())
 
     def _holder_is_dead(self, before: Predecessor, reports: list[PathReport]) -> bool:
-        """May this standby take the lease over (hakit.datapath.judge_holder)? A deferral
+        """May this standby take the lease over (hakit.health.datapath.judge_holder)? A deferral
         is recorded once per lease it concerns, not at every turn."""
         lease = before.lease
         if lease is None or lease.holder == self.node.name or lease.valid_at(before.read_at):
@@ -469,7 +469,7 @@ class Agent:
         return True
 
     async def _promote(self, lease: Lease, before: Predecessor) -> None:
-        """Tell the policy it leads, once the old holder is fenced (hakit.fence).
+        """Tell the policy it leads, once the old holder is fenced (hakit.fencing.fence).
 
         Runs beside the lease loop, which keeps renewing the lease meanwhile; the
         node record says standby until the policy has heard LeaseGained.
@@ -532,11 +532,11 @@ class Agent:
 
         An agent that was awake at its deadline (its renewals failed: the store is
         unreachable or too slow) kills its app at once, before the TTL ends. One that
-        did not run at its deadline (a stall of this agent, hakit.stall, spans it:
+        did not run at its deadline (a stall of this agent, hakit.agent.stall, spans it:
         frozen, or a renewal frozen in flight) first asks the store (``_ask_on_waking``;
         the main loop handles no event before the answer): if the lease is still stored
         under its epoch (nobody took over: the standby saw its app answer the routers,
-        hakit.datapath), it renews it there, atomically on the epoch, and keeps its
+        hakit.health.datapath), it renews it there, atomically on the epoch, and keeps its
         app; if another node took over, or the store cannot be read in time, it kills
         its app as before.
         """
@@ -1015,7 +1015,7 @@ class Agent:
 
     async def _take_lease_by_force(self, action: TakeLease) -> None:
         """Forced failover: the lease moves here under a new epoch; the lease loop then
-        renews it and promotes (after fencing the old holder, hakit.fence)."""
+        renews it and promotes (after fencing the old holder, hakit.fencing.fence)."""
         ttl, reason, actor = self.cfg.coordination.lease_ttl, action.reason, action.actor
         try:
             before = await self.store.call(self.coordinator.current_lease)
@@ -1037,7 +1037,7 @@ class Agent:
             "failover", f"{reason}: took epoch {lease.epoch}", epoch=lease.epoch, actor=actor
         )
 
-    # --- the routers' path to this node (hakit.datapath) -----------------------------------
+    # --- the routers' path to this node (hakit.health.datapath) -----------------------------------
 
     async def _watch_path(self, state: Mapping[str, dict[str, Any]]) -> None:
         """Active with its app RUNNING here: have the routers lost their path to it? Then
@@ -1077,7 +1077,7 @@ class Agent:
 
     async def _wait_drained(self, actor: str) -> None:
         """Until every live router reports this node draining with no request in flight to
-        it (hakit.datapath.in_flight), bounded by router.drain_timeout; said either way."""
+        it (hakit.health.datapath.in_flight), bounded by router.drain_timeout; said either way."""
         started = self.monotonic()
         limit = self.cfg.router.drain_timeout
         total, busy = 0, ["?"]
@@ -1113,7 +1113,7 @@ class Agent:
         )
 
     def _forget_silent_routers(self, state: Mapping[str, dict[str, Any]]) -> None:
-        """Active: remove the reports of routers silent for an hour (hakit.datapath).
+        """Active: remove the reports of routers silent for an hour (hakit.health.datapath).
 
         One agent is enough (the active one); the removal is a compare-and-delete, so
         a router that published again meanwhile keeps its report."""
@@ -1171,7 +1171,7 @@ class Agent:
     # --- reporting ----------------------------------------------------------
 
     def _publish(self, role: str | None = None) -> None:
-        """Queue this node's record for the store (hakit.storeio: not awaited; a newer
+        """Queue this node's record for the store (hakit.agent.storeio: not awaited; a newer
         record replaces one still waiting)."""
         self._check_deadline()  # never claim a lease whose deadline has passed
         if self._waking is not None:
