@@ -18,10 +18,10 @@
 - tcp.py       the TCP failover proxy (`[[tcp_proxy]]`), sharing health.py
 
 The per-request modules run compiled (mypyc) when a fresh build exists: see
-hakit/native.py. The next line decides, before any of them is imported.
+hakit/router/native.py. The next line decides, before any of them is imported.
 """
 
-from hakit.native import use_compiled
+from hakit.router.native import use_compiled
 
 __path__ = use_compiled(__path__, __file__)
 

@@ -22,10 +22,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Final, cast
 
-from hakit import native
 from hakit.config import Config, NodeConfig, Sticky, parse_listen
 from hakit.coord.view import ClusterView
 from hakit.errors import HakitError
+from hakit.router import native
 from hakit.router.admin import Observability
 from hakit.router.balance import track_up
 from hakit.router.checks import RouterChecks
@@ -529,7 +529,7 @@ def bound_address(server: asyncio.AbstractServer) -> tuple[str, int]:
     """The host and port ``server`` listens on (its first socket).
 
     Read untyped: uvloop's ``Server.sockets`` is a list where typeshed says a
-    tuple, and this module runs compiled (hakit/native.py), where a value that
+    tuple, and this module runs compiled (hakit/router/native.py), where a value that
     does not match its declared type raises TypeError.
     """
     sockets: Any = cast(Any, server).sockets
