@@ -1,4 +1,5 @@
-"""One writer, always: an agent's death takes its app with it (hakit.supervisor.shim, hakit.supervisor.leftovers).
+"""One writer, always: an agent's death takes its app with it (hakit.supervisor.shim,
+hakit.supervisor.leftovers).
 
 Real agents, apps and router; the agent alone is killed with SIGKILL, as the OOM
 killer or a crash would. A monitor samples every node's /status every 20 ms for the

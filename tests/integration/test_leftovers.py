@@ -1,4 +1,5 @@
-"""An agent that starts stops what an earlier one left (hakit.supervisor.leftovers), with real processes."""
+"""An agent that starts stops what an earlier one left (hakit.supervisor.leftovers), with real
+processes."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The app cannot outlive its agent: the shim (hakit.supervisor.shim) with real processes and signals.
+"""The app cannot outlive its agent: the shim (hakit.supervisor.shim) with real processes and
+signals.
 
 A small stand-in agent (a Python process that supervises the app with AppProcess,
 exactly as the agent does) is killed, frozen or left without renewals; the app, and

@@ -1,4 +1,5 @@
-"""Fencing (hakit.fencing.fence): who must be fenced before a promotion, and running the fence command."""
+"""Fencing (hakit.fencing.fence): who must be fenced before a promotion, and running the fence
+command."""
 
 from __future__ import annotations
 

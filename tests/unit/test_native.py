@@ -114,7 +114,10 @@ def test_the_build_reads_the_module_list_without_importing_the_router() -> None:
 
 
 def router_mode(env: dict[str, str]) -> str:
-    code = "import hakit.router, hakit.router.http as h, hakit.router.native as n; print(n.mode, h.__file__)"
+    code = (
+        "import hakit.router, hakit.router.http as h, hakit.router.native as n; "
+        "print(n.mode, h.__file__)"
+    )
     result = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
     )

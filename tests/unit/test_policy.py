@@ -1559,7 +1559,7 @@ def test_random_sequences_with_pauses_never_act_while_paused(mode: Mode, seed: i
             world.carry_out(policy.reset(world.now), S.MANUAL, operator=True)
 
 
-# --- the routers' lost path to the active node (hakit.health.datapath) -----------------------------
+# --- the routers' lost path to the active node (hakit.health.datapath) ----------------------------
 
 LOST = "router r1 has not reached node1 since 12:00:00 (4 silent checks in a row; ...)"
 

@@ -1,4 +1,5 @@
-"""hakit.config.timing: timers derived from a recovery target, worst-case arithmetic, timing rules."""
+"""hakit.config.timing: timers derived from a recovery target, worst-case arithmetic, timing
+rules."""
 
 from __future__ import annotations
 

@@ -220,7 +220,8 @@ class Agent:
             on_exit=self._on_exit,
             cgroup_path=_app_cgroup(self.node.name, cfg.cluster.state_dir),
             pid_file=leftovers.pid_file_path(cfg.cluster.state_dir, self.node.name),
-            # The shim keeps the lease deadline with the watchdog's rule (hakit.supervisor.lifeline).
+            # The shim keeps the lease deadline with the watchdog's rule
+            # (hakit.supervisor.lifeline).
             threshold=STALL_THRESHOLD,
             grace=cfg.coordination.lease_ttl,
         )

@@ -717,7 +717,8 @@ class Config(_Section):
     )
     # The file this was loaded from (set by the loader, not a TOML key).
     source: Path | None = Field(default=None, exclude=True)
-    # How the loader derived timers from failover.recovery_target (hakit.config.timing), for display.
+    # How the loader derived timers from failover.recovery_target (hakit.config.timing), for
+    # display.
     derived: tuple[str, ...] = Field(default=(), exclude=True)
 
     def node(self, name: str) -> NodeConfig:

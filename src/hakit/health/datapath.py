@@ -68,7 +68,8 @@ ANSWERED, REFUSED, SILENT = "answered", "refused", "silent"
 STALE_REPORTS = 3  # a report older than this many publishing periods is stale
 FORGET_AFTER = 3600.0  # seconds without a report after which a router's report is removed
 RENEWAL_SLACK = 1.5  # renewal intervals after the last renewal an answer proves a stall
-# Agent states in which a node cannot take over a handover (hakit.operator.commands refuses them too).
+# Agent states in which a node cannot take over a handover (hakit.operator.commands refuses
+# them too).
 NOT_READY = frozenset({"INIT", "MANUAL", "FENCED", "STEPPING_DOWN"})
 
 

@@ -1,4 +1,5 @@
-"""The router's side of the data path (hakit.health.datapath): what it sees of every node, published.
+"""The router's side of the data path (hakit.health.datapath): what it sees of every node,
+published.
 
 The router's own checks (checks.py) are its network path to each node: every
 completed check is fed to a :class:`PathTracker` (pure: wall times are passed in),

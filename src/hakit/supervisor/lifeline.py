@@ -1,4 +1,5 @@
-"""The lifeline between an agent and its app's shim (hakit.supervisor.shim): messages and the deadline rule.
+"""The lifeline between an agent and its app's shim (hakit.supervisor.shim): messages and the
+deadline rule.
 
 The app is started by a small parent of its own, the shim, which holds one end of a
 socket pair whose other end only the agent holds. The kernel closes the agent's end
