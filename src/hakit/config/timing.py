@@ -26,7 +26,7 @@ make the derived config miss its own target for hangs. Beyond 3 restarts a
 failing app rarely recovers on the same node; failing over wins.
 
 ``worst_case(cfg)`` spells out the worst case of each failure kind, following
-what the agent and the policy actually do (agent.py, policy.py):
+what the agent and the policy actually do (hakit.agent, hakit.policy):
 
 - crash: the exit is seen at once; each of the restart_attempts restarts may
   take startup_timeout before the app fails again; then the active steps down,

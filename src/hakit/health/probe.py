@@ -172,7 +172,8 @@ class StatusProber:
         self._timeout = timeout
         self._url: str | None = None
         self._argv: list[str] | None = None
-        # config.py has checked that exactly one way is set, the URLs and the regex.
+        # The config (HealthCheckConfig) has checked that exactly one way is set, the URLs and
+        # the regex.
         if check.status_url:
             self._url = substitute(check.status_url, host, port, url=True)
         elif check.url:
