@@ -7,9 +7,10 @@ lean on each other). An edge goes to the module named: ``from hakit.config
 import Config`` to ``hakit.config`` (the package, whose ``__init__`` re-exports),
 ``from hakit.supervisor import shim`` to ``hakit.supervisor.shim``. The implicit
 import of a package's ``__init__`` before one of its modules is not an edge (a
-package that re-exports its modules would otherwise always be a cycle); the
-rule that keeps it harmless is the one this test enforces: a module inside a
-package imports its siblings directly, never through the package.
+package that re-exports its modules would otherwise always be a cycle). What
+keeps that harmless is the rule that a module inside a package imports its
+siblings directly, never through the package: one that went through a package
+re-exporting it would close a cycle here.
 """
 
 from __future__ import annotations
