@@ -10,8 +10,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_WORKERS ?= 4
-# The router's per-request modules compiled with mypyc (hakit/native.py); rebuilt when a
-# router source changes. The router falls back to pure Python without a fresh build.
+# The router's per-request modules compiled with mypyc (hakit/router/native.py); rebuilt when a
+# router source changes (native.py, which lists them, included). The router falls back to
+# pure Python without a fresh build.
 NATIVE := src/hakit/router/_compiled/manifest.json
 
 .PHONY: demo test lint typecheck unit bootstrap native clean
@@ -37,7 +38,7 @@ bootstrap: $(STAMP)
 
 native: $(NATIVE)
 
-$(NATIVE): $(STAMP) $(wildcard src/hakit/router/*.py) src/hakit/native.py scripts/build_native.py
+$(NATIVE): $(STAMP) $(wildcard src/hakit/router/*.py) scripts/build_native.py
 	$(BIN)/python scripts/build_native.py
 
 $(STAMP): pyproject.toml scripts/bootstrap-debian.sh scripts/debian-packages.txt

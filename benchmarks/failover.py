@@ -74,7 +74,7 @@ from sample_app import startup_times  # benchmarks/sample_app.py, beside this sc
 
 from hakit.config import RouterConfig, parse_duration
 from hakit.demo.cluster import DemoCluster, DemoSettings, free_ports, wait_for
-from hakit.eventlog import format_event
+from hakit.history.eventlog import format_event
 
 ALL_KINDS = ("crash", "hang", "node-cold", "node-warm", "switchover")
 FAILOVER_KINDS = {"node-cold", "node-warm", "switchover"}  # the old node steps down

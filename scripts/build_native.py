@@ -3,7 +3,7 @@
     .venv/bin/python scripts/build_native.py
 
 Writes the extension modules and a manifest of their sources to
-``src/hakit/router/_compiled/`` (see hakit/native.py for how and when they are
+``src/hakit/router/_compiled/`` (see hakit/router/native.py for how and when they are
 used). The new build replaces the old one only once it is complete: a failed
 build leaves the previous one (or none) in place. Needs a C compiler and the
 Python headers (Debian: gcc, python3-dev; ``make`` installs them when root).
@@ -12,27 +12,41 @@ Intermediate C and object files go to ``build/native/``.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import sys
 import time
 from pathlib import Path
+from types import ModuleType
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src"
 PACKAGE_DIR = SRC / "hakit" / "router"
 WORK = ROOT / "build" / "native"
 
-sys.path.insert(0, str(SRC))
 
-from hakit.native import (  # noqa: E402
-    COMPILED_DIR,
-    COMPILED_MODULES,
-    GROUP,
-    MANIFEST,
-    ext_suffix,
-    manifest_for,
-)
+def _native() -> ModuleType:
+    """hakit/router/native.py, loaded from its file alone: imported as hakit.router.native,
+    it would first run the router package's ``__init__``, which chooses (and loads) a
+    build of the very modules this script replaces."""
+    path = PACKAGE_DIR / "native.py"
+    spec = importlib.util.spec_from_file_location("hakit_build_native", path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+_NATIVE = _native()
+COMPILED_DIR: str = _NATIVE.COMPILED_DIR
+COMPILED_MODULES: tuple[str, ...] = _NATIVE.COMPILED_MODULES
+GROUP: str = _NATIVE.GROUP
+MANIFEST: str = _NATIVE.MANIFEST
+ext_suffix = _NATIVE.ext_suffix
+manifest_for = _NATIVE.manifest_for
 
 
 def compile_into(lib_dir: Path) -> None:

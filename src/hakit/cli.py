@@ -20,7 +20,7 @@ from rich.table import Table
 from rich.text import Text
 
 from hakit.config import Config, load_config
-from hakit.coord.base import Event, Lease, NodeRecord
+from hakit.coord.base import Event, Lease
 from hakit.errors import ConfigError, HakitError
 
 app = typer.Typer(
@@ -119,8 +119,8 @@ def config_check(
     ] = False,
 ) -> None:
     """Validate a config file; print every mistake with file, line and key."""
-    from hakit.configcheck import config_warnings, describe_config
-    from hakit.timing import worst_case
+    from hakit.config.check import config_warnings, describe_config
+    from hakit.config.timing import worst_case
 
     file = file if file is not None else config
     cfg = _load(file)
@@ -307,45 +307,19 @@ def status(
 
 
 def _iso(seconds: float, tz: tzinfo | None = None) -> str:
-    from hakit.eventlog import iso_time
+    from hakit.history.eventlog import iso_time
 
     return iso_time(seconds, tz)
 
 
 def _status_snapshot(cfg: Config) -> tuple[dict[str, Any], Lease | None]:
-    """The status document and the lease as stored (through an agent's admin API when a
-    node has an ``admin_port``). Read directly, the store must exist: status never
-    creates one."""
-    if any(node.admin_port is not None for node in cfg.nodes):
-        doc = _operate(cfg, "status", {})
-        stored = doc.get("lease")
-        if not isinstance(stored, dict):
-            return doc, None
-        return doc, Lease(str(stored["holder"]), int(stored["epoch"]), float(stored["expires_at"]))
-    from hakit.coord.factory import open_coordinator
-    from hakit.operator import status_document
+    """The status document and the lease as stored (hakit.operator.client)."""
+    from hakit.operator.client import status_snapshot
 
     try:
-        coordinator = open_coordinator(cfg, create=False)
-        try:
-            return status_document(coordinator, cfg, time.time()), coordinator.current_lease()
-        finally:
-            coordinator.close()
+        return status_snapshot(cfg)
     except HakitError as error:
         _fail(error)
-
-
-def _node_record(node: Mapping[str, Any]) -> NodeRecord | None:
-    """The record in a status document's node entry (None: its agent never reported)."""
-    if node.get("role") is None or node.get("updated_at") is None:
-        return None
-    return NodeRecord(
-        str(node["node"]),
-        str(node["role"]),
-        str(node.get("app_state") or ""),
-        int(node.get("epoch") or 0),
-        float(node["updated_at"]),
-    )
 
 
 def status_json(
@@ -356,14 +330,14 @@ def status_json(
     tz: tzinfo | None = None,
 ) -> dict[str, Any]:
     """``hakit status --json``: what the table shows, for programs (times ISO 8601)."""
-    from hakit.eventlog import event_record
-    from hakit.operator import event_from_json
-    from hakit.why import node_condition
+    from hakit.history.eventlog import event_record
+    from hakit.history.why import node_condition
+    from hakit.operator.commands import event_from_json, node_record
 
     now = float(doc["read_at"])
     nodes = []
     for node in doc["nodes"]:
-        record = _node_record(node)
+        record = node_record(node)
         condition = node_condition(record, now, ttl)
         nodes.append(
             {
@@ -428,9 +402,9 @@ def status_json(
 
 
 def _print_status(cfg: Config, doc: Mapping[str, Any], last: int) -> None:
-    from hakit.eventlog import format_event
-    from hakit.operator import event_from_json
-    from hakit.why import node_condition
+    from hakit.history.eventlog import format_event
+    from hakit.history.why import node_condition
+    from hakit.operator.commands import event_from_json, node_record
 
     now = float(doc["read_at"])
     ttl = cfg.coordination.lease_ttl
@@ -448,7 +422,7 @@ def _print_status(cfg: Config, doc: Mapping[str, Any], last: int) -> None:
     lost = []
     for node in doc["nodes"]:
         name = node["node"]
-        condition = node_condition(_node_record(node), now, ttl)
+        condition = node_condition(node_record(node), now, ttl)
         if condition.lost:
             lost.append(name)
         role = condition.role + (" (leader)" if doc["leader"] == name else "")
@@ -514,7 +488,7 @@ class _Operator:
     """Carries out operator commands: the agents' admin API, else the store directly."""
 
     def __init__(self, cfg: Config) -> None:
-        from hakit.operator import operation_for
+        from hakit.operator.client import operation_for
 
         self._call, self.close = self._guard(lambda: operation_for(cfg, time.time))
 
@@ -557,7 +531,7 @@ def _handover(
     wait: bool,
     force: bool = False,
 ) -> None:
-    from hakit.operator import handover_timeout, operator_actor
+    from hakit.operator.intents import handover_timeout, operator_actor
 
     cfg = _load(config)
     params = {"to": target, "reason": reason, "actor": operator_actor(actor), "force": force}
@@ -655,7 +629,7 @@ def resume(
 
 
 def _pause_or_resume(config: Path, verb: str, reason: str, actor: str | None) -> None:
-    from hakit.operator import operator_actor
+    from hakit.operator.intents import operator_actor
 
     answer = _operate(_load(config), verb, {"reason": reason, "actor": operator_actor(actor)})
     console.print(escape(str(answer.get("message", ""))), highlight=False, soft_wrap=True)
@@ -699,7 +673,7 @@ def events(
 ) -> None:
     """Show the event history with the reason for every action (dates in ISO 8601)."""
     from hakit.coord.factory import open_coordinator
-    from hakit.eventlog import event_record, format_event, parse_since, select_events
+    from hakit.history.eventlog import event_record, format_event, parse_since, select_events
 
     cfg = _load(config)
     try:
@@ -768,8 +742,8 @@ def why(
     """
     from hakit.config import Mode
     from hakit.coord.factory import open_coordinator
-    from hakit.operator import PAUSED
-    from hakit.why import ClusterNow, explain, parse_at
+    from hakit.history.why import ClusterNow, explain, parse_at
+    from hakit.operator.intents import PAUSED
 
     cfg = _load(config)
     try:
@@ -823,7 +797,7 @@ def init(
 ) -> None:
     """Create the coordination store with a new cluster identity (--reinit: replace one)."""
     from hakit.coord.identity import initialise
-    from hakit.operator import operator_actor
+    from hakit.operator.intents import operator_actor
 
     cfg = _load(config)
     if (min_epoch or force) and not reinit:

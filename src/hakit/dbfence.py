@@ -3,7 +3,7 @@ node's sessions (issue 11, item 7).
 
 ``app.database_url`` names the engine by its scheme:
 
-- ``sqlite:///PATH`` (or a plain path): checked by ``hakit.probe`` (a read-only
+- ``sqlite:///PATH`` (or a plain path): checked by ``hakit.health.probe`` (a read-only
   connection reads the file); no sessions to fence, the file lives on the home's storage.
 - ``postgresql://`` (``postgres://``): psycopg. The agent sets ``PGAPPNAME=hakit-<node>``
   in the app's environment, so libpq-based apps name their sessions after the node;

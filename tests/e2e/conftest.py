@@ -15,7 +15,7 @@ import pytest
 
 from hakit.coord.base import Event
 from hakit.demo.cluster import DemoCluster, DemoSettings, free_ports, wait_for
-from hakit.eventlog import format_event
+from hakit.history.eventlog import format_event
 
 ClusterFactory = Callable[..., DemoCluster]
 

@@ -1,4 +1,5 @@
-"""One writer, always: an agent's death takes its app with it (hakit.shim, hakit.leftovers).
+"""One writer, always: an agent's death takes its app with it (hakit.supervisor.shim,
+hakit.supervisor.leftovers).
 
 Real agents, apps and router; the agent alone is killed with SIGKILL, as the OOM
 killer or a crash would. A monitor samples every node's /status every 20 ms for the
@@ -19,9 +20,9 @@ from contextlib import contextmanager
 
 import httpx
 
-from hakit import proctable
 from hakit.demo.cluster import DemoCluster, wait_for
-from hakit.leftovers import pid_file_path
+from hakit.supervisor import proctable
+from hakit.supervisor.leftovers import pid_file_path
 
 from .conftest import ClusterFactory, router_get, wait_serving
 

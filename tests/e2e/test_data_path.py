@@ -20,7 +20,7 @@ from collections.abc import Iterator
 import pytest
 
 from hakit.demo.cluster import DemoCluster, wait_for
-from hakit.why import explain
+from hakit.history.why import explain
 from tests.support.netns import NetNs, netns_unavailable, veth_namespace
 
 from .conftest import ClusterFactory, served_by, wait_serving

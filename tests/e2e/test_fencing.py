@@ -276,7 +276,7 @@ def test_frozen_agent_cannot_keep_its_app_past_the_lease_deadline(
     make_cluster: ClusterFactory,
 ) -> None:
     """Only the active's agent is frozen (SIGSTOP): its watchdog thread is frozen with it,
-    but the app's shim (hakit.shim) is not, and kills the app at the lease deadline,
+    but the app's shim (hakit.supervisor.shim) is not, and kills the app at the lease deadline,
     before the stored lease expires and so before any standby may start. The standby
     then takes over; the agent, on waking, fences itself and stays a standby."""
     cluster = make_cluster(lease_ttl="3s", renew_interval="1s", startup_delay=0.2)

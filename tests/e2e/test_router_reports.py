@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from hakit.datapath import FORGET_AFTER, REPORT_PREFIX, PathReport, Sight
 from hakit.demo.cluster import wait_for
+from hakit.health.datapath import FORGET_AFTER, REPORT_PREFIX, PathReport, Sight
 
 from .conftest import ClusterFactory, wait_serving
 

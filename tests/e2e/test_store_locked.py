@@ -1,4 +1,4 @@
-"""The agent supervises on while its coordination store is locked (hakit.storeio).
+"""The agent supervises on while its coordination store is locked (hakit.agent.storeio).
 
 Another process holds the SQLite store's write lock (``BEGIN EXCLUSIVE``) longer than
 the store's busy timeout. Every store write of the agent waits for it, on the agent's
@@ -81,7 +81,7 @@ def test_agent_restarts_a_crashed_app_while_the_store_is_locked(
     # Afterwards the history holds all of it, in the order it happened.
     def caught_up() -> bool:
         # The record and the "running" event: a newer record replaces one still queued
-        # (hakit.storeio), so it may land before an event queued after the older one.
+        # (hakit.agent.storeio), so it may land before an event queued after the older one.
         record = cluster.node_record(node)
         return (
             record is not None

@@ -14,8 +14,8 @@ import time
 
 import httpx
 
-from hakit import proctable
 from hakit.demo.cluster import DemoCluster, wait_for
+from hakit.supervisor import proctable
 
 from .conftest import ClusterFactory, wait_serving
 

@@ -16,7 +16,13 @@ from typing import Any
 
 import pytest
 
-from hakit.admin_api import FAILURE_LIMIT, FAILURE_WINDOW, AdminApi, FailedLogins, client_of
+from hakit.operator.admin_api import (
+    FAILURE_LIMIT,
+    FAILURE_WINDOW,
+    AdminApi,
+    FailedLogins,
+    client_of,
+)
 
 TOKEN = "0123456789abcdef-admin-token"
 GUESS = "not-the-token-but-secret-looking"

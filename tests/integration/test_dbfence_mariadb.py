@@ -1,6 +1,6 @@
 """MySQL/MariaDB as the app's database, against a real MariaDB server (tests/mariadbserver.py):
-the agent's database check (hakit.probe -> hakit.dbfence) and the fencing of an old node's
-sessions on promotion (hakit.fence.Fencer -> hakit.dbfence).
+the agent's database check (hakit.health.probe -> hakit.dbfence) and the fencing of an old node's
+sessions on promotion (hakit.fencing.fence.Fencer -> hakit.dbfence).
 
 Loopback source addresses stand for the nodes' hosts: 127.0.0.2 is node1 (the old
 active), 127.0.0.3 is node2; the fencing itself connects from 127.0.0.1.
@@ -22,8 +22,8 @@ from hakit.config import AppConfig, Config, FailoverConfig, NodeConfig
 from hakit.coord.base import Lease, NodeRecord
 from hakit.coord.embedded import SqliteCoordinator
 from hakit.dbfence import terminate_sessions
-from hakit.fence import AGENT_ID_KEY, Fencer, Predecessor
-from hakit.probe import check_database, database_problem
+from hakit.fencing.fence import AGENT_ID_KEY, Fencer, Predecessor
+from hakit.health.probe import check_database, database_problem
 from tests.mariadbserver import OTHER_PASSWORD, OTHER_USER, MariaDBServer
 
 NODE1, NODE2 = "127.0.0.2", "127.0.0.3"

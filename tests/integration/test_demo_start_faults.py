@@ -9,7 +9,7 @@ from pathlib import Path
 
 from hakit.config import HealthCheckConfig
 from hakit.contract import AppState
-from hakit.probe import StatusProber
+from hakit.health.probe import StatusProber
 from tests.integration.test_demo_app import StartApp, start_app
 
 __all__ = ["start_app"]  # the fixture, shared with test_demo_app.py

@@ -1,4 +1,5 @@
-"""An agent that starts stops what an earlier one left (hakit.leftovers), with real processes."""
+"""An agent that starts stops what an earlier one left (hakit.supervisor.leftovers), with real
+processes."""
 
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from hakit import cgroup, leftovers, proctable
 from hakit.demo.cluster import free_port
+from hakit.supervisor import cgroup, leftovers, proctable
 
 PY = sys.executable
 BOUND = 10.0

@@ -32,8 +32,8 @@ from hakit.config import Config, load_config
 from hakit.demo.cluster import DemoCluster, DemoSettings, free_ports, wait_for
 from hakit.errors import ConfigError
 from hakit.notify import LogNotifier, MultiNotifier, Notification, notifier_from_config
-from hakit.notify_email import EmailNotifier
-from hakit.notify_webhook import WebhookNotifier
+from hakit.notify.email import EmailNotifier
+from hakit.notify.webhook import WebhookNotifier
 
 NOTE = Notification(
     cluster="prod",

@@ -19,7 +19,7 @@ import pytest
 from hakit.config import HealthCheckConfig
 from hakit.contract import REPORTED_STATES, AppState, http_status_for
 from hakit.errors import ConfigError
-from hakit.probe import Observation, StatusProber, check_database, database_problem
+from hakit.health.probe import Observation, StatusProber, check_database, database_problem
 from tests.pgserver import PostgresServer
 
 PROBE_TIMEOUT = 5.0  # generous: these answers come at once unless a test delays them

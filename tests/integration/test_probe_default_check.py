@@ -17,7 +17,7 @@ import pytest
 
 from hakit.config import DEFAULT_HEALTH_CHECK, AppConfig, HealthCheckConfig
 from hakit.contract import AppState
-from hakit.probe import NO_CONTRACT_HINT, Observation, StatusProber
+from hakit.health.probe import NO_CONTRACT_HINT, Observation, StatusProber
 
 
 class _NotFound(BaseHTTPRequestHandler):

@@ -35,7 +35,7 @@ from hakit.contract import AppState, http_status_for
 from hakit.coord.base import Lease, NodeRecord
 from hakit.coord.embedded import SqliteCoordinator
 from hakit.coord.view import ClusterView
-from hakit.datapath import REFUSED, reports_in
+from hakit.health.datapath import REFUSED, reports_in
 from hakit.router import Router
 from hakit.router.health import HealthState
 from hakit.router.pathreport import StateStore
@@ -323,7 +323,7 @@ def test_a_node_whose_agent_runs_no_app_is_not_checked(tmp_path, backends, route
 def test_the_router_publishes_what_its_checks_see_of_each_node(
     tmp_path, backends, router_for
 ) -> None:
-    """The data path (hakit.datapath): n1 answers /status; n2 runs no app and its port is
+    """The data path (hakit.health.datapath): n1 answers /status; n2 runs no app and its port is
     closed, so it gets a TCP connect only, refused: its host is reachable."""
     n1, n2 = backends("n1"), backends("n2")
     n2.stop()  # nothing listens on n2's port any more

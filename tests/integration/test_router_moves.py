@@ -11,7 +11,7 @@ a test can tell what reached which node, and how often.
 - A POST whose node dies mid-request gets a 502 saying it may or may not have been
   saved, and is never sent to another node.
 - The router publishes the requests it has in flight to each node, and whether it
-  sees the node draining, so a switchover can wait for them (hakit.datapath.in_flight).
+  sees the node draining, so a switchover can wait for them (hakit.health.datapath.in_flight).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from hakit.datapath import in_flight
+from hakit.health.datapath import in_flight
 from hakit.router.pages import NOT_PROCESSED
 from tests.support.router_process import BackendProcess, RouterProcess, wait_for
 

@@ -1,4 +1,5 @@
-"""The app cannot outlive its agent: the shim (hakit.shim) with real processes and signals.
+"""The app cannot outlive its agent: the shim (hakit.supervisor.shim) with real processes and
+signals.
 
 A small stand-in agent (a Python process that supervises the app with AppProcess,
 exactly as the agent does) is killed, frozen or left without renewals; the app, and
@@ -21,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from hakit import cgroup, proctable
 from hakit.demo.cluster import free_port
+from hakit.supervisor import cgroup, proctable
 
 PY = sys.executable
 BOUND = 10.0  # upper bound for any condition a test waits for
@@ -54,7 +55,7 @@ AGENT = textwrap.dedent(
     """
     import asyncio, sys, time
     from pathlib import Path
-    from hakit.supervisor import AppProcess
+    from hakit.supervisor.process import AppProcess
     app_script, port, out, logs, arm, group = sys.argv[1:7]
 
     async def main():

@@ -18,7 +18,7 @@ import pytest
 
 from hakit.demo.cluster import free_port
 from hakit.errors import SupervisorError
-from hakit.supervisor import START_MARKER, AppProcess, ExitInfo, classify_exit
+from hakit.supervisor.process import START_MARKER, AppProcess, ExitInfo, classify_exit
 
 PY = sys.executable
 DEADLINE = 10.0  # upper bound for any condition a test waits for

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from hakit.config import load_config
 from hakit.coord.embedded import SqliteCoordinator
-from hakit.supervisor import live_group_members
+from hakit.supervisor.process import live_group_members
 
 GONE_TIMEOUT = 10.0
 

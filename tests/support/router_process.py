@@ -27,8 +27,8 @@ from typing import Any, TypeVar
 
 from hakit.coord.base import NodeRecord
 from hakit.coord.embedded import SqliteCoordinator
-from hakit.datapath import PathReport, reports_in
 from hakit.demo.cluster import free_ports
+from hakit.health.datapath import PathReport, reports_in
 
 ROOT = Path(__file__).resolve().parents[2]
 T = TypeVar("T")

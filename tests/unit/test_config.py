@@ -17,9 +17,9 @@ from hakit.config import (
     parse_duration,
     parse_listen,
 )
-from hakit.configcheck import describe_config, same_machine_address
+from hakit.config.check import describe_config, same_machine_address
+from hakit.config.toml_positions import key_lines, locate, syntax_error_position
 from hakit.errors import ConfigError
-from hakit.tomlpos import key_lines, locate, syntax_error_position
 
 EXAMPLES = sorted((Path(__file__).parents[2] / "examples").glob("*.toml"))
 

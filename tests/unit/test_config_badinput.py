@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from hakit.config import MAX_DURATION, PLACEHOLDERS, AppConfig, load_config, parse_duration
-from hakit.configcheck import config_warnings
-from hakit.tomlpos import MAX_NESTING, key_lines, too_deep
+from hakit.config.check import config_warnings
+from hakit.config.toml_positions import MAX_NESTING, key_lines, too_deep
 from tests.unit.test_config import BASE, changed, problems_of
 
 START = 'start = ["python3", "-m", "hakit.demo", "--port", "{port}"]'
@@ -103,7 +103,7 @@ def test_every_placeholder_and_literal_braces_are_accepted(tmp_path: Path) -> No
 
 
 def test_the_agent_fills_in_exactly_the_names_the_config_allows(tmp_path: Path) -> None:
-    from hakit.agent import substitutions
+    from hakit.agent.agent import substitutions
 
     path = tmp_path / "hakit.toml"
     path.write_text(BASE)

@@ -1,4 +1,4 @@
-"""The data-path decisions (hakit.datapath), table-driven on a fake wall clock.
+"""The data-path decisions (hakit.health.datapath), table-driven on a fake wall clock.
 
 Timeline used throughout: the holder renewed its lease (ttl 3 s, renewal every
 0.5 s) at t=100, so it expires at t=103; an answer at or after t=100.75 (one and a
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import pytest
 
 from hakit.coord.base import Lease, NodeRecord
-from hakit.datapath import (
+from hakit.health.datapath import (
     FORGET_AFTER,
     REFUSED,
     SILENT,

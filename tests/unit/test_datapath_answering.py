@@ -1,4 +1,4 @@
-"""hakit.datapath.path_lost with ``answering_since``: the routers' failures from before the
+"""hakit.health.datapath.path_lost with ``answering_since``: the routers' failures from before the
 app answered locally (it was starting, or the node was frozen) are not a lost path.
 
 Found under load (tests/e2e, a CPU-starved run): an app that took 2 s to start was
@@ -9,7 +9,7 @@ standby, whose new app was then handed back the same way.
 
 from __future__ import annotations
 
-from hakit.datapath import REFUSED, SILENT, PathReport, Sight, path_lost
+from hakit.health.datapath import REFUSED, SILENT, PathReport, Sight, path_lost
 
 FALL, PATIENCE = 2, 2.0
 STANDBY = Sight(answered_at=None, checked_at=111.9, failure=REFUSED, failing_since=90.0)

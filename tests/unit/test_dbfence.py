@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from hakit.agent import substitutions
+from hakit.agent.agent import substitutions
 from hakit.config import AppConfig, Config, FailoverConfig, NodeConfig, load_config
 from hakit.coord.base import Lease, NodeRecord
 from hakit.coord.embedded import SqliteCoordinator
@@ -29,8 +29,8 @@ from hakit.dbfence import (
     sessions_of,
     sessions_to_kill,
 )
-from hakit.fence import AGENT_ID_KEY, Fencer, Predecessor
-from hakit.probe import check_database
+from hakit.fencing.fence import AGENT_ID_KEY, Fencer, Predecessor
+from hakit.health.probe import check_database
 
 
 @pytest.mark.parametrize(

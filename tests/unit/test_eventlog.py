@@ -1,4 +1,4 @@
-"""hakit.eventlog: event lines with full dates, JSON records, and what ``hakit events``
+"""hakit.history.eventlog: event lines with full dates, JSON records, and what ``hakit events``
 selects with --since, --node and --kind."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 
 from hakit.coord.base import Event
-from hakit.eventlog import event_record, format_event, iso_time, parse_since, select_events
+from hakit.history.eventlog import event_record, format_event, iso_time, parse_since, select_events
 
 T0 = datetime(2026, 11, 22, 4, 40, 0, tzinfo=UTC).timestamp()
 

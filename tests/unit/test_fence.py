@@ -1,4 +1,5 @@
-"""Fencing (hakit.fence): who must be fenced before a promotion, and running the fence command."""
+"""Fencing (hakit.fencing.fence): who must be fenced before a promotion, and running the fence
+command."""
 
 from __future__ import annotations
 
@@ -14,11 +15,11 @@ import pytest
 from pydantic import ValidationError
 
 from hakit.config import AppConfig, Config, FailoverConfig, NodeConfig, load_config
-from hakit.configcheck import describe_config
+from hakit.config.check import describe_config
 from hakit.coord.base import Lease, NodeRecord
 from hakit.coord.embedded import SqliteCoordinator
 from hakit.errors import ConfigError
-from hakit.fence import (
+from hakit.fencing.fence import (
     AGENT_ID_KEY,
     PENDING_KEY,
     FenceNeed,
@@ -35,7 +36,7 @@ from hakit.fence import (
     stood_down,
     takeover_words,
 )
-from hakit.supervisor import live_group_members
+from hakit.supervisor.process import live_group_members
 
 NOW = 1_000_000.0
 

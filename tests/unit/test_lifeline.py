@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from hakit import lifeline
-from hakit.lifeline import DeadlineKeeper, Inbox
+from hakit.supervisor import lifeline
+from hakit.supervisor.lifeline import DeadlineKeeper, Inbox
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""The choice between the compiled router modules and their sources (hakit/native.py)."""
+"""The choice between the compiled router modules and their sources (hakit/router/native.py)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from hakit import native
-from hakit.native import COMPILED_DIR, MANIFEST, PURE_ENV, Manifest, choose_path, manifest_for
+from hakit.router import native
+from hakit.router.native import (
+    COMPILED_DIR,
+    MANIFEST,
+    PURE_ENV,
+    Manifest,
+    choose_path,
+    manifest_for,
+)
 
 MODULES = ("http", "headers")
 
@@ -81,9 +88,35 @@ def test_the_environment_forces_pure_python(tmp_path: Path, value: str) -> None:
     assert choose_path([str(pkg)], pkg, {PURE_ENV: "0"}).mode == "compiled (mypyc)"
 
 
+def test_the_loader_is_not_one_of_the_compiled_modules() -> None:
+    # native.py lives in the router package but decides its __path__: it runs as source.
+    assert "native" not in native.COMPILED_MODULES
+    assert Path(native.__file__).name == "native.py"
+
+
+def test_the_build_reads_the_module_list_without_importing_the_router() -> None:
+    # scripts/build_native.py loads native.py from its file: importing hakit.router would
+    # load the build it is about to replace.
+    script = Path(__file__).resolve().parents[2] / "scripts" / "build_native.py"
+    code = (
+        "import importlib.util, sys; "
+        f"spec = importlib.util.spec_from_file_location('build_native', {str(script)!r}); "
+        "module = importlib.util.module_from_spec(spec); spec.loader.exec_module(module); "
+        "print(' '.join(module.COMPILED_MODULES)); "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'hakit'))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    modules, imported = result.stdout.splitlines()
+    assert tuple(modules.split()) == native.COMPILED_MODULES
+    assert imported == "[]"
+
+
 def router_mode(env: dict[str, str]) -> str:
     code = (
-        "import hakit.router, hakit.router.http as h, hakit.native as n; print(n.mode, h.__file__)"
+        "import hakit.router, hakit.router.http as h, hakit.router.native as n; "
+        "print(n.mode, h.__file__)"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True

@@ -13,27 +13,24 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from hakit.admin_api import AdminApi, authorized
 from hakit.cli import app
 from hakit.config import AdminConfig, AppConfig, ClusterConfig, Config, NodeConfig
 from hakit.coord.base import Lease, NodeRecord
 from hakit.coord.embedded import SqliteCoordinator
 from hakit.demo.cluster import free_ports
 from hakit.errors import HakitError
-from hakit.operator import (
+from hakit.operator.admin_api import AdminApi, authorized, load_token
+from hakit.operator.client import AdminClient
+from hakit.operator.commands import OperatorError, perform, status_document
+from hakit.operator.intents import (
     HANDOVER,
     PAUSED,
-    AdminClient,
     IntentWatcher,
-    OperatorError,
     handover_event,
-    load_token,
     operator_actor,
-    perform,
     request_path_loss,
-    status_document,
 )
-from hakit.policy_events import HandoverEnded, HandoverRequested, LeaseVacant, Paused, Resumed
+from hakit.policy.vocabulary import HandoverEnded, HandoverRequested, LeaseVacant, Paused, Resumed
 
 TOKEN = "s3cret-token-0123456789"
 NOW = 1_700_000_000.0
@@ -434,7 +431,7 @@ def test_config_nofailover_flag_or_tag_and_not_on_every_node(tmp_path: Path) -> 
 def test_agent_at_boot_hears_the_pause_first_then_boots_then_the_handover(store, cfg) -> None:
     from hakit.agent import Agent
     from hakit.notify import notifier_from_config
-    from hakit.policy_events import Boot
+    from hakit.policy.vocabulary import Boot
 
     running_cluster(store, at=time.time())
     ask(store, cfg, "pause", reason="upgrade")

@@ -48,8 +48,7 @@ from hakit.policy import (
     TakeLease,
     Tick,
 )
-from hakit.policy_events import describe_exit, human_duration
-from hakit.policy_rules import (
+from hakit.policy.rules import (
     Verdict,
     classify,
     extend_streak,
@@ -57,6 +56,7 @@ from hakit.policy_rules import (
     last_active,
     streak_is_failure,
 )
+from hakit.policy.vocabulary import describe_exit, human_duration
 
 COLD, WARM, RESTART_ONLY, ACTIVE_ACTIVE = (
     Mode.COLD_STANDBY,
@@ -1559,7 +1559,7 @@ def test_random_sequences_with_pauses_never_act_while_paused(mode: Mode, seed: i
             world.carry_out(policy.reset(world.now), S.MANUAL, operator=True)
 
 
-# --- the routers' lost path to the active node (hakit.datapath) -----------------------------
+# --- the routers' lost path to the active node (hakit.health.datapath) ----------------------------
 
 LOST = "router r1 has not reached node1 since 12:00:00 (4 silent checks in a row; ...)"
 

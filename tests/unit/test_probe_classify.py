@@ -7,7 +7,7 @@ import json
 import pytest
 
 from hakit.contract import REPORTED_STATES, AppState, http_status_for
-from hakit.probe import (
+from hakit.health.probe import (
     classify_command_result,
     classify_health_response,
     classify_status_response,

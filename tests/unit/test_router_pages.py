@@ -1,5 +1,5 @@
 """The router's own answers say what happened to the request, and nothing it cannot know
-(router/pages.py); router.hold_body_limit is read as a size (config.py)."""
+(router/pages.py); router.hold_body_limit is read as a size (hakit.config)."""
 
 from __future__ import annotations
 

@@ -11,8 +11,8 @@ import pytest
 from hakit.config import AppConfig, ClusterConfig, Config, CoordinationConfig, RouterConfig
 from hakit.contract import AppState
 from hakit.coord.embedded import SqliteCoordinator
-from hakit.datapath import ANSWERED, REFUSED, SILENT, reports_in
-from hakit.probe import Observation, closed_detail, refused_detail
+from hakit.health.datapath import ANSWERED, REFUSED, SILENT, reports_in
+from hakit.health.probe import Observation, closed_detail, refused_detail
 from hakit.router.pathreport import (
     PathReporter,
     PathTracker,
@@ -33,7 +33,7 @@ def obs(state: AppState, http: int | None, detail: str) -> Observation:
         (obs(AppState.RUNNING, 200, "reports RUNNING"), ANSWERED),
         (obs(AppState.ERROR, 500, "reports ERROR"), ANSWERED),
         (obs(AppState.NOT_DEPLOYED, 404, "HTTP 404"), ANSWERED),
-        # The words the probes themselves use (hakit.probe), not copies of them.
+        # The words the probes themselves use (hakit.health.probe), not copies of them.
         (obs(AppState.DOWN, None, refused_detail("http://h:1/status")), REFUSED),
         (obs(AppState.DOWN, None, closed_detail("http://h/status", "reset")), REFUSED),
         (obs(AppState.DOWN, None, "cannot connect to http://h/: [Errno 101] unreachable"), SILENT),

@@ -1,10 +1,10 @@
-"""The agent's own stall detector (hakit.stall): pure, fed with monotonic times."""
+"""The agent's own stall detector (hakit.agent.stall): pure, fed with monotonic times."""
 
 from __future__ import annotations
 
 import pytest
 
-from hakit.stall import Stall, StallDetector
+from hakit.agent.stall import Stall, StallDetector
 
 
 def ticks(detector: StallDetector, *times: float) -> list[Stall]:

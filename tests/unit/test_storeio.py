@@ -1,4 +1,4 @@
-"""hakit.storeio: the agent's one store thread, with real threads and a real SQLite store."""
+"""hakit.agent.storeio: the agent's one store thread, with real threads and a real SQLite store."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from hakit.agent.storeio import StoreIO
 from hakit.coord.base import Event
 from hakit.coord.embedded import SqliteCoordinator
 from hakit.errors import CoordinationError
-from hakit.storeio import StoreIO
 
 
 def wait_until(condition: Callable[[], object], timeout: float = 5.0) -> None:

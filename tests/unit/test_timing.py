@@ -1,4 +1,5 @@
-"""hakit.timing: timers derived from a recovery target, worst-case arithmetic, timing rules."""
+"""hakit.config.timing: timers derived from a recovery target, worst-case arithmetic, timing
+rules."""
 
 from __future__ import annotations
 
@@ -10,9 +11,8 @@ from typer.testing import CliRunner
 
 from hakit.cli import app
 from hakit.config import Mode, load_config
-from hakit.configcheck import describe_config
-from hakit.errors import ConfigError
-from hakit.timing import (
+from hakit.config.check import describe_config
+from hakit.config.timing import (
     Inputs,
     apply_recovery_target,
     breakdown,
@@ -24,6 +24,7 @@ from hakit.timing import (
     rule_problems,
     worst_case,
 )
+from hakit.errors import ConfigError
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "recovery-target.toml"
 

@@ -17,6 +17,7 @@ import pytest
 from hakit.config import Mode
 from hakit.contract import AppState
 from hakit.coord.base import Event, Lease, NodeRecord
+from hakit.history.why import ClusterNow, explain, node_condition, parse_at, terms
 from hakit.policy import (
     Alert,
     AppExited,
@@ -31,7 +32,6 @@ from hakit.policy import (
     StatusObserved,
     StepDown,
 )
-from hakit.why import ClusterNow, explain, node_condition, parse_at, terms
 
 BASE = datetime(2026, 11, 22, 4, 40, 0, tzinfo=UTC).timestamp()
 

@@ -4,7 +4,7 @@ The sequences are the ones real clusters wrote in the end-to-end fencing and
 operator tests (tests/e2e/test_fencing.py, test_operator.py, test_failover.py),
 with their times moved to 04:40 UTC. Fence events are recorded by the
 promoting node with epoch 0 and the epoch they were for in ``data["epoch"]``
-(hakit.fence.Fencer); the alert that follows a failed fence repeats its reason.
+(hakit.fencing.fence.Fencer); the alert that follows a failed fence repeats its reason.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from hakit.coord.base import Event
-from hakit.why import explain
+from hakit.history.why import explain
 
 from .test_why import BASE, Row, alert, history
 

@@ -13,7 +13,7 @@ Contract (like Patroni's AbstractDCS, but small):
 - Event history: append-only, ids strictly increasing, every event carries a
   one-sentence reason.
 - Cluster state: a small key/value map of JSON objects that operators write and
-  every agent reads each turn (``paused``, ``handover``: see hakit.operator).
+  every agent reads each turn (``paused``, ``handover``: see hakit.operator.intents).
   ``clear_state`` with ``if_value`` is a compare-and-delete, so an agent never
   removes an intent newer than the one it acted on.
 - ``renew_epoch(node, epoch, ttl)`` extends the lease only if it is still stored

@@ -20,11 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-from hakit import cgroup, proctable
 from hakit.config import Config
 from hakit.config import load_config as _load_config
 from hakit.coord.base import Event, NodeRecord
 from hakit.coord.factory import open_coordinator
+from hakit.supervisor import cgroup, proctable
 
 T = TypeVar("T")
 

@@ -16,7 +16,7 @@ from rich.console import Console
 from hakit.contract import AppState, is_routable
 from hakit.demo.cluster import DemoCluster, DemoSettings, free_port
 from hakit.errors import HakitError
-from hakit.eventlog import format_event
+from hakit.history.eventlog import format_event
 
 DEFAULT_NODE_PORTS = (8101, 8102)
 

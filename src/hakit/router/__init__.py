@@ -16,12 +16,13 @@
 - health.py    the check state machine (fall/rise/drain) and the HealthBoard (pure)
 - checks.py    the router's own /status checks of each node; TCP and send/expect checks
 - tcp.py       the TCP failover proxy (`[[tcp_proxy]]`), sharing health.py
+- native.py    the compiled (mypyc) or pure choice of the per-request modules
 
 The per-request modules run compiled (mypyc) when a fresh build exists: see
-hakit/native.py. The next line decides, before any of them is imported.
+native.py. The next line decides, before any of them is imported.
 """
 
-from hakit.native import use_compiled
+from hakit.router.native import use_compiled
 
 __path__ = use_compiled(__path__, __file__)
 

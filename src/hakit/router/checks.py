@@ -4,7 +4,7 @@ The router's checks are its "network path to the node": the agent of a node
 publishes what it sees from the node itself, but only the router can tell
 that it cannot reach a node whose agent says RUNNING. ``RouterChecks`` probes
 each node's /status every ``router.check_interval`` with the manager's own
-prober (hakit.probe: one reading of the contract), turns the observation into
+prober (hakit.health.probe: one reading of the contract), turns the observation into
 a check result and feeds the ``HealthBoard`` (health.py) with the cluster's
 [health] fall/rise.
 
@@ -15,7 +15,7 @@ restarted is routable at once instead of after ``rise`` checks.
 
 Every completed check also feeds the router's data-path tracker
 (pathreport.py: when each node last answered, since when and how it fails),
-which the router publishes for the agents (hakit.datapath). A node whose agent
+which the router publishes for the agents (hakit.health.datapath). A node whose agent
 runs no app gets no /status check, only a TCP connect for the tracker: its host
 refusing (reachable) or not answering (silent) is what a handover to it needs.
 """
@@ -35,7 +35,7 @@ from hakit.contract import MEANING, REPORTED_STATES, AppState, is_routable
 from hakit.coord.base import NodeRecord
 from hakit.coord.view import ClusterView
 from hakit.errors import HakitError
-from hakit.probe import Observation
+from hakit.health.probe import Observation
 from hakit.router.health import HealthBoard, HealthState, Result, Transition, drain, fail, ok
 from hakit.router.pathreport import PathTracker, path_kind, reach
 from hakit.router.statusclient import Prober, make_prober

@@ -144,7 +144,7 @@ class RequestHead:
     """A parsed, checked request head (one per request; read-only by convention).
 
     A plain class with its own ``__init__`` rather than a dataclass: compiled
-    (hakit/native.py), a dataclass's generated ``__init__`` still runs as
+    (hakit/router/native.py), a dataclass's generated ``__init__`` still runs as
     interpreted Python, ~3,400 instructions per request for these 13 fields
     (measured with benchmarks/router_instructions.py); frozen, it costs more still.
     """

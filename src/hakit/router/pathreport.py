@@ -1,4 +1,5 @@
-"""The router's side of the data path (hakit.datapath): what it sees of every node, published.
+"""The router's side of the data path (hakit.health.datapath): what it sees of every node,
+published.
 
 The router's own checks (checks.py) are its network path to each node: every
 completed check is fed to a :class:`PathTracker` (pure: wall times are passed in),
@@ -12,13 +13,13 @@ reachable host (refused, or accepted) from a silent one.
 ``router/<name>`` (``Coordinator.set_state``), through the router's store
 executor: when what it sees changes (a node starts or stops answering, or the
 kind of failure changes) and at least every ``every`` seconds (the agents judge
-a report stale after hakit.datapath.STALE_REPORTS periods), never more often
+a report stale after hakit.health.datapath.STALE_REPORTS periods), never more often
 than ``every / 5``. The request hot path is not involved: only the checks feed
 the tracker.
 
 Each node's entry also carries the requests the router has in flight to it and
 whether the router sees it draining (``load``, read from the router when a
-report is written), for a draining node's agent (hakit.datapath.in_flight). The
+report is written), for a draining node's agent (hakit.health.datapath.in_flight). The
 router asks for a report at once (``changed``) when it first sees a node drain
 and when its count for a draining node falls to 0, so a drain ends promptly;
 otherwise the counts go out with the usual period. Upgraded connections
@@ -41,8 +42,8 @@ from typing import Any, Protocol
 
 from hakit.config import Config
 from hakit.contract import REPORTED_STATES, AppState
-from hakit.datapath import ANSWERED, REFUSED, SILENT, PathReport, Sight, report_key
-from hakit.probe import Observation, host_answered
+from hakit.health.datapath import ANSWERED, REFUSED, SILENT, PathReport, Sight, report_key
+from hakit.health.probe import Observation, host_answered
 
 log = logging.getLogger("hakit.router")
 

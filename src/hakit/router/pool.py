@@ -20,7 +20,7 @@ Which nodes may serve, by mode:
   say it serves (its last check answered: ``HealthBoard.answering``) and (4) the
   view is fresh (read within ``stale_view``): a view the router can no longer
   refresh never extends a lease. An agent stalled past its deadline thus keeps
-  its users served (hakit.datapath: the standby does not take over while the
+  its users served (hakit.health.datapath: the standby does not take over while the
   routers get answers), and a dead node stops getting new users at its first
   failed check.
 - active-active: every node whose record is routable.

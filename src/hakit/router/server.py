@@ -4,10 +4,10 @@ The data plane lives in http.py / exchange.py / upstream.py; this module owns
 the state they decide on: the last ``ClusterView`` (read every
 ``router.state_poll_interval`` in a dedicated thread, since reading the store
 blocks) and the passive down marks. With a ``store``, it also publishes what its
-checks see of each node's data path (pathreport.py, hakit.datapath), through
+checks see of each node's data path (pathreport.py, hakit.health.datapath), through
 the same thread, with the requests it has in flight to each node and whether it
 sees the node draining: a draining node's agent waits for those to end
-(hakit.datapath.in_flight) before it stops the app, so the count is published
+(hakit.health.datapath.in_flight) before it stops the app, so the count is published
 at once when it falls to 0 for a draining node.
 """
 
@@ -22,10 +22,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Final, cast
 
-from hakit import native
 from hakit.config import Config, NodeConfig, Sticky, parse_listen
 from hakit.coord.view import ClusterView
 from hakit.errors import HakitError
+from hakit.router import native
 from hakit.router.admin import Observability
 from hakit.router.balance import track_up
 from hakit.router.checks import RouterChecks
@@ -499,7 +499,7 @@ class Router:
 
     def _left_draining(self, node: str) -> None:
         """No request left in flight to ``node``: if it drains, publish that at once (its
-        agent waits for it before stopping the app: hakit.datapath.in_flight)."""
+        agent waits for it before stopping the app: hakit.health.datapath.in_flight)."""
         if node in self._drain_began and self.paths is not None:
             self.paths.changed()
 
@@ -529,7 +529,7 @@ def bound_address(server: asyncio.AbstractServer) -> tuple[str, int]:
     """The host and port ``server`` listens on (its first socket).
 
     Read untyped: uvloop's ``Server.sockets`` is a list where typeshed says a
-    tuple, and this module runs compiled (hakit/native.py), where a value that
+    tuple, and this module runs compiled (hakit/router/native.py), where a value that
     does not match its declared type raises TypeError.
     """
     sockets: Any = cast(Any, server).sockets

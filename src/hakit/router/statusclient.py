@@ -1,12 +1,12 @@
 """The router's checks of each node over plain HTTP, without httpx.
 
-``hakit.probe.StatusProber`` speaks HTTP through httpx: about 8 MiB of
+``hakit.health.probe.StatusProber`` speaks HTTP through httpx: about 8 MiB of
 imports in every process that loads it, and a heavy path per request. That
 suits an agent probing its one app; the router checks every node every
 ``router.check_interval`` and should stay small and idle-cheap. For an
 ``http://`` status or health URL, ``LightStatusProber`` makes the same GET
 with asyncio and httptools (the router's own parser) and reads the answer
-with the same rules and the same classification (hakit.probe): redirects
+with the same rules and the same classification (hakit.health.probe): redirects
 are not followed, a new connection per probe (a restarted app never gets a
 pooled connection to its dead predecessor), no proxy, the body capped. HTTPS
 URLs and status commands still go through ``StatusProber`` (``make_prober``).
@@ -23,7 +23,7 @@ import httptools
 
 from hakit.config import HealthCheckConfig
 from hakit.contract import AppState
-from hakit.probe import (
+from hakit.health.probe import (
     HEALTH_BODY_LIMIT,
     STATUS_BODY_LIMIT,
     Observation,

@@ -1,0 +1,15 @@
+"""The per-node agent: supervisor + probes + lease + policy -> actions.
+
+- agent.py    ``Agent``: one node's loops (probes, lease, heartbeat, operator), the
+              policy's events in, its actions carried out
+- storeio.py  every call to the coordination store on one thread, in issue order
+- stall.py    the agent's own stalls (its monotonic clock jumped: a frozen VM)
+
+What the agent drives lives beside it: the policy (hakit.policy), the app's
+supervisor and shim (hakit.supervisor), the probes and data path (hakit.health),
+fencing and the lease watchdog (hakit.fencing), the store (hakit.coord).
+"""
+
+from hakit.agent.agent import Agent
+
+__all__ = ["Agent"]

@@ -1,0 +1,111 @@
+"""hakit.toml: its schema as frozen validated objects, the loader, the checks, the timers.
+
+- schema.py          one frozen pydantic model per section, and ``Config``
+- values.py          the value types: durations, sizes, addresses, commands, placeholders, enums
+- loader.py          ``load_config``: read, validate every section, check, resolve paths
+- check.py           checks across sections, warnings, the summary of ``hakit config check``
+- problems.py        every problem worded with file, line and key
+- toml_positions.py  where a key is in the TOML source (line numbers for the problems)
+- timing.py          timers derived from ``failover.recovery_target``; worst-case arithmetic
+
+``from hakit.config import Config, load_config`` (and every section and value
+type) is the way in; the modules import each other directly, never this package.
+"""
+
+from hakit.config.loader import load_config
+from hakit.config.schema import (
+    AUTO_FAILBACK_UNSUPPORTED,
+    DEFAULT_HEALTH_CHECK,
+    DEFAULT_NOTIFY_EVENTS,
+    MIN_TOKEN_LENGTH,
+    NOTIFY_EVENTS,
+    PATTERN_HINTS,
+    AdminConfig,
+    AppConfig,
+    ClusterConfig,
+    Config,
+    CoordinationConfig,
+    FailoverConfig,
+    HealthCheckConfig,
+    HealthConfig,
+    MailAddress,
+    NodeConfig,
+    NotifyConfig,
+    OnFailedStart,
+    RouterConfig,
+    TcpProxyConfig,
+)
+from hakit.config.values import (
+    FENCE_PLACEHOLDERS,
+    MAX_DURATION,
+    PLACEHOLDERS,
+    STANDBY_MODES,
+    AccessLogFormat,
+    Argv,
+    Balance,
+    ByteCount,
+    Command,
+    Duration,
+    Mode,
+    PositiveDuration,
+    Size,
+    Sticky,
+    StickyDown,
+    Storage,
+    TcpCheck,
+    format_duration,
+    mask_password,
+    parse_duration,
+    parse_listen,
+    parse_size,
+    placeholder_problem,
+    sqlite_path,
+)
+
+__all__ = [
+    "AUTO_FAILBACK_UNSUPPORTED",
+    "DEFAULT_HEALTH_CHECK",
+    "DEFAULT_NOTIFY_EVENTS",
+    "FENCE_PLACEHOLDERS",
+    "MAX_DURATION",
+    "MIN_TOKEN_LENGTH",
+    "NOTIFY_EVENTS",
+    "PATTERN_HINTS",
+    "PLACEHOLDERS",
+    "STANDBY_MODES",
+    "AccessLogFormat",
+    "AdminConfig",
+    "AppConfig",
+    "Argv",
+    "Balance",
+    "ByteCount",
+    "ClusterConfig",
+    "Command",
+    "Config",
+    "CoordinationConfig",
+    "Duration",
+    "FailoverConfig",
+    "HealthCheckConfig",
+    "HealthConfig",
+    "MailAddress",
+    "Mode",
+    "NodeConfig",
+    "NotifyConfig",
+    "OnFailedStart",
+    "PositiveDuration",
+    "RouterConfig",
+    "Size",
+    "Sticky",
+    "StickyDown",
+    "Storage",
+    "TcpCheck",
+    "TcpProxyConfig",
+    "format_duration",
+    "load_config",
+    "mask_password",
+    "parse_duration",
+    "parse_listen",
+    "parse_size",
+    "placeholder_problem",
+    "sqlite_path",
+]

@@ -1,0 +1,625 @@
+"""Fencing: make sure an old active node cannot act before a new one starts (DESIGN.md,
+"Fencing and split brain"; issue 4, item 4).
+
+Three layers, from the node itself outwards:
+
+- Self-fencing (in the agent): an agent that cannot renew its lease SIGKILLs its
+  app before the lease's TTL ends; :func:`kill_group_now` is that kill, done
+  synchronously so nothing else of the agent runs first. :class:`LeaseWatchdog`
+  does it from a thread of its own, so a main loop that is blocked (on a store
+  that is locked or slow, say) cannot keep the app alive past the lease.
+- STONITH: a standby that takes over a lease which *expired* (its holder did not
+  release it: the holder is frozen, cut off or dead) runs the configured
+  ``failover.fence_command`` against the old holder before it starts the app,
+  like a Pacemaker fence agent (IPMI, a cloud API's power-off). Promotion waits
+  for the command's success; a failure is alerted, the lease is given back and
+  the takeover is retried later. A released lease is a clean handover: nothing
+  to fence.
+- Database sessions (``failover.fence_database_sessions``): on such a takeover the
+  old node's sessions are ended (hakit.dbfence). PostgreSQL: ``pg_terminate_backend``
+  of those with ``application_name = 'hakit-<node>'`` (the agent sets ``PGAPPNAME``
+  in the app's environment so libpq-based apps carry that name). MySQL/MariaDB:
+  ``KILL`` of database_url's user's sessions from the old node's address.
+
+The decision (:func:`fence_needs`) is pure; :class:`Fencer` does the I/O.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hakit.config import Config, Storage
+from hakit.contract import AppState
+from hakit.coord.base import Coordinator, Lease, NodeRecord
+from hakit.dbfence import application_name as application_name  # re-exported: PGAPPNAME
+from hakit.dbfence import fences_sessions, sessions_of, terminate_sessions
+from hakit.errors import CoordinationError
+from hakit.health.probe import StatusProber
+from hakit.supervisor.lifeline import DeadlineKeeper
+
+log = logging.getLogger("hakit.fence")
+
+OUTPUT_TAIL = 2000  # characters of a fence command's output kept in its event
+PENDING_KEY = "fence_pending"  # NodeRecord.detail key: nodes this node could not fence yet
+AGENT_ID_KEY = "agent_id"  # NodeRecord.detail key: the publishing agent process's instance id
+RETRY_MAX = 60.0  # longest wait between two attempts to fence the same node
+
+
+# --- pure decisions ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FenceNeed:
+    """``node`` may still act under ``epoch``, whose lease ended at wall time ``since``.
+
+    ``agent_id`` identifies the agent process that held it (``AGENT_ID_KEY`` in its
+    record), when known: only that very process can prove it fenced itself.
+    """
+
+    node: str
+    epoch: int
+    since: float  # wall-clock seconds
+    why: str  # one clause: "its lease of epoch 3 expired at 12:00:01 without being released"
+    agent_id: str | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "since": self.since, "why": self.why, "agent": self.agent_id}
+
+
+@dataclass(frozen=True, slots=True)
+class Predecessor:
+    """What a node about to take the lease saw just before: the stored lease (None when
+    released or never held), the highest epoch, and the holder's record at that time."""
+
+    lease: Lease | None
+    last_epoch: int
+    record: NodeRecord | None = None
+    read_at: float = 0.0  # wall-clock seconds
+
+
+def read_predecessor(
+    coordinator: Coordinator, me: str, clock: Callable[[], float] = time.time
+) -> Predecessor:
+    """Read before asking for the lease (blocking; run it in a thread).
+
+    ``clock`` is the wall clock the store's lease times are compared with.
+    """
+    read_at = clock()
+    lease = coordinator.current_lease()
+    last_epoch = coordinator.last_epoch()
+    record = None
+    if lease is not None and lease.holder != me and not lease.valid_at(read_at):
+        # It can be taken: remember which agent process held it, to recognise it later.
+        record = next((r for r in coordinator.nodes() if r.node == lease.holder), None)
+    return Predecessor(lease, last_epoch, record, read_at)
+
+
+def agent_id_of(record: NodeRecord | None, epoch: int) -> str | None:
+    """The agent instance that published ``record`` while acting under ``epoch``."""
+    if record is None or record.epoch != epoch:
+        return None
+    value = record.detail.get(AGENT_ID_KEY)
+    return value if isinstance(value, str) else None
+
+
+def clock(wall: float) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(wall))
+
+
+def stood_down(record: NodeRecord | None, need: FenceNeed) -> bool:
+    """True when the very agent that held ``need.node``'s lease has run since it ended and
+    no longer claims it.
+
+    That agent checks its deadline before it publishes anything and kills its app
+    when it is late, so a record of the same agent instance written after
+    ``need.since`` that is not "active under the lost epoch" proves the app is
+    gone. A record of another instance (the agent was restarted: the old one's
+    app may live on, orphaned) or of an unknown one proves nothing.
+    """
+    if record is None or need.agent_id is None or record.updated_at <= need.since:
+        return False
+    if record.detail.get(AGENT_ID_KEY) != need.agent_id:
+        return False
+    return not (record.role == "active" and record.epoch == need.epoch)
+
+
+def _merge(needs: dict[str, FenceNeed], need: FenceNeed) -> None:
+    known = needs.get(need.node)
+    if known is None or (need.epoch, need.since) > (known.epoch, known.since):
+        needs[need.node] = need
+
+
+def pending_in(record: NodeRecord) -> list[FenceNeed]:
+    """The fence needs another node published as not done yet (see ``PENDING_KEY``)."""
+    raw = record.detail.get(PENDING_KEY)
+    needs = []
+    if isinstance(raw, dict):
+        for node, info in raw.items():
+            if not isinstance(info, dict):
+                continue
+            try:
+                epoch, since = int(info["epoch"]), float(info["since"])
+            except (KeyError, TypeError, ValueError):
+                continue
+            why = f"{record.node} could not fence it yet ({info.get('why', 'see its events')})"
+            agent = info.get("agent")
+            needs.append(
+                FenceNeed(str(node), epoch, since, why, agent if isinstance(agent, str) else None)
+            )
+    return needs
+
+
+def fence_needs(
+    me: str,
+    before: Predecessor,
+    gained: Lease,
+    records: Mapping[str, NodeRecord],
+    own_pending: Sequence[FenceNeed],
+) -> tuple[list[FenceNeed], list[FenceNeed]]:
+    """(nodes to fence before ``me`` may act under ``gained``, nodes that no longer need it).
+
+    - a lease of another node that was still stored (not released) ended
+      without a clean handover: fence its holder;
+    - epochs handed out between ``before`` was read and ``gained``: fence whoever
+      published one of them (they held the lease for a moment, then lost it);
+    - nodes another node (or ``me``, earlier) could not fence yet stay to fence.
+
+    ``records`` are the node records now. A node whose agent has published a
+    record since (``stood_down``) is cleared instead: it has run, seen its lease
+    end and killed its app.
+    """
+    needs: dict[str, FenceNeed] = {}
+    lease, read_at = before.lease, before.read_at
+    if lease is not None and lease.holder != me:
+        if lease.expires_at <= read_at:
+            why = f"its lease of epoch {lease.epoch} expired at {clock(lease.expires_at)} without being released"
+        else:
+            why = f"its lease of epoch {lease.epoch} ended without a clean release"
+        since = min(lease.expires_at, read_at)
+        agent = agent_id_of(before.record, lease.epoch)
+        _merge(needs, FenceNeed(lease.holder, lease.epoch, since, why, agent))
+    prior = max(before.last_epoch, lease.epoch if lease is not None else 0)
+    if gained.epoch > prior + 1:
+        for record in records.values():
+            if record.node != me and prior < record.epoch < gained.epoch:
+                why = f"it held epoch {record.epoch}, which ended while {me} took the lease"
+                agent = agent_id_of(record, record.epoch)
+                _merge(needs, FenceNeed(record.node, record.epoch, read_at, why, agent))
+    for record in records.values():
+        if record.node != me:
+            for need in pending_in(record):
+                _merge(needs, need)
+    for need in own_pending:
+        _merge(needs, need)
+    needs.pop(me, None)
+    to_fence = [n for n in needs.values() if not stood_down(records.get(n.node), n)]
+    cleared = [n for n in needs.values() if stood_down(records.get(n.node), n)]
+    return sorted(to_fence, key=lambda n: n.node), sorted(cleared, key=lambda n: n.node)
+
+
+def takeover_words(before: Predecessor, me: str) -> str:
+    """For the promotion of ``me`` after reading ``before``: the clause saying that it
+    takes over a lease that EXPIRED without being released (the holder is lost, frozen
+    or cut off: a failover, alerted), or "" (a released lease, a cold start, its own)."""
+    lease = before.lease
+    if lease is None or lease.holder == me or lease.valid_at(before.read_at):
+        return ""
+    return (
+        f"{lease.holder}'s lease of epoch {lease.epoch} expired at {clock(lease.expires_at)} "
+        "without being released (its node is lost, frozen or cut off)"
+    )
+
+
+def render_fence_command(argv: Sequence[str], node: str, host: str) -> list[str]:
+    """``argv`` with ``{node}`` and ``{host}`` of the node to fence substituted."""
+    values = {"node": node, "host": host}
+    return [part.format_map(values) for part in argv]
+
+
+def retry_delay(failures: int, base: float) -> float:
+    """Wait before the next attempt after ``failures`` failed ones in a row (doubling)."""
+    return min(RETRY_MAX, base * 2 ** max(0, failures - 1))
+
+
+# --- I/O -------------------------------------------------------------------------------
+
+
+def kill_group_now(pgid: int | None) -> bool:
+    """SIGKILL the process group ``pgid`` synchronously; False when it is already gone."""
+    if pgid is None or pgid <= 1:
+        return False
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+class LeaseWatchdog:
+    """Kills the app's process group at the lease deadline, whatever the agent's main
+    loop is doing.
+
+    The agent's event loop checks the deadline every 50 ms too, but anything that
+    blocks that loop (a synchronous write to a store that is locked or slow, a bug)
+    would hold its self-fence back past the lease's end: a thread of its own is not
+    held back. It cannot tell a blocked loop from a frozen process by itself, so:
+
+    - it ran at the deadline (its own ticks are regular): kill, now;
+    - it did not run at the deadline either (a gap of its own ticks longer than
+      ``threshold`` spans it: the whole agent was frozen, hakit.agent.stall): leave the
+      decision to the main loop, which renews the lease on waking when nobody took
+      over (``Agent._check_deadline``) and re-arms; kill only if it has done neither
+      within ``grace`` after waking.
+
+    ``arm``/``disarm`` come from the main loop; ``fired`` tells it the watchdog
+    killed (the reason), so it fences itself in the policy too. ``step`` is the
+    decision, fed the monotonic time of each tick; ``start`` runs it in a thread.
+    """
+
+    def __init__(
+        self,
+        pgid: Callable[[], int | None],
+        *,
+        monotonic: Callable[[], float] = time.monotonic,
+        period: float = 0.05,
+        threshold: float = 1.0,
+        grace: float = 3.0,
+        on_fire: Callable[[str], None] = lambda reason: None,
+    ) -> None:
+        self._pgid = pgid
+        self._monotonic = monotonic
+        self._period = period
+        self._on_fire = on_fire
+        self._lock = threading.Lock()
+        # The rule is the shim's too (hakit.supervisor.lifeline): one decision, two keepers.
+        self._keeper = DeadlineKeeper(threshold=threshold, grace=grace)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.fired: str | None = None
+
+    def arm(self, deadline: float) -> None:
+        """The lease must be renewed by ``deadline`` (monotonic), or the app dies then."""
+        with self._lock:
+            self._keeper.arm(deadline)
+
+    def disarm(self) -> None:
+        """No lease to guard (standby, or the main loop fenced itself): forget a kill too."""
+        with self._lock:
+            self._keeper.disarm()
+            self.fired = None
+
+    def take_fired(self) -> str | None:
+        """Why the watchdog killed the app since the last call (None: it did not)."""
+        with self._lock:
+            fired, self.fired = self.fired, None
+            return fired
+
+    def step(self, now: float) -> bool:
+        """One tick at ``now``: True when the app's group must be killed now."""
+        with self._lock:
+            late = self._keeper.step(now)
+            if late is None:
+                return False
+            self.fired = (
+                f"lease not renewed before its deadline ({late:.1f} s late: the store was too "
+                "slow or unreachable; killed by the agent's watchdog thread)"
+            )
+            return True
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._period):
+            if self.step(self._monotonic()):
+                pgid = self._pgid()
+                if kill_group_now(pgid):
+                    log.warning("self-fencing (watchdog): killed app process group %s", pgid)
+                reason = self.fired
+                if reason is not None:
+                    self._on_fire(reason)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="lease-watchdog", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+
+@dataclass(frozen=True, slots=True)
+class CommandResult:
+    ok: bool
+    summary: str  # "exited 0 after 0.2 s", "did not finish within 10 s", ...
+    returncode: int | None
+    elapsed: float
+    output: str
+
+
+def _read_from(path: Path, offset: int) -> str:
+    try:
+        with open(path, "rb") as output:
+            output.seek(offset)
+            data = output.read()
+    except OSError:
+        return ""
+    return data.decode("utf-8", errors="replace")[-OUTPUT_TAIL:].strip()
+
+
+async def run_fence_command(
+    argv: Sequence[str], timeout: float, env: Mapping[str, str], log_path: Path
+) -> CommandResult:
+    """Run one fence command in its own process group, bounded by ``timeout``.
+
+    Its output is appended to ``log_path`` (a file, not a pipe: a fence agent
+    that leaves a child behind cannot keep us waiting for the pipe's end).
+    Success is exit status 0, as for Pacemaker fence agents.
+    """
+    started = time.monotonic()
+    log_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    # 0600: a fence agent's output may carry a BMC's or a cloud API's credentials.
+    with open(log_path, "ab", opener=lambda path, flags: os.open(path, flags, 0o600)) as output:
+        output.write(f"===== hakit: fence {list(argv)!r} at {time.ctime()} =====\n".encode())
+        output.flush()  # before the command writes to the same file
+        offset = output.tell()
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=output,
+                stderr=asyncio.subprocess.STDOUT,
+                env={**os.environ, **env},
+                start_new_session=True,
+            )
+        except OSError as error:
+            return CommandResult(
+                False,
+                f"could not be started: {error.strerror or error} (check failover.fence_command)",
+                None,
+                time.monotonic() - started,
+                "",
+            )
+    try:
+        async with asyncio.timeout(timeout):
+            returncode = await process.wait()
+    except TimeoutError:
+        kill_group_now(process.pid)
+        with contextlib.suppress(ProcessLookupError):
+            await process.wait()
+        elapsed = time.monotonic() - started
+        return CommandResult(
+            False,
+            f"did not finish within fence_timeout {timeout:g} s (killed)",
+            None,
+            elapsed,
+            _read_from(log_path, offset),
+        )
+    elapsed = time.monotonic() - started
+    # Anything the fence agent left behind in its group goes too.
+    kill_group_now(process.pid)
+    if returncode == 0:
+        summary = f"exited 0 after {elapsed:.1f} s"
+    elif returncode < 0:
+        summary = f"was killed by signal {-returncode} after {elapsed:.1f} s"
+    else:
+        summary = f"exited with status {returncode} after {elapsed:.1f} s"
+    return CommandResult(
+        returncode == 0, summary, returncode, elapsed, _read_from(log_path, offset)
+    )
+
+
+# --- the agent's side -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """May the agent promote itself under the lease it just took?"""
+
+    ok: bool
+    reason: str  # for a refusal: the alert's sentence
+    # "fence" alerts that do not block the promotion: a node fenced by the fence command,
+    # database sessions that could not be terminated.
+    alerts: tuple[str, ...] = ()
+
+
+Recorder = Callable[[str, str, dict[str, Any]], None]
+
+
+@dataclass
+class Fencer:
+    """Decides and runs the fencing that must precede one node's promotion.
+
+    ``record(kind, reason, data)`` writes an event to the history. ``pending``
+    (the nodes this node could not fence yet) is published in the node's
+    record so any other node about to promote fences them too. ``call(fn, *args)``
+    runs a blocking store call off the event loop (the agent's: hakit.agent.storeio, in
+    order with its other store I/O).
+    """
+
+    cfg: Config
+    me: str
+    coordinator: Coordinator
+    record: Recorder
+    log_path: Path
+    call: Callable[..., Awaitable[Any]] = asyncio.to_thread
+    pending: dict[str, FenceNeed] = field(default_factory=dict)
+    skip_next: bool = False  # operator (`hakit failover --force`): promote once without fencing
+    failures: int = 0  # failed attempts in a row
+
+    def published(self) -> dict[str, Any]:
+        return {node: need.as_json() for node, need in sorted(self.pending.items())}
+
+    def _host(self, node: str) -> str:
+        try:
+            return self.cfg.node(node).host
+        except KeyError:
+            return ""
+
+    async def clear_to_promote(self, gained: Lease, before: Predecessor) -> Verdict:
+        """Fence what must be fenced before acting under ``gained``; never raises."""
+        try:
+            records = {r.node: r for r in await self.call(self.coordinator.nodes)}
+        except CoordinationError as error:
+            log.warning("could not read the node records before promoting: %s", error)
+            records = {}
+        to_fence, cleared = fence_needs(
+            self.me, before, gained, records, list(self.pending.values())
+        )
+        for need in cleared:
+            self.pending.pop(need.node, None)
+            self.record(
+                "fence",
+                f"{need.node} needs no fencing before {self.me} promotes under epoch "
+                f"{gained.epoch}: {need.why}, but its agent has run since and does not claim "
+                "the lease (it fenced itself)",
+                {"target": need.node, "result": "not-needed", "epoch": gained.epoch},
+            )
+        if not to_fence:
+            self.failures = 0
+            self.skip_next = False  # a forced promotion is one promotion
+            return Verdict(True, "")
+        if self.skip_next:
+            self.skip_next = False
+            for need in to_fence:
+                self.pending.pop(need.node, None)
+                self.record(
+                    "fence",
+                    f"not fencing {need.node} ({need.why}): the operator forced the "
+                    f"promotion of {self.me} under epoch {gained.epoch}",
+                    {"target": need.node, "result": "skipped", "epoch": gained.epoch},
+                )
+            self.failures = 0
+            return Verdict(True, "")
+        alerts: list[str] = []
+        for need in to_fence:
+            refusal = await self._fence_one(need, gained.epoch, alerts)
+            if refusal is not None:
+                self.failures += 1
+                return Verdict(False, refusal)
+            alerts += await self._fence_sessions(need, gained.epoch)
+        self.failures = 0
+        return Verdict(True, "", tuple(alerts))
+
+    async def _fence_one(self, need: FenceNeed, epoch: int, alerts: list[str]) -> str | None:
+        """Run the fence command against ``need.node``; None on success (its sentence is
+        added to ``alerts``: a node was powered off, a human wants to know), else the
+        refusal."""
+        failover = self.cfg.failover
+        before = f"before {self.me} promotes under epoch {epoch}"
+        if failover.fence_command is None:
+            answer = await self._still_answers(need.node)
+            if answer is not None and self.cfg.cluster.storage is Storage.SHARED:
+                # Self-fencing did not happen (the node's shim is frozen or gone with its
+                # agent): promoting now would put two writers on the shared home and
+                # database. Safety over availability, as Pacemaker without STONITH.
+                self.pending[need.node] = need
+                reason = (
+                    f"not promoting {self.me} under epoch {epoch}: {need.node}'s app still "
+                    f"answers ({answer}) although {need.why}, and no failover.fence_command is "
+                    f"configured to stop it; stop it by hand (or configure a fence command), "
+                    f"then {self.me} takes over by itself (`hakit failover --force` promotes "
+                    "anyway, accepting two writers)"
+                )
+                self.record(
+                    "fence",
+                    reason,
+                    {"target": need.node, "result": "still-answering", "epoch": epoch},
+                )
+                return reason
+            self.pending.pop(need.node, None)
+            self.record(
+                "fence",
+                f"no failover.fence_command configured: {self.me} promotes under epoch {epoch} "
+                f"trusting {need.node} to have fenced itself ({need.why})",
+                {"target": need.node, "result": "not-configured", "epoch": epoch},
+            )
+            return None
+        argv = render_fence_command(failover.fence_command, need.node, self._host(need.node))
+        self.pending[need.node] = need  # published while in flight: a crash of ours loses nothing
+        env = {
+            "HAKIT_NODE": self.me,
+            "HAKIT_FENCE_NODE": need.node,
+            "HAKIT_FENCE_HOST": self._host(need.node),
+            "HAKIT_FENCE_EPOCH": str(need.epoch),
+            "HAKIT_CONFIG": str(self.cfg.source or ""),
+        }
+        result = await run_fence_command(argv, failover.fence_timeout, env, self.log_path)
+        data = {
+            "target": need.node,
+            "result": "ok" if result.ok else "failed",
+            "epoch": epoch,
+            "command": argv,
+            "summary": result.summary,  # what `hakit why` tells (it never parses the reason)
+            "returncode": result.returncode,
+            "seconds": round(result.elapsed, 3),
+            "output": result.output,
+        }
+        if result.ok:
+            self.pending.pop(need.node, None)
+            reason = f"fenced {need.node} {before} ({need.why}): the fence command {result.summary}"
+            self.record("fence", reason, data)
+            alerts.append(reason)
+            return None
+        output = f"; its output: {result.output.splitlines()[-1]}" if result.output else ""
+        reason = (
+            f"could not fence {need.node} {before} ({need.why}): the fence command "
+            f"{result.summary}{output}; not promoting: {self.me} gives the lease back and "
+            "tries again later (`hakit failover --force` promotes without fencing)"
+        )
+        self.record("fence", reason, data)
+        return reason
+
+    async def _still_answers(self, node: str) -> str | None:
+        """How ``node``'s app answers its /status now ("RUNNING", "HTTP 503"...), or None
+        when nothing answers there (refused, silent, or the node is unknown): a process
+        that answers at all is alive and may write, whatever state it reports."""
+        try:
+            target = self.cfg.node(node)
+        except KeyError:
+            return None
+        prober = StatusProber(
+            self.cfg.app.health, target.host, target.port, self.cfg.health.probe_timeout
+        )
+        try:
+            observation = await prober.probe()
+        finally:
+            await prober.aclose()
+        if observation.state in (AppState.DOWN, AppState.TIMEOUT, AppState.STOPPED):
+            return None
+        return f"{observation.state} on {target.host}:{target.port}"
+
+    async def _fence_sessions(self, need: FenceNeed, epoch: int) -> list[str]:
+        if not self.cfg.failover.fence_database_sessions:
+            return []
+        url = self.cfg.app.database_url
+        if not fences_sessions(url):  # no database (""), or SQLite
+            return []
+        host = self._host(need.node)
+        count, problem = await terminate_sessions(
+            url, need.node, host, self.cfg.failover.fence_timeout, self.me
+        )
+        name = sessions_of(url, need.node, host)
+        if problem is None:
+            self.record(
+                "fence",
+                f"terminated {count} database session{'s' if count != 1 else ''} of {need.node} "
+                f"({name}) before {self.me} promotes under epoch {epoch}",
+                {"target": need.node, "result": "ok", "sessions": count, "epoch": epoch},
+            )
+            return []
+        reason = (
+            f"could not terminate the database sessions of {need.node} ({name}): "
+            f"{problem}; promoting {self.me} anyway, {need.node} is fenced"
+        )
+        self.record("fence", reason, {"target": need.node, "result": "failed", "epoch": epoch})
+        return [reason]
