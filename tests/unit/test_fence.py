@@ -36,6 +36,7 @@ from hakit.fencing.fence import (
     stood_down,
     takeover_words,
 )
+from hakit.health.datapath import REFUSED, REPORT_PREFIX, PathReport, Sight
 from hakit.supervisor.process import live_group_members
 
 NOW = 1_000_000.0
@@ -492,6 +493,37 @@ def test_without_a_fence_command_self_fencing_is_trusted_and_said(tmp_path: Path
     assert harness.takeover().ok
     [(kind, reason, data)] = harness.events
     assert data["result"] == "not-configured" and "no failover.fence_command" in reason
+
+
+def test_without_a_fence_command_no_promotion_while_a_router_hears_the_old_app(
+    tmp_path: Path,
+) -> None:
+    """The data path: this node cannot reach node1's app (nothing on its port here), but a
+    router got an answer from it after its lease ended: it still runs. No promotion."""
+    harness = Harness(tmp_path, None)
+    now = time.time()
+    heard = Sight(answered_at=now - 0.2, checked_at=now - 0.2)
+    report = PathReport("r1", now, 0.5, 1.5, {"node1": heard})
+    harness.store.set_state(REPORT_PREFIX + "r1", report.as_json())
+    verdict = harness.takeover()
+    assert not verdict.ok
+    assert "node1's app still answers (router r1 got an answer from it" in verdict.reason
+    assert harness.events[-1][2]["result"] == "still-answering"
+    assert list(harness.fencer.pending) == ["node1"]
+    # An answer from before the lease ended proves nothing: self-fencing is trusted.
+    stale = PathReport(
+        "r1",
+        now,
+        0.5,
+        1.5,
+        {
+            "node1": Sight(
+                answered_at=now - 5, checked_at=now - 0.2, failure=REFUSED, failing_since=now - 4
+            )
+        },
+    )
+    harness.store.set_state(REPORT_PREFIX + "r1", stale.as_json())
+    assert harness.takeover().ok
 
 
 def test_no_fence_after_a_clean_handover(tmp_path: Path) -> None:

@@ -44,6 +44,7 @@ from hakit.coord.base import Coordinator, Lease, NodeRecord
 from hakit.dbfence import application_name as application_name  # re-exported: PGAPPNAME
 from hakit.dbfence import fences_sessions, sessions_of, terminate_sessions
 from hakit.errors import CoordinationError
+from hakit.health.datapath import reports_in
 from hakit.health.probe import StatusProber
 from hakit.supervisor.lifeline import DeadlineKeeper
 
@@ -517,7 +518,7 @@ class Fencer:
         failover = self.cfg.failover
         before = f"before {self.me} promotes under epoch {epoch}"
         if failover.fence_command is None:
-            answer = await self._still_answers(need.node)
+            answer = await self._still_answers(need.node) or await self._routers_heard(need)
             if answer is not None and self.cfg.cluster.storage is Storage.SHARED:
                 # Self-fencing did not happen (the node's shim is frozen or gone with its
                 # agent): promoting now would put two writers on the shared home and
@@ -597,6 +598,23 @@ class Fencer:
         if observation.state in (AppState.DOWN, AppState.TIMEOUT, AppState.STOPPED):
             return None
         return f"{observation.state} on {target.host}:{target.port}"
+
+    async def _routers_heard(self, need: FenceNeed) -> str | None:
+        """A router's fresh report that ``need.node``'s app answered after its lease ended
+        (the data path: this node may not reach it, the routers do), in words; else None."""
+        try:
+            state = await self.call(self.coordinator.cluster_state)
+        except CoordinationError:
+            return None
+        now = time.time()
+        for report in reports_in(state):
+            sight = report.sees_now(need.node) if report.fresh(now) else None
+            if sight is None or sight.failure is not None or sight.answered_at is None:
+                continue
+            if sight.answered_at > need.since:
+                ago = max(0.0, now - sight.answered_at)
+                return f"router {report.router} got an answer from it {ago:.1f} s ago"
+        return None
 
     async def _fence_sessions(self, need: FenceNeed, epoch: int) -> list[str]:
         if not self.cfg.failover.fence_database_sessions:
