@@ -35,7 +35,7 @@ other node a fresh standby (warm: its app RUNNING), and, after a failover kind,
 the old node's step-down cooldown (3 x lease_ttl) passed.
 
 Then K injected pauses shorter than patience on a steady cluster (defaults: the
-issue's 20 pauses of 20 s, against DESIGN's default patience ``timeout = 30s``,
+target's 20 pauses of 20 s, against the default patience ``timeout = 30s``,
 fall 2, probe timeout 500 ms; ``--pauses 1 --pause-seconds 4 --pause-patience 8s``
 for a quick check): any restart, stop, failover or change of lease holder is a
 false failover.
@@ -43,7 +43,7 @@ false failover.
 The hang kind takes about stop_timeout longer than its patience: the hung app's
 graceful stop (SIGTERM) waits for the requests stuck in the hang, so the agent
 kills its process group after ``stop_timeout`` (5 s in the demo cluster), as
-DESIGN's restart sequence says (graceful stop, wait stop_timeout, kill).
+the restart sequence is (graceful stop, wait stop_timeout, kill).
 
 Every loop is bounded in count and time; every process is ended (DemoCluster.stop).
 """
@@ -651,7 +651,7 @@ def main() -> None:
     parser.add_argument(
         "--pause-patience",
         default="30s",
-        help="health.timeout during the pauses (DESIGN's default: 30s)",
+        help="health.timeout during the pauses (the default: 30s)",
     )
     args = parser.parse_args()
     kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]

@@ -8,7 +8,7 @@ Needs wrk, haproxy and nginx (scripts/debian-packages.txt), two CPU cores, and
 py-spy for the profile (pip install py-spy; skipped without it). Prints tables
 with ratios; asserts nothing. Loopback only.
 
-Setup (issue 3, "Benchmark"): wrk (``-t1 -c50 --latency``, keep-alive) and the
+Setup: wrk (``-t1 -c50 --latency``, keep-alive) and the
 backend pinned to core 0 (taskset), the proxy under test alone on core 1. The
 backend is nginx serving static files (C speed, so it is not the bottleneck;
 ``--backend python`` uses benchmarks/backend.py instead). Targets, in front of

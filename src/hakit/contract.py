@@ -1,4 +1,4 @@
-"""The application's ``/status`` contract (DESIGN.md) as data.
+"""The application's ``/status`` contract (docs/architecture.md, "The /status contract") as data.
 
 Every part that interprets an app's health (probe, router, policy) reads the
 meaning of a state from here, so the table exists exactly once.

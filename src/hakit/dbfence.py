@@ -1,5 +1,5 @@
 """The app's database, engine by engine: the agent's check and the fencing of an old
-node's sessions (issue 11, item 7).
+node's sessions.
 
 ``app.database_url`` names the engine by its scheme:
 

@@ -1,5 +1,5 @@
-"""The data path end to end (issue 4 item 7; DESIGN.md: "router loses its network path to the
-active node -> fail over"): real agents, apps and router, a real network namespace.
+"""The data path end to end (the failure table's "the routers lose their path to the
+active"): real agents, apps and router, a real network namespace.
 
 node1 (its agent, hence its app) runs inside a network namespace joined to the root
 namespace by a veth pair (tests/support/netns.py); node2 and the router run in the

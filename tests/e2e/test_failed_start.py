@@ -1,4 +1,4 @@
-"""Failed starts end to end (DESIGN.md's failure table: "app fails to start"): real agents,
+"""Failed starts end to end (the failure table's "failed start"): real agents,
 sample apps and router. Never RUNNING within startup_timeout, a webapp that failed to
 deploy (/status 404), and ``failover.on_failed_start = "failover"`` for a node-local fault.
 The whole-cluster bad start (every node fails) is in test_no_false_failover.py."""

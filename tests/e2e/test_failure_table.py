@@ -1,4 +1,4 @@
-"""DESIGN.md's failure table, the rows no other e2e file covers: real agents, sample
+"""The failure table (docs/architecture.md), the rows no other e2e file covers: real agents, sample
 apps, router, a real PostgreSQL and a real webhook receiver.
 
 | row                                   | test                                              |

@@ -1,6 +1,6 @@
-"""Fencing and stalls, end to end (issue 4, items 4 and 7): real agents, apps, router, signals.
+"""Fencing and stalls, end to end: real agents, apps, router, signals.
 
-The fencing test the issue asks for: the active node's agent AND app are frozen
+The main fencing test: the active node's agent AND app are frozen
 with SIGSTOP; the standby fences the old node (a fence command that SIGKILLs
 its app's group, standing in for a power-off) and takes over under a new epoch;
 then both are woken with SIGCONT. From then on the old node must not serve a

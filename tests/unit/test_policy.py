@@ -1,6 +1,6 @@
 """The policy engine, table-driven with a fake clock (plain floats), no patching.
 
-Each row of ROWS is one line of DESIGN.md's failure table (as it applies to one
+Each row of ROWS is one line of the failure table (docs/architecture.md; as it applies to one
 node): a mode, a starting point, then steps ``(seconds to advance, event,
 expected actions)``. Actions are compared as short signatures (see ``sig``).
 """

@@ -1,4 +1,4 @@
-"""Tell a pause of the agent itself from a failure of the app (issue 4, item 7).
+"""Tell a pause of the agent itself from a failure of the app.
 
 When the agent's own process does not run for a while (its VM frozen for a
 snapshot, SIGSTOP, heavy swapping, a blocking call in the event loop), every

@@ -155,7 +155,7 @@ class CoordinationConfig(_Section):
 class HealthCheckConfig(_Section):
     """How the agent learns the app's state. Exactly one way is chosen:
 
-    - ``status_url``: speaks the /status contract (DESIGN.md);
+    - ``status_url``: speaks the /status contract (hakit.contract);
     - ``url`` with ``expect_status`` and/or ``expect_body`` (regex): any health page;
       a match means RUNNING, anything else ERROR;
     - ``command``: exit 0 means RUNNING; otherwise a contract state name printed on
@@ -220,7 +220,7 @@ class HealthCheckConfig(_Section):
         return self
 
 
-# Without [app.health]: the /status contract (DESIGN.md) on the node's port.
+# Without [app.health]: the /status contract (hakit.contract) on the node's port.
 DEFAULT_HEALTH_CHECK = HealthCheckConfig(status_url="http://{host}:{port}/status")
 
 
@@ -341,7 +341,7 @@ class FailoverConfig(_Section):
     restart_attempts: int = Field(default=2, ge=0)
     failure_window: PositiveDuration = 600.0  # failures older than this are forgotten
     # Only false is accepted: a failed node coming back never takes the active role on its
-    # own (DESIGN.md). The key is kept so files saying so explicitly stay valid.
+    # own (no automatic failback). The key is kept so files saying so explicitly stay valid.
     auto_failback: bool = False
     # After restart_attempts failed starts: "alert" (default: another node would most
     # likely fail the same way, e.g. a bad shared config) or "failover" (node-local causes).

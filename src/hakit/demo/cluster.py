@@ -1,7 +1,7 @@
 """A local cluster of real processes: two agents (each supervising a sample app) and a router.
 
 Used by ``hakit demo`` and by the end-to-end tests, so what the tests check is
-exactly what a newcomer sees. Topology is the one of separate hosts (DESIGN.md):
+exactly what a newcomer sees. Topology is the one of separate hosts:
 every node is its own agent process; killing an agent and its app together is a
 faithful node loss.
 """

@@ -1,5 +1,5 @@
-"""Fencing: make sure an old active node cannot act before a new one starts (DESIGN.md,
-"Fencing and split brain"; issue 4, item 4).
+"""Fencing: make sure an old active node cannot act before a new one starts
+(docs/architecture.md, "Fencing").
 
 Three layers, from the node itself outwards:
 

@@ -1,5 +1,5 @@
-"""The data path: what the routers see of each node, and what it means (issue 4, item 7;
-DESIGN.md's failure table, "router loses its network path to the active node").
+"""The data path: what the routers see of each node, and what it means (docs/architecture.md,
+"Failures and what is done about them": the routers lose their path to the active).
 
 A node's agent proves it lives by renewing its lease; its app proves it serves by
 answering the routers. Each router publishes a small report in the coordination

@@ -3,7 +3,7 @@
 Classification is pure (``classify_*``); ``StatusProber`` only does the I/O
 and maps transport failures: connection refused -> DOWN, no answer within the
 timeout -> TIMEOUT. Redirects are never followed: a page that redirects to a
-maintenance page during a backup must not look healthy (DESIGN.md).
+maintenance page during a backup must not look healthy.
 
 ``check_database`` tells "the app reports ERROR because its database is down"
 (alert only) from an app failure (restart).

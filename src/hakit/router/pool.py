@@ -67,7 +67,7 @@ from hakit.router.balance import HealthView, pick_new, ramp_weight
 # A mark taken for a node that had no record: any record that appears later clears it.
 NO_RECORD: Final = -1.0
 
-# App states that keep sticky users but take no new ones (DESIGN.md: "drains").
+# App states that keep sticky users but take no new ones (they drain).
 DRAIN_STATES: Final = frozenset({AppState.STOPPING.value, AppState.MAINTENANCE.value})
 
 

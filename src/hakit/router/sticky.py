@@ -1,6 +1,6 @@
 """Sticky sessions: which node a request belongs to, and the cookie rewriting.
 
-Three strategies (DESIGN.md "Sticky sessions"), each an ``ExchangeHooks``
+Three strategies (``router.sticky``), each an ``ExchangeHooks``
 with one more method, ``node_for(request)``: the node the request is pinned
 to, or None for a new (or unrecognisable) user. The router decides what to do
 with that answer (pool.py); this module only reads and rewrites headers.

@@ -1,4 +1,4 @@
-"""Start, stop and kill one local app process (DESIGN.md, "Automatic correction").
+"""Start, stop and kill one local app process (docs/architecture.md, "supervisor/").
 
 The app runs as the leader of its own process group, so a stop or a kill
 reaches everything it spawned (a shell wrapper and the JVM it started, for
