@@ -26,7 +26,7 @@ from hakit.config.timing import (
 )
 from hakit.errors import ConfigError
 
-EXAMPLE = Path(__file__).parents[2] / "examples" / "recovery-target.toml"
+EXAMPLE = Path(__file__).parents[3] / "examples" / "recovery-target.toml"
 
 # --- derivation -------------------------------------------------------------------
 

@@ -10,9 +10,9 @@ from pathlib import Path
 from hakit.config import HealthCheckConfig
 from hakit.contract import AppState
 from hakit.health.probe import StatusProber
-from tests.integration.test_demo_app import StartApp, start_app
+from tests.integration.demo.test_app import StartApp, start_app
 
-__all__ = ["start_app"]  # the fixture, shared with test_demo_app.py
+__all__ = ["start_app"]  # the fixture, shared with test_app.py
 
 
 def test_fail_start_if_fails_only_while_the_file_exists(

@@ -21,7 +21,7 @@ from hakit.config.check import describe_config, same_machine_address
 from hakit.config.toml_positions import key_lines, locate, syntax_error_position
 from hakit.errors import ConfigError
 
-EXAMPLES = sorted((Path(__file__).parents[2] / "examples").glob("*.toml"))
+EXAMPLES = sorted((Path(__file__).parents[3] / "examples").glob("*.toml"))
 
 # A valid two-node file; the cases below change one thing. Line numbers:
 #  1 [cluster]  2 mode  4 [app]  5 start  6 home  7 database_url

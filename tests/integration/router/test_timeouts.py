@@ -14,8 +14,8 @@ detection) and an idempotent request goes to another node, waits for one
 node, not a dead one: 504, and the node keeps getting requests.
 
 Backends, the cluster view and the router come from tests/support/router_harness.py;
-the admin-port router from test_router_metrics.py, the hold helpers from
-test_router_hold.py.
+the admin-port router from test_metrics.py, the hold helpers from
+test_hold.py.
 """
 
 from __future__ import annotations
@@ -31,15 +31,15 @@ import pytest
 
 from hakit.config import Config, Mode
 from hakit.coord.view import ClusterView
-from tests.integration import test_router_hold, test_router_metrics
-from tests.integration.test_router_hold import (
+from tests.integration.router import test_hold, test_metrics
+from tests.integration.router.test_hold import (
     LONG_HOLD,
     config,
     held_count,
     request,
     wait_until_held,
 )
-from tests.integration.test_router_metrics import AdminRouter, with_router
+from tests.integration.router.test_metrics import AdminRouter, with_router
 from tests.support.router_harness import (
     ClusterHolder,
     SocketServer,
@@ -49,8 +49,8 @@ from tests.support.router_harness import (
 )
 
 # Fixtures reused from those modules: a router serving its admin port, a thread pool.
-admin_router = test_router_metrics.admin_router
-pool = test_router_hold.pool
+admin_router = test_metrics.admin_router
+pool = test_hold.pool
 
 CONNECT_TIMEOUT = 0.5
 RESPONSE_TIMEOUT = 0.5

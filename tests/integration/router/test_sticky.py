@@ -28,7 +28,7 @@ import pytest
 from hakit.config import AppConfig, ClusterConfig, Config, Mode, NodeConfig, RouterConfig, Sticky
 from hakit.coord.view import ClusterView
 from hakit.router.sticky import route_token
-from tests.integration.test_demo_app import StartApp, start_app
+from tests.integration.demo.test_app import StartApp, start_app
 from tests.support.router_harness import Backend, ClusterHolder, RouterThread, record, started_by
 
 __all__ = ["start_app"]  # a fixture used below

@@ -1,7 +1,7 @@
 """Slow start through a live router: a node back from DOWN ramps its share of new users.
 
 Two real backends in active/active (the status-controllable servers of
-test_router_checks.py); the router's own /status checks take n2 DOWN and
+test_checks.py); the router's own /status checks take n2 DOWN and
 back UP, and ``router.slowstart`` ramps n2's weight from 0 to 1 from the
 moment it came back. The test reads that moment from the router itself (its
 admin ``/nodes``: ``health.n2.up_for_seconds``) and sends a bounded window
@@ -24,15 +24,15 @@ import pytest
 
 from hakit.config import Mode
 from hakit.coord.view import ClusterView
-from tests.integration import test_router_checks, test_router_metrics
-from tests.integration.test_router_checks import Backend, _Handler, config
-from tests.integration.test_router_metrics import AdminRouter, with_router
+from tests.integration.router import test_checks, test_metrics
+from tests.integration.router.test_checks import Backend, _Handler, config
+from tests.integration.router.test_metrics import AdminRouter, with_router
 from tests.support.router_harness import ClusterHolder, get, record, wait_for
 
 # Fixtures reused from those modules: backends whose /status answers what the test
 # sets, and a router serving its admin port.
-backends = test_router_checks.backends
-admin_router = test_router_metrics.admin_router
+backends = test_checks.backends
+admin_router = test_metrics.admin_router
 
 SLOWSTART = 2.0  # seconds; the test lasts about this long
 WINDOW = 30  # requests per window (bounded)

@@ -17,7 +17,7 @@ import pytest
 from hakit.config import MAX_DURATION, PLACEHOLDERS, AppConfig, load_config, parse_duration
 from hakit.config.check import config_warnings
 from hakit.config.toml_positions import MAX_NESTING, key_lines, too_deep
-from tests.unit.test_config import BASE, changed, problems_of
+from tests.unit.config.test_config import BASE, changed, problems_of
 
 START = 'start = ["python3", "-m", "hakit.demo", "--port", "{port}"]'
 NAMES = "{node}, {host}, {port}, {route}, {home} and {database_url}"

@@ -11,9 +11,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.integration.test_demo_app import DemoApp, StartApp, start_app
+from tests.integration.demo.test_app import DemoApp, StartApp, start_app
 
-__all__ = ["start_app"]  # the fixture, shared with test_demo_app.py
+__all__ = ["start_app"]  # the fixture, shared with test_app.py
 
 HOUR = 3600.0
 

@@ -246,7 +246,7 @@ def test_forwarded_headers(tmp_path, backends, cluster, router_for) -> None:
     assert seen.header("X-Forwarded-Proto") == ["http"]
     assert seen.header("X-Forwarded-Host") == ["jira.example:8443"]
     assert seen.header("Host") == ["jira.example:8443"]  # the app builds its URLs from it
-    # From a trusted proxy they are extended (For) or kept (Proto); see test_router_headers.py.
+    # From a trusted proxy they are extended (For) or kept (Proto); see tests/unit/router/test_headers.py.
     cfg = make_config(tmp_path, {"n1": n1.port})
     trusting = cfg.model_copy(
         update={"router": cfg.router.model_copy(update={"trusted_proxies": ("127.0.0.0/8",)})}

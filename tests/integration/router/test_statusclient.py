@@ -14,7 +14,7 @@ from hakit.config import HealthCheckConfig
 from hakit.contract import REPORTED_STATES, AppState
 from hakit.health.probe import Observation, StatusProber
 from hakit.router.statusclient import LightStatusProber, make_prober
-from tests.integration.test_probe import (  # noqa: F401  (fixtures)
+from tests.integration.health.test_probe import (  # noqa: F401  (fixtures)
     PROBE_TIMEOUT,
     STATUS,
     Answer,

@@ -24,9 +24,9 @@ from hakit.config import Config, load_config
 from hakit.demo.cluster import free_port
 from hakit.errors import HakitError
 from hakit.router.tls import server_context
-from tests.integration.test_router_slowhttp import _StatusHandler
+from tests.integration.router.test_slowhttp import _StatusHandler
 from tests.support.router_harness import Backend, ClusterHolder, RouterThread, make_config
-from tests.unit.test_config import BASE
+from tests.unit.config.test_config import BASE
 
 
 @dataclass(frozen=True)

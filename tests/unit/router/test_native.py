@@ -97,7 +97,7 @@ def test_the_loader_is_not_one_of_the_compiled_modules() -> None:
 def test_the_build_reads_the_module_list_without_importing_the_router() -> None:
     # scripts/build_native.py loads native.py from its file: importing hakit.router would
     # load the build it is about to replace.
-    script = Path(__file__).resolve().parents[2] / "scripts" / "build_native.py"
+    script = Path(__file__).resolve().parents[3] / "scripts" / "build_native.py"
     code = (
         "import importlib.util, sys; "
         f"spec = importlib.util.spec_from_file_location('build_native', {str(script)!r}); "

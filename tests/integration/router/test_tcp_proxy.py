@@ -362,7 +362,7 @@ def test_backpressure_both_ways_and_half_close() -> None:
 
 # --- real LDAP mirrors ---------------------------------------------------------------------
 
-EXAMPLE = Path(__file__).parents[2] / "examples" / "router-checks-and-ldap-proxy.toml"
+EXAMPLE = Path(__file__).parents[3] / "examples" / "router-checks-and-ldap-proxy.toml"
 SLAPD_CONF = """include /etc/ldap/schema/core.schema
 pidfile {dir}/slapd.pid
 modulepath /usr/lib/ldap

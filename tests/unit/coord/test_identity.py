@@ -1,7 +1,7 @@
 """The store's identity: a deleted, replaced or older store is refused, never recreated.
 
 Real SQLite files throughout; an injected clock where lease times matter. The
-processes-and-restarts side is in tests/integration/test_store_replaced.py.
+processes-and-restarts side is in tests/integration/coord/test_store_replaced.py.
 """
 
 from __future__ import annotations

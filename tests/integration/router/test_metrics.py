@@ -33,7 +33,7 @@ from tests.support.router_harness import (
     started_by,
     wait_for,
 )
-from tests.unit.test_router_accesslog import COMBINED, COMMON
+from tests.unit.router.test_accesslog import COMBINED, COMMON
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -387,7 +387,7 @@ def test_access_log_through_the_router(tmp_path, backends, cluster, fmt) -> None
 def test_refused_requests_are_logged_and_counted(tmp_path, backends, cluster, admin_router) -> None:
     """Every request refused while its head is read (the conformance cases, a slow head)
     gets an access log line and is counted under node "-"; none reaches the node."""
-    from tests.integration.test_router_conformance import CASES, expand
+    from tests.integration.router.test_conformance import CASES, expand
 
     n1 = backends("n1")
     cluster.active("n1", 1)

@@ -48,7 +48,7 @@ def holding(cfg: Config, hold_timeout: float) -> Config:
 def config(tmp_path: Any, ports: dict[str, int], mode: Mode = Mode.COLD_STANDBY) -> Config:
     """make_config without the router's own /status checks: these backends do not
     implement the contract's /status, and what is tested here is the view and
-    passive failures (the checks are tested in test_router_checks.py)."""
+    passive failures (the checks are tested in test_checks.py)."""
     cfg = make_config(tmp_path, ports, mode)
     router = cfg.router.model_copy(update={"check_interval": 3600.0})
     return cfg.model_copy(update={"router": router})

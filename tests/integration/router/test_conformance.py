@@ -26,7 +26,7 @@ import pytest
 
 from tests.support.router_harness import ClusterHolder, RouterThread, make_config
 
-DATA = Path(__file__).parent.parent / "data" / "malformed_requests.json"
+DATA = Path(__file__).parents[2] / "data" / "malformed_requests.json"
 CASES: list[dict[str, Any]] = json.loads(DATA.read_text())["cases"]
 _REPEAT = re.compile(r"<<(.*?)\*(\d+)>>", re.DOTALL)
 
