@@ -25,21 +25,10 @@ import httpx
 import pytest
 
 from tests.pgserver import start_postgres
+from tests.support.waiting import wait_until
 
 T = TypeVar("T")
 LISTENING = re.compile(r"listening on http://([0-9.]+):(\d+)")
-
-
-def wait_until(condition: Callable[[], T | None], timeout: float, what: str) -> T:
-    """Poll ``condition`` until it returns something truthy; fail naming ``what``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02)
 
 
 @dataclass

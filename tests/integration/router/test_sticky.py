@@ -30,6 +30,7 @@ from hakit.coord.view import ClusterView
 from hakit.router.sticky import route_token
 from tests.integration.demo.test_app import StartApp, start_app
 from tests.support.router_harness import Backend, ClusterHolder, RouterThread, record, started_by
+from tests.support.waiting import wait_until
 
 __all__ = ["start_app"]  # a fixture used below
 
@@ -164,17 +165,6 @@ def in_flight(router: RouterThread) -> dict[str, int]:
         return dict(router.router.in_flight)
 
     return router.call(read())
-
-
-def wait_until(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02)
 
 
 # --- lb-cookie --------------------------------------------------------------------------------

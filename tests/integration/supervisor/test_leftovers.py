@@ -9,7 +9,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import pytest
 
 from hakit.demo.cluster import free_port
 from hakit.supervisor import cgroup, leftovers, proctable
+from tests.support.waiting import wait_until
 
 PY = sys.executable
 BOUND = 10.0
@@ -27,14 +27,6 @@ LISTENER = (
     "s.bind(('127.0.0.1', int(sys.argv[1]))); s.listen(); print('ready', flush=True)\n"
     "time.sleep(120)\n"
 )
-
-
-def wait_until(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + BOUND
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.005)
 
 
 def alive(pid: int) -> bool:
@@ -151,6 +143,8 @@ def test_what_is_left_in_the_apps_cgroup_is_stopped(tmp_path: Path, spawned) -> 
         )
         assert app.wait(timeout=BOUND) == -signal.SIGKILL
         assert len(found.stopped) == 1 and f"[{app.pid}]" in found.stopped[0]
-        wait_until(lambda: not cgroup.populated(group), "the cgroup to empty")
+        wait_until(
+            lambda: not cgroup.populated(group), BOUND, "the cgroup to empty", interval=0.005
+        )
     finally:
         cgroup.remove(group)
