@@ -20,7 +20,7 @@ NATIVE := src/hakit/router/_compiled/manifest.json
 demo: $(STAMP) $(NATIVE)
 	$(BIN)/hakit demo
 
-# HAKIT_EXPECT_COMPILED: tests/unit/test_native.py fails if the router is not the compiled one.
+# HAKIT_EXPECT_COMPILED: tests/unit/router/test_native.py fails if the router is not the compiled one.
 test: $(STAMP) $(NATIVE) lint typecheck
 	HAKIT_EXPECT_COMPILED=1 $(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadgroup
 

@@ -14,13 +14,14 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from hakit.demo.cluster import free_port
 
 APP_USER, APP_PASSWORD, APP_DATABASE = "app", "app-secret", "app"
 OTHER_USER, OTHER_PASSWORD = "other", "other-secret"  # another account on the same database
@@ -30,12 +31,6 @@ def _binary(name: str) -> str | None:
     return shutil.which(name) or next(
         (str(p) for p in (Path("/usr/sbin") / name, Path("/usr/bin") / name) if p.exists()), None
     )
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _as_root() -> list[str]:
@@ -205,7 +200,7 @@ def start_mariadb(timeout: float = 60.0) -> MariaDBServer:
     except BaseException:
         shutil.rmtree(base, ignore_errors=True)
         raise
-    port = _free_port()
+    port = free_port()
     server = MariaDBServer(base, port, _launch(base, port))
     try:
         _wait_ready(server, timeout)

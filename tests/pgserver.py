@@ -11,12 +11,13 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from hakit.demo.cluster import free_port
 
 
 def _bindir() -> Path | None:
@@ -25,12 +26,6 @@ def _bindir() -> Path | None:
         return Path(candidates[0]).parent
     initdb = shutil.which("initdb")
     return Path(initdb).parent if initdb else None
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -143,7 +138,7 @@ def start_postgres(timeout: float = 30.0) -> PostgresServer:
         stderr=subprocess.PIPE,
         **kwargs,  # type: ignore[arg-type]
     )
-    port = _free_port()
+    port = free_port()
     server = PostgresServer(datadir, port, _launch(datadir, port, owner), owner)
     try:
         _wait_ready(server, timeout)

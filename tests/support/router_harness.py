@@ -1,6 +1,6 @@
 """The router test harness: real HTTP backends, a Router on its own loop, raw clients.
 
-Shared by tests/integration/test_router*.py. Backends are threaded
+Shared by tests/integration/router/. Backends are threaded
 ``http.server`` instances on port 0, each answering with its own name and what
 it received. The cluster view is built by hand and read by the router from a
 mutable holder; ``router.refresh()`` is called instead of waiting a poll

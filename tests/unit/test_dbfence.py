@@ -2,7 +2,7 @@
 optional app.database_url (no database: no check, no session fencing, "" substituted).
 
 The database work itself runs against real servers: tests/integration/test_dbfence_mariadb.py
-(MariaDB), tests/integration/test_probe.py and tests/e2e/test_fencing.py (PostgreSQL).
+(MariaDB), tests/integration/health/test_probe.py and tests/e2e/test_fencing.py (PostgreSQL).
 """
 
 from __future__ import annotations

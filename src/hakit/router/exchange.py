@@ -77,7 +77,7 @@ class ExchangeHooks:
     declarations, not worked out in ``__init_subclass__``: compiled (mypyc), a
     class-body default is an instance field, which compiled code reads directly,
     so a class attribute set later by such a hook is never seen there. (The flags
-    are read for every request: one field read.) tests/unit/test_router_sticky.py
+    are read for every request: one field read.) tests/unit/router/test_sticky.py
     checks that every strategy's flags match what it overrides.
     """
 
