@@ -16,7 +16,7 @@ Tasks feed one queue so the policy sees events one at a time:
   hakit.fencing.fence);
 - the heartbeat (every 50 ms: the lease deadline, checked first on waking from a
   freeze, and this agent's own stalls, hakit.agent.stall); beside it, in a thread of its
-  own, the lease watchdog (hakit.fencing.fence.LeaseWatchdog) kills the app at the deadline
+  own, the lease watchdog (hakit.fencing.watchdog.LeaseWatchdog) kills the app at the deadline
   even if this loop is held up (the hard guarantee: no code of this loop is trusted
   to run in time);
 - the operator loop (the operator's intents in the store every ``renew_interval``:
@@ -70,7 +70,6 @@ from hakit.fencing.fence import (
     PENDING_KEY,
     FenceNeed,
     Fencer,
-    LeaseWatchdog,
     Predecessor,
     application_name,
     read_predecessor,
@@ -78,6 +77,7 @@ from hakit.fencing.fence import (
     takeover_words,
 )
 from hakit.fencing.fence import Verdict as FenceVerdict
+from hakit.fencing.watchdog import LeaseWatchdog
 from hakit.health.datapath import (
     PathReport,
     forgotten_reports,
@@ -263,7 +263,7 @@ class Agent:
         )
         # Stalls of this agent itself (hakit.agent.stall): probes overlapping one do not count.
         self.stalls = StallDetector()
-        # Self-fencing that a blocked main loop cannot hold back (hakit.fencing.fence).
+        # Self-fencing that a blocked main loop cannot hold back (hakit.fencing.watchdog).
         self._loop: asyncio.AbstractEventLoop | None = None
         self.watchdog = LeaseWatchdog(
             lambda: self.app.pid,
