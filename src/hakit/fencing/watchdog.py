@@ -46,8 +46,8 @@ class LeaseWatchdog:
     - it did not run at the deadline either (a gap of its own ticks longer than
       ``threshold`` spans it: the whole agent was frozen, hakit.agent.stall): leave the
       decision to the main loop, which renews the lease on waking when nobody took
-      over (``LeaseKeeper.check_deadline``, hakit.agent.lease) and re-arms; kill only if it has done neither
-      within ``grace`` after waking.
+      over (``LeaseKeeper.check_deadline``, hakit.agent.lease) and re-arms; kill only
+      if it has done neither within ``grace`` after waking.
 
     ``arm``/``disarm`` come from the main loop; ``fired`` tells it the watchdog
     killed (the reason), so it fences itself in the policy too. ``step`` is the
