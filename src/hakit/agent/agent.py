@@ -51,12 +51,11 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 from hakit.agent.stall import HEARTBEAT, STALL_THRESHOLD, StallDetector
 from hakit.agent.storeio import StoreIO
-from hakit.config import PLACEHOLDERS, Config, Mode, NodeConfig
+from hakit.config import Config, Mode
 from hakit.contract import AppState
 from hakit.coord.base import Coordinator, Event, Lease, NodeRecord
 from hakit.errors import (
@@ -71,7 +70,6 @@ from hakit.fencing.fence import (
     FenceNeed,
     Fencer,
     Predecessor,
-    application_name,
     read_predecessor,
     retry_delay,
     takeover_words,
@@ -118,9 +116,10 @@ from hakit.policy import (
     Tick,
 )
 from hakit.policy.rules import last_active
-from hakit.supervisor import cgroup, leftovers, proctable
+from hakit.supervisor import leftovers, proctable
+from hakit.supervisor.launch import app_process_for, log_dir
 from hakit.supervisor.leftovers import UNCLEAN_END
-from hakit.supervisor.process import AppProcess, ExitInfo
+from hakit.supervisor.process import ExitInfo
 
 log = logging.getLogger("hakit.agent")
 
@@ -142,43 +141,6 @@ class _Wake:
 _WAKE = _Wake()
 
 
-def substitutions(cfg: Config, node: NodeConfig) -> dict[str, str]:
-    """Values for the ``{placeholders}`` allowed in app commands and env (the vocabulary
-    is config.PLACEHOLDERS: the loader refuses any other name, so none can be missing)."""
-    values = {
-        "node": node.name,
-        "host": node.host,
-        "port": str(node.port),
-        "route": node.route_name,
-        "home": str(cfg.app.home),
-        "database_url": cfg.app.database_url,
-    }
-    assert tuple(values) == PLACEHOLDERS, "config.PLACEHOLDERS and the agent disagree"
-    return values
-
-
-def render_command(
-    command: tuple[str, ...] | str | None, values: dict[str, str]
-) -> tuple[str, ...] | str | None:
-    if command is None:
-        return None
-    if isinstance(command, str):
-        return command.format_map(values)
-    return tuple(part.format_map(values) for part in command)
-
-
-def log_dir(cfg: Config) -> Path:
-    return cfg.cluster.state_dir / "logs"
-
-
-def _app_cgroup(node: str, state_dir: Path) -> Path | None:
-    """The app's cgroup (v2) when the machine lets this agent make one, else None (the
-    shim makes it at each start and removes it once the app is gone: a standby that
-    never starts its app leaves nothing behind)."""
-    path = cgroup.app_cgroup_path(node, state_dir)
-    return path if path is not None and cgroup.allowed(path) else None
-
-
 class Agent:
     """Runs one node: call ``await agent.run()``; cancel or ``request_stop()`` to end."""
 
@@ -198,33 +160,7 @@ class Agent:
         self.monotonic = monotonic
         self.policy = Policy(PolicySettings.from_config(cfg, node_name), self.node.name)
         self.actor = f"agent:{self.node.name}"
-        values = substitutions(cfg, self.node)
-        log_dir(cfg).mkdir(parents=True, exist_ok=True)
-        env = {key: value.format_map(values) for key, value in cfg.app.env.items()}
-        env.setdefault("HAKIT_NODE", self.node.name)
-        # With HAKIT_NODE, how an agent that starts recognises this node's app left on
-        # its port by an earlier agent (hakit.supervisor.leftovers).
-        env.setdefault("HAKIT_CLUSTER", cfg.cluster.name)
-        # libpq-based apps name their PostgreSQL sessions after the node, so a new
-        # active can terminate them (failover.fence_database_sessions, hakit.fencing.fence).
-        env.setdefault("PGAPPNAME", application_name(self.node.name))
-        start = render_command(cfg.app.start, values)
-        assert start is not None
-        self.app = AppProcess(
-            start=start,
-            stop=render_command(cfg.app.stop, values),
-            env=env,
-            cwd=None,
-            log_path=log_dir(cfg) / f"app-{self.node.name}.log",
-            stop_timeout=cfg.app.stop_timeout,
-            on_exit=self._on_exit,
-            cgroup_path=_app_cgroup(self.node.name, cfg.cluster.state_dir),
-            pid_file=leftovers.pid_file_path(cfg.cluster.state_dir, self.node.name),
-            # The shim keeps the lease deadline with the watchdog's rule
-            # (hakit.supervisor.lifeline).
-            threshold=STALL_THRESHOLD,
-            grace=cfg.coordination.lease_ttl,
-        )
+        self.app = app_process_for(cfg, self.node, self._on_exit, threshold=STALL_THRESHOLD)
         self.prober = StatusProber(
             cfg.app.health, self.node.host, self.node.port, cfg.health.probe_timeout
         )
