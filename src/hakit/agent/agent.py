@@ -51,7 +51,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, assert_never
 
 from hakit.agent.stall import HEARTBEAT, STALL_THRESHOLD, StallDetector
 from hakit.agent.storeio import StoreIO
@@ -90,6 +90,7 @@ from hakit.notify import Notifier
 from hakit.operator.commands import perform
 from hakit.operator.intents import HANDOVER, IntentWatcher, expired_words, request_path_loss
 from hakit.policy import (
+    Action,
     Alert,
     AppExited,
     AppStarted,
@@ -741,79 +742,80 @@ class Agent:
             await self._execute(action)
         self._publish()
 
-    async def _execute(self, action: object) -> None:
-        if isinstance(action, StartApp):
-            self._record("start", action.reason, actor=action.actor)
-            self.draining = False
-            self.app_state = AppState.STARTING
-            self._publish()
-            # The policy must hear how the start went before any other event.
-            try:
-                await self._check_port_free()
-                pid = await self.app.start()
-            except SupervisorError as error:
-                self.app_state = AppState.STOPPED
-                await self._handle(AppStartFailed(str(error)))
-            else:
-                await self._handle(AppStarted(pid))
-        elif isinstance(action, StopApp):
-            self._record("stop", action.reason, actor=action.actor)
-            self.app_state = AppState.STOPPING
-            self._publish()
-            if action.kill:
-                await self.app.kill()
-            else:
-                await self.app.stop(action.reason)
-        elif isinstance(action, StepDown):
-            self.draining = False
-            epoch, self.epoch = self.epoch, 0
-            self._given_up_epoch = max(self._given_up_epoch, epoch)
-            released = False
-            if epoch:
+    async def _execute(self, action: Action) -> None:
+        match action:
+            case StartApp():
+                self._record("start", action.reason, actor=action.actor)
+                self.draining = False
+                self.app_state = AppState.STARTING
+                self._publish()
+                # The policy must hear how the start went before any other event.
                 try:
-                    released = await self.store.call(
-                        self.coordinator.release, self.node.name, epoch
-                    )
-                except CoordinationError as error:
-                    log.warning("could not release the lease: %s", error)
-            self._record(
-                action.kind,
-                action.reason
-                + ("" if released else " (lease was not held; it will expire on its own)"),
-                epoch=epoch,
-                actor=action.actor,
-            )
-        elif isinstance(action, Alert):
-            self._record(
-                "alert",
-                action.reason,
-                data={"alert": action.kind, "manual_intervention": action.manual_intervention},
-            )
-            await self.notifier.alert(
-                action.kind,
-                self.node.name,
-                action.reason,
-                manual_intervention=action.manual_intervention,
-                epoch=self.epoch,
-            )
-        elif isinstance(action, Record):
-            self._record(action.kind, action.reason, actor=action.actor)
-        elif isinstance(action, Drain):
-            self._record("drain", action.reason, actor=action.actor)
-            self.draining = True
-            self._publish()
-            # The store takes the record first; then every live router must see it (no
-            # new request reaches the app) and finish what it sent here.
-            await self.store.flush(self.cfg.coordination.lease_ttl)
-            await self._wait_drained(action.actor)
-        elif isinstance(action, TakeLease):
-            await self._take_lease_by_force(action)
-        elif isinstance(action, EndHandover):
-            await self._end_handover(action)
-        elif isinstance(action, RequestHandover):
-            await self._request_handover(action)
-        else:
-            raise TypeError(f"agent cannot execute {action!r}")
+                    await self._check_port_free()
+                    pid = await self.app.start()
+                except SupervisorError as error:
+                    self.app_state = AppState.STOPPED
+                    await self._handle(AppStartFailed(str(error)))
+                else:
+                    await self._handle(AppStarted(pid))
+            case StopApp():
+                self._record("stop", action.reason, actor=action.actor)
+                self.app_state = AppState.STOPPING
+                self._publish()
+                if action.kill:
+                    await self.app.kill()
+                else:
+                    await self.app.stop(action.reason)
+            case StepDown():
+                self.draining = False
+                epoch, self.epoch = self.epoch, 0
+                self._given_up_epoch = max(self._given_up_epoch, epoch)
+                released = False
+                if epoch:
+                    try:
+                        released = await self.store.call(
+                            self.coordinator.release, self.node.name, epoch
+                        )
+                    except CoordinationError as error:
+                        log.warning("could not release the lease: %s", error)
+                self._record(
+                    action.kind,
+                    action.reason
+                    + ("" if released else " (lease was not held; it will expire on its own)"),
+                    epoch=epoch,
+                    actor=action.actor,
+                )
+            case Alert():
+                self._record(
+                    "alert",
+                    action.reason,
+                    data={"alert": action.kind, "manual_intervention": action.manual_intervention},
+                )
+                await self.notifier.alert(
+                    action.kind,
+                    self.node.name,
+                    action.reason,
+                    manual_intervention=action.manual_intervention,
+                    epoch=self.epoch,
+                )
+            case Record():
+                self._record(action.kind, action.reason, actor=action.actor)
+            case Drain():
+                self._record("drain", action.reason, actor=action.actor)
+                self.draining = True
+                self._publish()
+                # The store takes the record first; then every live router must see it (no
+                # new request reaches the app) and finish what it sent here.
+                await self.store.flush(self.cfg.coordination.lease_ttl)
+                await self._wait_drained(action.actor)
+            case TakeLease():
+                await self._take_lease_by_force(action)
+            case EndHandover():
+                await self._end_handover(action)
+            case RequestHandover():
+                await self._request_handover(action)
+            case _:
+                assert_never(action)
 
     async def _shutdown(self) -> None:
         """Planned stop: stop the app, then hand the lease over."""
