@@ -89,8 +89,8 @@ from hakit.policy import (
     Tick,
 )
 from hakit.policy.rules import last_active
-from hakit.supervisor import leftovers, proctable
-from hakit.supervisor.launch import app_process_for, log_dir
+from hakit.supervisor import leftovers
+from hakit.supervisor.launch import app_process_for, check_port_free, log_dir
 from hakit.supervisor.leftovers import UNCLEAN_END
 from hakit.supervisor.process import ExitInfo
 
@@ -350,19 +350,6 @@ class Agent:
                 self.lease.stop()
                 self.store.close()
 
-    async def _check_port_free(self) -> None:
-        """Refuse to start beside another listener on the app's port: the app would fail
-        ("Address already in use") while the probes reached that process instead."""
-        port = self.node.port
-        taken = await asyncio.to_thread(leftovers.listeners, port)
-        if taken:
-            pid = taken[0]
-            command = proctable.command_line(pid)[:200] or "command unknown"
-            raise SupervisorError(
-                f"cannot start the app: port {port} is taken by pid {pid} ({command}); "
-                "stop that process first (the probes would reach it instead of the app)"
-            )
-
     async def _sweep_leftovers(self) -> None:
         """Before anything else: stop what an earlier agent of this node left running
         (hakit.supervisor.leftovers), and say so."""
@@ -436,7 +423,7 @@ class Agent:
                 self._publish()
                 # The policy must hear how the start went before any other event.
                 try:
-                    await self._check_port_free()
+                    await check_port_free(self.node.port)
                     pid = await self.app.start()
                 except SupervisorError as error:
                     self.app_state = AppState.STOPPED

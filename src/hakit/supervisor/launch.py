@@ -3,19 +3,22 @@
 ``substitutions`` and ``render_command`` fill the ``{placeholders}`` of the app's
 commands and env (config.PLACEHOLDERS); the env also names the node (``HAKIT_NODE``),
 the cluster (``HAKIT_CLUSTER``) and the app's PostgreSQL sessions (``PGAPPNAME``);
-``app_process_for`` builds the node's ``AppProcess`` with its log, cgroup and pid file.
+``app_process_for`` builds the node's ``AppProcess`` with its log, cgroup and pid file;
+``check_port_free`` refuses a start beside another listener on the app's port.
 
 Not imported by the shim (hakit.supervisor.shim): it needs the config.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from pathlib import Path
 
 from hakit.config import PLACEHOLDERS, Config, NodeConfig
 from hakit.dbfence import application_name
-from hakit.supervisor import cgroup, leftovers
+from hakit.errors import SupervisorError
+from hakit.supervisor import cgroup, leftovers, proctable
 from hakit.supervisor.process import AppProcess, ExitInfo
 
 
@@ -99,3 +102,16 @@ def app_process_for(
         threshold=threshold,
         grace=cfg.coordination.lease_ttl,
     )
+
+
+async def check_port_free(port: int) -> None:
+    """Refuse to start beside another listener on the app's port: the app would fail
+    ("Address already in use") while the probes reached that process instead."""
+    taken = await asyncio.to_thread(leftovers.listeners, port)
+    if taken:
+        pid = taken[0]
+        command = proctable.command_line(pid)[:200] or "command unknown"
+        raise SupervisorError(
+            f"cannot start the app: port {port} is taken by pid {pid} ({command}); "
+            "stop that process first (the probes would reach it instead of the app)"
+        )
