@@ -15,7 +15,6 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from hakit.agent.agent import substitutions
 from hakit.config import AppConfig, Config, FailoverConfig, NodeConfig, load_config
 from hakit.coord.base import Lease, NodeRecord
 from hakit.coord.embedded import SqliteCoordinator
@@ -31,6 +30,7 @@ from hakit.dbfence import (
 )
 from hakit.fencing.fence import AGENT_ID_KEY, Fencer, Predecessor
 from hakit.health.probe import check_database
+from hakit.supervisor.launch import substitutions
 
 
 @pytest.mark.parametrize(

@@ -1,9 +1,13 @@
 """The per-node agent: supervisor + probes + lease + policy -> actions.
 
-- agent.py    ``Agent``: one node's loops (probes, lease, heartbeat, operator), the
-              policy's events in, its actions carried out
-- storeio.py  every call to the coordination store on one thread, in issue order
-- stall.py    the agent's own stalls (its monotonic clock jumped: a frozen VM)
+- agent.py          ``Agent``: one node's loops (probes, lease, heartbeat, operator), the
+                    policy's events in, its actions carried out
+- lease.py          ``LeaseKeeper``: take, renew, promote, give back the leader lease; its
+                    deadline, self-fencing, waking after a stall, a replaced store refused
+- operator_side.py  ``OperatorSide``: the operator's intents and admin API, draining, the
+                    routers' lost path, forgetting silent routers
+- storeio.py        every call to the coordination store on one thread, in issue order
+- stall.py          the agent's own stalls (its monotonic clock jumped: a frozen VM)
 
 What the agent drives lives beside it: the policy (hakit.policy), the app's
 supervisor and shim (hakit.supervisor), the probes and data path (hakit.health),

@@ -74,7 +74,8 @@ FENCE_TIMEOUT_RANGE = (2.0, 60.0)
 DERIVED_FALL = 3
 MAX_DERIVED_RESTARTS = 3
 # renew_interval x RENEWAL_MARGIN must stay below lease_ttl: two renewals (one
-# lost) plus half a renewal before the agent's own deadline (agent._try_lease).
+# lost) plus half a renewal before the agent's own deadline (hakit.agent.lease,
+# LeaseKeeper.try_lease).
 RENEWAL_MARGIN = 2.5
 
 DERIVED_KEYS: tuple[str, ...] = (

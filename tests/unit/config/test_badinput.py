@@ -103,7 +103,7 @@ def test_every_placeholder_and_literal_braces_are_accepted(tmp_path: Path) -> No
 
 
 def test_the_agent_fills_in_exactly_the_names_the_config_allows(tmp_path: Path) -> None:
-    from hakit.agent.agent import substitutions
+    from hakit.supervisor.launch import substitutions
 
     path = tmp_path / "hakit.toml"
     path.write_text(BASE)

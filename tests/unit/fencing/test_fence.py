@@ -24,11 +24,9 @@ from hakit.fencing.fence import (
     PENDING_KEY,
     FenceNeed,
     Fencer,
-    LeaseWatchdog,
     Predecessor,
     application_name,
     fence_needs,
-    kill_group_now,
     read_predecessor,
     render_fence_command,
     retry_delay,
@@ -36,6 +34,7 @@ from hakit.fencing.fence import (
     stood_down,
     takeover_words,
 )
+from hakit.fencing.watchdog import LeaseWatchdog, kill_group_now
 from hakit.health.datapath import REFUSED, REPORT_PREFIX, PathReport, Sight
 from hakit.supervisor.process import live_group_members
 

@@ -452,8 +452,8 @@ def test_agent_at_boot_hears_the_pause_first_then_boots_then_the_handover(store,
 
     async def boot() -> list[object]:
         agent = Agent(cfg, "node2", store, notifier_from_config(cfg))
-        read, boot = await agent._read_intents(), await agent._boot_event()
-        await agent._feed_intents(read, time.time(), boot=boot)
+        read, boot = await agent.operator.read_intents(), await agent._boot_event()
+        await agent.operator.feed_intents(read, time.time(), boot=boot)
         agent.store.close()
         queued = []
         while not agent.events.empty():
