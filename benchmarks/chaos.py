@@ -108,6 +108,7 @@ PROBE_INTERVAL = 0.2
 PROBE_TIMEOUT = 5.0
 SHUTDOWN_TIMEOUT = 20.0
 SERVING = frozenset({"RUNNING", "FIRST_RUN"})
+FOREIGN = "FOREIGN"  # a process that is not the node's app answered on its port
 MAX_BODY = 64 << 20
 DEFAULT_REINIT = "{python} -m hakit init --reinit -c {config}"
 
@@ -346,7 +347,11 @@ class Sample:
     state: str
 
 
-async def node_state(host: str, port: int) -> str:
+async def node_state(host: str, port: int, route: str) -> str:
+    """What the node's app says, or how asking failed. An answer from a process that is
+    not this node's app (another program that took the port while the app was down, on
+    a machine shared with other work) is FOREIGN: the sample app names its route in
+    every answer's X-Hakit-Node header."""
     try:
         reply = await http(host, port, "GET", "/status", None, MONITOR_TIMEOUT)
     except TimeoutError:
@@ -355,17 +360,21 @@ async def node_state(host: str, port: int) -> str:
         return "DOWN"
     except (OSError, ConnectionError) as error:
         return failure_label(error).upper()
+    if reply.headers.get("x-hakit-node") != route:
+        return FOREIGN
     try:
         return str(reply.json()["state"])
     except (ValueError, KeyError, TypeError):
         return f"HTTP {reply.status}"
 
 
-async def monitor(address: tuple[str, int], samples: list[Sample], stop: asyncio.Event) -> None:
+async def monitor(
+    address: tuple[str, int], route: str, samples: list[Sample], stop: asyncio.Event
+) -> None:
     next_at = time.monotonic()
     while not stop.is_set():
         sent = time.monotonic()
-        state = await node_state(*address)
+        state = await node_state(*address, route)
         samples.append(Sample(sent, time.monotonic(), state))
         next_at = max(next_at + MONITOR_INTERVAL, time.monotonic())
         await asyncio.sleep(max(0.0, next_at - time.monotonic()))
@@ -826,7 +835,14 @@ async def run(args: argparse.Namespace, cluster: ManagedCluster) -> Ending:
         )
         stop_monitor = asyncio.Event()
         monitors = [
-            asyncio.create_task(monitor(cluster.node_address(node), samples, stop_monitor))
+            asyncio.create_task(
+                monitor(
+                    cluster.node_address(node),
+                    cluster.cfg.node(node).route_name,
+                    samples,
+                    stop_monitor,
+                )
+            )
             for node, samples in chaos.samples.items()
         ]
         stop_writers = asyncio.Event()
@@ -960,6 +976,12 @@ def report_lines(result: dict[str, Any], end: Ending) -> list[str]:
     lines += [
         f"    at {w['from_s']:.1f} s for {w['ms']} ms: {', '.join(w['nodes'])} ({w['during']})"
         for w in result["double_active"][:20]
+    ]
+    lines += [
+        f"note: {states[FOREIGN]} answers on {node}'s port came from a process that is not "
+        "its app (the port was taken while the app was down); not counted as serving"
+        for node, states in result["monitor_states"].items()
+        if states.get(FOREIGN)
     ]
     lines.append(
         f"integrity: {'ok' if result['integrity_ok'] else 'NOT ok'} "
