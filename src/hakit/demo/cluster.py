@@ -9,6 +9,7 @@ faithful node loss.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import socket
@@ -24,9 +25,13 @@ from hakit.config import Config
 from hakit.config import load_config as _load_config
 from hakit.coord.base import Event, NodeRecord
 from hakit.coord.factory import open_coordinator
+from hakit.errors import HakitError
 from hakit.supervisor import cgroup, proctable
 
 T = TypeVar("T")
+
+
+log = logging.getLogger("hakit.demo")
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -250,7 +255,11 @@ class DemoCluster:
     def stop(self, timeout: float = 15.0) -> None:
         """SIGTERM every agent (each stops its app) and the router; SIGKILL stragglers."""
         for node in self.cfg.nodes:
-            self.app_pid(node.name)  # remember app pids in case an agent is gone
+            try:
+                self.app_pid(node.name)  # remember app pids in case an agent is gone
+            except HakitError as error:
+                # An unreadable store must not keep the processes running: stop them anyway.
+                log.warning("stopping the demo cluster without the app pids: %s", error)
         for process in self.processes.values():
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
