@@ -1,6 +1,7 @@
 """The app's supervision on one node: start, stop and kill it, and never let it outlive its agent.
 
 - process.py    ``AppProcess``: start / stop / kill one local app through its shim; its exit
+- exits.py      how an exit is told: out of memory or a crash, and its words (pure)
 - launch.py     the app's command line and environment on a node, and its ``AppProcess``
 - shim.py       the app's parent (``python -m hakit.supervisor.shim``): kills the app when the
                 agent dies or the lease deadline passes

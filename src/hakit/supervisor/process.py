@@ -24,7 +24,6 @@ import contextlib
 import json
 import logging
 import os
-import re
 import signal
 import socket
 import sys
@@ -36,84 +35,20 @@ from typing import Any
 
 from hakit.errors import SupervisorError
 from hakit.supervisor import cgroup, lifeline, proctable
+from hakit.supervisor.exits import (  # re-exported: callers import them from here too
+    FOREGROUND_ADVICE as FOREGROUND_ADVICE,
+)
+from hakit.supervisor.exits import LOG_TAIL_BYTES, START_MARKER, ExitInfo
+from hakit.supervisor.exits import classify_exit as classify_exit
+from hakit.supervisor.exits import describe_returncode as describe_returncode
+from hakit.supervisor.exits import foreground_words as foreground_words
+from hakit.supervisor.exits import tail_since_last_start as tail_since_last_start
 from hakit.supervisor.lifeline import Inbox
 
 log = logging.getLogger("hakit.supervisor")
 
-START_MARKER = "===== hakit: start"  # a log line written before every start
-LOG_TAIL_BYTES = 64 * 1024  # how much of the log end is read to classify an exit
-LOG_TAIL_LINES = 50  # "the last lines" searched for an out-of-memory message
 KILL_CONFIRM_TIMEOUT = 10.0  # a SIGKILLed group that outlives this is stuck in the kernel
 SHIM_START_TIMEOUT = 30.0  # the shim reports the app's pid within this (an interpreter start)
-FOREGROUND_ADVICE = (
-    "the start command must stay in the foreground (e.g. Tomcat's `catalina.sh run`, "
-    "not `startup.sh`): hakit supervises the process it started"
-)
-_OOM_EXIT_CODE = 137  # 128 + SIGKILL: what a container runtime reports for an OOM kill
-_OOM_LOG = re.compile(r"OutOfMemoryError|Out of memory|MemoryError")
-
-
-@dataclass(frozen=True, slots=True)
-class ExitInfo:
-    pid: int
-    returncode: int | None  # negative: killed by that signal (asyncio convention)
-    signal: int | None  # the signal that ended the main process, if any
-    oom: bool  # ended by running out of memory
-    expected: bool  # we asked for it (stop or kill)
-    description: str  # e.g. "killed by SIGKILL", "exited with code 3", "out of memory (exit 137)"
-
-
-# --- pure decisions ---------------------------------------------------------
-
-
-def signal_name(number: int) -> str:
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return f"signal {number}"
-
-
-def describe_returncode(returncode: int) -> str:
-    """'killed by SIGKILL', 'exited with code 3', 'exited with code 143 (128+SIGTERM)'."""
-    if returncode < 0:
-        return f"killed by {signal_name(-returncode)}"
-    text = f"exited with code {returncode}"
-    if returncode == 126:
-        return text + " (command not executable)"
-    if returncode == 127:
-        return text + " (command not found)"
-    if returncode > 128 and (returncode - 128) in signal.valid_signals():
-        # A shell or the JVM reports a child killed by signal N as 128 + N.
-        return text + f" (128+{signal_name(returncode - 128)})"
-    return text
-
-
-def classify_exit(returncode: int, log_tail: str) -> tuple[bool, str]:
-    """(oom, description) for a process that ended with ``returncode``.
-
-    ``log_tail`` is the end of the app's output from its latest start; an
-    out-of-memory message in its last lines makes the exit an OOM whatever
-    the code, so the policy restarts instead of counting a plain crash.
-    """
-    last_lines = "\n".join(log_tail.splitlines()[-LOG_TAIL_LINES:])
-    found = _OOM_LOG.search(last_lines)
-    if returncode == _OOM_EXIT_CODE:
-        return True, f"out of memory (exit {_OOM_EXIT_CODE})"
-    if found:
-        return (
-            True,
-            f"out of memory ({found.group(0)} in the log; {describe_returncode(returncode)})",
-        )
-    return False, describe_returncode(returncode)
-
-
-def tail_since_last_start(text: str) -> str:
-    """The part of a log after the latest start marker (earlier runs do not count)."""
-    index = text.rfind(START_MARKER)
-    if index < 0:
-        return text
-    newline = text.find("\n", index)
-    return "" if newline < 0 else text[newline + 1 :]
 
 
 # --- process-group I/O ------------------------------------------------------
@@ -203,17 +138,6 @@ def _timestamp() -> str:
 def _open_private(path: str | os.PathLike[str], flags: int) -> int:
     """Open (creating 0600): app logs may hold what the app prints of its secrets."""
     return os.open(path, flags, 0o600)
-
-
-def foreground_words(left: Mapping[str, Any]) -> str:
-    """What to say when the app's main process exited and left processes running."""
-    pids = [int(pid) for pid in left.get("pids", [])]
-    commands = [str(command) for command in left.get("commands", []) if command]
-    shown = f" ({'; '.join(commands[:2])})" if commands else ""
-    return (
-        f"it left {len(pids)} process{'es' if len(pids) != 1 else ''} running "
-        f"{pids[:5]}{shown}, stopped by hakit: {FOREGROUND_ADVICE}"
-    )
 
 
 class AppProcess:
