@@ -21,8 +21,10 @@ demo: $(STAMP) $(NATIVE)
 	$(BIN)/hakit demo
 
 # HAKIT_EXPECT_COMPILED: tests/unit/router/test_native.py fails if the router is not the compiled one.
+# --max-worker-restart=0: a crashed worker ends the run, reported. Restarted, it makes
+# pytest-xdist 3.8's loadgroup scheduler wait forever for work it lost (xdist #1323/#1378).
 test: $(STAMP) $(NATIVE) lint typecheck
-	HAKIT_EXPECT_COMPILED=1 $(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadgroup
+	HAKIT_EXPECT_COMPILED=1 $(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadgroup --max-worker-restart=0
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

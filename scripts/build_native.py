@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import shutil
 import sys
 import time
@@ -64,6 +65,9 @@ def compile_into(lib_dir: Path) -> None:
         target_dir=str(WORK / "c"),
         multi_file=True,  # several C files: compiled in parallel below
     )
+    c_files = [Path(source) for ext in extensions for source in ext.sources]
+    if problems := doubly_traversed(c_files):
+        raise SystemExit("build_native: " + "\n".join(problems))
     distribution = Distribution({"name": "hakit-native", "ext_modules": extensions})
     command = distribution.get_command_obj("build_ext")
     command.build_lib = str(lib_dir)
@@ -71,6 +75,33 @@ def compile_into(lib_dir: Path) -> None:
     command.parallel = os.cpu_count() or 1
     command.ensure_finalized()
     command.run()
+
+
+_TRAVERSE = re.compile(r"^(\w+)_traverse\(.*?^}", re.MULTILINE | re.DOTALL)
+_VISIT = re.compile(r"^\s*Py_VISIT\((self->\w+)\);", re.MULTILINE)
+
+
+def doubly_traversed(c_files: list[Path]) -> list[str]:
+    """Fields a generated ``tp_traverse`` visits more than once.
+
+    Why: mypyc emits one visit per declaration, so an attribute a subclass declares
+    again (annotated in its ``__init__``) after a base class declared it is visited
+    twice. The garbage collector then counts each reference to it twice, takes
+    objects still in use for garbage and clears them: the router segfaulted on a
+    write batch whose fields a collection had emptied. Caught here, at build time.
+    """
+    problems = []
+    for path in c_files:
+        if not path.exists():
+            continue
+        for match in _TRAVERSE.finditer(path.read_text()):
+            fields = _VISIT.findall(match.group(0))
+            for field in sorted({f for f in fields if fields.count(f) > 1}):
+                problems.append(
+                    f"{match.group(1)} visits {field} twice: an attribute declared in a base "
+                    "class is annotated again in a subclass (assign it without annotation)"
+                )
+    return problems
 
 
 def main() -> int:

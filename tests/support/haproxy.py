@@ -18,9 +18,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import psutil
-
 from hakit.demo.cluster import free_port
+from tests.support.procnet import listens_on
 
 # The sticky cookie the way the vendor guides configure HAProxy for Jira/Bitbucket.
 STICKY_COOKIE = "SERVERID insert indirect nocache"
@@ -87,15 +86,6 @@ def haproxy_binary() -> str:
             "(apt-get install -y haproxy, or run `make bootstrap` as root)"
         )
     return found
-
-
-def listens_on(pid: int, port: int) -> bool:
-    """Process ``pid`` itself has a listening TCP socket on ``port``."""
-    try:
-        connections = psutil.Process(pid).net_connections(kind="tcp")
-    except psutil.Error:
-        return False
-    return any(c.status == psutil.CONN_LISTEN and c.laddr.port == port for c in connections)
 
 
 class HAProxy:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+import psutil
+
 _ESTABLISHED = "01"
 
 
@@ -80,3 +82,12 @@ def request_unanswered(pid: int, server_port: int) -> bool:
         e.local_port == server_port and e.remote_port in client_ports and e.rx_queue > 0
         for e in entries
     )
+
+
+def listens_on(pid: int, port: int) -> bool:
+    """Process ``pid`` itself has a listening TCP socket on ``port``."""
+    try:
+        connections = psutil.Process(pid).net_connections(kind="tcp")
+    except psutil.Error:
+        return False
+    return any(c.status == psutil.CONN_LISTEN and c.laddr.port == port for c in connections)

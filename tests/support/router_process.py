@@ -17,7 +17,6 @@ import http.client
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,9 +28,11 @@ from hakit.coord.base import NodeRecord
 from hakit.coord.embedded import SqliteCoordinator
 from hakit.demo.cluster import free_ports
 from hakit.health.datapath import PathReport, reports_in
+from tests.support.procnet import listens_on
 
 ROOT = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
+PORT_ATTEMPTS = 3  # free ports picked anew when another process took one meanwhile
 
 # A backend: GET /status answers RUNNING (the app contract, for the router's checks);
 # POST /echo answers with the body it received, byte for byte; POST /hang reads the
@@ -187,8 +188,33 @@ class RouterProcess:
     """`hakit router -c hakit.toml` in its own process, with its admin port."""
 
     def __init__(self, tmp: Path, mode: str, backends: list[BackendProcess], **router: str) -> None:
-        self.port, self.admin_port = free_ports(2)
         state = tmp / "state"
+        state.mkdir(parents=True, exist_ok=True)
+        self.store = ClusterStore(state / "coordination.db")
+        self.config = tmp / "hakit.toml"
+        self.log = tmp / "router.log"
+        # Free ports are picked, then bound by the router: another test's process may
+        # take one in between. The router then exits saying so; try other ports.
+        for _ in range(PORT_ATTEMPTS):
+            self.port, self.admin_port = free_ports(2)
+            self._write_config(state, mode, backends, router)
+            with self.log.open("wb") as log:
+                self.proc = subprocess.Popen(
+                    [sys.executable, "-m", "hakit", "router", "-c", str(self.config)],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    cwd=ROOT,
+                )
+            wait_for(self._started, f"the router to listen (log: {self.log})", timeout=30)
+            if self.proc.poll() is None:
+                return
+            if "address already in use" not in self.log.read_text():
+                break
+        raise AssertionError(f"router exited: {self.log.read_text()}")
+
+    def _write_config(
+        self, state: Path, mode: str, backends: list[BackendProcess], router: dict[str, str]
+    ) -> None:
         settings = {
             "listen": f"127.0.0.1:{self.port}",
             "admin_listen": f"127.0.0.1:{self.admin_port}",
@@ -202,38 +228,24 @@ class RouterProcess:
             f'[[nodes]]\nname = "{b.name}"\nhost = "127.0.0.1"\nport = {b.port}\n\n'
             for b in backends
         )
-        self.config = tmp / "hakit.toml"
         self.config.write_text(
             f'[cluster]\nname = "moves"\nmode = "{mode}"\nstate_dir = "{state}"\n\n'
             # A report every 0.5 s (the agents' renewal pace): pathreport.report_every.
             '[coordination]\nlease_ttl = "1.5s"\nrenew_interval = "500ms"\n\n'
-            f'[app]\nstart = ["true"]\nhome = "{tmp / "home"}"\n'
+            f'[app]\nstart = ["true"]\nhome = "{state.parent / "home"}"\n'
             'database_url = "sqlite:///app.db"\n\n'
             "[router]\n"
             + "".join(f"{key} = {json.dumps(value)}\n" for key, value in settings.items())
             + "\n"
             + nodes
         )
-        state.mkdir(parents=True, exist_ok=True)
-        self.store = ClusterStore(state / "coordination.db")
-        self.log = tmp / "router.log"
-        with self.log.open("wb") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "hakit", "router", "-c", str(self.config)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=ROOT,
-            )
-        wait_for(self._listening, f"the router to listen (log: {self.log})", timeout=30)
 
-    def _listening(self) -> bool:
-        assert self.proc.poll() is None, f"router exited: {self.log.read_text()}"
-        try:
-            socket.create_connection(("127.0.0.1", self.admin_port), timeout=1).close()
-            socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-        except OSError:
-            return False
-        return True
+    def _started(self) -> bool:
+        """The router process itself listens on both its ports (not merely someone does:
+        a port it failed to bind may answer for another process), or it has exited."""
+        if self.proc.poll() is not None:
+            return True
+        return listens_on(self.proc.pid, self.port) and listens_on(self.proc.pid, self.admin_port)
 
     def admin(self, path: str) -> str:
         conn = http.client.HTTPConnection("127.0.0.1", self.admin_port, timeout=10)

@@ -35,7 +35,7 @@ from typing import Final, Protocol, cast
 
 import httptools
 
-from hakit.router.batch import BatchedWrites, WriteBatch, batch_for_running_loop
+from hakit.router.batch import BatchedWrites, batch_for_running_loop
 from hakit.router.exchange import Exchange, ProxyContext
 from hakit.router.headers import (
     BadRequest,
@@ -157,8 +157,12 @@ class ClientConnection(BatchedWrites, asyncio.Protocol):
         self._registry = registry
         self._limits = ctx.limits
         self._parser = httptools.HttpRequestParser(self)
-        self._transport: asyncio.Transport | None = None
-        self._batch: WriteBatch | None = None  # writes go out once per loop iteration
+        # Declared by BatchedWrites, so not annotated again: compiled, a subclass that
+        # redeclares them makes the garbage collector count them twice (mypyc's
+        # tp_traverse visits the field once per declaration), and it then frees the
+        # write batch and the transport while they are in use (a segfault).
+        self._transport = None
+        self._batch = None  # writes go out once per loop iteration
         self._client_ip = ""
         self._pause_reasons = 0  # why we stopped reading: a sum of _PAUSE bits (0: reading)
         self.write_paused = False  # our send buffer is full (read by exchanges)

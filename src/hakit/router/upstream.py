@@ -25,7 +25,7 @@ from typing import Protocol, cast
 import httptools
 
 from hakit.config import NodeConfig
-from hakit.router.batch import BatchedWrites, WriteBatch, batch_for_running_loop
+from hakit.router.batch import BatchedWrites, batch_for_running_loop
 from hakit.router.headers import Body, Header, ResponseHead, response_has_body
 from hakit.router.limits import ProxyLimits
 
@@ -109,8 +109,12 @@ class UpstreamConnection(BatchedWrites, asyncio.Protocol):
         self.exchanges = 0  # exchanges started on this connection
         self.on_lost: Callable[[UpstreamConnection], None] | None = None
         self._limits = limits
-        self._transport: asyncio.Transport | None = None
-        self._batch: WriteBatch | None = None  # writes go out once per loop iteration
+        # Declared by BatchedWrites, so not annotated again: compiled, a subclass that
+        # redeclares them makes the garbage collector count them twice (mypyc's
+        # tp_traverse visits the field once per declaration), and it then frees the
+        # write batch and the transport while they are in use (a segfault).
+        self._transport = None
+        self._batch = None  # writes go out once per loop iteration
         self._parser: httptools.HttpResponseParser | None = None  # None: make one at attach
         self._sink: ResponseSink | None = None  # the exchange answered now; None: idle
         self._response_started = False

@@ -8,11 +8,13 @@ runs compiled (mypyc: interpreted classes cannot inherit from compiled ones).
 from __future__ import annotations
 
 import asyncio
+import gc
 
 import uvloop
 
 from hakit.config import NodeConfig
 from hakit.router.batch import WriteBatch, batch_for_running_loop
+from hakit.router.http import ClientConnection
 from hakit.router.limits import ProxyLimits
 from hakit.router.upstream import UpstreamConnection
 
@@ -89,3 +91,36 @@ def test_without_a_loop_writes_are_direct() -> None:
     conn.writelines([b"y", b"z"])
     connection(None, None).write(b"nowhere")  # not connected: nothing to do
     assert log == [("c", b"x"), ("c", b"yz")]
+
+
+class Context:
+    """What a ClientConnection reads from its router at construction."""
+
+    limits = ProxyLimits()
+
+
+def test_the_garbage_collector_counts_each_reference_of_a_connection_once() -> None:
+    """A connection's transport and batch are each one reference to the collector.
+
+    Counted twice (compiled, a subclass that annotated the attributes its base
+    declares got them visited twice), a collection took the batch for garbage and
+    emptied it while connections still wrote through it: the router segfaulted.
+    """
+
+    async def scenario() -> None:
+        batch = batch_for_running_loop()
+        transport = Transport([], "t")
+        conns: list[object] = [connection(transport, batch)]
+        client = ClientConnection(Context(), None)  # type: ignore[arg-type]
+        client._transport, client._batch = transport, batch  # type: ignore[assignment]
+        conns.append(client)
+        for conn in conns:
+            referents = gc.get_referents(conn)
+            assert referents.count(batch) == 1, type(conn).__name__
+            assert referents.count(transport) == 1, type(conn).__name__
+        gc.collect()
+        conns[0].write(b"still batched")  # type: ignore[attr-defined]
+        await asyncio.sleep(0)
+        assert transport.log == [("t", b"still batched")]
+
+    uvloop.run(scenario())
