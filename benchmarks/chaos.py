@@ -79,7 +79,7 @@ from typing import Any, TextIO
 import httpx
 from cluster_runner import Leaked, ManagedCluster, Restart, ServiceManager, signal_pid
 
-from hakit.coord.embedded import SqliteCoordinator
+from hakit.coord.sqlite import SqliteCoordinator
 from hakit.demo.cluster import DemoSettings, free_ports
 
 REPO = Path(__file__).resolve().parents[1]

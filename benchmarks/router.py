@@ -79,7 +79,7 @@ from tests.support.haproxy import (  # noqa: E402
 
 import hakit.router  # noqa: E402, F401 (decides hakit_native.mode)
 from hakit.coord.base import NodeRecord  # noqa: E402
-from hakit.coord.embedded import SqliteCoordinator  # noqa: E402
+from hakit.coord.sqlite import SqliteCoordinator  # noqa: E402
 from hakit.demo.cluster import free_ports  # noqa: E402
 from hakit.router import native as hakit_native  # noqa: E402
 

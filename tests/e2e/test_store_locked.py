@@ -17,7 +17,7 @@ import httpx
 import psutil
 import pytest
 
-from hakit.coord.embedded import DEFAULT_BUSY_TIMEOUT
+from hakit.coord.sqlite import DEFAULT_BUSY_TIMEOUT
 from hakit.demo.cluster import wait_for
 
 from .conftest import ClusterFactory, store_locked, wait_serving

@@ -15,7 +15,7 @@ import pytest
 
 from hakit.config import load_config
 from hakit.coord.base import Event, NodeRecord
-from hakit.coord.embedded import SqliteCoordinator
+from hakit.coord.sqlite import SqliteCoordinator
 
 CONFIG = """\
 [cluster]

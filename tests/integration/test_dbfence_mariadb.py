@@ -20,7 +20,7 @@ import pytest
 
 from hakit.config import AppConfig, Config, FailoverConfig, NodeConfig
 from hakit.coord.base import Lease, NodeRecord
-from hakit.coord.embedded import SqliteCoordinator
+from hakit.coord.sqlite import SqliteCoordinator
 from hakit.dbfence import terminate_sessions
 from hakit.fencing.fence import AGENT_ID_KEY, Fencer, Predecessor
 from hakit.health.probe import check_database, database_problem

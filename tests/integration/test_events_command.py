@@ -19,7 +19,7 @@ import pytest
 
 from hakit.config import load_config
 from hakit.coord.base import Event
-from hakit.coord.embedded import SqliteCoordinator
+from hakit.coord.sqlite import SqliteCoordinator
 
 CONFIG = """\
 [cluster]

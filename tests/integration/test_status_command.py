@@ -29,7 +29,7 @@ import pytest
 
 from hakit.config import load_config
 from hakit.coord.base import Event, NodeRecord
-from hakit.coord.embedded import SqliteCoordinator
+from hakit.coord.sqlite import SqliteCoordinator
 from hakit.demo.cluster import free_ports
 
 

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from hakit.config import load_config
-from hakit.coord.embedded import SqliteCoordinator
+from hakit.coord.sqlite import SqliteCoordinator
 from hakit.supervisor.process import live_group_members
 
 GONE_TIMEOUT = 10.0

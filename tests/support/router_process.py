@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from hakit.coord.base import NodeRecord
-from hakit.coord.embedded import SqliteCoordinator
+from hakit.coord.sqlite import SqliteCoordinator
 from hakit.demo.cluster import free_ports
 from hakit.health.datapath import PathReport, reports_in
 from tests.support.procnet import listens_on

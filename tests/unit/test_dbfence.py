@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from hakit.config import AppConfig, Config, FailoverConfig, NodeConfig, load_config
 from hakit.coord.base import Lease, NodeRecord
-from hakit.coord.embedded import SqliteCoordinator
+from hakit.coord.sqlite import SqliteCoordinator
 from hakit.dbfence import (
     Engine,
     addresses,

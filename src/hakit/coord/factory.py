@@ -29,12 +29,12 @@ def open_coordinator(cfg: Config, *, create: bool = True, node: str | None = Non
     agent that remembers a store never creates one and refuses a missing, fresh,
     foreign or older store (StoreReplacedError). Without ``node`` (routers, CLI
     commands) the memory lives in the process. Even with ``create``, only a process
-    that has not seen an identity creates the store (see hakit.coord.embedded).
+    that has not seen an identity creates the store (see hakit.coord.sqlite).
     Directories made here are 0700, the store 0600.
     """
     if cfg.coordination.backend == "sqlite":
-        from hakit.coord.embedded import SqliteCoordinator
         from hakit.coord.memory import make_private_dir, memory_file
+        from hakit.coord.sqlite import SqliteCoordinator
 
         path = cfg.coordination_path
         if create:

@@ -34,14 +34,14 @@ from pathlib import Path
 
 from hakit.config import Config
 from hakit.coord.base import Event
-from hakit.coord.embedded import (
+from hakit.coord.memory import Memory, fsync_dir, make_private_dir, memory_dir, read_memories
+from hakit.coord.sqlite import (
     SIDE_FILES,
     StoreIdentity,
     create_store,
     file_id,
     read_identity,
 )
-from hakit.coord.memory import Memory, fsync_dir, make_private_dir, memory_dir, read_memories
 from hakit.errors import CoordinationError
 
 # Added to the lease TTL before a re-initialised store grants a lease: covers the

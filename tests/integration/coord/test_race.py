@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from hakit.coord.embedded import SqliteCoordinator
+from hakit.coord.sqlite import SqliteCoordinator
 
 WORKERS = 6
 RACE_TTL = 0.2
@@ -33,7 +33,7 @@ EPSILON = 1e-6
 RACE_WORKER = r"""
 import json, random, sys, time
 from pathlib import Path
-from hakit.coord.embedded import SqliteCoordinator
+from hakit.coord.sqlite import SqliteCoordinator
 
 name, db, ttl, seconds, out, seed = sys.argv[1:7]
 ttl, seconds = float(ttl), float(seconds)
@@ -80,7 +80,7 @@ coord.close()
 HOLDER_WORKER = r"""
 import sys, time
 from pathlib import Path
-from hakit.coord.embedded import SqliteCoordinator
+from hakit.coord.sqlite import SqliteCoordinator
 
 name, db, ttl = sys.argv[1], sys.argv[2], float(sys.argv[3])
 coord = SqliteCoordinator(Path(db))

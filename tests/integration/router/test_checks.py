@@ -33,7 +33,7 @@ from hakit.config import (
 )
 from hakit.contract import AppState, http_status_for
 from hakit.coord.base import Lease, NodeRecord
-from hakit.coord.embedded import SqliteCoordinator
+from hakit.coord.sqlite import SqliteCoordinator
 from hakit.coord.view import ClusterView
 from hakit.health.datapath import REFUSED, reports_in
 from hakit.router import Router

@@ -14,7 +14,7 @@ import pytest
 
 from hakit.agent.storeio import StoreIO
 from hakit.coord.base import Event
-from hakit.coord.embedded import SqliteCoordinator
+from hakit.coord.sqlite import SqliteCoordinator
 from hakit.errors import CoordinationError
 
 

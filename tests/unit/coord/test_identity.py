@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 
 from hakit.config import load_config
-from hakit.coord.embedded import SIDE_FILES, SqliteCoordinator, read_identity
 from hakit.coord.factory import open_coordinator
 from hakit.coord.identity import LEASE_MARGIN, init_store, inspect_store, reinit_store
 from hakit.coord.memory import Memory, memory_file, read_memory, write_memory
+from hakit.coord.sqlite import SIDE_FILES, SqliteCoordinator, read_identity
 from hakit.errors import CoordinationError, StoreReplacedError
 
 TTL = 10.0
@@ -112,7 +112,7 @@ def test_a_new_store_gets_one_identity_that_every_process_reads(
 def test_a_version_2_store_gains_an_identity_and_keeps_its_epochs(
     db: Path, opened: list[SqliteCoordinator]
 ) -> None:
-    from hakit.coord.embedded import _SCHEMA_V1, _SCHEMA_V2
+    from hakit.coord.sqlite import _SCHEMA_V1, _SCHEMA_V2
 
     raw = sqlite3.connect(db, isolation_level=None)
     for statement in _SCHEMA_V1 + _SCHEMA_V2:

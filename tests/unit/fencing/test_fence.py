@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from hakit.config import AppConfig, Config, FailoverConfig, NodeConfig, load_config
 from hakit.config.check import describe_config
 from hakit.coord.base import Lease, NodeRecord
-from hakit.coord.embedded import SqliteCoordinator
+from hakit.coord.sqlite import SqliteCoordinator
 from hakit.errors import ConfigError
 from hakit.fencing.fence import (
     AGENT_ID_KEY,

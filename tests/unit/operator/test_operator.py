@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from hakit.cli import app
 from hakit.config import AdminConfig, AppConfig, ClusterConfig, Config, NodeConfig
 from hakit.coord.base import Lease, NodeRecord
-from hakit.coord.embedded import SqliteCoordinator
+from hakit.coord.sqlite import SqliteCoordinator
 from hakit.demo.cluster import free_ports
 from hakit.errors import HakitError
 from hakit.operator.admin_api import AdminApi, authorized, load_token

@@ -10,7 +10,7 @@ import pytest
 
 from hakit.config import AppConfig, ClusterConfig, Config, CoordinationConfig, RouterConfig
 from hakit.contract import AppState
-from hakit.coord.embedded import SqliteCoordinator
+from hakit.coord.sqlite import SqliteCoordinator
 from hakit.health.datapath import ANSWERED, REFUSED, SILENT, reports_in
 from hakit.health.probe import Observation, closed_detail, refused_detail
 from hakit.router.pathreport import (

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from hakit.coord.base import NodeRecord
-from hakit.coord.embedded import SqliteCoordinator
+from hakit.coord.sqlite import SqliteCoordinator
 from hakit.coord.view import read_cluster
 from hakit.router.viewreader import ViewReader
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from hakit.coord.base import Coordinator, Event, Lease, NodeRecord
-from hakit.coord.embedded import SCHEMA_VERSION, SqliteCoordinator, next_lease
+from hakit.coord.sqlite import SCHEMA_VERSION, SqliteCoordinator, next_lease
 from hakit.errors import CoordinationError, HakitError
 
 TTL = 10.0
@@ -428,7 +428,7 @@ def test_recent_events_are_the_newest_oldest_first(coord: SqliteCoordinator) -> 
 
 def test_a_version_1_store_is_migrated_keeping_its_data(tmp_path: Path) -> None:
     """A store written before cluster_state existed gains the table, and keeps its lease."""
-    from hakit.coord.embedded import _SCHEMA_V1
+    from hakit.coord.sqlite import _SCHEMA_V1
 
     path = tmp_path / "coordination.db"
     raw = sqlite3.connect(path, isolation_level=None)
