@@ -403,8 +403,8 @@ def test_draining_node_keeps_its_users_until_the_deadline(
     )
     grace = pinned(router, browsers, "n1")
     all_running(cluster, list(nodes), n1="STOPPING")
+    began = time.monotonic()  # before the refresh that starts the drain: never later than it
     router.refresh()
-    began = time.monotonic()
     assert node_of(grace.get("/")) == "n1"  # the session finishes where it lives
     assert {node_of(browsers(router).get("/")) for _ in range(4)} == {"n2"}  # new users elsewhere
     moved = wait_until(
