@@ -60,6 +60,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import itertools
 import json
 import os
 import random
@@ -273,7 +275,7 @@ class Client:
                 label = f"POST {reply.status}" + ("" if reply.status >= 300 else " without id")
         except (OSError, TimeoutError, ConnectionError) as error:
             label = f"POST {failure_label(error)}"
-        except Exception as error:  # noqa: BLE001 - counted, never the end of a writer
+        except Exception as error:
             label = f"POST {error!r}"
         self.outcomes.append(Outcome(sent, time.monotonic(), label))
         return ack
@@ -292,7 +294,7 @@ class Client:
                 label = f"GET {reply.status}"
         except (OSError, TimeoutError, ConnectionError) as error:
             label = f"GET {failure_label(error)}"
-        except Exception as error:  # noqa: BLE001 - counted, never the end of a writer
+        except Exception as error:
             label = f"GET {error!r}"
         self.outcomes.append(Outcome(sent, time.monotonic(), label))
 
@@ -322,10 +324,8 @@ class Client:
             task = asyncio.create_task(self.post("probe", PROBE_TIMEOUT))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), PROBE_INTERVAL)
-            except TimeoutError:
-                pass
         if tasks:
             await asyncio.wait(tasks, timeout=PROBE_TIMEOUT + 1)
 
@@ -657,7 +657,7 @@ class Chaos:
                 if self.t0 + fault.injected <= a.done <= ack.done
             ]
             marks = [fault.injected, *sorted(done_times), ack.done - self.t0]
-            fault.outage = round(max(b - a for a, b in zip(marks, marks[1:], strict=False)), 3)
+            fault.outage = round(max(b - a for a, b in itertools.pairwise(marks)), 3)
             fault.window_end = ack.done - self.t0 + SETTLE
             self.say(
                 f"{fault.kind}: recovered {fault.recovery:.2f} s after "

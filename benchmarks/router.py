@@ -518,7 +518,7 @@ def profile_hakit(pid: int, port: int, seconds: int, script: Path, out: Path) ->
     if spy.returncode != 0 or not raw.exists():
         return f"py-spy failed ({spy.returncode}): {err.decode(errors='replace')[-500:]}"
     svg = subprocess.run(  # the same samples as a flame graph, for people
-        [py_spy, "record", "--native", "--pid", str(pid), "--duration", "2"] + ["-o", str(out)],
+        [py_spy, "record", "--native", "--pid", str(pid), "--duration", "2", "-o", str(out)],
         capture_output=True,
         timeout=60,
     )

@@ -32,7 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import router as bench  # noqa: E402 (benchmarks/router.py: backend, config, processes)
+import router as bench
 
 REQUEST = b"GET /small HTTP/1.1\r\nHost: bench\r\n\r\n"
 CLIENT_TIMEOUT = 120.0  # seconds for the whole counted run (valgrind is ~50x slower)

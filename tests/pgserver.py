@@ -96,7 +96,7 @@ def _launch(datadir: Path, port: int, owner: tuple[int, int] | None) -> subproce
             "max_connections=50",
         ],
         stdout=subprocess.DEVNULL,
-        stderr=open(base / "postgres.log", "ab"),  # noqa: SIM115 - closed with the process
+        stderr=open(base / "postgres.log", "ab"),
         start_new_session=True,
         **kwargs,  # type: ignore[arg-type]
     )

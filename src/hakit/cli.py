@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import signal
@@ -193,10 +194,8 @@ def router(config: ConfigOption = Path("hakit.toml")) -> None:
         task = asyncio.create_task(_together(routing, *_tcp_proxies(cfg)))
         await asyncio.wait([task, asyncio.create_task(stop.wait())], return_when="FIRST_COMPLETED")
         task.cancel()
-        try:
+        with contextlib.suppress(asyncio.CancelledError):
             await task
-        except asyncio.CancelledError:
-            pass
 
     try:
         import uvloop
@@ -244,10 +243,8 @@ def tcp_proxy(config: ConfigOption = Path("hakit.toml")) -> None:
         task = asyncio.create_task(_together(*_tcp_proxies(cfg)))
         await asyncio.wait([task, asyncio.create_task(stop.wait())], return_when="FIRST_COMPLETED")
         task.cancel()
-        try:
+        with contextlib.suppress(asyncio.CancelledError):
             await task
-        except asyncio.CancelledError:
-            pass
 
     import uvloop
 

@@ -74,8 +74,18 @@ class SplitBrainWatch:
 
 def switchover_to(cluster: DemoCluster, node: str) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "hakit", "switchover", "--to", node]
-        + ["--reason", "node1 first", "--config", str(cluster.config_path)],
+        [
+            sys.executable,
+            "-m",
+            "hakit",
+            "switchover",
+            "--to",
+            node,
+            "--reason",
+            "node1 first",
+            "--config",
+            str(cluster.config_path),
+        ],
         capture_output=True,
         text=True,
         timeout=120,

@@ -17,7 +17,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import httpx
@@ -64,10 +64,8 @@ def other_node(cluster: DemoCluster, node: str) -> str:
 
 
 def signal_group(pid: int, sig: int) -> None:
-    try:
+    with suppress(ProcessLookupError):
         os.killpg(pid, sig)
-    except ProcessLookupError:
-        pass
 
 
 @contextmanager
@@ -156,9 +154,11 @@ def direct_write_fails(cluster: DemoCluster, node: str) -> str:
 def test_frozen_old_active_cannot_serve_or_write_after_failover(
     tmp_path: Path, postgres: PostgresServer
 ) -> None:
-    with webhook_receiver() as webhook:
-        with notifying_clusters(tmp_path, notify_section(webhook)) as make_cluster:
-            frozen_old_active(make_cluster, postgres, webhook)
+    with (
+        webhook_receiver() as webhook,
+        notifying_clusters(tmp_path, notify_section(webhook)) as make_cluster,
+    ):
+        frozen_old_active(make_cluster, postgres, webhook)
 
 
 def frozen_old_active(

@@ -9,6 +9,7 @@ active), 127.0.0.3 is node2; the fencing itself connects from 127.0.0.1.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import time
 from collections.abc import Iterator
@@ -45,10 +46,8 @@ def sessions() -> Iterator[list[Any]]:
     opened: list[Any] = []
     yield opened
     for session in opened:
-        try:
+        with contextlib.suppress(pymysql.err.Error):  # killed: nothing to close
             session.close()
-        except pymysql.err.Error:
-            pass  # killed: nothing to close
 
 
 def open_session(mariadb: MariaDBServer, sessions: list[Any], source: str, **kwargs: str) -> Any:

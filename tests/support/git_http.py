@@ -16,6 +16,7 @@ between two of git's requests.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -134,10 +135,8 @@ class _GitHandler(BaseHTTPRequestHandler):
         except (BrokenPipeError, ValueError):
             pass  # http-backend stopped reading (it answered an error)
         finally:
-            try:
+            with contextlib.suppress(BrokenPipeError):
                 stdin.close()
-            except BrokenPipeError:
-                pass
 
 
 def _copy(source: IO[bytes], target: IO[bytes], size: int) -> None:
@@ -195,10 +194,8 @@ class GitHttpServer(ThreadingHTTPServer):
             return
         self._stopped = True
         self.shutdown()
-        try:
+        with contextlib.suppress(OSError):
             self.socket.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
         self.server_close()
         self._thread.join(5)
 

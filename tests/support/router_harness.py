@@ -11,6 +11,7 @@ interval, so a test's next request sees the change. The fixtures (``backends``,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import http.client
 import json
@@ -487,10 +488,8 @@ class SocketServer:
         raise NotImplementedError
 
     def stop(self) -> None:
-        try:
+        with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)  # wakes the accept
-        except OSError:
-            pass
         self.sock.close()
         self._thread.join(5)
 

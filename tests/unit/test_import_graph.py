@@ -96,7 +96,7 @@ def find_cycle(graph: Mapping[str, set[str]]) -> list[str] | None:
                 on_path.discard(finished)
                 done.add(finished)
             elif following in on_path:
-                return path[path.index(following) :] + [following]
+                return [*path[path.index(following) :], following]
             elif following not in done:
                 path.append(following)
                 on_path.add(following)
@@ -139,7 +139,7 @@ def test_the_shim_loads_only_its_neighbours() -> None:
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
-    hakit_modules, heavy = (result.stdout.splitlines() + ["", ""])[:2]
+    hakit_modules, heavy = ([*result.stdout.splitlines(), "", ""])[:2]
     assert hakit_modules.split() == [
         "hakit",
         "hakit.supervisor",

@@ -90,9 +90,9 @@ from hakit.policy import (
 )
 from hakit.policy.rules import last_active
 from hakit.supervisor import leftovers
+from hakit.supervisor.exits import ExitInfo
 from hakit.supervisor.launch import app_process_for, check_port_free, log_dir
 from hakit.supervisor.leftovers import UNCLEAN_END
-from hakit.supervisor.process import ExitInfo
 
 log = logging.getLogger("hakit.agent")
 
@@ -585,7 +585,7 @@ class Agent:
         reason: str,
         *,
         epoch: int | None = None,
-        data=None,
+        data: dict[str, Any] | None = None,
         actor: str = "",  # who caused it, when not this agent (an operator's command)
     ) -> None:
         log.info("%s: %s", kind, reason)

@@ -211,14 +211,7 @@ class LeaseKeeper:
             if self.epoch and self.monotonic() < self.lease_deadline:
                 return  # still inside our TTL: try again at the next renewal
             self.check_deadline()  # past it (e.g. frozen while asking): say so
-        if self._refused_store is not None:
-            self._refused_store = None
-            self._record(
-                "lease",
-                f"{self.node} reconnected to the coordination store (a store it trusts is "
-                "back at its path)",
-                epoch=0,
-            )
+        self._note_reconnected()
         if lease is not None and lease.holder == self.node:
             if lease.epoch <= self._given_up_epoch:
                 # A renewal that raced with our self-fence (or a lease we gave back): never
@@ -244,6 +237,17 @@ class LeaseKeeper:
             else:
                 holder = f"epoch {self.epoch} is no longer stored for {self.node}"
             self.self_fence(f"could not renew the lease: {holder}")
+
+    def _note_reconnected(self) -> None:
+        """The store answered: if it had been refused, say once that it is trusted again."""
+        if self._refused_store is not None:
+            self._refused_store = None
+            self._record(
+                "lease",
+                f"{self.node} reconnected to the coordination store (a store it trusts is "
+                "back at its path)",
+                epoch=0,
+            )
 
     async def _store_refused(self, error: StoreReplacedError) -> None:
         """The store was replaced or went back in time: fence at once, alert once."""

@@ -133,7 +133,7 @@ class Wording:
         if kind == "extra_forbidden":
             return self.unknown_key(loc)
         if kind == _AT_KEY:
-            return Problem(loc + (ctx["key"],) if ctx["key"] else loc, ctx["reason"])
+            return Problem((*loc, ctx["key"]) if ctx["key"] else loc, ctx["reason"])
         if kind in ("value_error", "assertion_error"):
             return Problem(loc, str(ctx.get("error", detail["msg"])))
         got = f"got {describe_value(value)}"

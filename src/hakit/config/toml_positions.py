@@ -135,8 +135,8 @@ class _Scanner:
             return path
         index = self.array_counts.get(path, 0)
         self.array_counts[path] = index + 1
-        self.record(path + (index,), line)
-        return path + (index,)
+        self.record((*path, index), line)
+        return (*path, index)
 
     def resolve(self, parts: list[str]) -> KeyPath:
         """A header's parent keys, with the current index of every array of tables in them."""
@@ -208,12 +208,10 @@ class _Scanner:
             if self.peek() in ("]", ""):
                 break
             start = self.pos
-            self.record(path + (index,), self.line())
-            self.value(path + (index,))
+            self.record((*path, index), self.line())
+            self.value((*path, index))
             self.skip_blank(newlines=True)
-            if self.peek() == ",":
-                self.pos += 1
-            elif self.pos == start:  # not TOML; do not spin
+            if self.peek() == "," or self.pos == start:
                 self.pos += 1
         self.pos += 1  # ]
 
@@ -226,9 +224,7 @@ class _Scanner:
             start = self.pos
             self.key_value(path)
             self.skip_blank(newlines=True)
-            if self.peek() == ",":
-                self.pos += 1
-            elif self.pos == start:
+            if self.peek() == "," or self.pos == start:
                 self.pos += 1
         self.pos += 1  # }
 

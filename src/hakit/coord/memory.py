@@ -16,6 +16,7 @@ directory) with mode 0600, in a directory made 0700.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -121,10 +122,8 @@ def write_memory(path: Path, memory: Memory) -> Memory:
         os.replace(temp, path)
         fsync_dir(path.parent)
     except OSError as error:
-        try:
+        with contextlib.suppress(OSError):
             temp.unlink()
-        except OSError:
-            pass
         raise CoordinationError(
             f"could not write the store memory {path} (identity {memory.identity}, epoch "
             f"{memory.epoch}): {error}; make {path.parent} writable by this user and check "

@@ -54,7 +54,7 @@ import time
 import urllib.parse
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -343,10 +343,8 @@ class SqliteCoordinator:
         conn, self._conn, self._file = self._conn, None, None
         self._side_files = {}
         if conn is not None:
-            try:
+            with suppress(sqlite3.Error):
                 conn.close()
-            except sqlite3.Error:
-                pass
 
     def _forget_replaced_file(self) -> None:
         """The file at the path is no longer the connection's: drop the connection, and

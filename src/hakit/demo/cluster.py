@@ -8,6 +8,7 @@ faithful node loss.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -238,10 +239,8 @@ class DemoCluster:
         doomed = [pid for pid in (app, stat.ppid if stat else None) if pid is not None]
         process = self.processes[f"agent-{node}"]
         for pid in (process.pid, *doomed):
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         process.wait(timeout=10)
 
     def app_pid(self, node: str) -> int | None:
@@ -272,10 +271,8 @@ class DemoCluster:
                 process.wait(timeout=5)
         # Apps orphaned by a killed agent (node-loss tests) run in their own groups.
         for pid in self.app_pids:
-            try:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
         self._remove_app_cgroups()
 
     def _remove_app_cgroups(self) -> None:

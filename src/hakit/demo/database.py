@@ -14,6 +14,7 @@ still reports ERROR as soon as the database cannot be reached.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 import urllib.parse
@@ -267,10 +268,8 @@ class PostgresDatabase(Database):
 
 
 def _close_quietly(connection: Any) -> None:
-    try:
+    with contextlib.suppress(Exception):  # the connection is being thrown away anyway
         connection.close()
-    except Exception:
-        pass  # the connection is being thrown away anyway
 
 
 def open_database(url: str) -> Database:

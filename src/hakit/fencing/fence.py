@@ -226,7 +226,7 @@ def render_fence_command(argv: Sequence[str], node: str, host: str) -> list[str]
 
 def retry_delay(failures: int, base: float) -> float:
     """Wait before the next attempt after ``failures`` failed ones in a row (doubling)."""
-    return min(RETRY_MAX, base * 2 ** max(0, failures - 1))
+    return min(RETRY_MAX, base * 2.0 ** max(0, failures - 1))
 
 
 # --- I/O -------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ maintenance page during a backup must not look healthy.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -269,10 +270,8 @@ class StatusProber:
             output, _ = await process.communicate()
         finally:
             if process.returncode is None:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.killpg(process.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
                 await process.wait()
         returncode = process.returncode
         assert returncode is not None

@@ -32,6 +32,7 @@ status`` shows nodes with it too).
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -330,7 +331,7 @@ def _incidents(history: Sequence[Event], clock: _Clock) -> list[Incident]:
     found: list[Incident] = []
     used: set[int] = set()  # the events that ended a term a takeover explains
     all_terms = terms(history)
-    for prev, term in zip(all_terms, all_terms[1:], strict=False):
+    for prev, term in itertools.pairwise(all_terms):
         found.append(_takeover(history, prev, term, used, clock))
     found += _blocked_promotions(history, all_terms, clock)
     for index, event in enumerate(history):

@@ -56,10 +56,7 @@ def subject(note: Notification) -> str:
 def body(note: Notification) -> str:
     when = datetime.fromtimestamp(note.time, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     epoch = f", epoch {note.epoch}" if note.epoch else ""
-    if note.manual_intervention:
-        advice = MANUAL_ADVICE
-    else:
-        advice = ADVICE.get(note.kind, RESTART_ADVICE)
+    advice = MANUAL_ADVICE if note.manual_intervention else ADVICE.get(note.kind, RESTART_ADVICE)
     return (
         f"{note.kind} on {note.node} (cluster {note.cluster}{epoch}) at {when}:\n\n"
         f"{note.reason}\n\n"

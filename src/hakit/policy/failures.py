@@ -25,7 +25,7 @@ class FailureHandling(PolicyBase):
 
     def _record_failure(self, now: float) -> int:
         window = self._settings.failure_window
-        self._failures = failures_in_window(self._failures, now, window) + (now,)
+        self._failures = (*failures_in_window(self._failures, now, window), now)
         return len(self._failures)
 
     def _budget_words(self, n: int) -> str:

@@ -26,10 +26,10 @@ from hakit.router.native import use_compiled
 
 __path__ = use_compiled(__path__, __file__)
 
-from hakit.router.exchange import ExchangeHooks  # noqa: E402 (after the __path__ choice)
-from hakit.router.limits import ProxyLimits  # noqa: E402
-from hakit.router.pool import choose_backend, eligible_backends  # noqa: E402
-from hakit.router.server import Router, run_router  # noqa: E402
+from hakit.router.exchange import ExchangeHooks
+from hakit.router.limits import ProxyLimits
+from hakit.router.pool import choose_backend, eligible_backends
+from hakit.router.server import Router, run_router
 
 __all__ = [
     "ExchangeHooks",

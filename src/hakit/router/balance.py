@@ -67,7 +67,7 @@ def track_up(
     """
     if previous is None:
         return dict.fromkeys(routable)
-    return {name: previous[name] if name in previous else now for name in routable}
+    return {name: previous.get(name, now) for name in routable}
 
 
 def admitted(

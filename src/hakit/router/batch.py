@@ -32,7 +32,7 @@ class WriteBatch:
     iteration schedules ``flush`` with ``call_soon``.
     """
 
-    __slots__ = ("_call_soon", "_items", "_scheduled", "__weakref__")
+    __slots__ = ("__weakref__", "_call_soon", "_items", "_scheduled")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._call_soon = loop.call_soon
@@ -80,7 +80,7 @@ class BatchedWrites:
                     batch._scheduled = True
                     batch._call_soon(batch.flush)
             elif data.__class__ is list:
-                transport.writelines(data)  # type: ignore[arg-type]
+                transport.writelines(data)
             else:
                 transport.write(data)  # type: ignore[arg-type]
 

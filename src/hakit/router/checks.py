@@ -87,7 +87,7 @@ def reset_reason(before: InstanceKey | None, after: InstanceKey | None) -> str |
         return None
     if before is None:
         return "its agent now publishes a serving app"
-    role, epoch, pid, serving = after
+    role, epoch, pid, _serving = after
     changes = []
     if before[0] != role:
         changes.append(f"role {before[0]} -> {role}")

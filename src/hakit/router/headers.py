@@ -507,7 +507,7 @@ def _codings(values: list[bytes]) -> list[bytes]:
     return [token.strip().lower() for value in values for token in value.split(b",")]
 
 
-def request_head(
+def request_head(  # noqa: C901 (one pass per request; a call per branch would cost more)
     method: bytes,
     target: bytes,
     version: str,

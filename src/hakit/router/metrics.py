@@ -85,15 +85,15 @@ class NodeStats:
     """Counters of one node (or of ``NO_NODE``): only ever added to."""
 
     __slots__ = (
-        "responses",
-        "received",
-        "sent",
+        "buckets",
         "connect_failures",
-        "retries",
         "held",
         "held_seconds",
-        "buckets",
         "latency_sum",
+        "received",
+        "responses",
+        "retries",
+        "sent",
     )
 
     def __init__(self) -> None:

@@ -261,9 +261,12 @@ def eligibility(
     ``standing(view, cfg)`` if the caller keeps it.
     """
     st = known if known is not None else standing(view, cfg)
-    if st.lease is not None and not st.lease.valid_at(now):
-        if not serves_expired(view, cfg, st.lease, now, health):
-            return NOBODY
+    if (
+        st.lease is not None
+        and not st.lease.valid_at(now)
+        and not serves_expired(view, cfg, st.lease, now, health)
+    ):
+        return NOBODY
     base = st.base
     if not (down or exclude or health is not None):
         return base

@@ -383,9 +383,13 @@ class UpstreamPool:
         while idle:
             conn = idle.pop()
             transport = conn._transport  # conn.usable, inlined (every request)
-            if not conn._lost and conn._sink is None and transport is not None:
-                if not transport.is_closing():
-                    return conn
+            if (
+                not conn._lost
+                and conn._sink is None
+                and transport is not None
+                and not transport.is_closing()
+            ):
+                return conn
             conn.abort()
         return None
 

@@ -16,6 +16,7 @@ process group plus the descendants it reaps as subreaper (hakit.supervisor.shim)
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import signal
@@ -121,16 +122,12 @@ def kill(path: Path) -> bool:
         # A kernel before 5.14: no cgroup.kill. Kill the members one by one; the
         # shim's reaping and a second look catch any forked meanwhile.
         for pid in members(path):
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
     return True
 
 
 def remove(path: Path) -> None:
     """Remove the (empty) cgroup; a populated one stays."""
-    try:
+    with contextlib.suppress(OSError):
         os.rmdir(path)
-    except OSError:
-        pass

@@ -19,7 +19,8 @@ from hakit.config import PLACEHOLDERS, Config, NodeConfig
 from hakit.dbfence import application_name
 from hakit.errors import SupervisorError
 from hakit.supervisor import cgroup, leftovers, proctable
-from hakit.supervisor.process import AppProcess, ExitInfo
+from hakit.supervisor.exits import ExitInfo
+from hakit.supervisor.process import AppProcess
 
 
 def substitutions(cfg: Config, node: NodeConfig) -> dict[str, str]:

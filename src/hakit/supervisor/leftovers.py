@@ -18,6 +18,7 @@ Blocking (it reads /proc and waits for the kills): run it in a thread.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -95,15 +96,11 @@ def _kill_and_wait(pids: list[int], groups: list[int], group_dir: Path | None) -
     deadline = time.monotonic() + GONE_TIMEOUT
     while True:
         for pgid in groups:
-            try:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pgid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
         for pid in pids:
-            try:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
         if group_dir is not None:
             cgroup.kill(group_dir)
         left = [pid for pid in pids if proctable.is_live(proctable.stat_of(pid))]

@@ -105,10 +105,10 @@ class DeadlineKeeper:
         deadline = self.deadline
         if deadline is None or now < deadline:
             return None
-        if self.grace_until is None and last is not None:
-            if now - last > self.threshold and last < deadline:
-                # Frozen across the deadline ourselves: the agent decides first.
-                self.grace_until = now + self.grace
+        frozen = last is not None and now - last > self.threshold and last < deadline
+        if self.grace_until is None and frozen:
+            # Frozen across the deadline ourselves: the agent decides first.
+            self.grace_until = now + self.grace
         if self.grace_until is not None and now < self.grace_until:
             return None
         self.deadline = None

@@ -119,10 +119,8 @@ class _Run:
 
     def send(self, message: bytes) -> None:
         """Thread-safe: one small write on a socket (the watchdog thread uses it too)."""
-        try:
+        with contextlib.suppress(OSError):  # the shim is gone: its exit is being handled
             self.lifeline.send(message)
-        except OSError:
-            pass  # the shim is gone: its exit is being handled
 
 
 def _argv(command: Sequence[str] | str) -> list[str]:
@@ -376,11 +374,9 @@ class AppProcess:
         )
         if self._stop is None or not await self._run_stop_command(run, deadline):
             _signal_group(run.pgid, signal.SIGTERM)
-        try:
+        with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
                 await asyncio.shield(run.exited)
-        except TimeoutError:
-            pass
         if not run.exited.done():
             self._append_log(
                 f"===== hakit: still running after stop_timeout {self._stop_timeout:g}s: SIGKILL ====="

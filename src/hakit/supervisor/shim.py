@@ -27,6 +27,7 @@ with every app start.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import errno
 import os
@@ -115,10 +116,9 @@ class Shim:
             if os.getppid() != parent:
                 os._exit(1)
             if group is not None:
-                try:
+                # e.g. a parent cgroup with controllers (no internal processes)
+                with contextlib.suppress(OSError):
                     cgroup.join(group)
-                except OSError:
-                    pass  # e.g. a parent cgroup with controllers (no internal processes)
 
         try:
             self.app = subprocess.Popen(
@@ -157,15 +157,11 @@ class Shim:
         if self.cgroup is not None:
             cgroup.kill(self.cgroup)
         if self.app is not None:
-            try:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.app.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
         for pid in self.targets():
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
     def reap(self) -> None:
         """Collect every child that ended: the app's main process, and orphans re-parented here."""
@@ -225,10 +221,8 @@ class Shim:
             except InterruptedError:
                 ready = []
             if self.wake_r in ready:
-                try:
+                with contextlib.suppress(BlockingIOError):
                     os.read(self.wake_r, 512)
-                except BlockingIOError:
-                    pass
             if self.sock in ready:
                 self.read_lifeline()
                 if not self.lifeline_open:
@@ -263,11 +257,9 @@ def _mirror(status: int) -> None:
         number = os.WTERMSIG(status)
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # the app's crash, not ours
         if number != signal.SIGKILL:
-            try:
+            with contextlib.suppress(OSError, ValueError):
                 signal.signal(number, signal.SIG_DFL)
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, {number})
-            except (OSError, ValueError):
-                pass
         os.kill(os.getpid(), number)
         os._exit(128 + number)  # a signal whose default is to be ignored
     os._exit(os.waitstatus_to_exitcode(status))
@@ -310,10 +302,8 @@ def main(argv: list[str] | None = None) -> None:
     def forward(number: int, frame: object) -> None:
         # A stop sent to the shim (a service manager, a user) is meant for the app.
         if shim.app is not None:
-            try:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(shim.app.pid, number)
-            except (ProcessLookupError, PermissionError):
-                pass
 
     for number in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT):
         signal.signal(number, forward)

@@ -6,6 +6,7 @@ Each worker is its own Python process (``subprocess``) with its own
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import selectors
@@ -150,7 +151,7 @@ def processes() -> Iterator[list[subprocess.Popen[str]]]:
 def _check_no_overlap_and_increasing_epochs(holds: list[Hold]) -> None:
     """Holds sorted by grant time must be disjoint, with strictly increasing epochs."""
     ordered = sorted(holds, key=lambda hold: hold.granted_at)
-    for before, after in zip(ordered, ordered[1:], strict=False):
+    for before, after in itertools.pairwise(ordered):
         assert before.end <= after.granted_at + EPSILON, (
             f"two holders at once: {before} and {after}"
         )

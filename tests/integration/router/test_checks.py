@@ -338,9 +338,13 @@ def test_the_router_publishes_what_its_checks_see_of_each_node(
         while True:
             reports = reports_in(store.cluster_state())
             sights = reports[0].nodes if reports else {}
-            if sights.get("n1") and sights["n1"].answered_at and sights.get("n2"):
-                if sights["n2"].checked_at:
-                    break
+            if (
+                sights.get("n1")
+                and sights["n1"].answered_at
+                and sights.get("n2")
+                and sights["n2"].checked_at
+            ):
+                break
             assert time.monotonic() < deadline, f"no complete report: {reports}"
             time.sleep(0.02)
         [report] = reports

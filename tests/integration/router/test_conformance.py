@@ -10,6 +10,7 @@ request it had started to forward would be in the log by then.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import selectors
@@ -101,10 +102,9 @@ class LoggingBackend:
                 conn.sock.close()
                 return
             conn.received += data
-            try:
+            # logged; a backend would refuse it too
+            with contextlib.suppress(httptools.HttpParserError):
                 conn.parser.feed_data(data)
-            except httptools.HttpParserError:
-                pass  # logged; a backend would refuse it too
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -175,10 +175,9 @@ def setup(tmp_path: Path) -> Iterator[Setup]:
 def send_and_read(port: int, data: bytes, timeout: float = 10.0) -> tuple[bytes, bool]:
     """Send ``data``, read until the router closes; (answer, closed) ."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-        try:
+        # refused before the end of it: the answer is still there to read
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
             sock.sendall(data)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # refused before the end of it: the answer is still there to read
         chunks: list[bytes] = []
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -172,7 +172,7 @@ def test_expect_100_continue_is_relayed_to_curl(router, tmp_path) -> None:
 
 
 def test_final_answer_without_100_skips_the_body(router, tmp_path) -> None:
-    proxy, backend = router
+    proxy, _backend = router
     upload = tmp_path / "upload.bin"
     upload.write_bytes(os.urandom(2 * 1024 * 1024))
     done = curl(
@@ -197,7 +197,7 @@ def test_final_answer_without_100_skips_the_body(router, tmp_path) -> None:
 
 def test_final_answer_without_100_closes_the_connection(router) -> None:
     """The client may or may not send its body now: the connection cannot frame a next request."""
-    proxy, backend = router
+    proxy, _backend = router
     with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as sock:
         sock.sendall(
             b"POST /deny HTTP/1.1\r\nHost: app\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n"

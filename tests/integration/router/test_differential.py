@@ -126,7 +126,7 @@ def echo(request: Request) -> bytes:
     return json.dumps(seen, sort_keys=True).encode()
 
 
-def respond(request: Request) -> tuple[bytes, bool]:
+def respond(request: Request) -> tuple[bytes, bool]:  # noqa: C901 (a table of backend behaviours)
     """The raw response for ``request`` and whether the backend closes after it."""
     head_only = request.method == "HEAD"
     path = request.target.split("?")[0]
@@ -380,7 +380,7 @@ def read_response(reader: Any, method: str) -> tuple[Response, bool]:
         line = reader.readline(70_000)
         if not line:
             raise ConnectionError("closed before a response")
-        version, status, *reason = line.decode("latin-1").rstrip("\r\n").split(" ", 2)
+        _version, status, *reason = line.decode("latin-1").rstrip("\r\n").split(" ", 2)
         headers = read_headers(reader)
         code = int(status)
         if 100 <= code < 200:

@@ -154,7 +154,7 @@ def test_stalled_body_gets_408_and_the_backend_no_request(setup) -> None:
 
 
 def test_slow_but_steady_body_is_not_cut(setup) -> None:
-    backend, router = setup
+    _backend, router = setup
     body = b"0123456789"
     with socket.create_connection(("127.0.0.1", router.port), timeout=10) as sock:
         sock.sendall(b"POST /steady HTTP/1.1\r\nHost: app\r\nContent-Length: 10\r\n\r\n")
@@ -170,7 +170,7 @@ def test_slow_but_steady_body_is_not_cut(setup) -> None:
 
 
 def test_waiting_for_100_continue_is_not_a_stalled_body(setup) -> None:
-    backend, router = setup
+    _backend, router = setup
     head = b"POST /slow-continue HTTP/1.1\r\nHost: app\r\nExpect: 100-continue\r\n"
     with socket.create_connection(("127.0.0.1", router.port), timeout=10) as sock:
         sock.sendall(head + b"Content-Length: 5\r\n\r\n")

@@ -11,6 +11,7 @@ life. The cluster view is changed by hand; ``router.refresh()`` applies it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
 import socket
@@ -95,10 +96,8 @@ class SessionBackend(Backend):
         super().stop()
         with self.lock:
             for sock in list(self._open):
-                try:
+                with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
 
 
 # --- fixtures -----------------------------------------------------------------------------

@@ -106,8 +106,16 @@ def stand_in_agent(
     out = tmp_path / "pids.json"
     port = free_port()
     agent = subprocess.Popen(
-        [PY, str(tmp_path / "agent.py"), str(tmp_path / "app.py"), str(port), str(out)]
-        + [str(tmp_path), arm, str(group or "")],
+        [
+            PY,
+            str(tmp_path / "agent.py"),
+            str(tmp_path / "app.py"),
+            str(port),
+            str(out),
+            str(tmp_path),
+            arm,
+            str(group or ""),
+        ],
         stdout=subprocess.PIPE,
         text=True,
         start_new_session=True,
@@ -160,7 +168,7 @@ def test_kill_9_of_the_agent_takes_the_app_and_what_it_escaped_with(
 
 
 def test_a_frozen_agent_cannot_hold_the_app_past_its_deadline(tmp_path: Path) -> None:
-    with stand_in_agent(tmp_path, arm="1.5") as (agent, pids, port):
+    with stand_in_agent(tmp_path, arm="1.5") as (agent, pids, _port):
         armed_until = time.monotonic() + 1.5  # an upper bound: armed just before "ready"
         agent.send_signal(signal.SIGSTOP)  # its watchdog thread is frozen with it
         died = wait_until(lambda: not alive(pids["app"]), "the shim to kill the app")
@@ -182,7 +190,7 @@ def test_a_disarmed_shim_leaves_a_frozen_agents_app_alone(tmp_path: Path) -> Non
 
 
 def test_the_app_dies_with_its_shim(tmp_path: Path) -> None:
-    with stand_in_agent(tmp_path) as (agent, pids, port):
+    with stand_in_agent(tmp_path) as (agent, pids, _port):
         shim = proctable.stat_of(pids["app"])
         assert shim is not None
         os.kill(shim.ppid, signal.SIGKILL)  # the shim itself, e.g. by the OOM killer

@@ -52,7 +52,7 @@ def test_jobs_run_in_the_order_issued_fire_and_forget_or_awaited() -> None:
         seen = await read
         assert await io.flush(5)
         io.close()
-        return seen + ["|"] + done
+        return [*seen, "|", *done]
 
     assert asyncio.run(main()) == ["a", "|", "a", "b"]
 

@@ -452,7 +452,7 @@ def test_reinit_refuses_a_healthy_store_unless_forced(
     memories = tmp_path / "memory"
     agent = _open(opened, db, clock=clock, memory_path=memories / "n1.json")
     assert agent.acquire_or_renew("n1", TTL) is not None
-    with pytest.raises(CoordinationError, match="is healthy .* Add --force"):
+    with pytest.raises(CoordinationError, match=r"is healthy .* Add --force"):
         reinit_store(db, memories, lease_ttl=TTL, clock=clock)
     assert agent.acquire_or_renew("n1", TTL) is not None  # untouched
     result = reinit_store(db, memories, lease_ttl=TTL, clock=clock, force=True)
@@ -493,14 +493,14 @@ def test_init_creates_a_store_with_a_new_identity_and_refuses_to_replace_it(
     assert store.identity == result.store.identity
     events = store.events()
     assert [e.kind for e in events] == ["store"] and result.store.identity in events[0].reason
-    with pytest.raises(CoordinationError, match="already exists .* it is kept.*--reinit"):
+    with pytest.raises(CoordinationError, match=r"already exists .* it is kept.*--reinit"):
         init_store(db, tmp_path / "memory")
 
 
 def test_init_refuses_when_nodes_remember_a_lost_store(tmp_path: Path, db: Path) -> None:
     memories = tmp_path / "memory"
     write_memory(memories / "n1.json", Memory("11111111-1111-4111-8111-111111111111", 9))
-    with pytest.raises(CoordinationError, match="nodes remember one .* continue above 9"):
+    with pytest.raises(CoordinationError, match=r"nodes remember one .* continue above 9"):
         init_store(db, memories)
     assert not db.exists()
 
@@ -539,7 +539,7 @@ def test_a_damaged_memory_file_is_an_error_not_a_blank_memory(
     memory.parent.mkdir()
     memory.write_text("{not json")
     store = _open(opened, db, memory_path=memory)
-    with pytest.raises(CoordinationError, match="store memory .* is damaged"):
+    with pytest.raises(CoordinationError, match=r"store memory .* is damaged"):
         store.acquire_or_renew("n1", TTL)
     assert not db.exists()
 

@@ -490,7 +490,7 @@ def test_operator_force_skips_the_fence_once(tmp_path: Path) -> None:
 def test_without_a_fence_command_self_fencing_is_trusted_and_said(tmp_path: Path) -> None:
     harness = Harness(tmp_path, None)
     assert harness.takeover().ok
-    [(kind, reason, data)] = harness.events
+    [(_kind, reason, data)] = harness.events
     assert data["result"] == "not-configured" and "no failover.fence_command" in reason
 
 
@@ -542,7 +542,7 @@ def test_the_old_node_woke_and_fenced_itself_meanwhile(tmp_path: Path) -> None:
     before = Predecessor(Lease("node1", 1, now - 1), 1, frozen, now)
     verdict = asyncio.run(harness.fencer.clear_to_promote(Lease("node2", 2, now + 3), before))
     assert verdict.ok
-    [(kind, reason, data)] = harness.events
+    [(_kind, reason, data)] = harness.events
     assert data["result"] == "not-needed" and "fenced itself" in reason
 
 

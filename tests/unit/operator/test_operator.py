@@ -403,7 +403,7 @@ def test_config_admin_port_needs_a_token(tmp_path: Path) -> None:
     assert cfg.admin.token_file == tmp_path / "secret" / "token"  # relative to the file
     with pytest.raises(ConfigError, match="token and token_file are both set"):
         load_toml(tmp_path, f'[admin]\ntoken = "{TOKEN}"\ntoken_file = "t"\n' + nodes)
-    with pytest.raises(ConfigError, match="admin.token"):
+    with pytest.raises(ConfigError, match=r"admin\.token"):
         load_toml(tmp_path, '[admin]\ntoken = "short"\n' + nodes)
 
 
