@@ -26,21 +26,12 @@ from time import monotonic
 from typing import Any, Final, Protocol
 
 from hakit.config import NodeConfig
+from hakit.router.forwarding import upstream_request_head, upstream_request_headers
 from hakit.router.headers import (
-    CRLF,
-    LAST_CHUNK,
     Body,
     Header,
     RequestHead,
-    ResponseHead,
-    chunk_prefix,
-    client_head,
-    client_headers,
-    encode_head,
     end_to_end,
-    response_fields,
-    upstream_request_head,
-    upstream_request_headers,
 )
 from hakit.router.hold import (
     HOLD,
@@ -53,6 +44,16 @@ from hakit.router.hold import (
 from hakit.router.limits import ProxyLimits
 from hakit.router.pages import HELD_OUT, NOT_HELD, CannedResponse, error_page
 from hakit.router.pages import TOO_LARGE as TOO_LARGE_PAGE
+from hakit.router.responses import (
+    CRLF,
+    LAST_CHUNK,
+    ResponseHead,
+    chunk_prefix,
+    client_head,
+    client_headers,
+    encode_head,
+    response_fields,
+)
 from hakit.router.tunnel import (
     Tunnel,
     requested_upgrade,

@@ -1,8 +1,9 @@
-"""Pure HTTP/1.1 header and framing decisions for the proxy (no I/O).
+"""Pure HTTP/1.1 request-head decisions for the proxy (no I/O).
 
 The connection protocols (http.py, upstream.py) parse bytes and call these
-functions to decide what to forward and how each body is delimited, so the
-rules can be read (and tested) in one place.
+functions to decide what a request is and how its body is delimited, so the
+rules can be read (and tested) in one place. What a node then receives is
+forwarding.py's; what the client gets back, responses.py's.
 
 Requests are held to RFC 9112 strictly: llhttp (httptools) rejects most
 malformed framing itself (its lenient flags are all off by default: obs-fold,
@@ -21,7 +22,6 @@ import enum
 import functools
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from typing import Final
 
 Header = tuple[bytes, bytes]
@@ -58,7 +58,7 @@ def lengths_mask(names: Iterable[bytes]) -> int:
     return mask
 
 
-_HOP_BY_HOP_LENGTHS: Final = lengths_mask(HOP_BY_HOP)
+HOP_BY_HOP_LENGTHS: Final = lengths_mask(HOP_BY_HOP)
 
 # A client may name any header in Connection to make a proxy drop it. These
 # never are: dropping them would desynchronise framing (Content-Length,
@@ -221,12 +221,6 @@ class RequestHead:
         return self.method == b"HEAD"
 
 
-@dataclass(frozen=True, slots=True)
-class ResponseFraming:
-    body: Body  # how the body goes to the client
-    keep_alive: bool  # the client connection stays open afterwards
-
-
 def header_value(headers: Iterable[Header], name: bytes) -> bytes | None:
     """The first value of header ``name`` (lower case), or None."""
     for key, value in headers:
@@ -249,7 +243,7 @@ def connection_named(headers: Iterable[Header]) -> frozenset[bytes]:
 
 
 @functools.lru_cache(maxsize=256)
-def _strip_named(connection: bytes) -> frozenset[bytes]:
+def strip_named(connection: bytes) -> frozenset[bytes]:
     """What a Connection value (several joined with ",") makes us strip beyond hop-by-hop.
 
     Cached: the values repeat (``keep-alive``, ``close``), so each is parsed once.
@@ -261,7 +255,7 @@ def strips_beyond_hop_by_hop(connection: list[bytes]) -> bool:
     """The Connection values ``connection`` name headers beyond the hop-by-hop ones.
 
     The values almost every peer sends are answered by comparison: the cached
-    ``_strip_named`` costs a call through ``lru_cache`` (~750 instructions a response).
+    ``strip_named`` costs a call through ``lru_cache`` (~750 instructions a response).
     """
     if len(connection) == 1:
         value = connection[0]
@@ -272,12 +266,12 @@ def strips_beyond_hop_by_hop(connection: list[bytes]) -> bool:
             or value == b"Close"
         ):
             return False
-        return bool(_strip_named(value))
-    return bool(_strip_named(b",".join(connection)))
+        return bool(strip_named(value))
+    return bool(strip_named(b",".join(connection)))
 
 
-def _without_named(out: list[Header], connection: list[bytes]) -> list[Header]:
-    named = _strip_named(b",".join(connection))
+def without_named(out: list[Header], connection: list[bytes]) -> list[Header]:
+    named = strip_named(b",".join(connection))
     if named:  # only when Connection names more than hop-by-hop ones
         return [(key, value) for key, value in out if key.lower() not in named]
     return out
@@ -293,142 +287,21 @@ def end_to_end(headers: Iterable[Header]) -> list[Header]:
             out.append((key, value))
         elif name == b"connection":
             connection.append(value)
-    return _without_named(out, connection) if connection else out
-
-
-# A response head's headers sorted in one pass (``response_fields``): the end-to-end
-# ones (as ``end_to_end`` returns them: a new list, the caller's), the first
-# Content-Length value and the first Transfer-Encoding value. A plain tuple: one
-# per response.
-ResponseFields = tuple[list[Header], bytes | None, bytes | None]
-
-
-class ResponseHead:
-    """A backend's response head, sorted while it is parsed (upstream.py).
-
-    ``add`` is the parser's header callback: each header is kept as received
-    (``headers``) and, if end-to-end, encoded at once (``lines``); the framing
-    ones are noted. So the usual response is forwarded without another pass
-    over its headers (``client_head``). One per backend connection, ``reset``
-    for each response (and each 1xx before it).
-    """
-
-    __slots__ = ("coding", "connection", "headers", "in_head", "length", "lines")
-
-    def __init__(self) -> None:
-        self.reset()
-
-    def reset(self) -> None:
-        self.in_head = True  # False once the head ended: later fields are trailers (dropped)
-        self.headers: list[Header] = []  # as received
-        self.lines: list[bytes] = [b""]  # [0]: room for the status line; end-to-end headers
-        self.length: bytes | None = None  # the first Content-Length value
-        self.coding: bytes | None = None  # the first Transfer-Encoding value
-        self.connection: list[bytes] | None = None  # the Connection values
-
-    def add(self, name: bytes, value: bytes) -> None:
-        if self.in_head:
-            self.headers.append((name, value))
-            if (
-                not (_HOP_BY_HOP_LENGTHS >> len(name)) & 1
-                or (lower := name.lower()) not in HOP_BY_HOP
-            ):
-                lines = self.lines  # appends: compiled (mypyc), cheaper than += a tuple
-                lines.append(name)
-                lines.append(b": ")
-                lines.append(value)
-                lines.append(b"\r\n")
-            elif lower == b"content-length":
-                if self.length is None:
-                    self.length = value
-            elif lower == b"transfer-encoding":
-                if self.coding is None:
-                    self.coding = value
-            elif lower == b"connection":
-                if self.connection is None:
-                    self.connection = [value]
-                else:
-                    self.connection.append(value)
-
-    @property
-    def strips_more(self) -> bool:
-        """Connection names headers beyond the hop-by-hop ones (``lines`` still has them)."""
-        connection = self.connection
-        if connection is None:
-            return False
-        return strips_beyond_hop_by_hop(connection)
-
-
-def client_head(
-    head: ResponseHead,
-    status_line: bytes,
-    request: RequestHead,
-    body: Body,
-    keep_alive: bool,
-    extra: Iterable[Header] = (),
-) -> bytes:
-    """``head`` as the client receives it, encoded: ``status_line`` (with its CRLF), the
-    end-to-end headers, ``client_headers``' framing ones, then ``extra``.
-
-    Not when ``head.strips_more`` (then ``client_headers(response_fields(head.headers))``).
-    Uses up ``head.lines``.
-    """
-    lines = head.lines
-    lines[0] = status_line
-    length, coding = head.length, head.coding
-    if body is Body.LENGTH or (body is Body.NONE and length is not None):
-        if length is not None:
-            lines += (b"Content-Length: ", length, b"\r\n")
-    elif body is Body.CHUNKED:
-        lines += (b"Transfer-Encoding: ", coding or b"chunked", b"\r\n")
-    elif body is Body.NONE and coding is not None and request.version == "1.1":
-        lines += (b"Transfer-Encoding: ", coding, b"\r\n")
-    if not keep_alive:
-        lines.append(b"Connection: close\r\n")
-    elif request.version == "1.0":
-        lines.append(b"Connection: keep-alive\r\n")
-    for key, value in extra:
-        lines += (key, b": ", value, b"\r\n")
-    lines.append(b"\r\n")
-    return b"".join(lines)
-
-
-def response_fields(headers: Iterable[Header]) -> ResponseFields:
-    """The end-to-end headers and the framing ones, in one pass (every response)."""
-    out: list[Header] = []
-    connection: list[bytes] = []
-    length = coding = None
-    for key, value in headers:
-        name = key.lower()
-        if name not in HOP_BY_HOP:
-            out.append((key, value))
-        elif name == b"content-length":
-            if length is None:
-                length = value
-        elif name == b"transfer-encoding":
-            if coding is None:
-                coding = value
-        elif name == b"connection":
-            connection.append(value)
-    if connection and _strip_named(
-        connection[0] if len(connection) == 1 else b",".join(connection)
-    ):
-        out = _without_named(out, connection)
-    return out, length, coding
+    return without_named(out, connection) if connection else out
 
 
 # --- the raw request head ------------------------------------------------------------------
 
-_TCHAR: Final = rb"!#$%&'*+\-.^_`|~0-9A-Za-z"
+TCHAR: Final = rb"!#$%&'*+\-.^_`|~0-9A-Za-z"
 # RFC 9112 3: request-line = method SP request-target SP HTTP-version CRLF, with
 # exactly one SP each (llhttp accepts several). Empty lines before it are allowed (2.2).
 _REQUEST_LINE: Final = re.compile(
-    rb"[\r\n]*([" + _TCHAR + rb"]+) ([^\x00-\x20\x7f]+) HTTP/(\d)\.(\d)\r\n"
+    rb"[\r\n]*([" + TCHAR + rb"]+) ([^\x00-\x20\x7f]+) HTTP/(\d)\.(\d)\r\n"
 )
 # The same for HTTP/1.0 and 1.1 only, whose minor digit is then read by index: no
 # group() call and no lookup (every request; the general one only words the refusal).
 _REQUEST_LINE_1X: Final = re.compile(
-    rb"[\r\n]*[" + _TCHAR + rb"]+ [^\x00-\x20\x7f]+ HTTP/1\.[01]\r\n"
+    rb"[\r\n]*[" + TCHAR + rb"]+ [^\x00-\x20\x7f]+ HTTP/1\.[01]\r\n"
 )
 _ONE: Final = ord("1")
 # A framing header whose value holds HTAB: valid OWS, but no client sends it, and
@@ -600,255 +473,3 @@ def request_head(  # noqa: C901 (one pass per request; a call per branch would c
         client_trusted,
         scheme,
     )
-
-
-# --- what goes to the backend ---------------------------------------------------------------
-
-_NOT_FORWARDED: Final = HOP_BY_HOP | FORWARDING | PROXY_ONLY | {b"host"}
-_NOT_FORWARDED_LENGTHS: Final = lengths_mask(_NOT_FORWARDED)
-_TOKEN: Final = re.compile(rb"[" + _TCHAR + rb"]+")
-
-
-def forwarded_node(client_ip: str) -> bytes:
-    """The RFC 7239 node for ``client_ip``: IPv6 bracketed and quoted (section 6)."""
-    if ":" in client_ip:
-        return b'"[' + client_ip.encode("ascii", "replace") + b']"'
-    return client_ip.encode("ascii", "replace")
-
-
-def _forwarded_value(value: bytes) -> bytes:
-    """A token as is, anything else as a quoted-string (RFC 7239 4)."""
-    if _TOKEN.fullmatch(value):
-        return value
-    return b'"' + value.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
-
-
-@functools.lru_cache(maxsize=4096)
-def _describe_client(client_ip: str, scheme: bytes, host: bytes | None) -> tuple[bytes, bytes]:
-    """(X-Forwarded-For entry, Forwarded element) for a client; cached: clients repeat."""
-    element = b"for=" + forwarded_node(client_ip) + b";proto=" + scheme
-    if host:
-        element += b";host=" + _forwarded_value(host)
-    return client_ip.encode("ascii", "replace"), element
-
-
-@functools.lru_cache(maxsize=4096)
-def _forwarding(client_ip: str, scheme: bytes, host: bytes | None) -> tuple[Header, ...]:
-    """The forwarding headers for a client none of whose own were kept (the usual case)."""
-    client, element = _describe_client(client_ip, scheme, host)
-    out = [(b"X-Forwarded-For", client), (b"X-Forwarded-Proto", scheme)]
-    if host:
-        out.append((b"X-Forwarded-Host", host))
-    out.append((b"Forwarded", element))
-    return tuple(out)
-
-
-@functools.lru_cache(maxsize=4096)
-def _forwarding_lines(client_ip: str, scheme: bytes, host: bytes | None) -> bytes:
-    """``_forwarding``, encoded as header lines."""
-    return b"".join(
-        key + b": " + value + b"\r\n" for key, value in _forwarding(client_ip, scheme, host)
-    )
-
-
-def upstream_request_head(request: RequestHead, default_host: bytes) -> bytes | None:
-    """The head sent to the backend, encoded: request line and ``upstream_request_headers``.
-
-    The usual request in one pass (this runs for every request); None when
-    ``upstream_request_headers`` must do it: a trusted peer's forwarding
-    headers, or a Connection header naming more than hop-by-hop ones.
-    """
-    parts = [request.method, b" ", request.target, b" HTTP/1.1\r\n"]
-    host: bytes | None = None
-    connection: list[bytes] | None = None
-    trusted = request.client_trusted
-    for key, value in request.headers:
-        if (
-            not (_NOT_FORWARDED_LENGTHS >> len(key)) & 1
-            or (name := key.lower()) not in _NOT_FORWARDED
-        ):
-            parts += (key, b": ", value, b"\r\n")
-        elif name == b"host":
-            host = value
-            parts += (key, b": ", value, b"\r\n")
-        elif name == b"connection":
-            if connection is None:
-                connection = [value]
-            else:
-                connection.append(value)
-        elif name in PROXY_ONLY:
-            if trusted:
-                parts += (key, b": ", value, b"\r\n")
-        elif trusted and name in FORWARDING:
-            return None
-    if connection is not None and strips_beyond_hop_by_hop(connection):
-        return None
-    if host is None:
-        parts += (b"Host: ", default_host, b"\r\n")
-    parts.append(_forwarding_lines(request.client_ip, request.scheme, host))
-    if request.body is Body.LENGTH:
-        parts += (b"Content-Length: ", str(request.content_length).encode(), b"\r\n\r\n")
-    elif request.body is Body.CHUNKED:
-        parts.append(b"Transfer-Encoding: chunked\r\n\r\n")
-    else:
-        parts.append(b"\r\n")
-    return b"".join(parts)
-
-
-def upstream_request_headers(request: RequestHead, default_host: bytes) -> list[Header]:
-    """The headers sent to the backend: end-to-end ones, forwarding headers, framing.
-
-    Host is kept as the client sent it (the app builds its URLs from it). The
-    forwarding headers (X-Forwarded-For/-Proto/-Host, Forwarded) describe the
-    client: a trusted proxy's are extended (For, Forwarded) or kept (Proto,
-    Host); anyone else's are replaced, so a client cannot choose the address
-    the app sees. The ``PROXY_ONLY`` ones are kept from a trusted proxy, else dropped.
-    """
-    out: list[Header] = []
-    host: bytes | None = None
-    earlier: list[Header] | None = None  # a trusted peer's forwarding headers
-    connection: list[bytes] | None = None
-    for key, value in request.headers:  # one pass: this runs for every request
-        name = key.lower()
-        if name not in _NOT_FORWARDED:
-            out.append((key, value))
-        elif name == b"host":
-            host = value
-            out.append((key, value))
-        elif name == b"connection":
-            if connection is None:
-                connection = [value]
-            else:
-                connection.append(value)
-        elif name in PROXY_ONLY:
-            if request.client_trusted:
-                out.append((key, value))
-        elif request.client_trusted and name in FORWARDING:
-            if earlier is None:
-                earlier = [(name, value)]
-            else:
-                earlier.append((name, value))
-    if connection is not None:
-        out = _without_named(out, connection)
-    if host is None:
-        out.append((b"Host", default_host))
-    scheme = request.scheme
-    if earlier is None:
-        out += _forwarding(request.client_ip, scheme, host)
-    else:
-        _extend_forwarding(out, earlier, request.client_ip, scheme, host)
-    if request.body is Body.LENGTH:
-        out.append((b"Content-Length", str(request.content_length).encode()))
-    elif request.body is Body.CHUNKED:
-        out.append((b"Transfer-Encoding", b"chunked"))
-    return out
-
-
-def _extend_forwarding(
-    out: list[Header], earlier: list[Header], client_ip: str, scheme: bytes, host: bytes | None
-) -> None:
-    """The forwarding headers after a trusted proxy's (``earlier``, names in lower case)."""
-    earlier_for: list[bytes] = []
-    earlier_forwarded: list[bytes] = []
-    proto: bytes | None = None
-    forwarded_host: bytes | None = None
-    for name, value in earlier:
-        if name == b"x-forwarded-for":
-            earlier_for.append(value)
-        elif name == b"forwarded":
-            earlier_forwarded.append(value)
-        elif name == b"x-forwarded-proto":
-            proto = proto or value
-        else:  # x-forwarded-host
-            forwarded_host = forwarded_host or value
-    client, element = _describe_client(client_ip, scheme, host)
-    out.append((b"X-Forwarded-For", b", ".join([*earlier_for, client]) if earlier_for else client))
-    out.append((b"X-Forwarded-Proto", proto or scheme))
-    if forwarded_host is not None or host:
-        out.append((b"X-Forwarded-Host", forwarded_host or host or b""))
-    if earlier_forwarded:
-        element = b", ".join([*earlier_forwarded, element])
-    out.append((b"Forwarded", element))
-
-
-# --- responses ---------------------------------------------------------------------------
-
-
-def response_has_body(status: int, request_method: bytes) -> bool:
-    """RFC 9112 6.3: HEAD responses and 1xx/204/304 never carry a body."""
-    return not (request_method == b"HEAD" or status < 200 or status in (204, 304))
-
-
-def upstream_body(status: int, request_method: bytes, headers: Iterable[Header]) -> Body:
-    """How the backend delimits this response's body."""
-    if not response_has_body(status, request_method):
-        return Body.NONE
-    _, length, coding = response_fields(headers)
-    if coding is not None:
-        return Body.CHUNKED
-    if length is not None:
-        return Body.LENGTH
-    return Body.UNTIL_CLOSE
-
-
-def response_framing(upstream: Body, request: RequestHead) -> ResponseFraming:
-    """How the client receives a body the backend delimited as ``upstream``.
-
-    HTTP/1.1 clients get a chunked re-encoding of bodies the backend
-    delimited by closing, so their connection survives. HTTP/1.0 clients
-    cannot read chunked: they get the body delimited by our close.
-    """
-    keep = request.keep_alive
-    if upstream in (Body.CHUNKED, Body.UNTIL_CLOSE):
-        if request.version == "1.1":
-            return ResponseFraming(Body.CHUNKED, keep)
-        return ResponseFraming(Body.UNTIL_CLOSE, False)
-    return ResponseFraming(upstream, keep)
-
-
-def client_response_headers(
-    status: int, headers: Sequence[Header], request: RequestHead, framing: ResponseFraming
-) -> list[Header]:
-    """The backend's response headers as the client receives them."""
-    return client_headers(response_fields(headers), request, framing.body, framing.keep_alive)
-
-
-def client_headers(
-    fields: ResponseFields, request: RequestHead, body: Body, keep_alive: bool
-) -> list[Header]:
-    """``client_response_headers`` from the sorted fields (the list is ``fields``' own)."""
-    out, length, transfer_encoding = fields
-    if body is Body.LENGTH or (body is Body.NONE and length is not None):
-        # Kept on bodiless responses too: on HEAD and 304 it describes the representation.
-        if length is not None:
-            out.append((b"Content-Length", length))
-    elif body is Body.CHUNKED:
-        out.append((b"Transfer-Encoding", transfer_encoding or b"chunked"))
-    elif body is Body.NONE and transfer_encoding is not None and request.version == "1.1":
-        out.append((b"Transfer-Encoding", transfer_encoding))
-    if not keep_alive:
-        out.append(_CONNECTION_CLOSE)
-    elif request.version == "1.0":
-        out.append(_CONNECTION_KEEP_ALIVE)
-    return out
-
-
-_CONNECTION_CLOSE: Final = (b"Connection", b"close")
-_CONNECTION_KEEP_ALIVE: Final = (b"Connection", b"keep-alive")
-
-
-def encode_head(first_line: bytes, headers: Iterable[Header]) -> bytes:
-    """A message head: first line, headers, blank line."""
-    parts = [first_line, b"\r\n"]
-    for key, value in headers:
-        parts += (key, b": ", value, b"\r\n")
-    parts.append(b"\r\n")
-    return b"".join(parts)
-
-
-def chunk_prefix(size: int) -> bytes:
-    return b"%x\r\n" % size
-
-
-LAST_CHUNK: Final = b"0\r\n\r\n"
-CRLF: Final = b"\r\n"

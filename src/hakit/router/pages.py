@@ -25,7 +25,12 @@ import math
 from dataclasses import dataclass
 from typing import Final
 
-from hakit.router.headers import Header, encode_head
+from hakit.router.headers import (
+    Header,
+)
+from hakit.router.responses import (
+    encode_head,
+)
 
 REASONS: Final = {
     400: b"Bad Request",

@@ -23,9 +23,16 @@ from typing import cast
 import httptools
 
 from hakit.errors import HakitError
-from hakit.router.headers import BadRequest, encode_head, origin_form, valid_host
+from hakit.router.headers import (
+    BadRequest,
+    origin_form,
+    valid_host,
+)
 from hakit.router.limits import ProxyLimits
 from hakit.router.pages import error_page
+from hakit.router.responses import (
+    encode_head,
+)
 
 log = logging.getLogger("hakit.router")
 

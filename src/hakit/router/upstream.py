@@ -26,8 +26,15 @@ import httptools
 
 from hakit.config import NodeConfig
 from hakit.router.batch import BatchedWrites, batch_for_running_loop
-from hakit.router.headers import Body, Header, ResponseHead, response_has_body
+from hakit.router.headers import (
+    Body,
+    Header,
+)
 from hakit.router.limits import ProxyLimits
+from hakit.router.responses import (
+    ResponseHead,
+    response_has_body,
+)
 
 
 class ResponseSink(Protocol):

@@ -4,21 +4,22 @@ from __future__ import annotations
 
 import pytest
 
+from hakit.router.forwarding import upstream_request_head, upstream_request_headers
 from hakit.router.headers import (
     Body,
     Header,
     RequestHead,
+    end_to_end,
+    header_value,
+    request_head,
+)
+from hakit.router.responses import (
     ResponseHead,
     client_head,
     client_headers,
     encode_head,
-    end_to_end,
-    header_value,
-    request_head,
     response_fields,
     upstream_body,
-    upstream_request_head,
-    upstream_request_headers,
 )
 
 

@@ -7,16 +7,14 @@ import ipaddress
 import pytest
 
 from hakit.config import RouterConfig
+from hakit.router.forwarding import forwarded_node, upstream_request_head, upstream_request_headers
 from hakit.router.headers import (
     BadRequest,
     Body,
     Header,
     RequestHead,
     check_raw_head,
-    forwarded_node,
     request_head,
-    upstream_request_head,
-    upstream_request_headers,
     valid_host,
 )
 from hakit.router.http import is_trusted, parser_error_status

@@ -20,12 +20,11 @@ from hakit.config import (
 )
 from hakit.coord.base import Lease, NodeRecord
 from hakit.coord.view import ClusterView
+from hakit.router.forwarding import upstream_request_headers
 from hakit.router.headers import (
     Body,
     RequestHead,
     end_to_end,
-    response_framing,
-    upstream_request_headers,
 )
 from hakit.router.health import HealthBoard, Result, ResultKind, dead, drain, ok
 from hakit.router.pages import prefers_json
@@ -43,6 +42,9 @@ from hakit.router.pool import (
     route,
     standing,
     track_drains,
+)
+from hakit.router.responses import (
+    response_framing,
 )
 
 T = 1000.0  # when the view was read

@@ -11,8 +11,14 @@ from typing import Any
 import pytest
 
 from hakit.config import NodeConfig
-from hakit.router.headers import Body, Header, ResponseHead
+from hakit.router.headers import (
+    Body,
+    Header,
+)
 from hakit.router.limits import ProxyLimits
+from hakit.router.responses import (
+    ResponseHead,
+)
 from hakit.router.upstream import UpstreamConnection
 
 RESPONSE = (
