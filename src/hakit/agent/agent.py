@@ -52,7 +52,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, assert_never
 
 from hakit.agent.lease import LeaseKeeper, Wake
@@ -65,6 +65,7 @@ from hakit.coord.base import Coordinator, Event, Lease, NodeRecord
 from hakit.errors import CoordinationError, InvalidTransition, SupervisorError
 from hakit.fencing.fence import AGENT_ID_KEY, PENDING_KEY, Fencer
 from hakit.health.probe import Observation, StatusProber, check_database
+from hakit.history.kinds import CAUSE, AlertKind, EventCause, EventKind
 from hakit.notify import Notifier
 from hakit.policy import (
     Action,
@@ -266,7 +267,7 @@ class Agent:
         stall = self.stalls.tick(self.monotonic())
         if stall is not None:
             self._record(
-                "stall",
+                EventKind.STALL,
                 f"agent on {self.node.name} was stalled for {stall.duration:.1f} s (frozen, "
                 "swapping or blocked); check failures overlapping the stall are not counted",
                 data={"seconds": round(stall.duration, 3)},
@@ -284,7 +285,7 @@ class Agent:
         if observation.state is not AppState.TIMEOUT or stall is None:
             return False
         self._record(
-            "status",
+            EventKind.STATUS,
             f"ignored: /status of {self.node.name} timed out, but the agent was stalled for "
             f"{stall.duration:.1f} s during the probe (the timer fired late, not the app)",
         )
@@ -294,7 +295,7 @@ class Agent:
 
     async def run(self) -> None:
         self.lease.start(asyncio.get_running_loop())
-        self._record("agent", f"agent for {self.node.name} started (pid {os.getpid()})")
+        self._record(EventKind.AGENT, f"agent for {self.node.name} started (pid {os.getpid()})")
         await self._sweep_leftovers()
         # A cluster paused before this agent started: the policy hears it before Boot.
         await self.operator.feed_intents(
@@ -375,7 +376,7 @@ class Agent:
         )
         if found.stopped:
             self._record(
-                "agent",
+                EventKind.AGENT,
                 f"agent for {self.node.name} found what an earlier agent left running and "
                 f"stopped it before doing anything else: {'; '.join(found.stopped)}",
                 epoch=0,
@@ -383,7 +384,7 @@ class Agent:
             )
         elif found.rebooted:
             self._record(
-                "agent",
+                EventKind.AGENT,
                 f"{self.node.name} came back after its host restarted: {previous} went down "
                 "with it",
                 epoch=0,
@@ -391,14 +392,16 @@ class Agent:
             )
         elif found.unclean_end:
             self._record(
-                "agent",
+                EventKind.AGENT,
                 f"{previous} on {self.node.name} ended without stopping its app (killed or "
                 "crashed) while the host stayed up; its shim had stopped the app already",
                 epoch=0,
                 data=data,
             )
         if found.blocked is not None:
-            await self._execute(Alert("failed-start", found.blocked, manual_intervention=True))
+            await self._execute(
+                Alert(AlertKind.FAILED_START, found.blocked, manual_intervention=True)
+            )
 
     def request_stop(self) -> None:
         self._stop_requested.set()
@@ -408,7 +411,7 @@ class Agent:
             actions = self.policy.handle(event, self.monotonic())
         except InvalidTransition as error:
             # A bug, not a cluster problem: keep the node supervised and say so.
-            self._record("internal", str(error))
+            self._record(EventKind.INTERNAL, str(error))
             return
         for action in actions:
             await self._execute(action)
@@ -417,7 +420,7 @@ class Agent:
     async def _execute(self, action: Action) -> None:
         match action:
             case StartApp():
-                self._record("start", action.reason, actor=action.actor)
+                self._record(EventKind.START, action.reason, actor=action.actor)
                 self.operator.draining = False
                 self.app_state = AppState.STARTING
                 self._publish()
@@ -431,7 +434,7 @@ class Agent:
                 else:
                     await self._handle(AppStarted(pid))
             case StopApp():
-                self._record("stop", action.reason, actor=action.actor)
+                self._record(EventKind.STOP, action.reason, actor=action.actor, data=action.data)
                 self.app_state = AppState.STOPPING
                 self._publish()
                 if action.kill:
@@ -450,9 +453,13 @@ class Agent:
                 )
             case Alert():
                 self._record(
-                    "alert",
+                    EventKind.ALERT,
                     action.reason,
-                    data={"alert": action.kind, "manual_intervention": action.manual_intervention},
+                    data={
+                        "alert": action.kind,
+                        "manual_intervention": action.manual_intervention,
+                        **({CAUSE: action.cause} if action.cause else {}),
+                    },
                 )
                 await self.notifier.alert(
                     action.kind,
@@ -462,7 +469,7 @@ class Agent:
                     epoch=self.lease.epoch,
                 )
             case Record():
-                self._record(action.kind, action.reason, actor=action.actor)
+                self._record(action.kind, action.reason, actor=action.actor, data=action.data)
             case Drain():
                 await self.operator.drain(action)
             case TakeLease():
@@ -477,12 +484,21 @@ class Agent:
     async def _shutdown(self) -> None:
         """Planned stop: stop the app, then hand the lease over."""
         if self.app.running:
-            self._record("stop", f"agent for {self.node.name} is shutting down; stopping the app")
+            self._record(
+                EventKind.STOP,
+                f"agent for {self.node.name} is shutting down; stopping the app",
+                data={CAUSE: EventCause.SHUTDOWN},
+            )
             with contextlib.suppress(SupervisorError):
                 await self.app.stop("agent shutdown")
         epoch = self.lease.release_on_shutdown()
         if epoch:
-            self._record("lease", f"{self.node.name} released the lease on shutdown", epoch=epoch)
+            self._record(
+                EventKind.LEASE,
+                f"{self.node.name} released the lease on shutdown",
+                epoch=epoch,
+                data={CAUSE: EventCause.SHUTDOWN},
+            )
         self.app_state = AppState.STOPPED
         self._publish(role="stopped")
         await self.prober.aclose()
@@ -585,7 +601,7 @@ class Agent:
         reason: str,
         *,
         epoch: int | None = None,
-        data: dict[str, Any] | None = None,
+        data: Mapping[str, Any] | None = None,
         actor: str = "",  # who caused it, when not this agent (an operator's command)
     ) -> None:
         log.info("%s: %s", kind, reason)
@@ -593,11 +609,11 @@ class Agent:
             id=0,
             time=time.time(),
             node=self.node.name,
-            kind=kind,
+            kind=str(kind),  # an EventKind's value: the store keeps plain strings
             reason=reason,
             epoch=self.lease.epoch if epoch is None else epoch,
             actor=actor or self.actor,
-            data=data or {},
+            data=dict(data or {}),
         )
         self.store.submit(
             f"record the {kind} event {reason!r}", self.coordinator.append_event, event

@@ -39,6 +39,7 @@ from hakit.fencing.fence import (
 from hakit.fencing.fence import Verdict as FenceVerdict
 from hakit.fencing.watchdog import LeaseWatchdog
 from hakit.health.datapath import PathReport, judge_holder, reports_in
+from hakit.history.kinds import AlertKind, EventKind
 from hakit.policy import Alert, LeaseGained, LeaseLost, Policy, PolicyEvent, Role
 from hakit.supervisor.process import AppProcess
 
@@ -243,7 +244,7 @@ class LeaseKeeper:
         if self._refused_store is not None:
             self._refused_store = None
             self._record(
-                "lease",
+                EventKind.LEASE,
                 f"{self.node} reconnected to the coordination store (a store it trusts is "
                 "back at its path)",
                 epoch=0,
@@ -256,7 +257,7 @@ class LeaseKeeper:
             self.self_fence("the coordination store was replaced or went back in time")
         if self._refused_store != error.found:
             self._refused_store = error.found
-            await self._alert(Alert("fence", str(error), manual_intervention=True))
+            await self._alert(Alert(AlertKind.FENCE, str(error), manual_intervention=True))
 
     def _read_before_takeover(self) -> tuple[Predecessor, list[PathReport]]:
         """The predecessor, and the routers' reports when its lease has expired (blocking:
@@ -287,7 +288,7 @@ class LeaseKeeper:
             if verdict.reason and self._deferred != key:
                 self._deferred = key
                 self._record(
-                    "data-path",
+                    EventKind.DATA_PATH,
                     verdict.reason,
                     epoch=0,
                     data={"holder": lease.holder, "witness": verdict.witness, "deferred": True},
@@ -296,7 +297,7 @@ class LeaseKeeper:
         if self._deferred == key:  # it was deferred: say why it no longer is
             self._deferred = None
             self._record(
-                "data-path",
+                EventKind.DATA_PATH,
                 verdict.reason,
                 epoch=0,
                 data={"holder": lease.holder, "witness": verdict.witness, "deferred": False},
@@ -317,7 +318,7 @@ class LeaseKeeper:
         if self.epoch != lease.epoch:
             return  # lost meanwhile: the self-fence path has told the policy
         for words in verdict.alerts:
-            await self._alert(Alert("fence", words))
+            await self._alert(Alert(AlertKind.FENCE, words))
         if verdict.ok:
             self._fence_retry_at = 0.0
             # Over an expired lease this is a failover: the policy alerts it.
@@ -329,7 +330,7 @@ class LeaseKeeper:
         self.epoch = 0
         await self._give_back(lease.epoch, "fencing failed")
         self._publish()  # with the nodes still to fence, for any other node about to promote
-        await self._alert(Alert("fence", verdict.reason))
+        await self._alert(Alert(AlertKind.FENCE, verdict.reason))
 
     async def _give_back(self, epoch: int, why: str) -> None:
         """Release a lease of ``epoch`` this agent will not act under (never while its app
@@ -343,7 +344,9 @@ class LeaseKeeper:
             log.warning("could not give the lease of epoch %d back: %s", epoch, error)
             return
         if released:
-            self._record("lease", f"{self.node} gave the lease of epoch {epoch} back: {why}")
+            self._record(
+                EventKind.LEASE, f"{self.node} gave the lease of epoch {epoch} back: {why}"
+            )
 
     # --- the deadline ---------------------------------------------------------------------
 
@@ -438,7 +441,7 @@ class LeaseKeeper:
         self.lease_deadline = asked + ttl - self.cfg.coordination.renew_interval / 2
         self.arm_watchdog()
         self._record(
-            "lease",
+            EventKind.LEASE,
             f"{self.node} woke {late:.1f} s after its lease deadline (stalled "
             f"{slept:.1f} s); nobody took over: renewed its lease of epoch {epoch} and "
             "kept its app running",

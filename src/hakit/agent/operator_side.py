@@ -36,6 +36,7 @@ from hakit.health.datapath import (
     path_lost,
     reports_in,
 )
+from hakit.history.kinds import EventKind
 from hakit.operator.commands import perform
 from hakit.operator.intents import HANDOVER, IntentWatcher, expired_words, request_path_loss
 from hakit.policy import (
@@ -152,7 +153,7 @@ class OperatorSide:
             api = AdminApi(token, self._admin_perform)
             await api.start(self.node.host, self.node.admin_port)
         except HakitError as error:
-            self._record("internal", f"admin API of {self.node.name} not served: {error}")
+            self._record(EventKind.INTERNAL, f"admin API of {self.node.name} not served: {error}")
             return
         self._admin_api = api
 
@@ -174,7 +175,10 @@ class OperatorSide:
             lease = await self.store.call(self.coordinator.take_over, self.node.name, ttl)
         except CoordinationError as error:
             self._record(
-                "failover", f"{reason}: could not take the lease: {error}", epoch=0, actor=actor
+                EventKind.FAILOVER,
+                f"{reason}: could not take the lease: {error}",
+                epoch=0,
+                actor=actor,
             )
             return
         intent = self.intents.handover or {}
@@ -186,7 +190,10 @@ class OperatorSide:
                 before.holder, before.epoch, time.time(), why
             )
         self._record(
-            "failover", f"{reason}: took epoch {lease.epoch}", epoch=lease.epoch, actor=actor
+            EventKind.FAILOVER,
+            f"{reason}: took epoch {lease.epoch}",
+            epoch=lease.epoch,
+            actor=actor,
         )
 
     async def end_handover(self, action: EndHandover) -> None:
@@ -203,7 +210,7 @@ class OperatorSide:
 
     async def drain(self, action: Drain) -> None:
         """Take no new requests (the routers hold them), and wait for the ones in flight."""
-        self._record("drain", action.reason, actor=action.actor)
+        self._record(EventKind.DRAIN, action.reason, actor=action.actor)
         self.draining = True
         self._publish()
         # The store takes the record first; then every live router must see it (no
@@ -231,7 +238,7 @@ class OperatorSide:
             waited = self.monotonic() - started
             if waited >= limit:
                 self._record(
-                    "drain",
+                    EventKind.DRAIN,
                     f"drain_timeout ({limit:g} s) passed with {total} request"
                     f"{'s' if total != 1 else ''} in flight to {self.node.name} at router"
                     f"{'s' if len(busy) != 1 else ''} {', '.join(busy)}: stopping the app anyway",
@@ -241,7 +248,7 @@ class OperatorSide:
                 return
             await asyncio.sleep(DRAIN_POLL)
         self._record(
-            "drain",
+            EventKind.DRAIN,
             f"drained: no router sends new requests to {self.node.name} and none is in "
             f"flight to it ({self.monotonic() - started:.2f} s)",
             data={"in_flight": 0, "seconds": round(self.monotonic() - started, 3)},

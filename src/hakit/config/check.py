@@ -28,6 +28,7 @@ from hakit.config.schema import (
 from hakit.config.timing import timing_lines
 from hakit.config.values import (
     STANDBY_MODES,
+    STICKY_COOKIES,
     Mode,
     Storage,
     format_duration,
@@ -452,13 +453,10 @@ def _tcp_proxy_lines(cfg: Config) -> list[str]:
 
 def _sticky(cfg: Config) -> str:
     router = cfg.router
-    cookie = {
-        "none": "",
-        "lb-cookie": f" (router cookie {router.cookie_name})",
-        "app-cookie-suffix": f" ({router.app_cookie_name}=<id>.<route>)",
-        "app-cookie-prefix": f" ({router.app_cookie_name}=<route>~<id>)",
-    }[router.sticky]
-    return f"{router.sticky}{cookie}"
+    cookie = STICKY_COOKIES[router.sticky].format(
+        cookie_name=router.cookie_name, app_cookie_name=router.app_cookie_name
+    )
+    return f"{router.sticky} ({cookie})" if cookie else str(router.sticky)
 
 
 def _health_check(cfg: Config) -> str:

@@ -74,6 +74,7 @@ from hakit.config.values import (
     placeholder_problem,
     sqlite_path,
 )
+from hakit.history.kinds import NOTIFY_EVENTS as _NOTIFY_SELECTABLE
 
 _NODE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 _ROUTE = r"^[A-Za-z0-9_-]*$"
@@ -529,22 +530,11 @@ class TcpProxyConfig(_Section):
         return tuple(parse_listen(u) for u in self.upstreams)
 
 
-# Alert kinds [notify] events may select. The policy's Alert kinds, plus two that
-# group them: "restart" (crash, oom, hang, error: failures corrected by a restart)
-# and "manual-intervention" (any alert after which hakit stops acting on its own).
-NOTIFY_EVENTS = (
-    "failover",
-    "restart",
-    "manual-intervention",
-    "fence",
-    "database",
-    "oom",
-    "failed-start",
-    "crash",
-    "hang",
-    "error",
-)
-DEFAULT_NOTIFY_EVENTS = NOTIFY_EVENTS[:-1]  # "error" is covered by "restart"
+# Alert kinds [notify] events may select: the policy's Alert kinds, plus two that
+# group them (hakit.history.kinds.NotifyGroup), in the order they are listed; the
+# defaults are the ones hakit.history.kinds.NOTIFY_EVENTS marks selected.
+NOTIFY_EVENTS = tuple(str(name) for name in _NOTIFY_SELECTABLE)
+DEFAULT_NOTIFY_EVENTS = tuple(str(name) for name, on in _NOTIFY_SELECTABLE.items() if on)
 _HEADER_NAME = _COOKIE_NAME  # both are RFC 7230 tokens
 
 

@@ -12,7 +12,8 @@ import json
 import math
 import re
 import string
-from typing import Annotated, NewType
+from collections.abc import Mapping
+from typing import Annotated, Final, NewType
 
 from pydantic import AfterValidator, BeforeValidator
 
@@ -191,6 +192,17 @@ class Sticky(enum.StrEnum):
     LB_COOKIE = "lb-cookie"
     APP_COOKIE_SUFFIX = "app-cookie-suffix"
     APP_COOKIE_PREFIX = "app-cookie-prefix"
+
+
+# Each strategy describing itself (``hakit config check``): the cookie it routes by,
+# formatted with the router's cookie_name and app_cookie_name; "" for none. One entry
+# per Sticky (a unit test checks), so a new strategy cannot be left undescribed.
+STICKY_COOKIES: Final[Mapping[Sticky, str]] = {
+    Sticky.NONE: "",
+    Sticky.LB_COOKIE: "router cookie {cookie_name}",
+    Sticky.APP_COOKIE_SUFFIX: "{app_cookie_name}=<id>.<route>",
+    Sticky.APP_COOKIE_PREFIX: "{app_cookie_name}=<route>~<id>",
+}
 
 
 class StickyDown(enum.StrEnum):

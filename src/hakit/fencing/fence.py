@@ -44,6 +44,7 @@ from hakit.errors import CoordinationError
 from hakit.fencing.watchdog import kill_group_now
 from hakit.health.datapath import reports_in
 from hakit.health.probe import StatusProber
+from hakit.history.kinds import EventKind
 
 log = logging.getLogger("hakit.fence")
 
@@ -373,7 +374,7 @@ class Fencer:
         for need in cleared:
             self.pending.pop(need.node, None)
             self.record(
-                "fence",
+                EventKind.FENCE,
                 f"{need.node} needs no fencing before {self.me} promotes under epoch "
                 f"{gained.epoch}: {need.why}, but its agent has run since and does not claim "
                 "the lease (it fenced itself)",
@@ -388,7 +389,7 @@ class Fencer:
             for need in to_fence:
                 self.pending.pop(need.node, None)
                 self.record(
-                    "fence",
+                    EventKind.FENCE,
                     f"not fencing {need.node} ({need.why}): the operator forced the "
                     f"promotion of {self.me} under epoch {gained.epoch}",
                     {"target": need.node, "result": "skipped", "epoch": gained.epoch},
@@ -426,14 +427,14 @@ class Fencer:
                     "anyway, accepting two writers)"
                 )
                 self.record(
-                    "fence",
+                    EventKind.FENCE,
                     reason,
                     {"target": need.node, "result": "still-answering", "epoch": epoch},
                 )
                 return reason
             self.pending.pop(need.node, None)
             self.record(
-                "fence",
+                EventKind.FENCE,
                 f"no failover.fence_command configured: {self.me} promotes under epoch {epoch} "
                 f"trusting {need.node} to have fenced itself ({need.why})",
                 {"target": need.node, "result": "not-configured", "epoch": epoch},
@@ -462,7 +463,7 @@ class Fencer:
         if result.ok:
             self.pending.pop(need.node, None)
             reason = f"fenced {need.node} {before} ({need.why}): the fence command {result.summary}"
-            self.record("fence", reason, data)
+            self.record(EventKind.FENCE, reason, data)
             alerts.append(reason)
             return None
         output = f"; its output: {result.output.splitlines()[-1]}" if result.output else ""
@@ -471,7 +472,7 @@ class Fencer:
             f"{result.summary}{output}; not promoting: {self.me} gives the lease back and "
             "tries again later (`hakit failover --force` promotes without fencing)"
         )
-        self.record("fence", reason, data)
+        self.record(EventKind.FENCE, reason, data)
         return reason
 
     async def _still_answers(self, node: str) -> str | None:
@@ -523,7 +524,7 @@ class Fencer:
         name = sessions_of(url, need.node, host)
         if problem is None:
             self.record(
-                "fence",
+                EventKind.FENCE,
                 f"terminated {count} database session{'s' if count != 1 else ''} of {need.node} "
                 f"({name}) before {self.me} promotes under epoch {epoch}",
                 {"target": need.node, "result": "ok", "sessions": count, "epoch": epoch},
@@ -533,5 +534,7 @@ class Fencer:
             f"could not terminate the database sessions of {need.node} ({name}): "
             f"{problem}; promoting {self.me} anyway, {need.node} is fenced"
         )
-        self.record("fence", reason, {"target": need.node, "result": "failed", "epoch": epoch})
+        self.record(
+            EventKind.FENCE, reason, {"target": need.node, "result": "failed", "epoch": epoch}
+        )
         return [reason]

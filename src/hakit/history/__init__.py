@@ -1,5 +1,8 @@
 """The event history: what happened, and why.
 
+- kinds.py     the vocabulary: event kinds, alert kinds, causes, [notify] selectors
 - eventlog.py  event lines and JSON records (``hakit events``), time filters
 - why.py       ``hakit why``: the last failover explained, or why one did not happen
+- reading.py   for why.py: terms, and the facts events carry in their data
+- now.py       the cluster as it is now (node conditions, the pause) for why and status
 """

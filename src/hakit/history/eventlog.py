@@ -13,16 +13,17 @@ from typing import Any
 from rich.markup import escape
 
 from hakit.coord.base import Event
+from hakit.history.kinds import EventKind
 
 # Rich markup colour per event kind: failures stand out, routine lines stay quiet.
-KIND_STYLE = {
-    "alert": "bold red",
-    "failover": "bold magenta",
-    "lease": "cyan",
-    "start": "green",
-    "stop": "yellow",
-    "detected": "red",
-    "internal": "bold red",
+KIND_STYLE: dict[str, str] = {
+    EventKind.ALERT: "bold red",
+    EventKind.FAILOVER: "bold magenta",
+    EventKind.LEASE: "cyan",
+    EventKind.START: "green",
+    EventKind.STOP: "yellow",
+    EventKind.DETECTED: "red",
+    EventKind.INTERNAL: "bold red",
 }
 
 CLUSTER = "cluster"  # how an event about no node in particular (node "") is shown and selected

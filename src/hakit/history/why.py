@@ -8,8 +8,8 @@ lines: a headline, then a short timeline. It reads what the agents recorded:
   active node (a *term*);
 - why a term ended: the old active's ``failover`` event (it stepped down, the
   cause is in its reason or in the alert just before), a ``lease`` event (lost
-  the lease and fenced itself, or released it on shutdown), an operator's
-  action, or nothing at all (the node was lost with its agent);
+  the lease and fenced itself, or released it on shutdown: ``data["cause"]``), an
+  operator's action, or nothing at all (the node was lost with its agent);
 - the alerts that did not end in a failover (a restart, a database outage, a
   failed start, manual intervention): the policy words each reason, this
   module only arranges them;
@@ -25,9 +25,11 @@ record only what they *would* have done. ``explain`` then also takes the
 cluster as it is now (``ClusterNow``: the pause, the lease, the node records)
 and says first that the cluster is paused (since when, by whom, why), what is
 wrong now (no node RUNNING, no lease, a node whose agent went silent) and what
-was held back. ``node_condition`` decides what a node record says now: a record
-older than the lease TTL is a lost node, whatever it last claimed (``hakit
-status`` shows nodes with it too).
+was held back.
+
+This module words the incidents; hakit.history.reading reads the history (terms,
+the facts events carry in their data), hakit.history.now tells the cluster as it
+is now (``node_condition``, ``explain_pause``; re-exported here).
 """
 
 from __future__ import annotations
@@ -35,19 +37,50 @@ from __future__ import annotations
 import itertools
 import math
 import re
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from datetime import datetime, tzinfo
-from typing import Any
 
-from hakit.coord.base import Event, Lease, NodeRecord
+from hakit.coord.base import Event
+from hakit.history.kinds import RESTART_KINDS, AlertKind, EventKind
+from hakit.history.now import (
+    SERVING_STATES,
+    ClusterNow,
+    NodeCondition,
+    explain_pause,
+    node_condition,
+)
+from hakit.history.reading import (
+    Clock,
+    Incident,
+    Term,
+    command_failed,
+    command_summary,
+    command_words,
+    end_of_term,
+    failure_alerts,
+    fence_epoch,
+    lost_epoch,
+    operator_move,
+    planned,
+    shutdown,
+    steps_down,
+    terms,
+)
 from hakit.supervisor.leftovers import UNCLEAN_END
 
-RESTART_KINDS = frozenset({"crash", "oom", "hang", "error"})
-_FAILURE_KINDS = {*RESTART_KINDS, "failed-start"}
+__all__ = [
+    "SERVING_STATES",
+    "ClusterNow",
+    "NodeCondition",
+    "Term",
+    "explain",
+    "explain_pause",
+    "node_condition",
+    "parse_at",
+    "terms",
+]
 
-_LOST_LEASE = re.compile(r"lost the leader lease \(epoch (\d+)")
-_SHUTDOWN = "released the lease on shutdown"
+# Wording: numbers the policy's sentences give, shown again in ``hakit why``'s own words.
 _STEP_DOWN_TAIL = re.compile(r"[:;] (stopping it, then )?stepping down so a standby takes over.*$")
 _NTH_FAILURE = re.compile(r"(\d+)(?:st|nd|rd|th) failure within")
 _RESTART_BUDGET = re.compile(r"restart (\d+) of (\d+) within ([^\s;)]+)")
@@ -56,38 +89,6 @@ _FAILED_STARTS = re.compile(r"(\d+) failed starts in a row \(restart_attempts = 
 _NOT_FAILING_OVER = re.compile(r"not failing over: ([^;]*)")
 _NO_FAILOVER_BECAUSE = re.compile(r" and ((?:restart-only mode|this node is a standby)[^;:]*)")
 _FORCE_HINT = "force with `hakit failover --force`"
-
-
-@dataclass(frozen=True, slots=True)
-class Term:
-    """One node's time as the active node under one epoch."""
-
-    node: str
-    epoch: int
-    index: int  # position of its first event in the history
-    time: float
-
-
-@dataclass(frozen=True, slots=True)
-class Incident:
-    time: float  # when it began: what ``--at`` selects by
-    lines: tuple[str, ...]  # headline first, then indented timeline lines
-    failover: bool  # the active role moved to another node
-
-
-class _Clock:
-    """Times as HH:MM:SS, with the date when the history spans several days."""
-
-    def __init__(self, events: Sequence[Event], tz: tzinfo | None) -> None:
-        self.tz = tz
-        days = {datetime.fromtimestamp(e.time, tz).date() for e in events}
-        self.pattern = "%Y-%m-%d %H:%M:%S" if len(days) > 1 else "%H:%M:%S"
-
-    def __call__(self, seconds: float) -> str:
-        return datetime.fromtimestamp(seconds, self.tz).strftime(self.pattern)
-
-    def line(self, event: Event, text: str | None = None) -> str:
-        return f"  {self(event.time)}  {text if text is not None else event.reason}"
 
 
 # --- the public function ----------------------------------------------------------
@@ -107,7 +108,7 @@ def explain(
     outage come first, the history's explanation after.
     """
     history = sorted(events, key=lambda e: e.id)
-    clock = _Clock(history, tz)
+    clock = Clock(history, tz)
     if current is not None and current.paused is not None and at is None:
         lines = explain_pause(history, current, tz)
         past = explain(history, tz=tz)
@@ -152,182 +153,10 @@ def parse_at(text: str, now: float, tz: tzinfo | None = None) -> float:
         ) from None
 
 
-# --- the cluster as it is now ---------------------------------------------------------
-
-SERVING_STATES = frozenset({"RUNNING", "FIRST_RUN"})
-_FAILING_STATES = frozenset({"ERROR", "DOWN", "TIMEOUT", "NOT_DEPLOYED"})
-_WAITING_STATES = frozenset({"STARTING", "STOPPING", "MAINTENANCE"})
+# --- the incidents ------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class NodeCondition:
-    """What a node's record says now: its own words, unless its agent went silent."""
-
-    role: str  # "active", "standby", "stopped" (agent shut down), "lost", "unknown" (never)
-    state: str  # the app state it reported; "unknown" when lost, "-" when never reported
-    lost: bool  # the record is older than the lease TTL: the agent is dead, frozen or cut off
-    age: float | None  # seconds since the record was written (None: never)
-    style: str  # Rich style for the role and state ("" for plain)
-
-
-def node_condition(record: NodeRecord | None, now: float, ttl: float) -> NodeCondition:
-    """The role and app state to show for ``record`` at ``now``.
-
-    A live agent rewrites its record every ``renew_interval`` (well under the
-    lease TTL), so a record older than ``ttl`` is a lost node: a killed agent's
-    last words ("active", "RUNNING") stay in the store and would otherwise be
-    shown as the truth. A record its agent wrote on shutdown ("stopped") is not lost.
-    """
-    if record is None:
-        return NodeCondition("unknown", "-", False, None, "dim")
-    age = max(0.0, now - record.updated_at)
-    if record.role == "stopped":
-        return NodeCondition("stopped", record.app_state or "-", False, age, "dim")
-    if age > ttl:
-        return NodeCondition("lost", "unknown", True, age, "bold red")
-    state = record.app_state or "-"
-    if state in _FAILING_STATES:
-        style = "red"
-    elif state in _WAITING_STATES:
-        style = "yellow"
-    elif state in SERVING_STATES and record.role == "active":
-        style = "green"
-    else:
-        style = ""
-    return NodeCondition(record.role or "unknown", state, False, age, style)
-
-
-@dataclass(frozen=True, slots=True)
-class ClusterNow:
-    """The cluster as read at ``time``, for what the history cannot say."""
-
-    time: float
-    lease_ttl: float
-    nodes: tuple[str, ...]  # the configured nodes, in config order
-    records: Mapping[str, NodeRecord] = field(default_factory=dict)
-    lease: Lease | None = None  # as stored (may be expired)
-    paused: Mapping[str, Any] | None = None  # the stored pause while paused, else None
-    active_active: bool = False  # every node serves; no lease decides who
-
-
-def explain_pause(history: Sequence[Event], now: ClusterNow, tz: tzinfo | None) -> list[str]:
-    """The paused cluster: since when, by whom and why; what is wrong now; what was held."""
-    paused = now.paused or {}
-    since = float(paused.get("at") or now.time)
-    when = datetime.fromtimestamp(since, tz).strftime("%Y-%m-%d %H:%M:%S")
-    by = paused.get("actor") or "an operator"
-    reason = paused.get("reason") or "no reason given"
-    lines = [
-        f"the cluster is paused since {when} ({_span(now.time - since)} ago) by {by} "
-        f"({reason}): agents keep monitoring and reporting but take no action (no restart, "
-        "no failover, no start) until `hakit resume`"
-    ]
-    conditions = {
-        name: node_condition(now.records.get(name), now.time, now.lease_ttl) for name in now.nodes
-    }
-    problems = _problems(now, conditions, tz)
-    if problems:
-        lines.append("now: " + "; ".join(problems))
-    else:
-        lines.append("now: nothing looks wrong (the pause holds back only what would be needed)")
-    lines += [f"  {name}: {_node_words(name, conditions[name], now)}" for name in now.nodes]
-    held = [e for e in history if e.kind == "paused" and e.time >= since]
-    if held:
-        clock = _Clock(history, tz)
-        lines.append(f"held back since the pause ({len(held)}; the last per node):")
-        last: dict[str, Event] = {}
-        for event in held:
-            last[event.node] = event
-        lines += [clock.line(e) for e in sorted(last.values(), key=lambda e: e.id)]
-    if problems:
-        lines.append(
-            "  nothing changes until someone acts: fix it by hand, or `hakit resume -r WHY` "
-            "and the agents act on it"
-        )
-    return lines
-
-
-def _problems(
-    now: ClusterNow, conditions: Mapping[str, NodeCondition], tz: tzinfo | None
-) -> list[str]:
-    """What is wrong now, most important first (empty: nothing)."""
-    found = []
-    serving = [n for n, c in conditions.items() if not c.lost and c.state in SERVING_STATES]
-    if not serving:
-        found.append("no node is RUNNING")
-    if not now.active_active:  # the other modes serve from the lease holder only
-        found += _lease_problems(now.lease, conditions, now.time, tz)
-    lost = [n for n, c in conditions.items() if c.lost]
-    if lost:
-        found.append(f"lost: {', '.join(lost)}")
-    return found
-
-
-def _lease_problems(
-    lease: Lease | None, conditions: Mapping[str, NodeCondition], now: float, tz: tzinfo | None
-) -> list[str]:
-    if lease is None:
-        return ["no node has ever held the leader lease"]
-    if not lease.valid_at(now):
-        expired = datetime.fromtimestamp(lease.expires_at, tz).strftime("%Y-%m-%d %H:%M:%S")
-        return [
-            f"no node holds the leader lease ({lease.holder}'s of epoch {lease.epoch} "
-            f"expired at {expired})"
-        ]
-    holds = f"{lease.holder} holds the leader lease (epoch {lease.epoch})"
-    holder = conditions.get(lease.holder)
-    if holder is not None and holder.lost:
-        return [f"{holds} but its agent is silent"]
-    if holder is not None and holder.state not in SERVING_STATES:
-        return [f"{holds} but its app is {holder.state}"]
-    return []
-
-
-def _node_words(name: str, condition: NodeCondition, now: ClusterNow) -> str:
-    age = condition.age
-    record = now.records.get(name)
-    if age is None or record is None:
-        return "no agent has reported"
-    if condition.lost:
-        return (
-            f"lost: its agent has not reported for {_span(age)} (more than lease_ttl "
-            f"{now.lease_ttl:g}s); it last said {record.role}, app {record.app_state}"
-        )
-    if condition.role == "stopped":
-        return f"stopped: its agent shut down {_span(age)} ago"
-    return f"{condition.role}, app {condition.state} (reported {age:.1f}s ago)"
-
-
-def _span(seconds: float) -> str:
-    """A duration in words a human reads at a glance: 42s, 5m 3s, 2h 3m, 3d 4h."""
-    seconds = max(0, int(seconds))
-    days, rest = divmod(seconds, 86_400)
-    hours, rest = divmod(rest, 3600)
-    minutes, secs = divmod(rest, 60)
-    if days:
-        return f"{days}d {hours}h"
-    if hours:
-        return f"{hours}h {minutes}m"
-    if minutes:
-        return f"{minutes}m {secs}s"
-    return f"{secs}s"
-
-
-# --- reading the history -------------------------------------------------------------
-
-
-def terms(history: Sequence[Event]) -> list[Term]:
-    """Who was active under which epoch, in order (epochs only grow)."""
-    found: list[Term] = []
-    highest = 0
-    for index, event in enumerate(history):
-        if event.epoch > highest and event.node:
-            highest = event.epoch
-            found.append(Term(event.node, event.epoch, index, event.time))
-    return found
-
-
-def _incidents(history: Sequence[Event], clock: _Clock) -> list[Incident]:
+def _incidents(history: Sequence[Event], clock: Clock) -> list[Incident]:
     found: list[Incident] = []
     used: set[int] = set()  # the events that ended a term a takeover explains
     all_terms = terms(history)
@@ -337,38 +166,18 @@ def _incidents(history: Sequence[Event], clock: _Clock) -> list[Incident]:
     for index, event in enumerate(history):
         if index in used:
             continue
-        incident = _alert(history, index, clock) if event.kind == "alert" else None
+        incident = _alert(history, index, clock) if event.kind == EventKind.ALERT else None
         incident = incident or _orphan_end(history, index, clock)
         if incident is not None:
             found.append(incident)
     return sorted(found, key=lambda i: i.time)
 
 
-def _end_of_term(history: Sequence[Event], prev: Term, term: Term) -> int | None:
-    """The index of the event in which ``prev``'s node gave up its term, if it recorded one."""
-    for index in range(prev.index, len(history)):
-        event = history[index]
-        if index > term.index and event.time > term.time + 60:
-            break  # the old node's word would come at once, not a minute later
-        if event.node != prev.node:
-            if _operator_move(event) and index < term.index:
-                return index  # a switchover / forced failover: the operator's own event
-            continue
-        lost = _LOST_LEASE.search(event.reason)
-        if event.kind == "failover" and event.epoch == prev.epoch:
-            return index
-        if lost is not None and int(lost.group(1)) == prev.epoch:
-            return index  # a "stop" (app killed), or a "lease" record when no app ran
-        if event.kind == "lease" and _SHUTDOWN in event.reason and event.epoch == prev.epoch:
-            return index
-    return None
-
-
 def _takeover(
-    history: Sequence[Event], prev: Term, term: Term, used: set[int], clock: _Clock
+    history: Sequence[Event], prev: Term, term: Term, used: set[int], clock: Clock
 ) -> Incident:
-    end = _end_of_term(history, prev, term)
-    if end is not None and end > term.index and not _operator_move(history[end]):
+    end = end_of_term(history, prev, term)
+    if end is not None and end > term.index and not operator_move(history[end]):
         # Its word came after the takeover: it was frozen or cut off while its lease ran
         # out, and fenced itself on coming back (told as such below).
         end = None
@@ -389,7 +198,7 @@ def _takeover(
         cause, detail, started = _cause(history, prev, end, clock)
         timeline += detail
         since = f"{old} gave up" if old != new else "it lost the lease"
-        if _operator_move(history[end]):
+        if operator_move(history[end]):
             since = "the operator's command"
     fences, fenced = _fence_story(history, prev, term, clock)
     timeline += fences
@@ -402,7 +211,7 @@ def _takeover(
             f"no failover at {clock(term.time)}: {new} took the lease again {epochs} after {cause}"
         )
         return Incident(started, (headline, *lines), failover=False)
-    verb = "handed over to" if end is not None and _planned(history[end]) else "failed over to"
+    verb = "handed over to" if end is not None and planned(history[end]) else "failed over to"
     headline = f"{old} {verb} {new} at {clock(term.time)} {epochs}: {cause}{fenced}"
     return Incident(started, (headline, *lines), failover=True)
 
@@ -415,7 +224,7 @@ def _silent_end(history: Sequence[Event], takeover: int, old: str) -> str:
         (
             event
             for event in history[takeover:]
-            if event.node == old and event.kind == "agent" and event.data.get(UNCLEAN_END)
+            if event.node == old and event.kind == EventKind.AGENT and event.data.get(UNCLEAN_END)
         ),
         None,
     )
@@ -441,39 +250,8 @@ def _silent_end(history: Sequence[Event], takeover: int, old: str) -> str:
 # --- fencing -----------------------------------------------------------------------------
 
 
-def _fence_epoch(event: Event) -> int:
-    """The epoch a ``fence`` event's promotion was for (0: unknown)."""
-    value = event.data.get("epoch", 0)
-    return value if isinstance(value, int) else 0
-
-
-def _command_failed(event: Event) -> bool:
-    """A fence_command that failed: the promotion did not happen. (A failure to end the
-    database sessions also says "failed", but ran no command and blocks nothing.)"""
-    return (
-        event.kind == "fence" and event.data.get("result") == "failed" and "command" in event.data
-    )
-
-
-def _command_summary(event: Event) -> str:
-    """The fence command's own account, as hakit.fencing.fence recorded it ("exited 0 after 0.3 s",
-    "did not finish within fence_timeout 10 s (killed)"); empty if none was recorded."""
-    summary = event.data.get("summary")
-    return summary if isinstance(summary, str) else ""
-
-
-def _command_words(event: Event) -> str:
-    """How a fence command failed, short: "exit 1", "did not finish within ..."."""
-    code = event.data.get("returncode")
-    if isinstance(code, int) and code > 0:
-        return f"exit {code}"
-    if isinstance(code, int) and code < 0:
-        return f"killed by signal {-code}"
-    return _command_summary(event) or "see its output in the fence log"
-
-
 def _fence_story(
-    history: Sequence[Event], prev: Term, term: Term, clock: _Clock
+    history: Sequence[Event], prev: Term, term: Term, clock: Clock
 ) -> tuple[list[tuple[float, str]], str]:
     """The fencing before ``term``'s promotion: timeline lines and a headline suffix.
 
@@ -486,11 +264,11 @@ def _fence_story(
     for event in history[prev.index :]:
         if event.time > term.time + 60:
             break  # fencing comes just before (a forced takeover: just after) the new term
-        if event.kind != "fence" or not prev.epoch < _fence_epoch(event) <= term.epoch:
+        if event.kind != EventKind.FENCE or not prev.epoch < fence_epoch(event) <= term.epoch:
             continue
-        if _command_failed(event) and _fence_epoch(event) < term.epoch:
+        if command_failed(event) and fence_epoch(event) < term.epoch:
             failed.append(event)
-        elif event.node == term.node and _fence_epoch(event) == term.epoch:
+        elif event.node == term.node and fence_epoch(event) == term.epoch:
             mine.append(event)
     lines = []
     if failed:
@@ -501,7 +279,7 @@ def _fence_story(
                 (
                     last.time,
                     f"  {clock(last.time)}  {len(failed)} fence attempts failed since "
-                    f"{clock(first.time)} (last: {_command_words(last)}): the promotion waited",
+                    f"{clock(first.time)} (last: {command_words(last)}): the promotion waited",
                 )
             )
     lines += [(event.time, clock.line(event)) for event in mine]
@@ -509,7 +287,7 @@ def _fence_story(
     for event in mine:
         target, result = event.data.get("target", "?"), event.data.get("result")
         if result == "ok" and "command" in event.data:
-            summary = _command_summary(event)
+            summary = command_summary(event)
             how = f" (the fence command {summary})" if summary else ""
             suffix += f"; {target} fenced first{how}"
         elif result == "skipped":
@@ -523,20 +301,18 @@ def _woke_and_fenced(
     term: Term,
     end: int | None,
     used: set[int],
-    clock: _Clock,
+    clock: Clock,
 ) -> list[tuple[float, str]]:
     """The old node coming back after the takeover and fencing itself (frozen, then woke)."""
     for index in range(term.index + 1, len(history)):
         event = history[index]
         if event.time > term.time + 60:
             break
-        lost = _LOST_LEASE.search(event.reason)
         if (
             index != end
             and event.node == prev.node
-            and event.kind in ("stop", "lease")
-            and lost is not None
-            and int(lost.group(1)) == prev.epoch
+            and event.kind in (EventKind.STOP, EventKind.LEASE)
+            and lost_epoch(event) == prev.epoch
         ):
             used.add(index)  # not a lost lease nobody followed: this takeover explains it
             words = event.reason.split("; ")[0]
@@ -545,13 +321,13 @@ def _woke_and_fenced(
 
 
 def _blocked_promotions(
-    history: Sequence[Event], all_terms: Sequence[Term], clock: _Clock
+    history: Sequence[Event], all_terms: Sequence[Term], clock: Clock
 ) -> list[Incident]:
     """A failed fence_command: the standby did not promote. One incident per run of
     failures of one node fencing another, until the next term begins."""
     runs: dict[tuple[str, str, int], list[Event]] = {}
     for index, event in enumerate(history):
-        if _command_failed(event):
+        if command_failed(event):
             following = next((t.index for t in all_terms if t.index > index), -1)
             key = (event.node, str(event.data.get("target", "?")), following)
             runs.setdefault(key, []).append(event)
@@ -559,12 +335,12 @@ def _blocked_promotions(
     for (node, target, following), failures in runs.items():
         first, last = failures[0], failures[-1]
         when = clock(first.time)
-        failed = f"fence_command for {target} failed ({_command_words(first)})"
+        failed = f"fence_command for {target} failed ({command_words(first)})"
         lines = [clock.line(first)]
         if len(failures) > 1:
             lines.append(
                 f"  {clock(last.time)}  {len(failures)} fence attempts failed since {when} "
-                f"(last: {_command_words(last)})"
+                f"(last: {command_words(last)})"
             )
         if following < 0:
             headline = (
@@ -587,33 +363,24 @@ def _blocked_promotions(
     return found
 
 
-def _planned(event: Event) -> bool:
-    """A handover rather than a failover: a shutdown or an operator's switchover."""
-    return _SHUTDOWN in event.reason or (_operator_move(event) and event.kind == "switchover")
-
-
-def _operator_move(event: Event) -> bool:
-    return event.actor.startswith("operator:") and event.kind in ("switchover", "failover")
-
-
 def _cause(
-    history: Sequence[Event], prev: Term, end: int, clock: _Clock
+    history: Sequence[Event], prev: Term, end: int, clock: Clock
 ) -> tuple[str, list[tuple[float, str]], float]:
     """(cause in words, timeline lines, when the end began) for a term its node ended."""
     event = history[end]
     line = [(event.time, clock.line(event))]
-    if _operator_move(event):
+    if operator_move(event):
         who = event.actor.partition(":")[2]
         return f"{event.kind} by operator {who}: {event.reason}", line, event.time
-    if event.kind == "lease" and _SHUTDOWN in event.reason:
+    if event.kind == EventKind.LEASE and shutdown(event):
         return f"the agent on {prev.node} was shut down and released the lease", line, event.time
-    if _LOST_LEASE.search(event.reason):
+    if lost_epoch(event) is not None:
         cause = event.reason.split("; ")[0]
         return f"{cause}; it killed its app (self-fencing)", line, event.time
     # A step-down: the failure that used up the restart budget is in this event's reason
     # (process gone) or in the alert that stopped the app first (process alive).
-    failures = _failures(history, prev.node, prev.index, end)
-    trigger = next((i for i in reversed(failures) if "stepping down" in history[i].reason), None)
+    failures = failure_alerts(history, prev.node, prev.index, end)
+    trigger = next((i for i in reversed(failures) if steps_down(history[i])), None)
     cause_event = history[trigger] if trigger is not None else event
     # Show the failures that counted: "3rd failure within 5m" -> the two before it.
     counted = _NTH_FAILURE.search(cause_event.reason)
@@ -627,19 +394,8 @@ def _cause(
     return _STEP_DOWN_TAIL.sub("", cause_event.reason), lines, cause_event.time
 
 
-def _failures(history: Sequence[Event], node: str, start: int, stop: int) -> list[int]:
-    """Indexes of ``node``'s failure alerts (crash, hang, failed start...) in [start, stop)."""
-    return [
-        i
-        for i in range(start, stop)
-        if history[i].kind == "alert"
-        and history[i].node == node
-        and history[i].data.get("alert") in _FAILURE_KINDS
-    ]
-
-
 def _outcome(
-    history: Sequence[Event], term: Term, started: float, since: str, clock: _Clock
+    history: Sequence[Event], term: Term, started: float, since: str, clock: Clock
 ) -> list[tuple[float, str]]:
     """Did the new active serve? Its first RUNNING (or an already running warm standby)."""
     for event in history[term.index :]:
@@ -647,26 +403,26 @@ def _outcome(
             continue
         if event.epoch and event.epoch != term.epoch:
             break
-        if event.kind == "running" or "already running" in event.reason:
+        if event.kind == EventKind.RUNNING or "already running" in event.reason:
             took = f" ({event.time - started:.1f}s after {since})"
             return [(event.time, clock.line(event, f"{term.node} serving: {event.reason}{took}"))]
-        if event.kind == "alert":
+        if event.kind == EventKind.ALERT:
             return [(event.time, clock.line(event))]
     return [(math.inf, f"  {term.node} has not reported RUNNING since")]
 
 
-def _orphan_end(history: Sequence[Event], index: int, clock: _Clock) -> Incident | None:
+def _orphan_end(history: Sequence[Event], index: int, clock: Clock) -> Incident | None:
     """A step-down or lost lease no other node followed (no takeover explained it)."""
     event = history[index]
     # An operator's failover records "failover" events too (asked, took, complete): not a
     # step-down, the takeover they belong to tells them.
-    if event.kind == "failover" and not event.actor.startswith("operator:"):
+    if event.kind == EventKind.FAILOVER and not event.actor.startswith("operator:"):
         headline = (
             f"no failover at {clock(event.time)}: {event.node} stepped down (epoch {event.epoch}) "
             "but no other node has taken the lease since: are the other agents running?"
         )
         return Incident(event.time, (headline, clock.line(event)), failover=False)
-    if event.kind in ("lease", "stop") and _LOST_LEASE.search(event.reason):
+    if event.kind in (EventKind.LEASE, EventKind.STOP) and lost_epoch(event) is not None:
         headline = (
             f"no failover at {clock(event.time)}: {event.reason.split('; ')[0]}; "
             "no other node has taken the lease since"
@@ -678,23 +434,23 @@ def _orphan_end(history: Sequence[Event], index: int, clock: _Clock) -> Incident
 # --- alerts that were not a failover ---------------------------------------------------
 
 
-def _alert(history: Sequence[Event], index: int, clock: _Clock) -> Incident | None:
+def _alert(history: Sequence[Event], index: int, clock: Clock) -> Incident | None:
     event = history[index]
     kind = str(event.data.get("alert", ""))
     manual = bool(event.data.get("manual_intervention", False))
     reason = event.reason
     what = reason.split("; ")[0]
     when = clock(event.time)
-    if kind in ("failover", "fence") or "stepping down" in reason:
+    if kind in (AlertKind.FAILOVER, AlertKind.FENCE) or steps_down(event):
         return None  # explained with the takeover (or its absence) it belongs to
     lines: list[str]
-    if kind == "database":
+    if kind == AlertKind.DATABASE:
         nodes = sorted(
             {
                 e.node
                 for e in history
-                if e.kind == "alert"
-                and e.data.get("alert") == "database"
+                if e.kind == EventKind.ALERT
+                and e.data.get("alert") == AlertKind.DATABASE
                 and abs(e.time - event.time) < 60
             }
         )
@@ -720,7 +476,7 @@ def _alert(history: Sequence[Event], index: int, clock: _Clock) -> Incident | No
                 f"{budget.group(3)} did not help (restart_attempts = {budget.group(2)})"
             )
         return Incident(event.time, tuple(lines), failover=False)
-    if kind == "failed-start":
+    if kind == AlertKind.FAILED_START:
         retry = _RETRY.search(reason)
         again = f" ({retry.group(0)})" if retry else ""
         headline = f"not failed over at {when}: {what} → retrying the start on {event.node}{again}"
@@ -733,9 +489,9 @@ def _alert(history: Sequence[Event], index: int, clock: _Clock) -> Incident | No
     return Incident(event.time, (headline,), failover=False)
 
 
-def _manual(event: Event, kind: str, what: str, when: str, clock: _Clock) -> tuple[str, ...]:
+def _manual(event: Event, kind: str, what: str, when: str, clock: Clock) -> tuple[str, ...]:
     starts = _FAILED_STARTS.search(event.reason)
-    if kind == "failed-start" and starts:
+    if kind == AlertKind.FAILED_START and starts:
         summary = (
             f"app on {event.node} failed to start {starts.group(1)} times "
             f"(restart_attempts = {starts.group(2)}); last: {what}"
@@ -752,19 +508,21 @@ def _manual(event: Event, kind: str, what: str, when: str, clock: _Clock) -> tup
     return tuple(lines)
 
 
-def _recovery(history: Sequence[Event], index: int, clock: _Clock) -> list[str]:
+def _recovery(history: Sequence[Event], index: int, clock: Clock) -> list[str]:
     node = history[index].node
     for event in history[index + 1 :]:
         if event.node != node:
             continue
-        if event.kind in ("status", "running") and re.search(r"RUNNING|FIRST_RUN", event.reason):
+        if event.kind in (EventKind.STATUS, EventKind.RUNNING) and re.search(
+            r"RUNNING|FIRST_RUN", event.reason
+        ):
             return [clock.line(event, f"recovered: {event.reason}")]
-        if event.kind in ("alert", "stop", "failover"):
+        if event.kind in (EventKind.ALERT, EventKind.STOP, EventKind.FAILOVER):
             break
     return []
 
 
-def _quiet(history: Sequence[Event], limit: float, at: float | None, clock: _Clock) -> str:
+def _quiet(history: Sequence[Event], limit: float, at: float | None, clock: Clock) -> str:
     seen = [e for e in history if e.time < limit]
     if not seen and at is not None:
         return f"no events at or before {clock(at)}"

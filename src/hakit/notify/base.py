@@ -21,12 +21,9 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from hakit.config import DEFAULT_NOTIFY_EVENTS
+from hakit.history.kinds import RESTART_KINDS, NotifyGroup
 
 log = logging.getLogger("hakit.notify")
-
-# Alert kinds the "restart" selector stands for: failures corrected by a restart
-# (or, once restart_attempts is used up, by a failover).
-RESTART_KINDS = frozenset({"crash", "oom", "hang", "error"})
 
 # Pending alerts kept while targets are slow; beyond this the oldest news is
 # already stale and memory should not grow without bound.
@@ -53,7 +50,7 @@ class Notification:
 
     cluster: str
     node: str
-    kind: str  # the policy's Alert kind: crash, oom, hang, error, database, failed-start, ...
+    kind: str  # the policy's Alert kind (hakit.history.kinds.AlertKind)
     reason: str  # the policy's one sentence
     time: float  # wall-clock seconds when the alert was raised (not when delivered)
     manual_intervention: bool = False
@@ -79,8 +76,8 @@ def selected(kind: str, manual_intervention: bool, events: Collection[str]) -> b
     """Whether ``[notify] events`` selects an alert for the webhook and e-mail."""
     return (
         kind in events
-        or (manual_intervention and "manual-intervention" in events)
-        or (kind in RESTART_KINDS and "restart" in events)
+        or (manual_intervention and NotifyGroup.MANUAL_INTERVENTION in events)
+        or (kind in RESTART_KINDS and NotifyGroup.RESTART in events)
     )
 
 

@@ -12,11 +12,12 @@ forced failover, path loss); ``Policy`` combines them. No I/O, no clock reads.
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from hakit.config import Mode
 from hakit.errors import InvalidTransition
+from hakit.history.kinds import AlertKind
 from hakit.policy.rules import Streak
 from hakit.policy.vocabulary import (
     Action,
@@ -103,10 +104,16 @@ class PolicyBase:
         self._state = S.STARTING
         return StartApp(reason, actor)
 
-    def _stop(self, reason: str, kill: bool = False, actor: str = "") -> StopApp:
+    def _stop(
+        self,
+        reason: str,
+        kill: bool = False,
+        actor: str = "",
+        data: Mapping[str, Any] | None = None,
+    ) -> StopApp:
         assert self._proc is not Proc.NONE, "policy bug: StopApp without a process"
         self._proc = Proc.STOPPING
-        return StopApp(reason, kill=kill, actor=actor)
+        return StopApp(reason, kill=kill, actor=actor, data=dict(data or {}))
 
     def _leave_active(self) -> None:
         self._role = Role.STANDBY
@@ -119,7 +126,7 @@ class PolicyBase:
         self._leave_active()
         self._cooldown_until = now + self._settings.step_down_cooldown
         self._state = S.STANDBY
-        return [StepDown(reason), Alert("failover", reason)]
+        return [StepDown(reason), Alert(AlertKind.FAILOVER, reason)]
 
     def _check_lease_gain(self, event: LeaseGained) -> None:
         if self._role is Role.ACTIVE:
@@ -142,7 +149,7 @@ class PolicyBase:
         if not event.takeover:
             return []
         reason = f"{promoted} after {event.takeover}; {then}"
-        return [Alert("failover", reason, manual_intervention=manual)]
+        return [Alert(AlertKind.FAILOVER, reason, manual_intervention=manual)]
 
     def _check_exit(self, event: AppExited, *, allow_expected: bool = True) -> None:
         if self._proc is Proc.NONE:

@@ -9,6 +9,7 @@ mode, a failed start another node would repeat), stops and asks for a human.
 from __future__ import annotations
 
 from hakit.config import Mode
+from hakit.history.kinds import AlertKind, EventCause
 from hakit.policy.base import PolicyBase, Proc, S
 from hakit.policy.rules import failures_in_window
 from hakit.policy.vocabulary import (
@@ -48,7 +49,7 @@ class FailureHandling(PolicyBase):
     # --- failure paths --------------------------------------------------------
 
     def _failure_with_process_gone(
-        self, kind: str, what: str, oom: bool, now: float
+        self, kind: AlertKind, what: str, oom: bool, now: float
     ) -> list[Action]:
         """A crash or OOM exit: the process is already gone."""
         n = self._record_failure(now)
@@ -71,7 +72,7 @@ class FailureHandling(PolicyBase):
         reason = f"{what}; {self._exhausted_words(n)}: stepping down so a standby takes over"
         return self._step_down(reason, now)
 
-    def _failure_with_process_alive(self, kind: str, what: str, now: float) -> list[Action]:
+    def _failure_with_process_alive(self, kind: AlertKind, what: str, now: float) -> list[Action]:
         """A hang, refused connections or ERROR: the process must be stopped first."""
         n = self._record_failure(now)
         if n <= self._settings.restart_attempts:
@@ -95,7 +96,7 @@ class FailureHandling(PolicyBase):
             f"{what}; {self._exhausted_words(n)}: stopping it, then stepping down "
             "so a standby takes over"
         )
-        return [self._stop(reason), Alert(kind, reason)]
+        return [self._stop(reason), Alert(kind, reason, cause=EventCause.STEP_DOWN)]
 
     def _failed_start(self, what: str, now: float) -> list[Action]:
         """By default never a failover: another node would fail to start the same way
@@ -108,7 +109,7 @@ class FailureHandling(PolicyBase):
             self._restarts += 1
             reason = f"{what}; failed start {k}: retry {k} of {budget}"
             if not alive:
-                return [self._start(reason, now), Alert("failed-start", reason)]
+                return [self._start(reason, now), Alert(AlertKind.FAILED_START, reason)]
             self._state = S.RESTARTING
             self._after_stop = (
                 f"app on {self._node} stopped; starting it again (retry {k} of {budget} "
@@ -116,7 +117,7 @@ class FailureHandling(PolicyBase):
             )
             return [
                 self._stop(f"{what}; stopping it to retry ({k} of {budget})"),
-                Alert("failed-start", reason),
+                Alert(AlertKind.FAILED_START, reason),
             ]
         if self._settings.failover_on_failed_start:
             failover = self._failed_start_failover(what, now)
@@ -135,7 +136,7 @@ class FailureHandling(PolicyBase):
             reason += f"not failing over: {self._no_failover_words()}"
         reason += "; manual intervention needed"
         actions: list[Action] = [self._stop(reason)] if alive else []
-        return [*actions, Alert("failed-start", reason, manual_intervention=True)]
+        return [*actions, Alert(AlertKind.FAILED_START, reason, manual_intervention=True)]
 
     def _failed_start_failover(self, what: str, now: float) -> list[Action] | None:
         """on_failed_start = "failover": step down so a standby tries; None when this node
@@ -150,7 +151,10 @@ class FailureHandling(PolicyBase):
             return self._step_down(f"{words}: stepping down so a standby takes over {setting}", now)
         self._state = S.STEPPING_DOWN
         reason = f"{words}: stopping it, then stepping down so a standby takes over {setting}"
-        return [self._stop(reason), Alert("failed-start", reason)]
+        return [
+            self._stop(reason),
+            Alert(AlertKind.FAILED_START, reason, cause=EventCause.STEP_DOWN),
+        ]
 
     def _startup_deadline(self, now: float) -> list[Action]:
         waited = now - self._start_requested_at

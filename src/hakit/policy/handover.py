@@ -7,6 +7,7 @@ path to this node (PathLost, hakit.health.datapath), which asks for a handover o
 from __future__ import annotations
 
 from hakit.config import Mode
+from hakit.history.kinds import AlertKind, EventKind
 from hakit.policy.base import STANDBY_APP_MODES, PolicyBase, Proc, S
 from hakit.policy.vocabulary import (
     Action,
@@ -55,7 +56,7 @@ class HandoverHandling(PolicyBase):
         return [
             StepDown(
                 f"{reason}; releasing the lease of epoch {epoch}: only {handover.target} may take it",
-                kind="failover" if handover.automatic else "switchover",
+                kind=EventKind.FAILOVER if handover.automatic else EventKind.SWITCHOVER,
                 actor=handover.actor,
             )
         ]
@@ -69,7 +70,7 @@ class HandoverHandling(PolicyBase):
         if event.forced:
             return [
                 Record(
-                    "failover",
+                    EventKind.FAILOVER,
                     f"{actor} forced a failover to {target} ({event.reason}): {node} "
                     "kills its app as soon as its lease renewal fails",
                     actor,
@@ -165,4 +166,7 @@ class HandoverHandling(PolicyBase):
         if self._handover_asked or self._handover is not None or self._handing_over is not None:
             return []  # a handover is already asked for or under way
         self._handover_asked = True
-        return [RequestHandover(event.target, event.reason), Alert("failover", event.reason)]
+        return [
+            RequestHandover(event.target, event.reason),
+            Alert(AlertKind.FAILOVER, event.reason),
+        ]

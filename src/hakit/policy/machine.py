@@ -47,6 +47,7 @@ from typing import Any
 from hakit.config import Mode
 from hakit.contract import AppState
 from hakit.errors import InvalidTransition
+from hakit.history.kinds import CAUSE, LOST_EPOCH, AlertKind, EventCause, EventKind
 from hakit.policy.base import STANDBY_APP_MODES, Proc, S
 from hakit.policy.failures import FailureHandling
 from hakit.policy.handover import HandoverHandling
@@ -177,7 +178,7 @@ class Policy(PauseHandling, HandoverHandling, FailureHandling):
             )
             self._leave_active()
         else:
-            actions.append(Record("reset", f"operator reset {self._node}; back to standby"))
+            actions.append(Record(EventKind.RESET, f"operator reset {self._node}; back to standby"))
         if self._settings.mode in STANDBY_APP_MODES:
             actions.append(
                 self._start(
@@ -203,7 +204,7 @@ class Policy(PauseHandling, HandoverHandling, FailureHandling):
                 f"agent on {self._node} started ({mode.value}): the app runs here only while "
                 f"this node holds the leader lease{grace}"
             )
-        return [Record("boot", reason)]
+        return [Record(EventKind.BOOT, reason)]
 
     def _standby_lease_gained(self, event: LeaseGained, now: float) -> list[Action]:
         promoted = self._take_lease(event)
@@ -216,8 +217,10 @@ class Policy(PauseHandling, HandoverHandling, FailureHandling):
         self._handing_over = None  # the lease is gone already: nothing to hand over
         self._leave_active()
         lost = f"{self._node} lost the leader lease (epoch {event.epoch}: {event.reason})"
+        # hakit why reads the loss from the data, never from the sentence.
+        facts = {CAUSE: EventCause.LEASE_LOST, LOST_EPOCH: event.epoch}
         if self._proc is Proc.NONE:
-            return [Record("lease", f"{lost}; its app is not running")]
+            return [Record(EventKind.LEASE, f"{lost}; its app is not running", data=facts)]
         # Self-fencing: a new active may already be writing the shared storage.
         reason = f"{lost}; killing its app at once so it cannot write beside a new active"
         if self._state is S.STEPPING_DOWN:
@@ -225,7 +228,7 @@ class Policy(PauseHandling, HandoverHandling, FailureHandling):
             self._cooldown_until = now + self._settings.step_down_cooldown
         if self._state is not S.MANUAL:
             self._state = S.FENCED
-        return [self._stop(reason, kill=True), Alert("fence", reason)]
+        return [self._stop(reason, kill=True, data=facts), Alert(AlertKind.FENCE, reason)]
 
     # --- handlers: STARTING ---------------------------------------------------
 
@@ -234,7 +237,7 @@ class Policy(PauseHandling, HandoverHandling, FailureHandling):
             raise self._invalid(event, "no StartApp is waiting for its process")
         self._proc = Proc.ALIVE
         self._pid = event.pid
-        return [Record("started", f"app on {self._node} started as pid {event.pid}")]
+        return [Record(EventKind.STARTED, f"app on {self._node} started as pid {event.pid}")]
 
     def _app_start_failed(self, event: AppStartFailed, now: float) -> list[Action]:
         if self._proc is not Proc.REQUESTED:
@@ -263,7 +266,7 @@ class Policy(PauseHandling, HandoverHandling, FailureHandling):
             role = " (standby)" if self._role is Role.STANDBY else ""
             return [
                 Record(
-                    "running",
+                    EventKind.RUNNING,
                     f"app on {self._node}{role} {state.value} after {waited}{unconfigured}",
                 )
             ]
@@ -273,13 +276,13 @@ class Policy(PauseHandling, HandoverHandling, FailureHandling):
             self._streak = None
             self._note = state.value
             reason = f"app on {self._node} answers MAINTENANCE after {waited}: up, in maintenance; not a failure"
-            return [Record("status", reason)]
+            return [Record(EventKind.STATUS, reason)]
         if verdict is Verdict.DATABASE_DOWN:
             # Up, but its database is down: waiting for the database, not a failed start.
             self._state = S.RUNNING
             self._streak = None
             self._note = "database"
-            return [Alert("database", self._database_words(event))]
+            return [Alert(AlertKind.DATABASE, self._database_words(event))]
         if state in (AppState.ERROR, AppState.NOT_DEPLOYED):
             self._streak = extend_streak(self._streak, state, now)
             if self._streak.count >= self._settings.fall:
@@ -301,7 +304,7 @@ class Policy(PauseHandling, HandoverHandling, FailureHandling):
             S.RESTARTING: "the app starts again once its restart's stop completes",
         }[self._state]
         return [
-            Record("promoted", f"{promoted}; {where}"),
+            Record(EventKind.PROMOTED, f"{promoted}; {where}"),
             *self._failover_alert(event, promoted, where),
         ]
 
@@ -311,8 +314,10 @@ class Policy(PauseHandling, HandoverHandling, FailureHandling):
         self._check_exit(event, allow_expected=False)
         self._forget_process()
         if event.oom:
-            return self._failure_with_process_gone("oom", self._exit_words(event), True, now)
-        return self._failure_with_process_gone("crash", self._exit_words(event), False, now)
+            return self._failure_with_process_gone(
+                AlertKind.OOM, self._exit_words(event), True, now
+            )
+        return self._failure_with_process_gone(AlertKind.CRASH, self._exit_words(event), False, now)
 
     def _database_words(self, event: StatusObserved) -> str:
         return (
@@ -329,18 +334,20 @@ class Policy(PauseHandling, HandoverHandling, FailureHandling):
             return self._running_failure_observed(event, now)
         self._streak = None  # an answer that is not a failure breaks any streak
         if verdict is Verdict.DATABASE_DOWN:
-            return self._note_once("database", Alert("database", self._database_words(event)))
+            return self._note_once(
+                "database", Alert(AlertKind.DATABASE, self._database_words(event))
+            )
         if verdict is Verdict.WAITING:
             words = f"app on {node} reports {state.value}: not a failure, waiting"
-            return self._note_once(state.value, Record("status", words))
+            return self._note_once(state.value, Record(EventKind.STATUS, words))
         if state is AppState.FIRST_RUN:
             words = f"app on {node} reports FIRST_RUN: running, not yet configured"
-            return self._note_once(state.value, Record("status", words))
+            return self._note_once(state.value, Record(EventKind.STATUS, words))
         if self._note in (None, AppState.RUNNING.value):
             self._note = state.value  # steady state: nothing worth a history entry
             return []
         words = f"app on {node} reports RUNNING again (was {self._note})"
-        return self._note_once(state.value, Record("status", words))
+        return self._note_once(state.value, Record(EventKind.STATUS, words))
 
     def _running_failure_observed(self, event: StatusObserved, now: float) -> list[Action]:
         """ERROR (database fine or unknown), DOWN, NOT_DEPLOYED or TIMEOUT while RUNNING."""
@@ -353,16 +360,16 @@ class Policy(PauseHandling, HandoverHandling, FailureHandling):
                     f"app on {node} did not answer /status {streak.count} times in a row over "
                     f"{span} (patience: {s.fall} over {human_duration(s.health_timeout)})"
                 )
-                return self._failure_with_process_alive("hang", what, now)
+                return self._failure_with_process_alive(AlertKind.HANG, what, now)
             if state is AppState.DOWN:
                 what = f"app on {node} refused connections {streak.count} times in a row while its process lives ({event.detail})"
-                return self._failure_with_process_alive("crash", what, now)
+                return self._failure_with_process_alive(AlertKind.CRASH, what, now)
             if state is AppState.NOT_DEPLOYED:
                 what = f"app on {node} answers /status without its webapp {streak.count} times in a row ({event.detail})"
                 return self._failed_start(what, now)
             database = "reachable" if event.database_reachable else "reachability unknown"
             what = f"app on {node} reported ERROR {streak.count} times in a row, database {database} ({event.detail})"
-            return self._failure_with_process_alive("error", what, now)
+            return self._failure_with_process_alive(AlertKind.ERROR, what, now)
         if streak.count > 1:
             return []
         patience = (
@@ -372,7 +379,10 @@ class Policy(PauseHandling, HandoverHandling, FailureHandling):
         )
         self._note = state.value  # so a recovery afterwards is recorded
         return [
-            Record("detected", f"app on {node} /status: {state.value} ({event.detail}); {patience}")
+            Record(
+                EventKind.DETECTED,
+                f"app on {node} /status: {state.value} ({event.detail}); {patience}",
+            )
         ]
 
     # --- handlers: stopping states --------------------------------------------
@@ -402,7 +412,9 @@ class Policy(PauseHandling, HandoverHandling, FailureHandling):
                 )
             ]
         self._state = S.STANDBY
-        return [Record("fenced", f"app on {self._node} is gone after fencing; staying standby")]
+        return [
+            Record(EventKind.FENCED, f"app on {self._node} is gone after fencing; staying standby")
+        ]
 
     def _fenced_lease_gained(self, event: LeaseGained, now: float) -> list[Action]:
         promoted = self._take_lease(event)
@@ -410,7 +422,7 @@ class Policy(PauseHandling, HandoverHandling, FailureHandling):
         self._after_stop = f"{promoted}; the fenced process has exited: starting the app"
         then = "starting the app once the fenced process has exited"
         return [
-            Record("promoted", f"{promoted}; {then}"),
+            Record(EventKind.PROMOTED, f"{promoted}; {then}"),
             *self._failover_alert(event, promoted, then),
         ]
 
@@ -421,7 +433,7 @@ class Policy(PauseHandling, HandoverHandling, FailureHandling):
         self._forget_process()
         actions: list[Action] = [
             Record(
-                "stopped",
+                EventKind.STOPPED,
                 f"app on {self._node} stopped ({describe_exit(event)}); manual intervention needed",
             )
         ]
@@ -434,7 +446,8 @@ class Policy(PauseHandling, HandoverHandling, FailureHandling):
         then = "not starting the app: it waits for manual intervention"
         return [
             Record(
-                "lease", f"{promoted} while waiting for manual intervention; not starting the app"
+                EventKind.LEASE,
+                f"{promoted} while waiting for manual intervention; not starting the app",
             ),
             *self._failover_alert(event, promoted, then, manual=True),
         ]

@@ -10,6 +10,7 @@ a handover the node takes part in (an operator's action).
 
 from __future__ import annotations
 
+from hakit.history.kinds import EventKind
 from hakit.policy.base import STANDBY_APP_MODES, Handler, PolicyBase, Proc, S
 from hakit.policy.vocabulary import (
     Action,
@@ -66,7 +67,7 @@ class PauseHandling(PolicyBase):
         self._would = key
         return [
             Record(
-                "paused",
+                EventKind.PAUSED,
                 f"would {VERBS[type(held[0])]} ({held[0].reason}), but {self._paused_by} "
                 "paused the cluster: no action",
             )
@@ -98,7 +99,7 @@ class PauseHandling(PolicyBase):
         self._paused_by = f"{event.actor} ({event.reason})" if event.reason else event.actor
         return [
             Record(
-                "pause",
+                EventKind.PAUSE,
                 f"{self._paused_by} paused the cluster: {self._node} keeps monitoring and "
                 "reporting, and takes no action until resumed",
                 event.actor,
@@ -124,7 +125,7 @@ class PauseHandling(PolicyBase):
                 return [self._start(reason, now, event.actor)]
             self._state = S.STANDBY
         words = f"{who} resumed the cluster: {self._node} acts on failures again"
-        return [Record("resume", words, event.actor)]
+        return [Record(EventKind.RESUME, words, event.actor)]
 
     def _lease_vacant(self, event: LeaseVacant, now: float) -> list[Action]:
         """Paused: nobody holds the lease; say that this node would have taken over."""
@@ -134,7 +135,7 @@ class PauseHandling(PolicyBase):
             return []
         return [
             Record(
-                "paused",
+                EventKind.PAUSED,
                 f"no node holds the leader lease: {self._node} would take it and start the app, "
                 f"but {self._paused_by} paused the cluster: no failover",
             )

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import enum
 import signal
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 from hakit.config import Config, Mode, OnFailedStart
 from hakit.contract import AppState
+from hakit.history.kinds import AlertKind, EventKind
 
 # --- settings -----------------------------------------------------------------
 
@@ -169,8 +172,10 @@ class HandoverRequested:
     label: str = ""
 
     @property
-    def kind(self) -> str:
-        return "failover" if self.forced else (self.label or "switchover")
+    def kind(self) -> EventKind:
+        if self.forced:
+            return EventKind.FAILOVER
+        return EventKind(self.label) if self.label else EventKind.SWITCHOVER
 
     @property
     def automatic(self) -> bool:
@@ -178,7 +183,7 @@ class HandoverRequested:
         return self.label == PATH_LOSS
 
 
-PATH_LOSS = "path-loss"
+PATH_LOSS = EventKind.PATH_LOSS
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,6 +246,7 @@ class StopApp:
     reason: str
     kill: bool = False
     actor: str = ""
+    data: Mapping[str, Any] = field(default_factory=dict)  # facts for programs (hakit why)
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,7 +257,7 @@ class StepDown:
     """
 
     reason: str
-    kind: str = "failover"
+    kind: EventKind = EventKind.FAILOVER
     actor: str = ""
 
 
@@ -292,20 +298,24 @@ class EndHandover:
 
 @dataclass(frozen=True, slots=True)
 class Alert:
-    """Notify a human. kind: crash, oom, hang, error, database, failed-start, failover, fence."""
+    """Notify a human. ``cause``: EventCause.STEP_DOWN when the node steps down after it
+    (the agent records it in the event's data, where ``hakit why`` reads it)."""
 
-    kind: str
+    kind: AlertKind
     reason: str
     manual_intervention: bool = False
+    cause: str = ""
 
 
 @dataclass(frozen=True, slots=True)
 class Record:
-    """Informational history entry (boot, detected, running, promoted, status...)."""
+    """Informational history entry (boot, detected, running, promoted, status...).
+    ``data``: facts for programs (``hakit why``), beside the sentence for people."""
 
-    kind: str
+    kind: EventKind
     reason: str
     actor: str = ""
+    data: Mapping[str, Any] = field(default_factory=dict)
 
 
 Action = (
