@@ -35,7 +35,7 @@ class PolicySettings:
 
     @classmethod
     def from_config(cls, cfg: Config, node: str | None = None) -> PolicySettings:
-        timings = derived_timings(cfg)  # why each is that multiple of lease_ttl: there
+        timings = derived_timings(cfg)  # hakit.config.derived: why each multiple of lease_ttl
         return cls(
             mode=cfg.cluster.mode,
             restart_attempts=cfg.failover.restart_attempts,
