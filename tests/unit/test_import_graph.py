@@ -108,7 +108,7 @@ def test_the_graph_is_read() -> None:
     graph = import_graph()
     sources = {path for path in SOURCE_ROOT.rglob("*.py") if "_compiled" not in path.parts}
     assert set(MODULES.values()) == sources  # every module, none missed by walk_packages
-    assert "hakit.config" in graph["hakit.cli"]
+    assert "hakit.config" in graph["hakit.cli.base"]
     assert "hakit.supervisor.lifeline" in graph["hakit.supervisor.shim"]
 
 

@@ -57,7 +57,7 @@ from typing import Any, assert_never
 
 from hakit.agent.lease import LeaseKeeper, Wake
 from hakit.agent.operator_side import OperatorSide
-from hakit.agent.stall import HEARTBEAT, STALL_THRESHOLD, StallDetector
+from hakit.agent.stall import STALL_THRESHOLD, StallDetector
 from hakit.agent.storeio import StoreIO
 from hakit.config import Config, Mode
 from hakit.contract import AppState
@@ -257,7 +257,7 @@ class Agent:
         it is among the first code to run on waking; the main loop and the probe and
         lease loops also check the deadline before they act.
         """
-        period = min(HEARTBEAT, self.cfg.coordination.renew_interval / 4)
+        period = self.lease.timings.heartbeat
         while True:
             await asyncio.sleep(period)
             self.lease.check_deadline()

@@ -24,9 +24,9 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 
-from hakit.agent.stall import HEARTBEAT, STALL_THRESHOLD, StallDetector
+from hakit.agent.stall import STALL_THRESHOLD, StallDetector
 from hakit.agent.storeio import StoreIO
-from hakit.config import Config
+from hakit.config import Config, derived_timings
 from hakit.coord.base import Coordinator, Lease
 from hakit.errors import CoordinationError, StoreReplacedError
 from hakit.fencing.fence import (
@@ -80,6 +80,7 @@ class LeaseKeeper:
         tick: Callable[[], None],
     ) -> None:
         self.cfg = cfg
+        self.timings = derived_timings(cfg)
         self.node = node
         self.coordinator = coordinator
         self.store = store
@@ -112,9 +113,9 @@ class LeaseKeeper:
         self.watchdog = LeaseWatchdog(
             lambda: self.app.pid,
             monotonic=monotonic,
-            period=min(HEARTBEAT, cfg.coordination.renew_interval / 4),
+            period=self.timings.heartbeat,
             threshold=STALL_THRESHOLD,
-            grace=cfg.coordination.lease_ttl,
+            grace=self.timings.watchdog_grace,
             on_fire=self._watchdog_fired,
         )
 
@@ -221,7 +222,7 @@ class LeaseKeeper:
                 return
             # Renewed: the lease is valid for ttl from when we asked, minus one
             # renewal interval of margin so we stop before anyone else may start.
-            self.lease_deadline = started + ttl - self.cfg.coordination.renew_interval / 2
+            self.lease_deadline = started + ttl - self.timings.self_fence_margin
             if lease.epoch != self.epoch:
                 if self.epoch:
                     self.self_fence(f"lease epoch moved from {self.epoch} to {lease.epoch}")
@@ -411,7 +412,7 @@ class LeaseKeeper:
         when it is gone or the store does not answer within half a TTL (the watchdog's
         grace after a stall is one TTL: this answer comes first)."""
         ttl = self.cfg.coordination.lease_ttl
-        patience = ttl / 2
+        patience = self.timings.waking_patience
         asked = self.monotonic()
         refusal: str | None = None
         try:
@@ -438,7 +439,7 @@ class LeaseKeeper:
         if refusal is not None:
             self.self_fence(f"{why}; on waking, {refusal}")
             return
-        self.lease_deadline = asked + ttl - self.cfg.coordination.renew_interval / 2
+        self.lease_deadline = asked + ttl - self.timings.self_fence_margin
         self.arm_watchdog()
         self._record(
             EventKind.LEASE,

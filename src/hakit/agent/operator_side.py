@@ -215,7 +215,7 @@ class OperatorSide:
         self._publish()
         # The store takes the record first; then every live router must see it (no
         # new request reaches the app) and finish what it sent here.
-        await self.store.flush(self.cfg.coordination.lease_ttl)
+        await self.store.flush(self.lease.timings.flush_bound)
         await self._wait_drained(action.actor)
 
     async def _wait_drained(self, actor: str) -> None:
@@ -284,7 +284,7 @@ class OperatorSide:
             [(node.name, node.no_failover) for node in self.cfg.nodes],
             {record.node: record for record in records},
             now,
-            alive_within=self.cfg.coordination.lease_ttl,
+            alive_within=self.lease.timings.candidate_alive_within,
         )
         loss = path_lost(
             self.node.name,

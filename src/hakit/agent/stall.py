@@ -5,10 +5,10 @@ snapshot, SIGSTOP, heavy swapping, a blocking call in the event loop), every
 probe in flight at that time ends in a TIMEOUT: the timer fired late, not the
 app. Counting those as failures would restart (or fail over) a healthy app.
 
-The agent ticks a heartbeat every ``HEARTBEAT`` seconds and feeds the monotonic
-time of each tick (and of each probe's end) to a :class:`StallDetector`. A gap
-longer than ``threshold`` between two consecutive ticks is a stall of the
-agent. A check failure whose probe overlapped a stall is not counted.
+The agent ticks a heartbeat (every ``heartbeat`` of hakit.config.derived, at most
+50 ms) and feeds the monotonic time of each tick (and of each probe's end) to a
+:class:`StallDetector`. A gap longer than ``threshold`` between two consecutive
+ticks is a stall of the agent. A check failure whose probe overlapped a stall is not counted.
 
 Pure: no clock reads. The caller passes ``now`` (monotonic seconds).
 """
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-HEARTBEAT = 0.05  # seconds between the agent's heartbeat ticks
 STALL_THRESHOLD = 1.0  # a gap longer than this between two ticks is a stall
 KEEP = 600.0  # stalls older than this (by their end) are forgotten
 

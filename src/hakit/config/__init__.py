@@ -7,11 +7,13 @@
 - problems.py        every problem worded with file, line and key
 - toml_positions.py  where a key is in the TOML source (line numbers for the problems)
 - timing.py          timers derived from ``failover.recovery_target``; worst-case arithmetic
+- derived.py         ``DerivedTimings``: the lease_ttl / renew_interval multiples hakit acts on
 
 ``from hakit.config import Config, load_config`` (and every section and value
 type) is the way in; the modules import each other directly, never this package.
 """
 
+from hakit.config.derived import DerivedTimings, derived_timings
 from hakit.config.loader import load_config
 from hakit.config.schema import (
     AUTO_FAILBACK_UNSUPPORTED,
@@ -83,6 +85,7 @@ __all__ = [
     "Command",
     "Config",
     "CoordinationConfig",
+    "DerivedTimings",
     "Duration",
     "FailoverConfig",
     "HealthCheckConfig",
@@ -100,6 +103,7 @@ __all__ = [
     "Storage",
     "TcpCheck",
     "TcpProxyConfig",
+    "derived_timings",
     "format_duration",
     "load_config",
     "mask_password",

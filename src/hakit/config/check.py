@@ -13,6 +13,7 @@ from __future__ import annotations
 import stat
 from collections.abc import Sequence
 
+from hakit.config.derived import derived_lines
 from hakit.config.problems import Problem, format_key, render
 from hakit.config.schema import (
     MIN_TOKEN_LENGTH,
@@ -409,7 +410,7 @@ def describe_config(cfg: Config) -> list[str]:
         f"{fd(cfg.coordination.lease_ttl)}",
         f"fencing: {_fencing(cfg)}",
     ]
-    return lines + _tcp_proxy_lines(cfg) + timing_lines(cfg)
+    return lines + _tcp_proxy_lines(cfg) + derived_lines(cfg) + timing_lines(cfg)
 
 
 def _hold(cfg: Config) -> str:

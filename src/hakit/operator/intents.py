@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from hakit.config import Config
+from hakit.config import Config, derived_timings
 from hakit.coord.base import Coordinator, Lease, NodeRecord
 from hakit.policy.vocabulary import (
     PATH_LOSS,
@@ -58,14 +58,14 @@ def operator_actor(name: str | None = None) -> str:
 
 def handover_timeout(cfg: Config) -> float:
     """How long a switchover may take before the normal election resumes."""
-    return cfg.app.stop_timeout + cfg.app.startup_timeout + 4 * cfg.coordination.lease_ttl
+    return derived_timings(cfg).handover_timeout
 
 
 def agent_alive(record: NodeRecord | None, cfg: Config, now: float) -> bool:
     """The node's agent published within a few lease TTLs (it publishes every renewal)."""
     if record is None or record.role == "stopped":
         return False
-    return now - record.updated_at <= 3 * cfg.coordination.lease_ttl
+    return now - record.updated_at <= derived_timings(cfg).agent_alive_within
 
 
 def handover_event(intent: Mapping[str, Any]) -> HandoverRequested:

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from hakit.config import Config, Mode, OnFailedStart
+from hakit.config import Config, Mode, OnFailedStart, derived_timings
 from hakit.contract import AppState
 from hakit.history.kinds import AlertKind, EventKind
 
@@ -38,6 +38,7 @@ class PolicySettings:
 
     @classmethod
     def from_config(cls, cfg: Config, node: str | None = None) -> PolicySettings:
+        timings = derived_timings(cfg)  # hakit.config.derived: why each multiple of lease_ttl
         return cls(
             mode=cfg.cluster.mode,
             restart_attempts=cfg.failover.restart_attempts,
@@ -45,11 +46,8 @@ class PolicySettings:
             startup_timeout=cfg.app.startup_timeout,
             health_timeout=cfg.health.timeout,
             fall=cfg.health.fall,
-            # Long enough for the new active's lease to be established and renewed a
-            # couple of times, so the node that just gave up does not win it straight back.
-            step_down_cooldown=3 * cfg.coordination.lease_ttl,
-            # Long enough for the last active's agent to start and take the lease.
-            boot_grace=2 * cfg.coordination.lease_ttl,
+            step_down_cooldown=timings.step_down_cooldown,
+            boot_grace=timings.boot_grace,
             no_failover=cfg.node(node).no_failover if node is not None else False,
             failover_on_failed_start=cfg.failover.on_failed_start is OnFailedStart.FAILOVER,
         )

@@ -15,7 +15,7 @@ import asyncio
 from collections.abc import Callable
 from pathlib import Path
 
-from hakit.config import PLACEHOLDERS, Config, NodeConfig
+from hakit.config import PLACEHOLDERS, Config, NodeConfig, derived_timings
 from hakit.dbfence import application_name
 from hakit.errors import SupervisorError
 from hakit.supervisor import cgroup, leftovers, proctable
@@ -101,7 +101,7 @@ def app_process_for(
         # The shim keeps the lease deadline with the watchdog's rule
         # (hakit.supervisor.lifeline).
         threshold=threshold,
-        grace=cfg.coordination.lease_ttl,
+        grace=derived_timings(cfg).watchdog_grace,
     )
 
 
