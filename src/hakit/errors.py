@@ -58,6 +58,16 @@ class StoreReplacedError(CoordinationError):
         )
 
 
+class NoClusterState(CoordinationError):
+    """A reader (``hakit status``, ``events``, ``why``) asked for a store that does not exist."""
+
+    def __init__(self, path: object) -> None:
+        self.path = path
+        super().__init__(
+            f"no cluster state at {path}: is -c right? (the agents create it when they first run)"
+        )
+
+
 class SupervisorError(HakitError):
     """A local app process could not be started or stopped."""
 

@@ -12,8 +12,9 @@ import time
 
 import pytest
 
+from hakit.coord.keys import ROUTER_REPORTS
 from hakit.demo.cluster import wait_for
-from hakit.health.datapath import FORGET_AFTER, REPORT_PREFIX, PathReport, Sight
+from hakit.health.datapath import FORGET_AFTER, PathReport, Sight
 
 from .conftest import ClusterFactory, wait_serving
 
@@ -21,7 +22,7 @@ pytestmark = pytest.mark.e2e
 
 
 def router_keys(state: dict[str, dict[str, object]]) -> set[str]:
-    return {key for key in state if key.startswith(REPORT_PREFIX)}
+    return {key for key in state if key.startswith(ROUTER_REPORTS)}
 
 
 def test_the_active_agent_forgets_routers_silent_for_an_hour(
@@ -44,13 +45,13 @@ def test_the_active_agent_forgets_routers_silent_for_an_hour(
     )
     recent = PathReport("192.0.2.2:8080", now - 120, 1.0, 1.0, {})  # stale, not yet forgotten
     # The younger one first: every pass of the agent that sees the old one sees it too.
-    coordinator.set_state(REPORT_PREFIX + recent.router, recent.as_json())
-    coordinator.set_state(REPORT_PREFIX + crashed.router, crashed.as_json())
+    coordinator.set_state(ROUTER_REPORTS + recent.router, recent.as_json())
+    coordinator.set_state(ROUTER_REPORTS + crashed.router, crashed.as_json())
 
     wait_for(
-        lambda: REPORT_PREFIX + crashed.router not in coordinator.cluster_state(),
+        lambda: ROUTER_REPORTS + crashed.router not in coordinator.cluster_state(),
         30,
         "the active agent to remove the report silent for an hour",
     )
     # Removed in the same pass that kept these: younger stale reports and live ones stay.
-    assert router_keys(coordinator.cluster_state()) == {live, REPORT_PREFIX + recent.router}
+    assert router_keys(coordinator.cluster_state()) == {live, ROUTER_REPORTS + recent.router}

@@ -27,6 +27,7 @@ from hakit.agent.lease import LeaseKeeper, Wake
 from hakit.agent.storeio import StoreIO
 from hakit.config import Config, NodeConfig
 from hakit.coord.base import Coordinator, Lease
+from hakit.coord.keys import HANDOVER
 from hakit.errors import CoordinationError
 from hakit.fencing.fence import FenceNeed, Fencer
 from hakit.health.datapath import (
@@ -38,7 +39,7 @@ from hakit.health.datapath import (
 )
 from hakit.history.kinds import EventKind
 from hakit.operator.commands import perform
-from hakit.operator.intents import HANDOVER, IntentWatcher, expired_words, request_path_loss
+from hakit.operator.intents import IntentWatcher, expired_words, request_path_loss
 from hakit.policy import (
     Boot,
     Drain,

@@ -386,8 +386,8 @@ def why(
     """
     from hakit.config import Mode
     from hakit.coord.factory import open_coordinator
+    from hakit.coord.keys import PAUSED
     from hakit.history.why import ClusterNow, explain, parse_at
-    from hakit.operator.intents import PAUSED
 
     cfg = load_or_exit(config)
     try:

@@ -48,8 +48,8 @@ from hakit.errors import ConfigError
 def load_config(path: Path) -> Config:
     """Read, validate and resolve a hakit.toml; raise ConfigError listing every problem.
 
-    Relative paths (cluster.state_dir, coordination.path, app.home, a sqlite
-    database file) are resolved against the file's directory; ``source`` is set.
+    Relative paths (cluster.state_dir, coordination.path and coordination.sqlite.path,
+    app.home, a sqlite database file) are resolved against the file's directory; ``source`` is set.
     """
     path = Path(path)
     source = _read_source(path)
@@ -201,7 +201,16 @@ def _resolve_paths(values: dict[str, Any], base: Path) -> dict[str, Any]:
         **values,
         "cluster": cluster.model_copy(update={"state_dir": resolved(cluster.state_dir)}),
         "coordination": coordination.model_copy(
-            update={"path": resolved(coordination.path) if coordination.path else None}
+            update={
+                "path": resolved(coordination.path) if coordination.path else None,
+                "sqlite": coordination.sqlite.model_copy(
+                    update={
+                        "path": resolved(coordination.sqlite.path)
+                        if coordination.sqlite.path
+                        else None
+                    }
+                ),
+            }
         ),
         "app": app.model_copy(update={"home": resolved(app.home), "database_url": database_url}),
         "router": _resolve_router_paths(values["router"], resolved),

@@ -74,6 +74,8 @@ from hakit.config.values import (
     placeholder_problem,
     sqlite_path,
 )
+from hakit.coord.registry import names as backend_names
+from hakit.coord.sqlite import SqliteSection, store_path
 from hakit.history.kinds import NOTIFY_EVENTS as _NOTIFY_SELECTABLE
 
 _NODE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
@@ -123,19 +125,48 @@ class ClusterConfig(_Section):
 
 
 class CoordinationConfig(_Section):
-    backend: str = "sqlite"  # "sqlite" for now; "etcd" later
-    path: Path | None = None  # sqlite file; default <state_dir>/coordination.db
+    """``[coordination]``: the lease timers, which backend (hakit.coord.registry), and
+    each backend's own table (``[coordination.sqlite]``, its model in the backend's
+    module). A table for a backend that is not selected is ignored."""
+
+    backend: str = "sqlite"  # a name in hakit.coord.registry.BACKENDS
+    path: Path | None = None  # the older spelling of [coordination.sqlite] path
     lease_ttl: PositiveDuration = 3.0  # leader lease time to live
     renew_interval: PositiveDuration = 1.0  # must be well below lease_ttl
+    sqlite: SqliteSection = SqliteSection()
 
     @field_validator("backend")
     @classmethod
     def _known_backend(cls, value: str) -> str:
+        known = backend_names()
+        expected = (
+            json.dumps(known[0])
+            if len(known) == 1
+            else "one of " + ", ".join(json.dumps(name) for name in known)
+        )
+        if value in known:
+            return value
         if value == "etcd":
-            raise ValueError('etcd is not supported yet (it comes later); expected "sqlite"')
-        if value != "sqlite":
-            raise ValueError(f'{json.dumps(value)} is not a backend; expected "sqlite"')
-        return value
+            raise ValueError(f"etcd is not supported yet (it comes later); expected {expected}")
+        raise ValueError(f"{json.dumps(value)} is not a backend; expected {expected}")
+
+    @model_validator(mode="after")
+    def _one_sqlite_path(self) -> CoordinationConfig:
+        if self.path is not None and self.sqlite.path is not None:
+            raise error_at_key(
+                "path",
+                "given twice, here and in [coordination.sqlite]; expected only "
+                "[coordination.sqlite] path",
+            )
+        return self
+
+    def section(self, backend: str) -> BaseModel:
+        """Backend ``backend``'s table, as its opener takes it."""
+        if backend == "sqlite" and self.sqlite.path is None and self.path is not None:
+            return self.sqlite.model_copy(update={"path": self.path})
+        found = getattr(self, backend)
+        assert isinstance(found, BaseModel)
+        return found
 
     @model_validator(mode="after")
     def _renewal_fits_in_lease(self) -> CoordinationConfig:
@@ -720,4 +751,6 @@ class Config(_Section):
 
     @property
     def coordination_path(self) -> Path:
-        return self.coordination.path or self.cluster.state_dir / "coordination.db"
+        section = self.coordination.section("sqlite")
+        assert isinstance(section, SqliteSection)
+        return store_path(section, self.cluster.state_dir)

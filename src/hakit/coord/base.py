@@ -36,13 +36,39 @@ Contract (like Patroni's AbstractDCS, but small):
 
 Times are wall-clock seconds (``time.time()``) as seen by the backend: the
 embedded backend serves processes on one machine, so they share a clock.
+
+What a distributed backend (etcd, Consul...) must guarantee on top, because its
+callers run on several machines:
+
+- Linearizable lease steps: ``acquire_or_renew``, ``renew_epoch``, ``take_over``
+  and ``release`` are each one compare-and-set on the store (a transaction
+  conditioned on the stored holder and epoch, or on its revision), never a read
+  followed by a separate write.
+- Expiry decided by the store: whether a lease has expired is judged on the
+  store's side (server-side TTL, or the store's clock inside the transaction),
+  never on the caller's clock; a lease must not expire sooner than the ``ttl``
+  asked for. ``expires_at`` is reported in the caller's wall-clock seconds as
+  nearly as the backend can tell (for display and ``valid_at``).
+- Epochs strictly increasing and never reused: an epoch is durable (replicated)
+  before it is returned, and survives the store's own leader changes and
+  restores.
+- Identity checks as above (``StoreReplacedError``), and event ids strictly
+  increasing in the order the events were stored.
+- Cluster-state keys: callers pass the names of hakit.coord.keys; a store whose
+  keyspace clusters share keeps each under the cluster's prefix
+  (``hakit.coord.keys.Keys``).
+- Failures raise ``CoordinationError`` within a lease TTL, never hang.
+
+Optional capability: ``SupportsChangeToken`` (a cheap token that changes
+whenever the stored lease, node records or state may have; the router skips
+reads while it is unchanged). A backend without it is polled.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,3 +166,13 @@ class Coordinator(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class SupportsChangeToken(Protocol):
+    """A backend's optional cheap change token (see the module doc)."""
+
+    def data_version(self, *, wait: bool = True) -> Hashable | None:
+        """A token equal to the last one only if nothing was written since; None
+        when unknown (``wait=False``: it would have to wait, e.g. on a lock)."""
+        ...

@@ -1,22 +1,13 @@
-"""Open the coordination backend a config names."""
+"""Open the coordination backend a config names (through hakit.coord.registry)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from hakit.config import Config
 from hakit.coord.base import Coordinator
-from hakit.errors import ConfigError, CoordinationError
+from hakit.coord.registry import BACKENDS
+from hakit.errors import ConfigError, NoClusterState
 
-
-class NoClusterState(CoordinationError):
-    """A reader (``hakit status``, ``events``, ``why``) asked for a store that does not exist."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        super().__init__(
-            f"no cluster state at {path}: is -c right? (the agents create it when they first run)"
-        )
+__all__ = ["NoClusterState", "open_coordinator"]
 
 
 def open_coordinator(cfg: Config, *, create: bool = True, node: str | None = None) -> Coordinator:
@@ -32,25 +23,14 @@ def open_coordinator(cfg: Config, *, create: bool = True, node: str | None = Non
     that has not seen an identity creates the store (see hakit.coord.sqlite).
     Directories made here are 0700, the store 0600.
     """
-    if cfg.coordination.backend == "sqlite":
-        from hakit.coord.memory import make_private_dir, memory_file
-        from hakit.coord.sqlite import SqliteCoordinator
-
-        path = cfg.coordination_path
-        if create:
-            make_private_dir(path.parent)
-        elif not path.is_file():
-            raise NoClusterState(path)
-        memory = None
-        if node is not None:
-            make_private_dir(cfg.cluster.state_dir)
-            memory = memory_file(cfg.cluster.state_dir, node)
-        return SqliteCoordinator(
-            path,
-            memory_path=memory,
-            create=create,
-            config=str(cfg.source) if cfg.source is not None else None,
-        )
-    raise ConfigError(
-        [f"{cfg.source}: coordination.backend: {cfg.coordination.backend!r} is not supported yet"]
+    name = cfg.coordination.backend
+    backend = BACKENDS.get(name)
+    if backend is None:  # the loader refuses it; a Config built in Python may not
+        raise ConfigError([f"{cfg.source}: coordination.backend: {name!r} is not supported yet"])
+    return backend.open(
+        cfg.coordination.section(name),
+        state_dir=cfg.cluster.state_dir,
+        config=str(cfg.source) if cfg.source is not None else None,
+        create=create,
+        node=node,
     )

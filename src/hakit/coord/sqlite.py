@@ -59,14 +59,56 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict
+
 from hakit.coord.base import Event, Lease, NodeRecord
-from hakit.coord.memory import Memory, read_memory, write_memory
-from hakit.errors import CoordinationError, StoreReplacedError
+from hakit.coord.memory import Memory, make_private_dir, memory_file, read_memory, write_memory
+from hakit.errors import CoordinationError, NoClusterState, StoreReplacedError
 
 SCHEMA_VERSION = 3
 log = logging.getLogger("hakit.coord")
 DEFAULT_MAX_EVENTS = 10_000
 DEFAULT_BUSY_TIMEOUT = 5.0
+DEFAULT_FILE = "coordination.db"  # in cluster.state_dir
+
+
+class SqliteSection(BaseModel):
+    """``[coordination.sqlite]``: this backend's own part of the config.
+
+    ``path``: the store's file (relative: to the config file's directory);
+    default ``<state_dir>/coordination.db``. ``[coordination] path``, the older
+    spelling, still works (not both).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    path: Path | None = None
+
+
+def store_path(section: SqliteSection, state_dir: Path) -> Path:
+    return section.path or state_dir / DEFAULT_FILE
+
+
+def open_sqlite(
+    section: SqliteSection,
+    *,
+    state_dir: Path,
+    config: str | None,
+    create: bool,
+    node: str | None,
+) -> SqliteCoordinator:
+    """The opener hakit.coord.registry names (see hakit.coord.factory.open_coordinator)."""
+    path = store_path(section, state_dir)
+    if create:
+        make_private_dir(path.parent)
+    elif not path.is_file():
+        raise NoClusterState(path)
+    memory = None
+    if node is not None:
+        make_private_dir(state_dir)
+        memory = memory_file(state_dir, node)
+    return SqliteCoordinator(path, memory_path=memory, create=create, config=config)
+
 
 # Statements creating schema version 1, run in one transaction (DDL is transactional in SQLite).
 _SCHEMA_V1 = (

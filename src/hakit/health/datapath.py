@@ -61,9 +61,9 @@ from typing import Any
 
 from hakit.contract import AppState
 from hakit.coord.base import Lease, NodeRecord
+from hakit.coord.keys import is_router_report
 from hakit.policy.rules import Streak, streak_is_failure
 
-REPORT_PREFIX = "router/"  # cluster-state keys of the routers' reports
 ANSWERED, REFUSED, SILENT = "answered", "refused", "silent"
 STALE_REPORTS = 3  # a report older than this many publishing periods is stale
 FORGET_AFTER = 3600.0  # seconds without a report after which a router's report is removed
@@ -71,10 +71,6 @@ RENEWAL_SLACK = 1.5  # renewal intervals after the last renewal an answer proves
 # Agent states in which a node cannot take over a handover (hakit.operator.commands refuses
 # them too).
 NOT_READY = frozenset({"INIT", "MANUAL", "FENCED", "STEPPING_DOWN"})
-
-
-def report_key(router: str) -> str:
-    return REPORT_PREFIX + router
 
 
 def clock(wall: float) -> str:
@@ -183,7 +179,7 @@ def _stored_reports(
 ) -> Iterator[tuple[str, Mapping[str, Any], PathReport]]:
     """(key, stored value, report) of each router's report, by key; malformed ones skipped."""
     for key, value in sorted(state.items()):
-        if not key.startswith(REPORT_PREFIX):
+        if not is_router_report(key):
             continue
         try:
             yield key, value, PathReport.from_json(value)

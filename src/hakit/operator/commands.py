@@ -16,12 +16,11 @@ from typing import Any
 
 from hakit.config import Config
 from hakit.coord.base import Coordinator, Event, NodeRecord
+from hakit.coord.keys import HANDOVER, PAUSED
 from hakit.coord.view import ClusterView, read_cluster
 from hakit.errors import HakitError
 from hakit.operator.intents import (
-    HANDOVER,
     NO_REASON,
-    PAUSED,
     agent_alive,
     handover_expired,
     handover_timeout,

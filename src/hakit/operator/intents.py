@@ -29,6 +29,7 @@ from typing import Any
 
 from hakit.config import Config, derived_timings
 from hakit.coord.base import Coordinator, Lease, NodeRecord
+from hakit.coord.keys import HANDOVER, PAUSED
 from hakit.policy.vocabulary import (
     PATH_LOSS,
     HandoverEnded,
@@ -39,8 +40,6 @@ from hakit.policy.vocabulary import (
     Resumed,
 )
 
-PAUSED = "paused"
-HANDOVER = "handover"
 NO_REASON = "no reason given"
 
 

@@ -42,7 +42,8 @@ from typing import Any, Protocol
 
 from hakit.config import Config
 from hakit.contract import REPORTED_STATES, AppState
-from hakit.health.datapath import ANSWERED, REFUSED, SILENT, PathReport, Sight, report_key
+from hakit.coord.keys import router_report
+from hakit.health.datapath import ANSWERED, REFUSED, SILENT, PathReport, Sight
 from hakit.health.probe import Observation, host_answered
 
 log = logging.getLogger("hakit.router")
@@ -198,7 +199,7 @@ class PathReporter:
         await asyncio.gather(self._task, return_exceptions=True)
         self._task = None
         with contextlib.suppress(Exception):
-            await self._run(lambda: self._store.clear_state(report_key(self.name)))
+            await self._run(lambda: self._store.clear_state(router_report(self.name)))
 
     async def publish(self) -> None:
         in_flight, draining = self._load() if self._load is not None else (None, ())
@@ -207,7 +208,7 @@ class PathReporter:
         )
         value = report.as_json()
         try:
-            await self._run(lambda: self._store.set_state(report_key(self.name), value))
+            await self._run(lambda: self._store.set_state(router_report(self.name), value))
         except Exception as error:  # the store is unreachable: try again next period
             message = f"{type(error).__name__}: {error}"
             if message != self._error:

@@ -4,7 +4,8 @@ The router polls the coordination store every ``router.state_poll_interval``
 (100 ms by default), each poll handed to a thread because a read may block.
 The agents write only when something happens (and on lease renewals), so most
 polls find the same rows. A store that offers a cheap change token
-(``SqliteCoordinator.data_version``, SQLite's ``PRAGMA data_version``) is asked
+(``hakit.coord.base.SupportsChangeToken``: ``SqliteCoordinator.data_version``,
+SQLite's ``PRAGMA data_version``; a backend without it is read at every poll) is asked
 for it first, from the event loop and without waiting (``quick``); while it is
 unchanged the last lease and records are reused under the new read time (a
 lease still expires on time: validity is judged at ``read_at``), and no thread
@@ -18,14 +19,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Hashable
-from typing import Protocol
 
-from hakit.coord.base import Coordinator
+from hakit.coord.base import Coordinator, SupportsChangeToken
 from hakit.coord.view import ClusterView, read_cluster
-
-
-class ChangeToken(Protocol):
-    def data_version(self, *, wait: bool = True) -> Hashable | None: ...
 
 
 class ViewReader:
@@ -46,9 +42,8 @@ class ViewReader:
         self._clock = clock
         self._monotonic = monotonic
         self._max_age = max_age
-        version = getattr(coordinator, "data_version", None)
         self._version: Callable[..., Hashable | None] | None = (
-            version if callable(version) else None
+            coordinator.data_version if isinstance(coordinator, SupportsChangeToken) else None
         )
         self._token: Hashable | None = None
         self._last: ClusterView | None = None

@@ -244,6 +244,24 @@ MISTAKES = [
         id="etcd-not-yet",
     ),
     pytest.param(
+        BASE + '\n[coordination]\nbackend = "zookeeper"\n',
+        ['FILE:18: coordination.backend: "zookeeper" is not a backend; expected "sqlite"'],
+        id="unknown-backend",
+    ),
+    pytest.param(
+        BASE + '\n[coordination.sqlite]\npath = "x.db"\nbusy = 3\n',
+        ["FILE:19: coordination.sqlite.busy: unknown key; expected one of: path"],
+        id="backend-section-unknown-key",
+    ),
+    pytest.param(
+        BASE + '\n[coordination]\npath = "a.db"\n\n[coordination.sqlite]\npath = "b.db"\n',
+        [
+            "FILE:18: coordination.path: given twice, here and in [coordination.sqlite]; "
+            "expected only [coordination.sqlite] path"
+        ],
+        id="sqlite-path-twice",
+    ),
+    pytest.param(
         changed('home = "home"', 'home = "home"\nenv = { JAVA_OPTS = "-Xmx1g", WORKERS = 4 }'),
         ["FILE:7: app.env.WORKERS: got the integer 4; expected a string"],
         id="inline-table-value",
@@ -335,6 +353,44 @@ def test_relative_paths_are_resolved_against_the_config_file(tmp_path: Path) -> 
     assert cfg.cluster.state_dir == conf_dir / "hakit-state"
     assert cfg.coordination_path == tmp_path / "shared" / "coord.db"
     assert cfg.app.database_url == f"sqlite:///{conf_dir / 'app.db'}"
+
+
+def test_the_sqlite_section_names_the_store(tmp_path: Path) -> None:
+    (tmp_path / "etc").mkdir()
+    path = tmp_path / "etc" / "hakit.toml"
+    path.write_text(BASE + '\n[coordination.sqlite]\npath = "../shared/coord.db"\n')
+    cfg = load_config(path)
+    assert cfg.coordination.backend == "sqlite"
+    assert cfg.coordination_path == tmp_path / "shared" / "coord.db"
+    path.write_text(BASE)  # no section: the default place
+    assert (
+        load_config(path).coordination_path == tmp_path / "etc" / "hakit-state" / "coordination.db"
+    )
+
+
+def test_an_unknown_backend_lists_every_registered_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pydantic import ValidationError
+
+    from hakit.config import CoordinationConfig
+    from hakit.coord import registry
+
+    more = {**registry.BACKENDS, "etcd": registry.BACKENDS["sqlite"]}
+    monkeypatch.setattr(registry, "BACKENDS", more)
+    with pytest.raises(
+        ValidationError, match='"zk" is not a backend; expected one of "sqlite", "etcd"'
+    ):
+        CoordinationConfig(backend="zk")
+    assert CoordinationConfig(backend="etcd").backend == "etcd"
+
+
+def test_each_registered_backend_has_its_section_in_the_config() -> None:
+    from hakit.config import CoordinationConfig
+    from hakit.coord.registry import BACKENDS
+
+    for name, backend in BACKENDS.items():
+        assert backend.name == name
+        assert CoordinationConfig.model_fields[name].annotation is backend.section
+        assert isinstance(CoordinationConfig().section(name), backend.section)
 
 
 def test_valid_values_are_typed(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from hakit.config import AppConfig, Config, FailoverConfig, NodeConfig, load_config
 from hakit.config.check import describe_config
 from hakit.coord.base import Lease, NodeRecord
+from hakit.coord.keys import ROUTER_REPORTS
 from hakit.coord.sqlite import SqliteCoordinator
 from hakit.errors import ConfigError
 from hakit.fencing.fence import (
@@ -35,7 +36,7 @@ from hakit.fencing.fence import (
     takeover_words,
 )
 from hakit.fencing.watchdog import LeaseWatchdog, kill_group_now
-from hakit.health.datapath import REFUSED, REPORT_PREFIX, PathReport, Sight
+from hakit.health.datapath import REFUSED, PathReport, Sight
 from hakit.supervisor.process import live_group_members
 
 NOW = 1_000_000.0
@@ -503,7 +504,7 @@ def test_without_a_fence_command_no_promotion_while_a_router_hears_the_old_app(
     now = time.time()
     heard = Sight(answered_at=now - 0.2, checked_at=now - 0.2)
     report = PathReport("r1", now, 0.5, 1.5, {"node1": heard})
-    harness.store.set_state(REPORT_PREFIX + "r1", report.as_json())
+    harness.store.set_state(ROUTER_REPORTS + "r1", report.as_json())
     verdict = harness.takeover()
     assert not verdict.ok
     assert "node1's app still answers (router r1 got an answer from it" in verdict.reason
@@ -521,7 +522,7 @@ def test_without_a_fence_command_no_promotion_while_a_router_hears_the_old_app(
             )
         },
     )
-    harness.store.set_state(REPORT_PREFIX + "r1", stale.as_json())
+    harness.store.set_state(ROUTER_REPORTS + "r1", stale.as_json())
     assert harness.takeover().ok
 
 

@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from hakit.cli import app
 from hakit.config import AdminConfig, AppConfig, ClusterConfig, Config, NodeConfig
 from hakit.coord.base import Lease, NodeRecord
+from hakit.coord.keys import HANDOVER, PAUSED
 from hakit.coord.sqlite import SqliteCoordinator
 from hakit.demo.cluster import free_ports
 from hakit.errors import HakitError
@@ -23,8 +24,6 @@ from hakit.operator.admin_api import AdminApi, authorized, load_token
 from hakit.operator.client import AdminClient
 from hakit.operator.commands import OperatorError, perform, status_document
 from hakit.operator.intents import (
-    HANDOVER,
-    PAUSED,
     IntentWatcher,
     handover_event,
     operator_actor,
