@@ -261,7 +261,7 @@ def eligibility(
     ``standing(view, cfg)`` if the caller keeps it.
     """
     st = known if known is not None else standing(view, cfg)
-    if st.lease is not None and not st.lease.valid_at(now):
+    if st.lease is not None and not view.lease_valid(now):
         if not serves_expired(view, cfg, st.lease, now, health):
             return NOBODY
     base = st.base

@@ -56,11 +56,23 @@ def test_satisfies_the_coordinator_protocol(coord: SqliteCoordinator) -> None:
 @pytest.mark.parametrize(
     ("stored", "node", "expected"),
     [
-        (None, "a", Lease("a", 8, 110.0)),  # never held: next epoch
-        (Lease("a", 7, 105.0), "a", Lease("a", 7, 110.0)),  # holder renews: same epoch
-        (Lease("a", 7, 105.0), "b", None),  # held by another: refused
-        (Lease("a", 7, 100.0), "b", Lease("b", 8, 110.0)),  # expired exactly now: free
-        (Lease("a", 7, 99.0), "a", Lease("a", 8, 110.0)),  # holder after expiry: new epoch
+        (None, "a", Lease.as_read("a", 8, 110.0, 100.0)),  # never held: next epoch
+        (
+            Lease.as_read("a", 7, 105.0, 100.0),
+            "a",
+            Lease.as_read("a", 7, 110.0, 100.0),
+        ),  # holder renews: same epoch
+        (Lease.as_read("a", 7, 105.0, 100.0), "b", None),  # held by another: refused
+        (
+            Lease.as_read("a", 7, 100.0, 100.0),
+            "b",
+            Lease.as_read("b", 8, 110.0, 100.0),
+        ),  # expired exactly now: free
+        (
+            Lease.as_read("a", 7, 99.0, 100.0),
+            "a",
+            Lease.as_read("a", 8, 110.0, 100.0),
+        ),  # holder after expiry: new epoch
     ],
 )
 def test_next_lease(stored: Lease | None, node: str, expected: Lease | None) -> None:
@@ -75,7 +87,7 @@ def test_first_acquire_gets_epoch_one_and_expires_after_ttl(
 ) -> None:
     assert coord.current_lease() is None
     lease = coord.acquire_or_renew("n1", TTL)
-    assert lease == Lease("n1", 1, clock.now + TTL)
+    assert lease == Lease.as_read("n1", 1, clock.now + TTL, clock.now)
     assert coord.current_lease() == lease
     assert coord.last_epoch() == 1
 
@@ -120,7 +132,8 @@ def test_current_lease_returns_expired_lease_as_stored(
     clock.advance(TTL * 3)
     stored = coord.current_lease()
     assert stored == held
-    assert stored is not None and not stored.valid_at(clock.now)
+    assert stored is not None and not stored.valid  # judged by the store when read
+    assert stored.remaining == pytest.approx(-2 * TTL)
 
 
 def test_holder_renewing_after_expiry_gets_a_new_epoch(
@@ -365,7 +378,7 @@ def test_take_over_moves_a_valid_lease_under_a_new_epoch(
     held = coord.acquire_or_renew("n1", TTL)
     assert held is not None and held.epoch == 1
     taken = coord.take_over("n2", TTL)
-    assert taken == Lease("n2", 2, clock.now + TTL)
+    assert taken == Lease.as_read("n2", 2, clock.now + TTL, clock.now)
     assert coord.current_lease() == taken and coord.last_epoch() == 2
     assert coord.acquire_or_renew("n1", TTL) is None  # the old holder's renewal fails
     renewed = coord.acquire_or_renew("n2", TTL)  # the new holder renews the same epoch
@@ -443,7 +456,7 @@ def test_a_version_1_store_is_migrated_keeping_its_data(tmp_path: Path) -> None:
         assert store.get_state("paused") == {"paused": True}
     raw = sqlite3.connect(path)
     try:
-        assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
     finally:
         raw.close()
 
@@ -456,7 +469,7 @@ def test_renew_epoch_extends_even_an_expired_lease_under_the_same_epoch(
     assert first is not None
     clock.advance(TTL + 5)
     renewed = coord.renew_epoch("n1", first.epoch, TTL)
-    assert renewed == Lease("n1", first.epoch, clock.now + TTL)
+    assert renewed == Lease.as_read("n1", first.epoch, clock.now + TTL, clock.now)
     assert coord.current_lease() == renewed
     assert coord.acquire_or_renew("n2", TTL) is None  # valid again
 
