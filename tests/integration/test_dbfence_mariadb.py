@@ -180,8 +180,8 @@ def take_over(made: Fencer) -> Any:
     now = time.time()
     frozen = NodeRecord("node1", "active", "RUNNING", 1, now - 10, {AGENT_ID_KEY: "agent-a"})
     made.coordinator.publish_node(frozen)
-    before = Predecessor(Lease("node1", 1, now - 1), 1, frozen, now)
-    return asyncio.run(made.clear_to_promote(Lease("node2", 2, now + 3), before))
+    before = Predecessor(Lease.as_read("node1", 1, now - 1, now), 1, frozen, now)
+    return asyncio.run(made.clear_to_promote(Lease.as_read("node2", 2, now + 3, now), before))
 
 
 def test_promotion_kills_the_old_nodes_mariadb_sessions(

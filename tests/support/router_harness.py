@@ -264,7 +264,9 @@ class ClusterHolder:
     def active(self, holder: str, epoch: int, others: tuple[str, ...] = (), **kw: Any) -> None:
         nodes = {holder: record(holder, "active", epoch, **kw)}
         nodes |= {name: record(name, "standby", 0) for name in others}
-        self.view = ClusterView(Lease(holder, epoch, time.time() + 600), nodes, time.time())
+        self.view = ClusterView(
+            Lease.as_read(holder, epoch, time.time() + 600, time.time()), nodes, time.time()
+        )
 
 
 class ViewSource(Protocol):
@@ -390,7 +392,7 @@ name = cfg.nodes[0].name
 
 def view():
     now = time.time()
-    return ClusterView(Lease(name, 1, now + 60), {name: NodeRecord(name, "active", "RUNNING", 1, now)}, now)
+    return ClusterView(Lease.as_read(name, 1, now + 60, now), {name: NodeRecord(name, "active", "RUNNING", 1, now)}, now)
 
 async def main():
     router = Router(cfg, view)

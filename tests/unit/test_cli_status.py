@@ -52,7 +52,7 @@ def document(leader: str | None = "n1") -> dict[str, Any]:
 
 
 def test_status_json_tells_lost_nodes_lease_pause_and_events() -> None:
-    report = status_json(document(), Lease("n1", 4, T0 + 2.5), ttl=3.0, last=2, tz=UTC)
+    report = status_json(document(), Lease.as_read("n1", 4, T0 + 2.5, T0), ttl=3.0, last=2, tz=UTC)
     n1, n2, n3 = report["nodes"]
     assert (n1["role"], n1["state"], n1["lost"], n1["leader"]) == ("active", "RUNNING", False, True)
     assert n1["age"] == 0.4 and n1["pid"] == 4242
@@ -89,7 +89,9 @@ def test_status_json_tells_lost_nodes_lease_pause_and_events() -> None:
 
 
 def test_status_json_of_an_expired_lease_and_of_the_admin_api() -> None:
-    expired = status_json(document(leader=None), Lease("n1", 4, T0 - 1), ttl=3.0, last=0)
+    expired = status_json(
+        document(leader=None), Lease.as_read("n1", 4, T0 - 1, T0), ttl=3.0, last=0
+    )
     assert expired["lease"]["valid"] is False and expired["lease"]["holder"] == "n1"
     assert expired["events"] == []
     # Through an agent's admin API the document has no lease expiry: said as null, not made up.

@@ -177,8 +177,8 @@ def test_no_session_fencing_without_a_database(tmp_path: Path) -> None:
     now = time.time()
     frozen = NodeRecord("node1", "active", "RUNNING", 1, now - 10, {AGENT_ID_KEY: "agent-a"})
     store.publish_node(frozen)
-    before = Predecessor(Lease("node1", 1, now - 1), 1, frozen, now)
-    verdict = asyncio.run(made.clear_to_promote(Lease("node2", 2, now + 3), before))
+    before = Predecessor(Lease.as_read("node1", 1, now - 1, now), 1, frozen, now)
+    verdict = asyncio.run(made.clear_to_promote(Lease.as_read("node2", 2, now + 3, now), before))
     assert verdict.ok and verdict.alerts == ()
     # The fence-command step only; no database step was tried.
     assert [data["result"] for _, _, data in events] == ["not-configured"]

@@ -553,7 +553,7 @@ class Agent:
                 self.served_epoch = epoch
             if record.node in eligible:
                 served[record.node] = epoch
-        if lease is not None and lease.valid_at(time.time()):
+        if lease is not None and lease.valid:
             # Not a cold start: an active runs; if it dies, the usual failover applies.
             return Boot(self.served_epoch)
         newest_node, newest_epoch = last_active(served)

@@ -265,7 +265,7 @@ class LeaseKeeper:
         run on the store thread)."""
         before = read_predecessor(self.coordinator, self.node)
         lease = before.lease
-        if lease is None or lease.holder == self.node or lease.valid_at(before.read_at):
+        if lease is None or lease.holder == self.node or lease.valid:
             return before, []
         return before, reports_in(self.coordinator.cluster_state())
 
@@ -273,7 +273,7 @@ class LeaseKeeper:
         """May this standby take the lease over (hakit.health.datapath.judge_holder)? A deferral
         is recorded once per lease it concerns, not at every turn."""
         lease = before.lease
-        if lease is None or lease.holder == self.node or lease.valid_at(before.read_at):
+        if lease is None or lease.holder == self.node or lease.valid:
             self._deferred = None  # a live lease (its holder renewed): forget the last stall
             return True
         verdict = judge_holder(

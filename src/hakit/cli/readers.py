@@ -164,7 +164,7 @@ def status_json(
             "holder": lease.holder,
             "epoch": lease.epoch,
             "expires_at": _iso(lease.expires_at, tz),
-            "valid": lease.valid_at(now),
+            "valid": lease.valid,
         }
     elif doc.get("epoch"):  # read through the admin API: no expiry, a holder only if valid
         lease_doc = {

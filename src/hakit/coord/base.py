@@ -34,8 +34,10 @@ Contract (like Patroni's AbstractDCS, but small):
   it trusts is back it reconnects by itself. The caller treats the error as "not
   the leader": an agent fences its app at once.
 
-Times are wall-clock seconds (``time.time()``) as seen by the backend: the
-embedded backend serves processes on one machine, so they share a clock.
+Times are wall-clock seconds (``time.time()``) as seen by the backend, but no
+decision compares a stored time with the reader's clock: the backend judges at
+each read (``Lease.remaining``, ``NodeRecord.age``, expired cluster-state values
+left out), so readers on hosts whose clocks disagree decide alike.
 
 What a distributed backend (etcd, Consul...) must guarantee on top, because its
 callers run on several machines:
@@ -48,7 +50,7 @@ callers run on several machines:
   store's side (server-side TTL, or the store's clock inside the transaction),
   never on the caller's clock; a lease must not expire sooner than the ``ttl``
   asked for. ``expires_at`` is reported in the caller's wall-clock seconds as
-  nearly as the backend can tell (for display and ``valid_at``).
+  nearly as the backend can tell (for display only; ``Lease.remaining`` is what decides).
 - Epochs strictly increasing and never reused: an epoch is durable (replicated)
   before it is returned, and survives the store's own leader changes and
   restores.
@@ -73,22 +75,55 @@ from typing import Any, Protocol, runtime_checkable
 
 @dataclass(frozen=True, slots=True)
 class Lease:
+    """The leader lease as the store answered it.
+
+    Its validity is judged by the store, at the read, on the store's own clock:
+    ``remaining`` seconds were left then (<= 0: expired, for ``-remaining``
+    seconds). Nobody outside hakit.coord compares ``expires_at`` with a local
+    clock: nodes need not share a clock (an etcd or ZooKeeper backend serves
+    several hosts). A reader that keeps judging later counts the time elapsed since
+    its read on its own clock (``ClusterView.lease_left``: differences of one
+    clock's readings, never two clocks compared); the holder's own deadline is
+    monotonic (hakit.agent.lease). ``expires_at`` (by the store's clock) is
+    shown to humans and is the SQLite backend's own bookkeeping.
+
+    ``revision`` grows at each grant and renewal of one epoch (1 for a new
+    epoch): "the last renewal" without a clock.
+    """
+
     holder: str
     epoch: int
-    expires_at: float  # wall-clock seconds
+    expires_at: float  # the store's wall clock: for display only outside hakit.coord
+    remaining: float = field(compare=False)  # seconds left as judged by the store at the read
+    revision: int = field(default=0, compare=False)
 
-    def valid_at(self, now: float) -> bool:
-        return now < self.expires_at
+    @property
+    def valid(self) -> bool:
+        """Valid when read (the store's judgement)."""
+        return self.remaining > 0
+
+    @classmethod
+    def as_read(
+        cls, holder: str, epoch: int, expires_at: float, now: float, revision: int = 0
+    ) -> Lease:
+        """The lease a store whose clock reads ``now`` answers (backends, and tests)."""
+        return cls(holder, epoch, expires_at, expires_at - now, revision)
 
 
 @dataclass(frozen=True, slots=True)
 class NodeRecord:
+    """A node's published record. ``updated_at`` is the publisher's clock (display);
+    ``age`` is the seconds since the store stored it, by the store's clock at the read
+    (0 for a record not read from a store): freshness is judged on ``age``, never by
+    comparing ``updated_at`` with the reader's clock."""
+
     node: str
     role: str  # "active", "standby", "stopped", ...
     app_state: str  # an AppState value
     epoch: int  # the epoch this node acts under (0: none)
     updated_at: float
     detail: dict[str, Any] = field(default_factory=dict)  # pid, restarts, message...
+    age: float = field(default=0.0, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,7 +153,7 @@ class Coordinator(Protocol):
         ...
 
     def current_lease(self) -> Lease | None:
-        """The lease as stored (may be expired: check ``valid_at``); None if never held."""
+        """The lease as stored (may be expired: check ``valid``); None if never held."""
         ...
 
     def last_epoch(self) -> int:
@@ -149,8 +184,10 @@ class Coordinator(Protocol):
         """The newest ``limit`` events, oldest first."""
         ...
 
-    def set_state(self, key: str, value: dict[str, Any]) -> None:
-        """Store ``value`` (JSON-serializable) under ``key``, replacing what was there."""
+    def set_state(self, key: str, value: dict[str, Any], *, ttl: float | None = None) -> None:
+        """Store ``value`` (JSON-serializable) under ``key``, replacing what was there.
+        ``ttl``: the store forgets it ``ttl`` seconds later, by its own clock (reads leave
+        it out): "still there" means "written lately", without comparing clocks."""
         ...
 
     def get_state(self, key: str) -> dict[str, Any] | None:

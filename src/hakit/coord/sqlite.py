@@ -15,7 +15,7 @@ Why it is safe for several processes (agents, routers, ``hakit status``):
 The epoch counter lives apart from the lease row: ``release`` deletes the lease
 but the counter keeps the highest epoch ever handed out.
 
-The store cannot be swapped under a running cluster (schema version 3):
+The store cannot be swapped under a running cluster (schema version 3 on):
 
 - the store carries a cluster identity (a uuid4 made once, when the store is
   created) and a lineage (the identities of the stores it replaces, written by
@@ -65,7 +65,7 @@ from hakit.coord.base import Event, Lease, NodeRecord
 from hakit.coord.memory import Memory, make_private_dir, memory_file, read_memory, write_memory
 from hakit.errors import CoordinationError, NoClusterState, StoreReplacedError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 log = logging.getLogger("hakit.coord")
 DEFAULT_MAX_EVENTS = 10_000
 DEFAULT_BUSY_TIMEOUT = 5.0
@@ -160,10 +160,20 @@ _SCHEMA_V3 = (
         writes INTEGER NOT NULL DEFAULT 0)""",
     "PRAGMA user_version = 3",
 )
+# Version 4: validity judged by the store at each read, on its own clock (hakit.coord.base):
+# the lease's renewal ``revision``, the time the store stored each node record, and an
+# expiry for cluster-state values (``set_state(..., ttl=)``). NULL in rows written before.
+_SCHEMA_V4 = (
+    "ALTER TABLE lease ADD COLUMN revision INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE nodes ADD COLUMN stored_at REAL",
+    "ALTER TABLE cluster_state ADD COLUMN expires_at REAL",
+    "PRAGMA user_version = 4",
+)
 _MIGRATIONS = {
-    0: _SCHEMA_V1 + _SCHEMA_V2 + _SCHEMA_V3,
-    1: _SCHEMA_V2 + _SCHEMA_V3,
-    2: _SCHEMA_V3,
+    0: _SCHEMA_V1 + _SCHEMA_V2 + _SCHEMA_V3 + _SCHEMA_V4,
+    1: _SCHEMA_V2 + _SCHEMA_V3 + _SCHEMA_V4,
+    2: _SCHEMA_V3 + _SCHEMA_V4,
+    3: _SCHEMA_V4,
 }
 # The -wal and -shm files SQLite keeps beside a store in WAL mode.
 SIDE_FILES = ("-wal", "-shm")
@@ -178,16 +188,17 @@ def next_lease(
 ) -> Lease | None:
     """The lease ``node`` holds after asking at ``now``, or None if another node holds it.
 
-    A valid lease held by ``node`` is extended under the same epoch. A free,
-    expired or released lease gets a new epoch, also for its former holder:
-    once expired, another node may have seen it free and acted on that.
+    A valid lease held by ``node`` is extended under the same epoch (its revision
+    grows). A free, expired or released lease gets a new epoch (revision 1), also
+    for its former holder: once expired, another node may have seen it free and
+    acted on that. Validity is judged here on the store's clock (``now``).
     """
-    if stored is not None and stored.valid_at(now):
+    if stored is not None and now < stored.expires_at:
         if stored.holder != node:
             return None
-        return Lease(node, stored.epoch, now + ttl)
+        return Lease(node, stored.epoch, now + ttl, ttl, stored.revision + 1)
     newest = max(last_epoch, stored.epoch if stored is not None else 0)
-    return Lease(node, newest + 1, now + ttl)
+    return Lease(node, newest + 1, now + ttl, ttl, 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -590,7 +601,8 @@ class SqliteCoordinator:
                     conn.execute(statement)
                 # The identity is made once, with the store (or when a version 2 store
                 # is upgraded): every process that opens it later reads this one.
-                _insert_identity(conn, str(uuid.uuid4()), (), self._clock(), 0.0)
+                if version < 3:
+                    _insert_identity(conn, str(uuid.uuid4()), (), self._clock(), 0.0)
             elif version > SCHEMA_VERSION:
                 raise CoordinationError(
                     f"coordination store {self.path}: schema version {version} was written by a "
@@ -663,7 +675,7 @@ class SqliteCoordinator:
             raise ValueError(f"lease ttl must be positive, got {ttl}")
         with self._using(f"acquire or renew the lease for {node}", write=True) as conn:
             now = self._clock()  # read under the write lock: grants are ordered in time
-            stored, last = _read_lease(conn), _read_last_epoch(conn)
+            stored, last = _read_lease(conn, now), _read_last_epoch(conn)
             self._saw(max(last, stored.epoch if stored is not None else 0))
             if now < self._leases_from:
                 return None  # a re-initialised store: see leases_from
@@ -671,9 +683,9 @@ class SqliteCoordinator:
             if lease is None:
                 return None
             conn.execute(
-                "INSERT OR REPLACE INTO lease (singleton, holder, epoch, expires_at) "
-                "VALUES (1, ?, ?, ?)",
-                (lease.holder, lease.epoch, lease.expires_at),
+                "INSERT OR REPLACE INTO lease (singleton, holder, epoch, expires_at, revision) "
+                "VALUES (1, ?, ?, ?, ?)",
+                (lease.holder, lease.epoch, lease.expires_at, lease.revision),
             )
             conn.execute(
                 "UPDATE epoch_counter SET last_epoch = MAX(last_epoch, ?) WHERE singleton = 1",
@@ -687,14 +699,15 @@ class SqliteCoordinator:
             raise ValueError(f"lease ttl must be positive, got {ttl}")
         with self._using(f"renew the lease of {node} under epoch {epoch}", write=True) as conn:
             now = self._clock()
-            stored = _read_lease(conn)
+            stored = _read_lease(conn, now)
             if stored is None or stored.holder != node or stored.epoch != epoch:
                 return None
             self._saw(stored.epoch)
-            lease = Lease(node, epoch, now + ttl)
+            lease = Lease(node, epoch, now + ttl, ttl, stored.revision + 1)
             conn.execute(
-                "UPDATE lease SET expires_at = ? WHERE singleton = 1 AND holder = ? AND epoch = ?",
-                (lease.expires_at, node, epoch),
+                "UPDATE lease SET expires_at = ?, revision = ? "
+                "WHERE singleton = 1 AND holder = ? AND epoch = ?",
+                (lease.expires_at, lease.revision, node, epoch),
             )
             return lease
 
@@ -711,13 +724,13 @@ class SqliteCoordinator:
                     "(one lease TTL after, so that a node that held the lease in the replaced "
                     "store has fenced itself); run the failover again then"
                 )
-            stored = _read_lease(conn)
+            stored = _read_lease(conn, now)
             newest = max(_read_last_epoch(conn), stored.epoch if stored is not None else 0)
-            lease = Lease(node, newest + 1, now + ttl)
+            lease = Lease(node, newest + 1, now + ttl, ttl, 1)
             conn.execute(
-                "INSERT OR REPLACE INTO lease (singleton, holder, epoch, expires_at) "
-                "VALUES (1, ?, ?, ?)",
-                (lease.holder, lease.epoch, lease.expires_at),
+                "INSERT OR REPLACE INTO lease (singleton, holder, epoch, expires_at, revision) "
+                "VALUES (1, ?, ?, ?, ?)",
+                (lease.holder, lease.epoch, lease.expires_at, lease.revision),
             )
             conn.execute(
                 "UPDATE epoch_counter SET last_epoch = MAX(last_epoch, ?) WHERE singleton = 1",
@@ -736,7 +749,7 @@ class SqliteCoordinator:
 
     def current_lease(self) -> Lease | None:
         with self._using("read the lease", write=False) as conn:
-            lease = _read_lease(conn)
+            lease = _read_lease(conn, self._clock())
             if lease is not None:
                 self._saw(lease.epoch)
             return lease
@@ -781,8 +794,9 @@ class SqliteCoordinator:
         detail = json.dumps(record.detail, sort_keys=True)
         with self._using(f"publish the record of {record.node}", write=True) as conn:
             conn.execute(
-                "INSERT OR REPLACE INTO nodes (node, role, app_state, epoch, updated_at, detail) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO nodes "
+                "(node, role, app_state, epoch, updated_at, detail, stored_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (
                     record.node,
                     record.role,
@@ -790,17 +804,22 @@ class SqliteCoordinator:
                     record.epoch,
                     record.updated_at,
                     detail,
+                    self._clock(),  # the store's clock: ages are judged on it alone
                 ),
             )
 
     def nodes(self) -> Sequence[NodeRecord]:
         with self._using("read the node records", write=False) as conn:
+            now = self._clock()
             rows = conn.execute(
-                "SELECT node, role, app_state, epoch, updated_at, detail FROM nodes ORDER BY node"
+                "SELECT node, role, app_state, epoch, updated_at, detail, "
+                "COALESCE(stored_at, updated_at) FROM nodes ORDER BY node"
             ).fetchall()
         return [
-            NodeRecord(node, role, app_state, epoch, updated_at, _load_json(detail))
-            for node, role, app_state, epoch, updated_at, detail in rows
+            NodeRecord(
+                node, role, app_state, epoch, updated_at, _load_json(detail), now - float(stored)
+            )
+            for node, role, app_state, epoch, updated_at, detail, stored in rows
         ]
 
     # --- event history --------------------------------------------------------
@@ -858,16 +877,26 @@ class SqliteCoordinator:
 
     # --- cluster state --------------------------------------------------------
 
-    def set_state(self, key: str, value: dict[str, Any]) -> None:
+    def set_state(self, key: str, value: dict[str, Any], *, ttl: float | None = None) -> None:
         text = json.dumps(value, sort_keys=True)
+        if ttl is not None and ttl <= 0:
+            raise ValueError(f"state ttl must be positive, got {ttl}")
         with self._using(f"store the cluster state {key!r}", write=True) as conn:
+            now = self._clock()
+            # Values past their expiry are never read again: removed as others are written.
+            conn.execute("DELETE FROM cluster_state WHERE expires_at <= ?", (now,))
             conn.execute(
-                "INSERT OR REPLACE INTO cluster_state (key, value) VALUES (?, ?)", (key, text)
+                "INSERT OR REPLACE INTO cluster_state (key, value, expires_at) VALUES (?, ?, ?)",
+                (key, text, now + ttl if ttl is not None else None),
             )
 
     def get_state(self, key: str) -> dict[str, Any] | None:
         with self._using(f"read the cluster state {key!r}", write=False) as conn:
-            row = conn.execute("SELECT value FROM cluster_state WHERE key = ?", (key,)).fetchone()
+            row = conn.execute(
+                "SELECT value FROM cluster_state WHERE key = ? "
+                "AND (expires_at IS NULL OR expires_at > ?)",
+                (key, self._clock()),
+            ).fetchone()
         return _load_json(row[0]) if row is not None else None
 
     def clear_state(self, key: str, if_value: dict[str, Any] | None = None) -> bool:
@@ -883,7 +912,11 @@ class SqliteCoordinator:
 
     def cluster_state(self) -> dict[str, dict[str, Any]]:
         with self._using("read the cluster state", write=False) as conn:
-            rows = conn.execute("SELECT key, value FROM cluster_state ORDER BY key").fetchall()
+            rows = conn.execute(
+                "SELECT key, value FROM cluster_state "
+                "WHERE expires_at IS NULL OR expires_at > ? ORDER BY key",
+                (self._clock(),),
+            ).fetchall()
         return {key: _load_json(value) for key, value in rows}
 
     # --- lifetime -------------------------------------------------------------
@@ -1013,9 +1046,14 @@ def create_store(
         os.close(fd)
 
 
-def _read_lease(conn: sqlite3.Connection) -> Lease | None:
-    row = conn.execute("SELECT holder, epoch, expires_at FROM lease WHERE singleton = 1").fetchone()
-    return Lease(row[0], int(row[1]), float(row[2])) if row is not None else None
+def _read_lease(conn: sqlite3.Connection, now: float) -> Lease | None:
+    """The stored lease, judged at ``now`` (the store's clock)."""
+    row = conn.execute(
+        "SELECT holder, epoch, expires_at, revision FROM lease WHERE singleton = 1"
+    ).fetchone()
+    if row is None:
+        return None
+    return Lease.as_read(row[0], int(row[1]), float(row[2]), now, int(row[3]))
 
 
 def _read_last_epoch(conn: sqlite3.Connection) -> int:

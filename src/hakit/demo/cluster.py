@@ -296,7 +296,7 @@ class DemoCluster:
 
     def leader(self) -> str | None:
         lease = self.coordinator.current_lease()
-        if lease is not None and lease.valid_at(time.time()):
+        if lease is not None and lease.valid:
             return lease.holder
         return None
 

@@ -91,13 +91,14 @@ def read_predecessor(
 ) -> Predecessor:
     """Read before asking for the lease (blocking; run it in a thread).
 
-    ``clock`` is the wall clock the store's lease times are compared with.
+    ``clock``: the reader's wall clock, for ``read_at``. Whether the lease can be
+    taken is the store's judgement at the read (``Lease.valid``), no clock compared.
     """
     read_at = clock()
     lease = coordinator.current_lease()
     last_epoch = coordinator.last_epoch()
     record = None
-    if lease is not None and lease.holder != me and not lease.valid_at(read_at):
+    if lease is not None and lease.holder != me and not lease.valid:
         # It can be taken: remember which agent process held it, to recognise it later.
         record = next((r for r in coordinator.nodes() if r.node == lease.holder), None)
     return Predecessor(lease, last_epoch, record, read_at)
@@ -180,11 +181,13 @@ def fence_needs(
     needs: dict[str, FenceNeed] = {}
     lease, read_at = before.lease, before.read_at
     if lease is not None and lease.holder != me:
-        if lease.expires_at <= read_at:
+        if not lease.valid:
             why = f"its lease of epoch {lease.epoch} expired at {clock(lease.expires_at)} without being released"
         else:
             why = f"its lease of epoch {lease.epoch} ended without a clean release"
-        since = min(lease.expires_at, read_at)
+        # When it ended, on the reader's clock: the store judged it expired for
+        # -remaining seconds at the read (the store's expires_at is another clock).
+        since = read_at + min(0.0, lease.remaining)
         agent = agent_id_of(before.record, lease.epoch)
         _merge(needs, FenceNeed(lease.holder, lease.epoch, since, why, agent))
     prior = max(before.last_epoch, lease.epoch if lease is not None else 0)
@@ -211,7 +214,7 @@ def takeover_words(before: Predecessor, me: str) -> str:
     takes over a lease that EXPIRED without being released (the holder is lost, frozen
     or cut off: a failover, alerted), or "" (a released lease, a cold start, its own)."""
     lease = before.lease
-    if lease is None or lease.holder == me or lease.valid_at(before.read_at):
+    if lease is None or lease.holder == me or lease.valid:
         return ""
     return (
         f"{lease.holder}'s lease of epoch {lease.epoch} expired at {clock(lease.expires_at)} "

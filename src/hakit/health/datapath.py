@@ -263,9 +263,9 @@ def judge_holder(
     patience: float,
 ) -> HolderVerdict:
     """Is the holder of the expired ``lease`` dead (take over) or only its agent stalled?"""
-    if lease is None or lease.valid_at(now):
+    if lease is None or lease.valid:
         return HolderVerdict(True)  # released, never held, or valid: the store decides
-    holder, expired = lease.holder, now - lease.expires_at
+    holder, expired = lease.holder, -lease.remaining  # the store's judgement at the read
     seeing = [r for r in fresh_reports(reports, now) if holder in r.nodes]
     if not seeing:
         return HolderVerdict(True, f"no fresh router report on {holder}: the lease alone decides")
@@ -398,7 +398,7 @@ def handover_candidates(
         record = records.get(name)
         if name == me or no_failover or record is None:
             continue
-        if record.role != "standby" or now - record.updated_at > alive_within:
+        if record.role != "standby" or record.age > alive_within:  # the store's clock
             continue
         if str(record.detail.get("policy", "")) in NOT_READY:
             continue

@@ -129,7 +129,7 @@ def _lease_problems(
 ) -> list[str]:
     if lease is None:
         return ["no node has ever held the leader lease"]
-    if not lease.valid_at(now):
+    if not lease.valid:
         expired = datetime.fromtimestamp(lease.expires_at, tz).strftime("%Y-%m-%d %H:%M:%S")
         return [
             f"no node holds the leader lease ({lease.holder}'s of epoch {lease.epoch} "

@@ -135,7 +135,20 @@ def status_snapshot(cfg: Config) -> tuple[dict[str, Any], Lease | None]:
         stored = doc.get("lease")
         if not isinstance(stored, dict):
             return doc, None
-        return doc, Lease(str(stored["holder"]), int(stored["epoch"]), float(stored["expires_at"]))
+        expires_at = float(stored["expires_at"])
+        # The store's judgement at the read; an older agent sends none: its own read time
+        # (the SQLite store serves one machine: one clock).
+        remaining = stored.get("remaining")
+        if not isinstance(remaining, int | float):
+            remaining = expires_at - float(doc.get("read_at") or 0.0)
+        revision = stored.get("revision")
+        return doc, Lease(
+            str(stored["holder"]),
+            int(stored["epoch"]),
+            expires_at,
+            float(remaining),
+            revision if isinstance(revision, int) else 0,
+        )
     from hakit.coord.factory import open_coordinator
 
     coordinator = open_coordinator(cfg, create=False)

@@ -179,7 +179,7 @@ def _check_handover(
     record = view.nodes.get(target)
     if not agent_alive(record, cfg, now):
         seen = (
-            f"its agent last reported {now - record.updated_at:.0f} s ago"
+            f"its agent last reported {record.age:.0f} s ago"
             if record is not None and record.role != "stopped"
             else "its agent is not running"
         )
@@ -218,6 +218,7 @@ def status_document(
                 "pid": record.detail.get("pid") if record else None,
                 "policy": record.detail.get("policy") if record else None,
                 "updated_at": record.updated_at if record else None,
+                "age": record.age if record else None,  # by the store's clock
             }
         )
     return {
@@ -232,7 +233,9 @@ def status_document(
         else {
             "holder": view.lease.holder,
             "epoch": view.lease.epoch,
-            "expires_at": view.lease.expires_at,
+            "expires_at": view.lease.expires_at,  # the store's clock: display only
+            "remaining": view.lease.remaining,  # the store's judgement at the read
+            "revision": view.lease.revision,
         },
         "paused": paused if paused and paused.get("paused") else None,
         "handover": state.get(HANDOVER),

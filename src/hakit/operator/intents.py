@@ -61,10 +61,13 @@ def handover_timeout(cfg: Config) -> float:
 
 
 def agent_alive(record: NodeRecord | None, cfg: Config, now: float) -> bool:
-    """The node's agent published within a few lease TTLs (it publishes every renewal)."""
+    """The node's agent published within a few lease TTLs (it publishes every renewal).
+
+    Judged on the record's age by the store's clock (``NodeRecord.age``), never on its
+    ``updated_at`` (the publisher's clock) against ``now`` (the reader's)."""
     if record is None or record.role == "stopped":
         return False
-    return now - record.updated_at <= derived_timings(cfg).agent_alive_within
+    return record.age <= derived_timings(cfg).agent_alive_within
 
 
 def handover_event(intent: Mapping[str, Any]) -> HandoverRequested:
@@ -149,7 +152,7 @@ class IntentWatcher:
             if intent is not None:
                 events.append(handover_event(intent))
             self.handover = intent
-        vacant = lease is None or not lease.valid_at(now)
+        vacant = lease is None or not lease.valid
         if vacant and not self.vacant and self.paused:
             events.append(LeaseVacant())
         self.vacant = vacant

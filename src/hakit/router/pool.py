@@ -263,7 +263,7 @@ def eligibility(
     st = known if known is not None else standing(view, cfg)
     if (
         st.lease is not None
-        and not st.lease.valid_at(now)
+        and not view.lease_valid(now)
         and not serves_expired(view, cfg, st.lease, now, health)
     ):
         return NOBODY

@@ -427,8 +427,7 @@ class Router:
         node = base.serving[0]
         if sticky is not None and sticky != node.name and sticky in base.members:
             return None
-        lease = known.lease
-        if lease is not None and not time.time() < lease.expires_at:  # Lease.valid_at
+        if known.lease is not None and not self._view.lease_valid(time.time()):
             return None
         health = self.health
         if health is not None and not health.routable(node.name):

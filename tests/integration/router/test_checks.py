@@ -135,7 +135,10 @@ class Cluster:
 
 
 def standby_cluster(active: str, pid: int = 100, state: str = "RUNNING") -> Cluster:
-    return Cluster([record(active, "active", 4, state, pid)], Lease(active, 4, time.time() + 600))
+    return Cluster(
+        [record(active, "active", 4, state, pid)],
+        Lease.as_read(active, 4, time.time() + 600, time.time()),
+    )
 
 
 class RouterThread(harness.RouterThread):
@@ -310,7 +313,7 @@ def test_a_node_whose_agent_runs_no_app_is_not_checked(tmp_path, backends, route
     n1, n2 = backends("n1"), backends("n2")
     cluster = Cluster(
         [record("n1", "active", 4), record("n2", "standby", 0, "STOPPED")],
-        Lease("n1", 4, time.time() + 600),
+        Lease.as_read("n1", 4, time.time() + 600, time.time()),
     )
     router_for(config(tmp_path, [n1, n2], Mode.COLD_STANDBY), cluster)
     deadline = time.monotonic() + 10
@@ -329,7 +332,7 @@ def test_the_router_publishes_what_its_checks_see_of_each_node(
     n2.stop()  # nothing listens on n2's port any more
     cluster = Cluster(
         [record("n1", "active", 4), record("n2", "standby", 0, "STOPPED")],
-        Lease("n1", 4, time.time() + 600),
+        Lease.as_read("n1", 4, time.time() + 600, time.time()),
     )
     store = SqliteCoordinator(tmp_path / "coord.db")
     try:

@@ -761,7 +761,7 @@ CASES = [
 def view() -> ClusterView:
     now = time.time()
     record = NodeRecord(node="node1", role="active", app_state="RUNNING", epoch=1, updated_at=now)
-    return ClusterView(Lease("node1", 1, now + 600), {"node1": record}, now)
+    return ClusterView(Lease.as_read("node1", 1, now + 600, now), {"node1": record}, now)
 
 
 @dataclass

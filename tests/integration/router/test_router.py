@@ -74,7 +74,11 @@ NOBODY_MAY_SERVE: dict[str, Callable[[ClusterHolder], None]] = {
     "lease expired": lambda c: setattr(
         c,
         "view",
-        ClusterView(Lease("n1", 1, time.time() - 1), {"n1": record("n1", "active", 1)}, 0),
+        ClusterView(
+            Lease.as_read("n1", 1, time.time() - 1, time.time()),
+            {"n1": record("n1", "active", 1)},
+            0,
+        ),
     ),
     "holder starting": lambda c: c.active("n1", 1, state="STARTING"),
     "holder in maintenance": lambda c: c.active("n1", 1, state="MAINTENANCE"),
@@ -82,7 +86,11 @@ NOBODY_MAY_SERVE: dict[str, Callable[[ClusterHolder], None]] = {
     "epoch mismatch": lambda c: setattr(
         c,
         "view",
-        ClusterView(Lease("n1", 2, time.time() + 600), {"n1": record("n1", "active", 1)}, 0),
+        ClusterView(
+            Lease.as_read("n1", 2, time.time() + 600, time.time()),
+            {"n1": record("n1", "active", 1)},
+            0,
+        ),
     ),
 }
 

@@ -94,9 +94,11 @@ def test_the_readers_read_the_derived_timings(cfg: Config) -> None:
     assert (settings.step_down_cooldown, settings.boot_grace) == (12.0, 8.0)
     assert settings.step_down_cooldown == timings.step_down_cooldown
     assert handover_timeout(cfg) == timings.handover_timeout == 46.0
-    record = NodeRecord("n1", "standby", "STOPPED", 0, 100.0)
-    assert agent_alive(record, cfg, 100.0 + timings.agent_alive_within)
-    assert not agent_alive(record, cfg, 100.0 + timings.agent_alive_within + 0.01)
+    # The record's age is the store's (coord): the reader's clock does not enter.
+    fresh = NodeRecord("n1", "standby", "STOPPED", 0, 100.0, age=timings.agent_alive_within)
+    stale = NodeRecord("n1", "standby", "STOPPED", 0, 100.0, age=timings.agent_alive_within + 0.01)
+    assert agent_alive(fresh, cfg, 0.0)
+    assert not agent_alive(stale, cfg, 0.0)
 
 
 def test_derived_lines_name_each_value_and_why(cfg: Config) -> None:

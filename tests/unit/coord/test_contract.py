@@ -98,7 +98,7 @@ def test_first_acquire_gets_epoch_one_and_expires_after_ttl(
 ) -> None:
     assert coordinator.current_lease() is None
     lease = coordinator.acquire_or_renew("n1", TTL)
-    assert lease == Lease("n1", 1, clock.now + TTL)
+    assert lease == Lease.as_read("n1", 1, clock.now + TTL, clock.now)
     assert coordinator.current_lease() == lease
     assert coordinator.last_epoch() == 1
 
@@ -143,7 +143,8 @@ def test_current_lease_returns_expired_lease_as_stored(
     clock.advance(TTL * 3)
     stored = coordinator.current_lease()
     assert stored == held
-    assert stored is not None and not stored.valid_at(clock.now)
+    assert stored is not None and not stored.valid  # judged by the store when read
+    assert stored.remaining == pytest.approx(-2 * TTL)
 
 
 def test_holder_renewing_after_expiry_gets_a_new_epoch(
@@ -268,7 +269,7 @@ def test_take_over_moves_a_valid_lease_under_a_new_epoch(
     held = coordinator.acquire_or_renew("n1", TTL)
     assert held is not None and held.epoch == 1
     taken = coordinator.take_over("n2", TTL)
-    assert taken == Lease("n2", 2, clock.now + TTL)
+    assert taken == Lease.as_read("n2", 2, clock.now + TTL, clock.now)
     assert coordinator.current_lease() == taken and coordinator.last_epoch() == 2
     assert coordinator.acquire_or_renew("n1", TTL) is None  # the old holder's renewal fails
     renewed = coordinator.acquire_or_renew("n2", TTL)  # the new holder renews the same epoch
@@ -333,7 +334,7 @@ def test_renew_epoch_extends_even_an_expired_lease_under_the_same_epoch(
     assert first is not None
     clock.advance(TTL + 5)
     renewed = coordinator.renew_epoch("n1", first.epoch, TTL)
-    assert renewed == Lease("n1", first.epoch, clock.now + TTL)
+    assert renewed == Lease.as_read("n1", first.epoch, clock.now + TTL, clock.now)
     assert coordinator.current_lease() == renewed
     assert coordinator.acquire_or_renew("n2", TTL) is None  # valid again
 

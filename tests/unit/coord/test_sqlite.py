@@ -40,11 +40,23 @@ def coord(tmp_path: Path, clock: FakeClock) -> Iterator[SqliteCoordinator]:
 @pytest.mark.parametrize(
     ("stored", "node", "expected"),
     [
-        (None, "a", Lease("a", 8, 110.0)),  # never held: next epoch
-        (Lease("a", 7, 105.0), "a", Lease("a", 7, 110.0)),  # holder renews: same epoch
-        (Lease("a", 7, 105.0), "b", None),  # held by another: refused
-        (Lease("a", 7, 100.0), "b", Lease("b", 8, 110.0)),  # expired exactly now: free
-        (Lease("a", 7, 99.0), "a", Lease("a", 8, 110.0)),  # holder after expiry: new epoch
+        (None, "a", Lease.as_read("a", 8, 110.0, 100.0)),  # never held: next epoch
+        (
+            Lease.as_read("a", 7, 105.0, 100.0),
+            "a",
+            Lease.as_read("a", 7, 110.0, 100.0),
+        ),  # holder renews: same epoch
+        (Lease.as_read("a", 7, 105.0, 100.0), "b", None),  # held by another: refused
+        (
+            Lease.as_read("a", 7, 100.0, 100.0),
+            "b",
+            Lease.as_read("b", 8, 110.0, 100.0),
+        ),  # expired exactly now: free
+        (
+            Lease.as_read("a", 7, 99.0, 100.0),
+            "a",
+            Lease.as_read("a", 8, 110.0, 100.0),
+        ),  # holder after expiry: new epoch
     ],
 )
 def test_next_lease(stored: Lease | None, node: str, expected: Lease | None) -> None:
@@ -175,7 +187,7 @@ def test_a_version_1_store_is_migrated_keeping_its_data(tmp_path: Path) -> None:
         assert store.get_state("paused") == {"paused": True}
     raw = sqlite3.connect(path)
     try:
-        assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
     finally:
         raw.close()
 

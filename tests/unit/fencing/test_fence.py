@@ -68,8 +68,8 @@ def needs(
     return [n.node for n in to_fence], [n.node for n in cleared]
 
 
-EXPIRED = seen(Lease("node1", 1, NOW - 1), 1, FROZEN)
-GAINED = Lease("node2", 2, NOW + 3)
+EXPIRED = seen(Lease.as_read("node1", 1, NOW - 1, NOW), 1, FROZEN)
+GAINED = Lease.as_read("node2", 2, NOW + 3, NOW)
 
 
 # --- who must be fenced ----------------------------------------------------------------
@@ -89,12 +89,14 @@ def test_a_released_lease_is_a_clean_handover() -> None:
 
 
 def test_the_first_lease_ever_needs_no_fencing() -> None:
-    assert needs(seen(None, 0), Lease("node2", 1, NOW + 3)) == ([], [])
+    assert needs(seen(None, 0), Lease.as_read("node2", 1, NOW + 3, NOW)) == ([], [])
 
 
 def test_its_own_expired_lease_needs_no_stonith() -> None:
     # The agent fences itself (the deadline check); no power-off of its own node.
-    assert needs(seen(Lease("node2", 4, NOW - 1), 4), Lease("node2", 5, NOW + 3)) == ([], [])
+    assert needs(
+        seen(Lease.as_read("node2", 4, NOW - 1, NOW), 4), Lease.as_read("node2", 5, NOW + 3, NOW)
+    ) == ([], [])
 
 
 def test_the_same_agent_publishing_after_its_lease_ended_has_fenced_itself() -> None:
@@ -110,7 +112,10 @@ def test_a_restarted_agent_proves_nothing() -> None:
 
 def test_an_unknown_holder_agent_proves_nothing() -> None:
     woke = record("node1", "standby", 0, NOW - 0.5, **A)
-    assert needs(seen(Lease("node1", 1, NOW - 1), 1, None), GAINED, woke) == (["node1"], [])
+    assert needs(seen(Lease.as_read("node1", 1, NOW - 1, NOW), 1, None), GAINED, woke) == (
+        ["node1"],
+        [],
+    )
 
 
 def test_a_record_still_claiming_the_lost_epoch_is_no_proof() -> None:
@@ -120,7 +125,7 @@ def test_a_record_still_claiming_the_lost_epoch_is_no_proof() -> None:
 
 def test_a_lease_valid_when_read_then_taken_is_fenced_too() -> None:
     # It ended between our read and our acquire: not released as far as we know.
-    before = seen(Lease("node1", 1, NOW + 0.001), 1)
+    before = seen(Lease.as_read("node1", 1, NOW + 0.001, NOW), 1)
     to_fence, _ = fence_needs("node2", before, GAINED, {}, [])
     assert [n.node for n in to_fence] == ["node1"]
     assert to_fence[0].since == NOW
@@ -129,7 +134,7 @@ def test_a_lease_valid_when_read_then_taken_is_fenced_too() -> None:
 def test_epochs_handed_out_in_between_are_fenced() -> None:
     # Between our read (last epoch 3) and our acquire (epoch 6) node3 held epoch 5.
     node3 = record("node3", "active", 5, NOW - 0.1)
-    assert needs(seen(None, 3), Lease("node2", 6, NOW + 3), node3) == (["node3"], [])
+    assert needs(seen(None, 3), Lease.as_read("node2", 6, NOW + 3, NOW), node3) == (["node3"], [])
 
 
 def test_nodes_another_node_could_not_fence_are_fenced() -> None:
@@ -137,7 +142,11 @@ def test_nodes_another_node_could_not_fence_are_fenced() -> None:
     node3 = record("node3", "standby", 0, NOW - 1, **{PENDING_KEY: pending})
     node1 = record("node1", "active", 1, NOW - 30)
     to_fence, _ = fence_needs(
-        "node2", seen(None, 2), Lease("node2", 3, NOW + 3), {"node1": node1, "node3": node3}, []
+        "node2",
+        seen(None, 2),
+        Lease.as_read("node2", 3, NOW + 3, NOW),
+        {"node1": node1, "node3": node3},
+        [],
     )
     assert [n.node for n in to_fence] == ["node1"]
     assert "node3 could not fence it yet" in to_fence[0].why
@@ -147,7 +156,10 @@ def test_a_pending_node_whose_agent_woke_is_cleared() -> None:
     pending = {"node1": {"epoch": 1, "since": NOW - 20, "why": "expired", "agent": "agent-a"}}
     node3 = record("node3", "standby", 0, NOW - 1, **{PENDING_KEY: pending})
     woke = record("node1", "standby", 0, NOW - 2, **A)
-    assert needs(seen(None, 2), Lease("node2", 3, NOW + 3), node3, woke) == ([], ["node1"])
+    assert needs(seen(None, 2), Lease.as_read("node2", 3, NOW + 3, NOW), node3, woke) == (
+        [],
+        ["node1"],
+    )
 
 
 def test_pending_for_oneself_is_ignored() -> None:
@@ -155,18 +167,21 @@ def test_pending_for_oneself_is_ignored() -> None:
     # is moot.
     pending = {"node2": {"epoch": 1, "since": NOW - 20}}
     node3 = record("node3", "standby", 0, NOW - 1, **{PENDING_KEY: pending})
-    assert needs(seen(None, 2), Lease("node2", 3, NOW + 3), node3) == ([], [])
+    assert needs(seen(None, 2), Lease.as_read("node2", 3, NOW + 3, NOW), node3) == ([], [])
 
 
 def test_malformed_pending_entries_are_skipped() -> None:
     pending = {"node1": "yes", "node4": {"epoch": "x"}, "node5": {}}
     node3 = record("node3", "standby", 0, NOW - 1, **{PENDING_KEY: pending})
-    assert needs(seen(None, 2), Lease("node2", 3, NOW + 3), node3) == ([], [])
+    assert needs(seen(None, 2), Lease.as_read("node2", 3, NOW + 3, NOW), node3) == ([], [])
 
 
 def test_own_pending_stays_after_giving_the_lease_back() -> None:
     own = (FenceNeed("node1", 1, NOW - 10, "its lease of epoch 1 expired", "agent-a"),)
-    assert needs(seen(None, 2), Lease("node2", 3, NOW + 3), FROZEN, own=own) == (["node1"], [])
+    assert needs(seen(None, 2), Lease.as_read("node2", 3, NOW + 3, NOW), FROZEN, own=own) == (
+        ["node1"],
+        [],
+    )
 
 
 def test_takeover_words_only_for_an_expired_lease_of_another_node() -> None:
@@ -174,8 +189,12 @@ def test_takeover_words_only_for_an_expired_lease_of_another_node() -> None:
     assert words.startswith("node1's lease of epoch 1 expired at ")
     assert "without being released" in words
     assert takeover_words(seen(None, 1), "node2") == ""  # released: a clean handover
-    assert takeover_words(seen(Lease("node2", 1, NOW - 1), 1), "node2") == ""  # its own
-    assert takeover_words(seen(Lease("node1", 1, NOW + 1), 1), "node2") == ""  # still valid
+    assert (
+        takeover_words(seen(Lease.as_read("node2", 1, NOW - 1, NOW), 1), "node2") == ""
+    )  # its own
+    assert (
+        takeover_words(seen(Lease.as_read("node1", 1, NOW + 1, NOW), 1), "node2") == ""
+    )  # still valid
 
 
 def test_stood_down() -> None:
@@ -203,7 +222,7 @@ def test_read_predecessor_remembers_the_holder_of_an_expired_lease(tmp_path: Pat
     assert valid.lease is not None and valid.record is None  # still valid: not ours to take
     clock[0] = NOW + 10
     expired = read_predecessor(store, "node2", lambda: clock[0])
-    assert expired.lease == Lease("node1", 1, NOW + 3.0) and expired.last_epoch == 1
+    assert expired.lease == Lease.as_read("node1", 1, NOW + 3.0, NOW) and expired.last_epoch == 1
     assert expired.record == FROZEN
     store.close()
 
@@ -440,8 +459,10 @@ class Harness:
         now = time.time()
         frozen = record("node1", "active", 1, now - 10, **A)
         self.store.publish_node(frozen)
-        before = Predecessor(Lease("node1", 1, now - 1), 1, frozen, now)
-        return asyncio.run(self.fencer.clear_to_promote(Lease("node2", 2, now + 3), before))
+        before = Predecessor(Lease.as_read("node1", 1, now - 1, now), 1, frozen, now)
+        return asyncio.run(
+            self.fencer.clear_to_promote(Lease.as_read("node2", 2, now + 3, now), before)
+        )
 
 
 def test_fencer_runs_the_command_against_the_old_holder(tmp_path: Path) -> None:
@@ -474,7 +495,9 @@ def test_fencer_refuses_when_the_command_fails_and_remembers(tmp_path: Path) -> 
     # Next turn, the lease was given back (nothing stored): still fenced first.
     released = Predecessor(None, 2, None, time.time())
     again = asyncio.run(
-        harness.fencer.clear_to_promote(Lease("node2", 3, time.time() + 3), released)
+        harness.fencer.clear_to_promote(
+            Lease.as_read("node2", 3, time.time() + 3, time.time()), released
+        )
     )
     assert not again.ok and harness.fencer.failures == 2
 
@@ -530,7 +553,9 @@ def test_no_fence_after_a_clean_handover(tmp_path: Path) -> None:
     harness = Harness(tmp_path, python("import sys; sys.exit(1)"))
     released = Predecessor(None, 1, None, time.time())
     verdict = asyncio.run(
-        harness.fencer.clear_to_promote(Lease("node2", 2, time.time() + 3), released)
+        harness.fencer.clear_to_promote(
+            Lease.as_read("node2", 2, time.time() + 3, time.time()), released
+        )
     )
     assert verdict.ok and harness.events == []
 
@@ -540,8 +565,10 @@ def test_the_old_node_woke_and_fenced_itself_meanwhile(tmp_path: Path) -> None:
     now = time.time()
     frozen = record("node1", "active", 1, now - 10, **A)
     harness.store.publish_node(record("node1", "standby", 0, now, **A))  # awake again
-    before = Predecessor(Lease("node1", 1, now - 1), 1, frozen, now)
-    verdict = asyncio.run(harness.fencer.clear_to_promote(Lease("node2", 2, now + 3), before))
+    before = Predecessor(Lease.as_read("node1", 1, now - 1, now), 1, frozen, now)
+    verdict = asyncio.run(
+        harness.fencer.clear_to_promote(Lease.as_read("node2", 2, now + 3, now), before)
+    )
     assert verdict.ok
     [(_kind, reason, data)] = harness.events
     assert data["result"] == "not-needed" and "fenced itself" in reason

@@ -27,7 +27,11 @@ from hakit.health.datapath import (
 )
 
 TTL, RENEW, PATIENCE = 3.0, 0.5, 10.0
-LEASE = Lease("node1", 7, 103.0)
+
+
+def lease_at(now: float) -> Lease:
+    """The lease of the timeline as the store answers it at ``now``."""
+    return Lease.as_read("node1", 7, 103.0, now)
 
 
 def answering(at: float) -> Sight:
@@ -113,7 +117,8 @@ CASES = [
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_judge_holder(case: Case) -> None:
-    verdict = judge_holder(LEASE, case.reports, case.now, ttl=TTL, renew=RENEW, patience=PATIENCE)
+    lease = lease_at(case.now)
+    verdict = judge_holder(lease, case.reports, case.now, ttl=TTL, renew=RENEW, patience=PATIENCE)
     assert verdict.take_over is case.take_over
     if case.says:
         assert case.says in verdict.reason
@@ -193,7 +198,8 @@ def test_the_first_reachable_candidate_is_chosen() -> None:
 
 
 def record(node: str, role: str, updated: float, policy: str = "STANDBY") -> NodeRecord:
-    return NodeRecord(node, role, "STOPPED", 0, updated, {"policy": policy})
+    """A record as the store answers it at t=100 (its age by the store's clock)."""
+    return NodeRecord(node, role, "STOPPED", 0, updated, {"policy": policy}, 100.0 - updated)
 
 
 def test_handover_candidates() -> None:

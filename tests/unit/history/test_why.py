@@ -747,7 +747,7 @@ def test_paused_explains_the_outage_now() -> None:
             "node1": NodeRecord("node1", "active", "STOPPED", 1, BASE + 40),
             "node2": NodeRecord("node2", "standby", "STOPPED", 0, BASE + 59.5),
         },
-        Lease("node1", 1, BASE + 43),
+        Lease.as_read("node1", 1, BASE + 43, BASE + 60),
     )
     lines = explain(history(*PAUSED_HISTORY), tz=UTC, current=current)
     assert lines == [
@@ -777,7 +777,7 @@ def test_paused_names_the_lease_holder_whose_app_is_down() -> None:
             "node1": NodeRecord("node1", "active", "STOPPED", 1, BASE + 49.8),
             "node2": NodeRecord("node2", "standby", "STOPPED", 0, BASE + 49.9),
         },
-        Lease("node1", 1, BASE + 52),
+        Lease.as_read("node1", 1, BASE + 52, BASE + 50),
     )
     lines = explain(history(*PAUSED_HISTORY[:-1]), tz=UTC, current=current)
     assert lines[1] == (
@@ -793,7 +793,7 @@ def test_paused_with_nothing_wrong_says_so() -> None:
             "node1": NodeRecord("node1", "active", "RUNNING", 1, BASE + 34.5),
             "node2": NodeRecord("node2", "stopped", "STOPPED", 0, BASE + 5),
         },
-        Lease("node1", 1, BASE + 37),
+        Lease.as_read("node1", 1, BASE + 37, BASE + 35),
     )
     lines = explain(history(*PAUSED_HISTORY[:-2]), tz=UTC, current=current)
     assert lines[1:4] == [
@@ -807,9 +807,9 @@ def test_paused_with_nothing_wrong_says_so() -> None:
 def test_not_paused_or_asked_about_the_past_is_the_history_alone() -> None:
     events = history(*CRASH_FAILOVER)
     records = {"node2": NodeRecord("node2", "active", "RUNNING", 2, BASE + 59.9)}
-    running = now_paused(60, records, Lease("node2", 2, BASE + 62), paused=None)
+    running = now_paused(60, records, Lease.as_read("node2", 2, BASE + 62, BASE + 60), paused=None)
     assert explain(events, tz=UTC, current=running) == explain(events, tz=UTC)
-    paused = now_paused(60, records, Lease("node2", 2, BASE + 62))
+    paused = now_paused(60, records, Lease.as_read("node2", 2, BASE + 62, BASE + 60))
     at = BASE + 20
     assert explain(events, at=at, tz=UTC, current=paused) == explain(events, at=at, tz=UTC)
     assert explain(events, tz=UTC, current=paused)[0].startswith("the cluster is paused since")

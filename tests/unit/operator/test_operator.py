@@ -33,6 +33,7 @@ from hakit.policy.vocabulary import HandoverEnded, HandoverRequested, LeaseVacan
 
 TOKEN = "s3cret-token-0123456789"
 NOW = 1_700_000_000.0
+STORE_TIME = [NOW]  # the store's clock in these tests
 
 
 def make_config(root: Path, admin_ports: tuple[int | None, ...] = (None, None, None)) -> Config:
@@ -56,7 +57,8 @@ def cfg(tmp_path: Path) -> Config:
 @pytest.fixture
 def store(cfg: Config) -> Iterator[SqliteCoordinator]:
     cfg.coordination_path.parent.mkdir(parents=True)
-    coordinator = SqliteCoordinator(cfg.coordination_path, clock=lambda: NOW)
+    STORE_TIME[0] = NOW
+    coordinator = SqliteCoordinator(cfg.coordination_path, clock=lambda: STORE_TIME[0])
     try:
         yield coordinator
     finally:
@@ -64,12 +66,15 @@ def store(cfg: Config) -> Iterator[SqliteCoordinator]:
 
 
 def running_cluster(store: SqliteCoordinator, at: float = NOW) -> int:
-    """node1 active under the lease, node2 and node3 live standbys. Returns the epoch."""
+    """node1 active under the lease, node2 and node3 live standbys, their records stored
+    at ``at`` (the store's clock: record ages are its judgement). Returns the epoch."""
     lease = store.acquire_or_renew("node1", 60)
     assert lease is not None
+    STORE_TIME[0] = at
     store.publish_node(NodeRecord("node1", "active", "RUNNING", lease.epoch, at, {"pid": 11}))
     for name in ("node2", "node3"):
         store.publish_node(NodeRecord(name, "standby", "STOPPED", 0, at, {"policy": "STANDBY"}))
+    STORE_TIME[0] = NOW
     return lease.epoch
 
 
@@ -127,7 +132,8 @@ def test_switchover_needs_an_active_node_failover_does_not(store, cfg) -> None:
 
 def test_target_agent_must_be_alive_and_able(store, cfg) -> None:
     running_cluster(store, at=NOW - 60)  # nobody reported for a minute
-    with pytest.raises(OperatorError, match="its agent last reported 61 s ago"):
+    # 60 s by the store's clock (the operator's own clock, NOW + 1, is not compared).
+    with pytest.raises(OperatorError, match="its agent last reported 60 s ago"):
         ask(store, cfg, "switchover", to="node2")
     store.publish_node(NodeRecord("node2", "stopped", "STOPPED", 0, NOW, {}))
     with pytest.raises(OperatorError, match="its agent is not running"):
@@ -212,13 +218,14 @@ def test_token_file(tmp_path: Path) -> None:
 
 def test_intent_watcher_feeds_each_change_once() -> None:
     watcher = IntentWatcher()
-    held = Lease("node1", 3, NOW + 10)
+    held = Lease.as_read("node1", 3, NOW + 10, NOW)
     assert watcher.observe({}, held, NOW) == ([], None)
     pause = {PAUSED: {"paused": True, "actor": "operator:alice", "reason": "upgrade"}}
     assert watcher.observe(pause, held, NOW) == ([Paused("operator:alice", "upgrade")], None)
     assert watcher.observe(pause, held, NOW) == ([], None)
-    # The active dies while paused: the lease runs out; said once.
-    assert watcher.observe(pause, held, NOW + 11) == ([LeaseVacant()], None)
+    # The active dies while paused: the lease runs out (as the store judges it); said once.
+    ended = Lease.as_read("node1", 3, NOW + 10, NOW + 11)
+    assert watcher.observe(pause, ended, NOW + 11) == ([LeaseVacant()], None)
     assert watcher.observe(pause, None, NOW + 12) == ([], None)
     intent = {
         "id": "x",

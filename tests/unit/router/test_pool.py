@@ -87,7 +87,7 @@ class Case:
     exclude: tuple[str, ...] = ()
 
 
-VALID = Lease("n1", 5, T + 10)
+VALID = Lease.as_read("n1", 5, T + 10, T)
 COLD = Mode.COLD_STANDBY
 
 CASES = {
@@ -95,13 +95,16 @@ CASES = {
     "holder first run": Case(COLD, VALID, [rec("n1", state="FIRST_RUN")], "n1"),
     "warm standby: holder": Case(Mode.WARM_STANDBY, VALID, [rec("n1"), rec("n2", "standby")], "n1"),
     "warm standby: running standby gets nothing": Case(
-        Mode.WARM_STANDBY, Lease("n2", 6, T + 10), [rec("n1", "standby"), rec("n2", epoch=6)], "n2"
+        Mode.WARM_STANDBY,
+        Lease.as_read("n2", 6, T + 10, T),
+        [rec("n1", "standby"), rec("n2", epoch=6)],
+        "n2",
     ),
     "restart-only: holder": Case(Mode.RESTART_ONLY, VALID, [rec("n1")], "n1"),
     "no lease": Case(COLD, None, [rec("n1")], None),
-    "lease expired when read": Case(COLD, Lease("n1", 5, T - 0.1), [rec("n1")], None),
+    "lease expired when read": Case(COLD, Lease.as_read("n1", 5, T - 0.1, T), [rec("n1")], None),
     "lease expired since (stale view)": Case(
-        COLD, Lease("n1", 5, T + 1), [rec("n1")], None, now=T + 2
+        COLD, Lease.as_read("n1", 5, T + 1, T), [rec("n1")], None, now=T + 2
     ),
     "holder starting": Case(COLD, VALID, [rec("n1", state="STARTING")], None),
     "holder in maintenance": Case(COLD, VALID, [rec("n1", state="MAINTENANCE")], None),
@@ -112,7 +115,7 @@ CASES = {
     "holder's record says standby": Case(COLD, VALID, [rec("n1", role="standby")], None),
     "epoch mismatch": Case(COLD, VALID, [rec("n1", epoch=4)], None),
     "holder without record": Case(COLD, VALID, [rec("n2", "standby")], None),
-    "holder not in config": Case(COLD, Lease("n9", 5, T + 10), [rec("n9")], None),
+    "holder not in config": Case(COLD, Lease.as_read("n9", 5, T + 10, T), [rec("n9")], None),
     "holder marked down": Case(COLD, VALID, [rec("n1")], None, down={"n1": T - 1}),
     "mark cleared by a newer record": Case(COLD, VALID, [rec("n1")], "n1", down={"n1": T - 5}),
     "holder already tried": Case(COLD, VALID, [rec("n1")], None, exclude=("n1",)),
@@ -519,7 +522,7 @@ def test_forwarded_headers_describe_the_client(
 
 # --- the holder of an expired lease (its agent stalled): the epoch is the fencing token ------
 
-EXPIRED = Lease("n1", 5, T - 0.5)
+EXPIRED = Lease.as_read("n1", 5, T - 0.5, T)
 
 
 def answering_board(*results: Any) -> HealthBoard:
@@ -556,7 +559,7 @@ def answering_board(*results: Any) -> HealthBoard:
         pytest.param(EXPIRED, [rec("n1")], answering_board(), T + 5, None, id="stale view"),
         pytest.param(None, [rec("n1")], answering_board(), T, None, id="released"),
         pytest.param(
-            Lease("n2", 6, T + 10),
+            Lease.as_read("n2", 6, T + 10, T),
             [rec("n1"), rec("n2", state="STARTING", epoch=6)],
             answering_board(),
             T,
@@ -564,7 +567,7 @@ def answering_board(*results: Any) -> HealthBoard:
             id="a newer epoch: the old holder gets nothing at once",
         ),
         pytest.param(
-            Lease("n2", 6, T + 10),
+            Lease.as_read("n2", 6, T + 10, T),
             [rec("n1"), rec("n2", epoch=6)],
             answering_board(),
             T,

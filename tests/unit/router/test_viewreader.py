@@ -56,7 +56,7 @@ def test_unchanged_store_is_not_read_again(
     agent.publish_node(NodeRecord("node1", "active", "STOPPING", lease.epoch, 2.0))
     assert reader().nodes["node1"].app_state == "STOPPING"
     assert reader.full_reads == 2
-    assert reader() == read_cluster(router, wall.now)
+    assert reader() == read_cluster(router, wall.now).at(wall.now)
 
 
 def test_router_own_writes_do_not_hide_others(
@@ -91,10 +91,15 @@ def test_expired_lease_is_seen_without_a_write(
     router, agent = stores
     lease = agent.acquire_or_renew("node1", ttl=5)
     assert lease is not None
-    wall = Clock(lease.expires_at - 1)
+    # The reader's wall clock is its own (here far from the store's): validity is the
+    # store's judgement at the read, less the time elapsed since on the reader's clock.
+    wall = Clock(1_000.0)
     reader = ViewReader(router, clock=wall, monotonic=Clock(0.0), max_age=60.0)
+    first = reader()
+    assert first.leader == "node1" and first.lease is not None
+    wall.now += first.lease.remaining - 0.5
     assert reader().leader == "node1"
-    wall.now = lease.expires_at + 1
+    wall.now += 1.0
     assert reader().leader is None  # nothing was written: expiry is a matter of time
     assert reader.full_reads == 1
 
