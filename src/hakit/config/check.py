@@ -15,17 +15,10 @@ from collections.abc import Sequence
 
 from hakit.config.derived import derived_lines
 from hakit.config.problems import Problem, format_key, render
-from hakit.config.schema import (
-    MIN_TOKEN_LENGTH,
-    AdminConfig,
-    AppConfig,
-    Config,
-    FailoverConfig,
-    NodeConfig,
-    OnFailedStart,
-    RouterConfig,
-    TcpProxyConfig,
-)
+from hakit.config.schema import MIN_TOKEN_LENGTH, AdminConfig, Config
+from hakit.config.sections.app import AppConfig, FailoverConfig, OnFailedStart
+from hakit.config.sections.cluster import NodeConfig
+from hakit.config.sections.router import RouterConfig, TcpProxyConfig
 from hakit.config.timing import timing_lines
 from hakit.config.values import (
     STANDBY_MODES,

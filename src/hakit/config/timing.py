@@ -62,7 +62,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from hakit.config.schema import AppConfig, Config
+from hakit.config.schema import Config
+from hakit.config.sections.app import AppConfig
 from hakit.config.values import Mode, parse_duration
 
 # Derivation constants (see the module docstring).
