@@ -7,7 +7,8 @@
 - check.py           checks across sections, warnings, the summary of ``hakit config check``
 - problems.py        every problem worded with file, line and key
 - toml_positions.py  where a key is in the TOML source (line numbers for the problems)
-- timing.py          timers derived from ``failover.recovery_target``; worst-case arithmetic
+- timing.py          timers derived from ``failover.recovery_target``
+- worstcase.py       the worst-case recovery per failure kind, and the timing rules
 - derived.py         ``DerivedTimings``: the lease_ttl / renew_interval multiples hakit acts on
 
 ``from hakit.config import Config, load_config`` (and every section and value

@@ -19,7 +19,6 @@ from hakit.config.schema import MIN_TOKEN_LENGTH, AdminConfig, Config
 from hakit.config.sections.app import AppConfig, FailoverConfig, OnFailedStart
 from hakit.config.sections.cluster import NodeConfig
 from hakit.config.sections.router import RouterConfig, TcpProxyConfig
-from hakit.config.timing import timing_lines
 from hakit.config.values import (
     STANDBY_MODES,
     STICKY_COOKIES,
@@ -29,6 +28,7 @@ from hakit.config.values import (
     mask_password,
     parse_listen,
 )
+from hakit.config.worstcase import timing_lines
 from hakit.dbfence import fences_sessions
 
 # --- checks across sections (pure) -------------------------------------------
