@@ -606,7 +606,7 @@ class Agent:
 
     def _record(
         self,
-        kind: str,
+        kind: EventKind,
         reason: str,
         *,
         epoch: int | None = None,

@@ -285,7 +285,7 @@ class RequestHandover:
 
     target: str
     reason: str
-    kind: str = PATH_LOSS
+    kind: EventKind = PATH_LOSS
 
 
 @dataclass(frozen=True, slots=True)
