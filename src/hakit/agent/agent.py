@@ -65,6 +65,7 @@ from hakit.coord.base import Coordinator, Event, Lease, NodeRecord
 from hakit.errors import CoordinationError, InvalidTransition, SupervisorError
 from hakit.fencing.fence import AGENT_ID_KEY, PENDING_KEY, Fencer
 from hakit.health.probe import Observation, StatusProber, check_database
+from hakit.history.facts import SERVING, WHAT
 from hakit.history.kinds import CAUSE, AlertKind, EventCause, EventKind
 from hakit.notify import Notifier
 from hakit.policy import (
@@ -288,6 +289,7 @@ class Agent:
             EventKind.STATUS,
             f"ignored: /status of {self.node.name} timed out, but the agent was stalled for "
             f"{stall.duration:.1f} s during the probe (the timer fired late, not the app)",
+            data={SERVING: False},
         )
         return True
 
@@ -400,7 +402,12 @@ class Agent:
             )
         if found.blocked is not None:
             await self._execute(
-                Alert(AlertKind.FAILED_START, found.blocked, manual_intervention=True)
+                Alert(
+                    AlertKind.FAILED_START,
+                    found.blocked,
+                    manual_intervention=True,
+                    data={WHAT: found.blocked},
+                )
             )
 
     def request_stop(self) -> None:
@@ -450,12 +457,14 @@ class Agent:
                     + ("" if released else " (lease was not held; it will expire on its own)"),
                     epoch=epoch,
                     actor=action.actor,
+                    data=action.data,
                 )
             case Alert():
                 self._record(
                     EventKind.ALERT,
                     action.reason,
                     data={
+                        **action.data,
                         "alert": action.kind,
                         "manual_intervention": action.manual_intervention,
                         **({CAUSE: action.cause} if action.cause else {}),
@@ -597,7 +606,7 @@ class Agent:
 
     def _record(
         self,
-        kind: str,
+        kind: EventKind,
         reason: str,
         *,
         epoch: int | None = None,
