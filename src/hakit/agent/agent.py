@@ -91,6 +91,7 @@ from hakit.policy import (
     Tick,
 )
 from hakit.policy.rules import last_active
+from hakit.service.sdnotify import ServiceNotifier
 from hakit.supervisor import leftovers
 from hakit.supervisor.exits import ExitInfo
 from hakit.supervisor.launch import app_process_for, check_port_free, log_dir
@@ -150,6 +151,8 @@ class Agent:
         )
         # Stalls of this agent itself (hakit.agent.stall): probes overlapping one do not count.
         self.stalls = StallDetector()
+        # systemd's readiness and watchdog (Type=notify, WatchdogSec=): a no-op elsewhere.
+        self.service = ServiceNotifier.from_environment()
         # The leader lease: its epoch and deadline, promotion, self-fencing and the
         # watchdog thread (hakit.agent.lease).
         self.lease = LeaseKeeper(
@@ -265,6 +268,8 @@ class Agent:
             self._tick()
 
     def _tick(self) -> None:
+        # Pinged from the heartbeat: the pings stop when this event loop stops.
+        self.service.watchdog(self.monotonic())
         stall = self.stalls.tick(self.monotonic())
         if stall is not None:
             self._record(
@@ -313,6 +318,8 @@ class Agent:
             asyncio.create_task(self._operator_loop(), name="operator"),
         ]
         stop_waiter = asyncio.create_task(self._stop_requested.wait())
+        # Started: leftovers swept, the store read, the loops running.
+        self.service.ready(f"node {self.node.name}: started (pid {os.getpid()})")
         try:
             while not self._stop_requested.is_set():
                 getter = asyncio.create_task(self.events.get())
@@ -342,6 +349,9 @@ class Agent:
                     continue
                 await self._handle(event)
         finally:
+            self.service.stopping(
+                f"node {self.node.name}: stopping the app, handing the lease over"
+            )
             stop_waiter.cancel()
             for task in tasks:
                 task.cancel()
@@ -352,6 +362,7 @@ class Agent:
             finally:
                 self.lease.stop()
                 self.store.close()
+                self.service.close()
 
     async def _sweep_leftovers(self) -> None:
         """Before anything else: stop what an earlier agent of this node left running
