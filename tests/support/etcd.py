@@ -25,6 +25,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from etcd3gw.client import Etcd3Client
+
 from hakit.demo.cluster import free_ports
 from tests.support.procnet import listens_on
 
@@ -47,6 +49,10 @@ class EtcdServer:
     @property
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.client_port}"
+
+    def client(self) -> Etcd3Client:
+        """A plain etcd3gw client of this server (for tests looking at keys directly)."""
+        return Etcd3Client(host="127.0.0.1", port=self.client_port, timeout=5, api_path="/v3/")
 
     @property
     def running(self) -> bool:
