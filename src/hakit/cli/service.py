@@ -14,9 +14,13 @@ from hakit.cli.base import ConfigOption, err_console, load_or_exit
 
 
 def _hakit_executable() -> Path:
-    """The ``hakit`` this command runs as (its venv's script), as an absolute path."""
-    found = shutil.which("hakit") if Path(sys.argv[0]).name != "hakit" else sys.argv[0]
-    return Path(found or sys.argv[0]).resolve()
+    """The ``hakit`` of this installation: the script beside this interpreter (a venv's
+    bin/), else the one on $PATH, as an absolute path."""
+    beside = Path(sys.executable).parent / "hakit"
+    if beside.is_file():
+        return beside.absolute()  # not resolved: a venv's python is a symlink out of it
+    found = shutil.which("hakit")
+    return Path(found).absolute() if found else beside
 
 
 def systemd(

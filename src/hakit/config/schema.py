@@ -44,6 +44,7 @@ from hakit.config.sections.cluster import ClusterConfig, NodeConfig
 from hakit.config.sections.notify import NotifyConfig
 from hakit.config.sections.router import RouterConfig, TcpProxyConfig
 from hakit.config.values import PositiveDuration, format_duration
+from hakit.coord.etcd import EtcdSection
 from hakit.coord.registry import names as backend_names
 from hakit.coord.sqlite import SqliteSection, store_path
 
@@ -58,6 +59,7 @@ class CoordinationConfig(_Section):
     lease_ttl: PositiveDuration = 3.0  # leader lease time to live
     renew_interval: PositiveDuration = 1.0  # must be well below lease_ttl
     sqlite: SqliteSection = SqliteSection()
+    etcd: EtcdSection = EtcdSection()  # [coordination.etcd] (hakit.coord.etcd)
 
     @field_validator("backend")
     @classmethod
@@ -70,8 +72,6 @@ class CoordinationConfig(_Section):
         )
         if value in known:
             return value
-        if value == "etcd":
-            raise ValueError(f"etcd is not supported yet (it comes later); expected {expected}")
         raise ValueError(f"{json.dumps(value)} is not a backend; expected {expected}")
 
     @model_validator(mode="after")

@@ -33,4 +33,5 @@ def open_coordinator(cfg: Config, *, create: bool = True, node: str | None = Non
         config=str(cfg.source) if cfg.source is not None else None,
         create=create,
         node=node,
+        cluster=cfg.cluster.name,
     )

@@ -26,6 +26,7 @@ from typing import Any, Protocol
 from pydantic import BaseModel
 
 from hakit.coord.base import Coordinator
+from hakit.coord.etcd import EtcdSection, open_etcd
 from hakit.coord.sqlite import SqliteSection, open_sqlite
 
 
@@ -38,13 +39,15 @@ class Opener(Protocol):
         config: str | None,
         create: bool,
         node: str | None,
+        cluster: str,
     ) -> Coordinator:
         """Open (``create``: make if missing) the store ``section`` describes.
 
         ``state_dir``: cluster.state_dir (the agent's memory lives there);
         ``config``: the config file, for messages; ``node``: the agent's node
-        (None for routers and CLI commands). Without ``create`` a missing store
-        raises hakit.errors.NoClusterState."""
+        (None for routers and CLI commands); ``cluster``: cluster.name (a shared
+        keyspace keeps each cluster under its prefix, hakit.coord.keys). Without
+        ``create`` a missing store raises hakit.errors.NoClusterState."""
         ...
 
 
@@ -57,6 +60,7 @@ class Backend:
 
 BACKENDS: Mapping[str, Backend] = {
     "sqlite": Backend("sqlite", SqliteSection, open_sqlite),
+    "etcd": Backend("etcd", EtcdSection, open_etcd),  # hakit.coord.etcd
 }
 
 

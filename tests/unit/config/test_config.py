@@ -237,15 +237,43 @@ MISTAKES = [
         id="health-timeout-below-interval",
     ),
     pytest.param(
-        BASE + '\n[coordination]\nbackend = "etcd"\n',
+        BASE + '\n[coordination]\nbackend = "etcd"\n\n[coordination.etcd]\n'
+        'prefix = "/hakit"\nendpoints = ["127.0.0.1:2379"]\n',
         [
-            'FILE:18: coordination.backend: etcd is not supported yet (it comes later); expected "sqlite"'
+            'FILE:22: coordination.etcd.endpoints: "127.0.0.1:2379" is not an etcd client URL; '
+            'expected "http://host:port" or "https://host:port"'
         ],
-        id="etcd-not-yet",
+        id="etcd-endpoint-without-scheme",
+    ),
+    pytest.param(
+        BASE + '\n[coordination.etcd]\nprefix = "hakit/"\n',
+        [
+            'FILE:18: coordination.etcd.prefix: "hakit/" is not a key prefix; expected "/name" '
+            "(e.g. \"/hakit\"), starting with '/' and not ending with one"
+        ],
+        id="etcd-prefix",
+    ),
+    pytest.param(
+        BASE + '\n[coordination.etcd]\ncert = "/etc/hakit/client.pem"\n',
+        ["FILE:17: coordination.etcd: cert and key go together; expected both or neither"],
+        id="etcd-cert-without-key",
+    ),
+    pytest.param(
+        BASE + '\n[coordination.etcd]\nca_cert = "ca.pem"\n',
+        ['FILE:18: coordination.etcd.ca_cert: "ca.pem" is relative; expected an absolute path'],
+        id="etcd-relative-ca",
+    ),
+    pytest.param(
+        BASE + '\n[coordination.etcd]\ntimeout = "2s"\n',
+        ['FILE:18: coordination.etcd.timeout: got the string "2s"; expected a number'],
+        id="etcd-timeout-not-seconds",
     ),
     pytest.param(
         BASE + '\n[coordination]\nbackend = "zookeeper"\n',
-        ['FILE:18: coordination.backend: "zookeeper" is not a backend; expected "sqlite"'],
+        [
+            'FILE:18: coordination.backend: "zookeeper" is not a backend; '
+            'expected one of "sqlite", "etcd"'
+        ],
         id="unknown-backend",
     ),
     pytest.param(
@@ -366,6 +394,27 @@ def test_the_sqlite_section_names_the_store(tmp_path: Path) -> None:
     assert (
         load_config(path).coordination_path == tmp_path / "etc" / "hakit-state" / "coordination.db"
     )
+
+
+def test_the_etcd_section_names_endpoints_and_prefix(tmp_path: Path) -> None:
+    from hakit.coord.etcd import EtcdCoordinator
+    from hakit.coord.factory import open_coordinator
+
+    path = tmp_path / "hakit.toml"
+    path.write_text(
+        changed("[cluster]\n", '[cluster]\nname = "shop"\n')
+        + '\n[coordination]\nbackend = "etcd"\n\n[coordination.etcd]\n'
+        'endpoints = ["http://10.0.0.1:2379", "https://etcd2:2379"]\nprefix = "/ha"\n'
+        "timeout = 1.5\n"
+    )
+    cfg = load_config(path)
+    section = cfg.coordination.section("etcd")
+    assert section == cfg.coordination.etcd
+    assert cfg.coordination.etcd.endpoints == ["http://10.0.0.1:2379", "https://etcd2:2379"]
+    assert cfg.coordination.etcd.timeout == 1.5
+    store = open_coordinator(cfg)  # no connection until the first call
+    assert isinstance(store, EtcdCoordinator) and store.prefix == "/ha/shop/"
+    store.close()
 
 
 def test_an_unknown_backend_lists_every_registered_one(monkeypatch: pytest.MonkeyPatch) -> None:

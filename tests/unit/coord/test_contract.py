@@ -1,26 +1,41 @@
 """The coordination contract (hakit.coord.base), tested once against every backend.
 
 Each backend in hakit.coord.registry.BACKENDS needs a store maker in ``MAKERS``:
-a fresh store in the test's directory, with an injected wall clock where time
-matters (``FakeClock``: it moves only when the test says so). A backend whose
-lease expiry is decided by a server must make its test store with a clock the
-test controls (or a server whose clock it does). Tests of one backend's own
-workings (files, locking, migrations) stay in its own module (test_sqlite.py).
+a fresh store for the test (in its directory, or under its own key prefix of a
+shared server), given the test's ``clock``. Tests of one backend's own workings
+(files, locking, migrations, a server's expiry) stay in its own module
+(test_sqlite.py, test_etcd.py).
+
+Time. For a backend that takes an injected wall clock (SQLite) the clock is a
+``FakeClock``: it moves only when the test says so, and the store decides on it.
+A backend whose server decides expiry (etcd: server-side lease TTLs) is listed
+in ``SERVER_TTLS`` with the lease TTL its tests use (tiny, so they run fast);
+its clock is a ``ServerClock``: the same fake wall clock for what the store only
+displays (``expires_at``, how long ago a lease expired), whose ``advance`` also
+really waits, so that the server's judgement follows what the test means: less
+than a TTL waits a little less (the lease is still valid on the server), a TTL
+or more waits until the server has really expired it (``settled``, which the
+store maker sets). Every contract test runs against every backend this way;
+none is skipped for a server clock.
 """
 
 from __future__ import annotations
 
+import hashlib
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from hakit.coord.base import Coordinator, Event, Lease, NodeRecord
+from hakit.coord.etcd import EtcdCoordinator, EtcdSection
 from hakit.coord.registry import BACKENDS
 from hakit.coord.sqlite import SqliteCoordinator
+from tests.support.waiting import wait_until
 
-TTL = 10.0
+TTL = 10.0  # the lease TTL of tests on an injected clock
 
 
 class FakeClock:
@@ -36,38 +51,79 @@ class FakeClock:
         self.now += seconds
 
 
-StoreMaker = Callable[[Path, FakeClock], Coordinator]
+class ServerClock(FakeClock):
+    """A ``FakeClock`` whose ``advance`` waits for the server's own expiry (module doc)."""
+
+    MARGIN = 0.2  # "just before expiry": the server's grant time is known only this well
+
+    def __init__(self, ttl: float) -> None:
+        super().__init__()
+        self.ttl = ttl
+        self.settled: Callable[[], bool] = lambda: True  # no lease alive on the server
+
+    def advance(self, seconds: float) -> None:
+        super().advance(seconds)
+        if seconds < self.ttl:
+            time.sleep(max(0.0, seconds - self.MARGIN))
+            return
+        time.sleep(self.ttl)
+        wait_until(self.settled, 5.0, "the server to expire the lease", interval=0.05)
+
+
+StoreMaker = Callable[[Path, FakeClock, pytest.FixtureRequest], Coordinator]
 OpenStore = Callable[[], Coordinator]  # another handle on the test's store
 
 
-def _sqlite(directory: Path, clock: FakeClock) -> Coordinator:
+def _sqlite(directory: Path, clock: FakeClock, request: pytest.FixtureRequest) -> Coordinator:
     return SqliteCoordinator(directory / "coordination.db", clock=clock)
 
 
-MAKERS: dict[str, StoreMaker] = {"sqlite": _sqlite}
+def _etcd(directory: Path, clock: FakeClock, request: pytest.FixtureRequest) -> Coordinator:
+    server = request.getfixturevalue("etcd_server")  # tests/unit/coord/conftest.py
+    # One prefix per test (its directory is unique): tests sharing the server never meet.
+    prefix = "/t" + hashlib.sha1(str(directory).encode()).hexdigest()[:16]
+    section = EtcdSection(endpoints=[server.endpoint], prefix=prefix, timeout=5.0)
+    store = EtcdCoordinator(section, cluster="c", clock=clock)
+    if isinstance(clock, ServerClock):
+        clock.settled = lambda: not server.client().get(store.prefix + "leader/alive")
+    return store
+
+
+MAKERS: dict[str, StoreMaker] = {"sqlite": _sqlite, "etcd": _etcd}
+SERVER_TTLS: dict[str, float] = {"etcd": 1.0}  # backends whose server decides expiry
 
 
 def test_every_registered_backend_has_a_store_maker() -> None:
     assert set(MAKERS) == set(BACKENDS)
 
 
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
 @pytest.fixture(params=sorted(BACKENDS))
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def ttl(backend: str) -> float:
+    return SERVER_TTLS.get(backend, TTL)
+
+
+@pytest.fixture
+def clock(backend: str, ttl: float) -> FakeClock:
+    return ServerClock(ttl) if backend in SERVER_TTLS else FakeClock()
+
+
+@pytest.fixture
 def open_store(
-    request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock
+    request: pytest.FixtureRequest, backend: str, tmp_path: Path, clock: FakeClock
 ) -> Iterator[OpenStore]:
-    """Opens handles on one fresh store of the backend ``request.param``; closes them after."""
-    make = MAKERS.get(request.param)
+    """Opens handles on one fresh store of the backend ``backend``; closes them after."""
+    make = MAKERS.get(backend)
     if make is None:
-        pytest.fail(f"backend {request.param!r} has no store maker in MAKERS")
+        pytest.fail(f"backend {backend!r} has no store maker in MAKERS")
     opened: list[Coordinator] = []
 
     def open_one() -> Coordinator:
-        opened.append(make(tmp_path, clock))
+        opened.append(make(tmp_path, clock, request))
         return opened[-1]
 
     try:
@@ -94,72 +150,72 @@ def test_satisfies_the_coordinator_protocol(coordinator: Coordinator) -> None:
 
 
 def test_first_acquire_gets_epoch_one_and_expires_after_ttl(
-    coordinator: Coordinator, clock: FakeClock
+    coordinator: Coordinator, clock: FakeClock, ttl: float
 ) -> None:
     assert coordinator.current_lease() is None
-    lease = coordinator.acquire_or_renew("n1", TTL)
-    assert lease == Lease.as_read("n1", 1, clock.now + TTL, clock.now)
+    lease = coordinator.acquire_or_renew("n1", ttl)
+    assert lease == Lease.as_read("n1", 1, clock.now + ttl, clock.now)
     assert coordinator.current_lease() == lease
     assert coordinator.last_epoch() == 1
 
 
 def test_renew_by_holder_extends_and_keeps_epoch(
-    coordinator: Coordinator, clock: FakeClock
+    coordinator: Coordinator, clock: FakeClock, ttl: float
 ) -> None:
-    first = coordinator.acquire_or_renew("n1", TTL)
-    clock.advance(TTL - 1)
-    renewed = coordinator.acquire_or_renew("n1", TTL)
+    first = coordinator.acquire_or_renew("n1", ttl)
+    clock.advance(ttl / 2)
+    renewed = coordinator.acquire_or_renew("n1", ttl)
     assert first is not None and renewed is not None
     assert renewed.epoch == first.epoch
-    assert renewed.expires_at == clock.now + TTL > first.expires_at
+    assert renewed.expires_at == clock.now + ttl > first.expires_at
     assert coordinator.last_epoch() == 1
 
 
 def test_other_node_is_refused_while_lease_is_valid(
-    coordinator: Coordinator, clock: FakeClock
+    coordinator: Coordinator, clock: FakeClock, ttl: float
 ) -> None:
-    held = coordinator.acquire_or_renew("n1", TTL)
-    clock.advance(TTL - 0.001)
-    assert coordinator.acquire_or_renew("n2", TTL) is None
+    held = coordinator.acquire_or_renew("n1", ttl)
+    clock.advance(ttl - 0.001)
+    assert coordinator.acquire_or_renew("n2", ttl) is None
     assert coordinator.current_lease() == held
 
 
 def test_expired_lease_is_stolen_with_a_greater_epoch(
-    coordinator: Coordinator, clock: FakeClock
+    coordinator: Coordinator, clock: FakeClock, ttl: float
 ) -> None:
-    old = coordinator.acquire_or_renew("n1", TTL)
-    clock.advance(TTL)
-    stolen = coordinator.acquire_or_renew("n2", TTL)
+    old = coordinator.acquire_or_renew("n1", ttl)
+    clock.advance(ttl)
+    stolen = coordinator.acquire_or_renew("n2", ttl)
     assert old is not None and stolen is not None
     assert stolen.holder == "n2" and stolen.epoch == old.epoch + 1
     # The former holder is now refused.
-    assert coordinator.acquire_or_renew("n1", TTL) is None
+    assert coordinator.acquire_or_renew("n1", ttl) is None
 
 
 def test_current_lease_returns_expired_lease_as_stored(
-    coordinator: Coordinator, clock: FakeClock
+    coordinator: Coordinator, clock: FakeClock, ttl: float
 ) -> None:
-    held = coordinator.acquire_or_renew("n1", TTL)
-    clock.advance(TTL * 3)
+    held = coordinator.acquire_or_renew("n1", ttl)
+    clock.advance(ttl * 3)
     stored = coordinator.current_lease()
     assert stored == held
     assert stored is not None and not stored.valid  # judged by the store when read
-    assert stored.remaining == pytest.approx(-2 * TTL)
+    assert stored.remaining == pytest.approx(-2 * ttl)
 
 
 def test_holder_renewing_after_expiry_gets_a_new_epoch(
-    coordinator: Coordinator, clock: FakeClock
+    coordinator: Coordinator, clock: FakeClock, ttl: float
 ) -> None:
     # Someone may have seen the lease free in between: the old token must not stay valid.
-    first = coordinator.acquire_or_renew("n1", TTL)
-    clock.advance(TTL + 1)
-    again = coordinator.acquire_or_renew("n1", TTL)
+    first = coordinator.acquire_or_renew("n1", ttl)
+    clock.advance(ttl + 1)
+    again = coordinator.acquire_or_renew("n1", ttl)
     assert first is not None and again is not None
     assert again.holder == "n1" and again.epoch == first.epoch + 1
 
 
-def test_release_only_by_holder_and_epoch(coordinator: Coordinator) -> None:
-    held = coordinator.acquire_or_renew("n1", TTL)
+def test_release_only_by_holder_and_epoch(coordinator: Coordinator, ttl: float) -> None:
+    held = coordinator.acquire_or_renew("n1", ttl)
     assert held is not None
     assert not coordinator.release("n2", held.epoch)
     assert not coordinator.release("n1", held.epoch - 1)
@@ -170,10 +226,10 @@ def test_release_only_by_holder_and_epoch(coordinator: Coordinator) -> None:
     assert not coordinator.release("n1", held.epoch)  # already released
 
 
-def test_epoch_never_goes_back_after_release(coordinator: Coordinator) -> None:
+def test_epoch_never_goes_back_after_release(coordinator: Coordinator, ttl: float) -> None:
     epochs = []
     for node in ["n1", "n2", "n1", "n1"]:
-        lease = coordinator.acquire_or_renew(node, TTL)
+        lease = coordinator.acquire_or_renew(node, ttl)
         assert lease is not None
         epochs.append(lease.epoch)
         assert coordinator.release(node, lease.epoch)
@@ -183,21 +239,23 @@ def test_epoch_never_goes_back_after_release(coordinator: Coordinator) -> None:
 
 
 def test_stale_release_does_not_drop_the_new_holders_lease(
-    coordinator: Coordinator, clock: FakeClock
+    coordinator: Coordinator, clock: FakeClock, ttl: float
 ) -> None:
-    old = coordinator.acquire_or_renew("n1", TTL)
-    clock.advance(TTL)
-    new = coordinator.acquire_or_renew("n1", TTL)  # same node, new epoch after expiry
+    old = coordinator.acquire_or_renew("n1", ttl)
+    clock.advance(ttl)
+    new = coordinator.acquire_or_renew("n1", ttl)  # same node, new epoch after expiry
     assert old is not None and new is not None
     assert not coordinator.release("n1", old.epoch)
     assert coordinator.current_lease() == new
 
 
-def test_lease_state_is_shared_between_coordinator_objects(open_store: OpenStore) -> None:
+def test_lease_state_is_shared_between_coordinator_objects(
+    open_store: OpenStore, ttl: float
+) -> None:
     one, two = open_store(), open_store()
-    held = one.acquire_or_renew("n1", TTL)
+    held = one.acquire_or_renew("n1", ttl)
     assert two.current_lease() == held
-    assert two.acquire_or_renew("n2", TTL) is None
+    assert two.acquire_or_renew("n2", ttl) is None
     one.close()
     two.close()
     reopened = open_store()
@@ -264,24 +322,26 @@ def test_threads_share_one_coordinator(coordinator: Coordinator) -> None:
 
 
 def test_take_over_moves_a_valid_lease_under_a_new_epoch(
-    coordinator: Coordinator, clock: FakeClock
+    coordinator: Coordinator, clock: FakeClock, ttl: float
 ) -> None:
-    held = coordinator.acquire_or_renew("n1", TTL)
+    held = coordinator.acquire_or_renew("n1", ttl)
     assert held is not None and held.epoch == 1
-    taken = coordinator.take_over("n2", TTL)
-    assert taken == Lease.as_read("n2", 2, clock.now + TTL, clock.now)
+    taken = coordinator.take_over("n2", ttl)
+    assert taken == Lease.as_read("n2", 2, clock.now + ttl, clock.now)
     assert coordinator.current_lease() == taken and coordinator.last_epoch() == 2
-    assert coordinator.acquire_or_renew("n1", TTL) is None  # the old holder's renewal fails
-    renewed = coordinator.acquire_or_renew("n2", TTL)  # the new holder renews the same epoch
+    assert coordinator.acquire_or_renew("n1", ttl) is None  # the old holder's renewal fails
+    renewed = coordinator.acquire_or_renew("n2", ttl)  # the new holder renews the same epoch
     assert renewed is not None and renewed.epoch == 2
     assert not coordinator.release("n1", 1)
 
 
-def test_take_over_after_a_release_never_reuses_an_epoch(coordinator: Coordinator) -> None:
-    lease = coordinator.acquire_or_renew("n1", TTL)
+def test_take_over_after_a_release_never_reuses_an_epoch(
+    coordinator: Coordinator, ttl: float
+) -> None:
+    lease = coordinator.acquire_or_renew("n1", ttl)
     assert lease is not None
     assert coordinator.release("n1", lease.epoch)
-    assert coordinator.take_over("n1", TTL).epoch == lease.epoch + 1
+    assert coordinator.take_over("n1", ttl).epoch == lease.epoch + 1
     with pytest.raises(ValueError):
         coordinator.take_over("n1", 0)
 
@@ -327,29 +387,29 @@ def test_recent_events_are_the_newest_oldest_first(coordinator: Coordinator) -> 
 
 
 def test_renew_epoch_extends_even_an_expired_lease_under_the_same_epoch(
-    coordinator: Coordinator, clock: FakeClock
+    coordinator: Coordinator, clock: FakeClock, ttl: float
 ) -> None:
     # An agent that woke after its deadline: nobody took over, so it keeps its epoch.
-    first = coordinator.acquire_or_renew("n1", TTL)
+    first = coordinator.acquire_or_renew("n1", ttl)
     assert first is not None
-    clock.advance(TTL + 5)
-    renewed = coordinator.renew_epoch("n1", first.epoch, TTL)
-    assert renewed == Lease.as_read("n1", first.epoch, clock.now + TTL, clock.now)
+    clock.advance(ttl + 5)
+    renewed = coordinator.renew_epoch("n1", first.epoch, ttl)
+    assert renewed == Lease.as_read("n1", first.epoch, clock.now + ttl, clock.now)
     assert coordinator.current_lease() == renewed
-    assert coordinator.acquire_or_renew("n2", TTL) is None  # valid again
+    assert coordinator.acquire_or_renew("n2", ttl) is None  # valid again
 
 
 def test_renew_epoch_fails_once_another_epoch_or_nothing_is_stored(
-    coordinator: Coordinator, clock: FakeClock
+    coordinator: Coordinator, clock: FakeClock, ttl: float
 ) -> None:
-    first = coordinator.acquire_or_renew("n1", TTL)
+    first = coordinator.acquire_or_renew("n1", ttl)
     assert first is not None
-    clock.advance(TTL + 1)
-    taken = coordinator.acquire_or_renew("n2", TTL)  # a takeover while n1 was frozen
+    clock.advance(ttl + 1)
+    taken = coordinator.acquire_or_renew("n2", ttl)  # a takeover while n1 was frozen
     assert taken is not None and taken.epoch == first.epoch + 1
-    assert coordinator.renew_epoch("n1", first.epoch, TTL) is None
-    assert coordinator.renew_epoch("n2", first.epoch, TTL) is None  # the right holder, old epoch
+    assert coordinator.renew_epoch("n1", first.epoch, ttl) is None
+    assert coordinator.renew_epoch("n2", first.epoch, ttl) is None  # the right holder, old epoch
     assert coordinator.current_lease() == taken
     assert coordinator.release("n2", taken.epoch)
-    assert coordinator.renew_epoch("n2", taken.epoch, TTL) is None  # released: gone for good
+    assert coordinator.renew_epoch("n2", taken.epoch, ttl) is None  # released: gone for good
     assert coordinator.current_lease() is None

@@ -52,6 +52,7 @@ def open_sqlite(
     config: str | None,
     create: bool,
     node: str | None,
+    cluster: str = "",  # unused: the file holds one cluster (hakit.coord.keys)
 ) -> SqliteCoordinator:
     """The opener hakit.coord.registry names (see hakit.coord.factory.open_coordinator)."""
     path = store_path(section, state_dir)
