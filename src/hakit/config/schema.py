@@ -76,6 +76,7 @@ from hakit.config.values import (
 )
 from hakit.coord.registry import names as backend_names
 from hakit.coord.sqlite import SqliteSection, store_path
+from hakit.coord.zookeeper import ZooKeeperSection
 from hakit.history.kinds import NOTIFY_EVENTS as _NOTIFY_SELECTABLE
 
 _NODE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
@@ -134,6 +135,7 @@ class CoordinationConfig(_Section):
     lease_ttl: PositiveDuration = 3.0  # leader lease time to live
     renew_interval: PositiveDuration = 1.0  # must be well below lease_ttl
     sqlite: SqliteSection = SqliteSection()
+    zookeeper: ZooKeeperSection = ZooKeeperSection()
 
     @field_validator("backend")
     @classmethod
@@ -157,6 +159,18 @@ class CoordinationConfig(_Section):
                 "path",
                 "given twice, here and in [coordination.sqlite]; expected only "
                 "[coordination.sqlite] path",
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _zookeeper_session_outlasts_the_lease(self) -> CoordinationConfig:
+        # A ZooKeeper lease ends with its holder's session (hakit.coord.zookeeper).
+        if self.backend == "zookeeper" and self.zookeeper.session_timeout < self.lease_ttl:
+            raise error_at_key(
+                "zookeeper",
+                f"session_timeout {format_duration(self.zookeeper.session_timeout)} is shorter "
+                f"than lease_ttl {format_duration(self.lease_ttl)}; expected session_timeout >= "
+                "lease_ttl (a lease is bound to its holder's ZooKeeper session)",
             )
         return self
 

@@ -27,6 +27,7 @@ from pydantic import BaseModel
 
 from hakit.coord.base import Coordinator
 from hakit.coord.sqlite import SqliteSection, open_sqlite
+from hakit.coord.zookeeper import ZooKeeperSection, open_zookeeper
 
 
 class Opener(Protocol):
@@ -57,6 +58,7 @@ class Backend:
 
 BACKENDS: Mapping[str, Backend] = {
     "sqlite": Backend("sqlite", SqliteSection, open_sqlite),
+    "zookeeper": Backend("zookeeper", ZooKeeperSection, open_zookeeper),
 }
 
 

@@ -19,6 +19,7 @@ import pytest
 from hakit.coord.base import Coordinator, Event, Lease, NodeRecord
 from hakit.coord.registry import BACKENDS
 from hakit.coord.sqlite import SqliteCoordinator
+from tests.support.zookeeper import contract_store as _zookeeper
 
 TTL = 10.0
 
@@ -44,7 +45,10 @@ def _sqlite(directory: Path, clock: FakeClock) -> Coordinator:
     return SqliteCoordinator(directory / "coordination.db", clock=clock)
 
 
-MAKERS: dict[str, StoreMaker] = {"sqlite": _sqlite}
+MAKERS: dict[str, StoreMaker] = {
+    "sqlite": _sqlite,
+    "zookeeper": _zookeeper,  # a real server; the FakeClock stands in for its clock
+}
 
 
 def test_every_registered_backend_has_a_store_maker() -> None:
