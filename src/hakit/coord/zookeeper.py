@@ -429,7 +429,9 @@ class ZooKeeperCoordinator:
             raise KazooTimeoutError(f"no answer within {self._timeout:g} s")
         return left
 
-    def _read(self, zk: KazooClient, paths: Sequence[str], *, now: bool) -> tuple[float, dict[str, _Node | None]]:
+    def _read(
+        self, zk: KazooClient, paths: Sequence[str], *, now: bool
+    ) -> tuple[float, dict[str, _Node | None]]:
         """The server's time (``now``; else 0) and the znodes at ``paths``, with the identity
         checked (the store created first when missing and allowed). Pipelined: ZooKeeper
         answers a session's requests in order, so the reads see the clock write."""
@@ -460,7 +462,7 @@ class ZooKeeperCoordinator:
 
     def _server_time(self, touch: Any) -> float:
         stat: ZnodeStat = touch.get(timeout=self._left())
-        return stat.mtime / 1000.0
+        return float(stat.mtime) / 1000.0
 
     def _no_store(self, zk: KazooClient) -> None:
         """No identity znode: create the store if this process may, or say why not."""
@@ -574,7 +576,9 @@ class ZooKeeperCoordinator:
         )
         if not bound:
             remaining = min(remaining, 0.0)  # its session ended: so did the lease
-        return Lease(str(doc["holder"]), int(doc["epoch"]), expires_at, remaining, int(doc["revision"]))
+        return Lease(
+            str(doc["holder"]), int(doc["epoch"]), expires_at, remaining, int(doc["revision"])
+        )
 
     def _grant(
         self,
@@ -601,7 +605,9 @@ class ZooKeeperCoordinator:
         def build(txn: Any) -> None:
             txn.set_data(self._path("leader"), _dump(doc), leader.stat.version)
             if new_epoch:
-                txn.set_data(self._path("epoch"), _dump({"last_epoch": lease.epoch}), epoch.stat.version)
+                txn.set_data(
+                    self._path("epoch"), _dump({"last_epoch": lease.epoch}), epoch.stat.version
+                )
             if alive is not None:
                 txn.delete(self._path("alive"), alive.stat.version)
             txn.create(
@@ -660,7 +666,9 @@ class ZooKeeperCoordinator:
             stored = self._lease(found[self._path("leader")], found[self._path("alive")], now)
             last = _last_epoch(found[self._path("epoch")])
             newest = max(last, stored.epoch if stored is not None else 0)
-            return self._grant(zk, found, Lease(node, newest + 1, now + ttl, ttl, 1), now, new_epoch=True)
+            return self._grant(
+                zk, found, Lease(node, newest + 1, now + ttl, ttl, 1), now, new_epoch=True
+            )
 
         with self._using(f"hand the lease to {node}") as zk:
             return self._until_settled(attempt)
@@ -866,7 +874,9 @@ class ZooKeeperCoordinator:
         expires_at = entry.get("expires_at") if isinstance(entry, dict) else None
         return isinstance(entry, dict) and (expires_at is None or float(expires_at) > now)
 
-    def _change_state(self, zk: KazooClient, change: Callable[[dict[str, Any], float], bool]) -> bool:
+    def _change_state(
+        self, zk: KazooClient, change: Callable[[dict[str, Any], float], bool]
+    ) -> bool:
         """Read the state map, apply ``change`` (False: nothing to write), compare-and-set."""
 
         def attempt() -> bool:
