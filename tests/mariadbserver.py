@@ -197,6 +197,10 @@ def start_mariadb(timeout: float = 60.0) -> MariaDBServer:
             stderr=subprocess.PIPE,
             timeout=timeout,
         )
+    except subprocess.CalledProcessError as error:
+        shutil.rmtree(base, ignore_errors=True)
+        said = (error.stderr or b"").decode(errors="replace").strip()[-2000:]
+        raise RuntimeError(f"mariadb-install-db failed ({error.returncode}): {said}") from error
     except BaseException:
         shutil.rmtree(base, ignore_errors=True)
         raise

@@ -65,6 +65,7 @@ from hakit.coord.base import Coordinator, Event, Lease, NodeRecord
 from hakit.errors import CoordinationError, InvalidTransition, SupervisorError
 from hakit.fencing.fence import AGENT_ID_KEY, PENDING_KEY, Fencer
 from hakit.health.probe import Observation, StatusProber, check_database
+from hakit.history.facts import SERVING, WHAT
 from hakit.history.kinds import CAUSE, AlertKind, EventCause, EventKind
 from hakit.notify import Notifier
 from hakit.policy import (
@@ -90,6 +91,7 @@ from hakit.policy import (
     Tick,
 )
 from hakit.policy.rules import last_active
+from hakit.service.sdnotify import ServiceNotifier
 from hakit.supervisor import leftovers
 from hakit.supervisor.exits import ExitInfo
 from hakit.supervisor.launch import app_process_for, check_port_free, log_dir
@@ -149,6 +151,8 @@ class Agent:
         )
         # Stalls of this agent itself (hakit.agent.stall): probes overlapping one do not count.
         self.stalls = StallDetector()
+        # systemd's readiness and watchdog (Type=notify, WatchdogSec=): a no-op elsewhere.
+        self.service = ServiceNotifier.from_environment()
         # The leader lease: its epoch and deadline, promotion, self-fencing and the
         # watchdog thread (hakit.agent.lease).
         self.lease = LeaseKeeper(
@@ -264,6 +268,8 @@ class Agent:
             self._tick()
 
     def _tick(self) -> None:
+        # Pinged from the heartbeat: the pings stop when this event loop stops.
+        self.service.watchdog(self.monotonic())
         stall = self.stalls.tick(self.monotonic())
         if stall is not None:
             self._record(
@@ -288,6 +294,7 @@ class Agent:
             EventKind.STATUS,
             f"ignored: /status of {self.node.name} timed out, but the agent was stalled for "
             f"{stall.duration:.1f} s during the probe (the timer fired late, not the app)",
+            data={SERVING: False},
         )
         return True
 
@@ -311,6 +318,8 @@ class Agent:
             asyncio.create_task(self._operator_loop(), name="operator"),
         ]
         stop_waiter = asyncio.create_task(self._stop_requested.wait())
+        # Started: leftovers swept, the store read, the loops running.
+        self.service.ready(f"node {self.node.name}: started (pid {os.getpid()})")
         try:
             while not self._stop_requested.is_set():
                 getter = asyncio.create_task(self.events.get())
@@ -340,6 +349,9 @@ class Agent:
                     continue
                 await self._handle(event)
         finally:
+            self.service.stopping(
+                f"node {self.node.name}: stopping the app, handing the lease over"
+            )
             stop_waiter.cancel()
             for task in tasks:
                 task.cancel()
@@ -350,6 +362,7 @@ class Agent:
             finally:
                 self.lease.stop()
                 self.store.close()
+                self.service.close()
 
     async def _sweep_leftovers(self) -> None:
         """Before anything else: stop what an earlier agent of this node left running
@@ -400,7 +413,12 @@ class Agent:
             )
         if found.blocked is not None:
             await self._execute(
-                Alert(AlertKind.FAILED_START, found.blocked, manual_intervention=True)
+                Alert(
+                    AlertKind.FAILED_START,
+                    found.blocked,
+                    manual_intervention=True,
+                    data={WHAT: found.blocked},
+                )
             )
 
     def request_stop(self) -> None:
@@ -450,12 +468,14 @@ class Agent:
                     + ("" if released else " (lease was not held; it will expire on its own)"),
                     epoch=epoch,
                     actor=action.actor,
+                    data=action.data,
                 )
             case Alert():
                 self._record(
                     EventKind.ALERT,
                     action.reason,
                     data={
+                        **action.data,
                         "alert": action.kind,
                         "manual_intervention": action.manual_intervention,
                         **({CAUSE: action.cause} if action.cause else {}),
@@ -597,7 +617,7 @@ class Agent:
 
     def _record(
         self,
-        kind: str,
+        kind: EventKind,
         reason: str,
         *,
         epoch: int | None = None,

@@ -62,6 +62,14 @@ DRAIN_POLL = 0.05
 
 Intents = tuple[Mapping[str, dict[str, Any]], Lease | None]
 
+_HANDOVER_KINDS = {kind.value: kind for kind in (EventKind.FAILOVER, EventKind.PATH_LOSS)}
+
+
+def handover_kind(intent: Mapping[str, Any]) -> EventKind:
+    """What the history calls a handover intent's events: its ``kind`` (a forced failover,
+    a path-loss handover), a switchover otherwise."""
+    return _HANDOVER_KINDS.get(str(intent.get("kind")), EventKind.SWITCHOVER)
+
 
 class OperatorSide:
     """The operator's intents and the routers' view of this node (see the module's docstring).
@@ -137,9 +145,7 @@ class OperatorSide:
                 log.warning("could not clear an expired handover: %s", error)
                 return
             if cleared:  # one agent wins the compare-and-delete and says so
-                self._record(
-                    str(expired.get("kind", "switchover")), expired_words(expired, self.cfg)
-                )
+                self._record(handover_kind(expired), expired_words(expired, self.cfg))
 
     async def start_admin_api(self) -> None:
         if self.node.admin_port is None:
@@ -205,7 +211,7 @@ class OperatorSide:
         self.store.submit(
             "clear the handover intent", self.coordinator.clear_state, HANDOVER, intent
         )
-        self._record(str(intent.get("kind", "switchover")), action.reason, actor=action.actor)
+        self._record(handover_kind(intent), action.reason, actor=action.actor)
 
     # --- draining -----------------------------------------------------------------------
 

@@ -4,6 +4,7 @@
 - readers.py   config check, status (and ``status_json``), events, why
 - operate.py   switchover, failover, pause, resume, init
 - run.py       agent, router, tcp-proxy, demo
+- service.py   systemd (the units of one host)
 
 The commands are registered here, in the order ``hakit --help`` lists them;
 ``main`` is the console script's (and ``python -m hakit``'s) entry point.
@@ -15,6 +16,7 @@ from hakit.cli.base import CONFIG_ENV, app, config_app
 from hakit.cli.operate import failover, init, pause, resume, switchover
 from hakit.cli.readers import config_check, events, status, status_json, why
 from hakit.cli.run import agent, demo, router, tcp_proxy
+from hakit.cli.service import systemd
 
 __all__ = ["CONFIG_ENV", "app", "main", "status_json"]
 
@@ -30,6 +32,7 @@ app.command()(resume)
 app.command()(events)
 app.command()(why)
 app.command()(init)
+app.command()(systemd)
 app.command()(demo)
 
 

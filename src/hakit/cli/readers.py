@@ -39,7 +39,7 @@ def config_check(
 ) -> None:
     """Validate a config file; print every mistake with file, line and key."""
     from hakit.config.check import config_warnings, describe_config
-    from hakit.config.timing import worst_case
+    from hakit.config.worstcase import worst_case
 
     file = file if file is not None else config
     cfg = load_or_exit(file)

@@ -15,6 +15,7 @@ from rich.markup import escape
 from hakit.cli.base import ConfigOption, console, err_console, load_or_exit, setup_logging
 from hakit.config import Config
 from hakit.errors import HakitError
+from hakit.service.sdnotify import ServiceNotifier
 
 
 def agent(
@@ -67,12 +68,22 @@ def router(config: ConfigOption = Path("hakit.toml")) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        routing = run_router(cfg, view_source, store=coordinator)  # publishes its data path
+        service = ServiceNotifier.from_environment()  # systemd's Type=notify and watchdog
+
+        def ready(host: str, port: int) -> None:
+            service.ready(f"routing on {host}:{port}")
+
+        # publishes its data path
+        routing = run_router(cfg, view_source, ready=ready, store=coordinator)
         task = asyncio.create_task(_together(routing, *_tcp_proxies(cfg)))
+        pinging = asyncio.create_task(_watchdog(service))
         await asyncio.wait([task, asyncio.create_task(stop.wait())], return_when="FIRST_COMPLETED")
+        service.stopping("stopping")
+        pinging.cancel()
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+        service.close()
 
     try:
         import uvloop
@@ -83,6 +94,16 @@ def router(config: ConfigOption = Path("hakit.toml")) -> None:
     except HakitError as error:  # e.g. an unreadable TLS key: the message says what to do
         err_console.print(f"[red]{escape(str(error))}[/red]")
         raise typer.Exit(1) from None
+
+
+async def _watchdog(service: ServiceNotifier) -> None:
+    """Ping systemd from the router's event loop: the pings stop when the loop does."""
+    if service.interval is None:
+        return
+    loop = asyncio.get_running_loop()
+    while True:
+        service.watchdog(loop.time())
+        await asyncio.sleep(service.interval / 2)
 
 
 def _tcp_proxies(cfg: Config) -> list[Coroutine[Any, Any, None]]:

@@ -1,12 +1,14 @@
 """hakit.toml: its schema as frozen validated objects, the loader, the checks, the timers.
 
-- schema.py          one frozen pydantic model per section, and ``Config``
+- schema.py          ``Config``, with ``[coordination]`` and ``[admin]``
+- sections/          the other sections' models, one module per part (cluster, app, router...)
 - values.py          the value types: durations, sizes, addresses, commands, placeholders, enums
 - loader.py          ``load_config``: read, validate every section, check, resolve paths
 - check.py           checks across sections, warnings, the summary of ``hakit config check``
 - problems.py        every problem worded with file, line and key
 - toml_positions.py  where a key is in the TOML source (line numbers for the problems)
-- timing.py          timers derived from ``failover.recovery_target``; worst-case arithmetic
+- timing.py          timers derived from ``failover.recovery_target``
+- worstcase.py       the worst-case recovery per failure kind, and the timing rules
 - derived.py         ``DerivedTimings``: the lease_ttl / renew_interval multiples hakit acts on
 
 ``from hakit.config import Config, load_config`` (and every section and value
@@ -15,28 +17,25 @@ type) is the way in; the modules import each other directly, never this package.
 
 from hakit.config.derived import DerivedTimings, derived_timings
 from hakit.config.loader import load_config
-from hakit.config.schema import (
+from hakit.config.schema import MIN_TOKEN_LENGTH, AdminConfig, Config, CoordinationConfig
+from hakit.config.sections.app import (
     AUTO_FAILBACK_UNSUPPORTED,
     DEFAULT_HEALTH_CHECK,
-    DEFAULT_NOTIFY_EVENTS,
-    MIN_TOKEN_LENGTH,
-    NOTIFY_EVENTS,
-    PATTERN_HINTS,
-    AdminConfig,
     AppConfig,
-    ClusterConfig,
-    Config,
-    CoordinationConfig,
     FailoverConfig,
     HealthCheckConfig,
     HealthConfig,
-    MailAddress,
-    NodeConfig,
-    NotifyConfig,
     OnFailedStart,
-    RouterConfig,
-    TcpProxyConfig,
 )
+from hakit.config.sections.base import PATTERN_HINTS
+from hakit.config.sections.cluster import ClusterConfig, NodeConfig
+from hakit.config.sections.notify import (
+    DEFAULT_NOTIFY_EVENTS,
+    NOTIFY_EVENTS,
+    MailAddress,
+    NotifyConfig,
+)
+from hakit.config.sections.router import RouterConfig, TcpProxyConfig
 from hakit.config.values import (
     FENCE_PLACEHOLDERS,
     MAX_DURATION,

@@ -15,18 +15,10 @@ from collections.abc import Sequence
 
 from hakit.config.derived import derived_lines
 from hakit.config.problems import Problem, format_key, render
-from hakit.config.schema import (
-    MIN_TOKEN_LENGTH,
-    AdminConfig,
-    AppConfig,
-    Config,
-    FailoverConfig,
-    NodeConfig,
-    OnFailedStart,
-    RouterConfig,
-    TcpProxyConfig,
-)
-from hakit.config.timing import timing_lines
+from hakit.config.schema import MIN_TOKEN_LENGTH, AdminConfig, Config
+from hakit.config.sections.app import AppConfig, FailoverConfig, OnFailedStart
+from hakit.config.sections.cluster import NodeConfig
+from hakit.config.sections.router import RouterConfig, TcpProxyConfig
 from hakit.config.values import (
     STANDBY_MODES,
     STICKY_COOKIES,
@@ -36,6 +28,7 @@ from hakit.config.values import (
     mask_password,
     parse_listen,
 )
+from hakit.config.worstcase import timing_lines
 from hakit.dbfence import fences_sessions
 
 # --- checks across sections (pure) -------------------------------------------

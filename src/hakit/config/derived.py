@@ -19,6 +19,7 @@ from hakit.config.schema import Config
 from hakit.config.values import format_duration
 
 HEARTBEAT = 0.05  # seconds between the agent's heartbeat ticks, at most
+SERVICE_WATCHDOG_MIN = 10.0  # systemd's watchdog never tighter: a loaded host is not a hung agent
 
 # Why each derived timing is what it is: printed by ``hakit config check``.
 WHY: dict[str, str] = {
@@ -43,6 +44,9 @@ WHY: dict[str, str] = {
     "the active role when the data path is lost",
     "flush_bound": "1 x lease_ttl: a draining agent waits at most this for the store to take "
     "its record (a store slower than a TTL has lost the lease anyway)",
+    "service_watchdog": f"3 x lease_ttl, at least {format_duration(SERVICE_WATCHDOG_MIN)}: "
+    "systemd (WatchdogSec=, hakit systemd) kills an agent whose event loop stopped this long; "
+    "its lease is long lost and its app stopped by then, and a fresh agent comes back standby",
 }
 
 
@@ -71,6 +75,8 @@ class DerivedTimings:
     candidate_alive_within: float
     # One TTL: a store that takes longer to flush has lost the lease anyway.
     flush_bound: float
+    # Three TTLs (10 s at least): systemd kills an agent whose loop stopped this long.
+    service_watchdog: float
 
 
 def derived_timings(cfg: Config) -> DerivedTimings:
@@ -88,6 +94,7 @@ def derived_timings(cfg: Config) -> DerivedTimings:
         agent_alive_within=3 * ttl,
         candidate_alive_within=ttl,
         flush_bound=ttl,
+        service_watchdog=max(3 * ttl, SERVICE_WATCHDOG_MIN),
     )
 
 

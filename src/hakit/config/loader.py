@@ -26,17 +26,11 @@ from hakit.config.check import (
     tcp_proxy_problems,
 )
 from hakit.config.problems import Problem, Wording, format_key, render
-from hakit.config.schema import (
-    PATTERN_HINTS,
-    AdminConfig,
-    AppConfig,
-    ClusterConfig,
-    Config,
-    CoordinationConfig,
-    NodeConfig,
-    RouterConfig,
-    TcpProxyConfig,
-)
+from hakit.config.schema import AdminConfig, Config, CoordinationConfig
+from hakit.config.sections.app import AppConfig
+from hakit.config.sections.base import PATTERN_HINTS
+from hakit.config.sections.cluster import ClusterConfig, NodeConfig
+from hakit.config.sections.router import RouterConfig, TcpProxyConfig
 from hakit.config.timing import apply_recovery_target
 from hakit.config.toml_positions import MAX_NESTING, syntax_error_position, too_deep
 from hakit.config.values import (

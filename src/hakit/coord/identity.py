@@ -43,6 +43,7 @@ from hakit.coord.sqlite import (
     read_identity,
 )
 from hakit.errors import CoordinationError
+from hakit.history.kinds import EventKind
 
 # Added to the lease TTL before a re-initialised store grants a lease: covers the
 # moments between computing the time and the store being in place.
@@ -188,9 +189,8 @@ def init_store(
         )
     now = clock()
     store = StoreIdentity(str(uuid.uuid4()), (), 0)
-    event = Event(
-        0, now, "", "store", f"coordination store created with identity {store.identity}", 0, actor
-    )
+    created = f"coordination store created with identity {store.identity}"
+    event = Event(0, now, "", EventKind.STORE.value, created, 0, actor)
     _install(path, store, event, now, moved=())
     return InitResult(path, store, found)
 
@@ -244,7 +244,7 @@ def reinit_store(
         0,
         now,
         "",
-        "store",
+        EventKind.STORE.value,
         reason,
         base,
         actor,

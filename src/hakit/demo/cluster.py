@@ -218,8 +218,11 @@ class DemoCluster:
         prefix = self.settings.node_prefix.get(node, ())
         return self._spawn(f"agent-{node}", ["agent", "--node", node], prefix)
 
+    def start_router(self) -> subprocess.Popen[bytes]:
+        return self._spawn("router", ["router"])
+
     def start(self) -> None:
-        self._spawn("router", ["router"])
+        self.start_router()
         for node in self.cfg.nodes:
             self.start_agent(node.name)
 

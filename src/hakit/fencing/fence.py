@@ -331,7 +331,7 @@ class Verdict:
     alerts: tuple[str, ...] = ()
 
 
-Recorder = Callable[[str, str, dict[str, Any]], None]
+Recorder = Callable[[EventKind, str, dict[str, Any]], None]
 
 
 @dataclass

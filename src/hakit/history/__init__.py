@@ -1,6 +1,7 @@
 """The event history: what happened, and why.
 
 - kinds.py     the vocabulary: event kinds, alert kinds, causes, [notify] selectors
+- facts.py     the keys of the other facts events carry in data, and the words for numbers
 - eventlog.py  event lines and JSON records (``hakit events``), time filters
 - why.py       ``hakit why``: the last failover explained, or why one did not happen
 - reading.py   for why.py: terms, and the facts events carry in their data

@@ -1,10 +1,13 @@
 """Reading the event history for ``hakit why``: who was active when (terms), and the
-facts the events carry, from their ``data`` (hakit.history.kinds names the keys).
+facts the events carry, from their ``data`` (hakit.history.kinds and hakit.history.facts
+name the keys).
 
-Events recorded before hakit put the cause of a lease loss, a shutdown or a step-down
-in ``data["cause"]`` say it only in their sentence: for those (a stored history from
-an older hakit) the sentence is still read, as it always was. An event that carries a
-cause is read from its data alone.
+Events recorded by an older hakit say some facts only in their sentence: the cause of
+a lease loss, a shutdown or a step-down (before ``data["cause"]``), the restart
+budget, the failed starts, why no failover, whether the app served (before
+``data["what"]`` and ``data["serving"]``). For those (a stored history from an older
+hakit) the sentence is still read, as it always was; each such reading is marked
+"recorded without". An event that carries the fact is read from its data alone.
 """
 
 from __future__ import annotations
@@ -15,12 +18,38 @@ from dataclasses import dataclass
 from datetime import datetime, tzinfo
 
 from hakit.coord.base import Event
+from hakit.history.facts import (
+    FAILED_STARTS,
+    FAILURE,
+    FAILURE_WINDOW,
+    NO_FAILOVER,
+    RESTART,
+    RESTART_ATTEMPTS,
+    RETRY,
+    SERVING,
+    WHAT,
+    human_duration,
+    ordinal,
+)
 from hakit.history.kinds import CAUSE, FAILURE_KINDS, LOST_EPOCH, EventCause, EventKind
 
 # The sentences of events recorded without data["cause"] (an older hakit's history).
 _LOST_LEASE = re.compile(r"lost the leader lease \(epoch (\d+)")
 _SHUTDOWN = "released the lease on shutdown"
 _STEPPING_DOWN = "stepping down"
+# The sentences of events recorded without data["what"] (an older hakit's history).
+_STEP_DOWN_TAIL = re.compile(r"[:;] (stopping it, then )?stepping down so a standby takes over.*$")
+_NTH_FAILURE = re.compile(
+    r"(\d+)(?:st|nd|rd|th) failure within ([^\s;)]+)(?: \(restart_attempts = (\d+)\))?"
+)
+_RESTART_BUDGET = re.compile(r"restart (\d+) of (\d+) within ([^\s;)]+)")
+_RETRY = re.compile(r"retry (\d+) of (\d+)")
+_FAILED_STARTS = re.compile(r"(\d+) failed starts in a row \(restart_attempts = (\d+)\)")
+_NOT_FAILING_OVER = re.compile(r"not failing over: ([^;]*)")
+_NO_FAILOVER_BECAUSE = re.compile(r" and ((?:restart-only mode|this node is a standby)[^;:]*)")
+# ... and without data["serving"].
+_ALREADY_RUNNING = "already running"
+_SERVING_STATE = re.compile(r"RUNNING|FIRST_RUN")
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +97,120 @@ def terms(history: Sequence[Event]) -> list[Term]:
     return found
 
 
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """How much of the restart budget an alert had used, as it recorded it."""
+
+    used: int  # restart n, retry k, the nth failure or k failed starts in a row
+    attempts: int  # failover.restart_attempts
+    window: str  # failover.failure_window in words ("5m"); "" where it does not count
+
+
 # --- what an event says ---------------------------------------------------------------
+
+
+def _has_facts(event: Event) -> bool:
+    """Recorded by a hakit that puts a failure's facts in ``data`` (data["what"])."""
+    return WHAT in event.data
+
+
+def _number(event: Event, key: str) -> int | None:
+    value = event.data.get(key)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _budget(event: Event, key: str, windowed: bool) -> Budget | None:
+    used, attempts = _number(event, key), _number(event, RESTART_ATTEMPTS)
+    window = event.data.get(FAILURE_WINDOW)
+    if used is None or attempts is None:
+        return None
+    if not windowed:
+        return Budget(used, attempts, "")
+    if not isinstance(window, int | float) or isinstance(window, bool):
+        return None
+    return Budget(used, attempts, human_duration(window))
+
+
+def what(event: Event) -> str:
+    """What went wrong, in words, without what was done about it."""
+    words = event.data.get(WHAT)
+    if isinstance(words, str):
+        return words
+    return event.reason.split("; ")[0]  # recorded without data["what"]
+
+
+def restart(event: Event) -> Budget | None:
+    """A failure alert's restart: n of restart_attempts within failure_window."""
+    if _has_facts(event):
+        return _budget(event, RESTART, windowed=True)
+    found = _RESTART_BUDGET.search(event.reason)  # recorded without data["what"]
+    return Budget(int(found[1]), int(found[2]), found[3]) if found else None
+
+
+def nth_failure(event: Event) -> Budget | None:
+    """A failure alert past its restarts: the nth failure within failure_window."""
+    if _has_facts(event):
+        return _budget(event, FAILURE, windowed=True) if restart(event) is None else None
+    found = _NTH_FAILURE.search(event.reason)  # recorded without data["what"]
+    return Budget(int(found[1]), int(found[3] or 0), found[2]) if found else None
+
+
+def retry(event: Event) -> Budget | None:
+    """A failed start being retried: retry k of restart_attempts."""
+    if _has_facts(event):
+        return _budget(event, RETRY, windowed=False)
+    found = _RETRY.search(event.reason)  # recorded without data["what"]
+    return Budget(int(found[1]), int(found[2]), "") if found else None
+
+
+def failed_starts(event: Event) -> Budget | None:
+    """Failed starts that used up the retries: k in a row (restart_attempts)."""
+    if _has_facts(event):
+        return _budget(event, FAILED_STARTS, windowed=False)
+    found = _FAILED_STARTS.search(event.reason)  # recorded without data["what"]
+    return Budget(int(found[1]), int(found[2]), "") if found else None
+
+
+def no_failover(event: Event) -> str | None:
+    """Why a node that needs a human did not fail over, in words (None: not said)."""
+    if _has_facts(event):
+        words = event.data.get(NO_FAILOVER)
+        return words if isinstance(words, str) else None
+    # recorded without data["what"]
+    found = _NOT_FAILING_OVER.search(event.reason) or _NO_FAILOVER_BECAUSE.search(event.reason)
+    return found[1] if found else None
+
+
+def step_down_cause(event: Event) -> str:
+    """The failure a node stepped down after, in words: what went wrong and how many
+    times (without "stepping down so a standby takes over")."""
+    if not _has_facts(event):
+        return _STEP_DOWN_TAIL.sub("", event.reason)  # recorded without data["what"]
+    words = what(event)
+    failures, starts = nth_failure(event), failed_starts(event)
+    if failures is not None:
+        return (
+            f"{words}; {ordinal(failures.used)} failure within {failures.window} "
+            f"(restart_attempts = {failures.attempts})"
+        )
+    if starts is not None:
+        return (
+            f"{words}; {starts.used} failed starts in a row (restart_attempts = {starts.attempts})"
+        )
+    return words
+
+
+def serving(event: Event) -> bool:
+    """The app served, as this event records: its first RUNNING / FIRST_RUN after a start,
+    a status back to serving, or a promotion onto an app already running (a warm standby)."""
+    if SERVING in event.data:
+        return bool(event.data[SERVING])
+    # recorded without data["serving"]
+    if event.kind == EventKind.PROMOTED:
+        return _ALREADY_RUNNING in event.reason
+    if event.kind in (EventKind.STATUS, EventKind.RUNNING):
+        return _SERVING_STATE.search(event.reason) is not None
+    return False
 
 
 def lost_epoch(event: Event) -> int | None:

@@ -57,14 +57,22 @@ from hakit.history.reading import (
     command_summary,
     command_words,
     end_of_term,
+    failed_starts,
     failure_alerts,
     fence_epoch,
     lost_epoch,
+    no_failover,
+    nth_failure,
     operator_move,
     planned,
+    restart,
+    retry,
+    serving,
     shutdown,
+    step_down_cause,
     steps_down,
     terms,
+    what,
 )
 from hakit.supervisor.leftovers import UNCLEAN_END
 
@@ -80,14 +88,6 @@ __all__ = [
     "terms",
 ]
 
-# Wording: numbers the policy's sentences give, shown again in ``hakit why``'s own words.
-_STEP_DOWN_TAIL = re.compile(r"[:;] (stopping it, then )?stepping down so a standby takes over.*$")
-_NTH_FAILURE = re.compile(r"(\d+)(?:st|nd|rd|th) failure within")
-_RESTART_BUDGET = re.compile(r"restart (\d+) of (\d+) within ([^\s;)]+)")
-_RETRY = re.compile(r"retry (\d+) of (\d+)")
-_FAILED_STARTS = re.compile(r"(\d+) failed starts in a row \(restart_attempts = (\d+)\)")
-_NOT_FAILING_OVER = re.compile(r"not failing over: ([^;]*)")
-_NO_FAILOVER_BECAUSE = re.compile(r" and ((?:restart-only mode|this node is a standby)[^;:]*)")
 _FORCE_HINT = "force with `hakit failover --force`"
 
 
@@ -315,7 +315,7 @@ def _woke_and_fenced(
             and lost_epoch(event) == prev.epoch
         ):
             used.add(index)  # not a lost lease nobody followed: this takeover explains it
-            words = event.reason.split("; ")[0]
+            words = what(event)
             return [(event.time, clock.line(event, f"{words}; it killed its app (self-fencing)"))]
     return []
 
@@ -375,23 +375,22 @@ def _cause(
     if event.kind == EventKind.LEASE and shutdown(event):
         return f"the agent on {prev.node} was shut down and released the lease", line, event.time
     if lost_epoch(event) is not None:
-        cause = event.reason.split("; ")[0]
-        return f"{cause}; it killed its app (self-fencing)", line, event.time
+        return f"{what(event)}; it killed its app (self-fencing)", line, event.time
     # A step-down: the failure that used up the restart budget is in this event's reason
     # (process gone) or in the alert that stopped the app first (process alive).
     failures = failure_alerts(history, prev.node, prev.index, end)
     trigger = next((i for i in reversed(failures) if steps_down(history[i])), None)
     cause_event = history[trigger] if trigger is not None else event
-    # Show the failures that counted: "3rd failure within 5m" -> the two before it.
-    counted = _NTH_FAILURE.search(cause_event.reason)
-    keep = int(counted.group(1)) - 1 if counted else 2
+    # Show the failures that counted: the 3rd failure within 5m -> the two before it.
+    counted = nth_failure(cause_event) or failed_starts(cause_event)
+    keep = counted.used - 1 if counted else 2
     earlier = [i for i in failures if i != trigger][-keep:] if keep > 0 else []
     lines = [(history[i].time, clock.line(history[i])) for i in earlier]
     lines.append((cause_event.time, clock.line(cause_event)))
     if trigger is not None:
         lines.append((event.time, clock.line(event)))
     # The restarts before stay incidents of their own: ``--at`` may ask about one of them.
-    return _STEP_DOWN_TAIL.sub("", cause_event.reason), lines, cause_event.time
+    return step_down_cause(cause_event), lines, cause_event.time
 
 
 def _outcome(
@@ -403,7 +402,7 @@ def _outcome(
             continue
         if event.epoch and event.epoch != term.epoch:
             break
-        if event.kind == EventKind.RUNNING or "already running" in event.reason:
+        if event.kind == EventKind.RUNNING or (event.kind == EventKind.PROMOTED and serving(event)):
             took = f" ({event.time - started:.1f}s after {since})"
             return [(event.time, clock.line(event, f"{term.node} serving: {event.reason}{took}"))]
         if event.kind == EventKind.ALERT:
@@ -424,7 +423,7 @@ def _orphan_end(history: Sequence[Event], index: int, clock: Clock) -> Incident 
         return Incident(event.time, (headline, clock.line(event)), failover=False)
     if event.kind in (EventKind.LEASE, EventKind.STOP) and lost_epoch(event) is not None:
         headline = (
-            f"no failover at {clock(event.time)}: {event.reason.split('; ')[0]}; "
+            f"no failover at {clock(event.time)}: {what(event)}; "
             "no other node has taken the lease since"
         )
         return Incident(event.time, (headline, clock.line(event)), failover=False)
@@ -439,7 +438,7 @@ def _alert(history: Sequence[Event], index: int, clock: Clock) -> Incident | Non
     kind = str(event.data.get("alert", ""))
     manual = bool(event.data.get("manual_intervention", False))
     reason = event.reason
-    what = reason.split("; ")[0]
+    failure = what(event)
     when = clock(event.time)
     if kind in (AlertKind.FAILOVER, AlertKind.FENCE) or steps_down(event):
         return None  # explained with the takeover (or its absence) it belongs to
@@ -464,22 +463,30 @@ def _alert(history: Sequence[Event], index: int, clock: Clock) -> Incident | Non
         lines += _recovery(history, index, clock)
         return Incident(event.time, tuple(lines), failover=False)
     if manual:
-        return Incident(event.time, _manual(event, kind, what, when, clock), failover=False)
+        return Incident(event.time, _manual(event, kind, failure, when, clock), failover=False)
     if kind in RESTART_KINDS:
-        budget = _RESTART_BUDGET.search(reason)
-        restart = f" ({budget.group(0)})" if budget else ""
-        headline = f"not failed over at {when}: {what} → restarted on {event.node} instead{restart}"
+        budget = restart(event)
+        words = (
+            f" (restart {budget.used} of {budget.attempts} within {budget.window})"
+            if budget
+            else ""
+        )
+        headline = (
+            f"not failed over at {when}: {failure} → restarted on {event.node} instead{words}"
+        )
         lines = [headline, clock.line(event)]
         if budget:
             lines.append(
-                f"  hakit fails over only once {budget.group(2)} restarts within "
-                f"{budget.group(3)} did not help (restart_attempts = {budget.group(2)})"
+                f"  hakit fails over only once {budget.attempts} restarts within "
+                f"{budget.window} did not help (restart_attempts = {budget.attempts})"
             )
         return Incident(event.time, tuple(lines), failover=False)
     if kind == AlertKind.FAILED_START:
-        retry = _RETRY.search(reason)
-        again = f" ({retry.group(0)})" if retry else ""
-        headline = f"not failed over at {when}: {what} → retrying the start on {event.node}{again}"
+        tried = retry(event)
+        again = f" (retry {tried.used} of {tried.attempts})" if tried else ""
+        headline = (
+            f"not failed over at {when}: {failure} → retrying the start on {event.node}{again}"
+        )
         note = (
             "  by default a failed start does not fail over: another node would fail to start"
             ' the same way (failover.on_failed_start = "failover" changes that)'
@@ -489,19 +496,19 @@ def _alert(history: Sequence[Event], index: int, clock: Clock) -> Incident | Non
     return Incident(event.time, (headline,), failover=False)
 
 
-def _manual(event: Event, kind: str, what: str, when: str, clock: Clock) -> tuple[str, ...]:
-    starts = _FAILED_STARTS.search(event.reason)
+def _manual(event: Event, kind: str, failure: str, when: str, clock: Clock) -> tuple[str, ...]:
+    starts = failed_starts(event)
     if kind == AlertKind.FAILED_START and starts:
         summary = (
-            f"app on {event.node} failed to start {starts.group(1)} times "
-            f"(restart_attempts = {starts.group(2)}); last: {what}"
+            f"app on {event.node} failed to start {starts.used} times "
+            f"(restart_attempts = {starts.attempts}); last: {failure}"
         )
     else:
-        summary = what
-    why_not = _NOT_FAILING_OVER.search(event.reason) or _NO_FAILOVER_BECAUSE.search(event.reason)
+        summary = failure
+    why_not = no_failover(event)
     lines = [f"no failover at {when}: {summary} → manual intervention required", clock.line(event)]
     if why_not:
-        lines.append(f"  why no failover: {why_not.group(1)}")
+        lines.append(f"  why no failover: {why_not}")
     lines.append(
         f"  hakit has stopped acting on {event.node}: fix the cause, then restart its agent"
     )
@@ -513,9 +520,7 @@ def _recovery(history: Sequence[Event], index: int, clock: Clock) -> list[str]:
     for event in history[index + 1 :]:
         if event.node != node:
             continue
-        if event.kind in (EventKind.STATUS, EventKind.RUNNING) and re.search(
-            r"RUNNING|FIRST_RUN", event.reason
-        ):
+        if event.kind in (EventKind.STATUS, EventKind.RUNNING) and serving(event):
             return [clock.line(event, f"recovered: {event.reason}")]
         if event.kind in (EventKind.ALERT, EventKind.STOP, EventKind.FAILOVER):
             break

@@ -19,6 +19,7 @@ from hakit.coord.base import Coordinator, Event, NodeRecord
 from hakit.coord.keys import HANDOVER, PAUSED
 from hakit.coord.view import ClusterView, read_cluster
 from hakit.errors import HakitError
+from hakit.history.kinds import EventKind
 from hakit.operator.intents import (
     NO_REASON,
     agent_alive,
@@ -71,6 +72,7 @@ def perform(
 
 def _record(
     coordinator: Coordinator,
+    kind: EventKind,
     now: float,
     node: str,
     reason: str,
@@ -78,10 +80,10 @@ def _record(
     epoch: int,
     data: dict[str, Any],
 ) -> None:
-    """The operator's own event: kind = the command (``hakit why`` reads switchovers and
-    failovers by an ``operator:`` actor as the cause of the move)."""
-    kind = str(data.get("command", "operator"))
-    coordinator.append_event(Event(0, now, node, kind, reason, epoch, actor, data))
+    """The operator's own event: kind = the command, also in ``data["command"]`` (``hakit
+    why`` reads switchovers and failovers by an ``operator:`` actor as the cause of the move)."""
+    data = {"command": kind.value, **data}
+    coordinator.append_event(Event(0, now, node, kind.value, reason, epoch, actor, data))
 
 
 def _set_paused(
@@ -89,7 +91,7 @@ def _set_paused(
 ) -> dict[str, Any]:
     current = coordinator.get_state(PAUSED) or {}
     was_paused = bool(current.get("paused"))
-    word = "pause" if paused else "resume"
+    kind = EventKind.PAUSE if paused else EventKind.RESUME
     if was_paused == paused:
         state = "paused" if paused else "not paused"
         return {"changed": False, "paused": paused, "message": f"the cluster is already {state}"}
@@ -103,7 +105,7 @@ def _set_paused(
     else:
         sentence = f"{actor} resumed the cluster ({reason}): agents act on failures again"
     lease = coordinator.current_lease()
-    _record(coordinator, now, "", sentence, actor, lease.epoch if lease else 0, {"command": word})
+    _record(coordinator, kind, now, "", sentence, actor, lease.epoch if lease else 0, {})
     return {"changed": True, "paused": paused, "message": sentence}
 
 
@@ -118,13 +120,13 @@ def _request_handover(
     reason: str,
     now: float,
 ) -> dict[str, Any]:
-    kind = "failover" if forced else "switchover"
+    kind = EventKind.FAILOVER if forced else EventKind.SWITCHOVER
     view = read_cluster(coordinator, now)
     _check_handover(cfg, view, coordinator.get_state(HANDOVER), target, forced, now)
     source = view.leader or ""
     intent: dict[str, Any] = {
         "id": uuid.uuid4().hex,
-        "kind": kind,
+        "kind": kind.value,
         "source": source,
         "target": target,
         "epoch": view.epoch if source else 0,
@@ -142,7 +144,7 @@ def _request_handover(
         )
     else:
         sentence = f"{actor} asked for a switchover from {source} to {target} ({reason})"
-    _record(coordinator, now, target, sentence, actor, intent["epoch"], {"command": kind, **intent})
+    _record(coordinator, kind, now, target, sentence, actor, intent["epoch"], intent)
     return {"changed": True, "handover": intent, "message": sentence}
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from hakit.config import Mode
 from hakit.errors import InvalidTransition
+from hakit.history.facts import human_duration
 from hakit.history.kinds import AlertKind
 from hakit.policy.rules import Streak
 from hakit.policy.vocabulary import (
@@ -34,7 +35,6 @@ from hakit.policy.vocabulary import (
     StepDown,
     StopApp,
     describe_exit,
-    human_duration,
 )
 
 S = PolicyState
@@ -120,13 +120,17 @@ class PolicyBase:
         self._epoch = 0
         self._handover_asked = False
 
-    def _step_down(self, reason: str, now: float) -> list[Action]:
+    def _step_down(
+        self, reason: str, now: float, facts: Mapping[str, Any] | None = None
+    ) -> list[Action]:
+        """``facts``: of the failure it follows (hakit.history.facts), for ``hakit why``."""
         # Shared storage: the lease goes only once the app is gone.
         assert self._proc is Proc.NONE, "policy bug: StepDown while the app is believed alive"
         self._leave_active()
         self._cooldown_until = now + self._settings.step_down_cooldown
         self._state = S.STANDBY
-        return [StepDown(reason), Alert(AlertKind.FAILOVER, reason)]
+        data = dict(facts or {})
+        return [StepDown(reason, data=data), Alert(AlertKind.FAILOVER, reason, data=data)]
 
     def _check_lease_gain(self, event: LeaseGained) -> None:
         if self._role is Role.ACTIVE:

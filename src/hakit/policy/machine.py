@@ -47,6 +47,7 @@ from typing import Any
 from hakit.config import Mode
 from hakit.contract import AppState
 from hakit.errors import InvalidTransition
+from hakit.history.facts import SERVING, WHAT, human_duration
 from hakit.history.kinds import CAUSE, LOST_EPOCH, AlertKind, EventCause, EventKind
 from hakit.policy.base import STANDBY_APP_MODES, Proc, S
 from hakit.policy.failures import FailureHandling
@@ -84,7 +85,6 @@ from hakit.policy.vocabulary import (
     StepDown,
     Tick,
     describe_exit,
-    human_duration,
 )
 
 
@@ -218,7 +218,7 @@ class Policy(PauseHandling, HandoverHandling, FailureHandling):
         self._leave_active()
         lost = f"{self._node} lost the leader lease (epoch {event.epoch}: {event.reason})"
         # hakit why reads the loss from the data, never from the sentence.
-        facts = {CAUSE: EventCause.LEASE_LOST, LOST_EPOCH: event.epoch}
+        facts = {CAUSE: EventCause.LEASE_LOST, LOST_EPOCH: event.epoch, WHAT: lost}
         if self._proc is Proc.NONE:
             return [Record(EventKind.LEASE, f"{lost}; its app is not running", data=facts)]
         # Self-fencing: a new active may already be writing the shared storage.
@@ -268,6 +268,7 @@ class Policy(PauseHandling, HandoverHandling, FailureHandling):
                 Record(
                     EventKind.RUNNING,
                     f"app on {self._node}{role} {state.value} after {waited}{unconfigured}",
+                    data={SERVING: True},
                 )
             ]
         if state is AppState.MAINTENANCE:
@@ -276,7 +277,7 @@ class Policy(PauseHandling, HandoverHandling, FailureHandling):
             self._streak = None
             self._note = state.value
             reason = f"app on {self._node} answers MAINTENANCE after {waited}: up, in maintenance; not a failure"
-            return [Record(EventKind.STATUS, reason)]
+            return [Record(EventKind.STATUS, reason, data={SERVING: False})]
         if verdict is Verdict.DATABASE_DOWN:
             # Up, but its database is down: waiting for the database, not a failed start.
             self._state = S.RUNNING
@@ -303,8 +304,9 @@ class Policy(PauseHandling, HandoverHandling, FailureHandling):
             S.RUNNING: "the app is already running",
             S.RESTARTING: "the app starts again once its restart's stop completes",
         }[self._state]
+        serving = self._state is S.RUNNING  # hakit why: the new active served at once
         return [
-            Record(EventKind.PROMOTED, f"{promoted}; {where}"),
+            Record(EventKind.PROMOTED, f"{promoted}; {where}", data={SERVING: serving}),
             *self._failover_alert(event, promoted, where),
         ]
 
@@ -339,15 +341,21 @@ class Policy(PauseHandling, HandoverHandling, FailureHandling):
             )
         if verdict is Verdict.WAITING:
             words = f"app on {node} reports {state.value}: not a failure, waiting"
-            return self._note_once(state.value, Record(EventKind.STATUS, words))
+            return self._note_once(state.value, self._status(words, serving=False))
         if state is AppState.FIRST_RUN:
             words = f"app on {node} reports FIRST_RUN: running, not yet configured"
-            return self._note_once(state.value, Record(EventKind.STATUS, words))
+            return self._note_once(state.value, self._status(words, serving=True))
         if self._note in (None, AppState.RUNNING.value):
             self._note = state.value  # steady state: nothing worth a history entry
             return []
         words = f"app on {node} reports RUNNING again (was {self._note})"
-        return self._note_once(state.value, Record(EventKind.STATUS, words))
+        return self._note_once(state.value, self._status(words, serving=True))
+
+    @staticmethod
+    def _status(words: str, serving: bool) -> Record:
+        """A status change; ``serving``: it answers RUNNING or FIRST_RUN (``hakit why``
+        reads a recovery from it)."""
+        return Record(EventKind.STATUS, words, data={SERVING: serving})
 
     def _running_failure_observed(self, event: StatusObserved, now: float) -> list[Action]:
         """ERROR (database fine or unknown), DOWN, NOT_DEPLOYED or TIMEOUT while RUNNING."""
@@ -422,7 +430,7 @@ class Policy(PauseHandling, HandoverHandling, FailureHandling):
         self._after_stop = f"{promoted}; the fenced process has exited: starting the app"
         then = "starting the app once the fenced process has exited"
         return [
-            Record(EventKind.PROMOTED, f"{promoted}; {then}"),
+            Record(EventKind.PROMOTED, f"{promoted}; {then}", data={SERVING: False}),
             *self._failover_alert(event, promoted, then),
         ]
 

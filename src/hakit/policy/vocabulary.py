@@ -252,11 +252,13 @@ class StepDown:
     """Release the leader lease so a standby takes over (the app is already stopped).
 
     ``kind`` names it in the history: "failover" (after failures) or "switchover".
+    ``data``: the facts of the failure it follows (hakit.history.facts), for ``hakit why``.
     """
 
     reason: str
     kind: EventKind = EventKind.FAILOVER
     actor: str = ""
+    data: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,7 +285,7 @@ class RequestHandover:
 
     target: str
     reason: str
-    kind: str = PATH_LOSS
+    kind: EventKind = PATH_LOSS
 
 
 @dataclass(frozen=True, slots=True)
@@ -296,13 +298,16 @@ class EndHandover:
 
 @dataclass(frozen=True, slots=True)
 class Alert:
-    """Notify a human. ``cause``: EventCause.STEP_DOWN when the node steps down after it
-    (the agent records it in the event's data, where ``hakit why`` reads it)."""
+    """Notify a human. ``cause``: EventCause.STEP_DOWN when the node steps down after it;
+    ``data``: the facts of the failure (hakit.history.facts: the restart budget, the
+    failed starts, why no failover). The agent records both in the event's data, where
+    ``hakit why`` reads them."""
 
     kind: AlertKind
     reason: str
     manual_intervention: bool = False
     cause: str = ""
+    data: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -369,17 +374,6 @@ class PolicyView:
 # --- wording ---------------------------------------------------------------------
 
 
-def human_duration(seconds: float) -> str:
-    """600 -> '10m', 30 -> '30s', 1.25 -> '1.2s', 5400 -> '1.5h'."""
-    if seconds >= 3600 and seconds % 360 == 0:
-        return f"{seconds / 3600:g}h"
-    if seconds >= 60 and seconds % 6 == 0:
-        return f"{seconds / 60:g}m"
-    if seconds >= 10:
-        return f"{seconds:.0f}s"
-    return f"{seconds:.1f}s"
-
-
 def describe_exit(event: AppExited) -> str:
     """The supervisor's description, or one built from the return code."""
     if event.description:
@@ -393,8 +387,3 @@ def describe_exit(event: AppExited) -> str:
         except ValueError:
             return f"killed by signal {-code}"
     return f"exit code {code}"
-
-
-def ordinal(n: int) -> str:
-    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
-    return f"{n}{suffix}"

@@ -26,7 +26,7 @@ from hakit.router.native import use_compiled
 
 __path__ = use_compiled(__path__, __file__)
 
-from hakit.router.exchange import ExchangeHooks
+from hakit.router.hooks import ExchangeHooks
 from hakit.router.limits import ProxyLimits
 from hakit.router.pool import choose_backend, eligible_backends
 from hakit.router.server import Router, run_router

@@ -41,12 +41,14 @@ from hakit.router.hold import (
     hold_remaining,
     may_retry_unanswered,
 )
+from hakit.router.hooks import ExchangeHooks
 from hakit.router.limits import ProxyLimits
 from hakit.router.pages import HELD_OUT, NOT_HELD, CannedResponse, error_page
 from hakit.router.pages import TOO_LARGE as TOO_LARGE_PAGE
 from hakit.router.responses import (
     CRLF,
     LAST_CHUNK,
+    STATUS_LINES,
     ResponseHead,
     chunk_prefix,
     client_head,
@@ -66,41 +68,6 @@ log = logging.getLogger("hakit.router")
 
 # Bounded retries of one request: stale pooled connections, then other nodes.
 MAX_ATTEMPTS: Final = 4
-
-
-class ExchangeHooks:
-    """Per-request seams for rewriting headers (stickiness adds its cookies here).
-
-    Both methods may change ``headers`` in place; the defaults do nothing. The
-    exchange calls a method only when its flag says it is overridden: a subclass
-    that overrides ``request()`` states ``rewrites_requests = True``, one that
-    overrides ``response()`` states ``rewrites_responses = True``. Plain
-    declarations, not worked out in ``__init_subclass__``: compiled (mypyc), a
-    class-body default is an instance field, which compiled code reads directly,
-    so a class attribute set later by such a hook is never seen there. (The flags
-    are read for every request: one field read.) tests/unit/router/test_sticky.py
-    checks that every strategy's flags match what it overrides.
-    """
-
-    rewrites_requests = False  # request() is overridden
-    rewrites_responses = False  # response() is overridden
-
-    def request(self, request: RequestHead, backend: NodeConfig, headers: list[Header]) -> None:
-        """Called with the headers about to go to ``backend``."""
-
-    def leaves_request(self, request: RequestHead) -> bool:
-        """True when ``request()`` would change nothing for this request (then it is not
-        called, and the head is encoded without a header list). Override with ``request``."""
-        return False
-
-    # True when response() only ever appends to ``headers``: it is then given an empty
-    # list, and what it adds follows the response's own headers (no header list built).
-    appends_to_responses = False
-
-    def response(
-        self, request: RequestHead, backend: NodeConfig, status: int, headers: list[Header]
-    ) -> None:
-        """Called with the response headers about to go to the client."""
 
 
 class ProxyContext(Protocol):
@@ -516,7 +483,7 @@ class Exchange:
         ):
             keep = False
         self._out_body, self._out_keep = body, keep
-        line = _STATUS_LINES.get((status, reason))
+        line = STATUS_LINES.get((status, reason))
         if line is None:
             line = b"HTTP/1.1 %d %s\r\n" % (status, reason)
         hooks = self._ctx.hooks
@@ -751,28 +718,6 @@ class Exchange:
 
 # Up to this many body bytes are copied behind the head to write one buffer.
 _JOIN_LIMIT: Final = 4096
-
-# Status lines of the answers seen most, encoded once.
-_STATUS_LINES: Final = {
-    (status, reason): b"HTTP/1.1 %d %s\r\n" % (status, reason)
-    for status, reason in (
-        (200, b"OK"),
-        (201, b"Created"),
-        (204, b"No Content"),
-        (301, b"Moved Permanently"),
-        (302, b"Found"),
-        (303, b"See Other"),
-        (304, b"Not Modified"),
-        (307, b"Temporary Redirect"),
-        (400, b"Bad Request"),
-        (401, b"Unauthorized"),
-        (403, b"Forbidden"),
-        (404, b"Not Found"),
-        (500, b"Internal Server Error"),
-        (502, b"Bad Gateway"),
-        (503, b"Service Unavailable"),
-    )
-}
 
 
 class UpgradeRefused(Exception):

@@ -53,6 +53,7 @@ COMPILED_MODULES: tuple[str, ...] = (
     "secret",
     "server",
     "health",
+    "hooks",
     "sticky",
     "upstream",
 )

@@ -227,3 +227,26 @@ def chunk_prefix(size: int) -> bytes:
 
 LAST_CHUNK: Final = b"0\r\n\r\n"
 CRLF: Final = b"\r\n"
+
+
+# Status lines of the answers seen most, encoded once.
+STATUS_LINES: Final = {
+    (status, reason): b"HTTP/1.1 %d %s\r\n" % (status, reason)
+    for status, reason in (
+        (200, b"OK"),
+        (201, b"Created"),
+        (204, b"No Content"),
+        (301, b"Moved Permanently"),
+        (302, b"Found"),
+        (303, b"See Other"),
+        (304, b"Not Modified"),
+        (307, b"Temporary Redirect"),
+        (400, b"Bad Request"),
+        (401, b"Unauthorized"),
+        (403, b"Forbidden"),
+        (404, b"Not Found"),
+        (500, b"Internal Server Error"),
+        (502, b"Bad Gateway"),
+        (503, b"Service Unavailable"),
+    )
+}

@@ -29,10 +29,11 @@ from hakit.router import native
 from hakit.router.admin import Observability
 from hakit.router.balance import track_up
 from hakit.router.checks import RouterChecks
-from hakit.router.exchange import Exchange, ExchangeHooks
+from hakit.router.exchange import Exchange
 from hakit.router.headers import RequestHead
 from hakit.router.health import HealthBoard
 from hakit.router.hold import HOLD, SAFE_METHODS, hold_plan
+from hakit.router.hooks import ExchangeHooks
 from hakit.router.http import ClientConnection, ConnectionSweeper
 from hakit.router.limits import ProxyLimits
 from hakit.router.pages import (

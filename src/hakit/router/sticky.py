@@ -34,8 +34,8 @@ from collections.abc import Iterable, Mapping
 from typing import Final
 
 from hakit.config import Config, NodeConfig, Sticky
-from hakit.router.exchange import ExchangeHooks
 from hakit.router.headers import Header, RequestHead
+from hakit.router.hooks import ExchangeHooks
 
 TOKEN_BYTES: Final = 12  # 96 bits of HMAC-SHA256: not guessable, 16 base64url characters
 PREFIX_SEPARATOR: Final = b"~"

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from hakit.errors import SupervisorError
+from hakit.service.sdnotify import without_service_variables
 from hakit.supervisor import cgroup, lifeline, proctable
 from hakit.supervisor.exits import (  # re-exported: callers import them from here too
     FOREGROUND_ADVICE as FOREGROUND_ADVICE,
@@ -285,7 +286,7 @@ class AppProcess:
                     stdin=asyncio.subprocess.DEVNULL,
                     stdout=output,
                     stderr=asyncio.subprocess.STDOUT,
-                    env={**os.environ, **self._env},
+                    env={**without_service_variables(os.environ), **self._env},
                     cwd=self._cwd,
                     start_new_session=True,
                     pass_fds=(theirs.fileno(),),
@@ -521,7 +522,11 @@ class AppProcess:
         """Run the configured stop command until ``deadline``; True if it succeeded."""
         assert self._stop is not None
         argv = _argv(self._stop)
-        env = {**os.environ, **self._env, "HAKIT_APP_PID": str(run.app_pid)}
+        env = {
+            **without_service_variables(os.environ),
+            **self._env,
+            "HAKIT_APP_PID": str(run.app_pid),
+        }
         try:
             with open(self._log_path, "ab", opener=_open_private) as output:
                 command = await asyncio.create_subprocess_exec(

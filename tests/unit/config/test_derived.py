@@ -50,6 +50,7 @@ EXPECTED = {
     "agent_alive_within": 12.0,  # 3 x lease_ttl
     "candidate_alive_within": 4.0,  # lease_ttl
     "flush_bound": 4.0,  # lease_ttl
+    "service_watchdog": 12.0,  # 3 x lease_ttl, at least 10 s
 }
 
 
@@ -73,6 +74,7 @@ def test_a_fast_renewal_ticks_the_heartbeat_faster(tmp_path: Path) -> None:
     )
     timings = derived_timings(load_config(path))
     assert timings.heartbeat == 0.025  # renew_interval / 4, under 50 ms
+    assert timings.service_watchdog == 10.0  # 3 x 300 ms would kill an agent on a busy host
     assert timings.self_fence_margin == 0.05
 
 
@@ -117,6 +119,7 @@ def test_derived_lines_name_each_value_and_why(cfg: Config) -> None:
             ("agent_alive_within", "12s"),
             ("candidate_alive_within", "4s"),
             ("flush_bound", "4s"),
+            ("service_watchdog", "12s"),
         ]
     ]
     assert WHY["step_down_cooldown"].startswith("3 x lease_ttl")

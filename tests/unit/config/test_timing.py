@@ -1,5 +1,5 @@
-"""hakit.config.timing: timers derived from a recovery target, worst-case arithmetic, timing
-rules."""
+"""hakit.config.timing (timers derived from a recovery target) and hakit.config.worstcase
+(worst-case arithmetic, timing rules)."""
 
 from __future__ import annotations
 
@@ -12,12 +12,11 @@ from typer.testing import CliRunner
 from hakit.cli import app
 from hakit.config import Mode, load_config
 from hakit.config.check import describe_config
-from hakit.config.timing import (
+from hakit.config.timing import apply_recovery_target, derive_timings
+from hakit.config.worstcase import (
     Inputs,
-    apply_recovery_target,
     breakdown,
     crash_case,
-    derive_timings,
     hang_case,
     hang_detect,
     node_loss_case,

@@ -79,7 +79,7 @@ def test_a_version_3_store_gains_the_new_columns(tmp_path: Path) -> None:
     have revision 0 and are aged from their updated_at."""
     import sqlite3
 
-    from hakit.coord.sqlite import _SCHEMA_V1, _SCHEMA_V2, _SCHEMA_V3, SCHEMA_VERSION
+    from hakit.coord.sqlite.schema import _SCHEMA_V1, _SCHEMA_V2, _SCHEMA_V3, SCHEMA_VERSION
 
     path = tmp_path / "coordination.db"
     raw = sqlite3.connect(path, isolation_level=None)

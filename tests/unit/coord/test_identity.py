@@ -112,7 +112,7 @@ def test_a_new_store_gets_one_identity_that_every_process_reads(
 def test_a_version_2_store_gains_an_identity_and_keeps_its_epochs(
     db: Path, opened: list[SqliteCoordinator]
 ) -> None:
-    from hakit.coord.sqlite import _SCHEMA_V1, _SCHEMA_V2
+    from hakit.coord.sqlite.schema import _SCHEMA_V1, _SCHEMA_V2
 
     raw = sqlite3.connect(db, isolation_level=None)
     for statement in _SCHEMA_V1 + _SCHEMA_V2:

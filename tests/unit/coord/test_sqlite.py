@@ -172,7 +172,7 @@ def test_waits_for_a_rollback_mode_writer_then_reports_the_lock(tmp_path: Path) 
 
 def test_a_version_1_store_is_migrated_keeping_its_data(tmp_path: Path) -> None:
     """A store written before cluster_state existed gains the table, and keeps its lease."""
-    from hakit.coord.sqlite import _SCHEMA_V1
+    from hakit.coord.sqlite.schema import _SCHEMA_V1
 
     path = tmp_path / "coordination.db"
     raw = sqlite3.connect(path, isolation_level=None)

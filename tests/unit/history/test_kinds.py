@@ -8,6 +8,7 @@ from datetime import UTC
 from hakit.config import DEFAULT_NOTIFY_EVENTS, NOTIFY_EVENTS, Mode, Sticky
 from hakit.config.values import STICKY_COOKIES
 from hakit.contract import AppState
+from hakit.history.facts import WHAT
 from hakit.history.kinds import (
     CAUSE,
     FAILURE_KINDS,
@@ -80,7 +81,11 @@ def test_the_policy_puts_a_lease_loss_in_data() -> None:
     policy.handle(StatusObserved(AppState.RUNNING, "HTTP 200"), 3.0)
     actions = policy.handle(LeaseLost(1, "could not renew"), 4.0)
     stop = next(a for a in actions if isinstance(a, StopApp))
-    assert stop.kill and stop.data == {CAUSE: EventCause.LEASE_LOST, LOST_EPOCH: 1}
+    assert stop.kill and stop.data == {
+        CAUSE: EventCause.LEASE_LOST,
+        LOST_EPOCH: 1,
+        WHAT: "node1 lost the leader lease (epoch 1: could not renew)",
+    }
 
 
 def test_the_policy_marks_a_step_down_alert() -> None:

@@ -2,12 +2,16 @@
 
 The sequences below are the ones real clusters wrote (taken from the end-to-end
 tests' event dumps: the crash, hang, database, failed-start and node-loss runs),
-with times counted from 04:40:00 UTC. ``test_policy_wording_is_what_why_reads``
-guards the other side: the policy still words its reasons the way ``why`` reads them.
+with times counted from 04:40:00 UTC. They were recorded before events carried their
+facts in ``data`` (hakit.history.facts): sentences only, as an older hakit's history
+is read. ``test_policy_wording_is_what_why_reads`` drives the real policy, whose events
+carry the facts: ``why`` tells them the same (tests/unit/history/test_facts.py shows
+it is the data that is read).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -17,6 +21,7 @@ import pytest
 from hakit.config import Mode
 from hakit.contract import AppState
 from hakit.coord.base import Event, Lease, NodeRecord
+from hakit.history.kinds import CAUSE
 from hakit.history.why import ClusterNow, explain, node_condition, parse_at, terms
 from hakit.policy import (
     Alert,
@@ -48,8 +53,26 @@ class Row:
     data: dict[str, Any] | None = None
 
 
-def alert(t: float, node: str, epoch: int, kind: str, reason: str, manual: bool = False) -> Row:
-    return Row(t, node, epoch, "alert", reason, {"alert": kind, "manual_intervention": manual})
+def alert(
+    t: float,
+    node: str,
+    epoch: int,
+    kind: str,
+    reason: str,
+    manual: bool = False,
+    facts: Mapping[str, Any] | None = None,
+) -> Row:
+    """An alert event; ``facts``: what the agent records beside (hakit.history.facts)."""
+    data = {**(facts or {}), "alert": kind, "manual_intervention": manual}
+    return Row(t, node, epoch, "alert", reason, data)
+
+
+def recorded(t: float, node: str, epoch: int, action: Alert | StepDown) -> Row:
+    """A policy's action as the agent records it (hakit.agent.agent): its facts in data."""
+    if isinstance(action, StepDown):
+        return Row(t, node, epoch, action.kind, action.reason, dict(action.data))
+    facts = {**action.data, **({CAUSE: action.cause} if action.cause else {})}
+    return alert(t, node, epoch, action.kind, action.reason, action.manual_intervention, facts)
 
 
 def history(*rows: Row) -> list[Event]:
@@ -520,20 +543,11 @@ def _crash_until_it_stops(policy: Policy) -> list[Row]:
         actions = policy.handle(AppExited(n, -9, oom=False, expected=False, description=""), t + 2)
         for action in actions:
             if isinstance(action, StepDown):
-                rows.append(Row(t + 2, "node1", 1, "failover", action.reason))
+                rows.append(recorded(t + 2, "node1", 1, action))
             elif isinstance(action, Alert):
                 # The agent records the failover alert after releasing the lease: epoch 0.
                 epoch = 0 if action.kind == "failover" else 1
-                rows.append(
-                    alert(
-                        t + 2,
-                        "node1",
-                        epoch,
-                        action.kind,
-                        action.reason,
-                        action.manual_intervention,
-                    )
-                )
+                rows.append(recorded(t + 2, "node1", epoch, action))
         if not any(isinstance(action, StartApp) for action in actions):
             return rows
     raise AssertionError("the policy kept restarting")
@@ -564,16 +578,7 @@ def test_policy_wording_of_failed_starts_is_what_why_reads() -> None:
         exited = AppExited(n, 1, oom=False, expected=False, description="exited with code 1")
         for action in policy.handle(exited, 100.5 + n):
             if isinstance(action, Alert):
-                rows.append(
-                    alert(
-                        100.5 + n,
-                        "node1",
-                        1,
-                        action.kind,
-                        action.reason,
-                        action.manual_intervention,
-                    )
-                )
+                rows.append(recorded(100.5 + n, "node1", 1, action))
     lines = explain(history(*BOOT, *rows), tz=UTC)
     assert lines[0] == (
         "no failover at 04:41:43: app on node1 failed to start 3 times (restart_attempts = 2); "

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from hakit.config import AppConfig, Config, CoordinationConfig, HealthConfig, NodeConfig
 from hakit.contract import AppState
+from hakit.history.facts import human_duration
 from hakit.policy import (
     AppExited,
     PolicySettings,
@@ -17,7 +18,7 @@ from hakit.policy.rules import (
     failures_in_window,
     streak_is_failure,
 )
-from hakit.policy.vocabulary import describe_exit, human_duration
+from hakit.policy.vocabulary import describe_exit
 from tests.support.policy_builders import (
     COLD,
     DOWN,

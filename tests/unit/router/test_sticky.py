@@ -11,8 +11,8 @@ import pytest
 
 from hakit.config import AppConfig, ClusterConfig, Config, NodeConfig, RouterConfig, Sticky
 from hakit.errors import HakitError
-from hakit.router.exchange import ExchangeHooks
 from hakit.router.headers import Body, Header, RequestHead
+from hakit.router.hooks import ExchangeHooks
 from hakit.router.secret import SECRET_FILE, cluster_secret, load_or_create
 from hakit.router.sticky import (
     AppCookiePrefix,

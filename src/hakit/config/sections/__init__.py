@@ -1,0 +1,10 @@
+"""hakit.toml's sections, one module per part (hakit.config.schema puts them together).
+
+- base.py     ``_Section``, the base of every section model (no coercion), and the name patterns
+- cluster.py  ``[cluster]`` and ``[[nodes]]``
+- app.py      ``[app]`` (with ``[app.health]``), ``[health]`` and ``[failover]``
+- router.py   ``[router]`` and ``[[tcp_proxy]]``
+- notify.py   ``[notify]``: the webhook and e-mail
+
+The modules import each other directly, never this package.
+"""
