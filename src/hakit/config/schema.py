@@ -96,6 +96,13 @@ class CoordinationConfig(_Section):
                 f"than lease_ttl {format_duration(self.lease_ttl)}; expected session_timeout >= "
                 "lease_ttl (a lease is bound to its holder's ZooKeeper session)",
             )
+        if self.backend == "zookeeper" and self.zookeeper.timeout >= self.lease_ttl:
+            raise error_at_key(
+                "zookeeper",
+                f"timeout {format_duration(self.zookeeper.timeout)} is not shorter than "
+                f"lease_ttl {format_duration(self.lease_ttl)}; expected timeout < lease_ttl "
+                "(a call that fails must say so within a lease TTL)",
+            )
         return self
 
     def section(self, backend: str) -> BaseModel:

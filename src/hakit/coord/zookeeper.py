@@ -76,7 +76,8 @@ last epoch below the highest it saw, or none where it saw one, and only a
 process that never saw one creates a store (``create``). Every write
 transaction also checks that the ``identity`` znode is still the one read.
 
-Failures: each call has a deadline (``timeout``, default 5 s): past it, or on a
+Failures: each call has a deadline (``timeout``, default 2 s, below the lease
+TTL: checked by the config): past it, or on a
 ZooKeeper error, it raises ``CoordinationError``; it never hangs. Connecting is
 bounded by the same timeout; kazoo reconnects in the background after.
 """
@@ -134,7 +135,7 @@ class ZooKeeperSection(BaseModel):
     znode's name, default ``cluster.name``; ``session_timeout`` (seconds): the
     ZooKeeper session's, at least ``lease_ttl`` (the server may clamp it to its
     ``minSessionTimeout``..``maxSessionTimeout``); ``timeout`` (seconds): the
-    longest one call waits before it raises; ``auth``: optional credentials.
+    longest one call waits before it raises, below ``lease_ttl``; ``auth``: optional credentials.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -143,7 +144,7 @@ class ZooKeeperSection(BaseModel):
     prefix: str = "/hakit"
     cluster: str | None = None
     session_timeout: float = Field(default=10.0, gt=0)
-    timeout: float = Field(default=5.0, gt=0)
+    timeout: float = Field(default=2.0, gt=0)
     auth: ZooKeeperAuth | None = None
 
     @field_validator("prefix")
@@ -250,7 +251,7 @@ class ZooKeeperCoordinator:
         root: str,
         *,
         session_timeout: float = 10.0,
-        timeout: float = 5.0,
+        timeout: float = 2.0,
         auth: tuple[str, str] | None = None,
         clock: Callable[[], float] | None = None,
         max_events: int = DEFAULT_MAX_EVENTS,

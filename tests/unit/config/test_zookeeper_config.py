@@ -67,6 +67,11 @@ def test_zookeeper_mistakes_are_reported_at_their_line(tmp_path: Path) -> None:
     assert len(bad_prefix) == 1 and bad_prefix[0].startswith(
         'FILE:23: coordination.zookeeper.prefix: "ha/" is not a znode path'
     ), bad_prefix
+    slow = problems_of(tmp_path, BASE + ZOOKEEPER.replace("timeout = 2.5", "timeout = 3"))
+    assert slow == [
+        "FILE:21: coordination.zookeeper: timeout 3s is not shorter than lease_ttl 3s; "
+        "expected timeout < lease_ttl (a call that fails must say so within a lease TTL)"
+    ]
     unknown = problems_of(tmp_path, BASE + ZOOKEEPER + "chroot = 1\n")
     assert len(unknown) == 1 and unknown[0].startswith(
         "FILE:26: coordination.zookeeper.chroot: unknown key"
