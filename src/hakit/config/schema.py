@@ -47,6 +47,7 @@ from hakit.config.values import PositiveDuration, format_duration
 from hakit.coord.etcd import EtcdSection
 from hakit.coord.registry import names as backend_names
 from hakit.coord.sqlite import SqliteSection, store_path
+from hakit.coord.zookeeper import ZooKeeperSection
 
 
 class CoordinationConfig(_Section):
@@ -60,6 +61,7 @@ class CoordinationConfig(_Section):
     renew_interval: PositiveDuration = 1.0  # must be well below lease_ttl
     sqlite: SqliteSection = SqliteSection()
     etcd: EtcdSection = EtcdSection()  # [coordination.etcd] (hakit.coord.etcd)
+    zookeeper: ZooKeeperSection = ZooKeeperSection()
 
     @field_validator("backend")
     @classmethod
@@ -81,6 +83,25 @@ class CoordinationConfig(_Section):
                 "path",
                 "given twice, here and in [coordination.sqlite]; expected only "
                 "[coordination.sqlite] path",
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _zookeeper_session_outlasts_the_lease(self) -> CoordinationConfig:
+        # A ZooKeeper lease ends with its holder's session (hakit.coord.zookeeper).
+        if self.backend == "zookeeper" and self.zookeeper.session_timeout < self.lease_ttl:
+            raise error_at_key(
+                "zookeeper",
+                f"session_timeout {format_duration(self.zookeeper.session_timeout)} is shorter "
+                f"than lease_ttl {format_duration(self.lease_ttl)}; expected session_timeout >= "
+                "lease_ttl (a lease is bound to its holder's ZooKeeper session)",
+            )
+        if self.backend == "zookeeper" and self.zookeeper.timeout >= self.lease_ttl:
+            raise error_at_key(
+                "zookeeper",
+                f"timeout {format_duration(self.zookeeper.timeout)} is not shorter than "
+                f"lease_ttl {format_duration(self.lease_ttl)}; expected timeout < lease_ttl "
+                "(a call that fails must say so within a lease TTL)",
             )
         return self
 

@@ -27,8 +27,9 @@ def open_coordinator(cfg: Config, *, create: bool = True, node: str | None = Non
     backend = BACKENDS.get(name)
     if backend is None:  # the loader refuses it; a Config built in Python may not
         raise ConfigError([f"{cfg.source}: coordination.backend: {name!r} is not supported yet"])
+    section = cfg.coordination.section(name)
     return backend.open(
-        cfg.coordination.section(name),
+        section,
         state_dir=cfg.cluster.state_dir,
         config=str(cfg.source) if cfg.source is not None else None,
         create=create,

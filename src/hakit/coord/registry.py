@@ -28,6 +28,7 @@ from pydantic import BaseModel
 from hakit.coord.base import Coordinator
 from hakit.coord.etcd import EtcdSection, open_etcd
 from hakit.coord.sqlite import SqliteSection, open_sqlite
+from hakit.coord.zookeeper import ZooKeeperSection, open_zookeeper
 
 
 class Opener(Protocol):
@@ -61,6 +62,7 @@ class Backend:
 BACKENDS: Mapping[str, Backend] = {
     "sqlite": Backend("sqlite", SqliteSection, open_sqlite),
     "etcd": Backend("etcd", EtcdSection, open_etcd),  # hakit.coord.etcd
+    "zookeeper": Backend("zookeeper", ZooKeeperSection, open_zookeeper),
 }
 
 

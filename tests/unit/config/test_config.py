@@ -19,8 +19,11 @@ from hakit.config import (
 )
 from hakit.config.check import describe_config, same_machine_address
 from hakit.config.toml_positions import key_lines, locate, syntax_error_position
+from hakit.coord.registry import names as backend_names
 from hakit.errors import ConfigError
 
+# What an unknown backend's message lists: every registered one (hakit.coord.registry).
+KNOWN_BACKENDS = "one of " + ", ".join(f'"{name}"' for name in backend_names())
 EXAMPLES = sorted((Path(__file__).parents[3] / "examples").glob("*.toml"))
 
 # A valid two-node file; the cases below change one thing. Line numbers:
@@ -269,11 +272,8 @@ MISTAKES = [
         id="etcd-timeout-not-seconds",
     ),
     pytest.param(
-        BASE + '\n[coordination]\nbackend = "zookeeper"\n',
-        [
-            'FILE:18: coordination.backend: "zookeeper" is not a backend; '
-            'expected one of "sqlite", "etcd"'
-        ],
+        BASE + '\n[coordination]\nbackend = "consul"\n',
+        [f'FILE:18: coordination.backend: "consul" is not a backend; expected {KNOWN_BACKENDS}'],
         id="unknown-backend",
     ),
     pytest.param(
@@ -425,9 +425,8 @@ def test_an_unknown_backend_lists_every_registered_one(monkeypatch: pytest.Monke
 
     more = {**registry.BACKENDS, "etcd": registry.BACKENDS["sqlite"]}
     monkeypatch.setattr(registry, "BACKENDS", more)
-    with pytest.raises(
-        ValidationError, match='"zk" is not a backend; expected one of "sqlite", "etcd"'
-    ):
+    listed = ", ".join(f'"{name}"' for name in more)
+    with pytest.raises(ValidationError, match=f'"zk" is not a backend; expected one of {listed}'):
         CoordinationConfig(backend="zk")
     assert CoordinationConfig(backend="etcd").backend == "etcd"
 

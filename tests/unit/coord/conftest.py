@@ -1,3 +1,5 @@
+"""Fixtures of the coordination tests."""
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -5,6 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.support.etcd import MISSING, EtcdServer, etcd_available, start_etcd
+from tests.support.zookeeper import stop_shared_server
 
 
 @pytest.fixture(scope="session")
@@ -18,3 +21,11 @@ def etcd_server() -> Iterator[EtcdServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def zookeeper_server_lifetime() -> Iterator[None]:
+    """Stops the ZooKeeper a test started (tests/support/zookeeper.py shared_server) when
+    the session ends; none is started for tests that do not use it."""
+    yield
+    stop_shared_server()

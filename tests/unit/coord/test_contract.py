@@ -34,6 +34,7 @@ from hakit.coord.etcd import EtcdCoordinator, EtcdSection
 from hakit.coord.registry import BACKENDS
 from hakit.coord.sqlite import SqliteCoordinator
 from tests.support.waiting import wait_until
+from tests.support.zookeeper import contract_store as _zookeeper_store
 
 TTL = 10.0  # the lease TTL of tests on an injected clock
 
@@ -89,7 +90,13 @@ def _etcd(directory: Path, clock: FakeClock, request: pytest.FixtureRequest) -> 
     return store
 
 
-MAKERS: dict[str, StoreMaker] = {"sqlite": _sqlite, "etcd": _etcd}
+def _zookeeper(directory: Path, clock: FakeClock, request: pytest.FixtureRequest) -> Coordinator:
+    return _zookeeper_store(
+        directory, clock
+    )  # a real server; the FakeClock stands in for its clock
+
+
+MAKERS: dict[str, StoreMaker] = {"sqlite": _sqlite, "etcd": _etcd, "zookeeper": _zookeeper}
 SERVER_TTLS: dict[str, float] = {"etcd": 1.0}  # backends whose server decides expiry
 
 
