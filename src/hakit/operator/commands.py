@@ -268,14 +268,23 @@ def event_from_json(raw: Mapping[str, Any]) -> Event:
     )
 
 
-def node_record(node: Mapping[str, Any]) -> NodeRecord | None:
-    """The record in a status document's node entry (None: its agent never reported)."""
+def node_record(node: Mapping[str, Any], read_at: float | None = None) -> NodeRecord | None:
+    """The record in a status document's node entry (None: its agent never reported).
+
+    Its ``age`` is the entry's (the store's clock); a document from an older agent has
+    none: then the age that agent would have shown, its ``read_at`` less the record's
+    ``updated_at`` (0 without ``read_at``)."""
     if node.get("role") is None or node.get("updated_at") is None:
         return None
+    updated_at = float(node["updated_at"])
+    age = node.get("age")
+    if not isinstance(age, int | float):
+        age = max(0.0, read_at - updated_at) if read_at is not None else 0.0
     return NodeRecord(
         str(node["node"]),
         str(node["role"]),
         str(node.get("app_state") or ""),
         int(node.get("epoch") or 0),
-        float(node["updated_at"]),
+        updated_at,
+        age=float(age),
     )
