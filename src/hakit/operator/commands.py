@@ -131,10 +131,12 @@ def _request_handover(
         "actor": actor,
         "reason": reason,
         "requested_at": now,
-        "expires_at": now + handover_timeout(cfg),
+        "expires_at": now + handover_timeout(cfg),  # this host's clock: display only
         "force": force,
+        # The store forgets it after the timeout, by its own clock (hakit.operator.intents).
+        "expiring": True,
     }
-    coordinator.set_state(HANDOVER, intent)
+    coordinator.set_state(HANDOVER, intent, ttl=handover_timeout(cfg))
     if forced:
         sentence = (
             f"{actor} forced a failover from {source or 'no active node'} to {target} ({reason})"
