@@ -153,9 +153,9 @@ class RouterChecks:
     def observe(self, view: ClusterView) -> None:
         """Reset the verdict of every node whose record names a new serving instance."""
         lease = view.lease
-        key = (lease.epoch, lease.revision) if lease is not None else (0, 0)
-        if key != self._lease_key:
-            self._lease_key = key
+        shown = (lease.epoch, lease.revision) if lease is not None else (0, 0)
+        if shown != self._lease_key:
+            self._lease_key = shown
             self._lease_since = view.read_at if view.lease_read_at is None else view.lease_read_at
         now = time.monotonic()
         for node in self.cfg.nodes:
