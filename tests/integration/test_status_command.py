@@ -293,13 +293,13 @@ def silent_cluster(config: Path) -> tuple[float, float]:
     n2 is a live standby; paused by alice; a few events. Returns (lease expiry, pause time)."""
     cfg = load_config(config)
     cfg.coordination_path.parent.mkdir(parents=True, exist_ok=True)
-    with SqliteCoordinator(cfg.coordination_path) as coordinator:
+    now = time.time()
+    store_clock = [now - 120]  # the store's clock: n1's record was stored 120 s ago
+    with SqliteCoordinator(cfg.coordination_path, clock=lambda: store_clock[0]) as coordinator:
+        coordinator.publish_node(NodeRecord("n1", "active", "RUNNING", 1, now - 120, {"pid": 4242}))
+        store_clock[0] = now
         lease = coordinator.acquire_or_renew("n1", 600)
-        assert lease is not None
-        now = time.time()
-        coordinator.publish_node(
-            NodeRecord("n1", "active", "RUNNING", lease.epoch, now - 120, {"pid": 4242})
-        )
+        assert lease is not None and lease.epoch == 1
         coordinator.publish_node(NodeRecord("n2", "standby", "STOPPED", 0, now))
         paused_at = now - 60
         coordinator.set_state(

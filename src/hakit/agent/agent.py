@@ -607,7 +607,7 @@ class Agent:
         self._published_at = self.monotonic()
         record.detail[AGENT_ID_KEY] = self.agent_id
         if self.fencer.pending:
-            record.detail[PENDING_KEY] = self.fencer.published()
+            record.detail[PENDING_KEY] = self.fencer.published(time.time())
         self.store.submit(
             f"publish the record of {self.node.name}",
             self.coordinator.publish_node,

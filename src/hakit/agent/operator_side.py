@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -237,9 +236,8 @@ class OperatorSide:
             except CoordinationError as error:
                 log.warning("could not read the routers' reports while draining: %s", error)
             else:
-                now = time.time()
-                fresh = [report for report in reports_in(state) if report.fresh(now)]
-                total, busy = in_flight(self.node.name, fresh, now, math.inf)
+                # Fresh: still in the store (its TTL, the store's clock; hakit.health.datapath).
+                total, busy = in_flight(self.node.name, reports_in(state), time.time())
                 if not busy:
                     break
             waited = self.monotonic() - started
@@ -306,7 +304,8 @@ class OperatorSide:
             self.events.put_nowait(PathLost(loss.target, loss.reason))
 
     def forget_silent_routers(self, state: Mapping[str, dict[str, Any]]) -> None:
-        """Active: remove the reports of routers silent for an hour (hakit.health.datapath).
+        """Active: remove the reports of older routers silent for an hour (a report with a
+        store TTL vanishes by itself; hakit.health.datapath.forgotten_reports).
 
         One agent is enough (the active one); the removal is a compare-and-delete, so
         a router that published again meanwhile keeps its report."""

@@ -134,7 +134,7 @@ def status_json(
     now = float(doc["read_at"])
     nodes = []
     for node in doc["nodes"]:
-        record = node_record(node)
+        record = node_record(node, now)
         condition = node_condition(record, now, ttl)
         nodes.append(
             {
@@ -219,7 +219,7 @@ def _print_status(cfg: Config, doc: Mapping[str, Any], last: int) -> None:
     lost = []
     for node in doc["nodes"]:
         name = node["node"]
-        condition = node_condition(node_record(node), now, ttl)
+        condition = node_condition(node_record(node, now), now, ttl)
         if condition.lost:
             lost.append(name)
         role = condition.role + (" (leader)" if doc["leader"] == name else "")

@@ -42,7 +42,7 @@ from hakit.dbfence import application_name as application_name  # re-exported: P
 from hakit.dbfence import fences_sessions, sessions_of, terminate_sessions
 from hakit.errors import CoordinationError
 from hakit.fencing.watchdog import kill_group_now
-from hakit.health.datapath import reports_in
+from hakit.health.datapath import PathReport, Sight, reports_in
 from hakit.health.probe import StatusProber
 from hakit.history.kinds import EventKind
 
@@ -59,7 +59,9 @@ RETRY_MAX = 60.0  # longest wait between two attempts to fence the same node
 
 @dataclass(frozen=True, slots=True)
 class FenceNeed:
-    """``node`` may still act under ``epoch``, whose lease ended at wall time ``since``.
+    """``node`` may still act under ``epoch``, whose lease ended at wall time ``since``
+    (this host's clock: the store's durations and this host's readings, never another
+    host's time).
 
     ``agent_id`` identifies the agent process that held it (``AGENT_ID_KEY`` in its
     record), when known: only that very process can prove it fenced itself.
@@ -67,12 +69,23 @@ class FenceNeed:
 
     node: str
     epoch: int
-    since: float  # wall-clock seconds
+    since: float  # wall-clock seconds, this host's clock
     why: str  # one clause: "its lease of epoch 3 expired at 12:00:01 without being released"
     agent_id: str | None = None
 
-    def as_json(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "since": self.since, "why": self.why, "agent": self.agent_id}
+    def as_json(self, now: float | None = None) -> dict[str, Any]:
+        """As published in the node record; with ``now`` (the publisher's clock) also
+        ``ended_ago``, the seconds since the lease ended: what another host reads (its
+        ``since`` is this host's clock, kept for older readers)."""
+        raw: dict[str, Any] = {
+            "epoch": self.epoch,
+            "since": self.since,
+            "why": self.why,
+            "agent": self.agent_id,
+        }
+        if now is not None:
+            raw["ended_ago"] = max(0.0, now - self.since)
+        return raw
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,21 +129,40 @@ def clock(wall: float) -> str:
     return time.strftime("%H:%M:%S", time.localtime(wall))
 
 
-def stood_down(record: NodeRecord | None, need: FenceNeed) -> bool:
+def stood_down(record: NodeRecord | None, need: FenceNeed, read_at: float) -> bool:
     """True when the very agent that held ``need.node``'s lease has run since it ended and
     no longer claims it.
 
     That agent checks its deadline before it publishes anything and kills its app
-    when it is late, so a record of the same agent instance written after
+    when it is late, so a record of the same agent instance stored after
     ``need.since`` that is not "active under the lost epoch" proves the app is
     gone. A record of another instance (the agent was restarted: the old one's
     app may live on, orphaned) or of an unknown one proves nothing.
+
+    When it was stored is the store's judgement: ``record.age`` seconds before the
+    records were read, at ``read_at`` on this host's clock (``need.since``'s clock);
+    never the publisher's ``updated_at``, another host's clock.
     """
-    if record is None or need.agent_id is None or record.updated_at <= need.since:
+    if record is None or need.agent_id is None or read_at - record.age <= need.since:
         return False
     if record.detail.get(AGENT_ID_KEY) != need.agent_id:
         return False
     return not (record.role == "active" and record.epoch == need.epoch)
+
+
+def answered_after_end(report: PathReport, sight: Sight, need: FenceNeed) -> bool:
+    """``sight`` (``need.node``'s, in ``report``) answered a check sent after the lease of
+    ``need.epoch`` ended: the router's view then showed that epoch expired, or a later
+    epoch (stamps, no clock compared). An older router's report: its ``answered_at``
+    after ``need.since`` (the old way: such routers shared the store's machine)."""
+    if sight.answered_at is None:
+        return False
+    if not report.expiring:
+        return sight.answered_at > need.since
+    seen = sight.answered_lease
+    if seen is None:
+        return False
+    return seen.epoch > need.epoch or (seen.epoch == need.epoch and seen.left <= 0)
 
 
 def _merge(needs: dict[str, FenceNeed], need: FenceNeed) -> None:
@@ -139,8 +171,12 @@ def _merge(needs: dict[str, FenceNeed], need: FenceNeed) -> None:
         needs[need.node] = need
 
 
-def pending_in(record: NodeRecord) -> list[FenceNeed]:
-    """The fence needs another node published as not done yet (see ``PENDING_KEY``)."""
+def pending_in(record: NodeRecord, read_at: float) -> list[FenceNeed]:
+    """The fence needs another node published as not done yet (see ``PENDING_KEY``), their
+    ``since`` on this host's clock: ``ended_ago`` before the record was stored (its
+    ``age`` before ``read_at``, when the records were read). An older agent published no
+    ``ended_ago``: its ``since`` as it is (its clock; such agents shared the store's
+    machine)."""
     raw = record.detail.get(PENDING_KEY)
     needs = []
     if isinstance(raw, dict):
@@ -149,6 +185,9 @@ def pending_in(record: NodeRecord) -> list[FenceNeed]:
                 continue
             try:
                 epoch, since = int(info["epoch"]), float(info["since"])
+                ago = info.get("ended_ago")
+                if isinstance(ago, int | float):
+                    since = read_at - record.age - float(ago)
             except (KeyError, TypeError, ValueError):
                 continue
             why = f"{record.node} could not fence it yet ({info.get('why', 'see its events')})"
@@ -165,6 +204,8 @@ def fence_needs(
     gained: Lease,
     records: Mapping[str, NodeRecord],
     own_pending: Sequence[FenceNeed],
+    *,
+    read_at: float,
 ) -> tuple[list[FenceNeed], list[FenceNeed]]:
     """(nodes to fence before ``me`` may act under ``gained``, nodes that no longer need it).
 
@@ -174,12 +215,13 @@ def fence_needs(
       published one of them (they held the lease for a moment, then lost it);
     - nodes another node (or ``me``, earlier) could not fence yet stay to fence.
 
-    ``records`` are the node records now. A node whose agent has published a
-    record since (``stood_down``) is cleared instead: it has run, seen its lease
-    end and killed its app.
+    ``records`` are the node records now, read at ``read_at`` (this host's wall clock,
+    taken before the read). A node whose agent has published a record since
+    (``stood_down``) is cleared instead: it has run, seen its lease end and killed its
+    app.
     """
     needs: dict[str, FenceNeed] = {}
-    lease, read_at = before.lease, before.read_at
+    lease = before.lease
     if lease is not None and lease.holder != me:
         if not lease.valid:
             why = f"its lease of epoch {lease.epoch} expired at {clock(lease.expires_at)} without being released"
@@ -187,7 +229,7 @@ def fence_needs(
             why = f"its lease of epoch {lease.epoch} ended without a clean release"
         # When it ended, on the reader's clock: the store judged it expired for
         # -remaining seconds at the read (the store's expires_at is another clock).
-        since = read_at + min(0.0, lease.remaining)
+        since = before.read_at + min(0.0, lease.remaining)
         agent = agent_id_of(before.record, lease.epoch)
         _merge(needs, FenceNeed(lease.holder, lease.epoch, since, why, agent))
     prior = max(before.last_epoch, lease.epoch if lease is not None else 0)
@@ -196,16 +238,16 @@ def fence_needs(
             if record.node != me and prior < record.epoch < gained.epoch:
                 why = f"it held epoch {record.epoch}, which ended while {me} took the lease"
                 agent = agent_id_of(record, record.epoch)
-                _merge(needs, FenceNeed(record.node, record.epoch, read_at, why, agent))
+                _merge(needs, FenceNeed(record.node, record.epoch, before.read_at, why, agent))
     for record in records.values():
         if record.node != me:
-            for need in pending_in(record):
+            for need in pending_in(record, read_at):
                 _merge(needs, need)
     for need in own_pending:
         _merge(needs, need)
     needs.pop(me, None)
-    to_fence = [n for n in needs.values() if not stood_down(records.get(n.node), n)]
-    cleared = [n for n in needs.values() if stood_down(records.get(n.node), n)]
+    to_fence = [n for n in needs.values() if not stood_down(records.get(n.node), n, read_at)]
+    cleared = [n for n in needs.values() if stood_down(records.get(n.node), n, read_at)]
     return sorted(to_fence, key=lambda n: n.node), sorted(cleared, key=lambda n: n.node)
 
 
@@ -355,8 +397,9 @@ class Fencer:
     skip_next: bool = False  # operator (`hakit failover --force`): promote once without fencing
     failures: int = 0  # failed attempts in a row
 
-    def published(self) -> dict[str, Any]:
-        return {node: need.as_json() for node, need in sorted(self.pending.items())}
+    def published(self, now: float | None = None) -> dict[str, Any]:
+        """``pending`` as published in the node record (``now``: this host's wall clock)."""
+        return {node: need.as_json(now) for node, need in sorted(self.pending.items())}
 
     def _host(self, node: str) -> str:
         try:
@@ -366,13 +409,14 @@ class Fencer:
 
     async def clear_to_promote(self, gained: Lease, before: Predecessor) -> Verdict:
         """Fence what must be fenced before acting under ``gained``; never raises."""
+        read_at = time.time()  # before the read: a record's age is then, if anything, larger
         try:
             records = {r.node: r for r in await self.call(self.coordinator.nodes)}
         except CoordinationError as error:
             log.warning("could not read the node records before promoting: %s", error)
             records = {}
         to_fence, cleared = fence_needs(
-            self.me, before, gained, records, list(self.pending.values())
+            self.me, before, gained, records, list(self.pending.values()), read_at=read_at
         )
         for need in cleared:
             self.pending.pop(need.node, None)
@@ -499,7 +543,11 @@ class Fencer:
 
     async def _routers_heard(self, need: FenceNeed) -> str | None:
         """A router's fresh report that ``need.node``'s app answered after its lease ended
-        (the data path: this node may not reach it, the routers do), in words; else None."""
+        (the data path: this node may not reach it, the routers do), in words; else None.
+
+        "After" is the router's stamp (hakit.health.datapath.LeaseSeen): the check was
+        sent while its view of the store showed that epoch expired, or a later epoch. An
+        older router's report (no stamps): its ``answered_at`` against ``need.since``."""
         try:
             state = await self.call(self.coordinator.cluster_state)
         except CoordinationError:
@@ -509,9 +557,12 @@ class Fencer:
             sight = report.sees_now(need.node) if report.fresh(now) else None
             if sight is None or sight.failure is not None or sight.answered_at is None:
                 continue
-            if sight.answered_at > need.since:
-                ago = max(0.0, now - sight.answered_at)
-                return f"router {report.router} got an answer from it {ago:.1f} s ago"
+            if answered_after_end(report, sight, need):
+                before = max(0.0, report.at - sight.answered_at)
+                return (
+                    f"router {report.router} got an answer from it after its lease ended "
+                    f"({before:.1f} s before its last report)"
+                )
         return None
 
     async def _fence_sessions(self, need: FenceNeed, epoch: int) -> list[str]:

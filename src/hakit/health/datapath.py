@@ -20,29 +20,53 @@ every configured node:
 
 plus the report's own time ``at``, how often the router publishes (``every``) and
 the longest gap between two completed checks of an answering node
-(``check_every``). A report older than ``STALE_REPORTS`` publishing periods is
-*stale*: that router is down or cut off from the store, and says nothing.
+(``check_every``). The wall times (``at``, ``answered_at``, ``checked_at``,
+``failing_since``) are the router's clock: they are only ever compared with each
+other, never with the reader's clock or the store's (hosts need not share a clock).
 
-Three decisions read the reports, all pure (the caller passes ``now``, wall-clock
-seconds, the clock the store's times use):
+What the router's view of the store showed of the lease is stamped in (:class:`LeaseSeen`:
+epoch, revision, the validity left and how long that revision had been shown, all
+judged by the store or measured on the router's clock): on the report, as of
+``at``, and on each sight, as of when its last answered check was sent
+(``answered_lease``).
+
+Freshness is the store's judgement: a router publishes its report with a store TTL
+of ``STALE_REPORTS`` publishing periods (``report_ttl``) and ``expiring: true``; the
+store forgets it once the router has stopped publishing that long (it is down or cut
+off), so a report the store still returns is fresh. A report an older router wrote
+without TTL (no ``expiring``) is judged the old way, its ``at`` against the reader's
+clock, and its answers against the lease's times: such routers only ever served the
+embedded store, on the store's machine or one sharing its file system, and the old
+way keeps what they see counting (in particular, that an old holder's app still
+answers) while routers are upgraded one by one. Such a report is also removed after
+``FORGET_AFTER`` of silence (:func:`forgotten_reports`): nothing else removes it.
+
+Three decisions read the reports, all pure (``now`` is the reader's wall clock, used
+only for the old routers' reports and the reader's own durations):
 
 - :func:`judge_holder`: a standby about to take over an EXPIRED lease asks
   whether its holder is dead. Death needs both silences: the lease expired AND no
   fresh router got an answer from the node after its last renewal (plus one and
   a half renewal intervals: a node that died just after renewing may have
-  answered a check in between). When a router still gets answers, the holder's
+  answered a check in between). "After" is read from the stamps, not from clocks:
+  an answer to a check sent while the router's view showed the holder's epoch at the
+  lease's last revision for at least that long, or showed it expired (or a later
+  revision: the holder renewed since). When a router still gets answers, the holder's
   agent is stalled, not dead: the standby defers, up to the detection patience
   (``health.timeout``) after the expiry; past it, the lease alone decides (an
   agent that crashed alone must not keep the cluster unsupervised for ever). With
   no fresh report at all (no router, or every router down) the lease alone
-  decides, as without a data path. When the reports are too old to tell (written
-  before the expiry, no check since the renewal) the standby waits for the next
-  one: at most one publishing period.
+  decides, as without a data path. When the reports are too old to tell (the
+  router's view did not show the lease expired yet and its last check of the holder
+  answered) the standby waits for the next one: about one publishing period, and
+  never past the patience.
 - :func:`path_lost`: the active node's agent sees its own app RUNNING but every
   fresh router has failed to reach it for the detection patience (the ``fall``
-  and ``health.timeout`` rules of hakit.policy.rules.streak_is_failure; failures from
-  before its app answered locally, while it started or the node was frozen, count only
-  once the routers keep failing for the patience after that) while some
+  and ``health.timeout`` rules of hakit.policy.rules.streak_is_failure, on the
+  router's clock; failures from before its app answered locally, while it started or
+  the node was frozen, count only once the routers keep failing for the patience
+  after that: how long ago a check failed is a duration on the router's clock plus
+  at most a report's TTL, against how long the app has answered on the agent's) while some
   standby answers those routers (or refuses: its host is reachable). It then
   hands over to that standby (a ``path-loss`` handover, hakit.operator.intents). When the
   routers reach no standby either, their own network is the problem: nothing
@@ -65,8 +89,8 @@ from hakit.coord.keys import is_router_report
 from hakit.policy.rules import Streak, streak_is_failure
 
 ANSWERED, REFUSED, SILENT = "answered", "refused", "silent"
-STALE_REPORTS = 3  # a report older than this many publishing periods is stale
-FORGET_AFTER = 3600.0  # seconds without a report after which a router's report is removed
+STALE_REPORTS = 3  # a report older than this many publishing periods is stale (its TTL)
+FORGET_AFTER = 3600.0  # seconds of silence after which an old router's report is removed
 RENEWAL_SLACK = 1.5  # renewal intervals after the last renewal an answer proves a stall
 # Agent states in which a node cannot take over a handover (hakit.operator.commands refuses
 # them too).
@@ -75,6 +99,56 @@ NOT_READY = frozenset({"INIT", "MANUAL", "FENCED", "STEPPING_DOWN"})
 
 def clock(wall: float) -> str:
     return time.strftime("%H:%M:%S", time.localtime(wall))
+
+
+def report_ttl(every: float) -> float:
+    """The store TTL a router publishes its report with: ``STALE_REPORTS`` periods."""
+    return STALE_REPORTS * every
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseSeen:
+    """What a router's view of the store showed of the lease at one moment, in terms
+    that need no shared clock: the lease's ``epoch`` and ``revision``, the seconds of
+    validity ``left`` (the store's judgement at the read less the time elapsed since
+    on the router's clock; <= 0: expired, or no lease) and for how many seconds the
+    view had shown that epoch and revision (``shown``, the router's clock: a lower
+    bound of the time since that grant or renewal)."""
+
+    epoch: int = 0
+    revision: int = 0
+    left: float = 0.0
+    shown: float = 0.0
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch,
+            "revision": self.revision,
+            "left": self.left,
+            "shown": self.shown,
+        }
+
+    @classmethod
+    def from_json(cls, raw: object) -> LeaseSeen | None:
+        if not isinstance(raw, Mapping):
+            return None
+        try:
+            return cls(
+                int(raw.get("epoch") or 0),
+                int(raw.get("revision") or 0),
+                float(raw.get("left") or 0.0),
+                float(raw.get("shown") or 0.0),
+            )
+        except (TypeError, ValueError):
+            return None
+
+
+def lease_seen(lease: Lease | None, left: float, shown: float) -> LeaseSeen:
+    """The stamp for a router's view showing ``lease`` with ``left`` seconds of validity,
+    that epoch and revision shown for ``shown`` seconds (no lease: epoch 0, expired)."""
+    if lease is None:
+        return LeaseSeen()
+    return LeaseSeen(lease.epoch, lease.revision, left, max(0.0, shown))
 
 
 # --- the reports ------------------------------------------------------------------------
@@ -92,6 +166,9 @@ class Sight:
     detail: str = ""
     in_flight: int = 0  # requests in flight from this router to the node now
     draining: bool = False  # this router sees the node draining
+    # The router's view of the lease when the last answered check was sent (None: an
+    # older router's report, or never answered).
+    answered_lease: LeaseSeen | None = None
 
     @property
     def reachable(self) -> bool:
@@ -108,6 +185,9 @@ class Sight:
             "detail": self.detail,
             "in_flight": self.in_flight,
             "draining": self.draining,
+            "answered_lease": (
+                self.answered_lease.as_json() if self.answered_lease is not None else None
+            ),
         }
 
     @classmethod
@@ -122,19 +202,29 @@ class Sight:
             str(raw.get("detail") or ""),
             int(raw.get("in_flight") or 0),
             raw.get("draining") is True,
+            LeaseSeen.from_json(raw.get("answered_lease")),
         )
 
 
 @dataclass(frozen=True, slots=True)
 class PathReport:
     router: str
-    at: float  # wall time the report was written
+    at: float  # the router's wall time when the report was written
     every: float  # the router publishes at least this often
     check_every: float  # longest gap between two completed checks of an answering node
     nodes: Mapping[str, Sight]
+    lease: LeaseSeen | None = None  # the router's view of the lease at ``at``
+    # Published with a store TTL (report_ttl): present in the store means fresh. False: an
+    # older router's report, judged on its ``at`` (see the module doc).
+    expiring: bool = False
 
     def fresh(self, now: float) -> bool:
-        return now - self.at <= STALE_REPORTS * self.every
+        """Says something about the present. A report with a store TTL the store returned
+        is fresh (the store's clock judged it); an older router's report is fresh when
+        written within ``STALE_REPORTS`` periods of the reader's ``now``."""
+        if self.expiring:
+            return True
+        return now - self.at <= report_ttl(self.every)
 
     def sees_now(self, node: str) -> Sight | None:
         """``node``'s sight if its last check is recent enough to speak for the present."""
@@ -152,6 +242,8 @@ class PathReport:
             "every": self.every,
             "check_every": self.check_every,
             "nodes": {name: sight.as_json() for name, sight in sorted(self.nodes.items())},
+            "lease": self.lease.as_json() if self.lease is not None else None,
+            "expiring": self.expiring,
         }
 
     @classmethod
@@ -167,6 +259,8 @@ class PathReport:
                 for name, sight in (nodes.items() if isinstance(nodes, dict) else ())
                 if isinstance(sight, dict)
             },
+            LeaseSeen.from_json(raw.get("lease")),
+            raw.get("expiring") is True,
         )
 
 
@@ -199,29 +293,33 @@ def fresh_reports(reports: Iterable[PathReport], now: float) -> list[PathReport]
 def forgotten_reports(
     state: Mapping[str, Mapping[str, Any]], now: float, after: float = FORGET_AFTER
 ) -> list[tuple[str, Mapping[str, Any], PathReport]]:
-    """The reports (key, stored value, report) of routers silent for ``after`` seconds:
-    to remove.
+    """The reports (key, stored value, report) of older routers silent for ``after``
+    seconds: to remove.
 
-    A router that stops removes its own report; one that crashed, or was taken out
-    of service with its host, leaves it behind for ever. Stale reports already say
-    nothing (:meth:`PathReport.fresh`); removing them after an hour keeps the
-    cluster state to the routers that exist. The value is returned so the removal
-    can be a compare-and-delete: a router that came back and published meanwhile
-    keeps its new report. Malformed reports cannot be dated and are left alone.
+    A report with a store TTL (``expiring``) vanishes by itself once its router stops
+    publishing, by the store's clock: it is never returned. An older router's report
+    has no TTL: a router that crashed, or was taken out of service with its host,
+    leaves it behind for ever. Stale reports already say nothing
+    (:meth:`PathReport.fresh`); removing them after an hour keeps the cluster state to
+    the routers that exist. The value is returned so the removal can be a
+    compare-and-delete: a router that came back and published meanwhile keeps its new
+    report. Malformed reports cannot be dated and are left alone.
     """
-    return [stored for stored in _stored_reports(state) if now - stored[2].at >= after]
+    return [
+        stored
+        for stored in _stored_reports(state)
+        if not stored[2].expiring and now - stored[2].at >= after
+    ]
 
 
 # --- a drain: requests still in flight to a node ------------------------------------------
 
 
-def in_flight(
-    node: str, reports: Iterable[PathReport], now: float, fresh_within: float
-) -> tuple[int, list[str]]:
+def in_flight(node: str, reports: Iterable[PathReport], now: float) -> tuple[int, list[str]]:
     """(requests in flight to ``node``, the routers a drain of ``node`` still waits for).
 
-    Counts the reports written within ``fresh_within`` seconds of ``now`` (wall clock)
-    that know ``node``. A router is still busy while it has requests in flight to
+    Counts the fresh reports (:meth:`PathReport.fresh`: present in the store, or an
+    older router's written within ``STALE_REPORTS`` periods of ``now``) that know ``node``. A router is still busy while it has requests in flight to
     ``node``, or while it does not yet report ``node`` as draining: until then it may
     still send it new users, so a count of 0 from it proves nothing. The drain is
     over when no router is busy; with no fresh report at all (no router running)
@@ -229,7 +327,7 @@ def in_flight(
     """
     total, busy = 0, []
     for report in reports:
-        if now - report.at > fresh_within:
+        if not report.fresh(now):
             continue
         sight = report.nodes.get(node)
         if sight is None:
@@ -253,6 +351,44 @@ class HolderVerdict:
     witness: str | None = None
 
 
+def heard_after_renewal(
+    report: PathReport, sight: Sight, lease: Lease, *, ttl: float, renew: float
+) -> bool:
+    """``sight`` (of ``lease``'s holder, in ``report``) answered after the lease's last
+    renewal plus ``RENEWAL_SLACK`` renewal intervals, or after the lease expired.
+
+    Read from the stamp of the answered check (the router's view of the store when it
+    was sent), never by comparing the router's ``answered_at`` with the store's lease
+    times: the holder's epoch at a later revision (it renewed since this lease was
+    read), or at this revision shown expired or shown for the slack already. An older
+    router's report (no stamps) is judged the old way, ``answered_at`` against the
+    renewal time derived from ``expires_at`` (they shared the store's machine)."""
+    if sight.answered_at is None:
+        return False
+    if not report.expiring:
+        return sight.answered_at >= lease.expires_at - ttl + RENEWAL_SLACK * renew
+    seen = sight.answered_lease
+    if seen is None or seen.epoch != lease.epoch:
+        return False
+    if seen.revision != lease.revision:
+        return seen.revision > lease.revision
+    return seen.left <= 0 or seen.shown >= RENEWAL_SLACK * renew
+
+
+def too_old_to_tell(report: PathReport, sight: Sight, lease: Lease) -> bool:
+    """``report`` cannot tell yet whether ``lease``'s holder outlived it: its last check of
+    the holder answered, but the report predates the expiry (its router's view did not
+    show the lease expired yet; an older router's: written before ``expires_at``)."""
+    if sight.failure is not None:
+        return False
+    if not report.expiring:
+        return report.at < lease.expires_at
+    seen = report.lease
+    if seen is None or seen.epoch < lease.epoch:
+        return True
+    return seen.epoch == lease.epoch and (seen.revision < lease.revision or seen.left > 0)
+
+
 def judge_holder(
     lease: Lease | None,
     reports: Iterable[PathReport],
@@ -262,26 +398,30 @@ def judge_holder(
     renew: float,
     patience: float,
 ) -> HolderVerdict:
-    """Is the holder of the expired ``lease`` dead (take over) or only its agent stalled?"""
+    """Is the holder of the expired ``lease`` dead (take over) or only its agent stalled?
+
+    ``now``: the reader's wall clock, for older routers' reports only (see the module
+    doc); ``lease`` as the store answered it (``remaining``: its judgement)."""
     if lease is None or lease.valid:
         return HolderVerdict(True)  # released, never held, or valid: the store decides
     holder, expired = lease.holder, -lease.remaining  # the store's judgement at the read
     seeing = [r for r in fresh_reports(reports, now) if holder in r.nodes]
     if not seeing:
         return HolderVerdict(True, f"no fresh router report on {holder}: the lease alone decides")
-    after = lease.expires_at - ttl + RENEWAL_SLACK * renew
     answers = [
         (report, sight)
         for report in seeing
-        if (sight := report.nodes[holder]).answered_at is not None and sight.answered_at >= after
+        if heard_after_renewal(report, sight := report.nodes[holder], lease, ttl=ttl, renew=renew)
     ]
     if answers:
-        report, sight = max(answers, key=lambda pair: pair[1].answered_at or 0.0)
+        # The router that heard it last before its own report (one clock's difference).
+        report, sight = min(answers, key=lambda pair: pair[0].at - (pair[1].answered_at or 0.0))
         assert sight.answered_at is not None
-        ago = max(0.0, now - sight.answered_at)
+        before = max(0.0, report.at - sight.answered_at)
         heard = (
             f"lease of {holder} (epoch {lease.epoch}) expired {expired:.1f} s ago but router "
-            f"{report.router} got an answer from it {ago:.1f} s ago"
+            f"{report.router} got an answer from it after its last renewal "
+            f"({before:.1f} s before its last report)"
         )
         if expired >= patience:
             return HolderVerdict(
@@ -293,17 +433,24 @@ def judge_holder(
         return HolderVerdict(
             False, f"{heard}: an agent stall, not a death; not taking over", report.router
         )
-    if any(
-        report.at < lease.expires_at and report.nodes[holder].failure is None for report in seeing
-    ):
-        # Written before the expiry with no answer since the renewal and no failure either:
-        # too old to tell; the next report (one publishing period) will.
-        return HolderVerdict(False)
+    if any(too_old_to_tell(report, report.nodes[holder], lease) for report in seeing):
+        # No answer since the renewal and no failure either, from before the expiry:
+        # too old to tell; the next report (one publishing period) will. Bounded by the
+        # patience, as a stall is.
+        if expired < patience:
+            return HolderVerdict(False)
+        return HolderVerdict(
+            True,
+            f"lease of {holder} (epoch {lease.epoch}) expired {expired:.1f} s ago and no router "
+            f"report since tells whether it answers, past the detection patience "
+            f"({patience:g} s): taking over on the lease alone",
+        )
     routers = ", ".join(report.router for report in seeing)
     return HolderVerdict(
         True,
         f"lease of {holder} (epoch {lease.epoch}) expired {expired:.1f} s ago and no router "
-        f"({routers}) got an answer from it since {clock(after)}: the node is dead or cut off",
+        f"({routers}) got an answer from it since {RENEWAL_SLACK:g} renewal intervals after "
+        "its last renewal: the node is dead or cut off",
     )
 
 
@@ -350,14 +497,16 @@ def path_lost(
     for report in fresh:
         sight = report.nodes.get(me)
         streak = _streak(sight) if sight is not None else None
-        if streak is None or not streak_is_failure(streak, fall, patience, now):
+        # A streak's span is measured on its router's clock, up to its report (an older
+        # router's report: up to the reader's now, the old way).
+        at = report.at if report.expiring else now
+        if streak is None or not streak_is_failure(streak, fall, patience, at):
             return None  # this router still reaches me (or has not given up yet)
         assert sight is not None
-        if answering_since is not None and streak.first_at < answering_since:
-            if sight.checked_at is None or sight.checked_at < answering_since:
-                return None  # no check of this router has failed since the app answers here
-            if now - answering_since < patience:
-                return None  # failing since the app answers here, but not for the patience
+        if answering_since is not None and not _failing_since_answering(
+            report, sight, streak, now, answering_since, patience
+        ):
+            return None
         lost.append((report, sight))
     for target in candidates:
         if all(
@@ -377,6 +526,38 @@ def path_lost(
         f"{'that router' if len(fresh) == 1 else 'those routers'}: handing over to {target}",
         tuple(report.router for report, _ in lost),
     )
+
+
+def _failing_since_answering(
+    report: PathReport,
+    sight: Sight,
+    streak: Streak,
+    now: float,
+    answering_since: float,
+    patience: float,
+) -> bool:
+    """The router's failing streak counts although the app answers here since
+    ``answering_since`` (the agent's clock): it began after that, or a check failed after
+    that and the app has answered for the patience.
+
+    With a stamped report the times are compared as durations: how long before its
+    report the router saw the streak begin and the last check fail (its clock), plus at
+    most the report's TTL (how old a report the store still returns can be), against
+    how long the app has answered (the agent's clock). When it cannot tell, the streak
+    began before (no handover: the safe side)."""
+    if not report.expiring:  # an older router's report: its times against the agent's
+        if streak.first_at >= answering_since:
+            return True
+        if sight.checked_at is None or sight.checked_at < answering_since:
+            return False  # no check of this router has failed since the app answers here
+        return now - answering_since >= patience
+    answering_for = now - answering_since
+    slack = report_ttl(report.every)
+    if report.at - streak.first_at + slack < answering_for:
+        return True  # the streak surely began after the app answered here
+    if sight.checked_at is None or report.at - sight.checked_at + slack >= answering_for:
+        return False  # no check surely failed since the app answers here
+    return answering_for >= patience  # failing since then, for the patience
 
 
 def handover_candidates(

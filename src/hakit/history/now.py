@@ -38,10 +38,15 @@ def node_condition(record: NodeRecord | None, now: float, ttl: float) -> NodeCon
     lease TTL), so a record older than ``ttl`` is a lost node: a killed agent's
     last words ("active", "RUNNING") stay in the store and would otherwise be
     shown as the truth. A record its agent wrote on shutdown ("stopped") is not lost.
+
+    The record's age is the store's (``NodeRecord.age``, by the store's clock at the
+    read), never ``now`` (the reader's clock) against ``updated_at`` (the publisher's):
+    hosts need not share a clock. ``now`` is the time the records were read, kept for
+    the callers' sake.
     """
     if record is None:
         return NodeCondition("unknown", "-", False, None, "dim")
-    age = max(0.0, now - record.updated_at)
+    age = max(0.0, record.age)
     if record.role == "stopped":
         return NodeCondition("stopped", record.app_state or "-", False, age, "dim")
     if age > ttl:

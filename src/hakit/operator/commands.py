@@ -133,10 +133,12 @@ def _request_handover(
         "actor": actor,
         "reason": reason,
         "requested_at": now,
-        "expires_at": now + handover_timeout(cfg),
+        "expires_at": now + handover_timeout(cfg),  # this host's clock: display only
         "force": force,
+        # The store forgets it after the timeout, by its own clock (hakit.operator.intents).
+        "expiring": True,
     }
-    coordinator.set_state(HANDOVER, intent)
+    coordinator.set_state(HANDOVER, intent, ttl=handover_timeout(cfg))
     if forced:
         sentence = (
             f"{actor} forced a failover from {source or 'no active node'} to {target} ({reason})"
@@ -270,14 +272,23 @@ def event_from_json(raw: Mapping[str, Any]) -> Event:
     )
 
 
-def node_record(node: Mapping[str, Any]) -> NodeRecord | None:
-    """The record in a status document's node entry (None: its agent never reported)."""
+def node_record(node: Mapping[str, Any], read_at: float | None = None) -> NodeRecord | None:
+    """The record in a status document's node entry (None: its agent never reported).
+
+    Its ``age`` is the entry's (the store's clock); a document from an older agent has
+    none: then the age that agent would have shown, its ``read_at`` less the record's
+    ``updated_at`` (0 without ``read_at``)."""
     if node.get("role") is None or node.get("updated_at") is None:
         return None
+    updated_at = float(node["updated_at"])
+    age = node.get("age")
+    if not isinstance(age, int | float):
+        age = max(0.0, read_at - updated_at) if read_at is not None else 0.0
     return NodeRecord(
         str(node["node"]),
         str(node["role"]),
         str(node.get("app_state") or ""),
         int(node.get("epoch") or 0),
-        float(node["updated_at"]),
+        updated_at,
+        age=float(age),
     )

@@ -9,7 +9,12 @@ feeds its policy (Paused, Resumed, HandoverRequested, HandoverEnded):
   "requested_at", "expires_at", "force"}``: a switchover (``kind`` "switchover":
   the active drains, stops, releases; only the target may take the lease) or a
   forced failover ("failover": the target takes the lease at once). Its target
-  clears it once it serves; any agent clears it once ``expires_at`` is past.
+  clears it once it serves. It is written with a store TTL (``set_state(ttl=)``,
+  the handover timeout) and ``"expiring": true``: the store forgets it by its own
+  clock, so no agent compares the writer's ``expires_at`` (shown only) with its
+  own clock. An intent an older hakit wrote without TTL (no ``expiring``) is
+  judged the old way: any agent clears it once ``expires_at`` is past on its
+  clock (such writers only ever used the embedded store, one machine's clock).
   The active node's own agent writes a ``path-loss`` one (``request_path_loss``)
   when the routers lost their path to it (hakit.health.datapath): a switchover's
   steps, its agent as the actor.
@@ -106,14 +111,20 @@ def request_path_loss(
         "actor": f"agent:{source}",
         "reason": reason,
         "requested_at": now,
-        "expires_at": now + handover_timeout(cfg),
+        "expires_at": now + handover_timeout(cfg),  # the writer's clock: display only
         "force": False,
+        "expiring": True,
     }
-    coordinator.set_state(HANDOVER, intent)
+    coordinator.set_state(HANDOVER, intent, ttl=handover_timeout(cfg))
     return intent
 
 
 def handover_expired(intent: Mapping[str, Any], now: float) -> bool:
+    """An intent read from the store has expired. One with a store TTL (``expiring``)
+    never has: the store leaves it out of reads once its TTL is over, by its own clock.
+    One an older hakit wrote without TTL is judged on its ``expires_at`` against ``now``."""
+    if intent.get("expiring") is True:
+        return False
     expires = intent.get("expires_at")
     return isinstance(expires, int | float) and now >= expires
 

@@ -35,6 +35,7 @@ from hakit.contract import MEANING, REPORTED_STATES, AppState, is_routable
 from hakit.coord.base import NodeRecord
 from hakit.coord.view import ClusterView
 from hakit.errors import HakitError
+from hakit.health.datapath import LeaseSeen, lease_seen
 from hakit.health.probe import Observation
 from hakit.router.health import HealthBoard, HealthState, Result, Transition, drain, fail, ok
 from hakit.router.pathreport import PathTracker, path_kind, reach
@@ -134,9 +135,28 @@ class RouterChecks:
         self._keys: dict[str, InstanceKey | None] = {}
         self._generation: dict[str, int] = {node.name: 0 for node in cfg.nodes}
         self._tasks: list[asyncio.Task[None]] = []
+        # The lease's (epoch, revision) the views show, and since when (this host's wall
+        # clock: when a view first showed it).
+        self._lease_key: tuple[int, int] = (0, 0)
+        self._lease_since = 0.0
+
+    def lease_seen(self, now: float) -> LeaseSeen:
+        """What the current view shows of the lease at wall time ``now`` (the stamp of a
+        check sent then, or of a report; hakit.health.datapath.LeaseSeen)."""
+        view = self._view()
+        lease = view.lease
+        if lease is None:
+            return LeaseSeen()
+        shown = now - self._lease_since if self._lease_key == (lease.epoch, lease.revision) else 0.0
+        return lease_seen(lease, view.lease_left(now), shown)
 
     def observe(self, view: ClusterView) -> None:
         """Reset the verdict of every node whose record names a new serving instance."""
+        lease = view.lease
+        shown = (lease.epoch, lease.revision) if lease is not None else (0, 0)
+        if shown != self._lease_key:
+            self._lease_key = shown
+            self._lease_since = view.read_at if view.lease_read_at is None else view.lease_read_at
         now = time.monotonic()
         for node in self.cfg.nodes:
             key = instance_key(view.nodes.get(node.name))
@@ -181,15 +201,16 @@ class RouterChecks:
             while True:  # until cancelled by close()
                 await asyncio.sleep(interval)
                 sent = time.time()
+                seen = self.lease_seen(sent)
                 if not should_check(self._view().nodes.get(node.name)):
                     # No app to check: only whether its host is reachable (data path).
                     timeout = self.cfg.health.probe_timeout
                     kind, detail = await reach(node.host, node.port, timeout)
-                    self._path(node.name, kind, detail, sent)
+                    self._path(node.name, kind, detail, sent, seen)
                     continue
                 generation = self._generation.get(node.name, 0)
                 observation = await prober.probe()
-                self._path(node.name, path_kind(observation), observation.detail, sent)
+                self._path(node.name, path_kind(observation), observation.detail, sent, seen)
                 if generation != self._generation.get(node.name, 0):
                     continue  # a new instance took over during the probe: not its result
                 self.feed(node.name, observation)
@@ -197,8 +218,8 @@ class RouterChecks:
             with contextlib.suppress(Exception):
                 await prober.aclose()
 
-    def _path(self, name: str, kind: str, detail: str, sent: float) -> None:
-        if self.paths.feed(name, kind, detail, sent, time.time()) and self.on_path_change:
+    def _path(self, name: str, kind: str, detail: str, sent: float, seen: LeaseSeen) -> None:
+        if self.paths.feed(name, kind, detail, sent, time.time(), seen) and self.on_path_change:
             self.on_path_change()
 
     def feed(self, name: str, observation: Observation) -> Transition | None:

@@ -12,10 +12,19 @@ reachable host (refused, or accepted) from a silent one.
 :class:`PathReporter` writes the tracker's report to the coordination store,
 ``router/<name>`` (``Coordinator.set_state``), through the router's store
 executor: when what it sees changes (a node starts or stops answering, or the
-kind of failure changes) and at least every ``every`` seconds (the agents judge
-a report stale after hakit.health.datapath.STALE_REPORTS periods), never more often
-than ``every / 5``. The request hot path is not involved: only the checks feed
-the tracker.
+kind of failure changes) and at least every ``every`` seconds, never more often
+than ``every / 5``. It writes it with a store TTL of
+hakit.health.datapath.STALE_REPORTS periods (``report_ttl``, ``expiring: true``):
+a router that stops publishing (down, or cut off from the store) has its report
+forgotten by the store, on the store's clock. The request hot path is not
+involved: only the checks feed the tracker.
+
+Each answered check is stamped with what the router's view of the store showed of
+the lease when the check was sent (hakit.health.datapath.LeaseSeen: epoch,
+revision, validity left, how long that revision had been shown), and each report
+with the view at its writing, so a standby can tell "answered after the lease's
+last renewal" without comparing this host's clock with the store's
+(hakit.health.datapath.judge_holder).
 
 Each node's entry also carries the requests the router has in flight to it and
 whether the router sees it draining (``load``, read from the router when a
@@ -43,7 +52,15 @@ from typing import Any, Protocol
 from hakit.config import Config
 from hakit.contract import REPORTED_STATES, AppState
 from hakit.coord.keys import router_report
-from hakit.health.datapath import ANSWERED, REFUSED, SILENT, PathReport, Sight
+from hakit.health.datapath import (
+    ANSWERED,
+    REFUSED,
+    SILENT,
+    LeaseSeen,
+    PathReport,
+    Sight,
+    report_ttl,
+)
 from hakit.health.probe import Observation, host_answered
 
 log = logging.getLogger("hakit.router")
@@ -54,7 +71,7 @@ MIN_EVERY, MAX_EVERY = 0.5, 1.0  # publishing period bounds (it decides failover
 class StateStore(Protocol):
     """The part of the Coordinator a router writes its report with."""
 
-    def set_state(self, key: str, value: dict[str, Any]) -> None: ...
+    def set_state(self, key: str, value: dict[str, Any], *, ttl: float | None = None) -> None: ...
 
     def clear_state(self, key: str, if_value: dict[str, Any] | None = None) -> bool: ...
 
@@ -95,19 +112,38 @@ class PathTracker:
     def __init__(self, names: list[str]) -> None:
         self._sights: dict[str, Sight] = {name: Sight() for name in names}
 
-    def feed(self, name: str, kind: str, detail: str, sent: float, done: float) -> bool:
-        """One completed check of ``name``: sent at wall time ``sent``, ended at ``done``.
+    def feed(
+        self,
+        name: str,
+        kind: str,
+        detail: str,
+        sent: float,
+        done: float,
+        lease: LeaseSeen | None = None,
+    ) -> bool:
+        """One completed check of ``name``: sent at wall time ``sent``, ended at ``done``;
+        ``lease``: what the router's view showed of the lease when it was sent (kept with
+        the last answer).
 
         True when what the router sees changed (answering <-> failing, or the kind
         of failure): worth publishing at once.
         """
         old = self._sights.get(name, Sight())
         if kind == ANSWERED:
-            new = Sight(sent, done, None, None, 0, detail)
+            new = Sight(sent, done, None, None, 0, detail, answered_lease=lease)
         else:
             same = old.failure == kind
             since = old.failing_since if same and old.failing_since is not None else sent
-            new = Sight(old.answered_at, done, kind, since, old.failures + 1 if same else 1, detail)
+            count = old.failures + 1 if same else 1
+            new = Sight(
+                old.answered_at,
+                done,
+                kind,
+                since,
+                count,
+                detail,
+                answered_lease=old.answered_lease,
+            )
         self._sights[name] = new
         return new.failure != old.failure or old.checked_at is None
 
@@ -122,9 +158,11 @@ class PathTracker:
         check_gap: float,
         in_flight: Mapping[str, int] | None = None,
         draining: Collection[str] = (),
+        lease: LeaseSeen | None = None,
     ) -> PathReport:
         """The report at ``now``; ``in_flight``: requests in flight per node; ``draining``:
-        the nodes the router sees draining."""
+        the nodes the router sees draining; ``lease``: the router's view of the lease now.
+        Marked ``expiring``: it is published with a store TTL."""
         sights = dict(self._sights)
         if in_flight or draining:
             for name, sight in sights.items():
@@ -133,7 +171,7 @@ class PathTracker:
                     sights[name] = dataclasses.replace(
                         sight, in_flight=count, draining=name in draining
                     )
-        return PathReport(router, now, every, check_gap, sights)
+        return PathReport(router, now, every, check_gap, sights, lease, expiring=True)
 
 
 async def reach(host: str, port: int, timeout: float) -> tuple[str, str]:
@@ -169,11 +207,14 @@ class PathReporter:
         run: Callable[[Callable[[], object]], asyncio.Future[Any]],
         wall: Callable[[], float] = time.time,
         load: Load | None = None,
+        lease: Callable[[float], LeaseSeen] | None = None,
     ) -> None:
         """``load``: the router's requests in flight per node and the nodes it sees
-        draining, read each time a report is written (None: all 0, none)."""
+        draining, read each time a report is written (None: all 0, none); ``lease``:
+        what the router's view shows of the lease at a wall time (None: nothing)."""
         self.tracker = tracker
         self._load = load
+        self._lease = lease
         self.every = report_every(cfg)
         self.check_gap = check_every(cfg)
         self.name = ""
@@ -203,12 +244,14 @@ class PathReporter:
 
     async def publish(self) -> None:
         in_flight, draining = self._load() if self._load is not None else (None, ())
+        now = self._wall()
+        lease = self._lease(now) if self._lease is not None else None
         report = self.tracker.report(
-            self.name, self._wall(), self.every, self.check_gap, in_flight, draining
+            self.name, now, self.every, self.check_gap, in_flight, draining, lease
         )
-        value = report.as_json()
+        value, ttl = report.as_json(), report_ttl(self.every)
         try:
-            await self._run(lambda: self._store.set_state(router_report(self.name), value))
+            await self._run(lambda: self._store.set_state(router_report(self.name), value, ttl=ttl))
         except Exception as error:  # the store is unreachable: try again next period
             message = f"{type(error).__name__}: {error}"
             if message != self._error:

@@ -194,6 +194,7 @@ class Router:
                 self._store,
                 executor_runner(self._executor),
                 load=self._load,
+                lease=self.checks.lease_seen,
             )
             self.checks.on_path_change = self.paths.changed
             self.paths.start(router_name(listen_host, int(bound[1])))

@@ -40,10 +40,14 @@ from hakit.health.datapath import REFUSED, PathReport, Sight
 from hakit.supervisor.process import live_group_members
 
 NOW = 1_000_000.0
+READ = NOW + 2.0  # when the deciding node reads the records (its clock)
 
 
-def record(node: str, role: str, epoch: int, updated_at: float, **detail: Any) -> NodeRecord:
-    return NodeRecord(node, role, "RUNNING", epoch, updated_at, dict(detail))
+def record(node: str, role: str, epoch: int, stored_at: float, **detail: Any) -> NodeRecord:
+    """Stored at ``stored_at`` (on the reader's clock), read at READ: its ``age`` is the
+    store's. The publisher's own clock (``updated_at``) is an hour off and changes nothing."""
+    age = max(0.0, READ - stored_at)
+    return NodeRecord(node, role, "RUNNING", epoch, stored_at - 3600.0, dict(detail), age)
 
 
 A = {AGENT_ID_KEY: "agent-a"}  # the agent process that held node1's lease
@@ -63,7 +67,7 @@ def needs(
     own: tuple[FenceNeed, ...] = (),
 ) -> tuple[list[str], list[str]]:
     to_fence, cleared = fence_needs(
-        "node2", before, gained, {r.node: r for r in records}, list(own)
+        "node2", before, gained, {r.node: r for r in records}, list(own), read_at=READ
     )
     return [n.node for n in to_fence], [n.node for n in cleared]
 
@@ -76,7 +80,7 @@ GAINED = Lease.as_read("node2", 2, NOW + 3, NOW)
 
 
 def test_an_expired_lease_of_another_node_means_fencing_it() -> None:
-    to_fence, cleared = fence_needs("node2", EXPIRED, GAINED, {"node1": FROZEN}, [])
+    to_fence, cleared = fence_needs("node2", EXPIRED, GAINED, {"node1": FROZEN}, [], read_at=READ)
     assert [(n.node, n.epoch, n.agent_id) for n in to_fence] == [("node1", 1, "agent-a")]
     assert "expired" in to_fence[0].why and "without being released" in to_fence[0].why
     assert cleared == []
@@ -126,7 +130,7 @@ def test_a_record_still_claiming_the_lost_epoch_is_no_proof() -> None:
 def test_a_lease_valid_when_read_then_taken_is_fenced_too() -> None:
     # It ended between our read and our acquire: not released as far as we know.
     before = seen(Lease.as_read("node1", 1, NOW + 0.001, NOW), 1)
-    to_fence, _ = fence_needs("node2", before, GAINED, {}, [])
+    to_fence, _ = fence_needs("node2", before, GAINED, {}, [], read_at=READ)
     assert [n.node for n in to_fence] == ["node1"]
     assert to_fence[0].since == NOW
 
@@ -147,6 +151,7 @@ def test_nodes_another_node_could_not_fence_are_fenced() -> None:
         Lease.as_read("node2", 3, NOW + 3, NOW),
         {"node1": node1, "node3": node3},
         [],
+        read_at=READ,
     )
     assert [n.node for n in to_fence] == ["node1"]
     assert "node3 could not fence it yet" in to_fence[0].why
@@ -199,16 +204,16 @@ def test_takeover_words_only_for_an_expired_lease_of_another_node() -> None:
 
 def test_stood_down() -> None:
     need = FenceNeed("node1", 3, NOW, "", "agent-a")
-    assert not stood_down(None, need)
-    assert not stood_down(record("node1", "standby", 0, NOW - 1, **A), need)
-    assert not stood_down(record("node1", "active", 3, NOW + 1, **A), need)
-    assert not stood_down(record("node1", "standby", 0, NOW + 1, **B), need)
-    assert not stood_down(record("node1", "standby", 0, NOW + 1), need)
-    assert stood_down(record("node1", "standby", 0, NOW + 1, **A), need)
-    assert stood_down(record("node1", "stopped", 0, NOW + 1, **A), need)
-    assert stood_down(record("node1", "active", 4, NOW + 1, **A), need)  # a later term
+    assert not stood_down(None, need, READ)
+    assert not stood_down(record("node1", "standby", 0, NOW - 1, **A), need, READ)
+    assert not stood_down(record("node1", "active", 3, NOW + 1, **A), need, READ)
+    assert not stood_down(record("node1", "standby", 0, NOW + 1, **B), need, READ)
+    assert not stood_down(record("node1", "standby", 0, NOW + 1), need, READ)
+    assert stood_down(record("node1", "standby", 0, NOW + 1, **A), need, READ)
+    assert stood_down(record("node1", "stopped", 0, NOW + 1, **A), need, READ)
+    assert stood_down(record("node1", "active", 4, NOW + 1, **A), need, READ)  # a later term
     unknown = FenceNeed("node1", 3, NOW, "")  # e.g. an operator's forced failover
-    assert not stood_down(record("node1", "standby", 0, NOW + 1, **A), unknown)
+    assert not stood_down(record("node1", "standby", 0, NOW + 1, **A), unknown, READ)
 
 
 def test_read_predecessor_remembers_the_holder_of_an_expired_lease(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ it is the data that is read).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -592,7 +592,10 @@ def test_policy_wording_of_failed_starts_is_what_why_reads() -> None:
 
 
 def record(role: str, state: str, at: float) -> NodeRecord:
-    return NodeRecord("node1", role, state, 1 if role == "active" else 0, at)
+    """Stored at ``at`` by the store's clock, read at 100.0: its age is the store's. The
+    publisher's clock (``updated_at``) is two hours off and changes nothing."""
+    epoch = 1 if role == "active" else 0
+    return NodeRecord("node1", role, state, epoch, at + 7200.0, age=max(0.0, 100.0 - at))
 
 
 @pytest.mark.parametrize(
@@ -733,11 +736,17 @@ def now_paused(
     lease: Lease | None,
     paused: dict[str, Any] | None = PAUSE,
 ) -> ClusterNow:
+    # The records were stored at their updated_at by the store's clock, read at BASE + t:
+    # their age is what the store answers (the reader never compares updated_at itself).
+    stored = {
+        name: replace(record, age=max(0.0, BASE + t - record.updated_at))
+        for name, record in records.items()
+    }
     return ClusterNow(
         time=BASE + t,
         lease_ttl=3.0,
         nodes=("node1", "node2"),
-        records=records,
+        records=stored,
         lease=lease,
         paused=paused,
     )

@@ -106,6 +106,25 @@ def test_switchover_writes_the_intent_and_records_who_and_why(store, cfg) -> Non
     )
 
 
+def test_the_handover_intent_expires_by_the_stores_clock_not_the_readers(store, cfg) -> None:
+    """The intent lives for the handover timeout on the store's clock: an agent whose clock
+    is an hour ahead (or behind) still sees it while it lasts, and nobody once it is over."""
+    running_cluster(store)
+    intent = ask(store, cfg, "switchover", to="node2")["handover"]
+    assert intent["expiring"] is True
+    timeout = intent["expires_at"] - intent["requested_at"]
+    for skew in (-3600.0, 3600.0):
+        watcher = IntentWatcher()
+        events, expired = watcher.observe(store.cluster_state(), None, NOW + 1 + skew)
+        assert [type(event) for event in events] == [HandoverRequested] and expired is None
+    STORE_TIME[0] = NOW + timeout - 0.5
+    assert store.get_state(HANDOVER) == intent
+    STORE_TIME[0] = NOW + timeout + 0.5
+    assert store.get_state(HANDOVER) is None
+    events, expired = watcher.observe(store.cluster_state(), None, NOW - 3600.0)
+    assert events == [HandoverEnded("switchover to node2 ended")] and expired is None
+
+
 @pytest.mark.parametrize(
     ("op", "target", "status", "words"),
     [
@@ -501,6 +520,9 @@ def test_path_loss_never_replaces_a_handover_in_force(
     operator = store.get_state(HANDOVER)
     assert request_path_loss(store, cfg, "node1", "node2", epoch, "lost", NOW + 2) is None
     assert store.get_state(HANDOVER) == operator
-    # Once it expired, the agent may ask.
+    # The agent's clock being far ahead proves nothing: the store's decides.
     later = NOW + 10_000
-    assert request_path_loss(store, cfg, "node1", "node2", epoch, "lost", later) is not None
+    assert request_path_loss(store, cfg, "node1", "node2", epoch, "lost", later) is None
+    # Once it expired (the store forgot it), the agent may ask.
+    STORE_TIME[0] = NOW + 10_000
+    assert request_path_loss(store, cfg, "node1", "node2", epoch, "lost", NOW + 3) is not None

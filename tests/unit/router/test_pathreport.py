@@ -11,7 +11,7 @@ import pytest
 from hakit.config import AppConfig, ClusterConfig, Config, CoordinationConfig, RouterConfig
 from hakit.contract import AppState
 from hakit.coord.sqlite import SqliteCoordinator
-from hakit.health.datapath import ANSWERED, REFUSED, SILENT, reports_in
+from hakit.health.datapath import ANSWERED, REFUSED, SILENT, LeaseSeen, report_ttl, reports_in
 from hakit.health.probe import Observation, closed_detail, refused_detail
 from hakit.router.pathreport import (
     PathReporter,
@@ -202,3 +202,67 @@ def test_reach_tells_refused_from_accepted() -> None:
         return accepted, refused
 
     assert asyncio.run(scenario()) == (ANSWERED, REFUSED)
+
+
+def test_answers_carry_the_routers_view_of_the_lease_and_reports_expire_in_the_store(
+    tmp_path: Path,
+) -> None:
+    """Each answer keeps the lease stamp of its check (through later failures); the
+    report carries the view at its writing and goes to the store with a TTL, so the
+    store forgets it once the router stops publishing (its clock, not the readers')."""
+    tracker = PathTracker(["n1"])
+    renewed = LeaseSeen(4, 9, 2.0, 1.0)
+    tracker.feed("n1", ANSWERED, "ok", 10.0, 10.1, renewed)
+    tracker.feed("n1", SILENT, "timeout", 11.0, 12.0, LeaseSeen(4, 9, 0.5, 2.5))
+    assert tracker.sight("n1").answered_lease == renewed
+    now_view = LeaseSeen(4, 9, -0.5, 3.5)
+    report = tracker.report("r1", 12.5, 0.5, 3.0, lease=now_view)
+    assert report.expiring and report.lease == now_view
+    assert reports_in({"router/r1": report.as_json()}) == [report]
+
+    clock = [5_000.0]
+    store = SqliteCoordinator(tmp_path / "coord.db", clock=lambda: clock[0])
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        reporter = PathReporter(
+            cfg(tmp_path),
+            tracker,
+            store,
+            lambda call: loop.run_in_executor(None, call),
+            lease=lambda now: now_view,
+        )
+        reporter.name = "r1"
+        await reporter.publish()
+
+    try:
+        asyncio.run(scenario())
+        (published,) = reports_in(store.cluster_state())
+        assert published.expiring and published.lease == now_view
+        clock[0] += report_ttl(0.5) + 0.01  # silent for STALE_REPORTS periods
+        assert reports_in(store.cluster_state()) == []
+    finally:
+        store.close()
+
+
+def test_the_checks_stamp_what_the_view_shows_of_the_lease(tmp_path: Path) -> None:
+    """How long a revision has been shown and the validity left are measured on the
+    router's own clock from when its view showed them (ClusterView: the store's
+    ``remaining`` at the read)."""
+    from hakit.coord.base import Lease
+    from hakit.coord.view import ClusterView
+    from hakit.router.checks import RouterChecks
+
+    views = [ClusterView(Lease("n1", 4, 9e9, 3.0, 9), {}, 100.0)]
+    checks = RouterChecks(cfg(tmp_path), lambda: views[-1])
+    checks.observe(views[-1])
+    assert checks.lease_seen(101.0) == LeaseSeen(4, 9, 2.0, 1.0)
+    views.append(views[-1].at(102.0))  # the same read kept: nothing new shown
+    checks.observe(views[-1])
+    assert checks.lease_seen(104.0) == LeaseSeen(4, 9, -1.0, 4.0)
+    views.append(ClusterView(Lease("n1", 4, 9e9, 3.0, 10), {}, 104.5))  # renewed
+    checks.observe(views[-1])
+    assert checks.lease_seen(105.0) == LeaseSeen(4, 10, 2.5, 0.5)
+    views.append(ClusterView(None, {}, 106.0))  # released
+    checks.observe(views[-1])
+    assert checks.lease_seen(106.0) == LeaseSeen()
