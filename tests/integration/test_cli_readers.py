@@ -160,10 +160,12 @@ def test_why_explains_the_outage_while_paused(tmp_path: Path) -> None:
             "paused",
             {"paused": True, "actor": "operator:alice", "reason": "san firmware", "at": paused_at},
         )
-        # node1's app crashed during the pause, then its agent was killed (record 5 min old);
         # node2 is a live standby.
-        coordinator.publish_node(NodeRecord("node1", "active", "STOPPED", 1, now - 300))
         coordinator.publish_node(NodeRecord("node2", "standby", "STOPPED", 0, now))
+    # node1's app crashed during the pause, then its agent was killed: its record was
+    # stored 5 minutes ago by the store's clock (what its age is judged by).
+    with SqliteCoordinator(store, clock=lambda: now - 300) as coordinator:
+        coordinator.publish_node(NodeRecord("node1", "active", "STOPPED", 1, now - 300))
     result = hakit("why", "-c", str(config))
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
