@@ -118,6 +118,9 @@ class Router:
         self.pool = UpstreamPool(self.limits)
         self._view_source = view_source
         self._view = EMPTY_VIEW
+        # Until when (monotonic) the view's lease is valid: worked out once per view, so the
+        # per-request check is one comparison (ClusterView.lease_left runs interpreted).
+        self._lease_until = float("-inf")
         self._down: dict[str, float] = {}
         self._down_since: dict[str, float] = {}  # monotonic time each mark was taken
         self._turn = 0
@@ -287,6 +290,7 @@ class Router:
             self._view_error = None
         previous, marks = self._view, len(self._down)
         self._view = view
+        self._lease_until = time.monotonic() + view.lease_left(time.time())
         self.checks.observe(view)  # a new app instance resets the health verdict
         self._expire_marks(view)
         self._track(view)
@@ -429,7 +433,7 @@ class Router:
         node = base.serving[0]
         if sticky is not None and sticky != node.name and sticky in base.members:
             return None
-        if known.lease is not None and not self._view.lease_valid(time.time()):
+        if known.lease is not None and not time.monotonic() < self._lease_until:
             return None
         health = self.health
         if health is not None and not health.routable(node.name):
