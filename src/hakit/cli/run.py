@@ -157,12 +157,24 @@ def demo(
     directory: Annotated[
         Path | None, typer.Option("--dir", help="Where to keep the demo's state (default: temp).")
     ] = None,
+    coordination: Annotated[
+        str,
+        typer.Option(
+            help="The coordination store: sqlite (embedded) or etcd (a local three-member "
+            "etcd cluster the demo starts and stops itself; needs /usr/bin/etcd).",
+        ),
+    ] = "sqlite",
 ) -> None:
     """Run a live two-node cluster of the sample app behind the router."""
     from hakit.demo.runner import run_demo
 
+    if coordination not in ("sqlite", "etcd"):
+        err_console.print(
+            f"[red]--coordination {escape(coordination)}: expected sqlite or etcd[/red]"
+        )
+        raise typer.Exit(2)
     try:
-        run_demo(port=port, directory=directory, console=console)
+        run_demo(port=port, directory=directory, console=console, coordination=coordination)
     except HakitError as error:
         err_console.print(f"[red]{escape(str(error))}[/red]")
         raise typer.Exit(1) from None

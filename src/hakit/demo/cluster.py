@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TypeVar
 
@@ -26,6 +26,7 @@ from hakit.config import Config
 from hakit.config import load_config as _load_config
 from hakit.coord.base import Event, NodeRecord
 from hakit.coord.factory import open_coordinator
+from hakit.demo.etcd import EtcdCluster, start_etcd_cluster
 from hakit.errors import HakitError
 from hakit.supervisor import cgroup, proctable
 
@@ -87,6 +88,11 @@ class DemoSettings:
     # ("ip", "netns", "exec", "ns1"): the test of the data path (tests/support/netns.py).
     node_prefix: dict[str, tuple[str, ...]] = field(default_factory=dict)
     check_interval: str | None = None  # router.check_interval; None: hakit's default
+    # coordination.backend: "sqlite" (a file in the state dir) or "etcd": with no
+    # etcd_endpoints, DemoCluster starts a local three-member etcd cluster (hakit.demo.etcd)
+    # with its data in <root>/etcd and stops it in close().
+    coordination: str = "sqlite"
+    etcd_endpoints: tuple[str, ...] = ()
 
 
 def render_config(root: Path, settings: DemoSettings) -> str:
@@ -130,6 +136,13 @@ def render_config(root: Path, settings: DemoSettings) -> str:
     fence = f"fence_database_sessions = {json.dumps(settings.fence_database_sessions)}\n"
     if settings.fence_command:
         fence += f"fence_command = {json.dumps(list(settings.fence_command))}\n"
+    coordination = ""
+    if settings.coordination == "etcd":
+        coordination = (
+            f"\n[coordination.etcd]\nendpoints = {json.dumps(list(settings.etcd_endpoints))}\n"
+        )
+    elif settings.coordination != "sqlite":
+        raise ValueError(f"demo coordination {settings.coordination!r}: expected sqlite or etcd")
     return f"""# A demo cluster written by `hakit demo`: two nodes of the sample app, shared storage.
 [cluster]
 name = "demo"
@@ -138,10 +151,10 @@ storage = "shared"
 state_dir = "state"
 
 [coordination]
-backend = "sqlite"
+backend = "{settings.coordination}"
 lease_ttl = "{settings.lease_ttl}"
 renew_interval = "{settings.renew_interval}"
-
+{coordination}
 [app]
 start = {json.dumps(app_argv)}
 home = "shared/home"
@@ -182,12 +195,20 @@ class DemoCluster:
         self.config_path = root / "hakit.toml"
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self.app_pids: set[int] = set()
+        self.etcd: EtcdCluster | None = None
         root.mkdir(parents=True, exist_ok=True)
         (root / "shared" / "home").mkdir(parents=True, exist_ok=True)
         (root / "shared" / "db").mkdir(parents=True, exist_ok=True)
-        self.config_path.write_text(render_config(root, self.settings))
-        self.cfg: Config = _load_config(self.config_path)
-        self.coordinator = open_coordinator(self.cfg)
+        if self.settings.coordination == "etcd" and not self.settings.etcd_endpoints:
+            self.etcd = start_etcd_cluster(root / "etcd", 3)
+            self.settings = replace(self.settings, etcd_endpoints=tuple(self.etcd.endpoints))
+        try:
+            self.config_path.write_text(render_config(root, self.settings))
+            self.cfg: Config = _load_config(self.config_path)
+            self.coordinator = open_coordinator(self.cfg)
+        except BaseException:
+            self._stop_etcd()
+            raise
 
     @property
     def router_url(self) -> str:
@@ -287,7 +308,15 @@ class DemoCluster:
                 cgroup.remove(path)
 
     def close(self) -> None:
-        self.coordinator.close()
+        """Close the store; stop the etcd cluster this object started (by PID, data kept)."""
+        try:
+            self.coordinator.close()
+        finally:
+            self._stop_etcd()
+
+    def _stop_etcd(self) -> None:
+        if self.etcd is not None:
+            self.etcd.stop(remove=False)
 
     # --- observation --------------------------------------------------------
 

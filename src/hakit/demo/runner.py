@@ -49,6 +49,9 @@ def _print_banner(console: Console, cluster: DemoCluster) -> None:
         console.print(
             f"  {node.name:<10} http://{node.host}:{node.port}/status  (route {node.route_name})"
         )
+    if cluster.etcd is not None:
+        pids = ", ".join(str(pid) for pid in cluster.etcd.pids)
+        console.print(f"  etcd       {' '.join(cluster.etcd.endpoints)}  (pids {pids})")
     console.print(f"  config     {config}")
     console.print(f"  logs       {cluster.cfg.cluster.state_dir / 'logs'}")
 
@@ -98,22 +101,32 @@ def _print_events(console: Console, cluster: DemoCluster, last_id: int) -> int:
     return last_id
 
 
-def run_demo(port: int, directory: Path | None, console: Console) -> None:
+def run_demo(
+    port: int, directory: Path | None, console: Console, coordination: str = "sqlite"
+) -> None:
+    """``coordination``: "sqlite" (the embedded store) or "etcd" (a local three-member etcd
+    cluster the demo starts in its directory and stops on exit, every member by PID)."""
     if not _port_free(port):
         raise HakitError(
             f"port {port} on 127.0.0.1 is in use; stop what uses it or run `hakit demo --port N`"
         )
     root = directory or Path(tempfile.mkdtemp(prefix="hakit-demo-"))
     node_ports = tuple(p if _port_free(p) else free_port() for p in DEFAULT_NODE_PORTS)
-    cluster = DemoCluster(root, DemoSettings(router_port=port, node_ports=node_ports))
+    if coordination == "etcd":
+        console.print("Starting a local three-member etcd cluster...")
+    settings = DemoSettings(router_port=port, node_ports=node_ports, coordination=coordination)
+    try:
+        cluster = DemoCluster(root, settings)
+    except RuntimeError as error:  # etcd did not start (hakit.demo.etcd says why)
+        raise HakitError(f"cannot start the demo's etcd cluster: {error}") from None
     stop = threading.Event()
     # `kill -USR1 <demo pid>` prints every thread's stack: what a stuck demo is doing.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    cluster.start()
     last_id = 0
     try:
+        cluster.start()
         _print_banner(console, cluster)
         console.print("Waiting for the first node to serve...")
         # The events are shown while waiting too: a node that cannot start (a port in use,
@@ -143,5 +156,5 @@ def run_demo(port: int, directory: Path | None, console: Console) -> None:
         cluster.stop()
         for event in cluster.events(last_id):
             console.print(format_event(event, markup=True), highlight=False, soft_wrap=True)
-        cluster.close()
+        cluster.close()  # stops the demo's etcd cluster, if any
         console.print(f"Stopped; every process ended. State kept in {root}")

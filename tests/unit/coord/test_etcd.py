@@ -246,5 +246,30 @@ def test_the_change_token_changes_with_writes(make: Maker) -> None:
     after = store.data_version()
     assert after != before
     store.clear_state("paused")
-    assert store.data_version() != after
+    cleared = store.data_version()
+    assert cleared != after
+    assert store.data_version(wait=False) == cleared  # the watch keeps it: no request
+
+
+def test_the_change_token_follows_another_connections_writes(make: Maker) -> None:
+    """The watch (hakit.coord.etcd.watch): a reader's token changes when another
+    connection writes, a lease expiry by the server included, with no call of its own."""
+    reader, writer = make(), make()
+    writer.last_epoch()  # the store exists
+    before = reader.data_version()
+    assert before is not None and reader.data_version(wait=False) == before
+    lease = writer.acquire_or_renew("n1", 1.0)
+    assert lease is not None
+    after = reader.wait_change(before, 5.0)
+    assert after is not None and after != before
+    # Expiry: etcd deletes the alive key; nobody writes.
+    expired = reader.wait_change(reader.data_version(), 5.0)
+    assert expired is not None and expired != after
+
+
+def test_a_closed_store_stops_its_watch(make: Maker) -> None:
+    store = make()
+    assert store.data_version() is not None
+    store.close()
     assert store.data_version(wait=False) is None
+    assert store.data_version()[0] == "read"  # type: ignore[index]
