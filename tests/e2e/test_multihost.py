@@ -17,7 +17,6 @@ healed by deleting them. What the tests watch:
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import threading
@@ -169,7 +168,7 @@ class WriterWatch:
         while not self._stop.wait(0.02):
             try:
                 found = bool(client.get(key))
-            except Exception:  # noqa: BLE001 - a slow read is just a missing sample
+            except Exception:  # a slow or failed read is just a missing sample
                 continue
             self.alive.append((time.monotonic(), found))
 
@@ -294,3 +293,132 @@ def test_active_cut_from_the_store_fences_before_its_lease_expires(
         assert not any(
             e.kind == "start" and e.node == old and e.epoch > before.epoch for e in cluster.events()
         )
+
+
+def test_every_host_cut_from_the_store_promotes_nobody(net: Lan, tmp_path: Path) -> None:
+    with etcd_cluster(tmp_path, net) as cluster:
+        old = wait_serving(cluster, timeout=40)
+        new = other(cluster, old)
+        before = cluster.coordinator.current_lease()
+        assert before is not None and before.holder == old
+        app = cluster.app_pid(old)
+        assert app is not None
+        wait_until(lambda: cluster.node_record(new) is not None, 20, f"{new} to report")
+        mark = cluster.events()[-1].id
+
+        with WriterWatch(cluster) as watch:
+            watch.watched.add(app)
+            wait_until(lambda: watch.writing(route_of(cluster, old)), 10, f"{old}'s app sampled")
+            for host in net.hosts:
+                net.cut(host, net.store_ips())
+            cut_at = time.monotonic()
+            gone = wait_until(lambda: watch.gone_at.get(app), 2 * TTL, f"{old}'s app gone")
+            expired_at = wait_until(lambda: watch.expired_since(cut_at), 10, "the lease's expiry")
+            # Nobody can promote: watch three lease TTLs past the expiry.
+            wait_until(lambda: time.monotonic() > expired_at + 3 * TTL, 4 * TTL, "3 TTLs")
+            writers_while_cut = [r for r in watch.rounds if r.start > gone and r.writers]
+            lease = cluster.coordinator.current_lease()
+            assert lease is not None and (lease.holder, lease.epoch) == (old, before.epoch)
+            assert not lease.valid
+            assert cluster.coordinator.last_epoch() == before.epoch
+
+            for host in net.hosts:
+                net.heal(host)
+            healed_at = time.monotonic()
+            leader = wait_serving(cluster, timeout=40)
+            serving_at = time.monotonic()
+            # Exactly one active: one lease, one writer, for a lease TTL after.
+            wait_until(lambda: time.monotonic() > serving_at + TTL, TTL + 1, "a lease TTL")
+            after = cluster.coordinator.current_lease()
+            assert after is not None and after.holder == leader and after.epoch == before.epoch + 1
+            since = [r for r in watch.rounds if r.start > serving_at]
+            assert since and all(r.writers == [route_of(cluster, leader)] for r in since[-10:])
+
+        print(
+            f"all hosts cut: old app gone {gone - cut_at:.2f} s after the cut, lease expired "
+            f"{expired_at - cut_at:.2f} s after; heal -> {leader} serving {serving_at - healed_at:.2f} s "
+            f"(epoch {before.epoch} -> {after.epoch}); {len(watch.rounds)} sampling rounds"
+        )
+        assert gone < expired_at and writers_while_cut == []
+        assert watch.overlaps() == []
+
+        # The history says why, once the store could be written again: the active lost
+        # its lease because the store did not answer (events queued while cut).
+        def why() -> list[str]:
+            return [
+                e.reason
+                for e in cluster.events(mark)
+                if e.node == old and e.kind == "alert" and "lost the leader lease" in e.reason
+            ]
+
+        [reason] = wait_until(why, 20, f"{old}'s alert about its lease")
+        assert f"epoch {before.epoch}: lease not renewed before its deadline" in reason
+        starts = [e for e in cluster.events(mark) if e.kind == "start" and e.epoch > before.epoch]
+        assert [(e.node, e.epoch) for e in starts] == [(leader, before.epoch + 1)]
+
+
+def clocks_of(prefix: tuple[str, ...]) -> tuple[float, float]:
+    """(time.time(), time.monotonic()) of a Python run under ``prefix``, minus ours."""
+    code = "import time; print(time.time(), time.monotonic())"
+    ours = (time.time(), time.monotonic())
+    out = subprocess.run(
+        [*prefix, sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout.split()
+    return float(out[0]) - ours[0], float(out[1]) - ours[1]
+
+
+@pytest.mark.parametrize("monotonic", [False, True], ids=["wall-clock", "wall-and-monotonic"])
+def test_clock_skew_changes_no_failover(net: Lan, tmp_path: Path, monotonic: bool) -> None:
+    skew = faketime_prefix("+420s", monotonic=monotonic)
+    wall, mono = clocks_of((*host_of(net, "node1").prefix(), *skew))
+    assert 410 < wall < 430, wall  # time.time() is 7 minutes ahead
+    # libfaketime also fakes CLOCK_MONOTONIC unless told not to (it then starts near the
+    # faked wall clock): only differences of it are used, within one process tree.
+    assert abs(mono) > 60 if monotonic else abs(mono) < 10, mono
+    with etcd_cluster(tmp_path, net, {"node1": skew}) as cluster:
+        first = wait_serving(cluster, timeout=40)
+        second = other(cluster, first)
+        e0 = cluster.coordinator.current_lease().epoch  # type: ignore[union-attr]
+
+        def reporting(node: str, role: str) -> bool:
+            status = status_of(cluster, node)
+            return status["role"] == role and status["lost"] is False
+
+        wait_until(lambda: reporting(second, "standby"), 20, f"{second} standby, not lost")
+        assert reporting(first, "active")
+        took: list[tuple[str, float, float]] = []
+
+        def fail_over(watch: WriterWatch, lost: str, heir: str, epoch: int) -> None:
+            wait_until(lambda: watch.writing(route_of(cluster, lost)), 10, f"{lost} sampled")
+            cluster.lose_node(lost)
+            lost_at = time.monotonic()
+            expired = wait_until(lambda: watch.expired_since(lost_at), 10, "lease expiry")
+            wait_until(lambda: served_by(cluster) == route_of(cluster, heir), 30, heir)
+            started = watch.first_writing(route_of(cluster, heir), after=lost_at)
+            lease = cluster.coordinator.current_lease()
+            assert lease is not None and (lease.holder, lease.epoch) == (heir, epoch)
+            took.append((lost, expired - lost_at, started.start - expired))
+            cluster.start_agent(lost)
+            wait_until(lambda: reporting(lost, "standby"), 30, f"{lost} standby, not lost")
+            assert reporting(heir, "active")
+
+        with WriterWatch(cluster) as watch:
+            fail_over(watch, first, second, e0 + 1)  # node1 active or standby: both ways
+            fail_over(watch, second, first, e0 + 2)
+        print(
+            f"skew +420 s on node1 ({'wall and monotonic' if monotonic else 'wall clock only'}): "
+            + "; ".join(
+                f"{lost} lost -> lease expired {expiry:.2f} s -> heir writing {promote:.2f} s later"
+                for lost, expiry, promote in took
+            )
+        )
+        assert watch.overlaps() == []
+        for _, expiry, promote in took:
+            # etcd keeps a lease ttl (3 s, whole seconds) past its last keepalive (at most a
+            # renew interval before the loss), plus its 0.5 s expiry tick.
+            assert TTL - 0.6 < expiry < TTL + 1.0
+            assert 0 < promote < 5.0  # fence check, start, first probe: no waiting on clocks
