@@ -192,8 +192,8 @@ class WriterWatch:
             r for r in self.rounds if route in r.writers and (before is None or r.start < before)
         ][-1]
 
-    def first_writing(self, route: str, after: float) -> Round:
-        return next(r for r in self.rounds if route in r.writers and r.start > after)
+    def first_writing(self, route: str, after: float) -> Round | None:
+        return next((r for r in self.rounds if route in r.writers and r.start > after), None)
 
     def writing(self, route: str) -> bool:
         return bool(self.rounds) and route in self.rounds[-1].writers
@@ -276,6 +276,7 @@ def test_active_cut_from_the_store_fences_before_its_lease_expires(
         gone = watch.gone_at[app]
         stopped = watch.last_writing(route_of(cluster, old), before=gone + 1)
         started = watch.first_writing(route_of(cluster, new), after=stopped.end)
+        assert started is not None
         gap = started.start - stopped.end
         status = status_of(cluster, old)
         print(
@@ -330,7 +331,10 @@ def test_every_host_cut_from_the_store_promotes_nobody(net: Lan, tmp_path: Path)
             # Exactly one active: one lease, one writer, for a lease TTL after.
             wait_until(lambda: time.monotonic() > serving_at + TTL, TTL + 1, "a lease TTL")
             after = cluster.coordinator.current_lease()
-            assert after is not None and after.holder == leader and after.epoch == before.epoch + 1
+            # A grant sent while cut may reach etcd late (TCP delivers it once healed, after
+            # the agent gave up waiting): that agent gives the epoch back unused, so the
+            # epoch may skip one; what counts is that only one app ever starts.
+            assert after is not None and after.holder == leader and after.epoch > before.epoch
             since = [r for r in watch.rounds if r.start > serving_at]
             assert since and all(r.writers == [route_of(cluster, leader)] for r in since[-10:])
 
@@ -354,7 +358,7 @@ def test_every_host_cut_from_the_store_promotes_nobody(net: Lan, tmp_path: Path)
         [reason] = wait_until(why, 20, f"{old}'s alert about its lease")
         assert f"epoch {before.epoch}: lease not renewed before its deadline" in reason
         starts = [e for e in cluster.events(mark) if e.kind == "start" and e.epoch > before.epoch]
-        assert [(e.node, e.epoch) for e in starts] == [(leader, before.epoch + 1)]
+        assert [(e.node, e.epoch) for e in starts] == [(leader, after.epoch)]
 
 
 def clocks_of(prefix: tuple[str, ...]) -> tuple[float, float]:
@@ -398,7 +402,9 @@ def test_clock_skew_changes_no_failover(net: Lan, tmp_path: Path, monotonic: boo
             lost_at = time.monotonic()
             expired = wait_until(lambda: watch.expired_since(lost_at), 10, "lease expiry")
             wait_until(lambda: served_by(cluster) == route_of(cluster, heir), 30, heir)
-            started = watch.first_writing(route_of(cluster, heir), after=lost_at)
+            started = wait_until(
+                lambda: watch.first_writing(route_of(cluster, heir), after=lost_at), 5, "a sample"
+            )
             lease = cluster.coordinator.current_lease()
             assert lease is not None and (lease.holder, lease.epoch) == (heir, epoch)
             took.append((lost, expired - lost_at, started.start - expired))
