@@ -139,9 +139,12 @@ class Transport:
             client = clients[index]
             try:
                 headers = self.headers(client, deadline)
-                left = deadline - time.monotonic()
+                # A share of what is left per endpoint still to try: a member cut off by
+                # a partition (packets dropped, no refusal) must not take the whole budget
+                # from the members that would answer.
+                share = (deadline - time.monotonic()) / (len(clients) - tried)
                 answer = client.session.post(
-                    client.get_url(path), json=body, timeout=max(left, 0.001), headers=headers
+                    client.get_url(path), json=body, timeout=max(share, 0.001), headers=headers
                 )
             except requests.RequestException as error:
                 last = f"{client.base_url}: {type(error).__name__}: {error}"
