@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from hakit.config.derived import derived_lines
 from hakit.config.problems import Problem, format_key, render
-from hakit.config.schema import MIN_TOKEN_LENGTH, AdminConfig, Config
+from hakit.config.schema import MIN_TOKEN_LENGTH, AdminConfig, Config, CoordinationConfig
 from hakit.config.sections.app import AppConfig, FailoverConfig, OnFailedStart
 from hakit.config.sections.cluster import NodeConfig
 from hakit.config.sections.router import RouterConfig, TcpProxyConfig
@@ -139,6 +139,38 @@ def operator_problems(
                 "one node without nofailover",
             )
         )
+    return problems
+
+
+def failsafe_problems(
+    coordination: CoordinationConfig | None,
+    admin: AdminConfig | None,
+    nodes: Sequence[tuple[int, NodeConfig]],
+) -> list[Problem]:
+    """Failsafe mode asks every other node's agent over the admin API: every node serves
+    it, with a token (hakit.policy.failsafe)."""
+    if coordination is None or not coordination.failsafe:
+        return []
+    problems: list[Problem] = []
+    if admin is not None and admin.token is None and admin.token_file is None:
+        problems.append(
+            Problem(
+                ("coordination", "failsafe"),
+                "failsafe mode asks every other node's agent over the admin API, but [admin] "
+                'has no token; expected [admin] token = "<a long random secret>" or '
+                'token_file = "PATH", or failsafe = false',
+            )
+        )
+    for index, node in nodes:
+        if node.admin_port is None:
+            problems.append(
+                Problem(
+                    ("nodes", index),
+                    f"{node.name} has no admin_port, but [coordination] failsafe = true needs "
+                    "every node's agent to answer the active over the admin API; expected "
+                    "admin_port = PORT on every node, or failsafe = false",
+                )
+            )
     return problems
 
 

@@ -36,6 +36,14 @@ NO_FAILOVER: Final = "no_failover"
 # FIRST_RUN; a warm standby promoted with its app already running).
 SERVING: Final = "serving"
 
+# Failsafe mode (hakit.policy.failsafe), a ``failsafe`` event: which case it was
+# (hakit.policy.failsafe: SERVING, FENCED, NO_PROMOTION, REFUSED, RECOVERED), the nodes
+# that confirmed, and those that did not with why ({node: why}).
+FAILSAFE: Final = "failsafe"
+CONFIRMED: Final = "confirmed"
+MISSING: Final = "missing"
+ASKER: Final = "asker"  # the active that asked a node to confirm
+
 
 def human_duration(seconds: float) -> str:
     """600 -> '10m', 30 -> '30s', 1.25 -> '1.2s', 5400 -> '1.5h'."""
