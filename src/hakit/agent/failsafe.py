@@ -231,8 +231,8 @@ class FailsafeSide:
             )
         if asker not in {n.name for n in self.cfg.nodes}:
             raise OperatorError(f"no node named {asker!r} in the config", status=404)
-        if self.lease.epoch or self.lease.taking:
-            # No need to read the store: this node leads, or is taking the lease.
+        if self.lease.epoch:
+            # No need to read the store: this node leads.
             seen = StoreRead(reachable=True)
         else:
             seen = await self._read_store()
@@ -242,7 +242,6 @@ class FailsafeSide:
             epoch,
             me=self.node,
             held_epoch=self.lease.epoch,
-            taking=self.lease.taking > 0,
             store=seen,
         )
         if decided.confirm:

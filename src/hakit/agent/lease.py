@@ -108,11 +108,9 @@ class LeaseKeeper:
         self._deferred: tuple[str, int] | None = None  # (holder, epoch) a takeover was deferred for
         self._refused_store: str | None = None  # what was found at the store's path, refused
         # Failsafe mode (hakit.policy.failsafe, hakit.agent.failsafe): when the lease was last
-        # renewed (monotonic, when asked), calls that may hand this node the lease in flight,
-        # the serving deadline the last complete round of confirmations bought, and who did
+        # renewed (monotonic, when asked), the serving deadline the last complete round of confirmations bought, and who did
         # not confirm in the last round (None: it was complete, or none was asked).
         self.renewed_at = float("-inf")
-        self.taking = 0
         self.failsafe_deadline = 0.0
         self.failsafe_missing: dict[str, str] | None = None
         # Asking the store, after a stall across the lease deadline, whether the lease is
@@ -225,10 +223,9 @@ class LeaseKeeper:
             self.check_deadline()  # past it (e.g. frozen while asking): say so
         self._note_reconnected()
         if lease is not None and lease.holder == self.node:
-            if lease.epoch <= self._given_up_epoch:
-                # A renewal that raced with our self-fence (or a lease we gave back): never
-                # act under it again; free it so the next taker gets a new epoch.
-                await self._give_back(lease.epoch, "it had already fenced itself from it")
+            unwanted = self._not_to_act_under(lease)
+            if unwanted is not None:
+                await self._give_back(lease.epoch, unwanted)
                 return
             # Renewed: the lease is valid for ttl from when we asked, minus one
             # renewal interval of margin so we stop before anyone else may start. A
@@ -258,15 +255,23 @@ class LeaseKeeper:
     async def _acquire(self, ttl: float) -> Lease | None:
         """Take the lease (``acquire_or_renew``) unless this node promised an active serving
         on failsafe confirmations not to (hakit.policy.failsafe): then None, nothing asked.
-        The promise is checked and the call counted in one step of the event loop, so a
-        failsafe answer (hakit.agent.failsafe) sees a takeover under way."""
+        A promise made while the call was in flight is checked again on its answer
+        (``_promised``)."""
         if self.policy.failsafe_hold(self.monotonic()) is not None:
             return None
-        self.taking += 1
-        try:
-            return await self.store.call(self.coordinator.acquire_or_renew, self.node, ttl)
-        finally:
-            self.taking -= 1
+        return await self.store.call(self.coordinator.acquire_or_renew, self.node, ttl)
+
+    def _not_to_act_under(self, lease: Lease) -> str | None:
+        """Why a lease of this node's that the store just returned must never be acted
+        under (None: it may): a renewal that raced with our self-fence (or a lease we gave
+        back), or, taking over, a promise to an active serving on failsafe confirmations
+        (hakit.policy.failsafe) made while the call was in flight. Checked in the same step
+        of the event loop as ``self.epoch`` is set, so a failsafe answer sees either the
+        epoch held (and refuses) or this give-back."""
+        if lease.epoch <= self._given_up_epoch:
+            return "it had already fenced itself from it"
+        promise = None if self.epoch else self.policy.failsafe_hold(self.monotonic())
+        return None if promise is None else f"failsafe mode: {promise}"
 
     def _note_reconnected(self) -> None:
         """The store answered: if it had been refused, say once that it is trusted again."""
@@ -440,7 +445,6 @@ class LeaseKeeper:
             f"lease not renewed before its deadline ({late:.1f} s late: the store "
             "was too slow or this agent was stalled)"
         )
-        missing = self.failsafe_missing
         self._tick()  # a stall that just ended is known before deciding
         stall = self.stalls.during(self.lease_deadline, self.lease_deadline)
         if stall is not None:
@@ -448,19 +452,6 @@ class LeaseKeeper:
                 self._ask_on_waking(self.epoch, late, stall.duration, why), name="waking"
             )
             return
-        if missing is not None:
-            # Failsafe mode: the store is unreachable and a node did not confirm.
-            nodes = ", ".join(missing)
-            words = "; ".join(f"{node}: {reason}" for node, reason in missing.items())
-            why = (
-                f"failsafe: fenced, {nodes} did not confirm it is not promoting while the "
-                f"coordination store is unreachable ({words})"
-            )
-            self._record(
-                EventKind.FAILSAFE,
-                f"{self.node} {why}",
-                data={FAILSAFE: FENCED, MISSING: dict(missing)},
-            )
         self.self_fence(why)
 
     async def _ask_on_waking(self, epoch: int, late: float, slept: float, why: str) -> None:
@@ -511,10 +502,23 @@ class LeaseKeeper:
         """The lease is gone: SIGKILL the app's group now, synchronously, before any
         other code of this agent runs; the policy hears LeaseLost before any other event
         (the agent's ``run``), and its StopApp(kill=True) confirms the group is gone."""
+        missing, self.failsafe_missing = self.failsafe_missing, None
+        if missing is not None and self.epoch:
+            # Failsafe mode: the store is unreachable and a node did not confirm.
+            nodes = ", ".join(missing)
+            words = "; ".join(f"{node}: {why}" for node, why in missing.items())
+            reason = (
+                f"failsafe: fenced, {nodes} did not confirm it is not promoting while the "
+                f"coordination store is unreachable ({words}); {reason}"
+            )
+            self._record(
+                EventKind.FAILSAFE,
+                f"{self.node} {reason}",
+                data={FAILSAFE: FENCED, MISSING: dict(missing)},
+            )
         lost, self.epoch = self.epoch, 0
         self._given_up_epoch = max(self._given_up_epoch, lost)
         self.failsafe_deadline = 0.0
-        self.failsafe_missing = None
         self.watchdog.disarm()
         if self.policy.view().role is Role.ACTIVE and self.app.kill_now():
             log.warning("self-fencing: killed the app (pid %s): %s", self.app.pid, reason)

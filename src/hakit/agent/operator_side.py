@@ -193,7 +193,6 @@ class OperatorSide:
                 actor=actor,
             )
             return
-        self.lease.taking += 1  # counted with the check above, in one step of the loop
         try:
             before = await self.store.call(self.coordinator.current_lease)
             lease = await self.store.call(self.coordinator.take_over, self.node.name, ttl)
@@ -205,8 +204,6 @@ class OperatorSide:
                 actor=actor,
             )
             return
-        finally:
-            self.lease.taking -= 1
         intent = self.intents.handover or {}
         if before is not None and before.holder != self.node.name:
             if intent.get("force"):

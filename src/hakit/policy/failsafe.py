@@ -12,13 +12,15 @@ The protocol, and why it never lets two nodes serve at once:
   ``sent`` on its monotonic clock and asks every other configured node's agent at
   once: "I am NODE holding epoch E; confirm you are not promoting", each answer
   awaited at most ``FailsafeTimes.ask_timeout``.
-- **A node confirms** (``answer``) only if it holds no lease itself, has no takeover
-  under way, and either cannot read the store itself within ``store_check``, or reads
-  the asker's lease of epoch E still valid there, or reads it expired but cannot write
-  to the store either. Before it answers it has promised: it takes no lease, by
-  election or by a forced failover, until ``hold`` after it was asked on its own
-  clock (``Policy.hold_failsafe``; the policy's ``may_lead`` honours it even when the
-  store comes back to this node first, showing the lease expired).
+- **A node confirms** (``answer``) only if it holds no lease itself and either cannot
+  read the store itself within ``store_check``, or reads the asker's lease of epoch E
+  still valid there, or reads it expired but cannot write to the store either. Before
+  it answers it has promised: it takes no lease, by election or by a forced failover,
+  until ``hold`` after it was asked on its own clock (``Policy.hold_failsafe``; the
+  policy's ``may_lead`` honours it even when the store comes back to this node first,
+  showing the lease expired). A takeover that was already in flight (a locked store
+  holds it for its busy timeout) and succeeds while the promise holds is given back,
+  never acted under: the decision and the check run in one step of the event loop.
 - **The active extends** (``judge_round``): only when every other node confirmed does
   its serving deadline become ``sent + period - margin``; the watchdog thread and the
   app's shim are re-armed with it. Any missing confirmation extends nothing: the
@@ -110,21 +112,19 @@ def answer(
     *,
     me: str,
     held_epoch: int,
-    taking: bool,
     store: StoreRead,
 ) -> Answer:
     """Does node ``me`` confirm to ``asker`` (holding ``epoch``) that it is not promoting?
 
-    ``held_epoch``: the epoch of the lease ``me`` holds (0: none); ``taking``: a call that
-    may hand ``me`` the lease is in flight. Confirming means ``me`` promised already."""
+    ``held_epoch``: the epoch of the lease ``me`` holds (0: none). Confirming means ``me``
+    promises; a call that hands ``me`` the lease while the promise holds (one in flight
+    when it was made) is given back, never acted under (``LeaseKeeper``)."""
     if asker == me:
         return Answer(False, f"{me} cannot confirm its own failsafe request")
     if epoch <= 0:
         return Answer(False, f"{asker} asked without an epoch; it holds no lease")
     if held_epoch:
         return Answer(False, f"{me} holds the lease itself (epoch {held_epoch})")
-    if taking:
-        return Answer(False, f"{me} is taking the lease over right now")
     if not store.reachable:
         why = f" ({store.error})" if store.error else ""
         return Answer(

@@ -26,33 +26,32 @@ EXPIRED_NO_WRITES = StoreRead(
     reachable=True, holder="node1", epoch=7, valid=False, writes_failing=True
 )
 
-# (held_epoch, taking, what the store shows node2) -> confirms?, words in the reason
+# (held_epoch, what the store shows node2) -> confirms?, words in the reason
 ANSWERS = [
-    (0, False, UNREACHABLE, True, "cannot reach the coordination store either"),
-    (0, False, VALID, True, "still valid"),
-    (0, False, EXPIRED_NO_WRITES, True, "refuses node2's writes too"),
-    (0, False, EXPIRED, False, "cut off from it alone and must fence"),
-    (0, False, StoreRead(reachable=True), False, "holds no lease"),
-    (0, False, StoreRead(True, "node3", 8, True), False, "held by node3 under epoch 8"),
-    (0, False, StoreRead(True, "node1", 6, True), False, "under epoch 6, not by node1"),
-    (9, False, UNREACHABLE, False, "holds the lease itself (epoch 9)"),
-    (0, True, UNREACHABLE, False, "taking the lease over right now"),
-    (9, True, VALID, False, "holds the lease itself"),
+    (0, UNREACHABLE, True, "cannot reach the coordination store either"),
+    (0, VALID, True, "still valid"),
+    (0, EXPIRED_NO_WRITES, True, "refuses node2's writes too"),
+    (0, EXPIRED, False, "cut off from it alone and must fence"),
+    (0, StoreRead(reachable=True), False, "holds no lease"),
+    (0, StoreRead(True, "node3", 8, True), False, "held by node3 under epoch 8"),
+    (0, StoreRead(True, "node1", 6, True), False, "under epoch 6, not by node1"),
+    (9, UNREACHABLE, False, "holds the lease itself (epoch 9)"),
+    (9, VALID, False, "holds the lease itself"),
 ]
 
 
-@pytest.mark.parametrize(("held", "taking", "store", "confirms", "words"), ANSWERS)
+@pytest.mark.parametrize(("held", "store", "confirms", "words"), ANSWERS)
 def test_a_node_confirms_only_when_it_cannot_promote(
-    held: int, taking: bool, store: StoreRead, confirms: bool, words: str
+    held: int, store: StoreRead, confirms: bool, words: str
 ) -> None:
-    got = answer("node1", 7, me="node2", held_epoch=held, taking=taking, store=store)
+    got = answer("node1", 7, me="node2", held_epoch=held, store=store)
     assert got.confirm is confirms
     assert words in got.reason
 
 
 def test_nonsense_requests_are_refused() -> None:
-    assert not answer("node2", 7, me="node2", held_epoch=0, taking=False, store=UNREACHABLE).confirm
-    assert not answer("node1", 0, me="node2", held_epoch=0, taking=False, store=UNREACHABLE).confirm
+    assert not answer("node2", 7, me="node2", held_epoch=0, store=UNREACHABLE).confirm
+    assert not answer("node1", 0, me="node2", held_epoch=0, store=UNREACHABLE).confirm
 
 
 OK = Answer(True, "fine")
