@@ -45,12 +45,20 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from hakit.history.facts import (
+    FAILSAFE_FENCED,
+    FAILSAFE_NO_PROMOTION,
+    FAILSAFE_RECOVERED,
+    FAILSAFE_REFUSED,
+    FAILSAFE_SERVING,
+)
+
 # data["failsafe"] of a failsafe event (hakit.history.facts.FAILSAFE): which case it was.
-SERVING = "serving"  # the active kept serving on every other node's confirmation
-FENCED = "fenced"  # the active fenced: a node did not confirm
-NO_PROMOTION = "no-promotion"  # a node confirmed: it will not promote (store unreachable)
-REFUSED = "refused"  # a node refused to confirm (the store answers it, or it leads)
-RECOVERED = "recovered"  # the active renewed its lease in the store again
+SERVING = FAILSAFE_SERVING
+FENCED = FAILSAFE_FENCED
+NO_PROMOTION = FAILSAFE_NO_PROMOTION
+REFUSED = FAILSAFE_REFUSED
+RECOVERED = FAILSAFE_RECOVERED
 
 
 @dataclass(frozen=True, slots=True)
