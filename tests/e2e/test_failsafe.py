@@ -26,7 +26,7 @@ from hakit.config import load_config
 from hakit.demo.cluster import DemoCluster, free_ports
 from hakit.history.facts import FAILSAFE, MISSING
 from hakit.history.why import explain
-from hakit.policy.failsafe import FENCED, NO_PROMOTION, SERVING
+from hakit.policy.failsafe import FENCED, NO_PROMOTION, RECOVERED, SERVING
 from tests.support.waiting import wait_until
 
 from .conftest import ClusterFactory, cluster_factory, store_locked, wait_serving
@@ -109,7 +109,11 @@ def test_store_down_everywhere_the_active_keeps_serving_and_nobody_promotes(
         assert answers(cluster, active)
     # The store answers again: the same epoch is renewed, nobody promoted.
     wait_until(
-        lambda: failsafe_events(cluster, SERVING) and failsafe_events(cluster, NO_PROMOTION),
+        lambda: (
+            failsafe_events(cluster, SERVING)
+            and failsafe_events(cluster, NO_PROMOTION)
+            and failsafe_events(cluster, RECOVERED)
+        ),
         15,
         "the failsafe events to reach the store",
     )
@@ -120,8 +124,13 @@ def test_store_down_everywhere_the_active_keeps_serving_and_nobody_promotes(
     assert app_of(cluster, active) == app
     kinds = [(e.node, e.kind) for e in cluster.events()]
     assert (standby, "promoted") not in kinds and (active, "fenced") not in kinds
-    print("\n".join(explain(cluster.events())))
-    assert "failsafe" in explain(cluster.events())[0]
+    why = explain(cluster.events())
+    print("\n".join(why))
+    assert (
+        f"failsafe mode kept {active} serving (epoch {lease.epoch}) on the confirmations of "
+        f"{standby}" in why[0]
+    )
+    assert "no node promoted" in why[0]
 
 
 def test_a_node_that_cannot_confirm_makes_the_active_fence(
@@ -145,7 +154,10 @@ def test_a_node_that_cannot_confirm_makes_the_active_fence(
 
     missing = wait_until(fence_event, 15, "the failsafe fence to be recorded")
     assert set(missing) == {standby}, missing
-    assert "did not confirm" in explain(cluster.events())[0]
+    why = explain(cluster.events())
+    print("\n".join(why))
+    assert f"{standby} did not confirm it was not promoting" in why[0]
+    assert "fenced itself (failsafe mode)" in why[0] and "no node promoted" in why[0]
 
 
 def test_failsafe_off_the_active_fences_at_its_deadline(make_cluster: ClusterFactory) -> None:

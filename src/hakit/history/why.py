@@ -511,7 +511,8 @@ def _failsafe_story(
     if end is not None and last is not None and _failsafe_case(end) == FAILSAFE_FENCED:
         if any(t.index > last and t.node != active for t in all_terms):
             return None  # the takeover that followed tells it (the store answered there)
-        told.append(end)
+        if last != first:
+            told.append(end)
         for index in range(last + 1, len(history)):
             stop = history[index]
             if stop.node == active and lost_epoch(stop) == epoch:
