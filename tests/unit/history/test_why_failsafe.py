@@ -70,7 +70,7 @@ def test_store_down_everywhere_a_node_did_not_confirm_so_the_active_fenced() -> 
         "mode); no node promoted"
     )
     assert len([line for line in lines if "lost the leader lease" in line]) == 1
-    assert len([line for line in lines if "failsafe: fenced" in line]) == 1
+    assert len([line for line in lines if "failsafe: fenced, node2" in line]) == 1
 
 
 def test_served_then_fenced_says_both() -> None:
