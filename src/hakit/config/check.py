@@ -433,9 +433,22 @@ def describe_config(cfg: Config) -> list[str]:
         f"ttl {fd(cfg.coordination.lease_ttl)}, renewed every "
         f"{fd(cfg.coordination.renew_interval)}; a lost node is noticed within "
         f"{fd(cfg.coordination.lease_ttl)}",
+        f"store unreachable: {_failsafe(cfg)}",
         f"fencing: {_fencing(cfg)}",
     ]
     return lines + _tcp_proxy_lines(cfg) + derived_lines(cfg) + timing_lines(cfg)
+
+
+def _failsafe(cfg: Config) -> str:
+    fd = format_duration
+    ttl = cfg.coordination.lease_ttl
+    if not cfg.coordination.failsafe:
+        return "the active fences at its lease deadline; no node promotes (failsafe = false)"
+    return (
+        "failsafe mode: the active keeps serving while every other node's agent confirms, "
+        f"over the admin API, that it is not promoting ({fd(ttl)} per round, each node "
+        f"promising {fd(2 * ttl)}); otherwise it fences at its deadline"
+    )
 
 
 def _hold(cfg: Config) -> str:
