@@ -6,6 +6,8 @@
                     deadline, self-fencing, waking after a stall, a replaced store refused
 - operator_side.py  ``OperatorSide``: the operator's intents and admin API, draining, the
                     routers' lost path, forgetting silent routers
+- failsafe.py       ``FailsafeSide``: failsafe mode's rounds of confirmations (the active)
+                    and answers (the others) over the admin API
 - storeio.py        every call to the coordination store on one thread, in issue order
 - stall.py          the agent's own stalls (its monotonic clock jumped: a frozen VM)
 

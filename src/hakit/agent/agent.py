@@ -55,6 +55,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, assert_never
 
+from hakit.agent.failsafe import FailsafeSide
 from hakit.agent.lease import LeaseKeeper, Wake
 from hakit.agent.operator_side import OperatorSide
 from hakit.agent.stall import STALL_THRESHOLD, StallDetector
@@ -90,6 +91,7 @@ from hakit.policy import (
     TakeLease,
     Tick,
 )
+from hakit.policy.failsafe import boot_hold
 from hakit.policy.rules import last_active
 from hakit.service.sdnotify import ServiceNotifier
 from hakit.supervisor import leftovers
@@ -186,6 +188,22 @@ class Agent:
             publish=self._publish,
             answering_since=self._answering,
         )
+        # Failsafe mode (hakit.agent.failsafe): rounds of confirmations while the store is
+        # unreachable, and this node's answers to the active's.
+        self.failsafe = FailsafeSide(
+            cfg,
+            self.node.name,
+            coordinator,
+            self.store,
+            self.policy,
+            self.lease,
+            token=_failsafe_token(cfg),
+            monotonic=monotonic,
+            record=self._record,
+            alert=self._execute,
+        )
+        if self.failsafe.enabled:
+            self.operator.failsafe_answer = self.failsafe.answer
         self.served_epoch = 0  # the highest epoch this node was active under (kept in the store)
         self._published_at = float("-inf")  # monotonic: the operator loop publishes a heartbeat
 
@@ -303,6 +321,12 @@ class Agent:
     async def run(self) -> None:
         self.lease.start(asyncio.get_running_loop())
         self._record(EventKind.AGENT, f"agent for {self.node.name} started (pid {os.getpid()})")
+        if self.failsafe.enabled:
+            # A promise made before this agent (re)started is forgotten: keep it anyway.
+            self.policy.hold_failsafe(
+                boot_hold(self.monotonic(), self.failsafe.times),
+                "failsafe mode: an agent that starts may have promised an active before",
+            )
         await self._sweep_leftovers()
         # A cluster paused before this agent started: the policy hears it before Boot.
         await self.operator.feed_intents(
@@ -317,6 +341,8 @@ class Agent:
             asyncio.create_task(self._deadline_watch(), name="deadline"),
             asyncio.create_task(self._operator_loop(), name="operator"),
         ]
+        if self.failsafe.enabled:
+            tasks.append(asyncio.create_task(self.failsafe.run(), name="failsafe"))
         stop_waiter = asyncio.create_task(self._stop_requested.wait())
         # Started: leftovers swept, the store read, the loops running.
         self.service.ready(f"node {self.node.name}: started (pid {os.getpid()})")
@@ -357,6 +383,7 @@ class Agent:
                 task.cancel()
             self.lease.cancel()
             await self.operator.close_admin_api()
+            await self.failsafe.close()
             try:
                 await self._shutdown()
             finally:
@@ -638,3 +665,17 @@ class Agent:
         self.store.submit(
             f"record the {kind} event {reason!r}", self.coordinator.append_event, event
         )
+
+
+def _failsafe_token(cfg: Config) -> str | None:
+    """The admin token an active asks the other agents with (failsafe mode only)."""
+    if not cfg.coordination.failsafe:
+        return None
+    from hakit.errors import HakitError
+    from hakit.operator.admin_api import load_token
+
+    try:
+        return load_token(cfg)
+    except HakitError as error:
+        log.error("failsafe mode cannot ask the other agents: %s", error)
+        return None

@@ -39,8 +39,10 @@ from hakit.fencing.fence import (
 from hakit.fencing.fence import Verdict as FenceVerdict
 from hakit.fencing.watchdog import LeaseWatchdog
 from hakit.health.datapath import PathReport, judge_holder, reports_in
+from hakit.history.facts import FAILSAFE, MISSING
 from hakit.history.kinds import AlertKind, EventKind
 from hakit.policy import Alert, LeaseGained, LeaseLost, Policy, PolicyEvent, Role
+from hakit.policy.failsafe import FENCED
 from hakit.supervisor.process import AppProcess
 
 log = logging.getLogger("hakit.agent")
@@ -105,6 +107,12 @@ class LeaseKeeper:
         self._fence_retry_at = 0.0  # monotonic: no takeover before this after a failed fence
         self._deferred: tuple[str, int] | None = None  # (holder, epoch) a takeover was deferred for
         self._refused_store: str | None = None  # what was found at the store's path, refused
+        # Failsafe mode (hakit.policy.failsafe, hakit.agent.failsafe): when the lease was last
+        # renewed (monotonic, when asked), the serving deadline the last complete round of confirmations bought, and who did
+        # not confirm in the last round (None: it was complete, or none was asked).
+        self.renewed_at = float("-inf")
+        self.failsafe_deadline = 0.0
+        self.failsafe_missing: dict[str, str] | None = None
         # Asking the store, after a stall across the lease deadline, whether the lease is
         # still ours (``check_deadline``): no event is handled until it has answered.
         self._waking: asyncio.Task[None] | None = None
@@ -193,7 +201,7 @@ class LeaseKeeper:
                 before, reports = await self.store.call(self._read_before_takeover)
                 if not self._holder_is_dead(before, reports):
                     return
-                lease = await self.store.call(self.coordinator.acquire_or_renew, self.node, ttl)
+                lease = await self._acquire(ttl)  # None too while a failsafe promise holds
             else:
                 # Under our epoch only, even if it expired meanwhile (frozen during the call):
                 # atomic in the store, so it fails once another node has taken over.
@@ -215,14 +223,18 @@ class LeaseKeeper:
             self.check_deadline()  # past it (e.g. frozen while asking): say so
         self._note_reconnected()
         if lease is not None and lease.holder == self.node:
-            if lease.epoch <= self._given_up_epoch:
-                # A renewal that raced with our self-fence (or a lease we gave back): never
-                # act under it again; free it so the next taker gets a new epoch.
-                await self._give_back(lease.epoch, "it had already fenced itself from it")
+            unwanted = self._not_to_act_under(lease)
+            if unwanted is not None:
+                await self._give_back(lease.epoch, unwanted)
                 return
             # Renewed: the lease is valid for ttl from when we asked, minus one
-            # renewal interval of margin so we stop before anyone else may start.
-            self.lease_deadline = started + ttl - self.timings.self_fence_margin
+            # renewal interval of margin so we stop before anyone else may start. A
+            # deadline failsafe confirmations bought for this epoch still stands: the
+            # promises behind it outlast it (hakit.policy.failsafe).
+            stands = self.failsafe_deadline if lease.epoch == self.epoch else 0.0
+            self.lease_deadline = max(started + ttl - self.timings.self_fence_margin, stands)
+            self.renewed_at = max(self.renewed_at, started)
+            self.failsafe_missing = None
             if lease.epoch != self.epoch:
                 if self.epoch:
                     self.self_fence(f"lease epoch moved from {self.epoch} to {lease.epoch}")
@@ -239,6 +251,27 @@ class LeaseKeeper:
             else:
                 holder = f"epoch {self.epoch} is no longer stored for {self.node}"
             self.self_fence(f"could not renew the lease: {holder}")
+
+    async def _acquire(self, ttl: float) -> Lease | None:
+        """Take the lease (``acquire_or_renew``) unless this node promised an active serving
+        on failsafe confirmations not to (hakit.policy.failsafe): then None, nothing asked.
+        A promise made while the call was in flight is checked again on its answer
+        (``_promised``)."""
+        if self.policy.failsafe_hold(self.monotonic()) is not None:
+            return None
+        return await self.store.call(self.coordinator.acquire_or_renew, self.node, ttl)
+
+    def _not_to_act_under(self, lease: Lease) -> str | None:
+        """Why a lease of this node's that the store just returned must never be acted
+        under (None: it may): a renewal that raced with our self-fence (or a lease we gave
+        back), or, taking over, a promise to an active serving on failsafe confirmations
+        (hakit.policy.failsafe) made while the call was in flight. Checked in the same step
+        of the event loop as ``self.epoch`` is set, so a failsafe answer sees either the
+        epoch held (and refuses) or this give-back."""
+        if lease.epoch <= self._given_up_epoch:
+            return "it had already fenced itself from it"
+        promise = None if self.epoch else self.policy.failsafe_hold(self.monotonic())
+        return None if promise is None else f"failsafe mode: {promise}"
 
     def _note_reconnected(self) -> None:
         """The store answered: if it had been refused, say once that it is trusted again."""
@@ -351,6 +384,20 @@ class LeaseKeeper:
 
     # --- the deadline ---------------------------------------------------------------------
 
+    def extend_failsafe(self, epoch: int, until: float) -> bool:
+        """Failsafe mode: every other node confirmed (hakit.policy.failsafe.judge_round) that
+        it is not promoting, for this active under ``epoch``: serve until ``until`` and
+        re-arm the watchdog and the shim with it. False when the epoch is no longer held."""
+        if self.epoch != epoch or self._waking is not None:
+            return False
+        if self.monotonic() >= self.lease_deadline:
+            return False  # too late: the deadline passed (the watchdog may have fired)
+        self.failsafe_deadline = max(self.failsafe_deadline, until)
+        self.lease_deadline = max(self.lease_deadline, until)
+        self.failsafe_missing = None
+        self.arm_watchdog()
+        return True
+
     def arm_watchdog(self) -> None:
         """The watchdog thread and the app's shim guard the lease while this node acts as
         active under it (the shim also when this whole agent is frozen, hakit.supervisor.shim)."""
@@ -440,6 +487,7 @@ class LeaseKeeper:
             self.self_fence(f"{why}; on waking, {refusal}")
             return
         self.lease_deadline = asked + ttl - self.timings.self_fence_margin
+        self.renewed_at = max(self.renewed_at, asked)
         self.arm_watchdog()
         self._record(
             EventKind.LEASE,
@@ -454,8 +502,23 @@ class LeaseKeeper:
         """The lease is gone: SIGKILL the app's group now, synchronously, before any
         other code of this agent runs; the policy hears LeaseLost before any other event
         (the agent's ``run``), and its StopApp(kill=True) confirms the group is gone."""
+        missing, self.failsafe_missing = self.failsafe_missing, None
+        if missing is not None and self.epoch:
+            # Failsafe mode: the store is unreachable and a node did not confirm.
+            nodes = ", ".join(missing)
+            words = "; ".join(f"{node}: {why}" for node, why in missing.items())
+            reason = (
+                f"failsafe: fenced, {nodes} did not confirm it is not promoting while the "
+                f"coordination store is unreachable ({words}); {reason}"
+            )
+            self._record(
+                EventKind.FAILSAFE,
+                f"{self.node} {reason}",
+                data={FAILSAFE: FENCED, MISSING: dict(missing)},
+            )
         lost, self.epoch = self.epoch, 0
         self._given_up_epoch = max(self._given_up_epoch, lost)
+        self.failsafe_deadline = 0.0
         self.watchdog.disarm()
         if self.policy.view().role is Role.ACTIVE and self.app.kill_now():
             log.warning("self-fencing: killed the app (pid %s): %s", self.app.pid, reason)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from hakit.agent.lease import LeaseKeeper, Wake
@@ -37,7 +37,7 @@ from hakit.health.datapath import (
     reports_in,
 )
 from hakit.history.kinds import EventKind
-from hakit.operator.commands import perform
+from hakit.operator.commands import OperatorError, perform
 from hakit.operator.intents import IntentWatcher, expired_words, request_path_loss
 from hakit.policy import (
     Boot,
@@ -110,6 +110,8 @@ class OperatorSide:
         self.intents = IntentWatcher()
         self.draining = False  # switching over: the router holds new requests meanwhile
         self._admin_api: Any = None  # hakit.operator.admin_api.AdminApi while serving
+        # Failsafe mode's answer to an active's POST /failsafe (hakit.agent.failsafe).
+        self.failsafe_answer: Callable[[Mapping[str, Any]], Awaitable[dict[str, Any]]] | None = None
 
     # --- the operator's intents (hakit.operator: intents, admin_api) -----------------------
 
@@ -168,6 +170,11 @@ class OperatorSide:
             await self._admin_api.close()
 
     async def _admin_perform(self, operation: str, params: Mapping[str, Any]) -> dict[str, Any]:
+        if operation == "failsafe":
+            # Answered by this agent itself, not through the store (it may be unreachable).
+            if self.failsafe_answer is None:
+                raise OperatorError(f"failsafe mode is off on {self.node.name}")
+            return await self.failsafe_answer(params)
         return await self.store.call(
             perform, self.coordinator, self.cfg, operation, params, time.time()
         )
@@ -176,6 +183,16 @@ class OperatorSide:
         """Forced failover: the lease moves here under a new epoch; the lease loop then
         renews it and promotes (after fencing the old holder, hakit.fencing.fence)."""
         ttl, reason, actor = self.cfg.coordination.lease_ttl, action.reason, action.actor
+        promised = self.policy.failsafe_hold(self.monotonic())
+        if promised is not None:
+            # Failsafe mode: an active may still serve on this node's word (hakit.policy.failsafe).
+            self._record(
+                EventKind.FAILOVER,
+                f"{reason}: not taking the lease yet: {promised}",
+                epoch=0,
+                actor=actor,
+            )
+            return
         try:
             before = await self.store.call(self.coordinator.current_lease)
             lease = await self.store.call(self.coordinator.take_over, self.node.name, ttl)

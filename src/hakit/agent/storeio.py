@@ -74,6 +74,11 @@ class StoreIO:
         self._closed = False
         self._thread: threading.Thread | None = None
         self.dropped = 0  # fire-and-forget jobs dropped (queue full, failed, or closed)
+        # Failsafe mode asks whether this agent can write to the store (hakit.policy.failsafe):
+        # a write failed since the last one that went through, or the one in flight has run
+        # for long (a locked store holds it for its busy timeout).
+        self._write_failed = False
+        self._running_since: float | None = None  # monotonic: the job in flight began
 
     # --- issuing -------------------------------------------------------------------------
 
@@ -131,6 +136,13 @@ class StoreIO:
             else:
                 self._drop(job, "the agent stopped before the store took it")
 
+    def writes_failing(self, now: float, slow: float) -> bool:
+        """Are this agent's writes failing: one was refused since the last that went
+        through, or the job in flight has run for more than ``slow`` seconds?"""
+        with self._cond:
+            running = self._running_since
+            return self._write_failed or (running is not None and now - running > slow)
+
     def queued(self) -> int:
         """Jobs waiting (the one in flight not counted)."""
         with self._cond:
@@ -158,10 +170,15 @@ class StoreIO:
                 if not self._jobs:
                     return  # closed, nothing left
                 job = self._jobs.popleft()
-            if job.future is not None:
-                self._answer(job, job.future)
-            else:
-                self._write(job)
+                self._running_since = time.monotonic()
+            try:
+                if job.future is not None:
+                    self._answer(job, job.future)
+                else:
+                    self._write(job)
+            finally:
+                with self._cond:
+                    self._running_since = None
 
     @staticmethod
     def _answer(job: _Job, future: concurrent.futures.Future[Any]) -> None:
@@ -183,8 +200,10 @@ class StoreIO:
             attempt_started = time.monotonic()
             try:
                 job.run()
+                self._write_failed = False
                 return
             except CoordinationError as error:
+                self._write_failed = True
                 now = time.monotonic()
                 # A quick refusal waits a little before the next try; a slow one (the busy
                 # timeout ran out) has waited already.

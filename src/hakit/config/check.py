@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from hakit.config.derived import derived_lines
 from hakit.config.problems import Problem, format_key, render
-from hakit.config.schema import MIN_TOKEN_LENGTH, AdminConfig, Config
+from hakit.config.schema import MIN_TOKEN_LENGTH, AdminConfig, Config, CoordinationConfig
 from hakit.config.sections.app import AppConfig, FailoverConfig, OnFailedStart
 from hakit.config.sections.cluster import NodeConfig
 from hakit.config.sections.router import RouterConfig, TcpProxyConfig
@@ -139,6 +139,38 @@ def operator_problems(
                 "one node without nofailover",
             )
         )
+    return problems
+
+
+def failsafe_problems(
+    coordination: CoordinationConfig | None,
+    admin: AdminConfig | None,
+    nodes: Sequence[tuple[int, NodeConfig]],
+) -> list[Problem]:
+    """Failsafe mode asks every other node's agent over the admin API: every node serves
+    it, with a token (hakit.policy.failsafe)."""
+    if coordination is None or not coordination.failsafe:
+        return []
+    problems: list[Problem] = []
+    if admin is not None and admin.token is None and admin.token_file is None:
+        problems.append(
+            Problem(
+                ("coordination", "failsafe"),
+                "failsafe mode asks every other node's agent over the admin API, but [admin] "
+                'has no token; expected [admin] token = "<a long random secret>" or '
+                'token_file = "PATH", or failsafe = false',
+            )
+        )
+    for index, node in nodes:
+        if node.admin_port is None:
+            problems.append(
+                Problem(
+                    ("nodes", index),
+                    f"{node.name} has no admin_port, but [coordination] failsafe = true needs "
+                    "every node's agent to answer the active over the admin API; expected "
+                    "admin_port = PORT on every node, or failsafe = false",
+                )
+            )
     return problems
 
 
@@ -401,9 +433,22 @@ def describe_config(cfg: Config) -> list[str]:
         f"ttl {fd(cfg.coordination.lease_ttl)}, renewed every "
         f"{fd(cfg.coordination.renew_interval)}; a lost node is noticed within "
         f"{fd(cfg.coordination.lease_ttl)}",
+        f"store unreachable: {_failsafe(cfg)}",
         f"fencing: {_fencing(cfg)}",
     ]
     return lines + _tcp_proxy_lines(cfg) + derived_lines(cfg) + timing_lines(cfg)
+
+
+def _failsafe(cfg: Config) -> str:
+    fd = format_duration
+    ttl = cfg.coordination.lease_ttl
+    if not cfg.coordination.failsafe:
+        return "the active fences at its lease deadline; no node promotes (failsafe = false)"
+    return (
+        "failsafe mode: the active keeps serving while every other node's agent confirms, "
+        f"over the admin API, that it is not promoting ({fd(ttl)} per round, each node "
+        f"promising {fd(2 * ttl)}); otherwise it fences at its deadline"
+    )
 
 
 def _hold(cfg: Config) -> str:

@@ -21,6 +21,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from hakit.config.check import (
     cross_section_problems,
+    failsafe_problems,
     fence_problems,
     operator_problems,
     tcp_proxy_problems,
@@ -149,6 +150,9 @@ def _cross_problems(raw: Mapping[str, Any], values: Mapping[str, Any]) -> list[P
         )
         + tcp_proxy_problems(values.get("router"), _valid_nodes(node_list), proxies)
         + operator_problems(values.get("admin"), _valid_nodes(node_list))
+        + failsafe_problems(
+            values.get("coordination"), values.get("admin"), _valid_nodes(node_list)
+        )
         + fence_problems(values.get("failover"), values.get("app"))
     )
 

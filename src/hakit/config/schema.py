@@ -59,6 +59,10 @@ class CoordinationConfig(_Section):
     path: Path | None = None  # the older spelling of [coordination.sqlite] path
     lease_ttl: PositiveDuration = 3.0  # leader lease time to live
     renew_interval: PositiveDuration = 1.0  # must be well below lease_ttl
+    # Failsafe mode (Patroni's failsafe_mode): while the store is unreachable the active
+    # keeps serving as long as every other node's agent confirms, over the admin API, that
+    # it is not promoting (hakit.policy.failsafe). Off: the active fences at its deadline.
+    failsafe: bool = False
     sqlite: SqliteSection = SqliteSection()
     etcd: EtcdSection = EtcdSection()  # [coordination.etcd] (hakit.coord.etcd)
     zookeeper: ZooKeeperSection = ZooKeeperSection()

@@ -36,6 +36,19 @@ NO_FAILOVER: Final = "no_failover"
 # FIRST_RUN; a warm standby promoted with its app already running).
 SERVING: Final = "serving"
 
+# Failsafe mode (hakit.policy.failsafe), a ``failsafe`` event: which case it was
+# (FAILSAFE_SERVING, ...), the nodes
+# that confirmed, and those that did not with why ({node: why}).
+FAILSAFE: Final = "failsafe"
+FAILSAFE_SERVING: Final = "serving"  # the active kept serving on every other node's word
+FAILSAFE_FENCED: Final = "fenced"  # the active fenced: a node did not confirm
+FAILSAFE_NO_PROMOTION: Final = "no-promotion"  # a node confirmed: the store is unreachable
+FAILSAFE_REFUSED: Final = "refused"  # a node did not confirm (the store answers it, or it leads)
+FAILSAFE_RECOVERED: Final = "recovered"  # the active renewed its lease in the store again
+CONFIRMED: Final = "confirmed"
+MISSING: Final = "missing"
+ASKER: Final = "asker"  # the active that asked a node to confirm
+
 
 def human_duration(seconds: float) -> str:
     """600 -> '10m', 30 -> '30s', 1.25 -> '1.2s', 5400 -> '1.5h'."""

@@ -48,6 +48,8 @@ class EventKind(enum.StrEnum):
     # neither a node's nor the policy's
     OPERATOR = "operator"  # an operator's command without a kind of its own
     STORE = "store"  # the coordination store was created or replaced
+    # failsafe mode (hakit.policy.failsafe; data: failsafe = which case, confirmed, missing)
+    FAILSAFE = "failsafe"
 
 
 class AlertKind(enum.StrEnum):
@@ -61,6 +63,7 @@ class AlertKind(enum.StrEnum):
     CRASH = "crash"
     HANG = "hang"
     ERROR = "error"
+    FAILSAFE = "failsafe"  # the store is unreachable: serving on confirmations, or no promotion
 
 
 class EventCause(enum.StrEnum):
@@ -99,5 +102,6 @@ NOTIFY_EVENTS: Final[Mapping[str, bool]] = {
     AlertKind.FAILED_START: True,
     AlertKind.CRASH: True,
     AlertKind.HANG: True,
+    AlertKind.FAILSAFE: True,
     AlertKind.ERROR: False,  # covered by "restart"
 }

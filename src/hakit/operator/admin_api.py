@@ -12,6 +12,7 @@ POST        /failover        ``{"to": NODE, "reason", "actor", "force"}``
 POST        /pause           ``{"reason", "actor"}``
 POST        /resume          ``{"reason", "actor"}``
 GET         /status          -
+POST        /failsafe        ``{"node": ACTIVE, "epoch": E}`` (failsafe mode, agent to agent)
 ==========  ===============  ===========================================
 
 Every request needs ``Authorization: Bearer <[admin] token>``; the token is
@@ -53,6 +54,8 @@ ROUTES = {
     "/pause": ("POST", "pause"),
     "/resume": ("POST", "resume"),
     "/status": ("GET", "status"),
+    # Failsafe mode: an active asks this node to confirm it is not promoting (hakit.agent.failsafe).
+    "/failsafe": ("POST", "failsafe"),
 }
 REASONS = {
     200: "OK",

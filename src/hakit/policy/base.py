@@ -85,6 +85,9 @@ class PolicyBase:
         self._handing_over: HandoverRequested | None = None  # switchover out, under way
         self._lead_after: float | None = None  # cold start: not the last active, wait
         self._handover_asked = False  # a path-loss handover was asked for (not again)
+        # --- failsafe mode (hakit.policy.failsafe) ------------------------------------
+        self._failsafe_until: float | None = None  # promised: no lease before this
+        self._failsafe_why = ""  # to whom, in words
 
     # --- small helpers (mutate only after every guard has passed) -------------
 

@@ -139,6 +139,8 @@ class Policy(PauseHandling, HandoverHandling, FailureHandling):
             return False  # the nofailover tag: never active
         if self._state in (S.INIT, S.FENCED, S.MANUAL, S.STEPPING_DOWN):
             return False
+        if self.failsafe_hold(now) is not None:
+            return False  # promised an active serving on failsafe confirmations
         if self._role is Role.ACTIVE:
             return False
         if self._handover is not None:
@@ -150,6 +152,20 @@ class Policy(PauseHandling, HandoverHandling, FailureHandling):
             return False  # cold start: the last active goes first
         # No failback: after giving the lease up, let the new active settle first.
         return self._cooldown_until is None or now >= self._cooldown_until
+
+    def hold_failsafe(self, until: float, why: str) -> None:
+        """Failsafe mode: this node promised (to an active serving while the store is
+        unreachable, or by starting: hakit.policy.failsafe) to take no lease before
+        ``until``. A later promise extends it; an earlier one never shortens it."""
+        if self._failsafe_until is None or until > self._failsafe_until:
+            self._failsafe_until = until
+            self._failsafe_why = why
+
+    def failsafe_hold(self, now: float) -> str | None:
+        """Why this node may take no lease now (a live failsafe promise), None if it may."""
+        if self._failsafe_until is not None and now < self._failsafe_until:
+            return self._failsafe_why
+        return None
 
     def reset(self, now: float) -> list[Action]:
         """Operator: leave MANUAL once the cause is fixed (forgets failures)."""

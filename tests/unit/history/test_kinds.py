@@ -45,6 +45,7 @@ def test_notify_lists_are_todays() -> None:
         "failed-start",
         "crash",
         "hang",
+        "failsafe",
         "error",
     )
     assert DEFAULT_NOTIFY_EVENTS == NOTIFY_EVENTS[:-1]
