@@ -10,6 +10,8 @@
                     and answers (the others) over the admin API
 - storeio.py        every call to the coordination store on one thread, in issue order
 - stall.py          the agent's own stalls (its monotonic clock jumped: a frozen VM)
+- startup.py        once, as it starts: the sweep of what an earlier agent left, the
+                    cold start's ``Boot`` from the node records
 
 What the agent drives lives beside it: the policy (hakit.policy), the app's
 supervisor and shim (hakit.supervisor), the probes and data path (hakit.health),

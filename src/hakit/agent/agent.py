@@ -5,8 +5,10 @@ One agent process runs on every node. It reads the world (process exits,
 decide, and carries out the actions it returns. All decisions live in the
 policy (hakit.policy); the agent only does I/O and bookkeeping. This module wires
 the parts together: the lease's life is kept by ``LeaseKeeper`` (hakit.agent.lease),
-the operator's side by ``OperatorSide`` (hakit.agent.operator_side), and the app's
-command line and environment are built beside its supervisor (hakit.supervisor.launch).
+the operator's side by ``OperatorSide`` (hakit.agent.operator_side), what it does once
+as it starts (the sweep of leftovers, the cold start's ``Boot``) by
+hakit.agent.startup, and the app's command line and environment are built beside
+its supervisor (hakit.supervisor.launch).
 
 Tasks feed one queue so the policy sees events one at a time:
 
@@ -52,22 +54,23 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any, assert_never
 
 from hakit.agent.failsafe import FailsafeSide
 from hakit.agent.lease import LeaseKeeper, Wake
 from hakit.agent.operator_side import OperatorSide
 from hakit.agent.stall import STALL_THRESHOLD, StallDetector
+from hakit.agent.startup import boot_event, sweep_leftovers
 from hakit.agent.storeio import StoreIO
 from hakit.config import Config, Mode
 from hakit.contract import AppState
-from hakit.coord.base import Coordinator, Event, Lease, NodeRecord
-from hakit.errors import CoordinationError, InvalidTransition, SupervisorError
+from hakit.coord.base import Coordinator, Event, NodeRecord
+from hakit.errors import InvalidTransition, SupervisorError
 from hakit.fencing.fence import AGENT_ID_KEY, PENDING_KEY, Fencer
 from hakit.health.probe import Observation, StatusProber, check_database
-from hakit.history.facts import SERVING, WHAT
-from hakit.history.kinds import CAUSE, AlertKind, EventCause, EventKind
+from hakit.history.facts import SERVING
+from hakit.history.kinds import CAUSE, EventCause, EventKind
 from hakit.notify import Notifier
 from hakit.policy import (
     Action,
@@ -92,12 +95,9 @@ from hakit.policy import (
     Tick,
 )
 from hakit.policy.failsafe import boot_hold
-from hakit.policy.rules import last_active
 from hakit.service.sdnotify import ServiceNotifier
-from hakit.supervisor import leftovers
 from hakit.supervisor.exits import ExitInfo
 from hakit.supervisor.launch import app_process_for, check_port_free, log_dir
-from hakit.supervisor.leftovers import UNCLEAN_END
 
 log = logging.getLogger("hakit.agent")
 
@@ -327,7 +327,9 @@ class Agent:
                 boot_hold(self.monotonic(), self.failsafe.times),
                 "failsafe mode: an agent that starts may have promised an active before",
             )
-        await self._sweep_leftovers()
+        await sweep_leftovers(
+            self.cfg, self.node, self.app.cgroup_path, record=self._record, alert=self._execute
+        )
         # A cluster paused before this agent started: the policy hears it before Boot.
         await self.operator.feed_intents(
             await self.operator.read_intents(), time.time(), boot=await self._boot_event()
@@ -390,63 +392,6 @@ class Agent:
                 self.lease.stop()
                 self.store.close()
                 self.service.close()
-
-    async def _sweep_leftovers(self) -> None:
-        """Before anything else: stop what an earlier agent of this node left running
-        (hakit.supervisor.leftovers), and say so."""
-        found = await asyncio.to_thread(
-            leftovers.sweep,
-            node=self.node.name,
-            cluster=self.cfg.cluster.name,
-            port=self.node.port,
-            pid_file=leftovers.pid_file_path(self.cfg.cluster.state_dir, self.node.name),
-            group_dir=self.app.cgroup_path,
-        )
-        data: dict[str, Any] = {
-            "leftovers": found.stopped,
-            UNCLEAN_END: found.unclean_end,
-            "rebooted": found.rebooted,
-        }
-        if found.previous_agent is not None:
-            data["previous_agent_pid"] = found.previous_agent
-        previous = (
-            f"its previous agent (pid {found.previous_agent})"
-            if found.previous_agent is not None
-            else "its previous agent"
-        )
-        if found.stopped:
-            self._record(
-                EventKind.AGENT,
-                f"agent for {self.node.name} found what an earlier agent left running and "
-                f"stopped it before doing anything else: {'; '.join(found.stopped)}",
-                epoch=0,
-                data=data,
-            )
-        elif found.rebooted:
-            self._record(
-                EventKind.AGENT,
-                f"{self.node.name} came back after its host restarted: {previous} went down "
-                "with it",
-                epoch=0,
-                data=data,
-            )
-        elif found.unclean_end:
-            self._record(
-                EventKind.AGENT,
-                f"{previous} on {self.node.name} ended without stopping its app (killed or "
-                "crashed) while the host stayed up; its shim had stopped the app already",
-                epoch=0,
-                data=data,
-            )
-        if found.blocked is not None:
-            await self._execute(
-                Alert(
-                    AlertKind.FAILED_START,
-                    found.blocked,
-                    manual_intervention=True,
-                    data={WHAT: found.blocked},
-                )
-            )
 
     def request_stop(self) -> None:
         self._stop_requested.set()
@@ -559,7 +504,7 @@ class Agent:
                 SHUTDOWN_FLUSH,
             )
 
-    # --- the operator loop (hakit.agent.operator_side) and cold starts ----------------
+    # --- the operator loop (hakit.agent.operator_side) and cold starts (hakit.agent.startup)
 
     async def _operator_loop(self) -> None:
         """Read the operator's intents every renewal; publish a heartbeat record too."""
@@ -579,32 +524,11 @@ class Agent:
         return self.served_epoch
 
     async def _boot_event(self) -> Boot:
-        """What the store remembers of who served last, for a cold start (item 9)."""
-
-        def read() -> tuple[Sequence[NodeRecord], Lease | None]:
-            return self.coordinator.nodes(), self.coordinator.current_lease()
-
-        try:
-            records, lease = await self.store.call(read, what="read the node records at boot")
-        except CoordinationError as error:
-            log.warning("could not read the node records at boot: %s", error)
-            return Boot()
-        eligible = {node.name for node in self.cfg.nodes if not node.no_failover}
-        served: dict[str, int] = {}
-        for record in records:
-            value = record.detail.get("served_epoch")
-            epoch = value if isinstance(value, int) else 0
-            if record.role == "active":
-                epoch = max(epoch, record.epoch)
-            if record.node == self.node.name:
-                self.served_epoch = epoch
-            if record.node in eligible:
-                served[record.node] = epoch
-        if lease is not None and lease.valid:
-            # Not a cold start: an active runs; if it dies, the usual failover applies.
-            return Boot(self.served_epoch)
-        newest_node, newest_epoch = last_active(served)
-        return Boot(self.served_epoch, newest_epoch, newest_node)
+        """What the store remembers of who served last, for a cold start (hakit.agent.startup)."""
+        boot, self.served_epoch = await boot_event(
+            self.cfg, self.node.name, self.coordinator, self.store, self.served_epoch
+        )
+        return boot
 
     # --- reporting ----------------------------------------------------------
 

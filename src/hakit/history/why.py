@@ -27,9 +27,11 @@ and says first that the cluster is paused (since when, by whom, why), what is
 wrong now (no node RUNNING, no lease, a node whose agent went silent) and what
 was held back.
 
-This module words the incidents; hakit.history.reading reads the history (terms,
-the facts events carry in their data), hakit.history.now tells the cluster as it
-is now (``node_condition``, ``explain_pause``; re-exported here).
+This module words the incidents; hakit.history.why_fence tells the fencing and
+the promotions it blocked, hakit.history.why_failsafe the outages failsafe mode
+served through; hakit.history.reading reads the history (terms, the facts events
+carry in their data), hakit.history.now tells the cluster as it is now
+(``node_condition``, ``explain_pause``; re-exported here).
 """
 
 from __future__ import annotations
@@ -41,16 +43,6 @@ from collections.abc import Sequence
 from datetime import datetime, tzinfo
 
 from hakit.coord.base import Event
-from hakit.history.facts import (
-    ASKER,
-    CONFIRMED,
-    FAILSAFE,
-    FAILSAFE_FENCED,
-    FAILSAFE_RECOVERED,
-    FAILSAFE_SERVING,
-    MISSING,
-    human_duration,
-)
 from hakit.history.kinds import RESTART_KINDS, AlertKind, EventKind
 from hakit.history.now import (
     SERVING_STATES,
@@ -63,13 +55,9 @@ from hakit.history.reading import (
     Clock,
     Incident,
     Term,
-    command_failed,
-    command_summary,
-    command_words,
     end_of_term,
     failed_starts,
     failure_alerts,
-    fence_epoch,
     lost_epoch,
     no_failover,
     nth_failure,
@@ -84,6 +72,8 @@ from hakit.history.reading import (
     terms,
     what,
 )
+from hakit.history.why_failsafe import failsafe_outages
+from hakit.history.why_fence import blocked_promotions, fence_story, woke_and_fenced
 from hakit.supervisor.leftovers import UNCLEAN_END
 
 __all__ = [
@@ -97,9 +87,6 @@ __all__ = [
     "parse_at",
     "terms",
 ]
-
-_FORCE_HINT = "force with `hakit failover --force`"
-
 
 # --- the public function ----------------------------------------------------------
 
@@ -172,8 +159,8 @@ def _incidents(history: Sequence[Event], clock: Clock) -> list[Incident]:
     all_terms = terms(history)
     for prev, term in itertools.pairwise(all_terms):
         found.append(_takeover(history, prev, term, used, clock))
-    found += _blocked_promotions(history, all_terms, clock)
-    found += _failsafe_outages(history, all_terms, used, clock)
+    found += blocked_promotions(history, all_terms, clock)
+    found += failsafe_outages(history, all_terms, used, clock)
     for index, event in enumerate(history):
         if index in used:
             continue
@@ -211,9 +198,9 @@ def _takeover(
         since = f"{old} gave up" if old != new else "it lost the lease"
         if operator_move(history[end]):
             since = "the operator's command"
-    fences, fenced = _fence_story(history, prev, term, clock)
+    fences, fenced = fence_story(history, prev, term, clock)
     timeline += fences
-    timeline += _woke_and_fenced(history, prev, term, end, used, clock)
+    timeline += woke_and_fenced(history, prev, term, end, used, clock)
     timeline.append((term.time, clock.line(history[term.index])))
     timeline += _outcome(history, term, started, since, clock)
     lines = [line for _, line in sorted(timeline, key=lambda entry: entry[0])]
@@ -256,122 +243,6 @@ def _silent_end(history: Sequence[Event], takeover: int, old: str) -> str:
         f"{agent} on {old} died (killed or crashed) while the host stayed up; the app's "
         "shim stopped the app with it, and the lease expired"
     )
-
-
-# --- fencing -----------------------------------------------------------------------------
-
-
-def _fence_story(
-    history: Sequence[Event], prev: Term, term: Term, clock: Clock
-) -> tuple[list[tuple[float, str]], str]:
-    """The fencing before ``term``'s promotion: timeline lines and a headline suffix.
-
-    Fence events carry the epoch they were for: ``term``'s own (the fencing that let
-    it promote) and, before it, attempts under epochs that were given back because
-    their fence_command failed (the promotion waited).
-    """
-    mine: list[Event] = []
-    failed: list[Event] = []
-    for event in history[prev.index :]:
-        if event.time > term.time + 60:
-            break  # fencing comes just before (a forced takeover: just after) the new term
-        if event.kind != EventKind.FENCE or not prev.epoch < fence_epoch(event) <= term.epoch:
-            continue
-        if command_failed(event) and fence_epoch(event) < term.epoch:
-            failed.append(event)
-        elif event.node == term.node and fence_epoch(event) == term.epoch:
-            mine.append(event)
-    lines = []
-    if failed:
-        first, last = failed[0], failed[-1]
-        lines.append((first.time, clock.line(first)))
-        if len(failed) > 1:
-            lines.append(
-                (
-                    last.time,
-                    f"  {clock(last.time)}  {len(failed)} fence attempts failed since "
-                    f"{clock(first.time)} (last: {command_words(last)}): the promotion waited",
-                )
-            )
-    lines += [(event.time, clock.line(event)) for event in mine]
-    suffix = ""
-    for event in mine:
-        target, result = event.data.get("target", "?"), event.data.get("result")
-        if result == "ok" and "command" in event.data:
-            summary = command_summary(event)
-            how = f" (the fence command {summary})" if summary else ""
-            suffix += f"; {target} fenced first{how}"
-        elif result == "skipped":
-            suffix += f"; {target} not fenced: the operator forced the promotion"
-    return lines, suffix
-
-
-def _woke_and_fenced(
-    history: Sequence[Event],
-    prev: Term,
-    term: Term,
-    end: int | None,
-    used: set[int],
-    clock: Clock,
-) -> list[tuple[float, str]]:
-    """The old node coming back after the takeover and fencing itself (frozen, then woke)."""
-    for index in range(term.index + 1, len(history)):
-        event = history[index]
-        if event.time > term.time + 60:
-            break
-        if (
-            index != end
-            and event.node == prev.node
-            and event.kind in (EventKind.STOP, EventKind.LEASE)
-            and lost_epoch(event) == prev.epoch
-        ):
-            used.add(index)  # not a lost lease nobody followed: this takeover explains it
-            words = what(event)
-            return [(event.time, clock.line(event, f"{words}; it killed its app (self-fencing)"))]
-    return []
-
-
-def _blocked_promotions(
-    history: Sequence[Event], all_terms: Sequence[Term], clock: Clock
-) -> list[Incident]:
-    """A failed fence_command: the standby did not promote. One incident per run of
-    failures of one node fencing another, until the next term begins."""
-    runs: dict[tuple[str, str, int], list[Event]] = {}
-    for index, event in enumerate(history):
-        if command_failed(event):
-            following = next((t.index for t in all_terms if t.index > index), -1)
-            key = (event.node, str(event.data.get("target", "?")), following)
-            runs.setdefault(key, []).append(event)
-    found = []
-    for (node, target, following), failures in runs.items():
-        first, last = failures[0], failures[-1]
-        when = clock(first.time)
-        failed = f"fence_command for {target} failed ({command_words(first)})"
-        lines = [clock.line(first)]
-        if len(failures) > 1:
-            lines.append(
-                f"  {clock(last.time)}  {len(failures)} fence attempts failed since {when} "
-                f"(last: {command_words(last)})"
-            )
-        if following < 0:
-            headline = (
-                f"not failed over at {when}: {failed}, promotion of {node} waits; {_FORCE_HINT}"
-            )
-            lines.append(
-                f"  no node promotes until the fence command succeeds or {target}'s agent "
-                "comes back and stands down (it fences itself)"
-            )
-        else:
-            then = history[following]
-            outcome = (
-                f"promotion of {node} waited until {clock(then.time)}"
-                if then.node == node
-                else f"{node} did not promote ({then.node} took the lease at {clock(then.time)})"
-            )
-            headline = f"not failed over at {when}: {failed}, {outcome}"
-            lines.append(clock.line(then))
-        found.append(Incident(first.time, (headline, *lines), failover=False))
-    return found
 
 
 def _cause(
@@ -439,111 +310,6 @@ def _orphan_end(history: Sequence[Event], index: int, clock: Clock) -> Incident 
         )
         return Incident(event.time, (headline, clock.line(event)), failover=False)
     return None
-
-
-# --- failsafe mode ([coordination] failsafe, hakit.policy.failsafe) ------------------------
-
-
-def _failsafe_case(event: Event) -> str | None:
-    if event.kind == EventKind.FAILSAFE:
-        case = event.data.get(FAILSAFE)
-        return case if isinstance(case, str) else None
-    return None
-
-
-def _failsafe_outages(
-    history: Sequence[Event], all_terms: Sequence[Term], used: set[int], clock: Clock
-) -> list[Incident]:
-    """The store unreachable with failsafe mode on: the active served on the other nodes'
-    confirmations (and renewed once the store answered), or fenced because one did not
-    confirm. A fence followed by another node's takeover (the store answered that node:
-    it was unreachable from the active only) is told by the takeover; here only its
-    failsafe events are taken out of the other stories."""
-    found: list[Incident] = []
-    for index, event in enumerate(history):
-        if event.kind == EventKind.ALERT and event.data.get("alert") == AlertKind.FAILSAFE:
-            used.add(index)  # told with the outage below
-    start: int | None = None  # the SERVING event of the outage under way
-    for index, event in enumerate(history):
-        case = _failsafe_case(event)
-        if case == FAILSAFE_SERVING and start is None:
-            start = index
-        elif case in (FAILSAFE_RECOVERED, FAILSAFE_FENCED):
-            first = start if start is not None else index
-            start = None
-            incident = _failsafe_story(history, all_terms, first, index, used, clock)
-            if incident is not None:
-                found.append(incident)
-    if start is not None:
-        incident = _failsafe_story(history, all_terms, start, None, used, clock)
-        if incident is not None:
-            found.append(incident)
-    return found
-
-
-def _failsafe_story(
-    history: Sequence[Event],
-    all_terms: Sequence[Term],
-    first: int,
-    last: int | None,
-    used: set[int],
-    clock: Clock,
-) -> Incident | None:
-    """One outage of the store: from ``first`` (serving on confirmations, or the fence at
-    once) to ``last`` (recovered or fenced; None: still going as far as the history says)."""
-    begin = history[first]
-    active, epoch = begin.node, begin.epoch
-    end = history[last] if last is not None else None
-    until = end.time if end is not None else math.inf
-    others = [
-        (i, e)
-        for i, e in enumerate(history)
-        if e.kind == EventKind.FAILSAFE
-        and e.node != active
-        and e.data.get(ASKER) == active
-        and begin.time - 60 <= e.time <= until
-    ]
-    told: list[Event] = [begin, *(e for _, e in others)]
-    when = clock(begin.time)
-    confirmed = begin.data.get(CONFIRMED)
-    by = ", ".join(str(n) for n in confirmed) if isinstance(confirmed, list) else ""
-    served = f" on the confirmations of {by}" if by else " on confirmations"
-    if end is not None and last is not None and _failsafe_case(end) == FAILSAFE_FENCED:
-        if any(t.index > last and t.node != active for t in all_terms):
-            return None  # the takeover that followed tells it (the store answered there)
-        if last != first:
-            told.append(end)
-        for index in range(last + 1, len(history)):
-            stop = history[index]
-            if stop.node == active and lost_epoch(stop) == epoch:
-                used.add(index)  # the lease loss this fence is
-                told.append(stop)
-                break
-        missing = end.data.get(MISSING)
-        who = ", ".join(missing) if isinstance(missing, dict) and missing else "a node"
-        kept = f"; failsafe mode had kept it serving{served} since {when}" if first != last else ""
-        headline = (
-            f"no failover at {clock(end.time)}: the coordination store was unreachable from "
-            f"{active} (epoch {epoch}) and {who} did not confirm it was not promoting, so "
-            f"{active} fenced itself (failsafe mode){kept}; no node promoted"
-        )
-    elif end is not None:
-        told.append(end)
-        seconds = end.data.get("seconds")
-        took = f" for {human_duration(seconds)}" if isinstance(seconds, (int, float)) else ""
-        headline = (
-            f"no failover at {when}: the coordination store was unreachable; failsafe mode "
-            f"kept {active} serving (epoch {epoch}){served}{took}, no node promoted, and "
-            f"{active} renewed its lease once the store answered"
-        )
-    else:
-        headline = (
-            f"no failover at {when}: the coordination store is unreachable; failsafe mode "
-            f"keeps {active} serving (epoch {epoch}){served}; no node promotes until the "
-            "store answers again"
-        )
-    lines = [clock.line(e) for e in sorted(told, key=lambda e: e.id)]
-    return Incident(begin.time, (headline, *lines), failover=False)
 
 
 # --- alerts that were not a failover ---------------------------------------------------
