@@ -223,7 +223,7 @@ class LeaseKeeper:
             self.check_deadline()  # past it (e.g. frozen while asking): say so
         self._note_reconnected()
         if lease is not None and lease.holder == self.node:
-            unwanted = self._not_to_act_under(lease)
+            unwanted = self._not_to_act_under(lease, started + ttl - self.timings.self_fence_margin)
             if unwanted is not None:
                 await self._give_back(lease.epoch, unwanted)
                 return
@@ -261,15 +261,20 @@ class LeaseKeeper:
             return None
         return await self.store.call(self.coordinator.acquire_or_renew, self.node, ttl)
 
-    def _not_to_act_under(self, lease: Lease) -> str | None:
+    def _not_to_act_under(self, lease: Lease, deadline: float) -> str | None:
         """Why a lease of this node's that the store just returned must never be acted
         under (None: it may): a renewal that raced with our self-fence (or a lease we gave
-        back), or, taking over, a promise to an active serving on failsafe confirmations
-        (hakit.policy.failsafe) made while the call was in flight. Checked in the same step
-        of the event loop as ``self.epoch`` is set, so a failsafe answer sees either the
-        epoch held (and refuses) or this give-back."""
+        back); taking over, a grant whose answer came after its own ``deadline`` (the
+        store slow or cut off while the call waited: an app started now would run under a
+        lease that may have expired, and be killed at once); or a promise to an active
+        serving on failsafe confirmations (hakit.policy.failsafe) made while the call was
+        in flight. Checked in the same step of the event loop as ``self.epoch`` is set, so
+        a failsafe answer sees either the epoch held (and refuses) or this give-back."""
         if lease.epoch <= self._given_up_epoch:
             return "it had already fenced itself from it"
+        late = self.monotonic() - deadline
+        if lease.epoch != self.epoch and late >= 0:
+            return f"its grant came {late:.1f} s after the lease's deadline (a slow store)"
         promise = None if self.epoch else self.policy.failsafe_hold(self.monotonic())
         return None if promise is None else f"failsafe mode: {promise}"
 

@@ -139,12 +139,11 @@ class Transport:
             client = clients[index]
             try:
                 headers = self.headers(client, deadline)
-                # A share of what is left per endpoint still to try: a member cut off by
-                # a partition (packets dropped, no refusal) must not take the whole budget
-                # from the members that would answer.
-                share = (deadline - time.monotonic()) / (len(clients) - tried)
                 answer = client.session.post(
-                    client.get_url(path), json=body, timeout=max(share, 0.001), headers=headers
+                    client.get_url(path),
+                    json=body,
+                    timeout=self._budget(deadline, len(clients) - tried, first=tried == 0),
+                    headers=headers,
                 )
             except requests.RequestException as error:
                 last = f"{client.base_url}: {type(error).__name__}: {error}"
@@ -167,6 +166,21 @@ class Transport:
             f"{self.timeout:g} s ({last}); check that etcd runs and answers at "
             f"{', '.join(self.section.endpoints)}"
         )
+
+    @staticmethod
+    def _budget(deadline: float, untried: int, *, first: bool) -> tuple[float, float]:
+        """(connect, read) timeouts for one endpoint of ``untried`` still to try.
+
+        A member cut off by a partition drops packets and never refuses: it must not
+        take the whole budget from the members that would answer. So connecting gets a
+        fair share of what is left. Reading gets two thirds of it on the endpoint that
+        answered last (``first``): a slow but healthy store (a long round trip) still
+        answers there, with a third left for the others; later endpoints share the rest.
+        """
+        left = max(deadline - time.monotonic(), 0.001)
+        share = left / untried
+        read = left * 2 / 3 if first and untried > 1 else share
+        return share, read
 
     def _authenticate(self, client: Etcd3Client, left: float) -> None:
         answer = client.session.post(
