@@ -296,8 +296,16 @@ def postgres_on(net: Lan) -> Iterator[tuple[PostgresServer, str]]:
         if owner:
             os.chown(base, *owner)
         subprocess.run(
-            [str(bindir / "initdb"), "-D", str(datadir), "-U", "postgres", "-A", "trust"]
-            + ["--no-sync"],
+            [
+                str(bindir / "initdb"),
+                "-D",
+                str(datadir),
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "--no-sync",
+            ],
             check=True,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -309,9 +317,11 @@ def postgres_on(net: Lan) -> Iterator[tuple[PostgresServer, str]]:
         port = free_port()
         with open(base / "postgres.log", "ab") as log:
             process = subprocess.Popen(
-                [str(bindir / "postgres"), "-D", str(datadir), "-p", str(port)]
-                + ["-h", f"127.0.0.1,{net.client_ip}", "-k", str(base)]
-                + ["-c", "fsync=off", "-c", "max_connections=50"],
+                [
+                    *(str(bindir / "postgres"), "-D", str(datadir), "-p", str(port)),
+                    *("-h", f"127.0.0.1,{net.client_ip}", "-k", str(base)),
+                    *("-c", "fsync=off", "-c", "max_connections=50"),
+                ],
                 stdout=subprocess.DEVNULL,
                 stderr=log,
                 start_new_session=True,
@@ -368,11 +378,13 @@ class Multihost:
         return wait_until(ready, timeout, "both routers serving from the active")
 
 
-def _config_text(cluster: DemoCluster, net: Lan, failsafe: bool, listen: str) -> str:
+def _config_text(
+    cluster: DemoCluster, net: Lan, failsafe: bool, listen: str, etcd_timeout: float
+) -> str:
     text = cluster.config_path.read_text()
     etcd = (
         f"[coordination.etcd]\nendpoints = {json.dumps(net.endpoints())}\n"
-        f'prefix = "/hakit-{net.tag}"\ntimeout = 1.0\n\n'
+        f'prefix = "/hakit-{net.tag}"\ntimeout = {etcd_timeout}\n\n'
     )
     text = text.replace('backend = "sqlite"', 'backend = "etcd"').replace(
         "[app]\n", etcd + "[app]\n", 1
@@ -386,19 +398,29 @@ def _config_text(cluster: DemoCluster, net: Lan, failsafe: bool, listen: str) ->
 
 @contextmanager
 def multihost(
-    tmp_path: Path, *, failsafe: bool = False, relays: bool = False
+    tmp_path: Path,
+    *,
+    failsafe: bool = False,
+    relays: bool = False,
+    relay_delay: float = 0.2,
+    etcd_timeout: float = 1.0,
+    lease_ttl: float = TTL,
+    renew_interval: str = "500ms",
 ) -> Iterator[Multihost]:
     """The setup of the module doc, serving (both routers answering from the active) when
     it yields; everything stopped and removed when the block ends, however it ends.
     ``relays``: each node reaches the members through a relay (tests/support/relay.py),
-    passing chunks on at once until ``relays.slow()``."""
+    passing chunks on at once until ``relays.slow()``, then ``relay_delay`` later (each
+    way); ``etcd_timeout``: the
+    ``[coordination.etcd] timeout`` of every store call; ``lease_ttl`` and
+    ``renew_interval``: the lease's."""
     with ExitStack() as stack:
         net = stack.enter_context(lan(hosts=4))
         stack.callback(net.heal_all)
         members = stack.enter_context(etcd_members(net))
         _, database_url = stack.enter_context(postgres_on(net))
         nodes, router_hosts = net.hosts[:2], net.hosts[2:]
-        relayed = stack.enter_context(store_relays(net, nodes)) if relays else None
+        relayed = stack.enter_context(store_relays(net, nodes, relay_delay)) if relays else None
         settings = DemoSettings(
             router_port=ROUTER_PORT,
             node_ports=(8101, 8102),  # each host is a namespace: its own port space
@@ -407,8 +429,8 @@ def multihost(
             database_url=database_url,
             admin_ports=(8201, 8202) if failsafe else (),
             admin_token=TOKEN if failsafe else "",
-            lease_ttl=f"{TTL:g}s",
-            renew_interval="500ms",
+            lease_ttl=f"{lease_ttl:g}s",
+            renew_interval=renew_interval,
             patience="2s",
             fall=2,
             health_interval="250ms",
@@ -419,7 +441,7 @@ def multihost(
         cluster = DemoCluster(tmp_path / "cluster", settings)
         cluster.close()  # the SQLite store the demo opened: this cluster's store is etcd
         configs = [
-            _config_text(cluster, net, failsafe, f"{host.ip}:{ROUTER_PORT}")
+            _config_text(cluster, net, failsafe, f"{host.ip}:{ROUTER_PORT}", etcd_timeout)
             for host in router_hosts
         ]
         cluster.config_path.write_text(configs[0])  # the CLI's and router 1's
@@ -444,7 +466,15 @@ def multihost(
                 path.write_text(text)
             with open(logs / f"router{index + 1}.out", "ab") as out:
                 cluster.processes[f"router{index + 1}"] = subprocess.Popen(
-                    [*host.prefix(), sys.executable, "-m", "hakit", "router", "--config", str(path)],
+                    [
+                        *host.prefix(),
+                        sys.executable,
+                        "-m",
+                        "hakit",
+                        "router",
+                        "--config",
+                        str(path),
+                    ],
                     stdout=out,
                     stderr=subprocess.STDOUT,
                     stdin=subprocess.DEVNULL,

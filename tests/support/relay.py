@@ -93,6 +93,7 @@ def _serve(client: socket.socket, target: tuple[str, int], delay: _Delay) -> Non
         upstream.settimeout(5)
         upstream.connect(target)
         upstream.settimeout(None)
+        upstream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     except OSError:
         client.close()
         upstream.close()
