@@ -33,6 +33,7 @@ import pytest
 
 from hakit.history.facts import FAILSAFE
 from hakit.policy.failsafe import NO_PROMOTION, SERVING
+from tests.pgserver import _bindir
 from tests.support.hosts import EtcdMember, hosts_unavailable
 from tests.support.multihost_cluster import (
     TTL,
@@ -56,6 +57,8 @@ def hosts() -> Iterator[None]:
     reason = hosts_unavailable()
     if reason is not None:
         pytest.skip(f"multi-host harness unavailable: {reason}")
+    if _bindir() is None:
+        pytest.skip("PostgreSQL is not installed (make bootstrap)")
     yield
 
 
