@@ -19,28 +19,30 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
-from etcd3gw.client import Etcd3Client
 
 from hakit.config import load_config
 from hakit.coord.factory import open_coordinator
 from hakit.demo.cluster import DemoCluster, DemoSettings, free_port
-from hakit.supervisor import proctable
 from tests.support.hosts import (
     Lan,
     etcd_members,
     faketime_prefix,
     hosts_unavailable,
     lan,
+)
+from tests.support.multihost_cluster import (
+    TTL,
+    WriterWatch,
+    host_of,
+    other,
+    route_of,
 )
 from tests.support.waiting import wait_until
 
@@ -49,9 +51,6 @@ from .conftest import dump_history, served_by, wait_serving
 # One group: each test already keeps 3 etcd members, 2 agents and a router busy on
 # this machine; two at once would make their timings those of an overloaded host.
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("multihost")]
-
-TTL = 3.0
-WRITING = ("RUNNING", "FIRST_RUN")
 
 
 @pytest.fixture
@@ -111,108 +110,6 @@ def etcd_cluster(
         cluster.stop()
         dump_history(cluster)
         cluster.close()
-
-
-@dataclass
-class Round:
-    start: float
-    end: float
-    writers: list[str]
-
-
-@dataclass
-class WriterWatch:
-    """Samples the apps, the old active's process and the store's lease (see the module)."""
-
-    cluster: DemoCluster
-    rounds: list[Round] = field(default_factory=list)
-    gone_at: dict[int, float] = field(default_factory=dict)  # app pid -> when first seen gone
-    watched: set[int] = field(default_factory=set)
-    alive: list[tuple[float, bool]] = field(default_factory=list)  # (when, alive key exists)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _threads: list[threading.Thread] = field(default_factory=list)
-
-    def _apps(self) -> None:
-        urls = {
-            node.route: f"http://{node.host}:{node.port}/status" for node in self.cluster.cfg.nodes
-        }
-        with httpx.Client(timeout=0.5) as client:
-            while not self._stop.wait(0.02):
-                start = time.monotonic()
-                writers = []
-                for route, url in urls.items():
-                    try:
-                        answer = client.get(url)
-                    except httpx.HTTPError:
-                        continue
-                    if (
-                        answer.status_code == 200
-                        and answer.json().get("state") in WRITING
-                        and answer.headers.get("X-Hakit-Node") == route
-                    ):
-                        writers.append(route)
-                for pid in list(self.watched - self.gone_at.keys()):
-                    stat = proctable.stat_of(pid)
-                    if stat is None or stat.state == "Z":
-                        self.gone_at[pid] = time.monotonic()
-                self.rounds.append(Round(start, time.monotonic(), writers))
-
-    def _lease(self) -> None:
-        """The server's own judgement of the lease: its ``leader/alive`` key, attached to
-        the etcd lease, exists until etcd expires it (``Lease.valid`` as a reader sees it
-        rounds the TTL left down to whole seconds: up to a second early)."""
-        cfg = self.cluster.cfg
-        key = f"{cfg.coordination.etcd.prefix}/{cfg.cluster.name}/leader/alive"
-        host, _, port = cfg.coordination.etcd.endpoints[-1].removeprefix("http://").partition(":")
-        client = Etcd3Client(host=host, port=int(port), timeout=1, api_path="/v3/")
-        while not self._stop.wait(0.02):
-            try:
-                found = bool(client.get(key))
-            except Exception:  # a slow or failed read is just a missing sample
-                continue
-            self.alive.append((time.monotonic(), found))
-
-    def __enter__(self) -> WriterWatch:
-        for target in (self._apps, self._lease):
-            thread = threading.Thread(target=target, daemon=True)
-            thread.start()
-            self._threads.append(thread)
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(timeout=10)
-
-    def overlaps(self) -> list[Round]:
-        return [r for r in self.rounds if len(r.writers) > 1]
-
-    def last_writing(self, route: str, before: float | None = None) -> Round:
-        return [
-            r for r in self.rounds if route in r.writers and (before is None or r.start < before)
-        ][-1]
-
-    def first_writing(self, route: str, after: float) -> Round | None:
-        return next((r for r in self.rounds if route in r.writers and r.start > after), None)
-
-    def writing(self, route: str) -> bool:
-        return bool(self.rounds) and route in self.rounds[-1].writers
-
-    def expired_since(self, after: float) -> float | None:
-        """When the server was first seen without the lease's alive key after ``after``."""
-        return next((at for at, found in self.alive if at > after and not found), None)
-
-
-def route_of(cluster: DemoCluster, node: str) -> str:
-    return next(n.route for n in cluster.cfg.nodes if n.name == node)
-
-
-def other(cluster: DemoCluster, node: str) -> str:
-    return next(n.name for n in cluster.cfg.nodes if n.name != node)
-
-
-def host_of(net: Lan, node: str) -> Any:
-    return net.hosts[int(node.removeprefix("node")) - 1]
 
 
 def hakit_status(cluster: DemoCluster) -> dict[str, Any]:

@@ -203,6 +203,8 @@ class EtcdMember:
     host: Host
     datadir: Path
     process: subprocess.Popen[bytes]
+    argv: list[str] = field(default_factory=list)  # how it was started (for ``restart``)
+    log: Path | None = None
 
     @property
     def endpoint(self) -> str:
@@ -224,6 +226,18 @@ class EtcdMember:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(timeout=5)
+
+    def kill(self) -> None:
+        """SIGKILL by its PID: a member lost at once, its data directory kept."""
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(timeout=10)
+
+    def restart(self) -> None:
+        """Start it again on its data directory (it rejoins the cluster it was part of)."""
+        assert self.argv and self.log is not None and self.process.poll() is not None
+        with open(self.log, "ab") as log:
+            self.process = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT)
 
 
 @contextmanager
@@ -259,7 +273,9 @@ def etcd_members(net: Lan, timeout: float = 30.0) -> Iterator[list[EtcdMember]]:
                 ]
                 log = logs.enter_context(open(root / f"{name}.log", "wb"))
                 process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
-                members.append(EtcdMember(name, store, root / name, process))
+                members.append(
+                    EtcdMember(name, store, root / name, process, argv, root / f"{name}.log")
+                )
         deadline = time.monotonic() + timeout
         for member in members:
             while not member.healthy():
