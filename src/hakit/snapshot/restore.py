@@ -92,11 +92,10 @@ def _restore_tree(manifest: Manifest, root: Path, reader: ObjectReader) -> tuple
             path.mkdir(parents=True, exist_ok=True)
             directories.append((path, entry.mode, entry.mtime_ns))
         elif entry.type == FILE:
-            written += _write_file(path, entry.chunks, reader, entry.mode)
-            if written and entry.size != path.stat().st_size:
-                raise SnapshotError(
-                    f"{entry.path}: restored {path.stat().st_size} bytes, expected {entry.size}"
-                )
+            size = _write_file(path, entry.chunks, reader, entry.mode)
+            if size != entry.size:
+                raise SnapshotError(f"{entry.path}: restored {size} bytes, expected {entry.size}")
+            written += size
             os.utime(path, ns=(entry.mtime_ns, entry.mtime_ns))
             files += 1
         elif entry.type == SYMLINK:
@@ -211,10 +210,4 @@ def swap_into_place(restored: Path, home: Path, database: Path | None) -> SwapRe
         for source, target in reversed(done):
             os.rename(target, source)
         raise SnapshotError(f"the swap failed ({error}); everything was moved back") from None
-    return SwapReport(
-        tuple(
-            target
-            for source, target in moves
-            if source != restored / HOME and source != restored_database
-        )
-    )
+    return SwapReport(tuple(target for _, target in moves if target.name.endswith(suffix)))
