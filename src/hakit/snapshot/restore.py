@@ -192,8 +192,10 @@ def swap_into_place(restored: Path, home: Path, database: Path | None) -> SwapRe
             if live.exists():
                 moves.append((live, live.with_name(live.name + suffix)))
         moves.append((restored_database, database))
+    vacated: set[Path] = set()  # moved away by an earlier step
     for source, target in moves:
-        if target.exists():
+        vacated.add(source)
+        if target.exists() and target not in vacated:
             raise SnapshotError(f"{target} exists: move it away first; nothing was swapped")
         if source.exists() and os.stat(source).st_dev != os.stat(target.parent).st_dev:
             raise SnapshotError(
