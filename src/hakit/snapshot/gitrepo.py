@@ -43,12 +43,13 @@ def _listing(objects: Path) -> list[str]:
     whose index is complete (a pack without its .idx is still being written)."""
     found: list[str] = []
     for name in sorted(os.listdir(objects)):
-        if _LOOSE_DIR.fullmatch(name) and (objects / name).is_dir():
-            found.extend(
-                f"{name}/{entry}"
-                for entry in sorted(os.listdir(objects / name))
-                if not skipped(entry)
-            )
+        if not _LOOSE_DIR.fullmatch(name):
+            continue
+        try:
+            entries = sorted(os.listdir(objects / name))
+        except (FileNotFoundError, NotADirectoryError):
+            continue  # emptied by prune-packed: its objects are in a pack, listed below
+        found.extend(f"{name}/{entry}" for entry in entries if not skipped(entry))
     pack_dir = objects / "pack"
     names = set(os.listdir(pack_dir)) if pack_dir.is_dir() else set()
     for name in sorted(names):
