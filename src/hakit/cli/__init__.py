@@ -5,6 +5,7 @@
 - operate.py   switchover, failover, pause, resume, init
 - run.py       agent, router, tcp-proxy, demo
 - service.py   systemd (the units of one host)
+- snapshot.py  snapshot create, list, verify, restore
 
 The commands are registered here, in the order ``hakit --help`` lists them;
 ``main`` is the console script's (and ``python -m hakit``'s) entry point.
@@ -17,6 +18,7 @@ from hakit.cli.operate import failover, init, pause, resume, switchover
 from hakit.cli.readers import config_check, events, status, status_json, why
 from hakit.cli.run import agent, demo, router, tcp_proxy
 from hakit.cli.service import systemd
+from hakit.cli.snapshot import snapshot_app
 
 __all__ = ["CONFIG_ENV", "app", "main", "status_json"]
 
@@ -34,6 +36,7 @@ app.command()(why)
 app.command()(init)
 app.command()(systemd)
 app.command()(demo)
+app.add_typer(snapshot_app, name="snapshot")
 
 
 def main() -> None:

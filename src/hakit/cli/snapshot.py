@@ -1,0 +1,165 @@
+"""``hakit snapshot create|list|verify|restore``: consistent copies of the home and database.
+
+The work is in hakit.snapshot; these commands read ``app.home`` and
+``app.database_url`` from the config, open the repository and print.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from hakit.cli.base import ConfigOption, console, fail, load_or_exit
+from hakit.snapshot.capture import CaptureOptions, create_snapshot
+from hakit.snapshot.database import database_target
+from hakit.snapshot.format import SnapshotError, decode_manifest, manifest_key
+from hakit.snapshot.restore import restore_generation, swap_into_place
+from hakit.snapshot.store import open_local_store
+from hakit.snapshot.verify import verify_generation
+
+snapshot_app = typer.Typer(
+    no_args_is_help=True,
+    help="Consistent snapshots of the app's home and database into a repository directory.",
+)
+
+RepoOption = Annotated[Path, typer.Option("--repo", help="The repository directory.")]
+GenerationArgument = Annotated[
+    str | None, typer.Argument(help="The generation (default: the newest).", show_default=False)
+]
+
+
+def _size(count: int) -> str:
+    size = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GiB"  # pragma: no cover
+
+
+@snapshot_app.command("create")
+def create(
+    to: Annotated[Path, typer.Option("--to", help="The repository directory (created if new).")],
+    config: ConfigOption = Path("hakit.toml"),
+    node: Annotated[str, typer.Option(help="The node recorded (default: this host).")] = "",
+    epoch: Annotated[int | None, typer.Option(help="The epoch recorded.")] = None,
+    freeze: Annotated[str | None, typer.Option(help="A command run before (shell).")] = None,
+    thaw: Annotated[str | None, typer.Option(help="A command run after, always (shell).")] = None,
+) -> None:
+    """Capture the app's database, then its home, as a new generation in --to."""
+    cfg = load_or_exit(config)
+    options = CaptureOptions(
+        home=cfg.app.home,
+        database_url=cfg.app.database_url,
+        node=node,
+        epoch=epoch,
+        freeze=freeze,
+        thaw=thaw,
+    )
+    try:
+        report = create_snapshot(open_local_store(to, create=True), options)
+    except SnapshotError as error:
+        fail(error)
+    manifest, written, walked = report.manifest, report.written, report.walked
+    console.print(
+        f"generation {manifest.generation}: {len(manifest.entries)} entries, "
+        f"{walked.files_read} files read ({_size(walked.bytes_read)}), "
+        f"{walked.files_cached} unchanged; {written.blobs_written} blobs and "
+        f"{written.packs_written} packs written ({_size(written.bytes_written)}); "
+        f"{len(report.diff.added)} added, {len(report.diff.changed)} changed, "
+        f"{len(report.diff.removed)} removed"
+        + (
+            f"; git repositories: {', '.join(walked.git_repositories)}"
+            if walked.git_repositories
+            else ""
+        ),
+        highlight=False,
+    )
+
+
+@snapshot_app.command("list")
+def list_(repo: RepoOption) -> None:
+    """The generations of a repository, oldest first."""
+    try:
+        store = open_local_store(repo)
+        table = Table("generation", "taken", "node", "epoch", "files", "size", "database")
+        for generation in store.list_manifests():
+            manifest = decode_manifest(store.get(manifest_key(generation)))
+            files = [entry for entry in manifest.entries if entry.type == "f"]
+            taken = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(manifest.started_ns / 1e9))
+            database = manifest.database
+            table.add_row(
+                generation,
+                taken,
+                manifest.node,
+                "-" if manifest.epoch is None else str(manifest.epoch),
+                str(len(files)),
+                _size(sum(entry.size for entry in files)),
+                "-" if database is None else f"{database.kind} {_size(database.size)}",
+            )
+    except SnapshotError as error:
+        fail(error)
+    console.print(table)
+
+
+@snapshot_app.command("verify")
+def verify(repo: RepoOption, generation: GenerationArgument = None) -> None:
+    """Re-read and re-hash every object of a generation (exit 1 on any problem)."""
+    try:
+        report = verify_generation(open_local_store(repo), generation)
+    except SnapshotError as error:
+        fail(error)
+    for problem in report.problems:
+        console.print(f"[red]{problem}[/red]", highlight=False)
+    if not report.ok:
+        fail(SnapshotError(f"generation {report.generation}: {len(report.problems)} problems"))
+    console.print(
+        f"generation {report.generation}: ok, {report.chunks} blobs in {report.objects} "
+        f"objects ({_size(report.bytes)}) re-hashed",
+        highlight=False,
+    )
+
+
+@snapshot_app.command("restore")
+def restore(
+    repo: RepoOption,
+    into: Annotated[Path, typer.Option("--into", help="A new directory to restore into.")],
+    generation: GenerationArgument = None,
+    swap: Annotated[
+        bool,
+        typer.Option(
+            "--swap",
+            help="Then move the live home and database aside and the restored ones in "
+            "(stop the app first).",
+        ),
+    ] = False,
+    config: ConfigOption = Path("hakit.toml"),
+) -> None:
+    """Restore a generation into a new directory (home/, database/); --swap puts it in place."""
+    cfg = load_or_exit(config) if swap or config.exists() else None
+    live: list[Path] = []
+    database: Path | None = None
+    try:
+        if cfg is not None:
+            target = database_target(cfg.app.database_url)
+            database = target.path if target else None
+            live = [cfg.app.home, *([database] if database else [])]
+        report = restore_generation(open_local_store(repo), generation, into, live)
+        console.print(
+            f"generation {report.generation} restored into {report.into}: {report.files} files, "
+            f"{_size(report.bytes)}" + (f", database {report.database}" if report.database else ""),
+            highlight=False,
+        )
+        if swap and cfg is not None:
+            swapped = swap_into_place(report.into, cfg.app.home, database)
+            console.print(
+                "swapped in; the previous ones kept at "
+                + ", ".join(str(path) for path in swapped.moved_aside),
+                highlight=False,
+            )
+    except SnapshotError as error:
+        fail(error)

@@ -1,0 +1,19 @@
+"""Consistent snapshots of the app's home and database (issue 14, first step).
+
+- format.py     the repository format (blobs, packs, manifests) and the manifest's codec
+- store.py      the ``Store`` protocol and ``LocalStore`` (a local directory)
+- writer.py     blobs hashed and put once; small ones bundled into packs
+- hashcache.py  unchanged files (by inode, size, mtime, ctime) not read again
+- reading.py    one file read at one moment: the stability check and its retries
+- gitrepo.py    git repositories: found, refs before objects, objects pinned by hard link
+- walk.py       the home walk in capture order
+- database.py   the database copied at one transaction point (SQLite's backup API)
+- hooks.py      the freeze and thaw commands
+- capture.py    a generation: freeze, database, home, thaw, manifest last
+- tree.py       what changed between two generations
+- reader.py     objects read back, each checked against its hash
+- verify.py     every object of a generation re-read and re-hashed
+- restore.py    a generation into a new directory; the swap into place
+
+Modules import each other directly, never through this package.
+"""

@@ -1,0 +1,243 @@
+"""The snapshot repository format (version 1): what is stored where, and the manifest.
+
+A repository is a set of immutable objects, each written once under a name
+derived from its content, plus one manifest per generation::
+
+    blobs/<h[:2]>/<h>        one chunk of a large file; h = SHA-256 of its bytes
+    packs/<p[:2]>/<p>        small files' contents concatenated; p = SHA-256 of the pack
+    manifests/<generation>.json
+
+- **Content addressed.** A blob's name is the SHA-256 of its bytes, a pack's the
+  SHA-256 of the whole pack, so an object is never overwritten with other bytes:
+  writing is "put if absent", and a reader checks every object against its name.
+- **Chunks.** A file larger than ``Limits.chunk_size`` is cut into fixed-size
+  chunks (the last one shorter), each its own blob: a change in place re-sends
+  only the chunks it touched (an SQLite file, a log). Fixed, not content-defined,
+  chunks: cheap to cut in Python; an insertion re-sends the rest of the file.
+- **Packs.** Files no larger than ``Limits.small_file`` are bundled into packs of
+  about ``Limits.pack_size``, so a generation is not one object per file; the
+  manifest gives each such blob's pack and offset.
+- **Manifest last.** A generation's blobs and packs are written (and made
+  durable) first; its manifest last, in one put (an atomic rename on a local
+  directory, one PutObject on S3). A generation without a manifest is invisible:
+  an interrupted capture leaves only unreferenced objects, never a half
+  generation. There is no mutable index and no lock file: a repository grows by
+  puts alone (write-only storage works); pruning is a separate operation.
+- **Generation ids** sort by time: ``YYYYMMDDTHHMMSS.ffffffZ-<8 hex>``.
+
+The manifest (JSON, UTF-8, ``"format": "hakit-snapshot/1"``) records the
+generation id, when it was taken (``started_ns``, ``finished_ns``), the node and
+the epoch it was taken under (``null`` when taken outside the agent), the
+database capture (``kind`` such as ``"sqlite"``, its file's name and chunks,
+and its ``position``: for SQLite the file change counter, page count and
+``data_version`` of the copy) and the home's tree: one entry per path (POSIX,
+relative to the home) with its type (``f`` file, ``d`` directory, ``l``
+symlink), mode, size, ``mtime_ns``, the ``inode`` and ``ctime_ns`` seen (the
+next capture's hash cache) and, for a file, its chunks ``[hash, size, pack or
+null, offset]``; for a symlink its target.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from hakit.errors import HakitError
+
+FORMAT = "hakit-snapshot/1"
+MiB = 1024 * 1024
+
+FILE = "f"
+DIRECTORY = "d"
+SYMLINK = "l"
+
+
+class SnapshotError(HakitError):
+    """A snapshot could not be taken, verified or restored (the message says what and why)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    chunk_size: int = 4 * MiB  # files above this are cut into chunks of this size
+    small_file: int = 256 * 1024  # files up to this size go into packs
+    pack_size: int = 16 * MiB  # a pack is written once it holds about this much
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkRef:
+    """One piece of a file: its hash and size; ``pack`` None when it is a blob of its own."""
+
+    hash: str
+    size: int
+    pack: str | None = None
+    offset: int = 0
+
+    def encode(self) -> list[Any]:
+        return [self.hash, self.size, self.pack, self.offset]
+
+    @classmethod
+    def decode(cls, raw: Sequence[Any]) -> ChunkRef:
+        digest, size, pack, offset = raw
+        return cls(str(digest), int(size), None if pack is None else str(pack), int(offset))
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One path of the home's tree (POSIX, relative to the home)."""
+
+    path: str
+    type: str  # FILE, DIRECTORY or SYMLINK
+    mode: int  # permission bits (S_IMODE)
+    size: int = 0
+    mtime_ns: int = 0
+    inode: int = 0
+    ctime_ns: int = 0
+    chunks: tuple[ChunkRef, ...] = ()
+    target: str = ""  # a symlink's
+
+    def encode(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"path": self.path, "type": self.type, "mode": self.mode}
+        if self.type == FILE:
+            out |= {
+                "size": self.size,
+                "mtime_ns": self.mtime_ns,
+                "inode": self.inode,
+                "ctime_ns": self.ctime_ns,
+                "chunks": [chunk.encode() for chunk in self.chunks],
+            }
+        elif self.type == DIRECTORY:
+            out["mtime_ns"] = self.mtime_ns
+        else:
+            out["target"] = self.target
+        return out
+
+    @classmethod
+    def decode(cls, raw: Mapping[str, Any]) -> Entry:
+        return cls(
+            path=str(raw["path"]),
+            type=str(raw["type"]),
+            mode=int(raw["mode"]),
+            size=int(raw.get("size", 0)),
+            mtime_ns=int(raw.get("mtime_ns", 0)),
+            inode=int(raw.get("inode", 0)),
+            ctime_ns=int(raw.get("ctime_ns", 0)),
+            chunks=tuple(ChunkRef.decode(chunk) for chunk in raw.get("chunks", ())),
+            target=str(raw.get("target", "")),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseCapture:
+    kind: str  # "sqlite"
+    name: str  # the database file's name (restored under database/<name>)
+    size: int
+    chunks: tuple[ChunkRef, ...]
+    position: Mapping[str, int] = field(default_factory=dict)
+
+    def encode(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "name": self.name,
+            "size": self.size,
+            "chunks": [chunk.encode() for chunk in self.chunks],
+            "position": dict(self.position),
+        }
+
+    @classmethod
+    def decode(cls, raw: Mapping[str, Any]) -> DatabaseCapture:
+        return cls(
+            kind=str(raw["kind"]),
+            name=str(raw["name"]),
+            size=int(raw["size"]),
+            chunks=tuple(ChunkRef.decode(chunk) for chunk in raw["chunks"]),
+            position={str(k): int(v) for k, v in raw.get("position", {}).items()},
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    generation: str
+    started_ns: int
+    finished_ns: int
+    node: str
+    epoch: int | None
+    home: str  # the home's path where it was taken (informative)
+    database: DatabaseCapture | None
+    entries: tuple[Entry, ...]
+
+    def files(self) -> dict[str, Entry]:
+        return {entry.path: entry for entry in self.entries}
+
+    def chunk_refs(self) -> list[ChunkRef]:
+        """Every chunk the generation needs (the database's first), duplicates included."""
+        refs = list(self.database.chunks) if self.database else []
+        for entry in self.entries:
+            refs.extend(entry.chunks)
+        return refs
+
+
+def encode_manifest(manifest: Manifest) -> bytes:
+    document = {
+        "format": FORMAT,
+        "generation": manifest.generation,
+        "started_ns": manifest.started_ns,
+        "finished_ns": manifest.finished_ns,
+        "node": manifest.node,
+        "epoch": manifest.epoch,
+        "home": manifest.home,
+        "database": manifest.database.encode() if manifest.database else None,
+        "entries": [entry.encode() for entry in manifest.entries],
+    }
+    return json.dumps(document, separators=(",", ":"), sort_keys=True).encode()
+
+
+def decode_manifest(data: bytes) -> Manifest:
+    try:
+        raw = json.loads(data)
+        if raw.get("format") != FORMAT:
+            raise SnapshotError(f"not a {FORMAT} manifest (format {raw.get('format')!r})")
+        return Manifest(
+            generation=str(raw["generation"]),
+            started_ns=int(raw["started_ns"]),
+            finished_ns=int(raw["finished_ns"]),
+            node=str(raw["node"]),
+            epoch=None if raw["epoch"] is None else int(raw["epoch"]),
+            home=str(raw["home"]),
+            database=DatabaseCapture.decode(raw["database"]) if raw["database"] else None,
+            entries=tuple(Entry.decode(entry) for entry in raw["entries"]),
+        )
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        raise SnapshotError(f"a manifest that cannot be read: {error!r}") from None
+
+
+def new_generation_id(now_ns: int | None = None) -> str:
+    now_ns = time.time_ns() if now_ns is None else now_ns
+    seconds, rest = divmod(now_ns, 1_000_000_000)
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(seconds))
+    return f"{stamp}.{rest // 1000:06d}Z-{secrets.token_hex(4)}"
+
+
+def blob_key(digest: str) -> str:
+    return f"blobs/{digest[:2]}/{digest}"
+
+
+def pack_key(digest: str) -> str:
+    return f"packs/{digest[:2]}/{digest}"
+
+
+def manifest_key(generation: str) -> str:
+    return f"manifests/{generation}.json"
+
+
+def object_key(ref: ChunkRef) -> str:
+    """Where the bytes of ``ref`` are: its own blob, or the pack holding it."""
+    return blob_key(ref.hash) if ref.pack is None else pack_key(ref.pack)
+
+
+def chunk_spans(size: int, chunk_size: int) -> list[tuple[int, int]]:
+    """(offset, length) of the fixed-size chunks of a file of ``size`` bytes (none when empty)."""
+    return [(offset, min(chunk_size, size - offset)) for offset in range(0, size, chunk_size)]

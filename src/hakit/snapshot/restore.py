@@ -1,0 +1,215 @@
+"""``restore``: a generation into a NEW directory, every hash checked; then, optionally, the swap.
+
+The generation is written into a staging directory beside ``into``
+(``.<name>.partial-<hex>``): the home under ``home/``, the database file under
+``database/<name>``, every file fsynced with its mode and mtime, then
+``RESTORED.json``, and the staging directory is renamed to ``into`` only when
+all of it is there. A failure (a missing or corrupt object, a full disk) removes
+the staging directory and raises; ``into`` then does not exist and nothing else
+was touched. The live home is never a restore's target.
+
+``swap_into_place`` (``--swap``, with the app stopped) then renames the live
+home and database aside (``<path>.before-<generation>``, with the database's
+``-wal``, ``-shm`` and ``-journal`` files, whose stale pages would otherwise be
+applied to the restored file) and the restored ones into place, on the same
+file system; a failure part-way renames back what was moved.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from hakit.snapshot.format import (
+    DIRECTORY,
+    FILE,
+    SYMLINK,
+    ChunkRef,
+    Manifest,
+    SnapshotError,
+)
+from hakit.snapshot.reader import ObjectReader
+from hakit.snapshot.store import Store
+from hakit.snapshot.verify import read_manifest
+
+HOME = "home"
+DATABASE = "database"
+RECEIPT = "RESTORED.json"
+SQLITE_SIDE_FILES = ("-wal", "-shm", "-journal")
+
+
+@dataclass(frozen=True, slots=True)
+class RestoreReport:
+    generation: str
+    into: Path
+    files: int
+    bytes: int
+    database: Path | None
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _safe(root: Path, relative: str) -> Path:
+    parts = relative.split("/")
+    if relative.startswith("/") or ".." in parts or "" in parts:
+        raise SnapshotError(f"the manifest names an unsafe path {relative!r}")
+    return root.joinpath(*parts)
+
+
+def _write_file(
+    path: Path, chunks: tuple[ChunkRef, ...], reader: ObjectReader, mode: int = 0o600
+) -> int:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    written = 0
+    with open(path, "xb") as handle:
+        for ref in chunks:
+            data = reader.chunk(ref)
+            handle.write(data)
+            written += len(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.chmod(path, mode)
+    return written
+
+
+def _restore_tree(manifest: Manifest, root: Path, reader: ObjectReader) -> tuple[int, int]:
+    root.mkdir()
+    files = written = 0
+    directories: list[tuple[Path, int, int]] = []
+    for entry in manifest.entries:
+        path = _safe(root, entry.path)
+        if entry.type == DIRECTORY:
+            path.mkdir(parents=True, exist_ok=True)
+            directories.append((path, entry.mode, entry.mtime_ns))
+        elif entry.type == FILE:
+            size = _write_file(path, entry.chunks, reader, entry.mode)
+            if size != entry.size:
+                raise SnapshotError(f"{entry.path}: restored {size} bytes, expected {entry.size}")
+            written += size
+            os.utime(path, ns=(entry.mtime_ns, entry.mtime_ns))
+            files += 1
+        elif entry.type == SYMLINK:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            os.symlink(entry.target, path)
+        else:
+            raise SnapshotError(f"{entry.path}: unknown entry type {entry.type!r}")
+    # Deepest first: their contents are complete, so their mtimes stay as set.
+    for path, mode, mtime_ns in sorted(directories, key=lambda d: len(d[0].parts), reverse=True):
+        _fsync_directory(path)
+        os.chmod(path, mode)
+        os.utime(path, ns=(mtime_ns, mtime_ns))
+    _fsync_directory(root)
+    return files, written
+
+
+def check_target(into: Path, live: list[Path]) -> None:
+    """``into`` must be new, and neither a live path nor inside or around one."""
+    target = into.absolute().resolve()
+    if into.exists() or into.is_symlink():
+        raise SnapshotError(f"{into} exists: restore into a new directory")
+    for path in live:
+        path = path.absolute().resolve()
+        if target == path or path in target.parents or target in path.parents:
+            raise SnapshotError(
+                f"{into} is (in) the live {path}: restore into a new directory, then --swap"
+            )
+
+
+def restore_generation(
+    store: Store, generation: str | None, into: Path, live: list[Path] | None = None
+) -> RestoreReport:
+    check_target(into, live or [])
+    manifest = read_manifest(store, generation)
+    into = into.absolute()
+    into.parent.mkdir(parents=True, exist_ok=True)
+    staging = into.parent / f".{into.name}.partial-{secrets.token_hex(4)}"
+    staging.mkdir()
+    reader = ObjectReader(store)
+    try:
+        database: Path | None = None
+        written = 0
+        if manifest.database is not None:
+            (staging / DATABASE).mkdir()
+            database = staging / DATABASE / _safe(Path(), manifest.database.name).name
+            written += _write_file(database, manifest.database.chunks, reader)
+            _fsync_directory(staging / DATABASE)
+        files, home_bytes = _restore_tree(manifest, staging / HOME, reader)
+        written += home_bytes
+        receipt = {
+            "generation": manifest.generation,
+            "node": manifest.node,
+            "epoch": manifest.epoch,
+            "started_ns": manifest.started_ns,
+            "database": None
+            if manifest.database is None
+            else dict(manifest.database.encode(), chunks=None),
+        }
+        (staging / RECEIPT).write_text(json.dumps(receipt, indent=2) + "\n")
+        _fsync_directory(staging)
+        os.rename(staging, into)
+        _fsync_directory(into.parent)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return RestoreReport(
+        manifest.generation,
+        into,
+        files,
+        written,
+        None if database is None else into / DATABASE / database.name,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class SwapReport:
+    moved_aside: tuple[Path, ...]
+
+
+def swap_into_place(restored: Path, home: Path, database: Path | None) -> SwapReport:
+    """Move the live home (and database) aside and the restored ones in (the app stopped)."""
+    receipt = json.loads((restored / RECEIPT).read_text())
+    suffix = f".before-{receipt['generation']}"
+    moves: list[tuple[Path, Path]] = []  # (from, to), in order
+    home = home.absolute()
+    if home.exists():
+        moves.append((home, home.with_name(home.name + suffix)))
+    moves.append((restored / HOME, home))
+    restored_database = restored / DATABASE / database.name if database is not None else None
+    if database is not None and restored_database is not None and restored_database.exists():
+        database = database.absolute()
+        for side in ("", *SQLITE_SIDE_FILES):
+            live = database.with_name(database.name + side)
+            if live.exists():
+                moves.append((live, live.with_name(live.name + suffix)))
+        moves.append((restored_database, database))
+    vacated: set[Path] = set()  # moved away by an earlier step
+    for source, target in moves:
+        vacated.add(source)
+        if target.exists() and target not in vacated:
+            raise SnapshotError(f"{target} exists: move it away first; nothing was swapped")
+        if source.exists() and os.stat(source).st_dev != os.stat(target.parent).st_dev:
+            raise SnapshotError(
+                f"{source} and {target.parent} are on different file systems: restore "
+                "--into a directory beside the home; nothing was swapped"
+            )
+    done: list[tuple[Path, Path]] = []
+    try:
+        for source, target in moves:
+            os.rename(source, target)
+            done.append((source, target))
+            _fsync_directory(target.parent)
+    except OSError as error:
+        for source, target in reversed(done):
+            os.rename(target, source)
+        raise SnapshotError(f"the swap failed ({error}); everything was moved back") from None
+    return SwapReport(tuple(target for _, target in moves if target.name.endswith(suffix)))

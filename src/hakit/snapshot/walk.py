@@ -1,0 +1,158 @@
+"""The home walk: every directory, file and symlink of the home as entries, in capture order.
+
+Directories are walked in sorted order; a git directory met on the way is
+captured refs-before-objects (hakit.snapshot.gitrepo). A file is taken from the
+hash cache when its stat matches the previous generation's, otherwise read
+with hakit.snapshot.reading (a stability check, bounded retries). Entries hold
+chunk hashes only; the caller resolves them to locations once packs are sealed.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hakit.snapshot import gitrepo
+from hakit.snapshot.format import DIRECTORY, FILE, SYMLINK, Limits
+from hakit.snapshot.hashcache import HashCache, StatKey
+from hakit.snapshot.reading import AddBlob, OnRead, read_stable
+
+PIN_DIRECTORY = ".hakit-snapshot-pins"  # in the home (hard links need its file system)
+
+
+@dataclass(frozen=True, slots=True)
+class WalkedEntry:
+    path: str
+    type: str
+    st: os.stat_result
+    chunks: tuple[tuple[str, int], ...] = ()
+    target: str = ""
+
+
+@dataclass(slots=True)
+class WalkStats:
+    files_read: int = 0
+    files_cached: int = 0
+    bytes_read: int = 0
+    rereads: int = 0
+    git_repositories: list[str] = field(default_factory=list)
+
+
+class HomeWalk:
+    def __init__(
+        self,
+        home: Path,
+        add: AddBlob,
+        cache: HashCache,
+        limits: Limits,
+        *,
+        retries: int = 5,
+        on_read: OnRead | None = None,
+    ) -> None:
+        self.home = home
+        self.add = add
+        self.cache = cache
+        self.limits = limits
+        self.retries = retries
+        self.on_read = on_read
+        self.entries: list[WalkedEntry] = []
+        self.stats = WalkStats()
+        self.pins = home / PIN_DIRECTORY
+
+    def run(self) -> list[WalkedEntry]:
+        gitrepo.remove_pins(self.pins)  # a crashed capture's
+        try:
+            self._directory(self.home, "")
+        finally:
+            gitrepo.remove_pins(self.pins)
+        return self.entries
+
+    def _relative(self, parent: str, name: str) -> str:
+        return f"{parent}/{name}" if parent else name
+
+    def _directory(self, path: Path, relative: str, git: bool = False) -> None:
+        """The entries of ``path`` (its own first unless it is the home itself)."""
+        if not git and gitrepo.is_git_dir(path):
+            self._git_directory(path, relative)
+            return
+        try:
+            names = sorted(os.listdir(path))
+        except FileNotFoundError:
+            return  # removed meanwhile
+        for name in names:
+            if not relative and name == PIN_DIRECTORY:
+                continue
+            if git and gitrepo.skipped(name):
+                continue
+            self._path(path / name, self._relative(relative, name), git)
+
+    def _path(self, path: Path, relative: str, git: bool, trust_ctime: bool = True) -> None:
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return
+        if stat.S_ISDIR(st.st_mode):
+            self.entries.append(WalkedEntry(relative, DIRECTORY, st))
+            self._directory(path, relative, git)
+        elif stat.S_ISLNK(st.st_mode):
+            try:
+                target = os.readlink(path)
+            except FileNotFoundError:
+                return
+            self.entries.append(WalkedEntry(relative, SYMLINK, st, target=target))
+        elif stat.S_ISREG(st.st_mode):
+            self._file(path, relative, st, trust_ctime)
+        # sockets, FIFOs, devices: not an app's data; left out
+
+    def _file(self, path: Path, relative: str, st: os.stat_result, trust_ctime: bool) -> None:
+        cached = self.cache.lookup(relative, StatKey.of(st, trust_ctime))
+        if cached is not None:
+            self.stats.files_cached += 1
+            chunks = tuple((ref.hash, ref.size) for ref in cached)
+            self.entries.append(WalkedEntry(relative, FILE, st, chunks))
+            return
+        read = read_stable(
+            path,
+            chunk_size=self.limits.chunk_size,
+            small_file=self.limits.small_file,
+            add=self.add,
+            retries=self.retries,
+            on_read=self.on_read,
+            trust_ctime=trust_ctime,
+        )
+        if read is None:
+            return  # vanished
+        self.stats.files_read += 1
+        self.stats.bytes_read += read.st.st_size
+        self.stats.rereads += read.attempts - 1
+        self.entries.append(WalkedEntry(relative, FILE, read.st, read.chunks))
+
+    def _git_directory(self, path: Path, relative: str) -> None:
+        self.stats.git_repositories.append(relative or ".")
+        for name in gitrepo.REF_PARTS:
+            self._path(path / name, self._relative(relative, name), git=True)
+        objects_relative = self._relative(relative, "objects")
+        pins = self.pins / f"{len(self.stats.git_repositories)}"
+        names = gitrepo.pin_objects(path, pins)
+        for name in sorted(os.listdir(path)):
+            if name in gitrepo.REF_PARTS or name == "objects" or gitrepo.skipped(name):
+                continue
+            self._path(path / name, self._relative(relative, name), git=True)
+        objects_st = os.lstat(path / "objects")
+        self.entries.append(WalkedEntry(objects_relative, DIRECTORY, objects_st))
+        directories = sorted({name.rpartition("/")[0] for name in names} | {"pack", "info"})
+        for directory in directories:
+            self.entries.append(
+                WalkedEntry(f"{objects_relative}/{directory}", DIRECTORY, objects_st)
+            )
+        for name in names:
+            # Pinned links: git never rewrites an object file, so its ctime (which
+            # the link moved) is not compared by the hash cache.
+            self._pinned(pins / name, f"{objects_relative}/{name}")
+        gitrepo.remove_pins(pins)
+
+    def _pinned(self, path: Path, relative: str) -> None:
+        st = os.lstat(path)
+        self._file(path, relative, st, trust_ctime=False)

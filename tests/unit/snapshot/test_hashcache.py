@@ -1,0 +1,50 @@
+"""The hash cache: a file is read again unless its stat is the one recorded, long enough ago."""
+
+from __future__ import annotations
+
+from hakit.snapshot.format import FILE, ChunkRef, Entry, Manifest
+from hakit.snapshot.hashcache import RACY_NS, HashCache, StatKey
+
+CHUNKS = (ChunkRef("a" * 64, 3),)
+STARTED = 100 * RACY_NS
+
+
+def _previous(mtime_ns: int = 1000, ctime_ns: int = 1000) -> Manifest:
+    entry = Entry(
+        "f", FILE, 0o644, size=3, mtime_ns=mtime_ns, inode=7, ctime_ns=ctime_ns, chunks=CHUNKS
+    )
+    return Manifest("g", STARTED, STARTED, "n", None, "/h", None, (entry,))
+
+
+def test_the_same_stat_reuses_the_chunks() -> None:
+    assert HashCache(_previous()).lookup("f", StatKey(7, 3, 1000, 1000)) == CHUNKS
+
+
+def test_any_difference_reads_again() -> None:
+    cache = HashCache(_previous())
+    for key in (
+        StatKey(8, 3, 1000, 1000),  # another inode: replaced by a rename
+        StatKey(7, 4, 1000, 1000),
+        StatKey(7, 3, 1001, 1000),
+        StatKey(7, 3, 1000, 1001),  # ctime: chmod, or a write that restored the mtime
+    ):
+        assert cache.lookup("f", key) is None
+    assert cache.lookup("other", StatKey(7, 3, 1000, 1000)) is None
+
+
+def test_ctime_can_be_left_out() -> None:
+    assert HashCache(_previous()).lookup("f", StatKey(7, 3, 1000, None)) == CHUNKS
+
+
+def test_a_racily_clean_file_is_read_again() -> None:
+    recent = STARTED - RACY_NS // 2
+    assert (
+        HashCache(_previous(mtime_ns=recent, ctime_ns=recent)).lookup(
+            "f", StatKey(7, 3, recent, recent)
+        )
+        is None
+    )
+
+
+def test_no_previous_generation_no_cache() -> None:
+    assert HashCache(None).lookup("f", StatKey(7, 3, 1000, 1000)) is None
