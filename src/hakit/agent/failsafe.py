@@ -100,6 +100,9 @@ class FailsafeSide:
         self._last_round = float("-inf")
         self._serving_since: float | None = None  # monotonic: first complete round of an outage
         self._rounds = 0  # complete rounds in this outage
+        # When the store last came back (monotonic): a round within ``hold`` of it continues
+        # that outage (a flapping or overloaded store), said and alerted once, not per flap.
+        self._recovered_at = float("-inf")
         self._said_missing: tuple[str, ...] = ()  # who did not confirm, said once
         self._no_promotion_said = False  # this node said it will not promote (this outage)
         self._refused: tuple[str, int, str] | None = None  # the last refusal said
@@ -150,6 +153,9 @@ class FailsafeSide:
             self._rounds += 1
             if self._serving_since is None:
                 self._serving_since = sent
+                if sent - self._recovered_at < self.times.hold:
+                    log.info("failsafe: the store is unreachable again: %s", verdict.reason)
+                    return
                 data = {FAILSAFE: SERVING, CONFIRMED: list(verdict.confirmed)}
                 self._record(EventKind.FAILSAFE, f"{self.node} {verdict.reason}", data=data)
                 await self._alert(
@@ -173,7 +179,12 @@ class FailsafeSide:
         since = self._serving_since
         assert since is not None
         self._serving_since = None
+        flapped = now - self._recovered_at < self.times.hold
+        self._recovered_at = now
         rounds, self._rounds = self._rounds, 0
+        if flapped:
+            log.info("failsafe: lease of epoch %d renewed in the store again", epoch)
+            return
         self._record(
             EventKind.FAILSAFE,
             f"{self.node} renewed its lease of epoch {epoch} in the coordination store again "
