@@ -50,7 +50,7 @@ from .conftest import dump_history, served_by, wait_serving
 
 # One group: each test already keeps 3 etcd members, 2 agents and a router busy on
 # this machine; two at once would make their timings those of an overloaded host.
-pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("multihost")]
+pytestmark = [pytest.mark.e2e, pytest.mark.multihost, pytest.mark.xdist_group("multihost")]
 
 
 @pytest.fixture

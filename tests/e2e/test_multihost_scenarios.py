@@ -49,7 +49,7 @@ from tests.support.multihost_cluster import (
 )
 from tests.support.waiting import wait_until
 
-pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("multihost")]
+pytestmark = [pytest.mark.e2e, pytest.mark.multihost, pytest.mark.xdist_group("multihost")]
 
 
 @pytest.fixture

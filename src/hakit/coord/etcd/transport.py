@@ -173,13 +173,14 @@ class Transport:
 
         A member cut off by a partition drops packets and never refuses: it must not
         take the whole budget from the members that would answer. So connecting gets a
-        fair share of what is left. Reading gets two thirds of it on the endpoint that
-        answered last (``first``): a slow but healthy store (a long round trip) still
-        answers there, with a third left for the others; later endpoints share the rest.
+        fair share of what is left. Reading gets four fifths of it on the endpoint that
+        answered last (``first``): a slow but healthy store (a long round trip, a loaded
+        host) still answers there, with a fifth left for the others; later endpoints
+        share the rest.
         """
         left = max(deadline - time.monotonic(), 0.001)
         share = left / untried
-        read = left * 2 / 3 if first and untried > 1 else share
+        read = left * 4 / 5 if first and untried > 1 else share
         return share, read
 
     def _authenticate(self, client: Etcd3Client, left: float) -> None:
