@@ -307,7 +307,8 @@ def test_clock_skew_changes_no_failover(net: Lan, tmp_path: Path, monotonic: boo
             took.append((lost, expired - lost_at, started.start - expired))
             cluster.start_agent(lost)
             wait_until(lambda: reporting(lost, "standby"), 30, f"{lost} standby, not lost")
-            assert reporting(heir, "active")
+            # Its record is republished every renewal: within two, however busy the host.
+            wait_until(lambda: reporting(heir, "active"), 2 * TTL, f"{heir} active, not lost")
 
         with WriterWatch(cluster) as watch:
             fail_over(watch, first, second, e0 + 1)  # node1 active or standby: both ways
