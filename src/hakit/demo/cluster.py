@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -40,12 +41,31 @@ def free_port(host: str = "127.0.0.1") -> int:
     return free_ports(1, host)[0]
 
 
+# Listening ports are picked at random below the kernel's ephemeral range (32768 and up
+# here): the kernel hands those out in sequence to every connecting socket and to every
+# other process asking for port 0, so a port picked there and released is soon someone
+# else's; down here only another random pick can collide (one in thousands).
+_PICK_RANGE = (20000, 32000)
+
+
 def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
-    """``count`` distinct free ports: held open together so the kernel cannot repeat one."""
-    sockets = [socket.socket() for _ in range(count)]
+    """``count`` distinct free ports: held open together so none is picked twice."""
+    sockets: list[socket.socket] = []
     try:
-        for sock in sockets:
+        for _ in range(count * 50):  # bounded: taken ports are skipped
+            if len(sockets) == count:
+                break
+            sock = socket.socket()
+            try:
+                sock.bind((host, random.randrange(*_PICK_RANGE)))
+            except OSError:
+                sock.close()
+                continue
+            sockets.append(sock)
+        while len(sockets) < count:  # the range is crowded: the kernel's choice
+            sock = socket.socket()
             sock.bind((host, 0))
+            sockets.append(sock)
         return [int(sock.getsockname()[1]) for sock in sockets]
     finally:
         for sock in sockets:
