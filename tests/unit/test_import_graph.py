@@ -53,10 +53,26 @@ def _modules() -> dict[str, Path]:
 MODULES = _modules()
 
 
+def _run_time_nodes(tree: ast.AST) -> Iterator[ast.AST]:
+    """Every node of ``tree`` but those under ``if TYPE_CHECKING:`` (imports for the type
+    checker alone never run, so they make no cycle)."""
+    for child in ast.iter_child_nodes(tree):
+        if isinstance(child, ast.If) and ast.unparse(child.test) in (
+            "TYPE_CHECKING",
+            "typing.TYPE_CHECKING",
+        ):
+            for statement in child.orelse:
+                yield statement
+                yield from _run_time_nodes(statement)
+            continue
+        yield child
+        yield from _run_time_nodes(child)
+
+
 def _imported(name: str, source: Path) -> Iterator[str]:
     """The hakit modules ``name`` names in any import statement, at any depth."""
     package = name if source.name == "__init__.py" else name.rpartition(".")[0]
-    for node in ast.walk(ast.parse(source.read_text(), str(source))):
+    for node in _run_time_nodes(ast.parse(source.read_text(), str(source))):
         if isinstance(node, ast.Import):
             for alias in node.names:
                 yield alias.name

@@ -8,6 +8,7 @@
 - pages.py     the maintenance page and error answers
 - http.py      client connections (httptools parser, pipelining, limits)
 - exchange.py  one request/response: backend choice, streaming, backpressure
+- seams.py     what an exchange needs from its router and its client connection (protocols)
 - upstream.py  backend connections and the keep-alive pool
 - server.py    the Router: listening, cluster-state refresh, passive down marks
 - accesslog.py the access log (common, combined, json; buffered writer thread)

@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Collection, Coroutine
+from collections.abc import Collection
 from time import monotonic
-from typing import Any, Final, Protocol
+from typing import Final
 
 from hakit.config import NodeConfig
 from hakit.router.forwarding import upstream_request_head, upstream_request_headers
@@ -41,8 +41,6 @@ from hakit.router.hold import (
     hold_remaining,
     may_retry_unanswered,
 )
-from hakit.router.hooks import ExchangeHooks
-from hakit.router.limits import ProxyLimits
 from hakit.router.pages import HELD_OUT, NOT_HELD, CannedResponse, error_page
 from hakit.router.pages import TOO_LARGE as TOO_LARGE_PAGE
 from hakit.router.responses import (
@@ -56,85 +54,19 @@ from hakit.router.responses import (
     encode_head,
     response_fields,
 )
+from hakit.router.seams import ClientSide, ProxyContext
 from hakit.router.tunnel import (
     Tunnel,
     requested_upgrade,
     switching_response_headers,
     upgrade_request_headers,
 )
-from hakit.router.upstream import UpstreamConnection, UpstreamPool
+from hakit.router.upstream import UpstreamConnection
 
 log = logging.getLogger("hakit.router")
 
 # Bounded retries of one request: stale pooled connections, then other nodes.
 MAX_ATTEMPTS: Final = 4
-
-
-class ProxyContext(Protocol):
-    """What an exchange needs from the router that owns it."""
-
-    limits: ProxyLimits
-    pool: UpstreamPool
-    hooks: ExchangeHooks
-    hold_body_limit: int  # router.hold_body_limit: a held request's body is read up to this
-
-    def choose(self, request: RequestHead, exclude: Collection[str]) -> NodeConfig | None: ...
-
-    def mark_down(self, node: NodeConfig, error: BaseException) -> None: ...
-
-    def maintenance(self, request: RequestHead, reason: int) -> CannedResponse:
-        """The 503 page for ``request``, which no node got; ``reason``: pages.NOT_HELD,
-        HELD_OUT or TOO_LARGE."""
-        ...
-
-    def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]: ...
-
-    def hold_limit(self, request: RequestHead) -> float:
-        """How long ``request`` may wait for a node (0: not at all): hold_timeout, or
-        longer while it waits for its sticky node (sticky_down = "hold")."""
-        ...
-
-    async def wait_for_change(self) -> None:
-        """Return once the cluster view (or a passive down mark) changed."""
-        ...
-
-    def hold_began(self) -> None:
-        """A request began to wait for a node (counted as held until ``hold_ended``)."""
-        ...
-
-    def hold_ended(self) -> None:
-        """A held request stopped waiting: the view changed, its hold ran out, or it ended."""
-        ...
-
-    def exchange_ended(self, exchange: Exchange) -> None:
-        """Called once per exchange when it ends, however it ends (access log, metrics)."""
-        ...
-
-
-class ClientSide(Protocol):
-    """What an exchange needs from the client connection that carries it."""
-
-    write_paused: bool  # its send buffer is full
-
-    def write(self, data: bytes) -> None: ...
-
-    def writelines(self, parts: list[bytes]) -> None: ...
-
-    def pause_reading(self, reason: str) -> None: ...
-
-    def resume_reading(self, reason: str) -> None: ...
-
-    def exchange_done(self, exchange: Exchange, keep_alive: bool) -> None: ...
-
-    def abort(self) -> None: ...
-
-    def take_transport(self) -> asyncio.Transport | None:
-        """Stop handling the connection and hand its transport over (to a tunnel)."""
-        ...
-
-    def tunnel_closed(self) -> None:
-        """The tunnel that took the transport over has ended."""
-        ...
 
 
 _NOT_TRIED: Final[frozenset[str]] = frozenset()

@@ -36,7 +36,7 @@ from typing import Final, Protocol, cast
 import httptools
 
 from hakit.router.batch import BatchedWrites, batch_for_running_loop
-from hakit.router.exchange import Exchange, ProxyContext
+from hakit.router.exchange import Exchange
 from hakit.router.headers import (
     BadRequest,
     Body,
@@ -47,6 +47,7 @@ from hakit.router.headers import (
     request_head,
 )
 from hakit.router.limits import Network
+from hakit.router.seams import ProxyContext
 
 log = logging.getLogger("hakit.router")
 
