@@ -908,6 +908,11 @@ def verdict(end: Ending) -> dict[str, Any]:
         reasons.append(f"{double_ms} ms with two or more nodes answering RUNNING")
     if unrecovered:
         reasons.append(f"{len(unrecovered)} faults not recovered within {RECOVERY_BOUND:g} s")
+    stale = end.integrity.get("stale_epoch_writes") or []
+    if stale:
+        reasons.append(
+            f"{len(stale)} writes under an older epoch after a newer one's (two writers)"
+        )
     if not end.integrity.get("ok"):
         reasons.append("integrity not ok")
     if end.leaked:
@@ -937,6 +942,8 @@ def verdict(end: Ending) -> dict[str, Any]:
         ],
         "integrity": end.integrity,
         "integrity_ok": bool(end.integrity.get("ok")),
+        "stale_epoch_writes": len(stale),
+        "write_epochs": end.integrity.get("write_epochs", {}),
         "faults_injected": len(injected),
         "faults_recovered": len(injected) - len(unrecovered),
         "all_recovered": not unrecovered,
@@ -987,7 +994,9 @@ def report_lines(result: dict[str, Any], end: Ending) -> list[str]:
         f"integrity: {'ok' if result['integrity_ok'] else 'NOT ok'} "
         f"(rows {integrity_report.get('rows', '?')}, files {integrity_report.get('files', '?')}, "
         f"missing {len(integrity_report.get('missing', []))}, "
-        f"orphans {len(integrity_report.get('orphans', []))})"
+        f"orphans {len(integrity_report.get('orphans', []))}, "
+        f"writes under an older epoch after a newer one's {result['stale_epoch_writes']}; "
+        f"writes per epoch {result['write_epochs']})"
     )
     restarts = Counter(r.name for r in end.restarts)
     lines.append(

@@ -9,6 +9,14 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+# The environment the agent starts the app with, besides the config's [app] env: the node,
+# the cluster and the lease epoch this start serves under (0: started without the lease,
+# as a warm standby's app is). An app that logs the epoch beside each write lets a checker
+# see a write made under an older epoch after a newer epoch's first write: two writers.
+NODE_VARIABLE = "HAKIT_NODE"
+CLUSTER_VARIABLE = "HAKIT_CLUSTER"
+EPOCH_VARIABLE = "HAKIT_EPOCH"
+
 
 class AppState(enum.StrEnum):
     """What a node's app reports, plus what a probe can observe without an answer."""

@@ -69,6 +69,10 @@ def test_crash_restarts_then_fails_over_and_keeps_data(make_cluster: ClusterFact
     assert set(ids) <= listed_ids
     integrity = httpx.get(cluster.router_url + "/integrity", timeout=5).json()
     assert integrity["ok"], integrity
+    # Each app logged its writes with the epoch its agent started it under (HAKIT_EPOCH):
+    # the first active's, then the new active's; none under an older epoch after a newer.
+    assert integrity["write_epochs"] == {str(epoch_before): 5, str(lease.epoch): 3}, integrity
+    assert integrity["stale_epoch_writes"] == []
 
     # No automatic failback: the old active stays standby for well past its
     # step-down cooldown (3 lease TTLs) while the new active keeps the lease.

@@ -72,6 +72,10 @@ def nothing_lost(m: Multihost, writer: Writer) -> int:
     checked = writer.verify(m.routers[1])
     assert checked.lost == [], f"acknowledged writes lost: {checked.lost[:5]}"
     assert checked.integrity["ok"] and checked.integrity["missing"] == [], checked.integrity
+    # Never two writers: no write under an older epoch after a newer epoch's first write,
+    # and every write made by an app its agent started under the lease (epoch > 0).
+    assert checked.integrity["stale_epoch_writes"] == [], checked.integrity
+    assert "0" not in checked.integrity["write_epochs"], checked.integrity
     assert checked.integrity["rows"] >= checked.acknowledged
     return checked.acknowledged
 

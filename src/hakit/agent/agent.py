@@ -64,7 +64,7 @@ from hakit.agent.stall import STALL_THRESHOLD, StallDetector
 from hakit.agent.startup import boot_event, sweep_leftovers
 from hakit.agent.storeio import StoreIO
 from hakit.config import Config, Mode
-from hakit.contract import AppState
+from hakit.contract import EPOCH_VARIABLE, AppState
 from hakit.coord.base import Coordinator, Event, NodeRecord
 from hakit.errors import InvalidTransition, SupervisorError
 from hakit.fencing.fence import AGENT_ID_KEY, PENDING_KEY, Fencer
@@ -417,7 +417,7 @@ class Agent:
                 # The policy must hear how the start went before any other event.
                 try:
                     await check_port_free(self.node.port)
-                    pid = await self.app.start()
+                    pid = await self.app.start({EPOCH_VARIABLE: str(self.lease.epoch)})
                 except SupervisorError as error:
                     self.app_state = AppState.STOPPED
                     await self._handle(AppStartFailed(str(error)))

@@ -33,6 +33,22 @@ SCHEMA = (
     " sha256 TEXT NOT NULL, size BIGINT NOT NULL, created TEXT NOT NULL)",
 )
 _RECORD_COLUMNS = "id, title, attachment, sha256, size, created"
+# Every record's write, in the order the database assigned (seq), with the lease epoch its
+# app was started under: demo.integrity finds writes under an older epoch after a newer
+# one's first write. A table of its own, so databases made before it keep working.
+_WRITE_LOG = (
+    "CREATE TABLE IF NOT EXISTS write_log ("
+    " seq {serial} PRIMARY KEY, record_id TEXT NOT NULL, epoch BIGINT NOT NULL,"
+    " node TEXT NOT NULL)"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class LoggedWrite:
+    seq: int  # the database's order of the writes
+    record_id: str
+    epoch: int  # 0: the app did not know its epoch
+    node: str
 
 
 class DatabaseUnavailable(HakitError):
@@ -94,6 +110,7 @@ class Database:
     """Schema, setup flag and records. Subclasses only know how to connect."""
 
     placeholder = "?"
+    serial = "INTEGER"  # SQLite: an INTEGER PRIMARY KEY counts up by itself
 
     def __init__(self) -> None:
         self._lost = threading.Event()  # the lose-database fault
@@ -148,7 +165,7 @@ class Database:
         """Create the schema (first start) or check it is there."""
         with self._transaction(create=True) as connection:
             self._prepare(connection)
-            for statement in SCHEMA:
+            for statement in (*SCHEMA, _WRITE_LOG.format(serial=self.serial)):
                 connection.execute(statement)
         self.initialized = True
 
@@ -175,12 +192,24 @@ class Database:
                 ("configured", "yes"),
             )
 
-    def insert_record(self, row: RecordRow) -> None:
+    def insert_record(self, row: RecordRow, epoch: int = 0, node: str = "-") -> None:
+        """The row and its write-log entry, in one transaction."""
         with self._transaction() as connection:
             connection.execute(
                 self._sql(f"INSERT INTO records ({_RECORD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)"),
                 (row.id, row.title, row.attachment, row.sha256, row.size, row.created),
             )
+            connection.execute(
+                self._sql("INSERT INTO write_log (record_id, epoch, node) VALUES (?, ?, ?)"),
+                (row.id, epoch, node),
+            )
+
+    def write_log(self) -> list[LoggedWrite]:
+        with self._transaction() as connection:
+            rows = connection.execute(
+                "SELECT seq, record_id, epoch, node FROM write_log ORDER BY seq"
+            ).fetchall()
+        return [LoggedWrite(*row) for row in rows]
 
     def records(self) -> list[RecordRow]:
         with self._transaction() as connection:
@@ -227,6 +256,7 @@ class SqliteDatabase(Database):
 
 class PostgresDatabase(Database):
     placeholder = "%s"
+    serial = "BIGSERIAL"
     POOL_IDLE = 4  # idle connections kept open; busier moments open more, closed after use
 
     def __init__(self, url: str) -> None:

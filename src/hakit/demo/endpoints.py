@@ -137,7 +137,7 @@ def create_record(node: DemoNode, request: Request) -> Response:
             created=datetime.now(UTC).isoformat(timespec="microseconds"),
         )
         try:
-            node.database.insert_record(row)
+            node.database.insert_record(row, node.options.epoch, node.name)
         except Exception:
             # A clean failure leaves no orphan behind; a crash right here would,
             # and /integrity reports it.
@@ -176,7 +176,8 @@ def integrity(node: DemoNode, request: Request) -> Response:
     # orphan (litter, ok), never as a row without its file (loss, not ok).
     rows = node.database.records()
     files = node.attachments.inventory()
-    return json_response(200, integrity_report(rows, files, time.time()))
+    writes = node.database.write_log()
+    return json_response(200, integrity_report(rows, files, time.time(), writes))
 
 
 # --- maintenance lock ---------------------------------------------------------

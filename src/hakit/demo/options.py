@@ -13,6 +13,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from hakit.contract import EPOCH_VARIABLE
+
 ENV_PREFIX = "HAKIT_DEMO_"
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"", "0", "false", "no", "off"}
@@ -41,6 +43,9 @@ class DemoOptions:
     # plus its stop timeout (seconds to a minute or two), and its mtimes come from
     # another clock. Ten minutes is far beyond both, and crash litter is no hurry.
     orphan_grace_seconds: float = 600.0
+    # The lease epoch the agent started this app under (HAKIT_EPOCH; 0: unknown, or
+    # started without the lease). Logged beside every write: see demo.integrity.
+    epoch: int = 0
 
 
 def _env_flag(env: Mapping[str, str], name: str) -> bool:
@@ -54,6 +59,18 @@ def _env_flag(env: Mapping[str, str], name: str) -> bool:
         file=sys.stderr,
     )
     raise SystemExit(2)  # a usage error, as argparse reports them
+
+
+def _env_epoch(env: Mapping[str, str]) -> int:
+    value = env.get(EPOCH_VARIABLE, "").strip()
+    if value.isdigit():
+        return int(value)
+    if value:
+        print(
+            f"hakit-demo: {EPOCH_VARIABLE}={value!r} is not an epoch (0 or more)", file=sys.stderr
+        )
+        raise SystemExit(2)
+    return 0
 
 
 def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
@@ -130,4 +147,5 @@ def parse_options(argv: Sequence[str], env: Mapping[str, str]) -> DemoOptions:
         fail_start_if=args.fail_start_if,
         not_deployed=args.not_deployed,
         orphan_grace_seconds=args.orphan_grace_seconds,
+        epoch=_env_epoch(env),
     )

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from hakit.config import PLACEHOLDERS, Config, NodeConfig, derived_timings
+from hakit.contract import CLUSTER_VARIABLE, NODE_VARIABLE
 from hakit.dbfence import application_name
 from hakit.errors import SupervisorError
 from hakit.supervisor import cgroup, leftovers, proctable
@@ -56,10 +57,10 @@ def app_env(cfg: Config, node: NodeConfig) -> dict[str, str]:
     """The app's environment on ``node``: config's env, rendered, and hakit's names."""
     values = substitutions(cfg, node)
     env = {key: value.format_map(values) for key, value in cfg.app.env.items()}
-    env.setdefault("HAKIT_NODE", node.name)
+    env.setdefault(NODE_VARIABLE, node.name)
     # With HAKIT_NODE, how an agent that starts recognises this node's app left on
     # its port by an earlier agent (hakit.supervisor.leftovers).
-    env.setdefault("HAKIT_CLUSTER", cfg.cluster.name)
+    env.setdefault(CLUSTER_VARIABLE, cfg.cluster.name)
     # libpq-based apps name their PostgreSQL sessions after the node, so a new
     # active can terminate them (failover.fence_database_sessions, hakit.fencing.fence).
     env.setdefault("PGAPPNAME", application_name(node.name))

@@ -26,6 +26,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hakit.contract import CLUSTER_VARIABLE, NODE_VARIABLE
 from hakit.supervisor import cgroup, proctable
 
 # Event data key (kind "agent"): the agent that started found its predecessor's pid file.
@@ -171,8 +172,8 @@ def sweep(
             continue
         environment = proctable.environment(pid)
         ours = (
-            environment.get("HAKIT_NODE") == node
-            and environment.get("HAKIT_CLUSTER", cluster) == cluster
+            environment.get(NODE_VARIABLE) == node
+            and environment.get(CLUSTER_VARIABLE, cluster) == cluster
         )
         command = proctable.command_line(pid)[:200]
         if not ours:

@@ -244,8 +244,9 @@ class AppProcess:
 
     # --- start, stop, kill --------------------------------------------------------------
 
-    async def start(self) -> int:
-        """Start the app; its pid. SupervisorError if it is running or cannot be started."""
+    async def start(self, extra_env: Mapping[str, str] | None = None) -> int:
+        """Start the app; its pid. SupervisorError if it is running or cannot be started.
+        ``extra_env``: variables of this start only (the lease epoch it serves under)."""
         if self._run is not None:
             if not self._run.exited.done():
                 raise SupervisorError(
@@ -286,7 +287,11 @@ class AppProcess:
                     stdin=asyncio.subprocess.DEVNULL,
                     stdout=output,
                     stderr=asyncio.subprocess.STDOUT,
-                    env={**without_service_variables(os.environ), **self._env},
+                    env={
+                        **without_service_variables(os.environ),
+                        **self._env,
+                        **(extra_env or {}),
+                    },
                     cwd=self._cwd,
                     start_new_session=True,
                     pass_fds=(theirs.fileno(),),

@@ -347,6 +347,8 @@ def test_records_and_integrity_detect_missing_orphan_and_corrupt_files(start_app
         "corrupt": [],
         "missing": [],
         "orphans": [],
+        "stale_epoch_writes": [],
+        "write_epochs": {"0": 4},  # started by hand: no agent, no epoch
     }
 
     (app.home / "attachments" / ids[0]).unlink()

@@ -143,3 +143,36 @@ def test_without_the_database_a_start_removes_nothing(start_app: StartApp, tmp_p
     app.wait_state("ERROR")
     assert old.exists()
     assert "orphan attachments not checked" in app.log()
+
+
+def test_two_apps_writing_one_database_under_two_epochs_make_the_report_not_ok(
+    start_app: StartApp, tmp_path: Path
+) -> None:
+    """The check the chaos runs rely on, with real processes: each app logs its writes with
+    the epoch its agent started it under (HAKIT_EPOCH); the old epoch's app writing after
+    the new one's first write is two writers, and /integrity says so."""
+    old = start_app("--route", "old", env={"HAKIT_EPOCH": "4"})
+    old.wait_state("FIRST_RUN")
+    create_records(old, 2)
+    report = integrity(old)
+    assert report["ok"] is True and report["write_epochs"] == {"4": 2}, report
+
+    new = start_app("--route", "new", env={"HAKIT_EPOCH": "5"})
+    new.wait_state("FIRST_RUN")
+    create_records(new, 1)
+    assert integrity(new)["ok"] is True  # a failover: the newer epoch after the older
+    (late,) = create_records(old, 1)  # the old writer was never stopped
+
+    report = integrity(new)
+    assert report["ok"] is False, report
+    assert report["missing"] == []
+    assert report["stale_epoch_writes"] == [
+        {"seq": 4, "id": late, "epoch": 4, "node": "old", "after_epoch": 5}
+    ]
+    assert report["write_epochs"] == {"4": 3, "5": 1}
+
+
+def test_an_app_with_a_malformed_epoch_refuses_to_start(start_app: StartApp) -> None:
+    app = start_app(env={"HAKIT_EPOCH": "five"}, wait_listening=False)
+    assert app.wait_exit() == 2
+    assert "HAKIT_EPOCH='five' is not an epoch" in app.log()

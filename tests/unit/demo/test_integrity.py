@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from hakit.demo.attachments import AttachmentFile
-from hakit.demo.database import RecordRow
-from hakit.demo.integrity import integrity_report, orphans_by_age
+from hakit.demo.database import LoggedWrite, RecordRow
+from hakit.demo.integrity import integrity_report, orphans_by_age, stale_epoch_writes
 from hakit.demo.options import parse_options
 
 NOW = 1_800_000_000.0
@@ -39,6 +39,8 @@ def test_rows_and_files_that_agree_are_ok_with_nothing_listed() -> None:
         "missing_files": [],
         "orphan_files": [],
         "corrupt": [],
+        "stale_epoch_writes": [],
+        "write_epochs": {},
     }
 
 
@@ -118,3 +120,35 @@ def test_a_negative_or_nan_grace_period_is_a_usage_error(value: str) -> None:
     with pytest.raises(SystemExit) as exited:
         parse_options([*REQUIRED, f"--orphan-grace-seconds={value}"], {})
     assert exited.value.code == 2
+
+
+def logged(*epochs: int) -> list[LoggedWrite]:
+    return [
+        LoggedWrite(seq=number, record_id=f"r{number}", epoch=epoch, node=f"n{epoch}")
+        for number, epoch in enumerate(epochs, start=1)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("epochs", "stale_seqs"),
+    [
+        ((), []),
+        ((1, 1, 2, 2, 3), []),  # failovers: each epoch's writes after the last one's
+        ((0, 2, 0, 2), []),  # epoch 0 (an app that did not know) takes no part
+        ((1, 2, 1), [3]),  # epoch 1 wrote after epoch 2 had: two writers
+        ((1, 3, 2, 3, 2), [3, 5]),  # each stale write, against the newest epoch before it
+    ],
+)
+def test_a_write_under_an_older_epoch_after_a_newer_one_is_stale(
+    epochs: tuple[int, ...], stale_seqs: list[int]
+) -> None:
+    writes = logged(*epochs)
+    assert [entry["seq"] for entry in stale_epoch_writes(writes)] == stale_seqs
+    report = integrity_report([], {}, NOW, writes)
+    assert report["ok"] is (not stale_seqs)
+    assert sum(report["write_epochs"].values()) == len(epochs)
+
+
+def test_a_stale_write_names_the_epoch_it_came_after() -> None:
+    (stale,) = stale_epoch_writes(logged(4, 5, 4))
+    assert stale == {"seq": 3, "id": "r3", "epoch": 4, "node": "n4", "after_epoch": 5}
