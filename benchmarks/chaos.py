@@ -63,6 +63,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import math
 import os
 import random
 import shlex
@@ -74,6 +75,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -112,6 +114,16 @@ SHUTDOWN_TIMEOUT = 20.0
 SERVING = frozenset({"RUNNING", "FIRST_RUN"})
 FOREIGN = "FOREIGN"  # a process that is not the node's app answered on its port
 MAX_BODY = 64 << 20
+# Across hosts: the multi-host scenario tests' timers (tests/support/multihost_cluster.py),
+# so a router's lost path to the active is handed over within a fault's hold.
+HOSTS_TIMERS: dict[str, Any] = {
+    "lease_ttl": "3s",
+    "patience": "2s",
+    "fall": 2,
+    "health_interval": "250ms",
+    "probe_timeout": "500ms",
+    "check_interval": "250ms",
+}
 DEFAULT_REINIT = "{python} -m hakit init --reinit -c {config}"
 
 
@@ -437,6 +449,8 @@ class Fault:
     notes: list[str] = field(default_factory=list)
     failed: Counter[str] = field(default_factory=Counter)
     window_end: float = 0.0  # failures sent before this belong to this fault
+    lost: int = 0  # acknowledged writes (acknowledged in its window) not found at the end
+    double_ms: int = 0  # time two or more nodes answered RUNNING, from within its window
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -451,6 +465,8 @@ class Fault:
             "pids": self.pids,
             "notes": self.notes,
             "failed": dict(self.failed),
+            "lost": self.lost,
+            "double_ms": self.double_ms,
         }
 
 
@@ -475,8 +491,15 @@ def replace_store(path: Path) -> None:
 
 
 class Chaos:
-    def __init__(self, args: argparse.Namespace, cluster: ManagedCluster, log: TextIO) -> None:
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        cluster: ManagedCluster,
+        log: TextIO,
+        nemesis: Any = None,
+    ) -> None:
         self.args = args
+        self.nemesis = nemesis  # chaos_hosts.Nemesis across hosts: the network faults
         self.cluster = cluster
         self.rng = random.Random(args.seed)
         self.t0 = time.monotonic()
@@ -548,6 +571,8 @@ class Chaos:
             await self.recover(fault)
 
     async def inject(self, kind: str) -> Fault:
+        if self.nemesis is not None and kind in self.args.net_faults:
+            return await self.inject_net(kind)
         node = None if kind == "router-stop" or kind in STORE_FAULTS else await self.active_node()
         fault = Fault(kind, node, self.now())
         if node is None and kind not in STORE_FAULTS and kind != "router-stop":
@@ -597,6 +622,21 @@ class Chaos:
             if not ok:
                 fault.notes.append(note)
             fault.released = self.now()
+        return fault
+
+    async def inject_net(self, kind: str) -> Fault:
+        """A network or store-member fault (chaos_hosts.Nemesis), held, then healed."""
+        node = await self.active_node() if kind in self.args.needs_active else None
+        fault = Fault(kind, node, self.now())
+        if node is None and kind in self.args.needs_active:
+            fault.notes.append("no active node found")
+            return fault
+        try:
+            await self.nemesis.apply(kind, node, fault, self.rng, self.say)
+        except (RuntimeError, OSError, subprocess.SubprocessError) as error:
+            fault.notes.append(f"not injected: {error}")
+            return fault
+        fault.released = self.now()
         return fault
 
     def operator_reinit(self) -> tuple[bool, str]:
@@ -752,14 +792,21 @@ def summary(counter: Counter[str]) -> str:
     return ", ".join(f"{label} x{n}" for label, n in counter.most_common()) or "-"
 
 
-def fault_table(faults: list[Fault], between: Counter[str]) -> list[str]:
+def p95(values: list[float]) -> float:
+    """Nearest rank: with fewer than 20 values, the largest."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(0.95 * len(ordered)) - 1)]
+
+
+def fault_table(faults: list[Fault], between: Counter[str], lost_between: int = 0) -> list[str]:
+    """Per fault kind: count, recovered, median / p95 recovery, longest outage, acknowledged
+    writes lost, time two nodes served at once, failed requests."""
     lines = [
-        f"{'fault':<15} {'n':>3} {'recovered':>9} {'median s':>8} {'max s':>6} "
-        f"{'outage max s':>12}  failed requests"
+        f"{'fault':<18} {'n':>3} {'recovered':>9} {'median s':>8} {'p95 s':>6} "
+        f"{'outage max s':>12} {'lost':>4} {'dual ms':>7}  failed requests"
     ]
     total_failed: Counter[str] = Counter()
-    kinds = [k for k in FAULTS if any(f.kind == k for f in faults)]
-    for kind in kinds:
+    for kind in dict.fromkeys(f.kind for f in faults):
         of_kind = [f for f in faults if f.kind == kind and f.released is not None]
         times = [f.recovery for f in of_kind if f.recovery is not None]
         outages = [f.outage for f in of_kind if f.outage is not None]
@@ -769,24 +816,27 @@ def fault_table(faults: list[Fault], between: Counter[str]) -> list[str]:
         total_failed += failed
         skipped = sum(1 for f in faults if f.kind == kind and f.released is None)
         stats = (
-            f"{statistics.median(times):8.2f} {max(times):6.2f}" if times else f"{'-':>8} {'-':>6}"
+            f"{statistics.median(times):8.2f} {p95(times):6.2f}" if times else f"{'-':>8} {'-':>6}"
         )
         lines.append(
-            f"{kind:<15} {len(of_kind):>3} {len(times):>9} {stats} "
-            f"{(max(outages) if outages else float('nan')):12.2f}  {summary(failed)}"
-            + (f" ({skipped} not injected)" if skipped else "")
+            f"{kind:<18} {len(of_kind):>3} {len(times):>9} {stats} "
+            f"{(max(outages) if outages else float('nan')):12.2f} "
+            f"{sum(f.lost for f in of_kind):>4} {sum(f.double_ms for f in of_kind):>7}  "
+            f"{summary(failed)}" + (f" ({skipped} not injected)" if skipped else "")
         )
     lines.append(
-        f"{'between faults':<15} {'':>3} {'':>9} {'':>8} {'':>6} {'':>12}  {summary(between)}"
+        f"{'between faults':<18} {'':>3} {'':>9} {'':>8} {'':>6} {'':>12} {lost_between:>4} "
+        f"{'':>7}  {summary(between)}"
     )
     injected = [f for f in faults if f.released is not None]
     recovered = [f for f in injected if f.recovered]
     times = [f.recovery for f in recovered if f.recovery is not None]
     total_failed += between
     lines.append(
-        f"{'total':<15} {len(injected):>3} {len(recovered):>9} "
-        + (f"{statistics.median(times):8.2f} {max(times):6.2f}" if times else f"{'-':>8} {'-':>6}")
-        + f" {'':>12}  {summary(total_failed)}"
+        f"{'total':<18} {len(injected):>3} {len(recovered):>9} "
+        + (f"{statistics.median(times):8.2f} {p95(times):6.2f}" if times else f"{'-':>8} {'-':>6}")
+        + f" {'':>12} {sum(f.lost for f in injected) + lost_between:>4} "
+        f"{sum(f.double_ms for f in injected):>7}  {summary(total_failed)}"
     )
     return lines
 
@@ -821,16 +871,21 @@ class Ending:
     seconds: float
 
 
-async def run(args: argparse.Namespace, cluster: ManagedCluster) -> Ending:
+async def run(args: argparse.Namespace, cluster: ManagedCluster, nemesis: Any = None) -> Ending:
     log_path = cluster.cfg.cluster.state_dir / "chaos-writes.jsonl"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with (
         open(log_path, "a") as log,
         ServiceManager(cluster, RESTART_SEC, args.duration + 3600) as manager,
     ):
-        chaos = Chaos(args, cluster, log)
+        chaos = Chaos(args, cluster, log, nemesis)
+        where = (
+            f"across hosts, {args.backend} store, node2's clock {args.skew:+g} s"
+            if args.hosts
+            else args.database
+        )
         chaos.say(
-            f"cluster of {args.nodes} nodes ({args.database}) in {cluster.root}; "
+            f"cluster of {args.nodes} nodes ({where}) in {cluster.root}; "
             f"router {cluster.router_url}; seed {args.seed}; faults {','.join(args.faults)}"
         )
         stop_monitor = asyncio.Event()
@@ -885,6 +940,32 @@ async def run(args: argparse.Namespace, cluster: ManagedCluster) -> Ending:
     return Ending(chaos, serving, lost, read_error, report, leaked, manager.restarts, seconds)
 
 
+def owner_at(faults: list[Fault], at: float) -> Fault | None:
+    """The fault whose window holds ``at`` (seconds since the start)."""
+    return next((f for f in faults if f.injected <= at <= f.window_end), None)
+
+
+def attribute_damage(
+    chaos: Chaos, lost: list[str], windows: list[tuple[float, float, list[str]]]
+) -> int:
+    """Each lost write (by when it was acknowledged) and each double-active window (by its
+    start) to its fault; the lost writes of no fault's window."""
+    lost_between = 0
+    lost_ids = set(lost)
+    for ack in chaos.client.acks:
+        if ack.id in lost_ids:
+            owner = owner_at(chaos.faults, ack.done - chaos.t0)
+            if owner is None:
+                lost_between += 1
+            else:
+                owner.lost += 1
+    for start, stop, _ in windows:
+        owner = owner_at(chaos.faults, start - chaos.t0)
+        if owner is not None:
+            owner.double_ms += round((stop - start) * 1000)
+    return lost_between
+
+
 def verdict(end: Ending) -> dict[str, Any]:
     """The machine-readable result, ``passed`` and the ``reasons`` it did not."""
     chaos = end.chaos
@@ -896,8 +977,10 @@ def verdict(end: Ending) -> dict[str, Any]:
     double_ms = round(sum(stop - start for start, stop, _ in windows) * 1000)
 
     def fault_of(at: float) -> str:
-        owner = next((f for f in chaos.faults if f.injected <= at <= f.window_end), None)
+        owner = owner_at(chaos.faults, at)
         return f"{owner.kind} at {owner.injected:.1f} s" if owner else "between faults"
+
+    lost_between = attribute_damage(chaos, end.lost, windows)
 
     reasons = []
     if end.lost:
@@ -948,7 +1031,7 @@ def verdict(end: Ending) -> dict[str, Any]:
         "faults_recovered": len(injected) - len(unrecovered),
         "all_recovered": not unrecovered,
         "faults": [f.as_json() for f in chaos.faults],
-        "table": fault_table(chaos.faults, between),
+        "table": fault_table(chaos.faults, between, lost_between),
         "failed_between_faults": dict(between),
         "requests": len(outcomes),
         "failed_requests": dict(Counter(o.label for o in outcomes if o.label != "ok")),
@@ -1023,21 +1106,48 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--database-url", default="", help="an existing PostgreSQL database")
     parser.add_argument("--duration", type=float, default=1800.0, help="fault phase, seconds")
     parser.add_argument("--seed", type=int, default=None, help="default: from the clock")
-    parser.add_argument("--faults", default=",".join(FAULTS), help=",".join(FAULTS))
+    parser.add_argument(
+        "--faults",
+        help=f"default: all; {','.join(FAULTS)} (--hosts: also the network faults)",
+    )
     parser.add_argument("--writers", type=int, default=4)
     parser.add_argument("--rate", type=float, default=20.0, help="requests/s across writers")
     parser.add_argument("--json", type=Path, default=None, help="write the result here")
     parser.add_argument("--keep", type=Path, default=None, help="copy the state dir here")
     parser.add_argument(
+        "--hosts",
+        action="store_true",
+        help="across hosts: nodes, router and store in network namespaces (root); "
+        "network faults too (benchmarks/chaos_hosts.py)",
+    )
+    parser.add_argument("--backend", choices=("sqlite", "etcd", "zookeeper"), default="etcd")
+    parser.add_argument(
+        "--skew", type=float, default=420.0, help="--hosts: node2's wall clock ahead by (s)"
+    )
+    parser.add_argument(
         "--reinit-command",
         default=DEFAULT_REINIT,
         help="what the operator runs after a store fault ({python}, {config} filled in)",
     )
+    parser.set_defaults(faults=None)
     args = parser.parse_args(argv)
+    known: tuple[str, ...] = FAULTS
+    args.net_faults, args.needs_active = (), frozenset()
+    if args.hosts:
+        from chaos_hosts import NEEDS_ACTIVE, available_faults
+
+        args.net_faults, args.needs_active = available_faults(args.backend), NEEDS_ACTIVE
+        # The store faults unlink or replace a file the observer reads through hakit's own
+        # store client across hosts: the local run covers them.
+        known = tuple(kind for kind in FAULTS if kind not in STORE_FAULTS) + args.net_faults
+        if args.nodes != 2:
+            parser.error("--hosts runs two nodes")
+    if args.faults is None:
+        args.faults = ",".join(known)
     args.faults = [kind.strip() for kind in args.faults.split(",") if kind.strip()]
-    unknown = sorted(set(args.faults) - set(FAULTS))
+    unknown = sorted(set(args.faults) - set(known))
     if unknown or not args.faults:
-        parser.error(f"--faults: unknown {unknown}; choose from {','.join(FAULTS)}")
+        parser.error(f"--faults: unknown {unknown}; choose from {','.join(known)}")
     if args.writers < 1 or args.rate <= 0 or args.duration < 0:
         parser.error("--writers must be 1 or more, --rate above 0, --duration 0 or more")
     if args.seed is None:
@@ -1054,7 +1164,10 @@ def main() -> int:
     signal.signal(signal.SIGTERM, _terminate)
     result: dict[str, Any] = {
         "nodes": args.nodes,
-        "database": args.database,
+        "database": "postgresql" if args.hosts else args.database,
+        "hosts": args.hosts,
+        "backend": args.backend if args.hosts else "sqlite",
+        "skew_s": args.skew if args.hosts else 0,
         "duration_s": args.duration,
         "seed": args.seed,
         "faults_enabled": args.faults,
@@ -1063,47 +1176,65 @@ def main() -> int:
         "passed": False,
     }
     code = 2
-    stop_database = None
     root = Path(tempfile.mkdtemp(prefix="hakit-chaos-"))
     cluster: ManagedCluster | None = None
     try:
-        database_url, stop_database = start_database(args)
-        router_port, *node_ports = free_ports(args.nodes + 1)
-        settings = DemoSettings(
-            nodes=args.nodes,
-            router_port=router_port,
-            node_ports=tuple(node_ports),
-            database_url=database_url,
-            lease_ttl="3s",
-        )
-        cluster = ManagedCluster(root, settings)
-        cluster.start()
-        end = asyncio.run(run(args, cluster))
-        result.update(verdict(end))
-        print("\n".join(report_lines(result, end)), flush=True)
-        code = 0 if result["passed"] else 1
+        with contextlib.ExitStack() as stack:
+            stack.callback(shutil.rmtree, root, ignore_errors=True)
+            nemesis = None
+            if args.hosts:
+                from chaos_hosts import hosts_cluster
+
+                cluster, nemesis = stack.enter_context(
+                    hosts_cluster(root, args.backend, args.skew, HOSTS_TIMERS)
+                )
+                stack.callback(nemesis.heal)
+            else:
+                database_url, stop_database = start_database(args)
+                if stop_database is not None:
+                    stack.callback(stop_database)
+                router_port, *node_ports = free_ports(args.nodes + 1)
+                settings = DemoSettings(
+                    nodes=args.nodes,
+                    router_port=router_port,
+                    node_ports=tuple(node_ports),
+                    database_url=database_url,
+                    lease_ttl="3s",
+                )
+                cluster = ManagedCluster(root, settings)
+                stack.callback(cluster.close)
+            stack.callback(finish, args, cluster, result, lambda: code)
+            cluster.start()
+            end = asyncio.run(run(args, cluster, nemesis))
+            result.update(verdict(end))
+            print("\n".join(report_lines(result, end)), flush=True)
+            code = 0 if result["passed"] else 1
     except (RuntimeError, OSError) as error:
         result["error"] = repr(error)
         print(f"chaos run could not be carried out: {error!r}", file=sys.stderr, flush=True)
     finally:
-        if cluster is not None:
-            if cluster.processes and any(p.poll() is None for p in cluster.all_processes):
-                cluster.shutdown(SHUTDOWN_TIMEOUT)
-            keep = args.keep or (
-                None if code == 0 else Path(tempfile.gettempdir()) / f"hakit-chaos-{os.getpid()}"
-            )
-            if keep is not None:
-                shutil.copytree(cluster.cfg.cluster.state_dir, keep, dirs_exist_ok=True)
-                shutil.copy(cluster.config_path, keep / "hakit.toml")
-                result["kept"] = str(keep)
-                print(f"state, logs and the write log kept in {keep}", flush=True)
-            cluster.close()
-        if stop_database is not None:
-            stop_database()
-        shutil.rmtree(root, ignore_errors=True)
         if args.json is not None:
             args.json.write_text(json.dumps(result, indent=2, default=str) + "\n")
     return code
+
+
+def finish(
+    args: argparse.Namespace,
+    cluster: ManagedCluster,
+    result: dict[str, Any],
+    code: Callable[[], int],
+) -> None:
+    """Stop what still runs; keep the state dir when asked or when the run failed."""
+    if cluster.processes and any(p.poll() is None for p in cluster.all_processes):
+        cluster.shutdown(SHUTDOWN_TIMEOUT)
+    keep = args.keep or (
+        None if code() == 0 else Path(tempfile.gettempdir()) / f"hakit-chaos-{os.getpid()}"
+    )
+    if keep is not None:
+        shutil.copytree(cluster.cfg.cluster.state_dir, keep, dirs_exist_ok=True)
+        shutil.copy(cluster.config_path, keep / "hakit.toml")
+        result["kept"] = str(keep)
+        print(f"state, logs and the write log kept in {keep}", flush=True)
 
 
 if __name__ == "__main__":
