@@ -87,7 +87,7 @@ def test_chaos_across_hosts_loses_nothing_and_never_has_two_writers(
     faults = result["faults"]
     assert isinstance(faults, list)
     injected = [f for f in faults if f["released_s"] is not None]
-    assert len(injected) >= 3, output
+    assert len(injected) >= 2, output  # a fault every 5-20 s after the last one's recovery
     assert {f["kind"] for f in injected} & NETWORK_FAULTS, output  # not only process faults
     assert result["acknowledged_writes"] >= 100, output
     assert result["read_back_error"] == "", output
