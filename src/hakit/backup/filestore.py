@@ -213,6 +213,8 @@ def _filestores(root: _Element, problems: list[XmlProblem]) -> dict[str, S3Files
                 )
             )
             continue
+        # Known from here on, valid or not: an association naming it is not reported too.
+        found[ident] = S3Filestore(ident, "", "", line=element.line)
         config = element.child("config")
         if config is None:
             problems.append(
@@ -244,8 +246,6 @@ def _filestores(root: _Element, problems: list[XmlProblem]) -> dict[str, S3Files
             )
         elif bucket is not None and region is not None:
             found[ident] = S3Filestore(ident, bucket, region, endpoint, concurrency, element.line)
-        else:
-            found[ident] = S3Filestore(ident, "", "", line=element.line)  # reported already
     return found
 
 
