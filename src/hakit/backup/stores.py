@@ -69,21 +69,27 @@ def s3_client(
     return session.client("s3", endpoint_url=store.endpoint, config=config)
 
 
-def s3_store(target: S3Target, client: Any) -> S3Store:
+def s3_store(target: S3Target, client: Any, *, reading: bool = False) -> S3Store:
+    """``reading``: for list, verify and restore, which need a credential that may read
+    whatever ``write_only`` says (that setting is about what backups may assume)."""
     location = S3Location(
         bucket=target.filestore.bucket,
         prefix=target.prefix,
         max_concurrency=target.filestore.max_concurrency,
     )
-    return S3Store(client, location, target.state, write_only=target.write_only)
+    return S3Store(client, location, target.state, write_only=target.write_only and not reading)
 
 
 def open_store(
-    target: BackupTarget, *, create: bool = False, environ: Mapping[str, str] | None = None
+    target: BackupTarget,
+    *,
+    create: bool = False,
+    reading: bool = False,
+    environ: Mapping[str, str] | None = None,
 ) -> Store:
     if isinstance(target, LocalTarget):
         return open_local_store(target.directory, create=create)
-    return s3_store(target, s3_client(target, environ))
+    return s3_store(target, s3_client(target, environ), reading=reading)
 
 
 def close_store(store: Store) -> None:

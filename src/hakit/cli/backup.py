@@ -53,8 +53,9 @@ def _target(cfg: Config) -> BackupTarget:
 
 
 def _open(target: BackupTarget, create: bool = False) -> Store:
+    """The repository; for reading unless ``create`` (a write-only record is a writer's)."""
     try:
-        return open_store(target, create=create)
+        return open_store(target, create=create, reading=not create)
     except SnapshotError as error:
         fail(error)
 

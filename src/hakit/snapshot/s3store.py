@@ -145,10 +145,9 @@ class S3Store:
         self._in_flight = 0
         self._failure: BaseException | None = None
         state.mkdir(parents=True, exist_ok=True)
-        record_missing = not (state / RECORD).exists()
+        # A missing record is rebuilt before the first put, when the credential may list.
+        self._rebuild = not write_only and not (state / RECORD).exists()
         self.record = KeyRecord(state)
-        if record_missing and not write_only:
-            self.rebuild_record()
 
     # --- the record ------------------------------------------------------------
 
@@ -163,6 +162,7 @@ class S3Store:
         except Exception as error:
             raise self._error("list", prefix, error) from None
         self.record.replace(keys)
+        self._rebuild = False
         return len(keys)
 
     # --- the Store protocol ----------------------------------------------------
@@ -181,6 +181,8 @@ class S3Store:
     def put_if_absent(self, key: str, data: bytes) -> bool:
         """Queued for upload unless the record has it: True when queued (sent)."""
         self._raise_failure()
+        if self._rebuild:
+            self.rebuild_record()
         if key in self.record:
             return False
         size = len(data)
@@ -194,8 +196,8 @@ class S3Store:
 
     def get(self, key: str) -> bytes:
         copy = self.state / MANIFEST_COPIES / key.removeprefix(f"{MANIFEST_COPIES}/")
-        if key.startswith(f"{MANIFEST_COPIES}/") and copy.exists():
-            return copy.read_bytes()  # a manifest this node wrote: the same bytes
+        if self.write_only and key.startswith(f"{MANIFEST_COPIES}/") and copy.exists():
+            return copy.read_bytes()  # a manifest this node wrote (no GetObject allowed)
         try:
             response = self.client.get_object(
                 Bucket=self.location.bucket, Key=self.location.key(key)

@@ -51,7 +51,10 @@ class MotoServer:
     def enforce_iam(self) -> None:
         """From now on every request is authenticated and authorized against IAM."""
         request = urllib.request.Request(
-            f"{self.endpoint}/moto-api/reset-auth", data=b"0", method="POST"
+            f"{self.endpoint}/moto-api/reset-auth",
+            data=b"0",
+            method="POST",
+            headers={"Content-Type": "text/plain"},  # a form body would be parsed away
         )
         with urllib.request.urlopen(request, timeout=10) as answer:
             assert json.loads(answer.read())["status"] == "ok"
