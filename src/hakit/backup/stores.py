@@ -47,11 +47,12 @@ def credentials(target: S3Target, environ: Mapping[str, str]) -> dict[str, str]:
 
 
 def s3_client(
-    target: S3Target, environ: Mapping[str, str] | None = None, timeouts: Timeouts = Timeouts()
+    target: S3Target, environ: Mapping[str, str] | None = None, timeouts: Timeouts | None = None
 ) -> Any:
     import boto3  # only when S3 is used: the CLI starts faster without it
     from botocore.config import Config as BotoConfig
 
+    timeouts = timeouts or Timeouts()
     store = target.filestore
     config = BotoConfig(
         region_name=store.region,

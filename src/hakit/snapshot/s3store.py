@@ -91,7 +91,7 @@ class KeyRecord:
     def __contains__(self, key: str) -> bool:
         return key in self._keys
 
-    def keys(self) -> set[str]:
+    def known(self) -> set[str]:
         return set(self._keys)
 
     def add(self, key: str) -> None:

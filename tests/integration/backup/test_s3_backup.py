@@ -25,10 +25,6 @@ from tests.integration.backup.motoserver import MotoServer
 from tests.integration.snapshot.conftest import LIMITS, rows_of, tree_of
 
 
-def tree_without_backup_files(root: Path) -> dict[str, tuple[str, int, bytes | str]]:
-    return tree_of(root)
-
-
 def test_cli_round_trip(tmp_path: Path, moto: MotoServer) -> None:
     site = make_site(tmp_path, moto)
     runner = CliRunner()
@@ -78,10 +74,10 @@ def counting(client: Any) -> Counter[str]:
     return calls
 
 
-def open_store(site: Site, timeouts: Timeouts = Timeouts()) -> tuple[S3Store, Counter[str]]:
+def open_store(site: Site, timeouts: Timeouts | None = None) -> tuple[S3Store, Counter[str]]:
     target = resolve_target(load_config(site.config))
     assert isinstance(target, S3Target)
-    client = s3_client(target, env(), timeouts)
+    client = s3_client(target, env(), timeouts or Timeouts())
     return s3_store(target, client), counting(client)
 
 
@@ -128,11 +124,11 @@ def test_a_lost_record_costs_no_overwrite(tmp_path: Path, moto: MotoServer) -> N
     (store.state / "keys").unlink()
     store, _ = open_store(site)  # read access: the record is rebuilt from a LIST
     listed = moto.client().list_objects_v2(Bucket=site.bucket, Prefix="backups/hakit/")
-    assert store.record.keys() == {
+    assert store.record.known() == {
         item["Key"].removeprefix("backups/hakit/") for item in listed["Contents"]
     }
     # A conditional put of an existing key is refused by S3 (412): counted, not written.
-    key = sorted(key for key in store.record.keys() if key.startswith("packs/"))[0]
+    key = sorted(key for key in store.record.known() if key.startswith("packs/"))[0]
     fresh = S3Store(store.client, store.location, tmp_path / "empty-state", write_only=True)
     assert fresh.put_if_absent(key, store.get(key)) is True  # queued: the record had no entry
     fresh.flush()
@@ -194,7 +190,7 @@ def test_an_interrupted_backup_leaves_no_generation(tmp_path: Path, own_moto: Mo
         own_moto.resume()
         store.close()
 
-    store, calls = open_store(site)
+    store, _ = open_store(site)
     assert store.list_manifests() == [first]  # the interrupted one never became visible
     second = backup(site, store)
     store.close()

@@ -16,7 +16,6 @@ from tests.integration.backup.conftest import Site, env, make_site
 from tests.integration.backup.motoserver import MotoServer
 from tests.integration.snapshot.conftest import rows_of, tree_of
 
-
 # AWS authorizes ListObjectsV2 as s3:ListBucket; moto checks the operation's own name.
 LIST = ["s3:ListBucket", "s3:ListObjectsV2", "s3:ListObjectVersions"]
 
