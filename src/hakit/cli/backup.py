@@ -8,12 +8,16 @@ work is in hakit.snapshot (the same repository format as ``hakit snapshot``).
 from __future__ import annotations
 
 import os
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.markup import escape
+from rich.progress import Progress, SpinnerColumn, TextColumn
 from rich.table import Table
 
 from hakit.backup.healthcheck import Status, run_directory_check, run_s3_check
@@ -60,6 +64,34 @@ def _open(target: BackupTarget, create: bool = False) -> Store:
         fail(error)
 
 
+@contextmanager
+def _progress(store: Store) -> Iterator[None]:
+    """On a terminal, what an S3 backup has sent so far, refreshed while it runs."""
+    if not isinstance(store, S3Store) or not console.is_terminal:
+        yield
+        return
+    stop = threading.Event()
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), console=console) as bar:
+        task = bar.add_task("capturing")
+
+        def refresh() -> None:
+            while not stop.wait(0.2):
+                stats = store.stats
+                bar.update(
+                    task,
+                    description=f"{stats.objects_put} objects uploaded ({size(stats.bytes_put)}), "
+                    f"{stats.objects_present} already there",
+                )
+
+        thread = threading.Thread(target=refresh, name="backup-progress", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
+
+
 def _excluded(cfg: Config, target: BackupTarget) -> frozenset[str]:
     """A backup directory inside the home is not backed up into itself."""
     if not isinstance(target, LocalTarget):
@@ -103,7 +135,8 @@ def create(
     try:
         if rebuild_index and isinstance(store, S3Store):
             console.print(f"record rebuilt: {store.rebuild_record()} objects", highlight=False)
-        report = create_snapshot(store, options)
+        with _progress(store):
+            report = create_snapshot(store, options)
     except SnapshotError as error:
         fail(SnapshotError(f"backup to {target.describe()} failed, no generation written: {error}"))
     finally:

@@ -144,6 +144,7 @@ class S3Store:
         self._room = threading.Condition()
         self._in_flight = 0
         self._failure: BaseException | None = None
+        self._condition: dict[str, str] = {"IfNoneMatch": "*"}  # never overwrite
         state.mkdir(parents=True, exist_ok=True)
         # A missing record is rebuilt before the first put, when the credential may list.
         self._rebuild = not write_only and not (state / RECORD).exists()
@@ -278,17 +279,14 @@ class S3Store:
     def _put_object(self, key: str, data: bytes) -> bool:
         """Store ``data`` unless ``key`` exists: True when stored, False when it existed."""
         try:
-            if len(data) > self.location.multipart_threshold:
-                stored = self._multipart(self.location.key(key), data)
-            else:
-                self.client.put_object(
-                    Bucket=self.location.bucket,
-                    Key=self.location.key(key),
-                    Body=data,
-                    IfNoneMatch="*",
-                )
-                stored = True
+            stored = self._send(key, data)
         except Exception as error:
+            if error_code(error) == "NotImplemented" and self._condition:
+                # A store without conditional writes: the same bytes under the same name
+                # (content addressed; manifests have fresh names) are rewritten, harmless.
+                log.warning("%s does not support If-None-Match; puts unconditional", self._where())
+                self._condition = {}
+                return self._put_object(key, data)
             if error_code(error) not in ("PreconditionFailed", "412"):
                 raise self._error("write", key, error) from None
             stored = False
@@ -299,6 +297,14 @@ class S3Store:
             else:
                 self.stats.objects_present += 1
         return stored
+
+    def _send(self, key: str, data: bytes) -> bool:
+        if len(data) > self.location.multipart_threshold:
+            return self._multipart(self.location.key(key), data)
+        self.client.put_object(
+            Bucket=self.location.bucket, Key=self.location.key(key), Body=data, **self._condition
+        )
+        return True
 
     def _multipart(self, full_key: str, data: bytes) -> bool:
         bucket = self.location.bucket
@@ -322,7 +328,7 @@ class S3Store:
                 Key=full_key,
                 UploadId=upload,
                 MultipartUpload={"Parts": parts},
-                IfNoneMatch="*",
+                **self._condition,
             )
         except Exception:
             try:  # not allowed to a write-only credential: the lifecycle rule cleans up

@@ -82,9 +82,16 @@ def test_write_only_mode_with_iam(tmp_path: Path, own_moto: MotoServer) -> None:
     assert result.exit_code == 0, result.output
     assert tree_of(into / "home") == tree_of(site.home)
     assert rows_of(into / "database" / "app.db") == rows_of(site.database)
-    # The writer cannot read them.
+    # The writer cannot read them, nor list them to rebuild its record.
     result = run(site, writer, "list")
     assert result.exit_code == 1 and "cannot read the bucket" in result.output
+    result = run(site, writer, "create", "--rebuild-index")
+    assert result.exit_code == 1 and "could not list" in result.output
+    # A credential that may list rebuilds it: everything is known, only the manifest is new.
+    result = run(site, reader, "create", "--rebuild-index")
+    assert result.exit_code == 0, result.output
+    assert "record rebuilt: " in result.output
+    assert "1 objects uploaded" in result.output and "0 already there" in result.output
 
     # A credential that may not write: the check is an error, and so is a backup.
     result = run(site, no_write, "check")
