@@ -166,6 +166,10 @@ class S3Store:
         self._rebuild = False
         return len(keys)
 
+    def _ensure_record(self) -> None:
+        if self._rebuild:
+            self.rebuild_record()
+
     # --- the Store protocol ----------------------------------------------------
 
     def has(self, key: str) -> bool:
@@ -182,8 +186,7 @@ class S3Store:
     def put_if_absent(self, key: str, data: bytes) -> bool:
         """Queued for upload unless the record has it: True when queued (sent)."""
         self._raise_failure()
-        if self._rebuild:
-            self.rebuild_record()
+        self._ensure_record()
         if key in self.record:
             return False
         size = len(data)
@@ -230,6 +233,7 @@ class S3Store:
 
     def put_manifest(self, generation: str, data: bytes) -> None:
         self.flush()  # every object first: a manifest never names a missing one
+        self._ensure_record()
         key = manifest_key(generation)
         if not self._put_object(key, data):
             raise SnapshotError(f"generation {generation} already exists in {self._where()}")

@@ -122,7 +122,10 @@ def test_a_lost_record_costs_no_overwrite(tmp_path: Path, moto: MotoServer) -> N
     backup(site, store)
     store.close()
     (store.state / "keys").unlink()
-    store, _ = open_store(site)  # read access: the record is rebuilt from a LIST
+    store, calls = open_store(site)  # read access: the record is rebuilt from a LIST
+    backup(site, store)
+    assert calls["ListObjectsV2"] >= 2  # the manifests, then the record
+    assert calls["PutObject"] == 1  # the manifest: nothing else changed
     listed = moto.client().list_objects_v2(Bucket=site.bucket, Prefix="backups/hakit/")
     assert store.record.known() == {
         item["Key"].removeprefix("backups/hakit/") for item in listed["Contents"]
