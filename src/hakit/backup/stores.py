@@ -13,6 +13,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from hakit.backup.target import BackupTarget, LocalTarget, S3Target
 from hakit.snapshot.format import SnapshotError
@@ -46,6 +47,11 @@ def credentials(target: S3Target, environ: Mapping[str, str]) -> dict[str, str]:
     }
 
 
+def _aws(endpoint: str | None) -> bool:
+    host = (urlsplit(endpoint).hostname or "") if endpoint else "amazonaws.com"
+    return host == "amazonaws.com" or host.endswith(".amazonaws.com")
+
+
 def s3_client(
     target: S3Target, environ: Mapping[str, str] | None = None, timeouts: Timeouts | None = None
 ) -> Any:
@@ -61,8 +67,10 @@ def s3_client(
         read_timeout=timeouts.read,
         retries={"mode": "standard", "max_attempts": timeouts.attempts},
         s3={"addressing_style": "path"} if store.endpoint else {},
-        request_checksum_calculation="when_required",
-        response_checksum_validation="when_required",
+        # AWS: a checksum on every put (Object Lock buckets require one). Other S3-compatible
+        # stores: only where required, as many reject the newer checksum headers.
+        request_checksum_calculation="when_supported" if _aws(store.endpoint) else "when_required",
+        response_checksum_validation="when_supported" if _aws(store.endpoint) else "when_required",
     )
     session = boto3.session.Session(
         **credentials(target, os.environ if environ is None else environ)
