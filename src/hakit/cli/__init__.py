@@ -6,6 +6,7 @@
 - run.py       agent, router, tcp-proxy, demo
 - service.py   systemd (the units of one host)
 - snapshot.py  snapshot create, list, verify, restore
+- backup.py    backup create, list, verify, restore, check
 
 The commands are registered here, in the order ``hakit --help`` lists them;
 ``main`` is the console script's (and ``python -m hakit``'s) entry point.
@@ -13,6 +14,7 @@ The commands are registered here, in the order ``hakit --help`` lists them;
 
 from __future__ import annotations
 
+from hakit.cli.backup import backup_app
 from hakit.cli.base import CONFIG_ENV, app, config_app
 from hakit.cli.operate import failover, init, pause, resume, switchover
 from hakit.cli.readers import config_check, events, status, status_json, why
@@ -37,6 +39,7 @@ app.command()(init)
 app.command()(systemd)
 app.command()(demo)
 app.add_typer(snapshot_app, name="snapshot")
+app.add_typer(backup_app, name="backup")
 
 
 def main() -> None:

@@ -19,6 +19,7 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
+from hakit.backup.filestore import read_filestore_config
 from hakit.config.check import (
     cross_section_problems,
     failsafe_problems,
@@ -29,6 +30,7 @@ from hakit.config.check import (
 from hakit.config.problems import Problem, Wording, format_key, render
 from hakit.config.schema import AdminConfig, Config, CoordinationConfig
 from hakit.config.sections.app import AppConfig
+from hakit.config.sections.backup import BackupConfig
 from hakit.config.sections.base import PATTERN_HINTS
 from hakit.config.sections.cluster import ClusterConfig, NodeConfig
 from hakit.config.sections.router import RouterConfig, TcpProxyConfig
@@ -44,7 +46,9 @@ def load_config(path: Path) -> Config:
     """Read, validate and resolve a hakit.toml; raise ConfigError listing every problem.
 
     Relative paths (cluster.state_dir, coordination.path and coordination.sqlite.path,
-    app.home, a sqlite database file) are resolved against the file's directory; ``source`` is set.
+    app.home, a sqlite database file, backup.filestore_config and backup.directory) are
+    resolved against the file's directory; ``source`` is set. Jira's filestore-config.xml
+    (``[backup]``, hakit.backup.filestore) is checked too, its mistakes with its own lines.
     """
     path = Path(path)
     source = _read_source(path)
@@ -65,7 +69,13 @@ def load_config(path: Path) -> Config:
     if problems:
         raise ConfigError(render(path, source, problems))
     base = Path(os.path.abspath(path.parent))
-    return Config(**_resolve_paths(values, base), source=base / path.name, derived=derived)
+    config = Config(**_resolve_paths(values, base), source=base / path.name, derived=derived)
+    # Jira's filestore-config.xml (hakit.backup.filestore): its mistakes, with its own lines.
+    filestore = config.backup.filestore_path(config.app.home)
+    parsed = read_filestore_config(filestore)
+    if parsed is not None and parsed.problems:
+        raise ConfigError(parsed.lines(filestore))
+    return config
 
 
 def _read_source(path: Path) -> str:
@@ -190,6 +200,7 @@ def _resolve_paths(values: dict[str, Any], base: Path) -> dict[str, Any]:
     coordination: CoordinationConfig = values["coordination"]
     app: AppConfig = values["app"]
     admin: AdminConfig = values["admin"]
+    backup: BackupConfig = values["backup"]
     database_url = app.database_url
     file_part = sqlite_path(database_url)
     if file_part is not None:
@@ -214,6 +225,14 @@ def _resolve_paths(values: dict[str, Any], base: Path) -> dict[str, Any]:
         "router": _resolve_router_paths(values["router"], resolved),
         "admin": admin.model_copy(
             update={"token_file": resolved(admin.token_file) if admin.token_file else None}
+        ),
+        "backup": backup.model_copy(
+            update={
+                "filestore_config": resolved(backup.filestore_config)
+                if backup.filestore_config
+                else None,
+                "directory": resolved(backup.directory) if backup.directory else None,
+            }
         ),
     }
 

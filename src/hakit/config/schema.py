@@ -39,6 +39,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 
 from hakit.config.problems import error_at_key
 from hakit.config.sections.app import AppConfig, FailoverConfig, HealthConfig
+from hakit.config.sections.backup import BackupConfig
 from hakit.config.sections.base import _Section
 from hakit.config.sections.cluster import ClusterConfig, NodeConfig
 from hakit.config.sections.notify import NotifyConfig
@@ -169,6 +170,7 @@ class Config(_Section):
     tcp_proxy: tuple[TcpProxyConfig, ...] = ()
     notify: NotifyConfig = NotifyConfig()
     admin: AdminConfig = AdminConfig()
+    backup: BackupConfig = BackupConfig()
     nodes: tuple[NodeConfig, ...] = Field(
         description="at least one [[nodes]] table with name and port"
     )

@@ -49,6 +49,9 @@ class CaptureOptions:
     freeze: Hook | None = None
     thaw: Hook | None = None
     on_read: OnRead | None = None
+    exclude: frozenset[str] = (
+        frozenset()
+    )  # paths relative to the home, left out with their contents
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +117,7 @@ def create_snapshot(store: Store, options: CaptureOptions) -> CaptureReport:
         options.limits,
         retries=options.retries,
         on_read=options.on_read,
+        exclude=options.exclude,
     )
     started = time.time_ns()
     try:

@@ -50,8 +50,10 @@ class HomeWalk:
         *,
         retries: int = 5,
         on_read: OnRead | None = None,
+        exclude: frozenset[str] = frozenset(),
     ) -> None:
         self.home = home
+        self.exclude = exclude  # relative paths left out (a backup directory inside the home)
         self.add = add
         self.cache = cache
         self.limits = limits
@@ -85,6 +87,8 @@ class HomeWalk:
             if not relative and name == PIN_DIRECTORY:
                 continue
             if git and gitrepo.skipped(name):
+                continue
+            if self._relative(relative, name) in self.exclude:
                 continue
             self._path(path / name, self._relative(relative, name), git)
 

@@ -5,6 +5,7 @@
 - app.py      ``[app]`` (with ``[app.health]``), ``[health]`` and ``[failover]``
 - router.py   ``[router]`` and ``[[tcp_proxy]]``
 - notify.py   ``[notify]``: the webhook and e-mail
+- backup.py   ``[backup]``: filestore-config.xml or a directory, credentials, write-only
 
 The modules import each other directly, never this package.
 """

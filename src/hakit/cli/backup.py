@@ -1,0 +1,278 @@
+"""``hakit backup create|list|verify|restore|check``: snapshots into the backup target.
+
+The target comes from the config (hakit.backup.target): the S3 filestore Jira's
+filestore-config.xml associates with ``backups``, else a local directory. The
+work is in hakit.snapshot (the same repository format as ``hakit snapshot``).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.progress import Progress, SpinnerColumn, TextColumn
+from rich.table import Table
+
+from hakit.backup.healthcheck import Status, run_directory_check, run_s3_check
+from hakit.backup.stores import close_store, open_store, s3_client
+from hakit.backup.target import BackupTarget, LocalTarget, resolve_target
+from hakit.cli.base import ConfigOption, console, fail, load_or_exit
+from hakit.cli.snapshot import _size as size
+from hakit.config import Config
+from hakit.errors import ConfigError, HakitError
+from hakit.snapshot.capture import CaptureOptions, create_snapshot
+from hakit.snapshot.database import database_target
+from hakit.snapshot.format import SnapshotError, decode_manifest, manifest_key
+from hakit.snapshot.restore import restore_generation, swap_into_place
+from hakit.snapshot.s3store import S3Store
+from hakit.snapshot.store import Store
+from hakit.snapshot.verify import verify_generation
+
+backup_app = typer.Typer(
+    no_args_is_help=True,
+    help="Backups of the app's home and database to S3 (Jira's filestore-config.xml) or a "
+    "directory.",
+)
+
+GenerationArgument = Annotated[
+    str | None, typer.Argument(help="The generation (default: the newest).", show_default=False)
+]
+NodeOption = Annotated[str, typer.Option(help="The node recorded (default: this host).")]
+
+
+def _target(cfg: Config) -> BackupTarget:
+    try:
+        return resolve_target(cfg)
+    except ConfigError as error:
+        for problem in error.problems:
+            console.print(f"[red]{escape(problem)}[/red]", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+
+
+def _open(target: BackupTarget, create: bool = False) -> Store:
+    """The repository; for reading unless ``create`` (a write-only record is a writer's)."""
+    try:
+        return open_store(target, create=create, reading=not create)
+    except SnapshotError as error:
+        fail(error)
+
+
+@contextmanager
+def _progress(store: Store) -> Iterator[None]:
+    """On a terminal, what an S3 backup has sent so far, refreshed while it runs."""
+    if not isinstance(store, S3Store) or not console.is_terminal:
+        yield
+        return
+    stop = threading.Event()
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), console=console) as bar:
+        task = bar.add_task("capturing")
+
+        def refresh() -> None:
+            while not stop.wait(0.2):
+                stats = store.stats
+                bar.update(
+                    task,
+                    description=f"{stats.objects_put} objects uploaded ({size(stats.bytes_put)}), "
+                    f"{stats.objects_present} already there",
+                )
+
+        thread = threading.Thread(target=refresh, name="backup-progress", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
+
+
+def _excluded(cfg: Config, target: BackupTarget) -> frozenset[str]:
+    """A backup directory inside the home is not backed up into itself."""
+    if not isinstance(target, LocalTarget):
+        return frozenset()
+    home = cfg.app.home.absolute()
+    directory = target.directory.absolute()
+    if home in directory.parents:
+        return frozenset({directory.relative_to(home).as_posix()})
+    return frozenset()
+
+
+@backup_app.command("create")
+def create(
+    config: ConfigOption = Path("hakit.toml"),
+    node: NodeOption = "",
+    epoch: Annotated[int | None, typer.Option(help="The epoch recorded.")] = None,
+    freeze: Annotated[str | None, typer.Option(help="A command run before (shell).")] = None,
+    thaw: Annotated[str | None, typer.Option(help="A command run after, always (shell).")] = None,
+    rebuild_index: Annotated[
+        bool,
+        typer.Option(
+            "--rebuild-index",
+            help="First rebuild this node's record of stored objects from a listing of the "
+            "bucket (needs read access).",
+        ),
+    ] = False,
+) -> None:
+    """Capture the database, then the home, as a new generation in the backup target."""
+    cfg = load_or_exit(config)
+    target = _target(cfg)
+    store = _open(target, create=True)
+    options = CaptureOptions(
+        home=cfg.app.home,
+        database_url=cfg.app.database_url,
+        node=node,
+        epoch=epoch,
+        freeze=freeze,
+        thaw=thaw,
+        exclude=_excluded(cfg, target),
+    )
+    try:
+        if rebuild_index and isinstance(store, S3Store):
+            console.print(f"record rebuilt: {store.rebuild_record()} objects", highlight=False)
+        with _progress(store):
+            report = create_snapshot(store, options)
+    except SnapshotError as error:
+        fail(SnapshotError(f"backup to {target.describe()} failed, no generation written: {error}"))
+    finally:
+        close_store(store)
+    manifest, written = report.manifest, report.written
+    sent = ""
+    if isinstance(store, S3Store):
+        stats = store.stats
+        sent = f"; {stats.objects_put} objects uploaded ({size(stats.bytes_put)}), "
+        sent += f"{stats.objects_present} already there"
+    console.print(
+        f"generation {manifest.generation} in {target.describe()}: {len(manifest.entries)} "
+        f"entries, {report.walked.files_read} files read, {report.walked.files_cached} "
+        f"unchanged; {written.blobs_written} blobs and {written.packs_written} packs new{sent}",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+@backup_app.command("list")
+def list_(config: ConfigOption = Path("hakit.toml")) -> None:
+    """The generations in the backup target, oldest first."""
+    cfg = load_or_exit(config)
+    target = _target(cfg)
+    store = _open(target)
+    try:
+        table = Table("generation", "taken", "node", "epoch", "files", "size", "database")
+        for generation in store.list_manifests():
+            manifest = decode_manifest(store.get(manifest_key(generation)))
+            files = [entry for entry in manifest.entries if entry.type == "f"]
+            database = manifest.database
+            table.add_row(
+                generation,
+                time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(manifest.started_ns / 1e9)),
+                manifest.node,
+                "-" if manifest.epoch is None else str(manifest.epoch),
+                str(len(files)),
+                size(sum(entry.size for entry in files)),
+                "-" if database is None else f"{database.kind} {size(database.size)}",
+            )
+    except SnapshotError as error:
+        fail(error)
+    finally:
+        close_store(store)
+    console.print(f"backups in {target.describe()}", highlight=False, soft_wrap=True)
+    console.print(table)
+
+
+@backup_app.command("verify")
+def verify(
+    config: ConfigOption = Path("hakit.toml"), generation: GenerationArgument = None
+) -> None:
+    """Re-read and re-hash every object of a generation (exit 1 on any problem)."""
+    cfg = load_or_exit(config)
+    store = _open(_target(cfg))
+    try:
+        report = verify_generation(store, generation)
+    except SnapshotError as error:
+        fail(error)
+    finally:
+        close_store(store)
+    for problem in report.problems:
+        console.print(f"[red]{escape(problem)}[/red]", highlight=False)
+    if not report.ok:
+        fail(SnapshotError(f"generation {report.generation}: {len(report.problems)} problems"))
+    console.print(
+        f"generation {report.generation}: ok, {report.chunks} blobs in {report.objects} "
+        f"objects ({size(report.bytes)}) re-hashed",
+        highlight=False,
+    )
+
+
+@backup_app.command("restore")
+def restore(
+    into: Annotated[Path, typer.Option("--into", help="A new directory to restore into.")],
+    generation: GenerationArgument = None,
+    swap: Annotated[
+        bool,
+        typer.Option(
+            "--swap",
+            help="Then move the live home and database aside and the restored ones in "
+            "(stop the app first).",
+        ),
+    ] = False,
+    config: ConfigOption = Path("hakit.toml"),
+) -> None:
+    """Restore a generation into a new directory (home/, database/); --swap puts it in place."""
+    cfg = load_or_exit(config)
+    store = _open(_target(cfg))
+    try:
+        target = database_target(cfg.app.database_url)
+        database = target.path if target else None
+        live = [cfg.app.home, *([database] if database else [])]
+        report = restore_generation(store, generation, into, live)
+        console.print(
+            f"generation {report.generation} restored into {report.into}: {report.files} files, "
+            f"{size(report.bytes)}" + (f", database {report.database}" if report.database else ""),
+            highlight=False,
+        )
+        if swap:
+            swapped = swap_into_place(report.into, cfg.app.home, database)
+            console.print(
+                "swapped in; the previous ones kept at "
+                + ", ".join(str(path) for path in swapped.moved_aside),
+                highlight=False,
+            )
+    except SnapshotError as error:
+        fail(error)
+    finally:
+        close_store(store)
+
+
+@backup_app.command("check")
+def check(
+    config: ConfigOption = Path("hakit.toml"),
+    node: NodeOption = "",
+    strict: Annotated[bool, typer.Option("--strict", help="Exit 1 on a warning too.")] = False,
+) -> None:
+    """Jira's backup health check: write, read and delete an object under backups/Healthcheck/."""
+    cfg = load_or_exit(config)
+    target = _target(cfg)
+    name = node or os.uname().nodename
+    try:
+        if isinstance(target, LocalTarget):
+            report = run_directory_check(target.directory, name)
+        else:
+            report = run_s3_check(s3_client(target), target.filestore.bucket, name)
+    except HakitError as error:
+        fail(error)
+    colour = {Status.OK: "green", Status.WARNING: "yellow", Status.ERROR: "red"}[report.status]
+    console.print(f"backups: {escape(target.describe())}", highlight=False, soft_wrap=True)
+    for message in report.messages:
+        console.print(
+            f"[{colour}]{report.status.upper()}: {escape(message)}[/{colour}]",
+            highlight=False,
+            soft_wrap=True,
+        )
+    if report.status is Status.ERROR or (strict and report.status is Status.WARNING):
+        raise typer.Exit(1)
