@@ -39,10 +39,16 @@ def config_check(
 ) -> None:
     """Validate a config file; print every mistake with file, line and key."""
     from hakit.config.check import config_warnings, describe_config
+    from hakit.config.loader import filestore_problems
     from hakit.config.worstcase import worst_case
 
     file = file if file is not None else config
     cfg = load_or_exit(file)
+    xml_problems = filestore_problems(cfg)
+    for problem in xml_problems:
+        err_console.print(escape(problem), style="red", highlight=False, soft_wrap=True)
+    if xml_problems:
+        raise typer.Exit(2)
     console.print(f"[green]{escape(str(file))}: OK[/green]")
     for line in describe_config(cfg):
         console.print(f"  {escape(line)}", highlight=False, soft_wrap=True)

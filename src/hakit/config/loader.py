@@ -48,7 +48,7 @@ def load_config(path: Path) -> Config:
     Relative paths (cluster.state_dir, coordination.path and coordination.sqlite.path,
     app.home, a sqlite database file, backup.filestore_config and backup.directory) are
     resolved against the file's directory; ``source`` is set. Jira's filestore-config.xml
-    (``[backup]``, hakit.backup.filestore) is checked too, its mistakes with its own lines.
+    is checked apart (``filestore_problems``).
     """
     path = Path(path)
     source = _read_source(path)
@@ -69,13 +69,17 @@ def load_config(path: Path) -> Config:
     if problems:
         raise ConfigError(render(path, source, problems))
     base = Path(os.path.abspath(path.parent))
-    config = Config(**_resolve_paths(values, base), source=base / path.name, derived=derived)
-    # Jira's filestore-config.xml (hakit.backup.filestore): its mistakes, with its own lines.
+    return Config(**_resolve_paths(values, base), source=base / path.name, derived=derived)
+
+
+def filestore_problems(config: Config) -> list[str]:
+    """Jira's filestore-config.xml (``[backup]``, hakit.backup.filestore): its mistakes, with
+    its own lines. Not part of ``load_config``: the file lives in the app's home, edited by
+    the app's admins, and a mistake in it must stop backups (and ``hakit config check``),
+    never an agent's start, which a failover may depend on."""
     filestore = config.backup.filestore_path(config.app.home)
     parsed = read_filestore_config(filestore)
-    if parsed is not None and parsed.problems:
-        raise ConfigError(parsed.lines(filestore))
-    return config
+    return parsed.lines(filestore) if parsed is not None and parsed.problems else []
 
 
 def _read_source(path: Path) -> str:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from hakit.cli import app
+from hakit.config import load_config
 from tests.integration.snapshot.conftest import make_database, make_home, rows_of, tree_of
 
 CONFIG = """
@@ -50,7 +51,7 @@ def test_a_directory_in_the_home_by_default(tmp_path: Path) -> None:
     assert rows_of(into / "database" / "app.db") == rows_of(tmp_path / "app.db")
 
 
-def test_a_broken_filestore_config_stops_every_command(tmp_path: Path) -> None:
+def test_a_broken_filestore_config_stops_backups_and_the_config_check(tmp_path: Path) -> None:
     make_home(tmp_path / "home")
     (tmp_path / "hakit.toml").write_text(CONFIG)
     xml = tmp_path / "home" / "filestore-config.xml"
@@ -63,3 +64,5 @@ def test_a_broken_filestore_config_stops_every_command(tmp_path: Path) -> None:
         result = runner.invoke(app, [*command, "-c", str(tmp_path / "hakit.toml")])
         assert result.exit_code == 2
         assert f'{xml}:3: <s3-filestore id="b"> has no <config>' in result.output.replace("\n", "")
+    # Not an agent's start (load_config): a failover must not depend on the backup file.
+    assert load_config(tmp_path / "hakit.toml").backup.filestore_path(tmp_path / "home") == xml

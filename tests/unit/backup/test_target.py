@@ -10,6 +10,7 @@ import pytest
 from hakit.backup.healthcheck import WRITE_ONLY_ADVICE, Outcome, Status, Step, classify
 from hakit.backup.target import LocalTarget, S3Target, resolve_target
 from hakit.config import load_config
+from hakit.config.loader import filestore_problems
 from hakit.errors import ConfigError
 
 CONFIG = """
@@ -105,9 +106,8 @@ def test_config_check_reports_filestore_config_mistakes_with_their_lines(tmp_pat
     (tmp_path / "home").mkdir()
     xml = tmp_path / "home" / "filestore-config.xml"
     xml.write_text(XML.replace("<region>us-east-1</region>", "<region/>"))
-    with pytest.raises(ConfigError) as raised:
-        load_config(write(tmp_path))
-    assert raised.value.problems == [
+    config = load_config(write(tmp_path))  # an agent still starts: backups are not its job
+    assert filestore_problems(config) == [
         f'{xml}:7: <s3-filestore id="backupBucket">: <region> is empty; write the region'
     ]
 
