@@ -11,7 +11,8 @@ The setup (root; tests/support/hosts.py's namespaces on one bridge):
 - the store: ``sqlite``, a file on the shared directory every namespace sees (the
   embedded store); ``etcd``, three members, one per store namespace, each node
   reaching them through a relay that can add latency (tests/support/relay.py);
-  ``zookeeper``, one server in a store namespace (benchmarks/multihost.py's);
+  ``zookeeper``, an ensemble of three servers, one per store namespace
+  (tests/support/zk_ensemble.py);
 - the root namespace: PostgreSQL (the apps' database), this script (its writers,
   monitor and nemesis) and the store reads that decide "a leader exists". No
   partition cuts the root: it is the observer, and the database stays reachable
@@ -23,13 +24,14 @@ The network faults (``NET_FAULTS``), each held 4-15 s, then healed:
                          store (it must self-fence within the lease; the other takes over)
   ``partition-routers``  only the router's path to the active cut (path-loss handover)
   ``partition-store``    the active cut from the store only (etcd, zookeeper)
-  ``partition-minority`` the active and one etcd member cut from the rest (etcd)
+  ``partition-minority`` the active and one store member cut from the rest (etcd, zookeeper)
   ``one-way-loss``       every packet one way between the active and everyone else
                          (router, other node, store) dropped; the direction at random
   ``latency-loss``       200 ms each way on every node's store traffic and 5 % loss on
                          its packets to and from the members (etcd; no netem here)
-  ``store-member-kill``  SIGKILL of an etcd member that is not the leader; restarted
-  ``store-leader-kill``  SIGKILL of the etcd leader; restarted at the end of the hold
+  ``store-member-kill``  SIGKILL of a store member (etcd, ZooKeeper) that is not the
+                         leader; restarted at the end of the hold
+  ``store-leader-kill``  SIGKILL of the store's leader; restarted at the end of the hold
 
 Every loop is bounded in count and time; processes are ended by PID; the
 namespaces (with their veths, bridge and nftables tables) are deleted at the end.
@@ -62,7 +64,6 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from tests.support.hosts import (  # noqa: E402 (the repository's test harness)
-    EtcdMember,
     Host,
     Lan,
     etcd_members,
@@ -72,6 +73,7 @@ from tests.support.hosts import (  # noqa: E402 (the repository's test harness)
 )
 from tests.support.multihost_cluster import postgres_on  # noqa: E402
 from tests.support.relay import Relays, store_relays  # noqa: E402
+from tests.support.zk_ensemble import ZkMember, zookeeper_ensemble  # noqa: E402
 
 BACKENDS = ("sqlite", "etcd", "zookeeper")
 NET_FAULTS = (
@@ -84,12 +86,12 @@ NET_FAULTS = (
     "store-member-kill",
     "store-leader-kill",
 )
-# Which network faults a backend has: a file on shared storage has no network path
-# to cut; one ZooKeeper server has no minority, members or relay.
+# Which network faults a backend has: a file on shared storage has no network path to
+# cut; the latency relay (tests/support/relay.py) speaks to etcd's client port only.
 NET_FAULTS_OF = {
     "sqlite": ("partition-active", "partition-routers", "one-way-loss"),
     "etcd": NET_FAULTS,
-    "zookeeper": ("partition-active", "partition-routers", "partition-store", "one-way-loss"),
+    "zookeeper": tuple(kind for kind in NET_FAULTS if kind != "latency-loss"),
 }
 NEEDS_ACTIVE = frozenset(NET_FAULTS) - {"latency-loss", "store-member-kill", "store-leader-kill"}
 HOLD_SECONDS = (4.0, 15.0)
@@ -98,6 +100,20 @@ LOSS_PERCENT = 5
 ROUTER_PORT = 8080
 NODE_PORTS = (8101, 8102)  # each host is a namespace: its own port space
 STORE_TIMEOUT = 1.0  # [coordination.etcd] timeout
+
+
+class Member(Protocol):
+    """A store server the nemesis kills (tests/support/hosts.EtcdMember, zk_ensemble.ZkMember)."""
+
+    name: str
+    host: Host
+
+    @property
+    def process(self) -> subprocess.Popen[bytes]: ...
+
+    def kill(self) -> None: ...
+
+    def restart(self) -> None: ...
 
 
 class Say(Protocol):
@@ -160,9 +176,9 @@ def _etcd_section(net: Lan) -> str:
     )
 
 
-def _zookeeper_section(hosts: str, net: Lan) -> str:
+def _zookeeper_section(hosts: list[str], net: Lan) -> str:
     return (
-        f"[coordination.zookeeper]\nhosts = {json.dumps([hosts])}\n"
+        f"[coordination.zookeeper]\nhosts = {json.dumps(hosts)}\n"
         f'prefix = "/hakit-chaos-{net.tag}"\n'
     )
 
@@ -193,13 +209,13 @@ def hosts_cluster(
     why = hosts_unavailable()
     if why is not None:
         raise RuntimeError(f"the chaos run across hosts cannot run here: {why}")
-    stores = {"sqlite": 0, "etcd": 3, "zookeeper": 1}[backend]
+    stores = {"sqlite": 0, "etcd": 3, "zookeeper": 3}[backend]
     with ExitStack() as stack:
         net = stack.enter_context(lan(hosts=3, stores=stores))
         stack.callback(net.heal_all)
         _, database_url = stack.enter_context(postgres_on(net))
         nodes, router_host = net.hosts[:2], net.hosts[2]
-        members: list[EtcdMember] = []
+        members: list[Member] = []
         relays: Relays | None = None
         section = ""
         if backend == "etcd":
@@ -207,11 +223,8 @@ def hosts_cluster(
             relays = stack.enter_context(store_relays(net, nodes, LATENCY))
             section = _etcd_section(net)
         elif backend == "zookeeper":
-            from multihost import zookeeper_in  # benchmarks/multihost.py's server
-
-            section = _zookeeper_section(
-                stack.enter_context(zookeeper_in(net.stores[0], root)), net
-            )
+            members = stack.enter_context(zookeeper_ensemble(net, root / "zookeeper"))
+            section = _zookeeper_section([m.endpoint for m in members], net)
         prefixes = {f"node{i + 1}": host.prefix() for i, host in enumerate(nodes)}
         if skew:
             prefixes["node2"] = (
@@ -236,9 +249,13 @@ def hosts_cluster(
 # --- the faults ---------------------------------------------------------------------------------
 
 
-def etcd_leader(members: list[EtcdMember]) -> EtcdMember | None:
-    """The member that says it leads (its /v3/maintenance/status), None if none answers so."""
+def store_leader(members: list[Member]) -> Member | None:
+    """The member that says it leads, None if none answers so."""
     for member in members:
+        if isinstance(member, ZkMember):
+            if member.leads():
+                return member
+            continue
         if member.process.poll() is not None:
             continue
         request = urllib.request.Request(
@@ -263,7 +280,7 @@ class Nemesis:
         backend: str,
         nodes: list[Host],
         router_host: Host,
-        members: list[EtcdMember],
+        members: list[Member],
         relays: Relays | None,
     ) -> None:
         self.net = net
@@ -273,7 +290,7 @@ class Nemesis:
         self.members = members
         self.relays = relays
         self._tables: list[tuple[Host, str]] = []
-        self._killed: EtcdMember | None = None  # the member a kill fault restarts at its end
+        self._killed: Member | None = None  # the member a kill fault restarts at its end
 
     def host_of(self, node: str) -> Host:
         return self.nodes[int(node.removeprefix("node")) - 1]
@@ -342,7 +359,7 @@ class Nemesis:
             rest = [ip for ip in [*self._others(active), active.ip] if ip not in side]
             for host in (active, member.host):
                 self._drop(host, f"hkchaos{self.net.tag}", rest, rest)
-            return f"{node} and etcd {member.name} cut from {', '.join(rest)}"
+            return f"{node} and store member {member.name} cut from {', '.join(rest)}"
         if kind == "one-way-loss":
             assert active is not None
             others = self._others(active)
@@ -361,17 +378,17 @@ class Nemesis:
             self.relays.slow()
             self.relays.lossy(LOSS_PERCENT)
             return f"{LATENCY * 1000:.0f} ms each way and {LOSS_PERCENT} % loss on every node's store links"
-        leader = etcd_leader(self.members)
+        leader = store_leader(self.members)
         if kind == "store-leader-kill":
             if leader is None:
-                raise RuntimeError("no etcd member says it leads")
+                raise RuntimeError("no store member says it leads")
             victim = leader
         else:
             victim = rng.choice([m for m in self.members if m is not leader])
         victim.kill()
-        fault.pids[f"etcd-{victim.name}"] = victim.process.pid
+        fault.pids[f"store-{victim.name}"] = victim.process.pid
         self._killed = victim
-        return f"etcd {victim.name}{' (the leader)' if victim is leader else ''} SIGKILLed"
+        return f"store member {victim.name}{' (the leader)' if victim is leader else ''} SIGKILLed"
 
     def _end(self) -> None:
         self.heal()
