@@ -46,6 +46,7 @@ from hakit.snapshot.postgres import (
 
 NAME_BYTES = 63  # PostgreSQL's identifier limit (NAMEDATALEN - 1); longer ones are cut
 SESSIONS_GONE_WITHIN = 10.0  # seconds for terminated sessions to end
+STOPPED_APP_GRACE = 2.0  # seconds for a just-stopped app's sessions to end on their own
 _TOC_TABLE = re.compile(r"^\d+; \d+ \d+ TABLE (?!DATA )", re.MULTILINE)
 
 OnStarted = Callable[[int], None]  # told pg_restore's PID once it runs
@@ -251,8 +252,8 @@ def load_dump(
     return LoadReport(into, tables)
 
 
-def _wait_gone(admin: Any, name: str) -> list[PgSession]:
-    deadline = time.monotonic() + SESSIONS_GONE_WITHIN
+def _wait_gone(admin: Any, name: str, within: float = SESSIONS_GONE_WITHIN) -> list[PgSession]:
+    deadline = time.monotonic() + within
     left = sessions_on(admin, name)
     while left and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -285,6 +286,9 @@ def swap_in(
             _rename_pairs(admin, [(restored, live)])
             return None, ()
         sessions = sessions_on(admin, live)
+        if sessions and not force:
+            # A backend outlives its client by a moment: an app stopped just now.
+            sessions = _wait_gone(admin, live, STOPPED_APP_GRACE)
         if sessions and not force:
             raise _refuse(
                 live, sessions, "(stop the app, or --force to terminate them); nothing was swapped"
