@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import secrets
 import signal
+import subprocess
+import tempfile
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -22,6 +24,7 @@ import pytest
 from typer.testing import CliRunner
 
 from hakit.cli import app as hakit_cli
+from hakit.demo.cluster import free_port
 from hakit.snapshot.capture import CaptureOptions, create_snapshot
 from hakit.snapshot.database import database_target
 from hakit.snapshot.format import SnapshotError
@@ -37,7 +40,7 @@ from hakit.snapshot.store import open_local_store
 from tests.integration.demo.test_app import StartApp, start_app  # noqa: F401  (fixture)
 from tests.integration.snapshot.conftest import LIMITS, make_home, tree_of
 from tests.integration.snapshot.test_cli import CONFIG
-from tests.pgserver import PostgresServer
+from tests.pgserver import PostgresServer, _bindir, _launch, _wait_ready
 from tests.support.waiting import wait_until
 
 MAX_WRITES = 200_000  # the writer's bound, far above what a test lets it do
@@ -234,6 +237,62 @@ def test_capture_under_writes_is_one_consistent_snapshot_at_its_lsn(
     assert tree_of(tmp_path / "restored" / "home") == tree_of(home)
 
 
+def start_standby(primary: PostgresServer) -> PostgresServer:
+    """A hot standby of ``primary``: pg_basebackup -R (streaming), started on its own port."""
+    bindir = _bindir()
+    assert bindir is not None
+    base = Path(tempfile.mkdtemp(prefix="hakit-pg-standby-"))
+    kwargs: dict[str, Any] = {}
+    if primary.owner:
+        os.chown(base, *primary.owner)
+        kwargs = {"user": primary.owner[0], "group": primary.owner[1]}
+    datadir = base / "data"
+    subprocess.run(
+        [
+            str(bindir / "pg_basebackup"),
+            *("-h", "127.0.0.1", "-p", str(primary.port), "-U", "postgres"),
+            *("-D", str(datadir), "-R", "-X", "stream", "--no-sync", "--checkpoint=fast"),
+        ],
+        check=True,
+        capture_output=True,
+        **kwargs,
+    )
+    port = free_port()
+    standby = PostgresServer(datadir, port, _launch(datadir, port, primary.owner), primary.owner)
+    try:
+        _wait_ready(standby, 30)
+    except BaseException:
+        standby.stop()
+        raise
+    return standby
+
+
+def test_capture_from_a_standby_records_its_replay_lsn(
+    db: Database, postgres: PostgresServer, tmp_path: Path
+) -> None:
+    make_schema(db, filler_rows=5)
+    standby = start_standby(postgres)
+    try:
+        with db.connect() as session:  # written on the primary after the base backup
+            session.execute("INSERT INTO events SELECT g, '0/0' FROM generate_series(1, 25) g")
+        on_standby = Database(standby, db.name)
+        wait_until(lambda: on_standby.scalar("SELECT count(*) FROM events") == 25, 30, "the replay")
+        assert on_standby.scalar("SELECT pg_is_in_recovery()") is True
+        home = tmp_path / "home"
+        make_home(home)
+        store = open_local_store(tmp_path / "repo", create=True)
+        report = create_snapshot(store, _options(home, on_standby.url()))
+    finally:
+        standby.stop()
+    captured = report.manifest.database
+    assert captured is not None and captured.position["lsn_kind"] == "replay"
+    restored = restore_generation(store, None, tmp_path / "restored")
+    assert restored.database is not None
+    inspect = f"{db.name}_fromstandby"
+    restore_copy(db.url(), restored.database, inspect)
+    assert _events(db, inspect) == list(range(1, 26))
+
+
 # --- restore and swap ---------------------------------------------------------------
 
 
@@ -299,6 +358,22 @@ def test_swap_refuses_while_sessions_are_connected_unless_forced(
         assert db.scalar("SELECT count(*) FROM filler", swapped.kept_database) == 5
     finally:
         app_session.close()
+
+
+def test_a_failed_home_swap_renames_the_databases_back(db: Database, tmp_path: Path) -> None:
+    make_schema(db, filler_rows=5)
+    home, repo, report = _capture(db, tmp_path)
+    with db.connect() as session:
+        session.execute("INSERT INTO events VALUES (99, '0/0')")
+    generation = report.manifest.generation
+    in_the_way = home.with_name(f"home.before-{generation}")
+    in_the_way.mkdir()  # the home's swap will refuse: its previous name is taken
+    restored = restore_generation(open_local_store(repo), None, tmp_path / "restored", [home])
+    with pytest.raises(SnapshotError, match="move it away first"):
+        swap_generation(restored.into, home, database_target(db.url()))
+    assert _events(db) == [99]  # the live database, back under its name
+    assert db.databases() == {db.name}
+    assert (home / "bin.dat").exists()
 
 
 def test_killed_pg_restore_leaves_the_live_database_untouched(db: Database, tmp_path: Path) -> None:
