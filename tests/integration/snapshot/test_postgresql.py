@@ -293,6 +293,29 @@ def test_capture_from_a_standby_records_its_replay_lsn(
     assert _events(db, inspect) == list(range(1, 26))
 
 
+def test_a_pg_dump_failure_is_reported_with_its_error_and_no_password(
+    db: Database, tmp_path: Path
+) -> None:
+    make_schema(db, filler_rows=1)
+    role = f"{db.name}_reader"
+    with db.connect() as session:  # may connect, may not read the tables
+        session.execute(f"CREATE ROLE {role} LOGIN")
+    try:
+        url = db.url().replace("postgres@", f"{role}:Hidden-Pw@")
+        home = tmp_path / "home"
+        make_home(home)
+        store = open_local_store(tmp_path / "repo", create=True)
+        with pytest.raises(SnapshotError) as failed:
+            create_snapshot(store, _options(home, url))
+        message = str(failed.value)
+        assert "pg_dump of PostgreSQL 127.0.0.1" in message and "permission denied" in message
+        assert "Hidden-Pw" not in message
+        assert store.list_manifests() == []  # no generation
+    finally:
+        with db.connect("postgres") as admin:
+            admin.execute(f"DROP ROLE {role}")  # it owns nothing
+
+
 # --- restore and swap ---------------------------------------------------------------
 
 
