@@ -329,7 +329,8 @@ def swap_back(connection: PgConnection, swap: PgSwap) -> None:
             drop_database(admin, swap.restored)
         except psycopg.Error as error:
             raise SnapshotError(
-                f"undoing the database swap failed: {error}; the previous database is "
+                f"undoing the database swap failed: {connection.scrub(str(error))}; "
+                f"the previous database is "
                 f"{swap.kept}, the restored one {swap.database}"
             ) from None
 
@@ -344,11 +345,13 @@ def restore_in_place(
     """Load ``dump`` into a scratch database, check it, then swap it in for the app's
     database (``url``'s). A failure before the swap drops the scratch database."""
     connection = parse_postgres_url(url)
-    session = connection.connect()
-    try:
-        (live,) = session.execute("SELECT current_database()").fetchone()
-    finally:
-        session.close()
+    live = connection.params.get("dbname")
+    if not live:  # libpq's default: ask the server (the database must then exist)
+        session = connection.connect()
+        try:
+            (live,) = session.execute("SELECT current_database()").fetchone()
+        finally:
+            session.close()
     scratch, before = restore_names(str(live), generation)
     with maintenance(connection, live, scratch, before) as admin:
         if database_exists(admin, before):  # refused now, not after a long pg_restore

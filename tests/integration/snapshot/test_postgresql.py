@@ -353,6 +353,18 @@ def test_restore_swaps_the_database_in_and_keeps_the_previous_one(
     assert db.databases() == {db.name, before}
 
 
+def test_a_lost_database_is_restored_under_its_name(db: Database, tmp_path: Path) -> None:
+    make_schema(db, filler_rows=5)
+    home, repo, _ = _capture(db, tmp_path)
+    with db.connect("postgres") as admin:
+        admin.execute(f'DROP DATABASE "{db.name}"')
+    restored = restore_generation(open_local_store(repo), None, tmp_path / "restored", [home])
+    swapped = swap_generation(restored.into, home, database_target(db.url()))
+    assert swapped.kept_database is None
+    assert db.databases() == {db.name}
+    assert db.scalar("SELECT count(*) FROM filler") == 5
+
+
 def test_swap_refuses_while_sessions_are_connected_unless_forced(
     db: Database, tmp_path: Path
 ) -> None:
