@@ -1,7 +1,8 @@
 """``hakit snapshot create|list|verify|restore``: consistent copies of the home and database.
 
 The work is in hakit.snapshot; these commands read ``app.home`` and
-``app.database_url`` from the config, open the repository and print.
+``app.database_url`` (SQLite or PostgreSQL) from the config, open the
+repository and print. ``database_url`` may hold a password: it is never printed.
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ from rich.table import Table
 
 from hakit.cli.base import ConfigOption, console, fail, load_or_exit
 from hakit.snapshot.capture import CaptureOptions, create_snapshot
-from hakit.snapshot.database import database_target
+from hakit.snapshot.database import DatabaseTarget, database_target
 from hakit.snapshot.format import SnapshotError, decode_manifest, manifest_key
-from hakit.snapshot.restore import restore_generation, swap_into_place
+from hakit.snapshot.pgrestore import restore_copy
+from hakit.snapshot.postgres import POSTGRESQL
+from hakit.snapshot.restore import restore_generation, swap_generation
 from hakit.snapshot.store import open_local_store
 from hakit.snapshot.verify import verify_generation
 
@@ -137,29 +140,63 @@ def restore(
             "(stop the app first).",
         ),
     ] = False,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force", help="With --swap on PostgreSQL: terminate sessions on the live database."
+        ),
+    ] = False,
+    database: Annotated[
+        str | None,
+        typer.Option(
+            "--database",
+            help="PostgreSQL: also restore the dump into this NEW database on the app's "
+            "server, for inspection (no swap).",
+            show_default=False,
+        ),
+    ] = None,
     config: ConfigOption = Path("hakit.toml"),
 ) -> None:
     """Restore a generation into a new directory (home/, database/); --swap puts it in place."""
-    cfg = load_or_exit(config) if swap or config.exists() else None
+    if swap and database is not None:
+        fail(SnapshotError("--database restores beside the live database; --swap replaces it"))
+    needs_config = swap or database is not None
+    cfg = load_or_exit(config) if needs_config or config.exists() else None
     live: list[Path] = []
-    database: Path | None = None
+    target: DatabaseTarget | None = None
     try:
         if cfg is not None:
             target = database_target(cfg.app.database_url)
-            database = target.path if target else None
-            live = [cfg.app.home, *([database] if database else [])]
+            live = [cfg.app.home, *([target.path] if target and target.path else [])]
+        if database is not None and (target is None or target.kind != POSTGRESQL):
+            raise SnapshotError("--database needs a postgresql:// app.database_url")
         report = restore_generation(open_local_store(repo), generation, into, live)
         console.print(
             f"generation {report.generation} restored into {report.into}: {report.files} files, "
             f"{_size(report.bytes)}" + (f", database {report.database}" if report.database else ""),
             highlight=False,
         )
+        if database is not None and target is not None and report.database is not None:
+            loaded = restore_copy(target.url, report.database, database)
+            console.print(
+                f"dump restored into the new database {loaded.database} "
+                f'({loaded.tables} tables); drop it with: DROP DATABASE "{loaded.database}"',
+                highlight=False,
+            )
         if swap and cfg is not None:
-            swapped = swap_into_place(report.into, cfg.app.home, database)
+            swapped = swap_generation(report.into, cfg.app.home, target, force=force)
+            for session in swapped.terminated:
+                console.print(f"terminated {session}", highlight=False)
             console.print(
                 "swapped in; the previous ones kept at "
                 + ", ".join(str(path) for path in swapped.moved_aside),
                 highlight=False,
             )
+            if swapped.kept_database is not None:
+                console.print(
+                    f"the previous database is kept as {swapped.kept_database}; once the "
+                    f'restored one is accepted: DROP DATABASE "{swapped.kept_database}"',
+                    highlight=False,
+                )
     except SnapshotError as error:
         fail(error)

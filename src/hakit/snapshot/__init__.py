@@ -7,13 +7,16 @@
 - reading.py    one file read at one moment: the stability check and its retries
 - gitrepo.py    git repositories: found, refs before objects, objects pinned by hard link
 - walk.py       the home walk in capture order
-- database.py   the database copied at one transaction point (SQLite's backup API)
+- database.py   the database copied at one transaction point: which kind, dispatch;
+                SQLite's backup API
+- postgres.py   PostgreSQL: pg_dump of one exported snapshot, its LSN; client programs
+- pgrestore.py  PostgreSQL: a dump into a new database, checked, swapped in by renames
 - hooks.py      the freeze and thaw commands
 - capture.py    a generation: freeze, database, home, thaw, manifest last
 - tree.py       what changed between two generations
 - reader.py     objects read back, each checked against its hash
 - verify.py     every object of a generation re-read and re-hashed
-- restore.py    a generation into a new directory; the swap into place
+- restore.py    a generation into a new directory; the swap into place (files, databases)
 
 Modules import each other directly, never through this package.
 """

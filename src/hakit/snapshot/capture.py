@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hakit.snapshot.database import SQLITE, capture_sqlite, database_target
+from hakit.snapshot.database import capture_database, database_target
 from hakit.snapshot.format import (
     DatabaseCapture,
     Entry,
@@ -69,23 +69,22 @@ def latest_manifest(store: Store) -> Manifest | None:
 
 def _capture_database(
     url: str, writer: BlobWriter, limits: Limits, retries: int
-) -> tuple[str, str, int, tuple[tuple[str, int], ...], dict[str, int]] | None:
+) -> tuple[str, str, int, tuple[tuple[str, int], ...], dict[str, int | str]] | None:
     target = database_target(url)
     if target is None:
         return None
     with tempfile.TemporaryDirectory(prefix="hakit-snapshot-db-") as scratch:
-        copy = Path(scratch) / target.path.name
-        position = capture_sqlite(target.path, copy)
+        copy = capture_database(target, Path(scratch))
         read = read_stable(
-            copy,
+            copy.file,
             chunk_size=limits.chunk_size,
             small_file=limits.small_file,
             add=writer.add,
             retries=retries,
         )
         if read is None:  # pragma: no cover - our own scratch file
-            raise SnapshotError(f"the copy of {target.path} vanished")
-        return SQLITE, target.path.name, read.st.st_size, read.chunks, position
+            raise SnapshotError(f"the copy {copy.file} vanished")
+        return copy.kind, copy.file.name, read.st.st_size, read.chunks, copy.position
 
 
 def _entry(walked: WalkedEntry, writer: BlobWriter) -> Entry:

@@ -1,11 +1,17 @@
 """Capturing the app's database at one transaction point, into a local file.
 
+``database_target`` reads ``app.database_url``; ``capture_database`` dispatches
+on its kind:
+
 SQLite: the online backup API (``sqlite3.Connection.backup``) copies the whole
 database in one step under a read transaction, so the copy is one committed
 state, whatever the app writes meanwhile (WAL or rollback journal). Its
 position is read from the copy: the header's file change counter, the page
-count and the schema version. PostgreSQL (``pg_dump`` or a base backup with its
-LSN) and MySQL / MariaDB are not captured yet: the next step of issue 14.
+count and the schema version.
+
+PostgreSQL: ``pg_dump`` of one exported snapshot (``hakit.snapshot.postgres``),
+its LSN recorded; restored by ``hakit.snapshot.pgrestore``. A physical base
+backup and MySQL / MariaDB are not captured yet.
 """
 
 from __future__ import annotations
@@ -15,27 +21,47 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hakit.snapshot.format import SnapshotError
+from hakit.snapshot.postgres import POSTGRESQL, capture_postgres
 
 SQLITE = "sqlite"
 
 
 @dataclass(frozen=True, slots=True)
 class DatabaseTarget:
+    kind: str  # SQLITE or POSTGRESQL
+    path: Path | None = None  # SQLite's file
+    url: str = ""  # PostgreSQL's connection URL (with its password: never print it)
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseCopy:
     kind: str
-    path: Path
+    file: Path  # the copy (SQLite) or the dump (PostgreSQL), in the scratch directory
+    position: dict[str, int | str]
 
 
 def database_target(url: str) -> DatabaseTarget | None:
-    """What ``app.database_url`` names; None for no database. Only SQLite is captured yet."""
+    """What ``app.database_url`` names; None for no database."""
     if url == "":
         return None
     if url.startswith("sqlite:///"):
         return DatabaseTarget(SQLITE, Path(url.removeprefix("sqlite:///").partition("?")[0]))
     scheme = url.partition(":")[0]
+    if scheme in ("postgresql", "postgres"):
+        return DatabaseTarget(POSTGRESQL, url=url)
     raise SnapshotError(
-        f"snapshots of {scheme} databases are not supported yet (only sqlite:///): "
-        "PostgreSQL (pg_dump / base backup) is the next step"
+        f"snapshots of {scheme} databases are not supported yet (sqlite:/// and postgresql:// are)"
     )
+
+
+def capture_database(target: DatabaseTarget, scratch: Path) -> DatabaseCopy:
+    """Copy the database at one transaction point into a new file in ``scratch``."""
+    if target.kind == POSTGRESQL:
+        dump, position = capture_postgres(target.url, scratch)
+        return DatabaseCopy(POSTGRESQL, dump, position)
+    assert target.path is not None
+    copy = scratch / target.path.name
+    return DatabaseCopy(SQLITE, copy, dict(capture_sqlite(target.path, copy)))
 
 
 def _header_counter(path: Path) -> int:

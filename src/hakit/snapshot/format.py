@@ -28,9 +28,11 @@ derived from its content, plus one manifest per generation::
 The manifest (JSON, UTF-8, ``"format": "hakit-snapshot/1"``) records the
 generation id, when it was taken (``started_ns``, ``finished_ns``), the node and
 the epoch it was taken under (``null`` when taken outside the agent), the
-database capture (``kind`` such as ``"sqlite"``, its file's name and chunks,
-and its ``position``: for SQLite the file change counter, page count and
-``data_version`` of the copy) and the home's tree: one entry per path (POSIX,
+database capture (``kind`` ``"sqlite"`` or ``"postgresql"``, its file's name
+and chunks, and its ``position``: for SQLite the file change counter, page
+count and schema version of the copy; for PostgreSQL the database's name, the
+exported snapshot's id, the WAL position (LSN) and the server's version, see
+``hakit.snapshot.postgres``) and the home's tree: one entry per path (POSIX,
 relative to the home) with its type (``f`` file, ``d`` directory, ``l``
 symlink), mode, size, ``mtime_ns``, the ``inode`` and ``ctime_ns`` seen (the
 next capture's hash cache) and, for a file, its chunks ``[hash, size, pack or
@@ -130,13 +132,22 @@ class Entry:
         )
 
 
+def _scalar(value: Any) -> int | str:
+    """A position's value: a number (SQLite's counters) or a string (an LSN, a snapshot id)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"a database position holds {value!r}, not a number or a string")
+    return value
+
+
 @dataclass(frozen=True, slots=True)
 class DatabaseCapture:
-    kind: str  # "sqlite"
-    name: str  # the database file's name (restored under database/<name>)
+    kind: str  # "sqlite" or "postgresql"
+    name: str  # the copy's file name (restored under database/<name>): the file, or the dump
     size: int
     chunks: tuple[ChunkRef, ...]
-    position: Mapping[str, int] = field(default_factory=dict)
+    position: Mapping[str, int | str] = field(default_factory=dict)
 
     def encode(self) -> dict[str, Any]:
         return {
@@ -154,7 +165,7 @@ class DatabaseCapture:
             name=str(raw["name"]),
             size=int(raw["size"]),
             chunks=tuple(ChunkRef.decode(chunk) for chunk in raw["chunks"]),
-            position={str(k): int(v) for k, v in raw.get("position", {}).items()},
+            position={str(k): _scalar(v) for k, v in raw.get("position", {}).items()},
         )
 
 

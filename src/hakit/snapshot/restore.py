@@ -13,6 +13,13 @@ home and database aside (``<path>.before-<generation>``, with the database's
 ``-wal``, ``-shm`` and ``-journal`` files, whose stale pages would otherwise be
 applied to the restored file) and the restored ones into place, on the same
 file system; a failure part-way renames back what was moved.
+
+``swap_generation`` is the swap for any database: SQLite as above; PostgreSQL
+(``hakit.snapshot.pgrestore``) first restores the dump into a new database on
+the app's server and checks it, then renames the live database aside and the
+restored one in, and only then swaps the home (renaming the databases back if
+that fails). A generation whose database is of another kind than the app's is
+refused before anything moves.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from hakit.snapshot.database import SQLITE, DatabaseTarget
 from hakit.snapshot.format import (
     DIRECTORY,
     FILE,
@@ -32,6 +40,8 @@ from hakit.snapshot.format import (
     Manifest,
     SnapshotError,
 )
+from hakit.snapshot.pgrestore import OnStarted, restore_in_place, swap_back
+from hakit.snapshot.postgres import POSTGRESQL, parse_postgres_url
 from hakit.snapshot.reader import ObjectReader
 from hakit.snapshot.store import Store
 from hakit.snapshot.verify import read_manifest
@@ -173,6 +183,8 @@ def restore_generation(
 @dataclass(frozen=True, slots=True)
 class SwapReport:
     moved_aside: tuple[Path, ...]
+    kept_database: str | None = None  # PostgreSQL: the previous database's new name
+    terminated: tuple[str, ...] = ()  # PostgreSQL: the sessions ended by force
 
 
 def swap_into_place(restored: Path, home: Path, database: Path | None) -> SwapReport:
@@ -213,3 +225,46 @@ def swap_into_place(restored: Path, home: Path, database: Path | None) -> SwapRe
             os.rename(target, source)
         raise SnapshotError(f"the swap failed ({error}); everything was moved back") from None
     return SwapReport(tuple(target for _, target in moves if target.name.endswith(suffix)))
+
+
+def restored_database(restored: Path) -> tuple[str, Path] | None:
+    """(kind, file) of the database a restored directory holds, from its receipt."""
+    receipt = json.loads((restored / RECEIPT).read_text())
+    database = receipt["database"]
+    if database is None:
+        return None
+    return str(database["kind"]), restored / DATABASE / _safe(Path(), database["name"]).name
+
+
+def swap_generation(
+    restored: Path,
+    home: Path,
+    target: DatabaseTarget | None,
+    *,
+    force: bool = False,
+    on_restore_started: OnStarted | None = None,
+) -> SwapReport:
+    """Swap a restored directory in for the live home and the app's database (``target``)."""
+    held = restored_database(restored)
+    if target is not None and held is not None and held[0] != target.kind:
+        raise SnapshotError(
+            f"the generation holds a {held[0]} database, the app uses {target.kind}; "
+            "nothing was swapped"
+        )
+    if target is None or target.kind == SQLITE:
+        return swap_into_place(restored, home, None if target is None else target.path)
+    if held is None:
+        raise SnapshotError("the generation holds no database dump; nothing was swapped")
+    assert target.kind == POSTGRESQL
+    generation = str(json.loads((restored / RECEIPT).read_text())["generation"])
+    swap = restore_in_place(target.url, held[1], generation, force, on_restore_started)
+    try:
+        files = swap_into_place(restored, home, None)
+    except BaseException:
+        swap_back(parse_postgres_url(target.url), swap)
+        raise
+    return SwapReport(
+        files.moved_aside,
+        kept_database=swap.kept,
+        terminated=tuple(session.describe() for session in swap.terminated),
+    )

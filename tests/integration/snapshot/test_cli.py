@@ -81,11 +81,11 @@ def test_create_list_verify_restore(tmp_path: Path) -> None:
     assert result.exit_code == 1 and "no generation nope" in result.output
 
 
-def test_postgresql_is_refused_with_a_clear_message(tmp_path: Path) -> None:
+def test_mysql_is_refused_with_a_clear_message(tmp_path: Path) -> None:
     (tmp_path / "home").mkdir()
     config = tmp_path / "hakit.toml"
-    config.write_text(CONFIG.replace("sqlite:///app.db", "postgresql://app@localhost/app"))
+    config.write_text(CONFIG.replace("sqlite:///app.db", "mysql://app@localhost/app"))
     result = CliRunner().invoke(
         app, ["snapshot", "create", "--to", str(tmp_path / "r"), "-c", str(config)]
     )
-    assert result.exit_code == 1 and "postgresql databases are not supported yet" in result.output
+    assert result.exit_code == 1 and "mysql databases are not supported yet" in result.output
