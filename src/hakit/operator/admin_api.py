@@ -13,6 +13,8 @@ POST        /pause           ``{"reason", "actor"}``
 POST        /resume          ``{"reason", "actor"}``
 GET         /status          -
 POST        /failsafe        ``{"node": ACTIVE, "epoch": E}`` (failsafe mode, agent to agent)
+GET         /snapshot/...    replicated storage: this node's snapshot repository, read-only
+                             (hakit.snapshot.peerstore: the paths, the key rule)
 ==========  ===============  ===========================================
 
 Every request needs ``Authorization: Bearer <[admin] token>``; the token is
@@ -34,9 +36,12 @@ import ipaddress
 import json
 import logging
 import math
+import os
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from hakit.config import MIN_TOKEN_LENGTH, Config
@@ -48,6 +53,9 @@ log = logging.getLogger("hakit.admin")
 MAX_HEAD = 16 * 1024
 MAX_BODY = 64 * 1024
 READ_TIMEOUT = 10.0
+# A streamed snapshot object: each piece read from disk, then written within this.
+STREAM_PIECE = 1024 * 1024
+WRITE_TIMEOUT = 30.0
 ROUTES = {
     "/switchover": ("POST", "switchover"),
     "/failover": ("POST", "failover"),
@@ -149,6 +157,15 @@ class FailedLogins:
         return times
 
 
+@dataclass(frozen=True, slots=True)
+class _Streamed:
+    """An answer whose body is an open file, sent piece by piece after ``head``."""
+
+    head: bytes
+    fd: int
+    size: int
+
+
 class _Refused(Exception):
     def __init__(self, status: int, message: str, headers: tuple[tuple[str, str], ...] = ()):
         self.status = status
@@ -176,13 +193,18 @@ def refusal(header: str | None, token: str) -> str | None:
 
 
 def response(
-    status: int, body: Mapping[str, Any], headers: tuple[tuple[str, str], ...] = ()
+    status: int,
+    body: Mapping[str, Any],
+    headers: tuple[tuple[str, str], ...] = (),
+    *,
+    raw: tuple[str, int] | None = None,  # (content type, length) of a body sent apart
 ) -> bytes:
-    data = json.dumps(body, sort_keys=True).encode()
+    data = json.dumps(body, sort_keys=True).encode() if raw is None else b""
+    kind, length = raw or ("application/json", len(data))
     lines = [
         f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}",
-        "Content-Type: application/json",
-        f"Content-Length: {len(data)}",
+        f"Content-Type: {kind}",
+        f"Content-Length: {length}",
         "Connection: close",
         "Cache-Control: no-store",
         *(f"{name}: {value}" for name, value in headers),
@@ -214,11 +236,19 @@ def parse_head(head: bytes) -> tuple[str, str, dict[str, str]]:
 class AdminApi:
     """Serves the admin API for one agent; ``perform(operation, params)`` does the work."""
 
-    def __init__(self, token: str, perform: Perform, failures: FailedLogins | None = None) -> None:
+    def __init__(
+        self,
+        token: str,
+        perform: Perform,
+        failures: FailedLogins | None = None,
+        *,
+        repository: Path | None = None,  # replicated storage: served read-only at /snapshot/
+    ) -> None:
         if len(token) < MIN_TOKEN_LENGTH:
             raise HakitError(f"admin API: the token is shorter than {MIN_TOKEN_LENGTH} characters")
         self._token = token
         self._perform = perform
+        self._repository = repository
         self.failures = failures or FailedLogins()
         self._server: asyncio.Server | None = None
         self.address: tuple[str, int] | None = None
@@ -251,16 +281,38 @@ class AdminApi:
                     answer = await self._answer(reader, address)
             except _Refused as refused:
                 answer = response(refused.status, {"error": refused.message}, refused.headers)
-            writer.write(answer)
-            await writer.drain()
+            if isinstance(answer, _Streamed):
+                await self._stream(answer, writer)
+            else:
+                writer.write(answer)
+                await writer.drain()
         except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, OSError):
             pass  # a broken or slow client: hang up
         finally:
             writer.close()
 
-    async def _answer(self, reader: asyncio.StreamReader, address: str) -> bytes:
+    @staticmethod
+    async def _stream(answer: _Streamed, writer: asyncio.StreamWriter) -> None:
+        """The head, then the file piece by piece: memory stays at one piece per client."""
+        try:
+            writer.write(answer.head)
+            left = answer.size
+            while left > 0:
+                piece = await asyncio.to_thread(os.read, answer.fd, min(STREAM_PIECE, left))
+                if not piece:
+                    break  # shorter than its stat said (objects never shrink): hang up
+                left -= len(piece)
+                writer.write(piece)
+                async with asyncio.timeout(WRITE_TIMEOUT):
+                    await writer.drain()
+        finally:
+            os.close(answer.fd)
+
+    async def _answer(self, reader: asyncio.StreamReader, address: str) -> bytes | _Streamed:
         method, path, headers = parse_head(await reader.readuntil(b"\r\n\r\n"))
         self._authenticate(address, method, path, headers.get("authorization"))
+        if path.startswith("/snapshot/"):
+            return await self._snapshot(method, path)
         route = ROUTES.get(path)
         if route is None:
             raise _Refused(404, f"no endpoint {path}; expected one of {', '.join(ROUTES)}")
@@ -275,6 +327,52 @@ class AdminApi:
         except HakitError as error:  # e.g. the coordination store is unreachable
             raise _Refused(503, str(error)) from None
         return response(200, result)
+
+    async def _snapshot(self, method: str, path: str) -> bytes | _Streamed:
+        """This node's repository, read-only (hakit.snapshot.peerstore)."""
+        from hakit.snapshot.peerstore import (
+            MANIFESTS_PATH,
+            OBJECTS_PATH,
+            check_key,
+            open_served_object,
+        )
+        from hakit.snapshot.store import LocalStore
+
+        if self._repository is None:
+            raise _Refused(
+                404, "this node serves no snapshot repository (storage is not replicated)"
+            )
+        if path == MANIFESTS_PATH:
+            if method != "GET":
+                raise _Refused(405, f"{path} takes GET, not {method}", (("Allow", "GET"),))
+            generations = await asyncio.to_thread(LocalStore(self._repository).list_manifests)
+            return response(200, {"generations": generations})
+        if not path.startswith(OBJECTS_PATH):
+            raise _Refused(
+                404, f"no endpoint {path[:80]}; expected {MANIFESTS_PATH} or {OBJECTS_PATH}<key>"
+            )
+        if method not in ("GET", "HEAD"):
+            raise _Refused(
+                405,
+                f"{OBJECTS_PATH}<key> takes GET or HEAD, not {method}",
+                (("Allow", "GET, HEAD"),),
+            )
+        key = path.removeprefix(OBJECTS_PATH)
+        try:
+            check_key(key)  # before any path is built from it
+        except HakitError as error:
+            raise _Refused(400, str(error)) from None
+        try:
+            opened = await asyncio.to_thread(open_served_object, self._repository, key)
+        except HakitError as error:
+            raise _Refused(500, str(error)) from None
+        if opened is None:
+            raise _Refused(404, f"no object {key} here")
+        head = response(200, {}, raw=("application/octet-stream", opened.size))
+        if method == "HEAD":
+            os.close(opened.fd)
+            return head
+        return _Streamed(head, opened.fd, opened.size)
 
     def _authenticate(self, address: str, method: str, path: str, header: str | None) -> None:
         """Raise 429 for a client with too many recent failures, 401 for a wrong token.
