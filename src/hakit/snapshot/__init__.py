@@ -17,6 +17,8 @@
 - reader.py     objects read back, each checked against its hash
 - verify.py     every object of a generation re-read and re-hashed
 - restore.py    a generation into a new directory; the swap into place (files, databases)
+- peerstore.py  a peer node's repository over its admin API; pulling what a store lacks
+- apply.py      a standby applies a generation: beside its home, swapped in by one rename
 
 Modules import each other directly, never through this package.
 """
