@@ -235,7 +235,7 @@ class Agent:
                 database_reachable: bool | None = None
                 if observation.state is AppState.ERROR:
                     database_reachable = await check_database(
-                        self.cfg.app.database_url, self.cfg.health.probe_timeout
+                        self.cfg.database_url_of(self.node), self.cfg.health.probe_timeout
                     )
                 # A probe that raced with the process exit says nothing about the app,
                 # nor does a timeout while this agent itself was stalled (hakit.agent.stall).

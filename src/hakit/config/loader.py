@@ -33,6 +33,7 @@ from hakit.config.sections.app import AppConfig
 from hakit.config.sections.backup import BackupConfig
 from hakit.config.sections.base import PATTERN_HINTS
 from hakit.config.sections.cluster import ClusterConfig, NodeConfig
+from hakit.config.sections.replication import ReplicationConfig, replication_problems
 from hakit.config.sections.router import RouterConfig, TcpProxyConfig
 from hakit.config.timing import apply_recovery_target
 from hakit.config.toml_positions import MAX_NESTING, syntax_error_position, too_deep
@@ -168,7 +169,12 @@ def _cross_problems(raw: Mapping[str, Any], values: Mapping[str, Any]) -> list[P
             values.get("coordination"), values.get("admin"), _valid_nodes(node_list)
         )
         + fence_problems(values.get("failover"), values.get("app"))
+        + replication_problems(cluster, _has_token(values.get("admin")), _valid_nodes(node_list))
     )
+
+
+def _has_token(admin: AdminConfig | None) -> bool:
+    return admin is None or admin.token is not None or admin.token_file is not None
 
 
 def _valid_tcp_proxies(raw_proxies: Sequence[Any]) -> list[tuple[int, TcpProxyConfig]]:
@@ -205,11 +211,28 @@ def _resolve_paths(values: dict[str, Any], base: Path) -> dict[str, Any]:
     app: AppConfig = values["app"]
     admin: AdminConfig = values["admin"]
     backup: BackupConfig = values["backup"]
-    database_url = app.database_url
-    file_part = sqlite_path(database_url)
-    if file_part is not None:
+
+    def resolved_url(database_url: str) -> str:
+        file_part = sqlite_path(database_url)
+        if file_part is None:
+            return database_url
         file, question, query = file_part.partition("?")
-        database_url = f"sqlite:///{resolved(Path(file))}{question}{query}"
+        return f"sqlite:///{resolved(Path(file))}{question}{query}"
+
+    database_url = resolved_url(app.database_url)
+    # Replicated storage: a node's own home and database (hakit.config.sections.replication).
+    nodes = tuple(
+        node.model_copy(
+            update={
+                "home": resolved(node.home) if node.home else None,
+                "database_url": None
+                if node.database_url is None
+                else resolved_url(node.database_url),
+            }
+        )
+        for node in values["nodes"]
+    )
+    replication: ReplicationConfig = values["replication"]
     return {
         **values,
         "cluster": cluster.model_copy(update={"state_dir": resolved(cluster.state_dir)}),
@@ -226,6 +249,10 @@ def _resolve_paths(values: dict[str, Any], base: Path) -> dict[str, Any]:
             }
         ),
         "app": app.model_copy(update={"home": resolved(app.home), "database_url": database_url}),
+        "nodes": nodes,
+        "replication": replication.model_copy(
+            update={"directory": resolved(replication.directory) if replication.directory else None}
+        ),
         "router": _resolve_router_paths(values["router"], resolved),
         "admin": admin.model_copy(
             update={"token_file": resolved(admin.token_file) if admin.token_file else None}

@@ -43,6 +43,7 @@ from hakit.config.sections.backup import BackupConfig
 from hakit.config.sections.base import _Section
 from hakit.config.sections.cluster import ClusterConfig, NodeConfig
 from hakit.config.sections.notify import NotifyConfig
+from hakit.config.sections.replication import ReplicationConfig
 from hakit.config.sections.router import RouterConfig, TcpProxyConfig
 from hakit.config.values import PositiveDuration, format_duration
 from hakit.coord.etcd import EtcdSection
@@ -171,6 +172,7 @@ class Config(_Section):
     notify: NotifyConfig = NotifyConfig()
     admin: AdminConfig = AdminConfig()
     backup: BackupConfig = BackupConfig()
+    replication: ReplicationConfig = ReplicationConfig()
     nodes: tuple[NodeConfig, ...] = Field(
         description="at least one [[nodes]] table with name and port"
     )
@@ -179,6 +181,14 @@ class Config(_Section):
     # How the loader derived timers from failover.recovery_target (hakit.config.timing), for
     # display.
     derived: tuple[str, ...] = Field(default=(), exclude=True)
+
+    def home_of(self, node: NodeConfig) -> Path:
+        """The node's home: its own (replicated storage) or ``[app]``'s."""
+        return node.home or self.app.home
+
+    def database_url_of(self, node: NodeConfig) -> str:
+        """The node's database: its own (replicated storage) or ``[app]``'s."""
+        return self.app.database_url if node.database_url is None else node.database_url
 
     def node(self, name: str) -> NodeConfig:
         for node in self.nodes:

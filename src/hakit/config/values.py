@@ -185,6 +185,7 @@ class Mode(enum.StrEnum):
 
 class Storage(enum.StrEnum):
     SHARED = "shared"  # one home + one database used by whichever node is active
+    REPLICATED = "replicated"  # each node its own; the active's generations applied on standbys
 
 
 class Sticky(enum.StrEnum):

@@ -65,3 +65,11 @@ def ordinal(n: int) -> str:
     """1 -> '1st', 2 -> '2nd', 11 -> '11th', 23 -> '23rd'."""
     suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
     return f"{n}{suffix}"
+
+
+# Replicated storage (hakit.policy.replication), a ``replication`` event at a promotion:
+# the data-loss window (seconds: the age of the generation the node starts from; absent
+# when the node's own data was current), the generation, and whether it was forced.
+DATA_LOSS_WINDOW: Final = "data_loss_window"
+GENERATION: Final = "generation"
+FORCED: Final = "forced"

@@ -50,6 +50,9 @@ class EventKind(enum.StrEnum):
     STORE = "store"  # the coordination store was created or replaced
     # failsafe mode (hakit.policy.failsafe; data: failsafe = which case, confirmed, missing)
     FAILSAFE = "failsafe"
+    # replicated storage (hakit.agent.replication; data: generation, data_loss_window, forced,
+    # error): a promotion's data-loss window, a refused promotion, a failed pull or apply
+    REPLICATION = "replication"
 
 
 class AlertKind(enum.StrEnum):

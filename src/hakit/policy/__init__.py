@@ -8,6 +8,7 @@
 - handover.py    switchover, forced failover, the routers' lost path
 - pause.py       the operator's pause
 - rules.py       pure rules: what an observation means, when a streak is a failure
+- replication.py replicated storage: may a standby's copy be promoted (max_lag, forced)
 - failsafe.py    failsafe mode: when to ask, whether to confirm, what a round of
                  confirmations lets the active do (the store unreachable)
 

@@ -32,8 +32,8 @@ def substitutions(cfg: Config, node: NodeConfig) -> dict[str, str]:
         "host": node.host,
         "port": str(node.port),
         "route": node.route_name,
-        "home": str(cfg.app.home),
-        "database_url": cfg.app.database_url,
+        "home": str(cfg.home_of(node)),  # the node's own with replicated storage
+        "database_url": cfg.database_url_of(node),
     }
     assert tuple(values) == PLACEHOLDERS, "config.PLACEHOLDERS and the launcher disagree"
     return values

@@ -6,6 +6,7 @@
 - router.py   ``[router]`` and ``[[tcp_proxy]]``
 - notify.py   ``[notify]``: the webhook and e-mail
 - backup.py   ``[backup]``: filestore-config.xml or a directory, credentials, write-only
+- replication.py ``[replication]``: replicated storage's interval, max_lag, keep
 
 The modules import each other directly, never this package.
 """

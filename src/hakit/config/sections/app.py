@@ -147,6 +147,11 @@ class AppConfig(_Section):
     @field_validator("database_url")
     @classmethod
     def _supported_database(cls, value: str) -> str:
+        return cls.supported_database(value)
+
+    @staticmethod
+    def supported_database(value: str) -> str:
+        """``value`` when it is a database URL hakit knows, else ValueError with the fix."""
         expected = (
             'expected "sqlite:///PATH", "postgresql://USER@HOST/DATABASE" or '
             '"mysql://USER:PASSWORD@HOST/DATABASE" (or mariadb://), or no database_url at all'

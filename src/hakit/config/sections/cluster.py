@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
+from hakit.config.sections.app import AppConfig
 from hakit.config.sections.base import _NODE_NAME, _ROUTE, _Section
 from hakit.config.values import Mode, Storage
 
@@ -29,6 +30,15 @@ class NodeConfig(_Section):
     # becomes active (a reporting replica, a node in another site...).
     tags: tuple[str, ...] = ()
     nofailover: bool = False
+    # Replicated storage: this node's own home and database (default: [app]'s), see
+    # hakit.config.sections.replication.
+    home: Path | None = None
+    database_url: str | None = None
+
+    @field_validator("database_url")
+    @classmethod
+    def _supported_database(cls, value: str | None) -> str | None:
+        return None if value is None else AppConfig.supported_database(value)
 
     @property
     def route_name(self) -> str:

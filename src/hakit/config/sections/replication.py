@@ -1,0 +1,76 @@
+"""``[replication]``: replicated storage's timing (``[cluster] storage = "replicated"``).
+
+::
+
+    [replication]
+    interval = "30s"   # the active captures, each standby pulls and applies, this often
+    max_lag = "5m"     # a standby whose copy is older is not promoted (unless forced)
+    keep = 3           # generations each standby keeps beside its home
+    directory = "..."  # this node's repository (default: <state_dir>/replication/<node>)
+
+Replicated storage trades a recovery point for needing no shared storage: a
+standby's copy is as old as the last generation it applied, up to about
+``interval`` plus the time a capture and a transfer take. ``max_lag`` bounds what
+an automatic failover may lose; ``hakit failover --force`` overrides it, and the
+failover's event records the loss window either way (hakit.policy.replication).
+
+Each node has its own home and database there: ``[[nodes]] home`` and
+``database_url`` (default: ``[app]``'s: the same path on every host). SQLite
+must live inside the home, so the home and the database switch together
+(hakit.snapshot.apply).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from pydantic import Field
+
+from hakit.config.problems import Problem
+from hakit.config.sections.base import _Section
+from hakit.config.sections.cluster import ClusterConfig, NodeConfig
+from hakit.config.values import PositiveDuration, Storage
+
+
+class ReplicationConfig(_Section):
+    interval: PositiveDuration = 30.0
+    max_lag: PositiveDuration = 300.0
+    keep: int = Field(default=3, ge=1)
+    directory: Path | None = None  # default: <state_dir>/replication/<node>
+
+    def repository(self, state_dir: Path, node: str) -> Path:
+        """This node's snapshot repository (served read-only to the others)."""
+        return (self.directory or state_dir / "replication") / node
+
+
+def replication_problems(
+    cluster: ClusterConfig | None,
+    has_token: bool,
+    nodes: Sequence[tuple[int, NodeConfig]],
+) -> list[Problem]:
+    """Standbys pull from the active's agent over the admin API: every node serves it,
+    with a token."""
+    if cluster is None or cluster.storage is not Storage.REPLICATED:
+        return []
+    problems: list[Problem] = []
+    if not has_token:
+        problems.append(
+            Problem(
+                ("cluster", "storage"),
+                'storage = "replicated": standbys pull the active\'s generations over the '
+                "admin API, but [admin] has no token; expected [admin] token = "
+                '"<a long random secret>" or token_file = "PATH"',
+            )
+        )
+    for index, node in nodes:
+        if node.admin_port is None:
+            problems.append(
+                Problem(
+                    ("nodes", index),
+                    f'{node.name} has no admin_port, but storage = "replicated" needs every '
+                    "node's agent to serve its repository over the admin API; expected "
+                    "admin_port = PORT on every node",
+                )
+            )
+    return problems
