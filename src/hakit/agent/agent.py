@@ -60,13 +60,14 @@ from typing import Any, assert_never
 from hakit.agent.failsafe import FailsafeSide
 from hakit.agent.lease import LeaseKeeper, Wake
 from hakit.agent.operator_side import OperatorSide
+from hakit.agent.replication import ReplicationSide
 from hakit.agent.stall import STALL_THRESHOLD, StallDetector
 from hakit.agent.startup import boot_event, sweep_leftovers
 from hakit.agent.storeio import StoreIO
-from hakit.config import Config, Mode
+from hakit.config import Config, Mode, Storage
 from hakit.contract import EPOCH_VARIABLE, AppState
 from hakit.coord.base import Coordinator, Event, NodeRecord
-from hakit.errors import InvalidTransition, SupervisorError
+from hakit.errors import HakitError, InvalidTransition, SupervisorError
 from hakit.fencing.fence import AGENT_ID_KEY, PENDING_KEY, Fencer
 from hakit.health.probe import Observation, StatusProber, check_database
 from hakit.history.facts import SERVING
@@ -204,6 +205,25 @@ class Agent:
         )
         if self.failsafe.enabled:
             self.operator.failsafe_answer = self.failsafe.answer
+        # Replicated storage (hakit.agent.replication): the active ships generations, a
+        # standby applies them; its copy's age gates a takeover.
+        self.replication = ReplicationSide(
+            cfg,
+            self.node,
+            coordinator,
+            self.store.call,
+            # Captures once the app answers (its database exists), under the epoch held.
+            active_epoch=lambda: (
+                self.lease.epoch if self.lease.epoch and self.app_state in ANSWERING else 0
+            ),
+            cold=lambda: not self.app.running and not self.lease.epoch,
+            served_epoch=lambda: self.served_epoch,
+            record=self._record,
+            token=_admin_token(cfg) if cfg.cluster.storage is Storage.REPLICATED else None,
+        )
+        if self.replication.enabled:
+            self.lease.takeover_gate = self.replication.allows_takeover
+            self.operator.served_repository = self.replication.repository
         self.served_epoch = 0  # the highest epoch this node was active under (kept in the store)
         self._published_at = float("-inf")  # monotonic: the operator loop publishes a heartbeat
 
@@ -345,6 +365,8 @@ class Agent:
         ]
         if self.failsafe.enabled:
             tasks.append(asyncio.create_task(self.failsafe.run(), name="failsafe"))
+        if self.replication.enabled:
+            tasks.append(asyncio.create_task(self.replication.run(), name="replication"))
         stop_waiter = asyncio.create_task(self._stop_requested.wait())
         # Started: leftovers swept, the store read, the loops running.
         self.service.ready(f"node {self.node.name}: started (pid {os.getpid()})")
@@ -375,6 +397,8 @@ class Agent:
                 if isinstance(event, LeaseGained) and event.epoch != self.lease.epoch:
                     log.info("lease of epoch %d lost before its promotion", event.epoch)
                     continue
+                if isinstance(event, LeaseGained):
+                    self.replication.promoted(event.epoch)  # the data-loss window, recorded
                 await self._handle(event)
         finally:
             self.service.stopping(
@@ -465,7 +489,9 @@ class Agent:
             case Drain():
                 await self.operator.drain(action)
             case TakeLease():
-                await self.operator.take_lease_by_force(action)
+                forced = bool((self.operator.intents.handover or {}).get("force"))
+                if self.replication.allows_takeover(forced):  # replicated storage: max_lag
+                    await self.operator.take_lease_by_force(action)
             case EndHandover():
                 await self.operator.end_handover(action)
             case RequestHandover():
@@ -557,6 +583,7 @@ class Agent:
         )
         self._published_at = self.monotonic()
         record.detail[AGENT_ID_KEY] = self.agent_id
+        record.detail.update(self.replication.detail(time.time()))
         if self.fencer.pending:
             record.detail[PENDING_KEY] = self.fencer.published(time.time())
         self.store.submit(
@@ -591,11 +618,21 @@ class Agent:
         )
 
 
+def _admin_token(cfg: Config) -> str | None:
+    """The admin token a standby reads the active's repository with (replicated storage)."""
+    from hakit.operator.admin_api import load_token
+
+    try:
+        return load_token(cfg)
+    except HakitError as error:
+        log.error("replicated storage cannot read the active's repository: %s", error)
+        return None
+
+
 def _failsafe_token(cfg: Config) -> str | None:
     """The admin token an active asks the other agents with (failsafe mode only)."""
     if not cfg.coordination.failsafe:
         return None
-    from hakit.errors import HakitError
     from hakit.operator.admin_api import load_token
 
     try:

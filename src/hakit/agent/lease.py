@@ -126,6 +126,9 @@ class LeaseKeeper:
             grace=self.timings.watchdog_grace,
             on_fire=self._watchdog_fired,
         )
+        # Asked before taking over a dead holder's lease (hakit.agent.replication): False
+        # keeps this node a standby for this turn.
+        self.takeover_gate: Callable[[], bool] | None = None
 
     # --- the agent's side ---------------------------------------------------------------
 
@@ -186,6 +189,15 @@ class LeaseKeeper:
 
     # --- take and renew ------------------------------------------------------------------
 
+    def _gate_open(self, before: Predecessor) -> bool:
+        """Replicated storage: whether this node's copy may lead, asked only when a takeover
+        is possible at all (no lease, or an expired one); hakit.agent.replication records
+        why not."""
+        lease = before.lease
+        if self.takeover_gate is None or (lease is not None and lease.valid):
+            return True  # a live lease: the store refuses anyway
+        return self.takeover_gate()
+
     async def try_lease(self, started: float, ttl: float) -> None:
         self.check_deadline()
         if self._waking is not None:
@@ -199,7 +211,7 @@ class LeaseKeeper:
                 # What we take over from decides whether its holder must be fenced first,
                 # and whether it is dead at all (the routers' data path, hakit.health.datapath).
                 before, reports = await self.store.call(self._read_before_takeover)
-                if not self._holder_is_dead(before, reports):
+                if not self._holder_is_dead(before, reports) or not self._gate_open(before):
                     return
                 lease = await self._acquire(ttl)  # None too while a failsafe promise holds
             else:

@@ -20,6 +20,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 from hakit.agent.lease import LeaseKeeper, Wake
@@ -110,6 +111,8 @@ class OperatorSide:
         self.intents = IntentWatcher()
         self.draining = False  # switching over: the router holds new requests meanwhile
         self._admin_api: Any = None  # hakit.operator.admin_api.AdminApi while serving
+        # Replicated storage: this node's snapshot repository, served read-only.
+        self.served_repository: Path | None = None
         # Failsafe mode's answer to an active's POST /failsafe (hakit.agent.failsafe).
         self.failsafe_answer: Callable[[Mapping[str, Any]], Awaitable[dict[str, Any]]] | None = None
 
@@ -158,7 +161,7 @@ class OperatorSide:
             token = load_token(self.cfg)
             if token is None:
                 raise HakitError("[admin] has no token or token_file")
-            api = AdminApi(token, self._admin_perform)
+            api = AdminApi(token, self._admin_perform, repository=self.served_repository)
             await api.start(self.node.host, self.node.admin_port)
         except HakitError as error:
             self._record(EventKind.INTERNAL, f"admin API of {self.node.name} not served: {error}")

@@ -156,6 +156,7 @@ def status_json(
                 "epoch": node.get("epoch") or 0,
                 "pid": node.get("pid"),
                 "policy": node.get("policy"),
+                "replica": node.get("replica"),
                 "reported": None
                 if record is None
                 else {
@@ -202,6 +203,34 @@ def status_json(
         "nodes": nodes,
         "events": [event_record(event_from_json(raw), tz) for raw in recent],
     }
+
+
+def replica_words(node: Mapping[str, Any], max_lag: float) -> str | None:
+    """Replicated storage: what a node holds, with its age now (the record's age added)."""
+    from hakit.history.facts import human_duration
+
+    replica = node.get("replica")
+    if not isinstance(replica, Mapping):
+        return None
+    since = float(node.get("age") or 0.0)
+    name, generation = node["node"], replica.get("generation")
+    if generation is None:
+        return f"replica {name}: no copy applied yet (it may not be promoted unless forced)"
+    age = float(replica.get("age") or 0.0) + since
+    if replica.get("role") == "source":
+        words = (
+            f"replica {name}: captures; newest generation {generation}, {human_duration(age)} ago"
+        )
+    else:
+        words = (
+            f"replica {name}: generation {generation} (epoch {replica.get('epoch')}, from "
+            f"{replica.get('from')}), {human_duration(age)} old: its recovery point"
+        )
+        data_age = replica.get("data_age")
+        if data_age is not None and float(data_age) + since > max_lag:
+            words += f"; older than max_lag {human_duration(max_lag)}: not promoted unless forced"
+    problem = replica.get("problem")
+    return words + (f"; failing: {problem}" if problem else "")
 
 
 def _print_status(cfg: Config, doc: Mapping[str, Any], last: int) -> None:
@@ -260,6 +289,10 @@ def _print_status(cfg: Config, doc: Mapping[str, Any], last: int) -> None:
         )
     leader_text = doc["leader"] or "none (no valid lease)"
     console.print(f"leader: {leader_text}; epoch: {doc['epoch']}")
+    for node in doc["nodes"]:
+        words = replica_words(node, cfg.replication.max_lag)
+        if words is not None:
+            console.print(escape(words), highlight=False, soft_wrap=True)
     paused = doc.get("paused")
     paused_text = (
         f"yes, by {paused.get('actor')} since {_iso(float(paused.get('at') or 0))} "

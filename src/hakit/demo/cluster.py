@@ -113,6 +113,12 @@ class DemoSettings:
     # with its data in <root>/etcd and stops it in close().
     coordination: str = "sqlite"
     etcd_endpoints: tuple[str, ...] = ()
+    # cluster.storage: "shared" (one home and database in <root>/shared) or "replicated"
+    # (each node its own in <root>/nodes/<node>/home, the SQLite file inside it; needs
+    # admin_ports and admin_token: standbys pull over the admin API).
+    storage: str = "shared"
+    replication_interval: str = "2s"
+    max_lag: str = "5m"
 
 
 def render_config(root: Path, settings: DemoSettings) -> str:
@@ -145,6 +151,7 @@ def render_config(root: Path, settings: DemoSettings) -> str:
         f'\n[[nodes]]\nname = "node{i + 1}"\nhost = "{hosts[i]}"\nport = {port}\nroute = "n{i + 1}"\n'
         + (f"admin_port = {settings.admin_ports[i]}\n" if i < len(settings.admin_ports) else "")
         + ("nofailover = true\n" if f"node{i + 1}" in settings.nofailover else "")
+        + _replicated_node(root, settings, f"node{i + 1}")
         for i, port in enumerate(ports)
     )
     if settings.admin_token:
@@ -163,13 +170,21 @@ def render_config(root: Path, settings: DemoSettings) -> str:
         )
     elif settings.coordination != "sqlite":
         raise ValueError(f"demo coordination {settings.coordination!r}: expected sqlite or etcd")
-    return f"""# A demo cluster written by `hakit demo`: two nodes of the sample app, shared storage.
+    replication = ""
+    if settings.storage == "replicated":
+        replication = (
+            f'\n[replication]\ninterval = "{settings.replication_interval}"\n'
+            f'max_lag = "{settings.max_lag}"\n'
+        )
+    elif settings.storage != "shared":
+        raise ValueError(f"demo storage {settings.storage!r}: expected shared or replicated")
+    return f"""# A demo cluster written by `hakit demo`: two nodes of the sample app, {settings.storage} storage.
 [cluster]
 name = "demo"
 mode = "{settings.mode}"
-storage = "shared"
+storage = "{settings.storage}"
 state_dir = "state"
-
+{replication}
 [coordination]
 backend = "{settings.coordination}"
 lease_ttl = "{settings.lease_ttl}"
@@ -206,6 +221,14 @@ retry_after = "5s"
 {hold}{nodes}"""
 
 
+def _replicated_node(root: Path, settings: DemoSettings, node: str) -> str:
+    """A node's own home and database (replicated storage): the SQLite file inside the home."""
+    if settings.storage != "replicated":
+        return ""
+    home = root / "nodes" / node / "home"
+    return f'home = "{home}"\ndatabase_url = "sqlite:///{home}/data/app.db"\n'
+
+
 class DemoCluster:
     """Start, inspect and stop a local cluster. Every process is ours, ended by PID."""
 
@@ -219,6 +242,11 @@ class DemoCluster:
         root.mkdir(parents=True, exist_ok=True)
         (root / "shared" / "home").mkdir(parents=True, exist_ok=True)
         (root / "shared" / "db").mkdir(parents=True, exist_ok=True)
+        if self.settings.storage == "replicated":
+            for index in range(self.settings.nodes):
+                (root / "nodes" / f"node{index + 1}" / "home" / "data").mkdir(
+                    parents=True, exist_ok=True
+                )
         if self.settings.coordination == "etcd" and not self.settings.etcd_endpoints:
             self.etcd = start_etcd_cluster(root / "etcd", 3)
             self.settings = replace(self.settings, etcd_endpoints=tuple(self.etcd.endpoints))

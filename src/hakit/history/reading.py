@@ -19,9 +19,12 @@ from datetime import datetime, tzinfo
 
 from hakit.coord.base import Event
 from hakit.history.facts import (
+    DATA_LOSS_WINDOW,
     FAILED_STARTS,
     FAILURE,
     FAILURE_WINDOW,
+    FORCED,
+    GENERATION,
     NO_FAILOVER,
     RESTART,
     RESTART_ATTEMPTS,
@@ -313,3 +316,27 @@ def command_words(event: Event) -> str:
     if isinstance(code, int) and code < 0:
         return f"killed by signal {-code}"
     return command_summary(event) or "see its output in the fence log"
+
+
+def data_loss_window(history: Sequence[Event], term: Term, clock: Clock) -> list[tuple[float, str]]:
+    """Replicated storage: the data-loss window the new active recorded as it promoted
+    (a ``replication`` event of its epoch with ``data_loss_window``), in words."""
+    for event in history[term.index :]:
+        if event.epoch != term.epoch or event.node != term.node:
+            continue
+        if event.kind != EventKind.REPLICATION or DATA_LOSS_WINDOW not in event.data:
+            continue
+        window = event.data[DATA_LOSS_WINDOW]
+        forced = " (forced by the operator)" if event.data.get(FORCED) else ""
+        if isinstance(window, int | float) and window > 0:
+            words = (
+                f"data-loss window: {human_duration(float(window))}{forced}: {term.node} started "
+                f"from generation {event.data.get(GENERATION)}; writes acknowledged by the old "
+                "active during that time before its loss are not in it (replicated storage)"
+            )
+        elif window is None:
+            words = f"data-loss window unknown{forced}: {term.node} held no replicated copy"
+        else:
+            words = f"data-loss window: none: {term.node} held the newest data itself"
+        return [(event.time, clock.line(event, words))]
+    return []

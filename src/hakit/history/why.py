@@ -55,6 +55,7 @@ from hakit.history.reading import (
     Clock,
     Incident,
     Term,
+    data_loss_window,
     end_of_term,
     failed_starts,
     failure_alerts,
@@ -203,6 +204,7 @@ def _takeover(
     timeline += woke_and_fenced(history, prev, term, end, used, clock)
     timeline.append((term.time, clock.line(history[term.index])))
     timeline += _outcome(history, term, started, since, clock)
+    timeline += data_loss_window(history, term, clock)
     lines = [line for _, line in sorted(timeline, key=lambda entry: entry[0])]
     if old == new:
         headline = (

@@ -221,6 +221,8 @@ def status_document(
                 "epoch": record.epoch if record else 0,
                 "pid": record.detail.get("pid") if record else None,
                 "policy": record.detail.get("policy") if record else None,
+                # Replicated storage: what the node holds (hakit.agent.replication).
+                "replica": record.detail.get("replica") if record else None,
                 "updated_at": record.updated_at if record else None,
                 "age": record.age if record else None,  # by the store's clock
             }

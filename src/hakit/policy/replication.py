@@ -89,14 +89,14 @@ def promotion_verdict(
         return Verdict(
             True,
             state,
-            f"{copy}, within max_lag {limit}: writes of the last {human_duration(age)} are lost",
+            f"{copy}, within max_lag {limit}: writes of the last {human_duration(age)} may be lost",
             age,
         )
     if allowed:
         return Verdict(
             True,
             state,
-            f"{copy}, older than max_lag {limit}; forced: writes of the last {human_duration(age)} are lost",
+            f"{copy}, older than max_lag {limit}; forced: writes of the last {human_duration(age)} may be lost",
             age,
         )
     return Verdict(

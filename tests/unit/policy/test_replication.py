@@ -13,7 +13,7 @@ CASES = [
     (True, None, False, True, CopyState.CURRENT, 0.0, "served the last epoch"),
     (True, 9999.0, False, True, CopyState.CURRENT, 0.0, "its own data is the newest"),
     (False, 12.0, False, True, CopyState.FRESH, 12.0, "within max_lag 5m"),
-    (False, 300.0, False, True, CopyState.FRESH, 300.0, "writes of the last 5m are lost"),
+    (False, 300.0, False, True, CopyState.FRESH, 300.0, "writes of the last 5m may be lost"),
     (False, 301.0, False, False, CopyState.STALE, 301.0, "not promoted"),
     (False, 3600.0, True, True, CopyState.STALE, 3600.0, "forced: writes of the last 1h"),
     (False, None, False, False, CopyState.NONE, None, "holds no replicated copy"),

@@ -1,0 +1,324 @@
+"""Replicated storage on one node (``[cluster] storage = "replicated"``): ship, follow, gate.
+
+Every ``[replication] interval``:
+
+- the ACTIVE node's agent (it holds the lease and its app runs) captures the
+  home and database into its own repository (hakit.snapshot.capture, under its
+  epoch, the SQLite file inside the home read through the backup API), which its
+  admin API serves read-only (hakit.snapshot.peerstore);
+- every STANDBY's agent asks the lease holder's agent for its newest generation,
+  pulls what it lacks into its own repository (manifest last), restores it beside
+  its home and, in a step of the event loop that checks the app is not running
+  and this node holds no lease, swaps it in by one rename (hakit.snapshot.apply).
+  Older epochs and older generations are refused there.
+
+The slow parts run in threads; only the swap (a rename and an fsync) runs on the
+event loop, so it cannot interleave with a start of the app. The node record's
+``detail["replica"]`` says what this node holds: on a standby the generation
+applied, its epoch and age (its recovery point), on the active the newest
+generation captured; ``hakit status`` shows it.
+
+Before this node tries for the lease (an expired one, or an operator's
+takeover) ``allows_takeover`` asks hakit.policy.replication whether the copy
+it holds may be promoted: it is refused when older than ``max_lag`` unless
+forced. The data this node holds is as new as the newest of the generation it
+applied and the moment it was last seen active itself (``<node>.state.json``
+beside its repository, kept across restarts); a node that served the last epoch
+holds the newest data. ``promoted`` records the failover's data-loss window in a
+``replication`` event (``hakit why`` states it).
+
+Not here yet: pruning the repositories (the snapshot retention's job), a capture
+in a process of its own (the scheduler of hakit.agent.snapshots runs one), and
+PostgreSQL (hakit.snapshot.apply.DATABASE_PLACERS).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from hakit.config import Config, NodeConfig
+from hakit.config.values import Storage
+from hakit.coord.base import Coordinator, Lease
+from hakit.errors import HakitError
+from hakit.history.facts import DATA_LOSS_WINDOW, FORCED, GENERATION
+from hakit.history.kinds import EventKind
+from hakit.policy.replication import Verdict, promotion_verdict
+from hakit.snapshot.apply import (
+    AppliedCopy,
+    current_copy,
+    home_exclusions,
+    prepare_generation,
+    prune_generations,
+    refusal,
+    swap_in,
+)
+from hakit.snapshot.capture import CaptureOptions, create_snapshot
+from hakit.snapshot.database import database_target
+from hakit.snapshot.peerstore import PeerStore, pull_generation
+from hakit.snapshot.store import LocalStore
+from hakit.snapshot.verify import read_manifest
+
+log = logging.getLogger("hakit.agent.replication")
+
+REPLICA_KEY = "replica"  # the node record's detail: what this node holds (hakit status)
+
+Record = Callable[..., None]
+
+
+def admin_url(node: NodeConfig) -> str | None:
+    if node.admin_port is None:
+        return None
+    host = "127.0.0.1" if node.host in ("0.0.0.0", "", "*") else node.host
+    host = f"[{host}]" if ":" in host else host
+    return f"http://{host}:{node.admin_port}"
+
+
+class ReplicationSide:
+    def __init__(
+        self,
+        cfg: Config,
+        node: NodeConfig,
+        coordinator: Coordinator,
+        call: Callable[..., Any],  # StoreIO.call: the agent's store thread
+        *,
+        active_epoch: Callable[[], int],  # the epoch held while the app runs here, else 0
+        cold: Callable[[], bool],  # no app process here and no lease: a swap may happen
+        served_epoch: Callable[[], int],
+        record: Record,
+        token: str | None,
+    ) -> None:
+        self.cfg = cfg
+        self.node = node
+        self.coordinator = coordinator
+        self._call = call
+        self._active_epoch = active_epoch
+        self._cold = cold
+        self._served_epoch = served_epoch
+        self._record = record
+        self._token = token
+        self.enabled = cfg.cluster.storage is Storage.REPLICATED
+        self.home = cfg.home_of(node)
+        self.database_url = cfg.database_url_of(node)
+        self.repository = cfg.replication.repository(cfg.cluster.state_dir, node.name)
+        self._state_file = self.repository.with_name(f"{node.name}.state.json")
+        self.copy: AppliedCopy | None = current_copy(self.home) if self.enabled else None
+        self.own_until = self._read_own_until()
+        self.captured: tuple[str, int] | None = None  # newest own generation, started_ns
+        self.last_epoch: int | None = None  # the store's, at the last turn
+        self._problem: str | None = None
+        self._refused: tuple[str, bool] | None = None  # the last refusal recorded
+        self._pending: tuple[Verdict, bool] | None = None  # allowed takeover, not yet promoted
+
+    # --- what this node holds -------------------------------------------------------
+
+    def _read_own_until(self) -> float | None:
+        try:
+            return float(json.loads(self._state_file.read_text())["own_until"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def _note_active(self, now: float) -> None:
+        """This node's own home holds the newest data as of ``now`` (it is active)."""
+        self.own_until = now
+        self._state_file.parent.mkdir(parents=True, exist_ok=True)
+        temporary = self._state_file.with_suffix(".tmp")
+        temporary.write_text(json.dumps({"own_until": now}))
+        os.replace(temporary, self._state_file)
+
+    def data_time(self) -> float | None:
+        """Wall time up to which this node's home and database hold the active's writes."""
+        times = [t for t in (self.own_until, self.copy and self.copy.started_ns / 1e9) if t]
+        return max(times) if times else None
+
+    def detail(self, now: float) -> dict[str, Any]:
+        """The node record's ``replica`` entry (nothing with shared storage)."""
+        if not self.enabled:
+            return {}
+        if self._active_epoch() and self.captured is not None:
+            generation, started_ns = self.captured
+            entry: dict[str, Any] = {
+                "role": "source",
+                "generation": generation,
+                "age": round(max(now - started_ns / 1e9, 0.0), 3),
+            }
+        elif self.copy is not None:
+            entry = {
+                "role": "copy",
+                "generation": self.copy.generation,
+                "epoch": self.copy.epoch,
+                "from": self.copy.node,
+                "age": round(self.copy.age(now), 3),
+            }
+        else:
+            entry = {"role": "copy", "generation": None}
+        data_time = self.data_time()
+        entry["data_age"] = None if data_time is None else round(max(now - data_time, 0.0), 3)
+        if self._problem:
+            entry["problem"] = self._problem
+        return {REPLICA_KEY: entry}
+
+    # --- the gate before a takeover ---------------------------------------------------
+
+    def verdict(self, forced: bool, now: float) -> Verdict | None:
+        if self.last_epoch is None:
+            return None  # the store not read yet: wait for the first turn
+        current = self.last_epoch == 0 or self._served_epoch() >= self.last_epoch
+        data_time = self.data_time()
+        age = None if data_time is None else max(now - data_time, 0.0)
+        generation = self.copy.generation if self.copy is not None else "its own home"
+        return promotion_verdict(current, age, generation, self.cfg.replication.max_lag, forced)
+
+    def allows_takeover(self, forced: bool = False) -> bool:
+        """May this node take the lease now? Refusals are recorded once per reason."""
+        if not self.enabled:
+            return True
+        verdict = self.verdict(forced, time.time())
+        if verdict is None:
+            return False
+        if not verdict.allowed:
+            if (verdict.state, forced) != self._refused:  # once, not at every turn
+                self._refused = (verdict.state, forced)
+                self._record(
+                    EventKind.REPLICATION,
+                    f"{self.node.name} does not take over: {verdict.reason}",
+                    epoch=0,
+                    data={DATA_LOSS_WINDOW: verdict.loss_window, FORCED: forced},
+                )
+            return False
+        self._refused = None
+        self._pending = (verdict, forced)
+        return True
+
+    def promoted(self, epoch: int) -> None:
+        """This node leads under ``epoch``: record what the failover may have lost."""
+        if not self.enabled:
+            return
+        now = time.time()
+        verdict, forced = self._pending or (self.verdict(False, now), False)
+        self._pending = None
+        if verdict is not None:
+            generation = self.copy.generation if self.copy is not None else None
+            self._record(
+                EventKind.REPLICATION,
+                f"{self.node.name} leads under epoch {epoch}: {verdict.reason}",
+                epoch=epoch,
+                data={
+                    DATA_LOSS_WINDOW: verdict.loss_window,
+                    GENERATION: generation,
+                    FORCED: forced,
+                },
+            )
+        self._note_active(now)
+
+    # --- the loop ---------------------------------------------------------------------
+
+    async def run(self) -> None:
+        interval = self.cfg.replication.interval
+        await asyncio.to_thread(LocalStore(self.repository).create)
+        while True:
+            await self.turn()
+            await asyncio.sleep(interval)
+
+    async def turn(self) -> None:
+        try:
+            lease: Lease | None = await self._call(
+                self.coordinator.current_lease, what="read the lease (replication)"
+            )
+            self.last_epoch = await self._call(
+                self.coordinator.last_epoch, what="read the last epoch (replication)"
+            )
+        except HakitError as error:
+            log.warning("replication: the store cannot be read: %s", error)
+            return
+        try:
+            epoch = self._active_epoch()
+            if epoch:
+                await self._capture(epoch)
+            elif lease is not None and lease.holder != self.node.name and lease.valid:
+                await self._follow(lease.holder)
+            else:
+                return
+        except HakitError as error:
+            self._trouble(str(error))
+            return
+        except OSError as error:
+            self._trouble(f"{type(error).__name__}: {error}")
+            return
+        if self._problem is not None:
+            self._record(EventKind.REPLICATION, f"replication on {self.node.name} works again")
+            self._problem = None
+
+    def _trouble(self, problem: str) -> None:
+        log.warning("replication on %s: %s", self.node.name, problem)
+        if problem != self._problem:
+            self._problem = problem
+            self._record(
+                EventKind.REPLICATION,
+                f"replication on {self.node.name} failed: {problem}",
+                data={"error": problem},
+            )
+
+    async def _capture(self, epoch: int) -> None:
+        target = database_target(self.database_url)
+        options = CaptureOptions(
+            home=self.home,
+            database_url=self.database_url,
+            node=self.node.name,
+            epoch=epoch,
+            exclude=home_exclusions(self.home, target),
+        )
+        started = time.time()
+        report = await asyncio.to_thread(create_snapshot, LocalStore(self.repository), options)
+        if self._active_epoch() == epoch:
+            self._note_active(started)
+        manifest = report.manifest
+        self.captured = (manifest.generation, manifest.started_ns)
+        log.info("replication: captured %s under epoch %d", manifest.generation, epoch)
+
+    async def _follow(self, holder: str) -> None:
+        if self._token is None:
+            raise HakitError("no admin token: the active's repository cannot be read")
+        url = admin_url(self.cfg.node(holder))
+        if url is None:
+            raise HakitError(f"{holder} has no admin_port: its repository cannot be read")
+        prepared = await asyncio.to_thread(self._pull_and_prepare, PeerStore(url, self._token))
+        if prepared is None:
+            return
+        # The swap, on the event loop: nothing starts the app between the check and the rename.
+        if not self._cold():
+            log.info("replication: the app runs here now; %s not swapped in", prepared.name)
+            return
+        swap_in(self.home, prepared, lambda: not self._cold())
+        self.copy = current_copy(self.home)
+        self.own_until = None  # the node's own data was set aside with its directory
+        self._state_file.unlink(missing_ok=True)
+        await asyncio.to_thread(prune_generations, self.home, self.cfg.replication.keep)
+        log.info("replication: %s applied on %s", prepared.name, self.node.name)
+
+    def _pull_and_prepare(self, peer: PeerStore) -> Path | None:
+        generations = peer.list_manifests()
+        if not generations:
+            return None
+        newest = generations[-1]
+        if self.copy is not None and newest <= self.copy.generation:
+            return None
+        local = LocalStore(self.repository)
+        pull_generation(peer, local, newest)
+        manifest = read_manifest(local, newest)
+        why = refusal(manifest, current_copy(self.home))
+        if why is not None:
+            raise HakitError(why)
+        return prepare_generation(local, manifest, self.home, database_target(self.database_url))
+
+
+def replication_detail(detail: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The ``replica`` entry of a node record's detail (None: not replicated)."""
+    entry = detail.get(REPLICA_KEY)
+    return entry if isinstance(entry, Mapping) else None
