@@ -236,6 +236,9 @@ def _resolve_paths(values: dict[str, Any], base: Path) -> dict[str, Any]:
                 if backup.filestore_config
                 else None,
                 "directory": resolved(backup.directory) if backup.directory else None,
+                "encryption_key_file": resolved(backup.encryption_key_file)
+                if backup.encryption_key_file
+                else None,
             }
         ),
     }
