@@ -120,7 +120,8 @@ def check_attachments(home: Path, rows: Sequence[AttachmentRow]) -> Check:
     extra = orphans(rows, present)
     if problems:
         return Check("attachments", FAIL, f"{len(problems)} of {len(rows)}: {summary(problems)}")
-    note = f"; {len(extra)} files no record names (written during the capture: harmless)"
+    files = "1 file" if len(extra) == 1 else f"{len(extra)} files"
+    note = f"; {files} no record names (written during the capture: harmless)"
     return Check(
         "attachments",
         PASS,

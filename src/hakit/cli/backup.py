@@ -330,6 +330,7 @@ def _print_drill(report: DrillReport, target: str) -> None:
             f"recovery point: generation {report.generation}, taken {_when(report.taken_ns)} "
             f"({_age(age)} before this drill)",
             highlight=False,
+            soft_wrap=True,
         )
     if report.kept is not None:
         console.print(f"kept: {report.kept}", highlight=False)
