@@ -79,7 +79,13 @@ def add_record(site: AppSite, index: int, data: bytes) -> None:
     with sqlite3.connect(site.database) as connection:
         connection.execute(
             "INSERT INTO records (id, title, attachment, sha256, size) VALUES (?, ?, ?, ?, ?)",
-            (f"r{index:03d}", f"record {index}", relative, hashlib.sha256(data).hexdigest(), len(data)),
+            (
+                f"r{index:03d}",
+                f"record {index}",
+                relative,
+                hashlib.sha256(data).hexdigest(),
+                len(data),
+            ),
         )
     connection.close()
 

@@ -99,7 +99,7 @@ def test_the_config_refuses_keys_that_do_not_fit() -> None:
     check_config(encrypted, key, "R")
     with pytest.raises(SnapshotError, match="wrong key for the repository R"):
         check_config(encrypted, RepositoryKey.derive(OTHER), "R")
-    with pytest.raises(SnapshotError, match="R is encrypted .*set \\[backup\\] encryption_key"):
+    with pytest.raises(SnapshotError, match=r"R is encrypted .*set \[backup\] encryption_key"):
         check_config(encrypted, None, "R")
     plain = parse_config(config_document(None), "x")
     check_config(plain, None, "R")
@@ -149,7 +149,7 @@ def test_the_key_from_a_file_or_the_environment(tmp_path: Path) -> None:
     assert load_master_key(None, "K", {"K": text}) == KEY
     assert load_master_key(None, None, {}) is None
     key_file.chmod(0o644)
-    with pytest.raises(SnapshotError, match="may be read by others .*chmod 600"):
+    with pytest.raises(SnapshotError, match=r"may be read by others .*chmod 600"):
         load_master_key(key_file, None, {})
     with pytest.raises(SnapshotError, match="cannot read the encryption key file"):
         load_master_key(tmp_path / "missing.key", None, {})
