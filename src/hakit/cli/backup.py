@@ -333,7 +333,7 @@ def _print_drill(report: DrillReport, target: str) -> None:
             soft_wrap=True,
         )
     if report.kept is not None:
-        console.print(f"kept: {report.kept}", highlight=False)
+        console.print(f"kept: {report.kept}", highlight=False, soft_wrap=True)
     verdict = "[green]passed[/green]" if report.ok else "[red]FAILED[/red]"
     console.print(f"drill {verdict}", highlight=False)
 
