@@ -32,6 +32,7 @@ from hakit.config.sections.app import AppConfig
 from hakit.config.sections.base import PATTERN_HINTS
 from hakit.config.sections.cluster import ClusterConfig, NodeConfig
 from hakit.config.sections.router import RouterConfig, TcpProxyConfig
+from hakit.config.sections.snapshot import SnapshotConfig
 from hakit.config.timing import apply_recovery_target
 from hakit.config.toml_positions import MAX_NESTING, syntax_error_position, too_deep
 from hakit.config.values import (
@@ -44,7 +45,7 @@ def load_config(path: Path) -> Config:
     """Read, validate and resolve a hakit.toml; raise ConfigError listing every problem.
 
     Relative paths (cluster.state_dir, coordination.path and coordination.sqlite.path,
-    app.home, a sqlite database file) are resolved against the file's directory; ``source`` is set.
+    app.home, a sqlite database file, snapshot.directory) are resolved against the file's directory; ``source`` is set.
     """
     path = Path(path)
     source = _read_source(path)
@@ -190,6 +191,7 @@ def _resolve_paths(values: dict[str, Any], base: Path) -> dict[str, Any]:
     coordination: CoordinationConfig = values["coordination"]
     app: AppConfig = values["app"]
     admin: AdminConfig = values["admin"]
+    snapshot: SnapshotConfig = values["snapshot"]
     database_url = app.database_url
     file_part = sqlite_path(database_url)
     if file_part is not None:
@@ -214,6 +216,9 @@ def _resolve_paths(values: dict[str, Any], base: Path) -> dict[str, Any]:
         "router": _resolve_router_paths(values["router"], resolved),
         "admin": admin.model_copy(
             update={"token_file": resolved(admin.token_file) if admin.token_file else None}
+        ),
+        "snapshot": snapshot.model_copy(
+            update={"directory": resolved(snapshot.directory) if snapshot.directory else None}
         ),
     }
 

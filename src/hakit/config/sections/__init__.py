@@ -5,6 +5,7 @@
 - app.py      ``[app]`` (with ``[app.health]``), ``[health]`` and ``[failover]``
 - router.py   ``[router]`` and ``[[tcp_proxy]]``
 - notify.py   ``[notify]``: the webhook and e-mail
+- snapshot.py ``[snapshot]``: the agent's scheduled captures, and retention
 
 The modules import each other directly, never this package.
 """
