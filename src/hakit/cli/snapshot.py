@@ -1,7 +1,9 @@
-"""``hakit snapshot create|list|verify|restore``: consistent copies of the home and database.
+"""``hakit snapshot create|list|verify|restore|prune``: consistent copies of the home and
+database.
 
 The work is in hakit.snapshot; these commands read ``app.home`` and
-``app.database_url`` from the config, open the repository and print.
+``app.database_url`` (and ``[snapshot]`` for prune) from the config, open the
+repository and print.
 """
 
 from __future__ import annotations
@@ -17,7 +19,10 @@ from hakit.cli.base import ConfigOption, console, fail, load_or_exit
 from hakit.snapshot.capture import CaptureOptions, create_snapshot
 from hakit.snapshot.database import database_target
 from hakit.snapshot.format import SnapshotError, decode_manifest, manifest_key
+from hakit.snapshot.prune import DEFAULT_GRACE
+from hakit.snapshot.prune import prune as prune_store
 from hakit.snapshot.restore import restore_generation, swap_into_place
+from hakit.snapshot.retention import RetentionPolicy
 from hakit.snapshot.store import open_local_store
 from hakit.snapshot.verify import verify_generation
 
@@ -163,3 +168,74 @@ def restore(
             )
     except SnapshotError as error:
         fail(error)
+
+
+KeepOption = Annotated[int | None, typer.Option(min=0, show_default=False)]
+
+
+@snapshot_app.command("prune")
+def prune(
+    repo: Annotated[
+        Path | None,
+        typer.Option("--repo", help="The repository (default: [snapshot] directory)."),
+    ] = None,
+    keep_last: KeepOption = None,
+    keep_daily: KeepOption = None,
+    keep_weekly: KeepOption = None,
+    grace: Annotated[
+        float | None,
+        typer.Option(
+            help="Seconds: younger objects and generations are never removed "
+            "(default: [snapshot] prune_grace, else 3600).",
+            min=0,
+            show_default=False,
+        ),
+    ] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what, remove nothing.")] = False,
+    config: ConfigOption = Path("hakit.toml"),
+) -> None:
+    """Remove the generations a retention policy drops, then the objects no kept one needs.
+
+    The policy is the --keep-* options when any is given, else [snapshot] keep_last,
+    keep_daily and keep_weekly. The newest generation is always kept. Needs delete
+    access to the repository: meant for a more privileged credential than capture's.
+    """
+    cfg = load_or_exit(config) if repo is None or config.exists() else None
+    section = cfg.snapshot if cfg is not None else None
+    if repo is None:
+        if section is None or section.directory is None:
+            fail(SnapshotError(f"no --repo, and {config} sets no [snapshot] directory"))
+        repo = section.directory
+    if any(value is not None for value in (keep_last, keep_daily, keep_weekly)):
+        policy = RetentionPolicy(keep_last or 0, keep_daily or 0, keep_weekly or 0)
+    elif section is not None:
+        policy = RetentionPolicy(section.keep_last, section.keep_daily, section.keep_weekly)
+    else:
+        policy = RetentionPolicy()
+    if grace is None:
+        grace = section.prune_grace if section is not None else DEFAULT_GRACE
+    try:
+        report = prune_store(open_local_store(repo), policy, grace=grace, dry_run=dry_run)
+    except SnapshotError as error:
+        fail(error)
+    table = Table("generation", "taken", "", "why")
+    for decision in report.decisions:
+        generation = decision.generation
+        table.add_row(
+            generation.id,
+            time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(generation.taken_ns / 1e9)),
+            "keep"
+            if decision.keep
+            else ("[red]would remove[/red]" if dry_run else "[red]removed[/red]"),
+            "; ".join(str(reason) for reason in decision.reasons) or "no rule keeps it",
+        )
+    console.print(f"policy: {policy.describe()}; grace period {grace:g} s", highlight=False)
+    console.print(table)
+    verb = "would remove" if dry_run else "removed"
+    console.print(
+        f"{verb} {len(report.removed_generations)} generations and {report.removed_objects} "
+        f"objects ({_size(report.removed_bytes)}); {report.kept_objects} objects kept for "
+        f"the generations kept, {report.young_objects} unreferenced kept as younger than "
+        "the grace period",
+        highlight=False,
+    )

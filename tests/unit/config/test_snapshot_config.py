@@ -47,7 +47,7 @@ def test_a_schedule_with_retention(tmp_path: Path) -> None:
         ),
         (
             '[snapshot]\ndirectory = "s"\nkeep_last = "3"\n',
-            "FILE:19: snapshot.keep_last: got the string \"3\"; expected an integer (write 3 "
+            'FILE:19: snapshot.keep_last: got the string "3"; expected an integer (write 3 '
             "without quotes)",
         ),
         (

@@ -53,7 +53,11 @@ HISTORY = [
 CASES = [
     # (policy, protected, the generations kept, newest first)
     (RetentionPolicy(keep_last=1), (), ["2026-12-02 09:00"]),
-    (RetentionPolicy(keep_last=3), (), ["2026-12-02 09:00", "2026-12-02 08:00", "2026-12-01 20:00"]),
+    (
+        RetentionPolicy(keep_last=3),
+        (),
+        ["2026-12-02 09:00", "2026-12-02 08:00", "2026-12-01 20:00"],
+    ),
     (RetentionPolicy(keep_last=100), (), [g.id for g in reversed(HISTORY)]),
     # the newest of each of the 2 newest days
     (RetentionPolicy(keep_daily=2), (), ["2026-12-02 09:00", "2026-12-01 20:00"]),
