@@ -1,4 +1,4 @@
-"""Consistent snapshots of the app's home and database (issue 14, first step).
+"""Consistent snapshots of the app's home and database (issue 14).
 
 - format.py     the repository format (blobs, packs, manifests) and the manifest's codec
 - store.py      the ``Store`` protocol and ``LocalStore`` (a local directory)
@@ -14,6 +14,8 @@
 - reader.py     objects read back, each checked against its hash
 - verify.py     every object of a generation re-read and re-hashed
 - restore.py    a generation into a new directory; the swap into place
+- retention.py  which generations a policy keeps (restic's keep-last/daily/weekly), pure
+- prune.py      the dropped manifests deleted, then the unreferenced objects (a grace period)
 
 Modules import each other directly, never through this package.
 """

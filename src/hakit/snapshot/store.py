@@ -13,6 +13,7 @@ operation never can delete.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 from collections.abc import Iterator
@@ -157,7 +158,6 @@ class LocalStore:
         if not self.put_if_absent(manifest_key(generation), data):
             raise SnapshotError(f"generation {generation} already exists in {self.root}")
 
-
     def list_objects(self, prefix: str) -> Iterator[StoredObject]:
         top = prefix.split("/", 1)[0]
         for directory, _dirs, files in os.walk(self._path(top)):
@@ -192,10 +192,9 @@ class LocalStore:
             return False
         try:
             if os.stat(aside).st_mtime_ns >= modified_before_ns:
-                try:
+                # FileExistsError: written again meanwhile, same name, same bytes
+                with contextlib.suppress(FileExistsError):
                     os.link(aside, path)
-                except FileExistsError:
-                    pass  # written again meanwhile: same name, same bytes
                 return False
             return True
         finally:

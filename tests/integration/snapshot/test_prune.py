@@ -158,7 +158,7 @@ def _capture_with_prune_midway(site: Site, grace: float) -> tuple[LocalStore, st
 
 
 def test_a_capture_concurrent_with_prune_is_not_damaged(site: Site) -> None:
-    home, database, repo = site
+    home, _, repo = site
     store, generation, _ = _capture_with_prune_midway(site, grace=HOUR)
     report = verify_generation(store, generation)
     assert report.ok, report.problems

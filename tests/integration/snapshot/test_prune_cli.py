@@ -71,12 +71,8 @@ def test_options_replace_the_section_policy(tmp_path: Path) -> None:
     config = _site(tmp_path, '[snapshot]\ndirectory = "repo"\nkeep_last = 3\n')
     repo = tmp_path / "repo"
     _capture(config, repo, 3)
-    result = CliRunner().invoke(
-        app,
-        ["snapshot", "prune", "--repo", str(repo), "-c", str(config)]
-        + ["--keep-daily", "1", "--grace", "0"],
-        env=ENV,
-    )
+    command = ["snapshot", "prune", "--repo", str(repo), "-c", str(config)]
+    result = CliRunner().invoke(app, [*command, "--keep-daily", "1", "--grace", "0"], env=ENV)
     assert result.exit_code == 0, result.output
     assert "policy: keep daily 1" in result.output
     assert len(open_local_store(repo).list_manifests()) == 1
