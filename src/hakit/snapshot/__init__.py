@@ -1,4 +1,4 @@
-"""Consistent snapshots of the app's home and database (issue 14).
+"""Consistent snapshots of the app's home and database (issue 14, first step).
 
 - format.py     the repository format (blobs, packs, manifests) and the manifest's codec
 - store.py      the ``Store`` protocol and ``LocalStore`` (a local directory)
