@@ -1,4 +1,4 @@
-"""One scheduled capture, in a process of its own: ``python -m hakit.agent.snapshot_job``.
+"""One scheduled capture, in a process of its own (``COMMAND``, then ``--parent PID``).
 
 The agent (hakit.agent.snapshots) starts it and writes the ``Job`` as JSON on its
 stdin (not on the command line: the database URL may hold a password); it prints
@@ -33,6 +33,8 @@ from hakit.snapshot.retention import RetentionPolicy
 from hakit.snapshot.store import open_local_store
 
 NICENESS = 10  # below the agent and the app
+# Not ``-m hakit.agent.snapshot_job``: the package imports this module first (runpy warns).
+COMMAND = ("-c", "import sys; from hakit.agent.snapshot_job import main; sys.exit(main())")
 _PR_SET_PDEATHSIG = 1
 
 
@@ -122,7 +124,7 @@ def _die_with(parent: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m hakit.agent.snapshot_job")
+    parser = argparse.ArgumentParser(prog="hakit.agent.snapshot_job")
     parser.add_argument("--parent", type=int, required=True, help="the agent's pid")
     args = parser.parse_args(argv)
     _die_with(args.parent)
@@ -130,7 +132,3 @@ def main(argv: list[str] | None = None) -> int:
     outcome = run(Job.decode(sys.stdin.buffer.read()))
     print(outcome.encode(), flush=True)
     return 0 if outcome.ok else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

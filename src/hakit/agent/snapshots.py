@@ -32,7 +32,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from hakit.agent.snapshot_job import Job, Outcome
+from hakit.agent.snapshot_job import COMMAND, Job, Outcome
 from hakit.config import Config, format_duration
 from hakit.history.kinds import AlertKind, EventKind
 from hakit.policy import Alert, PolicyState, PolicyView, Role
@@ -99,6 +99,7 @@ class SnapshotSchedule:
         self.last: float | None = None
         self.failures = 0  # consecutive
         self._epoch_seen = 0  # the epoch ``last`` was read from the repository for
+        self.process: asyncio.subprocess.Process | None = None  # the capture running now
 
     @property
     def enabled(self) -> bool:
@@ -155,14 +156,14 @@ class SnapshotSchedule:
         started = time.monotonic()
         process = await asyncio.create_subprocess_exec(
             sys.executable,
-            "-m",
-            "hakit.agent.snapshot_job",
+            *COMMAND,
             "--parent",
             str(os.getpid()),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
         )
+        self.process = process
         talk = asyncio.ensure_future(process.communicate(self.job(epoch).encode()))
         abandoned = ""
         try:
@@ -179,6 +180,7 @@ class SnapshotSchedule:
             if process.returncode is None:  # cancelled: the agent is stopping
                 process.kill()
                 talk.cancel()
+            self.process = None
         seconds = time.monotonic() - started
         if abandoned:
             self.record(
