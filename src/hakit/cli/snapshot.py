@@ -16,6 +16,7 @@ import typer
 from rich.table import Table
 
 from hakit.cli.base import ConfigOption, console, fail, load_or_exit
+from hakit.config import format_duration, parse_duration
 from hakit.snapshot.capture import CaptureOptions, create_snapshot
 from hakit.snapshot.database import database_target
 from hakit.snapshot.format import SnapshotError, decode_manifest, manifest_key
@@ -183,11 +184,10 @@ def prune(
     keep_daily: KeepOption = None,
     keep_weekly: KeepOption = None,
     grace: Annotated[
-        float | None,
+        str | None,
         typer.Option(
-            help="Seconds: younger objects and generations are never removed "
-            "(default: [snapshot] prune_grace, else 3600).",
-            min=0,
+            help='Objects and generations younger are never removed, e.g. "1h" or "0" '
+            "(default: [snapshot] prune_grace, else 1h).",
             show_default=False,
         ),
     ] = None,
@@ -213,9 +213,14 @@ def prune(
     else:
         policy = RetentionPolicy()
     if grace is None:
-        grace = section.prune_grace if section is not None else DEFAULT_GRACE
+        seconds = section.prune_grace if section is not None else DEFAULT_GRACE
+    else:
+        try:
+            seconds = parse_duration(grace)
+        except ValueError as error:
+            fail(SnapshotError(f"--grace: {error}"))
     try:
-        report = prune_store(open_local_store(repo), policy, grace=grace, dry_run=dry_run)
+        report = prune_store(open_local_store(repo), policy, grace=seconds, dry_run=dry_run)
     except SnapshotError as error:
         fail(error)
     table = Table("generation", "taken", "", "why")
@@ -229,7 +234,9 @@ def prune(
             else ("[red]would remove[/red]" if dry_run else "[red]removed[/red]"),
             "; ".join(str(reason) for reason in decision.reasons) or "no rule keeps it",
         )
-    console.print(f"policy: {policy.describe()}; grace period {grace:g} s", highlight=False)
+    console.print(
+        f"policy: {policy.describe()}; grace period {format_duration(seconds)}", highlight=False
+    )
     console.print(table)
     verb = "would remove" if dry_run else "removed"
     console.print(

@@ -43,7 +43,7 @@ def test_prune_from_the_config_section(tmp_path: Path) -> None:
     # Within the default grace period (1 h) every generation is young: all kept.
     result = runner.invoke(app, ["snapshot", "prune", "-c", str(config)], env=ENV)
     assert result.exit_code == 0, result.output
-    assert "policy: keep last 2; grace period 3600 s" in result.output
+    assert "policy: keep last 2; grace period 1h" in result.output
     assert "in use: a capture may build on it" in result.output
     assert "removed 0 generations" in result.output
 
@@ -83,3 +83,13 @@ def test_prune_without_a_repository_says_so(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["snapshot", "prune", "-c", str(config)], env=ENV)
     assert result.exit_code == 1
     assert "no --repo, and" in result.output and "sets no [snapshot] directory" in result.output
+
+
+def test_a_bad_grace_is_refused(tmp_path: Path) -> None:
+    config = _site(tmp_path, '[snapshot]\ndirectory = "repo"\n')
+    _capture(config, tmp_path / "repo", 1)
+    result = CliRunner().invoke(
+        app, ["snapshot", "prune", "-c", str(config), "--grace", "soon"], env=ENV
+    )
+    assert result.exit_code == 1
+    assert '--grace: "soon" is not a duration' in result.output
