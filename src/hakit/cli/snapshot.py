@@ -223,21 +223,18 @@ def prune(
         report = prune_store(open_local_store(repo), policy, grace=seconds, dry_run=dry_run)
     except SnapshotError as error:
         fail(error)
-    table = Table("generation", "taken", "", "why")
-    for decision in report.decisions:
-        generation = decision.generation
-        table.add_row(
-            generation.id,
-            time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(generation.taken_ns / 1e9)),
-            "keep"
-            if decision.keep
-            else ("[red]would remove[/red]" if dry_run else "[red]removed[/red]"),
-            "; ".join(str(reason) for reason in decision.reasons) or "no rule keeps it",
-        )
     console.print(
         f"policy: {policy.describe()}; grace period {format_duration(seconds)}", highlight=False
     )
-    console.print(table)
+    # One line per generation, newest first (not a table: the reasons are long, and a
+    # line stays whole for grep).
+    removed = "would remove" if dry_run else "removed"
+    for decision in report.decisions:
+        generation = decision.generation
+        taken = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(generation.taken_ns / 1e9))
+        verdict = f"{'keep':<12}" if decision.keep else f"[red]{removed:<12}[/red]"
+        why = "; ".join(str(reason) for reason in decision.reasons) or "no rule keeps it"
+        console.print(f"{verdict} {generation.id}  {taken}  {why}", highlight=False, soft_wrap=True)
     verb = "would remove" if dry_run else "removed"
     console.print(
         f"{verb} {len(report.removed_generations)} generations and {report.removed_objects} "
@@ -245,4 +242,5 @@ def prune(
         f"the generations kept, {report.young_objects} unreferenced kept as younger than "
         "the grace period",
         highlight=False,
+        soft_wrap=True,
     )
