@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from hakit.config import SnapshotConfig, load_config
+from hakit.config.check import describe_config
 from tests.unit.config.test_config import BASE, problems_of
 
 
@@ -17,6 +18,7 @@ def test_no_section_means_no_schedule_and_no_retention(tmp_path: Path) -> None:
     assert cfg.snapshot == SnapshotConfig()
     assert cfg.snapshot.interval is None and not cfg.snapshot.retention
     assert cfg.snapshot.prune_grace == 3600.0
+    assert not any(line.startswith("snapshots:") for line in describe_config(cfg))
 
 
 def test_a_schedule_with_retention(tmp_path: Path) -> None:
@@ -31,6 +33,14 @@ def test_a_schedule_with_retention(tmp_path: Path) -> None:
     assert snapshot.interval == 900.0 and snapshot.prune_grace == 7200.0
     assert (snapshot.keep_last, snapshot.keep_daily, snapshot.keep_weekly) == (4, 7, 2)
     assert snapshot.retention
+    assert snapshot.describe() == (
+        f"snapshots: into {tmp_path / 'snaps'}; the running active captures every 15m; "
+        "then prunes (keep_last 4, keep_daily 7, keep_weekly 2)"
+    )
+    assert snapshot.describe() in describe_config(load_config(path))
+    assert SnapshotConfig(directory=Path("/s")).describe() == (
+        "snapshots: into /s; no scheduled capture (no interval); no retention (no keep_*)"
+    )
 
 
 @pytest.mark.parametrize(

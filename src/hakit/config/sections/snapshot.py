@@ -36,6 +36,27 @@ class SnapshotConfig(_Section):
         """Some keep_* is set: prune after each scheduled capture."""
         return bool(self.keep_last or self.keep_daily or self.keep_weekly)
 
+    def describe(self) -> str | None:
+        """One line for ``hakit config check`` (None: no [snapshot] directory)."""
+        if self.directory is None:
+            return None
+        when = (
+            f"the running active captures every {format_duration(self.interval)}"
+            if self.interval is not None
+            else "no scheduled capture (no interval)"
+        )
+        keep = ", ".join(
+            f"{name} {count}"
+            for name, count in (
+                ("keep_last", self.keep_last),
+                ("keep_daily", self.keep_daily),
+                ("keep_weekly", self.keep_weekly),
+            )
+            if count
+        )
+        retention = f"then prunes ({keep})" if keep else "no retention (no keep_*)"
+        return f"snapshots: into {self.directory}; {when}; {retention}"
+
     @model_validator(mode="after")
     def _schedule_needs_a_directory(self) -> SnapshotConfig:
         if self.interval is not None and self.directory is None:
