@@ -185,8 +185,8 @@ class SnapshotSchedule:
         if abandoned:
             self.record(
                 EventKind.SNAPSHOT_FAILED,
-                f"scheduled snapshot abandoned after {seconds:.1f} s: {abandoned}; no "
-                "generation was written",
+                f"scheduled snapshot abandoned after {seconds:.1f} s: {abandoned}; its "
+                "process was killed (no generation, unless its manifest was already written)",
                 epoch=epoch,
                 data={"abandoned": True, "seconds": round(seconds, 3)},
             )
