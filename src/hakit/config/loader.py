@@ -34,6 +34,7 @@ from hakit.config.sections.backup import BackupConfig
 from hakit.config.sections.base import PATTERN_HINTS
 from hakit.config.sections.cluster import ClusterConfig, NodeConfig
 from hakit.config.sections.router import RouterConfig, TcpProxyConfig
+from hakit.config.sections.snapshot import SnapshotConfig
 from hakit.config.timing import apply_recovery_target
 from hakit.config.toml_positions import MAX_NESTING, syntax_error_position, too_deep
 from hakit.config.values import (
@@ -46,9 +47,9 @@ def load_config(path: Path) -> Config:
     """Read, validate and resolve a hakit.toml; raise ConfigError listing every problem.
 
     Relative paths (cluster.state_dir, coordination.path and coordination.sqlite.path,
-    app.home, a sqlite database file, backup.filestore_config and backup.directory) are
-    resolved against the file's directory; ``source`` is set. Jira's filestore-config.xml
-    is checked apart (``filestore_problems``).
+    app.home, a sqlite database file, backup.filestore_config, backup.directory and
+    snapshot.directory) are resolved against the file's directory; ``source`` is set.
+    Jira's filestore-config.xml is checked apart (``filestore_problems``).
     """
     path = Path(path)
     source = _read_source(path)
@@ -205,6 +206,7 @@ def _resolve_paths(values: dict[str, Any], base: Path) -> dict[str, Any]:
     app: AppConfig = values["app"]
     admin: AdminConfig = values["admin"]
     backup: BackupConfig = values["backup"]
+    snapshot: SnapshotConfig = values["snapshot"]
     database_url = app.database_url
     file_part = sqlite_path(database_url)
     if file_part is not None:
@@ -240,6 +242,9 @@ def _resolve_paths(values: dict[str, Any], base: Path) -> dict[str, Any]:
                 if backup.encryption_key_file
                 else None,
             }
+        ),
+        "snapshot": snapshot.model_copy(
+            update={"directory": resolved(snapshot.directory) if snapshot.directory else None}
         ),
     }
 

@@ -50,6 +50,10 @@ class EventKind(enum.StrEnum):
     STORE = "store"  # the coordination store was created or replaced
     # failsafe mode (hakit.policy.failsafe; data: failsafe = which case, confirmed, missing)
     FAILSAFE = "failsafe"
+    # scheduled snapshots by the active's agent (hakit.agent.snapshots; data: generation,
+    # files, bytes_written, seconds, pruned / error)
+    SNAPSHOT = "snapshot"  # a generation was captured (and retention applied)
+    SNAPSHOT_FAILED = "snapshot-failed"  # a capture failed or was abandoned (lease lost)
 
 
 class AlertKind(enum.StrEnum):
@@ -64,6 +68,7 @@ class AlertKind(enum.StrEnum):
     HANG = "hang"
     ERROR = "error"
     FAILSAFE = "failsafe"  # the store is unreachable: serving on confirmations, or no promotion
+    SNAPSHOT = "snapshot"  # a scheduled capture of the home and database failed
 
 
 class EventCause(enum.StrEnum):
@@ -103,5 +108,6 @@ NOTIFY_EVENTS: Final[Mapping[str, bool]] = {
     AlertKind.CRASH: True,
     AlertKind.HANG: True,
     AlertKind.FAILSAFE: True,
+    AlertKind.SNAPSHOT: True,
     AlertKind.ERROR: False,  # covered by "restart"
 }

@@ -17,6 +17,8 @@
 - reader.py     objects read back, each checked against its hash
 - verify.py     every object of a generation re-read and re-hashed
 - restore.py    a generation into a new directory; the swap into place (files, databases)
+- retention.py  which generations a policy keeps (restic's keep-last/daily/weekly), pure
+- prune.py      the dropped manifests deleted, then the unreferenced objects (a grace period)
 
 Modules import each other directly, never through this package.
 """

@@ -6,6 +6,7 @@
 - router.py   ``[router]`` and ``[[tcp_proxy]]``
 - notify.py   ``[notify]``: the webhook and e-mail
 - backup.py   ``[backup]``: filestore-config.xml or a directory, credentials, write-only
+- snapshot.py ``[snapshot]``: the agent's scheduled captures, and retention
 
 The modules import each other directly, never this package.
 """
