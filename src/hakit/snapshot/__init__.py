@@ -2,6 +2,7 @@
 
 - format.py     the repository format (blobs, packs, manifests) and the manifest's codec
 - store.py      the ``Store`` protocol and ``LocalStore`` (a local directory)
+- crypto.py     client-side encryption: ``EncryptedStore`` wraps any store (keyed names, AES-GCM)
 - writer.py     blobs hashed and put once; small ones bundled into packs
 - hashcache.py  unchanged files (by inode, size, mtime, ctime) not read again
 - reading.py    one file read at one moment: the stability check and its retries
