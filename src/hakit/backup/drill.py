@@ -132,9 +132,10 @@ def check_restored(
     if rows is not None:
         checks.append(check_attachments(home, rows))
     elif manifest.database is not None and not any(check.failed for check in checks):
-        checks.append(
-            Check("attachments", SKIP, "no records table with attachment and sha256 columns")
-        )
+        why = "no records table with attachment and sha256 columns"
+        if manifest.database.kind == POSTGRESQL and scratch_database_url is None:
+            why = "the dump was not restored (no --scratch-database-url)"
+        checks.append(Check("attachments", SKIP, why))
     return checks
 
 
