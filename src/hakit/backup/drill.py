@@ -249,9 +249,18 @@ def drill_from_config(
     environ: Mapping[str, str] | None = None,
 ) -> tuple[DrillReport, str]:
     """A drill of the node's backup target, recorded; the report and the target's description.
-    Raises ConfigError (the target's configuration) and SnapshotError (opening the store)."""
+    Raises ConfigError (the target's configuration); a repository that cannot be opened (a
+    wrong key, no access) is a failed drill, recorded like any other."""
     target = resolve_target(cfg)
-    store = open_store(target, reading=True, environ=environ)
+    record = record_path(cfg.cluster.state_dir)
+    started = time.time_ns()
+    try:
+        store = open_store(target, reading=True, environ=environ)
+    except SnapshotError as error:
+        failed = (Check("repository", FAIL, str(error)),)
+        report = DrillReport(None, None, started, time.time_ns(), failed, None)
+        save_record(record, report, target.describe())
+        return report, target.describe()
     try:
         repository = target.directory if isinstance(target, LocalTarget) else None
         report = run_drill(
@@ -264,5 +273,5 @@ def drill_from_config(
         )
     finally:
         close_store(store)
-    save_record(record_path(cfg.cluster.state_dir), report, target.describe())
+    save_record(record, report, target.describe())
     return report, target.describe()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import os
 import sqlite3
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any
 
 from typer.testing import CliRunner
 
+from hakit.backup.drill import record_path
 from hakit.cli import app
 from hakit.snapshot.crypto import EncryptedStore, RepositoryKey
 from hakit.snapshot.format import decode_manifest, manifest_key
@@ -119,6 +121,8 @@ def test_a_wrong_key_or_none_is_refused_before_anything_is_written(tmp_path: Pat
         assert result.exit_code == 1, (command, result.output)
         assert "wrong key for the repository" in result.text, (command, result.output)
         assert "it is encrypted with key id" in result.text
+    record = json.loads(record_path(tmp_path / "state").read_text())  # the drill's, failed
+    assert record["ok"] is False and record["checks"][0]["name"] == "repository"
 
     site.configure()
     for command in (["create"], ["verify"], ["restore", "--into", str(tmp_path / "r")]):
