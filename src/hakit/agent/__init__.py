@@ -12,6 +12,8 @@
 - stall.py          the agent's own stalls (its monotonic clock jumped: a frozen VM)
 - startup.py        once, as it starts: the sweep of what an earlier agent left, the
                     cold start's ``Boot`` from the node records
+- snapshots.py      ``[snapshot] interval``: the running active's scheduled captures, each in
+                    a process of its own (snapshot_job.py), abandoned if the lease goes
 
 What the agent drives lives beside it: the policy (hakit.policy), the app's
 supervisor and shim (hakit.supervisor), the probes and data path (hakit.health),

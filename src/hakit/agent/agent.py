@@ -61,6 +61,7 @@ from hakit.agent.failsafe import FailsafeSide
 from hakit.agent.lease import LeaseKeeper, Wake
 from hakit.agent.operator_side import OperatorSide
 from hakit.agent.replication import ReplicationSide
+from hakit.agent.snapshots import SnapshotSchedule, active_epoch
 from hakit.agent.stall import STALL_THRESHOLD, StallDetector
 from hakit.agent.startup import boot_event, sweep_leftovers
 from hakit.agent.storeio import StoreIO
@@ -224,6 +225,15 @@ class Agent:
         if self.replication.enabled:
             self.lease.takeover_gate = self.replication.allows_takeover
             self.operator.served_repository = self.replication.repository
+        # [snapshot] interval: the running active captures, in a process of its own
+        # (hakit.agent.snapshots).
+        self.snapshots = SnapshotSchedule(
+            cfg,
+            self.node.name,
+            active=lambda: active_epoch(self.policy.view(), self.lease.epoch),
+            record=self._record,
+            alert=self._execute,
+        )
         self.served_epoch = 0  # the highest epoch this node was active under (kept in the store)
         self._published_at = float("-inf")  # monotonic: the operator loop publishes a heartbeat
 
@@ -367,6 +377,8 @@ class Agent:
             tasks.append(asyncio.create_task(self.failsafe.run(), name="failsafe"))
         if self.replication.enabled:
             tasks.append(asyncio.create_task(self.replication.run(), name="replication"))
+        if self.snapshots.enabled:
+            tasks.append(asyncio.create_task(self.snapshots.run(), name="snapshots"))
         stop_waiter = asyncio.create_task(self._stop_requested.wait())
         # Started: leftovers swept, the store read, the loops running.
         self.service.ready(f"node {self.node.name}: started (pid {os.getpid()})")

@@ -5,6 +5,11 @@ every S3-compatible server answers), takes ``<max-concurrency>`` as its
 connection pool's size, and its credentials from the environment variables
 ``[backup] access_key_env`` / ``secret_key_env`` name, else from the AWS chain
 (``AWS_ACCESS_KEY_ID``..., ``~/.aws/credentials``, an instance role).
+
+With ``[backup] encryption_key_file`` or ``encryption_key_env`` the store is
+wrapped in hakit.snapshot.crypto's ``EncryptedStore``, after the repository's
+``config`` object (a write-only S3 node: its local copy beside the record of
+stored keys) was checked against the key.
 """
 
 from __future__ import annotations
@@ -16,8 +21,15 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from hakit.backup.target import BackupTarget, LocalTarget, S3Target
+from hakit.snapshot.crypto import (
+    CONFIG_KEY,
+    EncryptedStore,
+    load_master_key,
+    open_repository,
+    stored_config,
+)
 from hakit.snapshot.format import SnapshotError
-from hakit.snapshot.s3store import S3Location, S3Store
+from hakit.snapshot.s3store import S3Location, S3Store, error_code
 from hakit.snapshot.store import LocalStore, Store, open_local_store
 
 
@@ -96,12 +108,49 @@ def open_store(
     reading: bool = False,
     environ: Mapping[str, str] | None = None,
 ) -> Store:
+    environ = os.environ if environ is None else environ
+    master = load_master_key(target.encryption.file, target.encryption.env, environ)
     if isinstance(target, LocalTarget):
-        return open_local_store(target.directory, create=create)
-    return s3_store(target, s3_client(target, environ), reading=reading)
+        local = open_local_store(target.directory, create=create)
+        return open_repository(
+            local, master, where=target.describe(), read_config=stored_config(local), create=create
+        )
+    remote = s3_store(target, s3_client(target, environ), reading=reading)
+    try:
+        return open_repository(
+            remote,
+            master,
+            where=target.describe(),
+            read_config=None if remote.write_only else lambda: _s3_config(remote),
+            create=create,
+            local_copy=target.state / CONFIG_KEY,
+        )
+    except BaseException:
+        remote.close()
+        raise
+
+
+def _s3_config(store: S3Store) -> bytes | None:
+    """The config object, None when absent: one GET (a HEAD would need s3:GetObject too,
+    and some servers authorize it apart)."""
+    location = store.location
+    try:
+        answer = store.client.get_object(Bucket=location.bucket, Key=location.key(CONFIG_KEY))
+        data: bytes = answer["Body"].read()
+    except Exception as error:
+        if error_code(error) in ("404", "NoSuchKey"):
+            return None
+        raise store._error("read", CONFIG_KEY, error) from None  # its wording and hints
+    return data
+
+
+def unwrapped(store: Store) -> Store:
+    """The store under an ``EncryptedStore`` (for its statistics), else ``store``."""
+    return store.inner if isinstance(store, EncryptedStore) else store
 
 
 def close_store(store: Store) -> None:
+    store = unwrapped(store)
     if isinstance(store, S3Store):
         store.close()
     elif not isinstance(store, LocalStore):  # pragma: no cover

@@ -20,12 +20,25 @@ from hakit.errors import ConfigError
 
 
 @dataclass(frozen=True, slots=True)
+class KeySource:
+    """Where the repository's encryption key is (hakit.snapshot.crypto); neither: none."""
+
+    file: Path | None = None
+    env: str | None = None
+
+    @property
+    def configured(self) -> bool:
+        return self.file is not None or self.env is not None
+
+
+@dataclass(frozen=True, slots=True)
 class LocalTarget:
     directory: Path
     filestore_config: Path  # where filestore-config.xml was looked for
+    encryption: KeySource = KeySource()
 
     def describe(self) -> str:
-        return f"directory {self.directory}"
+        return f"directory {self.directory}" + (", encrypted" if self.encryption.configured else "")
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,11 +50,13 @@ class S3Target:
     access_key_env: str | None
     secret_key_env: str | None
     state: Path  # this node's record of stored keys (hakit.snapshot.s3store)
+    encryption: KeySource = KeySource()
 
     def describe(self) -> str:
         store = self.filestore
         where = f" via {store.endpoint}" if store.endpoint else ""
         mode = ", write-only" if self.write_only else ""
+        mode += ", encrypted" if self.encryption.configured else ""
         return (
             f"s3://{store.bucket}/{self.prefix}/ ({store.region}{where}{mode}; "
             f'<s3-filestore id="{store.id}"> in {self.filestore_config})'
@@ -65,8 +80,9 @@ def choose_target(
     if parsed is not None and parsed.problems:
         raise ConfigError(parsed.lines(xml))
     store = parsed.config.backups() if parsed is not None and parsed.config else None
+    encryption = KeySource(backup.encryption_key_file, backup.encryption_key_env)
     if store is None:
-        return LocalTarget(backup.directory_path(home), xml)
+        return LocalTarget(backup.directory_path(home), xml, encryption)
     return S3Target(
         filestore=store,
         filestore_config=xml,
@@ -75,6 +91,7 @@ def choose_target(
         access_key_env=backup.access_key_env,
         secret_key_env=backup.secret_key_env,
         state=record_directory(state_dir, store, backup.prefix),
+        encryption=encryption,
     )
 
 

@@ -1,4 +1,4 @@
-"""``hakit backup create|list|verify|restore|check``: snapshots into the backup target.
+"""``hakit backup create|list|verify|restore|check|drill``: snapshots into the backup target.
 
 The target comes from the config (hakit.backup.target): the S3 filestore Jira's
 filestore-config.xml associates with ``backups``, else a local directory. The
@@ -20,8 +20,10 @@ from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TextColumn
 from rich.table import Table
 
+from hakit.backup.drill import DrillReport, drill_from_config, load_record, record_path
+from hakit.backup.drillchecks import FAIL, PASS
 from hakit.backup.healthcheck import Status, run_directory_check, run_s3_check
-from hakit.backup.stores import close_store, open_store, s3_client
+from hakit.backup.stores import close_store, open_store, s3_client, unwrapped
 from hakit.backup.target import BackupTarget, LocalTarget, resolve_target
 from hakit.cli.base import ConfigOption, console, fail, load_or_exit
 from hakit.cli.snapshot import _size as size
@@ -67,6 +69,7 @@ def _open(target: BackupTarget, create: bool = False) -> Store:
 @contextmanager
 def _progress(store: Store) -> Iterator[None]:
     """On a terminal, what an S3 backup has sent so far, refreshed while it runs."""
+    store = unwrapped(store)
     if not isinstance(store, S3Store) or not console.is_terminal:
         yield
         return
@@ -133,8 +136,9 @@ def create(
         exclude=_excluded(cfg, target),
     )
     try:
-        if rebuild_index and isinstance(store, S3Store):
-            console.print(f"record rebuilt: {store.rebuild_record()} objects", highlight=False)
+        bottom = unwrapped(store)
+        if rebuild_index and isinstance(bottom, S3Store):
+            console.print(f"record rebuilt: {bottom.rebuild_record()} objects", highlight=False)
         with _progress(store):
             report = create_snapshot(store, options)
     except SnapshotError as error:
@@ -143,8 +147,8 @@ def create(
         close_store(store)
     manifest, written = report.manifest, report.written
     sent = ""
-    if isinstance(store, S3Store):
-        stats = store.stats
+    if isinstance(bottom, S3Store):
+        stats = bottom.stats
         sent = f"; {stats.objects_put} objects uploaded ({size(stats.bytes_put)}), "
         sent += f"{stats.objects_present} already there"
     console.print(
@@ -183,6 +187,27 @@ def list_(config: ConfigOption = Path("hakit.toml")) -> None:
         close_store(store)
     console.print(f"backups in {target.describe()}", highlight=False, soft_wrap=True)
     console.print(table)
+    last = load_record(record_path(cfg.cluster.state_dir))
+    if last is not None:
+        console.print(_last_drill(last, target.describe()), highlight=False, soft_wrap=True)
+
+
+def _when(ns: object) -> str:
+    if not isinstance(ns, int):
+        return "-"
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(ns / 1e9))
+
+
+def _last_drill(record: dict[str, object], target: str) -> str:
+    verdict = "[green]passed[/green]" if record.get("ok") else "[red]FAILED[/red]"
+    checks = record.get("checks")
+    count = len(checks) if isinstance(checks, list) else 0
+    where = "" if record.get("target") == target else f" of {escape(str(record.get('target')))}"
+    return (
+        f"last drill{where}: {_when(record.get('finished_ns'))}, generation "
+        f"{record.get('generation') or '-'} (taken {_when(record.get('taken_ns'))}) "
+        f"{verdict}, {count} checks"
+    )
 
 
 @backup_app.command("verify")
@@ -275,4 +300,82 @@ def check(
             soft_wrap=True,
         )
     if report.status is Status.ERROR or (strict and report.status is Status.WARNING):
+        raise typer.Exit(1)
+
+
+def _age(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
+
+
+def _print_drill(report: DrillReport, target: str) -> None:
+    console.print(f"drill of {escape(target)}", highlight=False, soft_wrap=True)
+    colours = {PASS: "green", FAIL: "red"}
+    for check in report.checks:
+        colour = colours.get(check.status, "yellow")
+        console.print(
+            f"[{colour}]{check.status.upper():4}[/{colour}] {escape(check.name)}: "
+            f"{escape(check.detail)}",
+            highlight=False,
+            soft_wrap=True,
+        )
+    if report.generation is not None and report.taken_ns is not None:
+        age = max(0.0, (report.finished_ns - report.taken_ns) / 1e9)
+        console.print(
+            f"recovery point: generation {report.generation}, taken {_when(report.taken_ns)} "
+            f"({_age(age)} before this drill)",
+            highlight=False,
+            soft_wrap=True,
+        )
+    if report.kept is not None:
+        console.print(f"kept: {report.kept}", highlight=False, soft_wrap=True)
+    verdict = "[green]passed[/green]" if report.ok else "[red]FAILED[/red]"
+    console.print(f"drill {verdict}", highlight=False)
+
+
+@backup_app.command("drill")
+def drill(
+    config: ConfigOption = Path("hakit.toml"),
+    generation: GenerationArgument = None,
+    scratch: Annotated[
+        Path | None,
+        typer.Option(
+            "--scratch",
+            help="Where to restore (a new directory is made in it; default: the system's "
+            "temporary directory). Never the live home.",
+        ),
+    ] = None,
+    keep: Annotated[
+        bool, typer.Option("--keep", help="Keep the restored directory (and scratch database).")
+    ] = False,
+    scratch_database_url: Annotated[
+        str | None,
+        typer.Option(
+            "--scratch-database-url",
+            help="PostgreSQL: a server where the dump is restored into a new database, "
+            "checked and dropped (without it the dump is only listed).",
+        ),
+    ] = None,
+) -> None:
+    """Restore the newest generation into a scratch directory and check it as the app
+    would: database integrity, git fsck, attachments (exit 1 on any failure)."""
+    cfg = load_or_exit(config)
+    _target(cfg)  # its configuration errors, printed as the other commands print them
+    try:
+        report, target = drill_from_config(
+            cfg,
+            scratch=scratch,
+            keep=keep,
+            scratch_database_url=scratch_database_url,
+            generation=generation,
+        )
+    except HakitError as error:
+        fail(error)
+    _print_drill(report, target)
+    if not report.ok:
         raise typer.Exit(1)

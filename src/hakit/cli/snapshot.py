@@ -1,8 +1,9 @@
-"""``hakit snapshot create|list|verify|restore``: consistent copies of the home and database.
+"""``hakit snapshot create|list|verify|restore|prune``: consistent copies of the home and
+database.
 
 The work is in hakit.snapshot; these commands read ``app.home`` and
-``app.database_url`` (SQLite or PostgreSQL) from the config, open the
-repository and print. ``database_url`` may hold a password: it is never printed.
+``app.database_url`` (SQLite or PostgreSQL; ``[snapshot]`` for prune) from the config,
+open the repository and print. ``database_url`` may hold a password: it is never printed.
 """
 
 from __future__ import annotations
@@ -15,12 +16,16 @@ import typer
 from rich.table import Table
 
 from hakit.cli.base import ConfigOption, console, fail, load_or_exit
+from hakit.config import format_duration, parse_duration
 from hakit.snapshot.capture import CaptureOptions, create_snapshot
 from hakit.snapshot.database import DatabaseTarget, database_target
 from hakit.snapshot.format import SnapshotError, decode_manifest, manifest_key
 from hakit.snapshot.pgrestore import restore_copy
 from hakit.snapshot.postgres import POSTGRESQL
+from hakit.snapshot.prune import DEFAULT_GRACE
+from hakit.snapshot.prune import prune as prune_store
 from hakit.snapshot.restore import restore_generation, swap_generation
+from hakit.snapshot.retention import RetentionPolicy
 from hakit.snapshot.store import open_local_store
 from hakit.snapshot.verify import verify_generation
 
@@ -200,3 +205,78 @@ def restore(
                 )
     except SnapshotError as error:
         fail(error)
+
+
+KeepOption = Annotated[int | None, typer.Option(min=0, show_default=False)]
+
+
+@snapshot_app.command("prune")
+def prune(
+    repo: Annotated[
+        Path | None,
+        typer.Option("--repo", help="The repository (default: [snapshot] directory)."),
+    ] = None,
+    keep_last: KeepOption = None,
+    keep_daily: KeepOption = None,
+    keep_weekly: KeepOption = None,
+    grace: Annotated[
+        str | None,
+        typer.Option(
+            help='Objects and generations younger are never removed, e.g. "1h" or "0" '
+            "(default: [snapshot] prune_grace, else 1h).",
+            show_default=False,
+        ),
+    ] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what, remove nothing.")] = False,
+    config: ConfigOption = Path("hakit.toml"),
+) -> None:
+    """Remove the generations a retention policy drops, then the objects no kept one needs.
+
+    The policy is the --keep-* options when any is given, else [snapshot] keep_last,
+    keep_daily and keep_weekly. The newest generation is always kept. Needs delete
+    access to the repository: meant for a more privileged credential than capture's.
+    """
+    cfg = load_or_exit(config) if repo is None or config.exists() else None
+    section = cfg.snapshot if cfg is not None else None
+    if repo is None:
+        if section is None or section.directory is None:
+            fail(SnapshotError(f"no --repo, and {config} sets no [snapshot] directory"))
+        repo = section.directory
+    if any(value is not None for value in (keep_last, keep_daily, keep_weekly)):
+        policy = RetentionPolicy(keep_last or 0, keep_daily or 0, keep_weekly or 0)
+    elif section is not None:
+        policy = RetentionPolicy(section.keep_last, section.keep_daily, section.keep_weekly)
+    else:
+        policy = RetentionPolicy()
+    if grace is None:
+        seconds = section.prune_grace if section is not None else DEFAULT_GRACE
+    else:
+        try:
+            seconds = parse_duration(grace)
+        except ValueError as error:
+            fail(SnapshotError(f"--grace: {error}"))
+    try:
+        report = prune_store(open_local_store(repo), policy, grace=seconds, dry_run=dry_run)
+    except SnapshotError as error:
+        fail(error)
+    console.print(
+        f"policy: {policy.describe()}; grace period {format_duration(seconds)}", highlight=False
+    )
+    # One line per generation, newest first (not a table: the reasons are long, and a
+    # line stays whole for grep).
+    removed = "would remove" if dry_run else "removed"
+    for decision in report.decisions:
+        generation = decision.generation
+        taken = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(generation.taken_ns / 1e9))
+        verdict = f"{'keep':<12}" if decision.keep else f"[red]{removed:<12}[/red]"
+        why = "; ".join(str(reason) for reason in decision.reasons) or "no rule keeps it"
+        console.print(f"{verdict} {generation.id}  {taken}  {why}", highlight=False, soft_wrap=True)
+    verb = "would remove" if dry_run else "removed"
+    console.print(
+        f"{verb} {len(report.removed_generations)} generations and {report.removed_objects} "
+        f"objects ({_size(report.removed_bytes)}); {report.kept_objects} objects kept for "
+        f"the generations kept, {report.young_objects} unreferenced kept as younger than "
+        "the grace period",
+        highlight=False,
+        soft_wrap=True,
+    )

@@ -36,6 +36,7 @@ from hakit.config.sections.notify import (
     NotifyConfig,
 )
 from hakit.config.sections.router import RouterConfig, TcpProxyConfig
+from hakit.config.sections.snapshot import SnapshotConfig
 from hakit.config.values import (
     FENCE_PLACEHOLDERS,
     MAX_DURATION,
@@ -97,6 +98,7 @@ __all__ = [
     "PositiveDuration",
     "RouterConfig",
     "Size",
+    "SnapshotConfig",
     "Sticky",
     "StickyDown",
     "Storage",

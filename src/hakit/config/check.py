@@ -435,6 +435,7 @@ def describe_config(cfg: Config) -> list[str]:
         f"{fd(cfg.coordination.lease_ttl)}",
         f"store unreachable: {_failsafe(cfg)}",
         f"fencing: {_fencing(cfg)}",
+        *filter(None, [cfg.snapshot.describe()]),
     ]
     return lines + _tcp_proxy_lines(cfg) + derived_lines(cfg) + timing_lines(cfg)
 

@@ -35,6 +35,7 @@ from hakit.config.sections.base import PATTERN_HINTS
 from hakit.config.sections.cluster import ClusterConfig, NodeConfig
 from hakit.config.sections.replication import ReplicationConfig, replication_problems
 from hakit.config.sections.router import RouterConfig, TcpProxyConfig
+from hakit.config.sections.snapshot import SnapshotConfig
 from hakit.config.timing import apply_recovery_target
 from hakit.config.toml_positions import MAX_NESTING, syntax_error_position, too_deep
 from hakit.config.values import (
@@ -47,9 +48,9 @@ def load_config(path: Path) -> Config:
     """Read, validate and resolve a hakit.toml; raise ConfigError listing every problem.
 
     Relative paths (cluster.state_dir, coordination.path and coordination.sqlite.path,
-    app.home, a sqlite database file, backup.filestore_config and backup.directory) are
-    resolved against the file's directory; ``source`` is set. Jira's filestore-config.xml
-    is checked apart (``filestore_problems``).
+    app.home, a sqlite database file, backup.filestore_config, backup.directory and
+    snapshot.directory) are resolved against the file's directory; ``source`` is set.
+    Jira's filestore-config.xml is checked apart (``filestore_problems``).
     """
     path = Path(path)
     source = _read_source(path)
@@ -211,6 +212,7 @@ def _resolve_paths(values: dict[str, Any], base: Path) -> dict[str, Any]:
     app: AppConfig = values["app"]
     admin: AdminConfig = values["admin"]
     backup: BackupConfig = values["backup"]
+    snapshot: SnapshotConfig = values["snapshot"]
 
     def resolved_url(database_url: str) -> str:
         file_part = sqlite_path(database_url)
@@ -263,7 +265,13 @@ def _resolve_paths(values: dict[str, Any], base: Path) -> dict[str, Any]:
                 if backup.filestore_config
                 else None,
                 "directory": resolved(backup.directory) if backup.directory else None,
+                "encryption_key_file": resolved(backup.encryption_key_file)
+                if backup.encryption_key_file
+                else None,
             }
+        ),
+        "snapshot": snapshot.model_copy(
+            update={"directory": resolved(snapshot.directory) if snapshot.directory else None}
         ),
     }
 

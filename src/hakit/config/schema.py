@@ -45,6 +45,7 @@ from hakit.config.sections.cluster import ClusterConfig, NodeConfig
 from hakit.config.sections.notify import NotifyConfig
 from hakit.config.sections.replication import ReplicationConfig
 from hakit.config.sections.router import RouterConfig, TcpProxyConfig
+from hakit.config.sections.snapshot import SnapshotConfig
 from hakit.config.values import PositiveDuration, format_duration
 from hakit.coord.etcd import EtcdSection
 from hakit.coord.registry import names as backend_names
@@ -170,6 +171,7 @@ class Config(_Section):
     router: RouterConfig = RouterConfig()
     tcp_proxy: tuple[TcpProxyConfig, ...] = ()
     notify: NotifyConfig = NotifyConfig()
+    snapshot: SnapshotConfig = SnapshotConfig()
     admin: AdminConfig = AdminConfig()
     backup: BackupConfig = BackupConfig()
     replication: ReplicationConfig = ReplicationConfig()

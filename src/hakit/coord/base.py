@@ -72,6 +72,10 @@ from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+# The holder of the lease ``hakit init --reinit`` writes on a distributed store: no node
+# takes the lease before the store expires it (hakit.coord.etcd.reinit).
+REINIT_HOLDER = "(re-initialised)"
+
 
 @dataclass(frozen=True, slots=True)
 class Lease:

@@ -31,6 +31,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from hakit.config import Config
 from hakit.coord.base import Event
@@ -319,6 +320,46 @@ def _push_leases_from(path: Path, leases_from: float) -> None:
         conn.close()
 
 
+class InitReport(Protocol):
+    def lines(self) -> list[str]: ...
+
+
+def _initialise_etcd(
+    cfg: Config, reinit: bool, min_epoch: int, force: bool, actor: str, config: str
+) -> InitReport:
+    from hakit.coord.etcd.reinit import initialise_etcd
+    from hakit.coord.factory import open_coordinator
+
+    assert cfg.coordination.etcd is not None
+    memories = read_memories(memory_dir(cfg.cluster.state_dir))  # damaged: raise, never guess
+    done = initialise_etcd(
+        cfg.coordination.etcd,
+        cluster=cfg.cluster.name,
+        memories=memories,
+        lease_ttl=cfg.coordination.lease_ttl,
+        reinit=reinit,
+        min_epoch=min_epoch,
+        force=force,
+        config=config,
+    )
+    what = (
+        f"coordination store re-initialised with identity {done.identity} (replaces "
+        f"{', '.join(done.lineage) or 'no known identity'}; was {done.replaced}); "
+        f"epochs continue above {done.base_epoch}"
+        if reinit
+        else f"coordination store created with identity {done.identity}"
+    )
+    data = {"identity": done.identity, "lineage": list(done.lineage), "min_epoch": min_epoch}
+    store = open_coordinator(cfg, create=False)
+    try:
+        store.append_event(
+            Event(0, time.time(), "", EventKind.STORE.value, what, done.base_epoch, actor, data)
+        )
+    finally:
+        store.close()
+    return done
+
+
 def initialise(
     cfg: Config,
     *,
@@ -326,13 +367,16 @@ def initialise(
     min_epoch: int = 0,
     force: bool = False,
     actor: str = "operator",
-) -> InitResult:
+) -> InitReport:
     """``hakit init`` (``reinit``: ``--reinit``) for the store ``cfg`` names."""
+    config = str(cfg.source) if cfg.source is not None else "CONFIG"
+    if cfg.coordination.backend == "etcd":
+        return _initialise_etcd(cfg, reinit, min_epoch, force, actor, config)
     if cfg.coordination.backend != "sqlite":
         raise CoordinationError(
-            f"hakit init: coordination.backend {cfg.coordination.backend!r} has no store to create"
+            f"hakit init: coordination.backend {cfg.coordination.backend!r}: not supported yet; "
+            "its first agent creates the cluster identity"
         )
-    config = str(cfg.source) if cfg.source is not None else "CONFIG"
     make_private_dir(cfg.cluster.state_dir)
     memories = memory_dir(cfg.cluster.state_dir)
     if reinit:

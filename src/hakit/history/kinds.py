@@ -53,6 +53,10 @@ class EventKind(enum.StrEnum):
     # replicated storage (hakit.agent.replication; data: generation, data_loss_window, forced,
     # error): a promotion's data-loss window, a refused promotion, a failed pull or apply
     REPLICATION = "replication"
+    # scheduled snapshots by the active's agent (hakit.agent.snapshots; data: generation,
+    # files, bytes_written, seconds, pruned / error)
+    SNAPSHOT = "snapshot"  # a generation was captured (and retention applied)
+    SNAPSHOT_FAILED = "snapshot-failed"  # a capture failed or was abandoned (lease lost)
 
 
 class AlertKind(enum.StrEnum):
@@ -67,6 +71,7 @@ class AlertKind(enum.StrEnum):
     HANG = "hang"
     ERROR = "error"
     FAILSAFE = "failsafe"  # the store is unreachable: serving on confirmations, or no promotion
+    SNAPSHOT = "snapshot"  # a scheduled capture of the home and database failed
 
 
 class EventCause(enum.StrEnum):
@@ -106,5 +111,6 @@ NOTIFY_EVENTS: Final[Mapping[str, bool]] = {
     AlertKind.CRASH: True,
     AlertKind.HANG: True,
     AlertKind.FAILSAFE: True,
+    AlertKind.SNAPSHOT: True,
     AlertKind.ERROR: False,  # covered by "restart"
 }

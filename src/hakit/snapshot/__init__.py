@@ -2,6 +2,7 @@
 
 - format.py     the repository format (blobs, packs, manifests) and the manifest's codec
 - store.py      the ``Store`` protocol and ``LocalStore`` (a local directory)
+- crypto.py     client-side encryption: ``EncryptedStore`` wraps any store (keyed names, AES-GCM)
 - writer.py     blobs hashed and put once; small ones bundled into packs
 - hashcache.py  unchanged files (by inode, size, mtime, ctime) not read again
 - reading.py    one file read at one moment: the stability check and its retries
@@ -19,6 +20,8 @@
 - restore.py    a generation into a new directory; the swap into place (files, databases)
 - peerstore.py  a peer node's repository over its admin API; pulling what a store lacks
 - apply.py      a standby applies a generation: beside its home, swapped in by one rename
+- retention.py  which generations a policy keeps (restic's keep-last/daily/weekly), pure
+- prune.py      the dropped manifests deleted, then the unreferenced objects (a grace period)
 
 Modules import each other directly, never through this package.
 """

@@ -4,12 +4,20 @@ A store knows keys (``blobs/..``, ``packs/..``, ``manifests/..``, see
 hakit.snapshot.format) and bytes, nothing of their meaning. Writing is "put if
 absent" only: an object, once there, is never replaced, so the same store works
 on write-only, versioned or object-locked storage (S3, next step).
+
+Deleting is another protocol, ``SupportsDelete``: only pruning
+(hakit.snapshot.prune) needs it, and it is meant for a separate, more privileged
+credential; capture, verify and restore take a plain ``Store``, so normal
+operation never can delete.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -20,7 +28,13 @@ class Store(Protocol):
     def has(self, key: str) -> bool: ...
 
     def put_if_absent(self, key: str, data: bytes) -> bool:
-        """Store ``data`` under ``key`` durably unless the key exists; True when written."""
+        """Store ``data`` under ``key`` durably unless the key exists; True when written.
+
+        When the key exists, a store that also supports delete must make the object
+        count as new for prune's grace period (its modification time set to now, or
+        the object put again): a capture that finds an object already there relies
+        on it without writing it, and a prune running meanwhile must not sweep it
+        (hakit.snapshot.prune)."""
         ...
 
     def get(self, key: str) -> bytes: ...
@@ -32,6 +46,34 @@ class Store(Protocol):
     def put_manifest(self, generation: str, data: bytes) -> None:
         """The generation's manifest, in one atomic step; an existing one is an error."""
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class StoredObject:
+    key: str
+    size: int
+    modified_ns: int  # when it was last written (a file's mtime, S3's LastModified)
+
+
+class SupportsDelete(Protocol):
+    """What pruning needs beyond ``Store``: listing with times, and deleting."""
+
+    def list_objects(self, prefix: str) -> Iterator[StoredObject]:
+        """Every object whose key starts with ``prefix`` (e.g. "blobs/"), in no order."""
+        ...
+
+    def delete(self, key: str, modified_before_ns: int | None = None) -> bool:
+        """Remove ``key`` durably (once this returns, a crash does not bring it back);
+        True when removed, False when it was missing. With ``modified_before_ns``, only
+        if it was last modified before then: an object a capture refreshed meanwhile
+        (``put_if_absent`` on an existing key) stays. The check and the removal are
+        one step where the store allows it (LocalStore: by a rename); elsewhere the
+        window between them must be as short as one request."""
+        ...
+
+
+class PrunableStore(Store, SupportsDelete, Protocol):
+    """A store prune can work on."""
 
 
 def _fsync_directory(directory: Path) -> None:
@@ -66,7 +108,7 @@ class LocalStore:
 
     def put_if_absent(self, key: str, data: bytes) -> bool:
         path = self._path(key)
-        if path.exists():
+        if self._refresh(path):
             return False
         path.parent.mkdir(parents=True, exist_ok=True)
         temporary = self.root / "tmp" / f"{path.name}.{secrets.token_hex(6)}"
@@ -79,11 +121,23 @@ class LocalStore:
             try:
                 os.link(temporary, path)
             except FileExistsError:
-                return False  # written meanwhile by someone else: same name, same bytes
+                # written meanwhile by someone else: same name, same bytes
+                self._refresh(path)
+                return False
             _fsync_directory(path.parent)
         finally:
             temporary.unlink(missing_ok=True)
         self.written += 1
+        return True
+
+    @staticmethod
+    def _refresh(path: Path) -> bool:
+        """An existing object's mtime set to now (prune's grace period then covers it);
+        False when it does not exist."""
+        try:
+            os.utime(path)
+        except FileNotFoundError:
+            return False
         return True
 
     def get(self, key: str) -> bytes:
@@ -103,6 +157,50 @@ class LocalStore:
     def put_manifest(self, generation: str, data: bytes) -> None:
         if not self.put_if_absent(manifest_key(generation), data):
             raise SnapshotError(f"generation {generation} already exists in {self.root}")
+
+    def list_objects(self, prefix: str) -> Iterator[StoredObject]:
+        top = prefix.split("/", 1)[0]
+        for directory, _dirs, files in os.walk(self._path(top)):
+            for name in files:
+                path = Path(directory, name)
+                key = path.relative_to(self.root).as_posix()
+                if not key.startswith(prefix):
+                    continue
+                try:
+                    st = path.stat()
+                except FileNotFoundError:
+                    continue  # deleted meanwhile (a temporary file linked into place)
+                yield StoredObject(key, st.st_size, st.st_mtime_ns)
+
+    def delete(self, key: str, modified_before_ns: int | None = None) -> bool:
+        path = self._path(key)
+        if modified_before_ns is None:
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                return False
+            _fsync_directory(path.parent)
+            return True
+        # Moved aside first, then judged by its time: a capture refreshing the object
+        # before the move is seen here (it is put back); one after it finds the key
+        # missing and writes the object again. Never a refreshed object deleted.
+        aside = self.root / "tmp" / f"{path.name}.deleting.{secrets.token_hex(6)}"
+        aside.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.rename(path, aside)
+        except FileNotFoundError:
+            return False
+        try:
+            if os.stat(aside).st_mtime_ns >= modified_before_ns:
+                # FileExistsError: written again meanwhile, same name, same bytes
+                with contextlib.suppress(FileExistsError):
+                    os.link(aside, path)
+                return False
+            return True
+        finally:
+            aside.unlink(missing_ok=True)
+            _fsync_directory(path.parent)
+            _fsync_directory(aside.parent)
 
 
 def open_local_store(root: Path, create: bool = False) -> LocalStore:

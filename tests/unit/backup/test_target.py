@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from hakit.backup.healthcheck import WRITE_ONLY_ADVICE, Outcome, Status, Step, classify
-from hakit.backup.target import LocalTarget, S3Target, resolve_target
+from hakit.backup.target import KeySource, LocalTarget, S3Target, resolve_target
 from hakit.config import load_config
 from hakit.config.loader import filestore_problems
 from hakit.errors import ConfigError
@@ -99,6 +99,24 @@ def test_backup_keys_are_resolved_and_checked(tmp_path: Path) -> None:
     assert raised.value.problems == [
         f'{tmp_path / "hakit.toml"}:12: backup.write_only: got the string "yes"; expected true '
         "or false"
+    ]
+
+
+def test_the_encryption_key_source_is_resolved_and_checked(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, '[backup]\nencryption_key_file = "keys/backup.key"\n'))
+    target = resolve_target(cfg)
+    assert isinstance(target, LocalTarget)
+    assert target.encryption == KeySource(tmp_path / "keys" / "backup.key", None)
+    assert target.describe().endswith(", encrypted")
+    cfg = load_config(write(tmp_path, '[backup]\nencryption_key_env = "BACKUP_KEY"\n'))
+    assert resolve_target(cfg).encryption == KeySource(None, "BACKUP_KEY")
+    with pytest.raises(ConfigError) as raised:
+        load_config(
+            write(tmp_path, '[backup]\nencryption_key_file = "k"\nencryption_key_env = "K"\n')
+        )
+    assert raised.value.problems == [
+        f"{tmp_path / 'hakit.toml'}:13: backup.encryption_key_env: encryption_key_file and "
+        "encryption_key_env both name the key; expected one"
     ]
 
 

@@ -46,6 +46,7 @@ def test_notify_lists_are_todays() -> None:
         "crash",
         "hang",
         "failsafe",
+        "snapshot",
         "error",
     )
     assert DEFAULT_NOTIFY_EVENTS == NOTIFY_EVENTS[:-1]

@@ -7,6 +7,7 @@
 - notify.py   ``[notify]``: the webhook and e-mail
 - backup.py   ``[backup]``: filestore-config.xml or a directory, credentials, write-only
 - replication.py ``[replication]``: replicated storage's interval, max_lag, keep
+- snapshot.py ``[snapshot]``: the agent's scheduled captures, and retention
 
 The modules import each other directly, never this package.
 """

@@ -8,6 +8,8 @@ Example::
     access_key_env = "BACKUP_AWS_ACCESS_KEY_ID"      # default: the AWS chain (AWS_ACCESS_KEY_ID, ~/.aws, roles)
     secret_key_env = "BACKUP_AWS_SECRET_ACCESS_KEY"
     write_only = true                   # the credential may only PutObject
+    encryption_key_file = "/etc/hakit/backup.key"    # or encryption_key_env = "HAKIT_BACKUP_KEY":
+                                        # 32 random bytes, base64 (openssl rand -base64 32)
 """
 
 from __future__ import annotations
@@ -33,6 +35,9 @@ class BackupConfig(_Section):
     access_key_env: str | None = Field(default=None, pattern=_ENV_NAME)
     secret_key_env: str | None = Field(default=None, pattern=_ENV_NAME)
     write_only: bool = False
+    # Client-side encryption (hakit.snapshot.crypto): the repository's master key, base64.
+    encryption_key_file: Path | None = None  # relative to this file; mode 0600
+    encryption_key_env: str | None = Field(default=None, pattern=_ENV_NAME)
 
     @field_validator("prefix")
     @classmethod
@@ -57,6 +62,11 @@ class BackupConfig(_Section):
                 given,
                 "access_key_env and secret_key_env go together; expected both (the names "
                 "of the environment variables holding the keys) or neither (the AWS chain)",
+            )
+        if self.encryption_key_file is not None and self.encryption_key_env is not None:
+            raise error_at_key(
+                "encryption_key_env",
+                "encryption_key_file and encryption_key_env both name the key; expected one",
             )
         return self
 
