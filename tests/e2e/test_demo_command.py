@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import queue
 import re
@@ -18,6 +19,7 @@ import psutil
 import pytest
 
 from hakit.demo.cluster import free_port
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -108,6 +110,82 @@ def test_demo_restarts_a_killed_app_and_stops_cleanly(tmp_path: Path) -> None:
         if process.poll() is None:
             # Its agents, router and apps would outlive it: end them too (SIGTERM makes
             # each agent stop its app).
+            leftovers = psutil.Process(process.pid).children(recursive=True)
+            process.kill()
+            process.wait(timeout=10)
+            for child in leftovers:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    child.terminate()
+            _, alive_still = psutil.wait_procs(leftovers, timeout=15)
+            for child in alive_still:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    child.kill()
+
+
+def test_demo_with_replicated_storage_shows_the_standby_following(tmp_path: Path) -> None:
+    """`hakit demo --storage replicated`: each node its own home and database; the standby
+    applies the active's generations (pulled over the admin API) and says how old its copy
+    is in `hakit status --json`."""
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "hakit", "demo", "--port", str(port)),
+            *("--dir", str(tmp_path), "--storage", "replicated"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    output = Output(process)
+    try:
+        first = output.wait_for(r">>> (node\d) \(active\) serves: app pid (\d+)", 60)
+        active = first.group(1)
+        created = httpx.post(
+            f"http://127.0.0.1:{port}/records",
+            json={"title": "replicated", "attachment": "shipped to the standby"},
+            timeout=10,
+        )
+        assert created.status_code == 201, created.text
+        made_after = time.time()
+
+        def standby_copy() -> dict[str, object] | None:
+            done = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "hakit",
+                    "status",
+                    "--json",
+                    "-c",
+                    str(tmp_path / "hakit.toml"),
+                ],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+            if done.returncode != 0:
+                return None
+            for node in json.loads(done.stdout)["nodes"]:
+                replica = node.get("replica") or {}
+                # A copy captured after the record was written holds the record.
+                captured_at = time.time() - float(replica.get("age") or 0)
+                if (
+                    node["node"] != active
+                    and replica.get("generation")
+                    and captured_at > made_after
+                ):
+                    return dict(replica)
+            return None
+
+        replica = wait_until(standby_copy, 60, "the standby to apply a generation")
+        assert replica["role"] == "copy" and replica["from"] == active
+
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=45) == 0
+        output.wait_for(r"Stopped; every process ended", 5)
+    finally:
+        if process.poll() is None:
             leftovers = psutil.Process(process.pid).children(recursive=True)
             process.kill()
             process.wait(timeout=10)

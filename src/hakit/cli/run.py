@@ -164,6 +164,13 @@ def demo(
             "etcd cluster the demo starts and stops itself; needs /usr/bin/etcd).",
         ),
     ] = "sqlite",
+    storage: Annotated[
+        str,
+        typer.Option(
+            help="shared (one home and database) or replicated (each node its own; the "
+            "standby applies the active's generations every 2 s, pulled over the admin API).",
+        ),
+    ] = "shared",
 ) -> None:
     """Run a live two-node cluster of the sample app behind the router."""
     from hakit.demo.runner import run_demo
@@ -173,8 +180,17 @@ def demo(
             f"[red]--coordination {escape(coordination)}: expected sqlite or etcd[/red]"
         )
         raise typer.Exit(2)
+    if storage not in ("shared", "replicated"):
+        err_console.print(f"[red]--storage {escape(storage)}: expected shared or replicated[/red]")
+        raise typer.Exit(2)
     try:
-        run_demo(port=port, directory=directory, console=console, coordination=coordination)
+        run_demo(
+            port=port,
+            directory=directory,
+            console=console,
+            coordination=coordination,
+            storage=storage,
+        )
     except HakitError as error:
         err_console.print(f"[red]{escape(str(error))}[/red]")
         raise typer.Exit(1) from None

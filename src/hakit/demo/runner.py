@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import faulthandler
+import secrets
 import signal
 import socket
 import tempfile
@@ -102,10 +104,16 @@ def _print_events(console: Console, cluster: DemoCluster, last_id: int) -> int:
 
 
 def run_demo(
-    port: int, directory: Path | None, console: Console, coordination: str = "sqlite"
+    port: int,
+    directory: Path | None,
+    console: Console,
+    coordination: str = "sqlite",
+    storage: str = "shared",
 ) -> None:
     """``coordination``: "sqlite" (the embedded store) or "etcd" (a local three-member etcd
-    cluster the demo starts in its directory and stops on exit, every member by PID)."""
+    cluster the demo starts in its directory and stops on exit, every member by PID);
+    ``storage``: "shared" or "replicated" (each node its own home and database, the
+    standby pulling the active's generations over the admin API)."""
     if not _port_free(port):
         raise HakitError(
             f"port {port} on 127.0.0.1 is in use; stop what uses it or run `hakit demo --port N`"
@@ -115,6 +123,14 @@ def run_demo(
     if coordination == "etcd":
         console.print("Starting a local three-member etcd cluster...")
     settings = DemoSettings(router_port=port, node_ports=node_ports, coordination=coordination)
+    if storage == "replicated":
+        # Standbys pull over the authenticated admin API: ports and a token of this demo's own.
+        settings = dataclasses.replace(
+            settings,
+            storage=storage,
+            admin_ports=tuple(free_port() for _ in node_ports),
+            admin_token=secrets.token_urlsafe(24),
+        )
     try:
         cluster = DemoCluster(root, settings)
     except RuntimeError as error:  # etcd did not start (hakit.demo.etcd says why)
