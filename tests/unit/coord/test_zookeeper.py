@@ -144,6 +144,23 @@ def test_a_lease_ends_when_its_holders_session_expires(
     assert holder.renew_epoch("n1", held.epoch, TTL) is None
 
 
+def test_a_client_whose_connection_thread_died_is_replaced(open_store: Open) -> None:
+    """kazoo's connection thread can die on an error of its own (seen in a chaos run under
+    libfaketime: EINVAL from its retry sleep); the client then answers every call with
+    ConnectionClosedError forever. The coordinator drops it and the next call opens a new
+    session, as after an expiry."""
+    holder = open_store()
+    held = holder.acquire_or_renew("n1", TTL)
+    assert held is not None
+    old_session = holder.session_id
+    holder._client.stop()  # type: ignore[union-attr]  # behind the coordinator's back
+    with pytest.raises(CoordinationError, match="Connection has been closed"):
+        holder.renew_epoch("n1", held.epoch, TTL)
+    renewed = holder.renew_epoch("n1", held.epoch, TTL)  # a new client, a new session
+    assert renewed is not None and renewed.epoch == held.epoch
+    assert holder.session_id not in (None, old_session)
+
+
 def _quietly(call: Callable[[], object]) -> object:
     try:
         return call()

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from kazoo.client import KazooClient
-from kazoo.exceptions import KazooException, NodeExistsError, NoNodeError
+from kazoo.exceptions import ConnectionClosedError, KazooException, NodeExistsError, NoNodeError
 from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.protocol.states import ZnodeStat
 
@@ -126,6 +126,11 @@ class Guard(Session):
                 raise
             except (KazooException, KazooTimeoutError) as error:
                 self._pending_epoch = 0
+                if isinstance(error, ConnectionClosedError):
+                    # kazoo's connection thread is gone (it died on an error of its own):
+                    # this client never reconnects. The next call opens a new one, as
+                    # after a session expiry; a lease bound to the old session ends.
+                    self._discard_client()
                 what = str(error) or type(error).__name__
                 raise CoordinationError(
                     f"coordination store {self.where}: could not {action}: {what}; check that "

@@ -124,9 +124,13 @@ class Session:
         """End this process's session (a lease bound to it ends too); a later call opens one."""
         self._adopt_process()
         with self._lock:
-            client, self._client = self._client, None
-            if client is not None:
-                with suppress(Exception):
-                    client.stop()
-                with suppress(Exception):
-                    client.close()
+            self._discard_client()
+
+    def _discard_client(self) -> None:
+        """Stop and forget the client (with the lock held); the next call opens a new one."""
+        client, self._client = self._client, None
+        if client is not None:
+            with suppress(Exception):
+                client.stop()
+            with suppress(Exception):
+                client.close()
