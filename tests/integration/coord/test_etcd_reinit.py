@@ -38,7 +38,7 @@ def etcd() -> Iterator[EtcdServer]:
         server.stop()
 
 
-def write_config(tmp_path: Path, endpoint: str, prefix: str) -> Path:
+def write_config(tmp_path: Path, endpoint: str, prefix: str, ttl: float = TTL) -> Path:
     path = tmp_path / "hakit.toml"
     path.write_text(
         f"""
@@ -48,7 +48,7 @@ state_dir = "state"
 
 [coordination]
 backend = "etcd"
-lease_ttl = "{TTL:g}s"
+lease_ttl = "{ttl:g}s"
 renew_interval = "500ms"
 
 [coordination.etcd]
@@ -150,7 +150,8 @@ def test_init_refuses_an_existing_cluster_and_min_epoch_raises_the_base(
 
 
 def test_status_shows_the_hold(tmp_path: Path, etcd: EtcdServer) -> None:
-    config = write_config(tmp_path, etcd.endpoint, unique_prefix("reinit"))
+    # A hold of a minute: still there when `status` reads it, however slow the machine.
+    config = write_config(tmp_path, etcd.endpoint, unique_prefix("reinit"), ttl=60)
     assert init(config, "--reinit", "--min-epoch", "7")[0] == 0
     result = CliRunner().invoke(app, ["status", "-c", str(config)])
     assert result.exit_code == 0, result.output
