@@ -119,10 +119,23 @@ class OperatorSide:
 
     async def read_intents(self) -> Intents | None:
         """The cluster state and the lease; None when the store cannot be read (nothing
-        changed as far as this agent can tell: it keeps what it knew)."""
+        changed as far as this agent can tell: it keeps what it knew).
+
+        The lease is the one the lease loop read or renewed within the last renewal
+        interval when there is one (counted down since: hakit.agent.lease.SeenLease), so
+        that a node does not read the same lease twice per renewal; the intents only ask
+        whether it is vacant (a pause's LeaseVacant), which a renewal-old answer tells
+        with at most a renewal's delay. Read otherwise (paused: the lease loop does not
+        read).
+        """
+        now = self.monotonic()
+        seen = self.lease.seen_within(now, self.cfg.coordination.renew_interval)
 
         def read() -> Intents:
-            return self.coordinator.cluster_state(), self.coordinator.current_lease()
+            state = self.coordinator.cluster_state()
+            if seen is not None:
+                return state, seen.at(self.monotonic())
+            return state, self.coordinator.current_lease()
 
         try:
             return await self.store.call(read, what="read the operator's intents")
