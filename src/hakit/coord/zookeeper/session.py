@@ -68,6 +68,7 @@ class Session:
         self._saved: Memory | None = None
         self._pending_epoch = 0
         self._identity_version = 0  # of the identity znode read by the call in progress
+        self._records_written: set[str] = set()  # node record znodes this object wrote
 
     # --- paths ----------------------------------------------------------------
 
