@@ -16,8 +16,8 @@ skip them, without trusting anything a read would not have said:
   connection left CONNECTED (a lost session loses its watches) since the cached
   read, the call reads both znodes again. Otherwise the cached znodes are exactly
   what reading them with the call's other reads would have answered. A call that
-  asks nothing else (``last_epoch``, an event's append) reads them: with no answer
-  to order it, an event still on its way would not be seen.
+  asks nothing else (``last_epoch``, an event's append) reads the epoch znode: with
+  no answer to order them, an event still on its way would not be seen.
 """
 
 from __future__ import annotations

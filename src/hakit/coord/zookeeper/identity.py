@@ -143,29 +143,26 @@ class Guard(Session):
         did not change (hakit.coord.zookeeper.guardcache), else are read (with watches)."""
         cache = self._guard_cache
         identity_path, epoch_path = self._identity_path, self._path("epoch")
-        # Only a call that asks something else may take them from the cache: its answers
-        # are what orders the watch events before the barrier (guardcache's docstring).
+        # A cached identity needs an answer to this call to order the watch events before
+        # the barrier (guardcache's docstring): a call that asks nothing else reads the
+        # epoch znode, and the identity still comes from the cache.
         asks = bool(paths) or (now and self._clock is None)
         for _ in range(3):  # a store made meanwhile, a cache found stale: read again
-            cached = cache.get(zk) if asks else None
+            cached = cache.get(zk)
             changes = cached[1] if cached is not None else cache.changes()
+            if cached is None:
+                guard_paths = [identity_path, epoch_path]
+            else:
+                guard_paths = [] if asks else [epoch_path]
             touch = zk.set_async(self._path("clock"), b"") if now and self._clock is None else None
-            guard = (
-                []
-                if cached is not None
-                else [
-                    zk.get_async(identity_path, watch=cache.watcher),
-                    zk.get_async(epoch_path, watch=cache.watcher),
-                ]
-            )
+            guard = [zk.get_async(path, watch=cache.watcher) for path in guard_paths]
             pending = [zk.get_async(path) for path in paths]
             try:
                 at = self._server_time(touch) if touch is not None else 0.0
             except NoNodeError:
                 at = 0.0  # no store: handled below
             found: dict[str, Node | None] = {}
-            wanted = ([] if cached is not None else [identity_path, epoch_path]) + list(paths)
-            for path, result in zip(wanted, guard + pending, strict=True):
+            for path, result in zip([*guard_paths, *paths], guard + pending, strict=True):
                 try:
                     data, stat = result.get(timeout=self._left())
                     found[path] = Node(load(data), stat)
@@ -175,13 +172,14 @@ class Guard(Session):
                 if not cache.confirm(zk, changes, self._left()):
                     cache.drop()
                     continue  # one of them changed, or the session did: read them
-                found[identity_path], found[epoch_path] = cached[0]
+                found[identity_path] = cached[0][0]
+                found.setdefault(epoch_path, cached[0][1])
             identity, epoch = found[identity_path], found[epoch_path]
             if identity is None:
                 self._no_store(zk)
                 continue
             self._accept(identity, epoch)
-            if cached is None and epoch is not None:
+            if epoch is not None:
                 cache.put(zk, identity, epoch, changes)
             if now and self._clock is not None:
                 at = self._clock()
