@@ -207,6 +207,8 @@ class Agent:
             self.operator.failsafe_answer = self.failsafe.answer
         self.served_epoch = 0  # the highest epoch this node was active under (kept in the store)
         self._published_at = float("-inf")  # monotonic: the operator loop publishes a heartbeat
+        self._published_content: tuple[Any, ...] | None = None  # the last record sent, untimed
+        self._same_record_pause = cfg.coordination.renew_interval / 2
 
     # --- event sources ------------------------------------------------------
 
@@ -572,10 +574,22 @@ class Agent:
                 "served_epoch": self._served(view.epoch),
             },
         )
-        self._published_at = self.monotonic()
         record.detail[AGENT_ID_KEY] = self.agent_id
         if self.fencer.pending:
             record.detail[PENDING_KEY] = self.fencer.published(time.time())
+        # The same record again (only its time differs) within half a renewal goes nowhere:
+        # every policy event asked for one (a probe a second, besides the renewal's), so
+        # the store took two identical records a second. A changed record goes at once;
+        # an unchanged one at least every renewal and a half, far inside the record ages
+        # readers accept (candidate_alive_within: one TTL).
+        content = (record.role, record.app_state, record.epoch, record.detail)
+        now = self.monotonic()
+        if (
+            content == self._published_content
+            and now - self._published_at < self._same_record_pause
+        ):
+            return
+        self._published_content, self._published_at = content, now
         self.store.submit(
             f"publish the record of {self.node.name}",
             self.coordinator.publish_node,

@@ -251,8 +251,7 @@ class LeaseKeeper:
                 return  # still inside our TTL: try again at the next renewal
             self.check_deadline()  # past it (e.g. frozen while asking): say so
         self._note_reconnected()
-        # Renewed or taken: the store's answer; anything else says little of who holds it.
-        self.seen = SeenLease(lease, started) if lease is not None else None
+        self._note_seen(lease, started, taking_over)
         if lease is not None and lease.holder == self.node:
             unwanted = self._not_to_act_under(lease, started + ttl - self.timings.self_fence_margin)
             if unwanted is not None:
@@ -282,6 +281,14 @@ class LeaseKeeper:
             else:
                 holder = f"epoch {self.epoch} is no longer stored for {self.node}"
             self.self_fence(f"could not renew the lease: {holder}")
+
+    def _note_seen(self, lease: Lease | None, asked: float, taking_over: bool) -> None:
+        """Renewed or taken: the store's answer. A renewal refused or failed says little of
+        who holds it now: forget it (a refused takeover keeps the read just before it)."""
+        if lease is not None:
+            self.seen = SeenLease(lease, asked)
+        elif not taking_over:
+            self.seen = None
 
     def seen_within(self, now: float, within: float) -> SeenLease | None:
         """The lease the lease loop saw less than ``within`` seconds before ``now``
@@ -348,9 +355,15 @@ class LeaseKeeper:
         """May this standby take the lease over (hakit.health.datapath.judge_holder)? A deferral
         is recorded once per lease it concerns, not at every turn."""
         lease = before.lease
-        if lease is None or lease.holder == self.node or lease.valid:
-            self._deferred = None  # a live lease (its holder renewed): forget the last stall
+        if lease is None or lease.holder == self.node:
+            self._deferred = None
             return True
+        if lease.valid:
+            # Another node holds a valid lease: acquire_or_renew would refuse it (atomically).
+            # Once it has expired, a later turn reads that first and asks the data path below
+            # before taking it over. Not asking saves a store call per renewal on a standby.
+            self._deferred = None  # a live lease (its holder renewed): forget the last stall
+            return False
         verdict = judge_holder(
             lease,
             reports,
