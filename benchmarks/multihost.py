@@ -37,9 +37,10 @@ Measures:
    latency is the second minus the first (the commit time taken as the middle of the
    store poll that first saw it and the one before; its half-width is printed as the
    resolution). N trials, 3 x lease_ttl apart. How the router learns of a change:
-   sqlite: ``PRAGMA data_version`` (a cheap token checked at every 100 ms poll); etcd:
-   a watch-backed change token (checked at every poll, no request while unchanged);
-   zookeeper: no change token, a full read at every 100 ms poll.
+   sqlite: ``PRAGMA data_version`` (a cheap token checked at every 100 ms poll); etcd
+   and zookeeper: a change token kept by the store's watches, which also wakes the
+   router at once (hakit.router.viewreader.ViewReader.follow) instead of at its next
+   100 ms poll.
 3. idle, per node: the agent process's CPU (psutil ``cpu_times``, user + system,
    over ``--idle-seconds``) as % of one core, and its store requests per second:
    etcd: HTTP requests counted per source address by a relay (a child process of
@@ -694,8 +695,8 @@ def p95(values: list[float]) -> float:
 
 HOW = {
     "sqlite": "data_version token",
-    "etcd": "watch token",
-    "zookeeper": "polls (no token)",
+    "etcd": "watch wakes router",
+    "zookeeper": "watch wakes router",
 }
 
 

@@ -23,6 +23,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
 
 from hakit.agent.stall import STALL_THRESHOLD, StallDetector
 from hakit.agent.storeio import StoreIO
@@ -53,6 +54,28 @@ class Wake:
 
 
 WAKE = Wake()
+
+
+@dataclass(frozen=True, slots=True)
+class SeenLease:
+    """The lease as the store last answered this agent's lease loop (None: no lease stored),
+    and the monotonic time the question was asked (before the answer: counted from there,
+    the lease looks shorter than it is, never longer)."""
+
+    lease: Lease | None
+    asked: float
+
+    def at(self, now: float) -> Lease | None:
+        """The lease counted down to ``now`` (monotonic), as hakit.coord.view.ClusterView.at:
+        what the store judged, less the time elapsed since on this agent's clock."""
+        lease = self.lease
+        if lease is None:
+            return None
+        return replace(lease, remaining=lease.remaining - max(0.0, now - self.asked))
+
+    def recent(self, now: float, within: float) -> bool:
+        """Asked less than ``within`` seconds before ``now`` (monotonic)."""
+        return 0 <= now - self.asked < within
 
 
 class LeaseKeeper:
@@ -111,6 +134,10 @@ class LeaseKeeper:
         # renewed (monotonic, when asked), the serving deadline the last complete round of confirmations bought, and who did
         # not confirm in the last round (None: it was complete, or none was asked).
         self.renewed_at = float("-inf")
+        # The lease as the lease loop's last read or renewal found it: the operator loop
+        # reads the same lease every renewal and takes this one instead while it is recent
+        # (hakit.agent.operator_side.read_intents): one store read less per renewal.
+        self.seen: SeenLease | None = None
         self.failsafe_deadline = 0.0
         self.failsafe_missing: dict[str, str] | None = None
         # Asking the store, after a stall across the lease deadline, whether the lease is
@@ -210,7 +237,9 @@ class LeaseKeeper:
             if taking_over:
                 # What we take over from decides whether its holder must be fenced first,
                 # and whether it is dead at all (the routers' data path, hakit.health.datapath).
+                asked = self.monotonic()
                 before, reports = await self.store.call(self._read_before_takeover)
+                self.seen = SeenLease(before.lease, asked)
                 if not self._holder_is_dead(before, reports) or not self._gate_open(before):
                     return
                 lease = await self._acquire(ttl)  # None too while a failsafe promise holds
@@ -234,6 +263,7 @@ class LeaseKeeper:
                 return  # still inside our TTL: try again at the next renewal
             self.check_deadline()  # past it (e.g. frozen while asking): say so
         self._note_reconnected()
+        self._note_seen(lease, started, taking_over)
         if lease is not None and lease.holder == self.node:
             unwanted = self._not_to_act_under(lease, started + ttl - self.timings.self_fence_margin)
             if unwanted is not None:
@@ -263,6 +293,20 @@ class LeaseKeeper:
             else:
                 holder = f"epoch {self.epoch} is no longer stored for {self.node}"
             self.self_fence(f"could not renew the lease: {holder}")
+
+    def _note_seen(self, lease: Lease | None, asked: float, taking_over: bool) -> None:
+        """Renewed or taken: the store's answer. A renewal refused or failed says little of
+        who holds it now: forget it (a refused takeover keeps the read just before it)."""
+        if lease is not None:
+            self.seen = SeenLease(lease, asked)
+        elif not taking_over:
+            self.seen = None
+
+    def seen_within(self, now: float, within: float) -> SeenLease | None:
+        """The lease the lease loop saw less than ``within`` seconds before ``now``
+        (monotonic), if it saw one that recently."""
+        seen = self.seen
+        return seen if seen is not None and seen.recent(now, within) else None
 
     async def _acquire(self, ttl: float) -> Lease | None:
         """Take the lease (``acquire_or_renew``) unless this node promised an active serving
@@ -323,9 +367,15 @@ class LeaseKeeper:
         """May this standby take the lease over (hakit.health.datapath.judge_holder)? A deferral
         is recorded once per lease it concerns, not at every turn."""
         lease = before.lease
-        if lease is None or lease.holder == self.node or lease.valid:
-            self._deferred = None  # a live lease (its holder renewed): forget the last stall
+        if lease is None or lease.holder == self.node:
+            self._deferred = None
             return True
+        if lease.valid:
+            # Another node holds a valid lease: acquire_or_renew would refuse it (atomically).
+            # Once it has expired, a later turn reads that first and asks the data path below
+            # before taking it over. Not asking saves a store call per renewal on a standby.
+            self._deferred = None  # a live lease (its holder renewed): forget the last stall
+            return False
         verdict = judge_holder(
             lease,
             reports,

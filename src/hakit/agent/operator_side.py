@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,8 @@ from hakit.coord.keys import HANDOVER
 from hakit.errors import CoordinationError
 from hakit.fencing.fence import FenceNeed, Fencer
 from hakit.health.datapath import (
+    PathLoss,
+    PathReport,
     forgotten_reports,
     handover_candidates,
     in_flight,
@@ -120,10 +122,23 @@ class OperatorSide:
 
     async def read_intents(self) -> Intents | None:
         """The cluster state and the lease; None when the store cannot be read (nothing
-        changed as far as this agent can tell: it keeps what it knew)."""
+        changed as far as this agent can tell: it keeps what it knew).
+
+        The lease is the one the lease loop read or renewed within the last renewal
+        interval when there is one (counted down since: hakit.agent.lease.SeenLease), so
+        that a node does not read the same lease twice per renewal; the intents only ask
+        whether it is vacant (a pause's LeaseVacant), which a renewal-old answer tells
+        with at most a renewal's delay. Read otherwise (paused: the lease loop does not
+        read).
+        """
+        now = self.monotonic()
+        seen = self.lease.seen_within(now, self.cfg.coordination.renew_interval)
 
         def read() -> Intents:
-            return self.coordinator.cluster_state(), self.coordinator.current_lease()
+            state = self.coordinator.cluster_state()
+            if seen is not None:
+                return state, seen.at(self.monotonic())
+            return state, self.coordinator.current_lease()
 
         try:
             return await self.store.call(read, what="read the operator's intents")
@@ -298,6 +313,15 @@ class OperatorSide:
         reports = reports_in(state)
         if not reports:
             return
+        now = time.time()
+        # First without the records: with every other node as a candidate (a superset of
+        # handover_candidates'), path_lost says None whenever it would with the real ones,
+        # and it almost always does (a router still reaches this node). The node records,
+        # a read of the store, are needed only when it does not: one read less per
+        # renewal on the active node.
+        others = [node.name for node in self.cfg.nodes if node.name != self.node.name]
+        if self._path_lost(reports, others, now, answering_since) is None:
+            return
         try:
             records = await self.store.call(self.coordinator.nodes)
         except CoordinationError as error:
@@ -311,7 +335,18 @@ class OperatorSide:
             now,
             alive_within=self.lease.timings.candidate_alive_within,
         )
-        loss = path_lost(
+        loss = self._path_lost(reports, candidates, now, answering_since)
+        if loss is not None:
+            self.events.put_nowait(PathLost(loss.target, loss.reason))
+
+    def _path_lost(
+        self,
+        reports: list[PathReport],
+        candidates: Sequence[str],
+        now: float,
+        answering_since: float,
+    ) -> PathLoss | None:
+        return path_lost(
             self.node.name,
             reports,
             candidates,
@@ -320,8 +355,6 @@ class OperatorSide:
             patience=self.cfg.health.timeout,
             answering_since=answering_since,
         )
-        if loss is not None:
-            self.events.put_nowait(PathLost(loss.target, loss.reason))
 
     def forget_silent_routers(self, state: Mapping[str, dict[str, Any]]) -> None:
         """Active: remove the reports of older routers silent for an hour (a report with a

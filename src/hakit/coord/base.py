@@ -61,9 +61,17 @@ callers run on several machines:
   (``hakit.coord.keys.Keys``).
 - Failures raise ``CoordinationError`` within a lease TTL, never hang.
 
-Optional capability: ``SupportsChangeToken`` (a cheap token that changes
+Optional capabilities: ``SupportsChangeToken`` (a cheap token that changes
 whenever the stored lease, node records or state may have; the router skips
-reads while it is unchanged). A backend without it is polled.
+reads while it is unchanged) and, on top, ``SupportsWaitChange`` (a store that
+pushes changes: etcd's watch, ZooKeeper's watches; a reader blocks until the
+token moves instead of polling for it). A backend without them is polled.
+A token must also change when a lease expires by the store's judgement (etcd
+deletes the keys attached to it; ZooKeeper's ephemeral ``alive`` znode goes
+with its session), and readers still count a cached lease down on their own
+clock (``ClusterView.at``): skipping a read never lengthens a lease.
+``SupportsLeaseAndNodes``: ``current_lease()`` and ``nodes()`` in one read, cheaper
+than the two (hakit.coord.view.read_cluster uses it).
 """
 
 from __future__ import annotations
@@ -216,4 +224,23 @@ class SupportsChangeToken(Protocol):
     def data_version(self, *, wait: bool = True) -> Hashable | None:
         """A token equal to the last one only if nothing was written since; None
         when unknown (``wait=False``: it would have to wait, e.g. on a lock)."""
+        ...
+
+
+@runtime_checkable
+class SupportsWaitChange(SupportsChangeToken, Protocol):
+    """A backend that pushes changes (see the module doc)."""
+
+    def wait_change(self, token: Hashable | None, timeout: float) -> Hashable | None:
+        """Block until the token differs from ``token`` (at most ``timeout`` seconds) and
+        return the token then; None while the store cannot say (no watch established)."""
+        ...
+
+
+@runtime_checkable
+class SupportsLeaseAndNodes(Protocol):
+    """A backend that reads the lease and the node records together (see the module doc)."""
+
+    def lease_and_nodes(self) -> tuple[Lease | None, Sequence[NodeRecord]]:
+        """What ``current_lease()`` and ``nodes()`` answer, read at one moment."""
         ...

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hakit.coord.base import Coordinator, Lease, NodeRecord
+from hakit.coord.base import Coordinator, Lease, NodeRecord, SupportsLeaseAndNodes
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,8 +59,8 @@ class ClusterView:
 
 
 def read_cluster(coordinator: Coordinator, now: float) -> ClusterView:
-    return ClusterView(
-        lease=coordinator.current_lease(),
-        nodes={record.node: record for record in coordinator.nodes()},
-        read_at=now,
-    )
+    if isinstance(coordinator, SupportsLeaseAndNodes):  # one read instead of two (etcd)
+        lease, records = coordinator.lease_and_nodes()
+    else:
+        lease, records = coordinator.current_lease(), coordinator.nodes()
+    return ClusterView(lease=lease, nodes={record.node: record for record in records}, read_at=now)

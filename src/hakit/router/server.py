@@ -348,10 +348,41 @@ class Router:
             self._up_since = track_up(self._up_since, routable_nodes(view), clock)
 
     async def _refresh_forever(self) -> None:
+        """Refresh every poll interval, or at once when the store says it changed
+        (viewreader.ViewReader.follow: a store that pushes changes wakes this loop; a
+        wake during a refresh makes the next one start at once)."""
         interval = max(self.cfg.router.state_poll_interval, 0.01)
-        while True:  # ends when cancelled by close()
-            await asyncio.sleep(interval)
-            await self.refresh()
+        loop = asyncio.get_running_loop()
+        sleeping: list[asyncio.Future[None]] = []  # the current sleep, if any
+        pending = [False]  # woken while refreshing
+
+        def wake_now() -> None:  # on the event loop
+            if sleeping and not sleeping[0].done():
+                sleeping[0].set_result(None)
+            else:
+                pending[0] = True
+
+        def on_change() -> None:  # the follower's thread
+            loop.call_soon_threadsafe(wake_now)
+
+        follow = getattr(self._view_source, "follow", None)
+        stop = follow(on_change) if follow is not None else None
+        try:
+            while True:  # ends when cancelled by close()
+                if not pending[0]:
+                    sleep: asyncio.Future[None] = loop.create_future()
+                    sleeping[:] = [sleep]
+                    timer = loop.call_later(interval, wake_now)
+                    try:
+                        await sleep
+                    finally:
+                        timer.cancel()
+                        sleeping.clear()
+                pending[0] = False
+                await self.refresh()
+        finally:
+            if stop is not None:
+                stop()
 
     def _expire_marks(self, view: ClusterView) -> None:
         kept = prune_down(view, self._down)

@@ -13,15 +13,28 @@ is involved. Measured idle: 8.0 -> 5.5 ms of CPU per second (the hop to the
 thread and back, not the read, was the cost: a read is ~17 µs). A full read
 happens anyway at least every ``max_age`` seconds, so a missed token change
 costs at most that.
+
+A store that pushes its changes (``SupportsWaitChange``: etcd's watch, ZooKeeper's
+watches) also wakes the router: ``follow(wake)`` starts a daemon thread that blocks
+in ``wait_change`` and calls ``wake()`` each time the token moves, and the router
+refreshes at once instead of at its next poll (a leader change reached the
+router ~50 ms after the commit on average, half a poll, plus the read). The poll
+stays, as the floor for a store without a watch and while a watch is being
+made again.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
 from collections.abc import Callable, Hashable
 
-from hakit.coord.base import Coordinator, SupportsChangeToken
+from hakit.coord.base import Coordinator, SupportsChangeToken, SupportsWaitChange
 from hakit.coord.view import ClusterView, read_cluster
+
+log = logging.getLogger("hakit.router")
+WAIT_SLICE = 1.0  # s: the follower's longest wait, so a stop is seen within it
 
 
 class ViewReader:
@@ -90,3 +103,36 @@ class ViewReader:
         self._token, self._last, self._read_at = token, view, self._monotonic()
         self.full_reads += 1
         return view
+
+    def follow(self, wake: Callable[[], None]) -> Callable[[], None] | None:
+        """Call ``wake()`` (from a daemon thread) whenever the store's token moves;
+        returns the function that stops it, or None for a store that does not push
+        its changes (then the poll alone finds them)."""
+        coordinator = self._coordinator
+        if not isinstance(coordinator, SupportsWaitChange):
+            return None
+        stop = threading.Event()
+
+        def run() -> None:
+            token: Hashable | None = None
+            while not stop.is_set():
+                try:
+                    now = coordinator.wait_change(token, WAIT_SLICE)
+                except Exception as error:  # the poll reads (and reports) the store anyway
+                    log.debug("router: waiting for a store change failed: %s", error)
+                    stop.wait(WAIT_SLICE)
+                    continue
+                if now is None:
+                    # No watch (being made again): the poll covers it; wait_change waited
+                    # for its timeout already, unless the store had nothing to wait on.
+                    token = None
+                    stop.wait(0.05)
+                    continue
+                if now != token:
+                    token = now
+                    if not stop.is_set():
+                        wake()
+
+        thread = threading.Thread(target=run, name="hakit-router-follow", daemon=True)
+        thread.start()
+        return stop.set

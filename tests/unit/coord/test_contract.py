@@ -24,12 +24,19 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from pathlib import Path
 
 import pytest
 
-from hakit.coord.base import Coordinator, Event, Lease, NodeRecord
+from hakit.coord.base import (
+    Coordinator,
+    Event,
+    Lease,
+    NodeRecord,
+    SupportsChangeToken,
+    SupportsWaitChange,
+)
 from hakit.coord.etcd import EtcdCoordinator, EtcdSection
 from hakit.coord.registry import BACKENDS
 from hakit.coord.sqlite import SqliteCoordinator
@@ -420,3 +427,77 @@ def test_renew_epoch_fails_once_another_epoch_or_nothing_is_stored(
     assert coordinator.release("n2", taken.epoch)
     assert coordinator.renew_epoch("n2", taken.epoch, ttl) is None  # released: gone for good
     assert coordinator.current_lease() is None
+
+
+# --- the change token (SupportsChangeToken, SupportsWaitChange) -------------------------------
+
+TOKEN_WAIT = 10.0  # s: a pushed change reaches a waiting reader well within this
+
+
+def _next_token(reader: Coordinator, before: Hashable | None) -> Hashable | None:
+    """The reader's token once it moved from ``before``: waited on for a store that pushes
+    changes, read again for one that does not."""
+    if isinstance(reader, SupportsWaitChange):
+        return reader.wait_change(before, TOKEN_WAIT)
+    assert isinstance(reader, SupportsChangeToken)
+    return reader.data_version()
+
+
+def _settled(reader: Coordinator) -> Hashable | None:
+    """The reader's token once the watches' own bookkeeping after a change is done (a
+    pushed token may move twice for one write: hakit.coord.zookeeper.watch)."""
+    assert isinstance(reader, SupportsChangeToken)
+    token = reader.data_version()
+    if isinstance(reader, SupportsWaitChange):
+        for _ in range(20):  # bounded: quiet for 0.3 s ends it
+            later = reader.wait_change(token, 0.3)
+            if later == token:
+                break
+            token = later
+    return token
+
+
+def test_the_change_token_moves_with_each_write_of_another_connection(
+    open_store: OpenStore, ttl: float
+) -> None:
+    """Every backend has a token; a reader that skips reads while it is unchanged sees
+    each change of the lease, the node records and the cluster state of another
+    connection, and an unchanged store keeps it."""
+    writer, reader = open_store(), open_store()
+    assert isinstance(reader, SupportsChangeToken)
+    writer.last_epoch()  # the store exists
+    token = _settled(reader)
+    assert token is not None and reader.data_version() == token  # nothing written
+    writes: list[Callable[[], object]] = [
+        lambda: writer.acquire_or_renew("n1", ttl),
+        lambda: writer.publish_node(NodeRecord("n1", "active", "RUNNING", 1, 1.0)),
+        lambda: writer.publish_node(NodeRecord("n2", "standby", "RUNNING", 0, 1.0)),
+        lambda: writer.publish_node(NodeRecord("n2", "standby", "STOPPED", 0, 2.0)),
+        lambda: writer.set_state("paused", {"paused": True}),
+        lambda: writer.clear_state("paused"),
+        lambda: writer.take_over("n2", ttl),
+    ]
+    for write in writes:
+        write()
+        moved = _next_token(reader, token)
+        assert moved is not None and moved != token
+        token = _settled(reader)
+
+
+def test_the_change_token_moves_when_the_store_ends_a_lease(
+    open_store: OpenStore, ttl: float
+) -> None:
+    """A store that pushes changes also says when it ends a lease by itself (etcd: the
+    lease's keys deleted at its TTL; ZooKeeper: the holder's session closed), with no
+    write by anyone: a reader woken by it never keeps a lease the store ended."""
+    writer, reader = open_store(), open_store()
+    if not isinstance(reader, SupportsWaitChange):
+        pytest.skip("a store without pushed changes is read at every poll")
+    assert writer.acquire_or_renew("n1", ttl) is not None
+    token = _settled(reader)
+    assert reader.current_lease() is not None
+    writer.close()  # the holder goes: its session ends; an etcd lease runs out
+    moved = reader.wait_change(token, ttl + TOKEN_WAIT)
+    assert moved is not None and moved != token
+    lease = reader.current_lease()
+    assert lease is not None and not lease.valid

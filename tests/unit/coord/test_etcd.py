@@ -273,3 +273,22 @@ def test_a_closed_store_stops_its_watch(make: Maker) -> None:
     store.close()
     assert store.data_version(wait=False) is None
     assert store.data_version()[0] == "read"  # type: ignore[index]
+
+
+def test_lease_and_nodes_read_together_answer_as_the_two_calls(make: Maker) -> None:
+    """The cluster view's read (hakit.coord.view.read_cluster): one transaction and the
+    TTLs asked at once say what current_lease() and nodes() say."""
+    store = make()
+    assert store.lease_and_nodes() == (None, [])
+    lease = store.acquire_or_renew("n1", 5.0)
+    assert lease is not None
+    for name in ("n1", "n2", "n3"):
+        store.publish_node(NodeRecord(name, "standby", "RUNNING", 0, 1.0))
+    together, records = store.lease_and_nodes()
+    assert together == store.current_lease() == lease
+    assert together is not None and 3 <= together.remaining <= 5
+    assert [r.node for r in records] == ["n1", "n2", "n3"] == [r.node for r in store.nodes()]
+    assert all(0 <= r.age <= 5 for r in records)
+    assert store.release("n1", lease.epoch)
+    gone, _ = store.lease_and_nodes()
+    assert gone is None

@@ -346,3 +346,37 @@ def test_a_server_that_stops_answering_fails_calls_within_the_timeout() -> None:
         store.close()
     finally:
         own.stop()
+
+
+def test_the_identity_and_epoch_are_not_read_again_while_unchanged(
+    server: ZooKeeperServer, open_store: Open
+) -> None:
+    """The guard cache (hakit.coord.zookeeper.guardcache): calls skip the two reads
+    while the watches say nothing changed, and see another session's change at once."""
+    reader, writer = open_store(), open_store()
+    assert writer.acquire_or_renew("n1", TTL) is not None
+    assert reader.current_lease() is not None  # reads them, with watches
+    cache = reader._guard_cache
+    before = cache.hits
+    for _ in range(3):
+        assert reader.current_lease() is not None
+        reader.cluster_state()
+    assert cache.hits == before + 6
+    # Another session moves the epoch: the next call sees it, though it read it from cache.
+    taken = writer.take_over("n2", TTL)
+    lease = reader.current_lease()
+    assert lease is not None and (lease.holder, lease.epoch) == ("n2", taken.epoch)
+    assert reader.highest_epoch == taken.epoch
+    # The store replaced under the reader: refused at the very next call.
+    admin = KazooClient(hosts=server.hosts)
+    admin.start(timeout=10)
+    try:
+        assert reader.current_lease() is not None  # warm again
+        admin.delete(reader.root, recursive=True)
+        fresh = open_store()
+        assert fresh.last_epoch() == 0
+        with pytest.raises(StoreReplacedError):
+            reader.current_lease()
+    finally:
+        admin.stop()
+        admin.close()

@@ -1,8 +1,9 @@
 """The etcd v3 coordination backend: one etcd cluster shared by the agents of several hosts.
 
-It speaks to etcd's JSON gateway (gRPC-gateway, ``/v3/`` since etcd 3.4) through
-etcd3gw and requests: synchronous like the Coordinator interface, plain
-HTTP(S), no gRPC stack. Everything of a cluster lives under
+It speaks to etcd's JSON gateway (gRPC-gateway, ``/v3/`` since etcd 3.4) over
+keep-alive ``http.client`` connections (http.py; the watch's stream over
+requests): synchronous like the Coordinator interface, plain HTTP(S), no gRPC
+stack. Everything of a cluster lives under
 ``<prefix>/<cluster>/`` (``P``):
 
 - ``P/identity``: the cluster identity (a uuid4 made once, with the store) and

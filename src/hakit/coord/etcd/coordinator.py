@@ -7,21 +7,24 @@ and the watch behind the change token.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Hashable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from hakit.coord.base import Event, Lease, NodeRecord
 from hakit.coord.etcd.identity import Guard
-from hakit.coord.etcd.layout import Layout, b64, range_end
-from hakit.coord.etcd.leases import LeaseSteps
+from hakit.coord.etcd.layout import Layout, b64, get, range_end
+from hakit.coord.etcd.leases import LeaseState, LeaseSteps
 from hakit.coord.etcd.records import Records
 from hakit.coord.etcd.section import EtcdSection
 from hakit.coord.etcd.transport import Transport
 from hakit.coord.etcd.watch import Watch
 from hakit.coord.memory import make_private_dir, memory_file
 
+TTL_THREADS = 4  # lease_and_nodes asks the TTLs of this many etcd leases at once
 FIRST_WATCH_WAIT = 0.25  # at most this long (and a quarter of the timeout) for the first watch
 
 
@@ -59,6 +62,8 @@ class EtcdCoordinator:
         self._leases = LeaseSteps(self._transport, self._guard, layout, clock)
         self._records = Records(self._transport, self._guard, layout)
         self._watch = Watch(self._transport, self.prefix)
+        self._pool: ThreadPoolExecutor | None = None  # lease_and_nodes' TTL questions
+        self._pool_pid = os.getpid()
 
     @property
     def where(self) -> str:
@@ -98,6 +103,43 @@ class EtcdCoordinator:
         return self._leases.last_epoch()
 
     # --- records, events, state (hakit.coord.etcd.records) --------------------
+
+    def lease_and_nodes(self) -> tuple[Lease | None, Sequence[NodeRecord]]:
+        """``current_lease()`` and ``nodes()`` at one revision, in two round trips instead
+        of 2 + the records (a cluster view: the router's read after each change): one
+        transaction reads the lease keys and the records, then the server's TTLs of their
+        etcd leases are asked at once, one thread each (``TTL_THREADS`` at most)."""
+        doing = "read the lease and the node records"
+        keys = self._leases.keys
+
+        def step(deadline: float) -> tuple[Lease | None, list[NodeRecord]]:
+            epoch, leader, alive, found = self._guard.read(
+                deadline, doing, get(keys.leader), get(keys.alive), self._records.nodes_range()
+            )
+            state = LeaseState(
+                epoch[0] if epoch else None,
+                leader[0] if leader else None,
+                alive[0] if alive else None,
+            )
+            wanted = {kv.lease for kv in found if kv.lease}
+            if state.leader is not None and state.valid:
+                wanted.add(state.leader_lease)
+            ttls = self._ttls(sorted(wanted), deadline, doing)
+            lease_left = ttls.get(state.leader_lease, (-1, 0))[0] if state.valid else None
+            return self._leases.lease_of(state, lease_left), self._records.records_of(found, ttls)
+
+        return self._guard.run(doing, step)
+
+    def _ttls(self, leases: list[int], deadline: float, doing: str) -> dict[int, tuple[int, int]]:
+        """(TTL left, granted TTL) of each etcd lease, asked concurrently."""
+        if len(leases) <= 1:
+            return {lease: self._transport.ttl_left(lease, deadline, doing) for lease in leases}
+        pool = self._pool
+        if pool is None or self._pool_pid != os.getpid():  # none yet, or the parent's
+            pool = self._pool = ThreadPoolExecutor(TTL_THREADS, thread_name_prefix="etcd-ttl")
+            self._pool_pid = os.getpid()
+        asked = [pool.submit(self._transport.ttl_left, lease, deadline, doing) for lease in leases]
+        return {lease: future.result() for lease, future in zip(leases, asked, strict=True)}
 
     def publish_node(self, record: NodeRecord) -> None:
         self._records.publish_node(record)
@@ -176,6 +218,9 @@ class EtcdCoordinator:
         new ones; the watch stays stopped). Leases are left to run out (a closed agent's
         lease expires; its record outlives it by ``record_ttl``)."""
         self._watch.close()
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=False)
         self._transport.close()
 
     def __enter__(self) -> EtcdCoordinator:

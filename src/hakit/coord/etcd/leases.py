@@ -73,6 +73,10 @@ class LeaseSteps:
         self._keys = layout
         self._clock = clock
 
+    @property
+    def keys(self) -> Layout:
+        return self._keys
+
     def _state(self, deadline: float, doing: str) -> LeaseState:
         epoch, leader, alive = self._guard.read(
             deadline, doing, get(self._keys.leader), get(self._keys.alive)
@@ -238,24 +242,31 @@ class LeaseSteps:
 
         def step(deadline: float) -> Lease | None:
             state = self._state(deadline, doing)
-            if state.leader is None:
-                return None
-            doc = state.leader.json()
-            expires_at = float(doc.get("expires_at", 0.0))
-            remaining = min(0.0, expires_at - self._clock())
-            if state.valid:
+            left = None
+            if state.leader is not None and state.valid:
                 left, _ = self._t.ttl_left(state.leader_lease, deadline, doing)
-                remaining = float(left) if left >= 0 else remaining
-            self._guard.saw(state.stored_epoch)
-            return Lease(
-                str(doc["holder"]),
-                int(doc["epoch"]),
-                expires_at,
-                remaining,
-                int(doc.get("revision", 0)),
-            )
+            return self.lease_of(state, left)
 
         return self._guard.run(doing, step)
+
+    def lease_of(self, state: LeaseState, left: int | None) -> Lease | None:
+        """The stored lease as read (``state``), ``left``: the seconds its etcd lease had
+        left by the server (None, or < 0: not asked, or gone)."""
+        if state.leader is None:
+            return None
+        doc = state.leader.json()
+        expires_at = float(doc.get("expires_at", 0.0))
+        remaining = min(0.0, expires_at - self._clock())
+        if state.valid and left is not None and left >= 0:
+            remaining = float(left)
+        self._guard.saw(state.stored_epoch)
+        return Lease(
+            str(doc["holder"]),
+            int(doc["epoch"]),
+            expires_at,
+            remaining,
+            int(doc.get("revision", 0)),
+        )
 
     def last_epoch(self) -> int:
         doing = "read the last epoch"

@@ -18,6 +18,7 @@ from typing import Any
 from hakit.coord.base import Event, NodeRecord
 from hakit.coord.etcd.identity import Guard, Retry
 from hakit.coord.etcd.layout import (
+    KV,
     Layout,
     b64,
     delete,
@@ -82,34 +83,45 @@ class Records:
         doing = "read the node records"
 
         def step(deadline: float) -> list[NodeRecord]:
-            start = self._keys.node("")
-            _, found = self._guard.read(
-                deadline, doing, get(start, range_end=range_end(start), sort_order="ASCEND")
-            )
-            records = []
-            for kv in found:
-                age = 0.0
-                if kv.lease:
-                    left, granted = self._t.ttl_left(kv.lease, deadline, doing)
-                    if left < 0:
-                        continue  # it vanished meanwhile
-                    age = float(max(0, granted - left))
-                doc = kv.json()
-                detail = doc.get("detail")
-                records.append(
-                    NodeRecord(
-                        str(doc.get("node", kv.key[len(start) :])),
-                        str(doc.get("role", "")),
-                        str(doc.get("app_state", "")),
-                        int(doc.get("epoch", 0)),
-                        float(doc.get("updated_at", 0.0)),
-                        detail if isinstance(detail, dict) else {},
-                        age,
-                    )
-                )
-            return sorted(records, key=lambda r: r.node)
+            _, found = self._guard.read(deadline, doing, self.nodes_range())
+            ttls = {
+                kv.lease: self._t.ttl_left(kv.lease, deadline, doing) for kv in found if kv.lease
+            }
+            return self.records_of(found, ttls)
 
         return self._guard.run(doing, step)
+
+    def nodes_range(self) -> dict[str, Any]:
+        """The range request of every node record."""
+        start = self._keys.node("")
+        return get(start, range_end=range_end(start), sort_order="ASCEND")
+
+    def records_of(self, found: list[KV], ttls: dict[int, tuple[int, int]]) -> list[NodeRecord]:
+        """The node records read (``found``); ``ttls``: (TTL left, granted TTL) by the
+        server of each record's etcd lease (its age: how long since its last publish)."""
+        start = self._keys.node("")
+        records = []
+        for kv in found:
+            age = 0.0
+            if kv.lease:
+                left, granted = ttls.get(kv.lease, (-1, 0))
+                if left < 0:
+                    continue  # it vanished meanwhile
+                age = float(max(0, granted - left))
+            doc = kv.json()
+            detail = doc.get("detail")
+            records.append(
+                NodeRecord(
+                    str(doc.get("node", kv.key[len(start) :])),
+                    str(doc.get("role", "")),
+                    str(doc.get("app_state", "")),
+                    int(doc.get("epoch", 0)),
+                    float(doc.get("updated_at", 0.0)),
+                    detail if isinstance(detail, dict) else {},
+                    age,
+                )
+            )
+        return sorted(records, key=lambda r: r.node)
 
     # --- event history --------------------------------------------------------
 

@@ -6,23 +6,25 @@ timed out, HTTP 502/503/504, "no leader") is skipped for the next; the one that
 answered last is tried first next time. A connection problem on every endpoint
 within the deadline is a ``CoordinationError``; an answer that is an error
 (etcd refused the request) is ``Refused``. Connections are per process: a
-forked child opens its own.
+forked child opens its own. Requests go through hakit.coord.etcd.http (plain
+``http.client``, keep-alive: a quarter of ``requests``' CPU per request); the
+watch's stream keeps a ``requests`` session of its own (``session``).
 """
 
 from __future__ import annotations
 
 import math
 import os
+import ssl
 import threading
 import time
 from collections.abc import Callable
 from contextlib import suppress
-from typing import Any
-from urllib.parse import urlsplit
+from typing import Any, Protocol
 
 import requests
-from etcd3gw.client import Etcd3Client
 
+from hakit.coord.etcd.http import Endpoint, HttpError, tls_context
 from hakit.coord.etcd.layout import KV
 from hakit.coord.etcd.section import EtcdSection
 from hakit.errors import CoordinationError
@@ -34,7 +36,19 @@ class Refused(Exception):
     """etcd answered with an error (not a connection problem)."""
 
 
-def error_message(answer: requests.Response) -> str:
+class AnswerLike(Protocol):
+    """An answer of either HTTP client (hakit.coord.etcd.http.Answer, requests.Response)."""
+
+    @property
+    def status_code(self) -> int: ...
+
+    @property
+    def text(self) -> str: ...
+
+    def json(self) -> Any: ...
+
+
+def error_message(answer: AnswerLike) -> str:
     try:
         doc = answer.json()
     except ValueError:
@@ -62,7 +76,7 @@ class Transport:
         self.timeout = section.timeout
         self._on_revision = on_revision
         self._lock = threading.Lock()
-        self._clients: list[Etcd3Client] = []
+        self._clients: list[Endpoint] = []
         self._current = 0  # the endpoint that answered last
         self._pid = os.getpid()
         self._token: str | None = None
@@ -72,31 +86,23 @@ class Transport:
     def session(self) -> requests.Session:
         """A new session with this section's TLS settings (the watch keeps its own)."""
         session = requests.Session()
+        # Only this section decides: REQUESTS_CA_BUNDLE in the environment would replace
+        # ca_cert, and a *_PROXY variable would send the stream where the requests do not go.
+        session.trust_env = False
         if self.section.ca_cert is not None:
             session.verify = str(self.section.ca_cert)
         if self.section.cert is not None and self.section.key is not None:
             session.cert = (str(self.section.cert), str(self.section.key))
         return session
 
-    def _make_clients(self) -> list[Etcd3Client]:
-        clients = []
-        session = self.session()
-        for url in self.section.endpoints:
-            parts = urlsplit(url)
-            assert parts.hostname is not None and parts.port is not None  # the section checked
-            clients.append(
-                Etcd3Client(
-                    host=parts.hostname,
-                    port=parts.port,
-                    protocol=parts.scheme,
-                    timeout=self.timeout,
-                    api_path=API_PATH,
-                    session=session,
-                )
-            )
-        return clients
+    def _make_clients(self) -> list[Endpoint]:
+        context: ssl.SSLContext | None = None
+        if any(url.startswith("https:") for url in self.section.endpoints):
+            section = self.section
+            context = tls_context(section.ca_cert, section.cert, section.key)
+        return [Endpoint(url, API_PATH, context) for url in self.section.endpoints]
 
-    def clients(self) -> list[Etcd3Client]:
+    def clients(self) -> list[Endpoint]:
         with self._lock:
             if self._pid != os.getpid():  # forked: never share the parent's connections
                 self._clients, self._pid, self._token = [], os.getpid(), None
@@ -112,12 +118,12 @@ class Transport:
     def close(self) -> None:
         with self._lock:
             clients, self._clients = self._clients, []
-        if clients:
-            clients[0].session.close()
+        for client in clients:
+            client.close()
 
     # --- requests -------------------------------------------------------------
 
-    def headers(self, client: Etcd3Client, deadline: float) -> dict[str, str] | None:
+    def headers(self, client: Endpoint, deadline: float) -> dict[str, str] | None:
         """The Authorization header (authenticating first when needed), or None."""
         if self.section.username is not None and self._token is None:
             self._authenticate(client, deadline - time.monotonic())
@@ -139,13 +145,13 @@ class Transport:
             client = clients[index]
             try:
                 headers = self.headers(client, deadline)
-                answer = client.session.post(
-                    client.get_url(path),
-                    json=body,
-                    timeout=self._budget(deadline, len(clients) - tried, first=tried == 0),
-                    headers=headers,
+                answer = client.post(
+                    path,
+                    body,
+                    self._budget(deadline, len(clients) - tried, first=tried == 0),
+                    headers,
                 )
-            except requests.RequestException as error:
+            except HttpError as error:
                 last = f"{client.base_url}: {type(error).__name__}: {error}"
                 tried += 1
                 continue
@@ -183,11 +189,12 @@ class Transport:
         read = left * 4 / 5 if first and untried > 1 else share
         return share, read
 
-    def _authenticate(self, client: Etcd3Client, left: float) -> None:
-        answer = client.session.post(
-            client.get_url("/auth/authenticate"),
-            json={"name": self.section.username, "password": self.section.password},
-            timeout=max(left, 0.001),
+    def _authenticate(self, client: Endpoint, left: float) -> None:
+        left = max(left, 0.001)
+        answer = client.post(  # HttpError: the caller tries the next endpoint
+            "/auth/authenticate",
+            {"name": self.section.username, "password": self.section.password},
+            (left, left),
         )
         if answer.status_code != 200:
             raise CoordinationError(

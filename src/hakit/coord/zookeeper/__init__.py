@@ -61,8 +61,10 @@ process thaws, kazoo finds its session expired and opens a new one; the agent's
 ``renew_epoch`` fails if another node took over (it fences itself), or keeps its
 epoch, bound to the new session, if nobody did.
 
-Costs, known limits: each call writes the ``clock`` znode once (a replicated
-write, also for reads; the router polls, as this backend has no change token);
+Costs, known limits: each call that needs the server's time writes the ``clock``
+znode once (a replicated write, also for reads); the identity and epoch znodes
+are read again only when data watches say they changed (guardcache.py); the
+change token (watch.py) lets the router skip reads, and wakes it;
 a timed-out write may still be applied later (ZooKeeper keeps a session's queued
 requests): a grant the caller never heard of lasts one TTL and names the
 caller's own node; times come from the ZooKeeper leader's wall clock, so keep the
@@ -70,7 +72,8 @@ ensemble's clocks in sync (NTP): a leader change to a server whose clock is ahea
 shortens running leases by that much (the session rule keeps a slow one from
 lengthening them).
 
-Identity: as hakit.coord.sqlite. The ``identity`` znode is read at every call;
+Identity: as hakit.coord.sqlite. The ``identity`` znode is checked at every call
+(read, or kept from the last read while its watch has not fired: guardcache.py);
 a coordinator refuses (``StoreReplacedError``) a store with another identity, a
 last epoch below the highest it saw, or none where it saw one, and only a
 process that never saw one creates a store (``create``). Every write
@@ -89,6 +92,8 @@ The modules, one job each:
   and session, the call's deadline;
 - ``identity.py``: the identity guard, the store's creation, the read and the
   write transaction every call goes through, and the retry loop;
+- ``guardcache.py``: the identity and epoch znodes kept while their watches are quiet;
+- ``watch.py``: the change token (``data_version``, ``wait_change``) from watches;
 - ``leases.py``: the leader lease's steps;
 - ``records.py``: node records, events, cluster state;
 - ``coordinator.py``: ``ZooKeeperCoordinator`` putting them together, ``open_zookeeper``.

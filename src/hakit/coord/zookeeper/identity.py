@@ -143,31 +143,56 @@ class Guard(Session):
     ) -> tuple[float, dict[str, Node | None]]:
         """The server's time (``now``; else 0) and the znodes at ``paths``, with the identity
         checked (the store created first when missing and allowed). Pipelined: ZooKeeper
-        answers a session's requests in order, so the reads see the clock write."""
-        for _ in range(2):
+        answers a session's requests in order, so the reads see the clock write. The
+        identity and epoch znodes come from the guard cache while its watches say they
+        did not change (hakit.coord.zookeeper.guardcache), else are read (with watches)."""
+        cache = self._guard_cache
+        identity_path, epoch_path = self._identity_path, self._path("epoch")
+        # A cached identity needs an answer to this call to order the watch events before
+        # the barrier (guardcache's docstring): a call that asks nothing else reads the
+        # epoch znode, and the identity still comes from the cache.
+        asks = bool(paths) or (now and self._clock is None)
+        for _ in range(3):  # a store made meanwhile, a cache found stale: read again
+            cached = cache.get(zk)
+            changes = cached[1] if cached is not None else cache.changes()
+            if cached is None:
+                guard_paths = [identity_path, epoch_path]
+            else:
+                guard_paths = [] if asks else [epoch_path]
             touch = zk.set_async(self._path("clock"), b"") if now and self._clock is None else None
-            wanted = [self._identity_path, self._path("epoch"), *paths]
-            pending = [zk.get_async(path) for path in wanted]
+            guard = [zk.get_async(path, watch=cache.watcher) for path in guard_paths]
+            pending = [zk.get_async(path) for path in paths]
             try:
                 at = self._server_time(touch) if touch is not None else 0.0
             except NoNodeError:
                 at = 0.0  # no store: handled below
             found: dict[str, Node | None] = {}
-            for path, result in zip(wanted, pending, strict=True):
+            for path, result in zip([*guard_paths, *paths], guard + pending, strict=True):
                 try:
                     data, stat = result.get(timeout=self._left())
                     found[path] = Node(load(data), stat)
                 except NoNodeError:
                     found[path] = None
-            identity = found[self._identity_path]
+            if cached is not None:
+                if not cache.confirm(zk, changes, self._left()):
+                    cache.drop()
+                    continue  # one of them changed, or the session did: read them
+                found[identity_path] = cached[0][0]
+                found.setdefault(epoch_path, cached[0][1])
+            identity, epoch = found[identity_path], found[epoch_path]
             if identity is None:
                 self._no_store(zk)
                 continue
-            self._accept(identity, found[self._path("epoch")])
+            self._accept(identity, epoch)
+            if epoch is not None:
+                cache.put(zk, identity, epoch, changes)
             if now and self._clock is not None:
                 at = self._clock()
             return at, found
-        raise CoordinationError(f"coordination store {self.where}: it vanished while created")
+        raise CoordinationError(
+            f"coordination store {self.where}: it kept changing while read (or vanished "
+            "while created)"
+        )
 
     def _server_time(self, touch: Any) -> float:
         stat: ZnodeStat = touch.get(timeout=self._left())
@@ -241,6 +266,7 @@ class Guard(Session):
             except Conflict:
                 self._left()
                 self._pending_epoch = 0
+                self._guard_cache.drop()  # read the identity and epoch again too
 
     def store_exists(self) -> bool:
         """A store is at the root (its identity znode), read without creating one."""

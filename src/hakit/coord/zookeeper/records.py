@@ -21,7 +21,7 @@ from kazoo.exceptions import NoNodeError
 
 from hakit.coord.base import Event, NodeRecord
 from hakit.coord.zookeeper.identity import Guard
-from hakit.coord.zookeeper.layout import Node, as_dict, dump, event_id_of, load, same
+from hakit.coord.zookeeper.layout import Conflict, Node, as_dict, dump, event_id_of, load, same
 from hakit.errors import CoordinationError
 
 
@@ -33,9 +33,14 @@ class Records(Guard):
 
     def publish_node(self, record: NodeRecord) -> None:
         path = self._node_path(record.node)
+        # A record this object wrote before is overwritten without reading it first (its
+        # version is not needed: only its node writes it); gone meanwhile, the write
+        # fails and the next attempt reads it. One request less per publish.
+        known = path in self._records_written
 
         def attempt() -> None:
-            now, found = self._read(zk, [path], now=True)
+            nonlocal known
+            now, found = self._read(zk, [] if known else [path], now=True)
             doc = dump(
                 {
                     "role": record.role,
@@ -46,15 +51,22 @@ class Records(Guard):
                     "stored_at": now,  # the server's clock: ages are judged on it alone
                 }
             )
-            existing = found[path]
+            existing = found.get(path)
 
             def build(txn: Any) -> None:
-                if existing is None:
+                if known:
+                    txn.set_data(path, doc, -1)
+                elif existing is None:
                     txn.create(path, doc)
                 else:
                     txn.set_data(path, doc, existing.stat.version)
 
-            self._commit(zk, build)
+            try:
+                self._commit(zk, build)
+            except Conflict:
+                known = False
+                raise
+            self._records_written.add(path)
 
         with self._using(f"publish the record of {record.node}") as zk:
             self._until_settled(attempt)

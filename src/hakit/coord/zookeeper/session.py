@@ -22,6 +22,7 @@ from kazoo.retry import KazooRetry
 from kazoo.security import CREATOR_ALL_ACL, OPEN_ACL_UNSAFE
 
 from hakit.coord.memory import Memory
+from hakit.coord.zookeeper.guardcache import GuardCache
 from hakit.coord.zookeeper.section import DEFAULT_MAX_EVENTS, DEFAULT_TRIM_EVERY
 
 
@@ -68,6 +69,8 @@ class Session:
         self._saved: Memory | None = None
         self._pending_epoch = 0
         self._identity_version = 0  # of the identity znode read by the call in progress
+        self._records_written: set[str] = set()  # node record znodes this object wrote
+        self._guard_cache = GuardCache()  # the identity and epoch znodes, while unchanged
 
     # --- paths ----------------------------------------------------------------
 
