@@ -126,6 +126,14 @@ def run(
         return Run(seconds, int(peak.read_text()) / 1024, text)
 
 
+def inner(done: Run) -> Run:
+    """The time a child of this script printed for its work (its start excluded)."""
+    found = re.search(r"^seconds ([0-9.]+)$", done.output, re.MULTILINE)
+    if found is None:
+        raise RuntimeError(f"no time printed:\n{done.output[-2000:]}")
+    return Run(float(found.group(1)), done.peak_mb, done.output)
+
+
 def python(*args: str) -> list[str]:
     return [sys.executable, *args]
 
@@ -439,11 +447,9 @@ def measure(args: argparse.Namespace, tmp: Path) -> tuple[Home, list[Row]]:
     def operation(name: str, path: Path) -> Run:
         """A hakit operation in a child: the time of the operation itself (imports and
         interpreter start excluded, as in the running agent), the child's peak RSS."""
-        done = run(python(__file__, "--hakit", name, str(config), str(path)), limit, env, tmp)
-        inner = re.search(r"^seconds ([0-9.]+)$", done.output, re.MULTILINE)
-        if inner is None:
-            raise RuntimeError(f"hakit {name} printed no time:\n{done.output[-2000:]}")
-        return Run(float(inner.group(1)), done.peak_mb, done.output)
+        return inner(
+            run(python(__file__, "--hakit", name, str(config), str(path)), limit, env, tmp)
+        )
 
     # 1. local: capture + ship against rsync -a
     repo, shipped, mirror = tmp / "repo", tmp / "shipped", tmp / "rsync-copy"
@@ -451,7 +457,7 @@ def measure(args: argparse.Namespace, tmp: Path) -> tuple[Home, list[Row]]:
 
     def local_round(kind: str) -> tuple[Run, Run, Run]:
         capture = operation("capture", repo)
-        shipping = run(python(__file__, "--ship", str(repo), str(shipped)), limit, env, tmp)
+        shipping = inner(run(python(__file__, "--ship", str(repo), str(shipped)), limit, env, tmp))
         rsync = run(["rsync", "-a", f"{home.path}/", f"{mirror}/"], limit)
         note(
             f"local {kind}: hakit capture {capture.seconds:.2f} s "
@@ -541,7 +547,14 @@ def measure(args: argparse.Namespace, tmp: Path) -> tuple[Home, list[Row]]:
         )
 
     rows.append(
-        Row("hakit CLI start (in every hakit row)", f"{startup.seconds:.2f} s", "-", "-", "-", "-")
+        Row(
+            "hakit CLI start (python -m hakit --help)",
+            f"{startup.seconds:.2f} s",
+            "-",
+            "-",
+            "-",
+            "-",
+        )
     )
     rows.append(time_row("local full: capture + ship vs rsync -a", full, TARGET_FULL))
     rows.append(time_row("local incremental (1 %) vs rsync -a", incremental, TARGET_INCREMENTAL))
@@ -611,7 +624,9 @@ def main() -> None:
     parser.add_argument("--hakit", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.ship:
+        started = time.monotonic()
         ship(Path(args.ship[0]), Path(args.ship[1]))
+        print(f"seconds {time.monotonic() - started:.6f}")
         return
     if args.hakit:
         hakit_operation(args.hakit[0], Path(args.hakit[1]), Path(args.hakit[2]))
@@ -622,6 +637,7 @@ def main() -> None:
     for tool in ("rsync", "restic", "git"):
         if shutil.which(tool) is None:
             sys.exit(f"{tool} is missing (scripts/debian-packages.txt)")
+    load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="hakit-bench-snapshot-") as tmp:
         home, rows = measure(args, Path(tmp))
     print()
@@ -629,13 +645,13 @@ def main() -> None:
         f"home: {home.files} files, {mb(home.bytes)}, {args.repos} git repositories; "
         f"1 % of the files changed for the incremental rows; S3: moto on 127.0.0.1, "
         f"hakit and boto3 at concurrency {args.concurrency}, restic's defaults; hakit's "
-        "times are the operation in a running process (the agent's case): the CLI adds "
-        "its start (first row)"
+        "times (and the shipping's) are the operation in a running process (the agent's "
+        "case): the CLI adds its start (first row); rsync's and restic's include their start"
     )
     print("\n".join(table(rows)))
-    load = os.getloadavg()[0]
     print(
-        f"loadavg (1 min) at end {load:.2f}; {os.cpu_count()} CPUs (shared: the numbers are noisy)"
+        f"loadavg (1 min) at start {load:.2f}, at end {os.getloadavg()[0]:.2f}; "
+        f"{os.cpu_count()} CPUs (shared with other work: the numbers are noisy)"
     )
 
 
