@@ -51,7 +51,7 @@ class S3Location:
     max_concurrency: int = 100
     multipart_threshold: int = 8 * MiB
     part_size: int = 8 * MiB
-    max_in_flight: int = 128 * MiB  # bytes handed to the pool and not yet stored
+    max_in_flight: int = 64 * MiB  # bytes handed to the pool and not yet stored (peak RSS < 300 MB)
 
     def key(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
