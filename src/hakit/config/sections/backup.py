@@ -10,8 +10,8 @@ Example::
     write_only = true                   # the credential may only PutObject
     encryption_key_file = "/etc/hakit/backup.key"    # or encryption_key_env = "HAKIT_BACKUP_KEY":
                                         # 32 random bytes, base64 (openssl rand -base64 32)
-    interval = "1d"                     # the running active backs up this often (default: never)
-    stale_after = "2d"                  # alert when the newest backup is older (default: 2 x interval)
+    interval = "24h"                    # the running active backs up this often (default: never)
+    stale_after = "48h"                 # alert when the newest backup is older (default: 2 x interval)
     health_check_interval = "1h"        # every node checks the target (default: 1h with an interval)
     keep_last = 7                       # retention, applied by `hakit backup prune` (restic's rules)
     keep_daily = 7
@@ -99,7 +99,7 @@ class BackupConfig(_Section):
             raise error_at_key(
                 "stale_after",
                 "stale_after watches scheduled backups, but interval is not set; expected "
-                'interval = "1d" too (or no stale_after)',
+                'interval = "24h" too (or no stale_after)',
             )
         if (
             self.interval is not None
