@@ -3,7 +3,7 @@
 - **Backups** (``[backup] interval``): the running active backs up to the backup
   target (hakit.backup.target) as ``hakit backup create`` does, with
   hakit.agent.snapshots' machinery and rules: only the running active
-  (``active_epoch``), in a process of its own (hakit.backup.job) killed by PID when
+  (``active_epoch``), in a process of its own (hakit.agent.backup_job) killed by PID when
   the node stops being the running active of the epoch it started under, never in
   the way of the lease loop. ``capture_due`` decides when, from the newest backup
   this node can see when it becomes active (a directory target: its newest
@@ -35,10 +35,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from hakit.agent.backup_job import BACKUP, CHECK, COMMAND, BackupJob
 from hakit.agent.snapshot_job import Outcome
 from hakit.agent.snapshots import STDERR_TAIL, Raise, Record, capture_due, newest_capture_time
 from hakit.backup.healthcheck import Status
-from hakit.backup.job import BACKUP, CHECK, COMMAND, BackupJob
 from hakit.backup.target import BackupTarget, LocalTarget, resolve_target
 from hakit.config import Config, format_duration
 from hakit.errors import HakitError
@@ -247,7 +247,7 @@ class BackupSchedule:
         await self._watch_staleness(epoch)
         if check_due(self.clock(), self.section.health_every, self.last_check):
             self.last_check = self.clock()
-            await self.check()
+            await self.check(epoch)
 
     async def _read_newest(self) -> None:
         try:
@@ -329,7 +329,7 @@ class BackupSchedule:
         self.record(EventKind.BACKUP_STALE, reason, epoch=epoch, data={"age": round(age, 1)})
         await self.alert(Alert(AlertKind.BACKUP, reason, data={"stale": True, "age": age}))
 
-    async def check(self) -> None:
+    async def check(self, epoch: int) -> None:
         try:
             finished = await run_job(self.job(CHECK), self.tick, lambda: "", CHECK_TIMEOUT)
         except OSError as error:
@@ -351,6 +351,7 @@ class BackupSchedule:
             self.record(
                 EventKind.BACKUP_CHECK,
                 reason,
+                epoch=epoch,
                 data={"status": str(status), "messages": list(messages)},
             )
         if verdict.alert:

@@ -33,7 +33,8 @@ from hakit.errors import HakitError
 from hakit.snapshot.capture import CaptureOptions, create_snapshot
 from hakit.snapshot.s3store import S3Store
 
-COMMAND = ("-c", "import sys; from hakit.backup.job import main; sys.exit(main())")
+# Not ``-m``: the package imports this module first (runpy warns), as snapshot_job's.
+COMMAND = ("-c", "import sys; from hakit.agent.backup_job import main; sys.exit(main())")
 BACKUP = "backup"
 CHECK = "check"
 
@@ -126,7 +127,7 @@ def run(job: BackupJob) -> Outcome:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="hakit.backup.job")
+    parser = argparse.ArgumentParser(prog="hakit.agent.backup_job")
     parser.add_argument("--parent", type=int, required=True, help="the agent's pid")
     args = parser.parse_args(argv)
     _die_with(args.parent)
