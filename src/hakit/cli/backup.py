@@ -143,7 +143,7 @@ def create(
             console.print(f"record rebuilt: {bottom.rebuild_record()} objects", highlight=False)
         with _progress(store):
             report = create_snapshot(store, options)
-    except SnapshotError as error:
+    except (SnapshotError, OSError) as error:  # OSError: the repository's disk is full...
         fail(SnapshotError(f"backup to {target.describe()} failed, no generation written: {error}"))
     finally:
         close_store(store)
@@ -272,6 +272,13 @@ def restore(
             )
     except SnapshotError as error:
         fail(error)
+    except OSError as error:  # the restore's disk is full...: its partial directory is removed
+        fail(
+            SnapshotError(
+                f"restore into {into} failed: {error}; nothing was replaced (the live home "
+                "and database are untouched)"
+            )
+        )
     finally:
         close_store(store)
 
