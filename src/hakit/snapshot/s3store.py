@@ -302,13 +302,23 @@ class S3Store:
             name = f"{time.time_ns()}-{secrets.token_hex(6)}"
             key = f"{CAPTURES}{name}"
             body = f"capture started by {os.uname().nodename}\n".encode()
-            try:
+
+            def put() -> None:
                 self.client.put_object(
                     Bucket=self.location.bucket,
                     Key=self.location.key(key),
                     Body=body,
                     **self._condition,
                 )
+
+            try:
+                try:
+                    put()
+                except Exception as error:
+                    if error_code(error) != "NotImplemented" or not self._condition:
+                        raise
+                    self._condition = {}  # no conditional writes there (_put_object says)
+                    put()
             except Exception as error:
                 raise self._error("write", key, error) from None
             self.marker = name
