@@ -236,3 +236,30 @@ def test_prune_of_a_directory(tmp_path: Path) -> None:
     after = {path for path in repository.rglob("*") if path.is_file()}
     assert len(before - after) == 2  # a manifest, EXTRA's blob
     assert ": ok," in run(site, {}, "verify").text
+
+
+def test_an_object_pruned_from_under_a_write_only_nodes_record_is_sent_again(
+    tmp_path: Path, moto: MotoServer
+) -> None:
+    """A write-only node's record of stored keys still names an object prune removed: its
+    next backup must not take the record's word for it."""
+    site = make_site(tmp_path, moto)
+    site.configure(write_only=True)
+    extra = os.urandom(600 * 1024)
+    (site.home / EXTRA).write_bytes(extra)
+    assert run(site, env(), "create", "--node", "node1").exit_code == 0
+    (site.home / EXTRA).unlink()
+    assert run(site, env(), "create", "--node", "node1").exit_code == 0
+    before = data_objects(moto, site)
+    result = run(site, env(), "prune", "--keep-last", "1", "--grace", "0")
+    assert result.exit_code == 0 and "removed 1 generations and 1 objects" in result.text
+    (gone,) = before - data_objects(moto, site)
+    target = resolve_target(load_config(site.config))
+    assert isinstance(target, S3Target)
+    assert gone in (target.state / "keys").read_text().split()  # the record still names it
+
+    (site.home / EXTRA).write_bytes(extra)  # back: the same blob
+    result = run(site, env(), "create", "--node", "node1")
+    assert result.exit_code == 0, result.output
+    assert gone in data_objects(moto, site)  # sent again
+    assert ": ok," in run(site, env(), "verify").text
