@@ -1,4 +1,4 @@
-"""``hakit backup create|list|verify|restore|check|drill``: snapshots into the backup target.
+"""``hakit backup create|list|verify|restore|prune|check|drill``: snapshots into the backup target.
 
 The target comes from the config (hakit.backup.target): the S3 filestore Jira's
 filestore-config.xml associates with ``backups``, else a local directory. The
@@ -23,16 +23,18 @@ from rich.table import Table
 from hakit.backup.drill import DrillReport, drill_from_config, load_record, record_path
 from hakit.backup.drillchecks import FAIL, PASS
 from hakit.backup.healthcheck import Status, run_directory_check, run_s3_check
+from hakit.backup.prune import prune_backups, prune_credential
 from hakit.backup.stores import close_store, open_store, s3_client, unwrapped
-from hakit.backup.target import BackupTarget, LocalTarget, resolve_target
+from hakit.backup.target import BackupTarget, LocalTarget, S3Target, resolve_target
 from hakit.cli.base import ConfigOption, console, fail, load_or_exit
 from hakit.cli.snapshot import _size as size
-from hakit.config import Config
+from hakit.config import Config, format_duration, parse_duration
 from hakit.errors import ConfigError, HakitError
 from hakit.snapshot.capture import CaptureOptions, create_snapshot
 from hakit.snapshot.database import database_target
 from hakit.snapshot.format import SnapshotError, decode_manifest, manifest_key
 from hakit.snapshot.restore import restore_generation, swap_into_place
+from hakit.snapshot.retention import RetentionPolicy
 from hakit.snapshot.s3store import S3Store
 from hakit.snapshot.store import Store
 from hakit.snapshot.verify import verify_generation
@@ -141,7 +143,7 @@ def create(
             console.print(f"record rebuilt: {bottom.rebuild_record()} objects", highlight=False)
         with _progress(store):
             report = create_snapshot(store, options)
-    except SnapshotError as error:
+    except (SnapshotError, OSError) as error:  # OSError: the repository's disk is full...
         fail(SnapshotError(f"backup to {target.describe()} failed, no generation written: {error}"))
     finally:
         close_store(store)
@@ -270,6 +272,13 @@ def restore(
             )
     except SnapshotError as error:
         fail(error)
+    except OSError as error:  # the restore's disk is full...: its partial directory is removed
+        fail(
+            SnapshotError(
+                f"restore into {into} failed: {error}; nothing was replaced (the live home "
+                "and database are untouched)"
+            )
+        )
     finally:
         close_store(store)
 
@@ -379,3 +388,95 @@ def drill(
     _print_drill(report, target)
     if not report.ok:
         raise typer.Exit(1)
+
+
+KeepOption = Annotated[int | None, typer.Option(min=0, show_default=False)]
+EnvOption = Annotated[
+    str | None,
+    typer.Option(
+        help="The environment variable holding prune's key (default: [backup] "
+        "prune_access_key_env / prune_secret_key_env, else the backup credential).",
+        show_default=False,
+    ),
+]
+
+
+@backup_app.command("prune")
+def prune(
+    keep_last: KeepOption = None,
+    keep_daily: KeepOption = None,
+    keep_weekly: KeepOption = None,
+    grace: Annotated[
+        str | None,
+        typer.Option(
+            help='Objects and generations younger are never removed, e.g. "1h" '
+            "(default: [backup] prune_grace, 1h).",
+            show_default=False,
+        ),
+    ] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what, remove nothing.")] = False,
+    access_key_env: EnvOption = None,
+    secret_key_env: EnvOption = None,
+    config: ConfigOption = Path("hakit.toml"),
+) -> None:
+    """Remove the backups a retention policy drops, then the objects no kept one needs.
+
+    The policy is the --keep-* options when any is given, else [backup] keep_last,
+    keep_daily and keep_weekly. The newest generation, and each node's newest, are
+    always kept. Needs list, read and delete access: meant for a more privileged
+    credential than the backups' (--access-key-env/--secret-key-env or [backup]
+    prune_access_key_env/prune_secret_key_env).
+    """
+    cfg = load_or_exit(config)
+    section = cfg.backup
+    target = _target(cfg)
+    if any(value is not None for value in (keep_last, keep_daily, keep_weekly)):
+        policy = RetentionPolicy(keep_last or 0, keep_daily or 0, keep_weekly or 0)
+    else:
+        policy = RetentionPolicy(section.keep_last, section.keep_daily, section.keep_weekly)
+    try:
+        seconds = section.prune_grace if grace is None else parse_duration(grace)
+    except ValueError as error:
+        fail(SnapshotError(f"--grace: {error}"))
+    try:
+        if isinstance(target, S3Target):
+            target = prune_credential(
+                target,
+                access_key_env,
+                secret_key_env,
+                (section.prune_access_key_env, section.prune_secret_key_env),
+            )
+        elif access_key_env is not None or secret_key_env is not None:
+            fail(SnapshotError(f"--access-key-env: the backups are in {target.describe()}"))
+        report = prune_backups(target, policy, grace=seconds, dry_run=dry_run)
+    except SnapshotError as error:
+        fail(SnapshotError(f"prune of {target.describe()}: {error}; nothing more was removed"))
+    console.print(f"backups in {escape(target.describe())}", highlight=False, soft_wrap=True)
+    console.print(
+        f"policy: {policy.describe()}; grace period {format_duration(seconds)}", highlight=False
+    )
+    removed = "would remove" if dry_run else "removed"
+    for decision in report.prune.decisions:
+        generation = decision.generation
+        taken = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(generation.taken_ns / 1e9))
+        verdict = f"{'keep':<12}" if decision.keep else f"[red]{removed:<12}[/red]"
+        why = "; ".join(str(reason) for reason in decision.reasons) or "no rule keeps it"
+        if generation.id in report.protected and decision.keep:
+            why += "; a node's newest"
+        console.print(f"{verdict} {generation.id}  {taken}  {why}", highlight=False, soft_wrap=True)
+    pruned = report.prune
+    console.print(
+        f"{removed} {len(pruned.removed_generations)} generations and {pruned.removed_objects} "
+        f"objects ({size(pruned.removed_bytes)}); {pruned.kept_objects} objects kept for the "
+        f"generations kept, {pruned.young_objects} unreferenced kept (younger than the grace "
+        "period, or a backup in progress)",
+        highlight=False,
+        soft_wrap=True,
+    )
+    if report.open_captures:
+        console.print(
+            f"[yellow]{len(report.open_captures)} backup(s) in progress: unreferenced objects "
+            "are kept until they finish; run prune again later[/yellow]",
+            highlight=False,
+            soft_wrap=True,
+        )

@@ -57,6 +57,12 @@ class EventKind(enum.StrEnum):
     # files, bytes_written, seconds, pruned / error)
     SNAPSHOT = "snapshot"  # a generation was captured (and retention applied)
     SNAPSHOT_FAILED = "snapshot-failed"  # a capture failed or was abandoned (lease lost)
+    # scheduled backups by the active's agent, health checks by every agent
+    # (hakit.agent.backups; data: generation, seconds / error, failures / status, messages)
+    BACKUP = "backup"  # a generation was backed up to the backup target
+    BACKUP_FAILED = "backup-failed"  # a backup failed or was abandoned (lease lost)
+    BACKUP_STALE = "backup-stale"  # the newest backup is older than [backup] stale_after
+    BACKUP_CHECK = "backup-check"  # the backup health check's result (when not ok, or changed)
 
 
 class AlertKind(enum.StrEnum):
@@ -72,6 +78,7 @@ class AlertKind(enum.StrEnum):
     ERROR = "error"
     FAILSAFE = "failsafe"  # the store is unreachable: serving on confirmations, or no promotion
     SNAPSHOT = "snapshot"  # a scheduled capture of the home and database failed
+    BACKUP = "backup"  # a scheduled backup failed, backups are stale, or the health check warns
 
 
 class EventCause(enum.StrEnum):
@@ -112,5 +119,6 @@ NOTIFY_EVENTS: Final[Mapping[str, bool]] = {
     AlertKind.HANG: True,
     AlertKind.FAILSAFE: True,
     AlertKind.SNAPSHOT: True,
+    AlertKind.BACKUP: True,
     AlertKind.ERROR: False,  # covered by "restart"
 }

@@ -22,26 +22,57 @@ Every object goes under ``<prefix>/`` with the format's keys (hakit.snapshot.for
   ``has`` and ``list_manifests`` read it and the newest manifest's local copy
   (``manifests/``), never the bucket. With read access, a missing record is
   rebuilt from a LIST (``rebuild_record``); without, it starts empty and the 412s
-  refill it.
+  refill it. The record is no proof that an object is still there (a prune may
+  have removed it since), so a put is skipped only for keys this instance stored
+  or was answered 412 for; any other key is put conditionally (a 412 costs the
+  bytes sent, never an overwrite).
+- **Pruning** (``SupportsDelete``: ``list_objects``, ``delete``), for a separate,
+  more privileged credential (hakit.backup.prune). prune's grace period relies on
+  ``put_if_absent`` refreshing an existing object's time (hakit.snapshot.prune,
+  case 2), which S3 cannot do here: a conditional put answered 412 leaves
+  ``LastModified`` as it was, and refreshing it (a copy onto itself or a second,
+  unconditional put) would need read access or overwrite the object, which the
+  write-only and versioned design excludes. So captures announce themselves
+  instead (**capture markers**): before its first object, a writing instance puts
+  ``captures/<time>-<random>`` (a new key each time: put-only, write-only
+  capable), and after its manifest ``captures/<same>.done``. A marker younger
+  than the grace period without its ``.done`` is a capture that may rely on any
+  existing object, and ``delete(key, modified_before_ns)`` then deletes nothing:
+  per object, HEAD (its ``LastModified`` must be older than the cutoff), LIST
+  ``captures/`` (no open capture since the cutoff), DeleteObject. A capture that
+  starts after that LIST writes its marker and then finds the object either still
+  there or gone (then puts it again, a 200): the window is the one DeleteObject
+  request, as ``SupportsDelete`` allows. A capture killed before its ``.done``
+  holds prunes off for one grace period. With **versioning** on, DeleteObject
+  only adds a delete marker: the bytes stay, as a noncurrent version, until a
+  lifecycle rule (``NoncurrentVersionExpiration``) expires them (and until then a
+  wrong prune can be undone by removing the delete marker).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import secrets
 import threading
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from hakit.snapshot.format import MiB, SnapshotError, manifest_key
+from hakit.snapshot.store import StoredObject
 
 log = logging.getLogger(__name__)
 
 RECORD = "keys"
 MANIFEST_COPIES = "manifests"
+CAPTURES = "captures/"  # the capture markers (above)
+DONE = ".done"
+MARKED_PREFIXES = ("blobs/", "packs/")  # a put there is a capture's: marked first
+MISSING = ("404", "NoSuchKey", "NotFound")
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +136,12 @@ class KeyRecord:
                 os.fsync(handle.fileno())
             self._keys.add(key)
 
+    def discard(self, key: str) -> None:
+        """Forget ``key`` in memory (pruned): the file keeps it, and a later instance
+        trusts the record for nothing but ``has`` (above)."""
+        with self._lock:
+            self._keys.discard(key)
+
     def replace(self, keys: Iterable[str]) -> None:
         """The whole record at once (a temporary file renamed over it)."""
         with self._lock:
@@ -149,6 +186,11 @@ class S3Store:
         # A missing record is rebuilt before the first put, when the credential may list.
         self._rebuild = not write_only and not (state / RECORD).exists()
         self.record = KeyRecord(state)
+        self._confirmed: set[str] = set()  # stored, or answered 412, by this instance
+        self._confirmed_lock = threading.Lock()
+        self.marker: str | None = None  # this instance's capture marker, once written
+        self._marker_lock = threading.Lock()
+        self._capture_seen_ns: int | None = None  # delete(): an open capture found
 
     # --- the record ------------------------------------------------------------
 
@@ -187,8 +229,10 @@ class S3Store:
         """Queued for upload unless the record has it: True when queued (sent)."""
         self._raise_failure()
         self._ensure_record()
-        if key in self.record:
+        if key in self._confirmed:
             return False
+        if key.startswith(MARKED_PREFIXES):
+            self._mark_capture()
         size = len(data)
         with self._room:
             while self._in_flight and self._in_flight + size > self.location.max_in_flight:
@@ -238,6 +282,7 @@ class S3Store:
         if not self._put_object(key, data):
             raise SnapshotError(f"generation {generation} already exists in {self._where()}")
         self.record.add(key)
+        self._mark_done()
         copies = self.state / MANIFEST_COPIES
         copies.mkdir(exist_ok=True)
         copy = copies / f"{generation}.json"
@@ -246,6 +291,104 @@ class S3Store:
         for older in copies.glob("*.json"):  # the newest is what the next capture needs
             if older.name < copy.name:
                 older.unlink()
+
+    # --- capture markers ---------------------------------------------------------
+
+    def _mark_capture(self) -> None:
+        """This capture's marker, before its first object (once per instance)."""
+        with self._marker_lock:
+            if self.marker is not None:
+                return
+            name = f"{time.time_ns()}-{secrets.token_hex(6)}"
+            key = f"{CAPTURES}{name}"
+            body = f"capture started by {os.uname().nodename}\n".encode()
+
+            def put() -> None:
+                self.client.put_object(
+                    Bucket=self.location.bucket,
+                    Key=self.location.key(key),
+                    Body=body,
+                    **self._condition,
+                )
+
+            try:
+                try:
+                    put()
+                except Exception as error:
+                    if error_code(error) != "NotImplemented" or not self._condition:
+                        raise
+                    self._condition = {}  # no conditional writes there (_put_object says)
+                    put()
+            except Exception as error:
+                raise self._error("write", key, error) from None
+            self.marker = name
+
+    def _mark_done(self) -> None:
+        """The marker's ``.done``: prunes need not wait for this capture any more. Its
+        failure only holds prunes off for a grace period: logged, not raised (the
+        generation is stored)."""
+        if self.marker is None:
+            return
+        key = f"{CAPTURES}{self.marker}{DONE}"
+        try:
+            self.client.put_object(
+                Bucket=self.location.bucket, Key=self.location.key(key), Body=b"done\n"
+            )
+        except Exception as error:
+            log.warning("could not write %s in %s: %s", key, self._where(), describe(error))
+        self.marker = None  # a next generation through this instance marks again
+
+    def open_captures(self, since_ns: int) -> list[str]:
+        """The capture markers written at or after ``since_ns`` without their ``.done``."""
+        started: dict[str, int] = {}
+        done: set[str] = set()
+        for item in self.list_objects(CAPTURES):
+            name = item.key.removeprefix(CAPTURES)
+            if name.endswith(DONE):
+                done.add(name.removesuffix(DONE))
+            elif "/" not in name and item.modified_ns >= since_ns:
+                started[name] = item.modified_ns
+        return sorted(name for name in started if name not in done)
+
+    # --- SupportsDelete (pruning) ---------------------------------------------------
+
+    def list_objects(self, prefix: str) -> Iterator[StoredObject]:
+        full = self.location.key(prefix)
+        strip = len(self.location.key(""))
+        try:
+            paginator = self.client.get_paginator("list_objects_v2")
+            for page in paginator.paginate(Bucket=self.location.bucket, Prefix=full):
+                for item in page.get("Contents", ()):
+                    modified = item["LastModified"].timestamp()
+                    yield StoredObject(item["Key"][strip:], int(item["Size"]), _ns(modified))
+        except Exception as error:
+            raise self._error("list", full, error) from None
+
+    def delete(self, key: str, modified_before_ns: int | None = None) -> bool:
+        """HEAD, then (with ``modified_before_ns``) no open capture, then DeleteObject."""
+        bucket, full = self.location.bucket, self.location.key(key)
+        try:
+            head = self.client.head_object(Bucket=bucket, Key=full)
+        except Exception as error:
+            if error_code(error) in MISSING:
+                return False
+            raise self._error("check", key, error) from None
+        if modified_before_ns is not None:
+            if _ns(head["LastModified"].timestamp()) >= modified_before_ns:
+                return False  # written since the cutoff
+            if self._capture_seen_ns == modified_before_ns or self.open_captures(
+                modified_before_ns
+            ):
+                self._capture_seen_ns = modified_before_ns  # this prune deletes no more
+                return False
+        try:
+            self.client.delete_object(Bucket=bucket, Key=full)
+        except Exception as error:
+            raise self._error("delete", key, error) from None
+        self.record.discard(key)
+        with self._confirmed_lock:
+            self._confirmed.discard(key)
+        return True
 
     # --- uploads ---------------------------------------------------------------
 
@@ -269,6 +412,8 @@ class S3Store:
             if self._failure is None:
                 self._put_object(key, data)
                 self.record.add(key)
+                with self._confirmed_lock:
+                    self._confirmed.add(key)
         except BaseException as error:
             if self._failure is None:
                 self._failure = (
@@ -294,6 +439,8 @@ class S3Store:
             if error_code(error) not in ("PreconditionFailed", "412"):
                 raise self._error("write", key, error) from None
             stored = False
+        with self._confirmed_lock:
+            self._confirmed.add(key)
         with self._stats_lock:
             if stored:
                 self.stats.objects_put += 1
@@ -352,8 +499,17 @@ class S3Store:
                 ": the credential cannot read the bucket (write-only?); list, verify and "
                 "restore need a credential allowed s3:GetObject and s3:ListBucket"
             )
+        elif is_denied(error) and doing == "delete":
+            hint = (
+                ": the credential may not delete (s3:DeleteObject); prune is meant for a "
+                "more privileged credential ([backup] prune_access_key_env)"
+            )
         elif is_denied(error):
             hint = ": the credential may not write (s3:PutObject) there"
         return SnapshotError(
             f"could not {doing} {key} in {self._where()} ({describe(error)}){hint}"
         )
+
+
+def _ns(seconds: float) -> int:
+    return round(seconds * 1e6) * 1000  # S3 times have at most microseconds

@@ -98,14 +98,16 @@ def test_only_missing_objects_are_sent(tmp_path: Path, moto: MotoServer) -> None
     first = backup(site, store)
     store.close()
     puts_first = calls["PutObject"]
-    assert puts_first == store.stats.objects_put > 5
+    # The repository's objects, and the capture marker and its .done (hakit.snapshot.s3store).
+    assert puts_first == store.stats.objects_put + 2 and store.stats.objects_put > 5
 
     (site.home / "attachments" / "a007").write_bytes(os.urandom(700))  # one small file
     store, calls = open_store(site)
     second = backup(site, store)
     store.close()
-    # The database's chunks (the file is unchanged: same blobs), one pack, one manifest.
-    assert calls["PutObject"] == 2, calls
+    # The database's chunks (the file is unchanged: same blobs), one pack, one manifest;
+    # the capture marker and its .done.
+    assert calls["PutObject"] == 2 + 2, calls
     assert store.stats.objects_present == 0
     assert "ListObjectsV2" in calls or calls["GetObject"] >= 1  # the previous manifest
     assert store.list_manifests() == [first, second]

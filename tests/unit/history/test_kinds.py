@@ -47,6 +47,7 @@ def test_notify_lists_are_todays() -> None:
         "hang",
         "failsafe",
         "snapshot",
+        "backup",
         "error",
     )
     assert DEFAULT_NOTIFY_EVENTS == NOTIFY_EVENTS[:-1]

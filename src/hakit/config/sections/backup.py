@@ -10,6 +10,15 @@ Example::
     write_only = true                   # the credential may only PutObject
     encryption_key_file = "/etc/hakit/backup.key"    # or encryption_key_env = "HAKIT_BACKUP_KEY":
                                         # 32 random bytes, base64 (openssl rand -base64 32)
+    interval = "24h"                    # the running active backs up this often (default: never)
+    stale_after = "48h"                 # alert when the newest backup is older (default: 2 x interval)
+    health_check_interval = "1h"        # every node checks the target (default: 1h with an interval)
+    keep_last = 7                       # retention, applied by `hakit backup prune` (restic's rules)
+    keep_daily = 7
+    keep_weekly = 4
+    prune_grace = "1h"                  # objects and generations younger are never pruned
+    prune_access_key_env = "PRUNE_AWS_ACCESS_KEY_ID"   # prune's own, more privileged credential
+    prune_secret_key_env = "PRUNE_AWS_SECRET_ACCESS_KEY"
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ from pydantic import Field, field_validator, model_validator
 from hakit.backup.filestore import FILENAME
 from hakit.config.problems import error_at_key
 from hakit.config.sections.base import _Section
+from hakit.config.values import PositiveDuration, format_duration
 
 _ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 DEFAULT_PREFIX = "backups/hakit"
@@ -38,6 +48,17 @@ class BackupConfig(_Section):
     # Client-side encryption (hakit.snapshot.crypto): the repository's master key, base64.
     encryption_key_file: Path | None = None  # relative to this file; mode 0600
     encryption_key_env: str | None = Field(default=None, pattern=_ENV_NAME)
+    # Scheduled backups by the running active's agent (hakit.agent.backups).
+    interval: PositiveDuration | None = None  # None: no scheduled backup
+    stale_after: PositiveDuration | None = None  # None: 2 x interval
+    health_check_interval: PositiveDuration | None = None  # None: 1 h when interval is set
+    # Retention and pruning (hakit.backup.prune), with a credential of its own.
+    keep_last: int = Field(default=0, ge=0)
+    keep_daily: int = Field(default=0, ge=0)
+    keep_weekly: int = Field(default=0, ge=0)
+    prune_grace: PositiveDuration = 3600.0  # longer than any backup takes
+    prune_access_key_env: str | None = Field(default=None, pattern=_ENV_NAME)
+    prune_secret_key_env: str | None = Field(default=None, pattern=_ENV_NAME)
 
     @field_validator("prefix")
     @classmethod
@@ -63,6 +84,34 @@ class BackupConfig(_Section):
                 "access_key_env and secret_key_env go together; expected both (the names "
                 "of the environment variables holding the keys) or neither (the AWS chain)",
             )
+        if (self.prune_access_key_env is None) != (self.prune_secret_key_env is None):
+            given = (
+                "prune_access_key_env"
+                if self.prune_access_key_env is not None
+                else "prune_secret_key_env"
+            )
+            raise error_at_key(
+                given,
+                "prune_access_key_env and prune_secret_key_env go together; expected both "
+                "(prune's own credential) or neither (prune uses access_key_env/secret_key_env)",
+            )
+        if self.stale_after is not None and self.interval is None:
+            raise error_at_key(
+                "stale_after",
+                "stale_after watches scheduled backups, but interval is not set; expected "
+                'interval = "24h" too (or no stale_after)',
+            )
+        if (
+            self.interval is not None
+            and self.stale_after is not None
+            and self.stale_after <= self.interval
+        ):
+            raise error_at_key(
+                "stale_after",
+                f"stale_after {format_duration(self.stale_after)} is not longer than interval "
+                f"{format_duration(self.interval)}: every backup would be stale before the next; "
+                f"expected more (default: {format_duration(2 * self.interval)})",
+            )
         if self.encryption_key_file is not None and self.encryption_key_env is not None:
             raise error_at_key(
                 "encryption_key_env",
@@ -77,3 +126,21 @@ class BackupConfig(_Section):
     def directory_path(self, home: Path) -> Path:
         """The local repository when no S3 filestore is associated with backups."""
         return self.directory or home / DEFAULT_DIRECTORY
+
+    @property
+    def stale_threshold(self) -> float | None:
+        """How old the newest backup may be before an alert (None: not watched)."""
+        if self.interval is None:
+            return None
+        return self.stale_after if self.stale_after is not None else 2 * self.interval
+
+    @property
+    def health_every(self) -> float | None:
+        """How often each node's agent runs the health check (None: never)."""
+        if self.health_check_interval is not None:
+            return self.health_check_interval
+        return 3600.0 if self.interval is not None else None
+
+    @property
+    def retention(self) -> bool:
+        return bool(self.keep_last or self.keep_daily or self.keep_weekly)

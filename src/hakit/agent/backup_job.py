@@ -1,0 +1,137 @@
+"""One scheduled backup or health check, in a process of its own (``COMMAND``, ``--parent PID``).
+
+The agent (hakit.agent.backups) starts it and writes the ``BackupJob`` as JSON on
+its stdin; it prints one JSON line, hakit.agent.snapshot_job's ``Outcome``, and
+exits 0, or 1 when it failed. A process for the reasons snapshot_job gives
+(hashing holds the interpreter lock; killed by PID the moment the node is no
+longer the running active; dies with the agent). The health check runs here too,
+so a store that hangs holds no thread of the agent: the agent kills it after
+``CHECK_TIMEOUT``.
+
+The target is read again from the configuration file (``config``), as ``hakit
+backup create`` reads it: filestore-config.xml may have changed since the agent
+started, and the credentials come from the agent's environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from hakit.agent.snapshot_job import NICENESS, Outcome, _die_with
+from hakit.backup.healthcheck import run_directory_check, run_s3_check
+from hakit.backup.stores import close_store, open_store, s3_client, unwrapped
+from hakit.backup.target import LocalTarget, resolve_target
+from hakit.config import load_config
+from hakit.errors import HakitError
+from hakit.snapshot.capture import CaptureOptions, create_snapshot
+from hakit.snapshot.s3store import S3Store
+
+# Not ``-m``: the package imports this module first (runpy warns), as snapshot_job's.
+COMMAND = ("-c", "import sys; from hakit.agent.backup_job import main; sys.exit(main())")
+BACKUP = "backup"
+CHECK = "check"
+
+
+@dataclass(frozen=True, slots=True)
+class BackupJob:
+    kind: str  # BACKUP or CHECK
+    config: str  # the hakit.toml the agent runs with
+    node: str
+    epoch: int = 0
+    home: str = ""  # this node's home and database (replicated storage: its own)
+    database_url: str = ""
+
+    def encode(self) -> bytes:
+        return json.dumps(asdict(self)).encode()
+
+    @classmethod
+    def decode(cls, data: bytes) -> BackupJob:
+        return cls(**json.loads(data))
+
+
+def excluded(home: Path, target: LocalTarget) -> frozenset[str]:
+    """A backup directory inside the home is not backed up into itself."""
+    home, directory = home.absolute(), target.directory.absolute()
+    if home in directory.parents:
+        return frozenset({directory.relative_to(home).as_posix()})
+    return frozenset()
+
+
+def backup(job: BackupJob) -> Outcome:
+    started = time.monotonic()
+    try:
+        target = resolve_target(load_config(Path(job.config)))
+        store = open_store(target, create=True)
+    except (HakitError, OSError) as error:
+        return Outcome(ok=False, error=str(error))
+    try:
+        home = Path(job.home)
+        report = create_snapshot(
+            store,
+            CaptureOptions(
+                home=home,
+                database_url=job.database_url,
+                node=job.node,
+                epoch=job.epoch,
+                exclude=excluded(home, target) if isinstance(target, LocalTarget) else frozenset(),
+            ),
+        )
+    except (HakitError, OSError) as error:
+        return Outcome(ok=False, error=f"backup to {target.describe()} failed: {error}")
+    finally:
+        close_store(store)
+    data: dict[str, Any] = {
+        "generation": report.manifest.generation,
+        "target": target.describe(),
+        "taken_ns": report.manifest.started_ns,
+        "files": sum(1 for entry in report.manifest.entries if entry.type == "f"),
+        "files_read": report.walked.files_read,
+        "bytes_written": report.written.bytes_written,
+        "seconds": round(time.monotonic() - started, 3),
+    }
+    bottom = unwrapped(store)
+    if isinstance(bottom, S3Store):
+        data["objects_uploaded"] = bottom.stats.objects_put
+    return Outcome(True, report.manifest.generation, data=data)
+
+
+def check(job: BackupJob) -> Outcome:
+    """The health check; ``ok`` means it ran (its verdict is in ``data``)."""
+    try:
+        target = resolve_target(load_config(Path(job.config)))
+        if isinstance(target, LocalTarget):
+            report = run_directory_check(target.directory, job.node)
+        else:
+            report = run_s3_check(s3_client(target), target.filestore.bucket, job.node)
+    except (HakitError, OSError) as error:
+        return Outcome(ok=False, error=str(error))
+    return Outcome(
+        True,
+        data={
+            "status": str(report.status),
+            "messages": list(report.messages),
+            "target": target.describe(),
+        },
+    )
+
+
+def run(job: BackupJob) -> Outcome:
+    return check(job) if job.kind == CHECK else backup(job)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="hakit.agent.backup_job")
+    parser.add_argument("--parent", type=int, required=True, help="the agent's pid")
+    args = parser.parse_args(argv)
+    _die_with(args.parent)
+    os.nice(NICENESS)
+    outcome = run(BackupJob.decode(sys.stdin.buffer.read()))
+    print(outcome.encode(), flush=True)
+    return 0 if outcome.ok else 1
