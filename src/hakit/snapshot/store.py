@@ -30,11 +30,13 @@ class Store(Protocol):
     def put_if_absent(self, key: str, data: bytes) -> bool:
         """Store ``data`` under ``key`` durably unless the key exists; True when written.
 
-        When the key exists, a store that also supports delete must make the object
-        count as new for prune's grace period (its modification time set to now, or
-        the object put again): a capture that finds an object already there relies
-        on it without writing it, and a prune running meanwhile must not sweep it
-        (hakit.snapshot.prune)."""
+        When the key exists, a store that also supports delete must keep a prune
+        running meanwhile from sweeping it: a capture that finds an object already
+        there relies on it without writing it (hakit.snapshot.prune). ``LocalStore``
+        makes the object count as new for the grace period (its modification time set
+        to now); ``S3Store``, which cannot refresh an object without overwriting or
+        reading it, has each capture leave a marker that holds prune's deletions back
+        until the capture's manifest is written (hakit.snapshot.s3store)."""
         ...
 
     def get(self, key: str) -> bytes: ...
