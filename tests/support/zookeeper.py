@@ -145,10 +145,25 @@ def start_zookeeper(timeout: float = 60.0) -> ZooKeeperServer:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"ZooKeeper did not answer within {timeout} s")
             time.sleep(0.1)
+        _first_session(server.hosts, deadline)
     except BaseException:
         server.stop()
         raise
     return server
+
+
+def _first_session(hosts: str, deadline: float) -> None:
+    """Open and close one session: a JVM that just answered ``ruok`` on a loaded machine
+    may take seconds more for its first session, which a test's call timeout must not
+    pay for (seen: a 10 s connection time-out in the first test of a worker)."""
+    from kazoo.client import KazooClient
+
+    client = KazooClient(hosts=hosts, timeout=10.0)
+    try:
+        client.start(timeout=max(1.0, deadline - time.monotonic()))
+    finally:
+        client.stop()
+        client.close()
 
 
 _lock = threading.Lock()

@@ -482,7 +482,7 @@ NOTIFY_MISTAKES = [
         'events = ["failover", "manual_intervention"]',
         'FILE:11: notify.events: "manual_intervention" is not an alert kind; did you mean '
         '"manual-intervention"? expected some of: failover, restart, manual-intervention, '
-        "fence, database, oom, failed-start, crash, hang, failsafe, snapshot, error",
+        "fence, database, oom, failed-start, crash, hang, failsafe, snapshot, backup, error",
     ),
     (
         'webhook = "https://h.example.com"',
