@@ -21,7 +21,9 @@ import pytest
 from hakit.demo.cluster import free_port
 from tests.support.waiting import wait_until
 
-pytestmark = pytest.mark.e2e
+# One worker for both: `hakit demo` takes its default node ports (8101, 8102) when they are
+# free, and two demos starting at once both find them free.
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("demo-command")]
 
 
 class Output:
