@@ -4,8 +4,10 @@ A file-by-file copy can take a repository's objects before a push and its refs
 after it: refs naming objects the copy lacks (Bitbucket's warning about rsync).
 So a repository (a ``.git`` directory or a bare one) is captured in this order:
 ``HEAD``, the loose refs (``refs/``), then ``packed-refs`` (``git pack-refs``
-writes it before deleting the loose ones, so a ref is never missed), then its
-objects as they were right after: every loose object and complete pack is
+writes it before deleting the loose ones, so a ref is never missed), then every
+other file that can name objects (the index, reflogs in ``logs/``, ``ORIG_HEAD``...:
+git writes the objects before the file naming them), then its objects as they
+were right after: every loose object and complete pack is
 pinned by a hard link (``pin_objects``) before any is read, so a ``git repack
 -a -d`` or ``gc`` deleting them meanwhile takes nothing away; objects written
 after the refs were read are not needed by them. Derived files that can name

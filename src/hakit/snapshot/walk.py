@@ -137,13 +137,17 @@ class HomeWalk:
         self.stats.git_repositories.append(relative or ".")
         for name in gitrepo.REF_PARTS:
             self._path(path / name, self._relative(relative, name), git=True)
-        objects_relative = self._relative(relative, "objects")
-        pins = self.pins / f"{len(self.stats.git_repositories)}"
-        names = gitrepo.pin_objects(path, pins)
+        # Everything else that can name objects (the index, reflogs in logs/, ORIG_HEAD,
+        # FETCH_HEAD...) before the objects too: read after the pin, an index or a reflog
+        # written meanwhile names blobs and commits the pinned set lacks (seen: a restored
+        # checkout failing `git fsck --full` after a `git add` and commit during capture).
         for name in sorted(os.listdir(path)):
             if name in gitrepo.REF_PARTS or name == "objects" or gitrepo.skipped(name):
                 continue
             self._path(path / name, self._relative(relative, name), git=True)
+        objects_relative = self._relative(relative, "objects")
+        pins = self.pins / f"{len(self.stats.git_repositories)}"
+        names = gitrepo.pin_objects(path, pins)
         objects_st = os.lstat(path / "objects")
         self.entries.append(WalkedEntry(objects_relative, DIRECTORY, objects_st))
         directories = sorted({name.rpartition("/")[0] for name in names} | {"pack", "info"})

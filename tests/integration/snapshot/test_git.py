@@ -24,9 +24,11 @@ GIT_ENV = {
 
 
 def git(cwd: Path, *args: str) -> str:
-    return subprocess.run(
-        ["git", *args], cwd=cwd, env=GIT_ENV, check=True, capture_output=True, text=True
-    ).stdout
+    done = subprocess.run(["git", *args], cwd=cwd, env=GIT_ENV, capture_output=True, text=True)
+    assert done.returncode == 0, (
+        f"git {' '.join(args)} in {cwd}: exit {done.returncode}\n{done.stderr}"
+    )
+    return done.stdout
 
 
 def _commit(work: Path, index: int) -> None:
