@@ -12,7 +12,9 @@ agent goes through this one thread:
 - ``submit``: fire and forget (node records, events). A write the store refused
   (``CoordinationError``: locked past its busy timeout, say) is retried at the head
   of the queue for up to ``retry_for`` seconds, so a store locked for a few seconds
-  loses nothing; what still fails then is logged and dropped. A submit with a ``key``
+  loses nothing; what still fails then is logged and dropped. A store that was
+  replaced (``StoreReplacedError``) is not retried: the lease renewal queued behind
+  must reach it and fence at once. A submit with a ``key``
   replaces the job of that key if it is the last one waiting (node records: only the
   newest matters, and a replacement at the tail overtakes nothing issued after it).
 - ``call``: awaited; the result or the exception comes back, never retried (the
@@ -35,7 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from hakit.errors import CoordinationError
+from hakit.errors import CoordinationError, StoreReplacedError
 
 log = logging.getLogger("hakit.storeio")
 
@@ -201,6 +203,14 @@ class StoreIO:
             try:
                 job.run()
                 self._write_failed = False
+                return
+            except StoreReplacedError as error:
+                # Not a refusal that passes: the store is not the one this agent knew, until
+                # an operator re-initialises it. Retried here, the write would hold the lease
+                # renewal queued behind it, and with it the fence the renewal's own refusal
+                # makes at once (hakit.agent.lease): dropped now.
+                self._write_failed = True
+                self._drop(job, str(error))
                 return
             except CoordinationError as error:
                 self._write_failed = True

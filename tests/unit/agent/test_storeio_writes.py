@@ -4,11 +4,14 @@ write either)."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 
+import pytest
+
 from hakit.agent.storeio import StoreIO
-from hakit.errors import CoordinationError
+from hakit.errors import CoordinationError, StoreReplacedError
 from tests.support.waiting import wait_until
 
 
@@ -41,4 +44,31 @@ def test_a_write_held_up_longer_than_slow_counts() -> None:
         wait_until(lambda: not io.writes_failing(time.monotonic(), slow=0.05), 5, "done")
     finally:
         release.set()
+        io.close()
+
+
+def test_a_write_to_a_replaced_store_is_not_retried_ahead_of_the_renewal() -> None:
+    """A replaced store refuses every write until an operator re-initialises it: retried at
+    the head of the queue, a node record would hold the lease renewal behind it for
+    ``retry_for`` and the fence its refusal makes at once would wait for the deadline."""
+    io = StoreIO(retry_for=30.0, retry_pause=0.01)
+    attempts: list[float] = []
+
+    def replaced() -> None:
+        attempts.append(time.monotonic())
+        raise StoreReplacedError("/state/coordination.db", "the file is gone", "id-1", 3)
+
+    async def renew_after_the_write() -> float:
+        io.submit("publish the record", replaced)
+        started = time.monotonic()
+        with pytest.raises(StoreReplacedError):
+            await io.call(lambda: replaced())
+        return time.monotonic() - started
+
+    try:
+        waited = asyncio.run(renew_after_the_write())
+        assert len(attempts) == 2  # the write once, then the renewal: no retry between
+        assert waited < 5.0  # not the 30 s the write would have been retried for
+        assert io.dropped == 1
+    finally:
         io.close()
