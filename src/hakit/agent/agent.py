@@ -201,7 +201,7 @@ class Agent:
             self.store,
             self.policy,
             self.lease,
-            token=_failsafe_token(cfg),
+            token=_admin_token(cfg, cfg.coordination.failsafe, "failsafe mode"),
             monotonic=monotonic,
             record=self._record,
             alert=self._execute,
@@ -222,7 +222,9 @@ class Agent:
             cold=lambda: not self.app.running and not self.lease.epoch,
             served_epoch=lambda: self.served_epoch,
             record=self._record,
-            token=_admin_token(cfg) if cfg.cluster.storage is Storage.REPLICATED else None,
+            token=_admin_token(
+                cfg, cfg.cluster.storage is Storage.REPLICATED, "replicated storage"
+            ),
         )
         if self.replication.enabled:
             self.lease.takeover_gate = self.replication.allows_takeover
@@ -671,25 +673,15 @@ class Agent:
         )
 
 
-def _admin_token(cfg: Config) -> str | None:
-    """The admin token a standby reads the active's repository with (replicated storage)."""
-    from hakit.operator.admin_api import load_token
-
-    try:
-        return load_token(cfg)
-    except HakitError as error:
-        log.error("replicated storage cannot read the active's repository: %s", error)
-        return None
-
-
-def _failsafe_token(cfg: Config) -> str | None:
-    """The admin token an active asks the other agents with (failsafe mode only)."""
-    if not cfg.coordination.failsafe:
+def _admin_token(cfg: Config, wanted: bool, who: str) -> str | None:
+    """The admin token this agent asks the other agents with, when ``wanted`` (failsafe
+    mode; a standby reading the active's repository); an unreadable one is logged."""
+    if not wanted:
         return None
     from hakit.operator.admin_api import load_token
 
     try:
         return load_token(cfg)
     except HakitError as error:
-        log.error("failsafe mode cannot ask the other agents: %s", error)
+        log.error("%s: cannot read the admin token: %s", who, error)
         return None
