@@ -25,6 +25,7 @@ showing the lease alive.
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import json
 import os
@@ -41,7 +42,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from etcd3gw.client import Etcd3Client
 
 from hakit.config import load_config
 from hakit.coord.factory import open_coordinator
@@ -109,23 +109,47 @@ class WriterWatch:
     def _lease(self) -> None:
         """The server's own judgement of the lease: its ``leader/alive`` key, attached to
         the etcd lease, exists until etcd expires it (``Lease.valid`` as a reader sees it
-        rounds the TTL left down to whole seconds: up to a second early). Read from the
-        last member first; from the next one while a member does not answer (killed, or
-        cut from the root namespace: a minority's reads fail, never answer stale)."""
+        rounds the TTL left down to whole seconds: up to a second early). Watched, not
+        polled: a poll could miss the key's deletion when the heir's put follows it
+        within one poll (a busy host), and a missed expiry fails the test as wrongly as
+        an invented one. Every put and delete is noted as it arrives; a stream that
+        breaks (its member killed, or cut from the root namespace) resumes on the next
+        member after the last revision seen, so nothing between is lost."""
         cfg = self.cluster.cfg
-        key = f"{cfg.coordination.etcd.prefix}/{cfg.cluster.name}/leader/alive"
-        clients = []
-        for endpoint in reversed(cfg.coordination.etcd.endpoints):
-            host, _, port = endpoint.removeprefix("http://").partition(":")
-            clients.append(Etcd3Client(host=host, port=int(port), timeout=1, api_path="/v3/"))
+        key = f"{cfg.coordination.etcd.prefix}/{cfg.cluster.name}/leader/alive".encode()
+        encoded = base64.b64encode(key).decode()
+        endpoints = list(reversed(cfg.coordination.etcd.endpoints))  # the last member first
+        seen = [0]  # the store revision up to which every change was noted
         turn = 0
-        while not self._stop.wait(0.02):
-            try:
-                found = bool(clients[turn % len(clients)].get(key))
-            except Exception:  # a slow or failed read is a missing sample: try the next member
-                turn += 1
-                continue
-            self.alive.append((time.monotonic(), found))
+        with httpx.Client(timeout=httpx.Timeout(1.0, read=0.5)) as client:
+            while not self._stop.is_set():
+                base = endpoints[turn % len(endpoints)] + "/v3"
+                try:
+                    if not seen[0]:
+                        answer = client.post(f"{base}/kv/range", json={"key": encoded})
+                        doc = answer.json()
+                        self.alive.append((time.monotonic(), bool(doc.get("kvs"))))
+                        seen[0] = int(doc["header"]["revision"])
+                    self._follow(client, base, encoded, seen)
+                except httpx.ReadTimeout:
+                    continue  # no change for a while: ask again (to look at _stop)
+                except (httpx.HTTPError, KeyError, ValueError):
+                    turn += 1  # this member does not answer: the next one
+                    self._stop.wait(0.05)
+
+    def _follow(self, client: httpx.Client, base: str, key: str, seen: list[int]) -> None:
+        """Stream the changes of ``key`` after revision ``seen[0]`` into ``alive`` until
+        the stream ends or stalls, moving ``seen[0]`` along."""
+        request = {"create_request": {"key": key, "start_revision": seen[0] + 1}}
+        with client.stream("POST", f"{base}/watch", json=request) as stream:
+            for line in stream.iter_lines():
+                if self._stop.is_set():
+                    break
+                result = json.loads(line).get("result", {}) if line.strip() else {}
+                for event in result.get("events", []):
+                    # The gateway leaves out a field at its default: PUT is type 0.
+                    self.alive.append((time.monotonic(), event.get("type") != "DELETE"))
+                    seen[0] = max(seen[0], int(event["kv"]["mod_revision"]))
 
     def __enter__(self) -> WriterWatch:
         for target in (self._apps, self._lease):

@@ -214,6 +214,9 @@ def start_etcd_cluster(
             "--initial-cluster-state=new",
             f"--heartbeat-interval={heartbeat_ms}",
             f"--election-timeout={election_ms}",
+            # A member back from a partition must not depose the leader (etcd 3.5's
+            # default; 3.4's is off): tests/support/hosts.py etcd_members says why.
+            "--pre-vote=true",
             "--logger=zap",
             "--log-level=error",
         ]
