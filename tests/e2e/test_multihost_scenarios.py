@@ -25,12 +25,15 @@ import itertools
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 
+from hakit.coord.base import Lease
 from hakit.history.facts import FAILSAFE
 from hakit.policy.failsafe import NO_PROMOTION, SERVING
 from tests.pgserver import _bindir
@@ -85,70 +88,109 @@ def old_is_standby(m: Multihost, node: str) -> bool:
     return record is not None and record.role == "standby" and record.age < TTL
 
 
-def start_watching(m: Multihost, watch: WriterWatch, writer: Writer, active: str) -> None:
-    wait_until(lambda: watch.writing(route_of(m.cluster, active)), 10, f"{active}'s app sampled")
-    wait_until(lambda: len(writer.acks) >= 10, 15, "ten acknowledged writes")
+@dataclass(frozen=True)
+class Scene:
+    """A scenario under way (``observed``)."""
+
+    active: str
+    standby: str
+    before: Lease  # the active's lease when it began
+    app: int  # the active's app, watched
+    watch: WriterWatch
+    writer: Writer
+
+
+@contextmanager
+def observed(m: Multihost) -> Iterator[Scene]:
+    """The serving node's app watched and writes through both routers (ten acknowledged
+    already), its standby reporting: the start of every scenario."""
+    cluster = m.cluster
+    active = m.serving()
+    standby = other(cluster, active)
+    before = cluster.coordinator.current_lease()
+    assert before is not None and before.holder == active
+    app = cluster.app_pid(active)
+    assert app is not None
+    wait_until(lambda: cluster.node_record(standby) is not None, 20, f"{standby} to report")
+    with WriterWatch(cluster) as watch, Writer(m.routers) as writer:
+        watch.watched.add(app)
+        wait_until(lambda: watch.writing(route_of(cluster, active)), 10, f"{active}'s app sampled")
+        wait_until(lambda: len(writer.acks) >= 10, 15, "ten acknowledged writes")
+        yield Scene(active, standby, before, app, watch, writer)
+
+
+def fence_take_over_heal(
+    m: Multihost,
+    label: str,
+    cut: Callable[[str, str], None],
+    heal: Callable[[str], None],
+    *,
+    one_writer_after: bool = False,
+) -> None:
+    """The active ``old`` cut off by ``cut(old, new)``: its app is gone within the TTL,
+    ``new`` serves through both routers under a newer epoch; after ``heal(old)``, ``old``
+    is back as a standby and ``new`` still holds the lease a TTL later. Nothing lost,
+    never two writers; ``one_writer_after``: every write acknowledged once the old app
+    was gone came from ``new``."""
+    cluster = m.cluster
+    with observed(m) as scene:
+        old, new, before, app = scene.active, scene.standby, scene.before, scene.app
+        watch, writer = scene.watch, scene.writer
+        cut(old, new)
+        cut_at = time.monotonic()
+        gone = wait_until(lambda: watch.gone_at.get(app), 2 * TTL, f"{old}'s app gone")
+        wait_until(lambda: m.served_everywhere_by(new), 40, f"both routers on {new}")
+        served_at = time.monotonic()
+        wait_until(lambda: writer.acked_between(served_at, time.monotonic()), 10, "writes")
+        lease = cluster.coordinator.current_lease()
+        assert lease is not None and lease.holder == new and lease.epoch > before.epoch
+        heal(old)
+        healed_at = time.monotonic()
+        wait_until(lambda: old_is_standby(m, old), 30, f"{old} back as a standby")
+        back_at = time.monotonic()
+        wait_until(lambda: time.monotonic() > back_at + TTL, TTL + 1, "a lease TTL")
+        assert cluster.leader() == new and not watch.writing(route_of(cluster, old))
+    stopped = watch.last_writing(route_of(cluster, old), before=gone + 1)
+    started = watch.first_writing(route_of(cluster, new), after=stopped.end)
+    assert started is not None
+    outage = longest_pause(writer.acks, cut_at, back_at)
+    acknowledged = nothing_lost(m, writer)
+    print(
+        f"{label}: old app gone {gone - cut_at:.2f} s after the cut; {new} writing "
+        f"{started.start - cut_at:.2f} s, both routers on it {served_at - cut_at:.2f} s; "
+        f"no acknowledged write for {outage:.2f} s; heal -> {old} standby "
+        f"{back_at - healed_at:.2f} s; {acknowledged} writes acknowledged "
+        f"({writer.failed} refused or failed), {len(watch.rounds)} sampling rounds"
+    )
+    assert gone - cut_at < TTL and started.start > stopped.end
+    assert len(watch.rounds) > 100 and watch.overlaps() == []
+    if one_writer_after:
+        assert all(a.node == route_of(cluster, new) for a in writer.acks if a.at > gone)
 
 
 def test_active_isolated_from_everyone_fences_and_the_standby_takes_over(
     hosts: None, tmp_path: Path
 ) -> None:
     with multihost(tmp_path) as m:
-        cluster, net = m.cluster, m.net
-        old = m.serving()
-        new = other(cluster, old)
-        before = cluster.coordinator.current_lease()
-        assert before is not None and before.holder == old
-        app = cluster.app_pid(old)
-        assert app is not None
-        wait_until(lambda: cluster.node_record(new) is not None, 20, f"{new} to report")
-        with WriterWatch(cluster) as watch, Writer(m.routers) as writer:
-            watch.watched.add(app)
-            start_watching(m, watch, writer, old)
+        net = m.net
+
+        def cut(old: str, new: str) -> None:
             # From the store, the routers and the other host (the root namespace, the
             # observer and the database, stays).
             net.cut(host_of(net, old), [*net.store_ips(), host_of(net, new).ip, *m.router_ips])
-            cut_at = time.monotonic()
-            gone = wait_until(lambda: watch.gone_at.get(app), 2 * TTL, f"{old}'s app gone")
-            wait_until(lambda: m.served_everywhere_by(new), 40, f"both routers on {new}")
-            served_at = time.monotonic()
-            wait_until(lambda: writer.acked_between(served_at, time.monotonic()), 10, "writes")
-            lease = cluster.coordinator.current_lease()
-            assert lease is not None and lease.holder == new and lease.epoch > before.epoch
-            net.heal(host_of(net, old))
-            healed_at = time.monotonic()
-            wait_until(lambda: old_is_standby(m, old), 30, f"{old} back as a standby")
-            back_at = time.monotonic()
-            wait_until(lambda: time.monotonic() > back_at + TTL, TTL + 1, "a lease TTL")
-            assert cluster.leader() == new and not watch.writing(route_of(cluster, old))
-        stopped = watch.last_writing(route_of(cluster, old), before=gone + 1)
-        started = watch.first_writing(route_of(cluster, new), after=stopped.end)
-        assert started is not None
-        outage = longest_pause(writer.acks, cut_at, back_at)
-        acknowledged = nothing_lost(m, writer)
-        print(
-            f"isolated: old app gone {gone - cut_at:.2f} s after the cut; {new} writing "
-            f"{started.start - cut_at:.2f} s, both routers on it {served_at - cut_at:.2f} s; "
-            f"no acknowledged write for {outage:.2f} s; heal -> {old} standby "
-            f"{back_at - healed_at:.2f} s; {acknowledged} writes acknowledged "
-            f"({writer.failed} refused or failed), {len(watch.rounds)} sampling rounds"
+
+        fence_take_over_heal(
+            m, "isolated", cut, lambda old: net.heal(host_of(net, old)), one_writer_after=True
         )
-        assert gone - cut_at < TTL and started.start > stopped.end
-        assert len(watch.rounds) > 100 and watch.overlaps() == []
-        assert all(a.node == route_of(cluster, new) for a in writer.acks if a.at > gone)
 
 
 def test_routers_losing_their_path_to_the_active_hand_over(hosts: None, tmp_path: Path) -> None:
     with multihost(tmp_path) as m:
         cluster, net = m.cluster, m.net
-        old = m.serving()
-        new = other(cluster, old)
-        before = cluster.coordinator.current_lease()
-        assert before is not None and before.holder == old
-        wait_until(lambda: cluster.node_record(new) is not None, 20, f"{new} to report")
-        mark = cluster.events()[-1].id
-        with WriterWatch(cluster) as watch, Writer(m.routers) as writer:
-            start_watching(m, watch, writer, old)
+        with observed(m) as scene:
+            old, new, before = scene.active, scene.standby, scene.before
+            watch, writer = scene.watch, scene.writer
+            mark = cluster.events()[-1].id
             net.cut(host_of(net, old), m.router_ips)  # the store and the other host: reached
             cut_at = time.monotonic()
             wait_until(lambda: m.served_everywhere_by(new), 40, f"both routers on {new}")
@@ -180,51 +222,21 @@ def test_routers_losing_their_path_to_the_active_hand_over(hosts: None, tmp_path
 
 def test_active_partitioned_with_the_etcd_minority_fences(hosts: None, tmp_path: Path) -> None:
     with multihost(tmp_path) as m:
-        cluster, net = m.cluster, m.net
-        old = m.serving()
-        new = other(cluster, old)
-        before = cluster.coordinator.current_lease()
-        assert before is not None and before.holder == old
-        app = cluster.app_pid(old)
-        assert app is not None
-        wait_until(lambda: cluster.node_record(new) is not None, 20, f"{new} to report")
+        net = m.net
         minority, majority = net.stores[0], [s.ip for s in net.stores[1:]]
-        with WriterWatch(cluster) as watch, Writer(m.routers) as writer:
-            watch.watched.add(app)
-            start_watching(m, watch, writer, old)
+
+        def cut(old: str, new: str) -> None:
             # {old, m1} | {new, m2, m3, routers}; the root namespace reads the majority.
             rest = [*majority, host_of(net, new).ip, *m.router_ips]
             net.cut(minority, [*rest, net.client_ip])
             net.cut(host_of(net, old), rest)
-            cut_at = time.monotonic()
-            gone = wait_until(lambda: watch.gone_at.get(app), 2 * TTL, f"{old}'s app gone")
-            wait_until(lambda: m.served_everywhere_by(new), 40, f"both routers on {new}")
-            served_at = time.monotonic()
-            wait_until(lambda: writer.acked_between(served_at, time.monotonic()), 10, "writes")
-            lease = cluster.coordinator.current_lease()
-            assert lease is not None and lease.holder == new and lease.epoch > before.epoch
+
+        def heal(old: str) -> None:
             net.heal(minority)
             net.heal(host_of(net, old))
-            healed_at = time.monotonic()
             wait_until(m.members[0].healthy, 20, "the minority member healthy again")
-            wait_until(lambda: old_is_standby(m, old), 30, f"{old} back as a standby")
-            back_at = time.monotonic()
-            wait_until(lambda: time.monotonic() > back_at + TTL, TTL + 1, "a lease TTL")
-            assert cluster.leader() == new and not watch.writing(route_of(cluster, old))
-        stopped = watch.last_writing(route_of(cluster, old), before=gone + 1)
-        started = watch.first_writing(route_of(cluster, new), after=stopped.end)
-        assert started is not None
-        outage = longest_pause(writer.acks, cut_at, back_at)
-        acknowledged = nothing_lost(m, writer)
-        print(
-            f"active with the etcd minority: old app gone {gone - cut_at:.2f} s after the cut; "
-            f"{new} writing {started.start - cut_at:.2f} s, both routers on it "
-            f"{served_at - cut_at:.2f} s; no acknowledged write for {outage:.2f} s; heal -> "
-            f"{old} standby {back_at - healed_at:.2f} s; {acknowledged} writes acknowledged "
-            f"({writer.failed} refused or failed)"
-        )
-        assert gone - cut_at < TTL and started.start > stopped.end
-        assert len(watch.rounds) > 100 and watch.overlaps() == []
+
+        fence_take_over_heal(m, "active with the etcd minority", cut, heal)
 
 
 def member_status(member: EtcdMember) -> dict[str, object] | None:
@@ -248,15 +260,10 @@ def leader_of(members: list[EtcdMember]) -> EtcdMember | None:
 def test_etcd_leader_killed_changes_nothing(hosts: None, tmp_path: Path) -> None:
     with multihost(tmp_path) as m:
         cluster = m.cluster
-        active = m.serving()
-        before = cluster.coordinator.current_lease()
-        assert before is not None and before.holder == active
-        app = cluster.app_pid(active)
-        assert app is not None
-        mark = cluster.events()[-1].id
-        with WriterWatch(cluster) as watch, Writer(m.routers) as writer:
-            watch.watched.add(app)
-            start_watching(m, watch, writer, active)
+        with observed(m) as scene:
+            active, before, app = scene.active, scene.before, scene.app
+            watch, writer = scene.watch, scene.writer
+            mark = cluster.events()[-1].id
             leader = wait_until(lambda: leader_of(m.members), 10, "the etcd leader")
             leader.kill()  # SIGKILL by its PID
             killed_at = time.monotonic()
@@ -301,16 +308,9 @@ def test_store_unreachable_from_every_node_failsafe_keeps_the_active_serving(
 ) -> None:
     with multihost(tmp_path, failsafe=True) as m:
         cluster, net = m.cluster, m.net
-        active = m.serving()
-        standby = other(cluster, active)
-        before = cluster.coordinator.current_lease()
-        assert before is not None and before.holder == active
-        app = cluster.app_pid(active)
-        assert app is not None
-        wait_until(lambda: cluster.node_record(standby) is not None, 20, f"{standby} to report")
-        with WriterWatch(cluster) as watch, Writer(m.routers) as writer:
-            watch.watched.add(app)
-            start_watching(m, watch, writer, active)
+        with observed(m) as scene:
+            active, standby, before, app = scene.active, scene.standby, scene.before, scene.app
+            watch, writer = scene.watch, scene.writer
             for host in net.hosts[:2]:  # the routers still read the store
                 net.cut(host, net.store_ips())
             cut_at = time.monotonic()
@@ -398,16 +398,11 @@ def test_slow_and_lossy_store_link_causes_no_failover(hosts: None, tmp_path: Pat
     ) as m:
         cluster = m.cluster
         assert m.relays is not None
-        active = m.serving()
-        before = cluster.coordinator.current_lease()
-        assert before is not None and before.holder == active
-        app = cluster.app_pid(active)
-        assert app is not None
-        mark = cluster.events()[-1].id
-        plain = store_round_trip(m, 0)
-        with WriterWatch(cluster) as watch, Writer(m.routers) as writer:
-            watch.watched.add(app)
-            start_watching(m, watch, writer, active)
+        with observed(m) as scene:
+            active, before, app = scene.active, scene.before, scene.app
+            watch, writer = scene.watch, scene.writer
+            mark = cluster.events()[-1].id
+            plain = store_round_trip(m, 0)
             m.relays.slow()
             m.relays.lossy(5)
             slowed_at = time.monotonic()
