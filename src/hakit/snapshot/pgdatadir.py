@@ -101,18 +101,23 @@ class _ChunkStream:
 
     def __init__(self, chunks: Iterable[bytes]) -> None:
         self._chunks = iter(chunks)
-        self._buffer = b""
+        self._current = memoryview(b"")  # what is left of the chunk being read
         self.read_bytes = 0
 
     def read(self, size: int = -1) -> bytes:
-        while size < 0 or len(self._buffer) < size:
-            chunk = next(self._chunks, None)
-            if chunk is None:
-                break
-            self._buffer += chunk
-        if size < 0:
-            size = len(self._buffer)
-        data, self._buffer = self._buffer[:size], self._buffer[size:]
+        parts: list[memoryview] = []
+        wanted = size
+        while wanted != 0:
+            if not self._current:
+                chunk = next(self._chunks, None)
+                if chunk is None:
+                    break
+                self._current = memoryview(chunk)
+            take = len(self._current) if wanted < 0 else min(wanted, len(self._current))
+            parts.append(self._current[:take])
+            self._current = self._current[take:]
+            wanted = wanted - take if wanted > 0 else wanted
+        data = b"".join(parts)
         self.read_bytes += len(data)
         return data
 
