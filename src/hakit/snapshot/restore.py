@@ -2,7 +2,8 @@
 
 The generation is written into a staging directory beside ``into``
 (``.<name>.partial-<hex>``): the home under ``home/``, the database file under
-``database/<name>``, every file fsynced with its mode and mtime, then
+``database/<name>`` (a base backup's: a new data directory there,
+hakit.snapshot.pgdatadir), every file fsynced with its mode and mtime, then
 ``RESTORED.json``, and the staging directory is renamed to ``into`` only when
 all of it is there. A failure (a missing or corrupt object, a full disk) removes
 the staging directory and raises; ``into`` then does not exist and nothing else
