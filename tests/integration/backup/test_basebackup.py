@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 from hakit.backup.drill import run_drill
 from hakit.cli import app as hakit_cli
 from hakit.snapshot.basebackup import BASEBACKUP
-from hakit.snapshot.capture import CaptureOptions, create_snapshot
+from hakit.snapshot.capture import CaptureOptions, create_snapshot, latest_manifest
 from hakit.snapshot.format import SnapshotError
 from hakit.snapshot.restore import restore_generation
 from hakit.snapshot.store import open_local_store
@@ -199,7 +199,7 @@ def test_cli_capture_by_config_restore_and_swap_refused(
     config = tmp_path / "hakit.toml"
     config.write_text(
         CONFIG.replace("sqlite:///app.db", db.url(password=password))
-        + '[snapshot]\npostgres_method = "basebackup"\n'
+        + '[snapshot]\npostgres_method = "basebackup"\n[backup]\ndirectory = "backups"\n'
     )
     runner = CliRunner()
     env = {"COLUMNS": "200"}
@@ -212,8 +212,10 @@ def test_cli_capture_by_config_restore_and_swap_refused(
 
     created = run("create", "--to", repo, "-c", str(config))
     assert created.exit_code == 0, created.output
-    listed = run("list", "--repo", repo)
-    assert "postgresql-basebackup" in listed.output
+    assert run("list", "--repo", repo).exit_code == 0
+    manifest = latest_manifest(open_local_store(Path(repo)))
+    assert manifest is not None and manifest.database is not None
+    assert manifest.database.kind == BASEBACKUP  # the config's method, through the CLI
     restored = run("restore", "--repo", repo, "--into", str(tmp_path / "r1"), "-c", str(config))
     assert restored.exit_code == 0, restored.output
     data = tmp_path / "r1" / "database" / "pgdata"
@@ -225,3 +227,10 @@ def test_cli_capture_by_config_restore_and_swap_refused(
     assert swapped.exit_code == 1
     assert "holds a physical base backup: nothing was swapped" in swapped.output
     assert (tmp_path / "home" / "attachments" / "r1").is_file()  # the live home stays
+
+    backed_up = runner.invoke(hakit_cli, ["backup", "create", "-c", str(config)], env=env)
+    assert backed_up.exit_code == 0, backed_up.output
+    drilled = runner.invoke(hakit_cli, ["backup", "drill", "-c", str(config)], env=env)
+    assert drilled.exit_code == 0, drilled.output
+    assert "PASS database server" in drilled.output and "PASS database tables" in drilled.output
+    assert "all 2 present with their SHA-256" in drilled.output and password not in drilled.output
