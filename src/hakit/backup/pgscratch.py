@@ -204,9 +204,14 @@ def _wait_open(server: ScratchServer, user: str) -> Any:
     deadline = time.monotonic() + START_TIMEOUT
     while True:
         if server.process.poll() is not None:
-            raise OSError(
-                f"the scratch server exited ({server.process.returncode}): {server.log_tail()}"
-            )
+            log = server.log_tail()
+            hint = ""
+            if "Permission denied" in log and os.geteuid() == 0:
+                hint = (
+                    f"; the scratch server runs as {SERVER_USER}, who must be able to reach "
+                    "the scratch directory: choose a --scratch it can"
+                )
+            raise OSError(f"the scratch server exited ({server.process.returncode}): {log}{hint}")
         try:
             return server.connect(user, "template1")
         except psycopg.OperationalError:  # starting up, replaying

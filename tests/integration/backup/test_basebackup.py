@@ -10,8 +10,10 @@ what a base backup needs.
 
 from __future__ import annotations
 
+import shutil
 import signal
 import stat
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ import pytest
 from typer.testing import CliRunner
 
 from hakit.backup.drill import run_drill
+from hakit.backup.pgscratch import check_base_backup
 from hakit.cli import app as hakit_cli
 from hakit.snapshot.basebackup import BASEBACKUP
 from hakit.snapshot.capture import CaptureOptions, create_snapshot, latest_manifest
@@ -134,6 +137,22 @@ def test_a_corrupt_blob_fails_the_drill_and_the_restore(
     report = create_snapshot(store, _options(home, db.url()))
     assert run_drill(store, live=[home]).ok
     assert report.manifest.database is not None
+    # Debian's layout: postgresql.conf in /etc, not in the data directory; the scratch
+    # server gets one of its own.
+    # (Restored under the system's temporary directory: as root the server runs as postgres,
+    # who cannot pass pytest's 0700 tmp_path.)
+    scratch = Path(tempfile.mkdtemp(prefix="hakit-test-debian-"))
+    try:
+        restored = restore_generation(store, None, scratch / "restored", [home])
+        assert restored.database is not None
+        (restored.database / "postgresql.conf").unlink()
+        position = report.manifest.database.position
+        checks, rows = check_base_backup(restored.database, restored.into, position)
+        assert [check.status for check in checks] == ["pass", "pass"], checks
+        assert rows is not None and len(rows) == 4
+    finally:
+        shutil.rmtree(scratch)
+
     _corrupt_a_blob(repo, report.manifest.database.chunks)
 
     drilled = run_drill(store, live=[home])
