@@ -67,7 +67,8 @@ def excluded(home: Path, target: LocalTarget) -> frozenset[str]:
 def backup(job: BackupJob) -> Outcome:
     started = time.monotonic()
     try:
-        target = resolve_target(load_config(Path(job.config)))
+        cfg = load_config(Path(job.config))
+        target = resolve_target(cfg)
         store = open_store(target, create=True)
     except (HakitError, OSError) as error:
         return Outcome(ok=False, error=str(error))
@@ -78,6 +79,7 @@ def backup(job: BackupJob) -> Outcome:
             CaptureOptions(
                 home=home,
                 database_url=job.database_url,
+                postgres_method=cfg.snapshot.postgres_method,
                 node=job.node,
                 epoch=job.epoch,
                 exclude=excluded(home, target) if isinstance(target, LocalTarget) else frozenset(),

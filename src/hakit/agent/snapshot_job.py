@@ -28,6 +28,7 @@ from typing import Any
 
 from hakit.errors import HakitError
 from hakit.snapshot.capture import CaptureOptions, create_snapshot
+from hakit.snapshot.database import DUMP
 from hakit.snapshot.prune import prune
 from hakit.snapshot.retention import RetentionPolicy
 from hakit.snapshot.store import open_local_store
@@ -49,6 +50,7 @@ class Job:
     keep_daily: int = 0
     keep_weekly: int = 0
     grace: float = 3600.0
+    postgres_method: str = DUMP  # [snapshot] postgres_method
 
     def encode(self) -> bytes:
         return json.dumps(asdict(self)).encode()
@@ -92,7 +94,11 @@ def run(job: Job) -> Outcome:
         report = create_snapshot(
             store,
             CaptureOptions(
-                home=Path(job.home), database_url=job.database_url, node=job.node, epoch=job.epoch
+                home=Path(job.home),
+                database_url=job.database_url,
+                postgres_method=job.postgres_method,
+                node=job.node,
+                epoch=job.epoch,
             ),
         )
     except (HakitError, OSError) as error:

@@ -149,6 +149,7 @@ class SnapshotSchedule:
             keep_daily=section.keep_daily,
             keep_weekly=section.keep_weekly,
             grace=section.prune_grace,
+            postgres_method=section.postgres_method,
         )
 
     async def capture(self, epoch: int) -> None:

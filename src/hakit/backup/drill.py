@@ -41,9 +41,11 @@ from hakit.backup.drillchecks import (
     check_sqlite,
     git_directories,
 )
+from hakit.backup.pgscratch import check_base_backup
 from hakit.backup.stores import close_store, open_store
 from hakit.backup.target import LocalTarget, resolve_target
 from hakit.config.schema import Config
+from hakit.snapshot.basebackup import BASEBACKUP
 from hakit.snapshot.database import SQLITE, database_target
 from hakit.snapshot.format import Manifest, SnapshotError
 from hakit.snapshot.pgrestore import generation_tag
@@ -116,6 +118,8 @@ def _database_checks(
     if capture.kind == SQLITE:
         check, rows = check_sqlite(file)
         return [check], rows
+    if capture.kind == BASEBACKUP:  # a scratch server on the data directory (backup.pgscratch)
+        return check_base_backup(file, restored, capture.position)
     if capture.kind == POSTGRESQL:
         scratch_name = f"hakit_drill_{generation_tag(manifest.generation)}"
         return check_postgres(file, scratch_database_url, scratch_name, keep)

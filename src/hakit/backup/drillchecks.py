@@ -157,7 +157,8 @@ def check_sqlite(path: Path) -> tuple[Check, list[AttachmentRow] | None]:
     return Check("database", PASS, f"SQLite {path.name}: integrity_check ok"), rows
 
 
-def _postgres_rows(session: Any) -> list[AttachmentRow] | None:
+def postgres_rows(session: Any) -> list[AttachmentRow] | None:
+    """The sample app's records in the session's database; None when it has no such table."""
     columns = {
         str(row[0])
         for row in session.execute(
@@ -215,7 +216,7 @@ def check_postgres(
         )
         session = connection.connect(scratch_name)
         try:
-            rows = _postgres_rows(session)
+            rows = postgres_rows(session)
         finally:
             session.close()
     except SnapshotError as error:

@@ -30,10 +30,11 @@ from hakit.cli.base import ConfigOption, console, fail, load_or_exit
 from hakit.cli.snapshot import _size as size
 from hakit.config import Config, format_duration, parse_duration
 from hakit.errors import ConfigError, HakitError
+from hakit.snapshot.basebackup import BASEBACKUP, PUT_IN_PLACE, SWAP_REFUSED
 from hakit.snapshot.capture import CaptureOptions, create_snapshot
 from hakit.snapshot.database import database_target
 from hakit.snapshot.format import SnapshotError, decode_manifest, manifest_key
-from hakit.snapshot.restore import restore_generation, swap_into_place
+from hakit.snapshot.restore import restore_generation, restored_database, swap_into_place
 from hakit.snapshot.retention import RetentionPolicy
 from hakit.snapshot.s3store import S3Store
 from hakit.snapshot.store import Store
@@ -131,6 +132,7 @@ def create(
     options = CaptureOptions(
         home=cfg.app.home,
         database_url=cfg.app.database_url,
+        postgres_method=cfg.snapshot.postgres_method,
         node=node,
         epoch=epoch,
         freeze=freeze,
@@ -263,6 +265,11 @@ def restore(
             f"{size(report.bytes)}" + (f", database {report.database}" if report.database else ""),
             highlight=False,
         )
+        held = restored_database(report.into)
+        if held is not None and held[0] == BASEBACKUP:
+            if swap:
+                raise SnapshotError(SWAP_REFUSED.format(data_directory=held[1]))
+            console.print(PUT_IN_PLACE.format(data_directory=held[1]), highlight=False)
         if swap:
             swapped = swap_into_place(report.into, cfg.app.home, database)
             console.print(

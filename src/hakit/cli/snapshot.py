@@ -17,6 +17,7 @@ from rich.table import Table
 
 from hakit.cli.base import ConfigOption, console, fail, load_or_exit
 from hakit.config import format_duration, parse_duration
+from hakit.snapshot.basebackup import BASEBACKUP, PUT_IN_PLACE, SWAP_REFUSED
 from hakit.snapshot.capture import CaptureOptions, create_snapshot
 from hakit.snapshot.database import DatabaseTarget, database_target
 from hakit.snapshot.format import SnapshotError, decode_manifest, manifest_key
@@ -24,7 +25,7 @@ from hakit.snapshot.pgrestore import restore_copy
 from hakit.snapshot.postgres import POSTGRESQL
 from hakit.snapshot.prune import DEFAULT_GRACE
 from hakit.snapshot.prune import prune as prune_store
-from hakit.snapshot.restore import restore_generation, swap_generation
+from hakit.snapshot.restore import restore_generation, restored_database, swap_generation
 from hakit.snapshot.retention import RetentionPolicy
 from hakit.snapshot.store import open_local_store
 from hakit.snapshot.verify import verify_generation
@@ -63,6 +64,7 @@ def create(
     options = CaptureOptions(
         home=cfg.app.home,
         database_url=cfg.app.database_url,
+        postgres_method=cfg.snapshot.postgres_method,
         node=node,
         epoch=epoch,
         freeze=freeze,
@@ -181,6 +183,11 @@ def restore(
             f"{_size(report.bytes)}" + (f", database {report.database}" if report.database else ""),
             highlight=False,
         )
+        held = restored_database(report.into)
+        if held is not None and held[0] == BASEBACKUP:
+            if swap or database is not None:
+                raise SnapshotError(SWAP_REFUSED.format(data_directory=held[1]))
+            console.print(PUT_IN_PLACE.format(data_directory=held[1]), highlight=False)
         if database is not None and target is not None and report.database is not None:
             loaded = restore_copy(target.url, report.database, database)
             console.print(

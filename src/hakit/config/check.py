@@ -19,6 +19,7 @@ from hakit.config.schema import MIN_TOKEN_LENGTH, AdminConfig, Config, Coordinat
 from hakit.config.sections.app import AppConfig, FailoverConfig, OnFailedStart
 from hakit.config.sections.cluster import NodeConfig
 from hakit.config.sections.router import RouterConfig, TcpProxyConfig
+from hakit.config.sections.snapshot import SnapshotConfig
 from hakit.config.values import (
     STANDBY_MODES,
     STICKY_COOKIES,
@@ -30,6 +31,7 @@ from hakit.config.values import (
 )
 from hakit.config.worstcase import timing_lines
 from hakit.dbfence import fences_sessions
+from hakit.snapshot.database import DUMP
 
 # --- checks across sections (pure) -------------------------------------------
 
@@ -92,6 +94,24 @@ def fence_problems(failover: FailoverConfig | None, app: AppConfig | None) -> li
             "only applies to a PostgreSQL or MySQL/MariaDB database, but app.database_url is "
             f"{mask_password(app.database_url) or 'not set'}; expected false, or a "
             "postgresql:// or mysql:// database_url",
+        )
+    ]
+
+
+def capture_method_problems(
+    snapshot: SnapshotConfig | None, app: AppConfig | None
+) -> list[Problem]:
+    """A physical base backup is PostgreSQL's (hakit.snapshot.basebackup)."""
+    if snapshot is None or app is None or snapshot.postgres_method == DUMP:
+        return []
+    if app.database_url.partition(":")[0] in ("postgresql", "postgres"):
+        return []
+    return [
+        Problem(
+            ("snapshot", "postgres_method"),
+            f'"{snapshot.postgres_method}" captures a PostgreSQL server, but app.database_url is '
+            f'{mask_password(app.database_url) or "not set"}; expected "dump" (the default), '
+            "or a postgresql:// database_url",
         )
     ]
 

@@ -21,6 +21,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from hakit.backup.filestore import read_filestore_config
 from hakit.config.check import (
+    capture_method_problems,
     cross_section_problems,
     failsafe_problems,
     fence_problems,
@@ -170,6 +171,7 @@ def _cross_problems(raw: Mapping[str, Any], values: Mapping[str, Any]) -> list[P
             values.get("coordination"), values.get("admin"), _valid_nodes(node_list)
         )
         + fence_problems(values.get("failover"), values.get("app"))
+        + capture_method_problems(values.get("snapshot"), values.get("app"))
         + replication_problems(cluster, _has_token(values.get("admin")), _valid_nodes(node_list))
     )
 

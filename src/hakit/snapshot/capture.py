@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hakit.snapshot.database import capture_database, database_target
+from hakit.snapshot.database import DUMP, capture_database, database_target
 from hakit.snapshot.format import (
     DatabaseCapture,
     Entry,
@@ -42,6 +42,7 @@ from hakit.snapshot.writer import BlobWriter, WriteStats
 class CaptureOptions:
     home: Path
     database_url: str = ""
+    postgres_method: str = DUMP  # [snapshot] postgres_method (hakit.snapshot.database)
     node: str = ""
     epoch: int | None = None
     limits: Limits = field(default_factory=Limits)
@@ -68,9 +69,9 @@ def latest_manifest(store: Store) -> Manifest | None:
 
 
 def _capture_database(
-    url: str, writer: BlobWriter, limits: Limits, retries: int
+    url: str, method: str, writer: BlobWriter, limits: Limits, retries: int
 ) -> tuple[str, str, int, tuple[tuple[str, int], ...], dict[str, int | str]] | None:
-    target = database_target(url)
+    target = database_target(url, method)
     if target is None:
         return None
     with tempfile.TemporaryDirectory(prefix="hakit-snapshot-db-") as scratch:
@@ -122,7 +123,9 @@ def create_snapshot(store: Store, options: CaptureOptions) -> CaptureReport:
     try:
         if options.freeze is not None:
             run_hook("freeze", options.freeze)
-        database = _capture_database(options.database_url, writer, options.limits, options.retries)
+        database = _capture_database(
+            options.database_url, options.postgres_method, writer, options.limits, options.retries
+        )
         walked = walk.run()
     finally:
         if options.thaw is not None:

@@ -9,9 +9,12 @@ state, whatever the app writes meanwhile (WAL or rollback journal). Its
 position is read from the copy: the header's file change counter, the page
 count and the schema version.
 
-PostgreSQL: ``pg_dump`` of one exported snapshot (``hakit.snapshot.postgres``),
-its LSN recorded; restored by ``hakit.snapshot.pgrestore``. A physical base
-backup and MySQL / MariaDB are not captured yet.
+PostgreSQL, by the method the operator configures (``[snapshot]
+postgres_method``): ``dump`` (the default), ``pg_dump`` of one exported snapshot
+(``hakit.snapshot.postgres``), its LSN recorded, restored by
+``hakit.snapshot.pgrestore``; or ``basebackup``, a physical base backup of the
+whole cluster with its start and stop LSN (``hakit.snapshot.basebackup``),
+restored as a data directory. MySQL / MariaDB are not captured yet.
 """
 
 from __future__ import annotations
@@ -20,10 +23,16 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
+from hakit.snapshot.basebackup import BASEBACKUP, capture_basebackup
 from hakit.snapshot.format import SnapshotError
 from hakit.snapshot.postgres import POSTGRESQL, capture_postgres
 
 SQLITE = "sqlite"
+
+# How a PostgreSQL database is captured ([snapshot] postgres_method).
+DUMP = "dump"
+BASEBACKUP_METHOD = "basebackup"
+POSTGRES_METHODS = (DUMP, BASEBACKUP_METHOD)
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,24 +40,28 @@ class DatabaseTarget:
     kind: str  # SQLITE or POSTGRESQL
     path: Path | None = None  # SQLite's file
     url: str = ""  # PostgreSQL's connection URL (with its password: never print it)
+    method: str = DUMP  # PostgreSQL: one of POSTGRES_METHODS
 
 
 @dataclass(frozen=True, slots=True)
 class DatabaseCopy:
-    kind: str
-    file: Path  # the copy (SQLite) or the dump (PostgreSQL), in the scratch directory
+    kind: str  # SQLITE, POSTGRESQL (a dump) or BASEBACKUP
+    file: Path  # the copy (SQLite), the dump or the base backup's archive, in the scratch directory
     position: dict[str, int | str]
 
 
-def database_target(url: str) -> DatabaseTarget | None:
-    """What ``app.database_url`` names; None for no database."""
+def database_target(url: str, postgres_method: str = DUMP) -> DatabaseTarget | None:
+    """What ``app.database_url`` names, captured by ``postgres_method`` when it is
+    PostgreSQL; None for no database."""
+    if postgres_method not in POSTGRES_METHODS:
+        raise SnapshotError(f"postgres_method {postgres_method!r} is not one of {POSTGRES_METHODS}")
     if url == "":
         return None
     if url.startswith("sqlite:///"):
         return DatabaseTarget(SQLITE, Path(url.removeprefix("sqlite:///").partition("?")[0]))
     scheme = url.partition(":")[0]
     if scheme in ("postgresql", "postgres"):
-        return DatabaseTarget(POSTGRESQL, url=url)
+        return DatabaseTarget(POSTGRESQL, url=url, method=postgres_method)
     raise SnapshotError(
         f"snapshots of {scheme} databases are not supported yet (sqlite:/// and postgresql:// are)"
     )
@@ -56,6 +69,9 @@ def database_target(url: str) -> DatabaseTarget | None:
 
 def capture_database(target: DatabaseTarget, scratch: Path) -> DatabaseCopy:
     """Copy the database at one transaction point into a new file in ``scratch``."""
+    if target.kind == POSTGRESQL and target.method == BASEBACKUP_METHOD:
+        archive, position = capture_basebackup(target.url, scratch)
+        return DatabaseCopy(BASEBACKUP, archive, position)
     if target.kind == POSTGRESQL:
         dump, position = capture_postgres(target.url, scratch)
         return DatabaseCopy(POSTGRESQL, dump, position)

@@ -167,7 +167,7 @@ def run_client(
     return done
 
 
-def _program_version(program: str) -> str:
+def program_version(program: str) -> str:
     done = subprocess.run([program, "--version"], capture_output=True, text=True, check=False)
     found = re.search(r"\(PostgreSQL\) (\S+)", done.stdout)  # pg_dump (PostgreSQL) 15.18 (Debian …)
     return found.group(1) if found else "unknown"
@@ -235,5 +235,5 @@ def capture_postgres(url: str, scratch: Path) -> tuple[Path, dict[str, int | str
         "lsn_kind": "replay" if standby else "insert",
         "server_version": str(server_version).split(" ")[0],  # 15.18 (Debian 15.18-0+deb12u1)
         "server_version_num": version,
-        "pg_dump": _program_version(pg_dump),
+        "pg_dump": program_version(pg_dump),
     }

@@ -2,7 +2,8 @@
 
 The generation is written into a staging directory beside ``into``
 (``.<name>.partial-<hex>``): the home under ``home/``, the database file under
-``database/<name>``, every file fsynced with its mode and mtime, then
+``database/<name>`` (a base backup's: a new data directory there,
+hakit.snapshot.pgdatadir), every file fsynced with its mode and mtime, then
 ``RESTORED.json``, and the staging directory is renamed to ``into`` only when
 all of it is there. A failure (a missing or corrupt object, a full disk) removes
 the staging directory and raises; ``into`` then does not exist and nothing else
@@ -31,6 +32,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from hakit.snapshot.basebackup import BASEBACKUP, SWAP_REFUSED
 from hakit.snapshot.database import SQLITE, DatabaseTarget
 from hakit.snapshot.format import (
     DIRECTORY,
@@ -40,6 +42,7 @@ from hakit.snapshot.format import (
     Manifest,
     SnapshotError,
 )
+from hakit.snapshot.pgdatadir import unpack_data_directory
 from hakit.snapshot.pgrestore import OnStarted, restore_in_place, swap_back
 from hakit.snapshot.postgres import POSTGRESQL, parse_postgres_url
 from hakit.snapshot.reader import ObjectReader
@@ -151,7 +154,12 @@ def restore_generation(
         if manifest.database is not None:
             (staging / DATABASE).mkdir()
             database = staging / DATABASE / _safe(Path(), manifest.database.name).name
-            written += _write_file(database, manifest.database.chunks, reader)
+            if manifest.database.kind == BASEBACKUP:  # a data directory (hakit.snapshot.pgdatadir)
+                chunks = (reader.chunk(ref) for ref in manifest.database.chunks)
+                major = int(manifest.database.position["server_version_num"]) // 10000
+                written += unpack_data_directory(chunks, database, major)
+            else:
+                written += _write_file(database, manifest.database.chunks, reader)
             _fsync_directory(staging / DATABASE)
         files, home_bytes = _restore_tree(manifest, staging / HOME, reader)
         written += home_bytes
@@ -246,6 +254,8 @@ def swap_generation(
 ) -> SwapReport:
     """Swap a restored directory in for the live home and the app's database (``target``)."""
     held = restored_database(restored)
+    if held is not None and held[0] == BASEBACKUP:
+        raise SnapshotError(SWAP_REFUSED.format(data_directory=held[1]))
     if target is not None and held is not None and held[0] != target.kind:
         raise SnapshotError(
             f"the generation holds a {held[0]} database, the app uses {target.kind}; "

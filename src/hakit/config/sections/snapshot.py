@@ -9,17 +9,21 @@
     keep_daily = 7                 # by `hakit snapshot prune` (restic's --keep-* rules)
     keep_weekly = 4
     prune_grace = "1h"             # objects and generations younger are never pruned
+    postgres_method = "dump"       # PostgreSQL: "dump" (pg_dump of one snapshot) or
+                                   # "basebackup" (pg_basebackup: the whole cluster, physical);
+                                   # for snapshots, backups and the agent's captures alike
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from hakit.config.problems import error_at_key
 from hakit.config.sections.base import _Section
 from hakit.config.values import PositiveDuration, format_duration
+from hakit.snapshot.database import DUMP, POSTGRES_METHODS
 
 
 class SnapshotConfig(_Section):
@@ -30,6 +34,16 @@ class SnapshotConfig(_Section):
     keep_weekly: int = Field(default=0, ge=0)
     # Longer than any capture takes (hakit.snapshot.prune says why).
     prune_grace: PositiveDuration = 3600.0
+    # How a PostgreSQL database is captured (hakit.snapshot.database).
+    postgres_method: str = DUMP
+
+    @field_validator("postgres_method")
+    @classmethod
+    def _known_method(cls, value: str) -> str:
+        if value in POSTGRES_METHODS:
+            return value
+        expected = " or ".join(f'"{method}"' for method in POSTGRES_METHODS)
+        raise ValueError(f'"{value}" is not a capture method; expected {expected}')
 
     @property
     def retention(self) -> bool:
