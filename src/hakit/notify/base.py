@@ -72,6 +72,29 @@ class Target(Protocol):
         ...
 
 
+class SendsDirectly:
+    """A target that is also a ``Notifier`` on its own (``hakit notify test``, tests):
+    ``alert`` stamps the alert and sends it at once, no queue, no selection."""
+
+    cluster: str
+
+    async def send(self, note: Notification) -> bool:
+        raise NotImplementedError
+
+    async def alert(
+        self,
+        kind: str,
+        node: str,
+        reason: str,
+        *,
+        manual_intervention: bool = False,
+        epoch: int = 0,
+    ) -> None:
+        await self.send(
+            Notification(self.cluster, node, kind, reason, time.time(), manual_intervention, epoch)
+        )
+
+
 def selected(kind: str, manual_intervention: bool, events: Collection[str]) -> bool:
     """Whether ``[notify] events`` selects an alert for the webhook and e-mail."""
     return (

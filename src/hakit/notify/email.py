@@ -12,13 +12,12 @@ import logging
 import smtplib
 import socket
 import ssl
-import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid, parseaddr
 
-from hakit.notify.base import Notification
+from hakit.notify.base import Notification, SendsDirectly
 
 log = logging.getLogger("hakit.notify")
 
@@ -83,7 +82,7 @@ def address(text: str) -> str:
     return parseaddr(text)[1]
 
 
-class EmailNotifier:
+class EmailNotifier(SendsDirectly):
     """Mails each alert to ``recipients``; a ``Notifier`` and a ``MultiNotifier`` target."""
 
     def __init__(
@@ -117,19 +116,6 @@ class EmailNotifier:
         # ``timeout`` bounds each socket operation; a conversation has a handful
         # (connect, EHLO, STARTTLS, AUTH, MAIL, RCPT, DATA).
         return 3 * self.timeout
-
-    async def alert(
-        self,
-        kind: str,
-        node: str,
-        reason: str,
-        *,
-        manual_intervention: bool = False,
-        epoch: int = 0,
-    ) -> None:
-        await self.send(
-            Notification(self.cluster, node, kind, reason, time.time(), manual_intervention, epoch)
-        )
 
     async def send(self, note: Notification) -> bool:
         msg = message(note, self.sender, self.recipients)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -20,7 +19,7 @@ from typing import Any
 import httpx
 
 from hakit import __version__
-from hakit.notify.base import Notification
+from hakit.notify.base import Notification, SendsDirectly
 
 log = logging.getLogger("hakit.notify")
 
@@ -57,7 +56,7 @@ def retryable(status: int) -> bool:
     return status >= 500
 
 
-class WebhookNotifier:
+class WebhookNotifier(SendsDirectly):
     """POSTs each alert as JSON to ``url``; a ``Notifier`` and a ``MultiNotifier`` target."""
 
     def __init__(
@@ -86,19 +85,6 @@ class WebhookNotifier:
     def budget(self) -> float:
         """Every attempt timing out, plus every backoff wait, plus a little slack."""
         return (len(self.delays) + 1) * self.timeout + sum(self.delays) + 1.0
-
-    async def alert(
-        self,
-        kind: str,
-        node: str,
-        reason: str,
-        *,
-        manual_intervention: bool = False,
-        epoch: int = 0,
-    ) -> None:
-        await self.send(
-            Notification(self.cluster, node, kind, reason, time.time(), manual_intervention, epoch)
-        )
 
     async def send(self, note: Notification) -> bool:
         body = json.dumps(payload(note)).encode()
