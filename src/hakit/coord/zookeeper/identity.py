@@ -27,7 +27,7 @@ from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.protocol.states import ZnodeStat
 
 from hakit.coord.memory import Memory, read_memory, write_memory
-from hakit.coord.zookeeper.layout import Conflict, Node, dump, last_epoch_in, load
+from hakit.coord.zookeeper.layout import Conflict, Node, fresh_store, last_epoch_in, load
 from hakit.coord.zookeeper.session import Session
 from hakit.errors import CoordinationError, StoreReplacedError
 
@@ -214,13 +214,8 @@ class Guard(Session):
         txn = zk.transaction()
         txn.create(self.root, b"")
         identity = {"identity": str(uuid.uuid4()), "lineage": [], "created_at": time.time()}
-        txn.create(self._identity_path, dump(identity))
-        txn.create(self._path("epoch"), dump({"last_epoch": 0}))
-        txn.create(self._path("leader"), dump({}))
-        txn.create(self._path("clock"), b"")
-        for name in ("nodes", "events"):
-            txn.create(self._path(name), b"")
-        txn.create(self._path("state"), dump({"entries": {}}))
+        for name, data in fresh_store(identity, 0, {}):
+            txn.create(self._path(name), data)
         results = txn.commit_async().get(timeout=self._left())
         failures = [r for r in results if isinstance(r, Exception)]
         if not failures:
