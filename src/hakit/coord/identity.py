@@ -23,7 +23,6 @@ It refuses to replace a healthy store (one every memory trusts) unless ``force``
 
 from __future__ import annotations
 
-import functools
 import os
 import sqlite3
 import time
@@ -37,7 +36,7 @@ from typing import Protocol
 from hakit.config import Config
 from hakit.coord.base import Event
 from hakit.coord.memory import Memory, fsync_dir, make_private_dir, memory_dir, read_memories
-from hakit.coord.reinit import StoreInit
+from hakit.coord.reinit import Request, StoreInit
 from hakit.coord.sqlite import (
     SIDE_FILES,
     StoreIdentity,
@@ -333,25 +332,25 @@ def _initialise_distributed(
     from hakit.coord.factory import open_coordinator
 
     memories = read_memories(memory_dir(cfg.cluster.state_dir))  # damaged: raise, never guess
-    run: Callable[..., StoreInit]
+    request = Request(
+        cfg.cluster.name,
+        memories,
+        cfg.coordination.lease_ttl,
+        reinit,
+        min_epoch,
+        force,
+        config,
+    )
+    done: StoreInit
     if cfg.coordination.backend == "etcd":
         from hakit.coord.etcd.reinit import initialise_etcd
 
         assert cfg.coordination.etcd is not None
-        run = functools.partial(initialise_etcd, cfg.coordination.etcd)
+        done = initialise_etcd(cfg.coordination.etcd, request)
     else:
         from hakit.coord.zookeeper.reinit import initialise_zookeeper
 
-        run = functools.partial(initialise_zookeeper, cfg.coordination.zookeeper)
-    done = run(
-        cluster=cfg.cluster.name,
-        memories=memories,
-        lease_ttl=cfg.coordination.lease_ttl,
-        reinit=reinit,
-        min_epoch=min_epoch,
-        force=force,
-        config=config,
-    )
+        done = initialise_zookeeper(cfg.coordination.zookeeper, request)
     what = (
         f"coordination store re-initialised with identity {done.identity} (replaces "
         f"{', '.join(done.lineage) or 'no known identity'}; was {done.replaced}); "

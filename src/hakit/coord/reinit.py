@@ -24,6 +24,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from hakit.coord.base import REINIT_HOLDER
 from hakit.coord.memory import Memory
@@ -48,6 +49,17 @@ class Stored:
     epoch_left: bool = False  # an epoch counter is there (perhaps without its identity)
     damaged: bool = False  # an identity is there but cannot be read
 
+    @classmethod
+    def of(cls, doc: Any, last_epoch: int, epoch_left: bool) -> Stored:
+        """From the identity document as stored (None: no identity; one without a name:
+        damaged) and the epoch counter."""
+        if doc is None:
+            return cls(None, last_epoch=last_epoch, epoch_left=epoch_left)
+        doc = doc if isinstance(doc, dict) else {}
+        name = str(doc.get("identity", ""))
+        lineage = tuple(str(x) for x in doc.get("lineage", []))
+        return cls(name or None, lineage, last_epoch, epoch_left, damaged=not name)
+
     def describe(self) -> str:
         if self.damaged:
             return f"a damaged cluster identity (last epoch {self.last_epoch})"
@@ -59,6 +71,24 @@ class Stored:
     def names(self) -> set[str]:
         """The identity and those it replaces: what a memory may remember of it."""
         return {self.identity, *self.lineage} if self.identity else set()
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """What the operator asked (``hakit init`` and its options) and what it is asked with."""
+
+    cluster: str  # cluster.name
+    memories: Mapping[str, Memory]  # this host's node memories
+    lease_ttl: float
+    reinit: bool
+    min_epoch: int = 0
+    force: bool = False
+    config: str = "CONFIG"  # the config file, in the commands the messages give
+
+    @property
+    def hold(self) -> float:
+        """How long no node is granted the lease (0: no hold, ``hakit init``)."""
+        return hold_seconds(self.lease_ttl) if self.reinit else 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,21 +112,17 @@ def trusted_by_all(stored: Stored, memories: Mapping[str, Memory]) -> bool:
 
 def plan(
     stored: Stored,
-    memories: Mapping[str, Memory],
-    *,
+    request: Request,
     where: str,
-    reinit: bool,
-    force: bool,
-    min_epoch: int,
-    config: str,
     new_identity: Callable[[], str] = lambda: str(uuid.uuid4()),
 ) -> Plan:
     """Decide (see the module); a refusal is a ``CoordinationError`` saying what to run."""
+    memories, config, min_epoch = request.memories, request.config, request.min_epoch
     if min_epoch < 0:
         raise ValueError(f"min_epoch must be at least 0, got {min_epoch}")
     found = stored.describe()
     command = f"`hakit init --reinit -c {config}`"
-    if not reinit:
+    if not request.reinit:
         if stored.identity is not None or stored.damaged:
             raise CoordinationError(
                 f"hakit init: {where} already holds a cluster ({found}); it is kept. To "
@@ -112,7 +138,7 @@ def plan(
                 )
                 + f": it was lost. Run {command} so that epochs continue above the old ones"
             )
-    elif trusted_by_all(stored, memories) and not force:
+    elif trusted_by_all(stored, memories) and not request.force:
         raise CoordinationError(
             f"hakit init --reinit: {where} is healthy ({found}) and every node's memory here "
             "trusts it; nothing to re-initialise (a new identity would stop the active node "
@@ -146,6 +172,19 @@ class StoreInit:
     replaced: str  # what was there
     memories: Mapping[str, Memory]
 
+    @classmethod
+    def of(cls, request: Request, where: str, decided: Plan, hold: str) -> StoreInit:
+        return cls(
+            where,
+            decided.identity,
+            decided.lineage,
+            decided.base_epoch,
+            request.hold,
+            hold,
+            decided.replaced,
+            dict(request.memories),
+        )
+
     def lines(self) -> list[str]:
         out = [f"{self.where}: was {self.replaced}"]
         out.append(f"cluster identity {self.identity} written")
@@ -166,7 +205,7 @@ class StoreInit:
         if self.hold_seconds:
             out.append(
                 f"no lease is granted for {self.hold_seconds:g} s (held by {REINIT_HOLDER!r} "
-                f"{self.hold}: a node that held the lease in the lost data has fenced itself "
+                f"{self.hold}; a node that held the lease in the lost data has fenced itself "
                 "by then)"
             )
         return out

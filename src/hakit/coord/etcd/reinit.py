@@ -27,49 +27,26 @@ first agent would make it too) and refuses one that exists.
 
 from __future__ import annotations
 
+import dataclasses
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 
 from hakit.coord.base import REINIT_HOLDER
-from hakit.coord.etcd.layout import KV, Layout, dumps, get, put, unchanged
+from hakit.coord.etcd.layout import Layout, dumps, get, put, unchanged
 from hakit.coord.etcd.section import EtcdSection
 from hakit.coord.etcd.transport import Transport
-from hakit.coord.memory import Memory
-from hakit.coord.reinit import Stored, StoreInit, changed_meanwhile, hold_seconds, plan
-
-
-def _stored(identity: KV | None, epoch: KV | None) -> Stored:
-    last = int(epoch.value or b"0") if epoch is not None else 0
-    if identity is None:
-        return Stored(None, last_epoch=last, epoch_left=epoch is not None)
-    doc = identity.json()
-    name = str(doc.get("identity", ""))
-    lineage = tuple(str(x) for x in doc.get("lineage", []))
-    return Stored(name or None, lineage, last, epoch is not None, damaged=not name)
+from hakit.coord.reinit import Request, Stored, StoreInit, changed_meanwhile, plan
 
 
 def initialise_etcd(
-    section: EtcdSection,
-    *,
-    cluster: str,
-    memories: Mapping[str, Memory],
-    lease_ttl: float,
-    reinit: bool,
-    min_epoch: int = 0,
-    force: bool = False,
-    config: str = "CONFIG",
-    clock: Callable[[], float] = time.time,
+    section: EtcdSection, request: Request, clock: Callable[[], float] = time.time
 ) -> StoreInit:
     """``hakit init`` / ``hakit init --reinit`` on the etcd keyspace ``section`` names."""
-    if min_epoch < 0:
-        raise ValueError(f"min_epoch must be at least 0, got {min_epoch}")
-    layout = Layout(section.prefix, cluster)
+    layout = Layout(section.prefix, request.cluster)
     where = f"etcd {','.join(section.endpoints)} under {layout.prefix}"
     transport = Transport(section, where)
     try:
-        return _initialise(
-            transport, layout, where, memories, lease_ttl, reinit, min_epoch, force, config, clock
-        )
+        return _initialise(transport, layout, where, request, clock)
     finally:
         transport.close()
 
@@ -78,15 +55,11 @@ def _initialise(
     transport: Transport,
     layout: Layout,
     where: str,
-    memories: Mapping[str, Memory],
-    lease_ttl: float,
-    reinit: bool,
-    min_epoch: int,
-    force: bool,
-    config: str,
+    request: Request,
     clock: Callable[[], float],
 ) -> StoreInit:
     deadline = time.monotonic() + transport.timeout
+    reinit = request.reinit
     doing = "re-initialise the cluster identity" if reinit else "create the cluster identity"
     _, ranges = transport.txn(
         [],
@@ -96,15 +69,9 @@ def _initialise(
         doing,
     )
     identity, epoch, leader, alive = (r[0] if r else None for r in ranges)
-    decided = plan(
-        _stored(identity, epoch),
-        memories,
-        where=where,
-        reinit=reinit,
-        force=force,
-        min_epoch=min_epoch,
-        config=config,
-    )
+    last = int(epoch.value or b"0") if epoch is not None else 0
+    stored = Stored.of(identity.json() if identity is not None else None, last, epoch is not None)
+    decided = plan(stored, request, where)
     base, now = decided.base_epoch, clock()
     success = [
         put(
@@ -118,8 +85,8 @@ def _initialise(
     hold = hold_lease = 0
     if reinit:
         # The hold: a lease the server expires, under the base epoch (never a node's).
-        hold_lease, hold = transport.grant(hold_seconds(lease_ttl), deadline, doing)
-        stored = {
+        hold_lease, hold = transport.grant(request.hold, deadline, doing)
+        held = {
             "holder": REINIT_HOLDER,
             "epoch": base,
             "revision": 0,
@@ -128,7 +95,7 @@ def _initialise(
             "lease": hold_lease,
         }
         success += [
-            put(layout.leader, dumps(stored)),
+            put(layout.leader, dumps(held)),
             put(layout.alive, str(base), hold_lease),
         ]
     compare = [
@@ -145,13 +112,5 @@ def _initialise(
         transport.revoke(int(leader.json()["lease"]), deadline)
     if not won:
         raise changed_meanwhile(where)
-    return StoreInit(
-        where,
-        decided.identity,
-        decided.lineage,
-        base,
-        hold,
-        "on an etcd lease the server expires",
-        decided.replaced,
-        dict(memories),
-    )
+    done = StoreInit.of(request, where, decided, "on an etcd lease the server expires")
+    return dataclasses.replace(done, hold_seconds=hold)  # the TTL etcd granted (whole seconds)

@@ -96,8 +96,8 @@ class Guard(Session):
         if not found or epoch is None:
             raise CoordinationError(
                 f"coordination store {self.where}: its identity or epoch znode is damaged; "
-                f"restore it, or delete {self.root} and run `hakit init --reinit -c "
-                f"{self._config}` where the epochs continue above the ones used"
+                f"restore it, or run `hakit init --reinit -c {self._config}` where the "
+                "epochs continue above the ones used (the last active's host)"
             )
         if self._identity is not None:
             same = found == self._identity or self._identity in lineage
@@ -170,7 +170,7 @@ class Guard(Session):
             for path, result in zip([*guard_paths, *paths], guard + pending, strict=True):
                 try:
                     data, stat = result.get(timeout=self._left())
-                    found[path] = Node(load(data), stat)
+                    found[path] = self._parsed(path, data, stat)
                 except NoNodeError:
                     found[path] = None
             if cached is not None:
@@ -193,6 +193,15 @@ class Guard(Session):
             f"coordination store {self.where}: it kept changing while read (or vanished "
             "while created)"
         )
+
+    def _parsed(self, path: str, data: bytes, stat: ZnodeStat) -> Node | None:
+        """The znode's JSON document. One that is not JSON is read as no document (as one
+        of the wrong shape is: readers tolerate it), but an epoch znode as missing:
+        ``_accept`` then says the store is damaged (for the identity too)."""
+        try:
+            return Node(load(data), stat)
+        except ValueError:
+            return None if path == self._path("epoch") else Node(None, stat)
 
     def _server_time(self, touch: Any) -> float:
         stat: ZnodeStat = touch.get(timeout=self._left())

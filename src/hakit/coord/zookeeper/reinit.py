@@ -49,10 +49,9 @@ from kazoo.exceptions import (
 )
 
 from hakit.coord.base import REINIT_HOLDER
-from hakit.coord.memory import Memory
-from hakit.coord.reinit import Plan, Stored, StoreInit, changed_meanwhile, hold_seconds, plan
+from hakit.coord.reinit import Plan, Request, Stored, StoreInit, changed_meanwhile, plan
 from hakit.coord.zookeeper.identity import Guard
-from hakit.coord.zookeeper.layout import Node, as_dict, fresh_store, last_epoch_in, load
+from hakit.coord.zookeeper.layout import Node, fresh_store, last_epoch_in, load
 from hakit.coord.zookeeper.section import ZooKeeperSection, cluster_root
 
 # The znodes a new identity replaces by version (the rest are made only when missing:
@@ -61,8 +60,8 @@ REPLACED = ("identity", "epoch", "leader")
 ALIVE = "alive"  # the ephemeral znode of a lease holder's session (leases.py)
 RACES = (BadVersionError, NodeExistsError, NoNodeError, NotEmptyError)
 HOLD = (
-    "from its commit, by the ZooKeeper leader's clock (bound to no session: it outlasts "
-    "this command, and stopping the command does not end it)"
+    "from its commit, by the ZooKeeper leader's clock, bound to no session: it outlasts "
+    "this command, and stopping the command does not end it"
 )
 
 
@@ -75,13 +74,8 @@ class Found:
 
     def stored(self) -> Stored:
         identity, epoch = self.znodes["identity"], self.znodes["epoch"]
-        last = last_epoch_in(epoch)
-        if identity is None:
-            return Stored(None, last_epoch=last, epoch_left=epoch is not None)
-        doc = as_dict(identity.doc)
-        name = str(doc.get("identity", ""))
-        lineage = tuple(str(x) for x in doc.get("lineage", []))
-        return Stored(name or None, lineage, last, epoch is not None, damaged=not name)
+        doc = (identity.doc or {}) if identity is not None else None  # {}: unreadable
+        return Stored.of(doc, last_epoch_in(epoch), epoch is not None)
 
 
 class Initialiser(Guard):
@@ -154,49 +148,22 @@ class Initialiser(Guard):
 
 
 def initialise_zookeeper(
-    section: ZooKeeperSection,
-    *,
-    cluster: str,
-    memories: Mapping[str, Memory],
-    lease_ttl: float,
-    reinit: bool,
-    min_epoch: int = 0,
-    force: bool = False,
-    config: str = "CONFIG",
-    clock: Callable[[], float] = time.time,
+    section: ZooKeeperSection, request: Request, clock: Callable[[], float] = time.time
 ) -> StoreInit:
     """``hakit init`` / ``hakit init --reinit`` on the cluster path ``section`` names."""
     store = Initialiser(
         section.hosts,
-        cluster_root(section.prefix, section.cluster or cluster),
+        cluster_root(section.prefix, section.cluster or request.cluster),
         session_timeout=section.session_timeout,
         timeout=section.timeout,
         auth=(section.auth.scheme, section.auth.credential) if section.auth else None,
         create=False,
-        config=config,
+        config=request.config,
     )
     try:
         found = store.read()
-        decided = plan(
-            found.stored(),
-            memories,
-            where=store.where,
-            reinit=reinit,
-            force=force,
-            min_epoch=min_epoch,
-            config=config,
-        )
-        hold = hold_seconds(lease_ttl) if reinit else 0.0
-        store.write(found, decided, hold, clock())
+        decided = plan(found.stored(), request, store.where)
+        store.write(found, decided, request.hold, clock())
     finally:
         store.close()
-    return StoreInit(
-        store.where,
-        decided.identity,
-        decided.lineage,
-        decided.base_epoch,
-        hold,
-        HOLD,
-        decided.replaced,
-        dict(memories),
-    )
+    return StoreInit.of(request, store.where, decided, HOLD)
