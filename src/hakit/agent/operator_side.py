@@ -26,7 +26,7 @@ from typing import Any
 from hakit.agent.lease import LeaseKeeper, Wake
 from hakit.agent.storeio import StoreIO
 from hakit.config import Config, NodeConfig
-from hakit.coord.base import Coordinator, Lease
+from hakit.coord.base import REINIT_HOLDER, Coordinator, Lease
 from hakit.coord.keys import HANDOVER
 from hakit.errors import CoordinationError
 from hakit.fencing.fence import FenceNeed, Fencer
@@ -223,7 +223,7 @@ class OperatorSide:
             )
             return
         intent = self.intents.handover or {}
-        if before is not None and before.holder != self.node.name:
+        if before is not None and before.holder not in (self.node.name, REINIT_HOLDER):
             if intent.get("force"):
                 self.fencer.skip_next = True
             why = f"the operator forced a failover away from its lease of epoch {before.epoch}"

@@ -45,7 +45,7 @@ from typing import Any
 
 from hakit.config import Config, NodeConfig
 from hakit.config.values import Storage
-from hakit.coord.base import Coordinator, Lease
+from hakit.coord.base import REINIT_HOLDER, Coordinator, Lease
 from hakit.errors import HakitError
 from hakit.history.facts import DATA_LOSS_WINDOW, FORCED, GENERATION
 from hakit.history.kinds import EventKind
@@ -241,7 +241,11 @@ class ReplicationSide:
             epoch = self._active_epoch()
             if epoch:
                 await self._capture(epoch)
-            elif lease is not None and lease.holder != self.node.name and lease.valid:
+            elif (
+                lease is not None
+                and lease.holder not in (self.node.name, REINIT_HOLDER)  # a hold: nobody to follow
+                and lease.valid
+            ):
                 await self._follow(lease.holder)
             else:
                 return

@@ -174,8 +174,8 @@ def init(
         typer.Option(
             "--reinit",
             help="Replace a lost, damaged, replaced or older store: a new identity that the "
-            "running agents and routers accept, epochs above every one the nodes remember; "
-            "the old file is moved aside, never deleted.",
+            "running agents and routers accept, epochs above every one the nodes remember, "
+            "no lease for one TTL; SQLite: the old file is moved aside, never deleted.",
         ),
     ] = False,
     min_epoch: Annotated[

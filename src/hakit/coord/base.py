@@ -81,7 +81,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 # The holder of the lease ``hakit init --reinit`` writes on a distributed store: no node
-# takes the lease before the store expires it (hakit.coord.etcd.reinit).
+# takes the lease before the store expires it (hakit.coord.reinit). It names no node:
+# nobody follows it, and nobody is fenced for it (hakit.fencing.fence.fence_needs).
 REINIT_HOLDER = "(re-initialised)"
 
 

@@ -36,6 +36,7 @@ from typing import Protocol
 from hakit.config import Config
 from hakit.coord.base import Event
 from hakit.coord.memory import Memory, fsync_dir, make_private_dir, memory_dir, read_memories
+from hakit.coord.reinit import Request, StoreInit
 from hakit.coord.sqlite import (
     SIDE_FILES,
     StoreIdentity,
@@ -324,24 +325,32 @@ class InitReport(Protocol):
     def lines(self) -> list[str]: ...
 
 
-def _initialise_etcd(
+def _initialise_distributed(
     cfg: Config, reinit: bool, min_epoch: int, force: bool, actor: str, config: str
 ) -> InitReport:
-    from hakit.coord.etcd.reinit import initialise_etcd
+    """etcd or ZooKeeper (hakit.coord.reinit), then the store's event."""
     from hakit.coord.factory import open_coordinator
 
-    assert cfg.coordination.etcd is not None
     memories = read_memories(memory_dir(cfg.cluster.state_dir))  # damaged: raise, never guess
-    done = initialise_etcd(
-        cfg.coordination.etcd,
-        cluster=cfg.cluster.name,
-        memories=memories,
-        lease_ttl=cfg.coordination.lease_ttl,
-        reinit=reinit,
-        min_epoch=min_epoch,
-        force=force,
-        config=config,
+    request = Request(
+        cfg.cluster.name,
+        memories,
+        cfg.coordination.lease_ttl,
+        reinit,
+        min_epoch,
+        force,
+        config,
     )
+    done: StoreInit
+    if cfg.coordination.backend == "etcd":
+        from hakit.coord.etcd.reinit import initialise_etcd
+
+        assert cfg.coordination.etcd is not None
+        done = initialise_etcd(cfg.coordination.etcd, request)
+    else:
+        from hakit.coord.zookeeper.reinit import initialise_zookeeper
+
+        done = initialise_zookeeper(cfg.coordination.zookeeper, request)
     what = (
         f"coordination store re-initialised with identity {done.identity} (replaces "
         f"{', '.join(done.lineage) or 'no known identity'}; was {done.replaced}); "
@@ -370,8 +379,8 @@ def initialise(
 ) -> InitReport:
     """``hakit init`` (``reinit``: ``--reinit``) for the store ``cfg`` names."""
     config = str(cfg.source) if cfg.source is not None else "CONFIG"
-    if cfg.coordination.backend == "etcd":
-        return _initialise_etcd(cfg, reinit, min_epoch, force, actor, config)
+    if cfg.coordination.backend in ("etcd", "zookeeper"):
+        return _initialise_distributed(cfg, reinit, min_epoch, force, actor, config)
     if cfg.coordination.backend != "sqlite":
         raise CoordinationError(
             f"hakit init: coordination.backend {cfg.coordination.backend!r}: not supported yet; "

@@ -37,7 +37,7 @@ from typing import Any
 
 from hakit.config import Config, Storage
 from hakit.contract import AppState
-from hakit.coord.base import Coordinator, Lease, NodeRecord
+from hakit.coord.base import REINIT_HOLDER, Coordinator, Lease, NodeRecord
 from hakit.dbfence import application_name as application_name  # re-exported: PGAPPNAME
 from hakit.dbfence import fences_sessions, sessions_of, terminate_sessions
 from hakit.errors import CoordinationError
@@ -246,6 +246,7 @@ def fence_needs(
     for need in own_pending:
         _merge(needs, need)
     needs.pop(me, None)
+    needs.pop(REINIT_HOLDER, None)  # `hakit init --reinit`'s hold: no node, nothing ran under it
     to_fence = [n for n in needs.values() if not stood_down(records.get(n.node), n, read_at)]
     cleared = [n for n in needs.values() if stood_down(records.get(n.node), n, read_at)]
     return sorted(to_fence, key=lambda n: n.node), sorted(cleared, key=lambda n: n.node)

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from hakit.config import AppConfig, Config, FailoverConfig, NodeConfig, load_config
 from hakit.config.check import describe_config
-from hakit.coord.base import Lease, NodeRecord
+from hakit.coord.base import REINIT_HOLDER, Lease, NodeRecord
 from hakit.coord.keys import ROUTER_REPORTS
 from hakit.coord.sqlite import SqliteCoordinator
 from hakit.errors import ConfigError
@@ -84,6 +84,14 @@ def test_an_expired_lease_of_another_node_means_fencing_it() -> None:
     assert [(n.node, n.epoch, n.agent_id) for n in to_fence] == [("node1", 1, "agent-a")]
     assert "expired" in to_fence[0].why and "without being released" in to_fence[0].why
     assert cleared == []
+
+
+def test_the_hold_of_a_reinit_is_nobody_to_fence() -> None:
+    # `hakit init --reinit` held the lease under the base epoch: no node ran under it.
+    hold = seen(Lease.as_read(REINIT_HOLDER, 7, NOW - 1, NOW), 7)
+    assert needs(hold, Lease.as_read("node2", 8, NOW + 3, NOW)) == ([], [])
+    forced = FenceNeed(REINIT_HOLDER, 7, NOW, "the operator forced a failover away from it")
+    assert needs(hold, Lease.as_read("node2", 8, NOW + 3, NOW), own=(forced,)) == ([], [])
 
 
 def test_a_released_lease_is_a_clean_handover() -> None:

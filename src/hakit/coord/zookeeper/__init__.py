@@ -9,7 +9,8 @@ transaction, when the store is created:
 - ``epoch``: the highest epoch ever handed out (``{"last_epoch": N}``);
 - ``leader``: the lease as stored (holder, epoch, revision, granted_at, ttl, the
   session it is bound to), ``{}`` when free; ``alive``: an EPHEMERAL znode of the
-  holder's session (see below);
+  holder's session (see below); the hold of ``hakit init --reinit`` (holder,
+  epoch, ttl: reinit.py) is bound to no session;
 - ``clock``: an empty znode written to read the server's clock (below);
 - ``nodes/<node>``: each node's record; ``events/e-<sequence>``: the event history,
   SEQUENTIAL znodes, the id being the sequence number + 1 (assigned by the server
@@ -97,6 +98,7 @@ The modules, one job each:
 - ``leases.py``: the leader lease's steps;
 - ``records.py``: node records, events, cluster state;
 - ``coordinator.py``: ``ZooKeeperCoordinator`` putting them together, ``open_zookeeper``.
+- ``reinit.py``: ``hakit init`` and ``hakit init --reinit`` (one transaction, the hold).
 """
 
 from hakit.coord.zookeeper.coordinator import ZooKeeperCoordinator, open_zookeeper

@@ -27,7 +27,7 @@ from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.protocol.states import ZnodeStat
 
 from hakit.coord.memory import Memory, read_memory, write_memory
-from hakit.coord.zookeeper.layout import Conflict, Node, dump, last_epoch_in, load
+from hakit.coord.zookeeper.layout import Conflict, Node, fresh_store, last_epoch_in, load
 from hakit.coord.zookeeper.session import Session
 from hakit.errors import CoordinationError, StoreReplacedError
 
@@ -96,8 +96,8 @@ class Guard(Session):
         if not found or epoch is None:
             raise CoordinationError(
                 f"coordination store {self.where}: its identity or epoch znode is damaged; "
-                f"restore it, or delete {self.root} and run `hakit init --reinit -c "
-                f"{self._config}` where the epochs continue above the ones used"
+                f"restore it, or run `hakit init --reinit -c {self._config}` where the "
+                "epochs continue above the ones used (the last active's host)"
             )
         if self._identity is not None:
             same = found == self._identity or self._identity in lineage
@@ -170,7 +170,7 @@ class Guard(Session):
             for path, result in zip([*guard_paths, *paths], guard + pending, strict=True):
                 try:
                     data, stat = result.get(timeout=self._left())
-                    found[path] = Node(load(data), stat)
+                    found[path] = self._parsed(path, data, stat)
                 except NoNodeError:
                     found[path] = None
             if cached is not None:
@@ -194,6 +194,15 @@ class Guard(Session):
             "while created)"
         )
 
+    def _parsed(self, path: str, data: bytes, stat: ZnodeStat) -> Node | None:
+        """The znode's JSON document. One that is not JSON is read as no document (as one
+        of the wrong shape is: readers tolerate it), but an epoch znode as missing:
+        ``_accept`` then says the store is damaged (for the identity too)."""
+        try:
+            return Node(load(data), stat)
+        except ValueError:
+            return None if path == self._path("epoch") else Node(None, stat)
+
     def _server_time(self, touch: Any) -> float:
         stat: ZnodeStat = touch.get(timeout=self._left())
         return float(stat.mtime) / 1000.0
@@ -214,13 +223,8 @@ class Guard(Session):
         txn = zk.transaction()
         txn.create(self.root, b"")
         identity = {"identity": str(uuid.uuid4()), "lineage": [], "created_at": time.time()}
-        txn.create(self._identity_path, dump(identity))
-        txn.create(self._path("epoch"), dump({"last_epoch": 0}))
-        txn.create(self._path("leader"), dump({}))
-        txn.create(self._path("clock"), b"")
-        for name in ("nodes", "events"):
-            txn.create(self._path(name), b"")
-        txn.create(self._path("state"), dump({"entries": {}}))
+        for name, data in fresh_store(identity, 0, {}):
+            txn.create(self._path(name), data)
         results = txn.commit_async().get(timeout=self._left())
         failures = [r for r in results if isinstance(r, Exception)]
         if not failures:

@@ -34,6 +34,22 @@ def load(data: bytes) -> Any:
     return json.loads(data) if data else None
 
 
+def fresh_store(
+    identity: dict[str, Any], last_epoch: int, leader: dict[str, Any]
+) -> list[tuple[str, bytes]]:
+    """The znodes of a new store under its root (name, data), in the order they are made:
+    the identity, the epoch counter at ``last_epoch``, the lease as stored (``{}``: free)."""
+    return [
+        ("identity", dump(identity)),
+        ("epoch", dump({"last_epoch": last_epoch})),
+        ("leader", dump(leader)),
+        ("clock", b""),
+        ("nodes", b""),
+        ("events", b""),
+        ("state", dump({"entries": {}})),
+    ]
+
+
 def same(a: Any, b: Any) -> bool:
     return dump(a) == dump(b)
 

@@ -3,7 +3,8 @@
 The lease is stored in ``leader`` and bound to the holder's session by the
 EPHEMERAL ``alive`` znode; it expires ``ttl`` after its grant by the server's
 clock, or at once when that session ends (the package docstring,
-hakit.coord.zookeeper, says why). A grant of a new holder writes the new epoch
+hakit.coord.zookeeper, says why). The hold ``hakit init --reinit`` writes
+(``REINIT_HOLDER``) is bound to no session: it ends by the server's clock alone. A grant of a new holder writes the new epoch
 in the same transaction, so an epoch is never handed out twice.
 """
 
@@ -13,7 +14,7 @@ from typing import Any
 
 from kazoo.client import KazooClient
 
-from hakit.coord.base import Lease
+from hakit.coord.base import REINIT_HOLDER, Lease
 from hakit.coord.zookeeper.identity import Guard
 from hakit.coord.zookeeper.layout import Node, dump, last_epoch_in
 from hakit.errors import CoordinationError
@@ -36,8 +37,13 @@ class LeaseSteps(Guard):
     def _lease(self, leader: Node | None, alive: Node | None, now: float) -> Lease | None:
         """The stored lease judged at ``now``: expired by time, or when its session ended."""
         doc = leader.doc if leader is not None else None
-        if not isinstance(doc, dict) or "holder" not in doc:
+        if leader is None or not isinstance(doc, dict) or "holder" not in doc:
             return None
+        if doc["holder"] == REINIT_HOLDER:
+            # `hakit init --reinit`'s hold (hakit.coord.zookeeper.reinit): from its commit,
+            # stamped by the server's clock, bound to no session; nobody to fence.
+            expires_at = leader.stat.mtime / 1000.0 + float(doc["ttl"])
+            return Lease(REINIT_HOLDER, int(doc["epoch"]), expires_at, expires_at - now, 0)
         expires_at = float(doc["granted_at"]) + float(doc["ttl"])
         remaining = expires_at - now
         bound = (
