@@ -330,3 +330,33 @@ def test_cold_start_picks_the_last_active(clusters, tmp_path: Path) -> None:
     (last_boot,) = booted(last)
     assert f"{last} was the last active (epoch {served}): competing" in last_boot.reason
     assert not [e for e in events_of(cluster, "start", first) if e.id > mark]
+
+
+def test_forced_failover_in_warm_standby_waits_for_the_old_active_to_stand_down(
+    clusters, tmp_path: Path
+) -> None:
+    # Warm standby, shared storage, no fence command: the old active is alive and
+    # answers. The target takes the lease; the old active's agent sees it lost at its
+    # next renewal and stops its app. Promotion must wait for that (never two
+    # writers) and then happen, not stall on the old node's app answering again as a
+    # warm standby.
+    cluster = start_cluster(clusters, tmp_path, mode="warm-standby")
+    active = wait_serving(cluster)
+    target = other(cluster, active)
+    wait_for(
+        lambda: (r := cluster.node_record(target)) is not None and r.app_state in ("RUNNING", "FIRST_RUN"),
+        30,
+        "the warm standby's app running",
+    )
+    epoch = cluster.coordinator.current_lease().epoch  # type: ignore[union-attr]
+    hakit(cluster, "failover", "--to", target, "--reason", "testing", user="bob")
+    assert wait_serving(cluster, timeout=30) == target
+    lease = cluster.coordinator.current_lease()
+    assert lease is not None and lease.holder == target and lease.epoch > epoch
+    wait_for(
+        lambda: (r := cluster.node_record(active)) is not None and r.role == "standby",
+        20,
+        "the old active a standby",
+    )
+    fences = [e for e in events_of(cluster, "fence", target) if e.epoch >= epoch]
+    assert not [e for e in fences if e.data.get("result") == "still-answering"], fences

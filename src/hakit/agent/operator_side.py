@@ -26,10 +26,10 @@ from typing import Any
 from hakit.agent.lease import LeaseKeeper, Wake
 from hakit.agent.storeio import StoreIO
 from hakit.config import Config, NodeConfig
-from hakit.coord.base import REINIT_HOLDER, Coordinator, Lease
+from hakit.coord.base import REINIT_HOLDER, Coordinator, Lease, NodeRecord
 from hakit.coord.keys import HANDOVER
 from hakit.errors import CoordinationError
-from hakit.fencing.fence import FenceNeed, Fencer
+from hakit.fencing.fence import FenceNeed, Fencer, agent_id_of
 from hakit.health.datapath import (
     PathLoss,
     PathReport,
@@ -212,7 +212,7 @@ class OperatorSide:
             )
             return
         try:
-            before = await self.store.call(self.coordinator.current_lease)
+            before, holder = await self.store.call(_lease_and_holder, self.coordinator)
             lease = await self.store.call(self.coordinator.take_over, self.node.name, ttl)
         except CoordinationError as error:
             self._record(
@@ -227,8 +227,12 @@ class OperatorSide:
             if intent.get("force"):
                 self.fencer.skip_next = True
             why = f"the operator forced a failover away from its lease of epoch {before.epoch}"
+            # The holder's agent instance: once that very agent publishes a record that no
+            # longer claims the epoch, it has killed its app (hakit.fencing.fence.stood_down)
+            # and no fencing is needed. Unknown, a live old active whose app answers again
+            # as a warm standby could never be told from one that did not fence itself.
             self.fencer.pending[before.holder] = FenceNeed(
-                before.holder, before.epoch, time.time(), why
+                before.holder, before.epoch, time.time(), why, agent_id_of(holder, before.epoch)
             )
         self._record(
             EventKind.FAILOVER,
@@ -402,3 +406,11 @@ class OperatorSide:
             return
         self._record(action.kind, action.reason, data={"target": action.target})
         await self.feed_intents(await self.read_intents(), time.time())
+
+
+def _lease_and_holder(coordinator: Coordinator) -> tuple[Lease | None, NodeRecord | None]:
+    """The lease and its holder's record, read just before a forced takeover (blocking)."""
+    lease = coordinator.current_lease()
+    if lease is None:
+        return None, None
+    return lease, next((r for r in coordinator.nodes() if r.node == lease.holder), None)

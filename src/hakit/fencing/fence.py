@@ -420,14 +420,7 @@ class Fencer:
             self.me, before, gained, records, list(self.pending.values()), read_at=read_at
         )
         for need in cleared:
-            self.pending.pop(need.node, None)
-            self.record(
-                EventKind.FENCE,
-                f"{need.node} needs no fencing before {self.me} promotes under epoch "
-                f"{gained.epoch}: {need.why}, but its agent has run since and does not claim "
-                "the lease (it fenced itself)",
-                {"target": need.node, "result": "not-needed", "epoch": gained.epoch},
-            )
+            self._cleared(need, gained.epoch)
         if not to_fence:
             self.failures = 0
             self.skip_next = False  # a forced promotion is one promotion
@@ -454,6 +447,40 @@ class Fencer:
         self.failures = 0
         return Verdict(True, "", tuple(alerts))
 
+    def _cleared(self, need: FenceNeed, epoch: int) -> None:
+        self.pending.pop(need.node, None)
+        self.record(
+            EventKind.FENCE,
+            f"{need.node} needs no fencing before {self.me} promotes under epoch "
+            f"{epoch}: {need.why}, but its agent has run since and does not claim "
+            "the lease (it fenced itself)",
+            {"target": need.node, "result": "not-needed", "epoch": epoch},
+        )
+
+    async def _stood_down_within(self, need: FenceNeed, patience: float) -> bool:
+        """Whether the very agent that held ``need``'s lease stands down within
+        ``patience`` seconds (hakit.fencing.fence.stood_down), re-reading the records.
+
+        An old active whose agent lives learns at its next renewal that the lease is
+        gone and kills its app first: its app answering now is the race with that, not
+        a failed self-fence (and in warm standby its app answers again afterwards, as a
+        standby). Refusing there would give the lease back and start over."""
+        if need.agent_id is None:
+            return False  # another instance's record proves nothing: no use waiting
+        deadline = time.monotonic() + patience
+        pause = self.cfg.coordination.renew_interval / 4
+        while True:
+            read_at = time.time()
+            try:
+                records = {r.node: r for r in await self.call(self.coordinator.nodes)}
+            except CoordinationError:
+                return False
+            if stood_down(records.get(need.node), need, read_at):
+                return True
+            if time.monotonic() + pause > deadline:
+                return False
+            await asyncio.sleep(pause)
+
     async def _fence_one(self, need: FenceNeed, epoch: int, alerts: list[str]) -> str | None:
         """Run the fence command against ``need.node``; None on success (its sentence is
         added to ``alerts``: a node was powered off, a human wants to know), else the
@@ -462,7 +489,12 @@ class Fencer:
         before = f"before {self.me} promotes under epoch {epoch}"
         if failover.fence_command is None:
             answer = await self._still_answers(need.node) or await self._routers_heard(need)
-            if answer is not None and self.cfg.cluster.storage is Storage.SHARED:
+            shared = self.cfg.cluster.storage is Storage.SHARED
+            if answer is not None and shared:
+                # One lease TTL: a live agent renews (and so learns) several times in it.
+                if await self._stood_down_within(need, self.cfg.coordination.lease_ttl):
+                    self._cleared(need, epoch)
+                    return None
                 # Self-fencing did not happen (the node's shim is frozen or gone with its
                 # agent): promoting now would put two writers on the shared home and
                 # database. Safety over availability, as Pacemaker without STONITH.

@@ -7,6 +7,7 @@ import asyncio
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -560,6 +561,37 @@ def test_without_a_fence_command_no_promotion_while_a_router_hears_the_old_app(
     )
     harness.store.set_state(ROUTER_REPORTS + "r1", stale.as_json())
     assert harness.takeover().ok
+
+
+def test_an_old_app_still_answering_waits_for_its_live_agent_to_stand_down(
+    tmp_path: Path,
+) -> None:
+    """The old holder's agent lives: at its next renewal it learns the lease is gone and
+    kills its app (then, in warm standby, starts it again as a standby, which answers).
+    Its app answering meanwhile is that race, not a failed self-fence: the fencer waits
+    for the very agent's record instead of refusing and giving the lease back."""
+    harness = Harness(tmp_path, None)
+    now = time.time()
+    heard = Sight(answered_at=now - 0.2, checked_at=now - 0.2)
+    harness.store.set_state(
+        ROUTER_REPORTS + "r1", PathReport("r1", now, 0.5, 1.5, {"node1": heard}).as_json()
+    )
+    published = threading.Event()
+
+    def stand_down() -> None:
+        harness.store.publish_node(record("node1", "standby", 0, time.time(), **A))
+        published.set()
+
+    timer = threading.Timer(0.4, stand_down)
+    timer.start()
+    try:
+        verdict = harness.takeover()
+    finally:
+        timer.cancel()
+    assert published.is_set() and verdict.ok
+    [(_kind, reason, data)] = harness.events
+    assert data["result"] == "not-needed" and "fenced itself" in reason
+    assert harness.fencer.pending == {}
 
 
 def test_no_fence_after_a_clean_handover(tmp_path: Path) -> None:
