@@ -24,10 +24,10 @@ from hakit.snapshot.retention import RetentionPolicy
 from hakit.snapshot.store import Store
 from hakit.snapshot.verify import verify_generation
 from tests.integration.backup.conftest import Site, env, make_site
-from tests.integration.backup.motoserver import MotoServer
 from tests.integration.backup.test_s3_encryption import encrypt, keyed
 from tests.integration.backup.test_write_only import LIST, user
 from tests.integration.snapshot.conftest import tree_of
+from tests.support.s3servers import S3Server
 from tests.support.waiting import wait_until
 
 PREFIX = "backups/hakit/"
@@ -40,7 +40,7 @@ def run(site: Site, keys: dict[str, str], *args: str) -> Any:
     return result
 
 
-def objects(moto: MotoServer, site: Site, under: str = "") -> set[str]:
+def objects(moto: S3Server, site: Site, under: str = "") -> set[str]:
     found: set[str] = set()
     paginator = moto.client().get_paginator("list_objects_v2")
     for page in paginator.paginate(Bucket=site.bucket, Prefix=PREFIX + under):
@@ -48,7 +48,7 @@ def objects(moto: MotoServer, site: Site, under: str = "") -> set[str]:
     return found
 
 
-def data_objects(moto: MotoServer, site: Site) -> set[str]:
+def data_objects(moto: S3Server, site: Site) -> set[str]:
     return objects(moto, site, "blobs/") | objects(moto, site, "packs/")
 
 
@@ -65,7 +65,7 @@ def three_generations(site: Site, keys: dict[str, str]) -> None:
         (site.home / EXTRA).unlink(missing_ok=True)
 
 
-def test_prune_on_s3_keeps_each_nodes_newest(tmp_path: Path, moto: MotoServer) -> None:
+def test_prune_on_s3_keeps_each_nodes_newest(tmp_path: Path, moto: S3Server) -> None:
     site = make_site(tmp_path, moto, versioning=True)
     three_generations(site, env())
     before = data_objects(moto, site)
@@ -95,7 +95,7 @@ def test_prune_on_s3_keeps_each_nodes_newest(tmp_path: Path, moto: MotoServer) -
     assert tree_of(into / "home") == tree_of(site.home)
 
 
-def test_a_backup_running_during_prune_loses_nothing(tmp_path: Path, moto: MotoServer) -> None:
+def test_a_backup_running_during_prune_loses_nothing(tmp_path: Path, moto: S3Server) -> None:
     """The race prune's grace period alone cannot cover on S3: a backup finds an old,
     unreferenced object present (412, its LastModified left old) and relies on it; prune
     runs before that backup's manifest. The backup's capture marker holds the sweep off."""
@@ -155,7 +155,7 @@ def test_a_backup_running_during_prune_loses_nothing(tmp_path: Path, moto: MotoS
         close_store(reader)
 
 
-def test_prune_of_an_encrypted_repository(tmp_path: Path, moto: MotoServer) -> None:
+def test_prune_of_an_encrypted_repository(tmp_path: Path, moto: S3Server) -> None:
     site = make_site(tmp_path, moto)
     encrypt(site)
     keys = keyed(env(), os.urandom(32))
@@ -179,7 +179,7 @@ def test_prune_of_an_encrypted_repository(tmp_path: Path, moto: MotoServer) -> N
     assert result.exit_code == 0 and "drill passed" in result.text, result.output
 
 
-def test_prune_with_its_own_credential(tmp_path: Path, own_moto: MotoServer) -> None:
+def test_prune_with_its_own_credential(tmp_path: Path, own_moto: S3Server) -> None:
     site = make_site(tmp_path, own_moto)
     site.configure(write_only=True)
     text = site.config.read_text().replace(
@@ -239,7 +239,7 @@ def test_prune_of_a_directory(tmp_path: Path) -> None:
 
 
 def test_an_object_pruned_from_under_a_write_only_nodes_record_is_sent_again(
-    tmp_path: Path, moto: MotoServer
+    tmp_path: Path, moto: S3Server
 ) -> None:
     """A write-only node's record of stored keys still names an object prune removed: its
     next backup must not take the record's word for it."""

@@ -18,9 +18,9 @@ from hakit.config import load_config
 from hakit.snapshot.crypto import EncryptedStore
 from hakit.snapshot.format import decode_manifest, manifest_key
 from tests.integration.backup.conftest import CONFIG, Site, env, make_site
-from tests.integration.backup.motoserver import MotoServer
 from tests.integration.backup.test_write_only import LIST, user
 from tests.integration.snapshot.conftest import rows_of, tree_of
+from tests.support.s3servers import S3Server
 
 KEY_ENV = "TEST_BACKUP_ENCRYPTION_KEY"
 
@@ -42,7 +42,7 @@ def run(site: Site, keys: dict[str, str], *args: str) -> Any:
     return result
 
 
-def bucket_keys(moto: MotoServer, site: Site) -> list[str]:
+def bucket_keys(moto: S3Server, site: Site) -> list[str]:
     versions = moto.client().list_object_versions(Bucket=site.bucket).get("Versions", [])
     return sorted(version["Key"] for version in versions)
 
@@ -60,7 +60,7 @@ def plaintext_hashes(site: Site, keys: dict[str, str]) -> set[str]:
         close_store(store)
 
 
-def test_encrypted_s3_round_trip_and_refusals(tmp_path: Path, moto: MotoServer) -> None:
+def test_encrypted_s3_round_trip_and_refusals(tmp_path: Path, moto: S3Server) -> None:
     site = make_site(tmp_path, moto)
     encrypt(site)
     master = os.urandom(32)
@@ -101,7 +101,7 @@ def test_encrypted_s3_round_trip_and_refusals(tmp_path: Path, moto: MotoServer) 
     assert bucket_keys(moto, site) == stored
 
 
-def test_write_only_with_encryption(tmp_path: Path, own_moto: MotoServer) -> None:
+def test_write_only_with_encryption(tmp_path: Path, own_moto: S3Server) -> None:
     site = make_site(tmp_path, own_moto, versioning=True)
     encrypt(site, write_only=True)
     master = os.urandom(32)
@@ -134,7 +134,7 @@ def test_write_only_with_encryption(tmp_path: Path, own_moto: MotoServer) -> Non
     assert bucket_keys_as(own_moto, site, reader) == stored
 
 
-def bucket_keys_as(moto: MotoServer, site: Site, keys: dict[str, str]) -> list[str]:
+def bucket_keys_as(moto: S3Server, site: Site, keys: dict[str, str]) -> list[str]:
     client = moto.client(
         aws_access_key_id=keys["TEST_BACKUP_KEY_ID"],
         aws_secret_access_key=keys["TEST_BACKUP_SECRET"],
