@@ -31,6 +31,8 @@ import sys
 import tempfile
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -205,6 +207,16 @@ def start_s3(kind: str, timeout: float = START_TIMEOUT) -> S3Server:
         server.stop()
         raise
     return server
+
+
+@contextmanager
+def running(kind: str) -> Iterator[S3Server]:
+    """``kind``'s server for the ``with`` block, stopped by its PID after it."""
+    server = start_s3(kind)
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 def start_moto(timeout: float = START_TIMEOUT) -> S3Server:

@@ -15,16 +15,13 @@ started, and the credentials come from the agent's environment.
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from hakit.agent.snapshot_job import NICENESS, Outcome, _die_with
+from hakit.agent.jobs import Outcome, job_main
 from hakit.backup.healthcheck import run_directory_check, run_s3_check
 from hakit.backup.stores import close_store, open_store, s3_client, unwrapped
 from hakit.backup.target import LocalTarget, resolve_target
@@ -127,11 +124,4 @@ def run(job: BackupJob) -> Outcome:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="hakit.agent.backup_job")
-    parser.add_argument("--parent", type=int, required=True, help="the agent's pid")
-    args = parser.parse_args(argv)
-    _die_with(args.parent)
-    os.nice(NICENESS)
-    outcome = run(BackupJob.decode(sys.stdin.buffer.read()))
-    print(outcome.encode(), flush=True)
-    return 0 if outcome.ok else 1
+    return job_main("hakit.agent.backup_job", lambda data: run(BackupJob.decode(data)), argv)

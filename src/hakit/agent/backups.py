@@ -28,16 +28,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from hakit.agent.backup_job import BACKUP, CHECK, COMMAND, BackupJob
-from hakit.agent.snapshot_job import Outcome
-from hakit.agent.snapshots import STDERR_TAIL, Raise, Record, capture_due, newest_capture_time
+from hakit.agent.jobs import Finished, JobProcess, Outcome
+from hakit.agent.snapshots import (
+    Raise,
+    Record,
+    capture_due,
+    newest_capture_time,
+    no_longer_active,
+)
 from hakit.backup.healthcheck import Status
 from hakit.backup.target import BackupTarget, LocalTarget, resolve_target
 from hakit.config import Config, format_duration
@@ -107,59 +111,6 @@ def newest_backup_time(target: BackupTarget) -> float | None:
     return max(times) if times else None
 
 
-@dataclass(frozen=True, slots=True)
-class Finished:
-    outcome: Outcome
-    seconds: float
-    abandoned: str  # why it was killed ("" when it ran to its end)
-
-
-async def run_job(
-    job: BackupJob, tick: float, stop_reason: Callable[[], str], timeout: float | None = None
-) -> Finished:
-    """``job`` in its own process; killed when ``stop_reason()`` says why or after ``timeout``."""
-    started = time.monotonic()
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        *COMMAND,
-        "--parent",
-        str(os.getpid()),
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    talk = asyncio.ensure_future(process.communicate(job.encode()))
-    abandoned = ""
-    try:
-        while not talk.done():
-            await asyncio.wait({talk}, timeout=tick)
-            if talk.done() or abandoned:
-                continue
-            abandoned = stop_reason()
-            if not abandoned and timeout is not None and time.monotonic() - started > timeout:
-                abandoned = f"it took more than {format_duration(timeout)}"
-            if abandoned:
-                process.kill()
-        stdout, stderr = talk.result()
-    finally:
-        if process.returncode is None:  # cancelled: the agent is stopping
-            process.kill()
-            talk.cancel()
-    seconds = time.monotonic() - started
-    return Finished(_outcome(stdout, stderr, process.returncode), seconds, abandoned)
-
-
-def _outcome(stdout: bytes, stderr: bytes, code: int | None) -> Outcome:
-    lines = stdout.decode(errors="replace").strip().splitlines()
-    if lines:
-        try:
-            return Outcome.decode(lines[-1])
-        except (ValueError, KeyError, TypeError):
-            pass
-    tail = stderr.decode(errors="replace").strip()[-STDERR_TAIL:]
-    return Outcome(ok=False, error=f"the backup process ended with code {code}: {tail}")
-
-
 class BackupSchedule:
     """``await schedule.run()`` beside the agent's other loops."""
 
@@ -194,6 +145,7 @@ class BackupSchedule:
         self.previous_check: tuple[Status, tuple[str, ...]] | None = None
         self.warned: frozenset[tuple[str, ...]] = frozenset()
         self._epoch_seen = 0
+        self.runner = JobProcess(COMMAND, "backup")
 
     @property
     def enabled(self) -> bool:
@@ -260,16 +212,12 @@ class BackupSchedule:
             self.last_success = max(self.last_success or stored, stored)
 
     async def backup(self, epoch: int) -> None:
-        def no_longer_active() -> str:
-            now_epoch = self.active()
-            if now_epoch == epoch:
-                return ""
-            return f"{self.node} is no longer the running active of epoch {epoch}" + (
-                f" (now epoch {now_epoch})" if now_epoch else ""
-            )
-
         try:
-            finished = await run_job(self.job(BACKUP, epoch), self.tick, no_longer_active)
+            finished = await self.runner.run(
+                self.job(BACKUP, epoch).encode(),
+                self.tick,
+                no_longer_active(self.node, epoch, self.active),
+            )
         except OSError as error:
             await self._failed(epoch, f"the backup process could not start: {error}")
             return
@@ -331,7 +279,9 @@ class BackupSchedule:
 
     async def check(self, epoch: int) -> None:
         try:
-            finished = await run_job(self.job(CHECK), self.tick, lambda: "", CHECK_TIMEOUT)
+            finished = await self.runner.run(
+                self.job(CHECK).encode(), self.tick, lambda: "", CHECK_TIMEOUT
+            )
         except OSError as error:
             finished = Finished(Outcome(ok=False, error=str(error)), 0.0, "")
         outcome = finished.outcome

@@ -5,8 +5,8 @@
 - **Only the active captures**: a node captures while it holds the lease and its
   policy is RUNNING as active (``active_epoch``); a standby never does.
 - **Never in the agent's way**: the capture runs in a process of its own
-  (hakit.agent.snapshot_job) at a lower priority; this task only starts it and
-  waits, so the lease loop, the probes and the heartbeat run as usual.
+  (hakit.agent.snapshot_job, hakit.agent.jobs) at a lower priority; this task only
+  starts it and waits, so the lease loop, the probes and the heartbeat run as usual.
 - **Abandoned when the lease goes**: while it waits, this task checks every
   ``tick`` that the node is still active under the epoch the capture started
   with; if not, it kills the capture by PID. A capture killed midway leaves no
@@ -25,14 +25,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from hakit.agent.snapshot_job import COMMAND, Job, Outcome
+from hakit.agent.jobs import Finished, JobProcess
+from hakit.agent.snapshot_job import COMMAND, Job
 from hakit.config import Config, format_duration
 from hakit.history.kinds import AlertKind, EventKind
 from hakit.policy import Alert, PolicyState, PolicyView, Role
@@ -42,7 +41,6 @@ from hakit.snapshot.store import LocalStore
 log = logging.getLogger("hakit.agent.snapshots")
 
 MAX_TICK = 1.0  # how often the schedule (and, during a capture, the lease) is looked at
-STDERR_TAIL = 600  # characters of a crashed capture's stderr kept in its event
 
 Record = Callable[..., None]  # Agent._record(kind, reason, *, epoch=, data=)
 Raise = Callable[[Alert], Awaitable[None]]  # Agent._execute
@@ -64,6 +62,21 @@ def capture_due(now: float, interval: float | None, last: float | None, *, activ
     if last is None:
         return True
     return now - last >= interval or last - now > interval
+
+
+def no_longer_active(node: str, epoch: int, active: Callable[[], int]) -> Callable[[], str]:
+    """A job's ``stop_reason``: why a job started as the running active of ``epoch`` must
+    stop ("" while the node still is)."""
+
+    def reason() -> str:
+        now_epoch = active()
+        if now_epoch == epoch:
+            return ""
+        return f"{node} is no longer the running active of epoch {epoch}" + (
+            f" (now epoch {now_epoch})" if now_epoch else ""
+        )
+
+    return reason
 
 
 def newest_capture_time(directory: Path) -> float | None:
@@ -99,7 +112,12 @@ class SnapshotSchedule:
         self.last: float | None = None
         self.failures = 0  # consecutive
         self._epoch_seen = 0  # the epoch ``last`` was read from the repository for
-        self.process: asyncio.subprocess.Process | None = None  # the capture running now
+        self.runner = JobProcess(COMMAND, "capture")
+
+    @property
+    def process(self) -> asyncio.subprocess.Process | None:
+        """The capture running now."""
+        return self.runner.process
 
     @property
     def enabled(self) -> bool:
@@ -153,50 +171,23 @@ class SnapshotSchedule:
 
     async def capture(self, epoch: int) -> None:
         """One capture in its own process; killed if the node stops being active."""
-        started = time.monotonic()
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            *COMMAND,
-            "--parent",
-            str(os.getpid()),
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
+        finished = await self.runner.run(
+            self.job(epoch).encode(), self.tick, no_longer_active(self.node, epoch, self.active)
         )
-        self.process = process
-        talk = asyncio.ensure_future(process.communicate(self.job(epoch).encode()))
-        abandoned = ""
-        try:
-            while not talk.done():
-                await asyncio.wait({talk}, timeout=self.tick)
-                now_epoch = self.active()
-                if not talk.done() and now_epoch != epoch and not abandoned:
-                    abandoned = f"{self.node} is no longer the running active of epoch {epoch}" + (
-                        f" (now epoch {now_epoch})" if now_epoch else ""
-                    )
-                    process.kill()
-            stdout, stderr = talk.result()
-        finally:
-            if process.returncode is None:  # cancelled: the agent is stopping
-                process.kill()
-                talk.cancel()
-            self.process = None
-        seconds = time.monotonic() - started
-        if abandoned:
+        if finished.abandoned:
             self.record(
                 EventKind.SNAPSHOT_FAILED,
-                f"scheduled snapshot abandoned after {seconds:.1f} s: {abandoned}; its "
-                "process was killed (no generation, unless its manifest was already written)",
+                f"scheduled snapshot abandoned after {finished.seconds:.1f} s: "
+                f"{finished.abandoned}; its process was killed (no generation, unless its "
+                "manifest was already written)",
                 epoch=epoch,
-                data={"abandoned": True, "seconds": round(seconds, 3)},
+                data={"abandoned": True, "seconds": round(finished.seconds, 3)},
             )
             return
-        await self._report(epoch, process.returncode, stdout, stderr, seconds)
+        await self._report(epoch, finished)
 
-    async def _report(
-        self, epoch: int, code: int | None, stdout: bytes, stderr: bytes, seconds: float
-    ) -> None:
-        outcome = _outcome(stdout, stderr, code)
+    async def _report(self, epoch: int, finished: Finished) -> None:
+        outcome, seconds = finished.outcome, finished.seconds
         directory = self.section.directory
         if not outcome.ok:
             await self._failed(epoch, outcome.error)
@@ -231,15 +222,3 @@ class SnapshotSchedule:
         )
         if self.failures == 1:  # once per run of failures: the history has the rest
             await self.alert(Alert(AlertKind.SNAPSHOT, reason, data={"error": error}))
-
-
-def _outcome(stdout: bytes, stderr: bytes, code: int | None) -> Outcome:
-    """The job's last stdout line, or a failure built from its exit and stderr."""
-    lines = stdout.decode(errors="replace").strip().splitlines()
-    if lines:
-        try:
-            return Outcome.decode(lines[-1])
-        except (ValueError, KeyError, TypeError):
-            pass
-    tail = stderr.decode(errors="replace").strip()[-STDERR_TAIL:]
-    return Outcome(ok=False, error=f"the capture process ended with code {code}: {tail}")

@@ -229,13 +229,7 @@ class S3Store:
     def has(self, key: str) -> bool:
         if key in self.record or self.write_only:
             return key in self.record
-        try:
-            self.client.head_object(Bucket=self.location.bucket, Key=self.location.key(key))
-        except Exception as error:
-            if error_code(error) in MISSING:
-                return False
-            raise self._error("check", key, error) from None
-        return True
+        return self._exists(key)
 
     def put_if_absent(self, key: str, data: bytes) -> bool:
         """Queued for upload unless the record has it: True when queued (sent)."""
@@ -504,7 +498,7 @@ class S3Store:
         return stored
 
     def _exists(self, key: str) -> bool:
-        """A HEAD of ``key``: for a store that does not honour If-None-Match."""
+        """A HEAD of ``key`` (also before each put to a store without If-None-Match)."""
         try:
             self.client.head_object(Bucket=self.location.bucket, Key=self.location.key(key))
         except Exception as error:

@@ -16,47 +16,35 @@ from typing import Any
 import pytest
 
 from tests.integration.snapshot.conftest import make_database, make_home
-from tests.support.s3servers import KINDS, S3Server, start_moto, start_s3
+from tests.support.s3servers import KINDS, MOTO, S3Server, running
 
 
 @pytest.fixture(scope="module")
 def moto() -> Iterator[S3Server]:
     """One moto server for a module's tests (each test uses its own bucket)."""
-    server = start_moto()
-    try:
+    with running(MOTO) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
 def own_moto() -> Iterator[S3Server]:
     """A moto server for one test (access control switched on, or paused)."""
-    server = start_moto()
-    try:
+    with running(MOTO) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module", params=KINDS)
 def s3(request: pytest.FixtureRequest) -> Iterator[S3Server]:
     """Each S3 server in turn, one for a module's tests (each test uses its own bucket)."""
-    server = start_s3(request.param)
-    try:
+    with running(request.param) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(params=KINDS)
 def own_s3(request: pytest.FixtureRequest) -> Iterator[S3Server]:
     """Each S3 server in turn, for one test (paused, say)."""
-    server = start_s3(request.param)
-    try:
+    with running(request.param) as server:
         yield server
-    finally:
-        server.stop()
 
 
 FILESTORE = """<?xml version="1.1" ?>
