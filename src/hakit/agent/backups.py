@@ -28,23 +28,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from hakit.agent.backup_job import BACKUP, CHECK, COMMAND, BackupJob
-from hakit.agent.jobs import Finished, JobProcess, Outcome
-from hakit.agent.snapshots import (
-    Raise,
-    Record,
-    capture_due,
-    newest_capture_time,
-    no_longer_active,
-)
+from hakit.agent.jobs import Finished, Outcome
+from hakit.agent.schedule import JobSchedule
+from hakit.agent.snapshots import NO_GENERATION, capture_due, newest_capture_time, no_longer_active
 from hakit.backup.healthcheck import Status
 from hakit.backup.target import BackupTarget, LocalTarget, resolve_target
-from hakit.config import Config, format_duration
+from hakit.config import format_duration
+from hakit.config.sections.backup import BackupConfig
 from hakit.errors import HakitError
 from hakit.history.kinds import AlertKind, EventKind
 from hakit.policy import Alert
@@ -52,7 +47,6 @@ from hakit.snapshot.s3store import MANIFEST_COPIES
 
 log = logging.getLogger("hakit.agent.backups")
 
-MAX_TICK = 1.0
 CHECK_TIMEOUT = 120.0  # seconds a health check may take before it is killed (an error)
 
 
@@ -111,41 +105,27 @@ def newest_backup_time(target: BackupTarget) -> float | None:
     return max(times) if times else None
 
 
-class BackupSchedule:
+class BackupSchedule(JobSchedule):
     """``await schedule.run()`` beside the agent's other loops."""
 
-    def __init__(
-        self,
-        cfg: Config,
-        node: str,
-        *,
-        active: Callable[[], int],
-        record: Record,
-        alert: Raise,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        self.section = cfg.backup
-        self.cfg = cfg
-        self.node = node
-        self.active = active
-        self.record = record
-        self.alert = alert
-        self.clock = clock
-        shortest = min(
-            (every for every in (self.section.interval, self.section.health_every) if every),
-            default=MAX_TICK,
-        )
-        self.tick = min(MAX_TICK, shortest / 4)
-        self.last: float | None = None  # the newest backup's (or attempt's) start
-        self.last_success: float | None = None
-        self.active_since: float | None = None
-        self.failures = 0  # consecutive
-        self.stale_alerted = False
-        self.last_check: float | None = None
-        self.previous_check: tuple[Status, tuple[str, ...]] | None = None
-        self.warned: frozenset[tuple[str, ...]] = frozenset()
-        self._epoch_seen = 0
-        self.runner = JobProcess(COMMAND, "backup")
+    label = "backup"
+    command = COMMAND
+    process_name = "backup"
+    last: float | None = None  # the newest backup's (or attempt's) start
+    last_success: float | None = None
+    active_since: float | None = None
+    stale_alerted = False
+    last_check: float | None = None
+    previous_check: tuple[Status, tuple[str, ...]] | None = None
+    warned: frozenset[tuple[str, ...]] = frozenset()
+    _epoch_seen = 0
+
+    @property
+    def section(self) -> BackupConfig:
+        return self.cfg.backup
+
+    def intervals(self) -> tuple[float | None, ...]:
+        return (self.section.interval, self.section.health_every)
 
     @property
     def enabled(self) -> bool:
@@ -166,23 +146,6 @@ class BackupSchedule:
             home=str(self.cfg.home_of(node)),
             database_url=self.cfg.database_url_of(node),
         )
-
-    async def run(self) -> None:
-        """The schedule; when not ``enabled``, waits forever (the agent cancels it)."""
-        if not self.enabled:
-            await asyncio.Event().wait()
-        while True:
-            await asyncio.sleep(self.tick)
-            epoch = self.active()
-            try:
-                await self.turn(epoch)
-            except Exception as error:  # a backup's bug must not end the agent (and its app)
-                log.exception("scheduled backup")
-                self.record(
-                    EventKind.INTERNAL,
-                    f"scheduled backup: unexpected {error!r}; the schedule goes on",
-                    epoch=epoch,
-                )
 
     async def turn(self, epoch: int) -> None:
         now = self.clock()
@@ -222,14 +185,7 @@ class BackupSchedule:
             await self._failed(epoch, f"the backup process could not start: {error}")
             return
         if finished.abandoned:
-            self.record(
-                EventKind.BACKUP_FAILED,
-                f"scheduled backup abandoned after {finished.seconds:.1f} s: "
-                f"{finished.abandoned}; its process was killed (no generation, unless its "
-                "manifest was already written)",
-                epoch=epoch,
-                data={"abandoned": True, "seconds": round(finished.seconds, 3)},
-            )
+            self.record_abandoned(EventKind.BACKUP_FAILED, finished, epoch, NO_GENERATION)
             return
         outcome = finished.outcome
         if not outcome.ok:
@@ -251,16 +207,10 @@ class BackupSchedule:
         )
 
     async def _failed(self, epoch: int, error: str) -> None:
-        self.failures += 1
         reason = f"scheduled backup failed: {error}"
-        self.record(
-            EventKind.BACKUP_FAILED,
-            reason,
-            epoch=epoch,
-            data={"error": error, "failures": self.failures},
+        await self.failed(
+            EventKind.BACKUP_FAILED, reason, epoch, AlertKind.BACKUP, {"error": error}
         )
-        if self.failures == 1:  # once per run of failures: the history has the rest
-            await self.alert(Alert(AlertKind.BACKUP, reason, data={"error": error}))
 
     async def _watch_staleness(self, epoch: int) -> None:
         threshold = self.section.stale_threshold

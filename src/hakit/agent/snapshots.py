@@ -25,25 +25,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from hakit.agent.jobs import Finished, JobProcess
+from hakit.agent.jobs import Finished
+from hakit.agent.schedule import JobSchedule
 from hakit.agent.snapshot_job import COMMAND, Job
-from hakit.config import Config, format_duration
+from hakit.config import format_duration
+from hakit.config.sections.snapshot import SnapshotConfig
 from hakit.history.kinds import AlertKind, EventKind
-from hakit.policy import Alert, PolicyState, PolicyView, Role
+from hakit.policy import PolicyState, PolicyView, Role
 from hakit.snapshot.prune import MANIFESTS
 from hakit.snapshot.store import LocalStore
 
 log = logging.getLogger("hakit.agent.snapshots")
 
-MAX_TICK = 1.0  # how often the schedule (and, during a capture, the lease) is looked at
 
-Record = Callable[..., None]  # Agent._record(kind, reason, *, epoch=, data=)
-Raise = Callable[[Alert], Awaitable[None]]  # Agent._execute
+NO_GENERATION = "no generation, unless its manifest was already written"
 
 
 def active_epoch(view: PolicyView, lease_epoch: int) -> int:
@@ -87,32 +86,21 @@ def newest_capture_time(directory: Path) -> float | None:
     return max(times) / 1e9 if times else None
 
 
-class SnapshotSchedule:
+class SnapshotSchedule(JobSchedule):
     """``await schedule.run()`` beside the agent's other loops (only when ``enabled``)."""
 
-    def __init__(
-        self,
-        cfg: Config,
-        node: str,
-        *,
-        active: Callable[[], int],
-        record: Record,
-        alert: Raise,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        self.section = cfg.snapshot
-        self.cfg = cfg
-        self.node = node
-        self.active = active
-        self.record = record
-        self.alert = alert
-        self.clock = clock
-        interval = self.section.interval
-        self.tick = min(MAX_TICK, interval / 4) if interval else MAX_TICK
-        self.last: float | None = None
-        self.failures = 0  # consecutive
-        self._epoch_seen = 0  # the epoch ``last`` was read from the repository for
-        self.runner = JobProcess(COMMAND, "capture")
+    label = "snapshot"
+    command = COMMAND
+    process_name = "capture"
+    last: float | None = None  # when the newest capture started
+    _epoch_seen = 0  # the epoch ``last`` was read from the repository for
+
+    @property
+    def section(self) -> SnapshotConfig:
+        return self.cfg.snapshot
+
+    def intervals(self) -> tuple[float | None, ...]:
+        return (self.section.interval,)
 
     @property
     def process(self) -> asyncio.subprocess.Process | None:
@@ -122,20 +110,6 @@ class SnapshotSchedule:
     @property
     def enabled(self) -> bool:
         return self.section.interval is not None and self.section.directory is not None
-
-    async def run(self) -> None:
-        while True:
-            await asyncio.sleep(self.tick)
-            epoch = self.active()
-            try:
-                await self.turn(epoch)
-            except Exception as error:  # a snapshot's bug must not end the agent (and its app)
-                log.exception("scheduled snapshot")
-                self.record(
-                    EventKind.INTERNAL,
-                    f"scheduled snapshot: unexpected {error!r}; the schedule goes on",
-                    epoch=epoch,
-                )
 
     async def turn(self, epoch: int) -> None:
         if epoch and epoch != self._epoch_seen:
@@ -175,14 +149,7 @@ class SnapshotSchedule:
             self.job(epoch).encode(), self.tick, no_longer_active(self.node, epoch, self.active)
         )
         if finished.abandoned:
-            self.record(
-                EventKind.SNAPSHOT_FAILED,
-                f"scheduled snapshot abandoned after {finished.seconds:.1f} s: "
-                f"{finished.abandoned}; its process was killed (no generation, unless its "
-                "manifest was already written)",
-                epoch=epoch,
-                data={"abandoned": True, "seconds": round(finished.seconds, 3)},
-            )
+            self.record_abandoned(EventKind.SNAPSHOT_FAILED, finished, epoch, NO_GENERATION)
             return
         await self._report(epoch, finished)
 
@@ -212,13 +179,7 @@ class SnapshotSchedule:
         )
 
     async def _failed(self, epoch: int, error: str) -> None:
-        self.failures += 1
         reason = f"scheduled snapshot into {self.section.directory} failed: {error}"
-        self.record(
-            EventKind.SNAPSHOT_FAILED,
-            reason,
-            epoch=epoch,
-            data={"error": error, "failures": self.failures},
+        await self.failed(
+            EventKind.SNAPSHOT_FAILED, reason, epoch, AlertKind.SNAPSHOT, {"error": error}
         )
-        if self.failures == 1:  # once per run of failures: the history has the rest
-            await self.alert(Alert(AlertKind.SNAPSHOT, reason, data={"error": error}))
