@@ -34,7 +34,7 @@ from typing import Any
 
 from hakit.agent.backup_job import BACKUP, CHECK, COMMAND, BackupJob
 from hakit.agent.jobs import Finished, Outcome
-from hakit.agent.schedule import JobSchedule
+from hakit.agent.schedule import JobSchedule, check_due
 from hakit.agent.snapshots import NO_GENERATION, capture_due, newest_capture_time, no_longer_active
 from hakit.backup.healthcheck import Status
 from hakit.backup.target import BackupTarget, LocalTarget, resolve_target
@@ -64,12 +64,6 @@ def stale_age(
     reference = last_success if last_success is not None else active_since
     age = now - reference
     return age if age > threshold else None
-
-
-def check_due(now: float, every: float | None, last: float | None) -> bool:
-    if every is None:
-        return False
-    return last is None or now - last >= every or last - now > every
 
 
 @dataclass(frozen=True, slots=True)

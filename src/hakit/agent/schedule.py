@@ -30,9 +30,17 @@ Raise = Callable[[Alert], Awaitable[None]]  # Agent._execute
 
 
 def tick_for(*intervals: float | None) -> float:
-    """A quarter of the shortest interval set, at most ``MAX_TICK``."""
-    shortest = min((every for every in intervals if every), default=MAX_TICK)
-    return min(MAX_TICK, shortest / 4)
+    """A quarter of the shortest interval set, at most ``MAX_TICK`` (none set: ``MAX_TICK``)."""
+    shortest = min((every for every in intervals if every), default=None)
+    return MAX_TICK if shortest is None else min(MAX_TICK, shortest / 4)
+
+
+def check_due(now: float, every: float | None, last: float | None) -> bool:
+    """Whether a periodic job (a health check, a drill) is due: never run, ``every`` since
+    ``last`` started, or ``last`` more than ``every`` in the future (the clock was set back)."""
+    if every is None:
+        return False
+    return last is None or now - last >= every or last - now > every
 
 
 class JobSchedule:

@@ -205,6 +205,17 @@ def run_drill(
     )
 
 
+def format_age(seconds: float) -> str:
+    """How old a recovery point is, for people: "40 s", "12 min", "5.5 h", "3.0 days"."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
+
+
 # --- the record ---------------------------------------------------------------------
 
 
