@@ -24,6 +24,7 @@ from hakit.snapshot.store import open_local_store
 from tests.integration.backup.appsite import CONFIG, AppSite, make_app_site
 from tests.integration.backup.conftest import env, make_site
 from tests.integration.backup.test_drill import run
+from tests.integration.backup.test_schedule import Clock
 from tests.integration.snapshot.test_schedule import Agentish
 from tests.support.s3servers import S3Server
 
@@ -43,12 +44,13 @@ def standby_site(tmp_path: Path, backup: str = 'drill_interval = "1h"\n') -> App
     return site
 
 
-class Clock:
-    def __init__(self, now: float = 1_800_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
+def object_of(site: AppSite, name: str) -> Path:
+    """The repository's file holding the home's file ``name`` (one chunk)."""
+    store = open_local_store(site.repository)
+    (generation,) = store.list_manifests()
+    manifest = decode_manifest(store.get(manifest_key(generation)))
+    (chunk,) = manifest.files()[name].chunks
+    return site.repository / object_key(chunk)
 
 
 def schedule_of(site: AppSite, agent: Agentish, clock: Clock | None = None) -> DrillSchedule:
@@ -97,11 +99,7 @@ def test_a_standby_drills_the_active_does_not_and_the_rhythm_is_kept(tmp_path: P
 
 def test_a_failed_drill_is_alerted_once_and_its_recovery_too(tmp_path: Path) -> None:
     site = standby_site(tmp_path)
-    store = open_local_store(site.repository)
-    (generation,) = store.list_manifests()
-    manifest = decode_manifest(store.get(manifest_key(generation)))
-    (chunk,) = manifest.files()["attachments/r005"].chunks
-    damaged = site.repository / object_key(chunk)
+    damaged = object_of(site, "attachments/r005")
     saved = damaged.read_bytes()
     damaged.unlink()
     agent = Agentish(epoch=0)
@@ -122,7 +120,7 @@ def test_a_failed_drill_is_alerted_once_and_its_recovery_too(tmp_path: Path) -> 
     first, second, third = (event[1:] for event in agent.events)
     assert first[0].startswith(
         f"restore drill of directory {site.repository} failed: restore: object "
-        f"{object_key(chunk)} is missing"
+        f"{damaged.relative_to(site.repository)} is missing"
     )
     assert first[1]["failures"] == 1 and second[1]["failures"] == 2
     assert "restore drills pass again" in third[0]
@@ -132,11 +130,7 @@ def test_a_failed_drill_is_alerted_once_and_its_recovery_too(tmp_path: Path) -> 
 
 def test_a_drill_is_killed_when_its_node_becomes_the_active(tmp_path: Path) -> None:
     site = standby_site(tmp_path)
-    store = open_local_store(site.repository)
-    (generation,) = store.list_manifests()
-    manifest = decode_manifest(store.get(manifest_key(generation)))
-    (chunk,) = manifest.files()["attachments/r007"].chunks
-    stuck = site.repository / object_key(chunk)
+    stuck = object_of(site, "attachments/r007")
     stuck.unlink()
     os.mkfifo(stuck)  # a read of it blocks: the drill is mid-restore for as long as needed
     agent = Agentish(epoch=0)
