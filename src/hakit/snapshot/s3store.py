@@ -65,18 +65,18 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from hakit.snapshot.format import MiB, SnapshotError, manifest_key
+from hakit.snapshot.s3record import RECORD, KeyRecord
 from hakit.snapshot.store import StoredObject
 
 log = logging.getLogger(__name__)
 
-RECORD = "keys"
 MANIFEST_COPIES = "manifests"
 CAPTURES = "captures/"  # the capture markers (above)
 DONE = ".done"
@@ -116,54 +116,6 @@ def describe(error: BaseException) -> str:
     if is_denied(error):
         return f"access denied ({code})"
     return f"{code}: {error}" if code else f"{type(error).__name__}: {error}"
-
-
-class KeyRecord:
-    """The keys known stored, one per line; each append fsynced before it counts."""
-
-    def __init__(self, state: Path) -> None:
-        self.path = state / RECORD
-        self._lock = threading.Lock()
-        self._keys: set[str] = set()
-        if self.path.exists():
-            # A line cut short by a crash (no newline yet) was never acknowledged.
-            self._keys = {line for line in self.path.read_text().split("\n")[:-1] if line}
-
-    def __contains__(self, key: str) -> bool:
-        return key in self._keys
-
-    def known(self) -> set[str]:
-        return set(self._keys)
-
-    def add(self, key: str) -> None:
-        with self._lock:
-            if key in self._keys:
-                return
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.path, "a", encoding="utf-8") as handle:
-                handle.write(key + "\n")
-                handle.flush()
-                os.fsync(handle.fileno())
-            self._keys.add(key)
-
-    def discard(self, key: str) -> None:
-        """Forget ``key`` in memory (pruned): the file keeps it, and a later instance
-        trusts the record for nothing but ``has`` (above)."""
-        with self._lock:
-            self._keys.discard(key)
-
-    def replace(self, keys: Iterable[str]) -> None:
-        """The whole record at once (a temporary file renamed over it)."""
-        with self._lock:
-            fresh = set(keys)
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            temporary = self.path.with_name(self.path.name + ".new")
-            with open(temporary, "w", encoding="utf-8") as handle:
-                handle.writelines(key + "\n" for key in sorted(fresh))
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temporary, self.path)
-            self._keys = fresh
 
 
 @dataclass(slots=True)

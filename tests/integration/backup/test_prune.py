@@ -1,4 +1,5 @@
-"""``hakit backup prune`` over real HTTP (moto's server) and on a directory: retention, each
+"""``hakit backup prune`` over real HTTP (moto's server, and rclone serve s3 where no IAM or
+versioning is needed) and on a directory: retention, each
 node's newest kept, a backup running while prune sweeps loses nothing, encrypted repositories,
 and prune's own credential (IAM enforced)."""
 
@@ -65,29 +66,29 @@ def three_generations(site: Site, keys: dict[str, str]) -> None:
         (site.home / EXTRA).unlink(missing_ok=True)
 
 
-def test_prune_on_s3_keeps_each_nodes_newest(tmp_path: Path, moto: S3Server) -> None:
-    site = make_site(tmp_path, moto, versioning=True)
+def test_prune_on_s3_keeps_each_nodes_newest(tmp_path: Path, s3: S3Server) -> None:
+    site = make_site(tmp_path, s3, versioning=s3.versioning)
     three_generations(site, env())
-    before = data_objects(moto, site)
-    generations = sorted(objects(moto, site, "manifests/"))
+    before = data_objects(s3, site)
+    generations = sorted(objects(s3, site, "manifests/"))
 
     result = run(site, env(), "prune", "--keep-last", "1", "--grace", "0", "--dry-run")
     assert result.exit_code == 0, result.output
     assert "would remove 1 generations and 1 objects" in result.text, result.output
-    assert data_objects(moto, site) == before
+    assert data_objects(s3, site) == before
 
-    markers = objects(moto, site, "captures/")
+    markers = objects(s3, site, "captures/")
     assert markers  # the first backup's (the others put nothing new)
     result = run(site, env(), "prune", "--keep-last", "1", "--grace", "0")
     assert result.exit_code == 0, result.output
     assert "removed 1 generations and 1 objects" in result.text, result.output
     assert "a node's newest" in result.text  # node2's, beyond keep_last
-    assert sorted(objects(moto, site, "manifests/")) == generations[1:]
-    assert len(before - data_objects(moto, site)) == 1  # EXTRA's blob
-    assert objects(moto, site, "captures/") == set()  # the old markers swept too
-    # Versioning on: a delete marker, the bytes kept as a noncurrent version.
-    versions = moto.client().list_object_versions(Bucket=site.bucket)
-    assert len(versions.get("DeleteMarkers", [])) == 1 + 1 + len(markers)  # manifest, blob
+    assert sorted(objects(s3, site, "manifests/")) == generations[1:]
+    assert len(before - data_objects(s3, site)) == 1  # EXTRA's blob
+    assert objects(s3, site, "captures/") == set()  # the old markers swept too
+    if s3.versioning:  # a delete marker, the bytes kept as a noncurrent version
+        versions = s3.client().list_object_versions(Bucket=site.bucket)
+        assert len(versions.get("DeleteMarkers", [])) == 1 + 1 + len(markers)  # manifest, blob
 
     assert ": ok," in run(site, env(), "verify").text
     into = tmp_path / "restored"
@@ -95,11 +96,12 @@ def test_prune_on_s3_keeps_each_nodes_newest(tmp_path: Path, moto: S3Server) -> 
     assert tree_of(into / "home") == tree_of(site.home)
 
 
-def test_a_backup_running_during_prune_loses_nothing(tmp_path: Path, moto: S3Server) -> None:
+def test_a_backup_running_during_prune_loses_nothing(tmp_path: Path, s3: S3Server) -> None:
     """The race prune's grace period alone cannot cover on S3: a backup finds an old,
-    unreferenced object present (412, its LastModified left old) and relies on it; prune
-    runs before that backup's manifest. The backup's capture marker holds the sweep off."""
-    site = make_site(tmp_path, moto)
+    unreferenced object present (412, or a HEAD where the store ignores If-None-Match; its
+    LastModified left old) and relies on it; prune runs before that backup's manifest. The
+    backup's capture marker holds the sweep off."""
+    site = make_site(tmp_path, s3)
     target = resolve_target(load_config(site.config))
     assert isinstance(target, S3Target)
     grace = 8.0  # longer than this test's backups take; short enough to wait out
@@ -140,7 +142,7 @@ def test_a_backup_running_during_prune_loses_nothing(tmp_path: Path, moto: S3Ser
     assert pruned.prune.removed_generations == (first,)  # retention went ahead
     assert len(pruned.open_captures) == 1
     blob = next(iter(only_first))
-    head = moto.client().head_object(Bucket=site.bucket, Key=PREFIX + blob)
+    head = s3.client().head_object(Bucket=site.bucket, Key=PREFIX + blob)
     assert head["LastModified"].timestamp() < settled  # old: only the marker kept it
     reader = open_store(target, reading=True, environ=env())
     try:
