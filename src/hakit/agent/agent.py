@@ -247,11 +247,12 @@ class Agent:
             record=self._record,
             alert=self._execute,
         )
-        # [backup] drill_interval: the standbys drill (hakit.agent.drills).
+        # [backup] drill_interval: the standbys drill (hakit.agent.drills); a node that holds
+        # the lease, its app running or not yet, is no standby.
         self.drills = DrillSchedule(
             cfg,
             self.node.name,
-            active=lambda: active_epoch(self.policy.view(), self.lease.epoch),
+            active=lambda: self.lease.epoch,
             record=self._record,
             alert=self._execute,
         )

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from hakit.agent.jobs import Outcome, job_main
-from hakit.backup.drill import drill_from_config
+from hakit.backup.drill import drill_from_config, holds_no_generation
 from hakit.backup.healthcheck import run_directory_check, run_s3_check
 from hakit.backup.stores import close_store, open_store, s3_client, unwrapped
 from hakit.backup.target import LocalTarget, resolve_target
@@ -125,11 +125,13 @@ def check(job: BackupJob) -> Outcome:
 
 
 def drill(job: BackupJob) -> Outcome:
-    """``hakit backup drill``'s drill of the newest generation, recorded."""
+    """``hakit backup drill``'s drill of the newest generation, recorded; nothing (``data``
+    "empty") when the target holds no generation yet."""
     try:
-        report, target = drill_from_config(
-            load_config(Path(job.config)), scratch=Path(job.scratch) if job.scratch else None
-        )
+        cfg = load_config(Path(job.config))
+        if holds_no_generation(resolve_target(cfg)):
+            return Outcome(True, data={"empty": True})
+        report, target = drill_from_config(cfg, scratch=Path(job.scratch) if job.scratch else None)
     except (HakitError, OSError) as error:
         return Outcome(ok=False, error=str(error))
     failed = [f"{check.name}: {check.detail}" for check in report.checks if check.failed]

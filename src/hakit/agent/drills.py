@@ -6,16 +6,23 @@
   and on a standby it proves what a failover's restore needs, that a node other
   than the one that took the backups can read them (its credential, its key) and
   restore them. So every standby drills, each for itself; a write-only active
-  (which may not read) could not drill anyway. A standby that becomes the running
-  active while a drill runs kills it by PID (``drills_here``), as a backup is killed
-  when its node stops being the active.
+  (which may not read) could not drill anyway. A standby is a node that holds no
+  lease once its agent has run a cold start's election (``settle``: before, any
+  node may yet become the active); one that takes the lease while a drill runs
+  kills it by PID (``drill_due``, ``drills_here``), as a backup is killed when its
+  node stops being the active.
 - **When**: every ``drill_interval`` (``check_due``, pure), counted from the last
   drill's start as recorded in ``<state_dir>/backup/last-drill.json``, so a
   restarted agent keeps the rhythm; a drill still running after an interval is
-  stuck and killed.
-- **Where**: in a directory of this node's own under ``drill_scratch`` (default:
-  the system's temporary directory), ``hakit-drills-<node>``, which the agent
-  clears after each drill: a drill killed midway leaves no restored copy behind.
+  stuck and killed. A target that holds no generation yet (a new cluster before
+  its first backup) is nothing to drill: no event, tried again an interval later
+  (a missing backup is ``stale_after``'s alert, on the active).
+- **Where**: in a directory of this agent's own, ``<state_dir>/backup/drills``, or
+  with ``drill_scratch`` (a larger disk, say) ``<drill_scratch>/hakit-drills-<node>-<digest
+  of the state directory>``, which the agent clears after each drill: a drill killed
+  midway leaves no restored copy behind. (Not the system's temporary directory: often a
+  small tmpfs, and shared by every agent on the host, whose drills one agent's clearing
+  would remove.)
 - **Told**: each drill is recorded, ``backup-drill`` (passed, with its recovery
   point: the generation and how old it was) or ``backup-drill-failed`` (the failed
   checks); the first failure of a run raises a ``backup`` alert through
@@ -27,8 +34,9 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import logging
 import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -38,17 +46,39 @@ from hakit.agent.jobs import Finished
 from hakit.agent.schedule import JobSchedule, check_due
 from hakit.backup.drill import format_age, load_record, record_path
 from hakit.config import format_duration
+from hakit.config.derived import derived_timings
 from hakit.config.sections.backup import BackupConfig
 from hakit.history.kinds import AlertKind, EventKind
 from hakit.policy import Alert
+
+log = logging.getLogger("hakit.agent.drills")
 
 # --- decisions (pure) ---------------------------------------------------------
 
 
 def drills_here(epoch: int, alone: bool) -> bool:
-    """A node drills unless it is the running active (``epoch``) of a cluster of more
-    than one node (``alone``: the only node drills, as there is no standby)."""
+    """A node drills unless it holds the lease (``epoch``) in a cluster of more than one
+    node (``alone``: the only node drills, as there is no standby)."""
     return alone or not epoch
+
+
+def drill_due(
+    now: float,
+    *,
+    every: float | None,
+    last: float | None,
+    since: float,
+    settle: float,
+    epoch: int,
+    alone: bool,
+) -> bool:
+    """Whether to start a drill now: on a node that drills (``drills_here``), once its
+    agent has run ``settle`` seconds since ``since`` (a cold start's election is over: a
+    node that is to be the active holds the lease by then), every ``every`` after the
+    ``last`` one started (``check_due``)."""
+    if not drills_here(epoch, alone) or now - since < settle:
+        return False
+    return check_due(now, every, last)
 
 
 def drill_summary(data: Mapping[str, Any]) -> str:
@@ -90,7 +120,8 @@ class DrillSchedule(JobSchedule):
     command = COMMAND
     process_name = "drill"
     last: float | None = None  # when the last drill started
-    _read = False  # ``last`` read from the record
+    since: float | None = None  # when this schedule first ran (its agent's start)
+    _read = False  # ``last`` read from the record, a crashed agent's restored copy removed
 
     @property
     def section(self) -> BackupConfig:
@@ -108,10 +139,21 @@ class DrillSchedule(JobSchedule):
         return len(self.cfg.nodes) == 1
 
     @property
+    def settle(self) -> float:
+        """A cold start's election: the last active's head start (``boot_grace``), and one
+        lease TTL to take the lease."""
+        return derived_timings(self.cfg).boot_grace + self.cfg.coordination.lease_ttl
+
+    @property
     def scratch(self) -> Path:
-        """This node's own directory for its drills (cleared after each)."""
-        base = self.section.drill_scratch or Path(tempfile.gettempdir())
-        return base / f"hakit-drills-{self.node}"
+        """This agent's own directory for its drills (cleared after each, so no other
+        agent's may be it: another cluster's node of the same name shares the host's
+        directories, hence the state directory's digest)."""
+        state = self.cfg.cluster.state_dir
+        if self.section.drill_scratch is None:
+            return state / "backup" / "drills"
+        digest = hashlib.sha256(str(state).encode()).hexdigest()[:8]
+        return self.section.drill_scratch / f"hakit-drills-{self.node}-{digest}"
 
     def job(self) -> BackupJob:
         assert self.cfg.source is not None
@@ -120,13 +162,22 @@ class DrillSchedule(JobSchedule):
         )
 
     async def turn(self, epoch: int) -> None:
+        if self.since is None:
+            self.since = self.clock()
         if not self._read:
             self._read = True
             self.last = await asyncio.to_thread(last_drill_start, self.cfg.cluster.state_dir)
             await asyncio.to_thread(clear_scratch, self.scratch)  # a crashed agent's
-        if drills_here(epoch, self.alone) and check_due(
-            self.clock(), self.section.drill_interval, self.last
-        ):
+        due = drill_due(
+            self.clock(),
+            every=self.section.drill_interval,
+            last=self.last,
+            since=self.since,
+            settle=self.settle,
+            epoch=epoch,
+            alone=self.alone,
+        )
+        if due:
             self.last = self.clock()
             await self.drill(epoch)
 
@@ -134,7 +185,7 @@ class DrillSchedule(JobSchedule):
         epoch = self.active()
         if drills_here(epoch, self.alone):
             return ""
-        return f"{self.node} became the running active (epoch {epoch}): no drill beside its app"
+        return f"{self.node} took the lease (epoch {epoch}): no drill beside the active's app"
 
     async def drill(self, epoch: int) -> None:
         try:
@@ -159,6 +210,9 @@ class DrillSchedule(JobSchedule):
             return
         outcome = finished.outcome
         data: dict[str, Any] = dict(outcome.data)
+        if outcome.ok and data.get("empty"):
+            log.info("no backup to drill yet; the next try in an interval")
+            return
         target = data.get("target", "the backup target")
         if not outcome.ok:
             await self._failed(epoch, outcome.error, data)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -34,13 +35,16 @@ TWO_NODES = (
 )
 
 
-def standby_site(tmp_path: Path, backup: str = 'drill_interval = "1h"\n') -> AppSite:
+def standby_site(tmp_path: Path, backed_up: bool = True) -> AppSite:
     """The app site of tests.integration.backup.appsite in a two-node cluster, backed up
-    once, with a drill schedule (and ``drill_scratch``) in its [backup] section."""
+    once, with an hourly drill (and ``drill_scratch``) in its [backup] section."""
     site = make_app_site(tmp_path)
-    site.config.write_text(TWO_NODES.format(backup=backup + 'drill_scratch = "scratch"\n'))
-    result = run(site, "create")
-    assert result.exit_code == 0, result.output
+    site.config.write_text(
+        TWO_NODES.format(backup='drill_interval = "1h"\ndrill_scratch = "scratch"\n')
+    )
+    if backed_up:
+        result = run(site, "create")
+        assert result.exit_code == 0, result.output
     return site
 
 
@@ -53,15 +57,22 @@ def object_of(site: AppSite, name: str) -> Path:
     return site.repository / object_key(chunk)
 
 
-def schedule_of(site: AppSite, agent: Agentish, clock: Clock | None = None) -> DrillSchedule:
-    return DrillSchedule(
+def schedule_of(
+    site: AppSite, agent: Agentish, clock: Clock | None = None, settled: bool = True
+) -> DrillSchedule:
+    """node2's drill schedule; ``settled``: its agent started a cold start's election ago."""
+    clock = clock or Clock()
+    schedule = DrillSchedule(
         load_config(site.config),
         "node2",
         active=lambda: agent.epoch,
         record=agent.record,
         alert=agent.alert,
-        **({"clock": clock} if clock else {}),
+        clock=clock,
     )
+    if settled:
+        schedule.since = clock() - schedule.settle
+    return schedule
 
 
 def test_a_standby_drills_the_active_does_not_and_the_rhythm_is_kept(tmp_path: Path) -> None:
@@ -69,14 +80,21 @@ def test_a_standby_drills_the_active_does_not_and_the_rhythm_is_kept(tmp_path: P
     active = Agentish(epoch=4)
     schedule = schedule_of(site, active)
     assert schedule.enabled and schedule.tick == 1.0
-    asyncio.run(schedule.turn(4))  # the running active of a two-node cluster: never
+    asyncio.run(schedule.turn(4))  # the lease holder of a two-node cluster: never
     assert active.events == [] and not record_path(tmp_path / "state").exists()
 
     standby = Agentish(epoch=0)
-    schedule = schedule_of(site, standby)
+    clock = Clock(time.time())  # the drill records the real time: the rhythm is read from it
+    schedule = schedule_of(site, standby, clock, settled=False)
+    assert schedule.settle == 3 * load_config(site.config).coordination.lease_ttl
 
     async def turns() -> None:
-        await schedule.turn(0)  # no drill recorded yet: due now
+        await schedule.turn(0)  # the agent just started: any node may yet take the lease
+        clock.now += schedule.settle - 1
+        await schedule.turn(0)
+        assert standby.events == []
+        clock.now += 1
+        await schedule.turn(0)  # a standby, no drill recorded yet: due now
         await schedule.turn(0)  # an hour has not passed: nothing
 
     asyncio.run(turns())
@@ -89,12 +107,28 @@ def test_a_standby_drills_the_active_does_not_and_the_rhythm_is_kept(tmp_path: P
     record = json.loads(record_path(tmp_path / "state").read_text())
     assert record == data  # what `hakit backup list` shows
     assert "passed, 4 checks" in run(site, "list").output
-    assert list((tmp_path / "scratch" / "hakit-drills-node2").iterdir()) == []
+    assert schedule.scratch.parent == tmp_path / "scratch"
+    assert schedule.scratch.name.startswith("hakit-drills-node2-")
+    assert list(schedule.scratch.iterdir()) == []
 
     # A restarted agent reads the record: no drill before an hour has passed.
     again = Agentish(epoch=0)
-    asyncio.run(schedule_of(site, again).turn(0))
+    asyncio.run(schedule_of(site, again, Clock(clock.now + HOUR / 2)).turn(0))
     assert again.events == []
+
+
+def test_nothing_to_drill_before_the_first_backup(tmp_path: Path) -> None:
+    site = standby_site(tmp_path, backed_up=False)
+    agent = Agentish(epoch=0)
+    clock = Clock()
+    schedule = schedule_of(site, agent, clock)
+    asyncio.run(schedule.turn(0))  # no repository yet: no event, no alert, no record
+    assert agent.events == [] and agent.alerts == []
+    assert not record_path(tmp_path / "state").exists()
+    assert run(site, "create").exit_code == 0
+    clock.now += HOUR
+    asyncio.run(schedule.turn(0))
+    assert [kind for kind, _, _ in agent.events] == ["backup-drill"], agent.events
 
 
 def test_a_failed_drill_is_alerted_once_and_its_recovery_too(tmp_path: Path) -> None:
@@ -135,7 +169,7 @@ def test_a_drill_is_killed_when_its_node_becomes_the_active(tmp_path: Path) -> N
     os.mkfifo(stuck)  # a read of it blocks: the drill is mid-restore for as long as needed
     agent = Agentish(epoch=0)
     schedule = schedule_of(site, agent)
-    scratch = tmp_path / "scratch" / "hakit-drills-node2"
+    scratch = schedule.scratch
 
     async def scenario() -> None:
         drill = asyncio.create_task(schedule.turn(0))
@@ -145,14 +179,14 @@ def test_a_drill_is_killed_when_its_node_becomes_the_active(tmp_path: Path) -> N
             await asyncio.sleep(0.01)
         assert schedule.runner.process is not None and not drill.done()
         process = schedule.runner.process
-        agent.epoch = 6  # a failover: this standby is the running active now
+        agent.epoch = 6  # a failover: this standby holds the lease now
         await asyncio.wait_for(drill, 30)
         assert process.returncode == -9
 
     asyncio.run(scenario())
     ((kind, reason, data),) = agent.events
     assert kind == "backup-drill-failed" and data["abandoned"], agent.events
-    assert "node2 became the running active (epoch 6): no drill beside its app" in reason
+    assert "node2 took the lease (epoch 6): no drill beside the active's app" in reason
     assert agent.alerts == []
     assert list(scratch.iterdir()) == []  # its restored copy removed by the agent
 
@@ -171,9 +205,12 @@ def test_a_scheduled_drill_of_s3_backups(
     schedule = DrillSchedule(
         load_config(site.config), "node2", active=lambda: 0, record=agent.record, alert=agent.alert
     )
+    schedule.since = time.time() - schedule.settle  # a standby, its agent started a while ago
     asyncio.run(schedule.turn(0))
     ((kind, reason, data),) = agent.events
     assert kind == "backup-drill" and data["ok"], agent.events
+    assert schedule.scratch == tmp_path / "state" / "backup" / "drills"  # no drill_scratch
+    assert list(schedule.scratch.iterdir()) == []
     assert reason.startswith(f"restore drill of s3://{site.bucket}/backups/hakit/ (")
     assert " passed in " in reason and reason.endswith("3 checks; next in 24h")
     assert [check["name"] for check in data["checks"]][:2] == ["restore", "database"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from hakit.agent.drills import drill_summary, drills_here
+from hakit.agent.drills import drill_due, drill_summary, drills_here
 from hakit.agent.schedule import check_due, tick_for
 
 HOUR = 3600.0
@@ -22,6 +22,14 @@ NOW = 1_800_000_000.0
 )
 def test_drills_here(epoch: int, alone: bool, expected: bool) -> None:
     assert drills_here(epoch, alone) is expected
+
+
+def test_a_drill_waits_for_the_cold_start_election() -> None:
+    due = {"every": HOUR, "last": None, "settle": 30.0, "alone": False}
+    assert not drill_due(NOW, since=NOW - 29, epoch=0, **due)  # any node may yet take it
+    assert drill_due(NOW, since=NOW - 30, epoch=0, **due)
+    assert not drill_due(NOW, since=NOW - 30, epoch=3, **due)  # took the lease
+    assert not drill_due(NOW, since=NOW - 30, epoch=0, **{**due, "last": NOW - 60})
 
 
 def test_a_drill_is_due_as_a_health_check_is() -> None:

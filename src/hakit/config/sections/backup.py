@@ -14,7 +14,7 @@ Example::
     stale_after = "48h"                 # alert when the newest backup is older (default: 2 x interval)
     health_check_interval = "1h"        # every node checks the target (default: 1h with an interval)
     drill_interval = "24h"              # a standby's agent runs `hakit backup drill` (default: never)
-    drill_scratch = "/var/tmp/hakit"    # where drills restore (default: the system's temporary directory)
+    drill_scratch = "/srv/scratch"      # where drills restore (default: <cluster.state_dir>/backup/drills)
     keep_last = 7                       # retention, applied by `hakit backup prune` (restic's rules)
     keep_daily = 7
     keep_weekly = 4
@@ -56,7 +56,7 @@ class BackupConfig(_Section):
     health_check_interval: PositiveDuration | None = None  # None: 1 h when interval is set
     # Scheduled restore drills (hakit.agent.drills): by the standbys' agents.
     drill_interval: PositiveDuration | None = None  # None: no scheduled drill
-    drill_scratch: Path | None = None  # relative to this file; None: the system's temporary dir
+    drill_scratch: Path | None = None  # relative to this file; None: in cluster.state_dir
     # Retention and pruning (hakit.backup.prune), with a credential of its own.
     keep_last: int = Field(default=0, ge=0)
     keep_daily: int = Field(default=0, ge=0)
