@@ -1,6 +1,7 @@
-"""Encrypted backups to S3 over real HTTP (moto's server): the round trip and the drill, object
-names that are not the plaintext's SHA-256, keys refused before anything is written, and
-write-only mode with IAM enforced: a PutObject-only credential backs up, a read-only one drills."""
+"""Encrypted backups to S3 over real HTTP: the round trip and the drill, object names that are
+not the plaintext's SHA-256, keys refused before anything is written (moto's server and rclone
+serve s3), and write-only mode with IAM enforced (moto): a PutObject-only credential backs up,
+a read-only one drills."""
 
 from __future__ import annotations
 
@@ -42,9 +43,14 @@ def run(site: Site, keys: dict[str, str], *args: str) -> Any:
     return result
 
 
-def bucket_keys(moto: S3Server, site: Site) -> list[str]:
-    versions = moto.client().list_object_versions(Bucket=site.bucket).get("Versions", [])
-    return sorted(version["Key"] for version in versions)
+def bucket_keys(server: S3Server, site: Site) -> list[str]:
+    """Every object's key; with versioning, one per version (an overwrite shows twice)."""
+    client = server.client()
+    if server.versioning:
+        versions = client.list_object_versions(Bucket=site.bucket).get("Versions", [])
+        return sorted(version["Key"] for version in versions)
+    listed = client.list_objects_v2(Bucket=site.bucket).get("Contents", [])
+    return sorted(item["Key"] for item in listed)
 
 
 def plaintext_hashes(site: Site, keys: dict[str, str]) -> set[str]:
@@ -60,8 +66,8 @@ def plaintext_hashes(site: Site, keys: dict[str, str]) -> set[str]:
         close_store(store)
 
 
-def test_encrypted_s3_round_trip_and_refusals(tmp_path: Path, moto: S3Server) -> None:
-    site = make_site(tmp_path, moto)
+def test_encrypted_s3_round_trip_and_refusals(tmp_path: Path, s3: S3Server) -> None:
+    site = make_site(tmp_path, s3, versioning=s3.versioning)
     encrypt(site)
     master = os.urandom(32)
     keys = keyed(env(), master)
@@ -73,12 +79,12 @@ def test_encrypted_s3_round_trip_and_refusals(tmp_path: Path, moto: S3Server) ->
     assert result.exit_code == 0, result.output
     assert "0 blobs and 0 packs new; 1 objects uploaded" in result.text  # the manifest
 
-    stored = bucket_keys(moto, site)
+    stored = bucket_keys(s3, site)
     assert "backups/hakit/config" in stored
     hashes = plaintext_hashes(site, keys)
     names = {key.rsplit("/", 1)[-1] for key in stored if key.startswith("backups/hakit/")}
     assert len(hashes) > 10 and not names & hashes
-    body = moto.client().get_object(Bucket=site.bucket, Key=stored[-1])["Body"].read()
+    body = s3.client().get_object(Bucket=site.bucket, Key=stored[-1])["Body"].read()
     assert body.startswith(b"HKE1")
 
     assert ": ok," in run(site, keys, "verify").text
@@ -98,7 +104,7 @@ def test_encrypted_s3_round_trip_and_refusals(tmp_path: Path, moto: S3Server) ->
     for command in ("create", "verify", "drill"):
         result = run(site, env(), command)
         assert result.exit_code == 1 and "is encrypted" in result.text, (command, result.output)
-    assert bucket_keys(moto, site) == stored
+    assert bucket_keys(s3, site) == stored  # nothing added, nothing overwritten (versioning)
 
 
 def test_write_only_with_encryption(tmp_path: Path, own_moto: S3Server) -> None:
