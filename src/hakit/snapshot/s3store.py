@@ -313,8 +313,8 @@ class S3Store:
             return
         self._mark_done()  # the marker written: prunes need not wait for this capture
         failure = SnapshotError(
-            f"{self._where()} does not honour conditional writes (If-None-Match: a second "
-            "put of a new key was not refused), and a write-only credential cannot check "
+            f"{self._where()} does not honour conditional writes (If-None-Match: ignored, a "
+            "second put of a new key was not refused, or refused), and a write-only credential cannot check "
             "whether an object exists before it puts it: nothing was written, rather than "
             "overwrite objects; use a store that honours If-None-Match (AWS S3, MinIO), or "
             "a credential that may read (s3:GetObject) without write_only"
