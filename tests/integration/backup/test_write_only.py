@@ -1,6 +1,10 @@
 """Write-only mode against moto's server with IAM enforced: a credential allowed only
 s3:PutObject backs up, twice, and passes Jira's health check; one that may read is warned;
-one that may not write fails. A reading credential lists, verifies and restores."""
+one that may not write fails. A reading credential lists, verifies and restores.
+
+moto only: rclone serve s3 has no IAM policies (any key may do anything) and no versioning;
+what write-only mode does on a store without conditional writes (refused, nothing
+overwritten) is test_s3_backup.py's, on both servers."""
 
 from __future__ import annotations
 
