@@ -40,19 +40,13 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from hakit.snapshot.hashcache import RACY_NS
 
 ROOT = Path(__file__).resolve().parents[1]
-MOTO = Path(sys.executable).with_name("moto_server")
-KEYS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
 REGION = "us-east-1"
 TARGET_FULL = 1.5  # hakit capture + ship time / rsync's, at most
 TARGET_INCREMENTAL = 1.0
@@ -138,9 +132,17 @@ def python(*args: str) -> list[str]:
     return [sys.executable, *args]
 
 
+def s3_keys() -> dict[str, str]:
+    """The test S3 server's credential, in the environment's names. Imported here, not at
+    the top: the measured children import this file and need none of the test harness."""
+    from tests.support.s3servers import KEYS
+
+    return {name.upper(): value for name, value in KEYS.items()}
+
+
 def child_env() -> dict[str, str]:
     paths = [str(ROOT / "src"), str(ROOT)]
-    return {"PYTHONPATH": os.pathsep.join(paths), "COLUMNS": "200", **KEYS}
+    return {"PYTHONPATH": os.pathsep.join(paths), "COLUMNS": "200", **s3_keys()}
 
 
 # --- the home ---------------------------------------------------------------------------------
@@ -309,57 +311,6 @@ def hakit_operation(operation: str, config: Path, path: Path) -> None:
     print(f"seconds {time.monotonic() - started:.6f}")
 
 
-# --- moto ---------------------------------------------------------------------------------------
-
-
-@contextmanager
-def moto_server(port: int, log: Path) -> Iterator[str]:
-    endpoint = f"http://127.0.0.1:{port}"
-    with open(log, "wb") as output:
-        process = subprocess.Popen(
-            [str(MOTO), "-H", "127.0.0.1", "-p", str(port)],
-            stdin=subprocess.DEVNULL,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            env={k: v for k, v in os.environ.items() if not k.startswith("AWS_")},
-            start_new_session=True,
-        )
-    try:
-        deadline = time.monotonic() + 60
-        while True:  # bounded by the deadline
-            try:
-                with urllib.request.urlopen(f"{endpoint}/moto-api/data.json", timeout=2):
-                    break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"moto's server did not answer: {log}") from None
-                time.sleep(0.1)
-        yield endpoint
-    finally:
-        if process.poll() is None:
-            os.kill(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.kill(process.pid, signal.SIGKILL)
-                process.wait(timeout=5)
-
-
-def s3_client(endpoint: str) -> Any:
-    import boto3
-    from botocore.config import Config as BotoConfig
-
-    return boto3.session.Session(
-        aws_access_key_id=KEYS["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=KEYS["AWS_SECRET_ACCESS_KEY"],
-    ).client(
-        "s3",
-        endpoint_url=endpoint,
-        region_name=REGION,
-        config=BotoConfig(s3={"addressing_style": "path"}),
-    )
-
-
 FILESTORE = """<?xml version="1.1" ?>
 <filestore-config>
   <filestores>
@@ -469,16 +420,19 @@ def measure(args: argparse.Namespace, tmp: Path) -> tuple[Home, list[Row]]:
     full = local_round("full")
 
     # 2. S3: hakit backup, restic, boto3
-    (port,) = _free_ports(1)
-    with moto_server(port, tmp / "moto.log") as endpoint:
-        client = s3_client(endpoint)
+    from tests.support.s3servers import start_moto
+
+    server = start_moto()  # stopped by its PID below
+    try:
+        endpoint = server.endpoint
+        client = server.client()
         for bucket in ("hakit", "restic", "boto3"):
             client.create_bucket(Bucket=bucket)
         (tmp / "filestore-config.xml").write_text(
             FILESTORE.format(bucket="hakit", endpoint=endpoint, concurrency=args.concurrency)
         )
         restic_env = {
-            **KEYS,
+            **s3_keys(),
             "RESTIC_PASSWORD": "benchmark",
             "RESTIC_REPOSITORY": f"s3:{endpoint}/restic",
             "RESTIC_CACHE_DIR": str(tmp / "restic-cache"),
@@ -521,6 +475,8 @@ def measure(args: argparse.Namespace, tmp: Path) -> tuple[Home, list[Row]]:
             f"S3 restore: hakit {restored.seconds:.2f} s (peak {restored.peak_mb:.0f} MB); "
             f"restic {restic_restored.seconds:.2f} s (peak {restic_restored.peak_mb:.0f} MB)"
         )
+    finally:
+        server.stop()
 
     def time_row(name: str, runs: tuple[Run, Run, Run], target: float) -> Row:
         ours = runs[0].seconds + runs[1].seconds
@@ -592,12 +548,6 @@ def measure(args: argparse.Namespace, tmp: Path) -> tuple[Home, list[Row]]:
             )
         )
     return home, rows
-
-
-def _free_ports(count: int) -> list[int]:
-    from hakit.demo.cluster import free_ports
-
-    return free_ports(count)
 
 
 def table(rows: list[Row]) -> list[str]:

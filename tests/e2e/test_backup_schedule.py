@@ -1,7 +1,8 @@
 """The active node's agent backs up every ``[backup] interval`` (hakit.agent.backups), each
 backup in a process of its own, while its lease renewals go on; every node runs the backup
-health check. The lease never changes hands, every generation is the active's under its
-epoch, the standby never backs up."""
+health check; the standbys run restore drills (hakit.agent.drills). The lease never changes
+hands, every generation is the active's under its epoch, the standby never backs up, the
+active never drills."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ def with_backups(cluster: DemoCluster) -> None:
     with open(cluster.config_path, "a") as config:
         config.write(
             '\n[backup]\ndirectory = "backups"\ninterval = "1s"\nhealth_check_interval = "1s"\n'
+            'drill_interval = "10s"\n'
         )
     home = cluster.root / "shared" / "home" / "data"
     home.mkdir(parents=True)
@@ -48,6 +50,7 @@ def test_the_active_backs_up_on_schedule_while_its_lease_holds(tmp_path: Path) -
             return len(events_of(cluster, "backup")) >= BACKUPS
 
         wait_for(backed_up, 90, f"{BACKUPS} scheduled backups by {active}")
+        wait_for(lambda: events_of(cluster, "backup-drill"), 90, "a standby's restore drill")
         store = open_local_store(cluster.root / "backups")
         generations = store.list_manifests()
         assert len(generations) >= BACKUPS
@@ -59,8 +62,18 @@ def test_the_active_backs_up_on_schedule_while_its_lease_holds(tmp_path: Path) -
         backups = events_of(cluster, "backup")
         assert {event.node for event in backups} == {active}
         assert all(event.epoch == epoch for event in backups)
+        # The standbys drill, never the active (no drill before the first backup: no failure).
+        drills = events_of(cluster, "backup-drill")
+        assert active not in {event.node for event in drills}
+        assert all(event.data["ok"] for event in drills)
         # Nothing failed, nothing stale; the health checks (every node's) found nothing to say.
-        for kind in ("backup-failed", "backup-stale", "backup-check", "alert"):
+        for kind in (
+            "backup-failed",
+            "backup-stale",
+            "backup-check",
+            "backup-drill-failed",
+            "alert",
+        ):
             assert events_of(cluster, kind) == [], kind
         for kind in ("lease", "fenced", "promoted", "failover"):
             assert events_of(cluster, kind) == [], kind

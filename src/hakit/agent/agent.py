@@ -58,6 +58,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, assert_never
 
 from hakit.agent.backups import BackupSchedule
+from hakit.agent.drills import DrillSchedule
 from hakit.agent.failsafe import FailsafeSide
 from hakit.agent.lease import LeaseKeeper, Wake
 from hakit.agent.operator_side import OperatorSide
@@ -246,6 +247,15 @@ class Agent:
             record=self._record,
             alert=self._execute,
         )
+        # [backup] drill_interval: the standbys drill (hakit.agent.drills); a node that holds
+        # the lease, its app running or not yet, is no standby.
+        self.drills = DrillSchedule(
+            cfg,
+            self.node.name,
+            active=lambda: self.lease.epoch,
+            record=self._record,
+            alert=self._execute,
+        )
         self.served_epoch = 0  # the highest epoch this node was active under (kept in the store)
         self._published_at = float("-inf")  # monotonic: the operator loop publishes a heartbeat
         self._published_content: tuple[Any, ...] | None = None  # the last record sent, untimed
@@ -410,6 +420,7 @@ class Agent:
         if self.snapshots.enabled:
             tasks.append(asyncio.create_task(self.snapshots.run(), name="snapshots"))
         tasks.append(asyncio.create_task(self.backups.run(), name="backups"))  # idle if off
+        tasks.append(asyncio.create_task(self.drills.run(), name="drills"))  # idle if off
         stop_waiter = asyncio.create_task(self._stop_requested.wait())
         # Started: leftovers swept, the store read, the loops running.
         self.service.ready(f"node {self.node.name}: started (pid {os.getpid()})")

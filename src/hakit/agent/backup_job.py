@@ -1,12 +1,14 @@
-"""One scheduled backup or health check, in a process of its own (``COMMAND``, ``--parent PID``).
+"""One scheduled backup, health check or restore drill, in a process of its own
+(``COMMAND``, ``--parent PID``).
 
-The agent (hakit.agent.backups) starts it and writes the ``BackupJob`` as JSON on
-its stdin; it prints one JSON line, hakit.agent.snapshot_job's ``Outcome``, and
-exits 0, or 1 when it failed. A process for the reasons snapshot_job gives
-(hashing holds the interpreter lock; killed by PID the moment the node is no
-longer the running active; dies with the agent). The health check runs here too,
-so a store that hangs holds no thread of the agent: the agent kills it after
-``CHECK_TIMEOUT``.
+The agent (hakit.agent.backups, hakit.agent.drills) starts it and writes the
+``BackupJob`` as JSON on its stdin; it prints hakit.agent.jobs' ``Outcome`` (which
+says why a process: hashing and restoring hold the interpreter lock, a job is
+killed by PID the moment the node's role changes, it dies with the agent). The
+health check runs here too, so a store that hangs holds no thread of the agent:
+the agent kills it after ``CHECK_TIMEOUT``. A drill's outcome is ok when the drill
+passed; its data is the drill's record (hakit.backup.drill), which the job also
+keeps in the node's state directory.
 
 The target is read again from the configuration file (``config``), as ``hakit
 backup create`` reads it: filestore-config.xml may have changed since the agent
@@ -15,16 +17,14 @@ started, and the credentials come from the agent's environment.
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from hakit.agent.snapshot_job import NICENESS, Outcome, _die_with
+from hakit.agent.jobs import Outcome, job_main
+from hakit.backup.drill import drill_from_config, holds_no_generation
 from hakit.backup.healthcheck import run_directory_check, run_s3_check
 from hakit.backup.stores import close_store, open_store, s3_client, unwrapped
 from hakit.backup.target import LocalTarget, resolve_target
@@ -37,16 +37,18 @@ from hakit.snapshot.s3store import S3Store
 COMMAND = ("-c", "import sys; from hakit.agent.backup_job import main; sys.exit(main())")
 BACKUP = "backup"
 CHECK = "check"
+DRILL = "drill"
 
 
 @dataclass(frozen=True, slots=True)
 class BackupJob:
-    kind: str  # BACKUP or CHECK
+    kind: str  # BACKUP, CHECK or DRILL
     config: str  # the hakit.toml the agent runs with
     node: str
     epoch: int = 0
     home: str = ""  # this node's home and database (replicated storage: its own)
     database_url: str = ""
+    scratch: str = ""  # DRILL: where it restores (a new directory is made in it)
 
     def encode(self) -> bytes:
         return json.dumps(asdict(self)).encode()
@@ -124,16 +126,26 @@ def check(job: BackupJob) -> Outcome:
     )
 
 
+def drill(job: BackupJob) -> Outcome:
+    """``hakit backup drill``'s drill of the newest generation, recorded; nothing (``data``
+    "empty") when the target holds no generation yet."""
+    try:
+        cfg = load_config(Path(job.config))
+        if holds_no_generation(resolve_target(cfg)):
+            return Outcome(True, data={"empty": True})
+        report, target = drill_from_config(cfg, scratch=Path(job.scratch) if job.scratch else None)
+    except (HakitError, OSError) as error:
+        return Outcome(ok=False, error=str(error))
+    failed = [f"{check.name}: {check.detail}" for check in report.checks if check.failed]
+    return Outcome(
+        report.ok, report.generation or "", error="; ".join(failed), data=report.encode(target)
+    )
+
+
 def run(job: BackupJob) -> Outcome:
-    return check(job) if job.kind == CHECK else backup(job)
+    jobs = {BACKUP: backup, CHECK: check, DRILL: drill}
+    return jobs[job.kind](job)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="hakit.agent.backup_job")
-    parser.add_argument("--parent", type=int, required=True, help="the agent's pid")
-    args = parser.parse_args(argv)
-    _die_with(args.parent)
-    os.nice(NICENESS)
-    outcome = run(BackupJob.decode(sys.stdin.buffer.read()))
-    print(outcome.encode(), flush=True)
-    return 0 if outcome.ok else 1
+    return job_main("hakit.agent.backup_job", lambda data: run(BackupJob.decode(data)), argv)

@@ -28,19 +28,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import sys
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from hakit.agent.backup_job import BACKUP, CHECK, COMMAND, BackupJob
-from hakit.agent.snapshot_job import Outcome
-from hakit.agent.snapshots import STDERR_TAIL, Raise, Record, capture_due, newest_capture_time
+from hakit.agent.jobs import Finished, Outcome
+from hakit.agent.schedule import JobSchedule, check_due
+from hakit.agent.snapshots import NO_GENERATION, capture_due, newest_capture_time, no_longer_active
 from hakit.backup.healthcheck import Status
 from hakit.backup.target import BackupTarget, LocalTarget, resolve_target
-from hakit.config import Config, format_duration
+from hakit.config import format_duration
+from hakit.config.sections.backup import BackupConfig
 from hakit.errors import HakitError
 from hakit.history.kinds import AlertKind, EventKind
 from hakit.policy import Alert
@@ -48,7 +47,6 @@ from hakit.snapshot.s3store import MANIFEST_COPIES
 
 log = logging.getLogger("hakit.agent.backups")
 
-MAX_TICK = 1.0
 CHECK_TIMEOUT = 120.0  # seconds a health check may take before it is killed (an error)
 
 
@@ -66,12 +64,6 @@ def stale_age(
     reference = last_success if last_success is not None else active_since
     age = now - reference
     return age if age > threshold else None
-
-
-def check_due(now: float, every: float | None, last: float | None) -> bool:
-    if every is None:
-        return False
-    return last is None or now - last >= every or last - now > every
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,93 +99,27 @@ def newest_backup_time(target: BackupTarget) -> float | None:
     return max(times) if times else None
 
 
-@dataclass(frozen=True, slots=True)
-class Finished:
-    outcome: Outcome
-    seconds: float
-    abandoned: str  # why it was killed ("" when it ran to its end)
-
-
-async def run_job(
-    job: BackupJob, tick: float, stop_reason: Callable[[], str], timeout: float | None = None
-) -> Finished:
-    """``job`` in its own process; killed when ``stop_reason()`` says why or after ``timeout``."""
-    started = time.monotonic()
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        *COMMAND,
-        "--parent",
-        str(os.getpid()),
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    talk = asyncio.ensure_future(process.communicate(job.encode()))
-    abandoned = ""
-    try:
-        while not talk.done():
-            await asyncio.wait({talk}, timeout=tick)
-            if talk.done() or abandoned:
-                continue
-            abandoned = stop_reason()
-            if not abandoned and timeout is not None and time.monotonic() - started > timeout:
-                abandoned = f"it took more than {format_duration(timeout)}"
-            if abandoned:
-                process.kill()
-        stdout, stderr = talk.result()
-    finally:
-        if process.returncode is None:  # cancelled: the agent is stopping
-            process.kill()
-            talk.cancel()
-    seconds = time.monotonic() - started
-    return Finished(_outcome(stdout, stderr, process.returncode), seconds, abandoned)
-
-
-def _outcome(stdout: bytes, stderr: bytes, code: int | None) -> Outcome:
-    lines = stdout.decode(errors="replace").strip().splitlines()
-    if lines:
-        try:
-            return Outcome.decode(lines[-1])
-        except (ValueError, KeyError, TypeError):
-            pass
-    tail = stderr.decode(errors="replace").strip()[-STDERR_TAIL:]
-    return Outcome(ok=False, error=f"the backup process ended with code {code}: {tail}")
-
-
-class BackupSchedule:
+class BackupSchedule(JobSchedule):
     """``await schedule.run()`` beside the agent's other loops."""
 
-    def __init__(
-        self,
-        cfg: Config,
-        node: str,
-        *,
-        active: Callable[[], int],
-        record: Record,
-        alert: Raise,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        self.section = cfg.backup
-        self.cfg = cfg
-        self.node = node
-        self.active = active
-        self.record = record
-        self.alert = alert
-        self.clock = clock
-        shortest = min(
-            (every for every in (self.section.interval, self.section.health_every) if every),
-            default=MAX_TICK,
-        )
-        self.tick = min(MAX_TICK, shortest / 4)
-        self.last: float | None = None  # the newest backup's (or attempt's) start
-        self.last_success: float | None = None
-        self.active_since: float | None = None
-        self.failures = 0  # consecutive
-        self.stale_alerted = False
-        self.last_check: float | None = None
-        self.previous_check: tuple[Status, tuple[str, ...]] | None = None
-        self.warned: frozenset[tuple[str, ...]] = frozenset()
-        self._epoch_seen = 0
+    label = "backup"
+    command = COMMAND
+    process_name = "backup"
+    last: float | None = None  # the newest backup's (or attempt's) start
+    last_success: float | None = None
+    active_since: float | None = None
+    stale_alerted = False
+    last_check: float | None = None
+    previous_check: tuple[Status, tuple[str, ...]] | None = None
+    warned: frozenset[tuple[str, ...]] = frozenset()
+    _epoch_seen = 0
+
+    @property
+    def section(self) -> BackupConfig:
+        return self.cfg.backup
+
+    def intervals(self) -> tuple[float | None, ...]:
+        return (self.section.interval, self.section.health_every)
 
     @property
     def enabled(self) -> bool:
@@ -214,23 +140,6 @@ class BackupSchedule:
             home=str(self.cfg.home_of(node)),
             database_url=self.cfg.database_url_of(node),
         )
-
-    async def run(self) -> None:
-        """The schedule; when not ``enabled``, waits forever (the agent cancels it)."""
-        if not self.enabled:
-            await asyncio.Event().wait()
-        while True:
-            await asyncio.sleep(self.tick)
-            epoch = self.active()
-            try:
-                await self.turn(epoch)
-            except Exception as error:  # a backup's bug must not end the agent (and its app)
-                log.exception("scheduled backup")
-                self.record(
-                    EventKind.INTERNAL,
-                    f"scheduled backup: unexpected {error!r}; the schedule goes on",
-                    epoch=epoch,
-                )
 
     async def turn(self, epoch: int) -> None:
         now = self.clock()
@@ -260,28 +169,17 @@ class BackupSchedule:
             self.last_success = max(self.last_success or stored, stored)
 
     async def backup(self, epoch: int) -> None:
-        def no_longer_active() -> str:
-            now_epoch = self.active()
-            if now_epoch == epoch:
-                return ""
-            return f"{self.node} is no longer the running active of epoch {epoch}" + (
-                f" (now epoch {now_epoch})" if now_epoch else ""
-            )
-
         try:
-            finished = await run_job(self.job(BACKUP, epoch), self.tick, no_longer_active)
+            finished = await self.runner.run(
+                self.job(BACKUP, epoch).encode(),
+                self.tick,
+                no_longer_active(self.node, epoch, self.active),
+            )
         except OSError as error:
             await self._failed(epoch, f"the backup process could not start: {error}")
             return
         if finished.abandoned:
-            self.record(
-                EventKind.BACKUP_FAILED,
-                f"scheduled backup abandoned after {finished.seconds:.1f} s: "
-                f"{finished.abandoned}; its process was killed (no generation, unless its "
-                "manifest was already written)",
-                epoch=epoch,
-                data={"abandoned": True, "seconds": round(finished.seconds, 3)},
-            )
+            self.record_abandoned(EventKind.BACKUP_FAILED, finished, epoch, NO_GENERATION)
             return
         outcome = finished.outcome
         if not outcome.ok:
@@ -303,16 +201,10 @@ class BackupSchedule:
         )
 
     async def _failed(self, epoch: int, error: str) -> None:
-        self.failures += 1
         reason = f"scheduled backup failed: {error}"
-        self.record(
-            EventKind.BACKUP_FAILED,
-            reason,
-            epoch=epoch,
-            data={"error": error, "failures": self.failures},
+        await self.failed(
+            EventKind.BACKUP_FAILED, reason, epoch, AlertKind.BACKUP, {"error": error}
         )
-        if self.failures == 1:  # once per run of failures: the history has the rest
-            await self.alert(Alert(AlertKind.BACKUP, reason, data={"error": error}))
 
     async def _watch_staleness(self, epoch: int) -> None:
         threshold = self.section.stale_threshold
@@ -331,7 +223,9 @@ class BackupSchedule:
 
     async def check(self, epoch: int) -> None:
         try:
-            finished = await run_job(self.job(CHECK), self.tick, lambda: "", CHECK_TIMEOUT)
+            finished = await self.runner.run(
+                self.job(CHECK).encode(), self.tick, lambda: "", CHECK_TIMEOUT
+            )
         except OSError as error:
             finished = Finished(Outcome(ok=False, error=str(error)), 0.0, "")
         outcome = finished.outcome

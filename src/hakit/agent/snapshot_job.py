@@ -1,31 +1,21 @@
 """One scheduled capture, in a process of its own (``COMMAND``, then ``--parent PID``).
 
 The agent (hakit.agent.snapshots) starts it and writes the ``Job`` as JSON on its
-stdin (not on the command line: the database URL may hold a password); it prints
-one JSON line, the ``Outcome``, and exits 0, or 1 when the capture failed.
-
-A process, not a thread of the agent: hashing a home is CPU work that would hold
-the agent's interpreter lock and delay its lease renewals and probes; here it
-runs at a lower priority (``nice``) and can be killed by PID the moment the node
-is no longer active. It dies with the agent (``PR_SET_PDEATHSIG``), so no capture
-goes on under an agent that is gone; a capture killed midway leaves no
-generation (the manifest is written last) and its objects are swept by a later
-prune once older than the grace period.
+stdin; it prints the ``Outcome`` (hakit.agent.jobs, which says why a process, at a
+lower priority, dying with the agent). A capture killed midway leaves no generation
+(the manifest is written last) and its objects are swept by a later prune once
+older than the grace period.
 """
 
 from __future__ import annotations
 
-import argparse
-import ctypes
 import json
-import os
-import signal
-import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from hakit.agent.jobs import Outcome, job_main
 from hakit.errors import HakitError
 from hakit.snapshot.capture import CaptureOptions, create_snapshot
 from hakit.snapshot.database import DUMP
@@ -33,10 +23,8 @@ from hakit.snapshot.prune import prune
 from hakit.snapshot.retention import RetentionPolicy
 from hakit.snapshot.store import open_local_store
 
-NICENESS = 10  # below the agent and the app
 # Not ``-m hakit.agent.snapshot_job``: the package imports this module first (runpy warns).
 COMMAND = ("-c", "import sys; from hakit.agent.snapshot_job import main; sys.exit(main())")
-_PR_SET_PDEATHSIG = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,29 +50,6 @@ class Job:
     @property
     def policy(self) -> RetentionPolicy:
         return RetentionPolicy(self.keep_last, self.keep_daily, self.keep_weekly)
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    ok: bool
-    generation: str = ""
-    error: str = ""  # the capture's failure
-    data: dict[str, Any] = field(default_factory=dict)  # counts, for the history
-    prune_error: str = ""  # the capture succeeded, retention did not
-
-    def encode(self) -> str:
-        return json.dumps(asdict(self), separators=(",", ":"))
-
-    @classmethod
-    def decode(cls, line: str) -> Outcome:
-        raw = json.loads(line)
-        return cls(
-            ok=bool(raw["ok"]),
-            generation=str(raw.get("generation", "")),
-            error=str(raw.get("error", "")),
-            data=dict(raw.get("data", {})),
-            prune_error=str(raw.get("prune_error", "")),
-        )
 
 
 def run(job: Job) -> Outcome:
@@ -122,19 +87,5 @@ def run(job: Job) -> Outcome:
     return Outcome(True, report.manifest.generation, data=data, prune_error=prune_error)
 
 
-def _die_with(parent: int) -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() != parent:  # the agent died before the line above
-        sys.exit(1)
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="hakit.agent.snapshot_job")
-    parser.add_argument("--parent", type=int, required=True, help="the agent's pid")
-    args = parser.parse_args(argv)
-    _die_with(args.parent)
-    os.nice(NICENESS)
-    outcome = run(Job.decode(sys.stdin.buffer.read()))
-    print(outcome.encode(), flush=True)
-    return 0 if outcome.ok else 1
+    return job_main("hakit.agent.snapshot_job", lambda data: run(Job.decode(data)), argv)

@@ -5,8 +5,8 @@
 - **Only the active captures**: a node captures while it holds the lease and its
   policy is RUNNING as active (``active_epoch``); a standby never does.
 - **Never in the agent's way**: the capture runs in a process of its own
-  (hakit.agent.snapshot_job) at a lower priority; this task only starts it and
-  waits, so the lease loop, the probes and the heartbeat run as usual.
+  (hakit.agent.snapshot_job, hakit.agent.jobs) at a lower priority; this task only
+  starts it and waits, so the lease loop, the probes and the heartbeat run as usual.
 - **Abandoned when the lease goes**: while it waits, this task checks every
   ``tick`` that the node is still active under the epoch the capture started
   with; if not, it kills the capture by PID. A capture killed midway leaves no
@@ -25,27 +25,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import sys
-import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from hakit.agent.snapshot_job import COMMAND, Job, Outcome
-from hakit.config import Config, format_duration
+from hakit.agent.jobs import Finished
+from hakit.agent.schedule import JobSchedule
+from hakit.agent.snapshot_job import COMMAND, Job
+from hakit.config import format_duration
+from hakit.config.sections.snapshot import SnapshotConfig
 from hakit.history.kinds import AlertKind, EventKind
-from hakit.policy import Alert, PolicyState, PolicyView, Role
+from hakit.policy import PolicyState, PolicyView, Role
 from hakit.snapshot.prune import MANIFESTS
 from hakit.snapshot.store import LocalStore
 
 log = logging.getLogger("hakit.agent.snapshots")
 
-MAX_TICK = 1.0  # how often the schedule (and, during a capture, the lease) is looked at
-STDERR_TAIL = 600  # characters of a crashed capture's stderr kept in its event
 
-Record = Callable[..., None]  # Agent._record(kind, reason, *, epoch=, data=)
-Raise = Callable[[Alert], Awaitable[None]]  # Agent._execute
+NO_GENERATION = "no generation, unless its manifest was already written"
 
 
 def active_epoch(view: PolicyView, lease_epoch: int) -> int:
@@ -66,6 +63,21 @@ def capture_due(now: float, interval: float | None, last: float | None, *, activ
     return now - last >= interval or last - now > interval
 
 
+def no_longer_active(node: str, epoch: int, active: Callable[[], int]) -> Callable[[], str]:
+    """A job's ``stop_reason``: why a job started as the running active of ``epoch`` must
+    stop ("" while the node still is)."""
+
+    def reason() -> str:
+        now_epoch = active()
+        if now_epoch == epoch:
+            return ""
+        return f"{node} is no longer the running active of epoch {epoch}" + (
+            f" (now epoch {now_epoch})" if now_epoch else ""
+        )
+
+    return reason
+
+
 def newest_capture_time(directory: Path) -> float | None:
     """When the repository's newest manifest was written (None: no generation yet)."""
     if not (directory / MANIFESTS).is_dir():
@@ -74,50 +86,30 @@ def newest_capture_time(directory: Path) -> float | None:
     return max(times) / 1e9 if times else None
 
 
-class SnapshotSchedule:
+class SnapshotSchedule(JobSchedule):
     """``await schedule.run()`` beside the agent's other loops (only when ``enabled``)."""
 
-    def __init__(
-        self,
-        cfg: Config,
-        node: str,
-        *,
-        active: Callable[[], int],
-        record: Record,
-        alert: Raise,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        self.section = cfg.snapshot
-        self.cfg = cfg
-        self.node = node
-        self.active = active
-        self.record = record
-        self.alert = alert
-        self.clock = clock
-        interval = self.section.interval
-        self.tick = min(MAX_TICK, interval / 4) if interval else MAX_TICK
-        self.last: float | None = None
-        self.failures = 0  # consecutive
-        self._epoch_seen = 0  # the epoch ``last`` was read from the repository for
-        self.process: asyncio.subprocess.Process | None = None  # the capture running now
+    label = "snapshot"
+    command = COMMAND
+    process_name = "capture"
+    last: float | None = None  # when the newest capture started
+    _epoch_seen = 0  # the epoch ``last`` was read from the repository for
+
+    @property
+    def section(self) -> SnapshotConfig:
+        return self.cfg.snapshot
+
+    def intervals(self) -> tuple[float | None, ...]:
+        return (self.section.interval,)
+
+    @property
+    def process(self) -> asyncio.subprocess.Process | None:
+        """The capture running now."""
+        return self.runner.process
 
     @property
     def enabled(self) -> bool:
         return self.section.interval is not None and self.section.directory is not None
-
-    async def run(self) -> None:
-        while True:
-            await asyncio.sleep(self.tick)
-            epoch = self.active()
-            try:
-                await self.turn(epoch)
-            except Exception as error:  # a snapshot's bug must not end the agent (and its app)
-                log.exception("scheduled snapshot")
-                self.record(
-                    EventKind.INTERNAL,
-                    f"scheduled snapshot: unexpected {error!r}; the schedule goes on",
-                    epoch=epoch,
-                )
 
     async def turn(self, epoch: int) -> None:
         if epoch and epoch != self._epoch_seen:
@@ -154,50 +146,16 @@ class SnapshotSchedule:
 
     async def capture(self, epoch: int) -> None:
         """One capture in its own process; killed if the node stops being active."""
-        started = time.monotonic()
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            *COMMAND,
-            "--parent",
-            str(os.getpid()),
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
+        finished = await self.runner.run(
+            self.job(epoch).encode(), self.tick, no_longer_active(self.node, epoch, self.active)
         )
-        self.process = process
-        talk = asyncio.ensure_future(process.communicate(self.job(epoch).encode()))
-        abandoned = ""
-        try:
-            while not talk.done():
-                await asyncio.wait({talk}, timeout=self.tick)
-                now_epoch = self.active()
-                if not talk.done() and now_epoch != epoch and not abandoned:
-                    abandoned = f"{self.node} is no longer the running active of epoch {epoch}" + (
-                        f" (now epoch {now_epoch})" if now_epoch else ""
-                    )
-                    process.kill()
-            stdout, stderr = talk.result()
-        finally:
-            if process.returncode is None:  # cancelled: the agent is stopping
-                process.kill()
-                talk.cancel()
-            self.process = None
-        seconds = time.monotonic() - started
-        if abandoned:
-            self.record(
-                EventKind.SNAPSHOT_FAILED,
-                f"scheduled snapshot abandoned after {seconds:.1f} s: {abandoned}; its "
-                "process was killed (no generation, unless its manifest was already written)",
-                epoch=epoch,
-                data={"abandoned": True, "seconds": round(seconds, 3)},
-            )
+        if finished.abandoned:
+            self.record_abandoned(EventKind.SNAPSHOT_FAILED, finished, epoch, NO_GENERATION)
             return
-        await self._report(epoch, process.returncode, stdout, stderr, seconds)
+        await self._report(epoch, finished)
 
-    async def _report(
-        self, epoch: int, code: int | None, stdout: bytes, stderr: bytes, seconds: float
-    ) -> None:
-        outcome = _outcome(stdout, stderr, code)
+    async def _report(self, epoch: int, finished: Finished) -> None:
+        outcome, seconds = finished.outcome, finished.seconds
         directory = self.section.directory
         if not outcome.ok:
             await self._failed(epoch, outcome.error)
@@ -222,25 +180,7 @@ class SnapshotSchedule:
         )
 
     async def _failed(self, epoch: int, error: str) -> None:
-        self.failures += 1
         reason = f"scheduled snapshot into {self.section.directory} failed: {error}"
-        self.record(
-            EventKind.SNAPSHOT_FAILED,
-            reason,
-            epoch=epoch,
-            data={"error": error, "failures": self.failures},
+        await self.failed(
+            EventKind.SNAPSHOT_FAILED, reason, epoch, AlertKind.SNAPSHOT, {"error": error}
         )
-        if self.failures == 1:  # once per run of failures: the history has the rest
-            await self.alert(Alert(AlertKind.SNAPSHOT, reason, data={"error": error}))
-
-
-def _outcome(stdout: bytes, stderr: bytes, code: int | None) -> Outcome:
-    """The job's last stdout line, or a failure built from its exit and stderr."""
-    lines = stdout.decode(errors="replace").strip().splitlines()
-    if lines:
-        try:
-            return Outcome.decode(lines[-1])
-        except (ValueError, KeyError, TypeError):
-            pass
-    tail = stderr.decode(errors="replace").strip()[-STDERR_TAIL:]
-    return Outcome(ok=False, error=f"the capture process ended with code {code}: {tail}")

@@ -43,13 +43,14 @@ from hakit.backup.drillchecks import (
 )
 from hakit.backup.pgscratch import check_base_backup
 from hakit.backup.stores import close_store, open_store
-from hakit.backup.target import LocalTarget, resolve_target
+from hakit.backup.target import BackupTarget, LocalTarget, resolve_target
 from hakit.config.schema import Config
 from hakit.snapshot.basebackup import BASEBACKUP
 from hakit.snapshot.database import SQLITE, database_target
 from hakit.snapshot.format import Manifest, SnapshotError
 from hakit.snapshot.pgrestore import generation_tag
 from hakit.snapshot.postgres import POSTGRESQL
+from hakit.snapshot.prune import MANIFESTS
 from hakit.snapshot.restore import DATABASE, HOME, restore_generation
 from hakit.snapshot.store import Store
 from hakit.snapshot.verify import read_manifest
@@ -209,6 +210,17 @@ def run_drill(
     )
 
 
+def format_age(seconds: float) -> str:
+    """How old a recovery point is, for people: "40 s", "12 min", "5.5 h", "3.0 days"."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
+
+
 # --- the record ---------------------------------------------------------------------
 
 
@@ -241,6 +253,25 @@ def live_paths(cfg: Config, repository: Path | None) -> list[Path]:
     if repository is not None:
         paths.append(repository)
     return paths
+
+
+def holds_no_generation(target: BackupTarget, environ: Mapping[str, str] | None = None) -> bool:
+    """True when the target holds no generation yet: a directory without a repository, or a
+    repository without a manifest (a new cluster before its first backup). Nothing to drill:
+    the agent's schedule skips it (a missing backup is ``stale_after``'s alert, on the
+    active). False when it cannot be read: the drill says why."""
+    if isinstance(target, LocalTarget) and not (target.directory / MANIFESTS).is_dir():
+        return True
+    try:
+        store = open_store(target, reading=True, environ=environ)
+    except (SnapshotError, OSError):
+        return False
+    try:
+        return not store.list_manifests()
+    except (SnapshotError, OSError):
+        return False
+    finally:
+        close_store(store)
 
 
 def drill_from_config(

@@ -20,7 +20,13 @@ from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TextColumn
 from rich.table import Table
 
-from hakit.backup.drill import DrillReport, drill_from_config, load_record, record_path
+from hakit.backup.drill import (
+    DrillReport,
+    drill_from_config,
+    format_age,
+    load_record,
+    record_path,
+)
 from hakit.backup.drillchecks import FAIL, PASS
 from hakit.backup.healthcheck import Status, run_directory_check, run_s3_check
 from hakit.backup.prune import prune_backups, prune_credential
@@ -319,16 +325,6 @@ def check(
         raise typer.Exit(1)
 
 
-def _age(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    if seconds < 172800:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 86400:.1f} days"
-
-
 def _print_drill(report: DrillReport, target: str) -> None:
     console.print(f"drill of {escape(target)}", highlight=False, soft_wrap=True)
     colours = {PASS: "green", FAIL: "red"}
@@ -344,7 +340,7 @@ def _print_drill(report: DrillReport, target: str) -> None:
         age = max(0.0, (report.finished_ns - report.taken_ns) / 1e9)
         console.print(
             f"recovery point: generation {report.generation}, taken {_when(report.taken_ns)} "
-            f"({_age(age)} before this drill)",
+            f"({format_age(age)} before this drill)",
             highlight=False,
             soft_wrap=True,
         )

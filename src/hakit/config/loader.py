@@ -270,6 +270,7 @@ def _resolve_paths(values: dict[str, Any], base: Path) -> dict[str, Any]:
                 "encryption_key_file": resolved(backup.encryption_key_file)
                 if backup.encryption_key_file
                 else None,
+                "drill_scratch": resolved(backup.drill_scratch) if backup.drill_scratch else None,
             }
         ),
         "snapshot": snapshot.model_copy(

@@ -63,6 +63,10 @@ class EventKind(enum.StrEnum):
     BACKUP_FAILED = "backup-failed"  # a backup failed or was abandoned (lease lost)
     BACKUP_STALE = "backup-stale"  # the newest backup is older than [backup] stale_after
     BACKUP_CHECK = "backup-check"  # the backup health check's result (when not ok, or changed)
+    # scheduled restore drills by the standbys' agents (hakit.agent.drills; data: the drill's
+    # record: generation, taken_ns, checks / error, failures / abandoned)
+    BACKUP_DRILL = "backup-drill"  # a drill passed
+    BACKUP_DRILL_FAILED = "backup-drill-failed"  # a drill failed or was abandoned
 
 
 class AlertKind(enum.StrEnum):
@@ -78,7 +82,9 @@ class AlertKind(enum.StrEnum):
     ERROR = "error"
     FAILSAFE = "failsafe"  # the store is unreachable: serving on confirmations, or no promotion
     SNAPSHOT = "snapshot"  # a scheduled capture of the home and database failed
-    BACKUP = "backup"  # a scheduled backup failed, backups are stale, or the health check warns
+    # a scheduled backup failed, backups are stale, the health check warns, or a scheduled
+    # restore drill failed (and when it passes again)
+    BACKUP = "backup"
 
 
 class EventCause(enum.StrEnum):

@@ -6,7 +6,16 @@ Every object goes under ``<prefix>/`` with the format's keys (hakit.snapshot.for
   exists answers 412 and is left as it is (counted as present). Content-addressed
   objects and one new manifest key per generation mean normal operation neither
   overwrites nor deletes, so bucket versioning and Object Lock change nothing.
-  (A store that ignores the header rewrites the same bytes: harmless.)
+  Not every S3 store honours the header: ``rclone serve s3`` (1.75) ignores it
+  and overwrites, some answer ``NotImplemented``. So each writing instance
+  **probes** with its first put: its capture marker (below, a fresh key) is put
+  conditionally twice, and the second must answer 412. A store that does not
+  (``conditional`` False) gets a HEAD before each put instead, and an existing
+  key is counted present, not written (the window between the HEAD and the put
+  is one request, with a single writer and content-addressed or fresh keys);
+  a write-only credential cannot HEAD, so there the backup is refused with an
+  error saying why, rather than overwriting blindly (the crypto ``config`` of a
+  node holding a wrong key, say, would replace the right one).
 - **Concurrent.** ``put_if_absent`` hands the object to a pool of
   ``max_concurrency`` threads and returns; objects above ``multipart_threshold``
   go up as multipart uploads whose parts run concurrently too. Bytes in flight
@@ -56,23 +65,24 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from hakit.snapshot.format import MiB, SnapshotError, manifest_key
+from hakit.snapshot.s3record import RECORD, KeyRecord
 from hakit.snapshot.store import StoredObject
 
 log = logging.getLogger(__name__)
 
-RECORD = "keys"
 MANIFEST_COPIES = "manifests"
 CAPTURES = "captures/"  # the capture markers (above)
 DONE = ".done"
 MARKED_PREFIXES = ("blobs/", "packs/")  # a put there is a capture's: marked first
 MISSING = ("404", "NoSuchKey", "NotFound")
+PRECONDITION = ("PreconditionFailed", "412")  # If-None-Match: the key exists
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,54 +118,6 @@ def describe(error: BaseException) -> str:
     return f"{code}: {error}" if code else f"{type(error).__name__}: {error}"
 
 
-class KeyRecord:
-    """The keys known stored, one per line; each append fsynced before it counts."""
-
-    def __init__(self, state: Path) -> None:
-        self.path = state / RECORD
-        self._lock = threading.Lock()
-        self._keys: set[str] = set()
-        if self.path.exists():
-            # A line cut short by a crash (no newline yet) was never acknowledged.
-            self._keys = {line for line in self.path.read_text().split("\n")[:-1] if line}
-
-    def __contains__(self, key: str) -> bool:
-        return key in self._keys
-
-    def known(self) -> set[str]:
-        return set(self._keys)
-
-    def add(self, key: str) -> None:
-        with self._lock:
-            if key in self._keys:
-                return
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.path, "a", encoding="utf-8") as handle:
-                handle.write(key + "\n")
-                handle.flush()
-                os.fsync(handle.fileno())
-            self._keys.add(key)
-
-    def discard(self, key: str) -> None:
-        """Forget ``key`` in memory (pruned): the file keeps it, and a later instance
-        trusts the record for nothing but ``has`` (above)."""
-        with self._lock:
-            self._keys.discard(key)
-
-    def replace(self, keys: Iterable[str]) -> None:
-        """The whole record at once (a temporary file renamed over it)."""
-        with self._lock:
-            fresh = set(keys)
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            temporary = self.path.with_name(self.path.name + ".new")
-            with open(temporary, "w", encoding="utf-8") as handle:
-                handle.writelines(key + "\n" for key in sorted(fresh))
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temporary, self.path)
-            self._keys = fresh
-
-
 @dataclass(slots=True)
 class S3Stats:
     objects_put: int = 0  # PutObject or completed multipart uploads that stored an object
@@ -181,7 +143,8 @@ class S3Store:
         self._room = threading.Condition()
         self._in_flight = 0
         self._failure: BaseException | None = None
-        self._condition: dict[str, str] = {"IfNoneMatch": "*"}  # never overwrite
+        # Whether the store honours If-None-Match (None: not probed yet; above).
+        self.conditional: bool | None = None
         state.mkdir(parents=True, exist_ok=True)
         # A missing record is rebuilt before the first put, when the credential may list.
         self._rebuild = not write_only and not (state / RECORD).exists()
@@ -191,6 +154,7 @@ class S3Store:
         self.marker: str | None = None  # this instance's capture marker, once written
         self._marker_lock = threading.Lock()
         self._capture_seen_ns: int | None = None  # delete(): an open capture found
+        self._warned = False  # the store's lack of conditional writes, logged once
 
     # --- the record ------------------------------------------------------------
 
@@ -217,13 +181,7 @@ class S3Store:
     def has(self, key: str) -> bool:
         if key in self.record or self.write_only:
             return key in self.record
-        try:
-            self.client.head_object(Bucket=self.location.bucket, Key=self.location.key(key))
-        except Exception as error:
-            if error_code(error) in ("404", "NoSuchKey", "NotFound"):
-                return False
-            raise self._error("check", key, error) from None
-        return True
+        return self._exists(key)
 
     def put_if_absent(self, key: str, data: bytes) -> bool:
         """Queued for upload unless the record has it: True when queued (sent)."""
@@ -231,8 +189,8 @@ class S3Store:
         self._ensure_record()
         if key in self._confirmed:
             return False
-        if key.startswith(MARKED_PREFIXES):
-            self._mark_capture()
+        if key.startswith(MARKED_PREFIXES) or self.conditional is None:
+            self._mark_capture()  # and the probe, before this instance's first put
         size = len(data)
         with self._room:
             while self._in_flight and self._in_flight + size > self.location.max_in_flight:
@@ -278,6 +236,8 @@ class S3Store:
     def put_manifest(self, generation: str, data: bytes) -> None:
         self.flush()  # every object first: a manifest never names a missing one
         self._ensure_record()
+        if self.conditional is None:  # no object put by this instance: probe now
+            self._mark_capture()
         key = manifest_key(generation)
         if not self._put_object(key, data):
             raise SnapshotError(f"generation {generation} already exists in {self._where()}")
@@ -294,8 +254,14 @@ class S3Store:
 
     # --- capture markers ---------------------------------------------------------
 
+    @property
+    def _condition(self) -> dict[str, str]:
+        """The put's condition: none for a store that ignores or refuses it (HEAD instead)."""
+        return {} if self.conditional is False else {"IfNoneMatch": "*"}
+
     def _mark_capture(self) -> None:
-        """This capture's marker, before its first object (once per instance)."""
+        """This capture's marker, before its first object (once per instance); the first
+        one probes whether the store honours If-None-Match (above)."""
         with self._marker_lock:
             if self.marker is not None:
                 return
@@ -303,25 +269,58 @@ class S3Store:
             key = f"{CAPTURES}{name}"
             body = f"capture started by {os.uname().nodename}\n".encode()
 
-            def put() -> None:
-                self.client.put_object(
-                    Bucket=self.location.bucket,
-                    Key=self.location.key(key),
-                    Body=body,
-                    **self._condition,
-                )
+            def put() -> bool:
+                """True: stored; False: answered 412."""
+                try:
+                    self.client.put_object(
+                        Bucket=self.location.bucket,
+                        Key=self.location.key(key),
+                        Body=body,
+                        **self._condition,
+                    )
+                except Exception as error:
+                    if error_code(error) in PRECONDITION:
+                        return False
+                    raise
+                return True
 
             try:
                 try:
                     put()
+                    if self.conditional is None:  # the same fresh key again: 412 expected
+                        self.conditional = not put()
                 except Exception as error:
-                    if error_code(error) != "NotImplemented" or not self._condition:
+                    if error_code(error) != "NotImplemented" or self.conditional is False:
                         raise
-                    self._condition = {}  # no conditional writes there (_put_object says)
+                    self.conditional = False
                     put()
             except Exception as error:
                 raise self._error("write", key, error) from None
             self.marker = name
+        if self.conditional is False:
+            self._without_conditions()
+
+    def _without_conditions(self) -> None:
+        """The store does not honour If-None-Match: puts go after a HEAD, which a
+        write-only credential may not send, so there nothing more is written."""
+        if not self.write_only:
+            if not self._warned:
+                self._warned = True
+                log.warning(
+                    "%s does not honour If-None-Match: each put is checked with a HEAD first",
+                    self._where(),
+                )
+            return
+        self._mark_done()  # the marker written: prunes need not wait for this capture
+        failure = SnapshotError(
+            f"{self._where()} does not honour conditional writes (If-None-Match: ignored, a "
+            "second put of a new key was not refused, or refused), and a write-only credential cannot check "
+            "whether an object exists before it puts it: nothing was written, rather than "
+            "overwrite objects; use a store that honours If-None-Match (AWS S3, MinIO), or "
+            "a credential that may read (s3:GetObject) without write_only"
+        )
+        self._failure = failure
+        raise failure
 
     def _mark_done(self) -> None:
         """The marker's ``.done``: prunes need not wait for this capture any more. Its
@@ -427,18 +426,19 @@ class S3Store:
 
     def _put_object(self, key: str, data: bytes) -> bool:
         """Store ``data`` unless ``key`` exists: True when stored, False when it existed."""
-        try:
-            stored = self._send(key, data)
-        except Exception as error:
-            if error_code(error) == "NotImplemented" and self._condition:
-                # A store without conditional writes: the same bytes under the same name
-                # (content addressed; manifests have fresh names) are rewritten, harmless.
-                log.warning("%s does not support If-None-Match; puts unconditional", self._where())
-                self._condition = {}
-                return self._put_object(key, data)
-            if error_code(error) not in ("PreconditionFailed", "412"):
-                raise self._error("write", key, error) from None
-            stored = False
+        if self.conditional is False and self._exists(key):
+            stored = False  # what a 412 would have said (a store without conditions)
+        else:
+            try:
+                stored = self._send(key, data)
+            except Exception as error:
+                if error_code(error) == "NotImplemented" and self.conditional is not False:
+                    self.conditional = False  # refused the condition: HEAD first (above)
+                    self._without_conditions()
+                    return self._put_object(key, data)
+                if error_code(error) not in PRECONDITION:
+                    raise self._error("write", key, error) from None
+                stored = False
         with self._confirmed_lock:
             self._confirmed.add(key)
         with self._stats_lock:
@@ -448,6 +448,16 @@ class S3Store:
             else:
                 self.stats.objects_present += 1
         return stored
+
+    def _exists(self, key: str) -> bool:
+        """A HEAD of ``key`` (also before each put to a store without If-None-Match)."""
+        try:
+            self.client.head_object(Bucket=self.location.bucket, Key=self.location.key(key))
+        except Exception as error:
+            if error_code(error) in MISSING:
+                return False
+            raise self._error("check", key, error) from None
+        return True
 
     def _send(self, key: str, data: bytes) -> bool:
         if len(data) > self.location.multipart_threshold:

@@ -1,5 +1,9 @@
-"""Fixtures of the backup tests: a real moto server over HTTP, a site (home + SQLite database)
-with its hakit.toml and filestore-config.xml."""
+"""Fixtures of the backup tests: real S3 servers over HTTP (moto's, ``rclone serve s3``:
+tests.support.s3servers), a site (home + SQLite database) with its hakit.toml and
+filestore-config.xml.
+
+``moto``/``own_moto`` are moto's server alone, for what only it has (IAM policies,
+versioning); ``s3``/``own_s3`` run a test once against each server."""
 
 from __future__ import annotations
 
@@ -11,28 +15,36 @@ from typing import Any
 
 import pytest
 
-from tests.integration.backup.motoserver import MotoServer, start_moto
 from tests.integration.snapshot.conftest import make_database, make_home
+from tests.support.s3servers import KINDS, MOTO, S3Server, running
 
 
 @pytest.fixture(scope="module")
-def moto() -> Iterator[MotoServer]:
+def moto() -> Iterator[S3Server]:
     """One moto server for a module's tests (each test uses its own bucket)."""
-    server = start_moto()
-    try:
+    with running(MOTO) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
-def own_moto() -> Iterator[MotoServer]:
+def own_moto() -> Iterator[S3Server]:
     """A moto server for one test (access control switched on, or paused)."""
-    server = start_moto()
-    try:
+    with running(MOTO) as server:
         yield server
-    finally:
-        server.stop()
+
+
+@pytest.fixture(scope="module", params=KINDS)
+def s3(request: pytest.FixtureRequest) -> Iterator[S3Server]:
+    """Each S3 server in turn, one for a module's tests (each test uses its own bucket)."""
+    with running(request.param) as server:
+        yield server
+
+
+@pytest.fixture(params=KINDS)
+def own_s3(request: pytest.FixtureRequest) -> Iterator[S3Server]:
+    """Each S3 server in turn, for one test (paused, say)."""
+    with running(request.param) as server:
+        yield server
 
 
 FILESTORE = """<?xml version="1.1" ?>
@@ -78,7 +90,7 @@ port = 18102
 class Site:
     root: Path
     bucket: str
-    moto: MotoServer
+    server: S3Server
 
     @property
     def home(self) -> Path:
@@ -96,17 +108,19 @@ class Site:
         self.config.write_text(CONFIG.format(write_only=str(write_only).lower()))
 
 
-def make_site(root: Path, moto: MotoServer, versioning: bool = False) -> Site:
+def make_site(root: Path, server: S3Server, versioning: bool = False) -> Site:
+    if versioning and not server.versioning:
+        raise ValueError(f"{server.kind}'s S3 server has no bucket versioning")
     bucket = f"backups-{secrets.token_hex(4)}"
-    client: Any = moto.client()
+    client: Any = server.client()
     client.create_bucket(Bucket=bucket)
     if versioning:
         client.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
-    site = Site(root, bucket, moto)
+    site = Site(root, bucket, server)
     make_home(site.home)
     make_database(site.database)
     (site.home / "filestore-config.xml").write_text(
-        FILESTORE.format(bucket=bucket, endpoint=moto.endpoint)
+        FILESTORE.format(bucket=bucket, endpoint=server.endpoint)
     )
     site.configure()
     return site

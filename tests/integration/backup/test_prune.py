@@ -1,4 +1,5 @@
-"""``hakit backup prune`` over real HTTP (moto's server) and on a directory: retention, each
+"""``hakit backup prune`` over real HTTP (moto's server, and rclone serve s3 where no IAM or
+versioning is needed) and on a directory: retention, each
 node's newest kept, a backup running while prune sweeps loses nothing, encrypted repositories,
 and prune's own credential (IAM enforced)."""
 
@@ -24,10 +25,10 @@ from hakit.snapshot.retention import RetentionPolicy
 from hakit.snapshot.store import Store
 from hakit.snapshot.verify import verify_generation
 from tests.integration.backup.conftest import Site, env, make_site
-from tests.integration.backup.motoserver import MotoServer
 from tests.integration.backup.test_s3_encryption import encrypt, keyed
 from tests.integration.backup.test_write_only import LIST, user
 from tests.integration.snapshot.conftest import tree_of
+from tests.support.s3servers import S3Server
 from tests.support.waiting import wait_until
 
 PREFIX = "backups/hakit/"
@@ -40,7 +41,7 @@ def run(site: Site, keys: dict[str, str], *args: str) -> Any:
     return result
 
 
-def objects(moto: MotoServer, site: Site, under: str = "") -> set[str]:
+def objects(moto: S3Server, site: Site, under: str = "") -> set[str]:
     found: set[str] = set()
     paginator = moto.client().get_paginator("list_objects_v2")
     for page in paginator.paginate(Bucket=site.bucket, Prefix=PREFIX + under):
@@ -48,7 +49,7 @@ def objects(moto: MotoServer, site: Site, under: str = "") -> set[str]:
     return found
 
 
-def data_objects(moto: MotoServer, site: Site) -> set[str]:
+def data_objects(moto: S3Server, site: Site) -> set[str]:
     return objects(moto, site, "blobs/") | objects(moto, site, "packs/")
 
 
@@ -65,29 +66,29 @@ def three_generations(site: Site, keys: dict[str, str]) -> None:
         (site.home / EXTRA).unlink(missing_ok=True)
 
 
-def test_prune_on_s3_keeps_each_nodes_newest(tmp_path: Path, moto: MotoServer) -> None:
-    site = make_site(tmp_path, moto, versioning=True)
+def test_prune_on_s3_keeps_each_nodes_newest(tmp_path: Path, s3: S3Server) -> None:
+    site = make_site(tmp_path, s3, versioning=s3.versioning)
     three_generations(site, env())
-    before = data_objects(moto, site)
-    generations = sorted(objects(moto, site, "manifests/"))
+    before = data_objects(s3, site)
+    generations = sorted(objects(s3, site, "manifests/"))
 
     result = run(site, env(), "prune", "--keep-last", "1", "--grace", "0", "--dry-run")
     assert result.exit_code == 0, result.output
     assert "would remove 1 generations and 1 objects" in result.text, result.output
-    assert data_objects(moto, site) == before
+    assert data_objects(s3, site) == before
 
-    markers = objects(moto, site, "captures/")
+    markers = objects(s3, site, "captures/")
     assert markers  # the first backup's (the others put nothing new)
     result = run(site, env(), "prune", "--keep-last", "1", "--grace", "0")
     assert result.exit_code == 0, result.output
     assert "removed 1 generations and 1 objects" in result.text, result.output
     assert "a node's newest" in result.text  # node2's, beyond keep_last
-    assert sorted(objects(moto, site, "manifests/")) == generations[1:]
-    assert len(before - data_objects(moto, site)) == 1  # EXTRA's blob
-    assert objects(moto, site, "captures/") == set()  # the old markers swept too
-    # Versioning on: a delete marker, the bytes kept as a noncurrent version.
-    versions = moto.client().list_object_versions(Bucket=site.bucket)
-    assert len(versions.get("DeleteMarkers", [])) == 1 + 1 + len(markers)  # manifest, blob
+    assert sorted(objects(s3, site, "manifests/")) == generations[1:]
+    assert len(before - data_objects(s3, site)) == 1  # EXTRA's blob
+    assert objects(s3, site, "captures/") == set()  # the old markers swept too
+    if s3.versioning:  # a delete marker, the bytes kept as a noncurrent version
+        versions = s3.client().list_object_versions(Bucket=site.bucket)
+        assert len(versions.get("DeleteMarkers", [])) == 1 + 1 + len(markers)  # manifest, blob
 
     assert ": ok," in run(site, env(), "verify").text
     into = tmp_path / "restored"
@@ -95,11 +96,12 @@ def test_prune_on_s3_keeps_each_nodes_newest(tmp_path: Path, moto: MotoServer) -
     assert tree_of(into / "home") == tree_of(site.home)
 
 
-def test_a_backup_running_during_prune_loses_nothing(tmp_path: Path, moto: MotoServer) -> None:
+def test_a_backup_running_during_prune_loses_nothing(tmp_path: Path, s3: S3Server) -> None:
     """The race prune's grace period alone cannot cover on S3: a backup finds an old,
-    unreferenced object present (412, its LastModified left old) and relies on it; prune
-    runs before that backup's manifest. The backup's capture marker holds the sweep off."""
-    site = make_site(tmp_path, moto)
+    unreferenced object present (412, or a HEAD where the store ignores If-None-Match; its
+    LastModified left old) and relies on it; prune runs before that backup's manifest. The
+    backup's capture marker holds the sweep off."""
+    site = make_site(tmp_path, s3)
     target = resolve_target(load_config(site.config))
     assert isinstance(target, S3Target)
     grace = 8.0  # longer than this test's backups take; short enough to wait out
@@ -140,7 +142,7 @@ def test_a_backup_running_during_prune_loses_nothing(tmp_path: Path, moto: MotoS
     assert pruned.prune.removed_generations == (first,)  # retention went ahead
     assert len(pruned.open_captures) == 1
     blob = next(iter(only_first))
-    head = moto.client().head_object(Bucket=site.bucket, Key=PREFIX + blob)
+    head = s3.client().head_object(Bucket=site.bucket, Key=PREFIX + blob)
     assert head["LastModified"].timestamp() < settled  # old: only the marker kept it
     reader = open_store(target, reading=True, environ=env())
     try:
@@ -155,7 +157,7 @@ def test_a_backup_running_during_prune_loses_nothing(tmp_path: Path, moto: MotoS
         close_store(reader)
 
 
-def test_prune_of_an_encrypted_repository(tmp_path: Path, moto: MotoServer) -> None:
+def test_prune_of_an_encrypted_repository(tmp_path: Path, moto: S3Server) -> None:
     site = make_site(tmp_path, moto)
     encrypt(site)
     keys = keyed(env(), os.urandom(32))
@@ -179,7 +181,7 @@ def test_prune_of_an_encrypted_repository(tmp_path: Path, moto: MotoServer) -> N
     assert result.exit_code == 0 and "drill passed" in result.text, result.output
 
 
-def test_prune_with_its_own_credential(tmp_path: Path, own_moto: MotoServer) -> None:
+def test_prune_with_its_own_credential(tmp_path: Path, own_moto: S3Server) -> None:
     site = make_site(tmp_path, own_moto)
     site.configure(write_only=True)
     text = site.config.read_text().replace(
@@ -239,7 +241,7 @@ def test_prune_of_a_directory(tmp_path: Path) -> None:
 
 
 def test_an_object_pruned_from_under_a_write_only_nodes_record_is_sent_again(
-    tmp_path: Path, moto: MotoServer
+    tmp_path: Path, moto: S3Server
 ) -> None:
     """A write-only node's record of stored keys still names an object prune removed: its
     next backup must not take the record's word for it."""

@@ -1,6 +1,7 @@
-"""Encrypted backups to S3 over real HTTP (moto's server): the round trip and the drill, object
-names that are not the plaintext's SHA-256, keys refused before anything is written, and
-write-only mode with IAM enforced: a PutObject-only credential backs up, a read-only one drills."""
+"""Encrypted backups to S3 over real HTTP: the round trip and the drill, object names that are
+not the plaintext's SHA-256, keys refused before anything is written (moto's server and rclone
+serve s3), and write-only mode with IAM enforced (moto): a PutObject-only credential backs up,
+a read-only one drills."""
 
 from __future__ import annotations
 
@@ -18,9 +19,9 @@ from hakit.config import load_config
 from hakit.snapshot.crypto import EncryptedStore
 from hakit.snapshot.format import decode_manifest, manifest_key
 from tests.integration.backup.conftest import CONFIG, Site, env, make_site
-from tests.integration.backup.motoserver import MotoServer
 from tests.integration.backup.test_write_only import LIST, user
 from tests.integration.snapshot.conftest import rows_of, tree_of
+from tests.support.s3servers import S3Server
 
 KEY_ENV = "TEST_BACKUP_ENCRYPTION_KEY"
 
@@ -42,9 +43,14 @@ def run(site: Site, keys: dict[str, str], *args: str) -> Any:
     return result
 
 
-def bucket_keys(moto: MotoServer, site: Site) -> list[str]:
-    versions = moto.client().list_object_versions(Bucket=site.bucket).get("Versions", [])
-    return sorted(version["Key"] for version in versions)
+def bucket_keys(server: S3Server, site: Site) -> list[str]:
+    """Every object's key; with versioning, one per version (an overwrite shows twice)."""
+    client = server.client()
+    if server.versioning:
+        versions = client.list_object_versions(Bucket=site.bucket).get("Versions", [])
+        return sorted(version["Key"] for version in versions)
+    listed = client.list_objects_v2(Bucket=site.bucket).get("Contents", [])
+    return sorted(item["Key"] for item in listed)
 
 
 def plaintext_hashes(site: Site, keys: dict[str, str]) -> set[str]:
@@ -60,8 +66,8 @@ def plaintext_hashes(site: Site, keys: dict[str, str]) -> set[str]:
         close_store(store)
 
 
-def test_encrypted_s3_round_trip_and_refusals(tmp_path: Path, moto: MotoServer) -> None:
-    site = make_site(tmp_path, moto)
+def test_encrypted_s3_round_trip_and_refusals(tmp_path: Path, s3: S3Server) -> None:
+    site = make_site(tmp_path, s3, versioning=s3.versioning)
     encrypt(site)
     master = os.urandom(32)
     keys = keyed(env(), master)
@@ -73,12 +79,12 @@ def test_encrypted_s3_round_trip_and_refusals(tmp_path: Path, moto: MotoServer) 
     assert result.exit_code == 0, result.output
     assert "0 blobs and 0 packs new; 1 objects uploaded" in result.text  # the manifest
 
-    stored = bucket_keys(moto, site)
+    stored = bucket_keys(s3, site)
     assert "backups/hakit/config" in stored
     hashes = plaintext_hashes(site, keys)
     names = {key.rsplit("/", 1)[-1] for key in stored if key.startswith("backups/hakit/")}
     assert len(hashes) > 10 and not names & hashes
-    body = moto.client().get_object(Bucket=site.bucket, Key=stored[-1])["Body"].read()
+    body = s3.client().get_object(Bucket=site.bucket, Key=stored[-1])["Body"].read()
     assert body.startswith(b"HKE1")
 
     assert ": ok," in run(site, keys, "verify").text
@@ -98,10 +104,10 @@ def test_encrypted_s3_round_trip_and_refusals(tmp_path: Path, moto: MotoServer) 
     for command in ("create", "verify", "drill"):
         result = run(site, env(), command)
         assert result.exit_code == 1 and "is encrypted" in result.text, (command, result.output)
-    assert bucket_keys(moto, site) == stored
+    assert bucket_keys(s3, site) == stored  # nothing added, nothing overwritten (versioning)
 
 
-def test_write_only_with_encryption(tmp_path: Path, own_moto: MotoServer) -> None:
+def test_write_only_with_encryption(tmp_path: Path, own_moto: S3Server) -> None:
     site = make_site(tmp_path, own_moto, versioning=True)
     encrypt(site, write_only=True)
     master = os.urandom(32)
@@ -134,7 +140,7 @@ def test_write_only_with_encryption(tmp_path: Path, own_moto: MotoServer) -> Non
     assert bucket_keys_as(own_moto, site, reader) == stored
 
 
-def bucket_keys_as(moto: MotoServer, site: Site, keys: dict[str, str]) -> list[str]:
+def bucket_keys_as(moto: S3Server, site: Site, keys: dict[str, str]) -> list[str]:
     client = moto.client(
         aws_access_key_id=keys["TEST_BACKUP_KEY_ID"],
         aws_secret_access_key=keys["TEST_BACKUP_SECRET"],

@@ -16,10 +16,10 @@ from hakit.history.kinds import AlertKind
 from hakit.snapshot.store import open_local_store
 from hakit.snapshot.verify import read_manifest, verify_generation
 from tests.integration.backup.conftest import env, make_site
-from tests.integration.backup.motoserver import MotoServer
 from tests.integration.snapshot.conftest import make_database, make_home
 from tests.integration.snapshot.test_cli import CONFIG
 from tests.integration.snapshot.test_schedule import Agentish, locked_database
+from tests.support.s3servers import S3Server
 
 HOUR = 3600.0
 
@@ -163,7 +163,7 @@ def test_a_backup_is_abandoned_when_the_node_stops_being_active(tmp_path: Path) 
 
 
 def test_a_scheduled_backup_to_s3_and_a_health_warning_once(
-    tmp_path: Path, moto: MotoServer, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, moto: S3Server, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     site = make_site(tmp_path, moto)
     text = site.config.read_text().replace("[backup]\n", '[backup]\ninterval = "1h"\n')

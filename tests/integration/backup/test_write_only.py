@@ -1,6 +1,10 @@
 """Write-only mode against moto's server with IAM enforced: a credential allowed only
 s3:PutObject backs up, twice, and passes Jira's health check; one that may read is warned;
-one that may not write fails. A reading credential lists, verifies and restores."""
+one that may not write fails. A reading credential lists, verifies and restores.
+
+moto only: rclone serve s3 has no IAM policies (any key may do anything) and no versioning;
+what write-only mode does on a store without conditional writes (refused, nothing
+overwritten) is test_s3_backup.py's, on both servers."""
 
 from __future__ import annotations
 
@@ -13,14 +17,14 @@ from typer.testing import CliRunner
 
 from hakit.cli import app
 from tests.integration.backup.conftest import Site, env, make_site
-from tests.integration.backup.motoserver import MotoServer
 from tests.integration.snapshot.conftest import rows_of, tree_of
+from tests.support.s3servers import S3Server
 
 # AWS authorizes ListObjectsV2 as s3:ListBucket; moto checks the operation's own name.
 LIST = ["s3:ListBucket", "s3:ListObjectsV2", "s3:ListObjectVersions"]
 
 
-def user(moto: MotoServer, name: str, actions: list[str], bucket: str) -> dict[str, str]:
+def user(moto: S3Server, name: str, actions: list[str], bucket: str) -> dict[str, str]:
     """An IAM user allowed ``actions`` on the bucket and its objects; its keys as env."""
     iam: Any = moto.client("iam")
     iam.create_user(UserName=name)
@@ -43,7 +47,7 @@ def run(site: Site, keys: dict[str, str], *args: str) -> Any:
     return CliRunner().invoke(app, ["backup", *args, "-c", str(site.config)], env=keys)
 
 
-def test_write_only_mode_with_iam(tmp_path: Path, own_moto: MotoServer) -> None:
+def test_write_only_mode_with_iam(tmp_path: Path, own_moto: S3Server) -> None:
     site = make_site(tmp_path, own_moto, versioning=True)
     site.configure(write_only=True)
     writer = user(own_moto, "writer", ["s3:PutObject"], site.bucket)
@@ -110,7 +114,7 @@ def test_write_only_mode_with_iam(tmp_path: Path, own_moto: MotoServer) -> None:
     assert any(key.startswith("backups/Healthcheck/node1-") for key in keys)
 
 
-def user_client(moto: MotoServer, keys: dict[str, str]) -> Any:
+def user_client(moto: S3Server, keys: dict[str, str]) -> Any:
     return moto.client(
         aws_access_key_id=keys["TEST_BACKUP_KEY_ID"],
         aws_secret_access_key=keys["TEST_BACKUP_SECRET"],

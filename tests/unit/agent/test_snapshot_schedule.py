@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from hakit.agent.snapshot_job import Job, Outcome
-from hakit.agent.snapshots import _outcome, active_epoch, capture_due
+from hakit.agent.jobs import Outcome, outcome_of
+from hakit.agent.snapshot_job import Job
+from hakit.agent.snapshots import active_epoch, capture_due
 from hakit.config import Mode
 from hakit.policy import PolicyState, PolicyView, Role
 
@@ -71,11 +72,11 @@ def test_job_and_outcome_round_trip() -> None:
     assert Job.decode(job.encode()) == job
     assert job.policy.keep_last == 2 and not job.policy.empty
     outcome = Outcome(True, "g1", data={"files": 3}, prune_error="")
-    assert _outcome(b"noise\n" + outcome.encode().encode() + b"\n", b"", 0) == outcome
+    assert outcome_of(b"noise\n" + outcome.encode().encode() + b"\n", b"", 0, "x") == outcome
 
 
 def test_a_crashed_capture_process_is_a_failure_with_its_stderr() -> None:
-    crashed = _outcome(b"", b"Traceback ...\nMemoryError\n", 1)
+    crashed = outcome_of(b"", b"Traceback ...\nMemoryError\n", 1, "capture")
     assert not crashed.ok
     assert crashed.error == "the capture process ended with code 1: Traceback ...\nMemoryError"
-    assert not _outcome(b"{not json\n", b"", -9).ok
+    assert not outcome_of(b"{not json\n", b"", -9, "capture").ok

@@ -30,6 +30,14 @@ def test_derived_thresholds() -> None:
     assert BackupConfig(health_check_interval=60.0).health_every == 60.0
 
 
+def test_a_drill_schedule_and_its_scratch_relative_to_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "hakit.toml"
+    path.write_text(BASE + '\n[backup]\ndrill_interval = "24h"\ndrill_scratch = "drills"\n')
+    backup = load_config(path).backup
+    assert backup.drill_interval == 86400.0 and backup.drill_scratch == tmp_path / "drills"
+    assert backup.interval is None  # drills need no scheduled backup (taken elsewhere, say)
+
+
 def test_a_schedule_with_retention_and_a_prune_credential(tmp_path: Path) -> None:
     path = tmp_path / "hakit.toml"
     path.write_text(
@@ -65,9 +73,26 @@ def test_a_schedule_with_retention_and_a_prune_credential(tmp_path: Path) -> Non
             '[backup]\ninterval = "0s"\n',
             "FILE:18: backup.interval: must be more than 0s, got 0s",
         ),
+        (
+            '[backup]\ndrill_scratch = "/var/tmp/drills"\n',
+            "FILE:18: backup.drill_scratch: drill_scratch is where scheduled drills restore, "
+            'but drill_interval is not set; expected drill_interval = "24h" too (or no '
+            "drill_scratch; `hakit backup drill` takes --scratch)",
+        ),
+        (
+            '[backup]\ndirectory = "b"\ndrill_interval = "often"\n',
+            "FILE:19: backup.drill_interval: ",
+        ),
     ],
-    ids=["half-a-credential", "stale-without-interval", "stale-too-soon", "zero-interval"],
+    ids=[
+        "half-a-credential",
+        "stale-without-interval",
+        "stale-too-soon",
+        "zero-interval",
+        "drill-scratch-without-interval",
+        "bad-drill-interval",
+    ],
 )
 def test_bad_values_name_file_line_and_key(tmp_path: Path, section: str, expected: str) -> None:
     found = problems_of(tmp_path, BASE + "\n" + section)
-    assert found == [expected]
+    assert len(found) == 1 and found[0].startswith(expected), found

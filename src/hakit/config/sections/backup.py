@@ -13,6 +13,8 @@ Example::
     interval = "24h"                    # the running active backs up this often (default: never)
     stale_after = "48h"                 # alert when the newest backup is older (default: 2 x interval)
     health_check_interval = "1h"        # every node checks the target (default: 1h with an interval)
+    drill_interval = "24h"              # a standby's agent runs `hakit backup drill` (default: never)
+    drill_scratch = "/srv/scratch"      # where drills restore (default: <cluster.state_dir>/backup/drills)
     keep_last = 7                       # retention, applied by `hakit backup prune` (restic's rules)
     keep_daily = 7
     keep_weekly = 4
@@ -52,6 +54,9 @@ class BackupConfig(_Section):
     interval: PositiveDuration | None = None  # None: no scheduled backup
     stale_after: PositiveDuration | None = None  # None: 2 x interval
     health_check_interval: PositiveDuration | None = None  # None: 1 h when interval is set
+    # Scheduled restore drills (hakit.agent.drills): by the standbys' agents.
+    drill_interval: PositiveDuration | None = None  # None: no scheduled drill
+    drill_scratch: Path | None = None  # relative to this file; None: in cluster.state_dir
     # Retention and pruning (hakit.backup.prune), with a credential of its own.
     keep_last: int = Field(default=0, ge=0)
     keep_daily: int = Field(default=0, ge=0)
@@ -111,6 +116,13 @@ class BackupConfig(_Section):
                 f"stale_after {format_duration(self.stale_after)} is not longer than interval "
                 f"{format_duration(self.interval)}: every backup would be stale before the next; "
                 f"expected more (default: {format_duration(2 * self.interval)})",
+            )
+        if self.drill_scratch is not None and self.drill_interval is None:
+            raise error_at_key(
+                "drill_scratch",
+                "drill_scratch is where scheduled drills restore, but drill_interval is not "
+                'set; expected drill_interval = "24h" too (or no drill_scratch; `hakit backup '
+                "drill` takes --scratch)",
             )
         if self.encryption_key_file is not None and self.encryption_key_env is not None:
             raise error_at_key(
