@@ -22,6 +22,7 @@ from typing import Any
 
 from hakit.snapshot.database import capture_database, database_target
 from hakit.snapshot.format import (
+    FILE,
     DatabaseCapture,
     Entry,
     Limits,
@@ -104,23 +105,23 @@ def _capture_database(
 def _entry(walked: WalkedEntry, writer: BlobWriter) -> Entry:
     st = walked.st
     previous = walked.previous
-    if (
-        previous is not None
-        and previous.ctime_ns == st.st_ctime_ns
-        and previous.mode == stat.S_IMODE(st.st_mode)
-    ):
-        # The hash cache matched inode, size and mtime: with ctime and mode the same
-        # too the entry is the previous one, reused as it is (and its JSON with it).
-        return previous
+    if previous is not None:
+        if previous.ctime_ns == st.st_ctime_ns and previous.mode == stat.S_IMODE(st.st_mode):
+            # The hash cache matched inode, size and mtime: with ctime and mode the same
+            # too the entry is the previous one, reused as it is (and its JSON with it).
+            return previous
+        chunks = previous.chunks
+    else:
+        chunks = tuple(writer.ref(digest) for digest, _ in walked.chunks)
     return Entry(
         path=walked.path,
         type=walked.type,
         mode=stat.S_IMODE(st.st_mode),
-        size=st.st_size if walked.chunks or stat.S_ISREG(st.st_mode) else 0,
+        size=st.st_size if walked.type == FILE else 0,
         mtime_ns=st.st_mtime_ns,
         inode=st.st_ino,
         ctime_ns=st.st_ctime_ns,
-        chunks=tuple(writer.ref(digest) for digest, _ in walked.chunks),
+        chunks=chunks,
         target=walked.target,
     )
 

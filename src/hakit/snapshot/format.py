@@ -125,16 +125,20 @@ class Entry:
 
     @classmethod
     def decode(cls, raw: Mapping[str, Any]) -> Entry:
+        # Positional and without a generator per entry: a capture decodes the whole
+        # previous tree each time.
+        get = raw.get
+        chunks = get("chunks")
         return cls(
-            path=str(raw["path"]),
-            type=str(raw["type"]),
-            mode=int(raw["mode"]),
-            size=int(raw.get("size", 0)),
-            mtime_ns=int(raw.get("mtime_ns", 0)),
-            inode=int(raw.get("inode", 0)),
-            ctime_ns=int(raw.get("ctime_ns", 0)),
-            chunks=tuple(ChunkRef.decode(chunk) for chunk in raw.get("chunks", ())),
-            target=str(raw.get("target", "")),
+            str(raw["path"]),
+            str(raw["type"]),
+            int(raw["mode"]),
+            int(get("size", 0)),
+            int(get("mtime_ns", 0)),
+            int(get("inode", 0)),
+            int(get("ctime_ns", 0)),
+            tuple([ChunkRef.decode(chunk) for chunk in chunks]) if chunks else (),
+            str(get("target", "")),
         )
 
 

@@ -13,6 +13,7 @@ import os
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from hakit.snapshot import gitrepo
 from hakit.snapshot.format import DIRECTORY, FILE, SYMLINK, Entry, Limits
@@ -23,14 +24,13 @@ PIN_DIRECTORY = ".hakit-snapshot-pins"  # in the home (hard links need its file 
 GIT_NAMES = frozenset(("HEAD", "objects", "refs"))  # a directory without all three is no git one
 
 
-@dataclass(frozen=True, slots=True)
-class WalkedEntry:
+class WalkedEntry(NamedTuple):  # a tuple: one is made per path of the home, every capture
     path: str
     type: str
     st: os.stat_result
-    chunks: tuple[tuple[str, int], ...] = ()
+    chunks: tuple[tuple[str, int], ...] = ()  # (hash, size) of each chunk read
     target: str = ""
-    previous: Entry | None = None  # the previous generation's entry, when the hash cache had it
+    previous: Entry | None = None  # the hash cache's entry: its chunks (none read) reused
 
 
 @dataclass(slots=True)
@@ -120,8 +120,7 @@ class HomeWalk:
         previous = self.cache.entry(relative, st, trust_ctime)
         if previous is not None:
             self.stats.files_cached += 1
-            chunks = tuple((ref.hash, ref.size) for ref in previous.chunks)
-            self.entries.append(WalkedEntry(relative, FILE, st, chunks, previous=previous))
+            self.entries.append(WalkedEntry(relative, FILE, st, (), "", previous))
             return
         read = read_stable(
             Path(path),
