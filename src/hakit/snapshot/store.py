@@ -102,20 +102,19 @@ def _fsync_directory(directory: Path) -> None:
 class LocalStore:
     """A repository in a local directory: each object written to a temporary file,
     fsynced, then hard-linked to its name (which fails if it exists: never an
-    overwrite), and its directory fsynced before any manifest that names it.
+    overwrite) and the directory fsynced.
 
-    Within ``writing_behind`` (a capture's), blobs and packs are written by a few
+    Within ``writing_behind`` (a capture's), blobs and packs are written so by a few
     background threads, so the capture reads and hashes the next file while the disk
-    takes the last one; the bytes queued are bounded (``max_in_flight``). An object's
-    name appears only once its bytes are durable (fsync, then link); the directories
-    that gained names are fsynced once each in ``flush``, which ``put_manifest`` calls
-    first: a manifest becomes visible only after every object it names is durable
-    under its name. A background write that failed (a full disk) is raised by the
-    next put and by ``flush``, so no manifest follows it. Outside it, and always for
-    manifests and anything else (an encrypted repository's ``config``), a put is
-    durable when it returns."""
+    takes the last ones (their fsyncs overlap too); the bytes queued are bounded
+    (``max_in_flight``). ``put_manifest`` first waits for all of them (``flush``): a
+    manifest becomes visible only after every object it names is durable under its
+    name. A background write that failed (a full disk) is raised by the next put and
+    by ``flush``, so no manifest follows it. Outside it, and always for manifests and
+    anything else (an encrypted repository's ``config``), a put is durable when it
+    returns."""
 
-    def __init__(self, root: Path, *, writers: int = 3, max_in_flight: int = 32 * MiB) -> None:
+    def __init__(self, root: Path, *, writers: int = 4, max_in_flight: int = 32 * MiB) -> None:
         self.root = root
         self.written = 0  # objects written by this instance (counted for tests and reports)
         self.writers = writers
@@ -125,7 +124,6 @@ class LocalStore:
         self._queued: dict[str, bytes] = {}  # key -> bytes handed to a writer, not yet named
         self._in_flight = 0
         self._pending: list[Future[None]] = []
-        self._unsynced: set[Path] = set()  # directories with names not yet fsynced
         self._failure: BaseException | None = None
         self._pool: ThreadPoolExecutor | None = None
 
@@ -148,7 +146,7 @@ class LocalStore:
     def put_if_absent(self, key: str, data: bytes) -> bool:
         path = self._path(key)
         if not (self._behind and key.startswith(BACKGROUND_PREFIXES)):
-            return self._write(path, data, sync_directory=True)
+            return self._write(path, data)
         with self._room:
             self._raise_failure()
             if key in self._queued:
@@ -190,8 +188,8 @@ class LocalStore:
                     self._failure = None
 
     def flush(self) -> None:
-        """Wait for every queued write, then fsync the directories that gained names;
-        raise the first failure. Once this returns, every object put is durable."""
+        """Wait for every queued write; raise the first failure. Once this returns,
+        every object put is durable under its name."""
         with self._room:
             pending, self._pending = self._pending, []
             pool, self._pool = self._pool, None
@@ -200,9 +198,6 @@ class LocalStore:
             pool.shutdown(wait=True)  # no threads left idle between captures
         with self._room:
             self._raise_failure()
-            directories, self._unsynced = sorted(self._unsynced), set()
-        for directory in directories:
-            _fsync_directory(directory)
 
     def _raise_failure(self) -> None:
         if self._failure is not None:
@@ -211,7 +206,7 @@ class LocalStore:
     def _background(self, key: str, path: Path, data: bytes) -> None:
         try:
             if self._failure is None:
-                self._write(path, data, sync_directory=False)
+                self._write(path, data)
         except BaseException as error:
             with self._room:
                 if self._failure is None:
@@ -223,9 +218,8 @@ class LocalStore:
                 self._in_flight -= len(data)
                 self._room.notify_all()
 
-    def _write(self, path: Path, data: bytes, *, sync_directory: bool) -> bool:
-        """``data`` durable under ``path`` unless it exists; True when written. Without
-        ``sync_directory`` the new names' directories are left to ``flush``."""
+    def _write(self, path: Path, data: bytes) -> bool:
+        """``data`` durable under ``path`` unless it exists; True when written."""
         if self._refresh(path):
             return False
         created = not path.parent.is_dir()
@@ -248,13 +242,10 @@ class LocalStore:
                 return False
         finally:
             temporary.unlink(missing_ok=True)
-        touched = {path.parent, path.parent.parent} if created else {path.parent}
-        if sync_directory:
-            for directory in sorted(touched):
-                _fsync_directory(directory)
+        _fsync_directory(path.parent)
+        if created:
+            _fsync_directory(path.parent.parent)  # the new directory's own name
         with self._room:
-            if not sync_directory:
-                self._unsynced |= touched
             self.written += 1
         return True
 

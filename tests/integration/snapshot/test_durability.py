@@ -29,7 +29,7 @@ class ManifestWitness(LocalStore):
 
     missing_at_manifest: list[str]
 
-    def _write(self, path: Path, data: bytes, *, sync_directory: bool) -> bool:
+    def _write(self, path: Path, data: bytes) -> bool:
         if path.parent.name == "manifests":
             manifest = decode_manifest(data)
             self.missing_at_manifest = [
@@ -37,7 +37,7 @@ class ManifestWitness(LocalStore):
                 for key in {object_key(ref) for ref in manifest.chunk_refs()}
                 if not (self.root / key).is_file()
             ]
-        return super()._write(path, data, sync_directory=sync_directory)
+        return super()._write(path, data)
 
 
 def test_the_manifest_is_written_after_every_object_it_names(site: Site) -> None:
