@@ -10,21 +10,25 @@ all of them are durable, so an interrupted capture leaves no generation.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from hakit.snapshot.database import DUMP, capture_database, database_target
 from hakit.snapshot.format import (
+    FILE,
     DatabaseCapture,
     Entry,
     Limits,
     Manifest,
     SnapshotError,
-    decode_manifest,
+    decode_manifest_json,
     encode_manifest,
     manifest_key,
     new_generation_id,
@@ -32,7 +36,7 @@ from hakit.snapshot.format import (
 from hakit.snapshot.hashcache import HashCache
 from hakit.snapshot.hooks import Hook, run_hook
 from hakit.snapshot.reading import OnRead, read_stable
-from hakit.snapshot.store import Store
+from hakit.snapshot.store import LocalStore, Store
 from hakit.snapshot.tree import TreeDiff, diff_trees
 from hakit.snapshot.walk import HomeWalk, WalkedEntry, WalkStats
 from hakit.snapshot.writer import BlobWriter, WriteStats
@@ -60,12 +64,23 @@ class CaptureReport:
     manifest: Manifest
     written: WriteStats
     walked: WalkStats
-    diff: TreeDiff  # against the previous generation
+    previous: tuple[Entry, ...]  # the previous generation's tree (empty: none)
+
+    @property
+    def diff(self) -> TreeDiff:
+        """What changed against the previous generation (computed when asked: the
+        agent's captures never ask)."""
+        return diff_trees(self.previous, self.manifest.entries)
 
 
 def latest_manifest(store: Store) -> Manifest | None:
+    latest = _latest(store)
+    return latest[0] if latest else None
+
+
+def _latest(store: Store) -> tuple[Manifest, list[Mapping[str, Any]]] | None:
     generations = store.list_manifests()
-    return decode_manifest(store.get(manifest_key(generations[-1]))) if generations else None
+    return decode_manifest_json(store.get(manifest_key(generations[-1]))) if generations else None
 
 
 def _capture_database(
@@ -90,24 +105,46 @@ def _capture_database(
 
 def _entry(walked: WalkedEntry, writer: BlobWriter) -> Entry:
     st = walked.st
+    previous = walked.previous
+    if previous is not None:
+        if previous.ctime_ns == st.st_ctime_ns and previous.mode == stat.S_IMODE(st.st_mode):
+            # The hash cache matched inode, size and mtime: with ctime and mode the same
+            # too the entry is the previous one, reused as it is (and its JSON with it).
+            return previous
+        chunks = previous.chunks
+    else:
+        chunks = tuple(writer.ref(digest) for digest, _ in walked.chunks)
     return Entry(
         path=walked.path,
         type=walked.type,
         mode=stat.S_IMODE(st.st_mode),
-        size=st.st_size if walked.chunks or stat.S_ISREG(st.st_mode) else 0,
+        size=st.st_size if walked.type == FILE else 0,
         mtime_ns=st.st_mtime_ns,
         inode=st.st_ino,
         ctime_ns=st.st_ctime_ns,
-        chunks=tuple(writer.ref(digest) for digest, _ in walked.chunks),
+        chunks=chunks,
         target=walked.target,
     )
+
+
+def _writing_behind(store: Store) -> contextlib.AbstractContextManager[None]:
+    """A local repository's writes in the background for the capture (the manifest
+    still only after all of them are durable); other stores write as they do."""
+    inner = getattr(store, "inner", store)  # under an EncryptedStore: its store
+    return inner.writing_behind() if isinstance(inner, LocalStore) else contextlib.nullcontext()
 
 
 def create_snapshot(store: Store, options: CaptureOptions) -> CaptureReport:
     home = options.home.absolute()
     if not home.is_dir():
         raise SnapshotError(f"the home {home} is not a directory")
-    previous = latest_manifest(store)
+    with _writing_behind(store):
+        return _create(store, options, home)
+
+
+def _create(store: Store, options: CaptureOptions, home: Path) -> CaptureReport:
+    latest = _latest(store)
+    previous = latest[0] if latest else None
     known = {ref.hash: ref for ref in previous.chunk_refs()} if previous else {}
     writer = BlobWriter(store, options.limits, known)
     walk = HomeWalk(
@@ -132,6 +169,7 @@ def create_snapshot(store: Store, options: CaptureOptions) -> CaptureReport:
             run_hook("thaw", options.thaw)
     writer.seal()
     entries = tuple(_entry(item, writer) for item in walked)
+    encoded = _reused_json(entries, latest)
     manifest = Manifest(
         generation=new_generation_id(started),
         started_ns=started,
@@ -150,10 +188,21 @@ def create_snapshot(store: Store, options: CaptureOptions) -> CaptureReport:
         ),
         entries=entries,
     )
-    store.put_manifest(manifest.generation, encode_manifest(manifest))
-    return CaptureReport(
-        manifest,
-        writer.stats,
-        walk.stats,
-        diff_trees(previous.entries if previous else (), entries),
-    )
+    store.put_manifest(manifest.generation, encode_manifest(manifest, encoded))
+    return CaptureReport(manifest, writer.stats, walk.stats, previous.entries if previous else ())
+
+
+def _reused_json(
+    entries: tuple[Entry, ...], latest: tuple[Manifest, list[Mapping[str, Any]]] | None
+) -> list[Mapping[str, Any] | None]:
+    """By index: the previous manifest's JSON object of each entry reused as it was
+    (the very same ``Entry``), None for the others (encoded anew)."""
+    if latest is None:
+        return []
+    manifest, raws = latest
+    by_path = {e.path: (e, raw) for e, raw in zip(manifest.entries, raws, strict=True)}
+    encoded: list[Mapping[str, Any] | None] = []
+    for entry in entries:
+        found = by_path.get(entry.path)
+        encoded.append(found[1] if found is not None and found[0] is entry else None)
+    return encoded

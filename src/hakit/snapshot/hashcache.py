@@ -46,10 +46,28 @@ class HashCache:
 
     def lookup(self, path: str, key: StatKey) -> tuple[ChunkRef, ...] | None:
         """The chunks recorded for ``path`` when its stat still matches, else None (read it)."""
+        entry = self._match(path, key.inode, key.size, key.mtime_ns, key.ctime_ns)
+        return None if entry is None else entry.chunks
+
+    def entry(self, path: str, st: os.stat_result, trust_ctime: bool = True) -> Entry | None:
+        """``lookup`` for the walk, without a key object per file: the previous entry
+        itself when ``st`` still matches it (its chunks reused), else None (read it)."""
+        ctime = st.st_ctime_ns if trust_ctime else None
+        return self._match(path, st.st_ino, st.st_size, st.st_mtime_ns, ctime)
+
+    def _match(
+        self, path: str, inode: int, size: int, mtime_ns: int, ctime_ns: int | None
+    ) -> Entry | None:
         entry = self._entries.get(path)
-        if entry is None or StatKey.of_entry(entry, key.ctime_ns is not None) != key:
+        if (
+            entry is None
+            or entry.inode != inode
+            or entry.size != size
+            or entry.mtime_ns != mtime_ns
+            or (ctime_ns is not None and entry.ctime_ns != ctime_ns)
+        ):
             return None
-        newest = max(entry.mtime_ns, entry.ctime_ns if key.ctime_ns is not None else 0)
+        newest = entry.mtime_ns if ctime_ns is None else max(entry.mtime_ns, entry.ctime_ns)
         if newest >= self._trusted_before:
             return None  # racily clean: it may have changed within the same tick
-        return entry.chunks
+        return entry

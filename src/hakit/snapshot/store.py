@@ -16,12 +16,16 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import threading
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from hakit.snapshot.format import SnapshotError, manifest_key
+from hakit.snapshot.format import MiB, SnapshotError, manifest_key
+
+WRITE_PIECE = MiB
 
 
 class Store(Protocol):
@@ -78,6 +82,15 @@ class PrunableStore(Store, SupportsDelete, Protocol):
     """A store prune can work on."""
 
 
+BACKGROUND_PREFIXES = ("blobs/", "packs/")  # what LocalStore writes in the background
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view[:WRITE_PIECE]) :]
+
+
 def _fsync_directory(directory: Path) -> None:
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -89,11 +102,30 @@ def _fsync_directory(directory: Path) -> None:
 class LocalStore:
     """A repository in a local directory: each object written to a temporary file,
     fsynced, then hard-linked to its name (which fails if it exists: never an
-    overwrite) and the directory fsynced."""
+    overwrite) and the directory fsynced.
 
-    def __init__(self, root: Path) -> None:
+    Within ``writing_behind`` (a capture's), blobs and packs are written so by a few
+    background threads, so the capture reads and hashes the next file while the disk
+    takes the last ones (their fsyncs overlap too); the bytes queued are bounded
+    (``max_in_flight``). ``put_manifest`` first waits for all of them (``flush``): a
+    manifest becomes visible only after every object it names is durable under its
+    name. A background write that failed (a full disk) is raised by the next put and
+    by ``flush``, so no manifest follows it. Outside it, and always for manifests and
+    anything else (an encrypted repository's ``config``), a put is durable when it
+    returns."""
+
+    def __init__(self, root: Path, *, writers: int = 4, max_in_flight: int = 32 * MiB) -> None:
         self.root = root
         self.written = 0  # objects written by this instance (counted for tests and reports)
+        self.writers = writers
+        self.max_in_flight = max_in_flight
+        self._behind = False  # within writing_behind
+        self._room = threading.Condition()  # guards every field below
+        self._queued: dict[str, bytes] = {}  # key -> bytes handed to a writer, not yet named
+        self._in_flight = 0
+        self._pending: list[Future[None]] = []
+        self._failure: BaseException | None = None
+        self._pool: ThreadPoolExecutor | None = None
 
     def create(self) -> LocalStore:
         for part in ("blobs", "packs", "manifests", "tmp"):
@@ -106,30 +138,115 @@ class LocalStore:
         return self.root / key
 
     def has(self, key: str) -> bool:
+        with self._room:
+            if key in self._queued:
+                return True
         return self._path(key).exists()
 
     def put_if_absent(self, key: str, data: bytes) -> bool:
         path = self._path(key)
+        if not (self._behind and key.startswith(BACKGROUND_PREFIXES)):
+            return self._write(path, data)
+        with self._room:
+            self._raise_failure()
+            if key in self._queued:
+                return False  # queued by this capture already: same name, same bytes
         if self._refresh(path):
             return False
-        path.parent.mkdir(parents=True, exist_ok=True)
+        with self._room:
+            # Bounded: every queued write ends (written or failed) and makes room.
+            while self._in_flight and self._in_flight + len(data) > self.max_in_flight:
+                self._room.wait()
+            self._raise_failure()
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.writers, thread_name_prefix="store-write")
+            self._queued[key] = data
+            self._in_flight += len(data)
+            self._pending = [future for future in self._pending if not future.done()]
+            self._pending.append(self._pool.submit(self._background, key, path, data))
+        return True
+
+    @contextlib.contextmanager
+    def writing_behind(self) -> Iterator[None]:
+        """Blobs and packs put within are written in the background (see the class).
+        Leaving normally flushes (raising a write's failure); leaving by an exception
+        waits for the writes under way, whose failure that exception supersedes."""
+        self._behind = True
+        failed = True
+        try:
+            yield
+            failed = False
+        finally:
+            self._behind = False
+            try:
+                self.flush()
+            except Exception:
+                if not failed:
+                    raise
+            finally:
+                with self._room:
+                    self._failure = None
+
+    def flush(self) -> None:
+        """Wait for every queued write; raise the first failure. Once this returns,
+        every object put is durable under its name."""
+        with self._room:
+            pending, self._pending = self._pending, []
+            pool, self._pool = self._pool, None
+        wait(pending)
+        if pool is not None:
+            pool.shutdown(wait=True)  # no threads left idle between captures
+        with self._room:
+            self._raise_failure()
+
+    def _raise_failure(self) -> None:
+        if self._failure is not None:
+            raise self._failure
+
+    def _background(self, key: str, path: Path, data: bytes) -> None:
+        try:
+            if self._failure is None:
+                self._write(path, data)
+        except BaseException as error:
+            with self._room:
+                if self._failure is None:
+                    self._failure = error
+            raise
+        finally:
+            with self._room:
+                del self._queued[key]
+                self._in_flight -= len(data)
+                self._room.notify_all()
+
+    def _write(self, path: Path, data: bytes) -> bool:
+        """``data`` durable under ``path`` unless it exists; True when written."""
+        if self._refresh(path):
+            return False
+        created = not path.parent.is_dir()
+        if created:
+            path.parent.mkdir(parents=True, exist_ok=True)
         temporary = self.root / "tmp" / f"{path.name}.{secrets.token_hex(6)}"
         temporary.parent.mkdir(parents=True, exist_ok=True)
         try:
-            with open(temporary, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+            try:
+                _write_all(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
             try:
                 os.link(temporary, path)
             except FileExistsError:
                 # written meanwhile by someone else: same name, same bytes
                 self._refresh(path)
                 return False
-            _fsync_directory(path.parent)
         finally:
             temporary.unlink(missing_ok=True)
-        self.written += 1
+        _fsync_directory(path.parent)
+        if created:
+            _fsync_directory(path.parent.parent)  # the new directory's own name
+        with self._room:
+            self.written += 1
         return True
 
     @staticmethod
@@ -143,6 +260,10 @@ class LocalStore:
         return True
 
     def get(self, key: str) -> bytes:
+        with self._room:
+            queued = self._queued.get(key)
+        if queued is not None:
+            return queued
         try:
             return self._path(key).read_bytes()
         except FileNotFoundError:
@@ -157,6 +278,7 @@ class LocalStore:
         )
 
     def put_manifest(self, generation: str, data: bytes) -> None:
+        self.flush()  # every object durable under its name first
         if not self.put_if_absent(manifest_key(generation), data):
             raise SnapshotError(f"generation {generation} already exists in {self.root}")
 

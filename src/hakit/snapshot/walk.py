@@ -13,22 +13,24 @@ import os
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from hakit.snapshot import gitrepo
-from hakit.snapshot.format import DIRECTORY, FILE, SYMLINK, Limits
-from hakit.snapshot.hashcache import HashCache, StatKey
+from hakit.snapshot.format import DIRECTORY, FILE, SYMLINK, Entry, Limits
+from hakit.snapshot.hashcache import HashCache
 from hakit.snapshot.reading import AddBlob, OnRead, read_stable
 
 PIN_DIRECTORY = ".hakit-snapshot-pins"  # in the home (hard links need its file system)
+GIT_NAMES = frozenset(("HEAD", "objects", "refs"))  # a directory without all three is no git one
 
 
-@dataclass(frozen=True, slots=True)
-class WalkedEntry:
+class WalkedEntry(NamedTuple):  # a tuple: one is made per path of the home, every capture
     path: str
     type: str
     st: os.stat_result
-    chunks: tuple[tuple[str, int], ...] = ()
+    chunks: tuple[tuple[str, int], ...] = ()  # (hash, size) of each chunk read
     target: str = ""
+    previous: Entry | None = None  # the hash cache's entry: its chunks (none read) reused
 
 
 @dataclass(slots=True)
@@ -66,59 +68,62 @@ class HomeWalk:
     def run(self) -> list[WalkedEntry]:
         gitrepo.remove_pins(self.pins)  # a crashed capture's
         try:
-            self._directory(self.home, "")
+            self._directory(str(self.home), "")
         finally:
             gitrepo.remove_pins(self.pins)
         return self.entries
 
-    def _relative(self, parent: str, name: str) -> str:
-        return f"{parent}/{name}" if parent else name
+    # Paths are plain strings here: the walk visits every file of the home on every
+    # capture, and pathlib's objects cost more than the lstat itself.
 
-    def _directory(self, path: Path, relative: str, git: bool = False) -> None:
+    def _directory(self, path: str, relative: str, git: bool = False) -> None:
         """The entries of ``path`` (its own first unless it is the home itself)."""
-        if not git and gitrepo.is_git_dir(path):
-            self._git_directory(path, relative)
-            return
         try:
-            names = sorted(os.listdir(path))
+            names = os.listdir(path)
         except FileNotFoundError:
             return  # removed meanwhile
+        if not git and GIT_NAMES.issubset(names) and gitrepo.is_git_dir(Path(path)):
+            self._git_directory(Path(path), relative)
+            return
+        names.sort()
+        prefix = f"{relative}/" if relative else ""
         for name in names:
             if not relative and name == PIN_DIRECTORY:
                 continue
             if git and gitrepo.skipped(name):
                 continue
-            if self._relative(relative, name) in self.exclude:
+            child = prefix + name
+            if self.exclude and child in self.exclude:
                 continue
-            self._path(path / name, self._relative(relative, name), git)
+            self._path(f"{path}/{name}", child, git)
 
-    def _path(self, path: Path, relative: str, git: bool, trust_ctime: bool = True) -> None:
+    def _path(self, path: str, relative: str, git: bool, trust_ctime: bool = True) -> None:
         try:
             st = os.lstat(path)
         except FileNotFoundError:
             return
-        if stat.S_ISDIR(st.st_mode):
+        mode = st.st_mode
+        if stat.S_ISREG(mode):
+            self._file(path, relative, st, trust_ctime)
+        elif stat.S_ISDIR(mode):
             self.entries.append(WalkedEntry(relative, DIRECTORY, st))
             self._directory(path, relative, git)
-        elif stat.S_ISLNK(st.st_mode):
+        elif stat.S_ISLNK(mode):
             try:
                 target = os.readlink(path)
             except FileNotFoundError:
                 return
             self.entries.append(WalkedEntry(relative, SYMLINK, st, target=target))
-        elif stat.S_ISREG(st.st_mode):
-            self._file(path, relative, st, trust_ctime)
         # sockets, FIFOs, devices: not an app's data; left out
 
-    def _file(self, path: Path, relative: str, st: os.stat_result, trust_ctime: bool) -> None:
-        cached = self.cache.lookup(relative, StatKey.of(st, trust_ctime))
-        if cached is not None:
+    def _file(self, path: str, relative: str, st: os.stat_result, trust_ctime: bool) -> None:
+        previous = self.cache.entry(relative, st, trust_ctime)
+        if previous is not None:
             self.stats.files_cached += 1
-            chunks = tuple((ref.hash, ref.size) for ref in cached)
-            self.entries.append(WalkedEntry(relative, FILE, st, chunks))
+            self.entries.append(WalkedEntry(relative, FILE, st, (), "", previous))
             return
         read = read_stable(
-            path,
+            Path(path),
             chunk_size=self.limits.chunk_size,
             small_file=self.limits.small_file,
             add=self.add,
@@ -136,7 +141,7 @@ class HomeWalk:
     def _git_directory(self, path: Path, relative: str) -> None:
         self.stats.git_repositories.append(relative or ".")
         for name in gitrepo.REF_PARTS:
-            self._path(path / name, self._relative(relative, name), git=True)
+            self._path(str(path / name), _relative(relative, name), git=True)
         # Everything else that can name objects (the index, reflogs in logs/, ORIG_HEAD,
         # FETCH_HEAD...) before the objects too: read after the pin, an index or a reflog
         # written meanwhile names blobs and commits the pinned set lacks (seen: a restored
@@ -144,8 +149,8 @@ class HomeWalk:
         for name in sorted(os.listdir(path)):
             if name in gitrepo.REF_PARTS or name == "objects" or gitrepo.skipped(name):
                 continue
-            self._path(path / name, self._relative(relative, name), git=True)
-        objects_relative = self._relative(relative, "objects")
+            self._path(str(path / name), _relative(relative, name), git=True)
+        objects_relative = _relative(relative, "objects")
         pins = self.pins / f"{len(self.stats.git_repositories)}"
         names = gitrepo.pin_objects(path, pins)
         objects_st = os.lstat(path / "objects")
@@ -163,4 +168,8 @@ class HomeWalk:
 
     def _pinned(self, path: Path, relative: str) -> None:
         st = os.lstat(path)
-        self._file(path, relative, st, trust_ctime=False)
+        self._file(str(path), relative, st, trust_ctime=False)
+
+
+def _relative(parent: str, name: str) -> str:
+    return f"{parent}/{name}" if parent else name

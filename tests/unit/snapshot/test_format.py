@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 
 import pytest
 
@@ -19,6 +20,7 @@ from hakit.snapshot.format import (
     blob_key,
     chunk_spans,
     decode_manifest,
+    decode_manifest_json,
     encode_manifest,
     new_generation_id,
     object_key,
@@ -79,6 +81,22 @@ def test_manifest_round_trips() -> None:
     manifest = _manifest()
     assert decode_manifest(encode_manifest(manifest)) == manifest
     assert encode_manifest(manifest) == encode_manifest(decode_manifest(encode_manifest(manifest)))
+
+
+def test_the_manifest_is_compact_json_with_sorted_keys() -> None:
+    # Dumped without sort_keys, from objects built in sorted order: the same bytes.
+    data = encode_manifest(_manifest())
+    assert data == json.dumps(json.loads(data), separators=(",", ":"), sort_keys=True).encode()
+
+
+def test_entries_reused_in_their_json_form_give_the_same_bytes() -> None:
+    manifest = _manifest()
+    data = encode_manifest(manifest)
+    decoded, raws = decode_manifest_json(data)
+    assert decoded == manifest and [Entry.decode(raw) for raw in raws] == list(manifest.entries)
+    # Some entries given as JSON, others (None, or past the end) encoded anew.
+    assert encode_manifest(decoded, [raws[0], None]) == data
+    assert encode_manifest(decoded, raws) == data
 
 
 def test_chunk_refs_list_the_database_first() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from hakit.snapshot.format import FILE, ChunkRef, Entry, Manifest
 from hakit.snapshot.hashcache import RACY_NS, HashCache, StatKey
 
@@ -48,3 +50,13 @@ def test_a_racily_clean_file_is_read_again() -> None:
 
 def test_no_previous_generation_no_cache() -> None:
     assert HashCache(None).lookup("f", StatKey(7, 3, 1000, 1000)) is None
+
+
+def test_the_walk_gets_the_previous_entry_itself() -> None:
+    previous = _previous()
+    cache = HashCache(previous)
+    st = os.stat_result((0o100644, 7, 0, 1, 0, 0, 3, 0, 0, 0, 0, 0, 0, 1000, 1000, 1000))
+    assert cache.entry("f", st) is previous.entries[0]
+    moved = os.stat_result((0o100644, 7, 0, 1, 0, 0, 3, 0, 0, 0, 0, 0, 0, 1000, 1000, 2000))
+    assert cache.entry("f", moved) is None  # ctime moved
+    assert cache.entry("f", moved, trust_ctime=False) is previous.entries[0]
