@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hakit.agent.backup_job import BACKUP, CHECK, COMMAND, BackupJob
-from hakit.agent.snapshot_job import Outcome
+from hakit.agent.snapshot_job import Job, Outcome
 from hakit.agent.snapshots import STDERR_TAIL, Raise, Record, capture_due, newest_capture_time
 from hakit.backup.healthcheck import Status
 from hakit.backup.target import BackupTarget, LocalTarget, resolve_target
@@ -115,13 +115,19 @@ class Finished:
 
 
 async def run_job(
-    job: BackupJob, tick: float, stop_reason: Callable[[], str], timeout: float | None = None
+    job: BackupJob | Job,
+    tick: float,
+    stop_reason: Callable[[], str],
+    timeout: float | None = None,
+    *,
+    command: tuple[str, ...] = COMMAND,  # snapshot_job's for a Job (replicated storage)
+    what: str = "backup",
 ) -> Finished:
     """``job`` in its own process; killed when ``stop_reason()`` says why or after ``timeout``."""
     started = time.monotonic()
     process = await asyncio.create_subprocess_exec(
         sys.executable,
-        *COMMAND,
+        *command,
         "--parent",
         str(os.getpid()),
         stdin=asyncio.subprocess.PIPE,
@@ -146,10 +152,10 @@ async def run_job(
             process.kill()
             talk.cancel()
     seconds = time.monotonic() - started
-    return Finished(_outcome(stdout, stderr, process.returncode), seconds, abandoned)
+    return Finished(_outcome(stdout, stderr, process.returncode, what), seconds, abandoned)
 
 
-def _outcome(stdout: bytes, stderr: bytes, code: int | None) -> Outcome:
+def _outcome(stdout: bytes, stderr: bytes, code: int | None, what: str = "backup") -> Outcome:
     lines = stdout.decode(errors="replace").strip().splitlines()
     if lines:
         try:
@@ -157,7 +163,7 @@ def _outcome(stdout: bytes, stderr: bytes, code: int | None) -> Outcome:
         except (ValueError, KeyError, TypeError):
             pass
     tail = stderr.decode(errors="replace").strip()[-STDERR_TAIL:]
-    return Outcome(ok=False, error=f"the backup process ended with code {code}: {tail}")
+    return Outcome(ok=False, error=f"the {what} process ended with code {code}: {tail}")
 
 
 class BackupSchedule:

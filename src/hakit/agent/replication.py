@@ -12,8 +12,16 @@ Every ``[replication] interval``:
   and this node holds no lease, swaps it in by one rename (hakit.snapshot.apply).
   Older epochs and older generations are refused there.
 
-The slow parts run in threads; only the swap (a rename and an fsync) runs on the
-event loop, so it cannot interleave with a start of the app. The node record's
+The capture runs in a process of its own (hakit.agent.snapshot_job, started and
+watched by hakit.agent.backups.run_job, as scheduled snapshots and backups are),
+at a lower priority: hashing a home in a thread of the agent would hold its
+interpreter lock, and a stalled disk its thread, while the lease must be renewed
+and the app probed. It is killed by PID the moment this node is no longer the
+running active of the epoch it started under (and dies with the agent); a
+capture killed midway leaves no generation (its manifest is written last). A
+standby's pull and restore run in threads (network and disk waits, the lock
+released); only the swap (a rename and an fsync) runs on the event loop, so it
+cannot interleave with a start of the app. The node record's
 ``detail["replica"]`` says what this node holds: on a standby the generation
 applied, its epoch and age (its recovery point), on the active the newest
 generation captured; ``hakit status`` shows it.
@@ -27,9 +35,7 @@ beside its repository, kept across restarts); a node that served the last epoch
 holds the newest data. ``promoted`` records the failover's data-loss window in a
 ``replication`` event (``hakit why`` states it).
 
-Not here yet: pruning the repositories (the snapshot retention's job), a capture
-in a process of its own (the scheduler of hakit.agent.snapshots runs one), and
-PostgreSQL (hakit.snapshot.apply.DATABASE_PLACERS).
+Not here yet: pruning the repositories (the snapshot retention's job).
 """
 
 from __future__ import annotations
@@ -43,6 +49,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from hakit.agent import snapshot_job
+from hakit.agent.backups import run_job
 from hakit.config import Config, NodeConfig
 from hakit.config.values import Storage
 from hakit.coord.base import Coordinator, Lease
@@ -59,7 +67,6 @@ from hakit.snapshot.apply import (
     refusal,
     swap_in,
 )
-from hakit.snapshot.capture import CaptureOptions, create_snapshot
 from hakit.snapshot.database import database_target
 from hakit.snapshot.peerstore import PeerStore, pull_generation
 from hakit.snapshot.store import LocalStore
@@ -68,6 +75,7 @@ from hakit.snapshot.verify import read_manifest
 log = logging.getLogger("hakit.agent.replication")
 
 REPLICA_KEY = "replica"  # the node record's detail: what this node holds (hakit status)
+JOB_TICK = 0.2  # s: how often a running capture checks that this node is still the active
 
 Record = Callable[..., None]
 
@@ -78,6 +86,10 @@ def admin_url(node: NodeConfig) -> str | None:
     host = "127.0.0.1" if node.host in ("0.0.0.0", "", "*") else node.host
     host = f"[{host}]" if ":" in host else host
     return f"http://{host}:{node.admin_port}"
+
+
+class Abandoned(HakitError):
+    """A capture killed because this node stopped being the running active of its epoch."""
 
 
 class ReplicationSide:
@@ -245,6 +257,14 @@ class ReplicationSide:
                 await self._follow(lease.holder)
             else:
                 return
+        except Abandoned as error:
+            # The lease or the app went: not a replication failure (the failover is told).
+            self._record(
+                EventKind.REPLICATION,
+                f"replication on {self.node.name}: {error}",
+                data={"abandoned": True},
+            )
+            return
         except HakitError as error:
             self._trouble(str(error))
             return
@@ -266,21 +286,48 @@ class ReplicationSide:
             )
 
     async def _capture(self, epoch: int) -> None:
-        target = database_target(self.database_url)
-        options = CaptureOptions(
-            home=self.home,
-            database_url=self.database_url,
-            node=self.node.name,
-            epoch=epoch,
-            exclude=home_exclusions(self.home, target),
-        )
+        """One generation under ``epoch``, in a process of its own (see the module's doc)."""
         started = time.time()
-        report = await asyncio.to_thread(create_snapshot, LocalStore(self.repository), options)
+        finished = await run_job(
+            self.job(epoch),
+            JOB_TICK,
+            lambda: self._stop_reason(epoch),
+            command=snapshot_job.COMMAND,
+            what="replication capture",
+        )
+        if finished.abandoned:
+            raise Abandoned(
+                f"capture under epoch {epoch} abandoned after {finished.seconds:.1f} s: "
+                f"{finished.abandoned}; its process was killed (no generation)"
+            )
+        outcome = finished.outcome
+        if not outcome.ok:
+            raise HakitError(f"capture under epoch {epoch} failed: {outcome.error}")
         if self._active_epoch() == epoch:
             self._note_active(started)
-        manifest = report.manifest
-        self.captured = (manifest.generation, manifest.started_ns)
-        log.info("replication: captured %s under epoch %d", manifest.generation, epoch)
+        self.captured = (outcome.generation, int(outcome.data["taken_ns"]))
+        log.info("replication: captured %s under epoch %d", outcome.generation, epoch)
+
+    def job(self, epoch: int) -> snapshot_job.Job:
+        """What the capture process is told (on its stdin: the URL may hold a password)."""
+        exclude = home_exclusions(self.home, database_target(self.database_url))
+        return snapshot_job.Job(
+            home=str(self.home),
+            database_url=self.database_url,
+            directory=str(self.repository),
+            node=self.node.name,
+            epoch=epoch,
+            exclude=tuple(sorted(exclude)),
+        )
+
+    def _stop_reason(self, epoch: int) -> str:
+        """Why a capture under ``epoch`` must stop now ("" while this node is its active)."""
+        now_epoch = self._active_epoch()
+        if now_epoch == epoch:
+            return ""
+        return f"{self.node.name} is no longer the running active of epoch {epoch}" + (
+            f" (now epoch {now_epoch})" if now_epoch else ""
+        )
 
     async def _follow(self, holder: str) -> None:
         if self._token is None:

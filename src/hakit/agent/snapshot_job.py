@@ -49,6 +49,9 @@ class Job:
     keep_daily: int = 0
     keep_weekly: int = 0
     grace: float = 3600.0
+    # Paths relative to the home left out (replicated storage: the SQLite file inside it,
+    # read through the backup API instead; hakit.snapshot.apply.home_exclusions).
+    exclude: tuple[str, ...] = ()
 
     def encode(self) -> bytes:
         return json.dumps(asdict(self)).encode()
@@ -92,13 +95,18 @@ def run(job: Job) -> Outcome:
         report = create_snapshot(
             store,
             CaptureOptions(
-                home=Path(job.home), database_url=job.database_url, node=job.node, epoch=job.epoch
+                home=Path(job.home),
+                database_url=job.database_url,
+                node=job.node,
+                epoch=job.epoch,
+                exclude=frozenset(job.exclude),
             ),
         )
     except (HakitError, OSError) as error:
         return Outcome(ok=False, error=str(error))
     data: dict[str, Any] = {
         "generation": report.manifest.generation,
+        "taken_ns": report.manifest.started_ns,
         "files": sum(1 for entry in report.manifest.entries if entry.type == "f"),
         "files_read": report.walked.files_read,
         "bytes_written": report.written.bytes_written,
