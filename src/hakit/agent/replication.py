@@ -35,12 +35,17 @@ beside its repository, kept across restarts); a node that served the last epoch
 holds the newest data. ``promoted`` records the failover's data-loss window in a
 ``replication`` event (``hakit why`` states it).
 
+A planned switchover ships a final generation first and loses nothing
+(hakit.agent.final_generation; ``before_release``, asked by the agent before its
+StepDown releases the lease); its target turns every ``HURRY`` seconds meanwhile.
+
 Not here yet: pruning the repositories (the snapshot retention's job).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -51,12 +56,19 @@ from typing import Any
 
 from hakit.agent import snapshot_job
 from hakit.agent.backups import run_job
+from hakit.agent.final_generation import (  # noqa: F401 - replication_detail: re-exported
+    HURRY,
+    REPLICA_KEY,
+    FinalGeneration,
+    replication_detail,
+)
 from hakit.config import Config, NodeConfig
 from hakit.config.values import Storage
 from hakit.coord.base import Coordinator, Lease
 from hakit.errors import HakitError
 from hakit.history.facts import DATA_LOSS_WINDOW, FORCED, GENERATION
 from hakit.history.kinds import EventKind
+from hakit.policy import HandoverRequested, LeaseGained
 from hakit.policy.replication import Verdict, promotion_verdict
 from hakit.snapshot.apply import (
     AppliedCopy,
@@ -74,7 +86,6 @@ from hakit.snapshot.verify import read_manifest
 
 log = logging.getLogger("hakit.agent.replication")
 
-REPLICA_KEY = "replica"  # the node record's detail: what this node holds (hakit status)
 JOB_TICK = 0.2  # s: how often a running capture checks that this node is still the active
 
 Record = Callable[..., None]
@@ -105,6 +116,9 @@ class ReplicationSide:
         served_epoch: Callable[[], int],
         record: Record,
         token: str | None,
+        held_epoch: Callable[[], int] = lambda: 0,  # the lease's epoch held here, app or not
+        handover: Callable[[], Mapping[str, Any] | None] = lambda: None,  # the intent in force
+        publish: Callable[[], None] = lambda: None,  # this node's record, now
     ) -> None:
         self.cfg = cfg
         self.node = node
@@ -115,6 +129,8 @@ class ReplicationSide:
         self._served_epoch = served_epoch
         self._record = record
         self._token = token
+        self._held_epoch = held_epoch
+        self._publish = publish
         self.enabled = cfg.cluster.storage is Storage.REPLICATED
         self.home = cfg.home_of(node)
         self.database_url = cfg.database_url_of(node)
@@ -127,6 +143,21 @@ class ReplicationSide:
         self._problem: str | None = None
         self._refused: tuple[str, bool] | None = None  # the last refusal recorded
         self._pending: tuple[Verdict, bool] | None = None  # allowed takeover, not yet promoted
+        self._capturing = asyncio.Lock()  # one capture at a time (scheduled, final)
+        # A planned switchover's final generation (hakit.agent.final_generation).
+        self.final = FinalGeneration(
+            cfg,
+            node.name,
+            coordinator,
+            call,
+            capture=self._capture_final,
+            held_epoch=held_epoch,
+            handover=handover,
+            record=record,
+            publish=publish,
+        )
+        self.before_release = self.final.before_release
+        self._wake = asyncio.Event()  # a switchover to this node began: turn now
 
     # --- what this node holds -------------------------------------------------------
 
@@ -172,6 +203,7 @@ class ReplicationSide:
             entry = {"role": "copy", "generation": None}
         data_time = self.data_time()
         entry["data_age"] = None if data_time is None else round(max(now - data_time, 0.0), 3)
+        self.final.detail(entry)
         if self._problem:
             entry["problem"] = self._problem
         return {REPLICA_KEY: entry}
@@ -185,12 +217,17 @@ class ReplicationSide:
         data_time = self.data_time()
         age = None if data_time is None else max(now - data_time, 0.0)
         generation = self.copy.generation if self.copy is not None else "its own home"
-        return promotion_verdict(current, age, generation, self.cfg.replication.max_lag, forced)
+        final = self.final.holds_final(self.copy, self.last_epoch)
+        return promotion_verdict(
+            current, age, generation, self.cfg.replication.max_lag, forced, final
+        )
 
     def allows_takeover(self, forced: bool = False) -> bool:
         """May this node take the lease now? Refusals are recorded once per reason."""
         if not self.enabled:
             return True
+        if self.final.unknown(self.copy):
+            return False  # its next turn reads whether the copy is the final generation
         verdict = self.verdict(forced, time.time())
         if verdict is None:
             return False
@@ -207,6 +244,13 @@ class ReplicationSide:
         self._refused = None
         self._pending = (verdict, forced)
         return True
+
+    def heard(self, event: object) -> None:
+        """An event the agent's loop takes (a LeaseGained of the epoch held: promoted)."""
+        if isinstance(event, LeaseGained):
+            self.promoted(event.epoch)  # the data-loss window, recorded
+        elif isinstance(event, HandoverRequested) and event.target == self.node.name:
+            self.wake()  # a switchover's target follows the active closely
 
     def promoted(self, epoch: int) -> None:
         """This node leads under ``epoch``: record what the failover may have lost."""
@@ -227,16 +271,24 @@ class ReplicationSide:
                     FORCED: forced,
                 },
             )
+        self.final.shipped = None
         self._note_active(now)
 
     # --- the loop ---------------------------------------------------------------------
+
+    def wake(self) -> None:
+        """A handover was asked for: look at once (the loop then turns every ``HURRY``)."""
+        self._wake.set()
 
     async def run(self) -> None:
         interval = self.cfg.replication.interval
         await asyncio.to_thread(LocalStore(self.repository).create)
         while True:
+            self._wake.clear()
             await self.turn()
-            await asyncio.sleep(interval)
+            pause = min(interval, HURRY) if self.final.hurrying() else interval
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), pause)
 
     async def turn(self) -> None:
         try:
@@ -251,12 +303,16 @@ class ReplicationSide:
             return
         try:
             epoch = self._active_epoch()
+            hurrying = self.final.hurrying()
             if epoch:
-                await self._capture(epoch)
+                async with self._capturing:
+                    await self._capture(epoch)
             elif lease is not None and lease.holder != self.node.name and lease.valid:
                 await self._follow(lease.holder)
-            else:
+            elif not hurrying:
                 return
+            if hurrying:
+                await self.final.read(lease, self.copy)
         except Abandoned as error:
             # The lease or the app went: not a replication failure (the failover is told).
             self._record(
@@ -285,13 +341,14 @@ class ReplicationSide:
                 data={"error": problem},
             )
 
-    async def _capture(self, epoch: int) -> None:
-        """One generation under ``epoch``, in a process of its own (see the module's doc)."""
+    async def _capture(self, epoch: int, final: bool = False) -> str:
+        """One generation under ``epoch``, in a process of its own (see the module's doc);
+        ``final``: the app is stopped, the lease still held (a switchover's last one)."""
         started = time.time()
         finished = await run_job(
             self.job(epoch),
             JOB_TICK,
-            lambda: self._stop_reason(epoch),
+            lambda: self._stop_reason(epoch, final),
             command=snapshot_job.COMMAND,
             what="replication capture",
         )
@@ -303,10 +360,11 @@ class ReplicationSide:
         outcome = finished.outcome
         if not outcome.ok:
             raise HakitError(f"capture under epoch {epoch} failed: {outcome.error}")
-        if self._active_epoch() == epoch:
+        if (self._held_epoch() if final else self._active_epoch()) == epoch:
             self._note_active(started)
         self.captured = (outcome.generation, int(outcome.data["taken_ns"]))
         log.info("replication: captured %s under epoch %d", outcome.generation, epoch)
+        return outcome.generation
 
     def job(self, epoch: int) -> snapshot_job.Job:
         """What the capture process is told (on its stdin: the URL may hold a password)."""
@@ -320,12 +378,19 @@ class ReplicationSide:
             exclude=tuple(sorted(exclude)),
         )
 
-    def _stop_reason(self, epoch: int) -> str:
-        """Why a capture under ``epoch`` must stop now ("" while this node is its active)."""
-        now_epoch = self._active_epoch()
+    async def _capture_final(self, epoch: int) -> str:
+        """A switchover's final generation: the app stopped, the lease of ``epoch`` held."""
+        async with self._capturing:  # a scheduled capture ends first (the app stopped)
+            return await self._capture(epoch, final=True)
+
+    def _stop_reason(self, epoch: int, final: bool = False) -> str:
+        """Why a capture under ``epoch`` must stop now ("" while this node is its active;
+        ``final``: while it holds the lease of ``epoch``)."""
+        now_epoch = self._held_epoch() if final else self._active_epoch()
         if now_epoch == epoch:
             return ""
-        return f"{self.node.name} is no longer the running active of epoch {epoch}" + (
+        what = "the holder of the lease" if final else "the running active"
+        return f"{self.node.name} is no longer {what} of epoch {epoch}" + (
             f" (now epoch {now_epoch})" if now_epoch else ""
         )
 
@@ -346,6 +411,7 @@ class ReplicationSide:
         self.copy = current_copy(self.home)
         self.own_until = None  # the node's own data was set aside with its directory
         self._state_file.unlink(missing_ok=True)
+        self._publish()  # the copy it now holds: a switchover's active waits for it
         await asyncio.to_thread(prune_generations, self.home, self.cfg.replication.keep)
         log.info("replication: %s applied on %s", prepared.name, self.node.name)
 
@@ -363,9 +429,3 @@ class ReplicationSide:
         if why is not None:
             raise HakitError(why)
         return prepare_generation(local, manifest, self.home, database_target(self.database_url))
-
-
-def replication_detail(detail: Mapping[str, Any]) -> Mapping[str, Any] | None:
-    """The ``replica`` entry of a node record's detail (None: not replicated)."""
-    entry = detail.get(REPLICA_KEY)
-    return entry if isinstance(entry, Mapping) else None

@@ -27,9 +27,7 @@ CONFIG = """
 name = "repl"
 state_dir = "state"
 storage = "replicated"
-[replication]
-interval = "1h"
-[admin]
+{replication}[admin]
 token = "replication-test-token-0123456789abcdef"
 [app]
 start = "true"
@@ -60,8 +58,8 @@ class Agentish:
         self.events.append((str(kind), reason, dict(data or {})))
 
 
-def replicated_config(root: Path) -> Config:
-    (root / "hakit.toml").write_text(CONFIG)
+def replicated_config(root: Path, replication: str = '[replication]\ninterval = "1h"\n') -> Config:
+    (root / "hakit.toml").write_text(CONFIG.replace("{replication}", replication))
     for node in ("node1", "node2"):
         (root / node / "home").mkdir(parents=True)
     return load_config(root / "hakit.toml")

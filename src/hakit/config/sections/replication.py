@@ -6,6 +6,7 @@
     interval = "30s"   # the active captures, each standby pulls and applies, this often
     max_lag = "5m"     # a standby whose copy is older is not promoted (unless forced)
     keep = 3           # generations each standby keeps beside its home
+    final_timeout = "1m"  # a switchover's final generation must be applied by its target within
     directory = "..."  # this node's repository (default: <state_dir>/replication/<node>)
 
 Replicated storage trades a recovery point for needing no shared storage: a
@@ -37,6 +38,10 @@ class ReplicationConfig(_Section):
     interval: PositiveDuration = 30.0
     max_lag: PositiveDuration = 300.0
     keep: int = Field(default=3, ge=1)
+    # A planned switchover: the active (app stopped) ships a final generation and waits
+    # this long for the target to apply it before it releases the lease
+    # (hakit.policy.replication.final_decision).
+    final_timeout: PositiveDuration = 60.0
     directory: Path | None = None  # default: <state_dir>/replication/<node>
 
     def repository(self, state_dir: Path, node: str) -> Path:
