@@ -485,6 +485,7 @@ class Agent:
                 self.app_state = AppState.STARTING
                 self._publish()
                 # The policy must hear how the start went before any other event.
+                await self.replication.settled()  # a replicated generation's swap ends first
                 try:
                     await check_port_free(self.node.port)
                     pid = await self.app.start({EPOCH_VARIABLE: str(self.lease.epoch)})

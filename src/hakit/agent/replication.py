@@ -21,7 +21,10 @@ running active of the epoch it started under (and dies with the agent); a
 capture killed midway leaves no generation (its manifest is written last). A
 standby's pull and restore run in threads (network and disk waits, the lock
 released); only the swap (a rename and an fsync) runs on the event loop, so it
-cannot interleave with a start of the app. The node record's
+cannot interleave with a start of the app. With PostgreSQL (each node its own
+database, hakit.snapshot.pgreplica) the swap also renames databases on the
+server: it runs in a thread, and the agent's start of the app waits for it
+(``settled``), as does a takeover. The node record's
 ``detail["replica"]`` says what this node holds: on a standby the generation
 applied, its epoch and age (its recovery point), on the active the newest
 generation captured; ``hakit status`` shows it.
@@ -81,6 +84,7 @@ from hakit.snapshot.apply import (
 )
 from hakit.snapshot.database import database_target
 from hakit.snapshot.peerstore import PeerStore, pull_generation
+from hakit.snapshot.postgres import POSTGRESQL
 from hakit.snapshot.store import LocalStore
 from hakit.snapshot.verify import read_manifest
 
@@ -144,6 +148,8 @@ class ReplicationSide:
         self._refused: tuple[str, bool] | None = None  # the last refusal recorded
         self._pending: tuple[Verdict, bool] | None = None  # allowed takeover, not yet promoted
         self._capturing = asyncio.Lock()  # one capture at a time (scheduled, final)
+        self._settled = asyncio.Event()  # cleared while a swap runs in a thread (PostgreSQL)
+        self._settled.set()
         # A planned switchover's final generation (hakit.agent.final_generation).
         self.final = FinalGeneration(
             cfg,
@@ -226,7 +232,7 @@ class ReplicationSide:
         """May this node take the lease now? Refusals are recorded once per reason."""
         if not self.enabled:
             return True
-        if self.final.unknown(self.copy):
+        if not self._settled.is_set() or self.final.unknown(self.copy):
             return False  # its next turn reads whether the copy is the final generation
         verdict = self.verdict(forced, time.time())
         if verdict is None:
@@ -403,17 +409,33 @@ class ReplicationSide:
         prepared = await asyncio.to_thread(self._pull_and_prepare, PeerStore(url, self._token))
         if prepared is None:
             return
-        # The swap, on the event loop: nothing starts the app between the check and the rename.
         if not self._cold():
             log.info("replication: the app runs here now; %s not swapped in", prepared.name)
             return
-        swap_in(self.home, prepared, lambda: not self._cold())
+        database = database_target(self.database_url)
+        if database is not None and database.kind == POSTGRESQL:
+            # The databases' renames talk to the server: in a thread, and the app's start
+            # waits until the swap is over (``settled``): it finds both old or both new.
+            self._settled.clear()
+            try:
+                await asyncio.to_thread(
+                    swap_in, self.home, prepared, lambda: not self._cold(), database
+                )
+            finally:
+                self._settled.set()
+        else:
+            # On the event loop: nothing starts the app between the check and the rename.
+            swap_in(self.home, prepared, lambda: not self._cold())
         self.copy = current_copy(self.home)
         self.own_until = None  # the node's own data was set aside with its directory
         self._state_file.unlink(missing_ok=True)
         self._publish()  # the copy it now holds: a switchover's active waits for it
-        await asyncio.to_thread(prune_generations, self.home, self.cfg.replication.keep)
+        await asyncio.to_thread(prune_generations, self.home, self.cfg.replication.keep, database)
         log.info("replication: %s applied on %s", prepared.name, self.node.name)
+
+    async def settled(self) -> None:
+        """Until no swap is under way (the agent asks before it starts the app)."""
+        await self._settled.wait()
 
     def _pull_and_prepare(self, peer: PeerStore) -> Path | None:
         generations = peer.list_manifests()
