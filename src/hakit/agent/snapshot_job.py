@@ -58,7 +58,8 @@ class Job:
 
     @classmethod
     def decode(cls, data: bytes) -> Job:
-        return cls(**json.loads(data))
+        raw = json.loads(data)
+        return cls(**{**raw, "exclude": tuple(raw.get("exclude", ()))})
 
     @property
     def policy(self) -> RetentionPolicy:
