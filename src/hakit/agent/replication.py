@@ -91,6 +91,7 @@ from hakit.snapshot.verify import read_manifest
 log = logging.getLogger("hakit.agent.replication")
 
 JOB_TICK = 0.2  # s: how often a running capture checks that this node is still the active
+FOLLOW_LOOKS = 4  # a standby asks the active for a new generation this often per interval
 
 Record = Callable[..., None]
 
@@ -286,13 +287,29 @@ class ReplicationSide:
         """A handover was asked for: look at once (the loop then turns every ``HURRY``)."""
         self._wake.set()
 
-    async def run(self) -> None:
+    def period(self) -> float:
+        """Seconds from one turn's start to the next: the active captures every
+        ``interval``; a standby looks ``FOLLOW_LOOKS`` times as often (one small request
+        to the active when nothing is new), so it applies a generation soon after its
+        capture ends, not up to an interval later; every ``HURRY`` during a switchover
+        to it."""
         interval = self.cfg.replication.interval
+        if self.final.hurrying():
+            return min(interval, HURRY)
+        if self._active_epoch():
+            return interval
+        return min(interval, max(interval / FOLLOW_LOOKS, HURRY))
+
+    async def run(self) -> None:
         await asyncio.to_thread(LocalStore(self.repository).create)
         while True:
+            started = time.monotonic()
             self._wake.clear()
             await self.turn()
-            pause = min(interval, HURRY) if self.final.hurrying() else interval
+            # A fixed rhythm, not a pause after each turn: a capture's own time does not
+            # stretch the interval (a turn longer than it leaves a tenth of it as a pause).
+            period = self.period()
+            pause = max(period - (time.monotonic() - started), period / 10)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), pause)
 
