@@ -18,6 +18,7 @@ objects it lacked cross the network). Every loop is bounded by ``--duration``.
 from __future__ import annotations
 
 import argparse
+import re
 import statistics
 import tempfile
 import threading
@@ -67,6 +68,17 @@ class Writer:
                 self.stop.wait(max(0.0, began + turn / self.rate - time.monotonic()))
 
 
+CAPTURED = re.compile(r"replication: captured \S+ under epoch \d+ in ([0-9.]+) s")
+APPLIED = re.compile(r"replication: \S+ applied on \S+ in ([0-9.]+) s")
+
+
+def logged_seconds(log: Path, pattern: re.Pattern[str]) -> list[float]:
+    """The durations an agent logged (its captures, its applies)."""
+    if not log.is_file():
+        return []
+    return [float(match.group(1)) for match in pattern.finditer(log.read_text(errors="replace"))]
+
+
 def repository_bytes(path: Path) -> int:
     return sum(item.stat().st_size for item in path.rglob("*") if item.is_file())
 
@@ -106,6 +118,8 @@ class Row:
     applied_per_min: float
     shipped: int
     applied: int
+    capture_seconds: list[float]  # the active's captures
+    apply_seconds: list[float]  # this standby's pull + restore + swap
 
 
 def run(args: argparse.Namespace) -> tuple[list[Row], Writer, float]:
@@ -148,6 +162,8 @@ def run(args: argparse.Namespace) -> tuple[list[Row], Writer, float]:
                 thread.join(30)
             minutes = (time.monotonic() - started) / 60
             captured = len(set(generations(repositories[active])) - known[active])
+            logs = cfg.cluster.state_dir / "logs"
+            captures = logged_seconds(logs / f"agent-{active}.out", CAPTURED)
             rows = []
             for name in standbys:
                 applied = len(set(generations(repositories[name])) - known[name])
@@ -159,6 +175,8 @@ def run(args: argparse.Namespace) -> tuple[list[Row], Writer, float]:
                         applied / minutes,
                         repository_bytes(repositories[name]) - sizes[name],
                         applied,
+                        captures,
+                        logged_seconds(logs / f"agent-{name}.out", APPLIED),
                     )
                 )
             return rows, writer, minutes
@@ -195,20 +213,25 @@ def main() -> None:
     print()
     print(
         "| standby | samples | recovery point median | p95 | max | generations captured/min "
-        "| applied/min | bytes shipped | per generation applied |"
+        "| applied/min | bytes shipped | per generation applied | capture median | apply median |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         if not row.samples:
-            print(f"| {row.standby} | 0 | (no copy applied) | | | | | | |")
+            print(f"| {row.standby} | 0 | (no copy applied) | | | | | | | | |")
             continue
         per = row.shipped / row.applied if row.applied else 0
         print(
             f"| {row.standby} | {len(row.samples)} | {statistics.median(row.samples):.1f} s "
             f"| {percentile(row.samples, 0.95):.1f} s | {max(row.samples):.1f} s "
             f"| {row.captured_per_min:.1f} | {row.applied_per_min:.1f} "
-            f"| {row.shipped / 1e6:.1f} MB | {per / 1e3:.0f} kB |"
+            f"| {row.shipped / 1e6:.1f} MB | {per / 1e3:.0f} kB "
+            f"| {_median(row.capture_seconds)} | {_median(row.apply_seconds)} |"
         )
+
+
+def _median(values: list[float]) -> str:
+    return f"{statistics.median(values):.1f} s" if values else "-"
 
 
 if __name__ == "__main__":

@@ -386,7 +386,12 @@ class ReplicationSide:
         if (self._held_epoch() if final else self._active_epoch()) == epoch:
             self._note_active(started)
         self.captured = (outcome.generation, int(outcome.data["taken_ns"]))
-        log.info("replication: captured %s under epoch %d", outcome.generation, epoch)
+        log.info(
+            "replication: captured %s under epoch %d in %.2f s",
+            outcome.generation,
+            epoch,
+            finished.seconds,
+        )
         return outcome.generation
 
     def job(self, epoch: int) -> snapshot_job.Job:
@@ -423,6 +428,7 @@ class ReplicationSide:
         url = admin_url(self.cfg.node(holder))
         if url is None:
             raise HakitError(f"{holder} has no admin_port: its repository cannot be read")
+        started = time.monotonic()
         prepared = await asyncio.to_thread(self._pull_and_prepare, PeerStore(url, self._token))
         if prepared is None:
             return
@@ -448,7 +454,12 @@ class ReplicationSide:
         self._state_file.unlink(missing_ok=True)
         self._publish()  # the copy it now holds: a switchover's active waits for it
         await asyncio.to_thread(prune_generations, self.home, self.cfg.replication.keep, database)
-        log.info("replication: %s applied on %s", prepared.name, self.node.name)
+        log.info(
+            "replication: %s applied on %s in %.2f s (pulled, restored, swapped)",
+            prepared.name,
+            self.node.name,
+            time.monotonic() - started,
+        )
 
     async def settled(self) -> None:
         """Until no swap is under way (the agent asks before it starts the app)."""
