@@ -123,7 +123,7 @@ class FinalGeneration:
             self._record(
                 EventKind.REPLICATION,
                 f"the final generation for {target} was not captured: "
-                f"{error or 'final_timeout passed'}",
+                f"{str(error) or 'final_timeout passed'}",
                 epoch=epoch,
                 data={"error": str(error)},
             )

@@ -163,7 +163,6 @@ class ReplicationSide:
             record=record,
             publish=publish,
         )
-        self.before_release = self.final.before_release
         self._wake = asyncio.Event()  # a switchover to this node began: turn now
 
     # --- what this node holds -------------------------------------------------------
@@ -251,6 +250,13 @@ class ReplicationSide:
         self._refused = None
         self._pending = (verdict, forced)
         return True
+
+    async def before_release(self, app_running: bool) -> str | None:
+        """Before a StepDown releases the lease (hakit.agent.final_generation): why a planned
+        switchover is abandoned, or None (nothing to do without replicated storage)."""
+        if not self.enabled:
+            return None
+        return await self.final.before_release(app_running)
 
     def heard(self, event: object) -> None:
         """An event the agent's loop takes (a LeaseGained of the epoch held: promoted)."""

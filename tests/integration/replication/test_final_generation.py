@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from hakit.config import load_config
 from hakit.coord.base import NodeRecord
 from hakit.history.facts import DATA_LOSS_WINDOW, GENERATION
 from hakit.operator.commands import perform
@@ -106,5 +107,23 @@ def test_nothing_is_shipped_while_the_app_runs_or_for_a_forced_failover(tmp_path
         handover=lambda: {"kind": "failover", "source": "node1", "target": "node2", "epoch": 1},
     )
     assert forced.final.planned_target() is None
+    assert agent.events == []
+    assert not (side.repository / "manifests").exists()
+
+
+def test_shared_storage_ships_nothing_before_a_switchover(tmp_path: Path) -> None:
+    agent = Agentish()
+    side = _source(tmp_path, agent)
+    text = (tmp_path / "hakit.toml").read_text().replace('"replicated"', '"shared"')
+    (tmp_path / "hakit.toml").write_text(text)
+    shared = side_of(
+        load_config(tmp_path / "hakit.toml"),
+        "node1",
+        agent,
+        held_epoch=lambda: agent.epoch,
+        handover=lambda: side.final._handover(),
+    )
+    assert shared.final.planned_target() == "node2"  # a switchover is under way...
+    assert asyncio.run(shared.before_release(app_running=False)) is None  # ...nothing shipped
     assert agent.events == []
     assert not (side.repository / "manifests").exists()
