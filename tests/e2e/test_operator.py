@@ -344,7 +344,10 @@ def test_forced_failover_in_warm_standby_waits_for_the_old_active_to_stand_down(
     active = wait_serving(cluster)
     target = other(cluster, active)
     wait_for(
-        lambda: (r := cluster.node_record(target)) is not None and r.app_state in ("RUNNING", "FIRST_RUN"),
+        lambda: (
+            (r := cluster.node_record(target)) is not None
+            and r.app_state in ("RUNNING", "FIRST_RUN")
+        ),
         30,
         "the warm standby's app running",
     )

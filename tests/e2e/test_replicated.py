@@ -18,11 +18,12 @@ import pytest
 
 from hakit.agent.replication import REPLICA_KEY
 from hakit.demo.cluster import DemoCluster, free_ports, wait_for
-from hakit.history.facts import DATA_LOSS_WINDOW
+from hakit.history.facts import DATA_LOSS_WINDOW, GENERATION
 from hakit.history.kinds import EventKind
 from hakit.history.why import explain
 
 from .conftest import ClusterFactory, events_of, wait_serving
+from .test_operator import Load, hakit
 
 pytestmark = pytest.mark.e2e
 
@@ -97,3 +98,52 @@ def test_node_loss_promotes_the_standby_from_its_newest_generation(
     story = "\n".join(explain(cluster.events()))
     assert f"failed over to {standby}" in story
     assert "data-loss window: " in story and "replicated storage" in story, story
+
+
+def test_a_switchover_ships_a_final_generation_and_loses_no_acknowledged_write(
+    make_cluster: ClusterFactory,
+) -> None:
+    """No scheduled generation reaches the standby (interval 1h): everything it serves
+    after the switchover came in the final one, shipped once the active's app stopped."""
+    cluster = make_cluster(
+        storage="replicated",
+        replication_interval="1h",
+        admin_ports=tuple(free_ports(2)),
+        admin_token=TOKEN,
+        hold_timeout="60s",
+    )
+    active = wait_serving(cluster)
+    standby = next(node.name for node in cluster.cfg.nodes if node.name != active)
+    assert (_replica(cluster, standby) or {}).get("generation") is None  # nothing shipped yet
+    with Load(cluster.router_url, rate=20) as load:
+        wait_for(lambda: len(load.written) >= 30, 30, "writes before the switchover")
+        result = hakit(cluster, "switchover", "--to", standby, "--reason", "replicated move")
+        before_end = load.count()
+        wait_for(lambda: load.count() >= before_end + 20, 60, "requests after the switchover")
+    assert f"{standby} is active under epoch" in result.stdout
+    print(f"{len(load.written)} writes acknowledged; failures: {load.failures[:5]}")
+    assert wait_serving(cluster, 30) == standby
+
+    with httpx.Client(base_url=cluster.router_url, timeout=30) as client:
+        integrity = client.get("/integrity").json()
+        assert integrity["ok"], integrity
+        missing = [i for i in load.written if client.get(f"/records/{i}").status_code != 200]
+    assert missing == [], f"{len(missing)} acknowledged writes lost: {missing[:5]}"
+
+    (shipped,) = [
+        event
+        for event in events_of(cluster, str(EventKind.REPLICATION), active)
+        if event.data.get("final")
+    ]
+    assert shipped.data["final"] == "applied" and shipped.data[DATA_LOSS_WINDOW] == 0.0
+    assert "the switchover loses nothing" in shipped.reason, shipped.reason
+    (promotion,) = [
+        event
+        for event in events_of(cluster, str(EventKind.REPLICATION), standby)
+        if DATA_LOSS_WINDOW in event.data and event.epoch
+    ]
+    assert promotion.data[DATA_LOSS_WINDOW] == 0.0, promotion.reason
+    assert promotion.data[GENERATION] == shipped.data[GENERATION]
+    assert "final generation" in promotion.reason and "nothing is lost" in promotion.reason
+    home = cluster.cfg.home_of(cluster.cfg.node(standby))
+    assert os.readlink(home) == f"home.generations/{shipped.data[GENERATION]}/home"

@@ -226,6 +226,9 @@ class Agent:
             token=_admin_token(
                 cfg, cfg.cluster.storage is Storage.REPLICATED, "replicated storage"
             ),
+            held_epoch=lambda: self.lease.epoch,
+            handover=lambda: self.operator.intents.handover,
+            publish=self._publish,
         )
         if self.replication.enabled:
             self.lease.takeover_gate = self.replication.allows_takeover
@@ -451,8 +454,8 @@ class Agent:
                 if isinstance(event, LeaseGained) and event.epoch != self.lease.epoch:
                     log.info("lease of epoch %d lost before its promotion", event.epoch)
                     continue
-                if isinstance(event, LeaseGained):
-                    self.replication.promoted(event.epoch)  # the data-loss window, recorded
+                # Replicated storage: a promotion's data-loss window, a switchover's target.
+                self.replication.heard(event)
                 await self._handle(event)
         finally:
             self.service.stopping(
@@ -493,6 +496,7 @@ class Agent:
                 self.app_state = AppState.STARTING
                 self._publish()
                 # The policy must hear how the start went before any other event.
+                await self.replication.settled()  # a replicated generation's swap ends first
                 try:
                     await check_port_free(self.node.port)
                     pid = await self.app.start({EPOCH_VARIABLE: str(self.lease.epoch)})
@@ -510,6 +514,10 @@ class Agent:
                 else:
                     await self.app.stop(action.reason)
             case StepDown():
+                # Replicated storage, a planned switchover: a final generation first.
+                abandoned = await self.replication.before_release(self.app.running)
+                if abandoned is not None:
+                    await self.operator.end_handover(EndHandover(abandoned, action.actor))
                 self.operator.draining = False
                 epoch, released = await self.lease.step_down()
                 self._record(

@@ -12,8 +12,19 @@ Every ``[replication] interval``:
   and this node holds no lease, swaps it in by one rename (hakit.snapshot.apply).
   Older epochs and older generations are refused there.
 
-The slow parts run in threads; only the swap (a rename and an fsync) runs on the
-event loop, so it cannot interleave with a start of the app. The node record's
+The capture runs in a process of its own (hakit.agent.snapshot_job, started and
+watched by hakit.agent.jobs.JobProcess, as scheduled snapshots and backups are),
+at a lower priority: hashing a home in a thread of the agent would hold its
+interpreter lock, and a stalled disk its thread, while the lease must be renewed
+and the app probed. It is killed by PID the moment this node is no longer the
+running active of the epoch it started under (and dies with the agent); a
+capture killed midway leaves no generation (its manifest is written last). A
+standby's pull and restore run in threads (network and disk waits, the lock
+released); only the swap (a rename and an fsync) runs on the event loop, so it
+cannot interleave with a start of the app. With PostgreSQL (each node its own
+database, hakit.snapshot.pgreplica) the swap also renames databases on the
+server: it runs in a thread, and the agent's start of the app waits for it
+(``settled``), as does a takeover. The node record's
 ``detail["replica"]`` says what this node holds: on a standby the generation
 applied, its epoch and age (its recovery point), on the active the newest
 generation captured; ``hakit status`` shows it.
@@ -27,14 +38,17 @@ beside its repository, kept across restarts); a node that served the last epoch
 holds the newest data. ``promoted`` records the failover's data-loss window in a
 ``replication`` event (``hakit why`` states it).
 
-Not here yet: pruning the repositories (the snapshot retention's job), a capture
-in a process of its own (the scheduler of hakit.agent.snapshots runs one), and
-PostgreSQL (hakit.snapshot.apply.DATABASE_PLACERS).
+A planned switchover ships a final generation first and loses nothing
+(hakit.agent.final_generation; ``before_release``, asked by the agent before its
+StepDown releases the lease); its target turns every ``HURRY`` seconds meanwhile.
+
+Not here yet: pruning the repositories (the snapshot retention's job).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -43,12 +57,21 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from hakit.agent import snapshot_job
+from hakit.agent.final_generation import (  # noqa: F401 - replication_detail: re-exported
+    HURRY,
+    REPLICA_KEY,
+    FinalGeneration,
+    replication_detail,
+)
+from hakit.agent.jobs import JobProcess
 from hakit.config import Config, NodeConfig
 from hakit.config.values import Storage
 from hakit.coord.base import REINIT_HOLDER, Coordinator, Lease
 from hakit.errors import HakitError
 from hakit.history.facts import DATA_LOSS_WINDOW, FORCED, GENERATION
 from hakit.history.kinds import EventKind
+from hakit.policy import HandoverRequested, LeaseGained
 from hakit.policy.replication import Verdict, promotion_verdict
 from hakit.snapshot.apply import (
     AppliedCopy,
@@ -59,15 +82,16 @@ from hakit.snapshot.apply import (
     refusal,
     swap_in,
 )
-from hakit.snapshot.capture import CaptureOptions, create_snapshot
 from hakit.snapshot.database import database_target
 from hakit.snapshot.peerstore import PeerStore, pull_generation
+from hakit.snapshot.postgres import POSTGRESQL
 from hakit.snapshot.store import LocalStore
 from hakit.snapshot.verify import read_manifest
 
 log = logging.getLogger("hakit.agent.replication")
 
-REPLICA_KEY = "replica"  # the node record's detail: what this node holds (hakit status)
+JOB_TICK = 0.2  # s: how often a running capture checks that this node is still the active
+FOLLOW_LOOKS = 4  # a standby asks the active for a new generation this often per interval
 
 Record = Callable[..., None]
 
@@ -78,6 +102,10 @@ def admin_url(node: NodeConfig) -> str | None:
     host = "127.0.0.1" if node.host in ("0.0.0.0", "", "*") else node.host
     host = f"[{host}]" if ":" in host else host
     return f"http://{host}:{node.admin_port}"
+
+
+class Abandoned(HakitError):
+    """A capture killed because this node stopped being the running active of its epoch."""
 
 
 class ReplicationSide:
@@ -93,6 +121,9 @@ class ReplicationSide:
         served_epoch: Callable[[], int],
         record: Record,
         token: str | None,
+        held_epoch: Callable[[], int] = lambda: 0,  # the lease's epoch held here, app or not
+        handover: Callable[[], Mapping[str, Any] | None] = lambda: None,  # the intent in force
+        publish: Callable[[], None] = lambda: None,  # this node's record, now
     ) -> None:
         self.cfg = cfg
         self.node = node
@@ -103,6 +134,8 @@ class ReplicationSide:
         self._served_epoch = served_epoch
         self._record = record
         self._token = token
+        self._held_epoch = held_epoch
+        self._publish = publish
         self.enabled = cfg.cluster.storage is Storage.REPLICATED
         self.home = cfg.home_of(node)
         self.database_url = cfg.database_url_of(node)
@@ -115,6 +148,23 @@ class ReplicationSide:
         self._problem: str | None = None
         self._refused: tuple[str, bool] | None = None  # the last refusal recorded
         self._pending: tuple[Verdict, bool] | None = None  # allowed takeover, not yet promoted
+        self._capturing = asyncio.Lock()  # one capture at a time (scheduled, final)
+        self._process = JobProcess(snapshot_job.COMMAND, "replication capture")
+        self._settled = asyncio.Event()  # cleared while a swap runs in a thread (PostgreSQL)
+        self._settled.set()
+        # A planned switchover's final generation (hakit.agent.final_generation).
+        self.final = FinalGeneration(
+            cfg,
+            node.name,
+            coordinator,
+            call,
+            capture=self._capture_final,
+            held_epoch=held_epoch,
+            handover=handover,
+            record=record,
+            publish=publish,
+        )
+        self._wake = asyncio.Event()  # a switchover to this node began: turn now
 
     # --- what this node holds -------------------------------------------------------
 
@@ -160,6 +210,7 @@ class ReplicationSide:
             entry = {"role": "copy", "generation": None}
         data_time = self.data_time()
         entry["data_age"] = None if data_time is None else round(max(now - data_time, 0.0), 3)
+        self.final.detail(entry)
         if self._problem:
             entry["problem"] = self._problem
         return {REPLICA_KEY: entry}
@@ -173,12 +224,17 @@ class ReplicationSide:
         data_time = self.data_time()
         age = None if data_time is None else max(now - data_time, 0.0)
         generation = self.copy.generation if self.copy is not None else "its own home"
-        return promotion_verdict(current, age, generation, self.cfg.replication.max_lag, forced)
+        final = self.final.holds_final(self.copy, self.last_epoch)
+        return promotion_verdict(
+            current, age, generation, self.cfg.replication.max_lag, forced, final
+        )
 
     def allows_takeover(self, forced: bool = False) -> bool:
         """May this node take the lease now? Refusals are recorded once per reason."""
         if not self.enabled:
             return True
+        if not self._settled.is_set() or self.final.unknown(self.copy):
+            return False  # its next turn reads whether the copy is the final generation
         verdict = self.verdict(forced, time.time())
         if verdict is None:
             return False
@@ -195,6 +251,20 @@ class ReplicationSide:
         self._refused = None
         self._pending = (verdict, forced)
         return True
+
+    async def before_release(self, app_running: bool) -> str | None:
+        """Before a StepDown releases the lease (hakit.agent.final_generation): why a planned
+        switchover is abandoned, or None (nothing to do without replicated storage)."""
+        if not self.enabled:
+            return None
+        return await self.final.before_release(app_running)
+
+    def heard(self, event: object) -> None:
+        """An event the agent's loop takes (a LeaseGained of the epoch held: promoted)."""
+        if isinstance(event, LeaseGained):
+            self.promoted(event.epoch)  # the data-loss window, recorded
+        elif isinstance(event, HandoverRequested) and event.target == self.node.name:
+            self.wake()  # a switchover's target follows the active closely
 
     def promoted(self, epoch: int) -> None:
         """This node leads under ``epoch``: record what the failover may have lost."""
@@ -215,16 +285,40 @@ class ReplicationSide:
                     FORCED: forced,
                 },
             )
+        self.final.shipped = None
         self._note_active(now)
 
     # --- the loop ---------------------------------------------------------------------
 
-    async def run(self) -> None:
+    def wake(self) -> None:
+        """A handover was asked for: look at once (the loop then turns every ``HURRY``)."""
+        self._wake.set()
+
+    def period(self) -> float:
+        """Seconds from one turn's start to the next: the active captures every
+        ``interval``; a standby looks ``FOLLOW_LOOKS`` times as often (one small request
+        to the active when nothing is new), so it applies a generation soon after its
+        capture ends, not up to an interval later; every ``HURRY`` during a switchover
+        to it."""
         interval = self.cfg.replication.interval
+        if self.final.hurrying():
+            return min(interval, HURRY)
+        if self._active_epoch():
+            return interval
+        return min(interval, max(interval / FOLLOW_LOOKS, HURRY))
+
+    async def run(self) -> None:
         await asyncio.to_thread(LocalStore(self.repository).create)
         while True:
+            started = time.monotonic()
+            self._wake.clear()
             await self.turn()
-            await asyncio.sleep(interval)
+            # A fixed rhythm, not a pause after each turn: a capture's own time does not
+            # stretch the interval (a turn longer than it leaves a tenth of it as a pause).
+            period = self.period()
+            pause = max(period - (time.monotonic() - started), period / 10)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), pause)
 
     async def turn(self) -> None:
         try:
@@ -239,16 +333,28 @@ class ReplicationSide:
             return
         try:
             epoch = self._active_epoch()
+            hurrying = self.final.hurrying()
             if epoch:
-                await self._capture(epoch)
+                async with self._capturing:
+                    await self._capture(epoch)
             elif (
                 lease is not None
                 and lease.holder not in (self.node.name, REINIT_HOLDER)  # a hold: nobody to follow
                 and lease.valid
             ):
                 await self._follow(lease.holder)
-            else:
+            elif not hurrying:
                 return
+            if hurrying:
+                await self.final.read(lease, self.copy)
+        except Abandoned as error:
+            # The lease or the app went: not a replication failure (the failover is told).
+            self._record(
+                EventKind.REPLICATION,
+                f"replication on {self.node.name}: {error}",
+                data={"abandoned": True},
+            )
+            return
         except HakitError as error:
             self._trouble(str(error))
             return
@@ -269,22 +375,59 @@ class ReplicationSide:
                 data={"error": problem},
             )
 
-    async def _capture(self, epoch: int) -> None:
-        target = database_target(self.database_url)
-        options = CaptureOptions(
-            home=self.home,
+    async def _capture(self, epoch: int, final: bool = False) -> str:
+        """One generation under ``epoch``, in a process of its own (see the module's doc);
+        ``final``: the app is stopped, the lease still held (a switchover's last one)."""
+        started = time.time()
+        finished = await self._process.run(
+            self.job(epoch).encode(), JOB_TICK, lambda: self._stop_reason(epoch, final)
+        )
+        if finished.abandoned:
+            raise Abandoned(
+                f"capture under epoch {epoch} abandoned after {finished.seconds:.1f} s: "
+                f"{finished.abandoned}; its process was killed (no generation)"
+            )
+        outcome = finished.outcome
+        if not outcome.ok:
+            raise HakitError(f"capture under epoch {epoch} failed: {outcome.error}")
+        if (self._held_epoch() if final else self._active_epoch()) == epoch:
+            self._note_active(started)
+        self.captured = (outcome.generation, int(outcome.data["taken_ns"]))
+        log.info(
+            "replication: captured %s under epoch %d in %.2f s",
+            outcome.generation,
+            epoch,
+            finished.seconds,
+        )
+        return outcome.generation
+
+    def job(self, epoch: int) -> snapshot_job.Job:
+        """What the capture process is told (on its stdin: the URL may hold a password)."""
+        exclude = home_exclusions(self.home, database_target(self.database_url))
+        return snapshot_job.Job(
+            home=str(self.home),
             database_url=self.database_url,
+            directory=str(self.repository),
             node=self.node.name,
             epoch=epoch,
-            exclude=home_exclusions(self.home, target),
+            exclude=tuple(sorted(exclude)),
         )
-        started = time.time()
-        report = await asyncio.to_thread(create_snapshot, LocalStore(self.repository), options)
-        if self._active_epoch() == epoch:
-            self._note_active(started)
-        manifest = report.manifest
-        self.captured = (manifest.generation, manifest.started_ns)
-        log.info("replication: captured %s under epoch %d", manifest.generation, epoch)
+
+    async def _capture_final(self, epoch: int) -> str:
+        """A switchover's final generation: the app stopped, the lease of ``epoch`` held."""
+        async with self._capturing:  # a scheduled capture ends first (the app stopped)
+            return await self._capture(epoch, final=True)
+
+    def _stop_reason(self, epoch: int, final: bool = False) -> str:
+        """Why a capture under ``epoch`` must stop now ("" while this node is its active;
+        ``final``: while it holds the lease of ``epoch``)."""
+        now_epoch = self._held_epoch() if final else self._active_epoch()
+        if now_epoch == epoch:
+            return ""
+        what = "the holder of the lease" if final else "the running active"
+        return f"{self.node.name} is no longer {what} of epoch {epoch}" + (
+            f" (now epoch {now_epoch})" if now_epoch else ""
+        )
 
     async def _follow(self, holder: str) -> None:
         if self._token is None:
@@ -292,19 +435,42 @@ class ReplicationSide:
         url = admin_url(self.cfg.node(holder))
         if url is None:
             raise HakitError(f"{holder} has no admin_port: its repository cannot be read")
+        started = time.monotonic()
         prepared = await asyncio.to_thread(self._pull_and_prepare, PeerStore(url, self._token))
         if prepared is None:
             return
-        # The swap, on the event loop: nothing starts the app between the check and the rename.
         if not self._cold():
             log.info("replication: the app runs here now; %s not swapped in", prepared.name)
             return
-        swap_in(self.home, prepared, lambda: not self._cold())
+        database = database_target(self.database_url)
+        if database is not None and database.kind == POSTGRESQL:
+            # The databases' renames talk to the server: in a thread, and the app's start
+            # waits until the swap is over (``settled``): it finds both old or both new.
+            self._settled.clear()
+            try:
+                await asyncio.to_thread(
+                    swap_in, self.home, prepared, lambda: not self._cold(), database
+                )
+            finally:
+                self._settled.set()
+        else:
+            # On the event loop: nothing starts the app between the check and the rename.
+            swap_in(self.home, prepared, lambda: not self._cold())
         self.copy = current_copy(self.home)
         self.own_until = None  # the node's own data was set aside with its directory
         self._state_file.unlink(missing_ok=True)
-        await asyncio.to_thread(prune_generations, self.home, self.cfg.replication.keep)
-        log.info("replication: %s applied on %s", prepared.name, self.node.name)
+        self._publish()  # the copy it now holds: a switchover's active waits for it
+        await asyncio.to_thread(prune_generations, self.home, self.cfg.replication.keep, database)
+        log.info(
+            "replication: %s applied on %s in %.2f s (pulled, restored, swapped)",
+            prepared.name,
+            self.node.name,
+            time.monotonic() - started,
+        )
+
+    async def settled(self) -> None:
+        """Until no swap is under way (the agent asks before it starts the app)."""
+        await self._settled.wait()
 
     def _pull_and_prepare(self, peer: PeerStore) -> Path | None:
         generations = peer.list_manifests()
@@ -320,9 +486,3 @@ class ReplicationSide:
         if why is not None:
             raise HakitError(why)
         return prepare_generation(local, manifest, self.home, database_target(self.database_url))
-
-
-def replication_detail(detail: Mapping[str, Any]) -> Mapping[str, Any] | None:
-    """The ``replica`` entry of a node record's detail (None: not replicated)."""
-    entry = detail.get(REPLICA_KEY)
-    return entry if isinstance(entry, Mapping) else None

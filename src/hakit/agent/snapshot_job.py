@@ -39,13 +39,17 @@ class Job:
     keep_weekly: int = 0
     grace: float = 3600.0
     postgres_method: str = DUMP  # [snapshot] postgres_method
+    # Paths relative to the home left out (replicated storage: the SQLite file inside it,
+    # read through the backup API instead; hakit.snapshot.apply.home_exclusions).
+    exclude: tuple[str, ...] = ()
 
     def encode(self) -> bytes:
         return json.dumps(asdict(self)).encode()
 
     @classmethod
     def decode(cls, data: bytes) -> Job:
-        return cls(**json.loads(data))
+        raw = json.loads(data)
+        return cls(**{**raw, "exclude": tuple(raw.get("exclude", ()))})
 
     @property
     def policy(self) -> RetentionPolicy:
@@ -64,12 +68,14 @@ def run(job: Job) -> Outcome:
                 postgres_method=job.postgres_method,
                 node=job.node,
                 epoch=job.epoch,
+                exclude=frozenset(job.exclude),
             ),
         )
     except (HakitError, OSError) as error:
         return Outcome(ok=False, error=str(error))
     data: dict[str, Any] = {
         "generation": report.manifest.generation,
+        "taken_ns": report.manifest.started_ns,
         "files": sum(1 for entry in report.manifest.entries if entry.type == "f"),
         "files_read": report.walked.files_read,
         "bytes_written": report.written.bytes_written,

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 from hakit.config.schema import Config
-from hakit.config.values import format_duration
+from hakit.config.values import Storage, format_duration
 
 HEARTBEAT = 0.05  # seconds between the agent's heartbeat ticks, at most
 SERVICE_WATCHDOG_MIN = 10.0  # systemd's watchdog never tighter: a loaded host is not a hung agent
@@ -35,9 +35,10 @@ WHY: dict[str, str] = {
     "couple of times before the node that gave it up may compete again",
     "boot_grace": "2 x lease_ttl: on a cold start a node that was not the last active waits "
     "this long, so the last active's agent (newest data) can start and take the lease",
-    "handover_timeout": "stop_timeout + startup_timeout + 4 x lease_ttl: a switchover stops "
-    "one app and starts another, and the lease moves (expiry, takeover, renewals); after "
-    "this the normal election resumes",
+    "handover_timeout": "stop_timeout + startup_timeout + 4 x lease_ttl (+ replication.final_timeout "
+    "with replicated storage): a switchover stops one app, ships a final generation, starts "
+    "another, and the lease moves (expiry, takeover, renewals); after this the normal "
+    "election resumes",
     "agent_alive_within": "3 x lease_ttl: an agent publishes every renewal; one that did "
     "within this is alive for an operator command (a slow store or a stall is not death)",
     "candidate_alive_within": "1 x lease_ttl: a standby reported within one TTL may be handed "
@@ -67,7 +68,8 @@ class DerivedTimings:
     step_down_cooldown: float
     # Two TTLs: the last active's agent starts and takes the lease before the others compete.
     boot_grace: float
-    # Stop one app, start the other, plus four TTLs for the lease to move and be renewed.
+    # Stop one app, start the other, plus four TTLs for the lease to move and be renewed
+    # (and, with replicated storage, the final generation's time: final_timeout).
     handover_timeout: float
     # Three TTLs (three renewals at least): an agent that published within is alive.
     agent_alive_within: float
@@ -83,6 +85,8 @@ def derived_timings(cfg: Config) -> DerivedTimings:
     """Every derived timing of ``cfg`` (pure; build it once and read its fields)."""
     ttl = cfg.coordination.lease_ttl
     renew = cfg.coordination.renew_interval
+    # Replicated storage: the active ships a final generation before it releases the lease.
+    final = cfg.replication.final_timeout if cfg.cluster.storage is Storage.REPLICATED else 0.0
     return DerivedTimings(
         self_fence_margin=renew / 2,
         heartbeat=min(HEARTBEAT, renew / 4),
@@ -90,7 +94,7 @@ def derived_timings(cfg: Config) -> DerivedTimings:
         waking_patience=ttl / 2,
         step_down_cooldown=3 * ttl,
         boot_grace=2 * ttl,
-        handover_timeout=cfg.app.stop_timeout + cfg.app.startup_timeout + 4 * ttl,
+        handover_timeout=cfg.app.stop_timeout + cfg.app.startup_timeout + 4 * ttl + final,
         agent_alive_within=3 * ttl,
         candidate_alive_within=ttl,
         flush_bound=ttl,

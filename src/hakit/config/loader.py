@@ -172,7 +172,12 @@ def _cross_problems(raw: Mapping[str, Any], values: Mapping[str, Any]) -> list[P
         )
         + fence_problems(values.get("failover"), values.get("app"))
         + capture_method_problems(values.get("snapshot"), values.get("app"))
-        + replication_problems(cluster, _has_token(values.get("admin")), _valid_nodes(node_list))
+        + replication_problems(
+            cluster,
+            _has_token(values.get("admin")),
+            _valid_nodes(node_list),
+            app.database_url if isinstance(app := values.get("app"), AppConfig) else "",
+        )
     )
 
 

@@ -119,6 +119,9 @@ class DemoSettings:
     storage: str = "shared"
     replication_interval: str = "2s"
     max_lag: str = "5m"
+    # Replicated storage: each node's own database_url (e.g. a PostgreSQL database per
+    # node); (): a SQLite file inside each node's home.
+    node_database_urls: tuple[str, ...] = ()
 
 
 def render_config(root: Path, settings: DemoSettings) -> str:
@@ -226,7 +229,11 @@ def _replicated_node(root: Path, settings: DemoSettings, node: str) -> str:
     if settings.storage != "replicated":
         return ""
     home = root / "nodes" / node / "home"
-    return f'home = "{home}"\ndatabase_url = "sqlite:///{home}/data/app.db"\n'
+    index = int(node.removeprefix("node")) - 1
+    url = f"sqlite:///{home}/data/app.db"
+    if index < len(settings.node_database_urls):
+        url = settings.node_database_urls[index]
+    return f'home = "{home}"\ndatabase_url = {json.dumps(url)}\n'
 
 
 class DemoCluster:

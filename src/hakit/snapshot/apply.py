@@ -23,10 +23,11 @@ rename).
 
 The database: SQLite must live INSIDE the home (``database_url =
 "sqlite:///<home>/data/app.db"``), so the same link switches it with the home;
-the copy is renamed to that path in the new generation. A PostgreSQL generation
-needs the restore into the node's own server (hakit.snapshot.pgrestore) ordered
-with the swap: not done yet, refused with a clear error (``DATABASE_PLACERS`` is
-the hook).
+the copy is renamed to that path in the new generation. PostgreSQL (the node's
+own database, hakit.snapshot.pgreplica): the dump is restored into a new
+database beside the live one while the generation is prepared; the swap renames
+the databases (one transaction), then the home's link, and renames the databases
+back if the link's rename fails: home and database of one generation, always.
 
 Generations of an older epoch than the one applied are refused (a node that lost
 its lease may still have captured one), as are generations that are not newer,
@@ -36,6 +37,7 @@ the newest ``keep`` (never the one ``H`` points to).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -45,9 +47,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from hakit.snapshot import pgreplica
 from hakit.snapshot.database import SQLITE, DatabaseTarget
 from hakit.snapshot.format import Manifest, SnapshotError
 from hakit.snapshot.peerstore import GENERATION
+from hakit.snapshot.postgres import POSTGRESQL
 from hakit.snapshot.restore import DATABASE, HOME, RECEIPT, SQLITE_SIDE_FILES, restore_generation
 from hakit.snapshot.store import Store
 from hakit.snapshot.verify import read_manifest
@@ -177,18 +181,16 @@ def _place_sqlite(restored: Path, home: Path, database: DatabaseTarget) -> None:
 
 
 def _place_postgresql(restored: Path, home: Path, database: DatabaseTarget) -> None:
-    raise SnapshotError(
-        "replicated storage with PostgreSQL: applying a generation's dump into this node's "
-        "own server is not supported yet (hook: hakit.snapshot.apply.DATABASE_PLACERS, with "
-        "hakit.snapshot.pgrestore); use SQLite inside the home, or shared storage"
-    )
+    generation = str(json.loads((restored / RECEIPT).read_text())["generation"])
+    pgreplica.load_for_swap(restored, database.url, generation)
+    _fsync_directory(restored)
 
 
 # How a restored generation's database is put where the node's app reads it, by kind.
 DatabasePlacer = Callable[[Path, Path, DatabaseTarget], None]
 DATABASE_PLACERS: dict[str, DatabasePlacer] = {
     SQLITE: _place_sqlite,
-    "postgresql": _place_postgresql,
+    POSTGRESQL: _place_postgresql,
 }
 
 
@@ -213,6 +215,7 @@ def prepare_generation(
     final = generations / manifest.generation
     if (final / RECEIPT).is_file():
         return final  # prepared earlier, the swap not done then (the app started)
+    shutil.rmtree(final, ignore_errors=True)  # a swap undone (PostgreSQL): prepared again
     staging = generations / f"{STAGING}{manifest.generation}-{secrets.token_hex(4)}"
     try:
         restore_generation(store, manifest.generation, staging, live=[home])
@@ -236,12 +239,42 @@ def prepare_generation(
     return final
 
 
-def swap_in(home: Path, prepared: Path, app_running: AppRunning) -> Path | None:
-    """Point ``home`` at ``prepared``'s home in one rename; where a real directory at
-    ``home`` was moved (None: it was a link or absent)."""
+def swap_in(
+    home: Path,
+    prepared: Path,
+    app_running: AppRunning,
+    database: DatabaseTarget | None = None,
+) -> Path | None:
+    """Point ``home`` at ``prepared``'s home in one rename (a PostgreSQL ``database``'s
+    restored database renamed in just before); where a real directory at ``home`` was
+    moved (None: it was a link or absent)."""
     home = home.absolute()
     generations = generations_dir(home)
     _refuse_running(app_running, "the swap")
+    first = not home.is_symlink()  # the node's own home and database until now
+    pg_swap = None
+    if database is not None and database.kind == POSTGRESQL:
+        try:
+            pg_swap = pgreplica.swap_database(prepared, database.url, adopted=first)
+        except BaseException:
+            # Nothing was renamed: the restored database goes, prepared again next time.
+            with contextlib.suppress(Exception):  # the swap's own error is the one to tell
+                pgreplica.drop_databases(prepared, database.url)
+            shutil.rmtree(prepared, ignore_errors=True)
+            raise
+    try:
+        _refuse_running(app_running, "the swap")
+        adopted = _swap_link(home, generations, prepared)
+    except BaseException:
+        if pg_swap is not None:
+            assert database is not None
+            pgreplica.undo(prepared, database.url, pg_swap)
+            shutil.rmtree(prepared, ignore_errors=True)
+        raise
+    return adopted
+
+
+def _swap_link(home: Path, generations: Path, prepared: Path) -> Path | None:
     adopted: Path | None = None
     if home.is_dir() and not home.is_symlink():
         # The node's first generation: its own directory is kept, never deleted.
@@ -254,14 +287,17 @@ def swap_in(home: Path, prepared: Path, app_running: AppRunning) -> Path | None:
         os.rename(link, home)  # atomic: the old link, or the new one
     except OSError as error:
         link.unlink(missing_ok=True)
+        if adopted is not None:
+            os.rename(adopted, home)
         raise SnapshotError(f"the swap of {home} failed ({error}); it is as it was") from None
     _fsync_directory(home.parent)
     return adopted
 
 
-def prune_generations(home: Path, keep: int) -> list[Path]:
+def prune_generations(home: Path, keep: int, database: DatabaseTarget | None = None) -> list[Path]:
     """Remove all but the newest ``keep`` generations (never the current one) and leftover
-    staging directories; what was removed."""
+    staging directories (with PostgreSQL, the databases only they name:
+    hakit.snapshot.pgreplica.drop_databases); what was removed."""
     generations = generations_dir(home)
     if not generations.is_dir():
         return []
@@ -273,6 +309,8 @@ def prune_generations(home: Path, keep: int) -> list[Path]:
     for name in doomed:
         if current is not None and name == current.generation:
             continue
+        if database is not None and database.kind == POSTGRESQL:
+            pgreplica.drop_databases(generations / name, database.url)
         shutil.rmtree(generations / name, ignore_errors=True)
         removed.append(generations / name)
     return removed
@@ -293,10 +331,11 @@ def apply_generation(
     if why is not None:
         raise SnapshotError(why)
     prepared = prepare_generation(store, manifest, home, database)
-    adopted = swap_in(home, prepared, app_running)
+    adopted = swap_in(home, prepared, app_running, database)
     copy = _copy_of(prepared)
     assert copy is not None
     files = sum(1 for entry in manifest.entries if entry.type == "f")
     size = sum(entry.size for entry in manifest.entries)
     size += manifest.database.size if manifest.database else 0
-    return ApplyReport(copy, prepared, files, size, adopted, tuple(prune_generations(home, keep)))
+    pruned = tuple(prune_generations(home, keep, database))
+    return ApplyReport(copy, prepared, files, size, adopted, pruned)

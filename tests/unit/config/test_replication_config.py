@@ -73,3 +73,39 @@ def test_a_nodes_database_url_is_checked_like_apps(tmp_path: Path) -> None:
     text = with_admin(BASE).replace("port = 8102\n", 'port = 8102\ndatabase_url = "oracle://x"\n')
     (line,) = problems_of(tmp_path, text)
     assert "nodes[1].database_url" in line and "is not supported" in line
+
+
+def test_two_nodes_on_one_postgresql_database_are_refused(tmp_path: Path) -> None:
+    shared = BASE.replace(
+        '"sqlite:///app.db"', '"postgresql://app@db.example:5433/app"'
+    )  # one server every node reaches: the same database for both
+    (line,) = problems_of(tmp_path, replicated(with_admin(shared)))
+    assert line == (
+        "FILE:15: nodes[1]: node2 and node1 use the same PostgreSQL database app on "
+        "db.example:5433, but storage = \"replicated\" needs each node's own (a standby's "
+        "apply renames its database); expected database_url naming another database or "
+        "server for node2"
+    )
+
+
+def test_each_nodes_own_postgresql_database_is_accepted(tmp_path: Path) -> None:
+    # localhost on each host: each node's own server (the nodes' hosts differ).
+    local = replicated(with_admin(BASE)).replace(
+        '"sqlite:///app.db"', '"postgresql://app@localhost/app"'
+    )
+    local = local.replace("port = 8102\n", 'port = 8102\nhost = "10.0.0.2"\n', 1)
+    path = tmp_path / "hakit.toml"
+    path.write_text(local.replace("port = 8101\n", 'port = 8101\nhost = "10.0.0.1"\n', 1))
+    assert load_config(path).cluster.storage is Storage.REPLICATED
+    # One server, a database per node (a test stand-in for two servers).
+    own = replicated(with_admin(BASE)).replace(
+        "port = 8102\n", 'port = 8102\ndatabase_url = "postgresql://app@127.0.0.1/app_node2"\n'
+    )
+    path.write_text(own.replace('"sqlite:///app.db"', '"postgresql://app@127.0.0.1/app_node1"'))
+    assert load_config(path).database_url_of(load_config(path).nodes[1]).endswith("/app_node2")
+    # Both on 127.0.0.1 of one host, one database: refused, on node2's own key.
+    same = own.replace("/app_node2", "/app_node1").replace(
+        '"sqlite:///app.db"', '"postgresql://app@127.0.0.1/app_node1"'
+    )
+    (line,) = problems_of(tmp_path, same)
+    assert "nodes[1].database_url: node2 and node1 use the same PostgreSQL database" in line

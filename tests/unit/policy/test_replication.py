@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from hakit.policy.replication import VERDICTS, CopyState, copy_state, promotion_verdict
+from hakit.policy.replication import (
+    FINAL_DECISIONS,
+    VERDICTS,
+    CopyState,
+    FinalOutcome,
+    copy_state,
+    final_decision,
+    promotion_verdict,
+)
 
 MAX_LAG = 300.0
 
@@ -51,3 +59,46 @@ def test_copy_state_boundaries() -> None:
     assert copy_state(False, 0.0, MAX_LAG) is CopyState.FRESH
     assert copy_state(False, MAX_LAG, MAX_LAG) is CopyState.FRESH
     assert copy_state(False, MAX_LAG + 0.001, MAX_LAG) is CopyState.STALE
+
+
+def test_a_copy_of_the_final_generation_loses_nothing_whatever_its_age() -> None:
+    verdict = promotion_verdict(False, 9999.0, "G1", MAX_LAG, False, final=True)
+    assert (verdict.allowed, verdict.state, verdict.loss_window) == (True, CopyState.FINAL, 0.0)
+    assert "final generation G1" in verdict.reason and "nothing is lost" in verdict.reason
+    # The node's own data, when it served the last epoch, still comes first.
+    assert promotion_verdict(True, None, "G1", MAX_LAG, False, final=True).state is (
+        CopyState.CURRENT
+    )
+
+
+# applied, target's age -> proceeds, outcome, loss window, words
+FINAL_CASES = [
+    (True, 9999.0, True, FinalOutcome.APPLIED, 0.0, "loses nothing"),
+    (False, 20.0, True, FinalOutcome.WITHIN_LAG, 20.0, "may lose the writes of the last 20s"),
+    (False, 300.0, True, FinalOutcome.WITHIN_LAG, 300.0, "within max_lag 5m"),
+    (False, 301.0, False, FinalOutcome.BEYOND_LAG, 301.0, "switchover is abandoned"),
+    (False, None, False, FinalOutcome.BEYOND_LAG, None, "holds no copy"),
+]
+
+
+@pytest.mark.parametrize(("applied", "age", "proceeds", "outcome", "window", "words"), FINAL_CASES)
+def test_final_decision(
+    applied: bool,
+    age: float | None,
+    proceeds: bool,
+    outcome: FinalOutcome,
+    window: float | None,
+    words: str,
+) -> None:
+    decision = final_decision("node2", "G9", applied, age, MAX_LAG, 60.0)
+    assert (decision.proceed, decision.outcome, decision.loss_window) == (proceeds, outcome, window)
+    assert words in decision.reason
+    if not applied:
+        assert "did not apply the final generation G9 within final_timeout 1m" in decision.reason
+
+
+def test_final_decision_without_a_final_generation_and_every_outcome_has_a_row() -> None:
+    decision = final_decision("node2", None, False, 5.0, MAX_LAG, 60.0)
+    assert decision.proceed and "could not be captured" in decision.reason
+    assert set(FINAL_DECISIONS) == set(FinalOutcome)
+    assert [o for o in FinalOutcome if not FINAL_DECISIONS[o]] == [FinalOutcome.BEYOND_LAG]
