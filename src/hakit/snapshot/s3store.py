@@ -192,6 +192,12 @@ class S3Store:
         self._marker_lock = threading.Lock()
         self._capture_seen_ns: int | None = None  # delete(): an open capture found
 
+    @property
+    def read_concurrency(self) -> int:
+        """Objects a restore or verify fetches at once (hakit.snapshot.reader): as many as
+        uploads, the client's connection pool's size."""
+        return max(1, self.location.max_concurrency)
+
     # --- the record ------------------------------------------------------------
 
     def rebuild_record(self) -> int:
