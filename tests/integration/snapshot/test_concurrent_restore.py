@@ -137,7 +137,7 @@ def test_a_missing_object_is_one_problem_and_fails_the_restore(
 def test_an_interrupted_concurrent_restore_leaves_nothing(
     stored: tuple[Path, Path, LocalStore], tmp_path: Path
 ) -> None:
-    home, database, store = stored
+    home, _, store = stored
     before = tree_of(home)
     fetched: list[str] = []
     lock = threading.Lock()
