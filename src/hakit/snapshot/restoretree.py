@@ -77,23 +77,22 @@ class TreeWriter:
                 f"the manifest says {size}"
             )
         index = len(self._files)
-        created = len(chunks) != 1
-        if created:
+        file = _File(path, name, size, mode, mtime_ns, len(chunks), len(chunks) != 1)
+        if file.created:
             fd = os.open(path, CREATE, 0o600)
             try:
                 if size:
                     os.ftruncate(fd, size)
+                if not chunks:
+                    self._complete(file, fd)
             finally:
                 os.close(fd)
-        file = _File(path, name, size, mode, mtime_ns, len(chunks), created)
         self._files.append(file)
         self.bytes += size
         offset = 0
         for ref in chunks:
             self._places.setdefault(ref, []).append((index, offset))
             offset += ref.size
-        if not chunks:
-            self._complete(file)
 
     def prepare(self, manifest: Manifest, root: Path) -> None:
         """The home's tree under ``root`` (a new directory), its files still to be filled."""
@@ -128,19 +127,19 @@ class TreeWriter:
                 fd = os.open(file.path, CREATE, 0o600)
             try:
                 _write_all(fd, data, offset)
+                with self._lock:
+                    file.written += 1
+                    done = file.written == file.chunks
+                if done:  # every other write to it has returned: its mode and time now
+                    self._complete(file, fd)
             finally:
                 os.close(fd)
-            with self._lock:
-                file.written += 1
-                done = file.written == file.chunks
-            if done:
-                self._complete(file)
 
     @staticmethod
-    def _complete(file: _File) -> None:
-        os.chmod(file.path, file.mode)
+    def _complete(file: _File, fd: int) -> None:
+        os.fchmod(fd, file.mode)
         if file.mtime_ns is not None:
-            os.utime(file.path, ns=(file.mtime_ns, file.mtime_ns))
+            os.utime(fd, ns=(file.mtime_ns, file.mtime_ns))
 
     def finish(self) -> None:
         """Every file complete (else SnapshotError), then the directories' modes and times."""
