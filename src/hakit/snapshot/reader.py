@@ -12,7 +12,8 @@ then handed to ``deliver`` (restore writes it into its files; verify drops it).
   implies: a blob's size, a pack's last needed byte), beyond the one object that
   is larger than the whole budget; the submitting thread waits for room.
 - **The first failure stops the rest** (``on_problem`` None: restore): no new
-  fetch starts, the ones under way finish, and the failure is raised in the
+  fetch starts, the ones under way stop before their next chunk is delivered
+  (a request in flight ends by its own timeout), and the failure is raised in the
   caller's thread, so when ``fetch_objects`` returns or raises no worker is
   writing any more (the caller may then remove what was written). An interrupt
   (KeyboardInterrupt) of the caller does the same. With ``on_problem`` (verify)
