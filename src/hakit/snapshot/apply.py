@@ -11,8 +11,8 @@ of restored generations beside it::
 
 ``apply_generation`` (the app on this node NOT running: a cold standby) restores
 the generation into a staging directory in ``H.generations``
-(hakit.snapshot.restore: every object checked against its hash, every file
-fsynced), places the database in it, fsyncs, renames it to its generation's
+(hakit.snapshot.restore: every object checked against its hash, the whole
+directory made durable), places the database in it, fsyncs, renames it to its generation's
 name, then swaps: a new symbolic link made beside ``H`` and renamed over it, one
 atomic step (rename(2)), the directory fsynced. The app, started later, finds
 either the whole previous generation or the whole new one: the home and the

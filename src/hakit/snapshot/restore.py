@@ -3,11 +3,13 @@
 The generation is written into a staging directory beside ``into``
 (``.<name>.partial-<hex>``): the home under ``home/``, the database file under
 ``database/<name>`` (a base backup's: a new data directory there,
-hakit.snapshot.pgdatadir), every file fsynced with its mode and mtime, then
-``RESTORED.json``, and the staging directory is renamed to ``into`` only when
-all of it is there. A failure (a missing or corrupt object, a full disk) removes
-the staging directory and raises; ``into`` then does not exist and nothing else
-was touched. The live home is never a restore's target.
+hakit.snapshot.pgdatadir), each file with its mode and mtime, its objects fetched
+concurrently and checked (hakit.snapshot.reader, hakit.snapshot.restoretree),
+then ``RESTORED.json``; the whole staging directory is made durable at once
+(syncfs), and only then renamed to ``into``. A failure (a missing or corrupt
+object, a full disk, an interrupt) stops every fetch, removes the staging
+directory and raises; ``into`` then does not exist and nothing else was touched.
+The live home is never a restore's target.
 
 ``swap_into_place`` (``--swap``, with the app stopped) then renames the live
 home and database aside (``<path>.before-<generation>``, with the database's
@@ -34,18 +36,19 @@ from pathlib import Path
 
 from hakit.snapshot.basebackup import BASEBACKUP, SWAP_REFUSED
 from hakit.snapshot.database import SQLITE, DatabaseTarget
-from hakit.snapshot.format import (
-    DIRECTORY,
-    FILE,
-    SYMLINK,
-    ChunkRef,
-    Manifest,
-    SnapshotError,
-)
+from hakit.snapshot.format import SnapshotError
 from hakit.snapshot.pgdatadir import unpack_data_directory
 from hakit.snapshot.pgrestore import OnStarted, restore_in_place, swap_back
 from hakit.snapshot.postgres import POSTGRESQL, parse_postgres_url
-from hakit.snapshot.reader import ObjectReader
+from hakit.snapshot.reader import (
+    DEFAULT_BUDGET,
+    OnFetch,
+    fetch_objects,
+    plan_fetches,
+    read_concurrency,
+    read_in_order,
+)
+from hakit.snapshot.restoretree import TreeWriter, make_durable, open_for_sync, safe_path
 from hakit.snapshot.store import Store
 from hakit.snapshot.verify import read_manifest
 
@@ -72,59 +75,6 @@ def _fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
-def _safe(root: Path, relative: str) -> Path:
-    parts = relative.split("/")
-    if relative.startswith("/") or ".." in parts or "" in parts:
-        raise SnapshotError(f"the manifest names an unsafe path {relative!r}")
-    return root.joinpath(*parts)
-
-
-def _write_file(
-    path: Path, chunks: tuple[ChunkRef, ...], reader: ObjectReader, mode: int = 0o600
-) -> int:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    written = 0
-    with open(path, "xb") as handle:
-        for ref in chunks:
-            data = reader.chunk(ref)
-            handle.write(data)
-            written += len(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.chmod(path, mode)
-    return written
-
-
-def _restore_tree(manifest: Manifest, root: Path, reader: ObjectReader) -> tuple[int, int]:
-    root.mkdir()
-    files = written = 0
-    directories: list[tuple[Path, int, int]] = []
-    for entry in manifest.entries:
-        path = _safe(root, entry.path)
-        if entry.type == DIRECTORY:
-            path.mkdir(parents=True, exist_ok=True)
-            directories.append((path, entry.mode, entry.mtime_ns))
-        elif entry.type == FILE:
-            size = _write_file(path, entry.chunks, reader, entry.mode)
-            if size != entry.size:
-                raise SnapshotError(f"{entry.path}: restored {size} bytes, expected {entry.size}")
-            written += size
-            os.utime(path, ns=(entry.mtime_ns, entry.mtime_ns))
-            files += 1
-        elif entry.type == SYMLINK:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            os.symlink(entry.target, path)
-        else:
-            raise SnapshotError(f"{entry.path}: unknown entry type {entry.type!r}")
-    # Deepest first: their contents are complete, so their mtimes stay as set.
-    for path, mode, mtime_ns in sorted(directories, key=lambda d: len(d[0].parts), reverse=True):
-        _fsync_directory(path)
-        os.chmod(path, mode)
-        os.utime(path, ns=(mtime_ns, mtime_ns))
-    _fsync_directory(root)
-    return files, written
-
-
 def check_target(into: Path, live: list[Path]) -> None:
     """``into`` must be new, and neither a live path nor inside or around one."""
     target = into.absolute().resolve()
@@ -139,30 +89,55 @@ def check_target(into: Path, live: list[Path]) -> None:
 
 
 def restore_generation(
-    store: Store, generation: str | None, into: Path, live: list[Path] | None = None
+    store: Store,
+    generation: str | None,
+    into: Path,
+    live: list[Path] | None = None,
+    *,
+    concurrency: int | None = None,
+    budget: int = DEFAULT_BUDGET,
+    on_fetch: OnFetch | None = None,
 ) -> RestoreReport:
+    """``concurrency``: objects fetched at once (None: the store's, ``read_concurrency``);
+    ``budget``: their bytes at most (hakit.snapshot.reader); ``on_fetch``: for tests."""
     check_target(into, live or [])
     manifest = read_manifest(store, generation)
     into = into.absolute()
     into.parent.mkdir(parents=True, exist_ok=True)
     staging = into.parent / f".{into.name}.partial-{secrets.token_hex(4)}"
     staging.mkdir()
-    reader = ObjectReader(store)
+    sync_fd = open_for_sync(staging)
     try:
+        tree = TreeWriter()
+        unpacked = 0  # a base backup's archive bytes
         database: Path | None = None
-        written = 0
         if manifest.database is not None:
             (staging / DATABASE).mkdir()
-            database = staging / DATABASE / _safe(Path(), manifest.database.name).name
+            database = staging / DATABASE / safe_path(Path(), manifest.database.name).name
             if manifest.database.kind == BASEBACKUP:  # a data directory (hakit.snapshot.pgdatadir)
-                chunks = (reader.chunk(ref) for ref in manifest.database.chunks)
+                # A tar stream: read in order, unpacked and checked as it comes.
+                chunks = read_in_order(store, manifest.database.chunks)
                 major = int(manifest.database.position["server_version_num"]) // 10000
-                written += unpack_data_directory(chunks, database, major)
+                unpacked = unpack_data_directory(chunks, database, major)
             else:
-                written += _write_file(database, manifest.database.chunks, reader)
-            _fsync_directory(staging / DATABASE)
-        files, home_bytes = _restore_tree(manifest, staging / HOME, reader)
-        written += home_bytes
+                tree.add_file(
+                    database,
+                    f"the database copy {manifest.database.name}",
+                    manifest.database.size,
+                    0o600,
+                    None,
+                    manifest.database.chunks,
+                )
+        tree.prepare(manifest, staging / HOME)
+        fetch_objects(
+            store,
+            plan_fetches(tree.refs()),
+            tree.deliver,
+            concurrency=read_concurrency(store) if concurrency is None else concurrency,
+            budget=budget,
+            on_fetch=on_fetch,
+        )
+        tree.finish()
         receipt = {
             "generation": manifest.generation,
             "node": manifest.node,
@@ -173,17 +148,21 @@ def restore_generation(
             else dict(manifest.database.encode(), chunks=None),
         }
         (staging / RECEIPT).write_text(json.dumps(receipt, indent=2) + "\n")
-        _fsync_directory(staging)
+        # Durable before the rename: whoever finds ``into`` (a swap, a crash and a
+        # reboot) finds every byte of it.
+        make_durable(staging, sync_fd)
         os.rename(staging, into)
         _fsync_directory(into.parent)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    finally:
+        os.close(sync_fd)
     return RestoreReport(
         manifest.generation,
         into,
-        files,
-        written,
+        tree.files,
+        tree.bytes + unpacked,
         None if database is None else into / DATABASE / database.name,
     )
 
@@ -241,7 +220,7 @@ def restored_database(restored: Path) -> tuple[str, Path] | None:
     database = receipt["database"]
     if database is None:
         return None
-    return str(database["kind"]), restored / DATABASE / _safe(Path(), database["name"]).name
+    return str(database["kind"]), restored / DATABASE / safe_path(Path(), database["name"]).name
 
 
 def swap_generation(

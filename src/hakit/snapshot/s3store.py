@@ -18,8 +18,11 @@ Every object goes under ``<prefix>/`` with the format's keys (hakit.snapshot.for
   node holding a wrong key, say, would replace the right one).
 - **Concurrent.** ``put_if_absent`` hands the object to a pool of
   ``max_concurrency`` threads and returns; objects above ``multipart_threshold``
-  go up as multipart uploads whose parts run concurrently too. Bytes in flight
-  are bounded (``max_in_flight``), so memory stays flat whatever the home's size.
+  go up as multipart uploads whose parts run concurrently too (the default
+  threshold is above any object a capture writes with the default limits: a
+  part is a copy of its slice). Bytes in flight are bounded (``max_in_flight``),
+  and freed buffers go back to the system (hakit.snapshot.heap), so memory stays
+  flat whatever the home's size.
   ``put_manifest`` first waits for every upload; any failure raises there (and at
   the next put), so a generation whose objects are not all stored never gets its
   manifest: an interrupted backup leaves no visible generation. No transfer
@@ -72,6 +75,7 @@ from pathlib import Path
 from typing import Any
 
 from hakit.snapshot.format import MiB, SnapshotError, manifest_key
+from hakit.snapshot.heap import return_large_buffers
 from hakit.snapshot.s3record import RECORD, KeyRecord
 from hakit.snapshot.store import StoredObject
 
@@ -90,7 +94,10 @@ class S3Location:
     bucket: str
     prefix: str  # without a trailing "/"
     max_concurrency: int = 100
-    multipart_threshold: int = 8 * MiB
+    # Above the largest object a capture writes with the default limits (a pack:
+    # Limits.pack_size plus one small file), so each goes up in one PutObject: the
+    # parts of a multipart upload are copies of the object (peak RSS), and more requests.
+    multipart_threshold: int = 32 * MiB
     part_size: int = 8 * MiB
     max_in_flight: int = 64 * MiB  # bytes handed to the pool and not yet stored (peak RSS < 300 MB)
 
@@ -130,6 +137,7 @@ class S3Store:
     def __init__(
         self, client: Any, location: S3Location, state: Path, *, write_only: bool = False
     ) -> None:
+        return_large_buffers()  # peak RSS (hakit.snapshot.heap)
         self.client = client
         self.location = location
         self.state = state
@@ -155,6 +163,12 @@ class S3Store:
         self._marker_lock = threading.Lock()
         self._capture_seen_ns: int | None = None  # delete(): an open capture found
         self._warned = False  # the store's lack of conditional writes, logged once
+
+    @property
+    def read_concurrency(self) -> int:
+        """Objects a restore or verify fetches at once (hakit.snapshot.reader): as many as
+        uploads, the client's connection pool's size."""
+        return max(1, self.location.max_concurrency)
 
     # --- the record ------------------------------------------------------------
 

@@ -1,11 +1,22 @@
-"""``verify``: re-read and re-hash every object a generation needs; every problem listed."""
+"""``verify``: re-read and re-hash every object a generation needs; every problem listed.
+
+The objects are fetched as a restore fetches them (hakit.snapshot.reader: each
+once, concurrently, in bounded memory); one problem per object that is missing
+or corrupt, and every other object still checked."""
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 from hakit.snapshot.format import Manifest, SnapshotError, decode_manifest, manifest_key
-from hakit.snapshot.reader import ObjectReader
+from hakit.snapshot.reader import (
+    ObjectFetch,
+    OnFetch,
+    fetch_objects,
+    plan_fetches,
+    read_concurrency,
+)
 from hakit.snapshot.store import Store
 
 
@@ -36,21 +47,37 @@ def read_manifest(store: Store, generation: str | None) -> Manifest:
     return decode_manifest(store.get(manifest_key(generation)))
 
 
-def verify_generation(store: Store, generation: str | None = None) -> VerifyReport:
+def verify_generation(
+    store: Store,
+    generation: str | None = None,
+    *,
+    concurrency: int | None = None,
+    on_fetch: OnFetch | None = None,
+) -> VerifyReport:
+    """Every object the generation needs fetched once, concurrently (``concurrency`` None:
+    the store's), and checked with every chunk in it; each object's problem listed."""
     manifest = read_manifest(store, generation)
-    reader = ObjectReader(store)
+    refs = manifest.chunk_refs()
     problems: list[str] = []
-    seen: set[str] = set()
-    for ref in manifest.chunk_refs():
-        if ref.hash in seen:
-            continue
-        seen.add(ref.hash)
-        try:
-            reader.chunk(ref)
-        except SnapshotError as error:
-            problem = str(error)
-            if problem not in problems:
-                problems.append(problem)
+    lock = threading.Lock()
+
+    def problem(_fetch: ObjectFetch, error: SnapshotError) -> None:
+        with lock:
+            if str(error) not in problems:
+                problems.append(str(error))
+
+    stats = fetch_objects(
+        store,
+        plan_fetches(refs),
+        lambda _ref, _data: None,
+        concurrency=read_concurrency(store) if concurrency is None else concurrency,
+        on_problem=problem,
+        on_fetch=on_fetch,
+    )
     return VerifyReport(
-        manifest.generation, len(seen), reader.objects_read, reader.bytes_read, tuple(problems)
+        manifest.generation,
+        len({ref.hash for ref in refs}),
+        stats.objects_read,
+        stats.bytes_read,
+        tuple(problems),
     )
