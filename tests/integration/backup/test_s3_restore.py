@@ -15,9 +15,9 @@ from hakit.snapshot.reader import plan_fetches, read_concurrency
 from hakit.snapshot.restore import restore_generation
 from hakit.snapshot.verify import read_manifest, verify_generation
 from tests.integration.backup.conftest import Site, make_site
-from tests.integration.backup.motoserver import MotoServer
 from tests.integration.backup.test_s3_backup import backup, open_store
 from tests.integration.snapshot.conftest import rows_of, tree_of
+from tests.support.s3servers import S3Server
 
 
 def _many_objects(site: Site) -> None:
@@ -30,7 +30,7 @@ def _leftovers(directory: Path) -> list[str]:
 
 
 def test_a_corrupt_object_among_many_is_found_and_replaces_nothing(
-    tmp_path: Path, moto: MotoServer
+    tmp_path: Path, moto: S3Server
 ) -> None:
     site = make_site(tmp_path / "site", moto)
     _many_objects(site)
@@ -61,7 +61,7 @@ def test_a_corrupt_object_among_many_is_found_and_replaces_nothing(
 
 
 def test_a_server_that_stops_answering_mid_restore_replaces_nothing(
-    tmp_path: Path, own_moto: MotoServer
+    tmp_path: Path, own_moto: S3Server
 ) -> None:
     site = make_site(tmp_path / "site", own_moto)
     _many_objects(site)
