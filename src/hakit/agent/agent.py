@@ -19,8 +19,8 @@ Tasks feed one queue so the policy sees events one at a time:
   the app is stopped before another node may start it: self-fencing; a lease taken
   over from a node whose lease expired is acted on only once that node is fenced,
   hakit.fencing.fence; all of it hakit.agent.lease);
-- the heartbeat (every 50 ms: the lease deadline, checked first on waking from a
-  freeze, and this agent's own stalls, hakit.agent.stall); beside it, in a thread of its
+- the heartbeat (hakit.agent.heartbeat: the lease deadline, checked first on waking
+  from a freeze, and this agent's own stalls, hakit.agent.stall); beside it, in a thread of its
   own, the lease watchdog (hakit.fencing.watchdog.LeaseWatchdog) kills the app at the deadline
   even if this loop is held up (the hard guarantee: no code of this loop is trusted
   to run in time);
@@ -60,20 +60,21 @@ from typing import Any, assert_never
 from hakit.agent.backups import BackupSchedule
 from hakit.agent.drills import DrillSchedule
 from hakit.agent.failsafe import FailsafeSide
+from hakit.agent.heartbeat import Heartbeat
 from hakit.agent.lease import LeaseKeeper, Wake
 from hakit.agent.operator_side import OperatorSide
 from hakit.agent.replication import ReplicationSide
+from hakit.agent.reporting import Reporter
 from hakit.agent.snapshots import SnapshotSchedule, active_epoch
 from hakit.agent.stall import STALL_THRESHOLD, StallDetector
 from hakit.agent.startup import boot_event, sweep_leftovers
 from hakit.agent.storeio import StoreIO
 from hakit.config import Config, Mode, Storage
 from hakit.contract import EPOCH_VARIABLE, AppState
-from hakit.coord.base import Coordinator, Event, NodeRecord
+from hakit.coord.base import Coordinator, NodeRecord
 from hakit.errors import HakitError, InvalidTransition, SupervisorError
 from hakit.fencing.fence import AGENT_ID_KEY, PENDING_KEY, Fencer
-from hakit.health.probe import Observation, StatusProber, check_database
-from hakit.history.facts import SERVING
+from hakit.health.probe import StatusProber, check_database
 from hakit.history.kinds import CAUSE, EventCause, EventKind
 from hakit.notify import Notifier
 from hakit.policy import (
@@ -107,7 +108,6 @@ log = logging.getLogger("hakit.agent")
 
 # While the app is starting, probe this often so RUNNING is noticed quickly.
 STARTING_PROBE_INTERVAL = 0.1
-QUIET_HEARTBEAT = 0.25  # s between heartbeats while no lease deadline comes sooner
 # The app answers locally: the routers' failures since then are a lost path (hakit.health.datapath).
 ANSWERING = frozenset({AppState.RUNNING, AppState.FIRST_RUN})
 # On shutdown, wait at most this long for the store to take the queued writes.
@@ -148,6 +148,15 @@ class Agent:
         # Every store call of this agent, in one thread, in issue order (hakit.agent.storeio): a
         # slow or locked store never holds back this loop (probes, exits, the heartbeat).
         self.store = StoreIO(name=f"store-io-{self.node.name}")
+        # Its record and history events, queued on that thread (hakit.agent.reporting).
+        self.reporter = Reporter(
+            self.node.name,
+            coordinator,
+            self.store,
+            actor=self.actor,
+            same_record_pause=cfg.coordination.renew_interval / 2,
+            monotonic=monotonic,
+        )
         self.fencer = Fencer(
             cfg,
             self.node.name,
@@ -160,6 +169,14 @@ class Agent:
         self.stalls = StallDetector()
         # systemd's readiness and watchdog (Type=notify, WatchdogSec=): a no-op elsewhere.
         self.service = ServiceNotifier.from_environment()
+        # The lease deadline on time, the watchdog's pings, this agent's own stalls.
+        self.heartbeat = Heartbeat(
+            self.node.name,
+            self.stalls,
+            self.service,
+            lambda kind, reason, data: self._record(kind, reason, data=data),
+            monotonic,
+        )
         # The leader lease: its epoch and deadline, promotion, self-fencing and the
         # watchdog thread (hakit.agent.lease).
         self.lease = LeaseKeeper(
@@ -176,8 +193,9 @@ class Agent:
             record=self._record,
             publish=self._publish,
             alert=self._execute,
-            tick=self._tick,
+            tick=self.heartbeat.tick,
         )
+        self.heartbeat.lease = self.lease
         # The operator's intents, draining, the routers' path (hakit.agent.operator_side).
         self.operator = OperatorSide(
             cfg,
@@ -260,9 +278,6 @@ class Agent:
             alert=self._execute,
         )
         self.served_epoch = 0  # the highest epoch this node was active under (kept in the store)
-        self._published_at = float("-inf")  # monotonic: the operator loop publishes a heartbeat
-        self._published_content: tuple[Any, ...] | None = None  # the last record sent, untimed
-        self._same_record_pause = cfg.coordination.renew_interval / 2
 
     # --- event sources ------------------------------------------------------
 
@@ -296,7 +311,9 @@ class Agent:
                     )
                 # A probe that raced with the process exit says nothing about the app,
                 # nor does a timeout while this agent itself was stalled (hakit.agent.stall).
-                if self.app.running and not self._stalled_timeout(observation, probe_started):
+                if self.app.running and not self.heartbeat.stalled_timeout(
+                    observation, probe_started
+                ):
                     if observation.state != self.app_state:
                         if observation.state in ANSWERING and self.app_state not in ANSWERING:
                             # Every other change of app_state (start, stop, exit) is to a
@@ -328,66 +345,9 @@ class Agent:
                 self._publish()
             await asyncio.sleep(renew)
 
-    async def _deadline_watch(self) -> None:
-        """The heartbeat: self-fence the moment the lease deadline passes even if the lease
-        loop is stuck, and notice this agent's own stalls.
-
-        It wakes at the lease deadline itself (never later than the fixed 50 ms tick it
-        replaced would have seen it) and otherwise every ``QUIET_HEARTBEAT`` (250 ms:
-        far below the 1 s gap that counts as a stall, hakit.agent.stall): a tick costs
-        CPU (~0.15 ms on the machine this was measured on: 20 ticks a second were a
-        quarter of an idle agent's budget). After the process was frozen (SIGSTOP, a VM
-        snapshot) its overdue timer is among the first code to run on waking; the main
-        loop and the probe and lease loops also check the deadline before they act.
-        """
-        while True:
-            await asyncio.sleep(self._heartbeat_pause())
-            self.lease.check_deadline()
-            self._tick()
-
-    def _heartbeat_pause(self) -> float:
-        """Until the next heartbeat: the lease deadline when it comes before the quiet
-        period; the old short tick once it has passed (the store is being asked on
-        waking, or a self-fence is under way)."""
-        short = self.lease.timings.heartbeat
-        quiet = max(short, QUIET_HEARTBEAT)
-        if not self.lease.epoch:
-            return quiet
-        left = self.lease.lease_deadline - self.monotonic()
-        if left <= 0:
-            return short
-        return min(quiet, left)
-
-    def _tick(self) -> None:
-        # Pinged from the heartbeat: the pings stop when this event loop stops.
-        self.service.watchdog(self.monotonic())
-        stall = self.stalls.tick(self.monotonic())
-        if stall is not None:
-            self._record(
-                EventKind.STALL,
-                f"agent on {self.node.name} was stalled for {stall.duration:.1f} s (frozen, "
-                "swapping or blocked); check failures overlapping the stall are not counted",
-                data={"seconds": round(stall.duration, 3)},
-            )
-
     def _answering(self) -> float | None:
         """Since when the app has answered /status here without a break (None: it does not)."""
         return self._answering_since if self.app_state in ANSWERING else None
-
-    def _stalled_timeout(self, observation: Observation, started: float) -> bool:
-        """True (and recorded) for a TIMEOUT whose probe overlapped a stall of this agent."""
-        self.lease.check_deadline()
-        self._tick()
-        stall = self.stalls.during(started, self.monotonic())
-        if observation.state is not AppState.TIMEOUT or stall is None:
-            return False
-        self._record(
-            EventKind.STATUS,
-            f"ignored: /status of {self.node.name} timed out, but the agent was stalled for "
-            f"{stall.duration:.1f} s during the probe (the timer fired late, not the app)",
-            data={SERVING: False},
-        )
-        return True
 
     # --- the loop -----------------------------------------------------------
 
@@ -413,7 +373,7 @@ class Agent:
         tasks = [
             asyncio.create_task(self._probe_loop(), name="probe"),
             asyncio.create_task(self._lease_loop(), name="lease"),
-            asyncio.create_task(self._deadline_watch(), name="deadline"),
+            asyncio.create_task(self.heartbeat.run(), name="deadline"),
             asyncio.create_task(self._operator_loop(), name="operator"),
         ]
         if self.failsafe.enabled:
@@ -604,7 +564,7 @@ class Agent:
             if read is not None:
                 await self.operator.watch_path(read[0])
                 self.operator.forget_silent_routers(read[0])
-            if self.monotonic() - self._published_at >= renew:
+            if self.monotonic() - self.reporter.published_at >= renew:
                 self._publish()  # so operators can tell a live agent (hakit.operator.intents)
 
     def _served(self, epoch: int) -> int:
@@ -647,25 +607,7 @@ class Agent:
         record.detail.update(self.replication.detail(time.time()))
         if self.fencer.pending:
             record.detail[PENDING_KEY] = self.fencer.published(time.time())
-        # The same record again (only its time differs) within half a renewal goes nowhere:
-        # every policy event asked for one (a probe a second, besides the renewal's), so
-        # the store took two identical records a second. A changed record goes at once;
-        # an unchanged one at least every renewal and a half, far inside the record ages
-        # readers accept (candidate_alive_within: one TTL).
-        content = (record.role, record.app_state, record.epoch, record.detail)
-        now = self.monotonic()
-        if (
-            content == self._published_content
-            and now - self._published_at < self._same_record_pause
-        ):
-            return
-        self._published_content, self._published_at = content, now
-        self.store.submit(
-            f"publish the record of {self.node.name}",
-            self.coordinator.publish_node,
-            record,
-            key="node-record",
-        )
+        self.reporter.publish(record)
 
     def _record(
         self,
@@ -676,19 +618,12 @@ class Agent:
         data: Mapping[str, Any] | None = None,
         actor: str = "",  # who caused it, when not this agent (an operator's command)
     ) -> None:
-        log.info("%s: %s", kind, reason)
-        event = Event(
-            id=0,
-            time=time.time(),
-            node=self.node.name,
-            kind=str(kind),  # an EventKind's value: the store keeps plain strings
-            reason=reason,
+        self.reporter.record(
+            kind,
+            reason,
             epoch=self.lease.epoch if epoch is None else epoch,
-            actor=actor or self.actor,
-            data=dict(data or {}),
-        )
-        self.store.submit(
-            f"record the {kind} event {reason!r}", self.coordinator.append_event, event
+            data=data,
+            actor=actor,
         )
 
 
