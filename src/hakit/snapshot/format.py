@@ -65,7 +65,7 @@ class SnapshotError(HakitError):
 @dataclass(frozen=True, slots=True)
 class Limits:
     chunk_size: int = 4 * MiB  # files above this are cut into chunks of this size
-    small_file: int = 256 * 1024  # files up to this size go into packs
+    small_file: int = 4 * MiB  # files up to one chunk go into packs: one object, not one per file
     pack_size: int = 16 * MiB  # a pack is written once it holds about this much
 
 
