@@ -14,7 +14,6 @@ import shutil
 import signal
 import stat
 import tempfile
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +34,7 @@ from tests.integration.snapshot.conftest import LIMITS, make_home
 from tests.integration.snapshot.test_cli import CONFIG
 from tests.integration.snapshot.test_postgresql import Database, db  # noqa: F401  (fixture)
 from tests.pgserver import start_postgres
-from tests.support.waiting import wait_until
+from tests.support.app_writes import records_written
 
 
 def _options(home: Path, url: str) -> CaptureOptions:
@@ -62,29 +61,11 @@ def test_a_capture_during_app_writes_restores_and_passes_the_drill(
         created = app.request("POST", "/records", json={"title": f"r{index}", "attachment": "a"})
         assert created.status_code == 201
 
-    stop = threading.Event()
-    during: list[str] = []
-
-    def write() -> None:  # records keep coming while the capture runs
-        for index in range(10_000):
-            if stop.is_set():
-                return
-            response = app.request(
-                "POST", "/records", json={"title": f"w{index}", "attachment": "w"}
-            )
-            during.append(response.json()["id"])
-
-    thread = threading.Thread(target=write, daemon=True)
-    thread.start()
-    try:
-        wait_until(lambda: len(during) >= 3, 20, "records written before the capture")
+    with records_written(app) as during:  # records keep coming while the capture runs
         acked_before = 5 + len(during)
         store = open_local_store(tmp_path / "repo", create=True)
         report = create_snapshot(store, _options(home, db.url()))
         written_during = len(during) + 5 - acked_before
-    finally:
-        stop.set()
-        thread.join(timeout=30)
     app.process.send_signal(signal.SIGTERM)
     assert app.wait_exit() == 0
     assert written_during > 0, "the app wrote during the capture"

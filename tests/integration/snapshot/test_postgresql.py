@@ -41,6 +41,7 @@ from tests.integration.demo.test_app import StartApp, start_app  # noqa: F401  (
 from tests.integration.snapshot.conftest import LIMITS, make_home, tree_of
 from tests.integration.snapshot.test_cli import CONFIG
 from tests.pgserver import PostgresServer, _bindir, _launch, _wait_ready
+from tests.support.app_writes import records_written
 from tests.support.waiting import wait_until
 
 MAX_WRITES = 200_000  # the writer's bound, far above what a test lets it do
@@ -471,29 +472,10 @@ def test_the_demo_app_runs_on_the_restored_database_with_a_clean_integrity(
     ]
     assert all(response.status_code == 201 for response in before)
 
-    # Records keep being created while the capture runs.
-    stop = threading.Event()
-    during: list[str] = []
-
-    def write() -> None:
-        for index in range(10_000):
-            if stop.is_set():
-                return
-            response = app.request(
-                "POST", "/records", json={"title": f"w{index}", "attachment": "w"}
-            )
-            during.append(response.json()["id"])
-
-    thread = threading.Thread(target=write, daemon=True)
-    thread.start()
-    try:
-        wait_until(lambda: len(during) >= 3, 20, "records written during the capture")
+    with records_written(app):  # records keep being created while the capture runs
         report = create_snapshot(
             open_local_store(tmp_path / "repo", create=True), _options(home, db.url())
         )
-    finally:
-        stop.set()
-        thread.join(timeout=30)
     after = app.request("POST", "/records", json={"title": "after", "attachment": "late"})
     assert after.status_code == 201
     app.process.send_signal(signal.SIGTERM)
