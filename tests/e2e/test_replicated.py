@@ -48,6 +48,25 @@ def _replica(cluster: DemoCluster, node: str) -> dict[str, Any] | None:
     return entry if isinstance(entry, dict) else None
 
 
+def switch_over(cluster: DemoCluster, load: Load, standby: str, reason: str) -> None:
+    """``hakit switchover --to standby`` while ``load`` writes; twenty requests after it."""
+    result = hakit(cluster, "switchover", "--to", standby, "--reason", reason)
+    before_end = load.count()
+    wait_for(lambda: load.count() >= before_end + 20, 60, "requests after the switchover")
+    assert f"{standby} is active under epoch" in result.stdout
+
+
+def nothing_lost(cluster: DemoCluster, load: Load, standby: str) -> None:
+    """``standby`` serves, every write ``load`` had acknowledged is there, /integrity clean."""
+    print(f"{len(load.written)} writes acknowledged; failures: {load.failures[:5]}")
+    assert wait_serving(cluster, 30) == standby
+    with httpx.Client(base_url=cluster.router_url, timeout=30) as client:
+        integrity = client.get("/integrity").json()
+        assert integrity["ok"], integrity
+        missing = [i for i in load.written if client.get(f"/records/{i}").status_code != 200]
+    assert missing == [], f"{len(missing)} acknowledged writes lost: {missing[:5]}"
+
+
 def test_node_loss_promotes_the_standby_from_its_newest_generation(
     make_cluster: ClusterFactory,
 ) -> None:
@@ -117,18 +136,8 @@ def test_a_switchover_ships_a_final_generation_and_loses_no_acknowledged_write(
     assert (_replica(cluster, standby) or {}).get("generation") is None  # nothing shipped yet
     with Load(cluster.router_url, rate=20) as load:
         wait_for(lambda: len(load.written) >= 30, 30, "writes before the switchover")
-        result = hakit(cluster, "switchover", "--to", standby, "--reason", "replicated move")
-        before_end = load.count()
-        wait_for(lambda: load.count() >= before_end + 20, 60, "requests after the switchover")
-    assert f"{standby} is active under epoch" in result.stdout
-    print(f"{len(load.written)} writes acknowledged; failures: {load.failures[:5]}")
-    assert wait_serving(cluster, 30) == standby
-
-    with httpx.Client(base_url=cluster.router_url, timeout=30) as client:
-        integrity = client.get("/integrity").json()
-        assert integrity["ok"], integrity
-        missing = [i for i in load.written if client.get(f"/records/{i}").status_code != 200]
-    assert missing == [], f"{len(missing)} acknowledged writes lost: {missing[:5]}"
+        switch_over(cluster, load, standby, "replicated move")
+    nothing_lost(cluster, load, standby)
 
     (shipped,) = [
         event

@@ -12,7 +12,6 @@ import secrets
 from collections.abc import Iterator
 from typing import Any
 
-import httpx
 import psycopg
 import pytest
 
@@ -22,8 +21,8 @@ from hakit.history.kinds import EventKind
 from tests.pgserver import PostgresServer
 
 from .conftest import ClusterFactory, events_of, wait_serving
-from .test_operator import Load, hakit
-from .test_replicated import TOKEN, _replica
+from .test_operator import Load
+from .test_replicated import TOKEN, _replica, nothing_lost, switch_over
 
 pytestmark = pytest.mark.e2e
 
@@ -80,18 +79,8 @@ def test_each_node_its_own_postgresql_database_and_a_switchover_loses_nothing(
 
         wait_for(applied, 60, f"{standby} to apply a generation")
         assert _count(urls[standby]) > 0
-        result = hakit(cluster, "switchover", "--to", standby, "--reason", "pg move")
-        before_end = load.count()
-        wait_for(lambda: load.count() >= before_end + 20, 60, "requests after the switchover")
-    assert f"{standby} is active under epoch" in result.stdout
-    print(f"{len(load.written)} writes acknowledged; failures: {load.failures[:5]}")
-    assert wait_serving(cluster, 30) == standby
-
-    with httpx.Client(base_url=cluster.router_url, timeout=30) as client:
-        integrity = client.get("/integrity").json()
-        assert integrity["ok"], integrity
-        missing = [i for i in load.written if client.get(f"/records/{i}").status_code != 200]
-    assert missing == [], f"{len(missing)} acknowledged writes lost: {missing[:5]}"
+        switch_over(cluster, load, standby, "pg move")
+    nothing_lost(cluster, load, standby)
     assert _count(urls[standby]) >= len(load.written)  # served from its own database
     (promotion,) = [
         event
