@@ -20,15 +20,14 @@ Three layers, from the node itself outwards:
   in the app's environment so libpq-based apps carry that name). MySQL/MariaDB:
   ``KILL`` of database_url's user's sessions from the old node's address.
 
-The decision (:func:`fence_needs`) is pure; :class:`Fencer` does the I/O.
+The decision (:func:`fence_needs`) is pure; :class:`Fencer` does the I/O, the fence
+command itself run by hakit.fencing.command.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import os
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -41,14 +40,13 @@ from hakit.coord.base import REINIT_HOLDER, Coordinator, Lease, NodeRecord
 from hakit.dbfence import application_name as application_name  # re-exported: PGAPPNAME
 from hakit.dbfence import fences_sessions, sessions_of, terminate_sessions
 from hakit.errors import CoordinationError
-from hakit.fencing.watchdog import kill_group_now
+from hakit.fencing.command import render_fence_command, run_fence_command
 from hakit.health.datapath import PathReport, Sight, reports_in
 from hakit.health.probe import StatusProber
 from hakit.history.kinds import EventKind
 
 log = logging.getLogger("hakit.fence")
 
-OUTPUT_TAIL = 2000  # characters of a fence command's output kept in its event
 PENDING_KEY = "fence_pending"  # NodeRecord.detail key: nodes this node could not fence yet
 AGENT_ID_KEY = "agent_id"  # NodeRecord.detail key: the publishing agent process's instance id
 RETRY_MAX = 60.0  # longest wait between two attempts to fence the same node
@@ -265,99 +263,9 @@ def takeover_words(before: Predecessor, me: str) -> str:
     )
 
 
-def render_fence_command(argv: Sequence[str], node: str, host: str) -> list[str]:
-    """``argv`` with ``{node}`` and ``{host}`` of the node to fence substituted."""
-    values = {"node": node, "host": host}
-    return [part.format_map(values) for part in argv]
-
-
 def retry_delay(failures: int, base: float) -> float:
     """Wait before the next attempt after ``failures`` failed ones in a row (doubling)."""
     return min(RETRY_MAX, base * 2.0 ** max(0, failures - 1))
-
-
-# --- I/O -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class CommandResult:
-    ok: bool
-    summary: str  # "exited 0 after 0.2 s", "did not finish within 10 s", ...
-    returncode: int | None
-    elapsed: float
-    output: str
-
-
-def _read_from(path: Path, offset: int) -> str:
-    try:
-        with open(path, "rb") as output:
-            output.seek(offset)
-            data = output.read()
-    except OSError:
-        return ""
-    return data.decode("utf-8", errors="replace")[-OUTPUT_TAIL:].strip()
-
-
-async def run_fence_command(
-    argv: Sequence[str], timeout: float, env: Mapping[str, str], log_path: Path
-) -> CommandResult:
-    """Run one fence command in its own process group, bounded by ``timeout``.
-
-    Its output is appended to ``log_path`` (a file, not a pipe: a fence agent
-    that leaves a child behind cannot keep us waiting for the pipe's end).
-    Success is exit status 0, as for Pacemaker fence agents.
-    """
-    started = time.monotonic()
-    log_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    # 0600: a fence agent's output may carry a BMC's or a cloud API's credentials.
-    with open(log_path, "ab", opener=lambda path, flags: os.open(path, flags, 0o600)) as output:
-        output.write(f"===== hakit: fence {list(argv)!r} at {time.ctime()} =====\n".encode())
-        output.flush()  # before the command writes to the same file
-        offset = output.tell()
-        try:
-            process = await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=output,
-                stderr=asyncio.subprocess.STDOUT,
-                env={**os.environ, **env},
-                start_new_session=True,
-            )
-        except OSError as error:
-            return CommandResult(
-                False,
-                f"could not be started: {error.strerror or error} (check failover.fence_command)",
-                None,
-                time.monotonic() - started,
-                "",
-            )
-    try:
-        async with asyncio.timeout(timeout):
-            returncode = await process.wait()
-    except TimeoutError:
-        kill_group_now(process.pid)
-        with contextlib.suppress(ProcessLookupError):
-            await process.wait()
-        elapsed = time.monotonic() - started
-        return CommandResult(
-            False,
-            f"did not finish within fence_timeout {timeout:g} s (killed)",
-            None,
-            elapsed,
-            _read_from(log_path, offset),
-        )
-    elapsed = time.monotonic() - started
-    # Anything the fence agent left behind in its group goes too.
-    kill_group_now(process.pid)
-    if returncode == 0:
-        summary = f"exited 0 after {elapsed:.1f} s"
-    elif returncode < 0:
-        summary = f"was killed by signal {-returncode} after {elapsed:.1f} s"
-    else:
-        summary = f"exited with status {returncode} after {elapsed:.1f} s"
-    return CommandResult(
-        returncode == 0, summary, returncode, elapsed, _read_from(log_path, offset)
-    )
 
 
 # --- the agent's side -------------------------------------------------------------------

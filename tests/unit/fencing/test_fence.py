@@ -21,6 +21,7 @@ from hakit.coord.base import REINIT_HOLDER, Lease, NodeRecord
 from hakit.coord.keys import ROUTER_REPORTS
 from hakit.coord.sqlite import SqliteCoordinator
 from hakit.errors import ConfigError
+from hakit.fencing.command import render_fence_command, run_fence_command
 from hakit.fencing.fence import (
     AGENT_ID_KEY,
     PENDING_KEY,
@@ -30,9 +31,7 @@ from hakit.fencing.fence import (
     application_name,
     fence_needs,
     read_predecessor,
-    render_fence_command,
     retry_delay,
-    run_fence_command,
     stood_down,
     takeover_words,
 )
