@@ -29,11 +29,11 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from hakit.snapshot.format import SnapshotError
+from hakit.snapshot.postgres import run_program
 
 DIRECTORY_MODE = 0o700  # PostgreSQL requires 0700 (or 0750 with group access)
 FILE_MODE = 0o600
 VERIFY_TIMEOUT = 3600.0  # seconds for pg_verifybackup: bounded, generous
-_STDERR_KEPT = 2000
 
 
 def pg_program_of(name: str, major: int) -> str | None:
@@ -172,24 +172,12 @@ def verify_data_directory(root: Path, major: int, what: str) -> str:
     program = pg_program_of("pg_verifybackup", major)
     if program is None:
         return f"not verified by pg_verifybackup (PostgreSQL {major}'s is not installed)"
-    env = dict(os.environ, LC_ALL="C")
-    try:
-        done = subprocess.run(
-            [program, "--quiet", str(root)],
-            env=env,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=VERIFY_TIMEOUT,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired) as error:
-        raise SnapshotError(f"pg_verifybackup of {what} could not run: {error}") from None
-    if done.returncode != 0:
-        raise SnapshotError(
-            f"pg_verifybackup of {what} failed (exit {done.returncode}): "
-            + (done.stderr + done.stdout).strip()[-_STDERR_KEPT:]
-        )
+    run_program(
+        [program, "--quiet", str(root)],
+        dict(os.environ, LC_ALL="C"),
+        f"pg_verifybackup of {what}",
+        VERIFY_TIMEOUT,
+    )
     return "pg_verifybackup: every file and the WAL match its backup_manifest"
 
 

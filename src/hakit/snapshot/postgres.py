@@ -33,7 +33,7 @@ import re
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -147,23 +147,34 @@ def run_client(
 ) -> subprocess.CompletedProcess[str]:
     """Run a client program; a failure raises naming ``what`` with the program's stderr."""
     with client_environment(connection) as env:
-        try:
-            done = subprocess.run(
-                command,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                text=True,
-                timeout=timeout,
-                check=False,
-            )
-        except (OSError, subprocess.TimeoutExpired) as error:
-            raise SnapshotError(f"{what} failed: {error}") from None
-    if done.returncode != 0:
-        raise SnapshotError(
-            f"{what} failed (exit {done.returncode}): "
-            + connection.scrub(done.stderr.strip()[-_STDERR_KEPT:])
+        return run_program(command, env, what, timeout, connection.scrub)
+
+
+def run_program(
+    command: list[str],
+    env: Mapping[str, str],
+    what: str,
+    timeout: float | None = None,
+    scrub: Callable[[str], str] = str,
+) -> subprocess.CompletedProcess[str]:
+    """Run one of PostgreSQL's programs, no stdin, bounded by ``timeout``; one that cannot
+    start, times out or exits non-zero raises naming ``what`` with the end of its error
+    output (through ``scrub``: a password never reaches a message)."""
+    try:
+        done = subprocess.run(
+            command,
+            env=dict(env),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
         )
+    except (OSError, subprocess.TimeoutExpired) as error:
+        raise SnapshotError(f"{what} failed: {error}") from None
+    if done.returncode != 0:
+        output = (done.stderr.strip() or done.stdout.strip())[-_STDERR_KEPT:]
+        raise SnapshotError(f"{what} failed (exit {done.returncode}): " + scrub(output))
     return done
 
 
