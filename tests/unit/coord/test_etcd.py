@@ -13,10 +13,11 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from hakit.coord.base import Lease, NodeRecord, SupportsChangeToken
+from hakit.coord.base import Event, Lease, NodeRecord, SupportsChangeToken
 from hakit.coord.etcd import EtcdCoordinator, EtcdSection
 from hakit.errors import CoordinationError, NoClusterState, StoreReplacedError
 from tests.support.etcd import EtcdServer, unique_prefix
@@ -195,6 +196,44 @@ def test_keys_deleted_under_a_running_process_are_refused(
     assert fresh.acquire_or_renew("n2", 5.0) is not None
     with pytest.raises(StoreReplacedError):  # another identity: still refused
         store.nodes()
+
+
+def test_a_read_from_before_another_thread_made_the_store_is_read_again(
+    make: Maker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fresh process, two threads: the second reads "no store" just before the first
+    creates it and learns it. That read predates the identity now trusted: read again,
+    not "the store was replaced" (a CI run once failed on this interleaving)."""
+    store = make()
+    transport = store._transport
+    real = transport.txn_at
+    first_done = threading.Event()
+    held: list[str] = []
+
+    def second_thread_waits(*args: Any, **kwargs: Any) -> Any:
+        answer = real(*args, **kwargs)
+        if threading.current_thread().name == "second" and not held:
+            held.append("read")  # its first read answered: held back until the first is done
+            assert first_done.wait(10)
+        return answer
+
+    monkeypatch.setattr(transport, "txn_at", second_thread_waits)
+    errors: list[BaseException] = []
+
+    def second() -> None:
+        try:
+            store.append_event(Event(0, 1.0, "n2", "restart", "second", 0, "test", {}))
+        except BaseException as error:  # reported to the test thread below
+            errors.append(error)
+
+    thread = threading.Thread(target=second, name="second")
+    thread.start()
+    wait_until(lambda: held == ["read"], timeout=10, what="the second thread's first read")
+    store.append_event(Event(0, 1.0, "n1", "restart", "first", 0, "test", {}))
+    first_done.set()
+    thread.join(timeout=10)
+    assert errors == []
+    assert sorted(e.reason for e in store.events()) == ["first", "second"]
 
 
 def test_an_agents_memory_refuses_a_store_that_went_back(make: Maker, tmp_path: Path) -> None:

@@ -147,17 +147,24 @@ class Guard:
     def read(self, deadline: float, doing: str, *requests_: dict[str, Any]) -> list[list[KV]]:
         """One consistent read of the identity, the epoch counter and ``requests_``;
         the identity checked. Answers the epoch counter's range, then those of ``requests_``."""
-        _, ranges = self._transport.txn(
-            [],
-            [get(self._layout.identity), get(self._layout.epoch), *requests_],
-            None,
-            deadline,
-            doing,
-        )
-        identity = ranges[0][0] if ranges[0] else None
-        epoch = ranges[1][0] if ranges[1] else None
-        self._check(identity, epoch, deadline)
-        return [ranges[1], *ranges[2:]]
+        requests = [get(self._layout.identity), get(self._layout.epoch), *requests_]
+        for last_try in (False, True):
+            _, revision, ranges = self._transport.txn_at([], requests, None, deadline, doing)
+            identity = ranges[0][0] if ranges[0] else None
+            epoch = ranges[1][0] if ranges[1] else None
+            try:
+                self._check(identity, epoch, deadline)
+            except StoreReplacedError:
+                # Threads share this guard: another one may have learned a newer state (the
+                # identity it just made, a higher epoch) after this read was answered. A read
+                # older than what this process has seen is read once more; only a refusal
+                # by a read at least that new stands (a store put back in time keeps its
+                # older revisions: refused on the second read).
+                if not last_try and 0 < revision < self._transport.newest_revision:
+                    continue
+                raise
+            return [ranges[1], *ranges[2:]]
+        raise AssertionError("unreachable: the last try returns or raises")
 
     def run(self, doing: str, step: Callable[[float], T]) -> T:
         """Run ``step(deadline)`` again until it does not lose a race; within the timeout."""

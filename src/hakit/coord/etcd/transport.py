@@ -80,6 +80,10 @@ class Transport:
         self._current = 0  # the endpoint that answered last
         self._pid = os.getpid()
         self._token: str | None = None
+        # The newest store revision any answer carried: a read older than it may predate
+        # what another thread of this process has seen (identity.Guard.read).
+        self.newest_revision = 0
+        self._newest_lock = threading.Lock()
 
     # --- connections ----------------------------------------------------------
 
@@ -213,19 +217,40 @@ class Transport:
         doing: str,
     ) -> tuple[bool, list[list[KV]]]:
         """One transaction; the range answers of the branch taken."""
+        won, _, ranges = self.txn_at(compare, success, failure, deadline, doing)
+        return won, ranges
+
+    def txn_at(
+        self,
+        compare: list[dict[str, Any]],
+        success: list[dict[str, Any]],
+        failure: list[dict[str, Any]] | None,
+        deadline: float,
+        doing: str,
+    ) -> tuple[bool, int, list[list[KV]]]:
+        """One transaction: whether it won, the store's revision it saw (0: not answered)
+        and the range answers of the branch taken."""
         body = {"compare": compare, "success": success, "failure": failure or []}
         answer = self.post("/kv/txn", body, deadline, doing)
         won = bool(answer.get("succeeded", False))
         branch = success if won else failure or []
-        if self._on_revision is not None and any("request_range" not in op for op in branch):
-            with suppress(KeyError, TypeError, ValueError):
-                self._on_revision(int(answer["header"]["revision"]))
+        revision = 0
+        with suppress(KeyError, TypeError, ValueError):
+            revision = int(answer["header"]["revision"])
+        with self._newest_lock:
+            self.newest_revision = max(self.newest_revision, revision)
+        if (
+            self._on_revision is not None
+            and revision
+            and any("request_range" not in op for op in branch)
+        ):
+            self._on_revision(revision)
         ranges = [
             [KV.parse(raw) for raw in response["response_range"].get("kvs", [])]
             for response in answer.get("responses", [])
             if "response_range" in response
         ]
-        return won, ranges
+        return won, revision, ranges
 
     # --- etcd leases ----------------------------------------------------------
 
