@@ -92,10 +92,10 @@ def backup(job: BackupJob) -> Outcome:
     finally:
         close_store(store)
     data: dict[str, Any] = {
-        "generation": report.manifest.generation,
+        "generation": report.header.generation,
         "target": target.describe(),
-        "taken_ns": report.manifest.started_ns,
-        "files": sum(1 for entry in report.manifest.entries if entry.type == "f"),
+        "taken_ns": report.header.started_ns,
+        "files": report.files,
         "files_read": report.walked.files_read,
         "bytes_written": report.written.bytes_written,
         "seconds": round(time.monotonic() - started, 3),
@@ -103,7 +103,7 @@ def backup(job: BackupJob) -> Outcome:
     bottom = unwrapped(store)
     if isinstance(bottom, S3Store):
         data["objects_uploaded"] = bottom.stats.objects_put
-    return Outcome(True, report.manifest.generation, data=data)
+    return Outcome(True, report.header.generation, data=data)
 
 
 def check(job: BackupJob) -> Outcome:

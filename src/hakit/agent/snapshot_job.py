@@ -74,9 +74,9 @@ def run(job: Job) -> Outcome:
     except (HakitError, OSError) as error:
         return Outcome(ok=False, error=str(error))
     data: dict[str, Any] = {
-        "generation": report.manifest.generation,
-        "taken_ns": report.manifest.started_ns,
-        "files": sum(1 for entry in report.manifest.entries if entry.type == "f"),
+        "generation": report.header.generation,
+        "taken_ns": report.header.started_ns,
+        "files": report.files,
         "files_read": report.walked.files_read,
         "bytes_written": report.written.bytes_written,
         "seconds": round(time.monotonic() - started, 3),
@@ -90,7 +90,7 @@ def run(job: Job) -> Outcome:
         else:
             data["pruned"] = list(pruned.removed_generations)
             data["objects_removed"] = pruned.removed_objects
-    return Outcome(True, report.manifest.generation, data=data, prune_error=prune_error)
+    return Outcome(True, report.header.generation, data=data, prune_error=prune_error)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -36,11 +36,12 @@ from dataclasses import dataclass, replace
 from hakit.backup.stores import close_store, open_store, unwrapped
 from hakit.backup.target import BackupTarget, LocalTarget, S3Target
 from hakit.snapshot.crypto import EncryptedStore
-from hakit.snapshot.format import Manifest, SnapshotError, decode_manifest, manifest_key
+from hakit.snapshot.format import Manifest, SnapshotError
 from hakit.snapshot.prune import MANIFESTS, PruneReport, prune, referenced_keys
 from hakit.snapshot.retention import RetentionPolicy
 from hakit.snapshot.s3store import CAPTURES, S3Store
 from hakit.snapshot.store import LocalStore, PrunableStore, StoredObject
+from hakit.snapshot.trees import load_manifest
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +90,7 @@ class EncryptedPruning:
         names: dict[str, str] = {}
         for generation in self.store.list_manifests():
             try:
-                manifest = decode_manifest(self.store.get(manifest_key(generation)))
+                manifest = load_manifest(self.store, generation)
             except SnapshotError:
                 if generation in self.store.list_manifests():
                     raise
@@ -143,7 +144,7 @@ def _manifests(store: PrunableStore) -> dict[str, Manifest]:
     found: dict[str, Manifest] = {}
     for generation in store.list_manifests():
         try:
-            found[generation] = decode_manifest(store.get(manifest_key(generation)))
+            found[generation] = load_manifest(store, generation)
         except SnapshotError:
             if generation in store.list_manifests():
                 raise

@@ -155,14 +155,14 @@ def create(
         fail(SnapshotError(f"backup to {target.describe()} failed, no generation written: {error}"))
     finally:
         close_store(store)
-    manifest, written = report.manifest, report.written
+    manifest, written = report.header, report.written
     sent = ""
     if isinstance(bottom, S3Store):
         stats = bottom.stats
         sent = f"; {stats.objects_put} objects uploaded ({size(stats.bytes_put)}), "
         sent += f"{stats.objects_present} already there"
     console.print(
-        f"generation {manifest.generation} in {target.describe()}: {len(manifest.entries)} "
+        f"generation {manifest.generation} in {target.describe()}: {report.entries} "
         f"entries, {report.walked.files_read} files read, {report.walked.files_cached} "
         f"unchanged; {written.blobs_written} blobs and {written.packs_written} packs new{sent}",
         highlight=False,
@@ -180,15 +180,15 @@ def list_(config: ConfigOption = Path("hakit.toml")) -> None:
         table = Table("generation", "taken", "node", "epoch", "files", "size", "database")
         for generation in store.list_manifests():
             manifest = decode_manifest(store.get(manifest_key(generation)))
-            files = [entry for entry in manifest.entries if entry.type == "f"]
+            files, total = manifest.totals()
             database = manifest.database
             table.add_row(
                 generation,
                 time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(manifest.started_ns / 1e9)),
                 manifest.node,
                 "-" if manifest.epoch is None else str(manifest.epoch),
-                str(len(files)),
-                size(sum(entry.size for entry in files)),
+                str(files),
+                size(total),
                 "-" if database is None else f"{database.kind} {size(database.size)}",
             )
     except SnapshotError as error:

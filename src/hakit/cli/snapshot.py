@@ -74,9 +74,9 @@ def create(
         report = create_snapshot(open_local_store(to, create=True), options)
     except SnapshotError as error:
         fail(error)
-    manifest, written, walked = report.manifest, report.written, report.walked
+    manifest, written, walked = report.header, report.written, report.walked
     console.print(
-        f"generation {manifest.generation}: {len(manifest.entries)} entries, "
+        f"generation {manifest.generation}: {report.entries} entries, "
         f"{walked.files_read} files read ({_size(walked.bytes_read)}), "
         f"{walked.files_cached} unchanged; {written.blobs_written} blobs and "
         f"{written.packs_written} packs written ({_size(written.bytes_written)}); "
@@ -99,7 +99,7 @@ def list_(repo: RepoOption) -> None:
         table = Table("generation", "taken", "node", "epoch", "files", "size", "database")
         for generation in store.list_manifests():
             manifest = decode_manifest(store.get(manifest_key(generation)))
-            files = [entry for entry in manifest.entries if entry.type == "f"]
+            files, total = manifest.totals()
             taken = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(manifest.started_ns / 1e9))
             database = manifest.database
             table.add_row(
@@ -107,8 +107,8 @@ def list_(repo: RepoOption) -> None:
                 taken,
                 manifest.node,
                 "-" if manifest.epoch is None else str(manifest.epoch),
-                str(len(files)),
-                _size(sum(entry.size for entry in files)),
+                str(files),
+                _size(total),
                 "-" if database is None else f"{database.kind} {_size(database.size)}",
             )
     except SnapshotError as error:

@@ -11,14 +11,13 @@ all of them are durable, so an interrupted capture leaves no generation.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import stat
 import tempfile
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from hakit.snapshot.database import DUMP, capture_database, database_target
 from hakit.snapshot.format import (
@@ -28,16 +27,26 @@ from hakit.snapshot.format import (
     Limits,
     Manifest,
     SnapshotError,
-    decode_manifest_json,
+    TreeRef,
+    decode_manifest,
     encode_manifest,
     manifest_key,
     new_generation_id,
+    tree_key,
 )
 from hakit.snapshot.hashcache import HashCache
 from hakit.snapshot.hooks import Hook, run_hook
 from hakit.snapshot.reading import OnRead, read_stable
 from hakit.snapshot.store import LocalStore, Store
 from hakit.snapshot.tree import TreeDiff, diff_trees
+from hakit.snapshot.trees import (
+    encode_tree,
+    entry_row,
+    newest_ns,
+    stats_digest,
+    tree_reader,
+    with_entries,
+)
 from hakit.snapshot.walk import HomeWalk, WalkedEntry, WalkStats
 from hakit.snapshot.writer import BlobWriter, WriteStats
 
@@ -59,28 +68,44 @@ class CaptureOptions:
     )  # paths relative to the home, left out with their contents
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class CaptureReport:
-    manifest: Manifest
+    header: Manifest  # as stored: a tree manifest's entries are in its trees
     written: WriteStats
     walked: WalkStats
-    previous: tuple[Entry, ...]  # the previous generation's tree (empty: none)
+    store: Store
+    previous: Manifest | None  # the generation it built on, as stored (None: none)
+    _manifest: Manifest | None = None
+
+    @property
+    def manifest(self) -> Manifest:
+        """The generation with all its entries (its trees read back from the store when
+        asked: the agent's captures never ask; a write-only store cannot answer)."""
+        if self._manifest is None:
+            self._manifest = with_entries(self.store, self.header)
+        return self._manifest
+
+    @property
+    def files(self) -> int:
+        """The home's regular files in the generation."""
+        return self.header.totals()[0]
+
+    @property
+    def entries(self) -> int:
+        """The home's entries (files, directories, symlinks) in the generation."""
+        return sum(tree.count for tree in self.header.trees)
 
     @property
     def diff(self) -> TreeDiff:
-        """What changed against the previous generation (computed when asked: the
-        agent's captures never ask)."""
-        return diff_trees(self.previous, self.manifest.entries)
+        """What changed against the previous generation (read when asked)."""
+        previous = with_entries(self.store, self.previous).entries if self.previous else ()
+        return diff_trees(previous, self.manifest.entries)
 
 
 def latest_manifest(store: Store) -> Manifest | None:
-    latest = _latest(store)
-    return latest[0] if latest else None
-
-
-def _latest(store: Store) -> tuple[Manifest, list[Mapping[str, Any]]] | None:
+    """The newest generation as stored (a tree manifest without its entries)."""
     generations = store.list_manifests()
-    return decode_manifest_json(store.get(manifest_key(generations[-1]))) if generations else None
+    return decode_manifest(store.get(manifest_key(generations[-1]))) if generations else None
 
 
 def _capture_database(
@@ -143,14 +168,20 @@ def create_snapshot(store: Store, options: CaptureOptions) -> CaptureReport:
 
 
 def _create(store: Store, options: CaptureOptions, home: Path) -> CaptureReport:
-    latest = _latest(store)
-    previous = latest[0] if latest else None
+    previous = latest_manifest(store)
     known = {ref.hash: ref for ref in previous.chunk_refs()} if previous else {}
     writer = BlobWriter(store, options.limits, known)
+    read_tree = tree_reader(store)
+
+    def read_previous_tree(ref: TreeRef) -> tuple[Entry, ...]:
+        entries = read_tree(ref)
+        writer.know(chunk for entry in entries for chunk in entry.chunks)
+        return entries
+
     walk = HomeWalk(
         home,
         writer.add,
-        HashCache(previous),
+        HashCache(previous, read_previous_tree),
         options.limits,
         retries=options.retries,
         on_read=options.on_read,
@@ -168,9 +199,8 @@ def _create(store: Store, options: CaptureOptions, home: Path) -> CaptureReport:
         if options.thaw is not None:
             run_hook("thaw", options.thaw)
     writer.seal()
-    entries = tuple(_entry(item, writer) for item in walked)
-    encoded = _reused_json(entries, latest)
-    manifest = Manifest(
+    trees = _write_trees(store, [_entry(item, writer) for item in walked], walk.reused, previous)
+    header = Manifest(
         generation=new_generation_id(started),
         started_ns=started,
         finished_ns=time.time_ns(),
@@ -186,23 +216,43 @@ def _create(store: Store, options: CaptureOptions, home: Path) -> CaptureReport:
             chunks=tuple(writer.ref(digest) for digest, _ in database[3]),
             position=database[4],
         ),
-        entries=entries,
+        entries=(),
+        trees=trees,
     )
-    store.put_manifest(manifest.generation, encode_manifest(manifest, encoded))
-    return CaptureReport(manifest, writer.stats, walk.stats, previous.entries if previous else ())
+    store.put_manifest(header.generation, encode_manifest(header))
+    return CaptureReport(header, writer.stats, walk.stats, store, previous)
 
 
-def _reused_json(
-    entries: tuple[Entry, ...], latest: tuple[Manifest, list[Mapping[str, Any]]] | None
-) -> list[Mapping[str, Any] | None]:
-    """By index: the previous manifest's JSON object of each entry reused as it was
-    (the very same ``Entry``), None for the others (encoded anew)."""
-    if latest is None:
-        return []
-    manifest, raws = latest
-    by_path = {e.path: (e, raw) for e, raw in zip(manifest.entries, raws, strict=True)}
-    encoded: list[Mapping[str, Any] | None] = []
+def _write_trees(
+    store: Store, entries: list[Entry], reused: list[TreeRef], previous: Manifest | None
+) -> tuple[TreeRef, ...]:
+    """A tree object for each directory not reused, and every directory's ref, by path.
+    The home itself always has one, if only empty: a tree manifest names a tree. A tree
+    encoded again with the bytes of the previous generation's (its files read again for
+    a racy time) is that generation's object, not put again (prune keeps a capture's
+    base: hakit.snapshot.prune)."""
+    before = {tree.path: tree.hash for tree in previous.trees} if previous else {}
+    groups: dict[str, list[Entry]] = {}
     for entry in entries:
-        found = by_path.get(entry.path)
-        encoded.append(found[1] if found is not None and found[0] is entry else None)
-    return encoded
+        groups.setdefault(entry.path.rpartition("/")[0], []).append(entry)
+    refs = {ref.path: ref for ref in reused}
+    if "" not in refs:
+        groups.setdefault("", [])
+    for directory, members in groups.items():
+        if directory in refs:
+            raise SnapshotError(f"directory {directory!r} walked twice")  # pragma: no cover
+        data = encode_tree(members)
+        digest = hashlib.sha256(data).hexdigest()
+        if before.get(directory) != digest:
+            store.put_if_absent(tree_key(digest), data)
+        files = [entry for entry in members if entry.type == FILE]
+        refs[directory] = TreeRef(
+            directory,
+            digest,
+            stats_digest([entry_row(entry) for entry in members]),
+            newest_ns(members),
+            len(members),
+            len(files),
+            sum(entry.size for entry in files),
+        )
+    return tuple(refs[path] for path in sorted(refs))

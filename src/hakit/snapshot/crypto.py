@@ -83,7 +83,11 @@ MAGIC = b"HKE1"
 HEADER = len(MAGIC) + KEY_ID_BYTES + NONCE_BYTES
 SCHEME = "aes-256-gcm+hmac-sha256-names/hkdf-sha256"
 CONFIG_KEY = "config"
-HASHED_PARTS = ("blobs", "packs")  # whose names are content hashes, stored under HMAC names
+HASHED_PARTS = (
+    "blobs",
+    "packs",
+    "trees",
+)  # whose names are content hashes, stored under HMAC names
 
 
 @dataclass(frozen=True, slots=True)

@@ -50,7 +50,8 @@ from typing import Any
 
 from hakit.errors import HakitError
 
-FORMAT = "hakit-snapshot/1"
+FORMAT = "hakit-snapshot/1"  # the repository's; and a manifest holding its entries itself
+FORMAT_TREES = "hakit-snapshot/2"  # a manifest whose entries are in tree objects
 MiB = 1024 * 1024
 
 FILE = "f"
@@ -180,6 +181,37 @@ class DatabaseCapture:
 
 
 @dataclass(frozen=True, slots=True)
+class TreeRef:
+    """One directory's entries, stored as a tree object (hakit.snapshot.trees)."""
+
+    path: str  # the directory (POSIX, relative to the home; "" for the home itself)
+    hash: str  # SHA-256 of the tree object
+    digest: str  # of the entries' stats: an unchanged directory is known without its tree
+    newest_ns: int  # the newest mtime or ctime of its files (racily clean ones are re-read)
+    count: int  # entries in the tree
+    files: int  # of which regular files
+    bytes: int  # their sizes' sum
+
+    def encode(self) -> list[Any]:
+        return [
+            self.path,
+            self.hash,
+            self.digest,
+            self.newest_ns,
+            self.count,
+            self.files,
+            self.bytes,
+        ]
+
+    @classmethod
+    def decode(cls, raw: Sequence[Any]) -> TreeRef:
+        path, digest, stats, newest, count, files, size = raw
+        return cls(
+            str(path), str(digest), str(stats), int(newest), int(count), int(files), int(size)
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class Manifest:
     generation: str
     started_ns: int
@@ -188,10 +220,18 @@ class Manifest:
     epoch: int | None
     home: str  # the home's path where it was taken (informative)
     database: DatabaseCapture | None
-    entries: tuple[Entry, ...]
+    entries: tuple[Entry, ...]  # all of them (a tree manifest's once its trees are read)
+    trees: tuple[TreeRef, ...] = ()  # a FORMAT_TREES manifest's; () for FORMAT's
 
     def files(self) -> dict[str, Entry]:
         return {entry.path: entry for entry in self.entries}
+
+    def totals(self) -> tuple[int, int]:
+        """(regular files, their bytes) of the home, without reading any tree."""
+        if self.trees:
+            return sum(t.files for t in self.trees), sum(t.bytes for t in self.trees)
+        files = [entry for entry in self.entries if entry.type == FILE]
+        return len(files), sum(entry.size for entry in files)
 
     def chunk_refs(self) -> list[ChunkRef]:
         """Every chunk the generation needs (the database's first), duplicates included."""
@@ -200,44 +240,47 @@ class Manifest:
             refs.extend(entry.chunks)
         return refs
 
+    def object_keys(self) -> list[str]:
+        """Every object the generation needs, without repeats: its trees first."""
+        keys = [tree_key(tree.hash) for tree in self.trees]
+        keys.extend(object_key(ref) for ref in self.chunk_refs())
+        return list(dict.fromkeys(keys))
 
-def encode_manifest(manifest: Manifest, encoded: Sequence[Mapping[str, Any] | None] = ()) -> bytes:
-    """The manifest's JSON: compact, keys sorted. ``encoded``, by index: entries already
-    in their JSON form (a previous manifest's objects, for entries reused unchanged), so
-    an incremental capture encodes only what changed; None or missing: encoded here."""
-    entries = [
-        (encoded[i] if i < len(encoded) else None) or entry.encode()
-        for i, entry in enumerate(manifest.entries)
-    ]
-    # Every object is built with its keys in sorted order (decoded ones kept the sorted
-    # order they were written in), which is what sort_keys would give, at a quarter of
-    # the cost of sorting them again.
-    document = {
+
+def encode_manifest(manifest: Manifest) -> bytes:
+    """The manifest's JSON: compact, keys sorted. With ``trees`` a FORMAT_TREES manifest
+    (its entries are in the tree objects, written before it), else a FORMAT one."""
+    # Every object is built with its keys in sorted order, which is what sort_keys would
+    # give, at a quarter of the cost of sorting them again.
+    document: dict[str, Any] = {
         "database": manifest.database.encode() if manifest.database else None,
-        "entries": entries,
-        "epoch": manifest.epoch,
-        "finished_ns": manifest.finished_ns,
-        "format": FORMAT,
-        "generation": manifest.generation,
-        "home": manifest.home,
-        "node": manifest.node,
-        "started_ns": manifest.started_ns,
     }
+    if not manifest.trees:
+        document["entries"] = [entry.encode() for entry in manifest.entries]
+    document.update(
+        {
+            "epoch": manifest.epoch,
+            "finished_ns": manifest.finished_ns,
+            "format": FORMAT_TREES if manifest.trees else FORMAT,
+            "generation": manifest.generation,
+            "home": manifest.home,
+            "node": manifest.node,
+            "started_ns": manifest.started_ns,
+        }
+    )
+    if manifest.trees:
+        document["trees"] = [tree.encode() for tree in manifest.trees]
     return json.dumps(document, separators=(",", ":")).encode()
 
 
 def decode_manifest(data: bytes) -> Manifest:
-    return decode_manifest_json(data)[0]
-
-
-def decode_manifest_json(data: bytes) -> tuple[Manifest, list[Mapping[str, Any]]]:
-    """The manifest and its entries' JSON objects, by index (``encode_manifest`` reuses
-    them for entries that did not change)."""
+    """The manifest as stored: a FORMAT_TREES one without its entries (its ``trees`` name
+    them: hakit.snapshot.trees.load_manifest reads them), a FORMAT one whole."""
     try:
         raw = json.loads(data)
-        if raw.get("format") != FORMAT:
-            raise SnapshotError(f"not a {FORMAT} manifest (format {raw.get('format')!r})")
-        entries = raw["entries"]
+        found = raw.get("format")
+        if found not in (FORMAT, FORMAT_TREES):
+            raise SnapshotError(f"not a {FORMAT} or {FORMAT_TREES} manifest (format {found!r})")
         manifest = Manifest(
             generation=str(raw["generation"]),
             started_ns=int(raw["started_ns"]),
@@ -246,11 +289,16 @@ def decode_manifest_json(data: bytes) -> tuple[Manifest, list[Mapping[str, Any]]
             epoch=None if raw["epoch"] is None else int(raw["epoch"]),
             home=str(raw["home"]),
             database=DatabaseCapture.decode(raw["database"]) if raw["database"] else None,
-            entries=tuple(Entry.decode(entry) for entry in entries),
+            entries=tuple(Entry.decode(entry) for entry in raw["entries"])
+            if found == FORMAT
+            else (),
+            trees=tuple(TreeRef.decode(tree) for tree in raw["trees"])
+            if found == FORMAT_TREES
+            else (),
         )
     except (ValueError, KeyError, TypeError, AttributeError) as error:
         raise SnapshotError(f"a manifest that cannot be read: {error!r}") from None
-    return manifest, entries
+    return manifest
 
 
 def new_generation_id(now_ns: int | None = None) -> str:
@@ -266,6 +314,10 @@ def blob_key(digest: str) -> str:
 
 def pack_key(digest: str) -> str:
     return f"packs/{digest[:2]}/{digest}"
+
+
+def tree_key(digest: str) -> str:
+    return f"trees/{digest[:2]}/{digest}"
 
 
 def manifest_key(generation: str) -> str:

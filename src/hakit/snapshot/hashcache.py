@@ -7,14 +7,19 @@ generation's start: a write in the same timestamp tick as the read that hashed
 it would leave the stat unchanged (git's "racily clean" entries). Files whose
 ctime changes without their content (git objects, whose ctime a hard-link pin
 moves) are compared without ctime.
+
+A whole directory is known unchanged without its entries (``unchanged``): the
+digest of its entries' stats (hakit.snapshot.trees) is the one its previous
+tree recorded, and no file in it was racily clean then.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from hakit.snapshot.format import FILE, ChunkRef, Entry, Manifest
+from hakit.snapshot.format import FILE, ChunkRef, Entry, Manifest, SnapshotError, TreeRef
 
 RACY_NS = 2_000_000_000
 
@@ -36,13 +41,33 @@ class StatKey:
 
 
 class HashCache:
-    def __init__(self, previous: Manifest | None) -> None:
+    """The previous generation's files by path; with a tree manifest, each directory's
+    tree is read (``read_tree``) only when one of its files is first asked for, so an
+    incremental capture reads the trees of the directories that changed and no other."""
+
+    def __init__(
+        self,
+        previous: Manifest | None,
+        read_tree: Callable[[TreeRef], Sequence[Entry]] | None = None,
+    ) -> None:
         self._entries = (
             {entry.path: entry for entry in previous.entries if entry.type == FILE}
             if previous
             else {}
         )
+        self._trees = {tree.path: tree for tree in previous.trees} if previous else {}
+        self._read_tree = read_tree
+        self._loaded: set[str] = set()
         self._trusted_before = previous.started_ns - RACY_NS if previous else 0
+        self.trees_read = 0
+
+    def unchanged(self, directory: str, digest: str) -> TreeRef | None:
+        """The previous tree of ``directory`` when its entries' stats digest to ``digest``
+        and none of its files was racily clean then: reused as it is, entries unread."""
+        tree = self._trees.get(directory)
+        if tree is None or tree.digest != digest or tree.newest_ns >= self._trusted_before:
+            return None
+        return tree
 
     def lookup(self, path: str, key: StatKey) -> tuple[ChunkRef, ...] | None:
         """The chunks recorded for ``path`` when its stat still matches, else None (read it)."""
@@ -55,10 +80,33 @@ class HashCache:
         ctime = st.st_ctime_ns if trust_ctime else None
         return self._match(path, st.st_ino, st.st_size, st.st_mtime_ns, ctime)
 
+    def _previous(self, path: str) -> Entry | None:
+        entry = self._entries.get(path)
+        if entry is None and self._trees:
+            directory = path.rpartition("/")[0]
+            if directory not in self._loaded:
+                self._loaded.add(directory)
+                self._load(directory)
+                entry = self._entries.get(path)
+        return entry
+
+    def _load(self, directory: str) -> None:
+        tree = self._trees.get(directory)
+        if tree is None or self._read_tree is None:
+            return
+        try:
+            entries = self._read_tree(tree)
+        except SnapshotError:
+            return  # unreadable (a write-only store without its copy): its files are read
+        self.trees_read += 1
+        for entry in entries:
+            if entry.type == FILE:
+                self._entries[entry.path] = entry
+
     def _match(
         self, path: str, inode: int, size: int, mtime_ns: int, ctime_ns: int | None
     ) -> Entry | None:
-        entry = self._entries.get(path)
+        entry = self._previous(path)
         if (
             entry is None
             or entry.inode != inode

@@ -37,9 +37,10 @@ from hakit.snapshot.format import (
     SnapshotError,
     decode_manifest,
     manifest_key,
-    object_key,
+    tree_key,
 )
 from hakit.snapshot.store import Store
+from hakit.snapshot.trees import with_entries
 
 MANIFESTS_PATH = "/snapshot/manifests"
 OBJECTS_PATH = "/snapshot/objects/"
@@ -49,7 +50,7 @@ MAX_OBJECT = 256 * 1024 * 1024
 # A manifest lists every path of the home: large homes make large manifests.
 MAX_MANIFEST = 1024 * 1024 * 1024
 
-_HASHED = re.compile(r"(blobs|packs)/([0-9a-f]{2})/([0-9a-f]{64})")
+_HASHED = re.compile(r"(blobs|packs|trees)/([0-9a-f]{2})/([0-9a-f]{64})")
 GENERATION = re.compile(r"[0-9]{8}T[0-9]{6}\.[0-9]{6}Z-[0-9a-f]{8}")
 _MANIFEST = re.compile(r"manifests/(" + GENERATION.pattern + r")\.json")
 
@@ -62,8 +63,8 @@ def check_key(key: str) -> str:
     if _MANIFEST.fullmatch(key) is not None:
         return key
     raise SnapshotError(
-        f"invalid object key {key[:120]!r}: expected blobs/<xx>/<sha256>, packs/<xx>/<sha256> "
-        "or manifests/<generation>.json"
+        f"invalid object key {key[:120]!r}: expected blobs/<xx>/<sha256>, packs/<xx>/<sha256>, "
+        "trees/<xx>/<sha256> or manifests/<generation>.json"
     )
 
 
@@ -74,7 +75,8 @@ def check_generation(generation: str) -> str:
 
 
 def check_object(key: str, data: bytes) -> None:
-    """A blob's or pack's bytes must hash to its name (a manifest is checked by decoding)."""
+    """A blob's, pack's or tree's bytes must hash to its name (a manifest is checked by
+    decoding)."""
     hashed = _HASHED.fullmatch(key)
     if hashed is not None and hashlib.sha256(data).hexdigest() != hashed.group(3):
         raise SnapshotError(f"object {key} from the peer is corrupt: its SHA-256 is not its name")
@@ -199,17 +201,25 @@ def pull_generation(source: Store, target: Store, generation: str) -> PullReport
         raise SnapshotError(
             f"the manifest {key} of the peer names generation {manifest.generation}"
         )
-    keys = list(dict.fromkeys(object_key(ref) for ref in manifest.chunk_refs()))
     copied = copied_bytes = 0
-    for needed in keys:
-        check_key(needed)  # a manifest naming a non-key is refused, not requested
-        if target.has(needed):
-            continue
-        blob = source.get(needed)
-        check_object(needed, blob)
-        if target.put_if_absent(needed, blob):
-            copied += 1
-            copied_bytes += len(blob)
+
+    def copy(keys: list[str]) -> None:
+        nonlocal copied, copied_bytes
+        for needed in keys:
+            check_key(needed)  # a manifest naming a non-key is refused, not requested
+            if target.has(needed):
+                continue
+            blob = source.get(needed)
+            check_object(needed, blob)
+            if target.put_if_absent(needed, blob):
+                copied += 1
+                copied_bytes += len(blob)
+
+    # Its trees first (checked), read back here for the chunks they name; the manifest last.
+    trees = [tree_key(tree.hash) for tree in manifest.trees]
+    copy(trees)
+    keys = with_entries(target, manifest).object_keys()
+    copy(keys)
     if not target.has(key):
         target.put_manifest(generation, data)
     return PullReport(generation, len(keys), copied, copied_bytes)

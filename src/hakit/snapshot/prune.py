@@ -42,12 +42,13 @@ import time
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 
-from hakit.snapshot.format import Manifest, SnapshotError, decode_manifest, manifest_key, object_key
+from hakit.snapshot.format import Manifest, SnapshotError, manifest_key
 from hakit.snapshot.retention import Decision, Generation, RetentionPolicy, choose
 from hakit.snapshot.store import PrunableStore, StoredObject
+from hakit.snapshot.trees import load_manifest
 
 DEFAULT_GRACE = 3600.0  # seconds: longer than any capture is expected to take
-SWEPT_PREFIXES = ("blobs/", "packs/", "tmp/")
+SWEPT_PREFIXES = ("blobs/", "packs/", "trees/", "tmp/")
 MANIFESTS = "manifests/"
 
 
@@ -75,7 +76,8 @@ def in_grace(manifest_times: Mapping[str, int], now_ns: int, grace_ns: int) -> s
 
 
 def referenced_keys(manifests: Iterable[Manifest]) -> set[str]:
-    return {object_key(ref) for manifest in manifests for ref in manifest.chunk_refs()}
+    """Every object the ``manifests`` (with their entries) need: trees, blobs and packs."""
+    return {key for manifest in manifests for key in manifest.object_keys()}
 
 
 def sweepable(
@@ -110,7 +112,7 @@ def _read(store: PrunableStore, generations: Iterable[str], into: dict[str, Mani
         if generation in into:
             continue
         try:
-            into[generation] = decode_manifest(store.get(manifest_key(generation)))
+            into[generation] = load_manifest(store, generation)
         except SnapshotError as error:
             if generation not in _manifest_times(store):
                 continue  # deleted meanwhile (another prune)

@@ -63,6 +63,7 @@ Every object goes under ``<prefix>/`` with the format's keys (hakit.snapshot.for
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import secrets
@@ -84,7 +85,9 @@ log = logging.getLogger(__name__)
 MANIFEST_COPIES = "manifests"
 CAPTURES = "captures/"  # the capture markers (above)
 DONE = ".done"
-MARKED_PREFIXES = ("blobs/", "packs/")  # a put there is a capture's: marked first
+MARKED_PREFIXES = ("blobs/", "packs/", "trees/")  # a put there is a capture's: marked first
+TREE_COPIES = "trees/"  # local copies of the trees put (below)
+TREE_COPY_DAYS = 14  # a copy neither written nor read for this long is dropped
 MISSING = ("404", "NoSuchKey", "NotFound")
 PRECONDITION = ("PreconditionFailed", "412")  # If-None-Match: the key exists
 
@@ -200,6 +203,8 @@ class S3Store:
     def put_if_absent(self, key: str, data: bytes) -> bool:
         """Queued for upload unless the record has it: True when queued (sent)."""
         self._raise_failure()
+        if key.startswith(TREE_COPIES):
+            self._copy_tree(key, data)
         self._ensure_record()
         if key in self._confirmed:
             return False
@@ -214,7 +219,50 @@ class S3Store:
         self._pending = [future for future in self._pending if not future.done()]
         return True
 
+    def _copy_tree(self, key: str, data: bytes) -> None:
+        """Keep a local copy of a tree put: the next capture reads the trees of the
+        directories that changed (hakit.snapshot.hashcache), which a write-only
+        credential cannot GET. A cache: not fsynced, checked by its name when read."""
+        copy = self.state / key
+        try:
+            if copy.exists():
+                os.utime(copy)
+                return
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            scratch = copy.with_name(f"{copy.name}.{secrets.token_hex(4)}.new")
+            scratch.write_bytes(data)
+            os.replace(scratch, copy)
+        except OSError as error:  # only a cache: the capture goes on without it
+            log.warning("could not keep a local copy of %s: %s", key, error)
+
+    def _tree_copy(self, key: str) -> bytes:
+        """The local copy of tree ``key`` (checked by its reader: the tree's hash, or the
+        encryption's authentication under an encrypted repository's keyed names)."""
+        copy = self.state / key
+        try:
+            data = copy.read_bytes()
+        except OSError:
+            raise SnapshotError(
+                f"object {key} has no local copy, and a write-only credential cannot read "
+                "it from the bucket"
+            ) from None
+        with contextlib.suppress(OSError):
+            os.utime(copy)
+        return data
+
+    def _drop_old_tree_copies(self) -> None:
+        cutoff = time.time() - TREE_COPY_DAYS * 86400
+        root = self.state / TREE_COPIES
+        if not root.is_dir():
+            return
+        for copy in root.glob("*/*"):
+            with contextlib.suppress(OSError):
+                if copy.stat().st_mtime < cutoff:
+                    copy.unlink()
+
     def get(self, key: str) -> bytes:
+        if key.startswith(TREE_COPIES) and self.write_only:
+            return self._tree_copy(key)  # with read access the bucket's, never a stale copy
         copy = self.state / MANIFEST_COPIES / key.removeprefix(f"{MANIFEST_COPIES}/")
         if self.write_only and key.startswith(f"{MANIFEST_COPIES}/") and copy.exists():
             return copy.read_bytes()  # a manifest this node wrote (no GetObject allowed)
@@ -265,6 +313,7 @@ class S3Store:
         for older in copies.glob("*.json"):  # the newest is what the next capture needs
             if older.name < copy.name:
                 older.unlink()
+        self._drop_old_tree_copies()
 
     # --- capture markers ---------------------------------------------------------
 

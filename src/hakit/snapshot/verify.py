@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
-from hakit.snapshot.format import Manifest, SnapshotError, decode_manifest, manifest_key
+from hakit.snapshot.format import Manifest, SnapshotError
 from hakit.snapshot.reader import (
     ObjectFetch,
     OnFetch,
@@ -18,6 +18,7 @@ from hakit.snapshot.reader import (
     read_concurrency,
 )
 from hakit.snapshot.store import Store
+from hakit.snapshot.trees import load_manifest
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +45,7 @@ def read_manifest(store: Store, generation: str | None) -> Manifest:
         raise SnapshotError(
             f"no generation {generation} in the repository (newest: {generations[-1]})"
         )
-    return decode_manifest(store.get(manifest_key(generation)))
+    return load_manifest(store, generation)
 
 
 def verify_generation(

@@ -1,10 +1,14 @@
 """The home walk: every directory, file and symlink of the home as entries, in capture order.
 
 Directories are walked in sorted order; a git directory met on the way is
-captured refs-before-objects (hakit.snapshot.gitrepo). A file is taken from the
-hash cache when its stat matches the previous generation's, otherwise read
-with hakit.snapshot.reading (a stability check, bounded retries). Entries hold
-chunk hashes only; the caller resolves them to locations once packs are sealed.
+captured refs-before-objects (hakit.snapshot.gitrepo). A directory whose
+children's stats are those its previous tree recorded is reused whole (``reused``,
+hakit.snapshot.trees): no entry is made for its children. Otherwise a file is
+taken from the hash cache when its stat matches the previous generation's, or
+read with hakit.snapshot.reading (a stability check, bounded retries). Entries
+hold chunk hashes only; the caller resolves them to locations once packs are
+sealed. Inside a git directory nothing is reused whole: its object files are
+hard-link pins, whose ctime moves at every capture.
 """
 
 from __future__ import annotations
@@ -16,9 +20,10 @@ from pathlib import Path
 from typing import NamedTuple
 
 from hakit.snapshot import gitrepo
-from hakit.snapshot.format import DIRECTORY, FILE, SYMLINK, Entry, Limits
+from hakit.snapshot.format import DIRECTORY, FILE, SYMLINK, Entry, Limits, TreeRef
 from hakit.snapshot.hashcache import HashCache
 from hakit.snapshot.reading import AddBlob, OnRead, read_stable
+from hakit.snapshot.trees import Row, stat_row, stats_digest
 
 PIN_DIRECTORY = ".hakit-snapshot-pins"  # in the home (hard links need its file system)
 GIT_NAMES = frozenset(("HEAD", "objects", "refs"))  # a directory without all three is no git one
@@ -33,10 +38,15 @@ class WalkedEntry(NamedTuple):  # a tuple: one is made per path of the home, eve
     previous: Entry | None = None  # the hash cache's entry: its chunks (none read) reused
 
 
+Child = tuple[str, str, str, os.stat_result, str]  # path, relative path, kind, lstat, target
+
+
 @dataclass(slots=True)
 class WalkStats:
     files_read: int = 0
     files_cached: int = 0
+    trees_reused: int = 0  # directories unchanged: their previous trees, not read
+    trees_read: int = 0  # previous trees read (directories that changed)
     bytes_read: int = 0
     rereads: int = 0
     git_repositories: list[str] = field(default_factory=list)
@@ -61,7 +71,8 @@ class HomeWalk:
         self.limits = limits
         self.retries = retries
         self.on_read = on_read
-        self.entries: list[WalkedEntry] = []
+        self.entries: list[WalkedEntry] = []  # of the directories not reused
+        self.reused: list[TreeRef] = []  # directories unchanged: their previous trees
         self.stats = WalkStats()
         self.pins = home / PIN_DIRECTORY
 
@@ -71,6 +82,8 @@ class HomeWalk:
             self._directory(str(self.home), "")
         finally:
             gitrepo.remove_pins(self.pins)
+        self.stats.trees_reused = len(self.reused)
+        self.stats.trees_read = self.cache.trees_read
         return self.entries
 
     # Paths are plain strings here: the walk visits every file of the home on every
@@ -87,15 +100,63 @@ class HomeWalk:
             return
         names.sort()
         prefix = f"{relative}/" if relative else ""
+        if git:
+            for name in names:
+                child = prefix + name
+                if not gitrepo.skipped(name) and not (self.exclude and child in self.exclude):
+                    self._path(f"{path}/{name}", child, git)
+            return
+        # Every child's lstat first: when the directory's stats digest to its previous
+        # tree's, that tree is reused whole and no entry of it is made (hakit.snapshot.trees).
+        children, rows = self._children(path, relative, names)
+        reused = self.cache.unchanged(relative, stats_digest(rows)) if rows else None
+        if reused is not None:
+            self.reused.append(reused)
+            self.stats.files_cached += sum(1 for child in children if child[2] == FILE)
+        for full, child, kind, st, target in children:
+            if kind == DIRECTORY:
+                if reused is None:
+                    self.entries.append(WalkedEntry(child, DIRECTORY, st))
+                self._directory(full, child)
+            elif reused is not None:
+                continue
+            elif kind == FILE:
+                self._file(full, child, st, True)
+            else:
+                self.entries.append(WalkedEntry(child, SYMLINK, st, target=target))
+
+    def _children(
+        self, path: str, relative: str, names: list[str]
+    ) -> tuple[list[Child], list[Row]]:
+        """Each child of ``path`` with its lstat (and a symlink's target), and its row."""
+        prefix = f"{relative}/" if relative else ""
+        children: list[Child] = []
+        rows: list[Row] = []
         for name in names:
-            if not relative and name == PIN_DIRECTORY:
-                continue
-            if git and gitrepo.skipped(name):
-                continue
             child = prefix + name
-            if self.exclude and child in self.exclude:
+            if (not relative and name == PIN_DIRECTORY) or (self.exclude and child in self.exclude):
                 continue
-            self._path(f"{path}/{name}", child, git)
+            full = f"{path}/{name}"
+            try:
+                st = os.lstat(full)
+            except FileNotFoundError:
+                continue
+            mode = st.st_mode
+            if stat.S_ISREG(mode):
+                kind, target = FILE, ""
+            elif stat.S_ISDIR(mode):
+                kind, target = DIRECTORY, ""
+            elif stat.S_ISLNK(mode):
+                try:
+                    target = os.readlink(full)
+                except FileNotFoundError:
+                    continue
+                kind = SYMLINK
+            else:
+                continue  # sockets, FIFOs, devices: not an app's data; left out
+            children.append((full, child, kind, st, target))
+            rows.append(stat_row(child, kind, st, target))
+        return children, rows
 
     def _path(self, path: str, relative: str, git: bool, trust_ctime: bool = True) -> None:
         try:

@@ -10,7 +10,7 @@ written again.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from hakit.snapshot.format import ChunkRef, Limits, SnapshotError, blob_key, pack_key
@@ -33,6 +33,11 @@ class BlobWriter:
         self._pending: dict[str, bytes] = {}
         self._pending_size = 0
         self.stats = WriteStats()
+
+    def know(self, refs: Iterable[ChunkRef]) -> None:
+        """Chunks already in the repository (a previous tree's, read late)."""
+        for ref in refs:
+            self._locations.setdefault(ref.hash, ref)
 
     def add(self, data: bytes, small: bool) -> str:
         digest = hashlib.sha256(data).hexdigest()

@@ -14,9 +14,10 @@ from typer.testing import CliRunner
 
 from hakit.backup.drill import check_restored, record_path, run_drill
 from hakit.cli import app
-from hakit.snapshot.format import decode_manifest, manifest_key, object_key
+from hakit.snapshot.format import object_key
 from hakit.snapshot.restore import DATABASE, HOME, restore_generation
 from hakit.snapshot.store import open_local_store
+from hakit.snapshot.trees import load_manifest
 from tests.integration.backup.appsite import (
     RECORDS,
     AppSite,
@@ -86,7 +87,7 @@ def test_a_missing_object_fails_the_restore_and_leaves_everything_as_it_was(
     site = backed_up(tmp_path)
     store = open_local_store(site.repository)
     (generation,) = store.list_manifests()
-    manifest = decode_manifest(store.get(manifest_key(generation)))
+    manifest = load_manifest(store, generation)
     (chunk,) = manifest.files()["attachments/r005"].chunks
     (site.repository / object_key(chunk)).unlink()
     scratch = tmp_path / "scratch"
@@ -110,7 +111,7 @@ def test_a_row_whose_attachment_differs_and_a_damaged_git_object_fail_their_chec
     site = backed_up(tmp_path)
     store = open_local_store(site.repository)
     restored = restore_generation(store, None, tmp_path / "restored").into
-    manifest = decode_manifest(store.get(manifest_key(store.list_manifests()[-1])))
+    manifest = load_manifest(store, store.list_manifests()[-1])
     assert not any(check.failed for check in check_restored(manifest, restored))
 
     with sqlite3.connect(restored / DATABASE / "app.db") as connection:

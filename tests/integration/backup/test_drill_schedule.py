@@ -20,8 +20,9 @@ from hakit.backup.drill import record_path
 from hakit.cli import app
 from hakit.config import load_config
 from hakit.history.kinds import AlertKind
-from hakit.snapshot.format import decode_manifest, manifest_key, object_key
+from hakit.snapshot.format import object_key
 from hakit.snapshot.store import open_local_store
+from hakit.snapshot.trees import load_manifest
 from tests.integration.backup.appsite import CONFIG, AppSite, make_app_site
 from tests.integration.backup.conftest import env, make_site
 from tests.integration.backup.test_drill import run
@@ -52,7 +53,7 @@ def object_of(site: AppSite, name: str) -> Path:
     """The repository's file holding the home's file ``name`` (one chunk)."""
     store = open_local_store(site.repository)
     (generation,) = store.list_manifests()
-    manifest = decode_manifest(store.get(manifest_key(generation)))
+    manifest = load_manifest(store, generation)
     (chunk,) = manifest.files()[name].chunks
     return site.repository / object_key(chunk)
 

@@ -19,7 +19,7 @@ from hakit.backup.target import S3Target, resolve_target
 from hakit.cli import app
 from hakit.config import load_config
 from hakit.snapshot.capture import CaptureOptions, create_snapshot
-from hakit.snapshot.format import MiB, SnapshotError
+from hakit.snapshot.format import MiB, SnapshotError, decode_manifest, manifest_key
 from hakit.snapshot.restore import restore_generation
 from hakit.snapshot.s3store import S3Location, S3Store
 from hakit.snapshot.verify import verify_generation
@@ -111,9 +111,10 @@ def test_only_missing_objects_are_sent(tmp_path: Path, s3: S3Server) -> None:
     store, calls = open_store(site)
     second = backup(site, store)
     store.close()
-    # One pack (the new file) and one manifest (the database's chunks are the same blobs);
-    # the capture marker, its probe and its .done.
-    assert calls["PutObject"] == 2 + 3, calls
+    # One pack (the new file), the trees of the directories that changed and one manifest
+    # (the database's chunks are the same blobs); the capture marker, its probe and its .done.
+    changed = new_trees(store, first, second)
+    assert changed and calls["PutObject"] == 2 + len(changed) + 3, calls
     assert store.stats.objects_present == 0
     assert "ListObjectsV2" in calls or calls["GetObject"] >= 1  # the previous manifest
     assert store.list_manifests() == [first, second]
@@ -121,6 +122,12 @@ def test_only_missing_objects_are_sent(tmp_path: Path, s3: S3Server) -> None:
     if s3.versioning:  # nothing was ever overwritten (one version per key)
         versions = s3.client().list_object_versions(Bucket=site.bucket)["Versions"]
         assert len(versions) == len({version["Key"] for version in versions})
+
+
+def new_trees(store: S3Store, older: str, newer: str) -> set[str]:
+    """The trees of generation ``newer`` that ``older`` did not have."""
+    trees = {g: decode_manifest(store.get(manifest_key(g))).trees for g in (older, newer)}
+    return {tree.hash for tree in trees[newer]} - {tree.hash for tree in trees[older]}
 
 
 def test_a_lost_record_costs_no_overwrite(tmp_path: Path, s3: S3Server) -> None:
@@ -132,8 +139,11 @@ def test_a_lost_record_costs_no_overwrite(tmp_path: Path, s3: S3Server) -> None:
     store, calls = open_store(site)  # read access: the record is rebuilt from a LIST
     backup(site, store)
     assert calls["ListObjectsV2"] >= 2  # the manifests, then the record
-    # The manifest (nothing else changed), and the capture marker, its probe and its .done.
-    assert calls["PutObject"] == 1 + 3
+    # The manifest and the trees that differ (files written within two seconds of a capture
+    # are racily clean: their directories are read again), the capture marker, its probe
+    # and its .done; no blob or pack.
+    first, second = store.list_manifests()
+    assert calls["PutObject"] == 1 + len(new_trees(store, first, second)) + 3
     listed = s3.client().list_objects_v2(Bucket=site.bucket, Prefix="backups/hakit/")
     # The record: rebuilt from the LIST, and the manifest added; not this capture's marker.
     keys = {item["Key"].removeprefix("backups/hakit/") for item in listed["Contents"]}

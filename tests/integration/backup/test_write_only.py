@@ -68,7 +68,7 @@ def test_write_only_mode_with_iam(tmp_path: Path, own_moto: S3Server) -> None:
     (site.home / "attachments" / "a003").write_bytes(os.urandom(900))
     result = run(site, writer, "create", "--node", "node1")
     assert result.exit_code == 0, result.output
-    assert "2 objects uploaded" in result.output  # one pack, the manifest
+    assert "3 objects uploaded" in result.output  # one pack, its directory's tree, the manifest
 
     # A credential allowed to read: the same check warns.
     result = run(site, reader, "check")

@@ -72,7 +72,7 @@ def tree_of(root: Path) -> dict[str, tuple[str, int, bytes | str]]:
 def object_files(repo: Path) -> set[str]:
     return {
         path.relative_to(repo).as_posix()
-        for part in ("blobs", "packs")
+        for part in ("blobs", "packs", "trees")
         for path in (repo / part).rglob("*")
         if path.is_file()
     }

@@ -3,14 +3,16 @@ and a corrupt, missing or interrupted object among many still replacing nothing.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from hakit.snapshot.capture import CaptureOptions, create_snapshot
-from hakit.snapshot.format import SnapshotError
+from hakit.snapshot.format import SnapshotError, decode_manifest, encode_manifest, tree_key
 from hakit.snapshot.reader import fetch_objects, plan_fetches
 from hakit.snapshot.restore import restore_generation, swap_into_place
 from hakit.snapshot.store import LocalStore, open_local_store
@@ -167,12 +169,20 @@ def test_a_file_whose_chunks_do_not_add_up_is_refused(
     repo = site[2]
     generation = store.list_manifests()[-1]
     path = repo / "manifests" / f"{generation}.json"
-    text = path.read_text().replace(
+    manifest = decode_manifest(path.read_bytes())
+    (tree,) = [tree for tree in manifest.trees if tree.path == "attachments"]
+    text = (repo / tree_key(tree.hash)).read_text()
+    lying = text.replace(
         '"path":"attachments/big03","size":20003', '"path":"attachments/big03","size":20004'
     )
-    assert text != path.read_text()
+    assert lying != text
+    # A tree whose name is its hash (a well-formed repository) but whose entry lies.
+    digest = hashlib.sha256(lying.encode()).hexdigest()
+    (repo / tree_key(digest)).parent.mkdir(exist_ok=True)
+    (repo / tree_key(digest)).write_text(lying)
+    trees = tuple(replace(t, hash=digest) if t is tree else t for t in manifest.trees)
     os.chmod(path, 0o644)
-    path.write_text(text)
+    path.write_bytes(encode_manifest(replace(manifest, trees=trees)))
     with pytest.raises(SnapshotError, match="attachments/big03: its chunks hold 20003 bytes"):
         restore_generation(store, None, tmp_path / "restored")
     assert _leftovers(tmp_path) == []

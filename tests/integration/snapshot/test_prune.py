@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from hakit.snapshot.capture import CaptureOptions, create_snapshot
-from hakit.snapshot.format import manifest_key, object_key
+from hakit.snapshot.format import manifest_key
 from hakit.snapshot.prune import prune
 from hakit.snapshot.restore import restore_generation
 from hakit.snapshot.retention import RetentionPolicy
@@ -41,7 +41,7 @@ def age(repo: Path, seconds: float) -> None:
 
 
 def keys_of(store: LocalStore, generation: str) -> set[str]:
-    return {object_key(ref) for ref in read_manifest(store, generation).chunk_refs()}
+    return set(read_manifest(store, generation).object_keys())
 
 
 def test_prune_keeps_what_kept_generations_share(site: Site) -> None:

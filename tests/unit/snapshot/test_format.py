@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import replace
 
 import pytest
 
 from hakit.snapshot.format import (
     DIRECTORY,
     FILE,
+    FORMAT_TREES,
     SYMLINK,
     ChunkRef,
     DatabaseCapture,
@@ -17,14 +19,15 @@ from hakit.snapshot.format import (
     Limits,
     Manifest,
     SnapshotError,
+    TreeRef,
     blob_key,
     chunk_spans,
     decode_manifest,
-    decode_manifest_json,
     encode_manifest,
     new_generation_id,
     object_key,
     pack_key,
+    tree_key,
 )
 from hakit.snapshot.writer import BlobWriter
 
@@ -89,14 +92,15 @@ def test_the_manifest_is_compact_json_with_sorted_keys() -> None:
     assert data == json.dumps(json.loads(data), separators=(",", ":"), sort_keys=True).encode()
 
 
-def test_entries_reused_in_their_json_form_give_the_same_bytes() -> None:
-    manifest = _manifest()
+def test_a_tree_manifest_round_trips_without_its_entries() -> None:
+    tree = TreeRef("", "c" * 64, "d" * 32, 5, 2, 1, 3)
+    manifest = replace(_manifest(), entries=(), trees=(tree,))
     data = encode_manifest(manifest)
-    decoded, raws = decode_manifest_json(data)
-    assert decoded == manifest and [Entry.decode(raw) for raw in raws] == list(manifest.entries)
-    # Some entries given as JSON, others (None, or past the end) encoded anew.
-    assert encode_manifest(decoded, [raws[0], None]) == data
-    assert encode_manifest(decoded, raws) == data
+    assert json.loads(data)["format"] == FORMAT_TREES and "entries" not in json.loads(data)
+    assert data == json.dumps(json.loads(data), separators=(",", ":"), sort_keys=True).encode()
+    assert decode_manifest(data) == manifest
+    assert manifest.totals() == (1, 3)  # from the tree refs, no tree read
+    assert manifest.object_keys()[0] == tree_key("c" * 64)
 
 
 def test_chunk_refs_list_the_database_first() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from hakit.snapshot.format import FILE, ChunkRef, Entry, Manifest
+from hakit.snapshot.format import FILE, ChunkRef, Entry, Manifest, SnapshotError, TreeRef
 from hakit.snapshot.hashcache import RACY_NS, HashCache, StatKey
 
 CHUNKS = (ChunkRef("a" * 64, 3),)
@@ -60,3 +60,44 @@ def test_the_walk_gets_the_previous_entry_itself() -> None:
     moved = os.stat_result((0o100644, 7, 0, 1, 0, 0, 3, 0, 0, 0, 0, 0, 0, 1000, 1000, 2000))
     assert cache.entry("f", moved) is None  # ctime moved
     assert cache.entry("f", moved, trust_ctime=False) is previous.entries[0]
+
+
+def _tree_manifest(newest_ns: int) -> Manifest:
+    tree = TreeRef("docs", "c" * 64, "d" * 32, newest_ns, 1, 1, 3)
+    return Manifest("g", STARTED, STARTED, "n", None, "/h", None, (), (tree,))
+
+
+def test_a_directory_is_unchanged_only_with_the_same_digest_and_no_racy_file() -> None:
+    old = STARTED - 2 * RACY_NS
+    cache = HashCache(_tree_manifest(old))
+    assert cache.unchanged("docs", "d" * 32) is not None
+    assert cache.unchanged("docs", "e" * 32) is None  # a stat differs
+    assert cache.unchanged("other", "d" * 32) is None  # no previous tree
+    racy = STARTED - RACY_NS // 2
+    assert HashCache(_tree_manifest(racy)).unchanged("docs", "d" * 32) is None
+
+
+def test_a_directorys_tree_is_read_when_one_of_its_files_is_first_asked_for() -> None:
+    entry = Entry(
+        "docs/f", FILE, 0o644, size=3, mtime_ns=1000, inode=7, ctime_ns=1000, chunks=CHUNKS
+    )
+    asked: list[str] = []
+
+    def read(tree: TreeRef) -> tuple[Entry, ...]:
+        asked.append(tree.path)
+        return (entry,)
+
+    cache = HashCache(_tree_manifest(1000), read)
+    assert cache.lookup("docs/f", StatKey(7, 3, 1000, 1000)) == CHUNKS
+    assert cache.lookup("docs/g", StatKey(7, 3, 1000, 1000)) is None
+    assert cache.lookup("other/f", StatKey(7, 3, 1000, 1000)) is None  # no tree there
+    assert asked == ["docs"] and cache.trees_read == 1
+
+    def unreadable(tree: TreeRef) -> tuple[Entry, ...]:
+        raise SnapshotError("write-only: no copy")
+
+    # A tree that cannot be read: its files are read again (never trusted blindly).
+    assert (
+        HashCache(_tree_manifest(1000), unreadable).lookup("docs/f", StatKey(7, 3, 1000, 1000))
+        is None
+    )

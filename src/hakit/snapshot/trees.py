@@ -1,0 +1,168 @@
+"""Tree objects: one directory's entries, stored once per content, named by their hash.
+
+A ``FORMAT_TREES`` manifest holds no entries itself: it lists every directory of
+the home as a ``TreeRef`` (its path, the SHA-256 of its tree object, the digest
+of its entries' stats, the newest time of its files, the entry count), and each
+tree object ``trees/<t[:2]>/<t>`` holds that directory's entries (the entries
+whose parent it is: files, symlinks and subdirectories, as ``Entry.encode``
+writes them, compact JSON).
+
+Why: an incremental capture must not cost a decode and an encode of every
+entry of the home. It lstats every path (as rsync does) and digests each
+directory's stats (``stats_digest``); a directory whose digest is the one its
+previous tree recorded is unchanged, and its tree is reused by hash: not read,
+not decoded, not written. Only the trees of changed directories are read (for
+the hash cache of their files) and written again. The manifest stays one short
+line per directory, and trees are content addressed like blobs: two generations
+with the same directory share its tree, and a reader checks each against its name.
+
+The stats digested are exactly what an entry records besides its chunks (path,
+type, mode, size, mtime, inode, ctime; a symlink's target): equal stats give
+equal chunks by the hash cache's rule, so an equal digest means an equal tree,
+unless a file was racily clean (``TreeRef.newest_ns``, hakit.snapshot.hashcache).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import marshal
+import os
+import stat
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+from hakit.snapshot.format import (
+    DIRECTORY,
+    FILE,
+    SYMLINK,
+    Entry,
+    Manifest,
+    SnapshotError,
+    TreeRef,
+    decode_manifest,
+    manifest_key,
+    tree_key,
+)
+from hakit.snapshot.store import Store
+
+Row = tuple[str, str, int, int, int, int, int, str]
+
+# Reading a manifest's trees from a remote store: one request each, so several at once.
+READ_CONCURRENCY = 16
+
+
+def stat_row(path: str, kind: str, st: os.stat_result, target: str = "") -> Row:
+    """What an entry of ``kind`` records of ``st`` (besides its chunks), as ``Entry.encode``
+    writes it: a directory's inode, size and ctime, and a file's target, are left at 0."""
+    if kind == FILE:
+        return (
+            path,
+            kind,
+            stat.S_IMODE(st.st_mode),
+            st.st_size,
+            st.st_mtime_ns,
+            st.st_ino,
+            st.st_ctime_ns,
+            "",
+        )
+    if kind == DIRECTORY:
+        return (path, kind, stat.S_IMODE(st.st_mode), 0, st.st_mtime_ns, 0, 0, "")
+    return (path, SYMLINK, stat.S_IMODE(st.st_mode), 0, 0, 0, 0, target)
+
+
+def entry_row(entry: Entry) -> Row:
+    """``stat_row`` of what ``entry`` records."""
+    if entry.type == FILE:
+        return (
+            entry.path,
+            FILE,
+            entry.mode,
+            entry.size,
+            entry.mtime_ns,
+            entry.inode,
+            entry.ctime_ns,
+            "",
+        )
+    if entry.type == DIRECTORY:
+        return (entry.path, DIRECTORY, entry.mode, 0, entry.mtime_ns, 0, 0, "")
+    return (entry.path, SYMLINK, entry.mode, 0, 0, 0, 0, entry.target)
+
+
+def stats_digest(rows: Sequence[Row]) -> str:
+    """A digest of a directory's rows, in order. marshal (version 2: no back-references,
+    so equal rows give equal bytes) is the cheapest exact serialisation of tuples of
+    ints and strings; a different Python's marshal could only make digests differ,
+    which costs one directory read again, never a wrong reuse."""
+    return hashlib.blake2b(marshal.dumps(list(rows), 2), digest_size=16).hexdigest()
+
+
+def newest_ns(entries: Sequence[Entry]) -> int:
+    """The newest mtime or ctime of the files among ``entries`` (0: none)."""
+    return max(
+        (max(entry.mtime_ns, entry.ctime_ns) for entry in entries if entry.type == FILE),
+        default=0,
+    )
+
+
+def encode_tree(entries: Sequence[Entry]) -> bytes:
+    return json.dumps([entry.encode() for entry in entries], separators=(",", ":")).encode()
+
+
+def decode_tree(ref: TreeRef, data: bytes) -> tuple[Entry, ...]:
+    """The entries of the tree object ``data`` named by ``ref``, checked against its name."""
+    key = tree_key(ref.hash)
+    if hashlib.sha256(data).hexdigest() != ref.hash:
+        raise SnapshotError(f"object {key} is corrupt: its SHA-256 is not its name")
+    try:
+        raw = json.loads(data)
+        entries = tuple(Entry.decode(item) for item in raw)
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        raise SnapshotError(f"tree {key} cannot be read: {error!r}") from None
+    prefix = f"{ref.path}/" if ref.path else ""
+    for entry in entries:
+        name = entry.path.removeprefix(prefix)
+        if not entry.path.startswith(prefix) or not name or "/" in name:
+            raise SnapshotError(f"tree {key} of {ref.path or '.'} holds {entry.path!r}")
+    if len(entries) != ref.count:
+        raise SnapshotError(f"tree {key} holds {len(entries)} entries, the manifest {ref.count}")
+    return entries
+
+
+def tree_reader(store: Store) -> Callable[[TreeRef], tuple[Entry, ...]]:
+    """Read and check one tree of ``store``."""
+
+    def read(ref: TreeRef) -> tuple[Entry, ...]:
+        return decode_tree(ref, store.get(tree_key(ref.hash)))
+
+    return read
+
+
+def with_entries(store: Store, manifest: Manifest) -> Manifest:
+    """``manifest`` with its entries: a tree manifest's read from its trees (each checked;
+    a missing or corrupt one is a SnapshotError), a FORMAT one's as they are."""
+    if not manifest.trees:
+        return manifest
+    read = tree_reader(store)
+    if len(manifest.trees) == 1:
+        trees = [read(manifest.trees[0])]
+    else:
+        with ThreadPoolExecutor(min(READ_CONCURRENCY, len(manifest.trees))) as pool:
+            trees = list(pool.map(read, manifest.trees))
+    entries = tuple(entry for tree in trees for entry in tree)
+    return Manifest(
+        manifest.generation,
+        manifest.started_ns,
+        manifest.finished_ns,
+        manifest.node,
+        manifest.epoch,
+        manifest.home,
+        manifest.database,
+        entries,
+        manifest.trees,
+    )
+
+
+def load_manifest(store: Store, generation: str) -> Manifest:
+    """Generation ``generation`` of ``store`` with all its entries."""
+    return with_entries(store, decode_manifest(store.get(manifest_key(generation))))

@@ -1,0 +1,83 @@
+"""Tree objects: rows and digests match what an entry records; a tree is checked when read."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+
+from hakit.snapshot.format import DIRECTORY, FILE, SYMLINK, ChunkRef, Entry, SnapshotError, TreeRef
+from hakit.snapshot.trees import (
+    decode_tree,
+    encode_tree,
+    entry_row,
+    newest_ns,
+    stat_row,
+    stats_digest,
+)
+
+CHUNK = ChunkRef("a" * 64, 3, "b" * 64, 0)
+
+
+def _ref(data: bytes, path: str = "docs", count: int = 2) -> TreeRef:
+    return TreeRef(path, hashlib.sha256(data).hexdigest(), "", 0, count, 1, 3)
+
+
+def test_the_row_of_a_stat_is_the_row_of_the_entry_made_from_it(tmp_path: Path) -> None:
+    (tmp_path / "f").write_bytes(b"abc")
+    (tmp_path / "d").mkdir()
+    (tmp_path / "l").symlink_to("f")
+    for name, kind in (("f", FILE), ("d", DIRECTORY), ("l", SYMLINK)):
+        st = os.lstat(tmp_path / name)
+        entry = Entry(
+            name,
+            kind,
+            st.st_mode & 0o7777,
+            st.st_size if kind == FILE else 0,
+            st.st_mtime_ns,
+            st.st_ino,
+            st.st_ctime_ns,
+            (CHUNK,) if kind == FILE else (),
+            "f" if kind == SYMLINK else "",
+        )
+        assert stat_row(name, kind, st, entry.target) == entry_row(entry)
+
+
+def test_any_recorded_stat_changes_the_digest() -> None:
+    row = ("docs/a", FILE, 0o644, 3, 10, 7, 11, "")
+    base = stats_digest([row])
+    assert stats_digest([row]) == base  # stable
+    for index in range(len(row)):
+        changed = list(row)
+        changed[index] = "x" if isinstance(row[index], str) else int(row[index]) + 1  # type: ignore[call-overload]
+        assert stats_digest([tuple(changed)]) != base, index  # type: ignore[list-item]
+    assert stats_digest([row, row]) != base and stats_digest([]) != base
+
+
+def test_a_tree_round_trips_and_names_its_newest_file() -> None:
+    entries = (
+        Entry("docs/a", FILE, 0o644, 3, 10, 7, 11, (CHUNK,)),
+        Entry("docs/sub", DIRECTORY, 0o755, mtime_ns=99),
+    )
+    data = encode_tree(entries)
+    assert decode_tree(_ref(data), data) == entries
+    assert newest_ns(entries) == 11  # files only: the directory's 99 is not a file's
+
+
+def test_a_tree_that_is_not_what_its_name_says_is_refused() -> None:
+    entries = (Entry("docs/a", FILE, 0o644, 3, 10, 7, 11, (CHUNK,)),)
+    data = encode_tree(entries)
+    with pytest.raises(SnapshotError, match="corrupt"):
+        decode_tree(_ref(data, count=1), data.replace(b"docs/a", b"docs/b"))
+    with pytest.raises(SnapshotError, match="holds 1 entries, the manifest 2"):
+        decode_tree(_ref(data, count=2), data)
+    # A tree may only hold its own directory's children: no path elsewhere, no grandchild.
+    for path in ("other/a", "docs/x/y", "docs/"):
+        foreign = encode_tree((Entry(path, FILE, 0o644),))
+        with pytest.raises(SnapshotError, match="holds"):
+            decode_tree(_ref(foreign, count=1), foreign)
+    garbage = b"[{]"
+    with pytest.raises(SnapshotError, match="cannot be read"):
+        decode_tree(_ref(garbage, count=1), garbage)
