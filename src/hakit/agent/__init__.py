@@ -1,7 +1,9 @@
 """The per-node agent: supervisor + probes + lease + policy -> actions.
 
 - agent.py          ``Agent``: one node's loops (probes, lease, heartbeat, operator), the
-                    policy's events in, its actions carried out
+                    policy's events in
+- actions.py        ``ActionRunner``: each policy event decided, each action it returns
+                    carried out by the part that owns it
 - lease.py          ``LeaseKeeper``: take, renew, promote, give back the leader lease; its
                     deadline, self-fencing, waking after a stall, a replaced store refused
 - operator_side.py  ``OperatorSide``: the operator's intents and admin API, draining, the

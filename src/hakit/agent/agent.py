@@ -4,7 +4,8 @@ One agent process runs on every node. It reads the world (process exits,
 ``/status`` answers, the leader lease) into policy events, lets the pure policy
 decide, and carries out the actions it returns. All decisions live in the
 policy (hakit.policy); the agent only does I/O and bookkeeping. This module wires
-the parts together: the lease's life is kept by ``LeaseKeeper`` (hakit.agent.lease),
+the parts together: the policy's actions are carried out by ``ActionRunner``
+(hakit.agent.actions), the lease's life is kept by ``LeaseKeeper`` (hakit.agent.lease),
 the operator's side by ``OperatorSide`` (hakit.agent.operator_side), what it does once
 as it starts (the sweep of leftovers, the cold start's ``Boot``) by
 hakit.agent.startup, and the app's command line and environment are built beside
@@ -55,8 +56,9 @@ import os
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from typing import Any, assert_never
+from typing import Any
 
+from hakit.agent.actions import ActionRunner
 from hakit.agent.backups import BackupSchedule
 from hakit.agent.drills import DrillSchedule
 from hakit.agent.failsafe import FailsafeSide
@@ -70,39 +72,28 @@ from hakit.agent.stall import STALL_THRESHOLD, StallDetector
 from hakit.agent.startup import boot_event, sweep_leftovers
 from hakit.agent.storeio import StoreIO
 from hakit.config import Config, Mode, Storage
-from hakit.contract import EPOCH_VARIABLE, AppState
+from hakit.contract import AppState
 from hakit.coord.base import Coordinator, NodeRecord
-from hakit.errors import HakitError, InvalidTransition, SupervisorError
+from hakit.errors import HakitError, SupervisorError
 from hakit.fencing.fence import AGENT_ID_KEY, PENDING_KEY, Fencer
 from hakit.health.probe import StatusProber, check_database
 from hakit.history.kinds import CAUSE, EventCause, EventKind
 from hakit.notify import Notifier
 from hakit.policy import (
     Action,
-    Alert,
     AppExited,
-    AppStarted,
-    AppStartFailed,
     Boot,
-    Drain,
-    EndHandover,
     LeaseGained,
     Policy,
     PolicyEvent,
     PolicySettings,
-    Record,
-    RequestHandover,
-    StartApp,
     StatusObserved,
-    StepDown,
-    StopApp,
-    TakeLease,
     Tick,
 )
 from hakit.policy.failsafe import boot_hold
 from hakit.service.sdnotify import ServiceNotifier
 from hakit.supervisor.exits import ExitInfo
-from hakit.supervisor.launch import app_process_for, check_port_free, log_dir
+from hakit.supervisor.launch import app_process_for, log_dir
 
 log = logging.getLogger("hakit.agent")
 
@@ -278,6 +269,21 @@ class Agent:
             alert=self._execute,
         )
         self.served_epoch = 0  # the highest epoch this node was active under (kept in the store)
+        # The policy's events decided and its actions carried out (hakit.agent.actions).
+        self.actions = ActionRunner(
+            self.node.name,
+            self.node.port,
+            self.policy,
+            self.app,
+            self.lease,
+            self.operator,
+            self.replication,
+            notifier,
+            monotonic=monotonic,
+            record=self._record,
+            publish=self._publish,
+            set_app_state=self._set_app_state,
+        )
 
     # --- event sources ------------------------------------------------------
 
@@ -345,6 +351,9 @@ class Agent:
                 self._publish()
             await asyncio.sleep(renew)
 
+    def _set_app_state(self, state: AppState) -> None:
+        self.app_state = state
+
     def _answering(self) -> float | None:
         """Since when the app has answered /status here without a break (None: it does not)."""
         return self._answering_since if self.app_state in ANSWERING else None
@@ -408,7 +417,7 @@ class Agent:
                 # has said whether the lease is still ours (events wait in the queue).
                 await self.lease.answered()
                 while (lost := self.lease.next_urgent()) is not None:
-                    await self._handle(lost)
+                    await self.actions.handle(lost)
                 if isinstance(event, Wake):
                     continue
                 if isinstance(event, LeaseGained) and event.epoch != self.lease.epoch:
@@ -416,7 +425,7 @@ class Agent:
                     continue
                 # Replicated storage: a promotion's data-loss window, a switchover's target.
                 self.replication.heard(event)
-                await self._handle(event)
+                await self.actions.handle(event)
         finally:
             self.service.stopping(
                 f"node {self.node.name}: stopping the app, handing the lease over"
@@ -437,89 +446,10 @@ class Agent:
     def request_stop(self) -> None:
         self._stop_requested.set()
 
-    async def _handle(self, event: PolicyEvent) -> None:
-        try:
-            actions = self.policy.handle(event, self.monotonic())
-        except InvalidTransition as error:
-            # A bug, not a cluster problem: keep the node supervised and say so.
-            self._record(EventKind.INTERNAL, str(error))
-            return
-        for action in actions:
-            await self._execute(action)
-        self._publish()
-
     async def _execute(self, action: Action) -> None:
-        match action:
-            case StartApp():
-                self._record(EventKind.START, action.reason, actor=action.actor)
-                self.operator.draining = False
-                self.app_state = AppState.STARTING
-                self._publish()
-                # The policy must hear how the start went before any other event.
-                await self.replication.settled()  # a replicated generation's swap ends first
-                try:
-                    await check_port_free(self.node.port)
-                    pid = await self.app.start({EPOCH_VARIABLE: str(self.lease.epoch)})
-                except SupervisorError as error:
-                    self.app_state = AppState.STOPPED
-                    await self._handle(AppStartFailed(str(error)))
-                else:
-                    await self._handle(AppStarted(pid))
-            case StopApp():
-                self._record(EventKind.STOP, action.reason, actor=action.actor, data=action.data)
-                self.app_state = AppState.STOPPING
-                self._publish()
-                if action.kill:
-                    await self.app.kill()
-                else:
-                    await self.app.stop(action.reason)
-            case StepDown():
-                # Replicated storage, a planned switchover: a final generation first.
-                abandoned = await self.replication.before_release(self.app.running)
-                if abandoned is not None:
-                    await self.operator.end_handover(EndHandover(abandoned, action.actor))
-                self.operator.draining = False
-                epoch, released = await self.lease.step_down()
-                self._record(
-                    action.kind,
-                    action.reason
-                    + ("" if released else " (lease was not held; it will expire on its own)"),
-                    epoch=epoch,
-                    actor=action.actor,
-                    data=action.data,
-                )
-            case Alert():
-                self._record(
-                    EventKind.ALERT,
-                    action.reason,
-                    data={
-                        **action.data,
-                        "alert": action.kind,
-                        "manual_intervention": action.manual_intervention,
-                        **({CAUSE: action.cause} if action.cause else {}),
-                    },
-                )
-                await self.notifier.alert(
-                    action.kind,
-                    self.node.name,
-                    action.reason,
-                    manual_intervention=action.manual_intervention,
-                    epoch=self.lease.epoch,
-                )
-            case Record():
-                self._record(action.kind, action.reason, actor=action.actor, data=action.data)
-            case Drain():
-                await self.operator.drain(action)
-            case TakeLease():
-                forced = bool((self.operator.intents.handover or {}).get("force"))
-                if self.replication.allows_takeover(forced):  # replicated storage: max_lag
-                    await self.operator.take_lease_by_force(action)
-            case EndHandover():
-                await self.operator.end_handover(action)
-            case RequestHandover():
-                await self.operator.request_handover(action)
-            case _:
-                assert_never(action)
+        """The alerts of the parts made before the dispatch (the lease keeper, failsafe
+        mode, the schedules, the sweep), carried out as the policy's actions are."""
+        await self.actions.execute(action)
 
     async def _shutdown(self) -> None:
         """Planned stop: stop the app, then hand the lease over."""

@@ -5,8 +5,9 @@
 - operate.py   switchover, failover, pause, resume, init
 - run.py       agent, router, tcp-proxy, demo
 - service.py   systemd (the units of one host)
-- snapshot.py  snapshot create, list, verify, restore
-- backup.py    backup create, list, verify, restore, check
+- snapshot.py  snapshot create, list, verify, restore, prune
+- backup.py    backup create, list, verify, restore, check, drill, prune
+- generations.py  what those two share: their options, the printing of generations
 
 The commands are registered here, in the order ``hakit --help`` lists them;
 ``main`` is the console script's (and ``python -m hakit``'s) entry point.

@@ -2,14 +2,14 @@
 
 The target comes from the config (hakit.backup.target): the S3 filestore Jira's
 filestore-config.xml associates with ``backups``, else a local directory. The
-work is in hakit.snapshot (the same repository format as ``hakit snapshot``).
+work is in hakit.snapshot (the same repository format as ``hakit snapshot``, and what
+both print alike is in hakit.cli.generations).
 """
 
 from __future__ import annotations
 
 import os
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,7 +18,6 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TextColumn
-from rich.table import Table
 
 from hakit.backup.drill import (
     DrillReport,
@@ -32,17 +31,16 @@ from hakit.backup.healthcheck import Status, run_directory_check, run_s3_check
 from hakit.backup.prune import prune_backups, prune_credential
 from hakit.backup.stores import close_store, open_store, s3_client, unwrapped
 from hakit.backup.target import BackupTarget, LocalTarget, S3Target, resolve_target
+from hakit.cli import generations
 from hakit.cli.base import ConfigOption, console, fail, load_or_exit
-from hakit.cli.snapshot import _size as size
-from hakit.config import Config, format_duration, parse_duration
+from hakit.config import Config
 from hakit.errors import ConfigError, HakitError
-from hakit.snapshot.basebackup import BASEBACKUP, PUT_IN_PLACE, SWAP_REFUSED
-from hakit.snapshot.capture import CaptureOptions, create_snapshot
+from hakit.snapshot.capture import create_snapshot
 from hakit.snapshot.database import database_target
-from hakit.snapshot.format import SnapshotError, decode_manifest, manifest_key
-from hakit.snapshot.restore import restore_generation, restored_database, swap_into_place
+from hakit.snapshot.format import SnapshotError
+from hakit.snapshot.restore import restore_generation, swap_into_place
 from hakit.snapshot.retention import RetentionPolicy
-from hakit.snapshot.s3store import S3Store
+from hakit.snapshot.s3store import S3Stats, S3Store
 from hakit.snapshot.store import Store
 from hakit.snapshot.verify import verify_generation
 
@@ -51,11 +49,6 @@ backup_app = typer.Typer(
     help="Backups of the app's home and database to S3 (Jira's filestore-config.xml) or a "
     "directory.",
 )
-
-GenerationArgument = Annotated[
-    str | None, typer.Argument(help="The generation (default: the newest).", show_default=False)
-]
-NodeOption = Annotated[str, typer.Option(help="The node recorded (default: this host).")]
 
 
 def _target(cfg: Config) -> BackupTarget:
@@ -88,12 +81,7 @@ def _progress(store: Store) -> Iterator[None]:
 
         def refresh() -> None:
             while not stop.wait(0.2):
-                stats = store.stats
-                bar.update(
-                    task,
-                    description=f"{stats.objects_put} objects uploaded ({size(stats.bytes_put)}), "
-                    f"{stats.objects_present} already there",
-                )
+                bar.update(task, description=_uploaded(store.stats))
 
         thread = threading.Thread(target=refresh, name="backup-progress", daemon=True)
         thread.start()
@@ -102,6 +90,13 @@ def _progress(store: Store) -> Iterator[None]:
         finally:
             stop.set()
             thread.join()
+
+
+def _uploaded(stats: S3Stats) -> str:
+    return (
+        f"{stats.objects_put} objects uploaded ({generations.size(stats.bytes_put)}), "
+        f"{stats.objects_present} already there"
+    )
 
 
 def _excluded(cfg: Config, target: BackupTarget) -> frozenset[str]:
@@ -118,10 +113,10 @@ def _excluded(cfg: Config, target: BackupTarget) -> frozenset[str]:
 @backup_app.command("create")
 def create(
     config: ConfigOption = Path("hakit.toml"),
-    node: NodeOption = "",
-    epoch: Annotated[int | None, typer.Option(help="The epoch recorded.")] = None,
-    freeze: Annotated[str | None, typer.Option(help="A command run before (shell).")] = None,
-    thaw: Annotated[str | None, typer.Option(help="A command run after, always (shell).")] = None,
+    node: generations.NodeOption = "",
+    epoch: generations.EpochOption = None,
+    freeze: generations.FreezeOption = None,
+    thaw: generations.ThawOption = None,
     rebuild_index: Annotated[
         bool,
         typer.Option(
@@ -135,15 +130,8 @@ def create(
     cfg = load_or_exit(config)
     target = _target(cfg)
     store = _open(target, create=True)
-    options = CaptureOptions(
-        home=cfg.app.home,
-        database_url=cfg.app.database_url,
-        postgres_method=cfg.snapshot.postgres_method,
-        node=node,
-        epoch=epoch,
-        freeze=freeze,
-        thaw=thaw,
-        exclude=_excluded(cfg, target),
+    options = generations.capture_options(
+        cfg, node, epoch, freeze, thaw, exclude=_excluded(cfg, target)
     )
     try:
         bottom = unwrapped(store)
@@ -158,9 +146,7 @@ def create(
     manifest, written = report.header, report.written
     sent = ""
     if isinstance(bottom, S3Store):
-        stats = bottom.stats
-        sent = f"; {stats.objects_put} objects uploaded ({size(stats.bytes_put)}), "
-        sent += f"{stats.objects_present} already there"
+        sent = f"; {_uploaded(bottom.stats)}"
     console.print(
         f"generation {manifest.generation} in {target.describe()}: {report.entries} "
         f"entries, {report.walked.files_read} files read, {report.walked.files_cached} "
@@ -177,20 +163,7 @@ def list_(config: ConfigOption = Path("hakit.toml")) -> None:
     target = _target(cfg)
     store = _open(target)
     try:
-        table = Table("generation", "taken", "node", "epoch", "files", "size", "database")
-        for generation in store.list_manifests():
-            manifest = decode_manifest(store.get(manifest_key(generation)))
-            files, total = manifest.totals()
-            database = manifest.database
-            table.add_row(
-                generation,
-                time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(manifest.started_ns / 1e9)),
-                manifest.node,
-                "-" if manifest.epoch is None else str(manifest.epoch),
-                str(files),
-                size(total),
-                "-" if database is None else f"{database.kind} {size(database.size)}",
-            )
+        table = generations.table(store)
     except SnapshotError as error:
         fail(error)
     finally:
@@ -203,9 +176,7 @@ def list_(config: ConfigOption = Path("hakit.toml")) -> None:
 
 
 def _when(ns: object) -> str:
-    if not isinstance(ns, int):
-        return "-"
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(ns / 1e9))
+    return generations.local_time(ns) if isinstance(ns, int) else "-"
 
 
 def _last_drill(record: dict[str, object], target: str) -> str:
@@ -222,7 +193,7 @@ def _last_drill(record: dict[str, object], target: str) -> str:
 
 @backup_app.command("verify")
 def verify(
-    config: ConfigOption = Path("hakit.toml"), generation: GenerationArgument = None
+    config: ConfigOption = Path("hakit.toml"), generation: generations.GenerationArgument = None
 ) -> None:
     """Re-read and re-hash every object of a generation (exit 1 on any problem)."""
     cfg = load_or_exit(config)
@@ -233,29 +204,14 @@ def verify(
         fail(error)
     finally:
         close_store(store)
-    for problem in report.problems:
-        console.print(f"[red]{escape(problem)}[/red]", highlight=False)
-    if not report.ok:
-        fail(SnapshotError(f"generation {report.generation}: {len(report.problems)} problems"))
-    console.print(
-        f"generation {report.generation}: ok, {report.chunks} blobs in {report.objects} "
-        f"objects ({size(report.bytes)}) re-hashed",
-        highlight=False,
-    )
+    generations.print_verified(report)
 
 
 @backup_app.command("restore")
 def restore(
-    into: Annotated[Path, typer.Option("--into", help="A new directory to restore into.")],
-    generation: GenerationArgument = None,
-    swap: Annotated[
-        bool,
-        typer.Option(
-            "--swap",
-            help="Then move the live home and database aside and the restored ones in "
-            "(stop the app first).",
-        ),
-    ] = False,
+    into: generations.IntoOption,
+    generation: generations.GenerationArgument = None,
+    swap: generations.SwapOption = False,
     config: ConfigOption = Path("hakit.toml"),
 ) -> None:
     """Restore a generation into a new directory (home/, database/); --swap puts it in place."""
@@ -266,22 +222,10 @@ def restore(
         database = target.path if target else None
         live = [cfg.app.home, *([database] if database else [])]
         report = restore_generation(store, generation, into, live)
-        console.print(
-            f"generation {report.generation} restored into {report.into}: {report.files} files, "
-            f"{size(report.bytes)}" + (f", database {report.database}" if report.database else ""),
-            highlight=False,
-        )
-        held = restored_database(report.into)
-        if held is not None and held[0] == BASEBACKUP:
-            if swap:
-                raise SnapshotError(SWAP_REFUSED.format(data_directory=held[1]))
-            console.print(PUT_IN_PLACE.format(data_directory=held[1]), highlight=False)
+        generations.print_restored(report, in_place=swap)
         if swap:
-            swapped = swap_into_place(report.into, cfg.app.home, database)
-            console.print(
-                "swapped in; the previous ones kept at "
-                + ", ".join(str(path) for path in swapped.moved_aside),
-                highlight=False,
+            generations.print_swapped(
+                swap_into_place(report.into, cfg.app.home, database).moved_aside
             )
     except SnapshotError as error:
         fail(error)
@@ -299,7 +243,7 @@ def restore(
 @backup_app.command("check")
 def check(
     config: ConfigOption = Path("hakit.toml"),
-    node: NodeOption = "",
+    node: generations.NodeOption = "",
     strict: Annotated[bool, typer.Option("--strict", help="Exit 1 on a warning too.")] = False,
 ) -> None:
     """Jira's backup health check: write, read and delete an object under backups/Healthcheck/."""
@@ -353,7 +297,7 @@ def _print_drill(report: DrillReport, target: str) -> None:
 @backup_app.command("drill")
 def drill(
     config: ConfigOption = Path("hakit.toml"),
-    generation: GenerationArgument = None,
+    generation: generations.GenerationArgument = None,
     scratch: Annotated[
         Path | None,
         typer.Option(
@@ -393,7 +337,6 @@ def drill(
         raise typer.Exit(1)
 
 
-KeepOption = Annotated[int | None, typer.Option(min=0, show_default=False)]
 EnvOption = Annotated[
     str | None,
     typer.Option(
@@ -403,21 +346,18 @@ EnvOption = Annotated[
     ),
 ]
 
+GraceOption = Annotated[
+    str | None, generations.grace_option('"1h" (default: [backup] prune_grace, 1h).')
+]
+
 
 @backup_app.command("prune")
 def prune(
-    keep_last: KeepOption = None,
-    keep_daily: KeepOption = None,
-    keep_weekly: KeepOption = None,
-    grace: Annotated[
-        str | None,
-        typer.Option(
-            help='Objects and generations younger are never removed, e.g. "1h" '
-            "(default: [backup] prune_grace, 1h).",
-            show_default=False,
-        ),
-    ] = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what, remove nothing.")] = False,
+    keep_last: generations.KeepOption = None,
+    keep_daily: generations.KeepOption = None,
+    keep_weekly: generations.KeepOption = None,
+    grace: GraceOption = None,
+    dry_run: generations.DryRunOption = False,
     access_key_env: EnvOption = None,
     secret_key_env: EnvOption = None,
     config: ConfigOption = Path("hakit.toml"),
@@ -433,14 +373,13 @@ def prune(
     cfg = load_or_exit(config)
     section = cfg.backup
     target = _target(cfg)
-    if any(value is not None for value in (keep_last, keep_daily, keep_weekly)):
-        policy = RetentionPolicy(keep_last or 0, keep_daily or 0, keep_weekly or 0)
-    else:
-        policy = RetentionPolicy(section.keep_last, section.keep_daily, section.keep_weekly)
-    try:
-        seconds = section.prune_grace if grace is None else parse_duration(grace)
-    except ValueError as error:
-        fail(SnapshotError(f"--grace: {error}"))
+    policy = generations.retention_policy(
+        keep_last,
+        keep_daily,
+        keep_weekly,
+        RetentionPolicy(section.keep_last, section.keep_daily, section.keep_weekly),
+    )
+    seconds = generations.grace_seconds(grace, section.prune_grace)
     try:
         if isinstance(target, S3Target):
             target = prune_credential(
@@ -455,24 +394,15 @@ def prune(
     except SnapshotError as error:
         fail(SnapshotError(f"prune of {target.describe()}: {error}; nothing more was removed"))
     console.print(f"backups in {escape(target.describe())}", highlight=False, soft_wrap=True)
-    console.print(
-        f"policy: {policy.describe()}; grace period {format_duration(seconds)}", highlight=False
+    removed = generations.print_decisions(
+        report.prune.decisions, policy, seconds, dry_run=dry_run, protected=report.protected
     )
-    removed = "would remove" if dry_run else "removed"
-    for decision in report.prune.decisions:
-        generation = decision.generation
-        taken = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(generation.taken_ns / 1e9))
-        verdict = f"{'keep':<12}" if decision.keep else f"[red]{removed:<12}[/red]"
-        why = "; ".join(str(reason) for reason in decision.reasons) or "no rule keeps it"
-        if generation.id in report.protected and decision.keep:
-            why += "; a node's newest"
-        console.print(f"{verdict} {generation.id}  {taken}  {why}", highlight=False, soft_wrap=True)
     pruned = report.prune
     console.print(
         f"{removed} {len(pruned.removed_generations)} generations and {pruned.removed_objects} "
-        f"objects ({size(pruned.removed_bytes)}); {pruned.kept_objects} objects kept for the "
-        f"generations kept, {pruned.young_objects} unreferenced kept (younger than the grace "
-        "period, or a backup in progress)",
+        f"objects ({generations.size(pruned.removed_bytes)}); {pruned.kept_objects} objects "
+        f"kept for the generations kept, {pruned.young_objects} unreferenced kept (younger "
+        "than the grace period, or a backup in progress)",
         highlight=False,
         soft_wrap=True,
     )
