@@ -1,23 +1,30 @@
-"""The snapshot repository format (version 1): what is stored where, and the manifest.
+"""The snapshot repository format: what is stored where, and the manifest.
 
 A repository is a set of immutable objects, each written once under a name
 derived from its content, plus one manifest per generation::
 
     blobs/<h[:2]>/<h>        one chunk of a large file; h = SHA-256 of its bytes
     packs/<p[:2]>/<p>        small files' contents concatenated; p = SHA-256 of the pack
+    trees/<t[:2]>/<t>        one directory's entries; t = SHA-256 of the tree (FORMAT_TREES)
     manifests/<generation>.json
 
 - **Content addressed.** A blob's name is the SHA-256 of its bytes, a pack's the
-  SHA-256 of the whole pack, so an object is never overwritten with other bytes:
-  writing is "put if absent", and a reader checks every object against its name.
+  SHA-256 of the whole pack, a tree's the SHA-256 of its JSON, so an object is
+  never overwritten with other bytes: writing is "put if absent", and a reader
+  checks every object against its name.
 - **Chunks.** A file larger than ``Limits.chunk_size`` is cut into fixed-size
   chunks (the last one shorter), each its own blob: a change in place re-sends
   only the chunks it touched (an SQLite file, a log). Fixed, not content-defined,
   chunks: cheap to cut in Python; an insertion re-sends the rest of the file.
 - **Packs.** Files no larger than ``Limits.small_file`` are bundled into packs of
-  about ``Limits.pack_size``, so a generation is not one object per file; the
-  manifest gives each such blob's pack and offset.
-- **Manifest last.** A generation's blobs and packs are written (and made
+  about ``Limits.pack_size``, so a generation is not one object per file; an
+  entry gives each such blob's pack and offset.
+- **Trees** (hakit.snapshot.trees). A manifest of ``FORMAT_TREES`` holds no
+  entries: it lists each directory's tree (``TreeRef``), and an unchanged
+  directory keeps its tree from one generation to the next, by hash, so an
+  incremental capture neither reads nor writes its entries. Manifests of
+  ``FORMAT`` (entries inline, as hakit wrote them first) are still read.
+- **Manifest last.** A generation's blobs, packs and trees are written (and made
   durable) first; its manifest last, in one put (an atomic rename on a local
   directory, one PutObject on S3). A generation without a manifest is invisible:
   an interrupted capture leaves only unreferenced objects, never a half
@@ -25,18 +32,20 @@ derived from its content, plus one manifest per generation::
   puts alone (write-only storage works); pruning is a separate operation.
 - **Generation ids** sort by time: ``YYYYMMDDTHHMMSS.ffffffZ-<8 hex>``.
 
-The manifest (JSON, UTF-8, ``"format": "hakit-snapshot/1"``) records the
-generation id, when it was taken (``started_ns``, ``finished_ns``), the node and
-the epoch it was taken under (``null`` when taken outside the agent), the
-database capture (``kind`` ``"sqlite"`` or ``"postgresql"``, its file's name
-and chunks, and its ``position``: for SQLite the file change counter, page
-count and schema version of the copy; for PostgreSQL the database's name, the
-exported snapshot's id, the WAL position (LSN) and the server's version, see
-``hakit.snapshot.postgres``) and the home's tree: one entry per path (POSIX,
-relative to the home) with its type (``f`` file, ``d`` directory, ``l``
-symlink), mode, size, ``mtime_ns``, the ``inode`` and ``ctime_ns`` seen (the
-next capture's hash cache) and, for a file, its chunks ``[hash, size, pack or
-null, offset]``; for a symlink its target.
+The manifest (JSON, UTF-8, ``"format"``) records the generation id, when it was
+taken (``started_ns``, ``finished_ns``), the node and the epoch it was taken
+under (``null`` when taken outside the agent), the database capture (``kind``
+``"sqlite"`` or ``"postgresql"``, its file's name and chunks, and its
+``position``: for SQLite the file change counter, page count and schema version
+of the copy; for PostgreSQL the database's name, the exported snapshot's id, the
+WAL position (LSN) and the server's version, see ``hakit.snapshot.postgres``)
+and the home's tree: ``trees``, one ``[path, tree hash, stats digest, newest
+file time, entries, files, bytes]`` per directory (``FORMAT_TREES``), or
+``entries`` (``FORMAT``). An entry is one path (POSIX, relative to the home)
+with its type (``f`` file, ``d`` directory, ``l`` symlink), mode, size,
+``mtime_ns``, the ``inode`` and ``ctime_ns`` seen (the next capture's hash
+cache) and, for a file, its chunks ``[hash, size, pack or null, offset]``; for a
+symlink its target.
 """
 
 from __future__ import annotations
