@@ -11,7 +11,7 @@ no generation names yet (prune's grace rules).
   (hakit.agent.snapshot_job: the ``Job``'s ``keep_last`` and ``grace``, the path
   scheduled snapshots take); a prune that fails leaves the generation captured
   and is reported on its own (hakit.agent.replication).
-- **A standby** prunes after each generation it applied (``after_apply``), that
+- **A standby** prunes after each generation it applied (``Pruning.after_apply``), that
   generation protected whatever the policy says: the next pull copies only what
   its repository lacks, and the node's first capture after a promotion builds on
   its newest generation. Nowhere else: a pull that failed keeps what it copied
@@ -28,13 +28,16 @@ Why a pull never lands a partial generation, nor loses what a copy needs:
   on the standby; its turn records the failure and the next turn pulls the
   newest generation, without copying again what the failed pull copied.
 - **On a standby**, its pulls, applies and prunes, and its captures once it is
-  active, run one at a time (hakit.agent.replication's ``writing`` lock): a
+  active, run one at a time (hakit.agent.replication's ``_writing`` lock): a
   pull that finds an object already there relies on it without writing it
   (``has``, which does not refresh its time as a capture's ``put_if_absent``
   does), so no prune may run beside it.
 - **The copies beside the home** need nothing from the repository once restored
   (hakit.snapshot.apply); ``keep`` of them stay there
   (hakit.snapshot.apply.prune_generations), the one the home links to always.
+
+The agent prunes its repository itself: a prune of it from outside (``hakit
+snapshot prune`` on that directory) would not wait for a pull under way.
 """
 
 from __future__ import annotations
