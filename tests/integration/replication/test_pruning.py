@@ -248,3 +248,30 @@ def test_a_generation_stays_while_a_pull_may_still_need_it(tmp_path: Path) -> No
     assert _kept(store, 1, 45, t + 200) == {g3}
     _, objects, named = held(store.root)
     assert objects == named and verify_generation(store, g3).ok
+
+
+def test_a_failed_prune_is_told_once_and_again_when_it_works(tmp_path: Path) -> None:
+    """A manifest that cannot be read stops the prune (nothing is swept); the standby's
+    apply stands, the failure is one ``replication`` event, its end another."""
+    home = tmp_path / "home"
+    make_home(home)
+    store = LocalStore(tmp_path / "repo").create()
+    generation = _captured(store, home, 1_000_000.0)
+    bad = store.root / "manifests" / "20260101T000000.000000Z-0badbad0.json"
+    bad.write_text("not a manifest")
+    events: list[tuple[str, str]] = []
+    pruning = replica_prune.Pruning(
+        "node2", store.root, 1, 0.000001, lambda kind, reason, **_: events.append((kind, reason))
+    )
+    assert asyncio.run(pruning.after_apply(generation)) == ""
+    assert asyncio.run(pruning.after_apply(generation)) == ""  # the same failure: told once
+    ((kind, reason),) = events
+    assert kind == "replication" and "pruning the repository of node2 failed" in reason
+    assert "nothing was pruned" in reason
+    assert store.list_manifests() == ["20260101T000000.000000Z-0badbad0", generation]
+    bad.unlink()
+    assert asyncio.run(pruning.after_apply(generation)) == ""  # nothing to remove
+    assert events[-1] == ("replication", "pruning the repository of node2 works again")
+    assert pruning.captured({"pruned": ["g1", "g2"], "objects_removed": 3}, "") == (
+        "; pruned 2 generations, 3 objects"
+    )
