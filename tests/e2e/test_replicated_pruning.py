@@ -18,7 +18,8 @@ from hakit.demo.cluster import DemoCluster, free_ports, wait_for
 from hakit.snapshot.format import SnapshotError
 from hakit.snapshot.prune import referenced_keys
 from hakit.snapshot.store import open_local_store
-from hakit.snapshot.verify import read_manifest, verify_generation
+from hakit.snapshot.trees import load_manifest
+from hakit.snapshot.verify import verify_generation
 from tests.integration.snapshot.conftest import object_files
 
 from .conftest import cluster_factory, wait_serving
@@ -58,7 +59,7 @@ def held(root: Path) -> tuple[list[str], set[str], set[str]]:
     generations, manifests = [], []
     for generation in store.list_manifests():
         try:
-            manifests.append(read_manifest(store, generation))
+            manifests.append(load_manifest(store, generation))
         except SnapshotError:
             continue  # pruned meanwhile
         generations.append(generation)
@@ -105,7 +106,7 @@ def test_both_repositories_stay_bounded_and_a_switchover_loses_nothing(tmp_path:
             # The third generation applied under load: its database differs from all others.
             early = sorted(follow(cluster, standby, 3, f"{standby} to apply 3 generations"))[-1]
             named_early = referenced_keys(
-                [read_manifest(open_local_store(repository(cluster, standby)), early)]
+                [load_manifest(open_local_store(repository(cluster, standby)), early)]
             )
             follow(cluster, standby, APPLIED, f"{standby} to apply {APPLIED}")
 

@@ -24,7 +24,8 @@ from hakit.snapshot.format import SnapshotError, manifest_key
 from hakit.snapshot.peerstore import PeerStore, pull_generation
 from hakit.snapshot.prune import prune, referenced_keys
 from hakit.snapshot.store import LocalStore, open_local_store
-from hakit.snapshot.verify import read_manifest, verify_generation
+from hakit.snapshot.trees import load_manifest
+from hakit.snapshot.verify import verify_generation
 from tests.integration.replication.test_capture_job import CONFIG, Agentish, side_of
 from tests.integration.snapshot.conftest import (
     LIMITS,
@@ -43,7 +44,7 @@ def held(repository: Path) -> tuple[list[str], set[str], set[str]]:
     """(generations, object keys, keys the generations name) of a repository."""
     store = open_local_store(repository)
     generations = store.list_manifests()
-    named = referenced_keys(read_manifest(store, generation) for generation in generations)
+    named = referenced_keys(load_manifest(store, generation) for generation in generations)
     return generations, object_files(repository), named
 
 
