@@ -42,7 +42,14 @@ A planned switchover ships a final generation first and loses nothing
 (hakit.agent.final_generation; ``before_release``, asked by the agent before its
 StepDown releases the lease); its target turns every ``HURRY`` seconds meanwhile.
 
-Not here yet: pruning the repositories (the snapshot retention's job).
+Each node's repository is pruned as it goes (hakit.agent.replica_prune): the
+active's right after each capture, in its capture process; a standby's after
+each generation it applied, that generation protected. Both keep the newest
+``[replication] keep`` generations and every one that was the newest within
+``prune_grace``: a standby's pull in progress keeps its generation on the
+active, and a pull slower than that fails whole (no manifest, no apply) and is
+tried again at the next turn. In one agent, captures, pulls, applies and prunes
+of the repository run one at a time (``_writing``).
 """
 
 from __future__ import annotations
@@ -57,7 +64,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from hakit.agent import snapshot_job
+from hakit.agent import replica_prune, snapshot_job
 from hakit.agent.final_generation import (  # noqa: F401 - replication_detail: re-exported
     HURRY,
     REPLICA_KEY,
@@ -148,7 +155,13 @@ class ReplicationSide:
         self._problem: str | None = None
         self._refused: tuple[str, bool] | None = None  # the last refusal recorded
         self._pending: tuple[Verdict, bool] | None = None  # allowed takeover, not yet promoted
-        self._capturing = asyncio.Lock()  # one capture at a time (scheduled, final)
+        # One writer of the repository at a time: a capture and its prune (scheduled, final),
+        # or a pull, its apply and the prune after it (hakit.agent.replica_prune says why).
+        self._writing = asyncio.Lock()
+        section = cfg.replication
+        self.pruning = replica_prune.Pruning(
+            node.name, self.repository, section.keep, section.prune_grace, record
+        )
         self._process = JobProcess(snapshot_job.COMMAND, "replication capture")
         self._settled = asyncio.Event()  # cleared while a swap runs in a thread (PostgreSQL)
         self._settled.set()
@@ -335,7 +348,7 @@ class ReplicationSide:
             epoch = self._active_epoch()
             hurrying = self.final.hurrying()
             if epoch:
-                async with self._capturing:
+                async with self._writing:
                     await self._capture(epoch)
             elif (
                 lease is not None
@@ -393,11 +406,13 @@ class ReplicationSide:
         if (self._held_epoch() if final else self._active_epoch()) == epoch:
             self._note_active(started)
         self.captured = (outcome.generation, int(outcome.data["taken_ns"]))
+        pruned = self.pruning.captured(outcome.data, outcome.prune_error)
         log.info(
-            "replication: captured %s under epoch %d in %.2f s",
+            "replication: captured %s under epoch %d in %.2f s%s",
             outcome.generation,
             epoch,
             finished.seconds,
+            pruned,
         )
         return outcome.generation
 
@@ -411,11 +426,13 @@ class ReplicationSide:
             node=self.node.name,
             epoch=epoch,
             exclude=tuple(sorted(exclude)),
+            keep_last=self.cfg.replication.keep,  # then pruned (hakit.agent.replica_prune)
+            grace=self.cfg.replication.prune_grace,
         )
 
     async def _capture_final(self, epoch: int) -> str:
         """A switchover's final generation: the app stopped, the lease of ``epoch`` held."""
-        async with self._capturing:  # a scheduled capture ends first (the app stopped)
+        async with self._writing:  # a scheduled capture ends first (the app stopped)
             return await self._capture(epoch, final=True)
 
     def _stop_reason(self, epoch: int, final: bool = False) -> str:
@@ -435,8 +452,12 @@ class ReplicationSide:
         url = admin_url(self.cfg.node(holder))
         if url is None:
             raise HakitError(f"{holder} has no admin_port: its repository cannot be read")
+        async with self._writing:
+            await self._follow_from(PeerStore(url, self._token))
+
+    async def _follow_from(self, peer: PeerStore) -> None:
         started = time.monotonic()
-        prepared = await asyncio.to_thread(self._pull_and_prepare, PeerStore(url, self._token))
+        prepared = await asyncio.to_thread(self._pull_and_prepare, peer)
         if prepared is None:
             return
         if not self._cold():
@@ -461,11 +482,13 @@ class ReplicationSide:
         self._state_file.unlink(missing_ok=True)
         self._publish()  # the copy it now holds: a switchover's active waits for it
         await asyncio.to_thread(prune_generations, self.home, self.cfg.replication.keep, database)
+        pruned = await self.pruning.after_apply(self.copy.generation) if self.copy else ""
         log.info(
-            "replication: %s applied on %s in %.2f s (pulled, restored, swapped)",
+            "replication: %s applied on %s in %.2f s (pulled, restored, swapped)%s",
             prepared.name,
             self.node.name,
             time.monotonic() - started,
+            pruned,
         )
 
     async def settled(self) -> None:

@@ -1,10 +1,13 @@
 """One scheduled capture, in a process of its own (``COMMAND``, then ``--parent PID``).
 
-The agent (hakit.agent.snapshots) starts it and writes the ``Job`` as JSON on its
-stdin; it prints the ``Outcome`` (hakit.agent.jobs, which says why a process, at a
-lower priority, dying with the agent). A capture killed midway leaves no generation
-(the manifest is written last) and its objects are swept by a later prune once
-older than the grace period.
+The agent (hakit.agent.snapshots, and hakit.agent.replication for replicated
+storage) starts it and writes the ``Job`` as JSON on its stdin; it prints the
+``Outcome`` (hakit.agent.jobs, which says why a process, at a lower priority, dying
+with the agent). With a retention policy (``keep_*``) the repository is pruned
+right after the capture, in the same process (``grace``: hakit.snapshot.prune); a
+prune that fails leaves the generation and says why (``prune_error``). A capture
+killed midway leaves no generation (the manifest is written last) and its objects
+are swept by a later prune once older than the grace period.
 """
 
 from __future__ import annotations

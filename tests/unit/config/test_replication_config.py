@@ -34,10 +34,12 @@ def test_defaults_and_each_nodes_own_home_and_database(tmp_path: Path) -> None:
     path.write_text(text)
     cfg = load_config(path)
     assert cfg.cluster.storage is Storage.REPLICATED
-    assert (cfg.replication.interval, cfg.replication.max_lag, cfg.replication.keep) == (
+    section = cfg.replication
+    assert (section.interval, section.max_lag, section.keep, section.prune_grace) == (
         30.0,
         300.0,
         3,
+        600.0,
     )
     node1, node2 = cfg.nodes
     assert cfg.home_of(node1) == tmp_path / "home"
@@ -55,6 +57,10 @@ def test_replication_section_is_checked(tmp_path: Path) -> None:
         + '\n[replication]\ninterval = "10s"\nmax_lag = "1m"\nkeep = 0\n'
     )
     assert problems_of(tmp_path, text) == ["FILE:26: replication.keep: must be at least 1, got 0"]
+    grace = replicated(with_admin(BASE)) + '\n[replication]\nkeep = 2\nprune_grace = "0s"\n'
+    assert problems_of(tmp_path, grace) == [
+        "FILE:25: replication.prune_grace: must be more than 0s, got 0s"
+    ]
 
 
 def test_replicated_storage_needs_every_admin_port_and_a_token(tmp_path: Path) -> None:

@@ -5,7 +5,9 @@
     [replication]
     interval = "30s"   # the active captures, each standby pulls and applies, this often
     max_lag = "5m"     # a standby whose copy is older is not promoted (unless forced)
-    keep = 3           # generations each standby keeps beside its home
+    keep = 3           # generations each node keeps: the newest in its repository, and
+                       # on a standby its restored copies beside its home
+    prune_grace = "10m"  # and every repository generation newer than this (pruning)
     final_timeout = "1m"  # a switchover's final generation must be applied by its target within
     directory = "..."  # this node's repository (default: <state_dir>/replication/<node>)
 
@@ -14,6 +16,15 @@ standby's copy is as old as the last generation it applied, up to about
 ``interval`` plus the time a capture and a transfer take. ``max_lag`` bounds what
 an automatic failover may lose; ``hakit failover --force`` overrides it, and the
 failover's event records the loss window either way (hakit.policy.replication).
+
+Each node's repository is pruned as it goes (hakit.agent.replica_prune): the
+active after each capture, a standby after each generation it applied, to the
+newest ``keep`` generations and every generation that was the newest within
+``prune_grace`` (hakit.snapshot.prune's grace rules). ``prune_grace`` bounds how
+long a standby's pull of one generation may take before the active may remove it
+(the pull then fails cleanly and is tried again at the next turn): longer than a
+pull or a capture takes, short enough that the repository holds minutes of
+generations, not hours.
 
 Each node has its own home and database there: ``[[nodes]] home`` and
 ``database_url`` (default: ``[app]``'s: the same path on every host). SQLite
@@ -42,6 +53,9 @@ class ReplicationConfig(_Section):
     interval: PositiveDuration = 30.0
     max_lag: PositiveDuration = 300.0
     keep: int = Field(default=3, ge=1)
+    # Repository generations this young are never pruned, nor objects this young that no
+    # generation references (a capture or pull in progress; hakit.snapshot.prune).
+    prune_grace: PositiveDuration = 600.0
     # A planned switchover: the active (app stopped) ships a final generation and waits
     # this long for the target to apply it before it releases the lease
     # (hakit.policy.replication.final_decision).
