@@ -226,33 +226,49 @@ def _create(store: Store, options: CaptureOptions, home: Path) -> CaptureReport:
 def _write_trees(
     store: Store, entries: list[Entry], reused: list[TreeRef], previous: Manifest | None
 ) -> tuple[TreeRef, ...]:
-    """A tree object for each directory not reused, and every directory's ref, by path.
-    The home itself always has one, if only empty: a tree manifest names a tree. A tree
-    encoded again with the bytes of the previous generation's (its files read again for
-    a racy time) is that generation's object, not put again (prune keeps a capture's
-    base: hakit.snapshot.prune)."""
-    before = {tree.path: tree.hash for tree in previous.trees} if previous else {}
+    """The trees of the directories not reused, put in one tree pack, and every
+    directory's ref, by path. The home itself always has one, if only empty: a tree
+    manifest names a tree. A tree encoded again with the bytes of the previous
+    generation's (its files read again for a racy time) keeps that generation's place,
+    not put again (prune keeps a capture's base: hakit.snapshot.prune)."""
+    before = {tree.path: tree for tree in previous.trees} if previous else {}
     groups: dict[str, list[Entry]] = {}
     for entry in entries:
         groups.setdefault(entry.path.rpartition("/")[0], []).append(entry)
     refs = {ref.path: ref for ref in reused}
     if "" not in refs:
         groups.setdefault("", [])
+    parts: list[bytes] = []
+    placed: list[tuple[str, list[Entry], str, int, int]] = []  # to find in the pack
+    offset = 0
     for directory, members in groups.items():
         if directory in refs:
             raise SnapshotError(f"directory {directory!r} walked twice")  # pragma: no cover
         data = encode_tree(members)
         digest = hashlib.sha256(data).hexdigest()
-        if before.get(directory) != digest:
-            store.put_if_absent(tree_key(digest), data)
-        files = [entry for entry in members if entry.type == FILE]
-        refs[directory] = TreeRef(
-            directory,
-            digest,
-            stats_digest([entry_row(entry) for entry in members]),
-            newest_ns(members),
-            len(members),
-            len(files),
-            sum(entry.size for entry in files),
-        )
+        same = before.get(directory)
+        if same is not None and same.hash == digest:
+            refs[directory] = same
+            continue
+        parts.append(data)
+        placed.append((directory, members, digest, offset, len(data)))
+        offset += len(data)
+    if parts:
+        pack = b"".join(parts)
+        pack_id = hashlib.sha256(pack).hexdigest()
+        store.put_if_absent(tree_key(pack_id), pack)
+        for directory, members, digest, at, size in placed:
+            files = [entry for entry in members if entry.type == FILE]
+            refs[directory] = TreeRef(
+                directory,
+                digest,
+                pack_id,
+                at,
+                size,
+                stats_digest([entry_row(entry) for entry in members]),
+                newest_ns(members),
+                len(members),
+                len(files),
+                sum(entry.size for entry in files),
+            )
     return tuple(refs[path] for path in sorted(refs))

@@ -5,11 +5,11 @@ derived from its content, plus one manifest per generation::
 
     blobs/<h[:2]>/<h>        one chunk of a large file; h = SHA-256 of its bytes
     packs/<p[:2]>/<p>        small files' contents concatenated; p = SHA-256 of the pack
-    trees/<t[:2]>/<t>        one directory's entries; t = SHA-256 of the tree (FORMAT_TREES)
+    trees/<t[:2]>/<t>        directories' trees concatenated; t = SHA-256 of the tree pack
     manifests/<generation>.json
 
 - **Content addressed.** A blob's name is the SHA-256 of its bytes, a pack's the
-  SHA-256 of the whole pack, a tree's the SHA-256 of its JSON, so an object is
+  SHA-256 of the whole pack (a tree pack's too), so an object is
   never overwritten with other bytes: writing is "put if absent", and a reader
   checks every object against its name.
 - **Chunks.** A file larger than ``Limits.chunk_size`` is cut into fixed-size
@@ -20,8 +20,9 @@ derived from its content, plus one manifest per generation::
   about ``Limits.pack_size``, so a generation is not one object per file; an
   entry gives each such blob's pack and offset.
 - **Trees** (hakit.snapshot.trees). A manifest of ``FORMAT_TREES`` holds no
-  entries: it lists each directory's tree (``TreeRef``), and an unchanged
-  directory keeps its tree from one generation to the next, by hash, so an
+  entries: it lists each directory's tree (``TreeRef``: its hash, and its pack
+  and offset; a capture puts the trees it writes in one tree pack), and an
+  unchanged directory keeps its tree from one generation to the next, so an
   incremental capture neither reads nor writes its entries. Manifests of
   ``FORMAT`` (entries inline, as hakit wrote them first) are still read.
 - **Manifest last.** A generation's blobs, packs and trees are written (and made
@@ -39,8 +40,9 @@ under (``null`` when taken outside the agent), the database capture (``kind``
 ``position``: for SQLite the file change counter, page count and schema version
 of the copy; for PostgreSQL the database's name, the exported snapshot's id, the
 WAL position (LSN) and the server's version, see ``hakit.snapshot.postgres``)
-and the home's tree: ``trees``, one ``[path, tree hash, stats digest, newest
-file time, entries, files, bytes]`` per directory (``FORMAT_TREES``), or
+and the home's tree: ``trees``, one ``[path, tree hash, tree pack, offset,
+size, stats digest, newest file time, entries, files, bytes]`` per directory
+(``FORMAT_TREES``), or
 ``entries`` (``FORMAT``). An entry is one path (POSIX, relative to the home)
 with its type (``f`` file, ``d`` directory, ``l`` symlink), mode, size,
 ``mtime_ns``, the ``inode`` and ``ctime_ns`` seen (the next capture's hash
@@ -191,10 +193,13 @@ class DatabaseCapture:
 
 @dataclass(frozen=True, slots=True)
 class TreeRef:
-    """One directory's entries, stored as a tree object (hakit.snapshot.trees)."""
+    """One directory's entries: a tree, stored in a tree pack (hakit.snapshot.trees)."""
 
     path: str  # the directory (POSIX, relative to the home; "" for the home itself)
-    hash: str  # SHA-256 of the tree object
+    hash: str  # SHA-256 of the tree (its JSON)
+    pack: str  # SHA-256 of the tree pack holding it
+    offset: int  # where in the pack
+    size: int  # its length
     digest: str  # of the entries' stats: an unchanged directory is known without its tree
     newest_ns: int  # the newest mtime or ctime of its files (racily clean ones are re-read)
     count: int  # entries in the tree
@@ -205,6 +210,9 @@ class TreeRef:
         return [
             self.path,
             self.hash,
+            self.pack,
+            self.offset,
+            self.size,
             self.digest,
             self.newest_ns,
             self.count,
@@ -214,9 +222,18 @@ class TreeRef:
 
     @classmethod
     def decode(cls, raw: Sequence[Any]) -> TreeRef:
-        path, digest, stats, newest, count, files, size = raw
+        path, digest, pack, offset, size, stats, newest, count, files, total = raw
         return cls(
-            str(path), str(digest), str(stats), int(newest), int(count), int(files), int(size)
+            str(path),
+            str(digest),
+            str(pack),
+            int(offset),
+            int(size),
+            str(stats),
+            int(newest),
+            int(count),
+            int(files),
+            int(total),
         )
 
 
@@ -251,7 +268,7 @@ class Manifest:
 
     def object_keys(self) -> list[str]:
         """Every object the generation needs, without repeats: its trees first."""
-        keys = [tree_key(tree.hash) for tree in self.trees]
+        keys = [tree_key(tree.pack) for tree in self.trees]
         keys.extend(object_key(ref) for ref in self.chunk_refs())
         return list(dict.fromkeys(keys))
 

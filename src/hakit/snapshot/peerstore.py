@@ -215,9 +215,9 @@ def pull_generation(source: Store, target: Store, generation: str) -> PullReport
                 copied += 1
                 copied_bytes += len(blob)
 
-    # Its trees first (checked), read back here for the chunks they name; the manifest last.
-    trees = [tree_key(tree.hash) for tree in manifest.trees]
-    copy(trees)
+    # Its tree packs first (checked), read back here for the chunks they name; the
+    # manifest last.
+    copy(list(dict.fromkeys(tree_key(tree.pack) for tree in manifest.trees)))
     keys = with_entries(target, manifest).object_keys()
     copy(keys)
     if not target.has(key):

@@ -1,11 +1,14 @@
 """Tree objects: one directory's entries, stored once per content, named by their hash.
 
 A ``FORMAT_TREES`` manifest holds no entries itself: it lists every directory of
-the home as a ``TreeRef`` (its path, the SHA-256 of its tree object, the digest
-of its entries' stats, the newest time of its files, the entry count), and each
-tree object ``trees/<t[:2]>/<t>`` holds that directory's entries (the entries
+the home as a ``TreeRef`` (its path, the SHA-256 of its tree, where the tree is:
+a tree pack and an offset, the digest of its entries' stats, the newest time of
+its files, counts), and each tree holds that directory's entries (the entries
 whose parent it is: files, symlinks and subdirectories, as ``Entry.encode``
-writes them, compact JSON).
+writes them, compact JSON). A capture puts the trees it writes into one tree
+pack ``trees/<p[:2]>/<p>`` (p: the SHA-256 of the pack), as small files go into
+packs: a generation is a few objects, not one per directory, for S3 as for a
+restore.
 
 Why: an incremental capture must not cost a decode and an encode of every
 entry of the home. It lstats every path (as rsync does) and digests each
@@ -14,7 +17,8 @@ previous tree recorded is unchanged, and its tree is reused by hash: not read,
 not decoded, not written. Only the trees of changed directories are read (for
 the hash cache of their files) and written again. The manifest stays one short
 line per directory, and trees are content addressed like blobs: two generations
-with the same directory share its tree, and a reader checks each against its name.
+with the same directory share its tree (where it is stored), and a reader checks
+each against its hash.
 
 The stats digested are exactly what an entry records besides its chunks (path,
 type, mode, size, mtime, inode, ctime; a symlink's target): equal stats give
@@ -48,7 +52,7 @@ from hakit.snapshot.store import Store
 
 Row = tuple[str, str, int, int, int, int, int, str]
 
-# Reading a manifest's trees from a remote store: one request each, so several at once.
+# Reading a manifest's tree packs from a remote store: several at once.
 READ_CONCURRENCY = 16
 
 
@@ -109,31 +113,37 @@ def encode_tree(entries: Sequence[Entry]) -> bytes:
     return json.dumps([entry.encode() for entry in entries], separators=(",", ":")).encode()
 
 
-def decode_tree(ref: TreeRef, data: bytes) -> tuple[Entry, ...]:
-    """The entries of the tree object ``data`` named by ``ref``, checked against its name."""
-    key = tree_key(ref.hash)
-    if hashlib.sha256(data).hexdigest() != ref.hash:
-        raise SnapshotError(f"object {key} is corrupt: its SHA-256 is not its name")
+def decode_tree(ref: TreeRef, data: bytes | memoryview) -> tuple[Entry, ...]:
+    """The entries of the tree ``data`` (its bytes in its pack) of ``ref``, checked
+    against its hash."""
+    key = f"tree {ref.hash} in {tree_key(ref.pack)}"
+    if len(data) != ref.size or hashlib.sha256(data).hexdigest() != ref.hash:
+        raise SnapshotError(f"{key} is corrupt: its SHA-256 is not its name")
     try:
-        raw = json.loads(data)
+        raw = json.loads(bytes(data))
         entries = tuple(Entry.decode(item) for item in raw)
     except (ValueError, KeyError, TypeError, AttributeError) as error:
-        raise SnapshotError(f"tree {key} cannot be read: {error!r}") from None
+        raise SnapshotError(f"{key} cannot be read: {error!r}") from None
     prefix = f"{ref.path}/" if ref.path else ""
     for entry in entries:
         name = entry.path.removeprefix(prefix)
         if not entry.path.startswith(prefix) or not name or "/" in name:
-            raise SnapshotError(f"tree {key} of {ref.path or '.'} holds {entry.path!r}")
+            raise SnapshotError(f"{key} of {ref.path or '.'} holds {entry.path!r}")
     if len(entries) != ref.count:
-        raise SnapshotError(f"tree {key} holds {len(entries)} entries, the manifest {ref.count}")
+        raise SnapshotError(f"{key} holds {len(entries)} entries, the manifest {ref.count}")
     return entries
 
 
 def tree_reader(store: Store) -> Callable[[TreeRef], tuple[Entry, ...]]:
-    """Read and check one tree of ``store``."""
+    """Read and check one tree of ``store`` (the last tree pack fetched kept: a capture
+    reads the trees of the directories that changed, mostly from one pack)."""
+    last: list[tuple[str, bytes]] = []
 
     def read(ref: TreeRef) -> tuple[Entry, ...]:
-        return decode_tree(ref, store.get(tree_key(ref.hash)))
+        if not last or last[0][0] != ref.pack:
+            last[:] = [(ref.pack, store.get(tree_key(ref.pack)))]
+        pack = last[0][1]
+        return decode_tree(ref, memoryview(pack)[ref.offset : ref.offset + ref.size])
 
     return read
 
@@ -143,13 +153,20 @@ def with_entries(store: Store, manifest: Manifest) -> Manifest:
     a missing or corrupt one is a SnapshotError), a FORMAT one's as they are."""
     if not manifest.trees:
         return manifest
-    read = tree_reader(store)
-    if len(manifest.trees) == 1:
-        trees = [read(manifest.trees[0])]
+    packs = list(dict.fromkeys(tree.pack for tree in manifest.trees))
+    if len(packs) == 1:
+        fetched = [store.get(tree_key(packs[0]))]
     else:
-        with ThreadPoolExecutor(min(READ_CONCURRENCY, len(manifest.trees))) as pool:
-            trees = list(pool.map(read, manifest.trees))
-    entries = tuple(entry for tree in trees for entry in tree)
+        with ThreadPoolExecutor(min(READ_CONCURRENCY, len(packs))) as pool:
+            fetched = list(pool.map(lambda pack: store.get(tree_key(pack)), packs))
+    by_pack = dict(zip(packs, fetched, strict=True))
+    entries = tuple(
+        entry
+        for tree in manifest.trees
+        for entry in decode_tree(
+            tree, memoryview(by_pack[tree.pack])[tree.offset : tree.offset + tree.size]
+        )
+    )
     return Manifest(
         manifest.generation,
         manifest.started_ns,

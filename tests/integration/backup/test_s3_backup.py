@@ -111,10 +111,10 @@ def test_only_missing_objects_are_sent(tmp_path: Path, s3: S3Server) -> None:
     store, calls = open_store(site)
     second = backup(site, store)
     store.close()
-    # One pack (the new file), the trees of the directories that changed and one manifest
+    # One pack (the new file), one tree pack (the changed directories' trees), one manifest
     # (the database's chunks are the same blobs); the capture marker, its probe and its .done.
-    changed = new_trees(store, first, second)
-    assert changed and calls["PutObject"] == 2 + len(changed) + 3, calls
+    assert len(new_tree_packs(store, first, second)) == 1
+    assert calls["PutObject"] == 2 + 1 + 3, calls
     assert store.stats.objects_present == 0
     assert "ListObjectsV2" in calls or calls["GetObject"] >= 1  # the previous manifest
     assert store.list_manifests() == [first, second]
@@ -124,10 +124,11 @@ def test_only_missing_objects_are_sent(tmp_path: Path, s3: S3Server) -> None:
         assert len(versions) == len({version["Key"] for version in versions})
 
 
-def new_trees(store: S3Store, older: str, newer: str) -> set[str]:
-    """The trees of generation ``newer`` that ``older`` did not have."""
+def new_tree_packs(store: S3Store, older: str, newer: str) -> set[str]:
+    """The tree packs of generation ``newer`` that ``older`` did not use (one at most:
+    a capture puts the trees it writes in one pack)."""
     trees = {g: decode_manifest(store.get(manifest_key(g))).trees for g in (older, newer)}
-    return {tree.hash for tree in trees[newer]} - {tree.hash for tree in trees[older]}
+    return {tree.pack for tree in trees[newer]} - {tree.pack for tree in trees[older]}
 
 
 def test_a_lost_record_costs_no_overwrite(tmp_path: Path, s3: S3Server) -> None:
@@ -143,7 +144,7 @@ def test_a_lost_record_costs_no_overwrite(tmp_path: Path, s3: S3Server) -> None:
     # are racily clean: their directories are read again), the capture marker, its probe
     # and its .done; no blob or pack.
     first, second = store.list_manifests()
-    assert calls["PutObject"] == 1 + len(new_trees(store, first, second)) + 3
+    assert calls["PutObject"] == 1 + len(new_tree_packs(store, first, second)) + 3
     listed = s3.client().list_objects_v2(Bucket=site.bucket, Prefix="backups/hakit/")
     # The record: rebuilt from the LIST, and the manifest added; not this capture's marker.
     keys = {item["Key"].removeprefix("backups/hakit/") for item in listed["Contents"]}

@@ -171,16 +171,18 @@ def test_a_file_whose_chunks_do_not_add_up_is_refused(
     path = repo / "manifests" / f"{generation}.json"
     manifest = decode_manifest(path.read_bytes())
     (tree,) = [tree for tree in manifest.trees if tree.path == "attachments"]
-    text = (repo / tree_key(tree.hash)).read_text()
+    pack = (repo / tree_key(tree.pack)).read_bytes()
+    text = pack[tree.offset : tree.offset + tree.size].decode()
     lying = text.replace(
         '"path":"attachments/big03","size":20003', '"path":"attachments/big03","size":20004'
     )
     assert lying != text
-    # A tree whose name is its hash (a well-formed repository) but whose entry lies.
+    # A tree whose hash is its name (a well-formed repository) but whose entry lies.
     digest = hashlib.sha256(lying.encode()).hexdigest()
     (repo / tree_key(digest)).parent.mkdir(exist_ok=True)
-    (repo / tree_key(digest)).write_text(lying)
-    trees = tuple(replace(t, hash=digest) if t is tree else t for t in manifest.trees)
+    (repo / tree_key(digest)).write_text(lying)  # a pack of that one tree
+    lie = replace(tree, hash=digest, pack=digest, offset=0, size=len(lying.encode()))
+    trees = tuple(lie if t is tree else t for t in manifest.trees)
     os.chmod(path, 0o644)
     path.write_bytes(encode_manifest(replace(manifest, trees=trees)))
     with pytest.raises(SnapshotError, match="attachments/big03: its chunks hold 20003 bytes"):

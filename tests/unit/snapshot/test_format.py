@@ -93,14 +93,14 @@ def test_the_manifest_is_compact_json_with_sorted_keys() -> None:
 
 
 def test_a_tree_manifest_round_trips_without_its_entries() -> None:
-    tree = TreeRef("", "c" * 64, "d" * 32, 5, 2, 1, 3)
+    tree = TreeRef("", "c" * 64, "e" * 64, 0, 10, "d" * 32, 5, 2, 1, 3)
     manifest = replace(_manifest(), entries=(), trees=(tree,))
     data = encode_manifest(manifest)
     assert json.loads(data)["format"] == FORMAT_TREES and "entries" not in json.loads(data)
     assert data == json.dumps(json.loads(data), separators=(",", ":"), sort_keys=True).encode()
     assert decode_manifest(data) == manifest
     assert manifest.totals() == (1, 3)  # from the tree refs, no tree read
-    assert manifest.object_keys()[0] == tree_key("c" * 64)
+    assert manifest.object_keys()[0] == tree_key("e" * 64)  # its pack
 
 
 def test_chunk_refs_list_the_database_first() -> None:

@@ -63,7 +63,7 @@ def test_the_walk_gets_the_previous_entry_itself() -> None:
 
 
 def _tree_manifest(newest_ns: int) -> Manifest:
-    tree = TreeRef("docs", "c" * 64, "d" * 32, newest_ns, 1, 1, 3)
+    tree = TreeRef("docs", "c" * 64, "e" * 64, 0, 10, "d" * 32, newest_ns, 1, 1, 3)
     return Manifest("g", STARTED, STARTED, "n", None, "/h", None, (), (tree,))
 
 

@@ -22,7 +22,8 @@ CHUNK = ChunkRef("a" * 64, 3, "b" * 64, 0)
 
 
 def _ref(data: bytes, path: str = "docs", count: int = 2) -> TreeRef:
-    return TreeRef(path, hashlib.sha256(data).hexdigest(), "", 0, count, 1, 3)
+    digest = hashlib.sha256(data).hexdigest()
+    return TreeRef(path, digest, "f" * 64, 0, len(data), "", 0, count, 1, 3)
 
 
 def test_the_row_of_a_stat_is_the_row_of_the_entry_made_from_it(tmp_path: Path) -> None:
