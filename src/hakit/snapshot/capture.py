@@ -22,6 +22,7 @@ from pathlib import Path
 from hakit.snapshot.database import DUMP, capture_database, database_target
 from hakit.snapshot.format import (
     FILE,
+    ChunkRef,
     DatabaseCapture,
     Entry,
     Limits,
@@ -40,9 +41,10 @@ from hakit.snapshot.reading import OnRead, read_stable
 from hakit.snapshot.store import LocalStore, Store
 from hakit.snapshot.tree import TreeDiff, diff_trees
 from hakit.snapshot.trees import (
+    RawEntry,
     encode_tree,
-    entry_row,
     newest_ns,
+    raw_row,
     stats_digest,
     tree_reader,
     with_entries,
@@ -128,15 +130,17 @@ def _capture_database(
         return copy.kind, copy.file.name, read.st.st_size, read.chunks, copy.position
 
 
-def _entry(walked: WalkedEntry, writer: BlobWriter) -> Entry:
+def _entry(walked: WalkedEntry, writer: BlobWriter) -> RawEntry:
+    """The entry of ``walked`` in its JSON form: an unchanged file's as its previous tree
+    had it (no object made, nothing encoded again)."""
     st = walked.st
     previous = walked.previous
     if previous is not None:
-        if previous.ctime_ns == st.st_ctime_ns and previous.mode == stat.S_IMODE(st.st_mode):
+        if previous["ctime_ns"] == st.st_ctime_ns and previous["mode"] == stat.S_IMODE(st.st_mode):
             # The hash cache matched inode, size and mtime: with ctime and mode the same
-            # too the entry is the previous one, reused as it is (and its JSON with it).
+            # too the entry is the previous one, reused as it is.
             return previous
-        chunks = previous.chunks
+        chunks = tuple(ChunkRef.decode(chunk) for chunk in previous["chunks"])
     else:
         chunks = tuple(writer.ref(digest) for digest, _ in walked.chunks)
     return Entry(
@@ -149,7 +153,7 @@ def _entry(walked: WalkedEntry, writer: BlobWriter) -> Entry:
         ctime_ns=st.st_ctime_ns,
         chunks=chunks,
         target=walked.target,
-    )
+    ).encode()
 
 
 def _writing_behind(store: Store) -> contextlib.AbstractContextManager[None]:
@@ -173,9 +177,9 @@ def _create(store: Store, options: CaptureOptions, home: Path) -> CaptureReport:
     writer = BlobWriter(store, options.limits, known)
     read_tree = tree_reader(store)
 
-    def read_previous_tree(ref: TreeRef) -> tuple[Entry, ...]:
+    def read_previous_tree(ref: TreeRef) -> list[RawEntry]:
         entries = read_tree(ref)
-        writer.know(chunk for entry in entries for chunk in entry.chunks)
+        writer.know(chunk for raw in entries for chunk in raw.get("chunks", ()))
         return entries
 
     walk = HomeWalk(
@@ -224,7 +228,7 @@ def _create(store: Store, options: CaptureOptions, home: Path) -> CaptureReport:
 
 
 def _write_trees(
-    store: Store, entries: list[Entry], reused: list[TreeRef], previous: Manifest | None
+    store: Store, entries: list[RawEntry], reused: list[TreeRef], previous: Manifest | None
 ) -> tuple[TreeRef, ...]:
     """The trees of the directories not reused, put in one tree pack, and every
     directory's ref, by path. The home itself always has one, if only empty: a tree
@@ -232,14 +236,14 @@ def _write_trees(
     generation's (its files read again for a racy time) keeps that generation's place,
     not put again (prune keeps a capture's base: hakit.snapshot.prune)."""
     before = {tree.path: tree for tree in previous.trees} if previous else {}
-    groups: dict[str, list[Entry]] = {}
+    groups: dict[str, list[RawEntry]] = {}
     for entry in entries:
-        groups.setdefault(entry.path.rpartition("/")[0], []).append(entry)
+        groups.setdefault(entry["path"].rpartition("/")[0], []).append(entry)
     refs = {ref.path: ref for ref in reused}
     if "" not in refs:
         groups.setdefault("", [])
     parts: list[bytes] = []
-    placed: list[tuple[str, list[Entry], str, int, int]] = []  # to find in the pack
+    placed: list[tuple[str, list[RawEntry], str, int, int]] = []  # to find in the pack
     offset = 0
     for directory, members in groups.items():
         if directory in refs:
@@ -258,17 +262,17 @@ def _write_trees(
         pack_id = hashlib.sha256(pack).hexdigest()
         store.put_if_absent(tree_key(pack_id), pack)
         for directory, members, digest, at, size in placed:
-            files = [entry for entry in members if entry.type == FILE]
+            files = [entry for entry in members if entry["type"] == FILE]
             refs[directory] = TreeRef(
                 directory,
                 digest,
                 pack_id,
                 at,
                 size,
-                stats_digest([entry_row(entry) for entry in members]),
+                stats_digest([raw_row(entry) for entry in members]),
                 newest_ns(members),
                 len(members),
                 len(files),
-                sum(entry.size for entry in files),
+                sum(entry["size"] for entry in files),
             )
     return tuple(refs[path] for path in sorted(refs))

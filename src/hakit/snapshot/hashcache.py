@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from hakit.snapshot.format import FILE, ChunkRef, Entry, Manifest, SnapshotError, TreeRef
+from hakit.snapshot.trees import RawEntry
 
 RACY_NS = 2_000_000_000
 
@@ -48,10 +49,12 @@ class HashCache:
     def __init__(
         self,
         previous: Manifest | None,
-        read_tree: Callable[[TreeRef], Sequence[Entry]] | None = None,
+        read_tree: Callable[[TreeRef], Sequence[RawEntry]] | None = None,
     ) -> None:
-        self._entries = (
-            {entry.path: entry for entry in previous.entries if entry.type == FILE}
+        # Entries in their JSON form: a changed directory's unchanged files are reused
+        # without an object made for them (a first-format manifest's are encoded once).
+        self._entries: dict[str, RawEntry] = (
+            {entry.path: entry.encode() for entry in previous.entries if entry.type == FILE}
             if previous
             else {}
         )
@@ -71,16 +74,16 @@ class HashCache:
 
     def lookup(self, path: str, key: StatKey) -> tuple[ChunkRef, ...] | None:
         """The chunks recorded for ``path`` when its stat still matches, else None (read it)."""
-        entry = self._match(path, key.inode, key.size, key.mtime_ns, key.ctime_ns)
-        return None if entry is None else entry.chunks
+        raw = self._match(path, key.inode, key.size, key.mtime_ns, key.ctime_ns)
+        return None if raw is None else tuple(ChunkRef.decode(chunk) for chunk in raw["chunks"])
 
-    def entry(self, path: str, st: os.stat_result, trust_ctime: bool = True) -> Entry | None:
+    def entry(self, path: str, st: os.stat_result, trust_ctime: bool = True) -> RawEntry | None:
         """``lookup`` for the walk, without a key object per file: the previous entry
         itself when ``st`` still matches it (its chunks reused), else None (read it)."""
         ctime = st.st_ctime_ns if trust_ctime else None
         return self._match(path, st.st_ino, st.st_size, st.st_mtime_ns, ctime)
 
-    def _previous(self, path: str) -> Entry | None:
+    def _previous(self, path: str) -> RawEntry | None:
         entry = self._entries.get(path)
         if entry is None and self._trees:
             directory = path.rpartition("/")[0]
@@ -99,23 +102,28 @@ class HashCache:
         except SnapshotError:
             return  # unreadable (a write-only store without its copy): its files are read
         self.trees_read += 1
-        for entry in entries:
-            if entry.type == FILE:
-                self._entries[entry.path] = entry
+        for raw in entries:
+            if raw.get("type") == FILE:
+                self._entries[raw["path"]] = raw
 
     def _match(
         self, path: str, inode: int, size: int, mtime_ns: int, ctime_ns: int | None
-    ) -> Entry | None:
-        entry = self._previous(path)
-        if (
-            entry is None
-            or entry.inode != inode
-            or entry.size != size
-            or entry.mtime_ns != mtime_ns
-            or (ctime_ns is not None and entry.ctime_ns != ctime_ns)
-        ):
+    ) -> RawEntry | None:
+        raw = self._previous(path)
+        if raw is None:
             return None
-        newest = entry.mtime_ns if ctime_ns is None else max(entry.mtime_ns, entry.ctime_ns)
+        try:
+            recorded_ctime = raw["ctime_ns"]
+            if (
+                raw["inode"] != inode
+                or raw["size"] != size
+                or raw["mtime_ns"] != mtime_ns
+                or (ctime_ns is not None and recorded_ctime != ctime_ns)
+            ):
+                return None
+        except (KeyError, TypeError):
+            return None  # an entry not as hakit writes them: the file is read
+        newest = mtime_ns if ctime_ns is None else max(mtime_ns, recorded_ctime)
         if newest >= self._trusted_before:
             return None  # racily clean: it may have changed within the same tick
-        return entry
+        return raw

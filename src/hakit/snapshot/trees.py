@@ -33,8 +33,9 @@ import json
 import marshal
 import os
 import stat
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from hakit.snapshot.format import (
     DIRECTORY,
@@ -51,6 +52,7 @@ from hakit.snapshot.format import (
 from hakit.snapshot.store import Store
 
 Row = tuple[str, str, int, int, int, int, int, str]
+RawEntry = Mapping[str, Any]  # an entry in its JSON form (``Entry.encode``)
 
 # Reading a manifest's tree packs from a remote store: several at once.
 READ_CONCURRENCY = 16
@@ -93,6 +95,25 @@ def entry_row(entry: Entry) -> Row:
     return (entry.path, SYMLINK, entry.mode, 0, 0, 0, 0, entry.target)
 
 
+def raw_row(raw: RawEntry) -> Row:
+    """``entry_row`` of an entry in its JSON form."""
+    kind = raw["type"]
+    if kind == FILE:
+        return (
+            raw["path"],
+            FILE,
+            raw["mode"],
+            raw["size"],
+            raw["mtime_ns"],
+            raw["inode"],
+            raw["ctime_ns"],
+            "",
+        )
+    if kind == DIRECTORY:
+        return (raw["path"], DIRECTORY, raw["mode"], 0, raw["mtime_ns"], 0, 0, "")
+    return (raw["path"], SYMLINK, raw["mode"], 0, 0, 0, 0, raw["target"])
+
+
 def stats_digest(rows: Sequence[Row]) -> str:
     """A digest of a directory's rows, in order. marshal (version 2: no back-references,
     so equal rows give equal bytes) is the cheapest exact serialisation of tuples of
@@ -101,49 +122,65 @@ def stats_digest(rows: Sequence[Row]) -> str:
     return hashlib.blake2b(marshal.dumps(list(rows), 2), digest_size=16).hexdigest()
 
 
-def newest_ns(entries: Sequence[Entry]) -> int:
+def newest_ns(entries: Sequence[RawEntry]) -> int:
     """The newest mtime or ctime of the files among ``entries`` (0: none)."""
     return max(
-        (max(entry.mtime_ns, entry.ctime_ns) for entry in entries if entry.type == FILE),
+        (max(raw["mtime_ns"], raw["ctime_ns"]) for raw in entries if raw["type"] == FILE),
         default=0,
     )
 
 
-def encode_tree(entries: Sequence[Entry]) -> bytes:
-    return json.dumps([entry.encode() for entry in entries], separators=(",", ":")).encode()
+def encode_tree(entries: Sequence[RawEntry]) -> bytes:
+    """A tree of entries in their JSON form (an unchanged file's as the previous tree had
+    it: neither decoded nor encoded again)."""
+    return json.dumps(list(entries), separators=(",", ":")).encode()
 
 
-def decode_tree(ref: TreeRef, data: bytes | memoryview) -> tuple[Entry, ...]:
-    """The entries of the tree ``data`` (its bytes in its pack) of ``ref``, checked
-    against its hash."""
+def read_tree(ref: TreeRef, data: bytes | memoryview) -> list[RawEntry]:
+    """The entries, in their JSON form, of the tree ``data`` (its bytes in its pack) of
+    ``ref``: checked against its hash, its directory and its count."""
     key = f"tree {ref.hash} in {tree_key(ref.pack)}"
     if len(data) != ref.size or hashlib.sha256(data).hexdigest() != ref.hash:
         raise SnapshotError(f"{key} is corrupt: its SHA-256 is not its name")
     try:
-        raw = json.loads(bytes(data))
-        entries = tuple(Entry.decode(item) for item in raw)
+        raws = json.loads(bytes(data))
+        if not isinstance(raws, list) or not all(isinstance(raw, dict) for raw in raws):
+            raise TypeError("not a list of entries")
+        prefix = f"{ref.path}/" if ref.path else ""
+        for raw in raws:
+            path = raw["path"]
+            name = path.removeprefix(prefix)
+            if not isinstance(path, str) or not path.startswith(prefix) or not name or "/" in name:
+                raise SnapshotError(f"{key} of {ref.path or '.'} holds {path!r}")
     except (ValueError, KeyError, TypeError, AttributeError) as error:
         raise SnapshotError(f"{key} cannot be read: {error!r}") from None
-    prefix = f"{ref.path}/" if ref.path else ""
-    for entry in entries:
-        name = entry.path.removeprefix(prefix)
-        if not entry.path.startswith(prefix) or not name or "/" in name:
-            raise SnapshotError(f"{key} of {ref.path or '.'} holds {entry.path!r}")
-    if len(entries) != ref.count:
-        raise SnapshotError(f"{key} holds {len(entries)} entries, the manifest {ref.count}")
-    return entries
+    if len(raws) != ref.count:
+        raise SnapshotError(f"{key} holds {len(raws)} entries, the manifest {ref.count}")
+    return raws
 
 
-def tree_reader(store: Store) -> Callable[[TreeRef], tuple[Entry, ...]]:
-    """Read and check one tree of ``store`` (the last tree pack fetched kept: a capture
-    reads the trees of the directories that changed, mostly from one pack)."""
+def decode_tree(ref: TreeRef, data: bytes | memoryview) -> tuple[Entry, ...]:
+    """``read_tree``, each entry decoded (and so checked whole)."""
+    raws = read_tree(ref, data)
+    try:
+        return tuple(Entry.decode(raw) for raw in raws)
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        raise SnapshotError(
+            f"tree {ref.hash} in {tree_key(ref.pack)} cannot be read: {error!r}"
+        ) from None
+
+
+def tree_reader(store: Store) -> Callable[[TreeRef], list[RawEntry]]:
+    """Read and check one tree of ``store``, its entries in their JSON form (the last
+    tree pack fetched kept: a capture reads the trees of the directories that changed,
+    mostly from one pack)."""
     last: list[tuple[str, bytes]] = []
 
-    def read(ref: TreeRef) -> tuple[Entry, ...]:
+    def read(ref: TreeRef) -> list[RawEntry]:
         if not last or last[0][0] != ref.pack:
             last[:] = [(ref.pack, store.get(tree_key(ref.pack)))]
         pack = last[0][1]
-        return decode_tree(ref, memoryview(pack)[ref.offset : ref.offset + ref.size])
+        return read_tree(ref, memoryview(pack)[ref.offset : ref.offset + ref.size])
 
     return read
 

@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import NamedTuple
 
 from hakit.snapshot import gitrepo
-from hakit.snapshot.format import DIRECTORY, FILE, SYMLINK, Entry, Limits, TreeRef
+from hakit.snapshot.format import DIRECTORY, FILE, SYMLINK, Limits, TreeRef
 from hakit.snapshot.hashcache import HashCache
 from hakit.snapshot.reading import AddBlob, OnRead, read_stable
-from hakit.snapshot.trees import Row, stat_row, stats_digest
+from hakit.snapshot.trees import RawEntry, Row, stat_row, stats_digest
 
 PIN_DIRECTORY = ".hakit-snapshot-pins"  # in the home (hard links need its file system)
 GIT_NAMES = frozenset(("HEAD", "objects", "refs"))  # a directory without all three is no git one
@@ -35,7 +35,7 @@ class WalkedEntry(NamedTuple):  # a tuple: one is made per path of the home, eve
     st: os.stat_result
     chunks: tuple[tuple[str, int], ...] = ()  # (hash, size) of each chunk read
     target: str = ""
-    previous: Entry | None = None  # the hash cache's entry: its chunks (none read) reused
+    previous: RawEntry | None = None  # the hash cache's entry: its chunks (none read) reused
 
 
 Child = tuple[str, str, str, os.stat_result, str]  # path, relative path, kind, lstat, target

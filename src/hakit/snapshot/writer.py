@@ -10,8 +10,9 @@ written again.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from hakit.snapshot.format import ChunkRef, Limits, SnapshotError, blob_key, pack_key
 from hakit.snapshot.store import Store
@@ -29,15 +30,19 @@ class BlobWriter:
     def __init__(self, store: Store, limits: Limits, known: Mapping[str, ChunkRef]) -> None:
         self.store = store
         self.limits = limits
-        self._locations: dict[str, ChunkRef] = dict(known)
+        # A previous tree's chunks as read ([hash, size, pack, offset]): decoded if used.
+        self._locations: dict[str, ChunkRef | Sequence[Any]] = dict(known)
         self._pending: dict[str, bytes] = {}
         self._pending_size = 0
         self.stats = WriteStats()
 
-    def know(self, refs: Iterable[ChunkRef]) -> None:
-        """Chunks already in the repository (a previous tree's, read late)."""
-        for ref in refs:
-            self._locations.setdefault(ref.hash, ref)
+    def know(self, chunks: Iterable[Sequence[Any]]) -> None:
+        """Chunks already in the repository (a previous tree's, read late, in their JSON
+        form ``[hash, size, pack, offset]``)."""
+        locations = self._locations
+        for chunk in chunks:
+            if chunk[0] not in locations:
+                locations[chunk[0]] = chunk
 
     def add(self, data: bytes, small: bool) -> str:
         digest = hashlib.sha256(data).hexdigest()
@@ -79,6 +84,7 @@ class BlobWriter:
 
     def ref(self, digest: str) -> ChunkRef:
         try:
-            return self._locations[digest]
+            found = self._locations[digest]
         except KeyError:
             raise SnapshotError(f"blob {digest} was never written (seal() first)") from None
+        return found if isinstance(found, ChunkRef) else ChunkRef.decode(found)

@@ -6,6 +6,7 @@ import os
 
 from hakit.snapshot.format import FILE, ChunkRef, Entry, Manifest, SnapshotError, TreeRef
 from hakit.snapshot.hashcache import RACY_NS, HashCache, StatKey
+from hakit.snapshot.trees import RawEntry
 
 CHUNKS = (ChunkRef("a" * 64, 3),)
 STARTED = 100 * RACY_NS
@@ -52,14 +53,14 @@ def test_no_previous_generation_no_cache() -> None:
     assert HashCache(None).lookup("f", StatKey(7, 3, 1000, 1000)) is None
 
 
-def test_the_walk_gets_the_previous_entry_itself() -> None:
+def test_the_walk_gets_the_previous_entry_in_its_json_form() -> None:
     previous = _previous()
     cache = HashCache(previous)
     st = os.stat_result((0o100644, 7, 0, 1, 0, 0, 3, 0, 0, 0, 0, 0, 0, 1000, 1000, 1000))
-    assert cache.entry("f", st) is previous.entries[0]
+    assert cache.entry("f", st) == previous.entries[0].encode()
     moved = os.stat_result((0o100644, 7, 0, 1, 0, 0, 3, 0, 0, 0, 0, 0, 0, 1000, 1000, 2000))
     assert cache.entry("f", moved) is None  # ctime moved
-    assert cache.entry("f", moved, trust_ctime=False) is previous.entries[0]
+    assert cache.entry("f", moved, trust_ctime=False) == previous.entries[0].encode()
 
 
 def _tree_manifest(newest_ns: int) -> Manifest:
@@ -83,9 +84,9 @@ def test_a_directorys_tree_is_read_when_one_of_its_files_is_first_asked_for() ->
     )
     asked: list[str] = []
 
-    def read(tree: TreeRef) -> tuple[Entry, ...]:
+    def read(tree: TreeRef) -> list[RawEntry]:
         asked.append(tree.path)
-        return (entry,)
+        return [entry.encode()]
 
     cache = HashCache(_tree_manifest(1000), read)
     assert cache.lookup("docs/f", StatKey(7, 3, 1000, 1000)) == CHUNKS
@@ -93,7 +94,7 @@ def test_a_directorys_tree_is_read_when_one_of_its_files_is_first_asked_for() ->
     assert cache.lookup("other/f", StatKey(7, 3, 1000, 1000)) is None  # no tree there
     assert asked == ["docs"] and cache.trees_read == 1
 
-    def unreadable(tree: TreeRef) -> tuple[Entry, ...]:
+    def unreadable(tree: TreeRef) -> list[RawEntry]:
         raise SnapshotError("write-only: no copy")
 
     # A tree that cannot be read: its files are read again (never trusted blindly).

@@ -62,21 +62,23 @@ def test_a_tree_round_trips_and_names_its_newest_file() -> None:
         Entry("docs/a", FILE, 0o644, 3, 10, 7, 11, (CHUNK,)),
         Entry("docs/sub", DIRECTORY, 0o755, mtime_ns=99),
     )
-    data = encode_tree(entries)
+    data = encode_tree([entry.encode() for entry in entries])
     assert decode_tree(_ref(data), data) == entries
-    assert newest_ns(entries) == 11  # files only: the directory's 99 is not a file's
+    assert (
+        newest_ns([entry.encode() for entry in entries]) == 11
+    )  # files only: the directory's 99 is not a file's
 
 
 def test_a_tree_that_is_not_what_its_name_says_is_refused() -> None:
     entries = (Entry("docs/a", FILE, 0o644, 3, 10, 7, 11, (CHUNK,)),)
-    data = encode_tree(entries)
+    data = encode_tree([entry.encode() for entry in entries])
     with pytest.raises(SnapshotError, match="corrupt"):
         decode_tree(_ref(data, count=1), data.replace(b"docs/a", b"docs/b"))
     with pytest.raises(SnapshotError, match="holds 1 entries, the manifest 2"):
         decode_tree(_ref(data, count=2), data)
     # A tree may only hold its own directory's children: no path elsewhere, no grandchild.
     for path in ("other/a", "docs/x/y", "docs/"):
-        foreign = encode_tree((Entry(path, FILE, 0o644),))
+        foreign = encode_tree([Entry(path, FILE, 0o644).encode()])
         with pytest.raises(SnapshotError, match="holds"):
             decode_tree(_ref(foreign, count=1), foreign)
     garbage = b"[{]"
