@@ -119,6 +119,7 @@ def _launch(base: Path, port: int) -> subprocess.Popen[bytes]:
             f"--socket={base / 'mariadb.sock'}",
             f"--pid-file={base / 'mariadb.pid'}",
             f"--log-error={base / 'mariadb.log'}",
+            f"--tmpdir={base}",
             f"--port={port}",
             "--bind-address=127.0.0.1",
             "--max-connections=50",
@@ -188,6 +189,9 @@ def start_mariadb(timeout: float = 60.0) -> MariaDBServer:
                 "--no-defaults",
                 *_as_root(),
                 f"--datadir={base / 'data'}",
+                # Its own temporary files in its own directory: a bootstrap once failed
+                # when one of its temporary tables under the shared /tmp was gone.
+                f"--tmpdir={base}",
                 "--auth-root-authentication-method=normal",
                 "--skip-test-db",
             ],

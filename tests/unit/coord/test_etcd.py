@@ -206,7 +206,7 @@ def test_a_read_from_before_another_thread_made_the_store_is_read_again(
     not "the store was replaced" (a CI run once failed on this interleaving)."""
     store = make()
     transport = store._transport
-    real = transport.txn_at
+    real = transport.txn
     first_done = threading.Event()
     held: list[str] = []
 
@@ -217,7 +217,7 @@ def test_a_read_from_before_another_thread_made_the_store_is_read_again(
             assert first_done.wait(10)
         return answer
 
-    monkeypatch.setattr(transport, "txn_at", second_thread_waits)
+    monkeypatch.setattr(transport, "txn", second_thread_waits)
     errors: list[BaseException] = []
 
     def second() -> None:

@@ -149,7 +149,7 @@ class Guard:
         the identity checked. Answers the epoch counter's range, then those of ``requests_``."""
         requests = [get(self._layout.identity), get(self._layout.epoch), *requests_]
         for last_try in (False, True):
-            _, revision, ranges = self._transport.txn_at([], requests, None, deadline, doing)
+            _, revision, ranges = self._transport.txn([], requests, None, deadline, doing)
             identity = ranges[0][0] if ranges[0] else None
             epoch = ranges[1][0] if ranges[1] else None
             try:

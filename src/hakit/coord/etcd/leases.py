@@ -120,7 +120,7 @@ class LeaseSteps:
             unchanged(self._keys.alive, state.alive),
         ]
         try:
-            won, _ = self._t.txn(compare, success, None, deadline, doing)
+            won, _, _ = self._t.txn(compare, success, None, deadline, doing)
         except Refused as error:
             if "lease not found" in str(error):
                 raise Retry from None  # the etcd lease ran out meanwhile
@@ -222,7 +222,7 @@ class LeaseSteps:
             state = self._state(deadline, doing)
             if state.leader is None or state.holder != node or state.stored_epoch != epoch:
                 return False
-            won, _ = self._t.txn(
+            won, _, _ = self._t.txn(
                 [self._guard.trusted(), unchanged(self._keys.leader, state.leader)],
                 [delete(self._keys.leader), delete(self._keys.alive)],
                 None,

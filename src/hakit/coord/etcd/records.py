@@ -65,7 +65,7 @@ class Records:
                 self._record_leases[record.node] = lease
             key = self._keys.node(record.node)
             try:
-                won, _ = self._t.txn(
+                won, _, _ = self._t.txn(
                     [self._guard.trusted()], [put(key, text, lease)], None, deadline, doing
                 )
             except Refused as error:
@@ -153,7 +153,7 @@ class Records:
                 success.append(
                     delete(self._keys.key("events/"), b64(self._keys.event(oldest_kept)))
                 )
-            won, _ = self._t.txn(
+            won, _, _ = self._t.txn(
                 [self._guard.trusted(), unchanged(counter_key, counter[0] if counter else None)],
                 success,
                 None,
@@ -221,7 +221,7 @@ class Records:
         def step(deadline: float) -> None:
             _, old = self._guard.read(deadline, doing, get(name))
             lease = self._t.grant(ttl, deadline, doing)[0] if ttl is not None else 0
-            won, _ = self._t.txn(
+            won, _, _ = self._t.txn(
                 [self._guard.trusted(), unchanged(name, old[0] if old else None)],
                 [put(name, text, lease)],
                 None,
@@ -256,7 +256,7 @@ class Records:
                 return False
             if if_value is not None and found[0].json() != if_value:
                 return False
-            won, _ = self._t.txn(
+            won, _, _ = self._t.txn(
                 [self._guard.trusted(), unchanged(name, found[0])],
                 [delete(name)],
                 None,

@@ -61,7 +61,7 @@ def _initialise(
     deadline = time.monotonic() + transport.timeout
     reinit = request.reinit
     doing = "re-initialise the cluster identity" if reinit else "create the cluster identity"
-    _, ranges = transport.txn(
+    _, _, ranges = transport.txn(
         [],
         [get(layout.identity), get(layout.epoch), get(layout.leader), get(layout.alive)],
         None,
@@ -104,7 +104,7 @@ def _initialise(
         unchanged(layout.leader, leader),
         unchanged(layout.alive, alive),
     ]
-    won, _ = transport.txn(compare, success, None, deadline, doing)
+    won, _, _ = transport.txn(compare, success, None, deadline, doing)
     if not won and hold_lease:
         transport.revoke(hold_lease, deadline)
     if won and leader is not None and int(leader.json().get("lease", 0)):

@@ -215,18 +215,6 @@ class Transport:
         failure: list[dict[str, Any]] | None,
         deadline: float,
         doing: str,
-    ) -> tuple[bool, list[list[KV]]]:
-        """One transaction; the range answers of the branch taken."""
-        won, _, ranges = self.txn_at(compare, success, failure, deadline, doing)
-        return won, ranges
-
-    def txn_at(
-        self,
-        compare: list[dict[str, Any]],
-        success: list[dict[str, Any]],
-        failure: list[dict[str, Any]] | None,
-        deadline: float,
-        doing: str,
     ) -> tuple[bool, int, list[list[KV]]]:
         """One transaction: whether it won, the store's revision it saw (0: not answered)
         and the range answers of the branch taken."""
