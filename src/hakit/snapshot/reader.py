@@ -3,9 +3,10 @@
 ``plan_fetches`` (pure) groups the chunks a generation needs by the object that
 holds them (its own blob, or a pack), in the order they are first needed, so
 each object is fetched once however many files share it. ``fetch_objects``
-then fetches them on a pool of ``concurrency`` threads: each object is checked
-against its name (SHA-256), each chunk of a pack against its own hash, and only
-then handed to ``deliver`` (restore writes it into its files; verify drops it).
+then fetches them on a pool of ``concurrency`` threads: each blob is checked
+against its name (SHA-256), each chunk of a pack against its own hash (so every
+byte delivered is checked once, not twice), and only then handed to ``deliver``
+(restore writes it into its files; verify drops it).
 
 - **Bounded memory.** The objects handed to the pool whose bytes are not yet
   delivered and dropped are at most ``budget`` bytes (by the size the manifest
@@ -53,6 +54,13 @@ class ObjectFetch:
     key: str
     digest: str  # the object's name: a blob's hash or a pack's id
     chunks: tuple[ChunkRef, ...]
+
+    @property
+    def whole(self) -> bool:
+        """Checked as a whole: a blob, whose hash is its one chunk's. A pack is not: each
+        chunk taken from it is checked against its own hash (``chunk_of``), which is what
+        the restored bytes need, and hashing the whole pack too would hash them twice."""
+        return all(ref.pack is None for ref in self.chunks)
 
     @property
     def size(self) -> int:
@@ -181,7 +189,8 @@ def _fetch_one(
             with run.room:
                 run.stats.objects_read += 1
                 run.stats.bytes_read += len(data)
-            check_object(fetch, data)
+            if fetch.whole:
+                check_object(fetch, data)
             for ref in fetch.chunks:
                 if run.stop.is_set():
                     return
