@@ -28,16 +28,18 @@ Why a pull never lands a partial generation, nor loses what a copy needs:
   on the standby; its turn records the failure and the next turn pulls the
   newest generation, without copying again what the failed pull copied.
 - **On a standby**, its pulls, applies and prunes, and its captures once it is
-  active, run one at a time (hakit.agent.replication's ``_writing`` lock): a
-  pull that finds an object already there relies on it without writing it
-  (``has``, which does not refresh its time as a capture's ``put_if_absent``
-  does), so no prune may run beside it.
+  active, run one at a time (hakit.agent.replication's ``_writing`` lock). A
+  pull that finds an object already there relies on it without writing it; it
+  refreshes its time (``LocalStore.refresh``), as a capture's ``put_if_absent``
+  does, so a prune from outside (``hakit snapshot prune`` on that directory)
+  keeps it for its grace period too.
 - **The copies beside the home** need nothing from the repository once restored
   (hakit.snapshot.apply); ``keep`` of them stay there
   (hakit.snapshot.apply.prune_generations), the one the home links to always.
 
-The agent prunes its repository itself: a prune of it from outside (``hakit
-snapshot prune`` on that directory) would not wait for a pull under way.
+The agent prunes its repository itself; a prune from outside does not wait for
+a pull under way, and relies on the refreshed times above (a pull that takes
+longer than that prune's grace period may then fail, whole, and be retried).
 """
 
 from __future__ import annotations

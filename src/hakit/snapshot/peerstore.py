@@ -39,7 +39,7 @@ from hakit.snapshot.format import (
     manifest_key,
     tree_key,
 )
-from hakit.snapshot.store import Store
+from hakit.snapshot.store import LocalStore, Store
 from hakit.snapshot.trees import with_entries
 
 MANIFESTS_PATH = "/snapshot/manifests"
@@ -189,6 +189,16 @@ class PullReport:
     already: bool = False  # the generation was here already
 
 
+def _present(target: Store, key: str) -> bool:
+    """Whether ``target`` holds ``key``; a local repository's object found there gets
+    its time refreshed (prune's grace period then covers it, as for a capture that
+    finds an object present: hakit.snapshot.prune), so a prune beside the pull (the
+    agent's, or ``hakit snapshot prune`` by hand) cannot take it from under it."""
+    if isinstance(target, LocalStore):
+        return target.refresh(key)
+    return target.has(key)
+
+
 def pull_generation(source: Store, target: Store, generation: str) -> PullReport:
     """Copy ``generation`` from ``source`` into ``target``: the objects it lacks, each
     checked, then the manifest last (its put is the generation's appearance)."""
@@ -207,7 +217,7 @@ def pull_generation(source: Store, target: Store, generation: str) -> PullReport
         nonlocal copied, copied_bytes
         for needed in keys:
             check_key(needed)  # a manifest naming a non-key is refused, not requested
-            if target.has(needed):
+            if _present(target, needed):
                 continue
             blob = source.get(needed)
             check_object(needed, blob)

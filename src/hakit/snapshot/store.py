@@ -249,6 +249,15 @@ class LocalStore:
             self.written += 1
         return True
 
+    def refresh(self, key: str) -> bool:
+        """Whether ``key`` is here, its time refreshed when it is: a copy that relies on
+        an object without writing it (a pull, hakit.snapshot.peerstore) keeps it safe
+        from a prune for the grace period, as ``put_if_absent`` does for a capture."""
+        with self._room:
+            if key in self._queued:
+                return True
+        return self._refresh(self._path(key))
+
     @staticmethod
     def _refresh(path: Path) -> bool:
         """An existing object's mtime set to now (prune's grace period then covers it);

@@ -23,6 +23,7 @@ from hakit.snapshot.format import Limits, SnapshotError, manifest_key
 from hakit.snapshot.peerstore import PeerStore, check_key, pull_generation
 from hakit.snapshot.restore import restore_generation
 from hakit.snapshot.store import LocalStore, open_local_store
+from hakit.snapshot.trees import load_manifest
 from hakit.snapshot.verify import verify_generation
 from tests.integration.snapshot.conftest import LIMITS, object_files, rows_of, tree_of
 
@@ -107,6 +108,33 @@ def test_standby_pulls_only_what_it_lacks_manifest_last(
     assert 0 < again.copied < again.objects
     assert standby.list_manifests() == [first, second]
     assert pull_generation(peer, standby, second).already
+
+
+def test_a_pull_refreshes_what_it_relies_on_so_a_prune_beside_it_keeps_it(
+    active: tuple[Served, LocalStore, Path, Path], tmp_path: Path
+) -> None:
+    """Objects a pull finds already here are not written, but their times are refreshed:
+    a prune with a grace period (the agent's, or one run by hand) keeps them."""
+    served, store, home, database = active
+    first = _capture(store, home, database)
+    peer = PeerStore(served.base, TOKEN)
+    standby = open_local_store(tmp_path / "standby", create=True)
+    pull_generation(peer, standby, first)
+    old = 1_000_000_000  # 2001: far older than any grace period
+    for name in object_files(standby.root):
+        os.utime(standby.root / name, (old, old))
+    (home / "attachments" / "a003").write_bytes(b"changed")
+    second = _capture(store, home, database)
+
+    report = pull_generation(peer, standby, second)
+
+    reused = {
+        name for name in object_files(standby.root) if (standby.root / name).stat().st_mtime == old
+    }
+    assert report.copied < report.objects  # most were found here, not copied
+    # Every object the second generation names is young now, found or copied.
+    needed = set(load_manifest(standby, second).object_keys())
+    assert needed <= object_files(standby.root) and not needed & reused
 
 
 def test_a_large_object_is_streamed_whole(
