@@ -38,7 +38,7 @@ from hakit.snapshot.format import (
 from hakit.snapshot.hashcache import HashCache
 from hakit.snapshot.hooks import Hook, run_hook
 from hakit.snapshot.reading import OnRead, read_stable
-from hakit.snapshot.store import LocalStore, Store
+from hakit.snapshot.store import LocalStore, RetainsTreeCopies, Store
 from hakit.snapshot.tree import TreeDiff, diff_trees
 from hakit.snapshot.trees import (
     RawEntry,
@@ -224,6 +224,8 @@ def _create(store: Store, options: CaptureOptions, home: Path) -> CaptureReport:
         trees=trees,
     )
     store.put_manifest(header.generation, encode_manifest(header))
+    if isinstance(store, RetainsTreeCopies):
+        store.retain_tree_copies({tree_key(tree.pack) for tree in trees})
     return CaptureReport(header, writer.stats, walk.stats, store, previous)
 
 

@@ -64,7 +64,7 @@ import json
 import os
 import secrets
 import stat
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,7 +74,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from hakit.snapshot.format import FORMAT, SnapshotError, manifest_key
-from hakit.snapshot.store import Store
+from hakit.snapshot.store import RetainsTreeCopies, Store
 
 KEY_BYTES = 32
 NONCE_BYTES = 12
@@ -277,6 +277,12 @@ class EncryptedStore:
 
     def put_manifest(self, generation: str, data: bytes) -> None:
         self.inner.put_manifest(generation, self.seal(manifest_key(generation), data))
+
+    def retain_tree_copies(self, keys: Collection[str]) -> None:
+        """The store's local tree copies (hakit.snapshot.s3store) but ``keys``, by the
+        names they are stored under."""
+        if isinstance(self.inner, RetainsTreeCopies):
+            self.inner.retain_tree_copies({self.stored_key(key) for key in keys})
 
 
 ConfigReader = Callable[[], "bytes | None"]  # the config object's bytes; None when absent

@@ -63,13 +63,12 @@ Every object goes under ``<prefix>/`` with the format's keys (hakit.snapshot.for
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import secrets
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,7 +86,6 @@ CAPTURES = "captures/"  # the capture markers (above)
 DONE = ".done"
 MARKED_PREFIXES = ("blobs/", "packs/", "trees/")  # a put there is a capture's: marked first
 TREE_COPIES = "trees/"  # local copies of the trees put (below)
-TREE_COPY_DAYS = 14  # a copy neither written nor read for this long is dropped
 MISSING = ("404", "NoSuchKey", "NotFound")
 PRECONDITION = ("PreconditionFailed", "412")  # If-None-Match: the key exists
 
@@ -220,13 +218,13 @@ class S3Store:
         return True
 
     def _copy_tree(self, key: str, data: bytes) -> None:
-        """Keep a local copy of a tree put: the next capture reads the trees of the
+        """Keep a local copy of a tree pack put: the next capture reads the trees of the
         directories that changed (hakit.snapshot.hashcache), which a write-only
-        credential cannot GET. A cache: not fsynced, checked by its name when read."""
+        credential cannot GET. A cache: not fsynced, checked by its reader when read;
+        ``retain_tree_copies`` drops those the newest generation does not use."""
         copy = self.state / key
         try:
             if copy.exists():
-                os.utime(copy)
                 return
             copy.parent.mkdir(parents=True, exist_ok=True)
             scratch = copy.with_name(f"{copy.name}.{secrets.token_hex(4)}.new")
@@ -236,29 +234,25 @@ class S3Store:
             log.warning("could not keep a local copy of %s: %s", key, error)
 
     def _tree_copy(self, key: str) -> bytes:
-        """The local copy of tree ``key`` (checked by its reader: the tree's hash, or the
-        encryption's authentication under an encrypted repository's keyed names)."""
-        copy = self.state / key
+        """The local copy of tree pack ``key`` (checked by its reader: each tree's hash, or
+        the encryption's authentication under an encrypted repository's keyed names)."""
         try:
-            data = copy.read_bytes()
+            return (self.state / key).read_bytes()
         except OSError:
             raise SnapshotError(
                 f"object {key} has no local copy, and a write-only credential cannot read "
                 "it from the bucket"
             ) from None
-        with contextlib.suppress(OSError):
-            os.utime(copy)
-        return data
 
-    def _drop_old_tree_copies(self) -> None:
-        cutoff = time.time() - TREE_COPY_DAYS * 86400
+    def retain_tree_copies(self, keys: Collection[str]) -> None:
+        """Drop the local tree copies but ``keys`` (the newest generation's tree packs,
+        all the next capture may read)."""
         root = self.state / TREE_COPIES
         if not root.is_dir():
             return
         for copy in root.glob("*/*"):
-            with contextlib.suppress(OSError):
-                if copy.stat().st_mtime < cutoff:
-                    copy.unlink()
+            if copy.relative_to(self.state).as_posix() not in keys:
+                copy.unlink(missing_ok=True)
 
     def get(self, key: str) -> bytes:
         if key.startswith(TREE_COPIES) and self.write_only:
@@ -313,7 +307,6 @@ class S3Store:
         for older in copies.glob("*.json"):  # the newest is what the next capture needs
             if older.name < copy.name:
                 older.unlink()
-        self._drop_old_tree_copies()
 
     # --- capture markers ---------------------------------------------------------
 

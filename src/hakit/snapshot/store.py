@@ -17,11 +17,11 @@ import contextlib
 import os
 import secrets
 import threading
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from hakit.snapshot.format import MiB, SnapshotError, manifest_key
 
@@ -52,6 +52,15 @@ class Store(Protocol):
     def put_manifest(self, generation: str, data: bytes) -> None:
         """The generation's manifest, in one atomic step; an existing one is an error."""
         ...
+
+
+@runtime_checkable
+class RetainsTreeCopies(Protocol):
+    """A store that keeps local copies of the tree packs it put (a write-only S3 store:
+    hakit.snapshot.s3store); told after each capture which ones the newest generation
+    uses, it drops the others."""
+
+    def retain_tree_copies(self, keys: Collection[str]) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
