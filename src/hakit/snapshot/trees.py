@@ -1,4 +1,4 @@
-"""Tree objects: one directory's entries, stored once per content, named by their hash.
+"""Trees: each directory's entries, content addressed, stored in tree packs.
 
 A ``FORMAT_TREES`` manifest holds no entries itself: it lists every directory of
 the home as a ``TreeRef`` (its path, the SHA-256 of its tree, where the tree is:
