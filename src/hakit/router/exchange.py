@@ -26,7 +26,7 @@ from time import monotonic
 from typing import Final
 
 from hakit.config import NodeConfig
-from hakit.router.forwarding import upstream_request_head, upstream_request_headers
+from hakit.router.forwarding import backend_request_head
 from hakit.router.headers import (
     Body,
     Header,
@@ -35,11 +35,15 @@ from hakit.router.headers import (
 )
 from hakit.router.hold import (
     HOLD,
+    MAX_ATTEMPTS,
+    RETRY_FRESH,
+    RETRY_NEXT,
     TOO_LARGE,
-    expects_continue,
+    after_failure,
+    drainable,
+    has_body,
     hold_plan,
     hold_remaining,
-    may_retry_unanswered,
 )
 from hakit.router.pages import HELD_OUT, NOT_HELD, CannedResponse, error_page
 from hakit.router.pages import TOO_LARGE as TOO_LARGE_PAGE
@@ -52,22 +56,20 @@ from hakit.router.responses import (
     client_head,
     client_headers,
     encode_head,
+    encode_status_head,
+    hooked_client_head,
     response_fields,
 )
 from hakit.router.seams import ClientSide, ProxyContext
 from hakit.router.tunnel import (
-    Tunnel,
+    UpgradeRefused,
+    open_tunnel,
     requested_upgrade,
     switching_response_headers,
-    upgrade_request_headers,
 )
 from hakit.router.upstream import UpstreamConnection
 
 log = logging.getLogger("hakit.router")
-
-# Bounded retries of one request: stale pooled connections, then other nodes.
-MAX_ATTEMPTS: Final = 4
-
 
 _NOT_TRIED: Final[frozenset[str]] = frozenset()
 
@@ -262,17 +264,7 @@ class Exchange:
         request = self.request
         upgrade = self._upgrade
         conn.attach(self, request.method, upgrade=upgrade is not None)
-        hooks = self._ctx.hooks
-        head = None
-        if upgrade is None and (not hooks.rewrites_requests or hooks.leaves_request(request)):
-            head = upstream_request_head(request, conn.host_header)  # the usual case
-        if head is None:
-            headers = upstream_request_headers(request, conn.host_header)
-            if upgrade is not None:
-                headers += upgrade_request_headers(upgrade)
-            if hooks.rewrites_requests:
-                hooks.request(request, node, headers)
-            head = encode_head(b"%s %s HTTP/1.1" % (request.method, request.target), headers)
+        head = backend_request_head(request, conn.host_header, upgrade, self._ctx.hooks, node)
         pending = self._pending
         if pending:
             self._pending, self._pending_size = None, 0
@@ -313,8 +305,7 @@ class Exchange:
         self._upgrade_rest = rest
         # The parser takes the body of an upgrade request for the new protocol's
         # bytes; forwarding it as either would be guessing.
-        body = self.request.body
-        return body is Body.NONE or (body is Body.LENGTH and self.request.content_length == 0)
+        return not has_body(self.request)
 
     def request_broken(self, status: int) -> None:
         """The rest of the request is unreadable (bad chunk framing, ...): give up."""
@@ -328,10 +319,7 @@ class Exchange:
         elif self._head_sent:
             self._abort_client()
         else:
-            self._request_done = True  # nothing more will be read
-            self._out_body, self._out_keep = Body.NONE, False
-            self._write_canned(error_page(status, self.request.accept), keep_alive=False)
-            self._response_done = True
+            self._answer_last(error_page(status, self.request.accept))  # nothing more is read
             self._finish(keep_alive=False)
 
     def refuse(self, status: int) -> None:
@@ -339,9 +327,7 @@ class Exchange:
         forwarded: malformed, too large, too slow) and report it like any other, so
         refusals show in the access log and the metrics. The connection closes after it.
         """
-        self._request_done = self._response_done = True
-        self._out_body, self._out_keep = Body.NONE, False
-        self._write_canned(error_page(status), keep_alive=False)
+        self._answer_last(error_page(status))
         self.finished = True
         self._ctx.exchange_ended(self)
 
@@ -420,23 +406,15 @@ class Exchange:
             line = b"HTTP/1.1 %d %s\r\n" % (status, reason)
         hooks = self._ctx.hooks
         upstream = self._upstream
-        if head.strips_more or (hooks.rewrites_responses and not hooks.appends_to_responses):
-            # The general path: the hook edits the header list, or Connection names
-            # end-to-end headers to drop.
-            out = client_headers(response_fields(head.headers), request, body, keep)
-            if hooks.rewrites_responses and upstream is not None:
-                hooks.response(request, upstream.node, status, out)
-            parts = [line]
-            for key, value in out:
-                parts += (key, b": ", value, b"\r\n")
-            parts.append(b"\r\n")
-            self._gathered.append(b"".join(parts))
-        elif hooks.rewrites_responses and upstream is not None:
-            extra: list[Header] = []
-            hooks.response(request, upstream.node, status, extra)
-            self._gathered.append(client_head(head, line, request, body, keep, extra))
+        if hooks.rewrites_responses and upstream is not None:
+            out = hooked_client_head(head, line, request, body, keep, hooks, upstream.node, status)
+        elif head.strips_more:
+            out = encode_status_head(
+                line, client_headers(response_fields(head.headers), request, body, keep)
+            )
         else:
-            self._gathered.append(client_head(head, line, request, body, keep))
+            out = client_head(head, line, request, body, keep)  # the usual case
+        self._gathered.append(out)
         self._head_sent = True
 
     def response_body(self, data: bytes) -> None:
@@ -505,16 +483,9 @@ class Exchange:
         self.response_flush()
         self._head_sent = self._response_done = self.finished = True
         self._ctx.exchange_ended(self)  # logged when the tunnel opens
-        client, backend = self._client.take_transport(), conn.take_transport()
-        if client is None or backend is None:
-            if client is not None:
-                client.abort()
-            if backend is not None:
-                backend.abort()
-            return
-        Tunnel(
-            client,
-            backend,
+        open_tunnel(
+            self._client.take_transport(),
+            conn.take_transport(),
             client_rest=self._upgrade_rest,
             backend_rest=rest,
             high_water=self._ctx.limits.write_buffer_high,
@@ -532,29 +503,25 @@ class Exchange:
             self.response_flush()  # what arrived before the failure, as it would have
             self._abort_client()
             return
-        stale = conn.exchanges > 1 and not conn.response_started
-        nothing_sent = self.request.body is Body.NONE
-        if stale and nothing_sent and self.request.idempotent and self._attempts < MAX_ATTEMPTS:
-            # A pooled connection the backend had closed meanwhile: safe to repeat on a new one.
+        answered = conn.response_started or isinstance(error, UpgradeRefused)
+        plan = after_failure(
+            self.request,
+            self._body_received,
+            self._attempts,
+            pooled=conn.exchanges > 1,
+            answered=answered,
+        )
+        if plan == RETRY_FRESH:
             self._fresh_only = True
             self.start()
-            return
-        unanswered = not conn.response_started and not isinstance(error, UpgradeRefused)
-        if (
-            unanswered
-            and may_retry_unanswered(self.request, self._body_received)
-            and self._attempts < MAX_ATTEMPTS
-        ):
-            # The node dropped the request without a byte of answer (it died or was
-            # stopped for a failover): a safe request goes to the next node, or waits.
+        elif plan == RETRY_NEXT:
             log.info("backend %s dropped %r unanswered; retrying", conn.node.name, error)
             self._ctx.mark_down(conn.node, error or ConnectionResetError())
             self._failed_on(conn.node.name)
             self.start()
-            return
-        # It reached the node, which may have acted on it: never repeated (hold.py).
-        log.warning("backend %s failed before answering: %r", conn.node.name, error)
-        self._respond(error_page(502, self.request.accept))
+        else:
+            log.warning("backend %s failed before answering: %r", conn.node.name, error)
+            self._respond(error_page(502, self.request.accept))
 
     def upstream_write_paused(self) -> None:
         self._client.pause_reading("upstream")
@@ -565,18 +532,7 @@ class Exchange:
     # --- ending ---------------------------------------------------------------
 
     def _drainable(self) -> bool:
-        """The unread rest of the request body is small enough to read and drop."""
-        if self.request.body is Body.NONE:
-            return True
-        if self._body_received == 0 and expects_continue(self.request):
-            # The client waits for a 100 Continue that will not come: it may or may
-            # not send its body now, so the connection cannot be trusted to frame
-            # the next request (RFC 9110 10.1.1). Close after the answer.
-            return self.request.content_length == 0 and self.request.body is Body.LENGTH
-        if self.request.body is Body.LENGTH:
-            remaining = self.request.content_length - self._body_received
-            return remaining <= self._ctx.limits.drain_limit
-        return False
+        return drainable(self.request, self._body_received, self._ctx.limits.drain_limit)
 
     def _respond(self, page: CannedResponse) -> None:
         """Answer with a page of our own (nothing was sent to the client yet)."""
@@ -585,6 +541,12 @@ class Exchange:
         self._write_canned(page, keep_alive)
         self._response_done = True
         self._finish_when_possible()
+
+    def _answer_last(self, page: CannedResponse) -> None:
+        """Answer with ``page`` and read no more of the request: the connection closes."""
+        self._request_done = self._response_done = True
+        self._out_body, self._out_keep = Body.NONE, False
+        self._write_canned(page, keep_alive=False)
 
     def _write_canned(self, page: CannedResponse, keep_alive: bool) -> None:
         self.response_flush()  # a 100 Continue gathered before the backend failed
@@ -650,7 +612,3 @@ class Exchange:
 
 # Up to this many body bytes are copied behind the head to write one buffer.
 _JOIN_LIMIT: Final = 4096
-
-
-class UpgradeRefused(Exception):
-    """The backend's 101 cannot be relayed (no Upgrade header, or nothing asked for it)."""

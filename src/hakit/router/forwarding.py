@@ -12,6 +12,7 @@ import functools
 import re
 from typing import Final
 
+from hakit.config import NodeConfig
 from hakit.router.headers import (
     FORWARDING,
     HOP_BY_HOP,
@@ -24,6 +25,9 @@ from hakit.router.headers import (
     strips_beyond_hop_by_hop,
     without_named,
 )
+from hakit.router.hooks import ExchangeHooks
+from hakit.router.responses import encode_head
+from hakit.router.tunnel import upgrade_request_headers
 
 _NOT_FORWARDED: Final = HOP_BY_HOP | FORWARDING | PROXY_ONLY | {b"host"}
 _NOT_FORWARDED_LENGTHS: Final = lengths_mask(_NOT_FORWARDED)
@@ -190,3 +194,25 @@ def _extend_forwarding(
     if earlier_forwarded:
         element = b", ".join([*earlier_forwarded, element])
     out.append((b"Forwarded", element))
+
+
+def backend_request_head(
+    request: RequestHead,
+    default_host: bytes,
+    upgrade: bytes | None,
+    hooks: ExchangeHooks,
+    node: NodeConfig,
+) -> bytes:
+    """The head ``request`` goes to ``node`` with: encoded in one pass in the usual case;
+    as a header list when it asks for a protocol upgrade (the ``upgrade`` token, re-sent
+    hop by hop) or the hooks rewrite it (a sticky strategy)."""
+    if upgrade is None and (not hooks.rewrites_requests or hooks.leaves_request(request)):
+        head = upstream_request_head(request, default_host)
+        if head is not None:
+            return head
+    headers = upstream_request_headers(request, default_host)
+    if upgrade is not None:
+        headers += upgrade_request_headers(upgrade)
+    if hooks.rewrites_requests:
+        hooks.request(request, node, headers)
+    return encode_head(b"%s %s HTTP/1.1" % (request.method, request.target), headers)

@@ -22,7 +22,8 @@ What happens to its body (``hold_plan``):
 
 Once a request was sent to a node, it is repeated elsewhere only when that
 cannot surprise anyone (``may_retry_unanswered``): a node that failed without
-answering may have acted on it.
+answering may have acted on it. ``after_failure`` decides what a failed
+backend connection leads to: a new connection, the next node, or a 502.
 """
 
 from __future__ import annotations
@@ -50,6 +51,21 @@ def has_body(request: RequestHead) -> bool:
     """The request carries a body (not none, not ``Content-Length: 0``)."""
     body = request.body
     return body is not Body.NONE and not (body is Body.LENGTH and request.content_length == 0)
+
+
+def drainable(request: RequestHead, body_received: int, drain_limit: int) -> bool:
+    """The unread rest of ``request``'s body, answered already, is small enough to read
+    and drop (``router.limits.drain_limit``), so its connection can serve the next one."""
+    if request.body is Body.NONE:
+        return True
+    if body_received == 0 and expects_continue(request):
+        # The client waits for a 100 Continue that will not come: it may or may not
+        # send its body now, so the connection cannot be trusted to frame the next
+        # request (RFC 9110 10.1.1). Close after the answer.
+        return request.content_length == 0 and request.body is Body.LENGTH
+    if request.body is Body.LENGTH:
+        return request.content_length - body_received <= drain_limit
+    return False
 
 
 def hold_plan(request: RequestHead, body_received: int, body_limit: int) -> int:
@@ -85,3 +101,32 @@ def may_retry_unanswered(request: RequestHead, body_sent: int) -> bool:
     may or may not have been processed: repeating it could do it twice.
     """
     return request.method in SAFE_METHODS and request.body is Body.NONE and body_sent == 0
+
+
+# Bounded retries of one request: stale pooled connections, then other nodes.
+MAX_ATTEMPTS: Final = 4
+
+# after_failure's answers.
+RETRY_FRESH: Final = 0  # again on a new connection: the pooled one had gone stale
+RETRY_NEXT: Final = 1  # to the next node, or held: the node dropped it unanswered
+GIVE_UP: Final = 2  # a 502: it reached the node, which may have acted on it
+
+
+def after_failure(
+    request: RequestHead, body_sent: int, attempts: int, *, pooled: bool, answered: bool
+) -> int:
+    """What to do when a backend connection failed before the response head.
+
+    ``pooled``: the connection had served an earlier request; ``answered``: the
+    backend had begun a response (or a 101 that could not be relayed). A pooled
+    connection that fails before any answer was most likely closed by the backend
+    meanwhile: a bodiless idempotent request is safe to repeat on a new one. Else
+    ``may_retry_unanswered`` decides. Never more than ``MAX_ATTEMPTS`` tries.
+    """
+    if attempts >= MAX_ATTEMPTS or answered:
+        return GIVE_UP
+    if pooled and request.body is Body.NONE and request.idempotent:
+        return RETRY_FRESH
+    if may_retry_unanswered(request, body_sent):
+        return RETRY_NEXT
+    return GIVE_UP

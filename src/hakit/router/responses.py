@@ -12,6 +12,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
+from hakit.config import NodeConfig
 from hakit.router.headers import (
     HOP_BY_HOP,
     HOP_BY_HOP_LENGTHS,
@@ -22,6 +23,7 @@ from hakit.router.headers import (
     strips_beyond_hop_by_hop,
     without_named,
 )
+from hakit.router.hooks import ExchangeHooks
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,3 +252,34 @@ STATUS_LINES: Final = {
         (503, b"Service Unavailable"),
     )
 }
+
+
+def encode_status_head(status_line: bytes, headers: Iterable[Header]) -> bytes:
+    """A response head from its status line (with its CRLF) and headers."""
+    parts = [status_line]
+    for key, value in headers:
+        parts += (key, b": ", value, b"\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts)
+
+
+def hooked_client_head(
+    head: ResponseHead,
+    status_line: bytes,
+    request: RequestHead,
+    body: Body,
+    keep_alive: bool,
+    hooks: ExchangeHooks,
+    node: NodeConfig,
+    status: int,
+) -> bytes:
+    """``client_head`` with what ``hooks`` (a sticky strategy) do to the response's
+    headers: appended after the backend's when that is all they do, else on the header
+    list (built then, as it is when Connection names end-to-end headers to drop)."""
+    if head.strips_more or not hooks.appends_to_responses:
+        out = client_headers(response_fields(head.headers), request, body, keep_alive)
+        hooks.response(request, node, status, out)
+        return encode_status_head(status_line, out)
+    extra: list[Header] = []
+    hooks.response(request, node, status, extra)
+    return client_head(head, status_line, request, body, keep_alive, extra)

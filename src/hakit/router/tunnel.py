@@ -96,6 +96,10 @@ class _Side(asyncio.Protocol):
             self.peer.transport.resume_reading()
 
 
+class UpgradeRefused(Exception):
+    """The backend's 101 cannot be relayed (no Upgrade header, or nothing asked for it)."""
+
+
 class Tunnel:
     """Copies bytes between a client and a backend connection until both ended.
 
@@ -172,3 +176,30 @@ class Tunnel:
     def _close_both(self) -> None:
         self.client.transport.close()
         self.backend.transport.close()
+
+
+def open_tunnel(
+    client: asyncio.Transport | None,
+    backend: asyncio.Transport | None,
+    *,
+    client_rest: bytes,
+    backend_rest: bytes,
+    high_water: int,
+    on_closed: Callable[[], None],
+) -> Tunnel | None:
+    """A ``Tunnel`` between both transports once a 101 was relayed; None (the other one
+    aborted) when either connection is already gone."""
+    if client is None or backend is None:
+        if client is not None:
+            client.abort()
+        if backend is not None:
+            backend.abort()
+        return None
+    return Tunnel(
+        client,
+        backend,
+        client_rest=client_rest,
+        backend_rest=backend_rest,
+        high_water=high_water,
+        on_closed=on_closed,
+    )

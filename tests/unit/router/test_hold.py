@@ -7,9 +7,15 @@ import pytest
 
 from hakit.router.headers import Body, RequestHead
 from hakit.router.hold import (
+    GIVE_UP,
     HOLD,
     HOLD_BUFFERED,
+    MAX_ATTEMPTS,
+    RETRY_FRESH,
+    RETRY_NEXT,
     TOO_LARGE,
+    after_failure,
+    drainable,
     hold_plan,
     hold_remaining,
     may_retry_unanswered,
@@ -105,6 +111,45 @@ def test_hold_remaining(started: float | None, now: float, timeout: float, expec
 )
 def test_may_retry_unanswered(req: RequestHead, sent: int, expected: bool) -> None:
     assert may_retry_unanswered(req, sent) is expected
+
+
+@pytest.mark.parametrize(
+    ("req", "sent", "attempts", "pooled", "answered", "expected"),
+    [
+        # A pooled connection the backend had closed: the same node, a new connection.
+        (request(b"GET"), 0, 1, True, False, RETRY_FRESH),
+        (request(b"PUT"), 0, 1, True, False, RETRY_FRESH),  # idempotent, bodiless
+        # A fresh connection dropped unanswered: a safe request goes to the next node.
+        (request(b"GET"), 0, 1, False, False, RETRY_NEXT),
+        (request(b"PUT"), 0, 1, False, False, GIVE_UP),  # the node may have acted on it
+        (request(b"POST"), 0, 1, True, False, GIVE_UP),  # not idempotent
+        (request(b"GET", Body.LENGTH, 4), 4, 1, True, False, GIVE_UP),  # had a body
+        (request(b"GET"), 0, 1, True, True, GIVE_UP),  # the backend began to answer
+        (request(b"GET"), 0, MAX_ATTEMPTS, True, False, GIVE_UP),  # tries used up
+        (request(b"GET"), 0, MAX_ATTEMPTS, False, False, GIVE_UP),
+    ],
+)
+def test_after_failure(
+    req: RequestHead, sent: int, attempts: int, pooled: bool, answered: bool, expected: int
+) -> None:
+    assert after_failure(req, sent, attempts, pooled=pooled, answered=answered) == expected
+
+
+@pytest.mark.parametrize(
+    ("req", "received", "expected"),
+    [
+        (request(b"GET"), 0, True),
+        (request(b"POST", Body.LENGTH, 100), 0, True),  # the rest fits the drain limit
+        (request(b"POST", Body.LENGTH, 100 + LIMIT), 99, False),
+        (request(b"POST", Body.LENGTH, 100 + LIMIT), 100, True),
+        (request(b"POST", Body.CHUNKED), 0, False),  # no telling how much is left
+        # Waiting for a 100 Continue that will not come: it may or may not send now.
+        (request(b"POST", Body.LENGTH, 5, b"100-continue"), 0, False),
+        (request(b"POST", Body.LENGTH, 0, b"100-continue"), 0, True),
+    ],
+)
+def test_drainable(req: RequestHead, received: int, expected: bool) -> None:
+    assert drainable(req, received, LIMIT) is expected
 
 
 def test_requested_upgrade() -> None:
