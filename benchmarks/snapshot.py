@@ -13,13 +13,15 @@ repositories with a few commits each, packed by ``git gc``), then, in the same r
    (rewritten with new bytes of the same size) changed in one directory, and once more
    after another 1 % changed across every directory (``change_files``); and the capture
    alone against rsync (a capture straight into a second directory, as ``hakit backup
-   create`` to a local directory does: one copy, like rsync's);
+   create`` to a local directory does: one copy, like rsync's); the spread round is
+   the median of ``ROUNDS`` (another 1 % each);
 2. S3 (moto's standalone server on 127.0.0.1, one bucket each): ``hakit backup
    create`` (a filestore-config.xml naming the bucket, ``<max-concurrency>``
    ``--concurrency``) against ``restic backup`` (Debian's restic, its s3 backend,
    default connections) and against plain boto3 ``upload_file`` of every file
    (``--concurrency`` threads); full, then incremental for hakit and restic; then
-   restore of the newest backup into a new directory, hakit against restic.
+   restore of the newest backup into a new directory, hakit against restic: the
+   median of ``ROUNDS`` restores each, which of the two goes first alternating.
 
 Every hakit operation, rsync and restic run as child processes: their wall time and
 their peak RSS (``ru_maxrss`` of the child, from ``wait4``) are measured. The local
@@ -55,6 +57,10 @@ TARGET_FULL = 1.5  # hakit capture + ship time / rsync's, at most
 TARGET_INCREMENTAL = 1.0
 TARGET_THROUGHPUT = 1.0  # hakit's backup / restore throughput / restic's, at least
 TARGET_RSS_MB = 300.0
+# The measures whose times vary most from run to run on a shared VM (a restore writes
+# 20,000 new files: ext4's inode allocation alone moved by seconds; the spread
+# incremental is a fraction of a second): each is the median of ROUNDS rounds.
+ROUNDS = 3
 SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMG]?)i?B?\s*$", re.IGNORECASE)
 
 
@@ -121,6 +127,12 @@ def run(
         if code != 0:
             raise RuntimeError(f"{' '.join(command)} exited {code}:\n{text[-3000:]}")
         return Run(seconds, int(peak.read_text()) / 1024, text)
+
+
+def median(runs: list[Run]) -> Run:
+    """The run of median time, with the highest peak RSS of all (memory's worst case)."""
+    middle = sorted(runs, key=lambda done: done.seconds)[len(runs) // 2]
+    return Run(middle.seconds, max(done.peak_mb for done in runs), middle.output)
 
 
 def inner(done: Run) -> Run:
@@ -476,20 +488,45 @@ def measure(args: argparse.Namespace, tmp: Path) -> tuple[Home, list[Row]]:
         incremental = local_round("incremental")
         backup_incr, restic_incr = s3_round("incremental")
 
-        restored = operation("restore", tmp / "restore-hakit")
-        restic_restored = run(
-            ["restic", "restore", "latest", "--target", str(tmp / "restore-restic")],
-            limit,
-            restic_env,
+        def restore_round(number: int) -> tuple[Run, Run]:
+            def ours() -> Run:
+                return operation("restore", tmp / f"restore-hakit-{number}")
+
+            def peer() -> Run:
+                target = tmp / f"restore-restic-{number}"
+                return run(
+                    ["restic", "restore", "latest", "--target", str(target)], limit, restic_env
+                )
+
+            if number % 2:  # alternating: neither always restores onto the other's fresh files
+                theirs = peer()
+                restored = ours()
+            else:
+                restored = ours()
+                theirs = peer()
+            note(
+                f"S3 restore {number + 1}/{ROUNDS}: hakit {restored.seconds:.2f} s "
+                f"(peak {restored.peak_mb:.0f} MB); restic {theirs.seconds:.2f} s "
+                f"(peak {theirs.peak_mb:.0f} MB)"
+            )
+            return restored, theirs
+
+        restores = [restore_round(number) for number in range(ROUNDS)]
+        restored = median([ours for ours, _ in restores])
+        restic_restored = median([theirs for _, theirs in restores])
+
+        def spread_round(number: int) -> tuple[Run, Run, Run]:
+            changed, changed_bytes = change_files(home, seed=16 + number, spread=True)
+            note(f"changed {changed} files ({mb(changed_bytes)}) across every directory")
+            time.sleep(RACY_NS / 1e9 + 0.5)
+            return local_round(f"incremental, spread {number + 1}/{ROUNDS}")
+
+        spreads = [spread_round(number) for number in range(ROUNDS)]
+        spread = (
+            median([capture for capture, _, _ in spreads]),
+            median([shipping for _, shipping, _ in spreads]),
+            median([rsync for _, _, rsync in spreads]),
         )
-        note(
-            f"S3 restore: hakit {restored.seconds:.2f} s (peak {restored.peak_mb:.0f} MB); "
-            f"restic {restic_restored.seconds:.2f} s (peak {restic_restored.peak_mb:.0f} MB)"
-        )
-        changed, changed_bytes = change_files(home, seed=16, spread=True)
-        note(f"changed {changed} files ({mb(changed_bytes)}) across every directory")
-        time.sleep(RACY_NS / 1e9 + 0.5)
-        spread = local_round("incremental, spread")
     finally:
         server.stop()
 
@@ -619,7 +656,8 @@ def main() -> None:
     print(
         f"home: {home.files} files, {mb(home.bytes)}, {args.repos} git repositories; "
         f"1 % of the files changed for the incremental rows (in one directory; spread: in "
-        "every directory); S3: moto on 127.0.0.1, "
+        f"every directory; median of {ROUNDS} rounds); S3: moto on 127.0.0.1 (restore: median "
+        f"of {ROUNDS} rounds, the order alternating), "
         f"hakit and boto3 at concurrency {args.concurrency}, restic's defaults; hakit's "
         "times (and the shipping's) are the operation in a running process (the agent's "
         "case): the CLI adds its start (first row); rsync's and restic's include their start"
