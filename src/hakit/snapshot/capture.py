@@ -203,7 +203,9 @@ def _create(store: Store, options: CaptureOptions, home: Path) -> CaptureReport:
         if options.thaw is not None:
             run_hook("thaw", options.thaw)
     writer.seal()
-    trees = _write_trees(store, [_entry(item, writer) for item in walked], walk.reused, previous)
+    trees = _write_trees(
+        store, [(item.part, _entry(item, writer)) for item in walked], walk.reused, previous
+    )
     header = Manifest(
         generation=new_generation_id(started),
         started_ns=started,
@@ -230,43 +232,47 @@ def _create(store: Store, options: CaptureOptions, home: Path) -> CaptureReport:
 
 
 def _write_trees(
-    store: Store, entries: list[RawEntry], reused: list[TreeRef], previous: Manifest | None
+    store: Store,
+    entries: list[tuple[int, RawEntry]],
+    reused: list[tuple[int, TreeRef]],
+    previous: Manifest | None,
 ) -> tuple[TreeRef, ...]:
-    """The trees of the directories not reused, put in one tree pack, and every
-    directory's ref, by path. The home itself always has one, if only empty: a tree
-    manifest names a tree. A tree encoded again with the bytes of the previous
-    generation's (its files read again for a racy time) keeps that generation's place,
-    not put again (prune keeps a capture's base: hakit.snapshot.prune)."""
-    before = {tree.path: tree for tree in previous.trees} if previous else {}
-    groups: dict[str, list[RawEntry]] = {}
-    for entry in entries:
-        groups.setdefault(entry["path"].rpartition("/")[0], []).append(entry)
-    refs = {ref.path: ref for ref in reused}
-    if "" not in refs:
-        groups.setdefault("", [])
+    """The trees of the parts not reused (``entries``: each with its part's number in its
+    directory), put in one tree pack, and every part's ref, by path and part. The home
+    itself always has one, if only empty: a tree manifest names a tree. A tree encoded
+    again with the bytes of one of the previous generation's (its files read again for a
+    racy time) keeps that generation's place, not put again (prune keeps a capture's
+    base: hakit.snapshot.prune)."""
+    before = {(tree.path, tree.hash): tree for tree in previous.trees} if previous else {}
+    groups: dict[tuple[str, int], list[RawEntry]] = {}
+    for part, entry in entries:
+        groups.setdefault((entry["path"].rpartition("/")[0], part), []).append(entry)
+    refs = {(ref.path, part): ref for part, ref in reused}
+    if not any(directory == "" for directory, _ in [*refs, *groups]):
+        groups[("", 0)] = []
     parts: list[bytes] = []
-    placed: list[tuple[str, list[RawEntry], str, int, int]] = []  # to find in the pack
+    placed: list[tuple[tuple[str, int], list[RawEntry], str, int, int]] = []  # to find in the pack
     offset = 0
-    for directory, members in groups.items():
-        if directory in refs:
-            raise SnapshotError(f"directory {directory!r} walked twice")  # pragma: no cover
+    for key, members in groups.items():
+        if key in refs:
+            raise SnapshotError(f"part {key} walked twice")  # pragma: no cover
         data = encode_tree(members)
         digest = hashlib.sha256(data).hexdigest()
-        same = before.get(directory)
-        if same is not None and same.hash == digest:
-            refs[directory] = same
+        same = before.get((key[0], digest))
+        if same is not None:
+            refs[key] = same
             continue
         parts.append(data)
-        placed.append((directory, members, digest, offset, len(data)))
+        placed.append((key, members, digest, offset, len(data)))
         offset += len(data)
     if parts:
         pack = b"".join(parts)
         pack_id = hashlib.sha256(pack).hexdigest()
         store.put_if_absent(tree_key(pack_id), pack)
-        for directory, members, digest, at, size in placed:
+        for key, members, digest, at, size in placed:
             files = [entry for entry in members if entry["type"] == FILE]
-            refs[directory] = TreeRef(
-                directory,
+            refs[key] = TreeRef(
+                key[0],
                 digest,
                 pack_id,
                 at,
@@ -277,4 +283,4 @@ def _write_trees(
                 len(files),
                 sum(entry["size"] for entry in files),
             )
-    return tuple(refs[path] for path in sorted(refs))
+    return tuple(refs[key] for key in sorted(refs))

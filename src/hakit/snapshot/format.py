@@ -20,9 +20,10 @@ derived from its content, plus one manifest per generation::
   about ``Limits.pack_size``, so a generation is not one object per file; an
   entry gives each such blob's pack and offset.
 - **Trees** (hakit.snapshot.trees). A manifest of ``FORMAT_TREES`` holds no
-  entries: it lists each directory's tree (``TreeRef``: its hash, and its pack
-  and offset; a capture puts the trees it writes in one tree pack), and an
-  unchanged directory keeps its tree from one generation to the next, so an
+  entries: it lists the trees of each directory (``TreeRef``: its directory, its
+  hash, and its pack and offset; a capture puts the trees it writes in one tree
+  pack), each holding a part of the directory's entries, cut by their names; an
+  unchanged part keeps its tree from one generation to the next, so an
   incremental capture neither reads nor writes its entries. Manifests of
   ``FORMAT`` (entries inline, as hakit wrote them first) are still read.
 - **Manifest last.** A generation's blobs, packs and trees are written (and made
@@ -193,7 +194,8 @@ class DatabaseCapture:
 
 @dataclass(frozen=True, slots=True)
 class TreeRef:
-    """One directory's entries: a tree, stored in a tree pack (hakit.snapshot.trees)."""
+    """A part of one directory's entries (all of them, in a manifest written before
+    parts): a tree, stored in a tree pack (hakit.snapshot.trees)."""
 
     path: str  # the directory (POSIX, relative to the home; "" for the home itself)
     hash: str  # SHA-256 of the tree (its JSON)

@@ -8,9 +8,11 @@ it would leave the stat unchanged (git's "racily clean" entries). Files whose
 ctime changes without their content (git objects, whose ctime a hard-link pin
 moves) are compared without ctime.
 
-A whole directory is known unchanged without its entries (``unchanged``): the
-digest of its entries' stats (hakit.snapshot.trees) is the one its previous
-tree recorded, and no file in it was racily clean then.
+A part of a directory (hakit.snapshot.trees) is known unchanged without its
+entries (``unchanged``): the digest of its entries' stats is the one one of the
+directory's previous trees recorded, and no file in that tree was racily clean
+then. A directory's previous trees not reused are read when one of its files is
+first asked for: those hold the files of its parts that changed.
 """
 
 from __future__ import annotations
@@ -58,18 +60,24 @@ class HashCache:
             if previous
             else {}
         )
-        self._trees = {tree.path: tree for tree in previous.trees} if previous else {}
+        # Each directory's previous trees (its parts) by the digest of their stats.
+        self._trees: dict[str, dict[str, TreeRef]] = {}
+        for tree in previous.trees if previous else ():
+            self._trees.setdefault(tree.path, {})[tree.digest] = tree
+        self._reused: set[str] = set()  # hashes of the previous trees reused whole
         self._read_tree = read_tree
         self._loaded: set[str] = set()
         self._trusted_before = previous.started_ns - RACY_NS if previous else 0
         self.trees_read = 0
 
     def unchanged(self, directory: str, digest: str) -> TreeRef | None:
-        """The previous tree of ``directory`` when its entries' stats digest to ``digest``
-        and none of its files was racily clean then: reused as it is, entries unread."""
-        tree = self._trees.get(directory)
-        if tree is None or tree.digest != digest or tree.newest_ns >= self._trusted_before:
+        """The previous tree of ``directory`` whose entries' stats digest to ``digest``, when
+        none of its files was racily clean then: reused as it is, entries unread. Asked for
+        every part of a directory before any of its files is (``entry``)."""
+        tree = self._trees.get(directory, {}).get(digest)
+        if tree is None or tree.newest_ns >= self._trusted_before:
             return None
+        self._reused.add(tree.hash)
         return tree
 
     def lookup(self, path: str, key: StatKey) -> tuple[ChunkRef, ...] | None:
@@ -94,17 +102,19 @@ class HashCache:
         return entry
 
     def _load(self, directory: str) -> None:
-        tree = self._trees.get(directory)
-        if tree is None or self._read_tree is None:
+        if self._read_tree is None:
             return
-        try:
-            entries = self._read_tree(tree)
-        except SnapshotError:
-            return  # unreadable (a write-only store without its copy): its files are read
-        self.trees_read += 1
-        for raw in entries:
-            if raw.get("type") == FILE:
-                self._entries[raw["path"]] = raw
+        for tree in self._trees.get(directory, {}).values():
+            if tree.hash in self._reused:
+                continue  # its files are in a part reused whole: none is asked for
+            try:
+                entries = self._read_tree(tree)
+            except SnapshotError:
+                continue  # unreadable (a write-only store without its copy): files read
+            self.trees_read += 1
+            for raw in entries:
+                if raw.get("type") == FILE:
+                    self._entries[raw["path"]] = raw
 
     def _match(
         self, path: str, inode: int, size: int, mtime_ns: int, ctime_ns: int | None

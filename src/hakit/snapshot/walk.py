@@ -1,9 +1,10 @@
 """The home walk: every directory, file and symlink of the home as entries, in capture order.
 
 Directories are walked in sorted order; a git directory met on the way is
-captured refs-before-objects (hakit.snapshot.gitrepo). A directory whose
-children's stats are those its previous tree recorded is reused whole (``reused``,
-hakit.snapshot.trees): no entry is made for its children. Otherwise a file is
+captured refs-before-objects (hakit.snapshot.gitrepo). A directory's children are
+cut into parts (hakit.snapshot.trees); a part whose children's stats are those its
+previous tree recorded is reused whole (``reused``): no entry is made for its
+children. Otherwise a file is
 taken from the hash cache when its stat matches the previous generation's, or
 read with hakit.snapshot.reading (a stability check, bounded retries). Entries
 hold chunk hashes only; the caller resolves them to locations once packs are
@@ -23,7 +24,7 @@ from hakit.snapshot import gitrepo
 from hakit.snapshot.format import DIRECTORY, FILE, SYMLINK, Limits, TreeRef
 from hakit.snapshot.hashcache import HashCache
 from hakit.snapshot.reading import AddBlob, OnRead, read_stable
-from hakit.snapshot.trees import RawEntry, Row, stat_row, stats_digest
+from hakit.snapshot.trees import RawEntry, Row, part_ranges, stat_row, stats_digest
 
 PIN_DIRECTORY = ".hakit-snapshot-pins"  # in the home (hard links need its file system)
 GIT_NAMES = frozenset(("HEAD", "objects", "refs"))  # a directory without all three is no git one
@@ -36,6 +37,7 @@ class WalkedEntry(NamedTuple):  # a tuple: one is made per path of the home, eve
     chunks: tuple[tuple[str, int], ...] = ()  # (hash, size) of each chunk read
     target: str = ""
     previous: RawEntry | None = None  # the hash cache's entry: its chunks (none read) reused
+    part: int = 0  # which part of its directory's entries it is in (hakit.snapshot.trees)
 
 
 Child = tuple[str, str, str, os.stat_result, str]  # path, relative path, kind, lstat, target
@@ -72,7 +74,7 @@ class HomeWalk:
         self.retries = retries
         self.on_read = on_read
         self.entries: list[WalkedEntry] = []  # of the directories not reused
-        self.reused: list[TreeRef] = []  # directories unchanged: their previous trees
+        self.reused: list[tuple[int, TreeRef]] = []  # parts unchanged: (part, previous tree)
         self.stats = WalkStats()
         self.pins = home / PIN_DIRECTORY
 
@@ -106,32 +108,38 @@ class HomeWalk:
                 if not gitrepo.skipped(name) and not (self.exclude and child in self.exclude):
                     self._path(f"{path}/{name}", child, git)
             return
-        # Every child's lstat first: when the directory's stats digest to its previous
-        # tree's, that tree is reused whole and no entry of it is made (hakit.snapshot.trees).
-        children, rows = self._children(path, relative, names)
-        reused = self.cache.unchanged(relative, stats_digest(rows)) if rows else None
-        if reused is not None:
-            self.reused.append(reused)
-            self.stats.files_cached += sum(1 for child in children if child[2] == FILE)
-        for full, child, kind, st, target in children:
-            if kind == DIRECTORY:
-                if reused is None:
-                    self.entries.append(WalkedEntry(child, DIRECTORY, st))
-                self._directory(full, child)
-            elif reused is not None:
-                continue
-            elif kind == FILE:
-                self._file(full, child, st, True)
-            else:
-                self.entries.append(WalkedEntry(child, SYMLINK, st, target=target))
+        # Every child's lstat first: a part whose stats digest to one of the directory's
+        # previous trees is that tree, reused whole; no entry of it is made. Every part is
+        # asked before any file is: the hash cache then reads only the previous trees not
+        # reused (hakit.snapshot.hashcache).
+        children, rows, kept = self._children(path, relative, names)
+        parts = part_ranges(kept)
+        reused = [self.cache.unchanged(relative, stats_digest(rows[a:b])) for a, b in parts]
+        for part, ((start, end), tree) in enumerate(zip(parts, reused, strict=True)):
+            if tree is not None:
+                self.reused.append((part, tree))
+                self.stats.files_cached += sum(1 for c in children[start:end] if c[2] == FILE)
+            for full, child, kind, st, target in children[start:end]:
+                if kind == DIRECTORY:
+                    if tree is None:
+                        self.entries.append(WalkedEntry(child, DIRECTORY, st, part=part))
+                    self._directory(full, child)
+                elif tree is not None:
+                    continue
+                elif kind == FILE:
+                    self._file(full, child, st, True, part)
+                else:
+                    self.entries.append(WalkedEntry(child, SYMLINK, st, target=target, part=part))
 
     def _children(
         self, path: str, relative: str, names: list[str]
-    ) -> tuple[list[Child], list[Row]]:
-        """Each child of ``path`` with its lstat (and a symlink's target), and its row."""
+    ) -> tuple[list[Child], list[Row], list[str]]:
+        """Each child of ``path`` with its lstat (and a symlink's target), its row, and
+        its name."""
         prefix = f"{relative}/" if relative else ""
         children: list[Child] = []
         rows: list[Row] = []
+        kept: list[str] = []
         for name in names:
             child = prefix + name
             if (not relative and name == PIN_DIRECTORY) or (self.exclude and child in self.exclude):
@@ -156,7 +164,8 @@ class HomeWalk:
                 continue  # sockets, FIFOs, devices: not an app's data; left out
             children.append((full, child, kind, st, target))
             rows.append(stat_row(child, kind, st, target))
-        return children, rows
+            kept.append(name)
+        return children, rows, kept
 
     def _path(self, path: str, relative: str, git: bool, trust_ctime: bool = True) -> None:
         try:
@@ -177,11 +186,13 @@ class HomeWalk:
             self.entries.append(WalkedEntry(relative, SYMLINK, st, target=target))
         # sockets, FIFOs, devices: not an app's data; left out
 
-    def _file(self, path: str, relative: str, st: os.stat_result, trust_ctime: bool) -> None:
+    def _file(
+        self, path: str, relative: str, st: os.stat_result, trust_ctime: bool, part: int = 0
+    ) -> None:
         previous = self.cache.entry(relative, st, trust_ctime)
         if previous is not None:
             self.stats.files_cached += 1
-            self.entries.append(WalkedEntry(relative, FILE, st, (), "", previous))
+            self.entries.append(WalkedEntry(relative, FILE, st, (), "", previous, part))
             return
         read = read_stable(
             Path(path),
@@ -197,7 +208,7 @@ class HomeWalk:
         self.stats.files_read += 1
         self.stats.bytes_read += read.st.st_size
         self.stats.rereads += read.attempts - 1
-        self.entries.append(WalkedEntry(relative, FILE, read.st, read.chunks))
+        self.entries.append(WalkedEntry(relative, FILE, read.st, read.chunks, part=part))
 
     def _git_directory(self, path: Path, relative: str) -> None:
         self.stats.git_repositories.append(relative or ".")

@@ -12,7 +12,13 @@ from pathlib import Path
 import pytest
 
 from hakit.snapshot.capture import CaptureOptions, create_snapshot
-from hakit.snapshot.format import SnapshotError, decode_manifest, encode_manifest, tree_key
+from hakit.snapshot.format import (
+    SnapshotError,
+    TreeRef,
+    decode_manifest,
+    encode_manifest,
+    tree_key,
+)
 from hakit.snapshot.reader import fetch_objects, plan_fetches
 from hakit.snapshot.restore import restore_generation, swap_into_place
 from hakit.snapshot.store import LocalStore, open_local_store
@@ -170,9 +176,17 @@ def test_a_file_whose_chunks_do_not_add_up_is_refused(
     generation = store.list_manifests()[-1]
     path = repo / "manifests" / f"{generation}.json"
     manifest = decode_manifest(path.read_bytes())
-    (tree,) = [tree for tree in manifest.trees if tree.path == "attachments"]
-    pack = (repo / tree_key(tree.pack)).read_bytes()
-    text = pack[tree.offset : tree.offset + tree.size].decode()
+
+    def text_of(tree: TreeRef) -> str:
+        pack = (repo / tree_key(tree.pack)).read_bytes()
+        return pack[tree.offset : tree.offset + tree.size].decode()
+
+    (tree,) = [  # the part of attachments' entries that holds big03
+        tree
+        for tree in manifest.trees
+        if tree.path == "attachments" and '"path":"attachments/big03"' in text_of(tree)
+    ]
+    text = text_of(tree)
     lying = text.replace(
         '"path":"attachments/big03","size":20003', '"path":"attachments/big03","size":20004'
     )

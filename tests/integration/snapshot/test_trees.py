@@ -1,10 +1,11 @@
-"""Tree manifests on a real home: unchanged directories reused by hash, changed ones read,
+"""Tree manifests on a real home: unchanged parts of directories reused by hash, changed ones read,
 every change seen, older manifests still read, a damaged tree refused."""
 
 from __future__ import annotations
 
 import os
 import time
+import zlib
 from dataclasses import replace
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from hakit.snapshot.format import FORMAT, SnapshotError, decode_manifest, encode
 from hakit.snapshot.hashcache import RACY_NS
 from hakit.snapshot.restore import restore_generation
 from hakit.snapshot.store import open_local_store
-from hakit.snapshot.trees import load_manifest
+from hakit.snapshot.trees import PART_MASK, load_manifest
 from hakit.snapshot.verify import verify_generation
 from tests.integration.snapshot.conftest import LIMITS, tree_of
 
@@ -39,7 +40,9 @@ def _restored(
     return tree_of(restore_generation(store, generation, into).into / "home")
 
 
-def test_only_the_changed_directorys_tree_is_read_and_written(site: Site, tmp_path: Path) -> None:
+def test_only_the_changed_part_of_a_directory_is_read_and_written(
+    site: Site, tmp_path: Path
+) -> None:
     home, database, repo = site
     (home / "attachments" / "deep" / "deeper").mkdir(parents=True)
     (home / "attachments" / "deep" / "deeper" / "x").write_bytes(os.urandom(50))
@@ -54,18 +57,45 @@ def test_only_the_changed_directorys_tree_is_read_and_written(site: Site, tmp_pa
         "attachments/deep/deeper",
         "config",
     }
+    # attachments' 41 entries are in several parts (hakit.snapshot.trees.part_ranges).
+    assert [tree.path for tree in first.header.trees].count("attachments") > 1
     _settle()
 
     (home / "attachments" / "a007").write_bytes(b"new content")  # in place: same directory
     second = create_snapshot(store, _options(home, database))
-    assert second.walked.trees_read == 1  # attachments' tree, for its unchanged files
-    assert second.walked.trees_reused == len(directories) - 1
+    assert second.walked.trees_read == 1  # the tree of a007's part, for its unchanged files
+    assert second.walked.trees_reused == len(first.header.trees) - 1
     assert second.walked.files_read == 1
-    before = {tree.path: tree.hash for tree in first.header.trees}
-    after = {tree.path: tree.hash for tree in second.header.trees}
-    assert {path for path in after if after[path] != before[path]} == {"attachments"}
+    before = {tree.hash for tree in first.header.trees}
+    (written,) = [tree for tree in second.header.trees if tree.hash not in before]
+    assert written.path == "attachments"
+    assert 1 < written.files < len(list((home / "attachments").iterdir()))
     assert second.diff.changed == ("attachments/a007",)
     assert second.files == first.files == second.manifest.totals()[0]
+    assert _restored(repo, second.header.generation, tmp_path / "r") == tree_of(home)
+
+
+def test_a_file_added_changes_only_the_part_it_falls_in(site: Site, tmp_path: Path) -> None:
+    home, database, repo = site
+    store = open_local_store(repo, create=True)
+    _settle()
+    first = create_snapshot(store, _options(home, database))
+    parts = [tree for tree in first.header.trees if tree.path == "attachments"]
+    assert len(parts) > 2
+    _settle()
+    # A name that ends no part: the cuts (by names) stay where they were.
+    name = next(
+        f"a0{n}x" for n in range(100) if zlib.crc32(f"a0{n}x".encode()) & PART_MASK != PART_MASK
+    )
+    (home / "attachments" / name).write_bytes(b"added")
+    second = create_snapshot(store, _options(home, database))
+    assert second.walked.files_read == 1
+    before = {tree.hash for tree in first.header.trees}
+    written = [tree.path for tree in second.header.trees if tree.hash not in before]
+    # One part of attachments; and the home's part holding attachments (its mtime moved).
+    assert sorted(written) == ["", "attachments"]
+    assert len([tree for tree in second.header.trees if tree.path == "attachments"]) == len(parts)
+    assert second.diff.added == (f"attachments/{name}",)
     assert _restored(repo, second.header.generation, tmp_path / "r") == tree_of(home)
 
 

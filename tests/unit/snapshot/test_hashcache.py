@@ -102,3 +102,29 @@ def test_a_directorys_tree_is_read_when_one_of_its_files_is_first_asked_for() ->
         HashCache(_tree_manifest(1000), unreadable).lookup("docs/f", StatKey(7, 3, 1000, 1000))
         is None
     )
+
+
+def test_only_the_parts_of_a_directory_not_reused_are_read() -> None:
+    first = Entry(
+        "docs/a", FILE, 0o644, size=3, mtime_ns=1000, inode=7, ctime_ns=1000, chunks=CHUNKS
+    )
+    second = Entry(
+        "docs/b", FILE, 0o644, size=3, mtime_ns=1000, inode=8, ctime_ns=1000, chunks=CHUNKS
+    )
+    parts = (
+        TreeRef("docs", "1" * 64, "e" * 64, 0, 10, "d" * 32, 1000, 1, 1, 3),
+        TreeRef("docs", "2" * 64, "e" * 64, 10, 10, "f" * 32, 1000, 1, 1, 3),
+    )
+    trees = {parts[0].hash: [first.encode()], parts[1].hash: [second.encode()]}
+    asked: list[str] = []
+
+    def read(tree: TreeRef) -> list[RawEntry]:
+        asked.append(tree.hash)
+        return trees[tree.hash]
+
+    manifest = Manifest("g", STARTED, STARTED, "n", None, "/h", None, (), parts)
+    cache = HashCache(manifest, read)
+    assert cache.unchanged("docs", "d" * 32) == parts[0]  # docs/a's part: reused whole
+    assert cache.unchanged("docs", "0" * 32) is None  # docs/b's part changed
+    assert cache.lookup("docs/b", StatKey(8, 3, 1000, 1000)) == CHUNKS
+    assert asked == [parts[1].hash]  # the part reused whole is never read

@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import hashlib
 import os
+import random
+import zlib
 from pathlib import Path
 
 import pytest
 
 from hakit.snapshot.format import DIRECTORY, FILE, SYMLINK, ChunkRef, Entry, SnapshotError, TreeRef
 from hakit.snapshot.trees import (
+    PART_MASK,
+    PART_MAX,
     decode_tree,
     encode_tree,
     entry_row,
     newest_ns,
+    part_ranges,
     stat_row,
     stats_digest,
 )
@@ -84,3 +89,40 @@ def test_a_tree_that_is_not_what_its_name_says_is_refused() -> None:
     garbage = b"[{]"
     with pytest.raises(SnapshotError, match="cannot be read"):
         decode_tree(_ref(garbage, count=1), garbage)
+
+
+def _names(count: int, seed: int) -> list[str]:
+    rng = random.Random(seed)
+    return sorted({f"{rng.randrange(10**9):09d}" for _ in range(count)})
+
+
+def test_parts_cover_every_name_in_order_none_empty() -> None:
+    assert part_ranges([]) == []
+    for count in (1, 5, 300):
+        names = _names(count, count)
+        ranges = part_ranges(names)
+        assert ranges[0][0] == 0 and ranges[-1][1] == len(names)
+        assert all(a < b <= PART_MAX + a for a, b in ranges)
+        assert all(ranges[i][1] == ranges[i + 1][0] for i in range(len(ranges) - 1))
+    # 8 names to a part on average, by the names' CRC-32.
+    assert 300 / 16 < len(part_ranges(_names(300, 1))) < 300 / 4
+
+
+def test_a_name_added_or_removed_moves_only_the_cut_of_its_own_part() -> None:
+    names = _names(400, 7)
+    parts = [tuple(names[a:b]) for a, b in part_ranges(names)]
+    for index in (0, 150, 399):
+        fewer = names[:index] + names[index + 1 :]
+        after = [tuple(fewer[a:b]) for a, b in part_ranges(fewer)]
+        changed = set(parts) - set(after)
+        assert len(changed) <= 2  # its own part (and the next one, when it ended a part)
+        assert names[index] in {name for part in changed for name in part}
+
+
+def test_names_that_end_no_part_are_cut_at_the_most() -> None:
+    quiet = [
+        n
+        for n in (f"n{i:05d}" for i in range(2000))
+        if zlib.crc32(n.encode()) & PART_MASK != PART_MASK
+    ]
+    assert [b - a for a, b in part_ranges(quiet[:150])] == [PART_MAX, PART_MAX, 150 - 2 * PART_MAX]
