@@ -82,10 +82,10 @@ def part_ranges(names: Sequence[str]) -> list[tuple[int, int]]:
     ranges: list[tuple[int, int]] = []
     start = 0
     crc32 = zlib.crc32
-    for index, name in enumerate(names):
-        # The name's bytes as the file system has them (os.fsencode's, without its call).
-        ends = crc32(name.encode("utf-8", "surrogateescape")) & PART_MASK == PART_MASK
-        if ends or index + 1 - start >= PART_MAX:
+    # The names' bytes as the file system has them (os.fsencode's, without its calls).
+    ends = [crc32(name.encode("utf-8", "surrogateescape")) & PART_MASK for name in names]
+    for index, end in enumerate(ends):
+        if end == PART_MASK or index + 1 - start >= PART_MAX:
             ranges.append((start, index + 1))
             start = index + 1
     if start < len(names):

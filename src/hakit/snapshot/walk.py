@@ -118,7 +118,7 @@ class HomeWalk:
         for part, ((start, end), tree) in enumerate(zip(parts, reused, strict=True)):
             if tree is not None:
                 self.reused.append((part, tree))
-                self.stats.files_cached += sum(1 for c in children[start:end] if c[2] == FILE)
+                self.stats.files_cached += tree.files  # its entries are these children's
             for full, child, kind, st, target in children[start:end]:
                 if kind == DIRECTORY:
                     if tree is None:
