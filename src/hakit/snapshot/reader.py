@@ -33,7 +33,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 from hakit.snapshot.format import ChunkRef, MiB, SnapshotError, object_key
-from hakit.snapshot.heap import return_large_buffers
+from hakit.snapshot.heap import reusing_large_buffers
 from hakit.snapshot.store import Store
 
 LOCAL_CONCURRENCY = 4  # a local directory: enough to overlap hashing with reading and writing
@@ -217,10 +217,12 @@ def fetch_objects(
 ) -> FetchStats:
     """Fetch, check and deliver every chunk of ``fetches`` (above); the first failure (any,
     or with ``on_problem`` any but a SnapshotError) raised once every worker stopped."""
-    return_large_buffers()  # peak RSS (hakit.snapshot.heap)
     run = _Run(budget=max(budget, 1))
     pending: set[Future[None]] = set()
-    with ThreadPoolExecutor(max(1, concurrency), thread_name_prefix="snapshot-read") as pool:
+    with (
+        reusing_large_buffers(),  # no page fault per byte received (hakit.snapshot.heap)
+        ThreadPoolExecutor(max(1, concurrency), thread_name_prefix="snapshot-read") as pool,
+    ):
         try:
             for fetch in fetches:
                 reserved = min(fetch.size, run.budget)  # a bigger one alone: it must go

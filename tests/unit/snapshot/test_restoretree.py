@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import errno
 import os
+import resource
 from pathlib import Path
 
 import pytest
 
-from hakit.snapshot.heap import return_large_buffers
+from hakit.snapshot.heap import return_large_buffers, reusing_large_buffers
 from hakit.snapshot.restoretree import make_durable, open_for_sync
 
 
@@ -29,3 +30,25 @@ def test_large_buffers_are_returned_on_glibc() -> None:
         pytest.skip("glibc only")
     assert return_large_buffers() is True
     assert return_large_buffers() is True  # once; again is a no-op
+
+
+def _faults_allocating(times: int, size: int) -> int:
+    """Minor page faults of this process while ``times`` buffers of ``size`` bytes are made
+    (every page written, as a received body is) and freed, one after the other."""
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(times):
+        buffer = bytearray(size)  # zeroed: each page written
+        del buffer
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+
+def test_a_restore_reuses_freed_large_buffers_and_gives_them_back_after() -> None:
+    if os.confstr("CS_GNU_LIBC_VERSION") is None:  # pragma: no cover
+        pytest.skip("glibc only")
+    size, times = 16 << 20, 8
+    pages = size // os.sysconf("SC_PAGE_SIZE")
+    assert return_large_buffers() is True
+    assert _faults_allocating(times, size) >= times * pages * 0.9  # a new mmap each
+    with reusing_large_buffers():
+        assert _faults_allocating(times, size) < 2 * pages  # the first one's pages, reused
+    assert _faults_allocating(times, size) >= times * pages * 0.9  # as before
