@@ -26,6 +26,7 @@ byte delivered is checked once, not twice), and only then handed to ``deliver``
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -33,7 +34,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 from hakit.snapshot.format import ChunkRef, MiB, SnapshotError, object_key
-from hakit.snapshot.heap import reusing_large_buffers
+from hakit.snapshot.heap import reuses_buffers, reusing_large_buffers
 from hakit.snapshot.store import Store
 
 LOCAL_CONCURRENCY = 4  # a local directory: enough to overlap hashing with reading and writing
@@ -219,9 +220,11 @@ def fetch_objects(
     or with ``on_problem`` any but a SnapshotError) raised once every worker stopped."""
     run = _Run(budget=max(budget, 1))
     pending: set[Future[None]] = set()
+    threads = max(1, concurrency)
     with (
-        reusing_large_buffers(),  # no page fault per byte received (hakit.snapshot.heap)
-        ThreadPoolExecutor(max(1, concurrency), thread_name_prefix="snapshot-read") as pool,
+        # No page fault per byte received, when few threads (hakit.snapshot.heap).
+        reusing_large_buffers() if reuses_buffers(threads) else contextlib.nullcontext(),
+        ThreadPoolExecutor(threads, thread_name_prefix="snapshot-read") as pool,
     ):
         try:
             for fetch in fetches:

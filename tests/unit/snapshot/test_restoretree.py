@@ -9,7 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from hakit.snapshot.heap import return_large_buffers, reusing_large_buffers
+from hakit.snapshot.heap import (
+    REUSE_MAX_THREADS,
+    return_large_buffers,
+    reuses_buffers,
+    reusing_large_buffers,
+)
 from hakit.snapshot.restoretree import make_durable, open_for_sync
 
 
@@ -52,3 +57,9 @@ def test_a_restore_reuses_freed_large_buffers_and_gives_them_back_after() -> Non
     with reusing_large_buffers():
         assert _faults_allocating(times, size) < 2 * pages  # the first one's pages, reused
     assert _faults_allocating(times, size) >= times * pages * 0.9  # as before
+
+
+def test_only_a_fetch_on_few_threads_keeps_its_buffers() -> None:
+    # Each thread's arena keeps what it freed: with many threads that adds up.
+    assert reuses_buffers(1) and reuses_buffers(REUSE_MAX_THREADS)
+    assert not reuses_buffers(REUSE_MAX_THREADS + 1) and not reuses_buffers(100)
