@@ -42,20 +42,34 @@ def _read_once(
 ) -> tuple[os.stat_result, list[tuple[str, int]]]:
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
+        chunks: list[tuple[str, int]] = []
+        if before.st_size <= small_file:
+            data = _read_small(fd, before.st_size + 1)
+            chunks.append((add(data, True), len(data)))
+            return os.fstat(fd), chunks
         with os.fdopen(fd, "rb", closefd=False) as handle:
-            chunks: list[tuple[str, int]] = []
-            if before.st_size <= small_file:
-                data = handle.read(small_file + 1)
-                chunks.append((add(data, True), len(data)))
-            else:
-                for _offset, length in chunk_spans(before.st_size, chunk_size):
-                    data = handle.read(length)
-                    chunks.append((add(data, False), len(data)))
-                    if len(data) < length:
-                        break  # shrank: the stat check below sees it
+            for _offset, length in chunk_spans(before.st_size, chunk_size):
+                data = handle.read(length)
+                chunks.append((add(data, False), len(data)))
+                if len(data) < length:
+                    break  # shrank: the stat check below sees it
         return os.fstat(fd), chunks
     finally:
         os.close(fd)
+
+
+def _read_small(fd: int, limit: int) -> bytes:
+    """Up to ``limit`` bytes of ``fd`` (its size and one more: growth shows), in reads
+    of exactly what is left: a buffered read of ``small_file + 1`` bytes allocated
+    4 MiB for each file (measured: 44 us a file of 28 kB, against 10 us)."""
+    parts: list[bytes] = []
+    while limit > 0:
+        piece = os.read(fd, limit)
+        if not piece:
+            break  # the end
+        parts.append(piece)
+        limit -= len(piece)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 def read_stable(
