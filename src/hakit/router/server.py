@@ -15,11 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import resource
 import time
 from collections.abc import Callable, Collection, Coroutine
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any, Final, cast
 
 from hakit.config import Config, NodeConfig, Sticky, parse_listen
@@ -29,12 +27,13 @@ from hakit.router import native
 from hakit.router.admin import Observability
 from hakit.router.balance import track_up
 from hakit.router.checks import RouterChecks
+from hakit.router.descriptors import raise_open_files_limit
 from hakit.router.exchange import Exchange
 from hakit.router.headers import RequestHead
 from hakit.router.health import HealthBoard
 from hakit.router.hold import HOLD, SAFE_METHODS, hold_plan
 from hakit.router.hooks import ExchangeHooks
-from hakit.router.http import ClientConnection, ConnectionSweeper
+from hakit.router.http import ClientConnection
 from hakit.router.limits import ProxyLimits
 from hakit.router.pages import (
     AS_JSON,
@@ -61,6 +60,7 @@ from hakit.router.pool import (
 )
 from hakit.router.secret import cluster_secret
 from hakit.router.sticky import strategy_for
+from hakit.router.sweeper import ConnectionSweeper
 from hakit.router.tls import RedirectProtocol, server_context
 from hakit.router.upstream import UpstreamPool
 
@@ -557,10 +557,6 @@ class Router:
         self._clients.discard(conn)
 
 
-# Client connections this many or more should fit under the open files limit.
-WANTED_OPEN_FILES: Final = 16384
-
-
 def bound_address(server: asyncio.AbstractServer) -> tuple[str, int]:
     """The host and port ``server`` listens on (its first socket).
 
@@ -571,38 +567,6 @@ def bound_address(server: asyncio.AbstractServer) -> tuple[str, int]:
     sockets: Any = cast(Any, server).sockets
     name = sockets[0].getsockname()
     return str(name[0]), int(name[1])
-
-
-def raise_open_files_limit() -> int:
-    """Raise the soft RLIMIT_NOFILE to the hard limit; returns the soft limit now in force.
-
-    Every client and backend connection is a descriptor, and the usual soft
-    limit (1024) would refuse the 1025th client long before memory or CPU run
-    out. The hard limit is the administrator's; we never try to exceed it.
-    """
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = hard
-    if hard == resource.RLIM_INFINITY:
-        try:  # the kernel's ceiling for one process
-            wanted = int(Path("/proc/sys/fs/nr_open").read_text())
-        except (OSError, ValueError):
-            wanted = 1 << 20
-    if soft != resource.RLIM_INFINITY and soft < wanted:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
-        except (ValueError, OSError) as error:
-            log.warning("router: cannot raise the open files limit from %s: %s", soft, error)
-        else:
-            log.info("router: open files limit raised from %s to %s", soft, wanted)
-            soft = wanted
-    if soft != resource.RLIM_INFINITY and soft < WANTED_OPEN_FILES:
-        log.warning(
-            "router: the open files limit is %s (hard limit %s): that many client and "
-            "backend connections at most; raise it (ulimit -Hn, systemd LimitNOFILE=)",
-            soft,
-            hard,
-        )
-    return soft
 
 
 async def run_router(

@@ -8,7 +8,7 @@ import sys
 
 CODE = """
 import resource
-from hakit.router.server import raise_open_files_limit
+from hakit.router.descriptors import raise_open_files_limit
 print(raise_open_files_limit(), resource.getrlimit(resource.RLIMIT_NOFILE)[0])
 """
 
