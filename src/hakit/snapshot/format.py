@@ -41,9 +41,9 @@ under (``null`` when taken outside the agent), the database capture (``kind``
 ``position``: for SQLite the file change counter, page count and schema version
 of the copy; for PostgreSQL the database's name, the exported snapshot's id, the
 WAL position (LSN) and the server's version, see ``hakit.snapshot.postgres``)
-and the home's tree: ``trees``, one ``[path, tree hash, tree pack, offset,
-size, stats digest, newest file time, entries, files, bytes]`` per directory
-(``FORMAT_TREES``), or
+and the home's trees: ``trees``, one ``[path, tree hash, tree pack, offset,
+size, stats digest, newest file time, entries, files, bytes]`` per part of a
+directory, a directory's parts in the order of their entries (``FORMAT_TREES``), or
 ``entries`` (``FORMAT``). An entry is one path (POSIX, relative to the home)
 with its type (``f`` file, ``d`` directory, ``l`` symlink), mode, size,
 ``mtime_ns``, the ``inode`` and ``ctime_ns`` seen (the next capture's hash
@@ -202,7 +202,7 @@ class TreeRef:
     pack: str  # SHA-256 of the tree pack holding it
     offset: int  # where in the pack
     size: int  # its length
-    digest: str  # of the entries' stats: an unchanged directory is known without its tree
+    digest: str  # of the entries' stats: an unchanged part is known without its tree
     newest_ns: int  # the newest mtime or ctime of its files (racily clean ones are re-read)
     count: int  # entries in the tree
     files: int  # of which regular files

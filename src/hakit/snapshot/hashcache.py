@@ -9,9 +9,9 @@ ctime changes without their content (git objects, whose ctime a hard-link pin
 moves) are compared without ctime.
 
 A part of a directory (hakit.snapshot.trees) is known unchanged without its
-entries (``unchanged``): the digest of its entries' stats is the one one of the
-directory's previous trees recorded, and no file in that tree was racily clean
-then. A directory's previous trees not reused are read when one of its files is
+entries (``unchanged``): the digest of its entries' stats matches what one of
+the directory's previous trees recorded, and no file in that tree was racily
+clean then. A directory's previous trees not reused are read when one of its files is
 first asked for: those hold the files of its parts that changed.
 """
 

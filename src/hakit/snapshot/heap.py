@@ -25,7 +25,11 @@ per core): with 100 (Jira's default ``<max-concurrency>``) the same restore
 peaked at 384-409 MB, against 212 MB without reuse. So buffers are reused only
 by a fetch of at most ``REUSE_MAX_THREADS`` threads (``reuses_buffers``); with
 more, each is returned as before. Either way the fetch budget, not the size of
-the home, bounds the buffers alive at once.
+the home, bounds the buffers alive at once. The setting is the process's while
+it lasts, so other threads' freed buffers are kept too: backups, drills and
+restores by hand run in processes of their own (hakit.agent.backup_job, the
+CLI), and a standby's apply runs in the agent serialised with its pulls
+(hakit.agent.replication), beside threads that make no large buffers.
 
 glibc only (elsewhere, and when libc cannot be loaded, nothing changes).
 """
@@ -86,7 +90,7 @@ def reuses_buffers(threads: int) -> bool:
 @contextlib.contextmanager
 def reusing_large_buffers() -> Iterator[None]:
     """Within: freed large buffers kept for the next one (a restore's fetches)."""
-    global _reusing
+    global _reusing, _done
     with _lock:
         _reusing += 1
         if _reusing == 1 and _LIBC is not None:
@@ -98,7 +102,6 @@ def reusing_large_buffers() -> Iterator[None]:
         with _lock:
             _reusing -= 1
             if _reusing == 0 and _LIBC is not None:
-                global _done
                 _done = _LIBC[0](M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
                 _LIBC[0](M_TRIM_THRESHOLD, TRIM_THRESHOLD)
                 _LIBC[1](0)  # what the restore kept, given back
