@@ -49,6 +49,20 @@ class Systemd:
             with self.lock:
                 self.messages.append((time.monotonic(), data.decode()))
 
+    def mark(self, text: str) -> None:
+        """Put ``text`` in the socket's queue, behind every message sent before it, and wait
+        until it is read: the datagrams of one socket are received in the order sent."""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as client:
+            client.sendto(text.encode(), str(self.path))
+        wait_until(lambda: self.said(text), 5, f"{text} read back")
+
+    def said_between(self, first: str, last: str, text: str) -> list[str]:
+        """The messages containing ``text`` that came after ``first`` and before ``last``."""
+        with self.lock:
+            messages = [message for _, message in self.messages]
+        start, end = messages.index(first), messages.index(last)
+        return [message for message in messages[start + 1 : end] if text in message]
+
     def said(self, text: str) -> list[float]:
         """When a message containing ``text`` came."""
         with self.lock:
@@ -84,6 +98,11 @@ def cluster(tmp_path: Path) -> Iterator[DemoCluster]:
         made.close()
 
 
+def _state(pid: int) -> str:
+    """The process's state letter (``T``: stopped by a signal)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
 def largest_gap(times: list[float], start: float, end: float) -> float:
     inside = [t for t in times if start <= t <= end]
     marks = [start, *inside, end]
@@ -105,14 +124,18 @@ def test_the_agent_notifies_pings_and_stops_pinging_when_frozen(
     time.sleep(1.0)
     assert largest_gap(systemd.said("WATCHDOG=1"), before, time.monotonic()) < 0.4
     # Frozen (its event loop with it): the pings stop; a watchdog would kill it now.
+    # Judged by the messages' order, not by when the listener read them: a marker sent
+    # once the agent is stopped comes after every ping it sent before.
     agent.send_signal(signal.SIGSTOP)
-    frozen = time.monotonic()
     try:
-        time.sleep(1.0)
+        wait_until(lambda: _state(agent.pid) == "T", 5, "the agent stopped")
+        systemd.mark("MARK=frozen")
+        time.sleep(1.0)  # five ping intervals frozen
+        systemd.mark("MARK=thawing")
     finally:
         agent.send_signal(signal.SIGCONT)
     thawed = time.monotonic()
-    assert not [t for t in systemd.said("WATCHDOG=1") if frozen + 0.05 < t < thawed]
+    assert systemd.said_between("MARK=frozen", "MARK=thawing", "WATCHDOG=1") == []
     wait_until(
         lambda: [t for t in systemd.said("WATCHDOG=1") if t > thawed], 5, "pings after SIGCONT"
     )
