@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from hakit.snapshot.format import SnapshotError
-from hakit.snapshot.gitrepo import is_git_dir
+from hakit.snapshot.scan import is_git_dir
 
 PASS = "pass"
 FAIL = "fail"
@@ -236,7 +236,7 @@ def git_directories(home: Path) -> list[Path]:
     found: list[Path] = []
     for directory, dirs, _files in os.walk(home):
         path = Path(directory)
-        if is_git_dir(path):
+        if is_git_dir(directory):
             found.append(path)
             dirs.clear()  # nothing to look for inside a repository
         else:

@@ -38,6 +38,8 @@ from hakit.snapshot.format import (
 from hakit.snapshot.hashcache import HashCache
 from hakit.snapshot.hooks import Hook, run_hook
 from hakit.snapshot.reading import OnRead, read_stable
+from hakit.snapshot.scan import stats_digest
+from hakit.snapshot.scanahead import HomeScan
 from hakit.snapshot.store import LocalStore, RetainsTreeCopies, Store
 from hakit.snapshot.tree import TreeDiff, diff_trees
 from hakit.snapshot.trees import (
@@ -45,11 +47,10 @@ from hakit.snapshot.trees import (
     encode_tree,
     newest_ns,
     raw_row,
-    stats_digest,
     tree_reader,
     with_entries,
 )
-from hakit.snapshot.walk import HomeWalk, WalkedEntry, WalkStats
+from hakit.snapshot.walk import PIN_DIRECTORY, HomeWalk, WalkedEntry, WalkStats
 from hakit.snapshot.writer import BlobWriter, WriteStats
 
 
@@ -167,11 +168,13 @@ def create_snapshot(store: Store, options: CaptureOptions) -> CaptureReport:
     home = options.home.absolute()
     if not home.is_dir():
         raise SnapshotError(f"the home {home} is not a directory")
-    with _writing_behind(store):
-        return _create(store, options, home)
+    # The scan helper starts first: its interpreter starts while the previous generation
+    # is read and the database captured (hakit.snapshot.scanahead).
+    with HomeScan(str(home), PIN_DIRECTORY, options.exclude) as scan, _writing_behind(store):
+        return _create(store, options, home, scan)
 
 
-def _create(store: Store, options: CaptureOptions, home: Path) -> CaptureReport:
+def _create(store: Store, options: CaptureOptions, home: Path, scan: HomeScan) -> CaptureReport:
     previous = latest_manifest(store)
     known = {ref.hash: ref for ref in previous.chunk_refs()} if previous else {}
     writer = BlobWriter(store, options.limits, known)
@@ -190,6 +193,7 @@ def _create(store: Store, options: CaptureOptions, home: Path) -> CaptureReport:
         retries=options.retries,
         on_read=options.on_read,
         exclude=options.exclude,
+        scan=scan,
     )
     started = time.time_ns()
     try:

@@ -62,13 +62,15 @@ from typing import Any
 
 from hakit.errors import HakitError
 
+# The entry types are the scan's (hakit.snapshot.scan: a helper process that imports
+# only the standard library digests entries' stats with them).
+from hakit.snapshot.scan import DIRECTORY as DIRECTORY
+from hakit.snapshot.scan import FILE as FILE
+from hakit.snapshot.scan import SYMLINK as SYMLINK
+
 FORMAT = "hakit-snapshot/1"  # the repository's; and a manifest holding its entries itself
 FORMAT_TREES = "hakit-snapshot/2"  # a manifest whose entries are in tree objects
 MiB = 1024 * 1024
-
-FILE = "f"
-DIRECTORY = "d"
-SYMLINK = "l"
 
 
 class SnapshotError(HakitError):

@@ -30,11 +30,6 @@ _PACK_SIDECARS = (".idx", ".rev", ".bitmap", ".keep", ".promisor", ".mtimes")
 PIN_ATTEMPTS = 20
 
 
-def is_git_dir(path: Path) -> bool:
-    """A git directory: a ``.git`` or a bare repository (HEAD, objects/ and refs/)."""
-    return (path / "HEAD").is_file() and (path / "objects").is_dir() and (path / "refs").is_dir()
-
-
 def skipped(name: str) -> bool:
     """A file of a git directory that is transient or derived (not captured)."""
     return name.endswith(".lock") or name.startswith("tmp_") or name.startswith("incoming-")

@@ -287,6 +287,22 @@ class LocalStore:
         except FileNotFoundError:
             raise SnapshotError(f"object {key} is missing from {self.root}") from None
 
+    def get_range(self, key: str, offset: int, size: int) -> bytes:
+        """``size`` bytes of ``key`` from ``offset``: one tree of a tree pack, without the
+        pack (the hash cache reads a few trees of each of several packs)."""
+        with self._room:
+            queued = self._queued.get(key)
+        if queued is not None:
+            return queued[offset : offset + size]
+        try:
+            fd = os.open(self._path(key), os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise SnapshotError(f"object {key} is missing from {self.root}") from None
+        try:
+            return os.pread(fd, size, offset)
+        finally:
+            os.close(fd)
+
     def list_manifests(self) -> list[str]:
         directory = self.root / "manifests"
         if not directory.is_dir():

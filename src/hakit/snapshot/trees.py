@@ -12,7 +12,7 @@ S3 as for a restore.
 
 Why: an incremental capture must not cost a decode and an encode of every
 entry of the home. It lstats every path (as rsync does) and digests each
-part's stats (``stats_digest``); a part whose digest is the one a previous tree
+part's stats (``stats_digest``, made by hakit.snapshot.scan); a part whose digest is the one a previous tree
 of its directory recorded is unchanged, and that tree is reused by hash: not
 read, not decoded, not written. Only the trees of changed parts are read (for
 the hash cache of their files) and written again. The manifest stays one short
@@ -25,7 +25,7 @@ type, mode, size, mtime, inode, ctime; a symlink's target): equal stats give
 equal chunks by the hash cache's rule, so an equal digest means an equal tree,
 unless a file was racily clean (``TreeRef.newest_ns``, hakit.snapshot.hashcache).
 
-**Parts.** A directory's entries are cut into parts (``part_ranges``), each its
+**Parts.** A directory's entries are cut into parts (``part_ranges``, hakit.snapshot.scan), each its
 own tree with its own ``TreeRef``: the manifest lists them by path, a directory's
 parts in the order of their entries, and a reader takes a directory's entries as
 its parts' in that order. Why: 1 % of the files changed across every directory
@@ -44,10 +44,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import marshal
-import os
-import stat
-import zlib
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -64,52 +60,14 @@ from hakit.snapshot.format import (
     manifest_key,
     tree_key,
 )
-from hakit.snapshot.store import Store
+from hakit.snapshot.scan import Row
+from hakit.snapshot.store import LocalStore, Store
 
-Row = tuple[str, str, int, int, int, int, int, str]
 RawEntry = Mapping[str, Any]  # an entry in its JSON form (``Entry.encode``)
 
 # Reading a manifest's tree packs from a remote store: several at once.
 READ_CONCURRENCY = 16
-# A part ends after a name whose CRC-32 has these bits all set (1 in 8 names)...
-PART_MASK = 0x7
-PART_MAX = 64  # ...or at this many entries (a run of names that never ends one)
-
-
-def part_ranges(names: Sequence[str]) -> list[tuple[int, int]]:
-    """The parts of a directory whose entries (in order) are ``names``: (start, end) index
-    ranges covering them all, none empty (none for no names)."""
-    ranges: list[tuple[int, int]] = []
-    start = 0
-    crc32 = zlib.crc32
-    # The names' bytes as the file system has them (os.fsencode's, without its calls).
-    ends = [crc32(name.encode("utf-8", "surrogateescape")) & PART_MASK for name in names]
-    for index, end in enumerate(ends):
-        if end == PART_MASK or index + 1 - start >= PART_MAX:
-            ranges.append((start, index + 1))
-            start = index + 1
-    if start < len(names):
-        ranges.append((start, len(names)))
-    return ranges
-
-
-def stat_row(path: str, kind: str, st: os.stat_result, target: str = "") -> Row:
-    """What an entry of ``kind`` records of ``st`` (besides its chunks), as ``Entry.encode``
-    writes it: a directory's inode, size and ctime, and a file's target, are left at 0."""
-    if kind == FILE:
-        return (
-            path,
-            kind,
-            stat.S_IMODE(st.st_mode),
-            st.st_size,
-            st.st_mtime_ns,
-            st.st_ino,
-            st.st_ctime_ns,
-            "",
-        )
-    if kind == DIRECTORY:
-        return (path, kind, stat.S_IMODE(st.st_mode), 0, st.st_mtime_ns, 0, 0, "")
-    return (path, SYMLINK, stat.S_IMODE(st.st_mode), 0, 0, 0, 0, target)
+PACKS_KEPT = 4  # tree packs a capture's hash cache keeps from a remote store
 
 
 def entry_row(entry: Entry) -> Row:
@@ -147,14 +105,6 @@ def raw_row(raw: RawEntry) -> Row:
     if kind == DIRECTORY:
         return (raw["path"], DIRECTORY, raw["mode"], 0, raw["mtime_ns"], 0, 0, "")
     return (raw["path"], SYMLINK, raw["mode"], 0, 0, 0, 0, raw["target"])
-
-
-def stats_digest(rows: Sequence[Row]) -> str:
-    """A digest of a directory's rows, in order. marshal (version 2: no back-references,
-    so equal rows give equal bytes) is the cheapest exact serialisation of tuples of
-    ints and strings; a different Python's marshal could only make digests differ,
-    which costs one directory read again, never a wrong reuse."""
-    return hashlib.blake2b(marshal.dumps(list(rows), 2), digest_size=16).hexdigest()
 
 
 def newest_ns(entries: Sequence[RawEntry]) -> int:
@@ -206,15 +156,27 @@ def decode_tree(ref: TreeRef, data: bytes | memoryview) -> tuple[Entry, ...]:
 
 
 def tree_reader(store: Store) -> Callable[[TreeRef], list[RawEntry]]:
-    """Read and check one tree of ``store``, its entries in their JSON form (the last
-    tree pack fetched kept: a capture reads the trees of the directories that changed,
-    mostly from one pack)."""
-    last: list[tuple[str, bytes]] = []
+    """Read and check one tree of ``store``, its entries in their JSON form. A capture
+    reads the trees of the parts that changed, spread over the packs of the captures
+    that wrote them: from a local repository each tree alone (measured: a 1 % change
+    across every directory read the first capture's 6.5 MB pack 6 times, 16 ms); from
+    another store whole packs, the last ``PACKS_KEPT`` fetched kept."""
+    if isinstance(store, LocalStore):
+        local = store
+
+        def read_range(ref: TreeRef) -> list[RawEntry]:
+            return read_tree(ref, local.get_range(tree_key(ref.pack), ref.offset, ref.size))
+
+        return read_range
+    kept: dict[str, bytes] = {}  # in the order used, the last used last
 
     def read(ref: TreeRef) -> list[RawEntry]:
-        if not last or last[0][0] != ref.pack:
-            last[:] = [(ref.pack, store.get(tree_key(ref.pack)))]
-        pack = last[0][1]
+        pack = kept.pop(ref.pack, None)
+        if pack is None:
+            pack = store.get(tree_key(ref.pack))
+        kept[ref.pack] = pack
+        while len(kept) > PACKS_KEPT:
+            del kept[next(iter(kept))]
         return read_tree(ref, memoryview(pack)[ref.offset : ref.offset + ref.size])
 
     return read

@@ -1,12 +1,13 @@
 """The home walk: every directory, file and symlink of the home as entries, in capture order.
 
-Directories are walked in sorted order; a git directory met on the way is
-captured refs-before-objects (hakit.snapshot.gitrepo). A directory's children are
-cut into parts (hakit.snapshot.trees); a part whose children's stats are those its
-previous tree recorded is reused whole (``reused``): no entry is made for its
-children. Otherwise a file is
-taken from the hash cache when its stat matches the previous generation's, or
-read with hakit.snapshot.reading (a stability check, bounded retries). Entries
+Directories are walked in sorted order, each from its listing (hakit.snapshot.scan:
+its children, their parts and each part's stats digest, made ahead of the walk by
+a helper process, hakit.snapshot.scanahead); a git directory met on the way is
+captured refs-before-objects (hakit.snapshot.gitrepo). A part whose children's
+stats are those one of its directory's previous trees recorded is reused whole
+(``reused``): no entry is made for its children. Otherwise a file is taken from
+the hash cache when its stat matches the previous generation's, or read with
+hakit.snapshot.reading (a stability check, bounded retries). Entries
 hold chunk hashes only; the caller resolves them to locations once packs are
 sealed. Inside a git directory nothing is reused whole: its object files are
 hard-link pins, whose ctime moves at every capture.
@@ -24,10 +25,10 @@ from hakit.snapshot import gitrepo
 from hakit.snapshot.format import DIRECTORY, FILE, SYMLINK, Limits, TreeRef
 from hakit.snapshot.hashcache import HashCache
 from hakit.snapshot.reading import AddBlob, OnRead, read_stable
-from hakit.snapshot.trees import RawEntry, Row, part_ranges, stat_row, stats_digest
+from hakit.snapshot.scanahead import HomeScan
+from hakit.snapshot.trees import RawEntry
 
 PIN_DIRECTORY = ".hakit-snapshot-pins"  # in the home (hard links need its file system)
-GIT_NAMES = frozenset(("HEAD", "objects", "refs"))  # a directory without all three is no git one
 
 
 class WalkedEntry(NamedTuple):  # a tuple: one is made per path of the home, every capture
@@ -40,9 +41,6 @@ class WalkedEntry(NamedTuple):  # a tuple: one is made per path of the home, eve
     part: int = 0  # which part of its directory's entries it is in (hakit.snapshot.trees)
 
 
-Child = tuple[str, str, str, os.stat_result, str]  # path, relative path, kind, lstat, target
-
-
 @dataclass(slots=True)
 class WalkStats:
     files_read: int = 0
@@ -51,6 +49,8 @@ class WalkStats:
     trees_read: int = 0  # previous trees read (directories that changed)
     bytes_read: int = 0
     rereads: int = 0
+    listed_ahead: int = 0  # directories listed by the scan helper (hakit.snapshot.scanahead)
+    listed_here: int = 0  # directories the walk listed itself
     git_repositories: list[str] = field(default_factory=list)
 
 
@@ -65,6 +65,7 @@ class HomeWalk:
         retries: int = 5,
         on_read: OnRead | None = None,
         exclude: frozenset[str] = frozenset(),
+        scan: HomeScan | None = None,
     ) -> None:
         self.home = home
         self.exclude = exclude  # relative paths left out (a backup directory inside the home)
@@ -77,8 +78,11 @@ class HomeWalk:
         self.reused: list[tuple[int, TreeRef]] = []  # parts unchanged: (part, previous tree)
         self.stats = WalkStats()
         self.pins = home / PIN_DIRECTORY
+        # The listings: a capture's from its helper process (hakit.snapshot.scanahead).
+        self.scan = scan or HomeScan(str(home), PIN_DIRECTORY, exclude, helper=False)
 
     def run(self) -> list[WalkedEntry]:
+        self.scan.begin()  # the database is captured: the helper may list the home now
         gitrepo.remove_pins(self.pins)  # a crashed capture's
         try:
             self._directory(str(self.home), "")
@@ -86,115 +90,81 @@ class HomeWalk:
             gitrepo.remove_pins(self.pins)
         self.stats.trees_reused = len(self.reused)
         self.stats.trees_read = self.cache.trees_read
+        self.stats.listed_ahead = self.scan.from_helper
+        self.stats.listed_here = self.scan.listed_here
         return self.entries
 
     # Paths are plain strings here: the walk visits every file of the home on every
     # capture, and pathlib's objects cost more than the lstat itself.
 
-    def _directory(self, path: str, relative: str, git: bool = False) -> None:
-        """The entries of ``path`` (its own first unless it is the home itself)."""
-        try:
-            names = os.listdir(path)
-        except FileNotFoundError:
-            return  # removed meanwhile
-        if not git and GIT_NAMES.issubset(names) and gitrepo.is_git_dir(Path(path)):
+    def _directory(self, path: str, relative: str) -> None:
+        """The entries of ``path``'s children (its own is its parent's), from its listing.
+
+        A part whose stats digest to one of the directory's previous trees is that tree,
+        reused whole: no entry of it is made, only its subdirectories are walked. Every
+        part is asked before any file is: the hash cache then reads only the previous
+        trees not reused (hakit.snapshot.hashcache). The other parts' children are
+        lstat'ed again here, and taken as they are now."""
+        listing = self.scan.listing(path, relative)
+        if listing.git:
             self._git_directory(Path(path), relative)
             return
-        names.sort()
         prefix = f"{relative}/" if relative else ""
-        if git:
-            for name in names:
-                child = prefix + name
-                if not gitrepo.skipped(name) and not (self.exclude and child in self.exclude):
-                    self._path(f"{path}/{name}", child, git)
-            return
-        # Every child's lstat first: a part whose stats digest to one of the directory's
-        # previous trees is that tree, reused whole; no entry of it is made. Every part is
-        # asked before any file is: the hash cache then reads only the previous trees not
-        # reused (hakit.snapshot.hashcache).
-        children, rows, kept = self._children(path, relative, names)
-        parts = part_ranges(kept)
-        reused = [self.cache.unchanged(relative, stats_digest(rows[a:b])) for a, b in parts]
-        for part, ((start, end), tree) in enumerate(zip(parts, reused, strict=True)):
-            if tree is not None:
+        names, kinds = listing.names, listing.kinds
+        reused = [self.cache.unchanged(relative, digest) for digest in listing.digests]
+        start = 0
+        for part, (end, tree) in enumerate(zip(listing.ends, reused, strict=True)):
+            if tree is None:
+                for name in names[start:end]:
+                    self._path(f"{path}/{name}", prefix + name, part=part)
+            else:
                 self.reused.append((part, tree))
                 self.stats.files_cached += tree.files  # its entries are these children's
-            for full, child, kind, st, target in children[start:end]:
-                if kind == DIRECTORY:
-                    if tree is None:
-                        self.entries.append(WalkedEntry(child, DIRECTORY, st, part=part))
-                    self._directory(full, child)
-                elif tree is not None:
-                    continue
-                elif kind == FILE:
-                    self._file(full, child, st, True, part)
-                else:
-                    self.entries.append(WalkedEntry(child, SYMLINK, st, target=target, part=part))
+                index = kinds.find(DIRECTORY, start, end)
+                while index >= 0:
+                    name = names[index]
+                    self._directory(f"{path}/{name}", prefix + name)
+                    index = kinds.find(DIRECTORY, index + 1, end)
+            start = end
 
-    def _children(
-        self, path: str, relative: str, names: list[str]
-    ) -> tuple[list[Child], list[Row], list[str]]:
-        """Each child of ``path`` with its lstat (and a symlink's target), its row, and
-        its name."""
-        prefix = f"{relative}/" if relative else ""
-        children: list[Child] = []
-        rows: list[Row] = []
-        kept: list[str] = []
-        # lstat by name relative to the directory's descriptor: the kernel does not walk
-        # the home's path again for each child (~10 % of the lstats' time, measured).
+    def _git_tree(self, path: str, relative: str) -> None:
+        """The entries of a directory inside a git directory: nothing reused whole."""
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            names = sorted(os.listdir(path))
         except (FileNotFoundError, NotADirectoryError):
-            return children, rows, kept  # removed (or replaced) meanwhile
-        lstat = os.stat
-        try:
-            for name in names:
-                child = prefix + name
-                if (not relative and name == PIN_DIRECTORY) or (
-                    self.exclude and child in self.exclude
-                ):
-                    continue
-                try:
-                    st = lstat(name, dir_fd=fd, follow_symlinks=False)
-                except FileNotFoundError:
-                    continue
-                mode = st.st_mode
-                if stat.S_ISREG(mode):
-                    kind, target = FILE, ""
-                elif stat.S_ISDIR(mode):
-                    kind, target = DIRECTORY, ""
-                elif stat.S_ISLNK(mode):
-                    try:
-                        target = os.readlink(name, dir_fd=fd)
-                    except FileNotFoundError:
-                        continue
-                    kind = SYMLINK
-                else:
-                    continue  # sockets, FIFOs, devices: not an app's data; left out
-                children.append((f"{path}/{name}", child, kind, st, target))
-                rows.append(stat_row(child, kind, st, target))
-                kept.append(name)
-        finally:
-            os.close(fd)
-        return children, rows, kept
+            return  # removed meanwhile
+        for name in names:
+            child = _relative(relative, name)
+            if not gitrepo.skipped(name) and not (self.exclude and child in self.exclude):
+                self._path(f"{path}/{name}", child, git=True)
 
-    def _path(self, path: str, relative: str, git: bool, trust_ctime: bool = True) -> None:
+    def _path(
+        self,
+        path: str,
+        relative: str,
+        git: bool = False,
+        trust_ctime: bool = True,
+        part: int = 0,
+    ) -> None:
         try:
             st = os.lstat(path)
         except FileNotFoundError:
             return
         mode = st.st_mode
         if stat.S_ISREG(mode):
-            self._file(path, relative, st, trust_ctime)
+            self._file(path, relative, st, trust_ctime, part)
         elif stat.S_ISDIR(mode):
-            self.entries.append(WalkedEntry(relative, DIRECTORY, st))
-            self._directory(path, relative, git)
+            self.entries.append(WalkedEntry(relative, DIRECTORY, st, part=part))
+            if git:
+                self._git_tree(path, relative)
+            else:
+                self._directory(path, relative)
         elif stat.S_ISLNK(mode):
             try:
                 target = os.readlink(path)
             except FileNotFoundError:
                 return
-            self.entries.append(WalkedEntry(relative, SYMLINK, st, target=target))
+            self.entries.append(WalkedEntry(relative, SYMLINK, st, target=target, part=part))
         # sockets, FIFOs, devices: not an app's data; left out
 
     def _file(

@@ -15,8 +15,10 @@ from hakit.snapshot.capture import CaptureOptions, create_snapshot
 from hakit.snapshot.format import FORMAT, SnapshotError, decode_manifest, encode_manifest, tree_key
 from hakit.snapshot.hashcache import RACY_NS
 from hakit.snapshot.restore import restore_generation
+from hakit.snapshot.scan import PART_MASK
+from hakit.snapshot.scanahead import helper_useful
 from hakit.snapshot.store import open_local_store
-from hakit.snapshot.trees import PART_MASK, load_manifest
+from hakit.snapshot.trees import load_manifest
 from hakit.snapshot.verify import verify_generation
 from tests.integration.snapshot.conftest import LIMITS, tree_of
 
@@ -66,6 +68,10 @@ def test_only_the_changed_part_of_a_directory_is_read_and_written(
     assert second.walked.trees_read == 1  # the tree of a007's part, for its unchanged files
     assert second.walked.trees_reused == len(first.header.trees) - 1
     assert second.walked.files_read == 1
+    # Every directory listed by the scan helper, on the second core (hakit.snapshot.scanahead).
+    listed = (second.walked.listed_ahead, second.walked.listed_here)
+    count = 1 + sum(1 for path in home.rglob("*") if path.is_dir() and not path.is_symlink())
+    assert listed == ((count, 0) if helper_useful() else (0, count))
     before = {tree.hash for tree in first.header.trees}
     (written,) = [tree for tree in second.header.trees if tree.hash not in before]
     assert written.path == "attachments"

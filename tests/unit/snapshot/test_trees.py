@@ -11,17 +11,8 @@ from pathlib import Path
 import pytest
 
 from hakit.snapshot.format import DIRECTORY, FILE, SYMLINK, ChunkRef, Entry, SnapshotError, TreeRef
-from hakit.snapshot.trees import (
-    PART_MASK,
-    PART_MAX,
-    decode_tree,
-    encode_tree,
-    entry_row,
-    newest_ns,
-    part_ranges,
-    stat_row,
-    stats_digest,
-)
+from hakit.snapshot.scan import PART_MASK, PART_MAX, part_ranges, stat_row, stats_digest
+from hakit.snapshot.trees import decode_tree, encode_tree, entry_row, newest_ns
 
 CHUNK = ChunkRef("a" * 64, 3, "b" * 64, 0)
 
