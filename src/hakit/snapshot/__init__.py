@@ -7,6 +7,9 @@
 - hashcache.py  unchanged files (by inode, size, mtime, ctime) not read again
 - reading.py    one file read at one moment: the stability check and its retries
 - gitrepo.py    git repositories: found, refs before objects, objects pinned by hard link
+- scan.py       a directory's listing: its children lstat'ed, cut into parts, each digested
+                (standard library only: it is also the helper process's script)
+- scanahead.py  the listings made ahead of the walk by that helper, on the second core
 - walk.py       the home walk in capture order
 - database.py   the database copied at one transaction point: which kind, dispatch;
                 SQLite's backup API

@@ -21,6 +21,7 @@ from hakit.snapshot.store import open_local_store
 from hakit.snapshot.walk import PIN_DIRECTORY, HomeWalk, WalkedEntry
 from hakit.snapshot.writer import BlobWriter
 
+UNDECODABLE = os.fsdecode(b"caf\xe9")  # Latin-1 bytes: passed through the helper's pipe too
 HELPER_WAIT = 60.0  # s: bounded wait for a helper process to end on its own
 
 
@@ -32,6 +33,7 @@ def _home(root: Path) -> Path:
         (home / "a" / f"file-{i:02d}").write_bytes(b"x" * i)
     (home / "a" / "b" / "deep").write_text("deep")
     (home / "d" / "f").write_text("f")
+    (home / "d" / UNDECODABLE).write_text("a name that is not UTF-8")
     (home / "link").symlink_to("d/f")
     os.mkfifo(home / "d" / "fifo")  # not an app's data: left out
     (home / "repo.git" / "HEAD").write_text("ref: refs/heads/main\n")
@@ -72,7 +74,7 @@ def test_a_listing_holds_the_children_their_kinds_parts_and_digests(tmp_path: Pa
     assert digests == [stats_digest(rows[a:b]) for a, b in part_ranges(names)]
 
     _, _, names, kinds, _, _ = list_directory(str(home / "d"), "d", PIN_DIRECTORY, frozenset())
-    assert (names, kinds) == (["f"], FILE)  # the FIFO left out
+    assert (names, kinds) == ([UNDECODABLE, "f"], FILE * 2)  # sorted; the FIFO left out
 
     a = list_directory(str(home / "a"), "a", PIN_DIRECTORY, frozenset())
     assert len(a[2]) == 42 and len(a[4]) == len(part_ranges(a[2])) > 1
@@ -117,6 +119,7 @@ def test_the_helper_lists_every_directory_as_the_walk_would(tmp_path: Path) -> N
         assert _entries(walk) == expected
     assert walk.stats.listed_ahead == 6 and walk.stats.listed_here == 0
     assert "repo.git" in walk.stats.git_repositories
+    assert f"d/{UNDECODABLE}" in {path for path, *_ in expected}
 
 
 def test_the_helper_lists_only_once_told_to(tmp_path: Path) -> None:
