@@ -79,7 +79,9 @@ class HomeWalk:
         self.stats = WalkStats()
         self.pins = home / PIN_DIRECTORY
         # The listings: a capture's from its helper process (hakit.snapshot.scanahead).
-        self.scan = scan or HomeScan(str(home), PIN_DIRECTORY, exclude, helper=False)
+        self.scan = (
+            scan if scan is not None else HomeScan(str(home), PIN_DIRECTORY, exclude, helper=False)
+        )
 
     def run(self) -> list[WalkedEntry]:
         self.scan.begin()  # the database is captured: the helper may list the home now
