@@ -9,6 +9,7 @@ there, and the failover's data-loss window is recorded and told by `hakit why`.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from typing import Any
@@ -21,6 +22,7 @@ from hakit.demo.cluster import DemoCluster, free_ports, wait_for
 from hakit.history.facts import DATA_LOSS_WINDOW, GENERATION
 from hakit.history.kinds import EventKind
 from hakit.history.why import explain
+from hakit.snapshot.restore import RECEIPT
 
 from .conftest import ClusterFactory, events_of, wait_serving
 from .test_operator import Load, hakit
@@ -94,6 +96,19 @@ def test_node_loss_promotes_the_standby_from_its_newest_generation(
     assert copy["from"] == active and copy["role"] == "copy"
     home = cluster.cfg.home_of(cluster.cfg.node(standby))
     assert os.readlink(home) == f"home.generations/{copy['generation']}/home"
+
+    # The generations after the first link the files that did not change from the one
+    # before (hakit.snapshot.ledger): the promotion below starts the app on such a one.
+    def linking() -> dict[str, Any] | None:
+        try:
+            receipt = json.loads(
+                (home.parent / os.readlink(home)).parent.joinpath(RECEIPT).read_text()
+            )
+        except (OSError, ValueError):
+            return None  # swapped or pruned meanwhile: asked again
+        return receipt if receipt.get("linked", {}).get("files") else None
+
+    wait_for(linking, 60, f"{standby} to apply a generation linking the one before")
     later = _write(cluster.router_url, "after", 5)  # may or may not reach the standby
 
     cluster.lose_node(active)

@@ -105,6 +105,7 @@ class ActionRunner:
                 # The policy must hear how the start went before any other event.
                 await self.replication.settled()  # a replicated generation's swap ends first
                 try:
+                    self.replication.app_starting()  # its generation marked first
                     await check_port_free(self.port)
                     pid = await self.app.start({EPOCH_VARIABLE: str(self.lease.epoch)})
                 except SupervisorError as error:

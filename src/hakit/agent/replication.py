@@ -59,6 +59,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -75,15 +76,19 @@ from hakit.agent.jobs import JobProcess
 from hakit.config import Config, NodeConfig
 from hakit.config.values import Storage
 from hakit.coord.base import REINIT_HOLDER, Coordinator, Lease
-from hakit.errors import HakitError
+from hakit.errors import HakitError, SupervisorError
 from hakit.history.facts import DATA_LOSS_WINDOW, FORCED, GENERATION
 from hakit.history.kinds import EventKind
 from hakit.policy import HandoverRequested, LeaseGained
 from hakit.policy.replication import Verdict, promotion_verdict
 from hakit.snapshot.apply import (
     AppliedCopy,
+    app_started_on,
     current_copy,
     home_exclusions,
+    keep_prepared,
+    linked_from,
+    mark_app_started,
     prepare_generation,
     prune_generations,
     refusal,
@@ -457,11 +462,22 @@ class ReplicationSide:
 
     async def _follow_from(self, peer: PeerStore) -> None:
         started = time.monotonic()
-        prepared = await asyncio.to_thread(self._pull_and_prepare, peer)
+        # Links to the current generation's files only while the app is not running here;
+        # if the agent starts it before the swap (marking that generation), the links may
+        # share what it wrote: not swapped in.
+        prepared = await asyncio.to_thread(self._pull_and_prepare, peer, self._cold())
         if prepared is None:
             return
         if not self._cold():
             log.info("replication: the app runs here now; %s not swapped in", prepared.name)
+            return
+        if not keep_prepared(linked_from(prepared), app_started_on(self.home)):
+            log.info(
+                "replication: the app started here while %s was prepared with links to the "
+                "files it may write; dropped, prepared again at the next turn",
+                prepared.name,
+            )
+            await asyncio.to_thread(shutil.rmtree, prepared, True)
             return
         database = database_target(self.database_url)
         if database is not None and database.kind == POSTGRESQL:
@@ -495,7 +511,20 @@ class ReplicationSide:
         """Until no swap is under way (the agent asks before it starts the app)."""
         await self._settled.wait()
 
-    def _pull_and_prepare(self, peer: PeerStore) -> Path | None:
+    def app_starting(self) -> None:
+        """The agent starts the app here now (after ``settled``): the generation the home
+        holds is marked first, as the app may write its files, which a generation being
+        prepared may link (hakit.snapshot.ledger). A mark that fails fails the start."""
+        if not self.enabled:
+            return
+        try:
+            mark_app_started(self.home)
+        except OSError as error:
+            raise SupervisorError(
+                f"the app's start refused: marking the generation of {self.home} failed: {error}"
+            ) from None
+
+    def _pull_and_prepare(self, peer: PeerStore, link: bool) -> Path | None:
         generations = peer.list_manifests()
         if not generations:
             return None
@@ -508,4 +537,6 @@ class ReplicationSide:
         why = refusal(manifest, current_copy(self.home))
         if why is not None:
             raise HakitError(why)
-        return prepare_generation(local, manifest, self.home, database_target(self.database_url))
+        return prepare_generation(
+            local, manifest, self.home, database_target(self.database_url), link=link
+        )

@@ -25,6 +25,7 @@
 - restore.py    a generation into a new directory; the swap into place (files, databases)
 - peerstore.py  a peer node's repository over its admin API; pulling what a store lacks
 - apply.py      a standby applies a generation: beside its home, swapped in by one rename
+- ledger.py     a restored generation's files as left: the next apply links the unchanged
 - retention.py  which generations a policy keeps (restic's keep-last/daily/weekly), pure
 - prune.py      the dropped manifests deleted, then the unreferenced objects (a grace period)
 

@@ -29,6 +29,10 @@ database beside the live one while the generation is prepared; the swap renames
 the databases (one transaction), then the home's link, and renames the databases
 back if the link's rename fails: home and database of one generation, always.
 
+Each restored generation records its files as the restore left them
+(hakit.snapshot.ledger); the next one hard-links the files that did not change
+from the generation ``H`` points to (``link``), so an apply writes what changed.
+
 Generations of an older epoch than the one applied are refused (a node that lost
 its lease may still have captured one), as are generations that are not newer,
 and generations taken outside the agent (no epoch). ``prune_generations`` keeps
@@ -50,6 +54,7 @@ from pathlib import Path
 from hakit.snapshot import pgreplica
 from hakit.snapshot.database import SQLITE, DatabaseTarget
 from hakit.snapshot.format import Manifest, SnapshotError
+from hakit.snapshot.ledger import APP_STARTED, LinkSource, load_ledger
 from hakit.snapshot.peerstore import GENERATION
 from hakit.snapshot.postgres import POSTGRESQL
 from hakit.snapshot.restore import DATABASE, HOME, RECEIPT, SQLITE_SIDE_FILES, restore_generation
@@ -112,8 +117,9 @@ def _copy_of(directory: Path) -> AppliedCopy | None:
         return None
 
 
-def current_copy(home: Path) -> AppliedCopy | None:
-    """The generation ``home`` links to (None: not a link into its generations)."""
+def current_directory(home: Path) -> Path | None:
+    """The directory of the generation ``home`` links to (None: not a link into its
+    generations)."""
     home = home.absolute()
     try:
         target = os.readlink(home)
@@ -122,7 +128,48 @@ def current_copy(home: Path) -> AppliedCopy | None:
     parts = Path(target).parts
     if len(parts) != 3 or parts[0] != home.name + GENERATIONS_SUFFIX or parts[2] != HOME:
         return None
-    return _copy_of(generations_dir(home) / parts[1])
+    return generations_dir(home) / parts[1]
+
+
+def current_copy(home: Path) -> AppliedCopy | None:
+    """The generation ``home`` links to (None: not a link into its generations)."""
+    directory = current_directory(home)
+    return None if directory is None else _copy_of(directory)
+
+
+def link_source(home: Path) -> LinkSource | None:
+    """What the next generation may link from: the one ``home`` links to, with its ledger,
+    the app never started on it (None: none such; hakit.snapshot.ledger)."""
+    directory = current_directory(home)
+    if directory is None or (directory / APP_STARTED).exists():
+        return None
+    files = load_ledger(directory)
+    return None if files is None else LinkSource(directory.name, directory / HOME, files)
+
+
+def mark_app_started(home: Path) -> None:
+    """Mark the generation ``home`` links to before the app starts on it (durably: a
+    crash and a reboot find it): from now on it may change, and nothing links from it
+    (hakit.snapshot.ledger). Nothing to do when ``home`` is no link into generations."""
+    directory = current_directory(home)
+    if directory is None or not directory.is_dir():
+        return
+    fd = os.open(directory / APP_STARTED, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    _fsync_directory(directory)
+
+
+def linked_from(prepared: Path) -> str | None:
+    """The generation whose files ``prepared`` links (None: its files are its own)."""
+    try:
+        receipt = json.loads((prepared / RECEIPT).read_text())
+        source = receipt.get("linked", {})
+        return str(source["from"]) if source.get("files") else None
+    except (OSError, ValueError, AttributeError, KeyError):
+        return prepared.name  # unknown: taken as sharing with a changed one (prepared again)
 
 
 def refusal(manifest: Manifest, current: AppliedCopy | None) -> str | None:
@@ -142,6 +189,19 @@ def refusal(manifest: Manifest, current: AppliedCopy | None) -> str | None:
     if manifest.generation <= current.generation:
         return f"generation {manifest.generation} is not newer than {current.generation}"
     return None
+
+
+def keep_prepared(source: str | None, started: Callable[[str], bool]) -> bool:
+    """Whether a prepared generation whose files link those of ``source`` (None: it links
+    none) may be swapped in: not when the app was started on ``source`` (``started``)
+    since, which may have written the files they share (hakit.snapshot.ledger)."""
+    return source is None or not started(source)
+
+
+def app_started_on(home: Path) -> Callable[[str], bool]:
+    """Whether the app was started on a generation of ``home`` (by name), as marked."""
+    generations = generations_dir(home)
+    return lambda generation: (generations / generation / APP_STARTED).exists()
 
 
 def _inside(home: Path, path: Path) -> str:
@@ -207,18 +267,31 @@ def prepare_generation(
     manifest: Manifest,
     home: Path,
     database: DatabaseTarget | None,
+    link: bool = False,
 ) -> Path:
     """Restore ``manifest``'s generation into ``H.generations/<generation>`` (complete, or
-    not there at all); its path."""
+    not there at all); its path. ``link``: the files unchanged since the generation
+    ``home`` links to are hard links to its own (hakit.snapshot.ledger), for a caller
+    that does not swap it in if the app started on that one meanwhile
+    (``keep_prepared``; hakit.agent.replication)."""
     generations = generations_dir(home)
     generations.mkdir(exist_ok=True)
     final = generations / manifest.generation
-    if (final / RECEIPT).is_file():
+    if (final / RECEIPT).is_file() and keep_prepared(linked_from(final), app_started_on(home)):
         return final  # prepared earlier, the swap not done then (the app started)
-    shutil.rmtree(final, ignore_errors=True)  # a swap undone (PostgreSQL): prepared again
+    # A swap undone (PostgreSQL), or prepared earlier with links to files the app may
+    # have written since (it started on their generation): prepared again.
+    shutil.rmtree(final, ignore_errors=True)
     staging = generations / f"{STAGING}{manifest.generation}-{secrets.token_hex(4)}"
     try:
-        restore_generation(store, manifest.generation, staging, live=[home])
+        restore_generation(
+            store,
+            manifest.generation,
+            staging,
+            live=[home],
+            ledger=True,
+            link_from=link_source(home) if link else None,
+        )
         if manifest.database is not None:
             if database is None:
                 raise SnapshotError(
@@ -323,14 +396,16 @@ def apply_generation(
     database: DatabaseTarget | None,
     app_running: AppRunning,
     keep: int = 3,
+    link: bool = False,
 ) -> ApplyReport:
-    """Apply ``generation`` (None: the newest) of ``store`` to this node's home."""
+    """Apply ``generation`` (None: the newest) of ``store`` to this node's home (``link``:
+    as ``prepare_generation``, for a caller that knows the app cannot start meanwhile)."""
     _refuse_running(app_running, "applying a generation")
     manifest = read_manifest(store, generation)
     why = refusal(manifest, current_copy(home))
     if why is not None:
         raise SnapshotError(why)
-    prepared = prepare_generation(store, manifest, home, database)
+    prepared = prepare_generation(store, manifest, home, database, link)
     adopted = swap_in(home, prepared, app_running, database)
     copy = _copy_of(prepared)
     assert copy is not None

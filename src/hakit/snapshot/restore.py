@@ -37,6 +37,7 @@ from pathlib import Path
 from hakit.snapshot.basebackup import BASEBACKUP, SWAP_REFUSED
 from hakit.snapshot.database import SQLITE, DatabaseTarget
 from hakit.snapshot.format import SnapshotError
+from hakit.snapshot.ledger import LinkSource, record_files, write_ledger
 from hakit.snapshot.pgdatadir import unpack_data_directory
 from hakit.snapshot.pgrestore import OnStarted, restore_in_place, swap_back
 from hakit.snapshot.postgres import POSTGRESQL, parse_postgres_url
@@ -65,6 +66,7 @@ class RestoreReport:
     files: int
     bytes: int
     database: Path | None
+    linked: int = 0  # files hard-linked from the generation before (hakit.snapshot.ledger)
 
 
 def _fsync_directory(directory: Path) -> None:
@@ -97,9 +99,14 @@ def restore_generation(
     concurrency: int | None = None,
     budget: int = DEFAULT_BUDGET,
     on_fetch: OnFetch | None = None,
+    ledger: bool = False,
+    link_from: LinkSource | None = None,
 ) -> RestoreReport:
     """``concurrency``: objects fetched at once (None: the store's, ``read_concurrency``);
-    ``budget``: their bytes at most (hakit.snapshot.reader); ``on_fetch``: for tests."""
+    ``budget``: their bytes at most (hakit.snapshot.reader); ``on_fetch``: for tests.
+    ``ledger``: the restored files recorded beside them, and ``link_from``: the files
+    linked from a generation restored before, where its ledger allows (a standby's
+    apply: hakit.snapshot.ledger)."""
     check_target(into, live or [])
     manifest = read_manifest(store, generation)
     into = into.absolute()
@@ -128,7 +135,7 @@ def restore_generation(
                     None,
                     manifest.database.chunks,
                 )
-        tree.prepare(manifest, staging / HOME)
+        tree.prepare(manifest, staging / HOME, link_from)
         fetch_objects(
             store,
             plan_fetches(tree.refs()),
@@ -147,6 +154,10 @@ def restore_generation(
             if manifest.database is None
             else dict(manifest.database.encode(), chunks=None),
         }
+        if link_from is not None:
+            receipt["linked"] = {"from": link_from.generation, "files": link_from.linked}
+        if ledger:
+            write_ledger(staging, record_files(staging / HOME, manifest.entries))
         (staging / RECEIPT).write_text(json.dumps(receipt, indent=2) + "\n")
         # Durable before the rename: whoever finds ``into`` (a swap, a crash and a
         # reboot) finds every byte of it.
@@ -164,6 +175,7 @@ def restore_generation(
         tree.files,
         tree.bytes + unpacked,
         None if database is None else into / DATABASE / database.name,
+        0 if link_from is None else link_from.linked,
     )
 
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hakit.snapshot.format import DIRECTORY, FILE, SYMLINK, ChunkRef, Manifest, SnapshotError
+from hakit.snapshot.ledger import LinkSource
 
 CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -94,8 +95,9 @@ class TreeWriter:
             self._places.setdefault(ref, []).append((index, offset))
             offset += ref.size
 
-    def prepare(self, manifest: Manifest, root: Path) -> None:
-        """The home's tree under ``root`` (a new directory), its files still to be filled."""
+    def prepare(self, manifest: Manifest, root: Path, link_from: LinkSource | None = None) -> None:
+        """The home's tree under ``root`` (a new directory), its files still to be filled;
+        those ``link_from`` has as they are linked from there instead (hakit.snapshot.ledger)."""
         root.mkdir()
         made: set[Path] = {root}
         for entry in manifest.entries:
@@ -108,6 +110,10 @@ class TreeWriter:
                 made.add(path)
                 self._directories.append((path, entry.mode, entry.mtime_ns))
             elif entry.type == FILE:
+                if link_from is not None and link_from.link(entry, path):
+                    self.files += 1
+                    self.bytes += entry.size
+                    continue
                 self.add_file(
                     path, entry.path, entry.size, entry.mode, entry.mtime_ns, entry.chunks
                 )

@@ -6,24 +6,31 @@ generations captured from a "source" home by the real capture.
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from hakit.snapshot.apply import (
     ADOPTED,
+    app_started_on,
     apply_generation,
     current_copy,
     generations_dir,
     home_exclusions,
+    keep_prepared,
+    linked_from,
+    mark_app_started,
     prepare_generation,
     swap_in,
 )
 from hakit.snapshot.capture import CaptureOptions, create_snapshot
 from hakit.snapshot.database import database_target
 from hakit.snapshot.format import SnapshotError
+from hakit.snapshot.restore import RECEIPT
 from hakit.snapshot.store import LocalStore, open_local_store
 from hakit.snapshot.verify import read_manifest
 from tests.integration.snapshot.conftest import LIMITS, make_database, make_home, rows_of, tree_of
@@ -65,9 +72,11 @@ class Standby:
         self.target = database_target(f"sqlite:///{self.database}")
         self.running = False
 
-    def apply(self, store: LocalStore, generation: str | None = None, keep: int = 3) -> object:
+    def apply(
+        self, store: LocalStore, generation: str | None = None, keep: int = 3, link: bool = False
+    ) -> object:
         return apply_generation(
-            store, generation, self.home, self.target, lambda: self.running, keep=keep
+            store, generation, self.home, self.target, lambda: self.running, keep=keep, link=link
         )
 
 
@@ -203,3 +212,132 @@ def test_a_database_outside_the_home_is_a_clear_error(tmp_path: Path) -> None:
         "d/a.db-journal",
     }
     assert home_exclusions(home, None) == frozenset()  # no database: nothing to exclude
+
+
+# --- generations linked to the one before (hakit.snapshot.ledger) ---------------------------
+
+
+def _inodes(home: Path) -> dict[str, int]:
+    return {
+        path.relative_to(home).as_posix(): path.stat().st_ino
+        for path in home.rglob("*")
+        if path.is_file() and not path.is_symlink()
+    }
+
+
+def _receipt(home: Path) -> dict[str, Any]:
+    directory = home.parent / os.readlink(home)
+    receipt: dict[str, Any] = json.loads((directory.parent / RECEIPT).read_text())
+    return receipt
+
+
+def test_unchanged_files_are_hard_links_to_the_generation_before(
+    pair: tuple[Source, Standby],
+) -> None:
+    source, standby = pair
+    first = source.capture()
+    standby.apply(source.store, link=True)
+    assert "linked" not in _receipt(standby.home)  # the adopted home has no ledger
+    before = _inodes(standby.home)
+    (source.home / "attachments" / "a001").write_bytes(b"rewritten")
+    (source.home / "attachments" / "added").write_bytes(b"new attachment")
+    source.add_row("after the first generation")
+    source.capture()
+    standby.apply(source.store, link=True)
+
+    after = _inodes(standby.home)
+    assert _home_files(standby.home) == _home_files(source.home)
+    assert rows_of(standby.database) == rows_of(source.database)
+    same = {path for path in before if path in after and after[path] == before[path]}
+    # Every file but the one rewritten and the database (restored from its own copy).
+    assert same == set(before) - {"attachments/a001", "data/app.db"}
+    assert _receipt(standby.home)["linked"] == {"from": first, "files": len(same)}
+
+
+def test_linking_goes_on_past_the_prune_of_older_generations(
+    pair: tuple[Source, Standby],
+) -> None:
+    """Pruning a generation unlinks names its files share with the newer ones (their
+    ctime moves): the next generation still links them."""
+    source, standby = pair
+    for number in range(4):
+        source.add_row(f"generation {number}")
+        source.capture()
+        standby.apply(source.store, keep=1, link=True)
+        if number >= 1:
+            linked_files = _receipt(standby.home)["linked"]["files"]
+            assert linked_files == len(_inodes(standby.home)) - 1  # all but the database
+    assert len([p for p in generations_dir(standby.home).iterdir() if p.name[0].isdigit()]) == 1
+    assert _home_files(standby.home) == _home_files(source.home)
+
+
+def test_a_file_written_since_its_restore_is_restored_not_linked(
+    pair: tuple[Source, Standby],
+) -> None:
+    """Written in place in the current generation (the same size: its mtime tells): the
+    next generation restores it from the repository."""
+    source, standby = pair
+    source.capture()
+    standby.apply(source.store, link=True)
+    written = standby.home / "attachments" / "a002"
+    inode, size = written.stat().st_ino, written.stat().st_size
+    with open(written, "r+b") as in_place:
+        in_place.write(b"X" * size)
+    source.add_row("a second generation")
+    source.capture()
+    standby.apply(source.store, link=True)
+
+    assert _receipt(standby.home)["linked"]["files"] > 0  # the others were linked
+    assert written.read_bytes() == (source.home / "attachments" / "a002").read_bytes()
+    assert written.stat().st_ino != inode
+    assert _home_files(standby.home) == _home_files(source.home)
+
+
+def test_nothing_links_from_a_generation_the_app_was_started_on(
+    pair: tuple[Source, Standby],
+) -> None:
+    source, standby = pair
+    source.capture()
+    standby.apply(source.store, link=True)
+    mark_app_started(standby.home)  # the agent, before it starts the app
+    source.add_row("a second generation")
+    source.capture()
+    standby.apply(source.store, link=True)
+    assert "linked" not in _receipt(standby.home)
+    assert _home_files(standby.home) == _home_files(source.home)
+
+
+def test_a_generation_prepared_with_links_is_prepared_again_if_the_app_started(
+    pair: tuple[Source, Standby],
+) -> None:
+    """Prepared with links, then the app started (its generation marked) before the swap
+    and wrote a file the prepared generation shares: that one is not swapped in as it
+    is, but prepared again, with nothing linked from the marked generation."""
+    source, standby = pair
+    source.capture()
+    standby.apply(source.store, link=True)
+    source.add_row("second")
+    newest = source.capture()
+    manifest = read_manifest(source.store, newest)
+    prepared = prepare_generation(source.store, manifest, standby.home, standby.target, link=True)
+    current = current_copy(standby.home)
+    assert current is not None and linked_from(prepared) == current.generation
+    assert keep_prepared(linked_from(prepared), app_started_on(standby.home))
+    shared = standby.home / "attachments" / "a003"
+    assert (prepared / "home" / "attachments" / "a003").stat().st_ino == shared.stat().st_ino
+    mark_app_started(standby.home)
+    with open(shared, "r+b") as app_write:  # the app, started: in place
+        app_write.write(b"written by the app")
+    assert not keep_prepared(linked_from(prepared), app_started_on(standby.home))
+
+    again = prepare_generation(source.store, manifest, standby.home, standby.target, link=True)
+    assert linked_from(again) is None
+    swap_in(standby.home, again, lambda: False)
+    assert _home_files(standby.home) == _home_files(source.home)
+
+
+def test_a_prepared_generation_links_nothing_or_from_one_the_app_never_started_on() -> None:
+    started = {"g1"}.__contains__
+    assert keep_prepared(None, started)
+    assert keep_prepared("g2", started)
+    assert not keep_prepared("g1", started)
