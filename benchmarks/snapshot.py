@@ -21,7 +21,13 @@ repositories with a few commits each, packed by ``git gc``), then, in the same r
    default connections) and against plain boto3 ``upload_file`` of every file
    (``--concurrency`` threads); full, then incremental for hakit and restic; then
    restore of the newest backup into a new directory, hakit against restic: the
-   median of ``ROUNDS`` restores each, which of the two goes first alternating.
+   median of ``ROUNDS`` restores each, which of the two goes first alternating;
+3. a standby of the local repository: after each spread round, its apply of the new
+   generation (hakit.snapshot.apply: restored beside its home, the unchanged files
+   linked from the generation it holds, swapped in; ``--apply``) against ``rsync -a
+   --link-dest`` of the home into a new directory linking the previous copy's
+   unchanged files (the median of ``ROUNDS``; its first apply restores everything
+   and is not a row).
 
 Every hakit operation, rsync and restic run as child processes: their wall time and
 their peak RSS (``ru_maxrss`` of the child, from ``wait4``) are measured. The local
@@ -299,6 +305,23 @@ def upload(home: Path, endpoint: str, bucket: str, concurrency: int) -> None:
             del done
 
 
+def apply_newest(repository: Path, home: Path) -> None:
+    """A standby's apply of the repository's newest generation to ``home`` (restored
+    beside it, the unchanged files linked from the generation it holds, swapped in), as
+    the agent runs it: print its seconds; then the prune of older generations (not timed,
+    as in the agent)."""
+    from hakit.snapshot.apply import prepare_generation, prune_generations, swap_in
+    from hakit.snapshot.store import open_local_store
+    from hakit.snapshot.verify import read_manifest
+
+    store = open_local_store(repository)
+    started = time.monotonic()
+    prepared = prepare_generation(store, read_manifest(store, None), home, None, link=True)
+    swap_in(home, prepared, lambda: False)
+    print(f"seconds {time.monotonic() - started:.6f}", flush=True)
+    prune_generations(home, 3)
+
+
 def hakit_operation(operation: str, config: Path, path: Path) -> None:
     """One hakit operation as the agent runs it (imports done): print its seconds.
 
@@ -515,17 +538,44 @@ def measure(args: argparse.Namespace, tmp: Path) -> tuple[Home, list[Row]]:
         restored = median([ours for ours, _ in restores])
         restic_restored = median([theirs for _, theirs in restores])
 
-        def spread_round(number: int) -> tuple[Run, Run, Run]:
+        # A standby of the local repository (its first apply restores everything), and
+        # its peer: rsync's copies, each new one linking the unchanged files of the one
+        # before (--link-dest), the first a hard-linked copy of rsync's mirror.
+        standby = tmp / "standby" / "home"
+        standby.parent.mkdir()
+
+        def apply() -> Run:
+            command = python(__file__, "--apply", str(repo), str(standby))
+            return inner(run(command, limit, env, tmp))
+
+        first_apply = apply()
+        note(f"standby: first apply (everything restored) {first_apply.seconds:.2f} s")
+        subprocess.run(["cp", "-al", str(mirror), str(tmp / "linked-0")], check=True)
+
+        def spread_round(number: int) -> tuple[Run, Run, Run, Run, Run]:
             changed, changed_bytes = change_files(home, seed=16 + number, spread=True)
             note(f"changed {changed} files ({mb(changed_bytes)}) across every directory")
             time.sleep(RACY_NS / 1e9 + 0.5)
-            return local_round(f"incremental, spread {number + 1}/{ROUNDS}")
+            capture, shipping, rsync = local_round(f"incremental, spread {number + 1}/{ROUNDS}")
+            applied = apply()
+            base, copy = tmp / f"linked-{number}", tmp / f"linked-{number + 1}"
+            linked = run(["rsync", "-a", f"--link-dest={base}", f"{home.path}/", f"{copy}/"], limit)
+            note(
+                f"standby apply {applied.seconds:.2f} s (peak {applied.peak_mb:.0f} MB); "
+                f"rsync -a --link-dest {linked.seconds:.2f} s"
+            )
+            return capture, shipping, rsync, applied, linked
 
         spreads = [spread_round(number) for number in range(ROUNDS)]
         spread = (
-            median([capture for capture, _, _ in spreads]),
-            median([shipping for _, shipping, _ in spreads]),
-            median([rsync for _, _, rsync in spreads]),
+            median([done[0] for done in spreads]),
+            median([done[1] for done in spreads]),
+            median([done[2] for done in spreads]),
+        )
+        applies = (
+            median([done[3] for done in spreads]),
+            Run(0.0, 0.0, ""),
+            median([done[4] for done in spreads]),
         )
     finally:
         server.stop()
@@ -576,6 +626,8 @@ def measure(args: argparse.Namespace, tmp: Path) -> tuple[Home, list[Row]]:
         )
     )
     rows.append(time_row("  capture alone (spread) vs rsync -a", spread, TARGET_INCREMENTAL, False))
+    apply_row = time_row("standby apply (1 %, spread) vs rsync --link-dest", applies, 0.0, False)
+    rows.append(Row(apply_row.measure, apply_row.hakit, apply_row.peer, apply_row.ratio, "-", "-"))
     rows.append(
         throughput_row("S3 full backup vs restic", backup_full, restic_full, TARGET_THROUGHPUT)
     )
@@ -634,7 +686,11 @@ def main() -> None:
     )
     parser.add_argument("--upload", nargs=4, help=argparse.SUPPRESS)
     parser.add_argument("--hakit", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--apply", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.apply:
+        apply_newest(Path(args.apply[0]), Path(args.apply[1]))
+        return
     if args.ship:
         started = time.monotonic()
         ship(Path(args.ship[0]), Path(args.ship[1]))
