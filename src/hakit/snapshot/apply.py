@@ -162,6 +162,9 @@ def mark_app_started(home: Path) -> None:
     _fsync_directory(directory)
 
 
+UNKNOWN_SOURCE = ""  # a prepared generation whose receipt cannot say what it links
+
+
 def linked_from(prepared: Path) -> str | None:
     """The generation whose files ``prepared`` links (None: its files are its own)."""
     try:
@@ -169,7 +172,7 @@ def linked_from(prepared: Path) -> str | None:
         source = receipt.get("linked", {})
         return str(source["from"]) if source.get("files") else None
     except (OSError, ValueError, AttributeError, KeyError):
-        return prepared.name  # unknown: taken as sharing with a changed one (prepared again)
+        return UNKNOWN_SOURCE  # taken as linking a generation the app started on
 
 
 def refusal(manifest: Manifest, current: AppliedCopy | None) -> str | None:
@@ -201,7 +204,9 @@ def keep_prepared(source: str | None, started: Callable[[str], bool]) -> bool:
 def app_started_on(home: Path) -> Callable[[str], bool]:
     """Whether the app was started on a generation of ``home`` (by name), as marked."""
     generations = generations_dir(home)
-    return lambda generation: (generations / generation / APP_STARTED).exists()
+    return lambda generation: (
+        generation == UNKNOWN_SOURCE or (generations / generation / APP_STARTED).exists()
+    )
 
 
 def _inside(home: Path, path: Path) -> str:

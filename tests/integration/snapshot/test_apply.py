@@ -341,3 +341,16 @@ def test_a_prepared_generation_links_nothing_or_from_one_the_app_never_started_o
     assert keep_prepared(None, started)
     assert keep_prepared("g2", started)
     assert not keep_prepared("g1", started)
+
+
+def test_a_prepared_generation_whose_receipt_cannot_be_read_is_not_kept(
+    pair: tuple[Source, Standby],
+) -> None:
+    source, standby = pair
+    source.capture()
+    standby.apply(source.store, link=True)
+    newest = source.capture()
+    manifest = read_manifest(source.store, newest)
+    prepared = prepare_generation(source.store, manifest, standby.home, standby.target, link=True)
+    (prepared / RECEIPT).write_text("{not json")
+    assert not keep_prepared(linked_from(prepared), app_started_on(standby.home))
