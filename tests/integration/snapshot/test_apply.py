@@ -217,6 +217,15 @@ def test_a_database_outside_the_home_is_a_clear_error(tmp_path: Path) -> None:
 # --- generations linked to the one before (hakit.snapshot.ledger) ---------------------------
 
 
+@pytest.fixture
+def applied(pair: tuple[Source, Standby]) -> tuple[Source, Standby]:
+    """The pair once a first generation was applied (with its ledger: linked from next)."""
+    source, standby = pair
+    source.capture()
+    standby.apply(source.store, link=True)
+    return source, standby
+
+
 def _inodes(home: Path) -> dict[str, int]:
     return {
         path.relative_to(home).as_posix(): path.stat().st_ino
@@ -272,13 +281,11 @@ def test_linking_goes_on_past_the_prune_of_older_generations(
 
 
 def test_a_file_written_since_its_restore_is_restored_not_linked(
-    pair: tuple[Source, Standby],
+    applied: tuple[Source, Standby],
 ) -> None:
     """Written in place in the current generation (the same size: its mtime tells): the
     next generation restores it from the repository."""
-    source, standby = pair
-    source.capture()
-    standby.apply(source.store, link=True)
+    source, standby = applied
     written = standby.home / "attachments" / "a002"
     inode, size = written.stat().st_ino, written.stat().st_size
     with open(written, "r+b") as in_place:
@@ -294,11 +301,9 @@ def test_a_file_written_since_its_restore_is_restored_not_linked(
 
 
 def test_nothing_links_from_a_generation_the_app_was_started_on(
-    pair: tuple[Source, Standby],
+    applied: tuple[Source, Standby],
 ) -> None:
-    source, standby = pair
-    source.capture()
-    standby.apply(source.store, link=True)
+    source, standby = applied
     mark_app_started(standby.home)  # the agent, before it starts the app
     source.add_row("a second generation")
     source.capture()
@@ -308,14 +313,12 @@ def test_nothing_links_from_a_generation_the_app_was_started_on(
 
 
 def test_a_generation_prepared_with_links_is_prepared_again_if_the_app_started(
-    pair: tuple[Source, Standby],
+    applied: tuple[Source, Standby],
 ) -> None:
     """Prepared with links, then the app started (its generation marked) before the swap
     and wrote a file the prepared generation shares: that one is not swapped in as it
     is, but prepared again, with nothing linked from the marked generation."""
-    source, standby = pair
-    source.capture()
-    standby.apply(source.store, link=True)
+    source, standby = applied
     source.add_row("second")
     newest = source.capture()
     manifest = read_manifest(source.store, newest)
@@ -344,11 +347,9 @@ def test_a_prepared_generation_links_nothing_or_from_one_the_app_never_started_o
 
 
 def test_a_prepared_generation_whose_receipt_cannot_be_read_is_not_kept(
-    pair: tuple[Source, Standby],
+    applied: tuple[Source, Standby],
 ) -> None:
-    source, standby = pair
-    source.capture()
-    standby.apply(source.store, link=True)
+    source, standby = applied
     newest = source.capture()
     manifest = read_manifest(source.store, newest)
     prepared = prepare_generation(source.store, manifest, standby.home, standby.target, link=True)
