@@ -69,7 +69,7 @@ class HomeScan:
         self.exclude = exclude
         self.helper = helper_useful() if helper is None else helper
         self.listed_here = 0  # listings the walk made itself (no helper, or it lacked them)
-        self.from_helper = 0
+        self.listed_ahead = 0  # listings the helper made (the walk took them as they came)
         self._process: subprocess.Popen[bytes] | None = None
         self._head: Listing | None = None  # the helper's next listing, read ahead
         self._begun = False
@@ -147,7 +147,7 @@ class HomeScan:
             order = _order(head.relative)
             if order == wanted:
                 self._head = None
-                self.from_helper += 1
+                self.listed_ahead += 1
                 return head
             if order > wanted:
                 break  # new to the helper: listed here

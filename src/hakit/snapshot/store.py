@@ -63,6 +63,14 @@ class RetainsTreeCopies(Protocol):
     def retain_tree_copies(self, keys: Collection[str]) -> None: ...
 
 
+@runtime_checkable
+class ReadsRanges(Protocol):
+    """A store that reads part of an object without the rest (a local repository: one
+    tree of a tree pack, hakit.snapshot.trees.tree_reader)."""
+
+    def get_range(self, key: str, offset: int, size: int) -> bytes: ...
+
+
 @dataclass(frozen=True, slots=True)
 class StoredObject:
     key: str

@@ -92,7 +92,7 @@ class HomeWalk:
             gitrepo.remove_pins(self.pins)
         self.stats.trees_reused = len(self.reused)
         self.stats.trees_read = self.cache.trees_read
-        self.stats.listed_ahead = self.scan.from_helper
+        self.stats.listed_ahead = self.scan.listed_ahead
         self.stats.listed_here = self.scan.listed_here
         return self.entries
 

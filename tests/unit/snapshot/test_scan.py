@@ -133,7 +133,7 @@ def test_the_helper_lists_only_once_told_to(tmp_path: Path) -> None:
             scan.listing(str(home / relative), relative)
             for relative in ("", "a", "a/b", "a/c", "d")
         ]
-    assert scan.from_helper == 5 and scan.listed_here == 0
+    assert scan.listed_ahead == 5 and scan.listed_here == 0
     assert "later" in listings[-1].names
 
 
