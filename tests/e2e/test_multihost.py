@@ -28,7 +28,6 @@ from typing import Any
 import pytest
 
 from hakit.config import load_config
-from hakit.coord.factory import open_coordinator
 from hakit.demo.cluster import DemoCluster, DemoSettings, free_port
 from tests.support.hosts import (
     Lan,
@@ -41,6 +40,7 @@ from tests.support.multihost_cluster import (
     TTL,
     WriterWatch,
     host_of,
+    observer,
     other,
     route_of,
 )
@@ -101,7 +101,7 @@ def etcd_cluster(
     )
     cluster.config_path.write_text(text)
     cluster.cfg = load_config(cluster.config_path)
-    cluster.coordinator = open_coordinator(cluster.cfg)
+    cluster.coordinator = observer(cluster.cfg)
     try:
         cluster.start()
         yield cluster

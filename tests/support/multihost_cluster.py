@@ -43,7 +43,8 @@ from typing import Any
 
 import httpx
 
-from hakit.config import load_config
+from hakit.config import Config, load_config
+from hakit.coord.base import Coordinator
 from hakit.coord.factory import open_coordinator
 from hakit.demo.cluster import DemoCluster, DemoSettings, free_port
 from hakit.supervisor import proctable
@@ -420,6 +421,20 @@ def _config_text(
     return text.replace(before, f'listen = "{listen}"', 1)
 
 
+OBSERVER_TIMEOUT = 10.0
+
+
+def observer(cfg: Config) -> Coordinator:
+    """The test's own view of the etcd store: ``cfg``'s, with a store-call timeout of
+    OBSERVER_TIMEOUT instead of the agents' 1 s. The agents' timeouts are what the tests
+    exercise; the observer's reads only watch them, and on a loaded 2-core CI machine one of
+    them waited out its 1 s while every process of the cluster was starting (CI failed in
+    ``serving()`` before any partition was made)."""
+    etcd = cfg.coordination.etcd.model_copy(update={"timeout": OBSERVER_TIMEOUT})
+    coordination = cfg.coordination.model_copy(update={"etcd": etcd})
+    return open_coordinator(cfg.model_copy(update={"coordination": coordination}))
+
+
 @contextmanager
 def multihost(
     tmp_path: Path,
@@ -470,7 +485,7 @@ def multihost(
         ]
         cluster.config_path.write_text(configs[0])  # the CLI's and router 1's
         cluster.cfg = load_config(cluster.config_path)
-        cluster.coordinator = open_coordinator(cluster.cfg)
+        cluster.coordinator = observer(cluster.cfg)
 
         def stop() -> None:
             net.heal_all()  # the history is read from the store, every agent stops cleanly
