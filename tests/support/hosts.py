@@ -33,7 +33,6 @@ import random
 import shutil
 import signal
 import subprocess
-import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator, Sequence
@@ -41,7 +40,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.support.etcd import ETCD, etcd_available
+from tests.support.etcd import ETCD, data_root, etcd_available
 
 CLIENT_PORT = 2379
 PEER_PORT = 2380
@@ -252,14 +251,10 @@ def etcd_members(net: Lan, timeout: float = 30.0) -> Iterator[list[EtcdMember]]:
     the active node's renewals to miss their deadline and fence it (seen as a flaky
     heal test). A production etcd should run with it too (README).
 
-    The members' data is on tmpfs (/dev/shm) where there is one: these tests are about
-    partitions and clocks, and an fsync stalled by a busy CI disk beyond the 1 s store
-    timeout would fail them for a reason they do not test. Each member's log (warnings
-    and up) is printed when the block ends: pytest shows it with a failure."""
+    The members' data is on tmpfs (tests.support.etcd.data_root). Each member's log
+    (warnings and up) is printed when the block ends: pytest shows it with a failure."""
     peers = ",".join(f"m{i + 1}=http://{s.ip}:{PEER_PORT}" for i, s in enumerate(net.stores))
-    shm = Path("/dev/shm")
-    memory = shm if shm.is_dir() and os.access(shm, os.W_OK) else None
-    root = Path(tempfile.mkdtemp(prefix=f"hakit-etcd-{net.tag}-", dir=memory))
+    root = data_root(f"hakit-etcd-{net.tag}-")
     members: list[EtcdMember] = []
     try:
         with ExitStack() as logs:
