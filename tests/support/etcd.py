@@ -80,13 +80,26 @@ def unique_prefix(tag: str = "t") -> str:
     return f"/hakit-test-{os.getpid()}-{next(_prefixes)}-{tag}"
 
 
+SHM_NEEDED = 2 << 30  # a few clusters of three members at once, with room to spare
+
+
 def data_root(prefix: str) -> Path:
     """A new directory for etcd data, on tmpfs (/dev/shm) where there is one: the tests
     are about hakit's use of etcd, and an fsync stalled by a busy CI disk past a store
-    call's timeout would fail them for a reason they do not test."""
+    call's timeout would fail them for a reason they do not test. A small /dev/shm (a
+    container's 64 MB) would not hold a member's 64 MB preallocated WAL: below
+    SHM_NEEDED free, the temp directory's disk it is."""
     shm = Path("/dev/shm")
-    memory = shm if shm.is_dir() and os.access(shm, os.W_OK) else None
-    return Path(tempfile.mkdtemp(prefix=prefix, dir=memory))
+    try:
+        usable = os.access(shm, os.W_OK) and _free_bytes(shm) >= SHM_NEEDED
+    except OSError:
+        usable = False
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=shm if usable else None))
+
+
+def _free_bytes(path: Path) -> int:
+    found = os.statvfs(path)
+    return found.f_bavail * found.f_frsize
 
 
 def start_etcd(timeout: float = 30.0) -> EtcdServer:
