@@ -67,6 +67,7 @@ from tests.support.hosts import (  # noqa: E402 (the repository's test harness)
     Host,
     Lan,
     etcd_members,
+    faketime_leftovers_removed,
     faketime_prefix,
     hosts_unavailable,
     lan,
@@ -211,6 +212,7 @@ def hosts_cluster(
         raise RuntimeError(f"the chaos run across hosts cannot run here: {why}")
     stores = {"sqlite": 0, "etcd": 3, "zookeeper": 3}[backend]
     with ExitStack() as stack:
+        stack.enter_context(faketime_leftovers_removed())
         net = stack.enter_context(lan(hosts=3, stores=stores))
         stack.callback(net.heal_all)
         _, database_url = stack.enter_context(postgres_on(net))

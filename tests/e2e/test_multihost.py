@@ -32,6 +32,7 @@ from hakit.demo.cluster import DemoCluster, DemoSettings, free_port
 from tests.support.hosts import (
     Lan,
     etcd_members,
+    faketime_leftovers_removed,
     faketime_prefix,
     hosts_unavailable,
     lan,
@@ -280,7 +281,7 @@ def test_clock_skew_changes_no_failover(net: Lan, tmp_path: Path, monotonic: boo
     # libfaketime also fakes CLOCK_MONOTONIC unless told not to (it then starts near the
     # faked wall clock): only differences of it are used, within one process tree.
     assert abs(mono) > 60 if monotonic else abs(mono) < 10, mono
-    with etcd_cluster(tmp_path, net, {"node1": skew}) as cluster:
+    with faketime_leftovers_removed(), etcd_cluster(tmp_path, net, {"node1": skew}) as cluster:
         first = wait_serving(cluster, timeout=40)
         second = other(cluster, first)
         e0 = cluster.coordinator.current_lease().epoch  # type: ignore[union-attr]

@@ -80,6 +80,7 @@ def unique_prefix(tag: str = "t") -> str:
     return f"/hakit-test-{os.getpid()}-{next(_prefixes)}-{tag}"
 
 
+SHM = Path("/dev/shm")  # tmpfs on Linux
 SHM_NEEDED = 2 << 30  # a few clusters of three members at once, with room to spare
 
 
@@ -89,12 +90,11 @@ def data_root(prefix: str) -> Path:
     call's timeout would fail them for a reason they do not test. A small /dev/shm (a
     container's 64 MB) would not hold a member's 64 MB preallocated WAL: below
     SHM_NEEDED free, the temp directory's disk it is."""
-    shm = Path("/dev/shm")
     try:
-        usable = os.access(shm, os.W_OK) and _free_bytes(shm) >= SHM_NEEDED
+        usable = os.access(SHM, os.W_OK) and _free_bytes(SHM) >= SHM_NEEDED
     except OSError:
         usable = False
-    return Path(tempfile.mkdtemp(prefix=prefix, dir=shm if usable else None))
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=SHM if usable else None))
 
 
 def _free_bytes(path: Path) -> int:

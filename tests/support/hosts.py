@@ -40,7 +40,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.support.etcd import ETCD, data_root, etcd_available
+from tests.support.etcd import ETCD, SHM, data_root, etcd_available
 
 CLIENT_PORT = 2379
 PEER_PORT = 2380
@@ -303,6 +303,40 @@ def etcd_members(net: Lan, timeout: float = 30.0) -> Iterator[list[EtcdMember]]:
             lines = member.log.read_text(errors="replace").splitlines()[-20:]
             print(f"--- etcd {member.name} log (last {len(lines)} lines)", *lines, sep="\n")
         shutil.rmtree(root, ignore_errors=True)
+
+
+@contextmanager
+def faketime_leftovers_removed() -> Iterator[None]:
+    """libfaketime's first process of a tree makes a semaphore and a shared memory
+    segment in /dev/shm named by its PID, removed when it exits, but not when it is
+    killed (SIGKILL, as a lost node's agent is). When the block ends, those made during
+    it whose process is gone are removed: only leftovers, never a live process's."""
+    before = set(_faketime_files())
+    try:
+        yield
+    finally:
+        for path, pid in _faketime_files().items():
+            if path not in before and not _alive(pid):
+                path.unlink(missing_ok=True)
+
+
+def _faketime_files() -> dict[Path, int]:
+    found: dict[Path, int] = {}
+    for path in SHM.glob("*faketime_*"):
+        tail = path.name.rsplit("_", 1)[-1]
+        if path.name.startswith(("faketime_shm_", "sem.faketime_sem_")) and tail.isdigit():
+            found[path] = int(tail)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def faketime_prefix(offset: str, *, monotonic: bool) -> tuple[str, ...]:
