@@ -17,6 +17,7 @@
 - pgrestore.py  PostgreSQL: a dump into a new database, checked, swapped in by renames
 - basebackup.py PostgreSQL: a physical base backup (pg_basebackup), its start and stop LSN
 - pgdatadir.py  a data directory as one archive, and back into a new, checked data directory
+- scratch.py    scratch directories that a killed process leaves only until the next one
 - hooks.py      the freeze and thaw commands
 - capture.py    a generation: freeze, database, home, thaw, manifest last
 - tree.py       what changed between two generations

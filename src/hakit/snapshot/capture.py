@@ -14,7 +14,6 @@ import contextlib
 import hashlib
 import os
 import stat
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +39,7 @@ from hakit.snapshot.hooks import Hook, run_hook
 from hakit.snapshot.reading import OnRead, read_stable
 from hakit.snapshot.scan import stats_digest
 from hakit.snapshot.scanahead import HomeScan
+from hakit.snapshot.scratch import scratch_directory
 from hakit.snapshot.store import LocalStore, RetainsTreeCopies, Store
 from hakit.snapshot.tree import TreeDiff, diff_trees
 from hakit.snapshot.trees import (
@@ -117,8 +117,10 @@ def _capture_database(
     target = database_target(url, method)
     if target is None:
         return None
-    with tempfile.TemporaryDirectory(prefix="hakit-snapshot-db-") as scratch:
-        copy = capture_database(target, Path(scratch))
+    # A scratch directory, not a temporary one: the agent kills a capture whose node
+    # stops being active, and the copy is as large as the database (hakit.snapshot.scratch).
+    with scratch_directory("database") as scratch:
+        copy = capture_database(target, scratch)
         read = read_stable(
             copy.file,
             chunk_size=limits.chunk_size,

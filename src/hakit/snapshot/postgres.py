@@ -32,7 +32,6 @@ import os
 import re
 import shutil
 import subprocess
-import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -40,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from hakit.snapshot.format import SnapshotError
+from hakit.snapshot.scratch import scratch_directory
 
 POSTGRESQL = "postgresql"
 MIN_SERVER = 100000  # snapshots exported on a standby, pg_*_wal_* function names
@@ -117,14 +117,15 @@ def client_environment(connection: PgConnection) -> Iterator[dict[str, str]]:
         yield env
         return
     env.pop("PGPASSWORD", None)  # libpq would prefer it to the passfile
-    fd, name = tempfile.mkstemp(prefix="hakit-pgpass-")  # mode 0600
-    try:
+    # In a scratch directory (0700): a killed capture leaves no password behind for long
+    # (the next scratch directory removes it; hakit.snapshot.scratch).
+    with scratch_directory("pgpass") as scratch:
+        name = scratch / "pgpass"
+        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         with os.fdopen(fd, "w") as handle:
             handle.write(_passfile_line(connection.password))
-        env["PGPASSFILE"] = name
+        env["PGPASSFILE"] = str(name)
         yield env
-    finally:
-        os.unlink(name)
 
 
 def pg_program(name: str) -> str:

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from hakit.agent.snapshots import SnapshotSchedule
 from hakit.config import Config, load_config
 from hakit.history.kinds import AlertKind, EventKind
@@ -119,12 +121,18 @@ def test_failures_are_recorded_each_time_and_alerted_once(tmp_path: Path) -> Non
     assert "scheduled snapshot into" in agent.alerts[0].reason
 
 
-def test_a_capture_is_abandoned_when_the_node_stops_being_active(tmp_path: Path) -> None:
+def test_a_capture_is_abandoned_when_the_node_stops_being_active(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     cfg = _config(
         tmp_path, '[snapshot]\ndirectory = "repo"\ninterval = "1h"\n', database="stuck.db"
     )
+    scratch = tmp_path / "tmp"  # the capture processes' temporary directory
+    scratch.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch))
     agent = Agentish(epoch=5)
     schedule = _schedule(cfg, agent)
+    killed: list[int] = []
 
     async def scenario() -> None:
         capture = asyncio.create_task(schedule.turn(5))
@@ -137,6 +145,7 @@ def test_a_capture_is_abandoned_when_the_node_stops_being_active(tmp_path: Path)
         agent.epoch = 0  # the lease is lost
         await asyncio.wait_for(capture, 30)
         assert process.returncode == -9
+        killed.append(process.pid)
 
     with locked_database(tmp_path / "stuck.db"):
         asyncio.run(scenario())
@@ -145,6 +154,15 @@ def test_a_capture_is_abandoned_when_the_node_stops_being_active(tmp_path: Path)
     assert "node1 is no longer the running active of epoch 5" in reason
     assert agent.alerts == []
     assert open_local_store(tmp_path / "repo").list_manifests() == []
+    # The killed capture's copy of the database is left (hakit.snapshot.scratch) ...
+    [left] = scratch.iterdir()
+    assert left.name.startswith(f"hakit-scratch-database-{killed[0]}-")
+    assert (left / "stuck.db").exists()
+    # ... until the next capture on the host makes its own scratch directory.
+    agent.epoch, schedule.last = 5, None
+    asyncio.run(schedule.turn(5))
+    assert [kind for kind, _, _ in agent.events][1:] == ["snapshot"], agent.events
+    assert list(scratch.iterdir()) == []
 
 
 def test_the_capture_process_dies_with_its_agent(tmp_path: Path) -> None:
