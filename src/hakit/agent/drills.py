@@ -44,12 +44,13 @@ from typing import Any
 from hakit.agent.backup_job import COMMAND, DRILL, BackupJob
 from hakit.agent.jobs import Finished
 from hakit.agent.schedule import JobSchedule, check_due
-from hakit.backup.drill import format_age, load_record, record_path
+from hakit.backup.drill import DRILL_SCRATCH, format_age, load_record, record_path
 from hakit.config import format_duration
 from hakit.config.derived import derived_timings
 from hakit.config.sections.backup import BackupConfig
 from hakit.history.kinds import AlertKind, EventKind
 from hakit.policy import Alert
+from hakit.snapshot.scratch import PREFIX
 
 log = logging.getLogger("hakit.agent.drills")
 
@@ -101,8 +102,8 @@ def drill_summary(data: Mapping[str, Any]) -> str:
 
 def clear_scratch(scratch: Path) -> None:
     """Remove the restored copies drills left in ``scratch`` (a drill killed midway): only
-    the directories a drill makes (hakit.backup.drill's ``hakit-drill-*``), nothing else."""
-    for leftover in scratch.glob("hakit-drill-*"):
+    the directories a drill makes (hakit.backup.drill's scratch directories), nothing else."""
+    for leftover in scratch.glob(f"{PREFIX}{DRILL_SCRATCH}-*"):
         shutil.rmtree(leftover, ignore_errors=True)
 
 

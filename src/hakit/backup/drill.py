@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import tempfile
 import time
 from collections.abc import Mapping
@@ -52,11 +51,13 @@ from hakit.snapshot.pgrestore import generation_tag
 from hakit.snapshot.postgres import POSTGRESQL
 from hakit.snapshot.prune import MANIFESTS
 from hakit.snapshot.restore import DATABASE, HOME, restore_generation
+from hakit.snapshot.scratch import release, scratch_directory
 from hakit.snapshot.store import Store
 from hakit.snapshot.verify import read_manifest
 
 RECORD = "last-drill.json"
 RESTORED = "restored"  # the restore's directory inside the scratch directory
+DRILL_SCRATCH = "drill"  # the purpose in its name: hakit-scratch-drill-<pid>-<random>
 
 
 class ReadOnlyStore:
@@ -181,9 +182,12 @@ def run_drill(
         )
     if scratch is not None:
         scratch.mkdir(parents=True, exist_ok=True)
-    directory = Path(tempfile.mkdtemp(prefix="hakit-drill-", dir=scratch))
     checks: list[Check] = []
-    try:
+    # A scratch directory: a drill killed midway leaves its restored copy only until the
+    # next scratch directory is made in ``scratch`` (hakit.snapshot.scratch).
+    with scratch_directory(DRILL_SCRATCH, scratch) as directory:
+        if keep:
+            release(directory)
         try:
             restored = restore_generation(reader, manifest.generation, directory / RESTORED, live)
             checks.append(
@@ -197,9 +201,6 @@ def run_drill(
             checks.append(Check("restore", FAIL, str(error)))
         else:
             checks.extend(check_restored(manifest, restored.into, scratch_database_url, keep=keep))
-    finally:
-        if not keep:
-            shutil.rmtree(directory, ignore_errors=True)
     return DrillReport(
         manifest.generation,
         manifest.started_ns,

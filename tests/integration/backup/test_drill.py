@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,7 @@ from hakit.backup.drill import check_restored, record_path, run_drill
 from hakit.cli import app
 from hakit.snapshot.format import object_key
 from hakit.snapshot.restore import DATABASE, HOME, restore_generation
+from hakit.snapshot.scratch import PREFIX
 from hakit.snapshot.store import open_local_store
 from hakit.snapshot.trees import load_manifest
 from tests.integration.backup.appsite import (
@@ -26,6 +29,7 @@ from tests.integration.backup.appsite import (
     loose_objects,
     make_app_site,
 )
+from tests.support.waiting import wait_until
 
 ENV = {"COLUMNS": "200"}
 
@@ -79,6 +83,44 @@ def test_a_good_backup_passes_and_the_live_site_is_untouched(tmp_path: Path) -> 
     assert (kept / "restored" / HOME / "attachments" / "r003").read_bytes() == (
         site.home / "attachments" / "r003"
     ).read_bytes()
+    assert run(site, "drill", "--scratch", str(scratch)).exit_code == 0
+    assert list(scratch.iterdir()) == [kept]  # kept: no later drill removes it
+
+
+def test_a_killed_drill_leaves_its_copy_only_until_the_next_drill(tmp_path: Path) -> None:
+    site = backed_up(tmp_path)
+    store = open_local_store(site.repository)
+    (generation,) = store.list_manifests()
+    (chunk,) = load_manifest(store, generation).files()["attachments/r005"].chunks
+    stuck = site.repository / object_key(chunk)
+    content = stuck.read_bytes()
+    stuck.unlink()
+    os.mkfifo(stuck)  # a read of it blocks: the drill is mid-restore for as long as needed
+    scratch = tmp_path / "scratch"
+    argv = [sys.executable, "-m", "hakit", "backup", "drill", "-c", str(site.config)]
+    drill = subprocess.Popen(
+        [*argv, "--scratch", str(scratch)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    try:
+        wait_until(
+            lambda: list(scratch.glob(f"{PREFIX}drill-*/.restored.partial-*")),
+            60,
+            "the drill to restore",
+        )
+    finally:
+        drill.kill()
+        drill.wait(timeout=30)
+    (left,) = scratch.iterdir()
+    assert left.name.startswith(f"{PREFIX}drill-{drill.pid}-")
+    stuck.unlink()
+    stuck.write_bytes(content)
+
+    result = run(site, "drill", "--scratch", str(scratch))
+    assert result.exit_code == 0, result.output
+    assert list(scratch.iterdir()) == []
 
 
 def test_a_missing_object_fails_the_restore_and_leaves_everything_as_it_was(

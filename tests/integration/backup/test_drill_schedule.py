@@ -21,6 +21,7 @@ from hakit.cli import app
 from hakit.config import load_config
 from hakit.history.kinds import AlertKind
 from hakit.snapshot.format import object_key
+from hakit.snapshot.scratch import PREFIX
 from hakit.snapshot.store import open_local_store
 from hakit.snapshot.trees import load_manifest
 from tests.integration.backup.appsite import CONFIG, AppSite, make_app_site
@@ -175,7 +176,7 @@ def test_a_drill_is_killed_when_its_node_becomes_the_active(tmp_path: Path) -> N
     async def scenario() -> None:
         drill = asyncio.create_task(schedule.turn(0))
         for _ in range(3000):  # bounded: the drill process reaches the object
-            if list(scratch.glob("hakit-drill-*/.restored.partial-*")) or drill.done():
+            if list(scratch.glob(f"{PREFIX}drill-*/.restored.partial-*")) or drill.done():
                 break
             await asyncio.sleep(0.01)
         assert schedule.runner.process is not None and not drill.done()
