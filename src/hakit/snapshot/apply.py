@@ -64,6 +64,7 @@ from hakit.snapshot.verify import read_manifest
 GENERATIONS_SUFFIX = ".generations"
 ADOPTED = "adopted-"
 STAGING = ".restore-"
+LEFTOVERS = (STAGING, f".{STAGING}")  # what an interrupted preparation leaves behind
 
 AppRunning = Callable[[], bool]
 
@@ -382,7 +383,10 @@ def prune_generations(home: Path, keep: int, database: DatabaseTarget | None = N
     current = current_copy(home)
     names = sorted(name for name in os.listdir(generations) if GENERATION.fullmatch(name))
     doomed = [name for name in names[: max(len(names) - max(keep, 1), 0)]]
-    doomed += [name for name in os.listdir(generations) if name.startswith(STAGING)]
+    # Ours (``.restore-<generation>-<hex>``), and the restore's own staging inside it
+    # (``..restore-<...>.partial-<hex>``, hakit.snapshot.restore): the one a killed agent
+    # leaves, as large as the home.
+    doomed += [name for name in os.listdir(generations) if name.startswith(LEFTOVERS)]
     removed = []
     for name in doomed:
         if current is not None and name == current.generation:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,7 @@ from hakit.snapshot.restore import RECEIPT
 from hakit.snapshot.store import LocalStore, open_local_store
 from hakit.snapshot.verify import read_manifest
 from tests.integration.snapshot.conftest import LIMITS, make_database, make_home, rows_of, tree_of
+from tests.support.waiting import wait_until
 
 
 class Source:
@@ -355,3 +358,56 @@ def test_a_prepared_generation_whose_receipt_cannot_be_read_is_not_kept(
     prepared = prepare_generation(source.store, manifest, standby.home, standby.target, link=True)
     (prepared / RECEIPT).write_text("{not json")
     assert not keep_prepared(linked_from(prepared), app_started_on(standby.home))
+
+
+# A standby's agent preparing a generation (argv: repository, generation, home), killed
+# midway by the test.
+PREPARER = """
+import sys
+from pathlib import Path
+from hakit.snapshot.apply import prepare_generation
+from hakit.snapshot.database import database_target
+from hakit.snapshot.store import open_local_store
+from hakit.snapshot.verify import read_manifest
+store = open_local_store(Path(sys.argv[1]))
+home = Path(sys.argv[3])
+target = database_target(f"sqlite:///{home / 'data' / 'app.db'}")
+prepare_generation(store, read_manifest(store, sys.argv[2]), home, target)
+"""
+
+
+def test_a_preparation_killed_midway_is_removed_by_the_next_apply(
+    pair: tuple[Source, Standby],
+) -> None:
+    source, standby = pair
+    source.capture()
+    standby.apply(source.store)
+    (source.home / "bin.dat").write_bytes(os.urandom(200 * 1024))
+    newest = source.capture()
+    entry = read_manifest(source.store, newest).files()["bin.dat"]
+    blob = source.store.root / "blobs" / entry.chunks[0].hash[:2] / entry.chunks[0].hash
+    content = blob.read_bytes()
+    blob.unlink()
+    os.mkfifo(blob)  # a read of it blocks: the preparation is midway for as long as needed
+    generations = generations_dir(standby.home)
+    preparer = subprocess.Popen(
+        [sys.executable, "-c", PREPARER, str(source.store.root), newest, str(standby.home)],
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    try:
+        wait_until(
+            lambda: [p for p in generations.iterdir() if p.name.startswith(".")],
+            60,
+            "the preparation to restore",
+        )
+    finally:
+        preparer.kill()  # as the agent is, by SIGKILL
+        preparer.wait(timeout=30)
+    [left] = [p.name for p in generations.iterdir() if p.name.startswith(".")]
+    assert ".partial-" in left  # the restore's staging: the bulk of a generation
+    blob.unlink()
+    blob.write_bytes(content)
+
+    standby.apply(source.store)
+    names = {p.name for p in generations.iterdir()}
+    assert newest in names and not any(name.startswith(".") for name in names), names
