@@ -377,11 +377,9 @@ prepare_generation(store, read_manifest(store, sys.argv[2]), home, target)
 
 
 def test_a_preparation_killed_midway_is_removed_by_the_next_apply(
-    pair: tuple[Source, Standby],
+    applied: tuple[Source, Standby],
 ) -> None:
-    source, standby = pair
-    source.capture()
-    standby.apply(source.store)
+    source, standby = applied
     (source.home / "bin.dat").write_bytes(os.urandom(200 * 1024))
     newest = source.capture()
     entry = read_manifest(source.store, newest).files()["bin.dat"]
