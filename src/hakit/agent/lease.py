@@ -512,6 +512,9 @@ class LeaseKeeper:
             f"lease not renewed before its deadline ({late:.1f} s late: the store "
             "was too slow or this agent was stalled)"
         )
+        busy = self.store.in_flight()
+        if busy is not None:  # why the renewal is late: what it waits behind, or itself
+            log.warning("at the lease deadline the store I/O was running %s for %.1f s", *busy)
         self._tick()  # a stall that just ended is known before deciding
         stall = self.stalls.during(self.lease_deadline, self.lease_deadline)
         if stall is not None:

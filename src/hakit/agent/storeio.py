@@ -20,6 +20,10 @@ agent goes through this one thread:
 - ``call``: awaited; the result or the exception comes back, never retried (the
   caller decides). Cancelled before it started, it never runs.
 - ``flush``: wait, bounded, until everything issued so far has run.
+- A job that holds the thread for more than ``slow_job`` seconds is logged when it
+  ends, with the number of calls that waited behind it, and ``in_flight`` says what
+  runs now: a lease renewal late because it waited behind another call is then told
+  apart from a store too slow to renew (hakit.agent.lease logs it at the deadline).
 
 The thread is a daemon: a store that never answers cannot hold the process's exit.
 """
@@ -46,6 +50,7 @@ T = TypeVar("T")
 RETRY_FOR = 10.0  # seconds a refused fire-and-forget write is retried (two busy timeouts)
 RETRY_PAUSE = 0.2  # between two attempts that failed at once (a read-only file, say)
 MAX_QUEUED = 1000  # fire-and-forget jobs waiting; beyond that new ones are dropped (logged)
+SLOW_JOB = 2.0  # seconds one job may hold the thread before it is logged
 
 
 @dataclass(eq=False, slots=True)
@@ -66,8 +71,10 @@ class StoreIO:
         retry_for: float = RETRY_FOR,
         retry_pause: float = RETRY_PAUSE,
         max_queued: int = MAX_QUEUED,
+        slow_job: float = SLOW_JOB,
     ) -> None:
         self._name = name
+        self._slow_job = slow_job
         self._retry_for = retry_for
         self._retry_pause = retry_pause
         self._max_queued = max_queued
@@ -81,6 +88,7 @@ class StoreIO:
         # for long (a locked store holds it for its busy timeout).
         self._write_failed = False
         self._running_since: float | None = None  # monotonic: the job in flight began
+        self._running_what = ""  # the job in flight's ``what``
 
     # --- issuing -------------------------------------------------------------------------
 
@@ -145,6 +153,13 @@ class StoreIO:
             running = self._running_since
             return self._write_failed or (running is not None and now - running > slow)
 
+    def in_flight(self) -> tuple[str, float] | None:
+        """The job holding the thread now and for how many seconds (None: it is idle)."""
+        with self._cond:
+            if self._running_since is None:
+                return None
+            return self._running_what, time.monotonic() - self._running_since
+
     def queued(self) -> int:
         """Jobs waiting (the one in flight not counted)."""
         with self._cond:
@@ -172,7 +187,8 @@ class StoreIO:
                 if not self._jobs:
                     return  # closed, nothing left
                 job = self._jobs.popleft()
-                self._running_since = time.monotonic()
+                started = self._running_since = time.monotonic()
+                self._running_what = job.what
             try:
                 if job.future is not None:
                     self._answer(job, job.future)
@@ -181,6 +197,15 @@ class StoreIO:
             finally:
                 with self._cond:
                     self._running_since = None
+                    waited = len(self._jobs)
+                took = time.monotonic() - started
+                if took > self._slow_job:
+                    log.warning(
+                        "store I/O: %s took %.1f s; %d store call(s) waited behind it",
+                        job.what,
+                        took,
+                        waited,
+                    )
 
     @staticmethod
     def _answer(job: _Job, future: concurrent.futures.Future[Any]) -> None:

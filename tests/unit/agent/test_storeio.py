@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import sqlite3
 import threading
 import time
@@ -125,6 +126,31 @@ def test_a_write_refused_past_its_retry_budget_is_logged_and_dropped(
     messages = [r.getMessage() for r in caplog.records]
     assert any("could not write the doomed event: store is locked" in m for m in messages)
     assert any("could not bug" in m for m in messages)
+
+
+def test_a_job_holding_the_thread_is_named_while_it_runs_and_logged_when_slow(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    io = StoreIO(slow_job=0.05)
+    assert io.in_flight() is None
+    gate = Gate()
+    with caplog.at_level(logging.WARNING, logger="hakit.storeio"):
+        io.submit("publish the record of node1", gate)
+        assert gate.entered.wait(5)
+        io.submit("record an event", lambda: None)
+        wait_until(lambda: (io.in_flight() or ("", 0.0))[1] > 0.05)
+        what, _ = io.in_flight() or ("", 0.0)
+        assert what == "publish the record of node1"
+        gate.opened.set()
+        wait_until(lambda: io.in_flight() is None and io.queued() == 0)
+        io.close()
+    messages = [r.getMessage() for r in caplog.records]
+    [slow] = messages  # the quick job after it is not logged
+    assert re.fullmatch(
+        r"store I/O: publish the record of node1 took \d+\.\d s; "
+        r"1 store call\(s\) waited behind it",
+        slow,
+    ), slow
 
 
 def test_an_awaited_call_returns_or_raises_and_is_skipped_once_given_up() -> None:
