@@ -43,6 +43,11 @@ def test_deleted_store_fences_at_once_and_reinit_brings_the_cluster_back(
     # A long lease: the fence must come from noticing the swap, not from the deadline.
     cluster = make_cluster(lease_ttl="10s", renew_interval="500ms", startup_delay=0.2)
     old = wait_serving(cluster)
+    # Every agent has opened the store (its record is there) before it is deleted: an
+    # agent that never saw the store would make a new one, as a first start does (seen
+    # when the standby's agent started late on a loaded machine).
+    names = [node.name for node in cluster.cfg.nodes]
+    wait_for(lambda: all(cluster.node_record(n) for n in names), 30, "every agent's record")
     app = cluster.app_pid(old)
     lease = cluster.coordinator.current_lease()
     assert app is not None and lease is not None

@@ -132,7 +132,15 @@ def test_a_capture_is_killed_when_the_node_stops_being_the_active(tmp_path: Path
     async def scenario() -> None:
         turn = asyncio.create_task(side.turn())
         for _ in range(3000):  # bounded: the capture process waits on the locked database
-            jobs = [pid for pid in descendants(os.getpid()) if "snapshot_job" in command_line(pid)]
+            # The capture process is this process's child, as the agent's. Not its own
+            # children: one sampled between its fork and exec still has its command line
+            # (seen: the scan helper, which exits on its own once the capture is gone).
+            jobs = [
+                pid
+                for pid in descendants(os.getpid())
+                if "snapshot_job" in command_line(pid)
+                and getattr(stat_of(pid), "ppid", None) == os.getpid()
+            ]
             if jobs and (side.repository / "manifests").is_dir():
                 seen.extend(jobs)
                 break
