@@ -36,7 +36,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -44,13 +43,13 @@ from typing import Any
 from hakit.agent.backup_job import COMMAND, DRILL, BackupJob
 from hakit.agent.jobs import Finished
 from hakit.agent.schedule import JobSchedule, check_due
-from hakit.backup.drill import DRILL_SCRATCH, format_age, load_record, record_path
+from hakit.backup.drill import format_age, load_record, record_path
 from hakit.config import format_duration
 from hakit.config.derived import derived_timings
 from hakit.config.sections.backup import BackupConfig
 from hakit.history.kinds import AlertKind, EventKind
 from hakit.policy import Alert
-from hakit.snapshot.scratch import PREFIX
+from hakit.snapshot.scratch import sweep
 
 log = logging.getLogger("hakit.agent.drills")
 
@@ -101,10 +100,10 @@ def drill_summary(data: Mapping[str, Any]) -> str:
 
 
 def clear_scratch(scratch: Path) -> None:
-    """Remove the restored copies drills left in ``scratch`` (a drill killed midway): only
-    the directories a drill makes (hakit.backup.drill's scratch directories), nothing else."""
-    for leftover in scratch.glob(f"{PREFIX}{DRILL_SCRATCH}-*"):
-        shutil.rmtree(leftover, ignore_errors=True)
+    """Remove the restored copies drills left in ``scratch`` (a drill killed midway) at
+    once, not at the next drill: the scratch directories whose process is gone
+    (hakit.snapshot.scratch.sweep), nothing else."""
+    sweep(scratch)
 
 
 def last_drill_start(state_dir: Path) -> float | None:
